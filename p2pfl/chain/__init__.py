@@ -1,0 +1,1 @@
+"""Chain client: contracts, providers (embedded / anvil / RPC), event follower."""

@@ -1,0 +1,1 @@
+"""libp2p node: host, gossip, block exchange, discovery (trio)."""

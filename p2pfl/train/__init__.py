@@ -1,0 +1,1 @@
+"""Training: torch models, local trainer, datasets and partitions."""

@@ -1,0 +1,1 @@
+"""Multi-node local simulation, scenarios, benchmarks."""
