@@ -1,0 +1,150 @@
+"""Signed protocol statements: EIP-712 digests that `ecrecover` checks on-chain.
+
+Every signed message (Update, Proposal, Vote, Heartbeat) is a *statement*:
+
+    Statement(uint8 kind, bytes32 task, uint64 round, uint32 attempt, uint32 view, bytes32 body)
+
+hashed per EIP-712 under the domain (name "p2pfl", version "1", chainId, RoundLedger
+address). Domain separation therefore binds chain, contract, task and round; `kind`
+keeps an update from ever verifying as a vote. `body` is keccak256 of the message's
+canonical bytes, except for votes, whose body is keccak256(abi.encode(base, result,
+contributorsRoot)) so that the contract can rebuild it from `commitRound` arguments.
+
+Signatures are 65 bytes r || s || v with v in {27, 28} and low s (EIP-2): a high-s twin
+of a valid signature is rejected here and on-chain, so evidence cannot be replayed by
+malleating it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import IntEnum
+
+from eth_keys import keys
+from eth_keys.exceptions import BadSignature, ValidationError
+from eth_utils import keccak
+
+from p2pfl.errors import InvalidMessage, InvalidSignature
+
+SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
+SECP256K1_HALF_N = SECP256K1_N // 2
+SIGNATURE_SIZE = 65
+
+UINT64_MAX = 2**64 - 1
+UINT32_MAX = 2**32 - 1
+
+
+class Kind(IntEnum):
+    """Statement kinds; the numbers are part of the signed bytes and of the contract."""
+
+    UPDATE = 1
+    PROPOSAL = 2
+    VOTE = 3
+    COMMIT = 4  # unsigned certificate of votes; never signed itself
+    HEARTBEAT = 5
+
+
+DOMAIN_NAME = "p2pfl"
+DOMAIN_VERSION = "1"
+EIP712_DOMAIN_TYPEHASH = keccak(
+    b"EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)"
+)
+STATEMENT_TYPEHASH = keccak(
+    b"Statement(uint8 kind,bytes32 task,uint64 round,uint32 attempt,uint32 view,bytes32 body)"
+)
+
+
+def _word(value: int) -> bytes:
+    return value.to_bytes(32, "big")
+
+
+def _check_bytes(name: str, value: bytes, size: int) -> None:
+    if not isinstance(value, (bytes, bytearray)) or len(value) != size:
+        raise InvalidMessage("bad-field", f"{name} must be {size} bytes")
+
+
+@dataclass(frozen=True)
+class Domain:
+    """Where a signature is valid: one chain, one RoundLedger contract."""
+
+    chain_id: int
+    contract: bytes  # 20-byte RoundLedger address
+
+    def __post_init__(self) -> None:
+        _check_bytes("contract", self.contract, 20)
+        if not 0 <= self.chain_id < 2**256:
+            raise InvalidMessage("bad-field", "chain_id out of range")
+
+    def separator(self) -> bytes:
+        """EIP-712 domainSeparator."""
+        return keccak(
+            EIP712_DOMAIN_TYPEHASH
+            + keccak(DOMAIN_NAME.encode())
+            + keccak(DOMAIN_VERSION.encode())
+            + _word(self.chain_id)
+            + bytes(12)
+            + self.contract
+        )
+
+
+def statement_digest(
+    domain: Domain, kind: int, task: bytes, round: int, attempt: int, view: int, body: bytes
+) -> bytes:
+    """The 32-byte EIP-712 digest that a node signs for one statement."""
+    _check_bytes("task", task, 32)
+    _check_bytes("body", body, 32)
+    if not 0 <= kind <= 255:
+        raise InvalidMessage("bad-field", "kind out of range")
+    if not 0 <= round <= UINT64_MAX:
+        raise InvalidMessage("bad-field", "round out of range")
+    if not (0 <= attempt <= UINT32_MAX and 0 <= view <= UINT32_MAX):
+        raise InvalidMessage("bad-field", "attempt/view out of range")
+    struct_hash = keccak(
+        STATEMENT_TYPEHASH + _word(kind) + task + _word(round) + _word(attempt) + _word(view) + body
+    )
+    return keccak(b"\x19\x01" + domain.separator() + struct_hash)
+
+
+def vote_body(base: bytes, result: bytes, contributors_root: bytes) -> bytes:
+    """Body of a VOTE statement: keccak256(abi.encode(base, result, contributorsRoot))."""
+    _check_bytes("base", base, 32)
+    _check_bytes("result", result, 32)
+    _check_bytes("contributors_root", contributors_root, 32)
+    return keccak(base + result + contributors_root)
+
+
+def sign_digest(private_key: bytes, digest: bytes) -> bytes:
+    """Sign a 32-byte digest; returns r || s || v with v in {27, 28} and low s."""
+    _check_bytes("private_key", private_key, 32)
+    _check_bytes("digest", digest, 32)
+    sig = keys.PrivateKey(private_key).sign_msg_hash(digest)
+    r, s, v = sig.r, sig.s, sig.v
+    if s > SECP256K1_HALF_N:  # normalise; libsecp256k1 already emits low s
+        s = SECP256K1_N - s
+        v ^= 1
+    return _word(r) + _word(s) + bytes([v + 27])
+
+
+def recover_signer(digest: bytes, signature: bytes) -> bytes:
+    """Return the 20-byte address that signed `digest`, or raise InvalidSignature."""
+    if not isinstance(signature, (bytes, bytearray)) or len(signature) != SIGNATURE_SIZE:
+        raise InvalidSignature("signature must be 65 bytes")
+    _check_bytes("digest", digest, 32)
+    r = int.from_bytes(signature[0:32], "big")
+    s = int.from_bytes(signature[32:64], "big")
+    v = signature[64]
+    if v not in (27, 28):
+        raise InvalidSignature("v must be 27 or 28")
+    if not (0 < r < SECP256K1_N and 0 < s <= SECP256K1_HALF_N):
+        raise InvalidSignature("r/s out of range (high-s signatures are rejected)")
+    try:
+        public = keys.Signature(vrs=(v - 27, r, s)).recover_public_key_from_msg_hash(digest)
+    except (BadSignature, ValidationError, ValueError) as exc:
+        raise InvalidSignature(f"cannot recover: {exc}") from None
+    return public.to_canonical_address()
+
+
+def address_of(private_key: bytes) -> bytes:
+    """The 20-byte Ethereum address of a secp256k1 private key."""
+    _check_bytes("private_key", private_key, 32)
+    return keys.PrivateKey(private_key).public_key.to_canonical_address()
