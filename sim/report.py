@@ -1,0 +1,135 @@
+"""A simulation run's folder: metrics.jsonl, summary.json, report.md and PNG plots."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+PHASES = ("train", "disseminate", "aggregate", "agree", "commit")
+
+
+def new_run_dir(scenario_name: str, root: str | Path = "runs") -> Path:
+    """`runs/<scenario>-<timestamp>/`, created; a numeric suffix avoids collisions."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    base = Path(root) / f"{scenario_name}-{stamp}"
+    path, n = base, 1
+    while path.exists():
+        n += 1
+        path = Path(f"{base}-{n}")
+    path.mkdir(parents=True)
+    return path
+
+
+class RunWriter:
+    """Appends per-round metrics as JSON lines (flushed, so a killed run keeps them)."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = run_dir
+        self._metrics = (run_dir / "metrics.jsonl").open("a")
+
+    def round(self, record: dict[str, Any]) -> None:
+        self._metrics.write(json.dumps(record, default=_jsonable, sort_keys=True) + "\n")
+        self._metrics.flush()
+
+    def close(self) -> None:
+        self._metrics.close()
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return "0x" + value.hex()
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    return str(value)
+
+
+def write_report(
+    run_dir: Path,
+    scenario: dict[str, Any],
+    rounds: Sequence[dict[str, Any]],
+    reference: Sequence[dict[str, Any]],
+    summary: dict[str, Any],
+) -> None:
+    """summary.json, report.md and the plots, from the rounds already recorded."""
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True, default=_jsonable) + "\n")
+    plots = _plots(run_dir, rounds, reference)
+    lines = [
+        f"# Simulation report: {scenario.get('name', 'scenario')}",
+        "",
+        "| figure | value |",
+        "|---|---|",
+        *[f"| {k} | {_fmt(v)} |" for k, v in sorted(summary.items()) if not isinstance(v, (dict, list))],
+        "",
+        "## Rounds",
+        "",
+        "| round | accuracy | reference | loss | committee | included | rejected | wall s | "
+        + " | ".join(f"{p} s" for p in PHASES)
+        + " | gas | tx |",
+        "|" + "---|" * (9 + len(PHASES)),
+    ]
+    ref_by_round = {r["round"]: r for r in reference}
+    for r in rounds:
+        ref = ref_by_round.get(r["round"], {})
+        phases = r.get("phases_s", {})
+        lines.append(
+            f"| {r['round']} | {_fmt(r.get('accuracy'))} | {_fmt(ref.get('accuracy'))} | {_fmt(r.get('loss'))} | "
+            f"{len(r.get('committee', []))} | {len(r.get('included', []))} | {len(r.get('rejected', []))} | "
+            f"{_fmt(r.get('wall_s'))} | "
+            + " | ".join(_fmt(phases.get(p)) for p in PHASES)
+            + f" | {_fmt(r.get('gas'))} | {str(r.get('commit_tx', ''))[:18]} |"
+        )
+    lines += ["", "## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots]
+    lines += ["", "## Scenario", "", "```json", json.dumps(scenario, indent=2, default=_jsonable), "```", ""]
+    (run_dir / "report.md").write_text("\n".join(lines))
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _plots(run_dir: Path, rounds: Sequence[dict[str, Any]], reference: Sequence[dict[str, Any]]) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = []
+    fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(10, 4))
+    for series, label, style in ((rounds, "p2pfl", "o-"), (reference, "centralised FedAvg", "s--")):
+        xs = [r["round"] for r in series if r.get("accuracy") is not None]
+        ax_acc.plot(xs, [r["accuracy"] for r in series if r.get("accuracy") is not None], style, label=label)
+        xs = [r["round"] for r in series if r.get("loss") is not None]
+        ax_loss.plot(xs, [r["loss"] for r in series if r.get("loss") is not None], style, label=label)
+    ax_acc.set(xlabel="round", ylabel="test accuracy", title="Accuracy vs round")
+    ax_loss.set(xlabel="round", ylabel="test loss", title="Loss vs round")
+    for ax in (ax_acc, ax_loss):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    path = run_dir / "accuracy_loss.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    out.append(path)
+
+    fig, ax = plt.subplots(figsize=(8, 4))
+    bottom = [0.0] * len(rounds)
+    xs = [r["round"] for r in rounds]
+    for phase in PHASES:
+        values = [float(r.get("phases_s", {}).get(phase) or 0.0) for r in rounds]
+        ax.bar(xs, values, bottom=bottom, label=phase)
+        bottom = [b + v for b, v in zip(bottom, values)]
+    ax.set(xlabel="round", ylabel="seconds", title="Round time by phase")
+    ax.legend()
+    fig.tight_layout()
+    path = run_dir / "phases.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    out.append(path)
+    return out

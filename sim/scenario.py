@@ -1,0 +1,108 @@
+"""Scenario files: what a simulation runs (TOML, strict: unknown keys are errors)."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any
+
+from p2pfl.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class ModelSection:
+    name: str = "cnn"  # registry name in p2pfl.train
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DataSection:
+    dataset: str = "fashion-mnist"  # or "digits" for tiny runs
+    partition: str = "iid"  # "iid" | "dirichlet"
+    alpha: float = 0.5  # Dirichlet concentration (non-IID), smaller = more skewed
+    samples_per_node: int = 0  # 0 = split the whole training set
+    test_samples: int = 0  # 0 = the whole test set
+
+
+@dataclass(frozen=True)
+class TrainSection:
+    epochs: int = 1
+    batch_size: int = 32
+    lr: float = 0.05
+    optimizer: str = "sgd"
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+
+
+@dataclass(frozen=True)
+class CommitteeSection:
+    size: int = 7  # nominal committee size k
+    quorum_fraction: float = 0.8  # of expected participants before the collect deadline
+    collect_deadline_s: float = 60.0
+    view_timeout_s: float = 20.0
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str = "scenario"
+    seed: int = 1
+    nodes: int = 10
+    rounds: int = 10
+    stake: int = 10**18  # wei per node
+    aggregation: dict[str, Any] = field(default_factory=dict)  # RuleSpec.from_dict; empty = default
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataSection = field(default_factory=DataSection)
+    train: TrainSection = field(default_factory=TrainSection)
+    committee: CommitteeSection = field(default_factory=CommitteeSection)
+    attacks: dict[str, Any] = field(default_factory=dict)
+    faults: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _build(cls: type, raw: dict[str, Any], where: str) -> Any:
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(raw) - set(known))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; known: {sorted(known)}")
+    values = {}
+    for key, value in raw.items():
+        default = known[key].default_factory() if callable(known[key].default_factory) else known[key].default  # type: ignore[misc]
+        if is_dataclass(default):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where}.{key}: expected a table")
+            values[key] = _build(type(default), value, f"{where}.{key}")
+            continue
+        if isinstance(default, bool) != isinstance(value, bool) or (
+            isinstance(default, (int, float)) and not isinstance(value, (int, float))
+        ) or (isinstance(default, (str, dict)) and not isinstance(value, type(default))):
+            raise ConfigError(f"{where}.{key}: expected {type(default).__name__}, got {value!r}")
+        values[key] = float(value) if isinstance(default, float) else value
+    return cls(**values)
+
+
+def load_scenario(path: str | Path, overrides: dict[str, Any] | None = None) -> Scenario:
+    """Parse a scenario file; `overrides` are dotted keys ("committee.size": 5)."""
+    try:
+        raw = tomllib.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"no scenario file at {path}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    raw.setdefault("name", Path(path).stem)
+    for dotted, value in (overrides or {}).items():
+        node = raw
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    scenario = _build(Scenario, raw, Path(path).name)
+    if scenario.nodes < 2:
+        raise ConfigError("a scenario needs at least 2 nodes")
+    if scenario.rounds < 1:
+        raise ConfigError("a scenario needs at least 1 round")
+    if not 0 < scenario.committee.quorum_fraction <= 1:
+        raise ConfigError("committee.quorum_fraction must be in (0, 1]")
+    return scenario
