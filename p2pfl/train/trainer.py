@@ -1,0 +1,264 @@
+"""The local trainer: from the committed base weights and private data to a delta.
+
+A node calls `train_local` once per round; only the `TrainResult` (delta, sample count,
+loss, time) leaves this module — the user's data never does. Everything is seeded:
+the same (base, data, config, seed, thread count) gives the same delta bit for bit.
+Normative text: protocol/spec/training.md.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from p2pfl.errors import ConfigError
+from p2pfl.train.data import Dataset
+from p2pfl.train.models import build_model, load_numpy, model_to_numpy, seeded_torch
+
+OPTIMIZERS = ("sgd", "adam")
+# Domain tag of the per-client seed derivation; bump the version if the formula changes.
+CLIENT_SEED_TAG = b"p2pfl/train/client-seed/v1"
+# Seeds are kept below 2^63 so they fit torch.manual_seed and any signed 64-bit integer.
+SEED_BITS = 63
+# Evaluation batch: large enough to amortise Python overhead, small enough to stay
+# well under 100 MiB of activations for the built-in models.
+EVAL_BATCH_SIZE = 1000
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Local training hyper-parameters, as named in a task manifest's `train` table.
+
+    Defaults reach ~85% test accuracy on Fashion-MNIST with the small CNN after about
+    three FedAvg rounds of 10 IID clients x 1 epoch (measured; see the training spec).
+    """
+
+    epochs: int = 1
+    batch_size: int = 32
+    lr: float = 0.05
+    optimizer: str = "sgd"
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        def need(ok: bool, what: str) -> None:
+            if not ok:
+                raise ConfigError(f"train config: {what}")
+
+        for name in ("epochs", "batch_size", "seed"):
+            value = getattr(self, name)
+            need(isinstance(value, int) and not isinstance(value, bool), f"{name} must be an integer, got {value!r}")
+        for name in ("lr", "momentum", "weight_decay"):
+            value = getattr(self, name)
+            need(
+                isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value),
+                f"{name} must be a finite number, got {value!r}",
+            )
+        need(self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}")
+        need(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
+        need(self.lr > 0, f"lr must be > 0, got {self.lr}")
+        need(self.optimizer in OPTIMIZERS, f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        need(0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}")
+        need(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
+        need(0 <= self.seed < 2**64, f"seed must be in [0, 2^64), got {self.seed}")
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> TrainConfig:
+        """Build from a manifest table; unknown keys are an error, missing keys take defaults."""
+        if not isinstance(raw, Mapping):
+            raise ConfigError(f"train config must be a table, got {type(raw).__name__}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise ConfigError(f"train config: unknown keys {unknown}; known keys are {sorted(known)}")
+        return cls(**dict(raw))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The manifest table (every key, so a manifest pins its defaults)."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What one local training run hands to the network layer."""
+
+    delta: dict[str, np.ndarray]  # trained - base, float32, sorted names
+    n_samples: int
+    train_loss: float  # sample-weighted mean loss over the last epoch
+    seconds: float  # wall time of the training loop
+
+
+def client_seed(task_seed: int, round: int, client: int | bytes) -> int:
+    """The seed a client uses to train in `round`: shuffling order and torch RNG.
+
+    seed = first 8 bytes of sha256(TAG || u64be(task_seed) || u64be(round) || id), big
+    endian, shifted right by one (63 bits); id = u64be(client) for a client index (the
+    simulation) or the raw bytes of an identifier such as a 20-byte address.
+    The networked nodes and `reference_fedavg` both call this, so their curves compare.
+    """
+    if isinstance(client, (bytes, bytearray)):
+        ident = bytes(client)
+    else:
+        if client < 0 or client >= 2**64:
+            raise ConfigError(f"client index must be in [0, 2^64), got {client}")
+        ident = client.to_bytes(8, "big")
+    if not (0 <= task_seed < 2**64 and 0 <= round < 2**64):
+        raise ConfigError(f"task_seed and round must be in [0, 2^64), got {task_seed}, {round}")
+    digest = hashlib.sha256(
+        CLIENT_SEED_TAG + task_seed.to_bytes(8, "big") + round.to_bytes(8, "big") + ident
+    ).digest()
+    return int.from_bytes(digest[:8], "big") >> (64 - SEED_BITS)
+
+
+@contextmanager
+def torch_threads(num_threads: int | None) -> Iterator[None]:
+    """Run a block with `torch.set_num_threads(num_threads)`, restoring the previous value.
+
+    None leaves torch's setting alone. Deltas are bit-identical only for equal thread
+    counts (reductions split differently), so the simulation pins it.
+    """
+    if num_threads is None:
+        yield
+        return
+    if num_threads < 1:
+        raise ConfigError(f"num_threads must be >= 1, got {num_threads}")
+    previous = torch.get_num_threads()
+    torch.set_num_threads(num_threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _resolve_model(model: str | nn.Module, model_kwargs: Mapping[str, Any] | None) -> nn.Module:
+    if isinstance(model, nn.Module):
+        if model_kwargs:
+            raise ConfigError("model_kwargs apply only when the model is given by name")
+        return model
+    return build_model(model, **dict(model_kwargs or {}))
+
+
+def _make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(
+            model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+        )
+    # Adam's first-moment decay is its own default (0.9); `momentum` is an SGD knob.
+    return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def train_local(
+    model: str | nn.Module,
+    base: Mapping[str, np.ndarray],
+    data: Dataset,
+    cfg: TrainConfig,
+    seed: int | None = None,
+    *,
+    model_kwargs: Mapping[str, Any] | None = None,
+    num_threads: int | None = None,
+) -> TrainResult:
+    """Train from `base` on `data` for `cfg.epochs` and return the float32 delta.
+
+    `model` is a manifest name (built with `model_kwargs`) or a module, which is loaded
+    with `base` and trained in place. `seed` (default `cfg.seed`; normally
+    `client_seed(cfg.seed, round, client)`) fixes the shuffling — a fresh permutation per
+    epoch from `np.random.default_rng(seed)` — and torch's RNG for the duration (dropout).
+    The optimizer starts fresh every call. The last partial batch is kept.
+    """
+    if len(data) == 0:
+        raise ConfigError("cannot train on an empty dataset")
+    run_seed = cfg.seed if seed is None else seed
+    net = _resolve_model(model, model_kwargs)
+    load_numpy(net, base)
+    base32 = {k: np.asarray(v, dtype=np.float32) for k, v in base.items()}
+    x_all = torch.tensor(data.x)  # a private copy; the cached dataset stays read-only
+    y_all = torch.tensor(data.y)
+    n = len(data)
+    rng = np.random.default_rng(run_seed)
+    loss_fn = nn.CrossEntropyLoss()
+
+    with torch_threads(num_threads), seeded_torch(run_seed):
+        optimizer = _make_optimizer(net, cfg)
+        net.train()
+        started = time.perf_counter()
+        epoch_loss = 0.0
+        for _ in range(cfg.epochs):
+            order = torch.from_numpy(rng.permutation(n))
+            loss_sum = 0.0
+            for start in range(0, n, cfg.batch_size):
+                idx = order[start : start + cfg.batch_size]
+                optimizer.zero_grad(set_to_none=True)
+                loss = loss_fn(net(x_all[idx]), y_all[idx])
+                loss.backward()
+                optimizer.step()
+                loss_sum += float(loss.detach()) * len(idx)
+            epoch_loss = loss_sum / n
+        seconds = time.perf_counter() - started
+
+    trained = model_to_numpy(net)
+    delta = {k: np.subtract(trained[k], base32[k], dtype=np.float32) for k in sorted(trained)}
+    return TrainResult(delta=delta, n_samples=n, train_loss=epoch_loss, seconds=seconds)
+
+
+def evaluate(
+    model: str | nn.Module,
+    weights: Mapping[str, np.ndarray],
+    data: Dataset,
+    *,
+    model_kwargs: Mapping[str, Any] | None = None,
+    num_threads: int | None = None,
+    batch_size: int = EVAL_BATCH_SIZE,
+) -> tuple[float, float]:
+    """(mean cross-entropy loss, accuracy in [0, 1]) of `weights` on `data`."""
+    if len(data) == 0:
+        raise ConfigError("cannot evaluate on an empty dataset")
+    net = _resolve_model(model, model_kwargs)
+    load_numpy(net, weights)
+    net.eval()
+    loss_sum = 0.0
+    correct = 0
+    with torch_threads(num_threads), torch.inference_mode():
+        for start in range(0, len(data), batch_size):
+            xb = torch.from_numpy(np.array(data.x[start : start + batch_size]))
+            yb = torch.from_numpy(np.array(data.y[start : start + batch_size]))
+            logits = net(xb)
+            loss_sum += float(nn.functional.cross_entropy(logits, yb, reduction="sum"))
+            correct += int((logits.argmax(dim=1) == yb).sum())
+    return loss_sum / len(data), correct / len(data)
+
+
+def apply_delta(base: Mapping[str, np.ndarray], delta: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """base + delta in float32 (names must match)."""
+    if set(base) != set(delta):
+        raise ConfigError(f"delta names {sorted(delta)} do not match base names {sorted(base)}")
+    return {k: np.add(base[k], delta[k], dtype=np.float32) for k in sorted(base)}
+
+
+def weights_equal(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray]) -> bool:
+    """True iff both have the same names and bit-identical arrays."""
+    return set(a) == set(b) and all(
+        a[k].shape == b[k].shape and a[k].tobytes() == b[k].tobytes() for k in a
+    )
+
+
+__all__ = [
+    "TrainConfig",
+    "TrainResult",
+    "apply_delta",
+    "client_seed",
+    "evaluate",
+    "model_to_numpy",
+    "torch_threads",
+    "train_local",
+    "weights_equal",
+]
