@@ -5,9 +5,10 @@ result: sha256 of the output float32 bytes (little-endian), accepted peers and
 rejected (peer, reason) pairs, or the expected error class.
 
 Contribution deltas are either explicit (`delta_hex`: little-endian float32 bytes)
-or a recipe (`terms`: [[seed, scale], ...], `size`): delta = sum over terms, left to
-right in float32, of float32(scale) * standard_normal(size, dtype=float32) from
-numpy's `default_rng(seed)` (PCG64).
+or a recipe (`terms`: [[seed, scale], ...], `size`): delta = zeros, plus each term left
+to right in float32, of float32(scale) * standard_normal(size, dtype=float32) from
+numpy's `default_rng(seed)` (PCG64); then `patch`: [[index, float32 hex], ...] overwrites
+single elements.
 
     .venv/bin/python protocol/vectors/make_aggregation.py
 """
@@ -38,6 +39,8 @@ def delta_from(entry: dict[str, Any]) -> np.ndarray:
     out = np.zeros(entry["size"], dtype=np.float32)
     for seed, scale in entry["terms"]:
         out += np.float32(scale) * np.random.default_rng(seed).standard_normal(entry["size"], dtype=np.float32)
+    for index, value_hex in entry.get("patch", []):
+        out[index] = np.frombuffer(bytes.fromhex(value_hex), dtype="<f4")[0]
     return out
 
 
@@ -65,9 +68,9 @@ def cases() -> list[dict[str, Any]]:
         {"peer": peer(3), "n_samples": 5, "delta_hex": hex32([-1.0, 0.0, 0.125, 0.0, 1.0, 0.5])},
     ]
     freeriders = [honest(i, size) for i in range(5)] + [
-        {"peer": peer(5), "n_samples": 100, "delta_hex": hex32([0.0] * size)},
+        {"peer": peer(5), "n_samples": 100, "size": size, "terms": []},  # zero update
         dict(honest(0, size), peer=peer(6)),  # copy of peer 0's delta
-        {"peer": peer(7), "n_samples": 100, "delta_hex": hex32([float("nan")] + [0.0] * (size - 1))},
+        dict(honest(7, size), patch=[[3, "0000c07f"]]),  # one NaN
         dict(honest(8, size), n_samples=0),
         dict(honest(9, size), n_samples=10**9),  # inflated sample count
         {"peer": peer(10), "n_samples": 100, "size": size, "terms": [[300, 0.7]]},  # pure noise

@@ -421,6 +421,8 @@ def _vector_delta(entry: dict) -> np.ndarray:
     out = np.zeros(entry["size"], dtype=np.float32)
     for seed, scale in entry["terms"]:
         out += np.float32(scale) * np.random.default_rng(seed).standard_normal(entry["size"], dtype=np.float32)
+    for index, value_hex in entry.get("patch", []):
+        out[index] = np.frombuffer(bytes.fromhex(value_hex), dtype="<f4")[0]
     return out
 
 
