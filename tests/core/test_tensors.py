@@ -239,3 +239,11 @@ def test_core_imports_no_io_libraries() -> None:
     source = Path(module.__file__).read_text()
     for name in ("trio", "libp2p", "web3", "torch"):
         assert f"import {name}" not in source and f"from {name}" not in source
+
+
+def test_flat_vector_bytes_are_the_blob_data_section() -> None:
+    tensors = {"b": np.arange(3, dtype=np.float32), "a": np.ones((2, 2), np.float32)}
+    blob = encode_tensors(tensors)
+    header_len = int.from_bytes(blob[:8], "little")
+    vector, _ = flatten(tensors)
+    assert blob[8 + header_len :] == vector.tobytes()
