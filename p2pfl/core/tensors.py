@@ -31,8 +31,12 @@ from p2pfl.errors import InvalidMessage
 # The only dtype on the wire: little-endian IEEE-754 binary32.
 WIRE_DTYPE = np.dtype("<f4")
 SAFETENSORS_F32 = "F32"
-# safetensors' own reader refuses headers over 100 MB; a real model's header is a few KiB.
-MAX_HEADER_BYTES = 100_000_000
+# A header costs ~80 bytes per tensor: 4 MiB allows ~50k tensors, far beyond any model
+# here (safetensors' own reader allows 100 MB, which is more than we want to parse).
+MAX_HEADER_BYTES = 4 * 1024 * 1024
+# A canonical header nests exactly 3 deep: {"name":{"shape":[...]}}. Deeper input is
+# refused before the JSON parser sees it (deep nesting can exhaust the C stack).
+MAX_JSON_DEPTH = 3
 # Default cap on a whole encoded model/delta: 1 GiB is far above the models this project
 # trains (MNIST-sized to ResNet-sized, < 100 MB) and keeps a hostile blob from exhausting RAM.
 DEFAULT_MAX_BYTES = 1 << 30
@@ -46,6 +50,9 @@ MAX_NAME_LENGTH = 256
 _NAME = re.compile(r'[\x20-\x21\x23-\x5b\x5d-\x7e]{1,256}')
 # safetensors reserves this key for string metadata; we carry none.
 METADATA_KEY = "__metadata__"
+_JSON_STRING = re.compile(rb'"[^"]*"')
+_OPENERS = np.frombuffer(b"[{", dtype=np.uint8)
+_CLOSERS = np.frombuffer(b"]}", dtype=np.uint8)
 
 Layout = tuple[tuple[str, tuple[int, ...]], ...]
 
@@ -140,7 +147,20 @@ def _is_uint(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
+def _check_nesting(raw: bytes) -> None:
+    """Refuse escapes and nesting deeper than MAX_JSON_DEPTH, without recursion."""
+    if b"\\" in raw:
+        # Canonical headers have no escapes (names exclude `"` and `\`).
+        raise InvalidTensors("tensors-bad-header", "escape sequences are not allowed")
+    structure = _JSON_STRING.sub(b"", raw)  # without escapes, a string is "[^"]*"
+    codes = np.frombuffer(structure, dtype=np.uint8)
+    steps = np.isin(codes, _OPENERS).astype(np.int64) - np.isin(codes, _CLOSERS)
+    if steps.size and int(np.cumsum(steps).max()) > MAX_JSON_DEPTH:
+        raise InvalidTensors("tensors-bad-header", f"JSON nested deeper than {MAX_JSON_DEPTH}")
+
+
 def _parse_header(raw: bytes) -> list[tuple[str, tuple[int, ...], int, int]]:
+    _check_nesting(raw)
     try:
         header = json.loads(
             raw.decode("utf-8"),

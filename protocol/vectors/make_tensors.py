@@ -50,6 +50,12 @@ def invalid_cases() -> list[tuple[str, str, bytes]]:
         ("header-past-end", "tensors-truncated", struct.pack("<Q", 64) + b"{}"),
         ("not-json", "tensors-bad-header", header_blob("{not json")),
         ("not-object", "tensors-bad-header", header_blob("[]")),
+        ("too-deep", "tensors-bad-header", header_blob('{"a":{"b":[[1]]}}')),
+        (
+            "bad-name-non-ascii",
+            "tensors-name",
+            header_blob('{"\u00e9":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}', four),
+        ),
         ("metadata", "tensors-metadata", header_blob('{"__metadata__":{"k":"v"}}')),
         (
             "dtype-f64",
@@ -129,7 +135,7 @@ def invalid_cases() -> list[tuple[str, str, bytes]]:
         ),
         (
             "bad-name-quote-escape",
-            "tensors-name",
+            "tensors-bad-header",
             header_blob('{"a\\"b":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}', four),
         ),
     ]
