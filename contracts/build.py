@@ -4,10 +4,11 @@ Usage (from the repo root): `.venv/bin/python contracts/build.py [--check]`.
 `--check` compiles into memory and exits 1 if the committed artifacts differ (stale).
 
 The settings are pinned so that artifacts are reproducible byte for byte: solc
-0.8.37 (tools/package.json), optimizer on with 200 runs (the usual balance between
-deploy size and call cost; commitRound's cost is dominated by ecrecover, calldata and
-storage, not by code), evmVersion "prague" (what py-evm and anvil run), no metadata
-hash (so that comments or paths do not change the bytecode).
+0.8.37 (tools/package.json), optimizer on with 10000 runs (contracts are deployed once
+and called every round: measured -1.1k gas per commit vs 200 runs, code stays < 11 KB),
+via-IR (commitRound has too many locals for the legacy pipeline), evmVersion "prague"
+(what py-evm and anvil run), no metadata hash (so that comments or paths do not change
+the bytecode).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ SOLC_VERSION = "0.8.37"
 CONTRACTS = ("NodeRegistry", "RoundLedger")
 
 SETTINGS = {
-    "optimizer": {"enabled": True, "runs": 200},
+    "optimizer": {"enabled": True, "runs": 10000},
     "evmVersion": "prague",
     "viaIR": True,
     "metadata": {"bytecodeHash": "none", "appendCBOR": False},

@@ -1,0 +1,718 @@
+"""Synchronous chain client: deploy, register, commit, claim, evidence, views.
+
+Blocking by design (web3's AsyncWeb3 does not run under trio). Every call holds the
+provider's lock (`providers.chain_lock`), so eth-tester sees one worker at a time.
+Trio code uses `p2pfl.chain.trio_client.TrioChain`, which runs these methods through
+`trio.to_thread.run_sync`.
+
+Transactions are signed locally with eth-account; nonces are tracked here and
+re-synchronised from the chain when a node says they are off. Transport errors are
+retried with exponential backoff. A call or transaction that reverts raises
+`ChainError` whose `revert_reason` names the contract's custom error with its
+arguments, e.g. "WrongRound(expected=3, got=5)", whatever the node's error format.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import requests
+from eth_abi import decode as abi_decode
+from eth_account import Account
+from eth_account.signers.local import LocalAccount
+from eth_utils import keccak, to_checksum_address
+from web3 import Web3
+from web3.exceptions import (
+    ContractLogicError,
+    ProviderConnectionError,
+    TimeExhausted,
+    TransactionNotFound,
+    Web3RPCError,
+)
+
+from p2pfl.chain.artifacts import load_artifact
+from p2pfl.chain.providers import chain_lock
+from p2pfl.core.merkle import RewardLeaf
+from p2pfl.core.signing import Domain, Kind, recover_signer, statement_digest, vote_body
+from p2pfl.errors import ChainError, InvalidSignature
+
+T = TypeVar("T")
+
+# Transport failures worth retrying: the request may not have reached the node.
+TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (
+    requests.exceptions.ConnectionError,
+    requests.exceptions.Timeout,
+    ProviderConnectionError,
+    ConnectionError,
+    TimeoutError,
+)
+DEFAULT_RETRIES = 5
+DEFAULT_BACKOFF_S = 0.2
+MAX_BACKOFF_S = 5.0
+# Gas limit = estimate * 1.2 + 20k: estimates are exact on a quiet chain, but state may
+# move between estimate and inclusion (e.g. a checkpoint lookup taking the slow path).
+GAS_MARGIN_NUM, GAS_MARGIN_DEN, GAS_MARGIN_ADD = 6, 5, 20_000
+RECEIPT_TIMEOUT_S = 120.0
+# Registry pages fetched per call when listing nodes or stakes.
+PAGE = 200
+
+_ERROR_STRING = bytes.fromhex("08c379a0")  # Error(string)
+_PANIC = bytes.fromhex("4e487b71")  # Panic(uint256)
+
+
+# ---------------------------------------------------------------- values
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """Where the contracts live; saved as JSON for `p2pfl` commands and the node."""
+
+    chain_id: int
+    registry: str  # checksum address
+    ledger: str
+    block: int  # deployment block: followers start there
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {"chain_id": self.chain_id, "registry": self.registry, "ledger": self.ledger, "block": self.block},
+            indent=1,
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> Deployment:
+        d = json.loads(text)
+        return cls(int(d["chain_id"]), to_checksum_address(d["registry"]), to_checksum_address(d["ledger"]), int(d["block"]))
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(self.to_json() + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> Deployment:
+        try:
+            return cls.from_json(Path(path).read_text())
+        except (OSError, KeyError, ValueError) as exc:
+            raise ChainError(f"cannot read deployment file {path}: {exc}") from exc
+
+    def domain(self) -> Domain:
+        """The EIP-712 domain votes and evidence are signed under."""
+        return Domain(self.chain_id, bytes.fromhex(self.ledger[2:]))
+
+
+@dataclass(frozen=True)
+class TxResult:
+    tx_hash: bytes
+    block_number: int
+    gas_used: int
+    events: tuple[tuple[str, dict[str, Any]], ...] = ()
+
+    def event(self, name: str) -> dict[str, Any]:
+        """Arguments of the first event called `name` (KeyError if none)."""
+        for n, args in self.events:
+            if n == name:
+                return args
+        raise KeyError(name)
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    address: bytes
+    peer_id: bytes
+    enc_key: bytes
+    stake: int
+    unbonding: int
+    release_block: int
+    reputation: int
+    tier: int
+    active: bool
+
+
+@dataclass(frozen=True)
+class TaskInfo:
+    task: bytes
+    last_round: int
+    last_result: bytes
+    last_commit_block: int
+    last_commit_time: int
+    committee_size: int
+    quorum: int
+    escrow: int
+    reward_per_round: int
+    creator: bytes
+    redraw_delay_s: int
+
+    @property
+    def exists(self) -> bool:
+        return self.committee_size > 0
+
+    @property
+    def snapshot_block(self) -> int:
+        """Block whose end-state stakes elect round last_round + 1."""
+        return self.last_commit_block - 1
+
+
+@dataclass(frozen=True)
+class RoundCommitted:
+    task: bytes
+    round: int
+    attempt: int
+    view: int
+    base: bytes
+    result: bytes
+    contributors_root: bytes
+    reward: int
+    signers: int
+    block_number: int
+    tx_hash: bytes
+    log_index: int
+
+
+@dataclass(frozen=True)
+class Vote:
+    """One committee signature over a VOTE statement, with its recovered signer."""
+
+    signer: bytes
+    signature: bytes
+
+
+# ---------------------------------------------------------------- revert decoding
+
+
+def _error_table() -> dict[bytes, tuple[str, list[str], list[str]]]:
+    table: dict[bytes, tuple[str, list[str], list[str]]] = {}
+    for name in ("NodeRegistry", "RoundLedger"):
+        for item in load_artifact(name)["abi"]:
+            if item.get("type") != "error":
+                continue
+            types = [i["type"] for i in item["inputs"]]
+            sig = f"{item['name']}({','.join(types)})"
+            table[keccak(text=sig)[:4]] = (item["name"], [i["name"] for i in item["inputs"]], types)
+    return table
+
+
+_ERRORS: dict[bytes, tuple[str, list[str], list[str]]] | None = None
+
+
+def _fmt(value: Any, typ: str) -> str:
+    if isinstance(value, bytes):
+        return "0x" + value.hex()
+    if typ == "address":
+        return to_checksum_address(value)
+    return str(value)
+
+
+def decode_revert_data(data: bytes) -> str:
+    """Human/machine-readable reason for raw revert data: `Name(arg=value, ...)`."""
+    global _ERRORS
+    if _ERRORS is None:
+        _ERRORS = _error_table()
+    if not data:
+        return "reverted without reason"
+    selector, payload = data[:4], data[4:]
+    try:
+        if selector == _ERROR_STRING:
+            return abi_decode(["string"], payload)[0]
+        if selector == _PANIC:
+            return f"Panic(code=0x{abi_decode(['uint256'], payload)[0]:02x})"
+        if selector in _ERRORS:
+            name, names, types = _ERRORS[selector]
+            values = abi_decode(types, payload)
+            return f"{name}({', '.join(f'{n}={_fmt(v, t)}' for n, v, t in zip(names, values, types))})"
+    except Exception:  # undecodable payload: fall through to hex
+        pass
+    return "0x" + data.hex()
+
+
+def _bytes_from_hexish(value: Any) -> bytes | None:
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value)
+    if isinstance(value, str) and value.startswith("0x"):
+        try:
+            return bytes.fromhex(value[2:])
+        except ValueError:
+            return None
+    return None
+
+
+def revert_reason(exc: BaseException) -> str | None:
+    """The revert reason inside any provider's error, or None if `exc` is not a revert.
+
+    eth-tester raises TransactionFailed("execution reverted: b'...'") (a bytes repr) or
+    with a decoded string; JSON-RPC nodes (anvil, geth) return `data` as hex, which
+    web3 surfaces as ContractCustomError/ContractLogicError(.data) or Web3RPCError.
+    """
+    if isinstance(exc, ContractLogicError):
+        data = exc.data.get("data") if isinstance(exc.data, dict) else exc.data
+        raw = _bytes_from_hexish(data)
+        if raw is not None:
+            return decode_revert_data(raw)
+        msg = exc.message or str(exc)
+        return msg.removeprefix("execution reverted: ").removeprefix("execution reverted")  or "reverted"
+    if type(exc).__name__ == "TransactionFailed":  # eth_tester.exceptions, imported lazily
+        text = str(exc.args[0]) if exc.args else ""
+        text = text.removeprefix("execution reverted: ")
+        if text.startswith(("b'", 'b"')):
+            try:
+                return decode_revert_data(ast.literal_eval(text))
+            except (ValueError, SyntaxError):
+                pass
+        return text or "reverted without reason"
+    if isinstance(exc, Web3RPCError):
+        err = (exc.rpc_response or {}).get("error") if isinstance(exc.rpc_response, dict) else None
+        if isinstance(err, dict):
+            raw = _bytes_from_hexish(err.get("data"))
+            if raw is not None:
+                return decode_revert_data(raw)
+            if "revert" in str(err.get("message", "")):
+                return str(err.get("message"))
+    return None
+
+
+# ---------------------------------------------------------------- sender
+
+
+def _addr(value: str | bytes) -> str:
+    if isinstance(value, (bytes, bytearray)):
+        if len(value) != 20:
+            raise ChainError(f"address must be 20 bytes, got {len(value)}")
+        return to_checksum_address(bytes(value))
+    return to_checksum_address(value)
+
+
+def _b32(value: bytes, name: str) -> bytes:
+    if not isinstance(value, (bytes, bytearray)) or len(value) != 32:
+        raise ChainError(f"{name} must be 32 bytes")
+    return bytes(value)
+
+
+class TxSender:
+    """Signs and sends transactions for one account: nonces, retries, revert reasons."""
+
+    def __init__(
+        self,
+        w3: Web3,
+        account: LocalAccount,
+        retries: int = DEFAULT_RETRIES,
+        backoff_s: float = DEFAULT_BACKOFF_S,
+    ) -> None:
+        self.w3 = w3
+        self.account = account
+        self.retries = retries
+        self.backoff_s = backoff_s
+        self.lock = chain_lock(w3)
+        self._nonce: int | None = None
+        self._chain_id: int | None = None
+
+    def retry(self, what: str, fn: Callable[[], T]) -> T:
+        """Run `fn`, retrying transport errors with exponential backoff."""
+        delay = self.backoff_s
+        for attempt in range(self.retries + 1):
+            try:
+                return fn()
+            except TRANSPORT_ERRORS as exc:
+                if attempt == self.retries:
+                    raise ChainError(
+                        f"{what}: chain unreachable after {self.retries + 1} tries ({exc}); check the RPC URL"
+                    ) from exc
+                time.sleep(delay)
+                delay = min(delay * 2, MAX_BACKOFF_S)
+        raise AssertionError("unreachable")
+
+    def chain_id(self) -> int:
+        if self._chain_id is None:
+            self._chain_id = self.retry("chain id", lambda: self.w3.eth.chain_id)
+        return self._chain_id
+
+    def call(self, what: str, fn: Callable[[], T]) -> T:
+        """A read-only call; reverts become ChainError with the reason."""
+        with self.lock:
+            try:
+                return self.retry(what, fn)
+            except ChainError:
+                raise
+            except Exception as exc:
+                reason = revert_reason(exc)
+                if reason is None:
+                    raise ChainError(f"{what} failed: {exc}") from exc
+                raise ChainError(f"{what} reverted: {reason}", reason) from exc
+
+    def transact(self, what: str, fn: Any, value: int = 0, gas: int | None = None) -> dict[str, Any]:
+        """Estimate (which surfaces reverts with their reason), sign, send, wait; returns the receipt."""
+        with self.lock:
+            params: dict[str, Any] = {"from": self.account.address, "value": value}
+            if gas is None:
+                try:
+                    estimate = self.retry(what, lambda: fn.estimate_gas(params))
+                except ChainError:
+                    raise
+                except Exception as exc:
+                    reason = revert_reason(exc)
+                    if reason is None:
+                        raise ChainError(f"{what}: gas estimation failed: {exc}") from exc
+                    raise ChainError(f"{what} reverted: {reason}", reason) from exc
+                gas = estimate * GAS_MARGIN_NUM // GAS_MARGIN_DEN + GAS_MARGIN_ADD
+            for resync in (False, True):
+                if resync or self._nonce is None:
+                    self._nonce = self.retry(
+                        "nonce", lambda: self.w3.eth.get_transaction_count(self.account.address, "pending")
+                    )
+                tx = fn.build_transaction({**params, "gas": gas, "nonce": self._nonce, "chainId": self.chain_id()})
+                signed = self.account.sign_transaction(tx)
+                try:
+                    tx_hash = self._send_raw(signed.raw_transaction, bytes(signed.hash))
+                except ChainError as exc:
+                    if not resync and "nonce" in str(exc).lower():
+                        continue  # someone else used this account: resync once
+                    raise
+                self._nonce += 1
+                return self._wait(what, tx_hash, fn, params)
+            raise AssertionError("unreachable")
+
+    def _send_raw(self, raw: bytes, tx_hash: bytes) -> bytes:
+        delay = self.backoff_s
+        for attempt in range(self.retries + 1):
+            try:
+                return bytes(self.w3.eth.send_raw_transaction(raw))
+            except TRANSPORT_ERRORS as exc:
+                if attempt == self.retries:
+                    raise ChainError(f"cannot send transaction: chain unreachable ({exc})") from exc
+                time.sleep(delay)
+                delay = min(delay * 2, MAX_BACKOFF_S)
+            except Exception as exc:
+                text = str(exc).lower()
+                if "already known" in text or "already imported" in text:
+                    return tx_hash  # a retried send that had in fact arrived
+                raise ChainError(f"transaction rejected by the node: {exc}") from exc
+        raise AssertionError("unreachable")
+
+    def _wait(self, what: str, tx_hash: bytes, fn: Any, params: dict[str, Any]) -> dict[str, Any]:
+        try:
+            receipt = self.retry(
+                "receipt", lambda: self.w3.eth.wait_for_transaction_receipt(tx_hash, timeout=RECEIPT_TIMEOUT_S)
+            )
+        except (TimeExhausted, TransactionNotFound) as exc:
+            raise ChainError(f"{what}: transaction 0x{tx_hash.hex()} not mined in {RECEIPT_TIMEOUT_S} s") from exc
+        if receipt["status"] != 1:
+            # Replay at the parent block to learn why (state may differ slightly).
+            reason = "reverted without reason"
+            try:
+                fn.call(params, block_identifier=receipt["blockNumber"] - 1)
+            except Exception as exc:
+                reason = revert_reason(exc) or reason
+            raise ChainError(f"{what} reverted in block {receipt['blockNumber']}: {reason}", reason)
+        return dict(receipt)
+
+
+# ---------------------------------------------------------------- deploy
+
+
+# Defaults for `p2pfl chain deploy`: stake tiers in wei and an unbonding delay long
+# enough (about a day at 12 s blocks) for equivocation evidence to land.
+DEFAULT_MIN_STAKE = 10**18
+DEFAULT_COMPUTE_STAKE = 5 * 10**18
+DEFAULT_TRUSTED_STAKE = 20 * 10**18
+DEFAULT_UNBONDING_BLOCKS = 7_200
+
+
+def deploy(
+    w3: Web3,
+    account: LocalAccount,
+    min_stake: int = DEFAULT_MIN_STAKE,
+    compute_stake: int = DEFAULT_COMPUTE_STAKE,
+    trusted_stake: int = DEFAULT_TRUSTED_STAKE,
+    unbonding_blocks: int = DEFAULT_UNBONDING_BLOCKS,
+) -> Deployment:
+    """Deploy NodeRegistry and RoundLedger and bind them; three transactions."""
+    sender = TxSender(w3, account)
+    reg_art, led_art = load_artifact("NodeRegistry"), load_artifact("RoundLedger")
+    reg_factory = w3.eth.contract(abi=reg_art["abi"], bytecode=reg_art["bytecode"])
+    r1 = sender.transact(
+        "deploy NodeRegistry", reg_factory.constructor(min_stake, compute_stake, trusted_stake, unbonding_blocks)
+    )
+    registry = r1["contractAddress"]
+    led_factory = w3.eth.contract(abi=led_art["abi"], bytecode=led_art["bytecode"])
+    r2 = sender.transact("deploy RoundLedger", led_factory.constructor(registry))
+    ledger = r2["contractAddress"]
+    reg = w3.eth.contract(address=registry, abi=reg_art["abi"])
+    sender.transact("bind ledger", reg.functions.bindLedger(ledger))
+    return Deployment(sender.chain_id(), to_checksum_address(registry), to_checksum_address(ledger), r1["blockNumber"])
+
+
+# ---------------------------------------------------------------- client
+
+
+class ChainClient:
+    """One account's view of a p2pfl deployment. Addresses are 20-byte `bytes`."""
+
+    def __init__(
+        self,
+        w3: Web3,
+        deployment: Deployment,
+        account: LocalAccount | bytes | None = None,
+        retries: int = DEFAULT_RETRIES,
+        backoff_s: float = DEFAULT_BACKOFF_S,
+    ) -> None:
+        if isinstance(account, (bytes, bytearray)):
+            account = Account.from_key(bytes(account))
+        self.w3 = w3
+        self.deployment = deployment
+        self.account = account
+        self.registry = w3.eth.contract(address=deployment.registry, abi=load_artifact("NodeRegistry")["abi"])
+        self.ledger = w3.eth.contract(address=deployment.ledger, abi=load_artifact("RoundLedger")["abi"])
+        self._sender = TxSender(w3, account or Account.create(), retries, backoff_s)
+        self._events = {}
+        for contract in (self.registry, self.ledger):
+            for item in contract.abi:
+                if item.get("type") == "event":
+                    sig = f"{item['name']}({','.join(i['type'] for i in item['inputs'])})"
+                    self._events[keccak(text=sig)] = getattr(contract.events, item["name"])()
+
+    # -------------------------------------------------------- basics
+
+    @property
+    def address(self) -> bytes:
+        if self.account is None:
+            raise ChainError("this client has no account: pass a key to send transactions")
+        return bytes.fromhex(self.account.address[2:])
+
+    def domain(self) -> Domain:
+        return self.deployment.domain()
+
+    def block_number(self) -> int:
+        return self._sender.call("block number", lambda: self.w3.eth.block_number)
+
+    def balance(self, address: bytes | None = None) -> int:
+        a = _addr(address if address is not None else self.address)
+        return self._sender.call("balance", lambda: self.w3.eth.get_balance(a))
+
+    def _tx(self, what: str, fn: Any, value: int = 0, gas: int | None = None) -> TxResult:
+        if self.account is None:
+            raise ChainError(f"{what}: this client has no account to send from")
+        receipt = self._sender.transact(what, fn, value, gas)
+        events = []
+        for log in receipt["logs"]:
+            ev = self._events.get(bytes(log["topics"][0])) if log["topics"] else None
+            if ev is not None:
+                data = ev.process_log(log)
+                events.append((data["event"], dict(data["args"])))
+        return TxResult(bytes(receipt["transactionHash"]), receipt["blockNumber"], receipt["gasUsed"], tuple(events))
+
+    def _call(self, what: str, fn: Any, block: int | str = "latest") -> Any:
+        return self._sender.call(what, lambda: fn.call(block_identifier=block))
+
+    # -------------------------------------------------------- registry: transactions
+
+    def register(self, peer_id: bytes, enc_key: bytes, stake_wei: int) -> TxResult:
+        """Register this account's node (peer ID bytes, X25519 key) with `stake_wei`."""
+        return self._tx("register", self.registry.functions.register(bytes(peer_id), _b32(enc_key, "enc_key")), stake_wei)
+
+    def update_keys(self, peer_id: bytes, enc_key: bytes) -> TxResult:
+        return self._tx("updateKeys", self.registry.functions.updateKeys(bytes(peer_id), _b32(enc_key, "enc_key")))
+
+    def top_up(self, amount_wei: int) -> TxResult:
+        return self._tx("topUp", self.registry.functions.topUp(), amount_wei)
+
+    def exit(self) -> TxResult:
+        """Start unbonding all active stake (withdrawable after the unbonding delay)."""
+        return self._tx("exit", self.registry.functions.exit())
+
+    def withdraw(self) -> TxResult:
+        return self._tx("withdraw", self.registry.functions.withdraw())
+
+    # -------------------------------------------------------- registry: views
+
+    def node_info(self, address: bytes | None = None) -> NodeInfo:
+        a = address if address is not None else self.address
+        r = self._call("nodeInfo", self.registry.functions.nodeInfo(_addr(a)))
+        return NodeInfo(bytes(a), bytes(r[0]), bytes(r[1]), r[2], r[3], r[4], r[5], r[6], r[7])
+
+    def stake_at(self, address: bytes, block: int) -> int:
+        return self._call("stakeAt", self.registry.functions.stakeAt(_addr(address), block))
+
+    def total_stake_at(self, block: int) -> int:
+        return self._call("totalStakeAt", self.registry.functions.totalStakeAt(block))
+
+    def registered_nodes(self) -> list[bytes]:
+        """Every address that ever registered, in registration order."""
+        n = self._call("nodeCount", self.registry.functions.nodeCount())
+        out: list[bytes] = []
+        for start in range(0, n, PAGE):
+            page = self._call("nodesPage", self.registry.functions.nodesPage(start, PAGE))
+            out.extend(bytes.fromhex(a[2:]) for a in page)
+        return out
+
+    def stakes_at(self, block: int, addresses: Sequence[bytes] | None = None) -> tuple[int, dict[bytes, int]]:
+        """(total active stake, {address: active stake > 0}) at the end of `block`."""
+        nodes = list(addresses) if addresses is not None else self.registered_nodes()
+        total = self.total_stake_at(block)
+        stakes: dict[bytes, int] = {}
+        for start in range(0, len(nodes), PAGE):
+            chunk = nodes[start : start + PAGE]
+            _, values = self._call(
+                "stakesAt", self.registry.functions.stakesAt([_addr(a) for a in chunk], block)
+            )
+            stakes.update({a: s for a, s in zip(chunk, values) if s > 0})
+        return total, stakes
+
+    def committee_stakes(self, task: bytes) -> tuple[int, dict[bytes, int]]:
+        """(snapshot block, {address: stake}) that elects the task's next round.
+
+        Feed the mapping to `p2pfl.core.sortition.committee_for`: its total equals the
+        registry's total at the snapshot block because every node is listed.
+        """
+        block = self.snapshot_block(task)
+        _, stakes = self.stakes_at(block)
+        return block, stakes
+
+    # -------------------------------------------------------- ledger: transactions
+
+    def create_task(
+        self,
+        task: bytes,
+        initial_model: bytes,
+        committee_size: int,
+        quorum: int,
+        reward_per_round_wei: int,
+        escrow_wei: int,
+        redraw_delay_s: int = 30,
+    ) -> TxResult:
+        """Open a task with its reward budget escrowed (quorum is raised to ceil(2k/3))."""
+        fn = self.ledger.functions.createTask(
+            _b32(task, "task"), _b32(initial_model, "initial_model"), committee_size, quorum,
+            reward_per_round_wei, redraw_delay_s,
+        )
+        return self._tx("createTask", fn, escrow_wei)
+
+    def fund_task(self, task: bytes, amount_wei: int) -> TxResult:
+        return self._tx("fundTask", self.ledger.functions.fundTask(_b32(task, "task")), amount_wei)
+
+    def sort_votes(
+        self,
+        task: bytes,
+        round: int,
+        attempt: int,
+        view: int,
+        base: bytes,
+        result: bytes,
+        contributors_root: bytes,
+        signatures: Iterable[bytes],
+    ) -> list[Vote]:
+        """Recover each vote's signer (p2pfl.core.signing), drop duplicates and bad
+        signatures, and order by ascending signer as commitRound requires."""
+        digest = statement_digest(
+            self.domain(), Kind.VOTE, task, round, attempt, view, vote_body(base, result, contributors_root)
+        )
+        by_signer: dict[bytes, bytes] = {}
+        for sig in signatures:
+            try:
+                by_signer.setdefault(recover_signer(digest, bytes(sig)), bytes(sig))
+            except InvalidSignature:
+                continue
+        return [Vote(s, by_signer[s]) for s in sorted(by_signer)]
+
+    def commit_round(
+        self,
+        task: bytes,
+        round: int,
+        attempt: int,
+        view: int,
+        base: bytes,
+        result: bytes,
+        contributors_root: bytes,
+        signatures: Iterable[bytes],
+        gas: int | None = None,
+    ) -> TxResult:
+        """Commit a round with the committee's VOTE signatures (any order; sorted here)."""
+        votes = self.sort_votes(task, round, attempt, view, base, result, contributors_root, signatures)
+        fn = self.ledger.functions.commitRound(
+            _b32(task, "task"), round, attempt, view, _b32(base, "base"), _b32(result, "result"),
+            _b32(contributors_root, "contributors_root"), b"".join(v.signature for v in votes),
+        )
+        return self._tx("commitRound", fn, gas=gas)
+
+    def claim(self, task: bytes, round: int, leaf: RewardLeaf, proof: Sequence[bytes]) -> TxResult:
+        """Claim one reward leaf (paid to leaf.account, whoever sends)."""
+        fn = self.ledger.functions.claim(
+            _b32(task, "task"), round, leaf.index, leaf.role, _addr(leaf.account), leaf.amount,
+            [bytes(p) for p in proof],
+        )
+        return self._tx("claim", fn)
+
+    def report_rejected(self, task: bytes, round: int, leaf: RewardLeaf, proof: Sequence[bytes]) -> TxResult:
+        """Record a REJECTED leaf of a committed round (lowers that node's reputation)."""
+        fn = self.ledger.functions.reportRejected(
+            _b32(task, "task"), round, leaf.index, _addr(leaf.account), [bytes(p) for p in proof]
+        )
+        return self._tx("reportRejected", fn)
+
+    def submit_equivocation(
+        self,
+        kind: int,
+        task: bytes,
+        round: int,
+        attempt: int,
+        view: int,
+        body_a: bytes,
+        sig_a: bytes,
+        body_b: bytes,
+        sig_b: bytes,
+    ) -> TxResult:
+        """Submit two conflicting statements signed by one node: slashes it, pays us a share."""
+        fn = self.ledger.functions.submitEquivocation(
+            kind, _b32(task, "task"), round, attempt, view, _b32(body_a, "body_a"), bytes(sig_a),
+            _b32(body_b, "body_b"), bytes(sig_b),
+        )
+        return self._tx("submitEquivocation", fn)
+
+    # -------------------------------------------------------- ledger: views
+
+    def task_info(self, task: bytes) -> TaskInfo:
+        r = self._call("taskInfo", self.ledger.functions.taskInfo(_b32(task, "task")))
+        return TaskInfo(
+            bytes(task), r[0], bytes(r[1]), r[2], r[3], r[4], r[5], r[6], r[7], bytes.fromhex(r[8][2:]), r[9]
+        )
+
+    def snapshot_block(self, task: bytes) -> int:
+        return self._call("snapshotBlock", self.ledger.functions.snapshotBlock(_b32(task, "task")))
+
+    def round_root(self, task: bytes, round: int) -> bytes:
+        return bytes(self._call("roundRoot", self.ledger.functions.roundRoot(_b32(task, "task"), round)))
+
+    def round_remaining(self, task: bytes, round: int) -> int:
+        return self._call("roundRemaining", self.ledger.functions.roundRemaining(_b32(task, "task"), round))
+
+    def is_consumed(self, task: bytes, round: int, index: int) -> bool:
+        return self._call("isConsumed", self.ledger.functions.isConsumed(_b32(task, "task"), round, index))
+
+    def evidence_used(self, signer: bytes, kind: int, task: bytes, round: int, attempt: int, view: int) -> bool:
+        eid = keccak(
+            bytes(12) + bytes(signer) + kind.to_bytes(32, "big") + _b32(task, "task")
+            + round.to_bytes(32, "big") + attempt.to_bytes(32, "big") + view.to_bytes(32, "big")
+        )
+        return self._call("evidenceUsed", self.ledger.functions.evidenceUsed(eid))
+
+    def commits(self, from_block: int, to_block: int, task: bytes | None = None) -> list[RoundCommitted]:
+        """RoundCommitted events in [from_block, to_block], in chain order."""
+        event = self.ledger.events.RoundCommitted()
+        flt: dict[str, Any] = {"task": _b32(task, "task")} if task is not None else {}
+        logs = self._sender.call(
+            "getLogs",
+            lambda: event.get_logs(from_block=from_block, to_block=to_block, argument_filters=flt or None),
+        )
+        out = []
+        for ev in sorted(logs, key=lambda e: (e["blockNumber"], e["logIndex"])):
+            a = ev["args"]
+            out.append(
+                RoundCommitted(
+                    bytes(a["task"]), a["round"], a["attempt"], a["view"], bytes(a["base"]), bytes(a["result"]),
+                    bytes(a["contributorsRoot"]), a["reward"], a["signers"], ev["blockNumber"],
+                    bytes(ev["transactionHash"]), ev["logIndex"],
+                )
+            )
+        return out
+
