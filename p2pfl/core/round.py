@@ -1,0 +1,903 @@
+"""The round state machine, sans-IO: events in, actions out (DESIGN §4, spec: protocol/spec/round.md).
+
+One `RoundMachine` per node per task. It never touches a socket, a clock or a random
+source: time arrives in `Tick(now)` / `RoundStarted(now)`, messages arrive already
+signature-checked, heavy work (fetching deltas, aggregating) is *requested* through
+actions (`Fetch`, `ComputeAggregate`) and its outcome comes back as events
+(`DeltaAvailable`, `AggregateComputed`). The trio node, the simulator and the tests
+all drive the very same object.
+
+Why aggregation is an action and not an injected function: it is the one step that
+costs seconds (GB of float work), so the shell must be free to run it in a worker
+thread or process while the node keeps gossiping and answering timers; as an event
+its result is also trivially faked in tests, and cached here by its exact input set,
+so a leader's own computation and a verifier's recomputation are the same request.
+
+Phases and their legal transitions are the table `TRANSITIONS` (h11 `_state.py`
+style); any other transition is a bug and raises `RoundStateError`. Network input
+never raises: it is dropped, counted in `counters` and reported as `Rejected`.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+
+from p2pfl.core.cid import CID
+from p2pfl.core.messages import Commit, Proposal, Signed, Update, Vote
+from p2pfl.core.round_events import (
+    Action,
+    Advance,
+    AggregateComputed,
+    ChainCommitted,
+    CommitSeen,
+    ComputeAggregate,
+    DeltaAvailable,
+    Event,
+    Evidence,
+    Fetch,
+    LocalUpdateReady,
+    ProposalReceived,
+    Publish,
+    Rejected,
+    ReportEvidence,
+    RoundStarted,
+    StartTraining,
+    SubmitCommit,
+    Tick,
+    UpdateKey,
+    UpdateReceived,
+    VoteReceived,
+)
+from p2pfl.core.signing import Domain, address_of
+from p2pfl.core.sortition import commit_quorum, committee_for, leader_of, round_seed
+from p2pfl.errors import ConfigError, InvalidMessage, P2PFLError
+
+__all__ = [
+    "DISCRETION_REASONS",
+    "REASON_EQUIVOCATION",
+    "REASON_UNAVAILABLE",
+    "TRANSITIONS",
+    "Phase",
+    "RoundConfig",
+    "RoundMachine",
+    "RoundStateError",
+    "Trigger",
+    "collect_quorum",
+]
+
+# Rejection reasons a leader adds to a proposal on its own authority (they are not the
+# aggregation rule's output, so verifiers cannot recompute them; see spec "Verify").
+# Aggregation rules must not use these strings.
+REASON_UNAVAILABLE = "unavailable"  # the delta's blocks could not be fetched or were bad
+REASON_EQUIVOCATION = "equivocation"  # the author signed two different updates this round
+DISCRETION_REASONS = frozenset({REASON_UNAVAILABLE, REASON_EQUIVOCATION})
+
+
+class RoundStateError(P2PFLError):
+    """The shell drove the machine illegally (a bug in the caller or here), not bad input."""
+
+
+@dataclass(frozen=True)
+class RoundConfig:
+    """Per-task round parameters (from the task manifest); times in seconds."""
+
+    task: bytes  # 32-byte task id
+    committee_size: int  # k: the sortition's nominal committee size
+    rule: str  # canonical text of the aggregation RuleSpec; proposals must carry it
+    # Votes a commit needs; 0 = ceil(2k/3) (sortition.commit_quorum), the contract's floor.
+    task_quorum: int = 0
+    # Collection window from the draw: one local epoch of a small model on a laptop,
+    # plus publishing, fits comfortably; stragglers wait for the next round.
+    collect_deadline_s: float = 60.0
+    # Close collection early once this percentage of expected participants has a
+    # fetched, verified delta (DESIGN §4 step 4: partial aggregation at 80%).
+    collect_quorum_percent: int = 80
+    # 0 = every registered node (positive stake) is expected to contribute.
+    expected_participants: int = 0
+    # One view: fetch any missing deltas, recompute the aggregate (seconds at GB/s),
+    # gossip a proposal and votes. 15 s leaves a wide margin on a laptop.
+    view_timeout_s: float = 15.0
+    # Member at rank r after the view's leader submits the commit at r * this delay:
+    # a few blocks, so the leader's transaction normally lands first.
+    commit_fallback_delay_s: float = 10.0
+    # Attempt a (re-draw with seed ‖ a) starts at round start + a * this. Must exceed a
+    # collection window plus a few views, since a stuck attempt is also re-drawn.
+    redraw_timeout_s: float = 150.0
+    # Re-draw when an attempt reaches its end with no certificate (e.g. > 1/3 of the
+    # committee offline), not only when the draw is too small to reach quorum.
+    redraw_when_stuck: bool = True
+    # A leader proposes only with at least this many candidate updates.
+    min_updates: int = 1
+    # Sanity bound on a claimed sample count (it weights FedAvg): 1e9 samples is more
+    # than any single laptop holds.
+    max_n_samples: int = 10**9
+    # Messages for a later round/attempt/view kept until we get there (clock skew
+    # between nodes); a bound so a flood cannot grow memory.
+    max_buffered: int = 1024
+    max_rounds_ahead: int = 1
+    max_views_ahead: int = 4
+    # Registered nodes train each round; a pure follower/validator sets False.
+    train: bool = True
+
+    def __post_init__(self) -> None:
+        if len(self.task) != 32:
+            raise ConfigError("task must be the 32-byte task id")
+        if self.committee_size < 1:
+            raise ConfigError("committee_size must be >= 1")
+        if not 0 < self.collect_quorum_percent <= 100:
+            raise ConfigError("collect_quorum_percent must be in 1..100")
+        if min(self.collect_deadline_s, self.view_timeout_s, self.redraw_timeout_s) <= 0:
+            raise ConfigError("deadlines and timeouts must be positive")
+        if self.commit_fallback_delay_s < 0:
+            raise ConfigError("commit_fallback_delay_s must be >= 0")
+        if self.redraw_when_stuck and self.redraw_timeout_s <= self.collect_deadline_s + self.view_timeout_s:
+            raise ConfigError(
+                "redraw_timeout_s must exceed collect_deadline_s + view_timeout_s, "
+                "or an attempt is re-drawn before its first view can finish"
+            )
+
+    @property
+    def quorum(self) -> int:
+        return commit_quorum(self.committee_size, self.task_quorum)
+
+
+def collect_quorum(percent: int, expected: int) -> int:
+    """Updates that close collection early: ceil(percent * expected / 100), in integers."""
+    return max(1, (percent * expected + 99) // 100)
+
+
+class Phase(enum.Enum):
+    IDLE = "idle"  # no round yet
+    REDRAWING = "redrawing"  # drawn committee < quorum: wait for the next attempt
+    COLLECTING = "collecting"  # member: gathering updates until deadline or quorum
+    FOLLOWING = "following"  # not a member of this attempt: store updates, wait
+    VOTING = "voting"  # member: views run (propose / verify / vote)
+    CERTIFIED = "certified"  # a quorum certificate exists: submit (by rank), wait for the chain
+    ADVANCED = "advanced"  # the chain committed the round; waiting for RoundStarted(r+1)
+
+
+class Trigger(enum.Enum):
+    DRAW_MEMBER = "draw-member"
+    DRAW_FOLLOWER = "draw-follower"
+    DRAW_SMALL = "draw-small"
+    COLLECT_CLOSED = "collect-closed"
+    VIEW_TIMEOUT = "view-timeout"
+    CERTIFIED = "certified"
+    CHAIN_COMMITTED = "chain-committed"
+
+
+_DRAWS = {
+    Trigger.DRAW_MEMBER: Phase.COLLECTING,
+    Trigger.DRAW_FOLLOWER: Phase.FOLLOWING,
+    Trigger.DRAW_SMALL: Phase.REDRAWING,
+}
+_FINAL = {Trigger.CHAIN_COMMITTED: Phase.ADVANCED}
+
+# The legal transitions. RoundStarted resets to IDLE (a new round starts clean) and
+# then applies a DRAW_* trigger; a re-draw applies DRAW_* from the attempt's phase.
+TRANSITIONS: dict[Phase, dict[Trigger, Phase]] = {
+    Phase.IDLE: {**_DRAWS, **_FINAL},
+    Phase.REDRAWING: {**_DRAWS, **_FINAL},
+    Phase.COLLECTING: {
+        Trigger.COLLECT_CLOSED: Phase.VOTING,
+        Trigger.CERTIFIED: Phase.CERTIFIED,
+        **_DRAWS,
+        **_FINAL,
+    },
+    Phase.FOLLOWING: {Trigger.CERTIFIED: Phase.CERTIFIED, **_DRAWS, **_FINAL},
+    Phase.VOTING: {
+        Trigger.VIEW_TIMEOUT: Phase.VOTING,
+        Trigger.CERTIFIED: Phase.CERTIFIED,
+        **_DRAWS,
+        **_FINAL,
+    },
+    Phase.CERTIFIED: {**_FINAL},
+    # A chain commit for a later round while we wait (we lag): follow it too.
+    Phase.ADVANCED: {**_FINAL},
+}
+
+# How an incoming message relates to where we are.
+_CURRENT, _FUTURE, _DROP = "current", "future", "drop"
+
+
+@dataclass
+class _Attempt:
+    """State of one sortition draw (round, attempt); replaced on re-draw."""
+
+    number: int
+    committee: tuple[bytes, ...]
+    start: float
+    collect_deadline: float
+    view: int = 0
+    view_deadline: float = math.inf
+    proposal: Proposal | None = None  # first valid proposal of the current view
+    verify_failed: bool = False  # counted once per view
+    voted_views: set[int] = field(default_factory=set)
+    propose_keys: dict[int, tuple[UpdateKey, ...]] = field(default_factory=dict)
+    proposed_views: set[int] = field(default_factory=set)
+    tally: dict[tuple[int, bytes, bytes], dict[bytes, Vote]] = field(default_factory=dict)
+    computing: set[tuple[UpdateKey, ...]] = field(default_factory=set)
+    computed: dict[tuple[UpdateKey, ...], AggregateComputed] = field(default_factory=dict)
+
+
+class RoundMachine:
+    """Protocol state of one node for one task, across rounds."""
+
+    def __init__(self, config: RoundConfig, private_key: bytes, domain: Domain) -> None:
+        self.config = config
+        self.domain = domain
+        self.address = address_of(private_key)
+        self._key = private_key
+        self.phase = Phase.IDLE
+        self.round = -1
+        self.base = b""
+        self.now = -math.inf
+        self.counters: Counter[str] = Counter()
+        self._buffer: list[Event] = []
+        self._dirty = False
+        self._out: list[Action] = []
+        self._reset_round(RoundStarted(-1, b"", {}, self.now))
+
+    # --- public API -----------------------------------------------------------------
+
+    def handle(self, event: Event) -> list[Action]:
+        """Feed one event; returns the actions to perform, in order."""
+        self._out = []
+        self._dispatch(event)
+        self._replay()
+        out, self._out = self._out, []
+        return out
+
+    def next_deadline(self) -> float | None:
+        """Earliest time at which a `Tick` would do something (None: no timer armed)."""
+        a = self._attempt
+        times: list[float] = []
+        if self.phase in (Phase.REDRAWING, Phase.COLLECTING, Phase.FOLLOWING, Phase.VOTING):
+            if self.phase == Phase.REDRAWING or self.config.redraw_when_stuck:
+                times.append(self._next_attempt_at())
+        if self.phase == Phase.COLLECTING:
+            times.append(a.collect_deadline)
+        if self.phase == Phase.VOTING:
+            times.append(a.view_deadline)
+        if self.phase == Phase.CERTIFIED and self._submit_at is not None:
+            times.append(self._submit_at)
+        finite = [t for t in times if t != math.inf]
+        return min(finite) if finite else None
+
+    @property
+    def attempt(self) -> int:
+        return self._attempt.number
+
+    @property
+    def view(self) -> int:
+        return self._attempt.view
+
+    @property
+    def committee(self) -> tuple[bytes, ...]:
+        return self._attempt.committee
+
+    @property
+    def is_member(self) -> bool:
+        return self.address in self._attempt.committee
+
+    @property
+    def certificate(self) -> Commit | None:
+        return self._certificate
+
+    # --- plumbing ---------------------------------------------------------------------
+
+    def _goto(self, trigger: Trigger) -> None:
+        try:
+            self.phase = TRANSITIONS[self.phase][trigger]
+        except KeyError:
+            raise RoundStateError(f"illegal transition {trigger.value} in phase {self.phase.value}") from None
+        self._dirty = True
+
+    def _emit(self, action: Action) -> None:
+        self._out.append(action)
+
+    def _drop(self, reason: str, signer: bytes, penalize: bool, detail: str = "") -> None:
+        self.counters[f"rejected:{reason}"] += 1
+        self._emit(Rejected(reason, signer, penalize, detail))
+
+    def _replay(self) -> None:
+        """Re-offer buffered messages after any state change (round, attempt, view, phase)."""
+        while self._dirty:
+            self._dirty = False
+            pending, self._buffer = self._buffer, []
+            for event in pending:
+                self._dispatch(event)
+
+    def _buffer_event(self, event: Event, signer: bytes) -> None:
+        if len(self._buffer) >= self.config.max_buffered:
+            self._drop("buffer-full", signer, False)
+            return
+        self._buffer.append(event)
+
+    def _dispatch(self, event: Event) -> None:
+        if isinstance(event, Tick):
+            self._on_tick(event.now)
+        elif isinstance(event, UpdateReceived):
+            self._on_update(event)
+        elif isinstance(event, VoteReceived):
+            self._on_vote(event)
+        elif isinstance(event, ProposalReceived):
+            self._on_proposal(event)
+        elif isinstance(event, DeltaAvailable):
+            self._on_delta(event)
+        elif isinstance(event, AggregateComputed):
+            self._on_computed(event)
+        elif isinstance(event, CommitSeen):
+            self._on_commit_seen(event)
+        elif isinstance(event, ChainCommitted):
+            self._on_chain_committed(event)
+        elif isinstance(event, LocalUpdateReady):
+            self._on_local_update(event)
+        elif isinstance(event, RoundStarted):
+            self._on_round_started(event)
+        else:
+            raise RoundStateError(f"unknown event {type(event).__name__}")
+
+    def _sign(self, message: Signed) -> Signed:
+        """Sign, refusing ever to sign two different bodies under one statement key."""
+        key = message.statement_key()
+        body = message.body()
+        if self._my_statements.setdefault(key, body) != body:
+            raise RoundStateError(f"refusing to equivocate on statement {key[0]}/{key[2:]}")
+        return message.signed(self._key, self.domain)
+
+    # --- rounds and draws -------------------------------------------------------------
+
+    def _reset_round(self, event: RoundStarted) -> None:
+        self.round = event.round
+        self.base = event.base
+        self._base_digest = CID.parse(event.base).digest if event.base else bytes(32)
+        self._stakes = dict(event.stakes)
+        registered = sum(1 for s in self._stakes.values() if s > 0)
+        self._collect_quorum = collect_quorum(
+            self.config.collect_quorum_percent, self.config.expected_participants or registered
+        )
+        self._round_start = event.now
+        self._first_update: dict[bytes, Update] = {}
+        self._updates: dict[UpdateKey, Update] = {}
+        self._equivocators: set[bytes] = set()
+        self._delta_ok: dict[UpdateKey, bool] = {}
+        self._fetching: set[UpdateKey] = set()
+        self._own_update_sent = False
+        self._statements: dict[tuple[bytes, tuple[int, bytes, int, int, int]], Signed] = {}
+        self._reported: set[tuple[bytes, tuple[int, bytes, int, int, int]]] = set()
+        self._my_statements: dict[tuple[int, bytes, int, int, int], bytes] = {}
+        self._committees: dict[int, tuple[bytes, ...]] = {}
+        self._certificate: Commit | None = None
+        self._submit_at: float | None = None
+        self._attempt = _Attempt(0, (), event.now, math.inf)
+
+    def _committee_of(self, attempt: int) -> tuple[bytes, ...]:
+        if attempt not in self._committees:
+            seed = round_seed(self.config.task, self.round, self._base_digest, attempt)
+            self._committees[attempt] = tuple(committee_for(seed, self._stakes, self.config.committee_size))
+        return self._committees[attempt]
+
+    def _next_attempt_at(self) -> float:
+        return self._round_start + (self._attempt.number + 1) * self.config.redraw_timeout_s
+
+    def _on_round_started(self, event: RoundStarted) -> None:
+        if self.phase != Phase.IDLE and event.round <= self.round:
+            raise RoundStateError(f"RoundStarted({event.round}) but round {self.round} is already under way")
+        CID.parse(event.base)  # the shell's own input: a bad base is a bug, let it raise
+        self.now = max(self.now, event.now)
+        self.phase = Phase.IDLE
+        self._reset_round(event)
+        self.counters["rounds-started"] += 1
+        if self.config.train and self._stakes.get(self.address, 0) > 0:
+            self._emit(StartTraining(event.round, event.base))
+        self._draw(0, event.now)
+
+    def _draw(self, attempt: int, start: float) -> None:
+        committee = self._committee_of(attempt)
+        self._attempt = _Attempt(attempt, committee, start, start + self.config.collect_deadline_s)
+        if attempt:
+            self.counters["redraws"] += 1
+        if len(committee) < self.config.quorum:
+            self._goto(Trigger.DRAW_SMALL)
+        elif self.address in committee:
+            self._goto(Trigger.DRAW_MEMBER)
+            for key in sorted(self._updates):  # a new member needs every delta seen so far
+                self._fetch(key)
+            self._check_collection()
+        else:
+            self._goto(Trigger.DRAW_FOLLOWER)
+
+    # --- timers -------------------------------------------------------------------------
+
+    def _on_tick(self, now: float) -> None:
+        self.now = max(self.now, now)
+        a = self._attempt
+        stuck_redraw = self.config.redraw_when_stuck and self.phase in (
+            Phase.COLLECTING,
+            Phase.FOLLOWING,
+            Phase.VOTING,
+        )
+        if (self.phase == Phase.REDRAWING or stuck_redraw) and self.now >= self._next_attempt_at():
+            self._draw(a.number + 1, self._next_attempt_at())
+            a = self._attempt
+        if self.phase == Phase.COLLECTING and self.now >= a.collect_deadline:
+            self.counters["collect-closed:deadline"] += 1
+            self._close_collection()
+        if self.phase == Phase.VOTING and self.now >= a.view_deadline:
+            self._goto(Trigger.VIEW_TIMEOUT)
+            self.counters["view-changes"] += 1
+            self._enter_view(a.view + 1)
+        if self.phase == Phase.CERTIFIED and self._submit_at is not None and self.now >= self._submit_at:
+            self._submit()
+
+    # --- collection -----------------------------------------------------------------------
+
+    def _collected(self) -> list[Update]:
+        """Candidate updates: verified delta, author not an equivocator; sorted by author."""
+        return [
+            u
+            for author, u in sorted(self._first_update.items())
+            if author not in self._equivocators and self._delta_ok.get((author, u.delta)) is True
+        ]
+
+    def _check_collection(self) -> None:
+        if self.phase == Phase.COLLECTING and len(self._collected()) >= self._collect_quorum:
+            self.counters["collect-closed:quorum"] += 1
+            self._close_collection()
+
+    def _close_collection(self) -> None:
+        self._goto(Trigger.COLLECT_CLOSED)
+        self._enter_view(0)
+
+    def _enter_view(self, view: int) -> None:
+        a = self._attempt
+        a.view = view
+        a.view_deadline = self.now + self.config.view_timeout_s
+        a.proposal = None
+        a.verify_failed = False
+        self._dirty = True  # buffered proposals for this view get re-offered
+        self._try_propose()
+
+    def _fetch(self, key: UpdateKey) -> None:
+        if key not in self._fetching and key not in self._delta_ok:
+            self._fetching.add(key)
+            self._emit(Fetch(*key))
+
+    def _on_local_update(self, event: LocalUpdateReady) -> None:
+        if (
+            event.round != self.round
+            or self.phase in (Phase.IDLE, Phase.ADVANCED)
+            or self._own_update_sent
+            or self._stakes.get(self.address, 0) <= 0
+        ):
+            self.counters["local-update-ignored"] += 1
+            return
+        update = Update(
+            task=self.config.task,
+            round=self.round,
+            base=self.base,
+            delta=event.delta,
+            n_samples=event.n_samples,
+            norm=event.norm,
+            inline=event.inline,
+            signer=self.address,
+        )
+        update = self._sign(update)  # type: ignore[assignment]
+        self._own_update_sent = True
+        self._emit(Publish(update))
+        key = (self.address, update.delta)
+        self._first_update[self.address] = update
+        self._updates[key] = update
+        self._statements[(self.address, update.statement_key())] = update
+        self._delta_ok[key] = True  # our own blocks are local
+        self.counters["updates-accepted"] += 1
+        self._after_new_data()
+
+    def _on_delta(self, event: DeltaAvailable) -> None:
+        key = (event.author, event.delta)
+        if key not in self._fetching:
+            return  # an answer for another round, or never asked
+        self._fetching.discard(key)
+        self._delta_ok[key] = event.ok
+        self.counters["deltas-ok" if event.ok else "deltas-bad"] += 1
+        self._after_new_data()
+
+    def _after_new_data(self) -> None:
+        self._check_collection()
+        self._try_propose()
+        self._try_verify()
+
+    # --- checks common to incoming messages ------------------------------------------------
+
+    def _classify_round(self, event: Event, signer: bytes, task: bytes, round_: int, base: bytes) -> str:
+        if task != self.config.task:
+            self._drop("wrong-task", signer, True)
+            return _DROP
+        if self.phase == Phase.IDLE and self.round < 0:
+            self._buffer_event(event, signer)
+            return _FUTURE
+        if round_ < self.round or (round_ == self.round and self.phase == Phase.ADVANCED):
+            self._drop("stale-round", signer, False)
+            return _DROP
+        if round_ > self.round:
+            if round_ - self.round <= self.config.max_rounds_ahead:
+                self._buffer_event(event, signer)
+                return _FUTURE
+            self._drop("future-round", signer, False)
+            return _DROP
+        if base != self.base:
+            self._drop("wrong-base", signer, True)
+            return _DROP
+        return _CURRENT
+
+    def _classify_attempt(self, event: Event, signer: bytes, attempt: int) -> str:
+        if attempt < self._attempt.number:
+            self._drop("stale-attempt", signer, False)
+            return _DROP
+        if attempt > self._attempt.number:
+            if attempt == self._attempt.number + 1:
+                self._buffer_event(event, signer)
+                return _FUTURE
+            self._drop("future-attempt", signer, False)
+            return _DROP
+        return _CURRENT
+
+    def _record_statement(self, message: Signed) -> bool:
+        """First statement per (signer, key) is kept; a different second one is evidence.
+
+        Returns True when `message` is new (first of its key), False for a duplicate or
+        a conflicting statement (which is reported, once per signer and key).
+        """
+        signer: bytes = message.signer  # type: ignore[attr-defined]
+        slot = (signer, message.statement_key())
+        first = self._statements.get(slot)
+        if first is None:
+            self._statements[slot] = message
+            return True
+        if first.body() == message.body():
+            self._drop("duplicate", signer, False)
+            return False
+        self.counters["rejected:equivocation"] += 1
+        self._emit(Rejected("equivocation", signer, False))
+        if slot not in self._reported:
+            self._reported.add(slot)
+            self.counters["evidence"] += 1
+            self._emit(ReportEvidence(Evidence(first, message)))
+        return False
+
+    # --- updates ------------------------------------------------------------------------------
+
+    def _on_update(self, event: UpdateReceived) -> None:
+        u = event.update
+        if event.verified_signer != u.signer:
+            self._drop("bad-signer", u.signer, True)
+            return
+        if self._classify_round(event, u.signer, u.task, u.round, u.base) != _CURRENT:
+            return
+        if self._stakes.get(u.signer, 0) <= 0:
+            self._drop("not-registered", u.signer, True)
+            return
+        if u.n_samples > self.config.max_n_samples:
+            self._drop("bad-bounds", u.signer, True, f"n_samples {u.n_samples}")
+            return
+        first = self._first_update.get(u.signer)
+        if not self._record_statement(u):
+            if first is not None and first.body() != u.body() and u.signer not in self._equivocators:
+                # Keep the second version too (a proposal may name either): at most 2 per author.
+                self._equivocators.add(u.signer)
+                self._updates.setdefault((u.signer, u.delta), u)
+                self._after_new_data()
+            return
+        key = (u.signer, u.delta)
+        self._first_update[u.signer] = u
+        self._updates[key] = u
+        self.counters["updates-accepted"] += 1
+        if self.is_member and self.phase in (Phase.COLLECTING, Phase.VOTING):
+            self._fetch(key)
+        self._after_new_data()
+
+    # --- proposals ----------------------------------------------------------------------------
+
+    def _on_proposal(self, event: ProposalReceived) -> None:
+        p = event.proposal
+        if event.verified_signer != p.signer:
+            self._drop("bad-signer", p.signer, True)
+            return
+        if self._classify_round(event, p.signer, p.task, p.round, p.base) != _CURRENT:
+            return
+        if self._classify_attempt(event, p.signer, p.attempt) != _CURRENT:
+            return
+        committee = list(self._attempt.committee)
+        if len(committee) < self.config.quorum or leader_of(committee, p.view) != p.signer:
+            self._drop("not-leader", p.signer, True)
+            return
+        if p.rule != self.config.rule:
+            self._drop("wrong-rule", p.signer, True)
+            return
+        included = {a for a, _ in p.included}
+        rejected = {a for a, _ in p.rejected}
+        if included & rejected or any(self._stakes.get(a, 0) <= 0 for a in included | rejected):
+            self._drop("bad-proposal", p.signer, True, "authors must be registered and in one list")
+            return
+        a = self._attempt
+        if not self.is_member or self.phase not in (Phase.COLLECTING, Phase.VOTING):
+            # Followers and certified members do not act on proposals; still watch for
+            # equivocation.
+            if self._record_statement(p):
+                self.counters["proposals-accepted"] += 1
+            return
+        if p.view < a.view:
+            if self._record_statement(p):  # (else already counted as duplicate/equivocation)
+                self._drop("stale-view", p.signer, False)
+            return
+        if p.view > a.view:
+            # Not recorded yet: it is re-offered when we reach its view.
+            if p.view - a.view <= self.config.max_views_ahead:
+                self._buffer_event(event, p.signer)
+            else:
+                self._drop("future-view", p.signer, False)
+            return
+        if not self._record_statement(p):
+            return
+        self.counters["proposals-accepted"] += 1
+        if self.phase == Phase.COLLECTING:
+            # The leader closed its collection: ours is moot, the proposal defines the set.
+            self.counters["collect-closed:proposal"] += 1
+            self._close_collection()
+        a.proposal = p
+        self._try_verify()
+
+    def _verify_inputs(self, p: Proposal) -> tuple[list[Update], bool] | None:
+        """Updates the proposal's aggregate is recomputed over, and whether all are ready.
+
+        None means the proposal can never be verified by us (a delta failed, an
+        equivocator's rejected version is ambiguous).
+        """
+        updates: list[Update] = []
+        ready = True
+        filter_rejected = [author for author, reason in p.rejected if reason not in DISCRETION_REASONS]
+        keys: list[UpdateKey | None] = list(p.included)
+        for author in filter_rejected:
+            if author in self._equivocators:
+                return None
+            first = self._first_update.get(author)
+            keys.append((author, first.delta) if first else None)
+        for key in keys:
+            if key is None or key not in self._updates:
+                ready = False  # the signed Update has not reached us yet
+                continue
+            ok = self._delta_ok.get(key)
+            if ok is False:
+                return None
+            if ok is None:
+                ready = False
+                self._fetch(key)
+            updates.append(self._updates[key])
+        updates.sort(key=lambda u: u.signer)
+        return updates, ready
+
+    def _try_verify(self) -> None:
+        a = self._attempt
+        p = a.proposal
+        if p is None or self.phase != Phase.VOTING or p.view != a.view or a.view in a.voted_views or a.verify_failed:
+            return
+        inputs = self._verify_inputs(p)
+        if inputs is None:
+            a.verify_failed = True
+            self.counters["proposal-unverifiable"] += 1
+            return
+        updates, ready = inputs
+        if not ready:
+            return
+        key = tuple((u.signer, u.delta) for u in updates)
+        result = a.computed.get(key)
+        if result is None:
+            self._compute(updates)
+            return
+        filter_rejected = tuple((x, r) for x, r in p.rejected if r not in DISCRETION_REASONS)
+        if (
+            not result.error
+            and result.included == p.included
+            and result.rejected == filter_rejected
+            and result.result == p.result
+            and result.contributors_root == p.contributors_root
+        ):
+            self._vote(p.view, p.result, p.contributors_root)
+        else:
+            a.verify_failed = True
+            self.counters["proposal-mismatch"] += 1
+
+    def _compute(self, updates: list[Update]) -> None:
+        a = self._attempt
+        request = ComputeAggregate(self.round, a.number, self.base, self.config.rule, a.committee, tuple(updates))
+        if request.candidates not in a.computing:
+            a.computing.add(request.candidates)
+            self.counters["aggregates-requested"] += 1
+            self._emit(request)
+
+    def _on_computed(self, event: AggregateComputed) -> None:
+        a = self._attempt
+        if event.round != self.round or event.attempt != a.number or event.candidates not in a.computing:
+            return  # an answer for a round/attempt we have left
+        a.computing.discard(event.candidates)
+        a.computed[event.candidates] = event
+        if event.error:
+            self.counters["aggregate-errors"] += 1
+        self._try_propose()
+        self._try_verify()
+
+    def _try_propose(self) -> None:
+        a = self._attempt
+        if self.phase != Phase.VOTING or a.view in a.proposed_views:
+            return
+        if leader_of(list(a.committee), a.view) != self.address:
+            return
+        key = a.propose_keys.get(a.view)
+        if key is None:
+            candidates = self._collected()
+            if len(candidates) < self.config.min_updates:
+                return  # retried whenever a delta arrives during the view
+            key = tuple((u.signer, u.delta) for u in candidates)
+            a.propose_keys[a.view] = key
+            if key not in a.computed:
+                self._compute(candidates)
+        result = a.computed.get(key)
+        if result is None:
+            return
+        a.proposed_views.add(a.view)
+        if result.error:
+            return  # nothing to propose this view; the next leader tries its own set
+        discretion: list[tuple[bytes, str]] = []
+        for author, u in sorted(self._first_update.items()):
+            if author in self._equivocators:
+                discretion.append((author, REASON_EQUIVOCATION))
+            elif self._delta_ok.get((author, u.delta)) is False:
+                discretion.append((author, REASON_UNAVAILABLE))
+        proposal = Proposal(
+            task=self.config.task,
+            round=self.round,
+            attempt=a.number,
+            view=a.view,
+            base=self.base,
+            included=result.included,
+            rejected=tuple(sorted([*result.rejected, *discretion])),
+            rule=self.config.rule,
+            result=result.result,
+            contributors_root=result.contributors_root,
+            signer=self.address,
+        )
+        try:
+            proposal.validate()
+        except InvalidMessage as exc:  # the shell's aggregate answer was malformed
+            self.counters["proposal-invalid"] += 1
+            self._emit(Rejected("bad-aggregate", self.address, False, str(exc)))
+            return
+        proposal = self._sign(proposal)  # type: ignore[assignment]
+        self._statements[(self.address, proposal.statement_key())] = proposal
+        self.counters["proposals-sent"] += 1
+        self._emit(Publish(proposal))
+        a.proposal = proposal
+        # Our own computation is the verification: vote at once.
+        self._vote(a.view, proposal.result, proposal.contributors_root)
+
+    # --- votes and certificates ----------------------------------------------------------------
+
+    def _vote(self, view: int, result: bytes, root: bytes) -> None:
+        a = self._attempt
+        a.voted_views.add(view)
+        vote = Vote(
+            task=self.config.task,
+            round=self.round,
+            attempt=a.number,
+            view=view,
+            base=self.base,
+            result=result,
+            contributors_root=root,
+            signer=self.address,
+        )
+        vote = self._sign(vote)  # type: ignore[assignment]
+        self._statements[(self.address, vote.statement_key())] = vote
+        self.counters["votes-sent"] += 1
+        self._emit(Publish(vote))
+        self._count_vote(vote)
+
+    def _on_vote(self, event: VoteReceived) -> None:
+        v = event.vote
+        if event.verified_signer != v.signer:
+            self._drop("bad-signer", v.signer, True)
+            return
+        if self._classify_round(event, v.signer, v.task, v.round, v.base) != _CURRENT:
+            return
+        if self._classify_attempt(event, v.signer, v.attempt) != _CURRENT:
+            return
+        if v.signer not in self._attempt.committee:
+            self._drop("not-member", v.signer, True)
+            return
+        if not self._record_statement(v):
+            return
+        self.counters["votes-accepted"] += 1
+        self._count_vote(v)
+
+    def _count_vote(self, v: Vote) -> None:
+        a = self._attempt
+        voters = a.tally.setdefault((v.view, v.result, v.contributors_root), {})
+        voters[v.signer] = v
+        if self._certificate is None and len(voters) >= self.config.quorum:
+            cert = Commit(
+                task=v.task,
+                round=v.round,
+                attempt=v.attempt,
+                view=v.view,
+                base=v.base,
+                result=v.result,
+                contributors_root=v.contributors_root,
+                votes=tuple(sorted((s, vote.signature) for s, vote in voters.items())),
+            )
+            self.counters["certificates-assembled"] += 1
+            self._on_certificate(cert)
+
+    def _on_commit_seen(self, event: CommitSeen) -> None:
+        c = event.commit
+        if self._classify_round(event, b"", c.task, c.round, c.base) != _CURRENT:
+            return
+        if self._classify_attempt(event, b"", c.attempt) != _CURRENT:
+            return
+        if self._certificate is not None:
+            return  # one certificate is enough; the chain arbitrates between any others
+        signers = [s for s, _ in c.votes]
+        committee = set(self._attempt.committee)
+        if len(signers) < self.config.quorum or not set(signers) <= committee:
+            self._drop("bad-certificate", b"", True, "too few votes or a non-member signer")
+            return
+        try:
+            c.verify_votes(self.domain)
+        except InvalidMessage as exc:
+            self._drop("bad-certificate", b"", True, str(exc))
+            return
+        for signer, signature in c.votes:  # a certificate may expose an equivocating vote
+            vote = c.vote_for(signer, signature)
+            if (signer, vote.statement_key()) in self._statements:
+                self._record_statement(vote)
+        self.counters["certificates-seen"] += 1
+        self._on_certificate(c)
+
+    def _on_certificate(self, cert: Commit) -> None:
+        self._certificate = cert
+        if self.phase not in (Phase.COLLECTING, Phase.FOLLOWING, Phase.VOTING):
+            return
+        self._goto(Trigger.CERTIFIED)
+        committee = list(self._attempt.committee)
+        if self.address in committee:
+            # The view's leader submits at once; member at rank r after it, r delays later.
+            rank = (committee.index(self.address) - cert.view) % len(committee)
+            self._submit_at = self.now + rank * self.config.commit_fallback_delay_s
+            if rank == 0:
+                self._submit()
+
+    def _submit(self) -> None:
+        assert self._certificate is not None
+        self._submit_at = None
+        self.counters["commits-submitted"] += 1
+        self._emit(SubmitCommit(self._certificate))
+        self._emit(Publish(self._certificate))
+
+    # --- following the chain --------------------------------------------------------------------
+
+    def _on_chain_committed(self, event: ChainCommitted) -> None:
+        if self.phase != Phase.IDLE and (
+            event.round < self.round or (event.round == self.round and self.phase == Phase.ADVANCED)
+        ):
+            return  # already followed
+        if event.round == self.round and self._certificate is not None and self._certificate.result != event.result:
+            # Possible across views (spec: safety): the chain's first commit is final.
+            self.counters["chain-differs-from-certificate"] += 1
+        self._goto(Trigger.CHAIN_COMMITTED)
+        self.round = event.round
+        self.base = event.result
+        self._submit_at = None
+        self.counters["rounds-committed"] += 1
+        self._emit(Advance(event.round + 1, event.result))
