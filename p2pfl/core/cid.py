@@ -412,40 +412,54 @@ def assemble(
     root: CID,
     get_block: Callable[[CID], bytes],
     max_size_bytes: int | None = None,
+    chunk_size: int = CHUNK_SIZE,
 ) -> bytes:
     """Walk the DAG under `root`, verify every block and size, and return the blob.
 
     `get_block(cid)` returns the block's bytes (raise from it if a block is missing).
-    Every block must hash to its CID; every link's Tsize and every blocksize must match
-    the child actually found; the DAG is at most MAX_DAG_DEPTH deep. With
-    `max_size_bytes`, a root announcing a bigger blob is refused before anything else
-    is fetched. Any mismatch raises `InvalidBlock`.
+    Every block must hash to its CID; each child must hold exactly the bytes its parent's
+    blocksize says (checked before descending into it) and have the Tsize its link says;
+    leaves are non-empty, at most `chunk_size`, and all but the last exactly `chunk_size`
+    (the fixed-size chunking every blob CID here uses), which bounds the work by the
+    declared size even for a hostile DAG that links one block many times; the DAG is at
+    most MAX_DAG_DEPTH deep. With `max_size_bytes`, a root announcing a bigger blob is
+    refused before any child is fetched. Any mismatch raises `InvalidBlock`.
     """
     out = bytearray()
+    short_leaf_seen = False
 
-    def visit(cid: CID, depth: int) -> tuple[int, int]:
-        """Append the blob under `cid`; return (content size, tsize)."""
+    def visit(cid: CID, depth: int, expected_size: int | None) -> int:
+        """Append the blob under `cid`; return its tsize."""
+        nonlocal short_leaf_seen
         if depth > MAX_DAG_DEPTH:
             raise InvalidBlock(f"DAG deeper than {MAX_DAG_DEPTH}")
         block = get_block(cid)
         verify_block(cid, block)
         if cid.codec == CODEC_RAW:
+            if expected_size is not None and len(block) != expected_size:
+                raise InvalidBlock(f"{cid} holds {len(block)} bytes, parent says {expected_size}")
+            if depth > 0:
+                if short_leaf_seen or not 0 < len(block) <= chunk_size:
+                    raise InvalidBlock(
+                        f"leaf {cid} of {len(block)} bytes breaks fixed-size chunking"
+                    )
+                short_leaf_seen = len(block) < chunk_size
             out.extend(block)
-            return len(block), len(block)
+            return len(block)
         node = decode_dag_pb(block)
+        if expected_size is not None and node.filesize != expected_size:
+            raise InvalidBlock(f"{cid} holds {node.filesize} bytes, parent says {expected_size}")
         if depth == 0 and max_size_bytes is not None and node.filesize > max_size_bytes:
             raise InvalidBlock(f"blob of {node.filesize} bytes is over {max_size_bytes}")
         tsize = len(block)
-        for link, expected_size in zip(node.links, node.blocksizes, strict=True):
-            content_size, child_tsize = visit(link.cid, depth + 1)
-            if content_size != expected_size:
-                raise InvalidBlock(f"{link.cid} holds {content_size} bytes, parent says {expected_size}")
+        for link, child_size in zip(node.links, node.blocksizes, strict=True):
+            child_tsize = visit(link.cid, depth + 1, child_size)
             if child_tsize != link.tsize:
                 raise InvalidBlock(f"{link.cid} has Tsize {child_tsize}, parent says {link.tsize}")
             tsize += child_tsize
-        return node.filesize, tsize
+        return tsize
 
-    visit(root, 0)
+    visit(root, 0, None)
     if max_size_bytes is not None and len(out) > max_size_bytes:
         raise InvalidBlock(f"blob of {len(out)} bytes is over {max_size_bytes}")
     return bytes(out)
@@ -459,14 +473,18 @@ def missing_blocks(
     """CIDs still to fetch for `root`, in DAG order, given the blocks already held.
 
     A fetcher learns a node's children only once it holds the node, so this returns the
-    frontier: every absent block whose parent is present (or the root itself). Fetch them,
-    call again, until it returns []. Held dag-pb blocks are verified and decoded on the way
-    (`InvalidBlock` if one is corrupt); held leaves are not read.
+    frontier: every absent block whose parent is present (or the root itself), each once.
+    Fetch them, call again, until it returns []. Held dag-pb blocks are verified and
+    decoded on the way (`InvalidBlock` if one is corrupt); held leaves are not read.
     """
     missing: list[CID] = []
+    seen: set[CID] = set()  # a DAG may link one block many times: visit it once
     stack: list[tuple[CID, int]] = [(root, 0)]
     while stack:
         cid, depth = stack.pop()
+        if cid in seen:
+            continue
+        seen.add(cid)
         if not has_block(cid):
             missing.append(cid)
             continue

@@ -57,7 +57,9 @@ def mod251(size: int) -> bytes:
 # --- vectors ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("entry", VECTORS["published_kubo_defaults"], ids=lambda e: repr(e["data_ascii"]))
+@pytest.mark.parametrize(
+    "entry", VECTORS["published_kubo_defaults"], ids=lambda e: repr(e["data_ascii"])
+)
 def test_published_kubo_cids(entry: dict) -> None:
     assert str(blob_cid(entry["data_ascii"].encode())) == entry["cid"]
 
@@ -145,9 +147,10 @@ def go_balanced_reference(data: bytes, chunk_size: int, max_links: int) -> bytes
     def node(children: list[tuple[bytes, int, int]]) -> tuple[bytes, int, int]:
         links = [Libp2pLink(cid=c, name="", size=t) for c, _, t in children]
         sizes = [s for _, s, _ in children]
-        block = libp2p_encode_dag_pb(links, UnixFSData(type="file", filesize=sum(sizes), blocksizes=sizes))
-        digest = hashlib.sha256(block).digest()
-        return bytes([1, 0x70, 0x12, 0x20]) + digest, sum(sizes), len(block) + sum(t for *_, t in children)
+        unixfs = UnixFSData(type="file", filesize=sum(sizes), blocksizes=sizes)
+        block = libp2p_encode_dag_pb(links, unixfs)
+        cid = bytes([1, 0x70, 0x12, 0x20]) + hashlib.sha256(block).digest()
+        return cid, sum(sizes), len(block) + sum(t for *_, t in children)
 
     def fill(children: list, depth: int) -> tuple[bytes, int, int]:
         while len(children) < max_links and position < len(chunks):
@@ -366,7 +369,7 @@ def small_dag(size: int, chunk: int = 10, links: int = 3) -> tuple[CID, dict[CID
 @given(st.integers(0, 400))
 def test_assemble_round_trip_deep_dags(size: int) -> None:
     root, store, data = small_dag(size)
-    assert assemble(root, store.__getitem__) == data
+    assert assemble(root, store.__getitem__, chunk_size=10) == data
 
 
 def test_assemble_detects_a_corrupt_leaf() -> None:
@@ -374,7 +377,7 @@ def test_assemble_detects_a_corrupt_leaf() -> None:
     leaf = next(c for c in store if c.codec == CODEC_RAW)
     store[leaf] = b"X" * len(store[leaf])
     with pytest.raises(InvalidBlock):
-        assemble(root, store.__getitem__)
+        assemble(root, store.__getitem__, chunk_size=10)
 
 
 def rebuild_with(store: dict[CID, bytes], cid: CID, links: list[Link], sizes: list[int]) -> CID:
@@ -389,10 +392,12 @@ def test_assemble_checks_tsize_and_blocksizes() -> None:
     node = decode_dag_pb(store[root])
     bad_tsize = [Link(node.links[0].cid, node.links[0].tsize + 1), *node.links[1:]]
     with pytest.raises(InvalidBlock, match="Tsize"):
-        assemble(rebuild_with(store, root, bad_tsize, list(node.blocksizes)), store.__getitem__)
+        bad = rebuild_with(store, root, bad_tsize, list(node.blocksizes))
+        assemble(bad, store.__getitem__, chunk_size=10)
     bad_sizes = [node.blocksizes[0] + 1, node.blocksizes[1] - 1, node.blocksizes[2]]
     with pytest.raises(InvalidBlock, match="holds"):
-        assemble(rebuild_with(store, root, list(node.links), bad_sizes), store.__getitem__)
+        bad = rebuild_with(store, root, list(node.links), bad_sizes)
+        assemble(bad, store.__getitem__, chunk_size=10)
 
 
 def test_assemble_refuses_oversize_before_fetching_children() -> None:
@@ -404,9 +409,9 @@ def test_assemble_refuses_oversize_before_fetching_children() -> None:
         return store[cid]
 
     with pytest.raises(InvalidBlock, match="over"):
-        assemble(root, get, max_size_bytes=399)
+        assemble(root, get, max_size_bytes=399, chunk_size=10)
     assert fetched == [root]
-    assert len(assemble(root, store.__getitem__, max_size_bytes=400)) == 400
+    assert len(assemble(root, store.__getitem__, max_size_bytes=400, chunk_size=10)) == 400
 
 
 def test_assemble_refuses_self_referencing_dag() -> None:
@@ -423,6 +428,43 @@ def test_assemble_refuses_self_referencing_dag() -> None:
         assemble(cid, store.__getitem__)
 
 
+def test_assemble_bounds_work_on_a_dag_that_repeats_blocks() -> None:
+    """174 links to one node, eight levels deep, would be 174**8 visits; the walk stops at
+    the first leaf that breaks fixed-size chunking."""
+    leaf = blob_cid(b"q")
+    store = {leaf: b"q"}
+    cid, size, tsize = leaf, 1, 1
+    for _ in range(6):
+        block = encode_dag_pb([Link(cid, tsize)] * C.MAX_LINKS, [size] * C.MAX_LINKS)
+        cid = CID(CODEC_DAG_PB, hashlib.sha256(block).digest())
+        store[cid] = block
+        size, tsize = size * C.MAX_LINKS, len(block) + tsize * C.MAX_LINKS
+    calls = 0
+
+    def get(c: CID) -> bytes:
+        nonlocal calls
+        calls += 1
+        return store[c]
+
+    with pytest.raises(InvalidBlock, match="fixed-size chunking"):
+        assemble(cid, get)
+    assert calls <= 10
+    assert missing_blocks(cid, store.__contains__, store.__getitem__) == []
+
+
+def test_assemble_rejects_short_leaf_in_the_middle_and_empty_leaves() -> None:
+    short, full = blob_cid(b"ab"), blob_cid(b"abc")
+    store = {short: b"ab", full: b"abc", blob_cid(b""): b""}
+    for children in ([short, full], [blob_cid(b""), full]):
+        sizes = [len(store[c]) for c in children]
+        block = encode_dag_pb([Link(c, s) for c, s in zip(children, sizes)], sizes)
+        root = CID(CODEC_DAG_PB, hashlib.sha256(block).digest())
+        store[root] = block
+        with pytest.raises(InvalidBlock, match="fixed-size"):
+            assemble(root, store.__getitem__, chunk_size=3)
+    assert assemble(blob_cid(b""), store.__getitem__) == b""
+
+
 def test_missing_blocks_walks_the_frontier_until_complete() -> None:
     root, full, data = small_dag(400, chunk=10, links=3)
     held: dict[CID, bytes] = {}
@@ -437,7 +479,7 @@ def test_missing_blocks_walks_the_frontier_until_complete() -> None:
             held[cid] = block
         rounds += 1
     assert rounds == 5  # 40 leaves at fan-out 3: root + 3 internal levels + leaves
-    assert assemble(root, held.__getitem__) == data
+    assert assemble(root, held.__getitem__, chunk_size=10) == data
     assert missing_blocks(root, lambda c: False, held.__getitem__) == [root]
 
 
