@@ -68,18 +68,24 @@ def partition_dirichlet(
     for _ in range(DIRICHLET_MAX_ATTEMPTS):
         parts: list[list[np.ndarray]] = [[] for _ in range(n_parts)]
         sizes = np.zeros(n_parts, dtype=np.int64)
+        degenerate = False
         for cls in classes:
             idx = np.flatnonzero(labels == cls)
             idx = idx[rng.permutation(len(idx))]
             props = rng.dirichlet(np.full(n_parts, float(alpha)))
             # A part that already holds its fair share N/n_parts takes no more.
             props = np.where(sizes < n / n_parts, props, 0.0)
-            props = props / props.sum()
+            total = props.sum()
+            if not (np.isfinite(total) and total > 0.0):
+                # Tiny alpha can underflow every open part's share to 0: abandon the draw.
+                degenerate = True
+                break
+            props = props / total
             cuts = (np.cumsum(props) * len(idx)).astype(np.int64)[:-1]
             for j, chunk in enumerate(np.split(idx, cuts)):
                 parts[j].append(chunk)
                 sizes[j] += len(chunk)
-        if sizes.min() >= min_size:
+        if not degenerate and sizes.min() >= min_size:
             return [np.sort(np.concatenate(p)).astype(np.int64) for p in parts]
     raise ConfigError(
         f"no Dirichlet(alpha={alpha}) split of {n} samples into {n_parts} parts gave every part "
