@@ -22,6 +22,7 @@ The full definitions, constants and the default pipeline's rationale are in
 from __future__ import annotations
 
 import hashlib
+import itertools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -92,7 +93,9 @@ class Contribution:
 
     def __post_init__(self) -> None:
         if not isinstance(self.peer, bytes) or len(self.peer) != PEER_BYTES:
-            raise AggregationError(f"peer must be a {PEER_BYTES}-byte address, got {self.peer!r:.60}")
+            raise AggregationError(
+                f"peer must be a {PEER_BYTES}-byte address, got {self.peer!r:.60}"
+            )
         if isinstance(self.n_samples, bool) or not isinstance(self.n_samples, int):
             raise AggregationError(f"n_samples must be an int, got {type(self.n_samples).__name__}")
         d = self.delta
@@ -109,7 +112,7 @@ class Contribution:
 def _num(x: float) -> str:
     """Shortest round-trip text of a float, without a trailing '.0' (3.0 -> '3')."""
     s = repr(float(x))
-    return s[:-2] if s.endswith(".0") else s
+    return s.removesuffix(".0")
 
 
 def _real(d: Mapping[str, Any], key: str, where: str) -> float:
@@ -131,7 +134,9 @@ def _check_keys(d: Any, allowed: set[str], where: str) -> None:
         raise ConfigError(f"{where} must be a mapping, got {type(d).__name__}")
     unknown = sorted(set(d) - allowed)
     if unknown:
-        raise ConfigError(f"{where}: unknown or inapplicable key(s) {unknown}; allowed: {sorted(allowed)}")
+        raise ConfigError(
+            f"{where}: unknown or inapplicable key(s) {unknown}; allowed: {sorted(allowed)}"
+        )
 
 
 @dataclass(frozen=True)
@@ -149,14 +154,22 @@ class FilterSpec:
     reference: str = "median"
 
     def __post_init__(self) -> None:
-        if not (isinstance(self.norm_factor, float) and math.isfinite(self.norm_factor) and self.norm_factor >= 1.0):
+        if not (
+            isinstance(self.norm_factor, float)
+            and math.isfinite(self.norm_factor)
+            and self.norm_factor >= 1.0
+        ):
             raise ConfigError(f"filter.norm_factor must be a float >= 1, got {self.norm_factor!r}")
         if self.min_cosine is not None and not (
             isinstance(self.min_cosine, float) and -1.0 <= self.min_cosine <= 1.0
         ):
-            raise ConfigError(f"filter.min_cosine must be a float in [-1, 1] or null, got {self.min_cosine!r}")
+            raise ConfigError(
+                f"filter.min_cosine must be a float in [-1, 1] or null, got {self.min_cosine!r}"
+            )
         if self.reference not in REFERENCE_NAMES:
-            raise ConfigError(f"filter.reference must be one of {REFERENCE_NAMES}, got {self.reference!r}")
+            raise ConfigError(
+                f"filter.reference must be one of {REFERENCE_NAMES}, got {self.reference!r}"
+            )
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> FilterSpec:
@@ -172,7 +185,11 @@ class FilterSpec:
         return cls(**kw)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"norm_factor": self.norm_factor, "min_cosine": self.min_cosine, "reference": self.reference}
+        return {
+            "norm_factor": self.norm_factor,
+            "min_cosine": self.min_cosine,
+            "reference": self.reference,
+        }
 
     @property
     def name(self) -> str:
@@ -206,15 +223,23 @@ class RuleSpec:
         if self.filter is not None and not isinstance(self.filter, FilterSpec):
             raise ConfigError("filter must be a FilterSpec or None")
         c = self.clip_norm
-        if c is not None and c != "median" and not (isinstance(c, float) and math.isfinite(c) and c > 0):
-            raise ConfigError(f"clip_norm must be null, \"median\" or a positive float, got {c!r}")
+        if (
+            c is not None
+            and c != "median"
+            and not (isinstance(c, float) and math.isfinite(c) and c > 0)
+        ):
+            raise ConfigError(f'clip_norm must be null, "median" or a positive float, got {c!r}')
         if self.rule not in RULE_NAMES:
             raise ConfigError(f"rule must be one of {RULE_NAMES}, got {self.rule!r}")
         weighted = self.rule in ("fedavg", "multikrum")
         if self.samples_cap is not None:
             if not weighted:
                 raise ConfigError(f"samples_cap applies to fedavg/multikrum, not {self.rule}")
-            if not (isinstance(self.samples_cap, float) and math.isfinite(self.samples_cap) and self.samples_cap >= 1):
+            if not (
+                isinstance(self.samples_cap, float)
+                and math.isfinite(self.samples_cap)
+                and self.samples_cap >= 1
+            ):
                 raise ConfigError(f"samples_cap must be a float >= 1, got {self.samples_cap!r}")
         if self.rule == "trimmed_mean":
             b = self.trim_fraction
@@ -237,7 +262,7 @@ class RuleSpec:
 
     @classmethod
     def default(cls) -> RuleSpec:
-        """Robust default: filter(3, 0, median) + clip(median) + FedAvg with n_samples capped at 2x median.
+        """Robust default: filter(3, 0, median) + clip(median) + FedAvg, n_samples capped at 2x.
 
         Why (spec "Default pipeline"): the norm bound and clipping neutralise scaling
         and noise, the cosine test rejects sign flips, zero/duplicate checks catch free
@@ -254,13 +279,23 @@ class RuleSpec:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> RuleSpec:
         """Strict parse of a manifest's `aggregation` entry (ConfigError on any problem)."""
-        allowed = {"filter", "clip_norm", "rule", "samples_cap", "trim_fraction", "byzantine_f", "multikrum_m"}
+        allowed = {
+            "filter",
+            "clip_norm",
+            "rule",
+            "samples_cap",
+            "trim_fraction",
+            "byzantine_f",
+            "multikrum_m",
+        }
         _check_keys(d, allowed, "aggregation")
         kw: dict[str, Any] = {}
         if d.get("filter") is not None:
             kw["filter"] = FilterSpec.from_dict(d["filter"])
         if "clip_norm" in d and d["clip_norm"] is not None:
-            kw["clip_norm"] = "median" if d["clip_norm"] == "median" else _real(d, "clip_norm", "aggregation")
+            kw["clip_norm"] = (
+                "median" if d["clip_norm"] == "median" else _real(d, "clip_norm", "aggregation")
+            )
         if "rule" in d:
             kw["rule"] = d["rule"]
         for key in ("samples_cap", "trim_fraction"):
@@ -292,12 +327,17 @@ class RuleSpec:
 
     @property
     def name(self) -> str:
-        """Canonical short name for proposals, e.g. 'filter(3,0,median)+clip(median)+fedavg(cap=2)'."""
+        """Canonical short name for proposals.
+
+        E.g. 'filter(3,0,median)+clip(median)+fedavg(cap=2)'.
+        """
         parts = []
         if self.filter is not None:
             parts.append(self.filter.name)
         if self.clip_norm is not None:
-            parts.append(f"clip({self.clip_norm if self.clip_norm == 'median' else _num(self.clip_norm)})")
+            parts.append(
+                f"clip({self.clip_norm if self.clip_norm == 'median' else _num(self.clip_norm)})"
+            )
         cap = "" if self.samples_cap is None else f"cap={_num(self.samples_cap)}"
         if self.rule == "fedavg":
             parts.append(f"fedavg({cap})" if cap else "fedavg")
@@ -414,7 +454,9 @@ def _check_vectors(vectors: Sequence[np.ndarray]) -> int:
     p = vectors[0].shape[0]
     for v in vectors:
         if v.dtype != np.float32 or v.ndim != 1 or v.shape[0] != p:
-            raise AggregationError(f"vectors must be 1-D float32 of one length ({p}), got {v.dtype} {v.shape}")
+            raise AggregationError(
+                f"vectors must be 1-D float32 of one length ({p}), got {v.dtype} {v.shape}"
+            )
     return p
 
 
@@ -470,7 +512,7 @@ def _sort_block(n: int) -> int:
 
 
 def coordinate_median(vectors: Sequence[np.ndarray]) -> np.ndarray:
-    """Per coordinate: the middle value (n odd) or float64 mean of the two middle values (n even)."""
+    """Per coordinate: the middle value (n odd) or the float64 mean of the two middle ones."""
     p = _check_vectors(vectors)
     n = len(vectors)
     out = np.empty(p, dtype=np.float32)
@@ -530,7 +572,9 @@ def trimmed_mean(vectors: Sequence[np.ndarray], beta: float) -> np.ndarray:
     return out
 
 
-def clip_norm(vectors: Sequence[np.ndarray], max_norm: float, norms: Sequence[float] | None = None) -> list[np.ndarray]:
+def clip_norm(
+    vectors: Sequence[np.ndarray], max_norm: float, norms: Sequence[float] | None = None
+) -> list[np.ndarray]:
     """Scale every vector with norm > max_norm by s = max_norm / norm (float64), round to float32.
 
     Vectors within the bound are returned as they are (same object).
@@ -586,7 +630,9 @@ def _gram_screen(vectors: Sequence[np.ndarray], sq: np.ndarray) -> tuple[np.ndar
 
 
 def _exact_row(vectors: Sequence[np.ndarray], i: int) -> np.ndarray:
-    return np.array([0.0 if j == i else squared_distance(vectors[i], vectors[j]) for j in range(len(vectors))])
+    return np.array(
+        [0.0 if j == i else squared_distance(vectors[i], vectors[j]) for j in range(len(vectors))]
+    )
 
 
 def krum_select(
@@ -609,7 +655,9 @@ def krum_select(
     _check_vectors(vectors)
     n = len(vectors)
     if f < 0 or n < 2 * f + 3:
-        raise AggregationError(f"krum with f={f} needs at least 2f+3 = {2 * f + 3} vectors, got {n}")
+        raise AggregationError(
+            f"krum with f={f} needs at least 2f+3 = {2 * f + 3} vectors, got {n}"
+        )
     if not 1 <= m <= n:
         raise AggregationError(f"multikrum m={m} must be in [1, {n}]")
     k = n - f - 2
@@ -763,7 +811,11 @@ def validation_filter(
             alive = kept
         if alive and spec.min_cosine is not None:
             vs = [contributions[i].delta for i in alive]
-            ref = coordinate_median(vs) if spec.reference == "median" else trimmed_mean(vs, REFERENCE_TRIM_FRACTION)
+            ref = (
+                coordinate_median(vs)
+                if spec.reference == "median"
+                else trimmed_mean(vs, REFERENCE_TRIM_FRACTION)
+            )
             ref_norm = norm(ref)
             if ref_norm > 0.0:  # a zero reference gives no direction: skip the test
                 kept = []
@@ -803,12 +855,15 @@ def aggregate(
     `expected_size`, and NothingToAggregate when too few contributions survive.
     """
     cs = sorted(contributions, key=lambda c: c.peer)
-    for a, b in zip(cs, cs[1:]):
+    for a, b in itertools.pairwise(cs):
         if a.peer == b.peer:
-            raise AggregationError(f"two contributions from peer 0x{a.peer.hex()}; keep one per peer per round")
+            raise AggregationError(
+                f"two contributions from peer 0x{a.peer.hex()}; keep one per peer per round"
+            )
     if expected_size is None and len({c.delta.shape[0] for c in cs}) > 1:
         raise AggregationError(
-            f"deltas of different lengths {sorted({c.delta.shape[0] for c in cs})}; pass expected_size to reject the wrong ones"
+            f"deltas of different lengths {sorted({c.delta.shape[0] for c in cs})}; "
+            "pass expected_size to reject the wrong ones"
         )
     fr = validation_filter(cs, spec.filter, expected_size)
     rejected = [(cs[i].peer, r) for i, r in fr.rejected]
@@ -850,8 +905,14 @@ def aggregate(
         f = spec.byzantine_f
         assert f is not None
         if n < 2 * f + 3:
-            raise nothing(f"{spec.rule} with f={f} needs {2 * f + 3} contributions, {n} survived the filter")
-        m = 1 if spec.rule == "krum" else (spec.multikrum_m if spec.multikrum_m is not None else n - f)
+            raise nothing(
+                f"{spec.rule} with f={f} needs {2 * f + 3} contributions, {n} survived the filter"
+            )
+        m = (
+            1
+            if spec.rule == "krum"
+            else (spec.multikrum_m if spec.multikrum_m is not None else n - f)
+        )
         if m > n:
             raise nothing(f"multikrum_m={m} but only {n} contributions survived the filter")
         used = list(krum_select(vectors, f, m))

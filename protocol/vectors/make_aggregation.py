@@ -38,7 +38,9 @@ def delta_from(entry: dict[str, Any]) -> np.ndarray:
         return np.frombuffer(bytes.fromhex(entry["delta_hex"]), dtype="<f4").astype(np.float32)
     out = np.zeros(entry["size"], dtype=np.float32)
     for seed, scale in entry["terms"]:
-        out += np.float32(scale) * np.random.default_rng(seed).standard_normal(entry["size"], dtype=np.float32)
+        out += np.float32(scale) * np.random.default_rng(seed).standard_normal(
+            entry["size"], dtype=np.float32
+        )
     for index, value_hex in entry.get("patch", []):
         out[index] = np.frombuffer(bytes.fromhex(value_hex), dtype="<f4")[0]
     return out
@@ -50,21 +52,42 @@ def hex32(values: list[float]) -> str:
 
 def honest(i: int, size: int, n_samples: int = 100) -> dict[str, Any]:
     # common direction (seed 1) + personal noise: a population of similar updates
-    return {"peer": peer(i), "n_samples": n_samples, "size": size, "terms": [[1, 1.0], [100 + i, 0.5]]}
+    return {
+        "peer": peer(i),
+        "n_samples": n_samples,
+        "size": size,
+        "terms": [[1, 1.0], [100 + i, 0.5]],
+    }
 
 
 def attacker(i: int, size: int, scale: float, n_samples: int = 100) -> dict[str, Any]:
-    return {"peer": peer(i), "n_samples": n_samples, "size": size, "terms": [[1, scale], [200 + i, 0.5]]}
+    return {
+        "peer": peer(i),
+        "n_samples": n_samples,
+        "size": size,
+        "terms": [[1, scale], [200 + i, 0.5]],
+    }
 
 
 def cases() -> list[dict[str, Any]]:
     size = 5000  # > LANES, not a multiple of it
     big = 70001  # > BLOCK: exercises the block boundary
-    seven = [honest(i, size) for i in range(5)] + [attacker(5, size, -10.0), attacker(6, size, -10.0)]
+    seven = [honest(i, size) for i in range(5)] + [
+        attacker(5, size, -10.0),
+        attacker(6, size, -10.0),
+    ]
     small = [
-        {"peer": peer(0), "n_samples": 3, "delta_hex": hex32([1.0, -0.0, 2.5, 1e-45, 3.0e38, -1.0])},
+        {
+            "peer": peer(0),
+            "n_samples": 3,
+            "delta_hex": hex32([1.0, -0.0, 2.5, 1e-45, 3.0e38, -1.0]),
+        },
         {"peer": peer(1), "n_samples": 1, "delta_hex": hex32([0.5, 0.0, -2.5, 0.0, 3.0e38, 1.0])},
-        {"peer": peer(2), "n_samples": 2, "delta_hex": hex32([1.5, -0.0, 0.25, -1e-45, -3.0e38, 2.0])},
+        {
+            "peer": peer(2),
+            "n_samples": 2,
+            "delta_hex": hex32([1.5, -0.0, 0.25, -1e-45, -3.0e38, 2.0]),
+        },
         {"peer": peer(3), "n_samples": 5, "delta_hex": hex32([-1.0, 0.0, 0.125, 0.0, 1.0, 0.5])},
     ]
     freeriders = [honest(i, size) for i in range(5)] + [
@@ -75,25 +98,55 @@ def cases() -> list[dict[str, Any]]:
         dict(honest(9, size), n_samples=10**9),  # inflated sample count
         {"peer": peer(10), "n_samples": 100, "size": size, "terms": [[300, 0.7]]},  # pure noise
     ]
-    ties = [honest(i, 64) for i in range(4)] + [dict(honest(i, 64), peer=peer(4 + i)) for i in range(3)]
+    ties = [honest(i, 64) for i in range(4)] + [
+        dict(honest(i, 64), peer=peer(4 + i)) for i in range(3)
+    ]
     d = RuleSpec.default().to_dict()
     return [
         {"name": "fedavg-small", "spec": {"rule": "fedavg"}, "contributions": small},
         {"name": "median-small", "spec": {"rule": "median"}, "contributions": small},
-        {"name": "trimmed-small", "spec": {"rule": "trimmed_mean", "trim_fraction": 0.25}, "contributions": small},
-        {"name": "fedavg-big", "spec": {"rule": "fedavg"}, "contributions": [honest(i, big, 10 + i) for i in range(3)]},
-        {"name": "median-big", "spec": {"rule": "median"}, "contributions": [honest(i, big) for i in range(4)]},
+        {
+            "name": "trimmed-small",
+            "spec": {"rule": "trimmed_mean", "trim_fraction": 0.25},
+            "contributions": small,
+        },
+        {
+            "name": "fedavg-big",
+            "spec": {"rule": "fedavg"},
+            "contributions": [honest(i, big, 10 + i) for i in range(3)],
+        },
+        {
+            "name": "median-big",
+            "spec": {"rule": "median"},
+            "contributions": [honest(i, big) for i in range(4)],
+        },
         {"name": "fedavg-signflip", "spec": {"rule": "fedavg"}, "contributions": seven},
         {"name": "median-signflip", "spec": {"rule": "median"}, "contributions": seven},
-        {"name": "trimmed-signflip", "spec": {"rule": "trimmed_mean", "trim_fraction": 0.3}, "contributions": seven},
-        {"name": "krum-signflip", "spec": {"rule": "krum", "byzantine_f": 2}, "contributions": seven},
-        {"name": "multikrum-signflip", "spec": {"rule": "multikrum", "byzantine_f": 2}, "contributions": seven},
+        {
+            "name": "trimmed-signflip",
+            "spec": {"rule": "trimmed_mean", "trim_fraction": 0.3},
+            "contributions": seven,
+        },
+        {
+            "name": "krum-signflip",
+            "spec": {"rule": "krum", "byzantine_f": 2},
+            "contributions": seven,
+        },
+        {
+            "name": "multikrum-signflip",
+            "spec": {"rule": "multikrum", "byzantine_f": 2},
+            "contributions": seven,
+        },
         {
             "name": "multikrum-m3-cap",
             "spec": {"rule": "multikrum", "byzantine_f": 2, "multikrum_m": 3, "samples_cap": 1.5},
             "contributions": seven,
         },
-        {"name": "multikrum-ties", "spec": {"rule": "multikrum", "byzantine_f": 1, "multikrum_m": 2}, "contributions": ties},
+        {
+            "name": "multikrum-ties",
+            "spec": {"rule": "multikrum", "byzantine_f": 1, "multikrum_m": 2},
+            "contributions": ties,
+        },
         {"name": "default-signflip", "spec": d, "contributions": seven},
         {"name": "default-freeriders", "spec": d, "contributions": freeriders},
         {
@@ -115,7 +168,10 @@ def cases() -> list[dict[str, Any]]:
 
 def run_case(case: dict[str, Any]) -> dict[str, Any]:
     spec = RuleSpec.from_dict(case["spec"])
-    cs = [Contribution(bytes.fromhex(e["peer"]), e["n_samples"], delta_from(e)) for e in case["contributions"]]
+    cs = [
+        Contribution(bytes.fromhex(e["peer"]), e["n_samples"], delta_from(e))
+        for e in case["contributions"]
+    ]
     try:
         r = aggregate(spec, cs)
     except AggregationError as exc:
@@ -135,7 +191,8 @@ def main() -> None:
         case["expected"] = run_case(case)
         out.append(case)
     doc = {
-        "description": "p2pfl aggregation vectors; see protocol/spec/aggregation.md and make_aggregation.py",
+        "description": "p2pfl aggregation vectors; see protocol/spec/aggregation.md "
+        "and make_aggregation.py",
         "cases": out,
     }
     OUT.write_text(json.dumps(doc, indent=1) + "\n")

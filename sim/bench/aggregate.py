@@ -33,6 +33,7 @@ def _best(fn: Callable[[], object]) -> float:
 
 
 def _deltas(n: int, p: int, seed: int) -> list[np.ndarray]:
+    """n updates sharing a common direction, with personal noise."""
     rng = np.random.default_rng(seed)
     common = rng.standard_normal(p, dtype=np.float32)
     out = []
@@ -44,18 +45,21 @@ def _deltas(n: int, p: int, seed: int) -> list[np.ndarray]:
     return out
 
 
-def run() -> None:
-    # (1) FedAvg 10 x 10M vs memcpy of the same bytes
+def _contributions(vs: list[np.ndarray]) -> list[Contribution]:
+    return [Contribution(bytes([i + 1]) * 20, 100, v) for i, v in enumerate(vs)]
+
+
+def _fedavg_figures() -> tuple[float, float, float, float]:
+    """(fedavg s, memcpy s, python loop s, default pipeline s) over 10 x 10M."""
     vs = _deltas(10, 10_000_000, seed=1)
     weights = [float(100 + i) for i in range(len(vs))]
-    total_bytes = sum(v.nbytes for v in vs)
     dst = np.empty_like(vs[0])
 
     def memcpy() -> None:
         for v in vs:
             np.copyto(dst, v)
 
-    def python_loop() -> None:
+    def python_loop() -> None:  # Flower's style: float32, a new array per step
         acc = np.zeros_like(vs[0])
         tot = sum(weights)
         for d, w in zip(vs, weights):
@@ -64,20 +68,21 @@ def run() -> None:
     t_fedavg = _best(lambda: fedavg(vs, weights))
     t_memcpy = _best(memcpy)
     t_loop = _best(python_loop)
+    cs = _contributions(vs)
+    t_default = _best(lambda: aggregate(RuleSpec.default(), cs))
+    return t_fedavg, t_memcpy, t_loop, t_default
+
+
+def run() -> None:
+    total_bytes = 10 * 10_000_000 * 4
+    t_fedavg, t_memcpy, t_loop, t_default10 = _fedavg_figures()
     figure("fedavg-10x10M", total_bytes / t_fedavg / 1e9, "GB/s")
     figure("memcpy", total_bytes / t_memcpy / 1e9, "GB/s")
     figure("python-loop-10x10M", total_bytes / t_loop / 1e9, "GB/s")
 
-    cs10 = [Contribution(bytes([i + 1]) * 20, 100, v) for i, v in enumerate(vs)]
-    t_default10 = _best(lambda: aggregate(RuleSpec.default(), cs10))
-    del cs10, vs, dst
-
-    # (2) Multi-Krum and the default pipeline over 50 x 1M
-    cs = [Contribution(bytes([i + 1]) * 20, 100, v) for i, v in enumerate(_deltas(50, 1_000_000, seed=2))]
+    cs = _contributions(_deltas(50, 1_000_000, seed=2))
     mk = RuleSpec(rule="multikrum", byzantine_f=10)
-    t_mk = _best(lambda: aggregate(mk, cs))
-    t_default = _best(lambda: aggregate(RuleSpec.default(), cs))
-    figure("multikrum-50x1M", t_mk, "s")
-    figure("default-50x1M", t_default, "s")
+    figure("multikrum-50x1M", _best(lambda: aggregate(mk, cs)), "s")
+    figure("default-50x1M", _best(lambda: aggregate(RuleSpec.default(), cs)), "s")
     figure("default-10x10M", t_default10, "s")
     figure("fedavg-vs-memcpy", t_memcpy / t_fedavg, "ratio")

@@ -86,7 +86,10 @@ def ref_krum(vs: list[np.ndarray], f: int, m: int) -> tuple[int, ...]:
 def rand_vectors(seed: int, n: int, p: int, spread: float = 1.0) -> list[np.ndarray]:
     rng = np.random.default_rng(seed)
     base = rng.standard_normal(p, dtype=np.float32)
-    return [(base + np.float32(spread) * rng.standard_normal(p, dtype=np.float32)).astype(np.float32) for _ in range(n)]
+    return [
+        (base + np.float32(spread) * rng.standard_normal(p, dtype=np.float32)).astype(np.float32)
+        for _ in range(n)
+    ]
 
 
 # ------------------------------------------------------------------ kernels
@@ -119,7 +122,11 @@ def test_trim_count_is_exact_on_binary64() -> None:
 
 
 def test_median_canonicalises_negative_zero() -> None:
-    vs = [np.array([-0.0, -0.0], np.float32), np.array([0.0, -0.0], np.float32), np.array([-0.0, -0.0], np.float32)]
+    vs = [
+        np.array([-0.0, -0.0], np.float32),
+        np.array([0.0, -0.0], np.float32),
+        np.array([-0.0, -0.0], np.float32),
+    ]
     out = A.coordinate_median(vs)
     assert out.tobytes() == np.zeros(2, np.float32).tobytes()
 
@@ -145,7 +152,9 @@ def test_krum_ties_and_duplicates_take_the_exact_path() -> None:
     base = rand_vectors(7, 4, 50)
     vs = base + [base[0].copy(), base[1].copy(), base[0].copy()]  # exact ties everywhere
     for f, m in [(1, 1), (1, 3), (2, 2), (2, 5)]:
-        assert A.krum_select(vs, f, m) == ref_krum(vs, f, m) == A.krum_select(vs, f, m, screen=False)
+        assert (
+            A.krum_select(vs, f, m) == ref_krum(vs, f, m) == A.krum_select(vs, f, m, screen=False)
+        )
 
 
 def test_krum_screen_survives_cancellation() -> None:
@@ -153,7 +162,10 @@ def test_krum_screen_survives_cancellation() -> None:
     # so the screen cannot decide and the exact distances must.
     rng = np.random.default_rng(11)
     base = (np.float32(1e4) * rng.standard_normal(2000, dtype=np.float32)).astype(np.float32)
-    vs = [(base + np.float32(1e-3) * rng.standard_normal(2000, dtype=np.float32)).astype(np.float32) for _ in range(9)]
+    vs = [
+        (base + np.float32(1e-3) * rng.standard_normal(2000, dtype=np.float32)).astype(np.float32)
+        for _ in range(9)
+    ]
     for f, m in [(3, 1), (3, 6), (2, 4)]:
         assert A.krum_select(vs, f, m) == ref_krum(vs, f, m)
 
@@ -169,10 +181,17 @@ def test_krum_screen_equals_exact_property(n: int, p: int, seed: int, spread: fl
     # integer-valued and near-identical vectors make many exact ties and near-ties
     rng = np.random.default_rng(seed)
     base = rng.integers(-3, 4, size=p).astype(np.float32)
-    vs = [(base + np.float32(spread) * rng.integers(-2, 3, size=p).astype(np.float32)).astype(np.float32) for _ in range(n)]
+    vs = [
+        (base + np.float32(spread) * rng.integers(-2, 3, size=p).astype(np.float32)).astype(
+            np.float32
+        )
+        for _ in range(n)
+    ]
     f = (n - 3) // 2
     for m in (1, n - f):
-        assert A.krum_select(vs, f, m) == A.krum_select(vs, f, m, screen=False) == ref_krum(vs, f, m)
+        assert (
+            A.krum_select(vs, f, m) == A.krum_select(vs, f, m, screen=False) == ref_krum(vs, f, m)
+        )
 
 
 # ---------------------------------------------------------------- permutation
@@ -187,7 +206,9 @@ SPECS = [
     RuleSpec(rule="krum", byzantine_f=1),
     RuleSpec(rule="multikrum", byzantine_f=1, samples_cap=2.0),
     RuleSpec.default(),
-    RuleSpec(filter=FilterSpec(norm_factor=1.5, min_cosine=-0.1, reference="trimmed_mean"), clip_norm=1.0),
+    RuleSpec(
+        filter=FilterSpec(norm_factor=1.5, min_cosine=-0.1, reference="trimmed_mean"), clip_norm=1.0
+    ),
 ]
 
 
@@ -215,7 +236,11 @@ def test_output_ignores_arrival_order(data: tuple, spec: RuleSpec) -> None:
     shuffled = aggregate(spec, [cs[i] for i in perm])
     for r in (again, shuffled):
         assert r.delta.tobytes() == first.delta.tobytes()
-        assert (r.accepted, r.rejected, r.weights) == (first.accepted, first.rejected, first.weights)
+        assert (r.accepted, r.rejected, r.weights) == (
+            first.accepted,
+            first.rejected,
+            first.weights,
+        )
     assert first.delta.dtype == np.float32
     assert list(first.accepted) == sorted(first.accepted)
 
@@ -227,7 +252,10 @@ def attack_round(p: int = 2000) -> tuple[list[Contribution], np.ndarray]:
     """5 honest (common direction + noise) and 2 sign-flipped x10 updates."""
     rng = np.random.default_rng(42)
     common = rng.standard_normal(p, dtype=np.float32)
-    honest = [(common + np.float32(0.5) * rng.standard_normal(p, dtype=np.float32)).astype(np.float32) for _ in range(5)]
+    honest = [
+        (common + np.float32(0.5) * rng.standard_normal(p, dtype=np.float32)).astype(np.float32)
+        for _ in range(5)
+    ]
     evil = [(np.float32(-10.0) * h).astype(np.float32) for h in honest[:2]]
     cs = [Contribution(peer(i), 100, d) for i, d in enumerate(honest + evil)]
     return cs, np.mean(np.stack(honest).astype(np.float64), axis=0)
@@ -275,7 +303,9 @@ def test_filter_reasons() -> None:
     common = rng.standard_normal(p, dtype=np.float32)
 
     def good() -> np.ndarray:
-        return (common + np.float32(0.3) * rng.standard_normal(p, dtype=np.float32)).astype(np.float32)
+        return (common + np.float32(0.3) * rng.standard_normal(p, dtype=np.float32)).astype(
+            np.float32
+        )
 
     nan = good()
     nan[7] = np.nan
@@ -341,12 +371,18 @@ def test_error_cases() -> None:
     with pytest.raises(AggregationError, match="two contributions"):
         aggregate(RuleSpec(), [Contribution(peer(0), 1, v), Contribution(peer(0), 2, v)])
     with pytest.raises(AggregationError, match="different lengths"):
-        aggregate(RuleSpec(), [Contribution(peer(0), 1, v), Contribution(peer(1), 1, np.ones(5, np.float32))])
+        aggregate(
+            RuleSpec(),
+            [Contribution(peer(0), 1, v), Contribution(peer(1), 1, np.ones(5, np.float32))],
+        )
     with pytest.raises(A.NothingToAggregate) as exc:
         aggregate(RuleSpec.default(), [Contribution(peer(0), 1, np.zeros(4, np.float32))])
     assert exc.value.rejected == ((peer(0), A.REASON_ZERO),)
     with pytest.raises(A.NothingToAggregate, match="needs 5"):
-        aggregate(RuleSpec(rule="krum", byzantine_f=1), [Contribution(peer(i), 1, v * i) for i in range(4)])
+        aggregate(
+            RuleSpec(rule="krum", byzantine_f=1),
+            [Contribution(peer(i), 1, v * i) for i in range(4)],
+        )
     with pytest.raises(AggregationError, match="20-byte"):
         Contribution(b"short", 1, v)
     with pytest.raises(AggregationError, match="float32"):
@@ -372,7 +408,9 @@ def test_spec_dict_round_trip_and_names() -> None:
         ),
         RuleSpec(rule="trimmed_mean", trim_fraction=0.2): "trimmed_mean(0.2)",
         RuleSpec(rule="krum", byzantine_f=2): "krum(f=2)",
-        RuleSpec(rule="multikrum", byzantine_f=2, multikrum_m=5, samples_cap=3.0): "multikrum(f=2,m=5,cap=3)",
+        RuleSpec(
+            rule="multikrum", byzantine_f=2, multikrum_m=5, samples_cap=3.0
+        ): "multikrum(f=2,m=5,cap=3)",
     }
     for spec, name in cases.items():
         assert spec.name == name
@@ -420,7 +458,9 @@ def _vector_delta(entry: dict) -> np.ndarray:
         return np.frombuffer(bytes.fromhex(entry["delta_hex"]), dtype="<f4").astype(np.float32)
     out = np.zeros(entry["size"], dtype=np.float32)
     for seed, scale in entry["terms"]:
-        out += np.float32(scale) * np.random.default_rng(seed).standard_normal(entry["size"], dtype=np.float32)
+        out += np.float32(scale) * np.random.default_rng(seed).standard_normal(
+            entry["size"], dtype=np.float32
+        )
     for index, value_hex in entry.get("patch", []):
         out[index] = np.frombuffer(bytes.fromhex(value_hex), dtype="<f4")[0]
     return out
@@ -432,7 +472,10 @@ _CASES = json.loads(VECTORS.read_text())["cases"]
 @pytest.mark.parametrize("case", _CASES, ids=[c["name"] for c in _CASES])
 def test_vectors(case: dict) -> None:
     spec = RuleSpec.from_dict(case["spec"])
-    cs = [Contribution(bytes.fromhex(e["peer"]), e["n_samples"], _vector_delta(e)) for e in case["contributions"]]
+    cs = [
+        Contribution(bytes.fromhex(e["peer"]), e["n_samples"], _vector_delta(e))
+        for e in case["contributions"]
+    ]
     want = case["expected"]
     if "error" in want:
         with pytest.raises(AggregationError) as exc:
