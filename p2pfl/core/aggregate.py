@@ -334,10 +334,10 @@ class RuleSpec:
         parts = []
         if self.filter is not None:
             parts.append(self.filter.name)
-        if self.clip_norm is not None:
-            parts.append(
-                f"clip({self.clip_norm if self.clip_norm == 'median' else _num(self.clip_norm)})"
-            )
+        if isinstance(self.clip_norm, str):
+            parts.append(f"clip({self.clip_norm})")
+        elif self.clip_norm is not None:
+            parts.append(f"clip({_num(self.clip_norm)})")
         cap = "" if self.samples_cap is None else f"cap={_num(self.samples_cap)}"
         if self.rule == "fedavg":
             parts.append(f"fedavg({cap})" if cap else "fedavg")
@@ -682,7 +682,7 @@ def krum_select(
     while True:
         s_lo = np.empty(n)
         s_hi = np.empty(n)
-        row_exact = exact.all(axis=1)
+        row_exact = [bool(b) for b in exact.all(axis=1)]
         need: set[int] = set()
         for i in range(n):
             others = [j for j in range(n) if j != i]
