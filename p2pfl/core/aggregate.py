@@ -682,7 +682,7 @@ def krum_select(
     while True:
         s_lo = np.empty(n)
         s_hi = np.empty(n)
-        row_exact = [bool(b) for b in exact.all(axis=1)]
+        row_exact = [bool(exact[i].all()) for i in range(n)]
         need: set[int] = set()
         for i in range(n):
             others = [j for j in range(n) if j != i]
