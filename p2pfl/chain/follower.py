@@ -1,0 +1,131 @@
+"""Follow RoundCommitted events: never miss one, never deliver one twice.
+
+The follower remembers the last block it fully processed and, per task, the last
+round it delivered. `poll()` reads logs from the next block up to the chain head
+(minus `confirmations`), in chunks, and returns new commits in chain order. A round
+is committed at most once per task and rounds increase, so an event whose round is
+not above the task's last delivered round is a replay and is dropped -- this makes
+delivery exactly-once even if the block cursor is replayed after a crash. A commit is
+acknowledged only after the consumer handled it (`follow`), and state is persisted
+atomically (write + rename) to `state_path` when given. Transport errors leave the
+cursor where it was; the next poll retries from there (a new HTTP connection each
+request, so a restarted node is picked up).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import trio
+
+from p2pfl.chain.client import ChainClient, RoundCommitted
+from p2pfl.chain.trio_client import run_chain
+from p2pfl.errors import ChainError
+
+log = logging.getLogger(__name__)
+
+# Blocks per eth_getLogs request: public RPC providers commonly cap ranges at 1-10k.
+DEFAULT_CHUNK_BLOCKS = 2_000
+DEFAULT_POLL_INTERVAL_S = 1.0
+MAX_ERROR_BACKOFF_S = 30.0
+
+
+class CommitFollower:
+    def __init__(
+        self,
+        client: ChainClient,
+        task: bytes | None = None,
+        start_block: int | None = None,
+        state_path: str | Path | None = None,
+        confirmations: int = 0,
+        chunk_blocks: int = DEFAULT_CHUNK_BLOCKS,
+    ) -> None:
+        self.client = client
+        self.task = task
+        self.confirmations = confirmations
+        self.chunk_blocks = chunk_blocks
+        self.state_path = Path(state_path) if state_path else None
+        start = client.deployment.block if start_block is None else start_block
+        self.last_block = start - 1
+        self.last_round: dict[bytes, int] = {}
+        if self.state_path and self.state_path.exists():
+            self._load()
+
+    def _load(self) -> None:
+        assert self.state_path is not None
+        try:
+            state = json.loads(self.state_path.read_text())
+            self.last_block = int(state["last_block"])
+            self.last_round = {bytes.fromhex(k): int(v) for k, v in state["last_round"].items()}
+        except (OSError, KeyError, ValueError) as exc:
+            raise ChainError(f"follower state {self.state_path} unreadable ({exc}); delete it to rescan") from exc
+
+    def _save(self) -> None:
+        if self.state_path is None:
+            return
+        tmp = self.state_path.with_suffix(self.state_path.suffix + ".tmp")
+        state = {"last_block": self.last_block, "last_round": {k.hex(): v for k, v in self.last_round.items()}}
+        tmp.write_text(json.dumps(state))
+        os.replace(tmp, self.state_path)
+
+    def fetch(self) -> tuple[list[RoundCommitted], int]:
+        """(new commits in chain order, block they reach up to) -- reads only, no state change."""
+        head = self.client.block_number() - self.confirmations
+        out: list[RoundCommitted] = []
+        seen = dict(self.last_round)
+        start = self.last_block + 1
+        while start <= head:
+            end = min(head, start + self.chunk_blocks - 1)
+            for ev in self.client.commits(start, end, self.task):
+                if ev.round > seen.get(ev.task, 0):
+                    seen[ev.task] = ev.round
+                    out.append(ev)
+            start = end + 1
+        return out, max(head, self.last_block)
+
+    def ack(self, event: RoundCommitted) -> None:
+        """Mark one commit as handled (persisted): it will never be delivered again."""
+        if event.round > self.last_round.get(event.task, 0):
+            self.last_round[event.task] = event.round
+            self._save()
+
+    def advance(self, block: int) -> None:
+        """Mark every block up to `block` as scanned."""
+        if block > self.last_block:
+            self.last_block = block
+            self._save()
+
+    def poll(self) -> list[RoundCommitted]:
+        """New commits since the last poll, acknowledged on return (blocking)."""
+        events, head = self.fetch()
+        for ev in events:
+            self.ack(ev)
+        self.advance(head)
+        return events
+
+    async def follow(
+        self,
+        on_commit: Callable[[RoundCommitted], Awaitable[None]],
+        poll_interval_s: float = DEFAULT_POLL_INTERVAL_S,
+    ) -> None:
+        """Poll until cancelled; each commit is acknowledged only after `on_commit`
+        returns, so a crash in between re-delivers it, and nothing is delivered twice."""
+        backoff = poll_interval_s
+        while True:
+            try:
+                events, head = await run_chain(self.client, self.fetch)
+                backoff = poll_interval_s
+            except ChainError as exc:
+                log.warning("commit follower: %s; retrying in %.1f s", exc, backoff)
+                await trio.sleep(backoff)
+                backoff = min(backoff * 2, MAX_ERROR_BACKOFF_S)
+                continue
+            for ev in events:
+                await on_commit(ev)
+                self.ack(ev)
+            self.advance(head)
+            await trio.sleep(poll_interval_s)
