@@ -10,7 +10,7 @@ to right in float32, of float32(scale) * standard_normal(size, dtype=float32) fr
 numpy's `default_rng(seed)` (PCG64); then `patch`: [[index, float32 hex], ...] overwrites
 single elements.
 
-    .venv/bin/python protocol/vectors/make_aggregation.py
+    .venv/bin/python -m protocol.vectors.make_aggregation   (from the repo root)
 """
 
 from __future__ import annotations
