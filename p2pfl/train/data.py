@@ -67,7 +67,9 @@ class Dataset:
                 f"dataset y must be [N] with N = {len(self.x)}, got shape {list(self.y.shape)}"
             )
         if self.x.dtype != np.float32 or self.y.dtype != np.int64:
-            raise DataError(f"dataset dtypes must be float32/int64, got {self.x.dtype}/{self.y.dtype}")
+            raise DataError(
+                f"dataset dtypes must be float32/int64, got {self.x.dtype}/{self.y.dtype}"
+            )
 
     def __len__(self) -> int:
         return len(self.y)
@@ -84,7 +86,9 @@ class Dataset:
         return Dataset(self.x[idx], self.y[idx], self.classes)
 
 
-def parse_idx(raw: bytes, expected_magic: int | None = None, source: str = "IDX data") -> np.ndarray:
+def parse_idx(
+    raw: bytes, expected_magic: int | None = None, source: str = "IDX data"
+) -> np.ndarray:
     """Decode IDX bytes (optionally gzipped) into a numpy array in native byte order.
 
     Checks the magic (and `expected_magic` when given) and that the payload length matches
@@ -248,11 +252,14 @@ def _user_image_tree(root: Path) -> Dataset:
     ys: list[int] = []
     for label, class_dir in enumerate(class_dirs):
         files = sorted(
-            p for p in class_dir.iterdir() if p.is_file() and p.suffix.lower() in USER_IMAGE_SUFFIXES
+            p
+            for p in class_dir.iterdir()
+            if p.is_file() and p.suffix.lower() in USER_IMAGE_SUFFIXES
         )
         if not files:
             raise DataError(
-                f"{class_dir}: class folder holds no images ({', '.join(sorted(USER_IMAGE_SUFFIXES))})"
+                f"{class_dir}: class folder holds no images "
+                f"({', '.join(sorted(USER_IMAGE_SUFFIXES))})"
             )
         for file in files:
             try:

@@ -160,9 +160,13 @@ def build_model(name: str, **kwargs: object) -> nn.Module:
     try:
         model = factory(**kwargs)
     except TypeError as exc:
-        raise ConfigError(f"model {name!r} rejected its parameters {sorted(kwargs)}: {exc}") from exc
+        raise ConfigError(
+            f"model {name!r} rejected its parameters {sorted(kwargs)}: {exc}"
+        ) from exc
     if not isinstance(model, nn.Module):
-        raise ConfigError(f"model {name!r} factory returned {type(model).__name__}, not a torch Module")
+        raise ConfigError(
+            f"model {name!r} factory returned {type(model).__name__}, not a torch Module"
+        )
     return model
 
 
@@ -174,7 +178,9 @@ def seeded_torch(seed: int) -> Iterator[None]:
         yield
 
 
-def init_weights(name: str, kwargs: Mapping[str, object] | None, seed: int) -> dict[str, np.ndarray]:
+def init_weights(
+    name: str, kwargs: Mapping[str, object] | None, seed: int
+) -> dict[str, np.ndarray]:
     """Seeded initial weights of `name(**kwargs)` as numpy (the manifest's genesis model).
 
     Same (name, kwargs, seed) and torch version => the same arrays; the global torch RNG
@@ -218,5 +224,6 @@ def load_numpy(model: nn.Module, weights: Mapping[str, np.ndarray]) -> None:
             raise ConfigError(
                 f"weight {key!r} has shape {list(arr.shape)}, model expects {list(tensor.shape)}"
             )
-        new_state[key] = torch.from_numpy(np.array(arr, dtype=np.float32, copy=True)).to(tensor.dtype)
+        copied = np.array(arr, dtype=np.float32, copy=True)
+        new_state[key] = torch.from_numpy(copied).to(tensor.dtype)
     model.load_state_dict(new_state)

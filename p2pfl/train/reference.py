@@ -30,23 +30,31 @@ class RoundMetrics:
     compute_s: float  # training seconds of all clients in this round, summed
 
 
-def fedavg_delta(deltas: Sequence[Mapping[str, np.ndarray]], n_samples: Sequence[int]) -> dict[str, np.ndarray]:
+def fedavg_delta(
+    deltas: Sequence[Mapping[str, np.ndarray]], n_samples: Sequence[int]
+) -> dict[str, np.ndarray]:
     """Sample-weighted mean of deltas: float32(sum_i n_i * float64(d_i) / sum_i n_i).
 
     Accumulated in float64 in the given client order, so the result is reproducible.
     """
     if not deltas or len(deltas) != len(n_samples):
-        raise AggregationError(f"need one sample count per delta, got {len(deltas)} and {len(n_samples)}")
+        raise AggregationError(
+            f"need one sample count per delta, got {len(deltas)} and {len(n_samples)}"
+        )
     total = int(sum(n_samples))
     if total <= 0 or min(n_samples) < 0:
-        raise AggregationError(f"sample counts must be >= 0 with a positive sum, got {list(n_samples)}")
+        raise AggregationError(
+            f"sample counts must be >= 0 with a positive sum, got {list(n_samples)}"
+        )
     names = sorted(deltas[0])
     out: dict[str, np.ndarray] = {}
     for name in names:
         acc = np.zeros(deltas[0][name].shape, dtype=np.float64)
         for delta, n in zip(deltas, n_samples, strict=True):
             if delta[name].shape != acc.shape:
-                raise AggregationError(f"delta {name!r} shapes differ: {delta[name].shape} vs {acc.shape}")
+                raise AggregationError(
+                    f"delta {name!r} shapes differ: {delta[name].shape} vs {acc.shape}"
+                )
             acc += np.float64(n) * delta[name].astype(np.float64)
         out[name] = (acc / np.float64(total)).astype(np.float32)
     return out
@@ -71,7 +79,9 @@ def reference_fedavg(
     """
     task_seed = cfg.seed if seed is None else seed
     weights = {k: np.asarray(v, dtype=np.float32) for k, v in init_weights.items()}
-    loss, acc = evaluate(model_name, weights, test, model_kwargs=model_kwargs, num_threads=num_threads)
+    loss, acc = evaluate(
+        model_name, weights, test, model_kwargs=model_kwargs, num_threads=num_threads
+    )
     history = [RoundMetrics(0, loss, acc, 0.0)]
     for r in range(1, rounds + 1):
         started = time.perf_counter()
@@ -88,7 +98,10 @@ def reference_fedavg(
             for i, part in enumerate(partitions)
         ]
         compute_s = time.perf_counter() - started
-        weights = apply_delta(weights, fedavg_delta([res.delta for res in results], [res.n_samples for res in results]))
-        loss, acc = evaluate(model_name, weights, test, model_kwargs=model_kwargs, num_threads=num_threads)
+        average = fedavg_delta([res.delta for res in results], [res.n_samples for res in results])
+        weights = apply_delta(weights, average)
+        loss, acc = evaluate(
+            model_name, weights, test, model_kwargs=model_kwargs, num_threads=num_threads
+        )
         history.append(RoundMetrics(r, loss, acc, compute_s))
     return history

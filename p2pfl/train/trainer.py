@@ -57,17 +57,19 @@ class TrainConfig:
 
         for name in ("epochs", "batch_size", "seed"):
             value = getattr(self, name)
-            need(isinstance(value, int) and not isinstance(value, bool), f"{name} must be an integer, got {value!r}")
+            is_int = isinstance(value, int) and not isinstance(value, bool)
+            need(is_int, f"{name} must be an integer, got {value!r}")
         for name in ("lr", "momentum", "weight_decay"):
             value = getattr(self, name)
-            need(
-                isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value),
-                f"{name} must be a finite number, got {value!r}",
-            )
+            is_num = isinstance(value, (int, float)) and not isinstance(value, bool)
+            need(is_num and math.isfinite(value), f"{name} must be a finite number, got {value!r}")
         need(self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}")
         need(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
         need(self.lr > 0, f"lr must be > 0, got {self.lr}")
-        need(self.optimizer in OPTIMIZERS, f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        need(
+            self.optimizer in OPTIMIZERS,
+            f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}",
+        )
         need(0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}")
         need(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
         need(0 <= self.seed < 2**64, f"seed must be in [0, 2^64), got {self.seed}")
@@ -80,7 +82,9 @@ class TrainConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(raw) - known)
         if unknown:
-            raise ConfigError(f"train config: unknown keys {unknown}; known keys are {sorted(known)}")
+            raise ConfigError(
+                f"train config: unknown keys {unknown}; known keys are {sorted(known)}"
+            )
         return cls(**dict(raw))
 
     def to_dict(self) -> dict[str, Any]:
@@ -237,7 +241,9 @@ def evaluate(
     return loss_sum / len(data), correct / len(data)
 
 
-def apply_delta(base: Mapping[str, np.ndarray], delta: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+def apply_delta(
+    base: Mapping[str, np.ndarray], delta: Mapping[str, np.ndarray]
+) -> dict[str, np.ndarray]:
     """base + delta in float32 (names must match)."""
     if set(base) != set(delta):
         raise ConfigError(f"delta names {sorted(delta)} do not match base names {sorted(base)}")

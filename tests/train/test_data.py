@@ -75,7 +75,9 @@ def test_idx_checks_expected_magic() -> None:
         parse_idx(labels, IDX_IMAGES_MAGIC)
 
 
-def test_fashion_mnist_from_a_folder_of_idx_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_fashion_mnist_from_a_folder_of_idx_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     images = np.full((2, 28, 28), 255, dtype=np.uint8)
     images[1] = 0
     (tmp_path / "t10k-images-idx3-ubyte.gz").write_bytes(gzip.compress(idx_bytes(images)))

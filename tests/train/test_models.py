@@ -58,7 +58,8 @@ def test_registry_errors_and_plugins() -> None:
 def test_module_spec_imports_user_factory() -> None:
     model = build_model("module:tests.train.test_models:tiny_factory", width=5)
     assert model[1].out_features == 5
-    assert isinstance(build_model("module:torch.nn:Linear", in_features=2, out_features=1), nn.Linear)
+    linear = build_model("module:torch.nn:Linear", in_features=2, out_features=1)
+    assert isinstance(linear, nn.Linear)
     for bad, message in (
         ("module:nocolon", "expected"),
         ("module:no_such_pkg_xyz:f", "cannot import"),
