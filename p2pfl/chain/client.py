@@ -709,7 +709,7 @@ class ChainClient:
             a = ev["args"]
             out.append(
                 RoundCommitted(
-                    bytes(a["task"]), a["round"], a["attempt"], a["view"], bytes(a["base"]), bytes(a["result"]),
+                    bytes(a["task"]), a["round"], a["attempt"], a["view_"], bytes(a["base"]), bytes(a["result"]),
                     bytes(a["contributorsRoot"]), a["reward"], a["signers"], ev["blockNumber"],
                     bytes(ev["transactionHash"]), ev["logIndex"],
                 )
