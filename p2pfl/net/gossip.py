@@ -1,0 +1,384 @@
+"""Gossip: gossipsub topics with the node's validator in front, paced publishing, and
+anti-entropy sync so that a lost message costs a second instead of a round.
+
+Three paths bring a message to a node, all through the same gate (`Gossip._admit`):
+
+- **gossipsub** (fast, lossy): py-libp2p runs our topic validator *before* it forwards, so a
+  message the node's `validate` callable rejects stops at the first honest hop.
+- **sync** (`/p2pfl/sync/1.0.0`, reliable): every `sync_interval_s` each node sends one random
+  peer subscribed to the topic the ids of the messages it already has; the peer answers with
+  the ones missing. Gossipsub in py-libp2p drops bursts (32-slot per-peer queues, a 10
+  msg/topic/s spam limit per forwarder, a 32-slot subscription channel); sync repairs every
+  such loss within a few intervals, without knowing anything about rounds.
+- **local publish**: admitted directly, then handed to gossipsub at a paced rate.
+
+Message id = sha256(data) (content addressed), so the same bytes arriving by gossip, by sync,
+or republished by another node are one message.
+
+`validate(topic, data, from_peer) -> ValidationResult` is supplied by the node; this module
+knows nothing about what a message means. ACCEPT delivers and forwards; REJECT drops, counts
+the reason, and lowers the sender's score; IGNORE drops without penalty (e.g. a message for a
+round this node has not reached yet: it will be offered again by sync).
+
+Sync wire format (big-endian; spec: protocol/spec/network.md):
+
+    request  = 0x02 | u16 topic length | topic (UTF-8) | u32 n | n x 32-byte message ids
+    response = u32 m | m x (u32 length | message bytes)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import random
+import struct
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+import trio
+
+from p2pfl.errors import InvalidMessage
+from p2pfl.net.blocks import FrameReader, StreamClosed, peer_of
+from p2pfl.net.config import (
+    PUBLISH_BURST,
+    SYNC_LOG_MAX_MESSAGES,
+    SYNC_LOG_TTL_S,
+    SYNC_MAX_RESPONSE_BYTES,
+    SYNC_PROTOCOL,
+    NetConfig,
+)
+from p2pfl.net.limits import Metrics, Offence, PeerBook, TokenBucket
+
+log = logging.getLogger(__name__)
+
+MSG_SYNC = 0x02
+MESSAGE_ID_SIZE = 32
+MAX_TOPIC_BYTES = 256
+# Ids of ignored messages are sent as "have" for this long, so sync does not fetch the same
+# not-yet-valid message every interval; after it, the message gets another chance.
+IGNORED_TTL_S = 10.0
+# Delivered messages wait here for the node to read them. Full = the node is not keeping up:
+# the message is not admitted (sync offers it again later) rather than dropped silently.
+DELIVERY_BUFFER = 4096
+# A sync exchange (open stream, request, response) must finish in this time.
+SYNC_TIMEOUT_S = 10.0
+
+
+class Verdict(Enum):
+    """What the node's validator decided about one message."""
+
+    ACCEPT = "accept"
+    REJECT = "reject"
+    IGNORE = "ignore"
+
+
+@dataclass(frozen=True)
+class ValidationResult:
+    """A verdict with a short machine-friendly reason ("bad-signature", "wrong-round")."""
+
+    verdict: Verdict
+    reason: str = ""
+
+    @classmethod
+    def accept(cls) -> ValidationResult:
+        return cls(Verdict.ACCEPT)
+
+    @classmethod
+    def reject(cls, reason: str) -> ValidationResult:
+        return cls(Verdict.REJECT, reason)
+
+    @classmethod
+    def ignore(cls, reason: str) -> ValidationResult:
+        return cls(Verdict.IGNORE, reason)
+
+
+Validator = Callable[[str, bytes, str], ValidationResult]
+
+
+@dataclass(frozen=True)
+class GossipMessage:
+    """A message admitted on a topic: its bytes, id, the peer it came from, and by which path."""
+
+    topic: str
+    data: bytes
+    msg_id: bytes
+    from_peer: str
+    via: str  # "gossip", "sync" or "local"
+
+
+def message_id(data: bytes) -> bytes:
+    """Content-addressed message id: sha256 of the message bytes."""
+    return hashlib.sha256(data).digest()
+
+
+class _TopicState:
+    def __init__(self, topic: str, validate: Validator, rate: float, now: float) -> None:
+        self.topic = topic
+        self.validate = validate
+        self.log: OrderedDict[bytes, tuple[bytes, float]] = OrderedDict()
+        self.ignored: OrderedDict[bytes, float] = OrderedDict()
+        self.send, self.receive = trio.open_memory_channel[GossipMessage](DELIVERY_BUFFER)
+        self.pace = TokenBucket(rate, PUBLISH_BURST, now)
+        self.publish_lock = trio.Lock()
+
+    def remember(self, msg_id: bytes, data: bytes, now: float) -> None:
+        self.log[msg_id] = (data, now)
+        while len(self.log) > SYNC_LOG_MAX_MESSAGES:
+            self.log.popitem(last=False)
+
+    def expire(self, now: float) -> None:
+        while self.log and next(iter(self.log.values()))[1] < now - SYNC_LOG_TTL_S:
+            self.log.popitem(last=False)
+        while self.ignored and next(iter(self.ignored.values())) < now - IGNORED_TTL_S:
+            self.ignored.popitem(last=False)
+
+
+class Gossip:
+    """Topics, validation, paced publishing and sync on top of a py-libp2p `Pubsub`."""
+
+    def __init__(
+        self,
+        pubsub: Any,
+        config: NetConfig,
+        peers: PeerBook,
+        metrics: Metrics,
+        open_stream: Callable[[str, str], Any],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.pubsub = pubsub
+        self.config = config
+        self.peers = peers
+        self.metrics = metrics
+        self.open_stream = open_stream
+        self.clock = clock
+        self.topics: dict[str, _TopicState] = {}
+        self._nursery: trio.Nursery | None = None
+        self.rng = random.Random()
+
+    async def run(self, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """Run the sync loop and subscription drains until cancelled."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            while True:
+                await trio.sleep(self.config.sync_interval_s * (0.75 + 0.5 * self.rng.random()))
+                for state in list(self.topics.values()):
+                    state.expire(self.clock())
+                    peer = self._sync_peer(state.topic)
+                    if peer is not None:
+                        nursery.start_soon(self.sync_with, peer, state.topic)
+
+    # --- topics -------------------------------------------------------------------------
+
+    async def join(self, topic: str, validate: Validator) -> trio.MemoryReceiveChannel[GossipMessage]:
+        """Subscribe to `topic` with `validate` in front; returns the channel of admitted messages."""
+        if topic in self.topics:
+            raise ValueError(f"already joined {topic}")
+        if len(topic.encode()) > MAX_TOPIC_BYTES:
+            raise ValueError(f"topic name over {MAX_TOPIC_BYTES} bytes")
+        state = _TopicState(topic, validate, self.config.publish_rate_per_s, self.clock())
+        self.topics[topic] = state
+
+        async def pubsub_validator(forwarder: Any, msg: Any) -> bool:
+            return self._on_gossip(topic, str(forwarder), msg)
+
+        self.pubsub.set_topic_validator(topic, pubsub_validator, is_async_validator=True)
+        subscription = await self.pubsub.subscribe(topic)
+        if self._nursery is not None:
+            # Messages are delivered from the validator; the library's own 32-slot
+            # subscription queue is drained so it never logs "fail to deliver".
+            self._nursery.start_soon(_drain, subscription)
+        return state.receive
+
+    def messages(self, topic: str) -> list[GossipMessage]:
+        """Messages currently remembered on a topic (admitted, not expired), oldest first."""
+        state = self.topics[topic]
+        return [GossipMessage(topic, data, mid, "", "log") for mid, (data, _) in state.log.items()]
+
+    def has(self, topic: str, msg_id: bytes) -> bool:
+        """Whether a message with this id was admitted on `topic` (and is still remembered)."""
+        state = self.topics.get(topic)
+        return state is not None and msg_id in state.log
+
+    # --- publishing ---------------------------------------------------------------------
+
+    async def publish(self, topic: str, data: bytes) -> bytes:
+        """Admit `data` locally and push it to gossipsub, paced; returns the message id.
+
+        Raises `InvalidMessage("oversized")` over the size limit. Delivery to every
+        subscribed peer is then ensured by sync even if gossipsub drops the message.
+        """
+        state = self.topics.get(topic)
+        if state is None:
+            raise ValueError(f"join {topic} before publishing on it")
+        if len(data) > self.config.max_message_bytes:
+            raise InvalidMessage("oversized", f"{len(data)} bytes > {self.config.max_message_bytes} on {topic}")
+        msg_id = message_id(data)
+        if msg_id not in state.log:
+            state.remember(msg_id, data, self.clock())
+            self._deliver(state, GossipMessage(topic, data, msg_id, "", "local"))
+        async with state.publish_lock:
+            delay = state.pace.delay_for(self.clock())
+            if delay > 0:
+                await trio.sleep(delay)
+            state.pace.take(self.clock())
+            await self.pubsub.publish(topic, data)
+        self.metrics.inc("gossip-published")
+        return msg_id
+
+    # --- the gate -----------------------------------------------------------------------
+
+    def _on_gossip(self, topic: str, forwarder: str, msg: Any) -> bool:
+        """Pubsub topic validator: True lets gossipsub deliver and forward the message."""
+        state = self.topics.get(topic)
+        if state is None:
+            return False
+        if len(msg.topicIDs) != 1:
+            self.peers.offence(forwarder, Offence.MALFORMED_FRAME, "gossip-multi-topic")
+            return False
+        data = bytes(msg.data)
+        msg_id = message_id(data)
+        if msg_id in state.log:  # our own publish, or already admitted via sync
+            return True
+        if not self.peers.allow(forwarder, "gossip"):
+            return False
+        return self._admit(state, data, msg_id, forwarder, "gossip") is Verdict.ACCEPT
+
+    def _admit(self, state: _TopicState, data: bytes, msg_id: bytes, peer: str, via: str) -> Verdict:
+        """Validate and, on ACCEPT, remember and deliver one message. Never raises."""
+        if len(data) > self.config.max_message_bytes:
+            self.peers.offence(peer, Offence.OVERSIZED, "gossip-oversized")
+            return Verdict.REJECT
+        try:
+            result = state.validate(state.topic, data, peer)
+        except Exception as exc:
+            log.warning("validator for %s raised %r; treating the message as rejected", state.topic, exc)
+            result = ValidationResult.reject("validator-error")
+        if result.verdict is Verdict.REJECT:
+            self.peers.offence(peer, Offence.REJECTED_MESSAGE, f"{via}-{result.reason or 'rejected'}")
+            return Verdict.REJECT
+        if result.verdict is Verdict.IGNORE:
+            self.metrics.inc(f"ignored-{result.reason or 'unspecified'}")
+            state.ignored[msg_id] = self.clock()
+            return Verdict.IGNORE
+        if not self._deliver(state, GossipMessage(state.topic, data, msg_id, peer, via)):
+            return Verdict.IGNORE
+        state.remember(msg_id, data, self.clock())
+        self.metrics.inc(f"admitted-{via}")
+        return Verdict.ACCEPT
+
+    def _deliver(self, state: _TopicState, message: GossipMessage) -> bool:
+        try:
+            state.send.send_nowait(message)
+            return True
+        except trio.WouldBlock:
+            self.metrics.inc("delivery-overflow")
+            return False
+
+    # --- sync ---------------------------------------------------------------------------
+
+    def _sync_peer(self, topic: str) -> str | None:
+        candidates = [str(p) for p in self.pubsub.peer_topics.get(topic, ())]
+        candidates = [p for p in candidates if not self.peers.is_banned(p)]
+        return self.rng.choice(candidates) if candidates else None
+
+    async def sync_with(self, peer: str, topic: str) -> int:
+        """Ask `peer` for the messages on `topic` we lack; returns how many were admitted."""
+        state = self.topics[topic]
+        have = list(state.log.keys()) + list(state.ignored.keys())
+        topic_bytes = topic.encode()
+        request = (
+            struct.pack(">BH", MSG_SYNC, len(topic_bytes)) + topic_bytes + struct.pack(">I", len(have)) + b"".join(have)
+        )
+        admitted = 0
+        stream = None
+        try:
+            with trio.fail_after(SYNC_TIMEOUT_S):
+                stream = await self.open_stream(peer, SYNC_PROTOCOL)
+                await stream.write(request)
+                reader = FrameReader(stream)
+                (count,) = struct.unpack(">I", await reader.read_exactly(4))
+                if count > SYNC_LOG_MAX_MESSAGES:
+                    self.peers.offence(peer, Offence.MALFORMED_FRAME, "sync-bad-count")
+                    return 0
+                for _ in range(count):
+                    (length,) = struct.unpack(">I", await reader.read_exactly(4))
+                    if length > self.config.max_message_bytes:
+                        self.peers.offence(peer, Offence.OVERSIZED, "sync-oversized")
+                        return admitted
+                    data = await reader.read_exactly(length)
+                    msg_id = message_id(data)
+                    if msg_id in state.log or msg_id in state.ignored:
+                        continue
+                    if self._admit(state, data, msg_id, peer, "sync") is Verdict.ACCEPT:
+                        admitted += 1
+            self.metrics.inc("sync-rounds")
+        except trio.TooSlowError:
+            self.metrics.inc("sync-timeouts")
+        except StreamClosed:
+            self.metrics.inc("sync-errors")
+        except Exception as exc:
+            self.metrics.inc("sync-errors")
+            log.debug("sync with %s on %s failed: %r", peer, topic, exc)
+        finally:
+            if stream is not None:
+                await _close(stream)
+        return admitted
+
+    async def handle_sync_stream(self, stream: Any) -> None:
+        """Stream handler for SYNC_PROTOCOL: answer one request with the messages it lacks."""
+        peer = peer_of(stream)
+        try:
+            if self.peers.is_banned(peer) or not self.peers.allow(peer, "requests"):
+                return
+            with trio.fail_after(SYNC_TIMEOUT_S):
+                reader = FrameReader(stream)
+                kind, topic_len = struct.unpack(">BH", await reader.read_exactly(3))
+                if kind != MSG_SYNC or topic_len > MAX_TOPIC_BYTES:
+                    raise InvalidMessage("bad-frame", "not a sync request")
+                topic = (await reader.read_exactly(topic_len)).decode("utf-8", errors="replace")
+                (count,) = struct.unpack(">I", await reader.read_exactly(4))
+                if count > 2 * SYNC_LOG_MAX_MESSAGES:
+                    raise InvalidMessage("bad-frame", f"sync request lists {count} ids")
+                raw = await reader.read_exactly(count * MESSAGE_ID_SIZE)
+                have = {raw[i : i + MESSAGE_ID_SIZE] for i in range(0, len(raw), MESSAGE_ID_SIZE)}
+                state = self.topics.get(topic)
+                out: list[bytes] = []
+                size = 0
+                if state is not None:
+                    for msg_id, (data, _) in state.log.items():
+                        if msg_id in have:
+                            continue
+                        if size + len(data) > SYNC_MAX_RESPONSE_BYTES and out:
+                            break
+                        out.append(struct.pack(">I", len(data)) + data)
+                        size += len(data)
+                await stream.write(struct.pack(">I", len(out)) + b"".join(out))
+                self.metrics.inc("sync-served")
+        except InvalidMessage as exc:
+            self.peers.offence(peer, Offence.MALFORMED_FRAME, "sync-" + exc.reason)
+        except (trio.TooSlowError, StreamClosed):
+            pass
+        except Exception as exc:
+            log.debug("sync stream from %s ended: %r", peer, exc)
+        finally:
+            await _close(stream)
+
+
+async def _drain(subscription: Any) -> None:
+    try:
+        while True:
+            await subscription.get()
+    except Exception:
+        return
+
+
+async def _close(stream: Any) -> None:
+    try:
+        await stream.close()
+    except Exception:
+        pass

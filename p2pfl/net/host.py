@@ -1,0 +1,500 @@
+"""The node's libp2p host: one secp256k1 identity, Noise only, yamux, TCP — and everything the
+node needs from the network behind one object, `NodeNet`.
+
+    async with open_node_host(NetConfig(data_dir=...), private_key) as net:
+        updates = await net.join(topic_name(task, "updates"), validate)
+        await net.publish(topic, data)
+        root = net.put_blob(delta_bytes); await net.provide(root)
+        data = await net.get_blob(root)          # from whoever holds it
+
+Tree of tasks (all inside the caller's `async with`):
+
+    open_node_host
+    └── host.run (swarm: listeners, connections, identify)
+        ├── pubsub service ── gossipsub service (heartbeat)
+        ├── Kademlia DHT service (optional)
+        ├── Bitswap (optional)
+        └── our nursery: gossip sync loop, maintenance loop (DHT routing table,
+            ban expiry, re-dial bootstrap when alone)
+
+Start-up dials the bootstrap peers; with `require_peers`, no reachable peer is an error
+(`NoPeersError`) rather than a node waiting forever for a network that is not there.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import multiaddr
+import trio
+
+from p2pfl.core.cid import CID
+from p2pfl.errors import ConfigError, P2PFLError
+from p2pfl.net import yamux_tuning
+from p2pfl.net.blocks import BlockExchange, FetchError
+from p2pfl.net.blockstore import BlockStore
+from p2pfl.net.config import (
+    BLOB_FETCH_TIMEOUT_S,
+    BLOCKS_PROTOCOL,
+    DIAL_TIMEOUT_S,
+    GOSSIP_MAX_MSGS_PER_TOPIC_PER_S,
+    PEER_GOSSIP_BURST,
+    PEER_REQUEST_BURST,
+    SYNC_PROTOCOL,
+    NetConfig,
+)
+from p2pfl.net.gossip import Gossip, GossipMessage, Validator
+from p2pfl.net.limits import Metrics, PeerBook
+
+log = logging.getLogger(__name__)
+
+# How often the maintenance loop runs (DHT routing table, ban expiry, lonely re-dial).
+MAINTENANCE_INTERVAL_S = 2.0
+# Providers asked for in one DHT lookup.
+DHT_PROVIDER_COUNT = 20
+DHT_LOOKUP_TIMEOUT_S = 10.0
+# py-libp2p loggers that report routine events (peers leaving, streams reset by a closing
+# peer, identify races) at WARNING/ERROR; kept at CRITICAL unless the user asks for debug.
+NOISY_LIBP2P_LOGGERS = (
+    "libp2p",
+    "libp2p.pubsub",
+    "libp2p.network",
+    "libp2p.stream_muxer",
+    "libp2p.host",
+    "libp2p.kad_dht",
+    "libp2p.bitswap",
+    "libp2p.identity",
+    "libp2p.transport",
+    "libp2p.security",
+    "libp2p.discovery",
+    "libp2p.tools",
+    "async_service",
+)
+
+
+class NoPeersError(P2PFLError):
+    """Start-up could not reach any peer, and the configuration says one is required."""
+
+
+def quiet_libp2p_logs(level: int = logging.CRITICAL) -> None:
+    """Silence py-libp2p's routine warnings unless debug output was asked for.
+
+    Leaves the level alone when the root logger is at DEBUG (`p2pfl -vv`).
+    """
+    if logging.getLogger().getEffectiveLevel() <= logging.DEBUG:
+        return
+    for name in NOISY_LIBP2P_LOGGERS:
+        logging.getLogger(name).setLevel(level)
+    warnings.filterwarnings("ignore", module="libp2p")
+
+
+def key_pair_from_private_key(private_key: bytes) -> Any:
+    """The libp2p secp256k1 key pair for the node's 32-byte private key (same as its address)."""
+    from libp2p.crypto.secp256k1 import create_new_key_pair
+
+    if len(private_key) != 32:
+        raise ConfigError("the node's private key must be 32 raw bytes of secp256k1")
+    return create_new_key_pair(private_key)
+
+
+class NodeNet:
+    """A running libp2p host with gossip, block exchange and discovery. Built by `open_node_host`."""
+
+    def __init__(self, config: NetConfig, host: Any, pubsub: Any, dht: Any, bitswap: Any) -> None:
+        self.config = config
+        self.host = host
+        self.pubsub = pubsub
+        self.dht = dht
+        self.bitswap = bitswap
+        self._metrics = Metrics()
+        self.peers = PeerBook(
+            ban_threshold=config.ban_threshold,
+            ban_s=config.ban_s,
+            rates={
+                "requests": (config.peer_requests_per_s, PEER_REQUEST_BURST),
+                "gossip": (config.peer_gossip_per_s, PEER_GOSSIP_BURST),
+            },
+            metrics=self._metrics,
+        )
+        self.peers.on_ban = self._on_ban
+        self.store = BlockStore(config.data_dir / "blocks")
+        self.blocks = BlockExchange(self.store, config, self.peers, self._metrics, self._open_stream)
+        self.gossip = Gossip(pubsub, config, self.peers, self._metrics, self._open_stream)
+        self._nursery: trio.Nursery | None = None
+        self._blacklisted: set[str] = set()
+        self._provided: set[CID] = set()
+
+    # --- identity and connections -------------------------------------------------------
+
+    @property
+    def peer_id(self) -> str:
+        """This node's libp2p peer ID (base58, "16Uiu2...")."""
+        return self.host.get_id().to_base58()
+
+    @property
+    def listen_addrs(self) -> list[str]:
+        """Full multiaddrs (with /p2p/<peer id>) other nodes can dial."""
+        return [f"{addr}/p2p/{self.peer_id}" for addr in self.host.get_transport_addrs()]
+
+    def connected_peers(self) -> list[str]:
+        """Peer IDs with an open connection."""
+        return [p.to_base58() for p in self.host.get_connected_peers()]
+
+    async def connect(self, addr: str, timeout_s: float = DIAL_TIMEOUT_S) -> str:
+        """Dial a full multiaddr (/ip4/.../tcp/.../p2p/<id>); returns the peer ID."""
+        from libp2p.peer.peerinfo import info_from_p2p_addr
+
+        try:
+            info = info_from_p2p_addr(multiaddr.Multiaddr(addr))
+        except Exception as exc:
+            raise ConfigError(f"cannot parse peer address {addr!r}: {exc}") from None
+        peer = info.peer_id.to_base58()
+        if self.peers.is_banned(peer):
+            raise P2PFLError(f"peer {peer} is banned")
+        with trio.fail_after(timeout_s):
+            await self.host.connect(info)
+        if self.dht is not None:
+            await self._add_to_dht(info.peer_id)
+        return peer
+
+    async def disconnect(self, peer: str) -> None:
+        """Close every connection to `peer`."""
+        from libp2p.peer.id import ID
+
+        try:
+            await self.host.disconnect(ID.from_base58(peer))
+        except Exception as exc:
+            log.debug("disconnect %s: %r", peer, exc)
+
+    def metrics(self) -> dict[str, object]:
+        """Counters: messages admitted/rejected (by reason and peer), blocks, bans, syncs."""
+        snap = self._metrics.snapshot()
+        snap["peers-connected"] = len(self.host.get_connected_peers())
+        return snap
+
+    async def _open_stream(self, peer: str, protocol: str) -> Any:
+        from libp2p.custom_types import TProtocol
+        from libp2p.peer.id import ID
+
+        return await self.host.new_stream(ID.from_base58(peer), [TProtocol(protocol)])
+
+    def _on_ban(self, peer: str) -> None:
+        log.info("banning peer %s for %.0f s (score below %.0f)", peer, self.config.ban_s, self.config.ban_threshold)
+        from libp2p.peer.id import ID
+
+        self.pubsub.add_to_blacklist(ID.from_base58(peer))
+        self._blacklisted.add(peer)
+        if self._nursery is not None:
+            self._nursery.start_soon(self.disconnect, peer)
+
+    # --- gossip -------------------------------------------------------------------------
+
+    async def join(self, topic: str, validate: Validator) -> trio.MemoryReceiveChannel[GossipMessage]:
+        """Subscribe to a topic; `validate(topic, data, from_peer)` gates every message."""
+        return await self.gossip.join(topic, validate)
+
+    async def publish(self, topic: str, data: bytes) -> bytes:
+        """Publish on a joined topic (paced; sync makes delivery reliable); returns the id."""
+        return await self.gossip.publish(topic, data)
+
+    # --- blocks -------------------------------------------------------------------------
+
+    def put_blob(self, data: bytes | bytearray | memoryview) -> CID:
+        """Store `data` as IPFS-compatible blocks; returns its root CID (announce with `provide`)."""
+        return self.store.put_blob(data)
+
+    def read_blob(self, root: CID, max_size_bytes: int | None = None) -> bytes:
+        """Assemble a complete stored blob (`BlockNotFound` if some block is missing)."""
+        return self.store.read_blob(root, max_size_bytes)
+
+    async def provide(self, cid: CID) -> None:
+        """Announce on the DHT that this node holds `cid` (no-op without DHT)."""
+        self._provided.add(cid)
+        if self.dht is None:
+            return
+        with trio.move_on_after(DHT_LOOKUP_TIMEOUT_S):
+            try:
+                await self.dht.provide(str(cid))
+            except Exception as exc:
+                log.debug("DHT provide %s failed: %r", cid, exc)
+
+    async def find_providers(self, cid: CID, timeout_s: float = DHT_LOOKUP_TIMEOUT_S) -> list[str]:
+        """Peers the DHT says hold `cid` (possibly empty)."""
+        if self.dht is None:
+            return []
+        with trio.move_on_after(timeout_s):
+            try:
+                infos = await self.dht.find_providers(str(cid), DHT_PROVIDER_COUNT)
+            except Exception as exc:
+                log.debug("DHT find_providers %s failed: %r", cid, exc)
+                return []
+            out = []
+            for info in infos:
+                if info.peer_id == self.host.get_id():
+                    continue
+                if info.addrs:
+                    self.host.get_peerstore().add_addrs(info.peer_id, info.addrs, 600)
+                out.append(info.peer_id.to_base58())
+            return out
+        return []
+
+    async def fetch_blob(
+        self,
+        root: CID,
+        providers: Sequence[str] | None = None,
+        *,
+        timeout_s: float = BLOB_FETCH_TIMEOUT_S,
+        provide: bool = True,
+    ) -> None:
+        """Fetch every block of `root` into the store, verified; resumes after a kill.
+
+        Providers: those given, else the DHT's answer plus every connected peer (a peer
+        that lacks a block just says so). After a complete fetch the node announces itself
+        as a provider, so later fetchers can use it instead of the author.
+        """
+        if self.store.has_blob(root):
+            return
+        candidates = list(providers or [])
+        if not candidates:
+            candidates = await self.find_providers(root)
+            candidates += [p for p in self.connected_peers() if p not in candidates]
+        candidates = [p for p in candidates if p != self.peer_id]
+        if not candidates:
+            raise FetchError(f"no provider known for {root}: connect to peers or pass providers")
+        await self.blocks.fetch_blob(root, candidates, timeout_s=timeout_s)
+        if provide:
+            await self.provide(root)
+
+    async def get_blob(
+        self, root: CID, providers: Sequence[str] | None = None, *, max_size_bytes: int | None = None
+    ) -> bytes:
+        """`fetch_blob` then `read_blob`."""
+        await self.fetch_blob(root, providers)
+        return self.read_blob(root, max_size_bytes)
+
+    async def fetch_blob_bitswap(self, root: CID, provider: str, timeout_s: float = BLOB_FETCH_TIMEOUT_S) -> None:
+        """Fetch a blob over Bitswap 1.2 from one peer (interoperability; slower than fetch_blob)."""
+        if self.bitswap is None:
+            raise ConfigError("Bitswap is off: start the node with NetConfig(bitswap=True)")
+        from libp2p.peer.id import ID
+
+        from p2pfl.core.cid import verify_block
+
+        session = self.bitswap.new_session()
+        with trio.fail_after(timeout_s):
+            while frontier := self.store.missing(root):
+                got = await session.get_blocks_batch(
+                    [c.to_bytes() for c in frontier], peer_id=ID.from_base58(provider), timeout=timeout_s
+                )
+                for cid in frontier:
+                    block = got.get(cid.to_bytes())
+                    if block is None:
+                        raise FetchError(f"Bitswap peer {provider} did not send {cid}")
+                    verify_block(cid, block)
+                    self.store.put(cid, block)
+
+    # --- lifecycle ----------------------------------------------------------------------
+
+    async def _add_to_dht(self, peer_id: Any) -> None:
+        try:
+            await self.dht.add_peer(peer_id)
+        except Exception as exc:
+            log.debug("DHT add_peer %s: %r", peer_id, exc)
+
+    async def _bootstrap(self) -> None:
+        cfg = self.config
+        if not cfg.bootstrap:
+            if not cfg.mdns:
+                message = (
+                    "no bootstrap peers configured and mDNS is off: this node will only talk to peers "
+                    "that dial it (add bootstrap multiaddrs, or enable mDNS on a trusted LAN)"
+                )
+                if cfg.require_peers:
+                    raise NoPeersError(message)
+                log.warning(message)
+            return
+        errors: list[str] = []
+        with trio.move_on_after(cfg.bootstrap_timeout_s):
+            async with trio.open_nursery() as nursery:
+                for addr in cfg.bootstrap:
+                    nursery.start_soon(self._dial_quietly, addr, errors)
+        if not self.connected_peers():
+            message = f"could not reach any of {len(cfg.bootstrap)} bootstrap peer(s): {'; '.join(errors) or 'timeout'}"
+            if cfg.require_peers:
+                raise NoPeersError(message)
+            log.warning(message)
+
+    async def _dial_quietly(self, addr: str, errors: list[str]) -> None:
+        try:
+            await self.connect(addr)
+        except Exception as exc:
+            errors.append(f"{addr}: {type(exc).__name__} {exc}".strip())
+
+    async def _maintain(self) -> None:
+        """Keep the DHT routing table fed, lift expired bans, re-dial bootstrap when alone."""
+        from libp2p.peer.id import ID
+
+        while True:
+            await trio.sleep(MAINTENANCE_INTERVAL_S)
+            connected = self.host.get_connected_peers()
+            if self.dht is not None:
+                for peer_id in connected:
+                    await self._add_to_dht(peer_id)
+            for peer in list(self._blacklisted):
+                if not self.peers.is_banned(peer):
+                    self.pubsub.remove_from_blacklist(ID.from_base58(peer))
+                    self._blacklisted.discard(peer)
+            if not connected and self.config.bootstrap:
+                errors: list[str] = []
+                for addr in self.config.bootstrap:
+                    await self._dial_quietly(addr, errors)
+
+
+def _build(config: NetConfig, private_key: bytes) -> tuple[Any, Any, Any, Any]:
+    from libp2p import new_host
+    from libp2p.crypto.x25519 import create_new_key_pair as create_x25519
+    from libp2p.pubsub.gossipsub import PROTOCOL_ID, PROTOCOL_ID_V11, PROTOCOL_ID_V12, GossipSub
+    from libp2p.pubsub.pubsub import Pubsub
+    from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
+    from libp2p.security.noise.transport import Transport as NoiseTransport
+
+    key_pair = key_pair_from_private_key(private_key)
+    # Noise only: without sec_opt py-libp2p also offers TLS, SECIO and *plaintext*.
+    security = {NOISE_PROTOCOL_ID: NoiseTransport(key_pair, noise_privkey=create_x25519().private_key)}
+    host = new_host(
+        key_pair=key_pair,
+        sec_opt=security,
+        muxer_preference="YAMUX",
+        listen_addrs=[multiaddr.Multiaddr(config.listen)],
+        enable_mDNS=config.mdns,
+    )
+    router = GossipSub(
+        protocols=[PROTOCOL_ID_V12, PROTOCOL_ID_V11, PROTOCOL_ID],
+        degree=config.degree,
+        degree_low=config.degree_low,
+        degree_high=config.degree_high,
+        heartbeat_interval=config.heartbeat_s,
+        heartbeat_initial_delay=0.1,
+        max_messages_per_topic_per_second=GOSSIP_MAX_MSGS_PER_TOPIC_PER_S,
+        # Mesh IP diversity makes no sense when every peer of a simulation is 127.0.0.1,
+        # and on real networks our own per-peer limits and bans do the job.
+        eclipse_protection_enabled=False,
+    )
+    # Content-addressed message ids: the same bytes are one message whoever (re)publishes
+    # them, which is what lets sync and gossip deduplicate each other.
+    pubsub = Pubsub(host, router, msg_id_constructor=_content_message_id, strict_signing=True)
+    dht = None
+    if config.dht:
+        from libp2p.kad_dht.kad_dht import DHTMode, KadDHT
+
+        dht = KadDHT(host, DHTMode.SERVER, enable_random_walk=False)
+    bitswap = None
+    if config.bitswap:
+        from libp2p.bitswap import BitswapClient
+
+        bitswap = BitswapClient(host)
+    return host, pubsub, router, (dht, bitswap)
+
+
+def _content_message_id(msg: Any) -> bytes:
+    import hashlib
+
+    return hashlib.sha256(msg.data).digest()
+
+
+@asynccontextmanager
+async def open_node_host(config: NetConfig, private_key: bytes) -> AsyncIterator[NodeNet]:
+    """Start the node's network layer; everything stops cleanly when the block exits."""
+    from libp2p.custom_types import TProtocol
+    from libp2p.tools.anyio_service import background_trio_service
+
+    quiet_libp2p_logs()
+    if config.tune_yamux:
+        yamux_tuning.apply()
+    host, pubsub, router, (dht, bitswap) = _build(config, private_key)
+    net = NodeNet(config, host, pubsub, dht, bitswap)
+    if bitswap is not None:
+        bitswap.block_store = _BitswapStoreAdapter(net.store)
+    host.set_stream_handler(TProtocol(BLOCKS_PROTOCOL), net.blocks.handle_stream)
+    host.set_stream_handler(TProtocol(SYNC_PROTOCOL), net.gossip.handle_sync_stream)
+    async with host.run([multiaddr.Multiaddr(config.listen)]):
+        async with background_trio_service(pubsub), background_trio_service(router):
+            await pubsub.wait_until_ready()
+            async with trio.open_nursery() as nursery:
+                net._nursery = nursery
+                if dht is not None:
+                    await nursery.start(_run_service, dht)
+                if bitswap is not None:
+                    bitswap.set_nursery(nursery)
+                    await bitswap.start()
+                await nursery.start(net.gossip.run)
+                nursery.start_soon(net._maintain)
+                await net._bootstrap()
+                try:
+                    yield net
+                finally:
+                    nursery.cancel_scope.cancel()
+                    if bitswap is not None:
+                        with trio.CancelScope(shield=True):
+                            await _quietly(bitswap.stop())
+
+
+async def _run_service(service: Any, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+    from libp2p.tools.anyio_service import background_trio_service
+
+    async with background_trio_service(service):
+        task_status.started()
+        await trio.sleep_forever()
+
+
+async def _quietly(awaitable: Any) -> None:
+    try:
+        await awaitable
+    except Exception as exc:
+        log.debug("shutdown: %r", exc)
+
+
+class _BitswapStoreAdapter:
+    """Presents our `BlockStore` to py-libp2p's Bitswap (which speaks bytes or py-cid CIDs)."""
+
+    def __init__(self, store: BlockStore) -> None:
+        self.store = store
+
+    @staticmethod
+    def _cid(cid: Any) -> CID | None:
+        from libp2p.bitswap.cid import cid_to_bytes
+
+        try:
+            return CID.parse(cid_to_bytes(cid))
+        except Exception:
+            return None
+
+    async def get_block(self, cid: Any) -> bytes | None:
+        ours = self._cid(cid)
+        if ours is None or not self.store.has(ours):
+            return None
+        try:
+            return self.store.get(ours)
+        except Exception:
+            return None
+
+    async def put_block(self, cid: Any, data: bytes) -> None:
+        ours = self._cid(cid)
+        if ours is not None:
+            self.store.put(ours, data)
+
+    async def has_block(self, cid: Any) -> bool:
+        ours = self._cid(cid)
+        return ours is not None and self.store.has(ours)
+
+    async def delete_block(self, cid: Any) -> None:
+        ours = self._cid(cid)
+        if ours is not None:
+            self.store.delete(ours)
+
+    def get_all_cids(self) -> list[bytes]:
+        return [cid.to_bytes() for cid in self.store]

@@ -1,0 +1,155 @@
+"""A minimal, version-guarded fix for py-libp2p 0.8.1's yamux sender.
+
+What was measured (DESIGN.md §8, and again here with a profile of a 50 MiB transfer): both
+ends of a TCP+Noise+yamux stream sit in epoll while the sender waits for window credit.
+Three causes, fixed here without touching anything else:
+
+1. **Polling.** `YamuxStream.write` waits for a WINDOW_UPDATE by sleeping 10 ms in a loop
+   (yamux.py, "await trio.sleep(0.01)"). Every exhausted window costs up to 10 ms however
+   fast the update arrives. Fix: `send_window` becomes a property whose setter wakes the
+   writer through a `trio.Event` the moment credit grows (every place the muxer adds credit
+   assigns `stream.send_window += n`, so the property sees them all).
+2. **Frame size.** Data frames carry 65524 bytes + a 12-byte header = 65536 bytes, one byte
+   per frame more than fits a Noise transport message (65535 - 16 MAC = 65519 plaintext), so
+   every frame is encrypted and written as two Noise messages (65519 + 17 bytes). Fix: frames
+   carry 65507 bytes of payload, so header + payload is exactly one Noise message.
+3. **Window size.** Every stream starts with 256 KiB of credit and the auto-tuner only grows
+   it when updates come faster than 4 x the measured RTT, which on loopback (RTT ~0.1 ms)
+   never happens. `grow_receive_window()` lets a protocol that moves bulk data grant a larger
+   window on its own streams (a WINDOW_UPDATE is legal at any time, spec section "Flow
+   Control"); other streams keep the default so idle memory stays small.
+
+Only the class used for new streams is replaced (`yamux.YamuxStream`, looked up by name when
+the muxer creates a stream); the wire protocol is unchanged, so tuned and untuned peers
+interoperate. `apply()` refuses to patch a libp2p version it was not checked against and says
+so once; the node then runs on the library's own behaviour.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+from importlib.metadata import version
+from typing import Any
+
+import trio
+
+log = logging.getLogger(__name__)
+
+# Versions whose yamux.py this patch was read against. Upstream changes to YamuxStream.write
+# or to how credit is added must be re-checked before adding a version here.
+TESTED_LIBP2P_VERSIONS = ("0.8.1",)
+# Noise transport messages hold at most 65535 bytes, 16 of them the Poly1305 tag.
+NOISE_MAX_PLAINTEXT = 65535 - 16
+YAMUX_HEADER_SIZE = 12
+# Largest data payload whose frame (header + payload) fits one Noise message.
+FRAME_PAYLOAD_BYTES = NOISE_MAX_PLAINTEXT - YAMUX_HEADER_SIZE
+# The library gives up on a writer after 5 s without credit; a reader that is busy (hashing
+# or writing a 16 MiB batch to disk on a loaded laptop) can legitimately pause longer.
+WINDOW_WAIT_TIMEOUT_S = 30.0
+
+_applied = False
+
+
+def _make_stream_class(Y: Any) -> type:
+    from libp2p.stream_muxer.exceptions import MuxedStreamError
+
+    header_format = Y.YAMUX_HEADER_FORMAT
+    type_data = Y.TYPE_DATA
+
+    class TunedYamuxStream(Y.YamuxStream):  # type: ignore[misc, name-defined]
+        """YamuxStream whose writer is woken by credit instead of polling for it."""
+
+        _credit: int
+        _credit_event: trio.Event | None
+
+        @property
+        def send_window(self) -> int:
+            return self._credit
+
+        @send_window.setter
+        def send_window(self, value: int) -> None:
+            grew = value > getattr(self, "_credit", 0)
+            self._credit = value
+            event = getattr(self, "_credit_event", None)
+            if grew and event is not None:
+                event.set()
+
+        async def write(self, data: bytes) -> None:
+            if self.send_closed:
+                raise MuxedStreamError("Stream is closed for sending")
+            view = memoryview(data)
+            total = len(view)
+            sent = 0
+            while sent < total:
+                frame = None
+                async with self.rw_lock.write_lock():
+                    if self.send_closed:
+                        raise MuxedStreamError("Stream is closed for sending")
+                    if self.closed:
+                        raise MuxedStreamError("Stream is closed")
+                    if self._credit > 0:
+                        size = min(self._credit, FRAME_PAYLOAD_BYTES, total - sent)
+                        self._credit -= size
+                        header = struct.pack(header_format, 0, type_data, 0, self.stream_id, size)
+                        frame = header + view[sent : sent + size]
+                if frame is None:
+                    await self._wait_for_credit()
+                    continue
+                await self.conn._write_frame(frame)
+                sent += size
+
+        async def _wait_for_credit(self) -> None:
+            with trio.move_on_after(WINDOW_WAIT_TIMEOUT_S) as scope:
+                while self._credit <= 0 and not self.closed:
+                    self._credit_event = trio.Event()
+                    await self._credit_event.wait()
+            self._credit_event = None
+            if scope.cancelled_caught:
+                raise MuxedStreamError(f"no window update from peer in {WINDOW_WAIT_TIMEOUT_S:.0f} s")
+
+    TunedYamuxStream.__name__ = TunedYamuxStream.__qualname__ = "TunedYamuxStream"
+    return TunedYamuxStream
+
+
+def apply() -> bool:
+    """Install the tuned stream class once per process; False if this libp2p is untested."""
+    global _applied
+    if _applied:
+        return True
+    libp2p_version = version("libp2p")
+    if libp2p_version not in TESTED_LIBP2P_VERSIONS:
+        log.warning(
+            "libp2p %s is not in %s: yamux tuning not applied, bulk transfers will be slower",
+            libp2p_version,
+            TESTED_LIBP2P_VERSIONS,
+        )
+        return False
+    from libp2p.stream_muxer.yamux import yamux as Y
+
+    Y.YamuxStream = _make_stream_class(Y)
+    _applied = True
+    return True
+
+
+def is_applied() -> bool:
+    """Whether `apply()` installed the tuned stream class in this process."""
+    return _applied
+
+
+async def grow_receive_window(stream: Any, size_bytes: int) -> None:
+    """Grant the peer `size_bytes` of receive window on a yamux-backed libp2p stream.
+
+    Sends one WINDOW_UPDATE for the difference and raises the stream's auto-tune target so
+    later reads keep the window that large. No-op on other muxers or if already that large.
+    """
+    muxed = getattr(stream, "muxed_stream", stream)
+    if not all(hasattr(muxed, a) for a in ("window_lock", "recv_window", "target_recv_window", "send_window_update")):
+        return  # not yamux (e.g. mplex): nothing to grant
+    async with muxed.window_lock:
+        delta = size_bytes - muxed.recv_window
+        if delta <= 0:
+            return
+        muxed.recv_window += delta
+        muxed.target_recv_window = max(muxed.target_recv_window, size_bytes)
+    await muxed.send_window_update(delta)
