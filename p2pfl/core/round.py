@@ -1,4 +1,6 @@
-"""The round state machine, sans-IO: events in, actions out (DESIGN §4, spec: protocol/spec/round.md).
+"""The round state machine, sans-IO: events in, actions out.
+
+DESIGN §4; normative text in protocol/spec/round.md.
 
 One `RoundMachine` per node per task. It never touches a socket, a clock or a random
 source: time arrives in `Tick(now)` / `RoundStarted(now)`, messages arrive already
@@ -133,7 +135,8 @@ class RoundConfig:
             raise ConfigError("deadlines and timeouts must be positive")
         if self.commit_fallback_delay_s < 0:
             raise ConfigError("commit_fallback_delay_s must be >= 0")
-        if self.redraw_when_stuck and self.redraw_timeout_s <= self.collect_deadline_s + self.view_timeout_s:
+        first_view_ends = self.collect_deadline_s + self.view_timeout_s
+        if self.redraw_when_stuck and self.redraw_timeout_s <= first_view_ends:
             raise ConfigError(
                 "redraw_timeout_s must exceed collect_deadline_s + view_timeout_s, "
                 "or an attempt is re-drawn before its first view can finish"
@@ -293,7 +296,9 @@ class RoundMachine:
         try:
             self.phase = TRANSITIONS[self.phase][trigger]
         except KeyError:
-            raise RoundStateError(f"illegal transition {trigger.value} in phase {self.phase.value}") from None
+            raise RoundStateError(
+                f"illegal transition {trigger.value} in phase {self.phase.value}"
+            ) from None
         self._dirty = True
 
     def _emit(self, action: Action) -> None:
@@ -378,7 +383,8 @@ class RoundMachine:
     def _committee_of(self, attempt: int) -> tuple[bytes, ...]:
         if attempt not in self._committees:
             seed = round_seed(self.config.task, self.round, self._base_digest, attempt)
-            self._committees[attempt] = tuple(committee_for(seed, self._stakes, self.config.committee_size))
+            drawn = committee_for(seed, self._stakes, self.config.committee_size)
+            self._committees[attempt] = tuple(drawn)
         return self._committees[attempt]
 
     def _next_attempt_at(self) -> float:
@@ -386,7 +392,9 @@ class RoundMachine:
 
     def _on_round_started(self, event: RoundStarted) -> None:
         if self.phase != Phase.IDLE and event.round <= self.round:
-            raise RoundStateError(f"RoundStarted({event.round}) but round {self.round} is already under way")
+            raise RoundStateError(
+                f"RoundStarted({event.round}) but round {self.round} is already under way"
+            )
         CID.parse(event.base)  # the shell's own input: a bad base is a bug, let it raise
         self.now = max(self.now, event.now)
         self.phase = Phase.IDLE
@@ -431,7 +439,8 @@ class RoundMachine:
             self._goto(Trigger.VIEW_TIMEOUT)
             self.counters["view-changes"] += 1
             self._enter_view(a.view + 1)
-        if self.phase == Phase.CERTIFIED and self._submit_at is not None and self.now >= self._submit_at:
+        submit_at = self._submit_at
+        if self.phase == Phase.CERTIFIED and submit_at is not None and self.now >= submit_at:
             self._submit()
 
     # --- collection -----------------------------------------------------------------------
@@ -513,7 +522,9 @@ class RoundMachine:
 
     # --- checks common to incoming messages ------------------------------------------------
 
-    def _classify_round(self, event: Event, signer: bytes, task: bytes, round_: int, base: bytes) -> str:
+    def _classify_round(
+        self, event: Event, signer: bytes, task: bytes, round_: int, base: bytes
+    ) -> str:
         if task != self.config.task:
             self._drop("wrong-task", signer, True)
             return _DROP
@@ -586,7 +597,8 @@ class RoundMachine:
             return
         first = self._first_update.get(u.signer)
         if not self._record_statement(u):
-            if first is not None and first.body() != u.body() and u.signer not in self._equivocators:
+            conflict = first is not None and first.body() != u.body()
+            if conflict and u.signer not in self._equivocators:
                 # Keep the second version too (a proposal may name either): at most 2 per author.
                 self._equivocators.add(u.signer)
                 self._updates.setdefault((u.signer, u.delta), u)
@@ -659,7 +671,7 @@ class RoundMachine:
         """
         updates: list[Update] = []
         ready = True
-        filter_rejected = [author for author, reason in p.rejected if reason not in DISCRETION_REASONS]
+        filter_rejected = [a for a, reason in p.rejected if reason not in DISCRETION_REASONS]
         keys: list[UpdateKey | None] = list(p.included)
         for author in filter_rejected:
             if author in self._equivocators:
@@ -683,7 +695,9 @@ class RoundMachine:
     def _try_verify(self) -> None:
         a = self._attempt
         p = a.proposal
-        if p is None or self.phase != Phase.VOTING or p.view != a.view or a.view in a.voted_views or a.verify_failed:
+        if p is None or self.phase != Phase.VOTING or p.view != a.view:
+            return
+        if a.view in a.voted_views or a.verify_failed:
             return
         inputs = self._verify_inputs(p)
         if inputs is None:
@@ -713,7 +727,9 @@ class RoundMachine:
 
     def _compute(self, updates: list[Update]) -> None:
         a = self._attempt
-        request = ComputeAggregate(self.round, a.number, self.base, self.config.rule, a.committee, tuple(updates))
+        request = ComputeAggregate(
+            self.round, a.number, self.base, self.config.rule, a.committee, tuple(updates)
+        )
         if request.candidates not in a.computing:
             a.computing.add(request.candidates)
             self.counters["aggregates-requested"] += 1
@@ -721,7 +737,8 @@ class RoundMachine:
 
     def _on_computed(self, event: AggregateComputed) -> None:
         a = self._attempt
-        if event.round != self.round or event.attempt != a.number or event.candidates not in a.computing:
+        ours = event.round == self.round and event.attempt == a.number
+        if not ours or event.candidates not in a.computing:
             return  # an answer for a round/attempt we have left
         a.computing.discard(event.candidates)
         a.computed[event.candidates] = event
@@ -892,7 +909,8 @@ class RoundMachine:
             event.round < self.round or (event.round == self.round and self.phase == Phase.ADVANCED)
         ):
             return  # already followed
-        if event.round == self.round and self._certificate is not None and self._certificate.result != event.result:
+        cert = self._certificate
+        if event.round == self.round and cert is not None and cert.result != event.result:
             # Possible across views (spec: safety): the chain's first commit is final.
             self.counters["chain-differs-from-certificate"] += 1
         self._goto(Trigger.CHAIN_COMMITTED)

@@ -208,7 +208,9 @@ class Evidence:
 
     def __post_init__(self) -> None:
         if not conflicting(self.first, self.second):
-            raise P2PFLError("evidence needs two statements with one signer and key but different bodies")
+            raise P2PFLError(
+                "evidence needs two statements with one signer and key but different bodies"
+            )
 
     @property
     def signer(self) -> bytes:

@@ -54,7 +54,9 @@ RULE = "fedavg"
 FAKE_NORM_LIMIT = 100.0
 
 
-def committee(task: bytes, round_: int, base: bytes, attempt: int = 0, k: int = 7, stakes=STAKES) -> list[bytes]:
+def committee(
+    task: bytes, round_: int, base: bytes, attempt: int = 0, k: int = 7, stakes=STAKES
+) -> list[bytes]:
     return committee_for(round_seed(task, round_, CID.parse(base).digest, attempt), stakes, k)
 
 
@@ -80,7 +82,9 @@ def fake_aggregate(req: ComputeAggregate, lie: bool = False) -> AggregateCompute
     payload = req.base + b"".join(a + d for a, d in included)
     result = blob_cid((b"LIE" if lie else b"agg") + payload).to_bytes()
     root = keccak(b"".join(a for a, _ in included) + b"|" + b"".join(req.committee))
-    return AggregateComputed(req.round, req.attempt, req.candidates, included, rejected, result, root)
+    return AggregateComputed(
+        req.round, req.attempt, req.candidates, included, rejected, result, root
+    )
 
 
 def received(message):
@@ -143,9 +147,8 @@ class Sim:
         if p.round != m.round or p.attempt != m.attempt:
             return
         wrong = blob_cid(b"wrong" + p.result).to_bytes()
-        vote = Vote(p.task, p.round, p.attempt, p.view, p.base, wrong, p.contributors_root, liar).signed(
-            KEY_OF[liar], DOMAIN
-        )
+        vote = Vote(p.task, p.round, p.attempt, p.view, p.base, wrong, p.contributors_root, liar)
+        vote = vote.signed(KEY_OF[liar], DOMAIN)
         self.broadcast(liar, vote)
 
     def broadcast(self, src: bytes, message) -> None:
@@ -161,7 +164,8 @@ class Sim:
             self.broadcast(src, action.message)
         elif isinstance(action, Fetch):
             ok = action.author not in self.bad_deltas
-            self.push(self.now + self.latency(), src, DeltaAvailable(action.author, action.delta, ok))
+            answer = DeltaAvailable(action.author, action.delta, ok)
+            self.push(self.now + self.latency(), src, answer)
         elif isinstance(action, ComputeAggregate):
             self.push(self.now + 0.2, src, fake_aggregate(action, lie=src in self.liars))
         elif isinstance(action, StartTraining):
@@ -175,7 +179,8 @@ class Sim:
         elif isinstance(action, Advance):
             self.advances[src].append(action)
             if action.round <= self.rounds:
-                self.push(self.now + self.latency(), src, RoundStarted(action.round, action.base, self.stakes, 0.0))
+                start = RoundStarted(action.round, action.base, self.stakes, 0.0)
+                self.push(self.now + self.latency(), src, start)
         elif isinstance(action, ReportEvidence):
             self.evidence.append(action.evidence)
 
@@ -183,12 +188,16 @@ class Sim:
         """The contract's rules, in miniature: first valid certificate per round wins."""
         if c.round in self.chain:
             return
-        members = committee(c.task, c.round, c.base, c.attempt, self.config.committee_size, self.stakes)
+        k = self.config.committee_size
+        members = committee(c.task, c.round, c.base, c.attempt, k, self.stakes)
         signers = c.verify_votes(DOMAIN)
-        assert len(set(signers)) == len(signers) and set(signers) <= set(members), "contract would revert"
+        assert len(set(signers)) == len(signers), "contract would revert"
+        assert set(signers) <= set(members), "contract would revert"
         assert len(signers) >= self.config.quorum, "contract would revert"
         self.chain_certs[c.round] = c
-        self.chain[c.round] = ChainCommitted(c.round, c.attempt, c.view, c.base, c.result, c.contributors_root)
+        self.chain[c.round] = ChainCommitted(
+            c.round, c.attempt, c.view, c.base, c.result, c.contributors_root
+        )
         for dst in self.machines:  # one block later, everybody sees it
             self.push(self.now + 1.0, dst, self.chain[c.round])
 
