@@ -1,0 +1,533 @@
+"""The node: one trio nursery tree running the round protocol for one task.
+
+    Node.run()
+      ├── event loop      feeds the core RoundMachine, performs its actions
+      ├── ticker          Tick(now) at the machine's next deadline (or every tick_s)
+      ├── chain follower  RoundCommitted events -> ChainCommitted (resumes from its state file)
+      ├── gossip intake   validated messages from the network -> *Received events
+      └── workers         training, fetching, aggregating, chain calls: each a task in
+                          the node's nursery, heavy numpy/torch work in worker threads
+
+The protocol logic lives entirely in `p2pfl.core.round.RoundMachine`; this module only
+turns its actions into I/O and the I/O's outcomes back into events. Everything a
+restarted node needs is on disk (block store, follower state) or on-chain (latest
+committed model digest), so a node killed at any point rejoins from the chain.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import trio
+
+from p2pfl.chain.client import ChainClient, RoundCommitted
+from p2pfl.chain.follower import CommitFollower
+from p2pfl.chain.trio_client import run_chain
+from p2pfl.core import aggregate as agg
+from p2pfl.core import round_events as ev
+from p2pfl.core.cid import CHUNK_SIZE, CODEC_DAG_PB, CODEC_RAW, CID, blob_cid, digest_to_cid
+from p2pfl.core.identity import NodeIdentity
+from p2pfl.core.merkle import RewardTree, round_reward_leaves
+from p2pfl.core.messages import Commit, Proposal, Update, Vote, decode_message
+from p2pfl.core.round import RoundMachine
+from p2pfl.core.tensors import decode_tensors, encode_tensors, flatten, layout_size, unflatten
+from p2pfl.errors import AggregationError, ChainError, InvalidMessage, P2PFLError
+from p2pfl.manifest import TaskManifest
+
+log = logging.getLogger("p2pfl.node")
+
+# Timer resolution when no deadline is armed: the machine's timers are seconds long.
+DEFAULT_TICK_S = 0.25
+# Deltas up to this size ride inline in the Update (one gossip message, no fetch).
+DEFAULT_INLINE_MAX_BYTES = 256 * 1024
+# How often to re-read the chain while waiting for a commit to become visible.
+CHAIN_WAIT_POLL_S = 0.2
+
+TOPIC_UPDATES = "updates"
+TOPIC_CONSENSUS = "consensus"
+TOPIC_COMMITS = "commits"
+
+
+def topic_of(message: Any) -> str:
+    if isinstance(message, Update):
+        return TOPIC_UPDATES
+    if isinstance(message, Commit):
+        return TOPIC_COMMITS
+    return TOPIC_CONSENSUS
+
+
+class NodeNet(Protocol):
+    """What the node needs from the network layer (p2pfl.net)."""
+
+    peer_id: str
+    store: Any  # p2pfl.net.blockstore.BlockStore
+
+    async def publish(self, topic: str, data: bytes) -> None: ...
+
+    async def fetch_blob(self, root: CID, providers: Sequence[str]) -> None: ...
+
+
+@dataclass
+class RoundLog:
+    """What the node observed of one round (for status, metrics and the simulator)."""
+
+    round: int
+    started: float
+    base: str = ""
+    committee: tuple[bytes, ...] = ()
+    member: bool = False
+    result: str = ""
+    included: tuple[bytes, ...] = ()
+    rejected: tuple[tuple[bytes, str], ...] = ()
+    train_s: float = 0.0
+    train_loss: float = math.nan
+    aggregate_s: float = 0.0
+    fetch_s: float = 0.0
+    published_at: float = 0.0
+    certified_at: float = 0.0
+    committed_at: float = 0.0
+    commit_tx: str = ""
+    commit_gas: int = 0
+
+
+@dataclass
+class Behaviour:
+    """Hooks for simulations of faulty and malicious nodes (all off = honest)."""
+
+    # delta -> delta, applied to our own trained delta before publishing (poisoning)
+    poison: Callable[[int, dict[str, np.ndarray]], dict[str, np.ndarray]] | None = None
+    n_samples_factor: float = 1.0
+    silent: bool = False  # never publish anything (crash-like but stays connected)
+
+
+class Node:
+    """One participant in one task."""
+
+    def __init__(
+        self,
+        identity: NodeIdentity,
+        manifest: TaskManifest,
+        chain: ChainClient,
+        net: NodeNet,
+        data: Any,  # p2pfl.train.data.Dataset (the node's private training data)
+        data_dir: str | Path,
+        *,
+        client_index: int | bytes | None = None,
+        num_threads: int = 1,
+        cpu_limiter: trio.CapacityLimiter | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        behaviour: Behaviour | None = None,
+        on_round: Callable[[RoundLog], None] | None = None,
+        round_overrides: dict[str, Any] | None = None,
+    ) -> None:
+        self.identity = identity
+        self.address = identity.address
+        self.manifest = manifest
+        self.task = manifest.task_id
+        self.chain = chain
+        self.net = net
+        self.data = data
+        self.data_dir = Path(data_dir)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.client_index = client_index if client_index is not None else identity.address
+        self.num_threads = num_threads
+        self.cpu = cpu_limiter or trio.CapacityLimiter(1)
+        self.clock = clock
+        self.behaviour = behaviour or Behaviour()
+        self.on_round = on_round
+        self.spec = manifest.rule_spec()
+        self.machine = RoundMachine(manifest.round_config(**(round_overrides or {})), identity.private_key, chain.domain())
+        self.rounds: dict[int, RoundLog] = {}
+        self.counters: dict[str, int] = {}
+        self.peer_ids: dict[bytes, str] = {}  # address -> libp2p peer id, from the registry
+        self._updates: dict[tuple[bytes, bytes], Update] = {}
+        self._models: dict[bytes, dict[str, np.ndarray]] = {}  # CID bytes -> weights (small LRU)
+        self._model_blob_size: int | None = None
+        self._events_send, self._events_recv = trio.open_memory_channel[Any](math.inf)
+        self._nursery: trio.Nursery | None = None
+        self._stop_round: int | None = None
+        self.finished = trio.Event()
+
+    # ------------------------------------------------------------------ running
+
+    async def run(self, stop_after_round: int | None = None) -> None:
+        """Join the task at the chain's latest commit and run rounds until cancelled
+        (or until `stop_after_round` is committed)."""
+        self._stop_round = stop_after_round
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            info = await run_chain(self.chain, self.chain.task_info, self.task)
+            if not info.exists:
+                raise P2PFLError(f"task {self.task.hex()} is not on-chain; create it first (`p2pfl task create`)")
+            if stop_after_round is not None and info.last_round >= stop_after_round:
+                self.finished.set()
+                nursery.cancel_scope.cancel()
+                return
+            if info.last_round == 0:
+                base = CID.parse(self.manifest.initial_model)
+            else:
+                base = self._cid_for_digest(info.last_result)
+            follower = CommitFollower(self.chain, task=self.task, state_path=self.data_dir / "follower.json")
+            nursery.start_soon(follower.follow, self._on_chain_commit)
+            nursery.start_soon(self._ticker)
+            nursery.start_soon(self._start_round, info.last_round + 1, base.to_bytes())
+            async for event in self._events_recv:
+                self._handle(event)
+
+    def deliver(self, data: bytes, from_peer: str = "") -> None:
+        """Gossip intake for a message that passed `validate`: queue it for the machine."""
+        try:
+            message = decode_message(data)
+        except InvalidMessage:
+            self._count("decode-rejected")
+            return
+        if getattr(message, "signer", None) == self.address:
+            return  # our own message echoed back; the machine already has it
+        if isinstance(message, Update):
+            self._updates[(message.signer, message.delta)] = message  # inline bytes for Fetch
+            self._events_send.send_nowait(ev.UpdateReceived(message, message.signer))
+        elif isinstance(message, Proposal):
+            self._events_send.send_nowait(ev.ProposalReceived(message, message.signer))
+        elif isinstance(message, Vote):
+            self._events_send.send_nowait(ev.VoteReceived(message, message.signer))
+        elif isinstance(message, Commit):
+            self._events_send.send_nowait(ev.CommitSeen(message))
+
+    def validate(self, data: bytes) -> tuple[bool, str]:
+        """Stateless checks run by the gossip validator before forwarding.
+
+        Canonical decoding, our task, a valid signature by a registered node (the
+        round machine does the stateful checks: round, base, membership, duplicates).
+        """
+        try:
+            message = decode_message(data)
+            if message.task != self.task:
+                return False, "wrong-task"
+            if isinstance(message, Commit):
+                message.verify_votes(self.machine.domain)
+                return True, ""
+            signer = message.verify(self.machine.domain)
+        except InvalidMessage as exc:
+            return False, exc.reason
+        if self.peer_ids and signer not in self.peer_ids:
+            return False, "unregistered-signer"
+        return True, ""
+
+    # ------------------------------------------------------------------ machine I/O
+
+    def _handle(self, event: Any) -> None:
+        try:
+            actions = self.machine.handle(event)
+        except P2PFLError:
+            log.exception("round machine refused %s", type(event).__name__)
+            return
+        for action in actions:
+            self._perform(action)
+
+    def _perform(self, action: Any) -> None:
+        assert self._nursery is not None
+        n = self._nursery
+        if isinstance(action, ev.StartTraining):
+            n.start_soon(self._train, action.round, action.base)
+        elif isinstance(action, ev.Publish):
+            self._note_published(action.message)
+            n.start_soon(self._publish, action.message)
+        elif isinstance(action, ev.Fetch):
+            n.start_soon(self._fetch_delta, action.author, action.delta)
+        elif isinstance(action, ev.ComputeAggregate):
+            n.start_soon(self._compute, action)
+        elif isinstance(action, ev.SubmitCommit):
+            n.start_soon(self._submit_commit, action.commit)
+        elif isinstance(action, ev.Advance):
+            n.start_soon(self._advance, action.round, action.base)
+        elif isinstance(action, ev.ReportEvidence):
+            n.start_soon(self._report_evidence, action.evidence)
+        elif isinstance(action, ev.Rejected):
+            self._count(f"rejected-{action.reason}")
+
+    def _count(self, name: str, amount: int = 1) -> None:
+        self.counters[name] = self.counters.get(name, 0) + amount
+
+    async def _ticker(self) -> None:
+        while True:
+            now = self.clock()
+            deadline = self.machine.next_deadline()
+            delay = DEFAULT_TICK_S if deadline is None else min(DEFAULT_TICK_S, max(0.0, deadline - now))
+            await trio.sleep(max(delay, 0.01))
+            self._events_send.send_nowait(ev.Tick(self.clock()))
+
+    # ------------------------------------------------------------------ rounds
+
+    async def _start_round(self, round_: int, base: bytes) -> None:
+        """Have the base model locally, read the registry snapshot, start the round."""
+        await self._ensure_model(base)
+        _, stakes = await run_chain(self.chain, self.chain.committee_stakes, self.task)
+        await self._refresh_peer_ids(stakes)
+        log_entry = RoundLog(round=round_, started=self.clock(), base=str(CID.parse(base)))
+        self.rounds[round_] = log_entry
+        self._events_send.send_nowait(ev.RoundStarted(round_, base, stakes, self.clock()))
+        # The draw happened inside the machine; record what it decided.
+        await trio.sleep(0)
+        log_entry.committee = self.machine.committee
+        log_entry.member = self.machine.is_member
+
+    async def _refresh_peer_ids(self, stakes: dict[bytes, int]) -> None:
+        missing = [a for a in stakes if a not in self.peer_ids]
+        for address in missing:
+            info = await run_chain(self.chain, self.chain.node_info, address)
+            try:
+                self.peer_ids[address] = _peer_id_text(info.peer_id)
+            except P2PFLError:
+                self._count("bad-registered-peer-id")
+
+    async def _advance(self, round_: int, base: bytes) -> None:
+        """Round round_-1 committed `base`: wait until the chain shows it, then start round_."""
+        entry = self.rounds.get(round_ - 1)
+        if entry is not None:
+            entry.committed_at = self.clock()
+            entry.result = str(CID.parse(base))
+            if self.on_round is not None:
+                self.on_round(entry)
+        if self._stop_round is not None and round_ - 1 >= self._stop_round:
+            await self._ensure_model(base)
+            self.finished.set()
+            assert self._nursery is not None
+            self._nursery.cancel_scope.cancel()
+            return
+        while (await run_chain(self.chain, self.chain.task_info, self.task)).last_round < round_ - 1:
+            await trio.sleep(CHAIN_WAIT_POLL_S)
+        await self._start_round(round_, base)
+
+    async def _on_chain_commit(self, event: RoundCommitted) -> None:
+        if event.task != self.task:
+            return
+        entry = self.rounds.get(event.round)
+        if entry is not None:
+            entry.commit_tx = "0x" + event.tx_hash.hex()
+        result = self._cid_for_digest(event.result).to_bytes()
+        base = self._cid_for_digest(event.base).to_bytes() if event.round > 1 else CID.parse(self.manifest.initial_model).to_bytes()
+        self._events_send.send_nowait(
+            ev.ChainCommitted(event.round, event.attempt, event.view, base, result, event.contributors_root)
+        )
+
+    # ------------------------------------------------------------------ models and blocks
+
+    def _cid_for_digest(self, digest: bytes) -> CID:
+        """Rebuild a model CID from the 32-byte digest the chain stores.
+
+        Every model of a task has one size (same architecture, float32), and the
+        IPFS layout makes blobs up to one chunk a raw block and larger ones dag-pb.
+        """
+        size = self._model_blob_size
+        if size is None:
+            raise P2PFLError("model size unknown before the genesis model is loaded")
+        return digest_to_cid(digest, CODEC_RAW if size <= CHUNK_SIZE else CODEC_DAG_PB)
+
+    def _providers(self, exclude: bytes = b"") -> list[str]:
+        committee = [self.peer_ids[a] for a in self.machine.committee if a in self.peer_ids and a != self.address]
+        others = [p for a, p in self.peer_ids.items() if a != self.address and p not in committee]
+        return committee + others
+
+    async def _ensure_blob(self, cid: CID, providers: Sequence[str]) -> bytes:
+        store = self.net.store
+        if not store.has_blob(cid):
+            await self.net.fetch_blob(cid, providers)
+        return store.read_blob(cid)
+
+    async def _ensure_model(self, cid_bytes: bytes) -> dict[str, np.ndarray]:
+        if cid_bytes in self._models:
+            return self._models[cid_bytes]
+        cid = CID.parse(cid_bytes)
+        blob = await self._ensure_blob(cid, self._providers())
+        weights = decode_tensors(blob)
+        self._model_blob_size = len(blob)
+        if len(self._models) > 4:
+            self._models.pop(next(iter(self._models)))
+        self._models[cid_bytes] = weights
+        return weights
+
+    # ------------------------------------------------------------------ workers
+
+    async def _train(self, round_: int, base_bytes: bytes) -> None:
+        from p2pfl.train.trainer import TrainConfig, client_seed, train_local
+
+        if self.behaviour.silent:
+            return
+        base = await self._ensure_model(base_bytes)
+        cfg = TrainConfig.from_dict({**self.manifest.train, "seed": self.manifest.seed})
+        seed = client_seed(self.manifest.seed, round_, self.client_index)
+        result = await trio.to_thread.run_sync(
+            lambda: train_local(self.manifest.model, base, self.data, cfg, seed,
+                                model_kwargs=self.manifest.model_kwargs, num_threads=self.num_threads),
+            limiter=self.cpu,
+        )
+        delta = result.delta
+        if self.behaviour.poison is not None:
+            delta = self.behaviour.poison(round_, delta)
+        blob = encode_tensors(delta)
+        cid = self.net.store.put_blob(blob)
+        vector, _ = flatten(delta)
+        norm = agg.norm(vector)
+        n_samples = max(1, int(result.n_samples * self.behaviour.n_samples_factor))
+        inline = blob if len(blob) <= DEFAULT_INLINE_MAX_BYTES else b""
+        entry = self.rounds.get(round_)
+        if entry is not None:
+            entry.train_s = result.seconds
+            entry.train_loss = result.train_loss
+        self._events_send.send_nowait(ev.LocalUpdateReady(round_, cid.to_bytes(), n_samples, norm, inline))
+
+    def _note_published(self, message: Any) -> None:
+        if isinstance(message, Update):
+            entry = self.rounds.get(message.round)
+            if entry is not None:
+                entry.published_at = self.clock()
+        elif isinstance(message, Commit):
+            entry = self.rounds.get(message.round)
+            if entry is not None and not entry.certified_at:
+                entry.certified_at = self.clock()
+
+    async def _publish(self, message: Any) -> None:
+        if self.behaviour.silent:
+            return
+        if isinstance(message, Update):
+            self._updates[(message.signer, message.delta)] = message
+        try:
+            await self.net.publish(topic_of(message), message.encode())
+        except P2PFLError as exc:
+            self._count("publish-failed")
+            log.warning("publish %s failed: %s", type(message).__name__, exc)
+
+    async def _fetch_delta(self, author: bytes, delta: bytes) -> None:
+        cid = CID.parse(delta)
+        started = self.clock()
+        ok = True
+        try:
+            if not self.net.store.has_blob(cid):
+                update = self._updates.get((author, delta))
+                if update is not None and update.inline:
+                    if blob_cid(update.inline) != cid:
+                        raise InvalidMessage("inline-mismatch", "inline bytes do not match the delta CID")
+                    self.net.store.put_blob(update.inline)
+                else:
+                    providers = [self.peer_ids[author]] if author in self.peer_ids else []
+                    providers += [p for p in self._providers() if p not in providers]
+                    await self.net.fetch_blob(cid, providers)
+            decode_tensors(self.net.store.read_blob(cid))  # canonical float32 tensors or bust
+        except (P2PFLError, OSError) as exc:
+            ok = False
+            self._count("fetch-failed")
+            log.info("delta %s from %s unavailable: %s", cid, author.hex()[:8], exc)
+        entry = self.rounds.get(self.machine.round)
+        if entry is not None:
+            entry.fetch_s = max(entry.fetch_s, self.clock() - started)
+        self._events_send.send_nowait(ev.DeltaAvailable(author, delta, ok))
+
+    async def _compute(self, request: ev.ComputeAggregate) -> None:
+        started = self.clock()
+        base = await self._ensure_model(request.base)
+        reward = self.manifest.reward_per_round_wei
+        try:
+            blobs = [self.net.store.read_blob(CID.parse(u.delta)) for u in request.updates]
+            answer, model_blob = await trio.to_thread.run_sync(
+                lambda: compute_aggregate(self.spec, request, base, blobs, reward), limiter=self.cpu
+            )
+        except (P2PFLError, OSError) as exc:
+            answer, model_blob = ev.AggregateComputed(request.round, request.attempt, request.candidates, error=str(exc) or "failed"), b""
+        if model_blob:
+            self.net.store.put_blob(model_blob)  # others fetch the new model from members
+        entry = self.rounds.get(request.round)
+        if entry is not None:
+            entry.aggregate_s += self.clock() - started
+            entry.included = tuple(a for a, _ in answer.included)
+            entry.rejected = answer.rejected
+        self._events_send.send_nowait(answer)
+
+    async def _submit_commit(self, commit: Commit) -> None:
+        try:
+            result = await run_chain(
+                self.chain, self.chain.commit_round, commit.task, commit.round, commit.attempt, commit.view,
+                CID.parse(commit.base).digest, CID.parse(commit.result).digest, commit.contributors_root,
+                [sig for _, sig in commit.votes],
+            )
+        except ChainError as exc:
+            # Another member's commit usually landed first; the follower will see it.
+            self._count("commit-not-ours")
+            log.info("commit of round %d not submitted by us: %s", commit.round, exc.revert_reason or exc)
+            return
+        self._count("commits-landed")
+        entry = self.rounds.get(commit.round)
+        if entry is not None:
+            entry.commit_gas = result.gas_used
+            entry.commit_tx = "0x" + result.tx_hash.hex()
+
+    async def _report_evidence(self, evidence: ev.Evidence) -> None:
+        try:
+            await run_chain(self.chain, self.chain.submit_equivocation, *evidence.contract_args())
+            self._count("evidence-submitted")
+        except ChainError as exc:
+            self._count("evidence-not-ours")
+            log.info("evidence against %s not submitted: %s", evidence.signer.hex()[:8], exc.revert_reason or exc)
+
+
+def compute_aggregate(
+    spec: agg.RuleSpec,
+    request: ev.ComputeAggregate,
+    base: dict[str, np.ndarray],
+    delta_blobs: Sequence[bytes],
+    reward_per_round_wei: int,
+) -> tuple[ev.AggregateComputed, bytes]:
+    """Filter + aggregate exactly `request.updates` on top of `base` (pure CPU work).
+
+    The new model is `base + aggregate(deltas)` in float32; its canonical safetensors
+    bytes name it and are returned beside the answer. The reward tree pays contributors by (capped) sample weight and the
+    committee its share; rejected authors get zero-amount REJECTED leaves.
+    """
+    base_vector, layout = flatten(base)
+    size = layout_size(layout)
+    contributions = []
+    undecodable: list[tuple[bytes, str]] = []
+    for update, blob in zip(request.updates, delta_blobs):
+        try:
+            vector, delta_layout = flatten(decode_tensors(blob))
+        except InvalidMessage:
+            undecodable.append((update.signer, "bad-tensors"))
+            continue
+        if delta_layout != layout:
+            undecodable.append((update.signer, agg.REASON_WRONG_SIZE))
+            continue
+        contributions.append(agg.Contribution(update.signer, update.n_samples, vector))
+    try:
+        result = agg.aggregate(spec, contributions, expected_size=size)
+    except AggregationError as exc:
+        failed = ev.AggregateComputed(request.round, request.attempt, request.candidates, error=str(exc) or "nothing")
+        return failed, b""
+    new_vector = np.add(base_vector, result.delta, dtype=np.float32)
+    blob = encode_tensors(unflatten(new_vector, layout))
+    cid = blob_cid(blob)
+    by_author = {u.signer: u for u in request.updates}
+    included = tuple((a, by_author[a].delta) for a in result.accepted)
+    rejected = tuple(sorted(list(result.rejected) + undecodable))
+    weights = {a: by_author[a].n_samples for a in result.accepted}
+    leaves = round_reward_leaves(reward_per_round_wei, weights, request.committee, [a for a, _ in rejected])
+    root = RewardTree.build(leaves).root
+    answer = ev.AggregateComputed(
+        request.round, request.attempt, request.candidates, included=included, rejected=rejected,
+        result=cid.to_bytes(), contributors_root=root,
+    )
+    return answer, blob
+
+
+def _peer_id_text(raw: bytes) -> str:
+    """Registered peer IDs are stored as the binary multihash; the network uses base58."""
+    import base58
+
+    if not raw:
+        raise P2PFLError("node registered no peer id")
+    return base58.b58encode(raw).decode()
