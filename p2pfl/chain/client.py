@@ -37,7 +37,7 @@ from web3.exceptions import (
 )
 
 from p2pfl.chain.artifacts import load_artifact
-from p2pfl.chain.providers import chain_lock
+from p2pfl.chain.providers import chain_lock, is_embedded
 from p2pfl.core.merkle import RewardLeaf
 from p2pfl.core.signing import Domain, Kind, recover_signer, statement_digest, vote_body
 from p2pfl.errors import ChainError, InvalidSignature
@@ -55,9 +55,10 @@ TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (
 DEFAULT_RETRIES = 5
 DEFAULT_BACKOFF_S = 0.2
 MAX_BACKOFF_S = 5.0
-# Gas limit = estimate * 1.2 + 20k: estimates are exact on a quiet chain, but state may
-# move between estimate and inclusion (e.g. a checkpoint lookup taking the slow path).
-GAS_MARGIN_NUM, GAS_MARGIN_DEN, GAS_MARGIN_ADD = 6, 5, 20_000
+# Gas limit = estimate * 1.2 + 50k. State may move between estimate and inclusion, and
+# the registry's stake checkpoints cost two extra new slots (2 x 22.1k) when the tx
+# lands in a later block than the last checkpoint. Only gas used is paid.
+GAS_MARGIN_NUM, GAS_MARGIN_DEN, GAS_MARGIN_ADD = 6, 5, 50_000
 RECEIPT_TIMEOUT_S = 120.0
 # Registry pages fetched per call when listing nodes or stakes.
 PAGE = 200
@@ -307,6 +308,7 @@ class TxSender:
         self.lock = chain_lock(w3)
         self._nonce: int | None = None
         self._chain_id: int | None = None
+        self._embedded = is_embedded(w3)
 
     def retry(self, what: str, fn: Callable[[], T]) -> T:
         """Run `fn`, retrying transport errors with exponential backoff."""
@@ -347,7 +349,11 @@ class TxSender:
             params: dict[str, Any] = {"from": self.account.address, "value": value}
             if gas is None:
                 try:
-                    estimate = self.retry(what, lambda: fn.estimate_gas(params))
+                    # JSON-RPC nodes estimate in the pending block, like inclusion will
+                    # (anvil's default, "latest", reuses the last block number);
+                    # eth-tester has no "pending" and already uses the next block.
+                    block = "latest" if self._embedded else "pending"
+                    estimate = self.retry(what, lambda: fn.estimate_gas(params, block_identifier=block))
                 except ChainError:
                     raise
                 except Exception as exc:
@@ -390,6 +396,12 @@ class TxSender:
                 raise ChainError(f"transaction rejected by the node: {exc}") from exc
         raise AssertionError("unreachable")
 
+    def _gas_limit(self, tx_hash: bytes) -> int:
+        try:
+            return int(self.w3.eth.get_transaction(tx_hash)["gas"])
+        except Exception:  # informational only
+            return -1
+
     def _wait(self, what: str, tx_hash: bytes, fn: Any, params: dict[str, Any]) -> dict[str, Any]:
         try:
             receipt = self.retry(
@@ -400,6 +412,8 @@ class TxSender:
         if receipt["status"] != 1:
             # Replay at the parent block to learn why (state may differ slightly).
             reason = "reverted without reason"
+            if self._gas_limit(tx_hash) == receipt["gasUsed"]:
+                raise ChainError(f"{what} ran out of gas ({receipt['gasUsed']}) in block {receipt['blockNumber']}")
             try:
                 fn.call(params, block_identifier=receipt["blockNumber"] - 1)
             except Exception as exc:

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 
+import pytest
+
 from p2pfl.chain.client import ChainClient
 from p2pfl.chain.devnet import ETHER, DevNet
 from p2pfl.chain.providers import fund, mine_blocks
+from p2pfl.errors import ChainError
 
 from .conftest import assert_reverts
 
@@ -94,3 +97,39 @@ def test_only_deployer_binds_and_only_ledger_slashes(net: DevNet) -> None:
     target = net.clients[1].account.address
     assert_reverts(lambda: c._tx("slash", c.registry.functions.slash(target, 5000, target, 0)), "NotLedger")
     assert_reverts(lambda: c._tx("penalize", c.registry.functions.penalize(target, 1)), "NotLedger")
+
+
+def test_mined_revert_and_out_of_gas_are_reported(net: DevNet) -> None:
+    """With an explicit gas limit the estimate is skipped: the receipt path must still explain."""
+    c = net.clients[0]
+    err = assert_reverts(lambda: c._tx("topUp", c.registry.functions.topUp(), 0, gas=100_000), "ZeroAmount")
+    assert "in block" in str(err)
+    with pytest.raises(ChainError, match="ran out of gas"):
+        c._tx("topUp", c.registry.functions.topUp(), ETHER, gas=30_000)
+    assert c.top_up(ETHER).event("ToppedUp")  # nonces still in order afterwards
+
+
+def test_transport_errors_are_retried_then_reported(net: DevNet) -> None:
+    import requests
+
+    sender = net.admin._sender
+    calls = {"n": 0}
+
+    def flaky() -> int:
+        calls["n"] += 1
+        if calls["n"] < 3:
+            raise requests.exceptions.ConnectionError("connection refused")
+        return 42
+
+    assert sender.retry("test", flaky) == 42 and calls["n"] == 3
+
+    def dead() -> int:
+        raise requests.exceptions.ConnectionError("connection refused")
+
+    old = sender.backoff_s
+    sender.backoff_s = 0.001
+    try:
+        with pytest.raises(ChainError, match="unreachable"):
+            sender.retry("test", dead)
+    finally:
+        sender.backoff_s = old

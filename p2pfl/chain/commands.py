@@ -1,0 +1,333 @@
+"""`p2pfl chain deploy`, `p2pfl register`, `p2pfl claim`, `p2pfl status`.
+
+Each command is a plain function (usable from Python and tests) plus an argparse
+handler; `add_chain_commands(subparsers)` registers them on the `p2pfl` CLI.
+Amounts on the command line are in ether (decimals allowed); functions take wei.
+
+Reward files (`p2pfl claim FILE...`): JSON written by `write_reward_file` when a round
+commits -- {"task", "round", "root", "leaves": [{"index", "role", "account", "amount",
+"proof": [...]}]} with hex strings for bytes and decimal strings for amounts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any
+
+from eth_account import Account
+from eth_account.signers.local import LocalAccount
+from eth_utils import to_checksum_address
+from web3 import Web3
+
+from p2pfl.chain.client import (
+    DEFAULT_COMPUTE_STAKE,
+    DEFAULT_MIN_STAKE,
+    DEFAULT_TRUSTED_STAKE,
+    DEFAULT_UNBONDING_BLOCKS,
+    ChainClient,
+    Deployment,
+    TxResult,
+    deploy,
+)
+from p2pfl.chain.providers import fund, rpc_web3
+from p2pfl.core.merkle import ROLE_REJECTED, RewardLeaf, RewardTree
+from p2pfl.errors import ChainError, ConfigError
+
+DEFAULT_RPC = "http://127.0.0.1:8545"
+DEFAULT_DEPLOYMENT = "deployment.json"
+# Credit given to the deployer by --fund-dev (anvil / test chains only).
+DEV_FUNDING_WEI = 1_000 * 10**18
+WEI_PER_ETHER = Decimal(10**18)
+TIER_NAMES = {0: "none", 1: "basic", 2: "compute", 3: "trusted"}
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def ether_to_wei(text: str) -> int:
+    """'1.5' -> 1500000000000000000; ConfigError for anything else."""
+    try:
+        value = Decimal(text) * WEI_PER_ETHER
+    except InvalidOperation:
+        raise ConfigError(f"not an amount of ether: {text!r}") from None
+    if value < 0 or value != value.to_integral_value():
+        raise ConfigError(f"amount must be >= 0 with at most 18 decimals: {text!r}")
+    return int(value)
+
+
+def load_account(keystore: str | Path, password: str) -> LocalAccount:
+    """Decrypt the node's eth-account keystore (the same key as its libp2p identity)."""
+    from p2pfl.core.identity import NodeIdentity
+
+    return Account.from_key(NodeIdentity.load_keystore(keystore, password).private_key)
+
+
+def _hex32(text: str, name: str) -> bytes:
+    raw = bytes.fromhex(text.removeprefix("0x")) if all(c in "0123456789abcdefABCDEF" for c in text.removeprefix("0x")) else b""
+    if len(raw) != 32:
+        raise ConfigError(f"{name} must be 32 bytes of hex, got {text!r}")
+    return raw
+
+
+def write_reward_file(path: str | Path, task: bytes, round: int, tree: RewardTree) -> Path:
+    """Save a committed round's reward leaves and proofs for `p2pfl claim`."""
+    doc = {
+        "task": "0x" + task.hex(),
+        "round": round,
+        "root": "0x" + tree.root.hex(),
+        "leaves": [
+            {
+                "index": lf.index,
+                "role": lf.role,
+                "account": to_checksum_address(lf.account),
+                "amount": str(lf.amount),
+                "proof": ["0x" + p.hex() for p in tree.proof(lf.index)],
+            }
+            for lf in tree.leaves
+        ],
+    }
+    target = Path(path)
+    tmp = target.with_suffix(target.suffix + ".tmp")
+    tmp.write_text(json.dumps(doc, indent=1) + "\n")
+    os.replace(tmp, target)
+    return target
+
+
+def read_reward_file(path: str | Path) -> tuple[bytes, int, list[tuple[RewardLeaf, list[bytes]]]]:
+    try:
+        doc = json.loads(Path(path).read_text())
+        task = _hex32(doc["task"], "task")
+        leaves = [
+            (
+                RewardLeaf(int(e["index"]), int(e["role"]), bytes.fromhex(e["account"][2:]), int(e["amount"])),
+                [bytes.fromhex(p[2:]) for p in e["proof"]],
+            )
+            for e in doc["leaves"]
+        ]
+        return task, int(doc["round"]), leaves
+    except (OSError, KeyError, ValueError, TypeError) as exc:
+        raise ConfigError(f"bad reward file {path}: {exc}") from exc
+
+
+# ---------------------------------------------------------------- commands
+
+
+def deploy_command(
+    rpc_url: str,
+    keystore: str | Path,
+    password: str,
+    out: str | Path = DEFAULT_DEPLOYMENT,
+    min_stake_wei: int = DEFAULT_MIN_STAKE,
+    compute_stake_wei: int = DEFAULT_COMPUTE_STAKE,
+    trusted_stake_wei: int = DEFAULT_TRUSTED_STAKE,
+    unbonding_blocks: int = DEFAULT_UNBONDING_BLOCKS,
+    fund_dev: bool = False,
+) -> Deployment:
+    """Deploy NodeRegistry + RoundLedger from the keystore's account; write `out`."""
+    w3 = rpc_web3(rpc_url)
+    account = load_account(keystore, password)
+    if fund_dev:
+        fund(w3, account.address, DEV_FUNDING_WEI)
+    dep = deploy(w3, account, min_stake_wei, compute_stake_wei, trusted_stake_wei, unbonding_blocks)
+    dep.save(out)
+    return dep
+
+
+def _client(rpc_url: str, deployment: str | Path, account: LocalAccount | None) -> ChainClient:
+    dep = Deployment.load(deployment)
+    w3 = rpc_web3(rpc_url)
+    chain_id = w3.eth.chain_id
+    if chain_id != dep.chain_id:
+        raise ChainError(f"{rpc_url} is chain {chain_id} but {deployment} was deployed on chain {dep.chain_id}")
+    return ChainClient(w3, dep, account)
+
+
+def register_command(
+    rpc_url: str, deployment: str | Path, keystore: str | Path, password: str, stake_wei: int, fund_dev: bool = False
+) -> TxResult:
+    """Register the keystore's node with `stake_wei`, or top up if it is already active."""
+    from p2pfl.core.identity import NodeIdentity, peer_id_bytes_from_public
+
+    identity = NodeIdentity.load_keystore(keystore, password)
+    client = _client(rpc_url, deployment, Account.from_key(identity.private_key))
+    if fund_dev:
+        fund(client.w3, client.account.address, stake_wei + 10**18)
+    if client.node_info().active:
+        return client.top_up(stake_wei)
+    peer_id = peer_id_bytes_from_public(identity.compressed_public_key)
+    return client.register(peer_id, identity.x25519_public_key, stake_wei)
+
+
+def claim_command(
+    rpc_url: str, deployment: str | Path, keystore: str | Path, password: str, reward_files: list[str | Path]
+) -> list[TxResult]:
+    """Claim every unclaimed reward leaf of this node's address in the given files."""
+    client = _client(rpc_url, deployment, load_account(keystore, password))
+    done = []
+    for path in reward_files:
+        task, rnd, entries = read_reward_file(path)
+        for leaf, proof in entries:
+            if leaf.account != client.address or leaf.role == ROLE_REJECTED or leaf.amount == 0:
+                continue
+            if client.is_consumed(task, rnd, leaf.index):
+                continue
+            done.append(client.claim(task, rnd, leaf, proof))
+    return done
+
+
+def status_command(
+    rpc_url: str, deployment: str | Path, address: bytes | None = None, task: bytes | None = None
+) -> dict[str, Any]:
+    """Node and/or task state as a plain dict (what `p2pfl status` prints)."""
+    client = _client(rpc_url, deployment, None)
+    out: dict[str, Any] = {
+        "chain_id": client.deployment.chain_id,
+        "registry": client.deployment.registry,
+        "ledger": client.deployment.ledger,
+        "block": client.block_number(),
+        "nodes": len(client.registered_nodes()),
+        "total_stake_wei": client.total_stake_at(client.block_number()),
+    }
+    if address is not None:
+        n = client.node_info(address)
+        out["node"] = {
+            "address": to_checksum_address(address),
+            "active": n.active,
+            "stake_wei": n.stake,
+            "tier": TIER_NAMES.get(n.tier, str(n.tier)),
+            "unbonding_wei": n.unbonding,
+            "release_block": n.release_block,
+            "reputation": n.reputation,
+            "peer_id": n.peer_id.hex(),
+            "x25519_key": n.enc_key.hex(),
+            "balance_wei": client.balance(address),
+        }
+    if task is not None:
+        t = client.task_info(task)
+        if not t.exists:
+            raise ChainError(f"no task 0x{task.hex()} on this ledger")
+        out["task"] = {
+            "task": "0x" + task.hex(),
+            "last_round": t.last_round,
+            "last_result": "0x" + t.last_result.hex(),
+            "committee_size": t.committee_size,
+            "quorum": t.quorum,
+            "escrow_wei": t.escrow,
+            "reward_per_round_wei": t.reward_per_round,
+            "snapshot_block": t.snapshot_block,
+        }
+    return out
+
+
+# ---------------------------------------------------------------- argparse
+
+
+def _rpc_options(p: argparse.ArgumentParser, deployment: bool = True) -> None:
+    p.add_argument("--rpc", default=os.environ.get("P2PFL_RPC", DEFAULT_RPC),
+                   help=f"JSON-RPC URL (default $P2PFL_RPC or {DEFAULT_RPC})")
+    if deployment:
+        p.add_argument("--deployment", default=DEFAULT_DEPLOYMENT,
+                       help=f"deployment file from `p2pfl chain deploy` (default {DEFAULT_DEPLOYMENT})")
+
+
+def _key_options(p: argparse.ArgumentParser) -> None:
+    from p2pfl.cli import add_password_option
+
+    p.add_argument("--keystore", default="node-key.json", help="node keystore (default node-key.json)")
+    add_password_option(p)
+
+
+def _password(args: argparse.Namespace) -> str:
+    from p2pfl.cli import _password as cli_password
+
+    return cli_password(args)
+
+
+def _cmd_deploy(args: argparse.Namespace) -> int:
+    dep = deploy_command(
+        args.rpc, args.keystore, _password(args), args.out, ether_to_wei(args.min_stake),
+        ether_to_wei(args.compute_stake), ether_to_wei(args.trusted_stake), args.unbonding_blocks, args.fund_dev,
+    )
+    print(f"registry:   {dep.registry}\nledger:     {dep.ledger}\nchain id:   {dep.chain_id}\nwritten:    {args.out}")
+    return 0
+
+
+def _cmd_register(args: argparse.Namespace) -> int:
+    tx = register_command(args.rpc, args.deployment, args.keystore, _password(args), ether_to_wei(args.stake),
+                          args.fund_dev)
+    name = "Registered" if any(n == "Registered" for n, _ in tx.events) else "ToppedUp"
+    ev = tx.event(name)
+    print(f"{name.lower()}: stake {Decimal(ev['stake']) / WEI_PER_ETHER} ETH, tier {TIER_NAMES[ev['tier']]}, "
+          f"block {tx.block_number}, gas {tx.gas_used}")
+    return 0
+
+
+def _cmd_claim(args: argparse.Namespace) -> int:
+    txs = claim_command(args.rpc, args.deployment, args.keystore, _password(args), args.files)
+    total = sum(tx.event("RewardClaimed")["amount"] for tx in txs)
+    print(f"claimed {len(txs)} reward(s), {Decimal(total) / WEI_PER_ETHER} ETH")
+    return 0
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    address = None
+    if args.address:
+        address = bytes.fromhex(Web3.to_checksum_address(args.address)[2:])
+    elif args.keystore:
+        doc = json.loads(Path(args.keystore).read_text())
+        address = bytes.fromhex(doc["address"].removeprefix("0x"))  # keystores store it in clear
+    task = _hex32(args.task, "--task") if args.task else None
+    status = status_command(args.rpc, args.deployment, address, task)
+    if args.json:
+        print(json.dumps(status, indent=1))
+    else:
+        for section, value in status.items():
+            if isinstance(value, dict):
+                print(f"{section}:")
+                for k, v in value.items():
+                    print(f"  {k}: {v}")
+            else:
+                print(f"{section}: {value}")
+    return 0
+
+
+def add_chain_commands(subparsers: argparse._SubParsersAction) -> None:
+    """Register `chain deploy`, `register`, `claim` and `status` on the p2pfl CLI."""
+    chain = subparsers.add_parser("chain", help="contract deployment")
+    chain_sub = chain.add_subparsers(dest="chain_command", metavar="COMMAND")
+    dep = chain_sub.add_parser("deploy", help="deploy NodeRegistry + RoundLedger; writes a deployment file")
+    _rpc_options(dep, deployment=False)
+    _key_options(dep)
+    dep.add_argument("--out", default=DEFAULT_DEPLOYMENT, help=f"deployment file to write (default {DEFAULT_DEPLOYMENT})")
+    dep.add_argument("--min-stake", default="1", help="basic tier / minimum stake in ETH (default 1)")
+    dep.add_argument("--compute-stake", default="5", help="compute tier stake in ETH (default 5)")
+    dep.add_argument("--trusted-stake", default="20", help="trusted tier stake in ETH (default 20)")
+    dep.add_argument("--unbonding-blocks", type=int, default=DEFAULT_UNBONDING_BLOCKS,
+                     help=f"blocks between exit and withdraw (default {DEFAULT_UNBONDING_BLOCKS})")
+    dep.add_argument("--fund-dev", action="store_true", help="credit the deployer first (anvil/test chains only)")
+    dep.set_defaults(handler=_cmd_deploy)
+
+    reg = subparsers.add_parser("register", help="register this node with stake (or top up)")
+    _rpc_options(reg)
+    _key_options(reg)
+    reg.add_argument("--stake", required=True, help="stake in ETH")
+    reg.add_argument("--fund-dev", action="store_true", help="credit the account first (anvil/test chains only)")
+    reg.set_defaults(handler=_cmd_register)
+
+    claim = subparsers.add_parser("claim", help="claim rewards listed in reward files")
+    _rpc_options(claim)
+    _key_options(claim)
+    claim.add_argument("files", nargs="+", help="reward files written by the node for committed rounds")
+    claim.set_defaults(handler=_cmd_claim)
+
+    status = subparsers.add_parser("status", help="registry, node and task state")
+    _rpc_options(status)
+    status.add_argument("--keystore", help="show the node of this keystore (no password needed)")
+    status.add_argument("--address", help="show the node of this address")
+    status.add_argument("--task", help="show this task (32-byte hex id)")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.set_defaults(handler=_cmd_status)

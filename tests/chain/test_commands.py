@@ -1,0 +1,80 @@
+"""`p2pfl chain deploy`, `register`, `claim`, `status` against a real anvil."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from p2pfl.chain.commands import (
+    claim_command,
+    deploy_command,
+    ether_to_wei,
+    read_reward_file,
+    register_command,
+    status_command,
+    write_reward_file,
+)
+from p2pfl.chain.devnet import ETHER, DevNet
+from p2pfl.chain.providers import Anvil
+from p2pfl.cli import main as cli_main
+from p2pfl.core.identity import NodeIdentity
+from p2pfl.errors import ChainError, ConfigError
+
+from .conftest import GENESIS, K, REWARD, TASK, commit
+
+PASSWORD = "correct horse"
+
+
+@pytest.fixture(scope="module")
+def anvil():
+    with Anvil() as node:
+        yield node
+
+
+def _keystore(tmp_path, key: bytes | None = None):
+    ident = NodeIdentity(key) if key else NodeIdentity.generate()
+    path = ident.save_keystore(tmp_path / f"key-{ident.address.hex()[:8]}.json", PASSWORD, kdf="pbkdf2")
+    return ident, path
+
+
+def test_ether_to_wei() -> None:
+    assert ether_to_wei("1.5") == 1_500_000_000_000_000_000
+    for bad in ("x", "-1", "0.0000000000000000001"):
+        with pytest.raises(ConfigError):
+            ether_to_wei(bad)
+
+
+def test_deploy_register_status(anvil: Anvil, tmp_path) -> None:
+    admin, admin_ks = _keystore(tmp_path)
+    dep_path = tmp_path / "deployment.json"
+    dep = deploy_command(anvil.url, admin_ks, PASSWORD, dep_path, unbonding_blocks=3, fund_dev=True)
+    assert json.loads(dep_path.read_text())["ledger"] == dep.ledger
+    node, node_ks = _keystore(tmp_path)
+    tx = register_command(anvil.url, dep_path, node_ks, PASSWORD, 2 * ETHER, fund_dev=True)
+    assert tx.event("Registered")["tier"] == 1
+    tx = register_command(anvil.url, dep_path, node_ks, PASSWORD, 4 * ETHER, fund_dev=True)
+    assert tx.event("ToppedUp")["stake"] == 6 * ETHER
+    st = status_command(anvil.url, dep_path, node.address)
+    assert st["node"]["active"] and st["node"]["tier"] == "compute" and st["nodes"] == 1
+    assert st["node"]["x25519_key"] == node.x25519_public_key.hex()
+    with pytest.raises(ChainError, match="no task"):
+        status_command(anvil.url, dep_path, task=b"\x01" * 32)
+    # the argparse wiring (through the lead's CLI)
+    rc = cli_main(["status", "--rpc", anvil.url, "--deployment", str(dep_path), "--keystore", str(node_ks), "--json"])
+    assert rc == 0
+
+
+def test_claim_from_reward_file(anvil: Anvil, tmp_path) -> None:
+    net = DevNet.create(anvil.web3(), 8, seed=7)
+    net.deployment.save(tmp_path / "dep.json")
+    net.clients[0].create_task(TASK, GENESIS, K, 0, REWARD, 10 * REWARD, 0)
+    r = commit(net, 1, GENESIS)
+    reward_file = write_reward_file(tmp_path / "round-1.json", TASK, 1, r.tree)
+    assert read_reward_file(reward_file)[2][0][0] == r.tree.leaves[0]
+    me = r.tree.leaves[0].account
+    _, ks = _keystore(tmp_path, net.key_of(me))
+    mine = [lf for lf in r.tree.leaves if lf.account == me and lf.amount > 0]
+    txs = claim_command(anvil.url, tmp_path / "dep.json", ks, PASSWORD, [reward_file])
+    assert sorted(tx.event("RewardClaimed")["amount"] for tx in txs) == sorted(lf.amount for lf in mine)
+    assert claim_command(anvil.url, tmp_path / "dep.json", ks, PASSWORD, [reward_file]) == []  # nothing left
