@@ -64,14 +64,16 @@ def topic_of(message: Any) -> str:
 
 
 class NodeNet(Protocol):
-    """What the node needs from the network layer (p2pfl.net)."""
+    """What the node needs from the network layer (p2pfl.net.host.NodeNet)."""
 
     peer_id: str
     store: Any  # p2pfl.net.blockstore.BlockStore
 
-    async def publish(self, topic: str, data: bytes) -> None: ...
+    async def join(self, topic: str, validate: Any) -> Any: ...
 
-    async def fetch_blob(self, root: CID, providers: Sequence[str]) -> None: ...
+    async def publish(self, topic: str, data: bytes) -> bytes: ...
+
+    async def fetch_blob(self, root: CID, providers: Sequence[str] | None = None) -> None: ...
 
 
 @dataclass
@@ -174,12 +176,33 @@ class Node:
                 base = CID.parse(self.manifest.initial_model)
             else:
                 base = self._cid_for_digest(info.last_result)
+            for kind in (TOPIC_UPDATES, TOPIC_CONSENSUS, TOPIC_COMMITS):
+                channel = await self.net.join(self.topic(kind), self._validator)
+                nursery.start_soon(self._intake, channel)
             follower = CommitFollower(self.chain, task=self.task, state_path=self.data_dir / "follower.json")
             nursery.start_soon(follower.follow, self._on_chain_commit)
             nursery.start_soon(self._ticker)
             nursery.start_soon(self._start_round, info.last_round + 1, base.to_bytes())
             async for event in self._events_recv:
                 self._handle(event)
+
+    def topic(self, kind: str) -> str:
+        from p2pfl.net.config import topic_name
+
+        return topic_name(self.task.hex(), kind)
+
+    def _validator(self, topic: str, data: bytes, from_peer: str) -> Any:
+        from p2pfl.net.gossip import ValidationResult
+
+        ok, reason = self.validate(data)
+        if ok:
+            return ValidationResult.accept()
+        self._count(f"gossip-rejected-{reason}")
+        return ValidationResult.reject(reason)
+
+    async def _intake(self, channel: Any) -> None:
+        async for message in channel:
+            self.deliver(message.data, message.from_peer)
 
     def deliver(self, data: bytes, from_peer: str = "") -> None:
         """Gossip intake for a message that passed `validate`: queue it for the machine."""
@@ -399,7 +422,7 @@ class Node:
         if isinstance(message, Update):
             self._updates[(message.signer, message.delta)] = message
         try:
-            await self.net.publish(topic_of(message), message.encode())
+            await self.net.publish(self.topic(topic_of(message)), message.encode())
         except P2PFLError as exc:
             self._count("publish-failed")
             log.warning("publish %s failed: %s", type(message).__name__, exc)

@@ -1,0 +1,37 @@
+"""`python -m sim SCENARIO.toml [--set key=value ...]`: run a simulation, print the run folder last."""
+
+import argparse
+import sys
+
+from p2pfl.errors import P2PFLError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m sim", description="Run a p2pfl simulation scenario.")
+    parser.add_argument("scenario", help="scenario TOML file (see sim/scenarios/)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a scenario value, e.g. --set rounds=3 --set committee.size=5")
+    parser.add_argument("--runs", default="runs", help="folder for run outputs (default: runs/)")
+    parser.add_argument("-q", "--quiet", action="store_true")
+    args = parser.parse_args(argv)
+    from p2pfl.logs import setup_logging
+    from sim.run import run_scenario
+    from sim.scenario import load_scenario
+
+    setup_logging()
+    overrides = {}
+    for item in args.set:
+        key, _, raw = item.partition("=")
+        import tomllib
+
+        overrides[key] = tomllib.loads(f"v = {raw}")["v"] if raw else ""
+    try:
+        run_scenario(load_scenario(args.scenario, overrides), args.runs, quiet=args.quiet)
+    except P2PFLError as exc:
+        print(f"sim: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,252 @@
+"""In-process simulation: N real nodes (real libp2p hosts on 127.0.0.1, real torch
+training, the embedded eth-tester chain) running a scenario, plus the centralised
+FedAvg reference on the same data, model and seeds, and a report of both.
+
+    python -m sim sim/scenarios/quickstart.toml
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import resource
+import tempfile
+import time
+from contextlib import AsyncExitStack
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import trio
+
+from p2pfl.chain.devnet import DEFAULT_GAS_FUNDS, ETHER, DevNet
+from p2pfl.chain.providers import embedded_web3, fund
+from p2pfl.core.cid import CID
+from p2pfl.core.identity import NodeIdentity, peer_id_bytes_from_public
+from p2pfl.core.tensors import decode_tensors, encode_tensors
+from p2pfl.errors import ConfigError, P2PFLError
+from p2pfl.manifest import TaskManifest
+from p2pfl.node import Node, RoundLog
+from sim.report import PHASES, RunWriter, new_run_dir, write_report
+from sim.scenario import Scenario
+
+log = logging.getLogger("p2pfl.sim")
+
+# Whole-run guard: a scenario that stalls this long per planned round is reported, not hung.
+MAX_SECONDS_PER_ROUND = 240.0
+
+
+def load_data(scenario: Scenario) -> tuple[Any, Any, list[Any]]:
+    """(train, test, partitions) for the scenario, seeded."""
+    from p2pfl.train.data import load_digits, load_fashion_mnist, split_dataset
+    from p2pfl.train.partition import partition_dirichlet, partition_iid
+
+    d = scenario.data
+    if d.dataset == "fashion-mnist":
+        train, test = load_fashion_mnist("train"), load_fashion_mnist("test")
+    elif d.dataset == "digits":
+        train, test = split_dataset(load_digits(), 0.25, scenario.seed)
+    else:
+        raise ConfigError(f"unknown dataset {d.dataset!r}: use 'fashion-mnist' or 'digits'")
+    if d.test_samples:
+        test = test.subset(np.arange(min(d.test_samples, len(test))))
+    if d.partition == "iid":
+        parts = partition_iid(train.y, scenario.nodes, scenario.seed)
+    elif d.partition == "dirichlet":
+        parts = partition_dirichlet(train.y, scenario.nodes, d.alpha, scenario.seed)
+    else:
+        raise ConfigError(f"unknown partition {d.partition!r}: use 'iid' or 'dirichlet'")
+    if d.samples_per_node:
+        parts = [p[: d.samples_per_node] for p in parts]
+    return train, test, [train.subset(p) for p in parts]
+
+
+def _train_dict(scenario: Scenario) -> dict[str, Any]:
+    t = scenario.train
+    return {"epochs": t.epochs, "batch_size": t.batch_size, "lr": t.lr, "optimizer": t.optimizer,
+            "momentum": t.momentum, "weight_decay": t.weight_decay}
+
+
+def run_scenario(scenario: Scenario, runs_root: str | Path = "runs", quiet: bool = False) -> Path:
+    """Run one scenario in this process; returns the run folder."""
+    return trio.run(_run, scenario, Path(runs_root), quiet)
+
+
+async def _run(scenario: Scenario, runs_root: Path, quiet: bool) -> Path:
+    from p2pfl.net.config import NetConfig
+    from p2pfl.net.host import open_node_host
+    from p2pfl.train.models import init_weights
+    from p2pfl.train.reference import reference_fedavg
+    from p2pfl.train.trainer import TrainConfig, evaluate
+
+    say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
+    run_dir = new_run_dir(scenario.name, runs_root)
+    wall_start = time.perf_counter()
+    _, test, partitions = load_data(scenario)
+    say(f"scenario {scenario.name}: {scenario.nodes} nodes, {scenario.rounds} rounds, "
+        f"model {scenario.model.name}, data {scenario.data.dataset} ({scenario.data.partition})")
+
+    genesis = init_weights(scenario.model.name, scenario.model.kwargs, scenario.seed)
+    genesis_blob = encode_tensors(genesis)
+
+    # Chain: embedded eth-tester, contracts deployed, every node funded and registered
+    # with its real peer ID (the same key drives its libp2p host).
+    w3 = embedded_web3()
+    devnet = DevNet.create(w3, n_nodes=scenario.nodes, seed=scenario.seed, register=False)
+    identities = [NodeIdentity(k) for k in devnet.keys]
+    for ident, client in zip(identities, devnet.clients):
+        fund(w3, ident.checksum_address, scenario.stake)
+        client.register(peer_id_bytes_from_public(ident.compressed_public_key), ident.x25519_public_key, scenario.stake)
+    c = scenario.committee
+    dep = devnet.deployment
+    manifest = TaskManifest(
+        name=scenario.name, model=scenario.model.name, model_kwargs=dict(scenario.model.kwargs),
+        initial_model=str(CID.parse(_cid_of(genesis_blob))), chain_id=dep.chain_id, registry=dep.registry,
+        ledger=dep.ledger, train=_train_dict(scenario), aggregation=dict(scenario.aggregation),
+        committee_size=c.size, collect_deadline_s=c.collect_deadline_s,
+        collect_quorum_percent=round(c.quorum_fraction * 100), view_timeout_s=c.view_timeout_s,
+        commit_fallback_delay_s=min(5.0, c.view_timeout_s / 2),
+        redraw_timeout_s=c.collect_deadline_s + 3 * c.view_timeout_s, reward_per_round_wei=ETHER // 100,
+        seed=scenario.seed,
+    )
+    fund(w3, devnet.admin.account.address, scenario.rounds * manifest.reward_per_round_wei + DEFAULT_GAS_FUNDS)
+    devnet.admin.create_task(manifest.task_id, manifest.cid.digest if False else CID.parse(manifest.initial_model).digest,
+                             c.size, 0, manifest.reward_per_round_wei, scenario.rounds * manifest.reward_per_round_wei,
+                             redraw_delay_s=0)
+    say(f"task {manifest.cid} on chain {dep.chain_id}, ledger {dep.ledger}")
+
+    writer = RunWriter(run_dir)
+    logs: list[dict[int, RoundLog]] = []
+    cpu = trio.CapacityLimiter(2)  # the machine's cores: trainers and aggregators share them
+    tmp = tempfile.TemporaryDirectory(prefix="p2pfl-sim-")
+    started = time.perf_counter()
+    nodes: list[Node] = []
+    async with AsyncExitStack() as stack:
+        nets = []
+        for i, ident in enumerate(identities):
+            bootstrap = () if i == 0 else (f"{nets[0].listen_addrs[0]}",)
+            cfg = NetConfig(data_dir=Path(tmp.name) / f"node{i}", bootstrap=bootstrap, dht=False)
+            nets.append(await stack.enter_async_context(open_node_host(cfg, ident.private_key)))
+        nets[0].put_blob(genesis_blob)  # the task creator holds the genesis model
+        say(f"{len(nets)} hosts up in {time.perf_counter() - started:.1f} s")
+        for i, (ident, net, client) in enumerate(zip(identities, nets, devnet.clients)):
+            client_for_node = type(client)(w3, dep, ident.private_key)
+            node = Node(ident, manifest, client_for_node, net, partitions[i], Path(tmp.name) / f"state{i}",
+                        client_index=i, cpu_limiter=cpu)
+            nodes.append(node)
+        deadline = MAX_SECONDS_PER_ROUND * scenario.rounds
+        with trio.move_on_after(deadline) as scope:
+            async with trio.open_nursery() as nursery:
+                for node in nodes:
+                    nursery.start_soon(node.run, scenario.rounds)
+                nursery.start_soon(_progress, nodes, scenario.rounds, say)
+        timed_out = scope.cancelled_caught
+    tmp_path = tmp.name
+    wall_s = time.perf_counter() - started
+
+    # Collect what happened, round by round, from the chain and every node's log.
+    info = devnet.admin.task_info(manifest.task_id)
+    commits = {e.round: e for e in devnet.admin.commits(dep.block, devnet.admin.block_number(), manifest.task_id)}
+    records = []
+    prev_commit_t = None
+    for r in range(1, scenario.rounds + 1):
+        entries = [n.rounds[r] for n in nodes if r in n.rounds]
+        if not entries or r not in commits:
+            break
+        result = entries[0].result or next((e.result for e in entries if e.result), "")
+        weights = _model_from_any(nodes, result)
+        loss, acc = (math.nan, math.nan) if weights is None else evaluate(
+            scenario.model.name, weights, test, model_kwargs=scenario.model.kwargs, num_threads=1)
+        start_t = min(e.started for e in entries)
+        commit_t = min((e.committed_at for e in entries if e.committed_at), default=math.nan)
+        wall = commit_t - (prev_commit_t if prev_commit_t is not None else start_t)
+        prev_commit_t = commit_t
+        members = [e for e in entries if e.member]
+        certified = min((e.certified_at for e in members if e.certified_at), default=math.nan)
+        phases = {
+            "train": max(e.train_s for e in entries),
+            "disseminate": max((e.fetch_s for e in members), default=0.0),
+            "aggregate": max((e.aggregate_s for e in members), default=0.0),
+            "commit": max(0.0, commit_t - certified) if not math.isnan(certified) else 0.0,
+        }
+        phases["agree"] = max(0.0, wall - sum(phases.values()))
+        ev = commits[r]
+        record = {
+            "round": r, "accuracy": acc, "loss": loss, "committee": ["0x" + a.hex() for a in entries[0].committee],
+            "included": ["0x" + a.hex() for a in next((e.included for e in members if e.included), ())],
+            "rejected": [["0x" + a.hex(), why] for a, why in next((e.rejected for e in members if e.included), ())],
+            "result": result, "wall_s": wall, "phases_s": phases, "commit_tx": "0x" + ev.tx_hash.hex(),
+            "commit_block": ev.block_number, "signers": ev.signers,
+            "gas": max((e.commit_gas for e in entries), default=0),
+            "bytes": [n.net.metrics().get("bytes_sent", 0) if hasattr(n.net, "metrics") else 0 for n in nodes],
+        }
+        writer.round(record)
+        records.append(record)
+        say(f"round {r}: accuracy {acc:.4f} loss {loss:.4f} wall {wall:.1f} s "
+            f"committee {len(record['committee'])} included {len(record['included'])} tx {record['commit_tx'][:12]}")
+    writer.close()
+
+    say("centralised FedAvg reference (same model, seeds, partitions; no network)...")
+    cfg = TrainConfig.from_dict({**_train_dict(scenario), "seed": scenario.seed})
+    reference = reference_fedavg(scenario.model.name, scenario.model.kwargs, genesis, partitions, test,
+                                 scenario.rounds, cfg, scenario.seed, num_threads=1)
+    ref_records = [{"round": m.round, "accuracy": m.accuracy, "loss": m.loss, "compute_s": m.compute_s}
+                   for m in reference]
+    ref_compute = [m.compute_s for m in reference[1:]]
+    our_walls = [r["wall_s"] for r in records]
+    summary = {
+        "scenario": scenario.name,
+        "nodes": scenario.nodes,
+        "rounds_planned": scenario.rounds,
+        "rounds_committed": info.last_round,
+        "final_accuracy": records[-1]["accuracy"] if records else math.nan,
+        "reference_accuracy": reference[min(len(records), len(reference) - 1)].accuracy if records else math.nan,
+        "overhead_ratio": (sum(our_walls) / sum(ref_compute[: len(our_walls)])) if our_walls else math.nan,
+        "wall_s": time.perf_counter() - wall_start,
+        "rounds_wall_s": wall_s,
+        "timed_out": timed_out,
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "final_model": records[-1]["result"] if records else "",
+        "chain_final_digest": "0x" + info.last_result.hex(),
+        "counters": _merged_counters(nodes),
+    }
+    summary["accuracy_gap_points"] = 100 * (summary["reference_accuracy"] - summary["final_accuracy"])
+    write_report(run_dir, scenario.to_dict(), records, ref_records, summary)
+    for key in ("rounds_committed", "rounds_planned", "final_accuracy", "reference_accuracy", "overhead_ratio", "wall_s"):
+        say(f"{key}: {summary[key]:.4g}" if isinstance(summary[key], float) else f"{key}: {summary[key]}")
+    say(str(run_dir))
+    del tmp_path
+    tmp.cleanup()
+    return run_dir
+
+
+async def _progress(nodes: list[Node], rounds: int, say: Any) -> None:
+    while not all(n.finished.is_set() for n in nodes):
+        await trio.sleep(0.5)
+
+
+def _cid_of(blob: bytes) -> bytes:
+    from p2pfl.core.cid import blob_cid
+
+    return blob_cid(blob).to_bytes()
+
+
+def _model_from_any(nodes: list[Node], cid_text: str) -> dict[str, np.ndarray] | None:
+    if not cid_text:
+        return None
+    cid = CID.parse(cid_text)
+    for node in nodes:
+        if node.net.store.has_blob(cid):
+            return {k: np.array(v) for k, v in decode_tensors(node.net.store.read_blob(cid)).items()}
+    return None
+
+
+def _merged_counters(nodes: list[Node]) -> dict[str, int]:
+    total: dict[str, int] = {}
+    for node in nodes:
+        for source in (node.counters, dict(node.machine.counters)):
+            for k, v in source.items():
+                total[k] = total.get(k, 0) + v
+    return dict(sorted(total.items()))
