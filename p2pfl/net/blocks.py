@@ -202,6 +202,7 @@ class BlockExchange:
         from whatever is already stored. Raises `FetchError` if some block is held by none of
         them or the deadline passes, `InvalidBlock` if the DAG itself is malformed.
         """
+        excluded: set[str] = set()  # providers that sent invalid data during this fetch
         with trio.move_on_after(timeout_s) as scope:
             corrupt_retries = 3
             while True:
@@ -215,12 +216,17 @@ class BlockExchange:
                     continue
                 if not frontier:
                     return
-                await self.fetch_blocks(frontier, providers)
+                await self.fetch_blocks(frontier, [p for p in providers if p not in excluded], excluded)
         if scope.cancelled_caught:
             raise FetchError(f"fetching {root} took over {timeout_s:.0f} s")
 
-    async def fetch_blocks(self, cids: Sequence[CID], providers: Sequence[str]) -> None:
-        """Fetch `cids` (not already stored) from `providers` in parallel; `FetchError` on failure."""
+    async def fetch_blocks(
+        self, cids: Sequence[CID], providers: Sequence[str], excluded: set[str] | None = None
+    ) -> None:
+        """Fetch `cids` (not already stored) from `providers` in parallel; `FetchError` on failure.
+
+        Providers that send invalid data are added to `excluded` (if given).
+        """
         usable = [p for p in dict.fromkeys(providers) if not self.peers.is_banned(p)]
         if not usable:
             raise FetchError("no provider to fetch from (none given, or all banned)")
@@ -232,6 +238,8 @@ class BlockExchange:
             for provider in usable:
                 job.workers += 1
                 nursery.start_soon(self._worker, job, provider)
+        if excluded is not None:
+            excluded.update(job.bad)
         if job.pending or job.unavailable:
             missing = list(job.pending) + list(job.unavailable)
             detail = f"; provider errors: {'; '.join(job.errors[:3])}" if job.errors else ""
@@ -266,6 +274,7 @@ class BlockExchange:
             self.peers.offence(provider, Offence.TIMEOUT, "blocks-timeout")
             job.errors.append(f"{provider}: timed out")
         except _BadProvider:
+            job.bad.add(provider)
             job.errors.append(f"{provider}: sent invalid data")
         except Exception as exc:
             self.metrics.inc("blocks-provider-errors")
@@ -320,6 +329,7 @@ class _FetchJob:
         self.refused: dict[CID, set[str]] = {}
         self.unavailable: set[CID] = set()
         self.errors: list[str] = []
+        self.bad: set[str] = set()
         self.in_flight = 0
         self.workers = 0
         self.changed = trio.Event()

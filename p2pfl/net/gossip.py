@@ -121,6 +121,9 @@ class _TopicState:
         self.validate = validate
         self.log: OrderedDict[bytes, tuple[bytes, float]] = OrderedDict()
         self.ignored: OrderedDict[bytes, float] = OrderedDict()
+        # Rejected ids are listed as "have" in sync requests so a peer (an attacker, or an
+        # honest peer with a different view) cannot make us fetch and judge them again.
+        self.rejected: OrderedDict[bytes, float] = OrderedDict()
         self.send, self.receive = trio.open_memory_channel[GossipMessage](DELIVERY_BUFFER)
         self.pace = TokenBucket(rate, PUBLISH_BURST, now)
         self.publish_lock = trio.Lock()
@@ -135,6 +138,15 @@ class _TopicState:
             self.log.popitem(last=False)
         while self.ignored and next(iter(self.ignored.values())) < now - IGNORED_TTL_S:
             self.ignored.popitem(last=False)
+        while self.rejected and next(iter(self.rejected.values())) < now - SYNC_LOG_TTL_S:
+            self.rejected.popitem(last=False)
+
+    def known(self, msg_id: bytes) -> bool:
+        """Admitted, recently ignored, or rejected: nothing to fetch or judge again."""
+        return msg_id in self.log or msg_id in self.ignored or msg_id in self.rejected
+
+    def have_list(self) -> list[bytes]:
+        return [*self.log.keys(), *self.ignored.keys(), *self.rejected.keys()]
 
 
 class Gossip:
@@ -244,6 +256,8 @@ class Gossip:
         msg_id = message_id(data)
         if msg_id in state.log:  # our own publish, or already admitted via sync
             return True
+        if msg_id in state.rejected:
+            return False
         if not self.peers.allow(forwarder, "gossip"):
             return False
         return self._admit(state, data, msg_id, forwarder, "gossip") is Verdict.ACCEPT
@@ -260,6 +274,9 @@ class Gossip:
             result = ValidationResult.reject("validator-error")
         if result.verdict is Verdict.REJECT:
             self.peers.offence(peer, Offence.REJECTED_MESSAGE, f"{via}-{result.reason or 'rejected'}")
+            state.rejected[msg_id] = self.clock()
+            while len(state.rejected) > SYNC_LOG_MAX_MESSAGES:
+                state.rejected.popitem(last=False)
             return Verdict.REJECT
         if result.verdict is Verdict.IGNORE:
             self.metrics.inc(f"ignored-{result.reason or 'unspecified'}")
@@ -289,7 +306,7 @@ class Gossip:
     async def sync_with(self, peer: str, topic: str) -> int:
         """Ask `peer` for the messages on `topic` we lack; returns how many were admitted."""
         state = self.topics[topic]
-        have = list(state.log.keys()) + list(state.ignored.keys())
+        have = state.have_list()
         topic_bytes = topic.encode()
         request = (
             struct.pack(">BH", MSG_SYNC, len(topic_bytes)) + topic_bytes + struct.pack(">I", len(have)) + b"".join(have)
@@ -312,7 +329,7 @@ class Gossip:
                         return admitted
                     data = await reader.read_exactly(length)
                     msg_id = message_id(data)
-                    if msg_id in state.log or msg_id in state.ignored:
+                    if state.known(msg_id):
                         continue
                     if self._admit(state, data, msg_id, peer, "sync") is Verdict.ACCEPT:
                         admitted += 1
@@ -342,7 +359,7 @@ class Gossip:
                     raise InvalidMessage("bad-frame", "not a sync request")
                 topic = (await reader.read_exactly(topic_len)).decode("utf-8", errors="replace")
                 (count,) = struct.unpack(">I", await reader.read_exactly(4))
-                if count > 2 * SYNC_LOG_MAX_MESSAGES:
+                if count > 3 * SYNC_LOG_MAX_MESSAGES:
                     raise InvalidMessage("bad-frame", f"sync request lists {count} ids")
                 raw = await reader.read_exactly(count * MESSAGE_ID_SIZE)
                 have = {raw[i : i + MESSAGE_ID_SIZE] for i in range(0, len(raw), MESSAGE_ID_SIZE)}

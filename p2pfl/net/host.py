@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -89,6 +89,11 @@ def quiet_libp2p_logs(level: int = logging.CRITICAL) -> None:
         return
     for name in NOISY_LIBP2P_LOGGERS:
         logging.getLogger(name).setLevel(level)
+    # Some py-libp2p modules pin their own logger's level (auto_connector at INFO): lower
+    # every already-created libp2p logger that has an explicit level.
+    for name, logger in list(logging.root.manager.loggerDict.items()):
+        if name.startswith("libp2p.") and isinstance(logger, logging.Logger) and logger.level:
+            logger.setLevel(max(logger.level, level))
     warnings.filterwarnings("ignore", module="libp2p")
 
 
@@ -416,11 +421,42 @@ async def open_node_host(config: NetConfig, private_key: bytes) -> AsyncIterator
     if config.tune_yamux:
         yamux_tuning.apply()
     host, pubsub, router, (dht, bitswap) = _build(config, private_key)
+    quiet_libp2p_logs()  # again: building the host imported more libp2p modules
     net = NodeNet(config, host, pubsub, dht, bitswap)
     if bitswap is not None:
         bitswap.block_store = _BitswapStoreAdapter(net.store)
     host.set_stream_handler(TProtocol(BLOCKS_PROTOCOL), net.blocks.handle_stream)
     host.set_stream_handler(TProtocol(SYNC_PROTOCOL), net.gossip.handle_sync_stream)
+    # Nested nurseries (ours and py-libp2p's services) would wrap an exception raised by the
+    # caller's block in ~10 levels of ExceptionGroup; give the caller its own exception back.
+    raised: list[BaseException] = []
+    try:
+        async with _run_host(net, host, pubsub, router, dht, bitswap, raised):
+            yield net
+    except BaseExceptionGroup as group:
+        leaves = list(_leaves(group))
+        if raised and leaves and all(leaf is raised[0] for leaf in leaves):
+            raise raised[0] from None
+        if len(leaves) == 1 and isinstance(leaves[0], P2PFLError):  # e.g. NoPeersError at start-up
+            raise leaves[0] from None
+        raise
+
+
+def _leaves(exc: BaseException) -> Iterator[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            yield from _leaves(inner)
+    else:
+        yield exc
+
+
+@asynccontextmanager
+async def _run_host(
+    net: NodeNet, host: Any, pubsub: Any, router: Any, dht: Any, bitswap: Any, raised: list[BaseException]
+) -> AsyncIterator[None]:
+    from libp2p.tools.anyio_service import background_trio_service
+
+    config = net.config
     async with host.run([multiaddr.Multiaddr(config.listen)]):
         async with background_trio_service(pubsub), background_trio_service(router):
             await pubsub.wait_until_ready()
@@ -435,7 +471,10 @@ async def open_node_host(config: NetConfig, private_key: bytes) -> AsyncIterator
                 nursery.start_soon(net._maintain)
                 await net._bootstrap()
                 try:
-                    yield net
+                    yield
+                except BaseException as exc:
+                    raised.append(exc)
+                    raise
                 finally:
                     nursery.cancel_scope.cancel()
                     if bitswap is not None:

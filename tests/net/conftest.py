@@ -1,0 +1,46 @@
+"""Helpers for network tests: nodes on 127.0.0.1 only, mDNS off, fresh data dirs."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from p2pfl.core.identity import NodeIdentity
+from p2pfl.net import NetConfig, NodeNet, ValidationResult, open_node_host
+
+
+def key(i: int) -> bytes:
+    """A fixed private key per test node (NodeIdentity.from_seed keeps them valid)."""
+    return NodeIdentity.from_seed(bytes([i + 1]) * 32).private_key
+
+
+@asynccontextmanager
+async def nodes(
+    tmp_path: Path, count: int, *, links: Sequence[tuple[int, int]] | None = None, **cfg: Any
+) -> AsyncIterator[list[NodeNet]]:
+    """Start `count` nodes; `links` (default: star around node 0) are dialled after start."""
+    async with AsyncExitStack() as stack:
+        out: list[NodeNet] = []
+        for i in range(count):
+            config = NetConfig(data_dir=tmp_path / f"n{i}", listen="/ip4/127.0.0.1/tcp/0", mdns=False, **cfg)
+            out.append(await stack.enter_async_context(open_node_host(config, key(i))))
+        for a, b in links if links is not None else [(i, 0) for i in range(1, count)]:
+            await out[a].connect(out[b].listen_addrs[0])
+        yield out
+
+
+def accept_all(topic: str, data: bytes, peer: str) -> ValidationResult:
+    return ValidationResult.accept()
+
+
+async def collect(channel: Any, count: int, timeout_s: float) -> list[bytes]:
+    """Receive up to `count` messages within `timeout_s`."""
+    got: list[bytes] = []
+    with trio.move_on_after(timeout_s):
+        while len(got) < count:
+            got.append((await channel.receive()).data)
+    return got

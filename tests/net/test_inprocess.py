@@ -1,0 +1,158 @@
+"""Several real hosts in one trio run, on 127.0.0.1: identity, gossip, validation, blocks, discovery."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import trio
+
+from p2pfl.core.cid import CHUNK_SIZE, blob_cid
+from p2pfl.core.identity import NodeIdentity
+from p2pfl.errors import InvalidMessage
+from p2pfl.net import FetchError, NetConfig, NoPeersError, ValidationResult, open_node_host, topic_name
+from tests.net.conftest import accept_all, collect, key, nodes
+
+TOPIC = topic_name("task0", "updates")
+
+
+async def test_identity_and_noise_only(tmp_path: Path) -> None:
+    async with nodes(tmp_path, 2) as (a, b):
+        assert a.peer_id == NodeIdentity(key(0)).peer_id  # same key as the Ethereum address
+        assert b.connected_peers() == [a.peer_id]
+        transports = a.host.get_network().upgrader.security_multistream.transports
+        assert list(transports) == ["/noise"]  # no plaintext, TLS or SECIO offered
+        assert all(addr.startswith("/ip4/127.0.0.1/tcp/") for addr in a.listen_addrs)
+
+
+async def test_gossip_burst_reaches_everyone(tmp_path: Path) -> None:
+    """8 nodes publish 12 messages each at once (96 total); every node gets all of them."""
+    count, per_node = 8, 12
+    links = [(i, (i - 1) // 2) for i in range(1, count)]  # a tree: some messages need 3 hops
+    async with nodes(tmp_path, count, links=links) as net:
+        channels = [await n.join(TOPIC, accept_all) for n in net]
+        await trio.sleep(1.5)  # subscriptions propagate, meshes form
+        async with trio.open_nursery() as nursery:
+            for i, n in enumerate(net):
+                for j in range(per_node):
+                    nursery.start_soon(n.publish, TOPIC, f"update {i} {j}".encode())
+        expected = {f"update {i} {j}".encode() for i in range(count) for j in range(per_node)}
+        for i, channel in enumerate(channels):
+            got = await collect(channel, len(expected), timeout_s=20)
+            assert set(got) == expected, f"node {i} got {len(set(got))}/{len(expected)}"
+        assert sum(n.metrics().get("admitted-gossip", 0) for n in net) > 0
+
+
+async def test_invalid_message_dropped_at_first_honest_hop(tmp_path: Path) -> None:
+    """a - b - c in a line: b rejects what a publishes as 'forged', so c never even sees it."""
+    seen_by_c: list[bytes] = []
+
+    def honest(topic: str, data: bytes, peer: str) -> ValidationResult:
+        return ValidationResult.reject("forged") if data.startswith(b"forged") else ValidationResult.accept()
+
+    def c_validator(topic: str, data: bytes, peer: str) -> ValidationResult:
+        seen_by_c.append(data)
+        return honest(topic, data, peer)
+
+    async with nodes(tmp_path, 3, links=[(1, 0), (2, 1)]) as (a, b, c):
+        await a.join(TOPIC, accept_all)  # a is the attacker: accepts anything
+        b_in = await b.join(TOPIC, honest)
+        c_in = await c.join(TOPIC, c_validator)
+        await trio.sleep(1.5)
+        await a.publish(TOPIC, b"forged vote")
+        await a.publish(TOPIC, b"valid update")
+        assert await collect(c_in, 1, timeout_s=10) == [b"valid update"]
+        assert await collect(b_in, 1, timeout_s=2) == [b"valid update"]
+        await trio.sleep(2.5)  # a few sync rounds: the rejected message must not travel by sync either
+        assert b"forged vote" not in seen_by_c
+        metrics = b.metrics()
+        assert metrics["rejections_by_reason"] == {"gossip-forged": 1}
+        assert metrics["rejections_by_peer"] == {a.peer_id: 1}
+
+
+async def test_oversized_messages_rejected(tmp_path: Path) -> None:
+    async with nodes(tmp_path, 2, max_message_bytes=100_000) as (a, b):
+        a.gossip.config = replace(a.config, max_message_bytes=1_000_000)  # a is the attacker
+        await a.join(TOPIC, accept_all)
+        b_in = await b.join(TOPIC, accept_all)
+        await trio.sleep(1.5)
+        with pytest.raises(InvalidMessage):
+            await b.publish(TOPIC, b"x" * 100_001)  # refused locally
+        await a.publish(TOPIC, b"y" * 200_000)
+        await a.publish(TOPIC, b"small")
+        assert await collect(b_in, 2, timeout_s=5) == [b"small"]
+        assert b.metrics()["rejections_by_reason"] == {"gossip-oversized": 1}
+
+
+async def test_blob_from_a_holder_that_is_not_the_author(tmp_path: Path) -> None:
+    data = os.urandom(6 * CHUNK_SIZE + 1000)
+    async with nodes(tmp_path, 3, links=[(1, 0), (2, 1)]) as (author, holder, fetcher):
+        root = author.put_blob(data)
+        assert root == blob_cid(data)
+        await holder.fetch_blob(root, [author.peer_id])
+        await author.disconnect(holder.peer_id)
+        assert await fetcher.get_blob(root, [holder.peer_id]) == data
+        assert fetcher.metrics()["blocks-fetched"] == 8  # root + 7 leaves, each once
+        assert holder.metrics()["blocks-served"] == 8  # all of them from the holder...
+        assert author.metrics()["blocks-served"] == 8  # ...the author served the holder only
+
+
+async def test_bad_provider_scored_down_and_fetch_completes(tmp_path: Path) -> None:
+    data = os.urandom(4 * CHUNK_SIZE)
+    async with nodes(tmp_path, 3, links=[(2, 0), (2, 1)], ban_threshold=-60) as (good, bad, fetcher):
+        root = good.put_blob(data)
+        bad.put_blob(data)
+
+        class LyingStore:  # serves the right sizes with the wrong bytes
+            def get(self, cid: object) -> bytes:
+                return os.urandom(CHUNK_SIZE)
+
+        bad.blocks.store = LyingStore()  # type: ignore[assignment]
+        assert await fetcher.get_blob(root, [bad.peer_id, good.peer_id]) == data
+        assert fetcher.metrics()["rejections_by_reason"].get("blocks-bad-block") == 1
+        assert fetcher.peers.score(bad.peer_id) < 0
+        # A second offence bans and disconnects the liar.
+        other = os.urandom(2 * CHUNK_SIZE)
+        other_root = good.put_blob(other)
+        bad.put_blob(other)
+        assert await fetcher.get_blob(other_root, [bad.peer_id, good.peer_id]) == other
+        with trio.fail_after(5):
+            while bad.peer_id in fetcher.connected_peers():
+                await trio.sleep(0.05)
+        assert fetcher.peers.is_banned(bad.peer_id)
+        with pytest.raises(FetchError):
+            await fetcher.fetch_blob(good.put_blob(b"only on good"), [bad.peer_id])
+
+
+async def test_fetch_error_when_nobody_has_the_blob(tmp_path: Path) -> None:
+    async with nodes(tmp_path, 2) as (a, b):
+        root = blob_cid(b"nobody stored this")
+        with pytest.raises(FetchError, match="held by none"):
+            await b.fetch_blob(root, [a.peer_id], timeout_s=10)
+
+
+async def test_dht_finds_the_holder(tmp_path: Path) -> None:
+    async with nodes(tmp_path, 3, links=[(1, 0), (2, 1)]) as (author, middle, seeker):
+        data = os.urandom(CHUNK_SIZE + 5)
+        root = author.put_blob(data)
+        await author.provide(root)
+        found: list[str] = []
+        with trio.move_on_after(15):
+            while author.peer_id not in found:
+                found = await seeker.find_providers(root, timeout_s=5)
+                await trio.sleep(0.2)
+        assert author.peer_id in found
+        assert await seeker.get_blob(root) == data  # providers from the DHT
+
+
+async def test_no_peers_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(NoPeersError, match="no bootstrap peers"):
+        async with open_node_host(NetConfig(data_dir=tmp_path / "a", require_peers=True), key(0)):
+            pass
+    unreachable = f"/ip4/127.0.0.1/tcp/9/p2p/{NodeIdentity(key(1)).peer_id}"
+    config = NetConfig(data_dir=tmp_path / "b", bootstrap=(unreachable,), require_peers=True, bootstrap_timeout_s=3)
+    with pytest.raises(NoPeersError, match="could not reach"):
+        async with open_node_host(config, key(0)):
+            pass

@@ -1,0 +1,141 @@
+"""Unit tests of the network layer's pure parts: block store, limits, frames, yamux patch."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from p2pfl.core.cid import CHUNK_SIZE, blob_blocks, blob_cid, raw_cid
+from p2pfl.errors import ConfigError, InvalidBlock, InvalidMessage
+from p2pfl.net import yamux_tuning
+from p2pfl.net.blocks import FrameReader, encode_request, read_request
+from p2pfl.net.blockstore import BlockNotFound, BlockStore
+from p2pfl.net.config import NetConfig, topic_name
+from p2pfl.net.limits import Metrics, Offence, PeerBook, TokenBucket
+
+
+def test_store_put_get_and_verify(tmp_path: Path) -> None:
+    store = BlockStore(tmp_path)
+    block = b"hello block"
+    cid = raw_cid(block)
+    assert store.put(cid, block) is True
+    assert store.put(cid, block) is False  # already there
+    assert store.get(cid) == block
+    assert list(store) == [cid]
+    with pytest.raises(InvalidBlock):
+        store.put(raw_cid(b"other"), block)
+    assert not store.has(raw_cid(b"other"))
+    with pytest.raises(BlockNotFound):
+        store.get(raw_cid(b"absent"))
+
+
+def test_store_detects_and_drops_corruption_on_disk(tmp_path: Path) -> None:
+    store = BlockStore(tmp_path)
+    cid = raw_cid(b"x" * 100)
+    store.put(cid, b"x" * 100)
+    store.path_of(cid).write_bytes(b"y" * 100)
+    with pytest.raises(InvalidBlock):
+        store.get(cid)
+    assert not store.has(cid)  # deleted, so the next fetch replaces it
+
+
+def test_store_removes_temporaries_of_a_killed_writer(tmp_path: Path) -> None:
+    store = BlockStore(tmp_path)
+    cid = raw_cid(b"abc")
+    store.put(cid, b"abc")
+    torn = store.path_of(cid).with_name("bafkreixyz.1234.ab.tmp")
+    torn.write_bytes(b"partial")
+    BlockStore(tmp_path)
+    assert not torn.exists()
+    assert store.get(cid) == b"abc"
+
+
+def test_blob_roundtrip_matches_core_cids(tmp_path: Path) -> None:
+    store = BlockStore(tmp_path)
+    data = os.urandom(3 * CHUNK_SIZE + 123)
+    root = store.put_blob(data)
+    assert root == blob_cid(data)
+    _, blocks = blob_blocks(data)
+    assert all(store.has(c) for c, _ in blocks)
+    assert store.read_blob(root) == data
+    assert store.missing(root) == []
+
+
+def test_missing_gives_the_frontier(tmp_path: Path) -> None:
+    source, store = BlockStore(tmp_path / "a"), BlockStore(tmp_path / "b")
+    data = os.urandom(3 * CHUNK_SIZE)
+    root = source.put_blob(data)
+    assert store.missing(root) == [root]
+    store.put(root, source.get(root))
+    leaves = store.missing(root)
+    assert len(leaves) == 3 and root not in leaves
+    store.put(leaves[0], source.get(leaves[0]))
+    assert store.missing(root) == leaves[1:]
+
+
+async def test_request_frame_roundtrip() -> None:
+    cids = [raw_cid(bytes([i])) for i in range(5)]
+
+    class FakeStream:
+        def __init__(self, data: bytes) -> None:
+            self.data = data
+
+        async def read(self, n: int) -> bytes:
+            out, self.data = self.data[:n], self.data[n:]
+            return out
+
+    assert await read_request(FrameReader(FakeStream(encode_request(cids)))) == cids
+    with pytest.raises(InvalidMessage):
+        await read_request(FrameReader(FakeStream(b"\x07\x00\x01" + cids[0].to_bytes())))
+    with pytest.raises(InvalidMessage):
+        await read_request(FrameReader(FakeStream(b"\x01\x00\x00")))
+    with pytest.raises(ValueError):
+        encode_request([])
+
+
+def test_token_bucket() -> None:
+    bucket = TokenBucket(rate=2.0, burst=3.0, now=0.0)
+    assert [bucket.take(0.0) for _ in range(4)] == [True, True, True, False]
+    assert bucket.delay_for(0.0) == pytest.approx(0.5)
+    assert bucket.take(0.5) is True
+    assert bucket.take(0.5) is False
+
+
+def test_peer_book_bans_at_threshold_and_lifts_later() -> None:
+    now = [0.0]
+    banned: list[str] = []
+    metrics = Metrics()
+    book = PeerBook(ban_threshold=-100, ban_s=60, rates={"r": (1.0, 1.0)}, metrics=metrics, clock=lambda: now[0])
+    book.on_ban = banned.append
+    assert book.offence("p", Offence.BAD_BLOCK) is False
+    assert book.offence("p", Offence.BAD_BLOCK) is True
+    assert banned == ["p"] and book.is_banned("p")
+    now[0] = 61.0
+    assert not book.is_banned("p")
+    assert book.allow("q", "r") and not book.allow("q", "r")
+    snap = metrics.snapshot()
+    assert snap["rejections_by_reason"] == {"bad-block": 2, "rate-limited-r": 1}
+    assert snap["rejections_by_peer"] == {"p": 2, "q": 1}
+    assert snap["peers-banned"] == 1
+
+
+def test_config_validation(tmp_path: Path) -> None:
+    assert topic_name("abc", "updates") == "/p2pfl/1/abc/updates"
+    with pytest.raises(ConfigError):
+        topic_name("abc", "other")
+    with pytest.raises(ConfigError):
+        NetConfig(data_dir=tmp_path, listen="/ip4/127.0.0.1/udp/1")
+    with pytest.raises(ConfigError):
+        NetConfig(data_dir=tmp_path, bootstrap=("/ip4/127.0.0.1/tcp/1",))
+    with pytest.raises(ConfigError):
+        NetConfig(data_dir=tmp_path, max_message_bytes=2 * 1024 * 1024)
+
+
+def test_yamux_frames_fit_one_noise_message() -> None:
+    assert yamux_tuning.FRAME_PAYLOAD_BYTES + yamux_tuning.YAMUX_HEADER_SIZE == 65535 - 16
+    assert yamux_tuning.apply() is True  # libp2p 0.8.1 is pinned
+    from libp2p.stream_muxer.yamux import yamux
+
+    assert yamux.YamuxStream.__name__ == "TunedYamuxStream"
