@@ -265,7 +265,8 @@ class Gossip:
     def _admit(self, state: _TopicState, data: bytes, msg_id: bytes, peer: str, via: str) -> Verdict:
         """Validate and, on ACCEPT, remember and deliver one message. Never raises."""
         if len(data) > self.config.max_message_bytes:
-            self.peers.offence(peer, Offence.OVERSIZED, "gossip-oversized")
+            self.peers.offence(peer, Offence.OVERSIZED, f"{via}-oversized")
+            self._remember_rejected(state, msg_id)
             return Verdict.REJECT
         try:
             result = state.validate(state.topic, data, peer)
@@ -274,9 +275,7 @@ class Gossip:
             result = ValidationResult.reject("validator-error")
         if result.verdict is Verdict.REJECT:
             self.peers.offence(peer, Offence.REJECTED_MESSAGE, f"{via}-{result.reason or 'rejected'}")
-            state.rejected[msg_id] = self.clock()
-            while len(state.rejected) > SYNC_LOG_MAX_MESSAGES:
-                state.rejected.popitem(last=False)
+            self._remember_rejected(state, msg_id)
             return Verdict.REJECT
         if result.verdict is Verdict.IGNORE:
             self.metrics.inc(f"ignored-{result.reason or 'unspecified'}")
@@ -287,6 +286,11 @@ class Gossip:
         state.remember(msg_id, data, self.clock())
         self.metrics.inc(f"admitted-{via}")
         return Verdict.ACCEPT
+
+    def _remember_rejected(self, state: _TopicState, msg_id: bytes) -> None:
+        state.rejected[msg_id] = self.clock()
+        while len(state.rejected) > SYNC_LOG_MAX_MESSAGES:
+            state.rejected.popitem(last=False)
 
     def _deliver(self, state: _TopicState, message: GossipMessage) -> bool:
         try:
