@@ -64,7 +64,9 @@ def compile_all() -> dict[str, str]:
     out = json.loads(text)
     errors = [e for e in out.get("errors", []) if e.get("severity") == "error"]
     if errors:
-        raise RuntimeError("\n".join(e.get("formattedMessage", e.get("message", "")) for e in errors))
+        raise RuntimeError(
+            "\n".join(e.get("formattedMessage", e.get("message", "")) for e in errors)
+        )
     result = {}
     for name in CONTRACTS:
         c = out["contracts"][f"{name}.sol"][name]

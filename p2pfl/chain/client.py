@@ -81,14 +81,24 @@ class Deployment:
 
     def to_json(self) -> str:
         return json.dumps(
-            {"chain_id": self.chain_id, "registry": self.registry, "ledger": self.ledger, "block": self.block},
+            {
+                "chain_id": self.chain_id,
+                "registry": self.registry,
+                "ledger": self.ledger,
+                "block": self.block,
+            },
             indent=1,
         )
 
     @classmethod
     def from_json(cls, text: str) -> Deployment:
         d = json.loads(text)
-        return cls(int(d["chain_id"]), to_checksum_address(d["registry"]), to_checksum_address(d["ledger"]), int(d["block"]))
+        return cls(
+            int(d["chain_id"]),
+            to_checksum_address(d["registry"]),
+            to_checksum_address(d["ledger"]),
+            int(d["block"]),
+        )
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(self.to_json() + "\n")
@@ -223,8 +233,10 @@ def decode_revert_data(data: bytes) -> str:
         if selector in _ERRORS:
             name, names, types = _ERRORS[selector]
             values = abi_decode(types, payload)
-            return f"{name}({', '.join(f'{n}={_fmt(v, t)}' for n, v, t in zip(names, values, types))})"
-    except Exception:  # undecodable payload: fall through to hex
+            return (
+                f"{name}({', '.join(f'{n}={_fmt(v, t)}' for n, v, t in zip(names, values, types))})"
+            )
+    except Exception:  # noqa: BLE001, S110 - undecodable payload: fall through to hex
         pass
     return "0x" + data.hex()
 
@@ -253,7 +265,10 @@ def revert_reason(exc: BaseException) -> str | None:
         if raw is not None:
             return decode_revert_data(raw)
         msg = exc.message or str(exc)
-        return msg.removeprefix("execution reverted: ").removeprefix("execution reverted")  or "reverted"
+        return (
+            msg.removeprefix("execution reverted: ").removeprefix("execution reverted")
+            or "reverted"
+        )
     if type(exc).__name__ == "TransactionFailed":  # eth_tester.exceptions, imported lazily
         text = str(exc.args[0]) if exc.args else ""
         text = text.removeprefix("execution reverted: ")
@@ -343,7 +358,9 @@ class TxSender:
                     raise ChainError(f"{what} failed: {exc}") from exc
                 raise ChainError(f"{what} reverted: {reason}", reason) from exc
 
-    def transact(self, what: str, fn: Any, value: int = 0, gas: int | None = None) -> dict[str, Any]:
+    def transact(
+        self, what: str, fn: Any, value: int = 0, gas: int | None = None
+    ) -> dict[str, Any]:
         """Estimate (which surfaces reverts with their reason), sign, send, wait; returns the receipt."""
         with self.lock:
             params: dict[str, Any] = {"from": self.account.address, "value": value}
@@ -353,7 +370,9 @@ class TxSender:
                     # (anvil's default, "latest", reuses the last block number);
                     # eth-tester has no "pending" and already uses the next block.
                     block = "latest" if self._embedded else "pending"
-                    estimate = self.retry(what, lambda: fn.estimate_gas(params, block_identifier=block))
+                    estimate = self.retry(
+                        what, lambda: fn.estimate_gas(params, block_identifier=block)
+                    )
                 except ChainError:
                     raise
                 except Exception as exc:
@@ -365,9 +384,12 @@ class TxSender:
             for resync in (False, True):
                 if resync or self._nonce is None:
                     self._nonce = self.retry(
-                        "nonce", lambda: self.w3.eth.get_transaction_count(self.account.address, "pending")
+                        "nonce",
+                        lambda: self.w3.eth.get_transaction_count(self.account.address, "pending"),
                     )
-                tx = fn.build_transaction({**params, "gas": gas, "nonce": self._nonce, "chainId": self.chain_id()})
+                tx = fn.build_transaction(
+                    {**params, "gas": gas, "nonce": self._nonce, "chainId": self.chain_id()}
+                )
                 signed = self.account.sign_transaction(tx)
                 try:
                     tx_hash = self._send_raw(signed.raw_transaction, bytes(signed.hash))
@@ -399,24 +421,31 @@ class TxSender:
     def _gas_limit(self, tx_hash: bytes) -> int:
         try:
             return int(self.w3.eth.get_transaction(tx_hash)["gas"])
-        except Exception:  # informational only
+        except Exception:  # noqa: BLE001 - informational only
             return -1
 
     def _wait(self, what: str, tx_hash: bytes, fn: Any, params: dict[str, Any]) -> dict[str, Any]:
         try:
             receipt = self.retry(
-                "receipt", lambda: self.w3.eth.wait_for_transaction_receipt(tx_hash, timeout=RECEIPT_TIMEOUT_S)
+                "receipt",
+                lambda: self.w3.eth.wait_for_transaction_receipt(
+                    tx_hash, timeout=RECEIPT_TIMEOUT_S
+                ),
             )
         except (TimeExhausted, TransactionNotFound) as exc:
-            raise ChainError(f"{what}: transaction 0x{tx_hash.hex()} not mined in {RECEIPT_TIMEOUT_S} s") from exc
+            raise ChainError(
+                f"{what}: transaction 0x{tx_hash.hex()} not mined in {RECEIPT_TIMEOUT_S} s"
+            ) from exc
         if receipt["status"] != 1:
             # Replay at the parent block to learn why (state may differ slightly).
             reason = "reverted without reason"
             if self._gas_limit(tx_hash) == receipt["gasUsed"]:
-                raise ChainError(f"{what} ran out of gas ({receipt['gasUsed']}) in block {receipt['blockNumber']}")
+                raise ChainError(
+                    f"{what} ran out of gas ({receipt['gasUsed']}) in block {receipt['blockNumber']}"
+                )
             try:
                 fn.call(params, block_identifier=receipt["blockNumber"] - 1)
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - any provider's revert shape
                 reason = revert_reason(exc) or reason
             raise ChainError(f"{what} reverted in block {receipt['blockNumber']}: {reason}", reason)
         return dict(receipt)
@@ -446,7 +475,8 @@ def deploy(
     reg_art, led_art = load_artifact("NodeRegistry"), load_artifact("RoundLedger")
     reg_factory = w3.eth.contract(abi=reg_art["abi"], bytecode=reg_art["bytecode"])
     r1 = sender.transact(
-        "deploy NodeRegistry", reg_factory.constructor(min_stake, compute_stake, trusted_stake, unbonding_blocks)
+        "deploy NodeRegistry",
+        reg_factory.constructor(min_stake, compute_stake, trusted_stake, unbonding_blocks),
     )
     registry = r1["contractAddress"]
     led_factory = w3.eth.contract(abi=led_art["abi"], bytecode=led_art["bytecode"])
@@ -454,7 +484,12 @@ def deploy(
     ledger = r2["contractAddress"]
     reg = w3.eth.contract(address=registry, abi=reg_art["abi"])
     sender.transact("bind ledger", reg.functions.bindLedger(ledger))
-    return Deployment(sender.chain_id(), to_checksum_address(registry), to_checksum_address(ledger), r1["blockNumber"])
+    return Deployment(
+        sender.chain_id(),
+        to_checksum_address(registry),
+        to_checksum_address(ledger),
+        r1["blockNumber"],
+    )
 
 
 # ---------------------------------------------------------------- client
@@ -476,8 +511,12 @@ class ChainClient:
         self.w3 = w3
         self.deployment = deployment
         self.account = account
-        self.registry = w3.eth.contract(address=deployment.registry, abi=load_artifact("NodeRegistry")["abi"])
-        self.ledger = w3.eth.contract(address=deployment.ledger, abi=load_artifact("RoundLedger")["abi"])
+        self.registry = w3.eth.contract(
+            address=deployment.registry, abi=load_artifact("NodeRegistry")["abi"]
+        )
+        self.ledger = w3.eth.contract(
+            address=deployment.ledger, abi=load_artifact("RoundLedger")["abi"]
+        )
         self._sender = TxSender(w3, account or Account.create(), retries, backoff_s)
         self._events = {}
         for contract in (self.registry, self.ledger):
@@ -514,7 +553,12 @@ class ChainClient:
             if ev is not None:
                 data = ev.process_log(log)
                 events.append((data["event"], dict(data["args"])))
-        return TxResult(bytes(receipt["transactionHash"]), receipt["blockNumber"], receipt["gasUsed"], tuple(events))
+        return TxResult(
+            bytes(receipt["transactionHash"]),
+            receipt["blockNumber"],
+            receipt["gasUsed"],
+            tuple(events),
+        )
 
     def _call(self, what: str, fn: Any, block: int | str = "latest") -> Any:
         return self._sender.call(what, lambda: fn.call(block_identifier=block))
@@ -523,10 +567,17 @@ class ChainClient:
 
     def register(self, peer_id: bytes, enc_key: bytes, stake_wei: int) -> TxResult:
         """Register this account's node (peer ID bytes, X25519 key) with `stake_wei`."""
-        return self._tx("register", self.registry.functions.register(bytes(peer_id), _b32(enc_key, "enc_key")), stake_wei)
+        return self._tx(
+            "register",
+            self.registry.functions.register(bytes(peer_id), _b32(enc_key, "enc_key")),
+            stake_wei,
+        )
 
     def update_keys(self, peer_id: bytes, enc_key: bytes) -> TxResult:
-        return self._tx("updateKeys", self.registry.functions.updateKeys(bytes(peer_id), _b32(enc_key, "enc_key")))
+        return self._tx(
+            "updateKeys",
+            self.registry.functions.updateKeys(bytes(peer_id), _b32(enc_key, "enc_key")),
+        )
 
     def top_up(self, amount_wei: int) -> TxResult:
         return self._tx("topUp", self.registry.functions.topUp(), amount_wei)
@@ -560,7 +611,9 @@ class ChainClient:
             out.extend(bytes.fromhex(a[2:]) for a in page)
         return out
 
-    def stakes_at(self, block: int, addresses: Sequence[bytes] | None = None) -> tuple[int, dict[bytes, int]]:
+    def stakes_at(
+        self, block: int, addresses: Sequence[bytes] | None = None
+    ) -> tuple[int, dict[bytes, int]]:
         """(total active stake, {address: active stake > 0}) at the end of `block`."""
         nodes = list(addresses) if addresses is not None else self.registered_nodes()
         total = self.total_stake_at(block)
@@ -597,8 +650,12 @@ class ChainClient:
     ) -> TxResult:
         """Open a task with its reward budget escrowed (quorum is raised to ceil(2k/3))."""
         fn = self.ledger.functions.createTask(
-            _b32(task, "task"), _b32(initial_model, "initial_model"), committee_size, quorum,
-            reward_per_round_wei, redraw_delay_s,
+            _b32(task, "task"),
+            _b32(initial_model, "initial_model"),
+            committee_size,
+            quorum,
+            reward_per_round_wei,
+            redraw_delay_s,
         )
         return self._tx("createTask", fn, escrow_wei)
 
@@ -619,7 +676,13 @@ class ChainClient:
         """Recover each vote's signer (p2pfl.core.signing), drop duplicates and bad
         signatures, and order by ascending signer as commitRound requires."""
         digest = statement_digest(
-            self.domain(), Kind.VOTE, task, round, attempt, view, vote_body(base, result, contributors_root)
+            self.domain(),
+            Kind.VOTE,
+            task,
+            round,
+            attempt,
+            view,
+            vote_body(base, result, contributors_root),
         )
         by_signer: dict[bytes, bytes] = {}
         for sig in signatures:
@@ -642,22 +705,37 @@ class ChainClient:
         gas: int | None = None,
     ) -> TxResult:
         """Commit a round with the committee's VOTE signatures (any order; sorted here)."""
-        votes = self.sort_votes(task, round, attempt, view, base, result, contributors_root, signatures)
+        votes = self.sort_votes(
+            task, round, attempt, view, base, result, contributors_root, signatures
+        )
         fn = self.ledger.functions.commitRound(
-            _b32(task, "task"), round, attempt, view, _b32(base, "base"), _b32(result, "result"),
-            _b32(contributors_root, "contributors_root"), b"".join(v.signature for v in votes),
+            _b32(task, "task"),
+            round,
+            attempt,
+            view,
+            _b32(base, "base"),
+            _b32(result, "result"),
+            _b32(contributors_root, "contributors_root"),
+            b"".join(v.signature for v in votes),
         )
         return self._tx("commitRound", fn, gas=gas)
 
     def claim(self, task: bytes, round: int, leaf: RewardLeaf, proof: Sequence[bytes]) -> TxResult:
         """Claim one reward leaf (paid to leaf.account, whoever sends)."""
         fn = self.ledger.functions.claim(
-            _b32(task, "task"), round, leaf.index, leaf.role, _addr(leaf.account), leaf.amount,
+            _b32(task, "task"),
+            round,
+            leaf.index,
+            leaf.role,
+            _addr(leaf.account),
+            leaf.amount,
             [bytes(p) for p in proof],
         )
         return self._tx("claim", fn)
 
-    def report_rejected(self, task: bytes, round: int, leaf: RewardLeaf, proof: Sequence[bytes]) -> TxResult:
+    def report_rejected(
+        self, task: bytes, round: int, leaf: RewardLeaf, proof: Sequence[bytes]
+    ) -> TxResult:
         """Record a REJECTED leaf of a committed round (lowers that node's reputation)."""
         fn = self.ledger.functions.reportRejected(
             _b32(task, "task"), round, leaf.index, _addr(leaf.account), [bytes(p) for p in proof]
@@ -678,8 +756,15 @@ class ChainClient:
     ) -> TxResult:
         """Submit two conflicting statements signed by one node: slashes it, pays us a share."""
         fn = self.ledger.functions.submitEquivocation(
-            kind, _b32(task, "task"), round, attempt, view, _b32(body_a, "body_a"), bytes(sig_a),
-            _b32(body_b, "body_b"), bytes(sig_b),
+            kind,
+            _b32(task, "task"),
+            round,
+            attempt,
+            view,
+            _b32(body_a, "body_a"),
+            bytes(sig_a),
+            _b32(body_b, "body_b"),
+            bytes(sig_b),
         )
         return self._tx("submitEquivocation", fn)
 
@@ -688,45 +773,80 @@ class ChainClient:
     def task_info(self, task: bytes) -> TaskInfo:
         r = self._call("taskInfo", self.ledger.functions.taskInfo(_b32(task, "task")))
         return TaskInfo(
-            bytes(task), r[0], bytes(r[1]), r[2], r[3], r[4], r[5], r[6], r[7], bytes.fromhex(r[8][2:]), r[9]
+            bytes(task),
+            r[0],
+            bytes(r[1]),
+            r[2],
+            r[3],
+            r[4],
+            r[5],
+            r[6],
+            r[7],
+            bytes.fromhex(r[8][2:]),
+            r[9],
         )
 
     def snapshot_block(self, task: bytes) -> int:
         return self._call("snapshotBlock", self.ledger.functions.snapshotBlock(_b32(task, "task")))
 
     def round_root(self, task: bytes, round: int) -> bytes:
-        return bytes(self._call("roundRoot", self.ledger.functions.roundRoot(_b32(task, "task"), round)))
+        return bytes(
+            self._call("roundRoot", self.ledger.functions.roundRoot(_b32(task, "task"), round))
+        )
 
     def round_remaining(self, task: bytes, round: int) -> int:
-        return self._call("roundRemaining", self.ledger.functions.roundRemaining(_b32(task, "task"), round))
+        return self._call(
+            "roundRemaining", self.ledger.functions.roundRemaining(_b32(task, "task"), round)
+        )
 
     def is_consumed(self, task: bytes, round: int, index: int) -> bool:
-        return self._call("isConsumed", self.ledger.functions.isConsumed(_b32(task, "task"), round, index))
+        return self._call(
+            "isConsumed", self.ledger.functions.isConsumed(_b32(task, "task"), round, index)
+        )
 
-    def evidence_used(self, signer: bytes, kind: int, task: bytes, round: int, attempt: int, view: int) -> bool:
+    def evidence_used(
+        self, signer: bytes, kind: int, task: bytes, round: int, attempt: int, view: int
+    ) -> bool:
         eid = keccak(
-            bytes(12) + bytes(signer) + kind.to_bytes(32, "big") + _b32(task, "task")
-            + round.to_bytes(32, "big") + attempt.to_bytes(32, "big") + view.to_bytes(32, "big")
+            bytes(12)
+            + bytes(signer)
+            + kind.to_bytes(32, "big")
+            + _b32(task, "task")
+            + round.to_bytes(32, "big")
+            + attempt.to_bytes(32, "big")
+            + view.to_bytes(32, "big")
         )
         return self._call("evidenceUsed", self.ledger.functions.evidenceUsed(eid))
 
-    def commits(self, from_block: int, to_block: int, task: bytes | None = None) -> list[RoundCommitted]:
+    def commits(
+        self, from_block: int, to_block: int, task: bytes | None = None
+    ) -> list[RoundCommitted]:
         """RoundCommitted events in [from_block, to_block], in chain order."""
         event = self.ledger.events.RoundCommitted()
         flt: dict[str, Any] = {"task": _b32(task, "task")} if task is not None else {}
         logs = self._sender.call(
             "getLogs",
-            lambda: event.get_logs(from_block=from_block, to_block=to_block, argument_filters=flt or None),
+            lambda: event.get_logs(
+                from_block=from_block, to_block=to_block, argument_filters=flt or None
+            ),
         )
         out = []
         for ev in sorted(logs, key=lambda e: (e["blockNumber"], e["logIndex"])):
             a = ev["args"]
             out.append(
                 RoundCommitted(
-                    bytes(a["task"]), a["round"], a["attempt"], a["view_"], bytes(a["base"]), bytes(a["result"]),
-                    bytes(a["contributorsRoot"]), a["reward"], a["signers"], ev["blockNumber"],
-                    bytes(ev["transactionHash"]), ev["logIndex"],
+                    bytes(a["task"]),
+                    a["round"],
+                    a["attempt"],
+                    a["view_"],
+                    bytes(a["base"]),
+                    bytes(a["result"]),
+                    bytes(a["contributorsRoot"]),
+                    a["reward"],
+                    a["signers"],
+                    ev["blockNumber"],
+                    bytes(ev["transactionHash"]),
+                    ev["logIndex"],
                 )
             )
         return out
-

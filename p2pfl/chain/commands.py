@@ -67,7 +67,11 @@ def load_account(keystore: str | Path, password: str) -> LocalAccount:
 
 
 def _hex32(text: str, name: str) -> bytes:
-    raw = bytes.fromhex(text.removeprefix("0x")) if all(c in "0123456789abcdefABCDEF" for c in text.removeprefix("0x")) else b""
+    raw = (
+        bytes.fromhex(text.removeprefix("0x"))
+        if all(c in "0123456789abcdefABCDEF" for c in text.removeprefix("0x"))
+        else b""
+    )
     if len(raw) != 32:
         raise ConfigError(f"{name} must be 32 bytes of hex, got {text!r}")
     return raw
@@ -103,7 +107,12 @@ def read_reward_file(path: str | Path) -> tuple[bytes, int, list[tuple[RewardLea
         task = _hex32(doc["task"], "task")
         leaves = [
             (
-                RewardLeaf(int(e["index"]), int(e["role"]), bytes.fromhex(e["account"][2:]), int(e["amount"])),
+                RewardLeaf(
+                    int(e["index"]),
+                    int(e["role"]),
+                    bytes.fromhex(e["account"][2:]),
+                    int(e["amount"]),
+                ),
                 [bytes.fromhex(p[2:]) for p in e["proof"]],
             )
             for e in doc["leaves"]
@@ -142,12 +151,19 @@ def _client(rpc_url: str, deployment: str | Path, account: LocalAccount | None) 
     w3 = rpc_web3(rpc_url)
     chain_id = w3.eth.chain_id
     if chain_id != dep.chain_id:
-        raise ChainError(f"{rpc_url} is chain {chain_id} but {deployment} was deployed on chain {dep.chain_id}")
+        raise ChainError(
+            f"{rpc_url} is chain {chain_id} but {deployment} was deployed on chain {dep.chain_id}"
+        )
     return ChainClient(w3, dep, account)
 
 
 def register_command(
-    rpc_url: str, deployment: str | Path, keystore: str | Path, password: str, stake_wei: int, fund_dev: bool = False
+    rpc_url: str,
+    deployment: str | Path,
+    keystore: str | Path,
+    password: str,
+    stake_wei: int,
+    fund_dev: bool = False,
 ) -> TxResult:
     """Register the keystore's node with `stake_wei`, or top up if it is already active."""
     from p2pfl.core.identity import NodeIdentity, peer_id_bytes_from_public
@@ -163,7 +179,11 @@ def register_command(
 
 
 def claim_command(
-    rpc_url: str, deployment: str | Path, keystore: str | Path, password: str, reward_files: list[str | Path]
+    rpc_url: str,
+    deployment: str | Path,
+    keystore: str | Path,
+    password: str,
+    reward_files: list[str | Path],
 ) -> list[TxResult]:
     """Claim every unclaimed reward leaf of this node's address in the given files."""
     client = _client(rpc_url, deployment, load_account(keystore, password))
@@ -227,17 +247,25 @@ def status_command(
 
 
 def _rpc_options(p: argparse.ArgumentParser, deployment: bool = True) -> None:
-    p.add_argument("--rpc", default=os.environ.get("P2PFL_RPC", DEFAULT_RPC),
-                   help=f"JSON-RPC URL (default $P2PFL_RPC or {DEFAULT_RPC})")
+    p.add_argument(
+        "--rpc",
+        default=os.environ.get("P2PFL_RPC", DEFAULT_RPC),
+        help=f"JSON-RPC URL (default $P2PFL_RPC or {DEFAULT_RPC})",
+    )
     if deployment:
-        p.add_argument("--deployment", default=DEFAULT_DEPLOYMENT,
-                       help=f"deployment file from `p2pfl chain deploy` (default {DEFAULT_DEPLOYMENT})")
+        p.add_argument(
+            "--deployment",
+            default=DEFAULT_DEPLOYMENT,
+            help=f"deployment file from `p2pfl chain deploy` (default {DEFAULT_DEPLOYMENT})",
+        )
 
 
 def _key_options(p: argparse.ArgumentParser) -> None:
     from p2pfl.cli import add_password_option
 
-    p.add_argument("--keystore", default="node-key.json", help="node keystore (default node-key.json)")
+    p.add_argument(
+        "--keystore", default="node-key.json", help="node keystore (default node-key.json)"
+    )
     add_password_option(p)
 
 
@@ -249,20 +277,37 @@ def _password(args: argparse.Namespace) -> str:
 
 def _cmd_deploy(args: argparse.Namespace) -> int:
     dep = deploy_command(
-        args.rpc, args.keystore, _password(args), args.out, ether_to_wei(args.min_stake),
-        ether_to_wei(args.compute_stake), ether_to_wei(args.trusted_stake), args.unbonding_blocks, args.fund_dev,
+        args.rpc,
+        args.keystore,
+        _password(args),
+        args.out,
+        ether_to_wei(args.min_stake),
+        ether_to_wei(args.compute_stake),
+        ether_to_wei(args.trusted_stake),
+        args.unbonding_blocks,
+        args.fund_dev,
     )
-    print(f"registry:   {dep.registry}\nledger:     {dep.ledger}\nchain id:   {dep.chain_id}\nwritten:    {args.out}")
+    print(
+        f"registry:   {dep.registry}\nledger:     {dep.ledger}\nchain id:   {dep.chain_id}\nwritten:    {args.out}"
+    )
     return 0
 
 
 def _cmd_register(args: argparse.Namespace) -> int:
-    tx = register_command(args.rpc, args.deployment, args.keystore, _password(args), ether_to_wei(args.stake),
-                          args.fund_dev)
+    tx = register_command(
+        args.rpc,
+        args.deployment,
+        args.keystore,
+        _password(args),
+        ether_to_wei(args.stake),
+        args.fund_dev,
+    )
     name = "Registered" if any(n == "Registered" for n, _ in tx.events) else "ToppedUp"
     ev = tx.event(name)
-    print(f"{name.lower()}: stake {Decimal(ev['stake']) / WEI_PER_ETHER} ETH, tier {TIER_NAMES[ev['tier']]}, "
-          f"block {tx.block_number}, gas {tx.gas_used}")
+    print(
+        f"{name.lower()}: stake {Decimal(ev['stake']) / WEI_PER_ETHER} ETH, tier {TIER_NAMES[ev['tier']]}, "
+        f"block {tx.block_number}, gas {tx.gas_used}"
+    )
     return 0
 
 
@@ -299,29 +344,47 @@ def add_chain_commands(subparsers: argparse._SubParsersAction) -> None:
     """Register `chain deploy`, `register`, `claim` and `status` on the p2pfl CLI."""
     chain = subparsers.add_parser("chain", help="contract deployment")
     chain_sub = chain.add_subparsers(dest="chain_command", metavar="COMMAND")
-    dep = chain_sub.add_parser("deploy", help="deploy NodeRegistry + RoundLedger; writes a deployment file")
+    dep = chain_sub.add_parser(
+        "deploy", help="deploy NodeRegistry + RoundLedger; writes a deployment file"
+    )
     _rpc_options(dep, deployment=False)
     _key_options(dep)
-    dep.add_argument("--out", default=DEFAULT_DEPLOYMENT, help=f"deployment file to write (default {DEFAULT_DEPLOYMENT})")
-    dep.add_argument("--min-stake", default="1", help="basic tier / minimum stake in ETH (default 1)")
+    dep.add_argument(
+        "--out",
+        default=DEFAULT_DEPLOYMENT,
+        help=f"deployment file to write (default {DEFAULT_DEPLOYMENT})",
+    )
+    dep.add_argument(
+        "--min-stake", default="1", help="basic tier / minimum stake in ETH (default 1)"
+    )
     dep.add_argument("--compute-stake", default="5", help="compute tier stake in ETH (default 5)")
     dep.add_argument("--trusted-stake", default="20", help="trusted tier stake in ETH (default 20)")
-    dep.add_argument("--unbonding-blocks", type=int, default=DEFAULT_UNBONDING_BLOCKS,
-                     help=f"blocks between exit and withdraw (default {DEFAULT_UNBONDING_BLOCKS})")
-    dep.add_argument("--fund-dev", action="store_true", help="credit the deployer first (anvil/test chains only)")
+    dep.add_argument(
+        "--unbonding-blocks",
+        type=int,
+        default=DEFAULT_UNBONDING_BLOCKS,
+        help=f"blocks between exit and withdraw (default {DEFAULT_UNBONDING_BLOCKS})",
+    )
+    dep.add_argument(
+        "--fund-dev", action="store_true", help="credit the deployer first (anvil/test chains only)"
+    )
     dep.set_defaults(handler=_cmd_deploy)
 
     reg = subparsers.add_parser("register", help="register this node with stake (or top up)")
     _rpc_options(reg)
     _key_options(reg)
     reg.add_argument("--stake", required=True, help="stake in ETH")
-    reg.add_argument("--fund-dev", action="store_true", help="credit the account first (anvil/test chains only)")
+    reg.add_argument(
+        "--fund-dev", action="store_true", help="credit the account first (anvil/test chains only)"
+    )
     reg.set_defaults(handler=_cmd_register)
 
     claim = subparsers.add_parser("claim", help="claim rewards listed in reward files")
     _rpc_options(claim)
     _key_options(claim)
-    claim.add_argument("files", nargs="+", help="reward files written by the node for committed rounds")
+    claim.add_argument(
+        "files", nargs="+", help="reward files written by the node for committed rounds"
+    )
     claim.set_defaults(handler=_cmd_claim)
 
     status = subparsers.add_parser("status", help="registry, node and task state")

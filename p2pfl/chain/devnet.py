@@ -53,8 +53,12 @@ class DevNet:
         admin_key = dev_key(seed, 10**6)
         fund(w3, Account.from_key(admin_key).address, DEFAULT_GAS_FUNDS)
         dep = deploy(
-            w3, Account.from_key(admin_key), min_stake=min_stake, compute_stake=5 * min_stake,
-            trusted_stake=20 * min_stake, unbonding_blocks=unbonding_blocks,
+            w3,
+            Account.from_key(admin_key),
+            min_stake=min_stake,
+            compute_stake=5 * min_stake,
+            trusted_stake=20 * min_stake,
+            unbonding_blocks=unbonding_blocks,
         )
         stakes = list(stakes) if stakes is not None else [2 * min_stake] * n_nodes
         keys = [dev_key(seed, i) for i in range(n_nodes)]
@@ -91,7 +95,12 @@ class DevNet:
     ) -> list[bytes]:
         """VOTE signatures by `signers` (addresses of devnet keys), made with p2pfl.core.signing."""
         digest = statement_digest(
-            self.deployment.domain(), Kind.VOTE, task, round, attempt, view,
+            self.deployment.domain(),
+            Kind.VOTE,
+            task,
+            round,
+            attempt,
+            view,
             vote_body(base, result, contributors_root),
         )
         return [sign_digest(self.key_of(a), digest) for a in signers]

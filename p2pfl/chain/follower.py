@@ -62,13 +62,18 @@ class CommitFollower:
             self.last_block = int(state["last_block"])
             self.last_round = {bytes.fromhex(k): int(v) for k, v in state["last_round"].items()}
         except (OSError, KeyError, ValueError) as exc:
-            raise ChainError(f"follower state {self.state_path} unreadable ({exc}); delete it to rescan") from exc
+            raise ChainError(
+                f"follower state {self.state_path} unreadable ({exc}); delete it to rescan"
+            ) from exc
 
     def _save(self) -> None:
         if self.state_path is None:
             return
         tmp = self.state_path.with_suffix(self.state_path.suffix + ".tmp")
-        state = {"last_block": self.last_block, "last_round": {k.hex(): v for k, v in self.last_round.items()}}
+        state = {
+            "last_block": self.last_block,
+            "last_round": {k.hex(): v for k, v in self.last_round.items()},
+        }
         tmp.write_text(json.dumps(state))
         os.replace(tmp, self.state_path)
 

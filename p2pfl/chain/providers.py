@@ -36,7 +36,7 @@ ANVIL_STOP_TIMEOUT_S = 5.0
 # Per-request timeout for JSON-RPC over HTTP: long enough for a slow public node.
 RPC_TIMEOUT_S = 30.0
 
-_locks: "weakref.WeakKeyDictionary[object, threading.RLock]" = weakref.WeakKeyDictionary()
+_locks: weakref.WeakKeyDictionary[object, threading.RLock] = weakref.WeakKeyDictionary()
 _locks_guard = threading.Lock()
 
 
@@ -60,7 +60,7 @@ def rpc_web3(url: str, timeout_s: float = RPC_TIMEOUT_S) -> Web3:
     """A Web3 over HTTP JSON-RPC; raises ChainError if the endpoint does not answer."""
     w3 = Web3(HTTPProvider(url, request_kwargs={"timeout": timeout_s}))
     try:
-        w3.eth.chain_id
+        _ = w3.eth.chain_id  # first request: fails fast if nobody answers
     except Exception as exc:  # transport errors come in many types
         raise ChainError(f"no JSON-RPC answer from {url}: {exc}; is the node running?") from exc
     return w3
@@ -107,14 +107,20 @@ class Anvil:
 
     def start(self) -> Anvil:
         if not self.binary.exists():
-            raise ChainError(f"anvil not found at {self.binary}; run scripts/setup.sh (npm ci in tools/)")
+            raise ChainError(
+                f"anvil not found at {self.binary}; run scripts/setup.sh (npm ci in tools/)"
+            )
         self.process = subprocess.Popen(
             [
                 str(self.binary),
-                "--host", "127.0.0.1",
-                "--port", str(self.port),
-                "--chain-id", str(self.chain_id),
-                "--hardfork", "prague",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--chain-id",
+                str(self.chain_id),
+                "--hardfork",
+                "prague",
                 "--silent",
                 *self.extra_args,
             ],
@@ -126,17 +132,23 @@ class Anvil:
         w3 = Web3(HTTPProvider(self.url, request_kwargs={"timeout": 1.0}))
         while True:
             if self.process.poll() is not None:
-                err = self.process.stderr.read().decode(errors="replace") if self.process.stderr else ""
+                err = (
+                    self.process.stderr.read().decode(errors="replace")
+                    if self.process.stderr
+                    else ""
+                )
                 self.process = None
                 raise ChainError(f"anvil exited at start-up: {err.strip() or 'no message'}")
             try:
                 if w3.eth.chain_id == self.chain_id:
                     return self
-            except Exception:  # not listening yet
+            except Exception:  # noqa: BLE001, S110 - not listening yet
                 pass
             if time.monotonic() > deadline:
                 self.stop()
-                raise ChainError(f"anvil did not answer on {self.url} within {ANVIL_START_TIMEOUT_S} s")
+                raise ChainError(
+                    f"anvil did not answer on {self.url} within {ANVIL_START_TIMEOUT_S} s"
+                )
             time.sleep(0.05)
 
     def web3(self) -> Web3:
@@ -160,7 +172,10 @@ class Anvil:
         return self.start()
 
     def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         self.stop()
 
@@ -177,7 +192,9 @@ def fund(w3: Web3, address: str | bytes, wei: int) -> None:
         balance = w3.eth.get_balance(to)
         resp = w3.provider.make_request("anvil_setBalance", [to, hex(balance + wei)])  # type: ignore[arg-type]
         if resp.get("error"):
-            raise ChainError(f"cannot fund {to}: {resp['error']}; funding works on eth-tester and anvil only")
+            raise ChainError(
+                f"cannot fund {to}: {resp['error']}; funding works on eth-tester and anvil only"
+            )
 
 
 def mine_blocks(w3: Web3, count: int) -> None:

@@ -20,7 +20,7 @@ import trio
 
 from p2pfl.chain.client import ChainClient
 
-_limiters: "weakref.WeakKeyDictionary[object, trio.CapacityLimiter]" = weakref.WeakKeyDictionary()
+_limiters: weakref.WeakKeyDictionary[object, trio.CapacityLimiter] = weakref.WeakKeyDictionary()
 
 
 def provider_limiter(client: ChainClient) -> trio.CapacityLimiter:
@@ -34,7 +34,9 @@ def provider_limiter(client: ChainClient) -> trio.CapacityLimiter:
 
 async def run_chain(client: ChainClient, fn: Callable[..., Any], *args: Any) -> Any:
     """Run a blocking chain call `fn(*args)` in the provider's worker thread."""
-    return await trio.to_thread.run_sync(functools.partial(fn, *args), limiter=provider_limiter(client))
+    return await trio.to_thread.run_sync(
+        functools.partial(fn, *args), limiter=provider_limiter(client)
+    )
 
 
 class TrioChain:
@@ -46,7 +48,7 @@ class TrioChain:
     def __getattr__(self, name: str) -> Callable[..., Awaitable[Any]]:
         method = getattr(self.client, name)
         if not callable(method):
-            raise AttributeError(f"{name} is not a ChainClient method")
+            raise AttributeError(f"{name} is not a ChainClient method")  # noqa: TRY004
 
         async def call(*args: Any, **kwargs: Any) -> Any:
             return await run_chain(self.client, functools.partial(method, **kwargs), *args)

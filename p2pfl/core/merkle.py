@@ -62,7 +62,9 @@ def leaf_hash(index: int, role: int, account: bytes, amount: int) -> bytes:
         raise P2PFLError("leaf field out of range")
     if len(account) != 20:
         raise P2PFLError("account must be a 20-byte address")
-    return keccak(index.to_bytes(4, "big") + bytes([role]) + bytes(account) + amount.to_bytes(32, "big"))
+    return keccak(
+        index.to_bytes(4, "big") + bytes([role]) + bytes(account) + amount.to_bytes(32, "big")
+    )
 
 
 def hash_pair(a: bytes, b: bytes) -> bytes:
@@ -144,7 +146,7 @@ def round_reward_leaves(
     """
     if reward_wei < 0 or not 0 <= committee_share_bps <= BPS:
         raise P2PFLError("reward must be >= 0 and committee share within 0..10000 bps")
-    members = sorted(set(bytes(a) for a in committee))
+    members = sorted({bytes(a) for a in committee})
     committee_pool = reward_wei * committee_share_bps // BPS if members else 0
     contributor_pool = reward_wei - committee_pool
     total_weight = sum(w for w in contributors.values() if w > 0)
@@ -152,10 +154,12 @@ def round_reward_leaves(
     for address, weight in contributors.items():
         if weight <= 0:
             raise P2PFLError("contributor weights must be positive")
-        entries.append((ROLE_CONTRIBUTOR, bytes(address), contributor_pool * weight // total_weight))
+        entries.append(
+            (ROLE_CONTRIBUTOR, bytes(address), contributor_pool * weight // total_weight)
+        )
     for address in members:
         entries.append((ROLE_COMMITTEE, address, committee_pool // len(members)))
-    for address in sorted(set(bytes(a) for a in rejected)):
+    for address in sorted({bytes(a) for a in rejected}):
         entries.append((ROLE_REJECTED, address, 0))
     return build_leaves(entries)
 

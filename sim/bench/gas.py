@@ -18,7 +18,9 @@ K = 9  # nominal committee: large enough that a 7-signer quorum exists at attemp
 SIGNERS = 7
 
 
-def _commit(net: DevNet, task: bytes, rnd: int, base: bytes, n_signers: int, quorum_k: int) -> tuple[TxResult, bytes, RewardTree]:
+def _commit(
+    net: DevNet, task: bytes, rnd: int, base: bytes, n_signers: int, quorum_k: int
+) -> tuple[TxResult, bytes, RewardTree]:
     attempt = 0
     while True:
         committee = net.committee(task, rnd, base, attempt, quorum_k)
@@ -30,10 +32,18 @@ def _commit(net: DevNet, task: bytes, rnd: int, base: bytes, n_signers: int, quo
     result = rnd.to_bytes(32, "big")
     contributors = {a: 100 + i for i, a in enumerate(net.admin.registered_nodes()[:10])}
     info = net.admin.task_info(task)
-    tree = RewardTree.build(round_reward_leaves(info.reward_per_round, contributors, committee, [net.clients[-1].address]))
+    tree = RewardTree.build(
+        round_reward_leaves(
+            info.reward_per_round, contributors, committee, [net.clients[-1].address]
+        )
+    )
     signers = committee[:n_signers]
     sigs = net.votes(signers, task, rnd, attempt, 0, base, result, tree.root)
-    return net.clients[0].commit_round(task, rnd, attempt, 0, base, result, tree.root, sigs), result, tree
+    return (
+        net.clients[0].commit_round(task, rnd, attempt, 0, base, result, tree.root, sigs),
+        result,
+        tree,
+    )
 
 
 def run() -> None:
@@ -48,7 +58,11 @@ def run() -> None:
         figure(f"gas-{label}", w3.eth.get_transaction_receipt(tx)["gasUsed"], "gas")
     newcomer = ChainClient(w3, net.deployment, b"\x42" * 32)
     fund(w3, newcomer.account.address, 100 * ETHER)
-    figure("gas-register", newcomer.register(b"\x00\x25" + bytes(37), b"\x01" * 32, 2 * ETHER).gas_used, "gas")
+    figure(
+        "gas-register",
+        newcomer.register(b"\x00\x25" + bytes(37), b"\x01" * 32, 2 * ETHER).gas_used,
+        "gas",
+    )
     net.keys.append(b"\x42" * 32)
     figure("gas-topUp", c[1].top_up(ETHER).gas_used, "gas")
     figure("gas-updateKeys", c[1].update_keys(b"\x00\x25" + bytes(37), bytes(32)).gas_used, "gas")
@@ -83,15 +97,24 @@ def run() -> None:
     claim_next = c[2].claim(task, 1, leaf1, tree.proof(1)).gas_used
     figure("gas-claim-other-leaf", claim_next, "gas")
     rej = next(lf for lf in tree.leaves if lf.role == 3)
-    figure("gas-reportRejected", c[2].report_rejected(task, 1, rej, tree.proof(rej.index)).gas_used, "gas")
+    figure(
+        "gas-reportRejected",
+        c[2].report_rejected(task, 1, rej, tree.proof(rej.index)).gas_used,
+        "gas",
+    )
 
     # equivocation: node 5 signs two different updates for the same round
     key = net.keys[5]
     dom = net.deployment.domain()
     bodies = (b"\xaa" * 32, b"\xbb" * 32)
     sigs = [sign_digest(key, statement_digest(dom, Kind.UPDATE, task, 3, 0, 0, b)) for b in bodies]
-    figure("gas-submitEquivocation", c[3].submit_equivocation(
-        Kind.UPDATE, task, 3, 0, 0, bodies[0], sigs[0], bodies[1], sigs[1]).gas_used, "gas")
+    figure(
+        "gas-submitEquivocation",
+        c[3]
+        .submit_equivocation(Kind.UPDATE, task, 3, 0, 0, bodies[0], sigs[0], bodies[1], sigs[1])
+        .gas_used,
+        "gas",
+    )
 
     figure("gas-exit", c[6].exit().gas_used, "gas")
     mine_blocks(w3, 3)

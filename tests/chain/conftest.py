@@ -49,7 +49,9 @@ class Committed:
     tx: TxResult
 
 
-def first_draw(net: DevNet, task: bytes, rnd: int, base: bytes, need: int, k: int = K) -> tuple[int, list[bytes]]:
+def first_draw(
+    net: DevNet, task: bytes, rnd: int, base: bytes, need: int, k: int = K
+) -> tuple[int, list[bytes]]:
     """Lowest attempt whose committee has at least `need` members (redraw delay permitting)."""
     for attempt in range(100):
         committee = net.committee(task, rnd, base, attempt, k)
@@ -58,8 +60,15 @@ def first_draw(net: DevNet, task: bytes, rnd: int, base: bytes, need: int, k: in
     raise AssertionError("no large enough committee in 100 attempts")
 
 
-def commit(net: DevNet, rnd: int, base: bytes, task: bytes = TASK, n_signers: int | None = None,
-           rejected: tuple[bytes, ...] = (), k: int = K) -> Committed:
+def commit(
+    net: DevNet,
+    rnd: int,
+    base: bytes,
+    task: bytes = TASK,
+    n_signers: int | None = None,
+    rejected: tuple[bytes, ...] = (),
+    k: int = K,
+) -> Committed:
     """Commit round `rnd` with committee votes signed by p2pfl.core.signing (via DevNet.votes)."""
     info = net.admin.task_info(task)
     need = n_signers or info.quorum
@@ -68,7 +77,9 @@ def commit(net: DevNet, rnd: int, base: bytes, task: bytes = TASK, n_signers: in
         increase_time(net.w3, attempt * info.redraw_delay_s + 1)
     result = rnd.to_bytes(32, "big")
     contributors = {c.address: 10 + i for i, c in enumerate(net.clients[:4])}
-    tree = RewardTree.build(round_reward_leaves(info.reward_per_round, contributors, committee, rejected))
+    tree = RewardTree.build(
+        round_reward_leaves(info.reward_per_round, contributors, committee, rejected)
+    )
     sigs = net.votes(committee[:need], task, rnd, attempt, 0, base, result, tree.root)
     tx = net.clients[-1].commit_round(task, rnd, attempt, 0, base, result, tree.root, sigs)
     return Committed(rnd, attempt, base, result, committee, tree, tx)

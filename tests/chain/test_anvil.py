@@ -11,7 +11,7 @@ from p2pfl.chain.devnet import DevNet
 from p2pfl.chain.providers import Anvil, embedded_web3
 from p2pfl.errors import ChainError
 
-from .conftest import GENESIS, K, REWARD, TASK, commit
+from .conftest import GENESIS, REWARD, TASK, K, commit
 
 
 def _pid_alive(pid: int) -> bool:

@@ -20,9 +20,13 @@ def test_artifacts_load_without_node() -> None:
         assert art["settings"]["evmVersion"] == "prague"
 
 
-@pytest.mark.skipif(shutil.which("node") is None, reason="node not installed: artifacts cannot be rebuilt here")
+@pytest.mark.skipif(
+    shutil.which("node") is None, reason="node not installed: artifacts cannot be rebuilt here"
+)
 def test_committed_artifacts_are_fresh() -> None:
-    spec = importlib.util.spec_from_file_location("contracts_build", ROOT / "contracts" / "build.py")
+    spec = importlib.util.spec_from_file_location(
+        "contracts_build", ROOT / "contracts" / "build.py"
+    )
     build = importlib.util.module_from_spec(spec)
     assert spec.loader is not None
     spec.loader.exec_module(build)

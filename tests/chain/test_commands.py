@@ -21,7 +21,7 @@ from p2pfl.cli import main as cli_main
 from p2pfl.core.identity import NodeIdentity
 from p2pfl.errors import ChainError, ConfigError
 
-from .conftest import GENESIS, K, REWARD, TASK, commit
+from .conftest import GENESIS, REWARD, TASK, K, commit
 
 PASSWORD = "correct horse"
 
@@ -34,7 +34,9 @@ def anvil():
 
 def _keystore(tmp_path, key: bytes | None = None):
     ident = NodeIdentity(key) if key else NodeIdentity.generate()
-    path = ident.save_keystore(tmp_path / f"key-{ident.address.hex()[:8]}.json", PASSWORD, kdf="pbkdf2")
+    path = ident.save_keystore(
+        tmp_path / f"key-{ident.address.hex()[:8]}.json", PASSWORD, kdf="pbkdf2"
+    )
     return ident, path
 
 
@@ -46,7 +48,7 @@ def test_ether_to_wei() -> None:
 
 
 def test_deploy_register_status(anvil: Anvil, tmp_path) -> None:
-    admin, admin_ks = _keystore(tmp_path)
+    _, admin_ks = _keystore(tmp_path)
     dep_path = tmp_path / "deployment.json"
     dep = deploy_command(anvil.url, admin_ks, PASSWORD, dep_path, unbonding_blocks=3, fund_dev=True)
     assert json.loads(dep_path.read_text())["ledger"] == dep.ledger
@@ -61,7 +63,18 @@ def test_deploy_register_status(anvil: Anvil, tmp_path) -> None:
     with pytest.raises(ChainError, match="no task"):
         status_command(anvil.url, dep_path, task=b"\x01" * 32)
     # the argparse wiring (through the lead's CLI)
-    rc = cli_main(["status", "--rpc", anvil.url, "--deployment", str(dep_path), "--keystore", str(node_ks), "--json"])
+    rc = cli_main(
+        [
+            "status",
+            "--rpc",
+            anvil.url,
+            "--deployment",
+            str(dep_path),
+            "--keystore",
+            str(node_ks),
+            "--json",
+        ]
+    )
     assert rc == 0
 
 
@@ -76,5 +89,9 @@ def test_claim_from_reward_file(anvil: Anvil, tmp_path) -> None:
     _, ks = _keystore(tmp_path, net.key_of(me))
     mine = [lf for lf in r.tree.leaves if lf.account == me and lf.amount > 0]
     txs = claim_command(anvil.url, tmp_path / "dep.json", ks, PASSWORD, [reward_file])
-    assert sorted(tx.event("RewardClaimed")["amount"] for tx in txs) == sorted(lf.amount for lf in mine)
-    assert claim_command(anvil.url, tmp_path / "dep.json", ks, PASSWORD, [reward_file]) == []  # nothing left
+    assert sorted(tx.event("RewardClaimed")["amount"] for tx in txs) == sorted(
+        lf.amount for lf in mine
+    )
+    assert (
+        claim_command(anvil.url, tmp_path / "dep.json", ks, PASSWORD, [reward_file]) == []
+    )  # nothing left

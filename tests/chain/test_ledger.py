@@ -12,7 +12,7 @@ from p2pfl.core.merkle import ROLE_CONTRIBUTOR, ROLE_REJECTED, RewardLeaf, Rewar
 from p2pfl.core.signing import SECP256K1_N, Kind, sign_digest, statement_digest, vote_body
 from p2pfl.errors import ChainError
 
-from .conftest import ESCROW, GENESIS, K, REWARD, TASK, assert_reverts, commit, first_draw
+from .conftest import ESCROW, GENESIS, REWARD, TASK, K, assert_reverts, commit, first_draw
 
 # ---------------------------------------------------------------- tasks
 
@@ -87,7 +87,9 @@ def test_commit_non_member_signer(net: DevNet) -> None:
     sigs = net.votes(signers, TASK, 1, attempt, 0, GENESIS, b"\x03" * 32, b"\x00" * 32)
     _advance_for(net, attempt)
     err = assert_reverts(
-        lambda: net.clients[0].commit_round(TASK, 1, attempt, 0, GENESIS, b"\x03" * 32, b"\x00" * 32, sigs),
+        lambda: net.clients[0].commit_round(
+            TASK, 1, attempt, 0, GENESIS, b"\x03" * 32, b"\x00" * 32, sigs
+        ),
         "NotEligible",
     )
     assert Account.from_key(net.key_of(outsider)).address in err.revert_reason
@@ -97,12 +99,22 @@ def test_commit_unregistered_signer(net: DevNet) -> None:
     attempt, committee = first_draw(net, TASK, 1, GENESIS, 4)
     stranger = b"\x77" * 32
     digest = statement_digest(
-        net.deployment.domain(), Kind.VOTE, TASK, 1, attempt, 0, vote_body(GENESIS, b"\x03" * 32, bytes(32))
+        net.deployment.domain(),
+        Kind.VOTE,
+        TASK,
+        1,
+        attempt,
+        0,
+        vote_body(GENESIS, b"\x03" * 32, bytes(32)),
     )
-    sigs = net.votes(committee[:3], TASK, 1, attempt, 0, GENESIS, b"\x03" * 32, bytes(32)) + [sign_digest(stranger, digest)]
+    sigs = net.votes(committee[:3], TASK, 1, attempt, 0, GENESIS, b"\x03" * 32, bytes(32)) + [
+        sign_digest(stranger, digest)
+    ]
     _advance_for(net, attempt)
     assert_reverts(
-        lambda: net.clients[0].commit_round(TASK, 1, attempt, 0, GENESIS, b"\x03" * 32, bytes(32), sigs),
+        lambda: net.clients[0].commit_round(
+            TASK, 1, attempt, 0, GENESIS, b"\x03" * 32, bytes(32), sigs
+        ),
         "NotEligible",
     )
 
@@ -111,7 +123,13 @@ def test_commit_duplicate_signer_rejected_by_contract(net: DevNet) -> None:
     """The client de-duplicates; the contract must refuse duplicates on its own."""
     attempt, committee = first_draw(net, TASK, 1, GENESIS, 4)
     votes = net.admin.sort_votes(
-        TASK, 1, attempt, 0, GENESIS, b"\x03" * 32, bytes(32),
+        TASK,
+        1,
+        attempt,
+        0,
+        GENESIS,
+        b"\x03" * 32,
+        bytes(32),
         net.votes(committee[:3], TASK, 1, attempt, 0, GENESIS, b"\x03" * 32, bytes(32)),
     )
     packed = b"".join(v.signature for v in votes + votes[-1:])  # last signer twice
@@ -124,16 +142,26 @@ def test_commit_duplicate_signer_rejected_by_contract(net: DevNet) -> None:
 def test_commit_rejects_high_s_and_malformed_signatures(net: DevNet) -> None:
     attempt, committee = first_draw(net, TASK, 1, GENESIS, 4)
     votes = net.admin.sort_votes(
-        TASK, 1, attempt, 0, GENESIS, b"\x03" * 32, bytes(32),
+        TASK,
+        1,
+        attempt,
+        0,
+        GENESIS,
+        b"\x03" * 32,
+        bytes(32),
         net.votes(committee[:4], TASK, 1, attempt, 0, GENESIS, b"\x03" * 32, bytes(32)),
     )
     sig = votes[0].signature
     s = int.from_bytes(sig[32:64], "big")
-    high_s = sig[:32] + (SECP256K1_N - s).to_bytes(32, "big") + bytes([sig[64] ^ 1])  # same signer, malleated
+    high_s = (
+        sig[:32] + (SECP256K1_N - s).to_bytes(32, "big") + bytes([sig[64] ^ 1])
+    )  # same signer, malleated
     _advance_for(net, attempt)
     packed = high_s + b"".join(v.signature for v in votes[1:])
     assert_reverts(lambda: _raw_commit(net, attempt, packed), "BadSignature(index=0)")
-    assert_reverts(lambda: _raw_commit(net, attempt, packed[:-1]), "BadSignature")  # not a multiple of 65
+    assert_reverts(
+        lambda: _raw_commit(net, attempt, packed[:-1]), "BadSignature"
+    )  # not a multiple of 65
 
 
 def test_redraw_attempt_needs_the_delay(net: DevNet) -> None:
@@ -141,7 +169,7 @@ def test_redraw_attempt_needs_the_delay(net: DevNet) -> None:
     committee = net.committee(TASK, 1, GENESIS, attempt, K)
     sigs = net.votes(committee[:4], TASK, 1, attempt, 0, GENESIS, b"\x03" * 32, bytes(32))
     c = net.clients[0]
-    commit_it = lambda: c.commit_round(TASK, 1, attempt, 0, GENESIS, b"\x03" * 32, bytes(32), sigs)  # noqa: E731
+    commit_it = lambda: c.commit_round(TASK, 1, attempt, 0, GENESIS, b"\x03" * 32, bytes(32), sigs)
     assert_reverts(commit_it, f"RedrawTooEarly(attempt={attempt}")
     increase_time(net.w3, 60 * attempt + 1)
     assert commit_it().event("RoundCommitted")["attempt"] == attempt
@@ -152,24 +180,29 @@ def test_stake_snapshot_ignores_registrations_after_it(net: DevNet) -> None:
     key = b"\x66" * 32
     late = ChainClient(net.w3, net.deployment, key)
     fund(net.w3, late.account.address, 1000 * ETHER)
-    late.register(b"\x00\x25" + bytes(37), bytes(32), 500 * ETHER)  # huge stake: k*stake >= total now
+    late.register(
+        b"\x00\x25" + bytes(37), bytes(32), 500 * ETHER
+    )  # huge stake: k*stake >= total now
     snap = net.admin.snapshot_block(TASK)
     assert net.admin.stake_at(late.address, snap) == 0
     net.keys.append(key)
     try:
         attempt, committee = first_draw(net, TASK, 1, GENESIS, 3)
         assert late.address not in committee
-        sigs = net.votes(committee[:3] + [late.address], TASK, 1, attempt, 0, GENESIS, b"\x03" * 32, bytes(32))
+        sigs = net.votes(
+            committee[:3] + [late.address], TASK, 1, attempt, 0, GENESIS, b"\x03" * 32, bytes(32)
+        )
         _advance_for(net, attempt)
         assert_reverts(
-            lambda: late.commit_round(TASK, 1, attempt, 0, GENESIS, b"\x03" * 32, bytes(32), sigs), "NotEligible"
+            lambda: late.commit_round(TASK, 1, attempt, 0, GENESIS, b"\x03" * 32, bytes(32), sigs),
+            "NotEligible",
         )
     finally:
         net.keys.pop()
 
 
 def test_exited_node_keeps_snapshot_eligibility(net: DevNet) -> None:
-    attempt, committee = first_draw(net, TASK, 1, GENESIS, 4)
+    _, committee = first_draw(net, TASK, 1, GENESIS, 4)
     leaver = next(c for c in net.clients if c.address == committee[0])
     leaver.exit()
     assert leaver.node_info().active is False
@@ -188,11 +221,16 @@ def test_claims_pay_once_and_respect_the_round_reward(net: DevNet) -> None:
         if leaf.role == ROLE_REJECTED:
             continue
         before = net.admin.balance(leaf.account)
-        tx = net.admin.claim(TASK, 1, leaf, tree.proof(leaf.index))  # anyone may send; paid to account
+        tx = net.admin.claim(
+            TASK, 1, leaf, tree.proof(leaf.index)
+        )  # anyone may send; paid to account
         assert tx.event("RewardClaimed")["amount"] == leaf.amount
         assert net.admin.balance(leaf.account) == before + leaf.amount
         total += leaf.amount
-        assert_reverts(lambda: net.admin.claim(TASK, 1, leaf, tree.proof(leaf.index)), "AlreadyClaimed")
+        assert_reverts(
+            lambda leaf=leaf: net.admin.claim(TASK, 1, leaf, tree.proof(leaf.index)),
+            "AlreadyClaimed",
+        )
     assert total <= REWARD
     assert net.admin.round_remaining(TASK, 1) == REWARD - total
 
@@ -217,8 +255,10 @@ def test_over_withdrawal_is_impossible(net: DevNet) -> None:
     sigs = net.votes(committee[:4], TASK, 1, attempt, 0, GENESIS, b"\x03" * 32, tree.root)
     net.admin.commit_round(TASK, 1, attempt, 0, GENESIS, b"\x03" * 32, tree.root, sigs)
     net.admin.claim(TASK, 1, tree.leaves[0], tree.proof(0))
-    assert_reverts(lambda: net.admin.claim(TASK, 1, tree.leaves[1], tree.proof(1)),
-                   f"ExceedsRoundReward(amount={REWARD}, remaining=0)")
+    assert_reverts(
+        lambda: net.admin.claim(TASK, 1, tree.leaves[1], tree.proof(1)),
+        f"ExceedsRoundReward(amount={REWARD}, remaining=0)",
+    )
 
 
 def test_round_reward_is_capped_by_escrow(net: DevNet) -> None:
@@ -242,8 +282,10 @@ def test_many_leaves_use_the_overflow_bitmap(net: DevNet) -> None:
     for index in (0, 143, 144, 299):
         net.admin.claim(TASK, 1, tree.leaves[index], tree.proof(index))
         assert net.admin.is_consumed(TASK, 1, index)
-        assert_reverts(lambda: net.admin.claim(TASK, 1, tree.leaves[index], tree.proof(index)),
-                       f"AlreadyClaimed(index={index})")
+        assert_reverts(
+            lambda i=index: net.admin.claim(TASK, 1, tree.leaves[i], tree.proof(i)),
+            f"AlreadyClaimed(index={index})",
+        )
     assert not net.admin.is_consumed(TASK, 1, 145)
 
 
@@ -255,10 +297,17 @@ def test_report_rejected_lowers_reputation_once(net: DevNet) -> None:
     tx = net.clients[0].report_rejected(TASK, 1, leaf, r.tree.proof(leaf.index))
     assert tx.event("RejectionRecorded")["node"] == net.clients[5].account.address
     assert net.admin.node_info(victim).reputation == before - 10
-    assert_reverts(lambda: net.clients[0].report_rejected(TASK, 1, leaf, r.tree.proof(leaf.index)), "AlreadyClaimed")
+    assert_reverts(
+        lambda: net.clients[0].report_rejected(TASK, 1, leaf, r.tree.proof(leaf.index)),
+        "AlreadyClaimed",
+    )
     other = next(lf for lf in r.tree.leaves if lf.role != ROLE_REJECTED)
-    assert_reverts(lambda: net.clients[0].report_rejected(TASK, 1, RewardLeaf(other.index, 3, other.account, 0),
-                                                          r.tree.proof(other.index)), "BadProof")
+    assert_reverts(
+        lambda: net.clients[0].report_rejected(
+            TASK, 1, RewardLeaf(other.index, 3, other.account, 0), r.tree.proof(other.index)
+        ),
+        "BadProof",
+    )
 
 
 # ---------------------------------------------------------------- evidence
@@ -267,7 +316,9 @@ def test_report_rejected_lowers_reputation_once(net: DevNet) -> None:
 def _equivocate(net: DevNet, who: int, kind: int = Kind.VOTE, rnd: int = 1) -> tuple:
     dom = net.deployment.domain()
     bodies = (b"\xaa" * 32, b"\xbb" * 32)
-    sigs = [sign_digest(net.keys[who], statement_digest(dom, kind, TASK, rnd, 0, 0, b)) for b in bodies]
+    sigs = [
+        sign_digest(net.keys[who], statement_digest(dom, kind, TASK, rnd, 0, 0, b)) for b in bodies
+    ]
     return (kind, TASK, rnd, 0, 0, bodies[0], sigs[0], bodies[1], sigs[1])
 
 
@@ -284,11 +335,15 @@ def test_equivocation_slashes_pays_reporter_and_rejects_replay(net: DevNet) -> N
     assert net.admin.registry.functions.totalStake().call() == total_before - slashed
     gas_cost = tx.gas_used * net.w3.eth.get_transaction(tx.tx_hash)["gasPrice"]
     assert reporter.balance() == rep_before + slashed // 5 - gas_cost
-    assert_reverts(lambda: reporter.submit_equivocation(*_equivocate(net, 3)), "EvidenceAlreadyUsed")
+    assert_reverts(
+        lambda: reporter.submit_equivocation(*_equivocate(net, 3)), "EvidenceAlreadyUsed"
+    )
     # a third body for the same (signer, kind, task, round, attempt, view) is the same offence
     args = list(_equivocate(net, 3))
     args[5] = b"\xcc" * 32
-    args[6] = sign_digest(net.keys[3], statement_digest(net.deployment.domain(), Kind.VOTE, TASK, 1, 0, 0, args[5]))
+    args[6] = sign_digest(
+        net.keys[3], statement_digest(net.deployment.domain(), Kind.VOTE, TASK, 1, 0, 0, args[5])
+    )
     assert_reverts(lambda: reporter.submit_equivocation(*args), "EvidenceAlreadyUsed")
 
 
@@ -323,8 +378,12 @@ def test_equivocation_reverts(net: DevNet) -> None:
     dom = net.deployment.domain()
     s1 = sign_digest(stranger, statement_digest(dom, Kind.VOTE, TASK, 1, 0, 0, b"\x01" * 32))
     s2 = sign_digest(stranger, statement_digest(dom, Kind.VOTE, TASK, 1, 0, 0, b"\x02" * 32))
-    assert_reverts(lambda: rep.submit_equivocation(Kind.VOTE, TASK, 1, 0, 0, b"\x01" * 32, s1, b"\x02" * 32, s2),
-                   "NotRegistered")
+    assert_reverts(
+        lambda: rep.submit_equivocation(
+            Kind.VOTE, TASK, 1, 0, 0, b"\x01" * 32, s1, b"\x02" * 32, s2
+        ),
+        "NotRegistered",
+    )
 
 
 # ---------------------------------------------------------------- helpers
@@ -346,6 +405,7 @@ def _try_commit(net: DevNet, rnd: int = 1, base: bytes = GENESIS, task: bytes = 
 
 
 def _raw_commit(net: DevNet, attempt: int, packed: bytes):
-    fn = net.admin.ledger.functions.commitRound(TASK, 1, attempt, 0, GENESIS, b"\x03" * 32, bytes(32), packed)
+    fn = net.admin.ledger.functions.commitRound(
+        TASK, 1, attempt, 0, GENESIS, b"\x03" * 32, bytes(32), packed
+    )
     return net.admin._tx("commitRound", fn)
-

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import pytest
 
 from p2pfl.chain.client import ChainClient
@@ -25,7 +24,13 @@ def test_register_binds_keys_and_tier(net: DevNet) -> None:
     tx = c.register(peer, b"\x42" * 32, 6 * ETHER)
     assert tx.event("Registered")["tier"] == 2  # compute tier: >= 5 ETH
     info = c.node_info()
-    assert (info.peer_id, info.enc_key, info.stake, info.active, info.reputation) == (peer, b"\x42" * 32, 6 * ETHER, True, 1000)
+    assert (info.peer_id, info.enc_key, info.stake, info.active, info.reputation) == (
+        peer,
+        b"\x42" * 32,
+        6 * ETHER,
+        True,
+        1000,
+    )
     assert c.address in c.registered_nodes()
     c.update_keys(b"\x01\x02", b"\x43" * 32)
     assert c.node_info().peer_id == b"\x01\x02"
@@ -33,7 +38,10 @@ def test_register_binds_keys_and_tier(net: DevNet) -> None:
 
 def test_register_reverts(net: DevNet) -> None:
     c = _newcomer(net)
-    assert_reverts(lambda: c.register(b"p", bytes(32), ETHER - 1), f"StakeTooLow(sent={ETHER - 1}, minimum={ETHER})")
+    assert_reverts(
+        lambda: c.register(b"p", bytes(32), ETHER - 1),
+        f"StakeTooLow(sent={ETHER - 1}, minimum={ETHER})",
+    )
     assert_reverts(lambda: c.register(b"", bytes(32), ETHER), "BadPeerId")
     assert_reverts(lambda: c.register(b"x" * 129, bytes(32), ETHER), "BadPeerId")
     member = net.clients[0]
@@ -55,10 +63,17 @@ def test_exit_unbonding_withdraw_and_reregister(net: DevNet) -> None:
     tx = c.exit()
     release = tx.event("ExitStarted")["releaseBlock"]
     info = c.node_info()
-    assert (info.active, info.stake, info.unbonding, info.release_block) == (False, 0, stake, release)
+    assert (info.active, info.stake, info.unbonding, info.release_block) == (
+        False,
+        0,
+        stake,
+        release,
+    )
     assert_reverts(c.exit, "NotActive")
     assert_reverts(c.withdraw, f"NotYetReleased(releaseBlock={release})")
-    assert_reverts(lambda: c.register(b"p", bytes(32), ETHER), f"UnbondingPending(releaseBlock={release})")
+    assert_reverts(
+        lambda: c.register(b"p", bytes(32), ETHER), f"UnbondingPending(releaseBlock={release})"
+    )
     mine_blocks(net.w3, 5)
     before = c.balance()
     w = c.withdraw()
@@ -91,18 +106,27 @@ def test_stake_checkpoints_by_block(net: DevNet) -> None:
 
 def test_only_deployer_binds_and_only_ledger_slashes(net: DevNet) -> None:
     c = net.clients[0]
-    assert_reverts(lambda: c._tx("bind", c.registry.functions.bindLedger(c.account.address)), "NotDeployer")
+    assert_reverts(
+        lambda: c._tx("bind", c.registry.functions.bindLedger(c.account.address)), "NotDeployer"
+    )
     admin = net.admin
-    assert_reverts(lambda: admin._tx("bind", admin.registry.functions.bindLedger(admin.account.address)), "LedgerAlreadyBound")
+    assert_reverts(
+        lambda: admin._tx("bind", admin.registry.functions.bindLedger(admin.account.address)),
+        "LedgerAlreadyBound",
+    )
     target = net.clients[1].account.address
-    assert_reverts(lambda: c._tx("slash", c.registry.functions.slash(target, 5000, target, 0)), "NotLedger")
+    assert_reverts(
+        lambda: c._tx("slash", c.registry.functions.slash(target, 5000, target, 0)), "NotLedger"
+    )
     assert_reverts(lambda: c._tx("penalize", c.registry.functions.penalize(target, 1)), "NotLedger")
 
 
 def test_mined_revert_and_out_of_gas_are_reported(net: DevNet) -> None:
     """With an explicit gas limit the estimate is skipped: the receipt path must still explain."""
     c = net.clients[0]
-    err = assert_reverts(lambda: c._tx("topUp", c.registry.functions.topUp(), 0, gas=100_000), "ZeroAmount")
+    err = assert_reverts(
+        lambda: c._tx("topUp", c.registry.functions.topUp(), 0, gas=100_000), "ZeroAmount"
+    )
     assert "in block" in str(err)
     with pytest.raises(ChainError, match="ran out of gas"):
         c._tx("topUp", c.registry.functions.topUp(), ETHER, gas=30_000)

@@ -23,13 +23,17 @@ def chain() -> ChainClient:
     return DevNet.create(embedded_web3(), 0).admin
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(t=uint256, s=stake, total=stake, k=k)
 def test_is_eligible_matches(chain: ChainClient, t: int, s: int, total: int, k: int) -> None:
     assert chain.ledger.functions.isEligible(t, s, total, k).call() == is_eligible(t, s, total, k)
 
 
-@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(
     task=st.binary(min_size=32, max_size=32),
     rnd=st.integers(0, 2**64 - 1),
@@ -38,8 +42,9 @@ def test_is_eligible_matches(chain: ChainClient, t: int, s: int, total: int, k: 
     node=st.binary(min_size=20, max_size=20),
     frac=st.integers(0, 2**32),
 )
-def test_seed_ticket_and_threshold_match(chain: ChainClient, task: bytes, rnd: int, base: bytes, attempt: int,
-                                         node: bytes, frac: int) -> None:
+def test_seed_ticket_and_threshold_match(
+    chain: ChainClient, task: bytes, rnd: int, base: bytes, attempt: int, node: bytes, frac: int
+) -> None:
     seed = round_seed(task, rnd, base, attempt)
     assert bytes(chain.ledger.functions.roundSeed(task, rnd, base, attempt).call()) == seed
     t = ticket(seed, node)
@@ -50,7 +55,9 @@ def test_seed_ticket_and_threshold_match(chain: ChainClient, task: bytes, rnd: i
     assert chain.ledger.functions.isEligible(t, s, total, 7).call() == is_eligible(t, s, total, 7)
 
 
-@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(
     kind=st.integers(0, 255),
     task=st.binary(min_size=32, max_size=32),
@@ -59,7 +66,10 @@ def test_seed_ticket_and_threshold_match(chain: ChainClient, task: bytes, rnd: i
     view=st.integers(0, 2**32 - 1),
     body=st.binary(min_size=32, max_size=32),
 )
-def test_statement_digest_matches(chain: ChainClient, kind: int, task: bytes, rnd: int, attempt: int, view: int,
-                                  body: bytes) -> None:
-    onchain = bytes(chain.ledger.functions.statementDigest(kind, task, rnd, attempt, view, body).call())
+def test_statement_digest_matches(
+    chain: ChainClient, kind: int, task: bytes, rnd: int, attempt: int, view: int, body: bytes
+) -> None:
+    onchain = bytes(
+        chain.ledger.functions.statementDigest(kind, task, rnd, attempt, view, body).call()
+    )
     assert onchain == statement_digest(chain.domain(), kind, task, rnd, attempt, view, body)

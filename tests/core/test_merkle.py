@@ -41,7 +41,11 @@ def test_vectors() -> None:
         assert "0x" + tree.root.hex() == case["root"], case["name"]
         for leaf, want in zip(leaves, case["leaves"], strict=True):
             assert (leaf.index, leaf.role, "0x" + leaf.account.hex(), str(leaf.amount)) == (
-                want["index"], want["role"], want["account"], want["amount"])
+                want["index"],
+                want["role"],
+                want["account"],
+                want["amount"],
+            )
             assert "0x" + leaf.hash().hex() == want["hash"]
             assert ["0x" + p.hex() for p in tree.proof(leaf.index)] == want["proof"]
 
@@ -50,7 +54,12 @@ def test_split_is_deterministic_and_never_exceeds_reward() -> None:
     a, b, c = b"\x01" * 20, b"\x02" * 20, b"\x03" * 20
     leaves = round_reward_leaves(1000, {b: 1, a: 2}, [c, a], [b"\x09" * 20])
     assert [(lf.role, lf.account) for lf in leaves] == [
-        (ROLE_CONTRIBUTOR, a), (ROLE_CONTRIBUTOR, b), (ROLE_COMMITTEE, a), (ROLE_COMMITTEE, c), (ROLE_REJECTED, b"\x09" * 20)]
+        (ROLE_CONTRIBUTOR, a),
+        (ROLE_CONTRIBUTOR, b),
+        (ROLE_COMMITTEE, a),
+        (ROLE_COMMITTEE, c),
+        (ROLE_REJECTED, b"\x09" * 20),
+    ]
     amounts = {(lf.role, lf.account): lf.amount for lf in leaves}
     assert amounts[(ROLE_CONTRIBUTOR, a)] == 800 * 2 // 3 and amounts[(ROLE_COMMITTEE, c)] == 100
     assert sum(lf.amount for lf in leaves) <= 1000
