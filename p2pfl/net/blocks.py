@@ -54,6 +54,11 @@ _REQUEST_HEADER = struct.Struct(">BH")
 _BLOCK_HEADER = struct.Struct(">BI")
 # A holder that has not received a request for this long closes the stream.
 SERVE_IDLE_TIMEOUT_S = 60.0
+# Group (striped) fetch: how long to keep asking a member for its stripe before taking it
+# from the seeders, and the pause between asks. A member fetches its stripe at the same
+# speed we would, so a few seconds is plenty; longer only delays a round when a member is gone.
+STRIPE_PATIENCE_S = 10.0
+STRIPE_RETRY_S = 0.1
 # Stream reads ask for up to this much at once; yamux returns what is buffered.
 _READ_CHUNK = 1 << 20
 
@@ -219,6 +224,53 @@ class BlockExchange:
                 await self.fetch_blocks(frontier, [p for p in providers if p not in excluded], excluded)
         if scope.cancelled_caught:
             raise FetchError(f"fetching {root} took over {timeout_s:.0f} s")
+
+    async def fetch_blob_striped(
+        self,
+        root: CID,
+        seeders: Sequence[str],
+        group: Sequence[str],
+        me: str,
+        *,
+        patience_s: float = STRIPE_PATIENCE_S,
+        timeout_s: float = BLOB_FETCH_TIMEOUT_S,
+    ) -> None:
+        """Fetch a blob together with a group (e.g. a committee) so the seeders upload it ~once.
+
+        `group` is the same ordered list of peer IDs on every member (including `me`). At each
+        level of the DAG, block number n of the frontier is member (n mod len(group))'s
+        stripe: a member fetches its own stripe from the `seeders` and every other stripe from
+        the member it belongs to, who is fetching it at the same moment. A member that does
+        not have a block yet is asked again until `patience_s` has passed; then the block comes
+        from the seeders after all, so a slow or absent member costs upload, never the blob.
+        """
+        if me not in group:
+            raise ValueError("me must be a member of group")
+        index, size = list(group).index(me), len(group)
+        with trio.move_on_after(timeout_s) as scope:
+            while frontier := self.store.missing(root):
+                async with trio.open_nursery() as nursery:
+                    for j, member in enumerate(group):
+                        stripe = frontier[j::size]
+                        if not stripe:
+                            continue
+                        if j == index:
+                            nursery.start_soon(self.fetch_blocks, stripe, list(seeders))
+                        else:
+                            nursery.start_soon(self._fetch_patiently, stripe, member, seeders, patience_s)
+        if scope.cancelled_caught:
+            raise FetchError(f"fetching {root} with a group of {size} took over {timeout_s:.0f} s")
+
+    async def _fetch_patiently(self, cids: list[CID], member: str, seeders: Sequence[str], patience_s: float) -> None:
+        with trio.move_on_after(patience_s):
+            while True:
+                try:
+                    await self.fetch_blocks(cids, [member])
+                    return
+                except FetchError:
+                    await trio.sleep(STRIPE_RETRY_S)
+        self.metrics.inc("blocks-stripe-fallbacks")
+        await self.fetch_blocks(cids, [*seeders, member])
 
     async def fetch_blocks(
         self, cids: Sequence[CID], providers: Sequence[str], excluded: set[str] | None = None

@@ -274,6 +274,15 @@ class NodeNet:
         if provide:
             await self.provide(root)
 
+    async def fetch_blob_with_group(
+        self, root: CID, seeders: Sequence[str], group: Sequence[str], *, timeout_s: float = BLOB_FETCH_TIMEOUT_S
+    ) -> None:
+        """Fetch `root` striped across `group` (same ordered peer list on every member, self
+        included) so the seeders (e.g. the author) upload it about once; see
+        `BlockExchange.fetch_blob_striped`."""
+        if not self.store.has_blob(root):
+            await self.blocks.fetch_blob_striped(root, seeders, group, self.peer_id, timeout_s=timeout_s)
+
     async def get_blob(
         self, root: CID, providers: Sequence[str] | None = None, *, max_size_bytes: int | None = None
     ) -> bytes:
