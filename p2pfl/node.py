@@ -45,8 +45,12 @@ log = logging.getLogger("p2pfl.node")
 
 # Timer resolution when no deadline is armed: the machine's timers are seconds long.
 DEFAULT_TICK_S = 0.25
-# Deltas up to this size ride inline in the Update (one gossip message, no fetch).
-DEFAULT_INLINE_MAX_BYTES = 256 * 1024
+# Deltas up to this size ride inline in the Update (one gossip message, no fetch);
+# larger ones go by CID over the block exchange: pubsub is slow and drops big bursts.
+DEFAULT_INLINE_MAX_BYTES = 16 * 1024
+# Retry a failed delta fetch after this long, doubling up to the cap, while the round lasts.
+FETCH_RETRY_S = 0.5
+FETCH_RETRY_MAX_S = 4.0
 # How often to re-read the chain while waiting for a commit to become visible.
 CHAIN_WAIT_POLL_S = 0.2
 
@@ -290,9 +294,9 @@ class Node:
 
     async def _start_round(self, round_: int, base: bytes) -> None:
         """Have the base model locally, read the registry snapshot, start the round."""
-        await self._ensure_model(base)
         _, stakes = await run_chain(self.chain, self.chain.committee_stakes, self.task)
         await self._refresh_peer_ids(stakes)
+        await self._ensure_model(base)
         log_entry = RoundLog(round=round_, started=self.clock(), base=str(CID.parse(base)))
         self.rounds[round_] = log_entry
         self._events_send.send_nowait(ev.RoundStarted(round_, base, stakes, self.clock()))
@@ -353,22 +357,30 @@ class Node:
             raise P2PFLError("model size unknown before the genesis model is loaded")
         return digest_to_cid(digest, CODEC_RAW if size <= CHUNK_SIZE else CODEC_DAG_PB)
 
-    def _providers(self, exclude: bytes = b"") -> list[str]:
-        committee = [self.peer_ids[a] for a in self.machine.committee if a in self.peer_ids and a != self.address]
-        others = [p for a, p in self.peer_ids.items() if a != self.address and p not in committee]
-        return committee + others
-
-    async def _ensure_blob(self, cid: CID, providers: Sequence[str]) -> bytes:
-        store = self.net.store
-        if not store.has_blob(cid):
-            await self.net.fetch_blob(cid, providers)
-        return store.read_blob(cid)
+    def _providers(self, first: bytes | None = None) -> list[str]:
+        """Peers to ask for blocks: the author (if given), committee members (they fetch
+        every delta of the round), then everyone else; connected peers before the rest,
+        since a peer we hold no address for cannot be dialled."""
+        connected = set(self.net.connected_peers()) if hasattr(self.net, "connected_peers") else set()
+        order = ([first] if first is not None else []) + list(self.machine.committee) + list(self.peer_ids)
+        peers = [self.peer_ids[a] for a in dict.fromkeys(order) if a in self.peer_ids and a != self.address]
+        return sorted(peers, key=lambda p: p not in connected)  # stable: keeps the order within each group
 
     async def _ensure_model(self, cid_bytes: bytes) -> dict[str, np.ndarray]:
         if cid_bytes in self._models:
             return self._models[cid_bytes]
         cid = CID.parse(cid_bytes)
-        blob = await self._ensure_blob(cid, self._providers())
+        delay = FETCH_RETRY_S
+        while not self.net.store.has_blob(cid):
+            # Without the model there is nothing to do: keep asking, backing off.
+            try:
+                await self.net.fetch_blob(cid, self._providers())
+            except P2PFLError as exc:
+                self._count("model-fetch-retries")
+                log.info("model %s not fetched yet (%s); retrying in %.1f s", cid, exc, delay)
+                await trio.sleep(delay)
+                delay = min(delay * 2, FETCH_RETRY_MAX_S)
+        blob = self.net.store.read_blob(cid)
         weights = decode_tensors(blob)
         self._model_blob_size = len(blob)
         if len(self._models) > 4:
@@ -439,9 +451,7 @@ class Node:
                         raise InvalidMessage("inline-mismatch", "inline bytes do not match the delta CID")
                     self.net.store.put_blob(update.inline)
                 else:
-                    providers = [self.peer_ids[author]] if author in self.peer_ids else []
-                    providers += [p for p in self._providers() if p not in providers]
-                    await self.net.fetch_blob(cid, providers)
+                    await self._fetch_with_retries(cid, author)
             decode_tensors(self.net.store.read_blob(cid))  # canonical float32 tensors or bust
         except (P2PFLError, OSError) as exc:
             ok = False
@@ -451,6 +461,23 @@ class Node:
         if entry is not None:
             entry.fetch_s = max(entry.fetch_s, self.clock() - started)
         self._events_send.send_nowait(ev.DeltaAvailable(author, delta, ok))
+
+    async def _fetch_with_retries(self, cid: CID, author: bytes) -> None:
+        """Fetch a delta, retrying while the round lasts: holders multiply as the committee
+        fetches, so a first failure (author busy, no route yet) is often temporary."""
+        round_ = self.machine.round
+        delay = FETCH_RETRY_S
+        while True:
+            try:
+                await self.net.fetch_blob(cid, self._providers(first=author))
+                return
+            except P2PFLError as exc:
+                if self.machine.round != round_ or self.machine.phase.value in ("certified", "advanced"):
+                    raise
+                self._count("fetch-retries")
+                log.debug("fetch %s failed (%s); retrying in %.1f s", cid, exc, delay)
+                await trio.sleep(delay)
+                delay = min(delay * 2, FETCH_RETRY_MAX_S)
 
     async def _compute(self, request: ev.ComputeAggregate) -> None:
         started = self.clock()

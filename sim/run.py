@@ -34,6 +34,8 @@ from sim.scenario import Scenario
 
 log = logging.getLogger("p2pfl.sim")
 
+# Peers each simulated node dials at start-up.
+BOOTSTRAP_PEERS = 6
 # Whole-run guard: a scenario that stalls this long per planned round is reported, not hung.
 MAX_SECONDS_PER_ROUND = 240.0
 
@@ -125,8 +127,12 @@ async def _run(scenario: Scenario, runs_root: Path, quiet: bool) -> Path:
     nodes: list[Node] = []
     async with AsyncExitStack() as stack:
         nets = []
+        rng = np.random.default_rng(scenario.seed)
         for i, ident in enumerate(identities):
-            bootstrap = () if i == 0 else (f"{nets[0].listen_addrs[0]}",)
+            # Each node dials node 0 and up to BOOTSTRAP_PEERS - 1 earlier nodes chosen by the
+            # seed: a connected overlay of degree ~2 x BOOTSTRAP_PEERS, like a real network.
+            earlier = [j for j in rng.permutation(i).tolist() if j != 0][: BOOTSTRAP_PEERS - 1]
+            bootstrap = tuple(nets[j].listen_addrs[0] for j in ([0] + earlier if i else []))
             cfg = NetConfig(data_dir=Path(tmp.name) / f"node{i}", bootstrap=bootstrap, dht=False)
             nets.append(await stack.enter_async_context(open_node_host(cfg, ident.private_key)))
         nets[0].put_blob(genesis_blob)  # the task creator holds the genesis model
@@ -222,9 +228,27 @@ async def _run(scenario: Scenario, runs_root: Path, quiet: bool) -> Path:
     return run_dir
 
 
+# With no new commit for this long, print where every node is (phase, round, counters).
+STALL_REPORT_S = 20.0
+
+
 async def _progress(nodes: list[Node], rounds: int, say: Any) -> None:
+    """Live progress: one line per committed round, and a status dump when stalled."""
+    seen = 0
+    last_change = time.perf_counter()
     while not all(n.finished.is_set() for n in nodes):
         await trio.sleep(0.5)
+        committed = max(n.machine.round if n.machine.phase.value == "advanced" else n.machine.round - 1 for n in nodes)
+        if committed > seen:
+            seen = committed
+            last_change = time.perf_counter()
+            say(f"  round {seen}/{rounds} committed")
+        elif time.perf_counter() - last_change > STALL_REPORT_S:
+            last_change = time.perf_counter()
+            for i, n in enumerate(nodes):
+                m = n.machine
+                say(f"  node {i}: round {m.round} phase {m.phase.value} attempt {m.attempt} view {m.view} "
+                    f"member {m.is_member} counters {dict(m.counters)} node {n.counters}")
 
 
 def _cid_of(blob: bytes) -> bytes:
