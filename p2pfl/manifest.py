@@ -40,6 +40,7 @@ class TaskManifest:
     view_timeout_s: float = 15.0
     commit_fallback_delay_s: float = 5.0
     redraw_timeout_s: float = 150.0
+    small_redraw_delay_s: float = 5.0  # also the contract's redrawDelay for the task
     reward_per_round_wei: int = 0
     seed: int = 0  # task seed: clients' per-round training seeds derive from it
     version: int = MANIFEST_VERSION
@@ -75,6 +76,7 @@ class TaskManifest:
             view_timeout_s=self.view_timeout_s,
             commit_fallback_delay_s=self.commit_fallback_delay_s,
             redraw_timeout_s=self.redraw_timeout_s,
+            small_redraw_delay_s=self.small_redraw_delay_s,
             **overrides,
         )
 

@@ -35,7 +35,7 @@ from sim.scenario import Scenario
 log = logging.getLogger("p2pfl.sim")
 
 # Peers each simulated node dials at start-up.
-BOOTSTRAP_PEERS = 6
+BOOTSTRAP_PEERS = 9
 # Whole-run guard: a scenario that stalls this long per planned round is reported, not hung.
 MAX_SECONDS_PER_ROUND = 240.0
 

@@ -108,6 +108,10 @@ class RoundConfig:
     # Attempt a (re-draw with seed ‖ a) starts at round start + a * this. Must exceed a
     # collection window plus a few views, since a stuck attempt is also re-drawn.
     redraw_timeout_s: float = 150.0
+    # A draw below quorum moves to the next attempt after this: everyone computes the same
+    # draw, so there is nothing to wait for but the contract's anti-grinding `redrawDelay`
+    # (seconds per attempt), which must not exceed this value.
+    small_redraw_delay_s: float = 5.0
     # Re-draw when an attempt reaches its end with no certificate (e.g. > 1/3 of the
     # committee offline), not only when the draw is too small to reach quorum.
     redraw_when_stuck: bool = True
@@ -131,7 +135,7 @@ class RoundConfig:
             raise ConfigError("committee_size must be >= 1")
         if not 0 < self.collect_quorum_percent <= 100:
             raise ConfigError("collect_quorum_percent must be in 1..100")
-        if min(self.collect_deadline_s, self.view_timeout_s, self.redraw_timeout_s) <= 0:
+        if min(self.collect_deadline_s, self.view_timeout_s, self.redraw_timeout_s, self.small_redraw_delay_s) <= 0:
             raise ConfigError("deadlines and timeouts must be positive")
         if self.commit_fallback_delay_s < 0:
             raise ConfigError("commit_fallback_delay_s must be >= 0")
@@ -388,7 +392,13 @@ class RoundMachine:
         return self._committees[attempt]
 
     def _next_attempt_at(self) -> float:
-        return self._round_start + (self._attempt.number + 1) * self.config.redraw_timeout_s
+        """A too-small draw is known to everyone at once and has nothing to wait for, so
+        it is re-drawn after the short `small_redraw_delay_s`; an attempt that stalls
+        (no certificate) gets the full `redraw_timeout_s` from its own start."""
+        a = self._attempt
+        if self.phase == Phase.REDRAWING:
+            return a.start + self.config.small_redraw_delay_s
+        return a.start + self.config.redraw_timeout_s
 
     def _on_round_started(self, event: RoundStarted) -> None:
         if self.phase != Phase.IDLE and event.round <= self.round:

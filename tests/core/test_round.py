@@ -195,7 +195,7 @@ def test_redraw_when_the_committee_is_too_small():
     sim = Sim(cfg)
     assert len(committee(TASK_SMALL, 1, GENESIS, 0)) < cfg.quorum
     sim.start()
-    sim.run(until=cfg.redraw_timeout_s - 1)
+    sim.run(until=cfg.small_redraw_delay_s - 0.5)
     assert all(m.phase == Phase.REDRAWING for m in sim.machines.values())
     assert 1 not in sim.chain
     sim.run()
