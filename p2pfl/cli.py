@@ -75,7 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _optional_hooks() -> list[Callable[[argparse._SubParsersAction], None]]:
     """Subcommand groups contributed by other parts of the package."""
-    hooks = []
+    from p2pfl.commands import add_node_commands
+
+    hooks = [add_node_commands]
     try:
         from p2pfl.chain.commands import add_chain_commands
 

@@ -97,6 +97,8 @@ class RoundLog:
     aggregate_s: float = 0.0
     fetch_s: float = 0.0
     published_at: float = 0.0
+    collect_closed_at: float = 0.0  # first aggregate requested (member): collection over
+    computed_at: float = 0.0  # first aggregate computed (member)
     certified_at: float = 0.0
     committed_at: float = 0.0
     commit_tx: str = ""
@@ -269,6 +271,9 @@ class Node:
         elif isinstance(action, ev.Fetch):
             n.start_soon(self._fetch_delta, action.author, action.delta)
         elif isinstance(action, ev.ComputeAggregate):
+            entry = self.rounds.get(action.round)
+            if entry is not None and not entry.collect_closed_at:
+                entry.collect_closed_at = self.clock()
             n.start_soon(self._compute, action)
         elif isinstance(action, ev.SubmitCommit):
             n.start_soon(self._submit_commit, action.commit)
@@ -300,10 +305,6 @@ class Node:
         log_entry = RoundLog(round=round_, started=self.clock(), base=str(CID.parse(base)))
         self.rounds[round_] = log_entry
         self._events_send.send_nowait(ev.RoundStarted(round_, base, stakes, self.clock()))
-        # The draw happened inside the machine; record what it decided.
-        await trio.sleep(0)
-        log_entry.committee = self.machine.committee
-        log_entry.member = self.machine.is_member
 
     async def _refresh_peer_ids(self, stakes: dict[bytes, int]) -> None:
         missing = [a for a in stakes if a not in self.peer_ids]
@@ -318,6 +319,9 @@ class Node:
         """Round round_-1 committed `base`: wait until the chain shows it, then start round_."""
         entry = self.rounds.get(round_ - 1)
         if entry is not None:
+            # The machine is still on the committed attempt: record its committee.
+            entry.committee = self.machine.committee
+            entry.member = self.machine.is_member
             entry.committed_at = self.clock()
             entry.result = str(CID.parse(base))
             if self.on_round is not None:
@@ -495,6 +499,7 @@ class Node:
         entry = self.rounds.get(request.round)
         if entry is not None:
             entry.aggregate_s += self.clock() - started
+            entry.computed_at = entry.computed_at or self.clock()
             entry.included = tuple(a for a, _ in answer.included)
             entry.rejected = answer.rejected
         self._events_send.send_nowait(answer)

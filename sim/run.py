@@ -156,7 +156,7 @@ async def _run(scenario: Scenario, runs_root: Path, quiet: bool) -> Path:
     info = devnet.admin.task_info(manifest.task_id)
     commits = {e.round: e for e in devnet.admin.commits(dep.block, devnet.admin.block_number(), manifest.task_id)}
     records = []
-    prev_commit_t = None
+    prev_commit_t: float | None = None
     for r in range(1, scenario.rounds + 1):
         entries = [n.rounds[r] for n in nodes if r in n.rounds]
         if not entries or r not in commits:
@@ -165,19 +165,22 @@ async def _run(scenario: Scenario, runs_root: Path, quiet: bool) -> Path:
         weights = _model_from_any(nodes, result)
         loss, acc = (math.nan, math.nan) if weights is None else evaluate(
             scenario.model.name, weights, test, model_kwargs=scenario.model.kwargs, num_threads=1)
-        start_t = min(e.started for e in entries)
-        commit_t = min((e.committed_at for e in entries if e.committed_at), default=math.nan)
-        wall = commit_t - (prev_commit_t if prev_commit_t is not None else start_t)
-        prev_commit_t = commit_t
+        # One timeline per round, from the earliest node to reach each step:
+        # train (incl. round set-up) | disseminate (until a member closes collection) |
+        # aggregate | agree (proposal + votes -> certificate) | commit (tx -> followed).
+        t0 = prev_commit_t if prev_commit_t is not None else min(e.started for e in entries)
         members = [e for e in entries if e.member]
-        certified = min((e.certified_at for e in members if e.certified_at), default=math.nan)
-        phases = {
-            "train": max(e.train_s for e in entries),
-            "disseminate": max((e.fetch_s for e in members), default=0.0),
-            "aggregate": max((e.aggregate_s for e in members), default=0.0),
-            "commit": max(0.0, commit_t - certified) if not math.isnan(certified) else 0.0,
-        }
-        phases["agree"] = max(0.0, wall - sum(phases.values()))
+        published = sorted(e.published_at for e in entries if e.published_at)
+        t_trained = published[max(0, math.ceil(0.8 * len(published)) - 1)] if published else t0
+        t_closed = min((e.collect_closed_at for e in members if e.collect_closed_at), default=t_trained)
+        t_computed = min((e.computed_at for e in members if e.computed_at), default=t_closed)
+        t_certified = min((e.certified_at for e in entries if e.certified_at), default=t_computed)
+        t_committed = min((e.committed_at for e in entries if e.committed_at), default=t_certified)
+        marks = [t0, min(t_trained, t_closed), t_closed, t_computed, t_certified, t_committed]
+        marks = [max(marks[: i + 1]) for i in range(len(marks))]  # monotone
+        phases = {p: marks[i + 1] - marks[i] for i, p in enumerate(PHASES)}
+        wall = t_committed - t0
+        prev_commit_t = t_committed
         ev = commits[r]
         record = {
             "round": r, "accuracy": acc, "loss": loss, "committee": ["0x" + a.hex() for a in entries[0].committee],

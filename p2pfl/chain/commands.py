@@ -319,6 +319,13 @@ def _cmd_claim(args: argparse.Namespace) -> int:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
+    if args.data_dir:
+        from p2pfl.commands import format_node_status, read_status
+
+        node = read_status(args.data_dir)
+        print(json.dumps(node, indent=1) if args.json else format_node_status(node))
+        if not (args.address or args.keystore or args.task):
+            return 0
     address = None
     if args.address:
         address = bytes.fromhex(Web3.to_checksum_address(args.address)[2:])
@@ -393,4 +400,5 @@ def add_chain_commands(subparsers: argparse._SubParsersAction) -> None:
     status.add_argument("--address", help="show the node of this address")
     status.add_argument("--task", help="show this task (32-byte hex id)")
     status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.add_argument("--data-dir", help="also show the running node of this data dir (round, peers, committee, accuracy)")
     status.set_defaults(handler=_cmd_status)

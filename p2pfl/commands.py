@@ -1,0 +1,355 @@
+"""`p2pfl task create`, `p2pfl node start`, `p2pfl model get`, `p2pfl sim`: the commands a
+person runs on a laptop. Each is a plain function (testable) plus its argparse wiring."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from p2pfl.errors import ConfigError, P2PFLError
+
+log = logging.getLogger("p2pfl.cli")
+
+DEFAULT_DATA_DIR = "p2pfl-data"
+DEFAULT_LISTEN = "/ip4/0.0.0.0/tcp/4001"
+# Fraction of a node's own data held out to report the accuracy of committed models.
+LOCAL_EVAL_FRACTION = 0.1
+STATUS_FILE = "status.json"
+
+
+# ---------------------------------------------------------------- task create
+
+
+def create_task(
+    rpc_url: str,
+    deployment_path: str | Path,
+    keystore: str | Path,
+    password: str,
+    *,
+    name: str,
+    model: str,
+    model_kwargs: dict[str, Any],
+    train: dict[str, Any],
+    aggregation: dict[str, Any],
+    committee_size: int,
+    reward_per_round_wei: int,
+    rounds_budget: int,
+    seed: int,
+    data_dir: str | Path,
+    manifest_out: str | Path,
+    collect_deadline_s: float = 60.0,
+    view_timeout_s: float = 15.0,
+) -> Any:
+    """Write the manifest and the genesis model (into the creator's block store) and open
+    the task on-chain with `reward_per_round_wei * rounds_budget` escrowed."""
+    from p2pfl.chain.client import ChainClient, Deployment
+    from p2pfl.chain.providers import rpc_web3
+    from p2pfl.core.identity import NodeIdentity
+    from p2pfl.core.tensors import encode_tensors
+    from p2pfl.manifest import TaskManifest
+    from p2pfl.net.blockstore import BlockStore
+    from p2pfl.train.models import init_weights
+
+    identity = NodeIdentity.load_keystore(keystore, password)
+    deployment = Deployment.load(deployment_path)
+    genesis = encode_tensors(init_weights(model, model_kwargs, seed))
+    root = BlockStore(Path(data_dir) / "blocks").put_blob(genesis)
+    manifest = TaskManifest(
+        name=name, model=model, model_kwargs=model_kwargs, initial_model=str(root),
+        chain_id=deployment.chain_id, registry=deployment.registry, ledger=deployment.ledger,
+        train=train, aggregation=aggregation, committee_size=committee_size,
+        collect_deadline_s=collect_deadline_s, view_timeout_s=view_timeout_s,
+        redraw_timeout_s=collect_deadline_s + 3 * view_timeout_s,
+        reward_per_round_wei=reward_per_round_wei, seed=seed,
+    )
+    manifest.save(manifest_out)
+    client = ChainClient(rpc_web3(rpc_url), deployment, identity.private_key)
+    client.create_task(manifest.task_id, root.digest, committee_size, 0, reward_per_round_wei,
+                       reward_per_round_wei * rounds_budget, redraw_delay_s=int(manifest.small_redraw_delay_s))
+    return manifest
+
+
+# ---------------------------------------------------------------- node start
+
+
+def load_node_data(spec: str, seed: int) -> Any:
+    """A node's private data: a `.npz` / image-folder path, or `fashion-mnist:I/N` /
+    `digits:I/N` (IID part I of N of a bundled data set, for demos)."""
+    from p2pfl.train.data import load_digits, load_fashion_mnist, load_user_data
+    from p2pfl.train.partition import partition_iid
+
+    for prefix, loader in (("fashion-mnist:", lambda: load_fashion_mnist("train")), ("digits:", load_digits)):
+        if spec.startswith(prefix):
+            try:
+                index, parts = (int(x) for x in spec[len(prefix):].split("/"))
+            except ValueError:
+                raise ConfigError(f"--data {spec!r}: expected {prefix}I/N, e.g. {prefix}0/4") from None
+            if not 0 <= index < parts:
+                raise ConfigError(f"--data {spec!r}: part index must be in 0..{parts - 1}")
+            data = loader()
+            return data.subset(partition_iid(data.y, parts, seed)[index])
+    return load_user_data(spec)
+
+
+async def run_node(
+    manifest_path: str | Path,
+    keystore: str | Path,
+    password: str,
+    rpc_url: str,
+    data_spec: str,
+    data_dir: str | Path,
+    listen: str,
+    bootstrap: Sequence[str],
+    rounds: int | None = None,
+    num_threads: int = 1,
+) -> None:
+    """Run one node until `rounds` are committed (or forever), writing `status.json`."""
+    import trio
+
+    from p2pfl.chain.client import ChainClient, Deployment
+    from p2pfl.chain.providers import rpc_web3
+    from p2pfl.core.identity import NodeIdentity
+    from p2pfl.manifest import TaskManifest
+    from p2pfl.net.config import NetConfig
+    from p2pfl.net.host import open_node_host
+    from p2pfl.node import Node
+    from p2pfl.train.data import split_dataset
+
+    manifest = TaskManifest.load(manifest_path)
+    identity = NodeIdentity.load_keystore(keystore, password)
+    data = load_node_data(data_spec, manifest.seed)
+    train, held_out = split_dataset(data, LOCAL_EVAL_FRACTION, manifest.seed)
+    deployment = Deployment(manifest.chain_id, manifest.registry, manifest.ledger, 0)
+    chain = ChainClient(rpc_web3(rpc_url), deployment, identity.private_key)
+    info = chain.node_info()
+    if not info.active:
+        raise P2PFLError(f"node {identity.checksum_address} is not registered: run `p2pfl register --stake ETH` first")
+    data_dir = Path(data_dir)
+    config = NetConfig(data_dir=data_dir, listen=listen, bootstrap=tuple(bootstrap), dht=True)
+    async with open_node_host(config, identity.private_key) as net:
+        print(f"peer id:  {net.peer_id}", flush=True)
+        for addr in net.listen_addrs:
+            print(f"listening {addr}", flush=True)
+        accuracy: dict[int, float] = {}
+
+        def on_round(entry: Any) -> None:
+            nursery.start_soon(_evaluate, node, entry, held_out, accuracy)
+
+        node = Node(identity, manifest, chain, net, train, data_dir / "state", num_threads=num_threads,
+                    on_round=on_round)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_write_status, node, net, data_dir / STATUS_FILE, accuracy)
+            await node.run(stop_after_round=rounds)
+            nursery.cancel_scope.cancel()
+        _dump_status(node, net, data_dir / STATUS_FILE, accuracy)
+        print(f"stopped after round {node.machine.round}", flush=True)
+
+
+async def _evaluate(node: Any, entry: Any, held_out: Any, accuracy: dict[int, float]) -> None:
+    import trio
+
+    from p2pfl.core.cid import CID
+    from p2pfl.core.tensors import decode_tensors
+    from p2pfl.train.trainer import evaluate
+
+    if not entry.result or len(held_out) == 0:
+        return
+    weights = decode_tensors(node.net.store.read_blob(CID.parse(entry.result)))
+    _, acc = await trio.to_thread.run_sync(
+        lambda: evaluate(node.manifest.model, weights, held_out, model_kwargs=node.manifest.model_kwargs)
+    )
+    accuracy[entry.round] = acc
+    print(f"round {entry.round} committed: model {entry.result} accuracy {acc:.4f} (local held-out)", flush=True)
+
+
+def _dump_status(node: Any, net: Any, path: Path, accuracy: dict[int, float]) -> None:
+    m = node.machine
+    last = max((r for r, e in node.rounds.items() if e.result), default=0)
+    status = {
+        "time": time.time(),
+        "address": node.identity.checksum_address,
+        "peer_id": net.peer_id,
+        "task": node.task.hex(),
+        "round": m.round,
+        "phase": m.phase.value,
+        "attempt": m.attempt,
+        "view": m.view,
+        "member": m.is_member,
+        "committee": ["0x" + a.hex() for a in m.committee],
+        "peers": len(net.connected_peers()),
+        "last_commit": {"round": last, "model": node.rounds[last].result, "tx": node.rounds[last].commit_tx} if last else None,
+        "accuracy": accuracy.get(last),
+        "counters": {**dict(m.counters), **node.counters},
+    }
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(status, indent=1, default=str))
+    os.replace(tmp, path)
+
+
+async def _write_status(node: Any, net: Any, path: Path, accuracy: dict[int, float]) -> None:
+    import trio
+
+    while True:
+        _dump_status(node, net, path, accuracy)
+        await trio.sleep(1.0)
+
+
+def read_status(data_dir: str | Path) -> dict[str, Any]:
+    path = Path(data_dir) / STATUS_FILE
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise P2PFLError(f"no node status at {path}: is `p2pfl node start --data-dir {data_dir}` running?") from None
+
+
+# ---------------------------------------------------------------- model get
+
+
+async def get_model(cid_text: str, out: str | Path, data_dir: str | Path, bootstrap: Sequence[str]) -> Path:
+    """Write the blob `cid_text` to `out`: from the local store, else fetched from peers."""
+    from p2pfl.core.cid import CID
+    from p2pfl.core.identity import NodeIdentity
+    from p2pfl.core.tensors import decode_tensors
+    from p2pfl.net.blockstore import BlockStore
+    from p2pfl.net.config import NetConfig
+    from p2pfl.net.host import open_node_host
+
+    cid = CID.parse(cid_text)
+    store = BlockStore(Path(data_dir) / "blocks")
+    if not store.has_blob(cid):
+        if not bootstrap:
+            raise P2PFLError(f"{cid} is not in {data_dir}; pass --bootstrap ADDR of a peer that has it")
+        config = NetConfig(data_dir=Path(data_dir), listen="/ip4/127.0.0.1/tcp/0", bootstrap=tuple(bootstrap),
+                           require_peers=True)
+        async with open_node_host(config, NodeIdentity.generate().private_key) as net:
+            await net.fetch_blob(cid, None)
+    blob = store.read_blob(cid)
+    decode_tensors(blob)  # it is a canonical model, not arbitrary bytes
+    Path(out).write_bytes(blob)
+    return Path(out)
+
+
+# ---------------------------------------------------------------- argparse
+
+
+def _json_arg(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("expected a JSON object")
+    return value
+
+
+def add_node_commands(sub: argparse._SubParsersAction) -> None:
+    from p2pfl.chain.commands import DEFAULT_DEPLOYMENT, DEFAULT_RPC
+    from p2pfl.cli import add_password_option
+
+    rpc_default = os.environ.get("P2PFL_RPC", DEFAULT_RPC)
+
+    task = sub.add_parser("task", help="training tasks").add_subparsers(dest="task_command", metavar="ACTION")
+    create = task.add_parser("create", help="write a manifest + genesis model and open the task on-chain")
+    create.add_argument("--rpc", default=rpc_default, help=f"JSON-RPC URL (default $P2PFL_RPC or {DEFAULT_RPC})")
+    create.add_argument("--deployment", default=DEFAULT_DEPLOYMENT, help="deployment file from `p2pfl chain deploy`")
+    create.add_argument("--keystore", default="node-key.json", help="creator's keystore (pays the escrow)")
+    add_password_option(create)
+    create.add_argument("--name", default="task")
+    create.add_argument("--model", default="cnn", help="model registry name (cnn, mlp) or module:pkg.mod:factory")
+    create.add_argument("--model-kwargs", type=_json_arg, default={}, help="JSON object of model arguments")
+    create.add_argument("--train", type=_json_arg, default={}, help='JSON training recipe, e.g. {"epochs": 1, "lr": 0.05}')
+    create.add_argument("--aggregation", type=_json_arg, default={}, help="JSON aggregation pipeline ({} = default)")
+    create.add_argument("--committee-size", type=int, default=7)
+    create.add_argument("--collect-deadline", type=float, default=60.0, help="seconds to collect updates per round")
+    create.add_argument("--view-timeout", type=float, default=15.0, help="seconds per leader view")
+    create.add_argument("--reward-per-round", default="0.01", help="ETH paid per committed round")
+    create.add_argument("--rounds-budget", type=int, default=100, help="rounds the escrow pays for")
+    create.add_argument("--seed", type=int, default=0)
+    create.add_argument("--data-dir", default=DEFAULT_DATA_DIR, help="creator's node data dir (holds the genesis model)")
+    create.add_argument("-o", "--out", default="manifest.json", help="manifest file to write and share with participants")
+    create.set_defaults(handler=_cmd_task_create)
+
+    node = sub.add_parser("node", help="run a node").add_subparsers(dest="node_command", metavar="ACTION")
+    start = node.add_parser("start", help="join a task: train, gossip, serve on committees, follow the chain")
+    start.add_argument("--task", "--manifest", dest="manifest", required=True, help="task manifest file")
+    start.add_argument("--keystore", default="node-key.json")
+    add_password_option(start)
+    start.add_argument("--rpc", default=rpc_default)
+    start.add_argument("--data", required=True,
+                       help="private training data: .npz (x, y), an image folder tree, or fashion-mnist:I/N / digits:I/N")
+    start.add_argument("--data-dir", default=DEFAULT_DATA_DIR, help="block store, state and status (survives restarts)")
+    start.add_argument("--listen", default=DEFAULT_LISTEN, help=f"TCP multiaddr (default {DEFAULT_LISTEN})")
+    start.add_argument("--bootstrap", action="append", default=[], help="peer multiaddr with /p2p/<id> (repeatable)")
+    start.add_argument("--rounds", type=int, default=None, help="stop after this round is committed")
+    start.add_argument("--threads", type=int, default=1, help="torch threads for local training")
+    start.set_defaults(handler=_cmd_node_start)
+
+    model = sub.add_parser("model", help="models by CID").add_subparsers(dest="model_command", metavar="ACTION")
+    get = model.add_parser("get", help="fetch a model by CID and write it as .safetensors")
+    get.add_argument("cid")
+    get.add_argument("-o", "--out", required=True)
+    get.add_argument("--data-dir", default=DEFAULT_DATA_DIR)
+    get.add_argument("--bootstrap", action="append", default=[], help="peer to fetch from when not stored locally")
+    get.set_defaults(handler=_cmd_model_get)
+
+    sim = sub.add_parser("sim", help="run a multi-node simulation scenario (same as python -m sim)")
+    sim.add_argument("args", nargs=argparse.REMAINDER, help="SCENARIO.toml [--set key=value ...]")
+    sim.set_defaults(handler=lambda a: __import__("sim.__main__", fromlist=["main"]).main(a.args))
+
+
+def _cmd_task_create(args: argparse.Namespace) -> int:
+    from p2pfl.chain.commands import ether_to_wei
+    from p2pfl.cli import _password
+
+    manifest = create_task(
+        args.rpc, args.deployment, args.keystore, _password(args), name=args.name, model=args.model,
+        model_kwargs=args.model_kwargs, train=args.train, aggregation=args.aggregation,
+        committee_size=args.committee_size, reward_per_round_wei=ether_to_wei(args.reward_per_round),
+        rounds_budget=args.rounds_budget, seed=args.seed, data_dir=args.data_dir, manifest_out=args.out,
+        collect_deadline_s=args.collect_deadline, view_timeout_s=args.view_timeout,
+    )
+    print(f"task id:       0x{manifest.task_id.hex()}")
+    print(f"manifest:      {args.out} ({manifest.cid})")
+    print(f"initial model: {manifest.initial_model} (in {args.data_dir})")
+    return 0
+
+
+def _cmd_node_start(args: argparse.Namespace) -> int:
+    import trio
+
+    from p2pfl.cli import _password
+
+    trio.run(run_node, args.manifest, args.keystore, _password(args), args.rpc, args.data, args.data_dir,
+             args.listen, args.bootstrap, args.rounds, args.threads)
+    return 0
+
+
+def _cmd_model_get(args: argparse.Namespace) -> int:
+    import trio
+
+    out = trio.run(get_model, args.cid, args.out, args.data_dir, args.bootstrap)
+    print(f"wrote {out}")
+    return 0
+
+
+def format_node_status(status: dict[str, Any]) -> str:
+    last = status.get("last_commit") or {}
+    acc = status.get("accuracy")
+    lines = [
+        f"node:        {status['address']} ({status['peer_id']})",
+        f"task:        0x{status['task']}",
+        f"round:       {status['round']} ({status['phase']}, attempt {status['attempt']}, view {status['view']})",
+        f"committee:   {len(status['committee'])} members{' (this node is one)' if status['member'] else ''}",
+        f"peers:       {status['peers']}",
+        f"last commit: round {last.get('round', '-')} model {last.get('model', '-')} tx {last.get('tx', '-')}",
+        f"accuracy:    {'-' if acc is None or (isinstance(acc, float) and math.isnan(acc)) else f'{acc:.4f}'} (local held-out)",
+        f"updated:     {time.time() - status['time']:.0f} s ago",
+    ]
+    return "\n".join(lines)
