@@ -35,7 +35,7 @@ import trio
 from p2pfl.core.cid import CID
 from p2pfl.errors import ConfigError, P2PFLError
 from p2pfl.net import yamux_tuning
-from p2pfl.net.blocks import BlockExchange, FetchError
+from p2pfl.net.blocks import STRIPE_PATIENCE_S, BlockExchange, FetchError
 from p2pfl.net.blockstore import BlockStore
 from p2pfl.net.config import (
     BLOB_FETCH_TIMEOUT_S,
@@ -57,6 +57,8 @@ MAINTENANCE_INTERVAL_S = 2.0
 # Providers asked for in one DHT lookup.
 DHT_PROVIDER_COUNT = 20
 DHT_LOOKUP_TIMEOUT_S = 10.0
+# Time allowed at shutdown for closing connections before the services stop.
+SHUTDOWN_CLOSE_TIMEOUT_S = 5.0
 # py-libp2p loggers that report routine events (peers leaving, streams reset by a closing
 # peer, identify races) at WARNING/ERROR; kept at CRITICAL unless the user asks for debug.
 NOISY_LIBP2P_LOGGERS = (
@@ -275,13 +277,21 @@ class NodeNet:
             await self.provide(root)
 
     async def fetch_blob_with_group(
-        self, root: CID, seeders: Sequence[str], group: Sequence[str], *, timeout_s: float = BLOB_FETCH_TIMEOUT_S
+        self,
+        root: CID,
+        seeders: Sequence[str],
+        group: Sequence[str],
+        *,
+        patience_s: float = STRIPE_PATIENCE_S,
+        timeout_s: float = BLOB_FETCH_TIMEOUT_S,
     ) -> None:
         """Fetch `root` striped across `group` (same ordered peer list on every member, self
         included) so the seeders (e.g. the author) upload it about once; see
         `BlockExchange.fetch_blob_striped`."""
         if not self.store.has_blob(root):
-            await self.blocks.fetch_blob_striped(root, seeders, group, self.peer_id, timeout_s=timeout_s)
+            await self.blocks.fetch_blob_striped(
+                root, seeders, group, self.peer_id, patience_s=patience_s, timeout_s=timeout_s
+            )
 
     async def get_blob(
         self, root: CID, providers: Sequence[str] | None = None, *, max_size_bytes: int | None = None
@@ -486,9 +496,15 @@ async def _run_host(
                     raise
                 finally:
                     nursery.cancel_scope.cancel()
-                    if bitswap is not None:
-                        with trio.CancelScope(shield=True):
+                    with trio.CancelScope(shield=True):
+                        if bitswap is not None:
                             await _quietly(bitswap.stop())
+                        # Close connections while pubsub still runs: a message arriving on a
+                        # live connection after pubsub stopped makes py-libp2p raise
+                        # "Nursery is closed to new arrivals" into the swarm.
+                        with trio.move_on_after(SHUTDOWN_CLOSE_TIMEOUT_S):
+                            for peer_id in list(host.get_connected_peers()):
+                                await _quietly(host.disconnect(peer_id))
 
 
 async def _run_service(service: Any, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:

@@ -18,6 +18,13 @@ Three causes, fixed here without touching anything else:
    never happens. `grow_receive_window()` lets a protocol that moves bulk data grant a larger
    window on its own streams (a WINDOW_UPDATE is legal at any time, spec section "Flow
    Control"); other streams keep the default so idle memory stays small.
+4. **Chatty credit.** The receiver sends a WINDOW_UPDATE after almost every read below the
+   half-window threshold (PY_YAMUX_RELEASE_ON_READ defaults on). Pubsub reads its varint
+   length prefixes one byte at a time, so each gossip message cost several extra frames:
+   with 20 nodes publishing 100 messages, 63k of 88k frames were window updates and the
+   process was CPU-bound for 30 s. Fix: go-yamux's rule, re-credit once half the window is
+   consumed (what the library does with PY_YAMUX_RELEASE_ON_READ=0, without touching the
+   process environment).
 
 Only the class used for new streams is replaced (`yamux.YamuxStream`, looked up by name when
 the muxer creates a stream); the wire protocol is unchanged, so tuned and untuned peers
@@ -98,6 +105,20 @@ def _make_stream_class(Y: Any) -> type:
                     continue
                 await self.conn._write_frame(frame)
                 sent += size
+
+        async def _auto_tune_and_send_window_update(self, *, bytes_read: int = 0) -> None:
+            # go-yamux's rule: re-credit only once at least half the window has been
+            # consumed. The library also sends an update for every read below that (its
+            # "release on read" and "partial slack" branches), which for pubsub's 1-byte
+            # varint reads means one WINDOW_UPDATE frame per byte read.
+            async with self.window_lock:
+                buffered = len(self.conn.stream_buffers.get(self.stream_id, b""))
+                delta = self.target_recv_window - (self.recv_window + buffered)
+                if delta <= 0 or delta < self.target_recv_window // 2:
+                    return
+                self.recv_window += delta
+                delta += self._apply_autotune_epoch(buffered)
+            await self.send_window_update(delta)
 
         async def _wait_for_credit(self) -> None:
             with trio.move_on_after(WINDOW_WAIT_TIMEOUT_S) as scope:

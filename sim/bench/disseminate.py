@@ -10,6 +10,8 @@ members, so the author uploads the delta about once instead of seven times.
 Figures:
 - `disseminate-10MiB-k7`: seconds from the announcement until all 7 members hold the verified
   blob (all 20 nodes share one CPU here, so this is an upper bound for separate machines);
+- `gossip-burst-100-to-k7`: seconds until every committee member holds all of 100 small
+  updates published at the same instant by the 20 nodes (gossip + sync repair);
 - `disseminate-author-upload`: bytes the author served / delta size (target <= 2);
 - `idle-rss`, `idle-cpu`: one node alone in its own OS process, connected to one peer and
   subscribed to a topic (gossip heartbeat and sync running), measured over a few seconds.
@@ -36,6 +38,9 @@ NODES = 20
 COMMITTEE = 7
 DELTA_BYTES = 10 * 1024 * 1024
 DIALS_PER_NODE = 3
+# 20 nodes x 5 = 100 updates published at the same instant.
+BURST_PER_NODE = 5
+BURST_TIMEOUT_S = 60.0
 IDLE_WARMUP_S = 3.0
 IDLE_WINDOW_S = 5.0
 START_TIMEOUT_S = 60.0
@@ -49,7 +54,7 @@ def _key(seed: int) -> bytes:
     return NodeIdentity.from_seed(seed.to_bytes(2, "big") * 16).private_key
 
 
-async def _disseminate(tmp: Path) -> tuple[float, float]:
+async def _disseminate(tmp: Path) -> tuple[float, float, float]:
     from p2pfl.core.cid import CID
     from p2pfl.net import NetConfig, ValidationResult, open_node_host, topic_name
 
@@ -94,7 +99,28 @@ async def _disseminate(tmp: Path) -> tuple[float, float]:
             await author.publish(topic, str(root).encode())
         seconds = max(done_at) - start
         uploaded = author.metrics().get("bytes-served", 0)
-        return seconds, uploaded / DELTA_BYTES
+
+        # 100 updates published at once by the 20 nodes: time until every member has all.
+        burst = {f"update {i} {j}".encode() for i in range(NODES) for j in range(BURST_PER_NODE)}
+        burst_done: list[float] = []
+
+        async def member_burst(channel) -> None:  # type: ignore[no-untyped-def]
+            seen: set[bytes] = set()
+            while not burst <= seen:
+                seen.add((await channel.receive()).data)
+            burst_done.append(time.perf_counter())
+
+        with trio.move_on_after(BURST_TIMEOUT_S):
+            async with trio.open_nursery() as nursery:
+                for channel in channels[1 : 1 + COMMITTEE]:
+                    nursery.start_soon(member_burst, channel)
+                burst_start = time.perf_counter()
+                for i, n in enumerate(nets):
+                    for j in range(BURST_PER_NODE):
+                        nursery.start_soon(n.publish, topic, f"update {i} {j}".encode())
+        if len(burst_done) < COMMITTEE:
+            raise BenchError(f"only {len(burst_done)}/{COMMITTEE} members got all 100 updates in {BURST_TIMEOUT_S} s")
+        return seconds, uploaded / DELTA_BYTES, max(burst_done) - burst_start
 
 
 # --- idle node in its own process -----------------------------------------------------------
@@ -177,7 +203,8 @@ def run() -> None:
         rss, cpu = _idle(Path(tmp))
         figure("idle-rss", rss, "MiB")
         figure("idle-cpu", cpu, "%")
-        seconds, upload = trio.run(_disseminate, Path(tmp))
+        seconds, upload, burst_s = trio.run(_disseminate, Path(tmp))
+    figure("gossip-burst-100-to-k7", burst_s, "s")
     figure("disseminate-author-upload", upload, "x-delta")
     figure("disseminate-10MiB-k7", seconds, "s")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -156,3 +157,21 @@ async def test_no_peers_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(NoPeersError, match="could not reach"):
         async with open_node_host(config, key(0)):
             pass
+
+
+async def test_group_fetch_uploads_about_once_and_survives_an_absent_member(tmp_path: Path) -> None:
+    data = os.urandom(12 * CHUNK_SIZE)
+    absent = NodeIdentity(key(9)).peer_id  # a committee member that never shows up
+    links = [(1, 0), (2, 0), (3, 0), (2, 1), (3, 1), (3, 2)]
+    async with nodes(tmp_path, 4, links=links) as (author, m1, m2, m3):
+        root = author.put_blob(data)
+        group = [m1.peer_id, m2.peer_id, absent, m3.peer_id]
+        async with trio.open_nursery() as nursery:
+            for m in (m1, m2, m3):
+                nursery.start_soon(partial(m.fetch_blob_with_group, root, [author.peer_id], group, patience_s=1.0))
+        for m in (m1, m2, m3):
+            assert m.read_blob(root) == data
+        served = author.metrics()["bytes-served"]
+        # Three present members' stripes once, plus the absent member's stripe once per member.
+        assert served < 2 * len(data)
+        assert sum(m.metrics().get("blocks-stripe-fallbacks", 0) for m in (m1, m2, m3)) == 3
