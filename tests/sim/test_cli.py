@@ -1,0 +1,107 @@
+"""The CLI as a new user runs it, against a real anvil chain and real node processes:
+keygen -> chain deploy -> register -> task create -> two `node start` processes ->
+status -> model get from a fresh node. Every process is started here and stopped by PID."""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from p2pfl.chain.providers import Anvil, free_loopback_port
+from p2pfl.core.cid import CID, blob_cid
+from p2pfl.core.tensors import decode_tensors
+
+P2PFL = [sys.executable, "-m", "p2pfl.cli"]
+
+
+def p2pfl(*args, cwd, timeout=120):
+    env = {**os.environ, "P2PFL_PASSWORD": "correct horse"}
+    out = subprocess.run([*P2PFL, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert out.returncode == 0, f"p2pfl {' '.join(args)} failed:\n{out.stdout}\n{out.stderr}"
+    return out.stdout
+
+
+def start_node(*args, cwd, log):
+    env = {**os.environ, "P2PFL_PASSWORD": "correct horse"}
+    return subprocess.Popen([*P2PFL, "node", "start", *args], cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
+def wait_for_line(path, pattern, proc, timeout=60):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        match = re.search(pattern, path.read_text())
+        if match:
+            return match
+        assert proc.poll() is None, f"node exited early:\n{path.read_text()}"
+        time.sleep(0.2)
+    raise AssertionError(f"no {pattern!r} within {timeout} s:\n{path.read_text()}")
+
+
+def stop(proc):
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def test_cli_journey(tmp_path):
+    with Anvil() as chain:
+        rpc = ["--rpc", chain.url]
+        for name in ("alice", "bob"):
+            out = p2pfl("keygen", "-o", f"{name}.json", cwd=tmp_path)
+            assert re.search(r"peer id:\s+16Uiu2", out)
+        p2pfl("chain", "deploy", *rpc, "--keystore", "alice.json", "--out", "deployment.json", "--fund-dev", cwd=tmp_path)
+        for name in ("alice", "bob"):
+            p2pfl("register", *rpc, "--keystore", f"{name}.json", "--stake", "2", "--fund-dev", cwd=tmp_path)
+        out = p2pfl(
+            "task", "create", *rpc, "--keystore", "alice.json", "--name", "digits-demo", "--model", "mlp",
+            "--model-kwargs", '{"input_shape": [1, 8, 8], "hidden": [16]}',
+            "--train", '{"epochs": 2, "batch_size": 16, "lr": 0.05}', "--committee-size", "2",
+            "--collect-deadline", "20", "--view-timeout", "8", "--rounds-budget", "10",
+            "--data-dir", "alice-data", "-o", "manifest.json", cwd=tmp_path,
+        )
+        task_id = re.search(r"task id:\s+0x([0-9a-f]{64})", out).group(1)
+
+        logs = {name: tmp_path / f"{name}.log" for name in ("alice", "bob")}
+        port = free_loopback_port()
+        alice = start_node(
+            "--manifest", "manifest.json", "--keystore", "alice.json", *rpc, "--data", "digits:0/2",
+            "--data-dir", "alice-data", "--listen", f"/ip4/127.0.0.1/tcp/{port}", cwd=tmp_path,
+            log=logs["alice"].open("w"),
+        )
+        bob = None
+        try:
+            addr = wait_for_line(logs["alice"], r"listening (/ip4/127\.0\.0\.1/tcp/\d+/p2p/\S+)", alice).group(1)
+            bob = start_node(
+                "--manifest", "manifest.json", "--keystore", "bob.json", *rpc, "--data", "digits:1/2",
+                "--data-dir", "bob-data", "--listen", "/ip4/127.0.0.1/tcp/0", "--bootstrap", addr, "--rounds", "2",
+                cwd=tmp_path, log=logs["bob"].open("w"),
+            )
+            assert bob.wait(timeout=240) == 0, logs["bob"].read_text()
+            assert "round 2 committed" in logs["bob"].read_text()
+
+            status = p2pfl("status", "--data-dir", "bob-data", cwd=tmp_path)
+            assert re.search(r"last commit: round 2 model b", status), status
+            chain_status = json.loads(p2pfl("status", *rpc, "--deployment", "deployment.json", "--task", task_id,
+                                            "--json", cwd=tmp_path))
+            assert chain_status["task"]["last_round"] >= 2
+            model_cid = json.loads((tmp_path / "bob-data" / "status.json").read_text())["last_commit"]["model"]
+
+            # A fresh node with an empty store fetches the committed model from alice.
+            out = p2pfl("model", "get", model_cid, "-o", "model.safetensors", "--data-dir", "fresh-data",
+                        "--bootstrap", addr, cwd=tmp_path)
+            blob = (tmp_path / "model.safetensors").read_bytes()
+            assert str(blob_cid(blob)) == model_cid
+            assert set(decode_tensors(blob)) and CID.parse(model_cid).digest
+            assert p2pfl("cid", "model.safetensors", cwd=tmp_path).strip() == model_cid
+        finally:
+            stop(alice)
+            if bob is not None:
+                stop(bob)
