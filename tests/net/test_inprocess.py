@@ -107,7 +107,7 @@ async def test_bad_provider_scored_down_and_fetch_completes(tmp_path: Path) -> N
         bad.put_blob(data)
 
         class LyingStore:  # serves the right sizes with the wrong bytes
-            def get(self, cid: object) -> bytes:
+            def get(self, cid: object, verify: bool = True) -> bytes:
                 return os.urandom(CHUNK_SIZE)
 
         bad.blocks.store = LyingStore()  # type: ignore[assignment]
