@@ -16,6 +16,7 @@ committed model digest), so a node killed at any point rejoins from the chain.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
@@ -48,6 +49,9 @@ DEFAULT_TICK_S = 0.25
 # Deltas up to this size ride inline in the Update (one gossip message, no fetch);
 # larger ones go by CID over the block exchange: pubsub is slow and drops big bursts.
 DEFAULT_INLINE_MAX_BYTES = 16 * 1024
+# How often the chain is polled for commits: a round cannot start before its
+# predecessor's commit is seen, so this latency is paid every round.
+DEFAULT_FOLLOW_POLL_S = 0.5
 # Retry a failed delta fetch after this long, doubling up to the cap, while the round lasts.
 FETCH_RETRY_S = 0.5
 FETCH_RETRY_MAX_S = 4.0
@@ -105,6 +109,10 @@ class RoundLog:
     commit_gas: int = 0
 
 
+# (base weights, training config, seed) -> p2pfl.train.trainer.TrainResult
+Trainer = Callable[[dict[str, np.ndarray], Any, int], Awaitable[Any]]
+
+
 @dataclass
 class Behaviour:
     """Hooks for simulations of faulty and malicious nodes (all off = honest)."""
@@ -134,6 +142,8 @@ class Node:
         behaviour: Behaviour | None = None,
         on_round: Callable[[RoundLog], None] | None = None,
         round_overrides: dict[str, Any] | None = None,
+        trainer: Trainer | None = None,
+        follow_poll_s: float = DEFAULT_FOLLOW_POLL_S,
     ) -> None:
         self.identity = identity
         self.address = identity.address
@@ -150,6 +160,11 @@ class Node:
         self.clock = clock
         self.behaviour = behaviour or Behaviour()
         self.on_round = on_round
+        # How local training runs: by default `train_local` on `data` in a worker thread;
+        # a simulation passes a trainer backed by a process pool whose workers hold the
+        # partitions, keeping torch's Python work off the event loop's GIL.
+        self.trainer = trainer
+        self.follow_poll_s = follow_poll_s
         self.spec = manifest.rule_spec()
         self.machine = RoundMachine(manifest.round_config(**(round_overrides or {})), identity.private_key, chain.domain())
         self.rounds: dict[int, RoundLog] = {}
@@ -186,7 +201,7 @@ class Node:
                 channel = await self.net.join(self.topic(kind), self._validator)
                 nursery.start_soon(self._intake, channel)
             follower = CommitFollower(self.chain, task=self.task, state_path=self.data_dir / "follower.json")
-            nursery.start_soon(follower.follow, self._on_chain_commit)
+            nursery.start_soon(follower.follow, self._on_chain_commit, self.follow_poll_s)
             nursery.start_soon(self._ticker)
             nursery.start_soon(self._start_round, info.last_round + 1, base.to_bytes())
             async for event in self._events_recv:
@@ -402,11 +417,12 @@ class Node:
         base = await self._ensure_model(base_bytes)
         cfg = TrainConfig.from_dict({**self.manifest.train, "seed": self.manifest.seed})
         seed = client_seed(self.manifest.seed, round_, self.client_index)
-        result = await trio.to_thread.run_sync(
-            lambda: train_local(self.manifest.model, base, self.data, cfg, seed,
-                                model_kwargs=self.manifest.model_kwargs, num_threads=self.num_threads),
-            limiter=self.cpu,
-        )
+        if self.trainer is None:
+            job = functools.partial(train_local, self.manifest.model, base, self.data, cfg, seed,
+                                    model_kwargs=self.manifest.model_kwargs, num_threads=self.num_threads)
+            result = await trio.to_thread.run_sync(job, limiter=self.cpu)
+        else:
+            result = await self.trainer(base, cfg, seed)
         delta = result.delta
         if self.behaviour.poison is not None:
             delta = self.behaviour.poison(round_, delta)

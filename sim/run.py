@@ -10,9 +10,11 @@ from __future__ import annotations
 import json
 import logging
 import math
+import multiprocessing
 import resource
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from contextlib import AsyncExitStack
 from dataclasses import replace
 from pathlib import Path
@@ -34,6 +36,8 @@ from sim.scenario import Scenario
 
 log = logging.getLogger("p2pfl.sim")
 
+# Concurrent training processes / aggregation threads in an in-process simulation: the cores.
+CPU_SLOTS = 2
 # Peers each simulated node dials at start-up.
 BOOTSTRAP_PEERS = 9
 # Whole-run guard: a scenario that stalls this long per planned round is reported, not hung.
@@ -121,7 +125,12 @@ async def _run(scenario: Scenario, runs_root: Path, quiet: bool) -> Path:
 
     writer = RunWriter(run_dir)
     logs: list[dict[int, RoundLog]] = []
-    cpu = trio.CapacityLimiter(2)  # the machine's cores: trainers and aggregators share them
+    # All simulated nodes share one process, so their local training runs in a pool of
+    # CPU_SLOTS worker processes (torch's per-batch Python work would otherwise fight the
+    # event loop for the GIL); aggregation stays in threads (numpy releases the GIL).
+    cpu = trio.CapacityLimiter(CPU_SLOTS)
+    pool = ProcessPoolExecutor(CPU_SLOTS, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_init_worker, initargs=(scenario,))
     tmp = tempfile.TemporaryDirectory(prefix="p2pfl-sim-")
     started = time.perf_counter()
     nodes: list[Node] = []
@@ -136,11 +145,15 @@ async def _run(scenario: Scenario, runs_root: Path, quiet: bool) -> Path:
             cfg = NetConfig(data_dir=Path(tmp.name) / f"node{i}", bootstrap=bootstrap, dht=False)
             nets.append(await stack.enter_async_context(open_node_host(cfg, ident.private_key)))
         nets[0].put_blob(genesis_blob)  # the task creator holds the genesis model
+        # Start the training workers now (torch import) so round 1 measures training only.
+        for future in [pool.submit(_worker_ready) for _ in range(CPU_SLOTS)]:
+            await trio.to_thread.run_sync(future.result)
         say(f"{len(nets)} hosts up in {time.perf_counter() - started:.1f} s")
         for i, (ident, net, client) in enumerate(zip(identities, nets, devnet.clients)):
             client_for_node = type(client)(w3, dep, ident.private_key)
             node = Node(ident, manifest, client_for_node, net, partitions[i], Path(tmp.name) / f"state{i}",
-                        client_index=i, cpu_limiter=cpu)
+                        client_index=i, cpu_limiter=cpu, trainer=_pool_trainer(pool, scenario, i),
+                        follow_poll_s=0.2)
             nodes.append(node)
         deadline = MAX_SECONDS_PER_ROUND * scenario.rounds
         with trio.move_on_after(deadline) as scope:
@@ -149,6 +162,7 @@ async def _run(scenario: Scenario, runs_root: Path, quiet: bool) -> Path:
                     nursery.start_soon(node.run, scenario.rounds)
                 nursery.start_soon(_progress, nodes, scenario.rounds, say)
         timed_out = scope.cancelled_caught
+    pool.shutdown(cancel_futures=True)
     tmp_path = tmp.name
     wall_s = time.perf_counter() - started
 
@@ -179,6 +193,11 @@ async def _run(scenario: Scenario, runs_root: Path, quiet: bool) -> Path:
         marks = [t0, min(t_trained, t_closed), t_closed, t_computed, t_certified, t_committed]
         marks = [max(marks[: i + 1]) for i in range(len(marks))]  # monotone
         phases = {p: marks[i + 1] - marks[i] for i, p in enumerate(PHASES)}
+        # Diagnostics inside "train": round set-up (chain reads, base model fetch) and
+        # the local training + publishing that follows, medians over nodes.
+        setup = float(np.median([e.started - t0 for e in entries]))
+        to_publish = float(np.median([e.published_at - e.started for e in entries if e.published_at] or [0.0]))
+        train_only = float(np.median([e.train_s for e in entries]))
         wall = t_committed - t0
         prev_commit_t = t_committed
         ev = commits[r]
@@ -189,6 +208,7 @@ async def _run(scenario: Scenario, runs_root: Path, quiet: bool) -> Path:
             "result": result, "wall_s": wall, "phases_s": phases, "commit_tx": "0x" + ev.tx_hash.hex(),
             "commit_block": ev.block_number, "signers": ev.signers,
             "gas": max((e.commit_gas for e in entries), default=0),
+            "setup_s": setup, "start_to_publish_s": to_publish, "train_compute_s": train_only,
             "bytes": [n.net.metrics().get("bytes_sent", 0) if hasattr(n.net, "metrics") else 0 for n in nodes],
         }
         writer.round(record)
@@ -252,6 +272,37 @@ async def _progress(nodes: list[Node], rounds: int, say: Any) -> None:
                 m = n.machine
                 say(f"  node {i}: round {m.round} phase {m.phase.value} attempt {m.attempt} view {m.view} "
                     f"member {m.is_member} counters {dict(m.counters)} node {n.counters}")
+
+
+# Training worker state: the scenario's partitions, loaded once per worker process.
+_WORKER_PARTITIONS: list[Any] = []
+
+
+def _init_worker(scenario: Scenario) -> None:
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    _WORKER_PARTITIONS[:] = load_data(scenario)[2]
+
+
+def _worker_ready() -> int:
+    return len(_WORKER_PARTITIONS)
+
+
+def _train_partition(index: int, model: str, model_kwargs: dict[str, Any], base: Any, cfg: Any, seed: int) -> Any:
+    from p2pfl.train.trainer import train_local
+
+    return train_local(model, base, _WORKER_PARTITIONS[index], cfg, seed, model_kwargs=model_kwargs, num_threads=1)
+
+
+def _pool_trainer(pool: ProcessPoolExecutor, scenario: Scenario, index: int) -> Any:
+    """A Node trainer that runs node `index`'s training in the pool (only weights travel)."""
+
+    async def train(base: Any, cfg: Any, seed: int) -> Any:
+        future = pool.submit(_train_partition, index, scenario.model.name, dict(scenario.model.kwargs), base, cfg, seed)
+        return await trio.to_thread.run_sync(future.result, abandon_on_cancel=True)
+
+    return train
 
 
 def _cid_of(blob: bytes) -> bytes:

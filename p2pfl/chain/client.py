@@ -62,6 +62,9 @@ GAS_MARGIN_NUM, GAS_MARGIN_DEN, GAS_MARGIN_ADD = 6, 5, 50_000
 RECEIPT_TIMEOUT_S = 120.0
 # Registry pages fetched per call when listing nodes or stakes.
 PAGE = 200
+# Registry snapshots kept (one per committed round in use); see committee_stakes.
+SNAPSHOT_CACHE_SIZE = 64
+_SNAPSHOT_CACHE: dict[tuple[int, str, int], dict[bytes, int]] = {}
 
 _ERROR_STRING = bytes.fromhex("08c379a0")  # Error(string)
 _PANIC = bytes.fromhex("4e487b71")  # Panic(uint256)
@@ -630,11 +633,19 @@ class ChainClient:
         """(snapshot block, {address: stake}) that elects the task's next round.
 
         Feed the mapping to `p2pfl.core.sortition.committee_for`: its total equals the
-        registry's total at the snapshot block because every node is listed.
+        registry's total at the snapshot block because every node is listed. A past
+        block's stakes never change, so the answer is cached per (chain, registry, block)
+        and shared by every client of this process (a simulation's nodes ask together).
         """
         block = self.snapshot_block(task)
-        _, stakes = self.stakes_at(block)
-        return block, stakes
+        key = (self.deployment.chain_id, self.deployment.registry, block)
+        cached = _SNAPSHOT_CACHE.get(key)
+        if cached is None:
+            _, cached = self.stakes_at(block)
+            _SNAPSHOT_CACHE[key] = cached
+            while len(_SNAPSHOT_CACHE) > SNAPSHOT_CACHE_SIZE:
+                _SNAPSHOT_CACHE.pop(next(iter(_SNAPSHOT_CACHE)))
+        return block, dict(cached)
 
     # -------------------------------------------------------- ledger: transactions
 
