@@ -6,6 +6,7 @@ setup:
 
 run: setup
 	.venv/bin/python -m p2pfl.selfcheck
+	.venv/bin/python -W ignore -m sim sim/scenarios/quickstart.toml
 
 test: setup
 	.venv/bin/python -m pytest -q
