@@ -171,6 +171,8 @@ class Node:
         self.counters: dict[str, int] = {}
         self.peer_ids: dict[bytes, str] = {}  # address -> libp2p peer id, from the registry
         self._updates: dict[tuple[bytes, bytes], Update] = {}
+        self._proposals: dict[tuple[int, bytes], Proposal] = {}  # (round, result CID) -> proposal
+        self._round_stakes: dict[int, dict[bytes, int]] = {}  # registry snapshot each round drew from
         self._models: dict[bytes, dict[str, np.ndarray]] = {}  # CID bytes -> weights (small LRU)
         self._model_blob_size: int | None = None
         self._events_send, self._events_recv = trio.open_memory_channel[Any](math.inf)
@@ -238,6 +240,7 @@ class Node:
             self._updates[(message.signer, message.delta)] = message  # inline bytes for Fetch
             self._events_send.send_nowait(ev.UpdateReceived(message, message.signer))
         elif isinstance(message, Proposal):
+            self._proposals.setdefault((message.round, message.result), message)
             self._events_send.send_nowait(ev.ProposalReceived(message, message.signer))
         elif isinstance(message, Vote):
             self._events_send.send_nowait(ev.VoteReceived(message, message.signer))
@@ -315,6 +318,7 @@ class Node:
     async def _start_round(self, round_: int, base: bytes) -> None:
         """Have the base model locally, read the registry snapshot, start the round."""
         _, stakes = await run_chain(self.chain, self.chain.committee_stakes, self.task)
+        self._round_stakes[round_] = stakes
         await self._refresh_peer_ids(stakes)
         await self._ensure_model(base)
         log_entry = RoundLog(round=round_, started=self.clock(), base=str(CID.parse(base)))
@@ -362,6 +366,38 @@ class Node:
         self._events_send.send_nowait(
             ev.ChainCommitted(event.round, event.attempt, event.view, base, result, event.contributors_root)
         )
+        self._write_reward_file(event, base, result)
+
+    def _write_reward_file(self, event: RoundCommitted, base: bytes, result: bytes) -> None:
+        """Rebuild the committed round's reward tree from its proposal and the updates it
+        names, check it against the on-chain root, and save it for `p2pfl claim`."""
+        from p2pfl.chain.commands import write_reward_file
+        from p2pfl.core.sortition import committee_for, round_seed
+
+        proposal = self._proposals.get((event.round, result))
+        stakes = self._round_stakes.get(event.round)
+        if proposal is None or stakes is None:
+            self._count("reward-file-unknown-proposal")
+            return
+        weights = {}
+        for author, delta in proposal.included:
+            update = self._updates.get((author, delta))
+            if update is None:
+                self._count("reward-file-missing-update")
+                return
+            weights[author] = update.n_samples
+        seed = round_seed(self.task, event.round, CID.parse(base).digest, event.attempt)
+        committee = committee_for(seed, stakes, self.manifest.committee_size)
+        leaves = round_reward_leaves(self.manifest.reward_per_round_wei, weights, committee,
+                                     [a for a, _ in proposal.rejected])
+        tree = RewardTree.build(leaves)
+        if tree.root != event.contributors_root:
+            self._count("reward-root-mismatch")
+            log.warning("round %d: rebuilt reward root differs from the chain's", event.round)
+            return
+        folder = self.data_dir / "rewards"
+        folder.mkdir(exist_ok=True)
+        write_reward_file(folder / f"round-{event.round:06d}.json", self.task, event.round, tree)
 
     # ------------------------------------------------------------------ models and blocks
 
@@ -439,6 +475,8 @@ class Node:
         self._events_send.send_nowait(ev.LocalUpdateReady(round_, cid.to_bytes(), n_samples, norm, inline))
 
     def _note_published(self, message: Any) -> None:
+        if isinstance(message, Proposal):
+            self._proposals.setdefault((message.round, message.result), message)
         if isinstance(message, Update):
             entry = self.rounds.get(message.round)
             if entry is not None:

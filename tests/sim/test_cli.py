@@ -94,6 +94,14 @@ def test_cli_journey(tmp_path):
             assert chain_status["task"]["last_round"] >= 2
             model_cid = json.loads((tmp_path / "bob-data" / "status.json").read_text())["last_commit"]["model"]
 
+            # Bob rebuilt each committed round's reward tree (root checked against the chain)
+            # and claims what his leaves pay him, with Merkle proofs.
+            rewards = sorted((tmp_path / "bob-data" / "state" / "rewards").glob("round-*.json"))
+            assert len(rewards) >= 2
+            out = p2pfl("claim", *rpc, "--deployment", "deployment.json", "--keystore", "bob.json",
+                        *[str(p) for p in rewards], cwd=tmp_path)
+            assert re.search(r"claimed [1-9]\d* reward\(s\)", out), out
+
             # A fresh node with an empty store fetches the committed model from alice.
             out = p2pfl("model", "get", model_cid, "-o", "model.safetensors", "--data-dir", "fresh-data",
                         "--bootstrap", addr, cwd=tmp_path)
