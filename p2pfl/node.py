@@ -38,6 +38,7 @@ from p2pfl.core.identity import NodeIdentity
 from p2pfl.core.merkle import RewardTree, round_reward_leaves
 from p2pfl.core.messages import Commit, Proposal, Update, Vote, decode_message
 from p2pfl.core.round import RoundMachine
+from p2pfl.core.validation import ACCEPT, IGNORE, Verdict, check_gossip
 from p2pfl.core.tensors import decode_tensors, encode_tensors, flatten, layout_size, unflatten
 from p2pfl.errors import AggregationError, ChainError, InvalidMessage, P2PFLError
 from p2pfl.manifest import TaskManifest
@@ -217,11 +218,13 @@ class Node:
     def _validator(self, topic: str, data: bytes, from_peer: str) -> Any:
         from p2pfl.net.gossip import ValidationResult
 
-        ok, reason = self.validate(data)
-        if ok:
+        verdict = self.validate(data)
+        if verdict.action == ACCEPT:
             return ValidationResult.accept()
-        self._count(f"gossip-rejected-{reason}")
-        return ValidationResult.reject(reason)
+        self._count(f"gossip-{verdict.action}-{verdict.reason}")
+        if verdict.action == IGNORE:
+            return ValidationResult.ignore(verdict.reason)
+        return ValidationResult.reject(verdict.reason)
 
     async def _intake(self, channel: Any) -> None:
         async for message in channel:
@@ -247,25 +250,17 @@ class Node:
         elif isinstance(message, Commit):
             self._events_send.send_nowait(ev.CommitSeen(message))
 
-    def validate(self, data: bytes) -> tuple[bool, str]:
-        """Stateless checks run by the gossip validator before forwarding.
-
-        Canonical decoding, our task, a valid signature by a registered node (the
-        round machine does the stateful checks: round, base, membership, duplicates).
-        """
-        try:
-            message = decode_message(data)
-            if message.task != self.task:
-                return False, "wrong-task"
-            if isinstance(message, Commit):
-                message.verify_votes(self.machine.domain)
-                return True, ""
-            signer = message.verify(self.machine.domain)
-        except InvalidMessage as exc:
-            return False, exc.reason
-        if self.peer_ids and signer not in self.peer_ids:
-            return False, "unregistered-signer"
-        return True, ""
+    def validate(self, data: bytes) -> Verdict:
+        """The gossip validator's checks (p2pfl.core.validation): canonical decoding, our
+        task, a round near ours, valid signatures by registered nodes. The round machine
+        does the stateful checks afterwards (base, membership, duplicates)."""
+        return check_gossip(
+            data,
+            task=self.task,
+            domain=self.machine.domain,
+            registered=self.peer_ids or None,
+            current_round=self.machine.round if self.machine.round > 0 else None,
+        )
 
     # ------------------------------------------------------------------ machine I/O
 
