@@ -73,3 +73,24 @@ def test_statement_digest_matches(
         chain.ledger.functions.statementDigest(kind, task, rnd, attempt, view, body).call()
     )
     assert onchain == statement_digest(chain.domain(), kind, task, rnd, attempt, view, body)
+
+
+def test_contract_reproduces_sortition_vectors(chain: ChainClient) -> None:
+    """The RoundLedger's seed, tickets and eligibility give the committees of protocol/vectors."""
+    import json
+    from pathlib import Path
+
+    doc = json.loads((Path(__file__).parents[2] / "protocol/vectors/sortition.json").read_text())
+    for case in doc["cases"]:
+        stakes = {bytes.fromhex(a): int(s) for a, s in case["stakes"].items()}
+        total = sum(stakes.values())
+        seed = bytes(chain.ledger.functions.roundSeed(
+            bytes.fromhex(case["task"]), case["round"], bytes.fromhex(case["base"]), case["attempt"]).call())
+        assert seed.hex() == case["seed"]
+        drawn = []
+        for address, stake in stakes.items():
+            t = chain.ledger.functions.ticketOf(seed, chain.w3.to_checksum_address(address)).call()
+            assert t == int(case["tickets"][address.hex()], 16)
+            if chain.ledger.functions.isEligible(t, stake, total, case["k"]).call():
+                drawn.append((t, address))
+        assert [a.hex() for _, a in sorted(drawn)] == case["committee"], case["name"]
