@@ -118,7 +118,7 @@ async def _run(scenario: Scenario, runs_root: Path, quiet: bool) -> Path:
         seed=scenario.seed,
     )
     fund(w3, devnet.admin.account.address, scenario.rounds * manifest.reward_per_round_wei + DEFAULT_GAS_FUNDS)
-    devnet.admin.create_task(manifest.task_id, manifest.cid.digest if False else CID.parse(manifest.initial_model).digest,
+    devnet.admin.create_task(manifest.task_id, CID.parse(manifest.initial_model).digest,
                              c.size, 0, manifest.reward_per_round_wei, scenario.rounds * manifest.reward_per_round_wei,
                              redraw_delay_s=0)
     say(f"task {manifest.cid} on chain {dep.chain_id}, ledger {dep.ledger}")
@@ -163,7 +163,6 @@ async def _run(scenario: Scenario, runs_root: Path, quiet: bool) -> Path:
                 nursery.start_soon(_progress, nodes, scenario.rounds, say)
         timed_out = scope.cancelled_caught
     pool.shutdown(cancel_futures=True)
-    tmp_path = tmp.name
     wall_s = time.perf_counter() - started
 
     # Collect what happened, round by round, from the chain and every node's log.
@@ -246,7 +245,6 @@ async def _run(scenario: Scenario, runs_root: Path, quiet: bool) -> Path:
     for key in ("rounds_committed", "rounds_planned", "final_accuracy", "reference_accuracy", "overhead_ratio", "wall_s"):
         say(f"{key}: {summary[key]:.4g}" if isinstance(summary[key], float) else f"{key}: {summary[key]}")
     say(str(run_dir))
-    del tmp_path
     tmp.cleanup()
     return run_dir
 
