@@ -400,6 +400,20 @@ class RoundMachine:
             return a.start + self.config.small_redraw_delay_s
         return a.start + self.config.redraw_timeout_s
 
+    def _max_view(self) -> int:
+        """Highest view a vote (or a follower's proposal) may name now.
+
+        Views advance at most once per `view_timeout_s` from the attempt's start (collection
+        may close early), so a view beyond what the clock allows (plus `max_views_ahead` of
+        skew) can only come from a member signing statements for views that never run; each
+        one is kept as a statement, so without this bound one member could grow our memory
+        without limit.
+        """
+        a = self._attempt
+        elapsed = self.now - a.start
+        by_clock = int(elapsed // self.config.view_timeout_s) if math.isfinite(elapsed) and elapsed > 0 else 0
+        return max(a.view, by_clock) + self.config.max_views_ahead
+
     def _on_round_started(self, event: RoundStarted) -> None:
         if self.phase != Phase.IDLE and event.round <= self.round:
             raise RoundStateError(
@@ -649,7 +663,9 @@ class RoundMachine:
         if not self.is_member or self.phase not in (Phase.COLLECTING, Phase.VOTING):
             # Followers and certified members do not act on proposals; still watch for
             # equivocation.
-            if self._record_statement(p):
+            if p.view > self._max_view():
+                self._drop("future-view", p.signer, False)
+            elif self._record_statement(p):
                 self.counters["proposals-accepted"] += 1
             return
         if p.view < a.view:
@@ -843,6 +859,9 @@ class RoundMachine:
             return
         if v.signer not in self._attempt.committee:
             self._drop("not-member", v.signer, True)
+            return
+        if v.view > self._max_view():
+            self._drop("future-view", v.signer, False)
             return
         if not self._record_statement(v):
             return
