@@ -31,7 +31,10 @@ from p2pfl.core.tensors import decode_tensors, encode_tensors
 from p2pfl.errors import ConfigError, P2PFLError
 from p2pfl.manifest import TaskManifest
 from p2pfl.node import Node, RoundLog
+from sim.attacks import AttackLog, RoundBoard, behaviour_for, hostile_net, make_plan, run_background, wrap_trainer
+from sim.faults import FaultLog, FaultSpec, Killer, LeaderKillNet, hold_host, inject
 from sim.report import PHASES, RunWriter, new_run_dir, write_report
+from sim.robustness import audit_run
 from sim.scenario import Scenario
 
 log = logging.getLogger("p2pfl.sim")
@@ -66,7 +69,12 @@ def load_data(scenario: Scenario) -> tuple[Any, Any, list[Any]]:
         raise ConfigError(f"unknown partition {d.partition!r}: use 'iid' or 'dirichlet'")
     if d.samples_per_node:
         parts = [p[: d.samples_per_node] for p in parts]
-    return train, test, [train.subset(p) for p in parts]
+    datasets = [train.subset(p) for p in parts]
+    if scenario.attacks:  # label flipping poisons the attackers' local data
+        from sim.attacks import make_plan, poison_datasets
+
+        datasets = poison_datasets(make_plan(scenario.attacks, scenario.nodes, scenario.seed), datasets)
+    return train, test, datasets
 
 
 def _train_dict(scenario: Scenario) -> dict[str, Any]:
@@ -82,7 +90,6 @@ def run_scenario(scenario: Scenario, runs_root: str | Path = "runs", quiet: bool
 
 async def _run(scenario: Scenario, runs_root: Path, quiet: bool) -> Path:
     from p2pfl.net.config import NetConfig
-    from p2pfl.net.host import open_node_host
     from p2pfl.train.models import init_weights
     from p2pfl.train.reference import reference_fedavg
     from p2pfl.train.trainer import TrainConfig, evaluate
@@ -134,7 +141,17 @@ async def _run(scenario: Scenario, runs_root: Path, quiet: bool) -> Path:
     tmp = tempfile.TemporaryDirectory(prefix="p2pfl-sim-")
     started = time.perf_counter()
     nodes: list[Node] = []
+    # Attacks and faults (sim/attacks.py, sim/faults.py); an honest run has neither.
+    plan = make_plan(scenario.attacks, scenario.nodes, scenario.seed)
+    fault_spec = FaultSpec.from_dict(scenario.faults)
+    attack_log, fault_log = AttackLog.empty(), FaultLog.empty()
+    host_stops = [trio.Event() for _ in identities]
+    killer = Killer(host_stops, fault_log)
     async with AsyncExitStack() as stack:
+        # Each host runs in its own task so that a fault can close one alone; at the end
+        # every host is told to stop (callbacks run before the nursery exits).
+        hosts = await stack.enter_async_context(trio.open_nursery())
+        stack.callback(lambda: [stop.set() for stop in host_stops])
         nets = []
         rng = np.random.default_rng(scenario.seed)
         for i, ident in enumerate(identities):
@@ -143,24 +160,37 @@ async def _run(scenario: Scenario, runs_root: Path, quiet: bool) -> Path:
             earlier = [j for j in rng.permutation(i).tolist() if j != 0][: BOOTSTRAP_PEERS - 1]
             bootstrap = tuple(nets[j].listen_addrs[0] for j in ([0] + earlier if i else []))
             cfg = NetConfig(data_dir=Path(tmp.name) / f"node{i}", bootstrap=bootstrap, dht=False)
-            nets.append(await stack.enter_async_context(open_node_host(cfg, ident.private_key)))
+            nets.append(await hosts.start(hold_host, cfg, ident.private_key, host_stops[i]))
         nets[0].put_blob(genesis_blob)  # the task creator holds the genesis model
         # Start the training workers now (torch import) so round 1 measures training only.
         for future in [pool.submit(_worker_ready) for _ in range(CPU_SLOTS)]:
             await trio.to_thread.run_sync(future.result)
         say(f"{len(nets)} hosts up in {time.perf_counter() - started:.1f} s")
+        board = RoundBoard()
         for i, (ident, net, client) in enumerate(zip(identities, nets, devnet.clients)):
             client_for_node = type(client)(w3, dep, ident.private_key)
-            node = Node(ident, manifest, client_for_node, net, partitions[i], Path(tmp.name) / f"state{i}",
-                        client_index=i, cpu_limiter=cpu, trainer=_pool_trainer(pool, scenario, i),
-                        follow_poll_s=0.2)
+            trainer = _pool_trainer(pool, scenario, i)
+            if plan.spec.active:
+                trainer = wrap_trainer(plan, i, trainer, board, len(partitions[i]))
+            node_net = hostile_net(plan, i, net, ident, client_for_node.domain(), identities, attack_log)
+            if fault_spec.kill_leader_round:
+                node_net = LeaderKillNet(node_net, i, fault_spec.kill_leader_round, killer)
+            node = Node(ident, manifest, client_for_node, node_net, partitions[i], Path(tmp.name) / f"state{i}",
+                        client_index=i, cpu_limiter=cpu, trainer=trainer, follow_poll_s=0.2,
+                        behaviour=behaviour_for(plan, scenario.seed, i))
             nodes.append(node)
+        killer.nodes = nodes
+        stakes_before = {ident.address: devnet.admin.node_info(ident.address).stake for ident in identities}
         deadline = MAX_SECONDS_PER_ROUND * scenario.rounds
         with trio.move_on_after(deadline) as scope:
             async with trio.open_nursery() as nursery:
-                for node in nodes:
-                    nursery.start_soon(node.run, scenario.rounds)
+                for i, node in enumerate(nodes):
+                    nursery.start_soon(killer.run_node, i, node, scenario.rounds)
                 nursery.start_soon(_progress, nodes, scenario.rounds, say)
+                if fault_spec.active:
+                    nursery.start_soon(inject, fault_spec, killer, nets, scenario.seed, say)
+                if plan.spec.sybils or plan.roles["spammers"]:
+                    nursery.start_soon(run_background, plan, nodes, nets, Path(tmp.name), scenario.seed, attack_log)
         timed_out = scope.cancelled_caught
     pool.shutdown(cancel_futures=True)
     wall_s = time.perf_counter() - started
@@ -240,6 +270,9 @@ async def _run(scenario: Scenario, runs_root: Path, quiet: bool) -> Path:
         "chain_final_digest": "0x" + info.last_result.hex(),
         "counters": _merged_counters(nodes),
     }
+    if plan.spec.active or fault_spec.active:
+        summary["robustness"] = audit_run(plan, fault_log, attack_log, nodes, identities, devnet, manifest,
+                                          commits, stakes_before)
     summary["accuracy_gap_points"] = 100 * (summary["reference_accuracy"] - summary["final_accuracy"])
     write_report(run_dir, scenario.to_dict(), records, ref_records, summary)
     for key in ("rounds_committed", "rounds_planned", "final_accuracy", "reference_accuracy", "overhead_ratio", "wall_s"):

@@ -1,0 +1,431 @@
+"""Robustness campaign: attacks x aggregation rules, protocol attacks and faults.
+
+    python -m sim.robustness [--only table|stack|protocol|report] [--rounds N]
+
+Three parts, results cached as JSON under `runs/robustness/` and rendered into
+`sim/ROBUSTNESS.md`:
+
+- **table** (aggregation level): every poisoning attack x every rule, same nodes, data,
+  model, seeds and the very `p2pfl.core.aggregate` pipeline the committees run, but no
+  network and no chain: local training in a 2-process pool, then `aggregate()`. This is
+  what makes 50 (attack, rule) runs affordable on 2 cores.
+- **stack** (full simulation, `sim.run`): the default pipeline under each poisoning
+  attack with real libp2p hosts, the embedded chain, committees and commits.
+- **protocol**: equivocation, lying/withholding/silent/censoring members, replay,
+  spam, Sybils, and the faults (30% killed, leader killed after proposing, partition),
+  each a full simulation with its robustness audit.
+
+`audit_run` is also called by every simulation with `[attacks]` or `[faults]`; it reads
+the chain and the nodes' records and checks the safety properties of the issue.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import multiprocessing
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sim.attacks import POISONS, AttackLog, AttackPlan, craft_round, make_plan
+from sim.faults import FaultLog
+
+RESULTS_DIR = Path("runs/robustness")
+REPORT_PATH = Path("sim/ROBUSTNESS.md")
+BASE_SCENARIO = Path("sim/scenarios/attack_base.toml")
+# The rules of the table, each parameterised for f = 3 attackers out of 10.
+RULES: dict[str, dict[str, Any]] = {
+    "fedavg": {"rule": "fedavg"},
+    "median": {"rule": "median"},
+    "trimmed_mean": {"rule": "trimmed_mean", "trim_fraction": 0.3},
+    "multikrum": {"rule": "multikrum", "byzantine_f": 3},
+    "default": {},
+}
+ATTACK_ROWS = [p for p in POISONS]  # "none" = the clean run
+ATTACK_FRACTION = 0.3
+
+
+# ---------------------------------------------------------------- audit of one full run
+
+
+def audit_run(
+    plan: AttackPlan, faults: FaultLog, attacks: AttackLog, nodes: list[Any], identities: list[Any],
+    devnet: Any, manifest: Any, commits: dict[int, Any], stakes_before: dict[bytes, int],
+) -> dict[str, Any]:
+    """Safety and liveness facts of a finished simulation, from the chain and the nodes."""
+    index_of = {ident.address: i for i, ident in enumerate(identities)}
+    rounds = []
+    violations: list[str] = []
+    victim_included = 0
+    for r in sorted(commits):
+        ev = commits[r]
+        proposal = None
+        for n in nodes:
+            try:
+                result = n._cid_for_digest(ev.result).to_bytes()
+            except Exception:
+                continue
+            proposal = n._proposals.get((r, result))
+            if proposal is not None:
+                snapshot = n._round_stakes.get(r, {})
+                break
+        row: dict[str, Any] = {"round": r, "attempt": ev.attempt, "view": ev.view, "signers": ev.signers,
+                               "block": ev.block_number}
+        if proposal is None:
+            row["included"] = None
+            rounds.append(row)
+            continue
+        included = [a for a, _ in proposal.included]
+        row["included"] = [index_of.get(a, "0x" + a.hex()) for a in included]
+        row["rejected"] = [[index_of.get(a, "0x" + a.hex()), why] for a, why in proposal.rejected]
+        row["poisoners_included"] = sorted(index_of[a] for a in included if index_of.get(a) in plan.poisoners)
+        for a in included:
+            if a not in index_of or snapshot.get(a, 0) <= 0:
+                violations.append(f"round {r}: unregistered author 0x{a.hex()} included")
+            if a in attacks.equivocated.get(r, set()):
+                violations.append(f"round {r}: equivocator {index_of.get(a)} included")
+        if plan.victim is not None and identities[plan.victim].address in included:
+            victim_included += 1
+        rounds.append(row)
+    registry = devnet.admin.registry
+    slashes = []
+    for e in registry.events.Slashed().get_logs(from_block=devnet.deployment.block):
+        a = e["args"]
+        node = bytes.fromhex(a["node"][2:])
+        reporter = bytes.fromhex(a["reporter"][2:])
+        slashes.append({"node": index_of.get(node, a["node"]), "amount_wei": a["amount"],
+                        "reporter": index_of.get(reporter, a["reporter"]), "reporter_reward_wei": a["reporterReward"],
+                        "block": e["blockNumber"]})
+    ledger = devnet.admin.ledger
+    proofs = [{"node": index_of.get(bytes.fromhex(e["args"]["node"][2:]) if "node" in e["args"] else b"", None),
+               "round": e["args"].get("round"), "kind": e["args"].get("kind"), "block": e["blockNumber"]}
+              for e in ledger.events.EquivocationProven().get_logs(from_block=devnet.deployment.block)]
+    # Equivocation of round r must be slashed before round r + 1 commits (or by the end).
+    late = []
+    for p in proofs:
+        nxt = commits.get((p["round"] or 0) + 1)
+        if nxt is not None and p["block"] > nxt.block_number:
+            late.append(p)
+    equivocated_rounds = sorted(attacks.equivocated)
+    unslashed = [r for r in equivocated_rounds if r in commits and not any(p["round"] == r for p in proofs)]
+    stakes_after = {}
+    for i in sorted(set(plan.attackers)):
+        addr = identities[i].address
+        stakes_after[i] = {"before_wei": stakes_before.get(addr, 0), "after_wei": devnet.admin.node_info(addr).stake}
+    info = devnet.admin.task_info(manifest.task_id)
+    return {
+        "attackers": {"poisoners": list(plan.poisoners), **{k: list(v) for k, v in plan.roles.items() if v},
+                      **({"victim": plan.victim} if plan.victim is not None else {})},
+        "rounds": rounds,
+        "rounds_committed": info.last_round,
+        "violations": violations,
+        "equivocated_rounds": equivocated_rounds,
+        "equivocation_proofs": proofs,
+        "equivocation_slashed_late": late,
+        "equivocation_unslashed_rounds": unslashed,
+        "slashes": slashes,
+        "attacker_stakes": stakes_after,
+        "victim_included_rounds": victim_included if plan.victim is not None else None,
+        "attack_log": {"lies": attacks.lies, "withheld": attacks.withheld, "silenced": attacks.silenced,
+                       "censored": attacks.censored, "replayed": attacks.replayed, "spam_sent": attacks.spam_sent,
+                       "sybil_sent": attacks.sybil_sent},
+        "killed": sorted(faults.killed),
+        "killed_in_round": {str(k): v for k, v in faults.killed_round.items()},
+        "leader_killed": faults.leader_killed,
+        "leader_kill_round": faults.leader_kill_round,
+        "partition": [list(h) for h in faults.partition] if faults.partition else None,
+    }
+
+
+# ---------------------------------------------------------------- aggregation-level table
+
+_CAMPAIGN: dict[str, Any] = {}
+
+
+def _init_campaign_worker(scenario: Any) -> None:
+    import warnings
+
+    from sim.run import load_data
+
+    warnings.filterwarnings("ignore")
+    _CAMPAIGN["parts"] = load_data(replace(scenario, attacks={}))[2]
+
+
+def _campaign_train(index: int, flip: bool, model: str, kwargs: dict[str, Any], base: Any, cfg: Any, seed: int) -> Any:
+    from p2pfl.train.trainer import train_local
+    from sim.attacks import flip_labels
+
+    data = _CAMPAIGN["parts"][index]
+    if flip:
+        data = replace(data, y=flip_labels(data.y))
+    return train_local(model, base, data, cfg, seed, model_kwargs=kwargs, num_threads=1)
+
+
+def table_run(scenario: Any, pool: ProcessPoolExecutor, test: Any, poison: str, rule: str) -> dict[str, Any]:
+    """One (attack, rule) cell: FL without the network, with the committee's aggregate()."""
+    from p2pfl.core import aggregate as agg
+    from p2pfl.core.tensors import flatten, layout_size, unflatten
+    from p2pfl.train.models import init_weights
+    from p2pfl.train.trainer import TrainConfig, client_seed, evaluate
+    from sim.run import _train_dict
+
+    attacks = {"poison": poison, "fraction": ATTACK_FRACTION} if poison != "none" else {}
+    plan = make_plan(attacks, scenario.nodes, scenario.seed)
+    spec = agg.RuleSpec.from_dict(RULES[rule]) if RULES[rule] else agg.RuleSpec.default()
+    cfg = TrainConfig.from_dict({**_train_dict(scenario), "seed": scenario.seed})
+    weights = init_weights(scenario.model.name, scenario.model.kwargs, scenario.seed)
+    previous: dict[str, np.ndarray] | None = None
+    history, rejected_poisoners, rejected_honest = [], 0, 0
+    started = time.perf_counter()
+    for r in range(1, scenario.rounds + 1):
+        flip = poison == "label_flip"
+        futures = [pool.submit(_campaign_train, i, flip and i in plan.poisoners, scenario.model.name,
+                               dict(scenario.model.kwargs), weights, cfg, client_seed(scenario.seed, r, i))
+                   for i in range(scenario.nodes)]
+        results = [f.result() for f in futures]
+        deltas, claims = craft_round(plan, scenario.seed, r, [x.delta for x in results],
+                                     [x.n_samples for x in results], previous)
+        base_vec, layout = flatten(weights)
+        contributions = [agg.Contribution(i.to_bytes(20, "big"), max(1, claims[i]), flatten(deltas[i])[0])
+                         for i in range(scenario.nodes)]
+        try:
+            out = agg.aggregate(spec, contributions, expected_size=layout_size(layout))
+            step = out.delta
+            for peer, _ in out.rejected:
+                if int.from_bytes(peer, "big") in plan.poisoners:
+                    rejected_poisoners += 1
+                else:
+                    rejected_honest += 1
+        except agg.NothingToAggregate:
+            step = np.zeros_like(base_vec)
+        new = unflatten(np.add(base_vec, step, dtype=np.float32), layout)
+        previous = {k: (new[k] - weights[k]).astype(np.float32) for k in new}
+        weights = new
+        loss, acc = evaluate(scenario.model.name, weights, test, model_kwargs=scenario.model.kwargs, num_threads=1)
+        history.append(acc)
+    slots = scenario.rounds * len(plan.poisoners)
+    honest_slots = scenario.rounds * (scenario.nodes - len(plan.poisoners))
+    return {"attack": poison, "rule": rule, "rule_name": spec.name, "accuracy": history[-1], "history": history,
+            "poisoners": list(plan.poisoners), "rejected_poisoner_share": rejected_poisoners / slots if slots else None,
+            "rejected_honest_share": rejected_honest / honest_slots, "seconds": time.perf_counter() - started}
+
+
+def run_table(scenario: Any, out: Path, say: Any) -> list[dict[str, Any]]:
+    from sim.run import load_data
+
+    _, test, _ = load_data(replace(scenario, attacks={}))
+    cells = []
+    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_init_campaign_worker, initargs=(scenario,)) as pool:
+        for poison in ATTACK_ROWS:
+            for rule in RULES:
+                cell = table_run(scenario, pool, test, poison, rule)
+                say(f"table {poison:10s} x {rule:12s}: accuracy {cell['accuracy']:.4f} ({cell['seconds']:.0f} s)")
+                cells.append(cell)
+                out.write_text(json.dumps({"scenario": scenario.to_dict(), "cells": cells}, indent=1))
+    return cells
+
+
+# ---------------------------------------------------------------- full-stack runs
+
+# Protocol attacks and faults of the campaign: name -> scenario overrides.
+PROTOCOL_RUNS: dict[str, dict[str, Any]] = {
+    "clean": {},
+    "equivocation (1 node)": {"attacks": {"equivocators": 1}},
+    "lying members (2)": {"attacks": {"liars": 2}},
+    "withheld votes (2)": {"attacks": {"withholders": 2}},
+    "silent leaders (2)": {"attacks": {"silent_leaders": 2}},
+    "censoring member (1)": {"attacks": {"censors": 1}},
+    "replay of old rounds (1)": {"attacks": {"replayers": 1}},
+    "topic spam (1 node, 20 msg/s)": {"attacks": {"spammers": 1}},
+    "Sybil flood (10 peers, no stake)": {"attacks": {"sybils": 10}},
+    "30% killed in round 3": {"faults": {"kill_fraction": 0.3, "kill_round": 3}},
+    "leader killed after proposing (round 3)": {"faults": {"kill_leader_round": 3}},
+    "partition for 20 s (round 3)": {"faults": {"partition_round": 3, "partition_s": 20.0}},
+}
+
+
+def stack_run(scenario: Any, runs_root: Path) -> dict[str, Any]:
+    from sim.run import run_scenario
+
+    run_dir = run_scenario(scenario, runs_root, quiet=True)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return {"run_dir": str(run_dir), "summary": summary, "walls": [r["wall_s"] for r in records],
+            "accuracies": [r["accuracy"] for r in records]}
+
+
+def run_stack(scenario: Any, out: Path, say: Any, which: str) -> dict[str, Any]:
+    results: dict[str, Any] = json.loads(out.read_text()) if out.exists() else {}
+    if which == "stack":
+        jobs = {p: {"attacks": {"poison": p, "fraction": ATTACK_FRACTION} if p != "none" else {}} for p in ATTACK_ROWS}
+    else:
+        jobs = PROTOCOL_RUNS
+    for name, overrides in jobs.items():
+        s = replace(scenario, name=f"rob-{which}", **overrides)
+        started = time.perf_counter()
+        res = stack_run(s, RESULTS_DIR / "runs")
+        res["overrides"] = overrides
+        results[name] = res
+        sm = res["summary"]
+        say(f"{which} {name}: rounds {sm['rounds_committed']}/{sm['rounds_planned']} accuracy {sm['final_accuracy']:.4f} "
+            f"wall {time.perf_counter() - started:.0f} s violations {len(sm.get('robustness', {}).get('violations', []))}")
+        out.write_text(json.dumps(results, indent=1))
+    return results
+
+
+# ---------------------------------------------------------------- report
+
+
+def _fmt_acc(x: float | None) -> str:
+    return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.1f}"
+
+
+def render(scenario_text: str, table: dict[str, Any] | None, stack: dict[str, Any] | None,
+           protocol: dict[str, Any] | None, commands: list[str]) -> str:
+    lines = ["# Robustness: attacks, faults and what holds", "",
+             "Generated by `python -m sim.robustness` (`sim/robustness.py`); the raw results are the JSON files",
+             "under `runs/robustness/`. Re-render without re-running: `python -m sim.robustness --only report`.", "",
+             "Commands run for this file:", "", "```", *commands, "```", "",
+             "Base scenario (`sim/scenarios/attack_base.toml`):", "", "```toml", scenario_text.strip(), "```", ""]
+    if table:
+        cells = {(c["attack"], c["rule"]): c for c in table["cells"]}
+        rules = list(RULES)
+        lines += ["## Attack x rule (aggregation level)", "",
+                  f"Final test accuracy (%) after {table['scenario']['rounds']} rounds, 30% attackers "
+                  f"({len(next(iter(table['cells']))['poisoners'])} of {table['scenario']['nodes']} nodes, seeded choice). "
+                  "Same partitions, model, seeds and `p2pfl.core.aggregate` as the committees; no network or chain "
+                  "(those are exercised by the full-stack runs below). Rules: " +
+                  ", ".join(f"`{r}` = `{next((c['rule_name'] for c in table['cells'] if c['rule'] == r), r)}`" for r in rules) + ".", "",
+                  "| attack | " + " | ".join(rules) + " | default − clean (points) |",
+                  "|---|" + "---|" * (len(rules) + 1)]
+        clean_default = cells.get(("none", "default"), {}).get("accuracy")
+        for attack in ATTACK_ROWS:
+            row = [_fmt_acc(cells[(attack, r)]["accuracy"]) if (attack, r) in cells else "—" for r in rules]
+            d = cells.get((attack, "default"), {}).get("accuracy")
+            gap = "—" if d is None or clean_default is None else f"{100 * (d - clean_default):+.1f}"
+            lines.append(f"| {attack if attack != 'none' else 'clean (no attack)'} | " + " | ".join(row) + f" | {gap} |")
+        lines += ["", "Share of the attackers' updates the rule rejected (default pipeline / Multi-Krum), "
+                  "and honest updates rejected:", "",
+                  "| attack | default: attackers rejected | default: honest rejected | multikrum: attackers rejected | multikrum: honest rejected |",
+                  "|---|---|---|---|---|"]
+        for attack in ATTACK_ROWS:
+            d, m = cells.get((attack, "default")), cells.get((attack, "multikrum"))
+            if d is None or m is None:
+                continue
+            f = lambda x: "—" if x is None else f"{100 * x:.0f}%"
+            lines.append(f"| {attack} | {f(d['rejected_poisoner_share'])} | {f(d['rejected_honest_share'])} | "
+                         f"{f(m['rejected_poisoner_share'])} | {f(m['rejected_honest_share'])} |")
+        lines.append("")
+    if stack:
+        lines += ["## Default pipeline under poisoning, full simulation", "",
+                  "Real libp2p hosts, embedded chain, sortition committees, commits; 30% poisoners.", "",
+                  "| attack | rounds committed | final accuracy (%) | vs clean (points) | poisoner updates included (sum over rounds) | violations |",
+                  "|---|---|---|---|---|---|"]
+        clean = stack.get("none", {}).get("summary", {}).get("final_accuracy")
+        for name, res in stack.items():
+            sm = res["summary"]
+            rob = sm.get("robustness", {})
+            inc = sum(len(r.get("poisoners_included") or []) for r in rob.get("rounds", []))
+            gap = "—" if clean is None else f"{100 * (sm['final_accuracy'] - clean):+.1f}"
+            lines.append(f"| {name if name != 'none' else 'clean'} | {sm['rounds_committed']}/{sm['rounds_planned']} | "
+                         f"{_fmt_acc(sm['final_accuracy'])} | {gap} | {inc if rob else '—'} | {len(rob.get('violations', [])) if rob else '—'} |")
+        lines.append("")
+    if protocol:
+        lines += ["## Protocol attacks and faults, full simulation", "",
+                  "| run | rounds committed | final accuracy (%) | round walls (s) | (attempt, view) of each commit | notes |",
+                  "|---|---|---|---|---|---|"]
+        clean_walls = protocol.get("clean", {}).get("walls")
+        for name, res in protocol.items():
+            sm = res["summary"]
+            rob = sm.get("robustness", {})
+            av = " ".join(f"({r['attempt']},{r['view']})" for r in rob.get("rounds", [])) or "(0,0) all"
+            notes = _notes(rob, sm, res, clean_walls)
+            walls = " ".join(f"{w:.1f}" for w in res["walls"])
+            lines.append(f"| {name} | {sm['rounds_committed']}/{sm['rounds_planned']} | {_fmt_acc(sm['final_accuracy'])} | "
+                         f"{walls} | {av} | {notes} |")
+        lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def _notes(rob: dict[str, Any], sm: dict[str, Any], res: dict[str, Any], clean_walls: list[float] | None) -> str:
+    out = []
+    if rob.get("violations"):
+        out.append(f"VIOLATIONS: {rob['violations']}")
+    elif rob:
+        out.append("no unregistered/equivocating author included")
+    if rob.get("equivocated_rounds"):
+        slashed = rob["slashes"]
+        stakes = ", ".join("%g->%g ETH" % (v["before_wei"] / 1e18, v["after_wei"] / 1e18)
+                           for v in rob["attacker_stakes"].values())
+        proved = sorted({p["round"] for p in rob["equivocation_proofs"]})
+        reward = sum(s["reporter_reward_wei"] for s in slashed) / 1e18
+        out.append(f"equivocated in rounds {rob['equivocated_rounds']}, proofs on-chain for rounds {proved}, "
+                   f"late {len(rob['equivocation_slashed_late'])}; stake {stakes}; "
+                   f"reporters rewarded {reward:g} ETH in {len(slashed)} slash(es)")
+    log = rob.get("attack_log", {})
+    for key in ("lies", "withheld", "silenced", "censored", "replayed", "spam_sent", "sybil_sent"):
+        if log.get(key):
+            out.append(f"{key} {log[key]}")
+    if rob.get("victim_included_rounds") is not None:
+        out.append(f"censored victim included in {rob['victim_included_rounds']} round(s)")
+    if rob.get("killed"):
+        out.append(f"killed nodes {rob['killed']}")
+    if rob.get("leader_killed") is not None:
+        out.append(f"leader {rob['leader_killed']} killed after its round-{rob['leader_kill_round']} proposal")
+    if rob.get("partition"):
+        out.append(f"partition {rob['partition'][0]} / {rob['partition'][1]}")
+    if clean_walls and res["walls"] and res["walls"] != clean_walls:
+        n = min(len(clean_walls), len(res["walls"]))
+        out.append(f"time lost vs clean {sum(res['walls'][:n]) - sum(clean_walls[:n]):+.1f} s")
+    c = sm.get("counters", {})
+    interesting = {k: v for k, v in c.items() if any(s in k for s in ("reject", "equivoc", "evidence", "mismatch", "decode"))}
+    if interesting:
+        out.append("counters " + ", ".join(f"{k} {v}" for k, v in sorted(interesting.items())))
+    return "; ".join(out).replace("|", "/")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m sim.robustness", description=__doc__.splitlines()[0])
+    parser.add_argument("--only", choices=["table", "stack", "protocol", "report"], action="append")
+    parser.add_argument("--scenario", default=str(BASE_SCENARIO))
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    args = parser.parse_args(argv)
+    import tomllib
+
+    from p2pfl.logs import setup_logging
+    from sim.scenario import load_scenario
+
+    setup_logging()
+    overrides = {k: tomllib.loads(f"v = {v}")["v"] for k, _, v in (s.partition("=") for s in args.set)}
+    scenario = load_scenario(args.scenario, overrides)
+    parts = args.only or ["table", "stack", "protocol"]
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    say = lambda *a: print(*a, flush=True)  # noqa: E731
+    files = {p: RESULTS_DIR / f"{p}.json" for p in ("table", "stack", "protocol")}
+    if "table" in parts:
+        run_table(scenario, files["table"], say)
+    for which in ("stack", "protocol"):
+        if which in parts:
+            run_stack(scenario, files[which], say, which)
+    load = lambda p: json.loads(files[p].read_text()) if files[p].exists() else None  # noqa: E731
+    commands_file = RESULTS_DIR / "commands.txt"
+    command = "python -m sim.robustness " + " ".join(sys.argv[1:] if argv is None else argv)
+    if parts != ["report"]:
+        with commands_file.open("a") as f:
+            f.write(command.strip() + "\n")
+    commands = commands_file.read_text().splitlines() if commands_file.exists() else []
+    REPORT_PATH.write_text(render(Path(args.scenario).read_text(), load("table"), load("stack"), load("protocol"), commands))
+    say(str(REPORT_PATH))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
