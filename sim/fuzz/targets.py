@@ -768,7 +768,11 @@ class _RoundProgram:
             if not shell:
                 self.sent.append(event)
             self.apply(event, shell)
-        return f"{m.phase.value}:r{min(m.round, 3)}:{'cert' if m.certificate else 'nocert'}"
+        # What the program made the machine do, as coarse flags: new combinations join the
+        # corpus, steering mutation towards programs that reach proposals, votes, evidence.
+        kinds = {type(a.message).__name__[0] for a in self.published}
+        flags = "".join(sorted(kinds)) + ("E" if m.counters["evidence"] else "") + ("C" if m.certificate else "")
+        return f"{m.phase.value}:r{min(m.round, 3)}:{flags}"
 
     def apply(self, event: Any, shell: bool) -> None:
         self.events += 1
