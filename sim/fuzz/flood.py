@@ -1,0 +1,240 @@
+"""Spam flood against a real node: memory must stay bounded, everything must be counted.
+
+In one trio run on 127.0.0.1: a *victim* host joins the task's three topics with the real
+node validator (`Node.validate` over a node's state: task, round 5, a registry) and feeds
+what it admits into a real `RoundMachine`, as `Node.deliver` does. `ATTACKERS` hosts flood
+the topics straight through pubsub (no pacing) with a mix of hostile messages:
+
+    garbage       random bytes                               -> reject malformed
+    truncated     a valid message cut short                  -> reject malformed
+    oversized     over the victim's message limit (500 kB)   -> reject oversized
+    wrong-task    signed, another task                       -> reject wrong-task
+    forged        a signed message with one field changed    -> reject bad-signature
+    stranger      validly signed by an unregistered key      -> reject unregistered-signer
+    replay        a round long finished                      -> reject replayed-round
+    future        three rounds ahead                         -> ignore future-round
+    views         a registered committee member's votes for views that never run
+                  (admitted by gossip; the machine drops them as future-view)
+
+Every message is distinct (a counter is folded in), so no dedup cache shortcuts the work.
+Two phases: `defended` with the node's default limits (peers are banned after a few dozen
+rejections, so the flood is cut off), then `open`: bans and per-peer rate limits disabled,
+so every message reaches the validator; this is the worst case for memory. RSS is sampled
+every 50 ms; `before` is taken after start-up and a warm-up.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import random
+import resource
+import time
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from p2pfl.core import round_events as ev
+from p2pfl.core.cid import blob_cid
+from p2pfl.core.identity import NodeIdentity
+from p2pfl.core.messages import Commit, Proposal, Update, Vote, decode_message
+from p2pfl.core.round import RoundConfig, RoundMachine
+from p2pfl.core.signing import Domain
+from p2pfl.errors import InvalidMessage
+from p2pfl.net import NetConfig, NodeNet, ValidationResult, open_node_host
+from p2pfl.net.config import topic_name
+
+TASK = b"\x5a" * 32
+DOMAIN = Domain(chain_id=31337, contract=b"\x42" * 20)
+CURRENT_ROUND = 5
+MEMBERS = [NodeIdentity.from_seed(b"flood member %d" % i) for i in range(7)]
+STRANGER = NodeIdentity.from_seed(b"flood stranger")
+BASE = blob_cid(b"flood base model").to_bytes()
+ATTACKERS = 3
+CATEGORIES = ("garbage", "truncated", "oversized", "wrong-task", "forged", "stranger", "replay", "future", "views")
+# The victim's message limit, below the attackers' (pubsub's 1 MiB cap bounds theirs), so
+# oversized messages get through the attackers' own gossip and reach the victim's check.
+VICTIM_MAX_MESSAGE_BYTES = 500_000
+# Oversized messages cost 0.5 MB each to build and send: one in this many.
+OVERSIZED_EVERY = 200
+RSS_SAMPLE_S = 0.05
+
+
+def _rss_mib() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
+
+
+@dataclass
+class FloodResult:
+    sent: int = 0
+    sent_by_category: dict[str, int] = field(default_factory=dict)
+    rss_before_mib: float = 0.0
+    rss_peak_mib: float = 0.0
+    rss_half_mib: float = 0.0  # when half the messages were sent: a plateau means bounded
+    rss_after_mib: float = 0.0
+    seconds: float = 0.0
+    rejected: int = 0
+    rejections_by_reason: dict[str, int] = field(default_factory=dict)
+    ignored: int = 0
+    validated: int = 0  # messages the victim judged (rejected + ignored + admitted)
+    admitted: int = 0
+    peers_banned: int = 0
+    machine_rejected: dict[str, int] = field(default_factory=dict)
+    machine_statements: int = 0
+
+
+class Victim:
+    """The node side: real validator, real machine, counting like `Node`."""
+
+    def __init__(self) -> None:
+        from sim.fuzz.targets import node_validator
+
+        registered = frozenset(m.address for m in MEMBERS)
+        config = RoundConfig(task=TASK, committee_size=7, rule="fedavg")
+        self.machine = RoundMachine(config, MEMBERS[0].private_key, DOMAIN)
+        self.machine.handle(ev.RoundStarted(CURRENT_ROUND, BASE, {m.address: 100 for m in MEMBERS}, 0.0))
+        self.validate = node_validator(TASK, registered, CURRENT_ROUND, self.machine)
+        self.counts: dict[str, int] = {}
+
+    def validator(self, topic: str, data: bytes, peer: str) -> ValidationResult:
+        verdict = self.validate(data)
+        if verdict.action == "accept":
+            return ValidationResult.accept()
+        if verdict.action == "ignore":
+            return ValidationResult.ignore(verdict.reason)
+        return ValidationResult.reject(verdict.reason)
+
+    async def intake(self, channel: Any) -> None:
+        async for message in channel:
+            try:
+                m = decode_message(message.data)
+            except InvalidMessage:
+                continue
+            if isinstance(m, Update):
+                self.machine.handle(ev.UpdateReceived(m, m.signer))
+            elif isinstance(m, Proposal):
+                self.machine.handle(ev.ProposalReceived(m, m.signer))
+            elif isinstance(m, Vote):
+                self.machine.handle(ev.VoteReceived(m, m.signer))
+            elif isinstance(m, Commit):
+                self.machine.handle(ev.CommitSeen(m))
+
+
+def _update(author: NodeIdentity, i: int, *, task: bytes = TASK, round_: int = CURRENT_ROUND) -> Update:
+    u = Update(task=task, round=round_, base=BASE, delta=blob_cid(i.to_bytes(8, "big")).to_bytes(),
+               n_samples=1 + i % 1000, norm=1.0, inline=b"", signer=author.address)
+    return u.signed(author.private_key, DOMAIN)  # type: ignore[return-value]
+
+
+def hostile_message(category: str, i: int, rng: random.Random) -> tuple[str, bytes]:
+    """One distinct hostile message of `category`: (topic kind, bytes)."""
+    if category == "garbage":
+        return "updates", i.to_bytes(8, "big") + rng.randbytes(rng.randint(0, 600))
+    if category == "truncated":
+        data = _update(MEMBERS[1], i).encode()
+        return "updates", data[: rng.randint(1, len(data) - 1)]
+    if category == "oversized":
+        return "updates", i.to_bytes(8, "big") + bytes(VICTIM_MAX_MESSAGE_BYTES + 1 - 8)
+    if category == "wrong-task":
+        return "updates", _update(MEMBERS[1], i, task=b"\x01" * 32).encode()
+    if category == "forged":
+        return "updates", replace(_update(MEMBERS[2], 0), n_samples=2 + i).encode()
+    if category == "stranger":
+        return "updates", _update(STRANGER, i).encode()
+    if category == "replay":
+        return "updates", _update(MEMBERS[3], i, round_=1).encode()
+    if category == "future":
+        return "updates", _update(MEMBERS[3], i, round_=CURRENT_ROUND + 3).encode()
+    # views: a registered member's genuinely signed votes for views that never run
+    member = MEMBERS[4]
+    vote = Vote(TASK, CURRENT_ROUND, 0, 1000 + i, BASE, blob_cid(b"x").to_bytes(), bytes(32), member.address)
+    return "consensus", vote.signed(member.private_key, DOMAIN).encode()
+
+
+async def _flood_phase(tmp: Path, messages: int, defended: bool, seed: int) -> FloodResult:
+    logging.getLogger("p2pfl.net.host").setLevel(logging.ERROR)  # "no bootstrap peers" x4
+    result = FloodResult()
+    limits: dict[str, Any] = {"max_message_bytes": VICTIM_MAX_MESSAGE_BYTES}
+    if not defended:
+        limits |= {"ban_threshold": -1e18, "peer_gossip_per_s": 1e9, "peer_requests_per_s": 1e9}
+    rng = random.Random(seed)
+    # Messages are built before the flood, so the attackers' own allocations during the
+    # flood are only sending; build in batches to keep the attacker side small too.
+    victim = Victim()
+    async with AsyncExitStack() as stack:
+        v_net: NodeNet = await stack.enter_async_context(
+            open_node_host(NetConfig(data_dir=tmp / "victim", mdns=False, **limits), MEMBERS[0].private_key)
+        )
+        attackers = []
+        for a in range(ATTACKERS):
+            key = NodeIdentity.from_seed(b"flood attacker %d" % a).private_key
+            net = await stack.enter_async_context(open_node_host(NetConfig(data_dir=tmp / f"attacker{a}", mdns=False), key))
+            await net.connect(v_net.listen_addrs[0])
+            attackers.append(net)
+        topics = {kind: topic_name(TASK.hex(), kind) for kind in ("updates", "consensus", "commits")}
+        async with trio.open_nursery() as nursery:
+            for topic in topics.values():
+                nursery.start_soon(victim.intake, await v_net.join(topic, victim.validator))
+                for net in attackers:
+                    await net.join(topic, lambda t, d, p: ValidationResult.accept())
+            await trio.sleep(2.0)  # meshes form
+            gc.collect()
+            result.rss_before_mib = result.rss_peak_mib = _rss_mib()
+            stop = trio.Event()
+
+            async def sample() -> None:
+                while not stop.is_set():
+                    result.rss_peak_mib = max(result.rss_peak_mib, _rss_mib())
+                    await trio.sleep(RSS_SAMPLE_S)
+
+            nursery.start_soon(sample)
+            started = time.perf_counter()
+            counts = dict.fromkeys(CATEGORIES, 0)
+
+            async def attack(index: int, net: NodeNet) -> None:
+                for i in range(index, messages, ATTACKERS):
+                    category = CATEGORIES[i % len(CATEGORIES)]
+                    if category == "oversized" and i % OVERSIZED_EVERY >= len(CATEGORIES):
+                        category = "garbage"
+                    kind, data = hostile_message(category, i, rng)
+                    try:
+                        await net.pubsub.publish(topics[kind], data)
+                    except Exception:
+                        pass  # a banned attacker's publish may fail: it keeps trying
+                    counts[category] += 1
+                    result.sent += 1
+                    if result.sent == messages // 2:
+                        result.rss_half_mib = _rss_mib()
+                    if i % 16 == 0:
+                        await trio.sleep(0.002)  # under py-libp2p's 1000 msg/topic/s spam limit
+
+            async with trio.open_nursery() as flood:
+                for index, net in enumerate(attackers):
+                    flood.start_soon(attack, index, net)
+            await trio.sleep(3.0)  # let the victim drain what is in flight
+            result.seconds = time.perf_counter() - started
+            gc.collect()
+            result.rss_after_mib = _rss_mib()
+            result.rss_peak_mib = max(result.rss_peak_mib, result.rss_after_mib)
+            stop.set()
+            metrics = v_net.metrics()
+            result.sent_by_category = counts
+            result.rejected = int(metrics.get("rejected", 0))  # type: ignore[arg-type]
+            result.rejections_by_reason = dict(metrics["rejections_by_reason"])  # type: ignore[arg-type]
+            result.ignored = sum(int(v) for k, v in metrics.items() if k.startswith("ignored-"))  # type: ignore[arg-type]
+            result.admitted = int(metrics.get("admitted-gossip", 0)) + int(metrics.get("admitted-sync", 0))  # type: ignore[arg-type]
+            result.validated = result.rejected + result.ignored + result.admitted
+            result.peers_banned = int(metrics.get("peers-banned", 0))  # type: ignore[arg-type]
+            result.machine_rejected = {k: v for k, v in victim.machine.counters.items() if k.startswith("rejected:")}
+            result.machine_statements = len(victim.machine._statements)
+            nursery.cancel_scope.cancel()
+    return result
+
+
+def run_flood(tmp: Path, messages: int, defended: bool, seed: int = 0) -> FloodResult:
+    """Run one flood phase (its own trio run) and return what the victim counted."""
+    return trio.run(_flood_phase, tmp, messages, defended, seed)
