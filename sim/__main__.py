@@ -13,6 +13,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="override a scenario value, e.g. --set rounds=3 --set committee.size=5")
     parser.add_argument("--runs", default="runs", help="folder for run outputs (default: runs/)")
     parser.add_argument("-q", "--quiet", action="store_true")
+    parser.add_argument("--processes", action="store_true",
+                        help="run every node as its own OS process against a local anvil chain")
     args = parser.parse_args(argv)
     from p2pfl.logs import setup_logging
     from sim.run import run_scenario
@@ -26,7 +28,13 @@ def main(argv: list[str] | None = None) -> int:
 
         overrides[key] = tomllib.loads(f"v = {raw}")["v"] if raw else ""
     try:
-        run_scenario(load_scenario(args.scenario, overrides), args.runs, quiet=args.quiet)
+        scenario = load_scenario(args.scenario, overrides)
+        if args.processes:
+            from sim.processes import run_processes
+
+            run_processes(scenario, args.runs, quiet=args.quiet)
+        else:
+            run_scenario(scenario, args.runs, quiet=args.quiet)
     except P2PFLError as exc:
         print(f"sim: error: {exc}", file=sys.stderr)
         return 1

@@ -1,0 +1,173 @@
+"""One simulated node in its own OS process, spawned by `sim.processes` (`--processes` mode).
+
+    P2PFL_SIM_NODE_KEY=<hex> python -m sim.node_proc --scenario run.json --index I \\
+        --manifest manifest.json --rpc URL --data-dir DIR --listen ADDR [--bootstrap ADDR ...]
+
+The node is the laptop's `p2pfl.node.Node` on a real libp2p host; its data is partition I of
+the scenario, cut exactly as the in-process simulation cuts it (`sim.run.load_data`). The
+private key comes from the environment, never argv (argv is visible to every local user).
+
+Files in DIR (kept across restarts, like a laptop's data dir): `blocks/` and `state/`
+(block store, follower cursor), `status.json` (as `p2pfl node start` writes it),
+`rounds.jsonl` (one RoundLog per committed round, appended) and, when the node has seen
+its last round, `final.json` (counters, bytes sent). The process then keeps serving blocks
+to late fetchers until the parent stops it (SIGINT).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+KEY_ENV = "P2PFL_SIM_NODE_KEY"
+ROUNDS_FILE = "rounds.jsonl"
+FINAL_FILE = "final.json"
+READY_FILE = "ready"
+# How long a child waits for its bootstrap peers' ports to open: its elders start in
+# parallel and need a few seconds of imports and data loading first.
+BOOTSTRAP_WAIT_S = 120.0
+
+
+def roundlog_to_dict(entry: Any) -> dict[str, Any]:
+    """A RoundLog as JSON-able data (bytes as hex)."""
+    out = dataclasses.asdict(entry)
+    out["committee"] = [a.hex() for a in entry.committee]
+    out["included"] = [a.hex() for a in entry.included]
+    out["rejected"] = [[a.hex(), why] for a, why in entry.rejected]
+    return out
+
+
+def roundlog_from_dict(raw: dict[str, Any]) -> Any:
+    """Inverse of `roundlog_to_dict`."""
+    from p2pfl.node import RoundLog
+
+    return RoundLog(**{
+        **raw,
+        "committee": tuple(bytes.fromhex(a) for a in raw["committee"]),
+        "included": tuple(bytes.fromhex(a) for a in raw["included"]),
+        "rejected": tuple((bytes.fromhex(a), why) for a, why in raw["rejected"]),
+    })
+
+
+def read_round_logs(data_dir: Path) -> dict[int, Any]:
+    """round -> RoundLog from a child's `rounds.jsonl` (a restarted node's later line wins)."""
+    path = Path(data_dir) / ROUNDS_FILE
+    logs: dict[int, Any] = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            if line.strip():
+                entry = roundlog_from_dict(json.loads(line))
+                logs[entry.round] = entry
+    return logs
+
+
+def _wait_for_ports(addrs: list[str], timeout_s: float) -> None:
+    """Block until every bootstrap multiaddr's TCP port accepts connections (or time out)."""
+    deadline = time.monotonic() + timeout_s
+    for addr in addrs:
+        parts = addr.split("/")
+        host, port = parts[2], int(parts[4])
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection((host, port), timeout=1.0):
+                    break
+            except OSError:
+                time.sleep(0.2)
+
+
+async def run_child(args: argparse.Namespace, key: bytes) -> None:
+    import trio
+
+    from p2pfl.chain.client import ChainClient, Deployment
+    from p2pfl.chain.providers import rpc_web3
+    from p2pfl.commands import STATUS_FILE, _dump_status, _write_status
+    from p2pfl.core.identity import NodeIdentity
+    from p2pfl.manifest import TaskManifest
+    from p2pfl.net.config import NetConfig
+    from p2pfl.net.host import open_node_host
+    from p2pfl.node import Node
+    from sim.run import load_data
+    from sim.scenario import Scenario, _build
+
+    scenario: Scenario = _build(Scenario, json.loads(Path(args.scenario).read_text()), args.scenario)
+    data = load_data(scenario)[2][args.index]
+    import p2pfl.train.trainer  # noqa: F401 - torch's import (seconds) before round 1, not inside it
+    identity = NodeIdentity(key)
+    manifest = TaskManifest.load(args.manifest)
+    deployment = Deployment(manifest.chain_id, manifest.registry, manifest.ledger, 0)
+    chain = ChainClient(rpc_web3(args.rpc), deployment, key)
+    data_dir = Path(args.data_dir)
+    _wait_for_ports(args.bootstrap, BOOTSTRAP_WAIT_S)
+    config = NetConfig(data_dir=data_dir, listen=args.listen, bootstrap=tuple(args.bootstrap), dht=False)
+    async with open_node_host(config, key) as net:
+        for addr in net.listen_addrs:
+            print(f"listening {addr}", flush=True)
+        (data_dir / READY_FILE).write_text(str(os.getpid()))
+        # Round 1 starts when every node is up (the parent's go file), as in the in-process
+        # mode, so that it measures the protocol rather than staggered start-ups.
+        while args.go_file and not Path(args.go_file).exists():
+            await trio.sleep(0.1)
+        rounds_file = (data_dir / ROUNDS_FILE).open("a")
+
+        def on_round(entry: Any) -> None:
+            rounds_file.write(json.dumps(roundlog_to_dict(entry)) + "\n")
+            rounds_file.flush()
+
+        node = Node(identity, manifest, chain, net, data, data_dir / "state", client_index=args.index,
+                    on_round=on_round, follow_poll_s=0.2)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_write_status, node, net, data_dir / STATUS_FILE, {})
+            await node.run(stop_after_round=args.rounds)
+            nursery.cancel_scope.cancel()
+        rounds_file.close()
+        _dump_status(node, net, data_dir / STATUS_FILE, {})
+        final = {
+            "round": node.machine.round,
+            "counters": {**dict(node.machine.counters), **node.counters},
+            "bytes_sent": int(net.metrics().get("bytes_sent", 0) or 0),  # type: ignore[call-overload]
+            "net": net.metrics(),
+        }
+        tmp = data_dir / (FINAL_FILE + ".tmp")
+        tmp.write_text(json.dumps(final))
+        os.replace(tmp, data_dir / FINAL_FILE)
+        print(f"finished round {node.machine.round}", flush=True)
+        await trio.sleep_forever()  # keep serving blocks until the parent stops us
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m sim.node_proc", description=__doc__)
+    parser.add_argument("--scenario", required=True, help="resolved scenario as JSON (written by the parent)")
+    parser.add_argument("--index", type=int, required=True, help="node index: data partition and training seed")
+    parser.add_argument("--manifest", required=True)
+    parser.add_argument("--rpc", required=True)
+    parser.add_argument("--data-dir", required=True)
+    parser.add_argument("--listen", required=True)
+    parser.add_argument("--bootstrap", action="append", default=[])
+    parser.add_argument("--rounds", type=int, required=True)
+    parser.add_argument("--go-file", default="", help="wait until this file exists before joining the task")
+    args = parser.parse_args(argv)
+    key_hex = os.environ.pop(KEY_ENV, "")
+    if not key_hex:
+        print(f"sim.node_proc: error: no key in ${KEY_ENV}", file=sys.stderr)
+        return 2
+    import trio
+
+    from p2pfl.logs import setup_logging
+
+    setup_logging()
+    try:
+        trio.run(run_child, args, bytes.fromhex(key_hex))
+    except KeyboardInterrupt:
+        return 0
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,425 @@
+"""Multi-process simulation: every node its own OS process, one shared anvil chain.
+
+    python -m sim sim/scenarios/tiny.toml --processes
+
+What the in-process mode shares between nodes (one interpreter, one embedded chain, one
+training pool) is here as it is on laptops: separate processes, a JSON-RPC chain, TCP
+between hosts. The parent sets up the chain and the task the way `sim.run` does (same
+keys, same manifest, same partitions, same training seeds), spawns `sim.node_proc`
+children, watches the chain until the scenario's rounds are committed, then collects
+each child's round logs and block store and writes the same run folder (metrics.jsonl,
+summary.json, report.md, plots) with the centralised reference beside it.
+
+Every process it starts (anvil, the children) is stopped by PID in a `finally`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import resource
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+
+from p2pfl.chain.devnet import DEFAULT_GAS_FUNDS, ETHER, DevNet
+from p2pfl.chain.providers import Anvil, free_loopback_port, fund
+from p2pfl.core.cid import CID, blob_cid
+from p2pfl.core.identity import NodeIdentity, peer_id_bytes_from_public
+from p2pfl.core.tensors import decode_tensors, encode_tensors
+from p2pfl.errors import ConfigError, P2PFLError
+from p2pfl.manifest import TaskManifest
+from p2pfl.net.blockstore import BlockStore
+from sim.node_proc import FINAL_FILE, KEY_ENV, READY_FILE, read_round_logs
+from sim.report import PHASES, RunWriter, new_run_dir, write_report
+from sim.scenario import Scenario
+
+# Peers each child dials at start-up (node 0 plus seeded earlier nodes), as in sim.run.
+BOOTSTRAP_PEERS = 9
+# Whole-run guard per planned round, as in sim.run: a stalled run is reported, not hung.
+MAX_SECONDS_PER_ROUND = 240.0
+# How often the parent reads the chain and the children's status files.
+POLL_S = 0.5
+# Start-up of all children (imports, data, torch, host) before round 1 may begin.
+READY_TIMEOUT_S = 180.0
+# After the last commit, how long children get to fetch the final model and write final.json.
+FINISH_GRACE_S = 30.0
+# SIGINT first (a child closes its host cleanly), SIGKILL after this long.
+STOP_GRACE_S = 10.0
+
+
+@dataclass(frozen=True)
+class RestartFault:
+    """Kill node `node` with SIGKILL once round `round` has started on it, leave it down
+    for `down_s`, then start it again on the same data dir (it must rejoin from the chain)."""
+
+    node: int
+    round: int
+    down_s: float = 2.0
+
+
+@dataclass
+class Child:
+    """One node process and where its files are."""
+
+    index: int
+    argv: list[str]
+    env: dict[str, str]
+    data_dir: Path
+    log_path: Path
+    process: subprocess.Popen[bytes] | None = None
+    log_file: TextIO | None = None
+    restarts: int = 0
+    pids: list[int] = field(default_factory=list)  # every incarnation, for the report
+
+    def start(self) -> None:
+        self.log_file = self.log_path.open("a")
+        self.process = subprocess.Popen(self.argv, env=self.env, stdout=self.log_file, stderr=subprocess.STDOUT,
+                                        stdin=subprocess.DEVNULL)
+        self.pids.append(self.process.pid)
+
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL by PID (a crash: no clean-up in the child)."""
+        if self.process is not None and self.process.poll() is None:
+            os.kill(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+    def stop(self) -> None:
+        """SIGINT by PID, then SIGKILL if it lingers."""
+        proc = self.process
+        if proc is not None and proc.poll() is None:
+            os.kill(proc.pid, signal.SIGINT)
+            try:
+                proc.wait(STOP_GRACE_S)
+            except subprocess.TimeoutExpired:
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.wait()
+        if self.log_file is not None:
+            self.log_file.close()
+            self.log_file = None
+
+    def status(self) -> dict[str, Any] | None:
+        try:
+            return json.loads((self.data_dir / "status.json").read_text())
+        except (OSError, ValueError):
+            return None
+
+
+def _cid_text(blob: bytes) -> str:
+    return str(blob_cid(blob))
+
+
+def setup_task(w3: Any, scenario: Scenario, genesis_blob: bytes) -> tuple[DevNet, list[NodeIdentity], TaskManifest]:
+    """Deploy, fund and register every node with its real peer ID, open the task (as sim.run)."""
+    from sim.run import _train_dict
+
+    devnet = DevNet.create(w3, n_nodes=scenario.nodes, seed=scenario.seed, register=False)
+    identities = [NodeIdentity(k) for k in devnet.keys]
+    for ident, client in zip(identities, devnet.clients):
+        fund(w3, ident.checksum_address, scenario.stake)
+        client.register(peer_id_bytes_from_public(ident.compressed_public_key), ident.x25519_public_key, scenario.stake)
+    c = scenario.committee
+    dep = devnet.deployment
+    manifest = TaskManifest(
+        name=scenario.name, model=scenario.model.name, model_kwargs=dict(scenario.model.kwargs),
+        initial_model=_cid_text(genesis_blob), chain_id=dep.chain_id, registry=dep.registry,
+        ledger=dep.ledger, train=_train_dict(scenario), aggregation=dict(scenario.aggregation),
+        committee_size=c.size, collect_deadline_s=c.collect_deadline_s,
+        collect_quorum_percent=round(c.quorum_fraction * 100), view_timeout_s=c.view_timeout_s,
+        commit_fallback_delay_s=min(5.0, c.view_timeout_s / 2),
+        redraw_timeout_s=c.collect_deadline_s + 3 * c.view_timeout_s, reward_per_round_wei=ETHER // 100,
+        seed=scenario.seed,
+    )
+    fund(w3, devnet.admin.account.address, scenario.rounds * manifest.reward_per_round_wei + DEFAULT_GAS_FUNDS)
+    devnet.admin.create_task(manifest.task_id, CID.parse(manifest.initial_model).digest,
+                             c.size, 0, manifest.reward_per_round_wei, scenario.rounds * manifest.reward_per_round_wei,
+                             redraw_delay_s=0)
+    return devnet, identities, manifest
+
+
+def run_processes(
+    scenario: Scenario,
+    runs_root: str | Path = "runs",
+    quiet: bool = False,
+    restart: RestartFault | None = None,
+) -> Path:
+    """Run one scenario with every node in its own process on anvil; returns the run folder."""
+    from p2pfl.train.models import init_weights
+    from p2pfl.train.reference import reference_fedavg
+    from p2pfl.train.trainer import TrainConfig
+    from sim.run import _train_dict, load_data
+
+    if scenario.attacks or scenario.faults:
+        raise ConfigError("--processes runs honest nodes only: remove [attacks] and [faults] or run in-process")
+    if restart is not None and not 0 < restart.node < scenario.nodes:
+        raise ConfigError(f"restart.node must be a non-creator node in 1..{scenario.nodes - 1}")
+    say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
+    run_dir = new_run_dir(scenario.name, runs_root)
+    wall_start = time.perf_counter()
+    _, test, partitions = load_data(scenario)
+    say(f"scenario {scenario.name}: {scenario.nodes} node processes, {scenario.rounds} rounds, "
+        f"model {scenario.model.name}, data {scenario.data.dataset} ({scenario.data.partition}), anvil")
+    genesis = init_weights(scenario.model.name, scenario.model.kwargs, scenario.seed)
+    genesis_blob = encode_tensors(genesis)
+    work = tempfile.TemporaryDirectory(prefix="p2pfl-simproc-")
+    root = Path(work.name)
+    children: list[Child] = []
+    anvil_pid: int | None = None
+    fault_events: list[dict[str, Any]] = []
+    with Anvil() as anvil:
+        w3 = anvil.web3()
+        anvil_pid = anvil.pid
+        devnet, identities, manifest = setup_task(w3, scenario, genesis_blob)
+        dep = devnet.deployment
+        say(f"task {manifest.cid} on anvil {anvil.url} (pid {anvil.pid}), ledger {dep.ledger}")
+        manifest_path = root / "manifest.json"
+        manifest.save(manifest_path)
+        scenario_path = root / "scenario.json"
+        scenario_path.write_text(json.dumps(scenario.to_dict()))
+        BlockStore(root / "node0" / "blocks").put_blob(genesis_blob)  # the creator holds the genesis model
+        ports = [free_loopback_port() for _ in identities]
+        addrs = [f"/ip4/127.0.0.1/tcp/{p}/p2p/{ident.peer_id}" for p, ident in zip(ports, identities)]
+        rng = np.random.default_rng(scenario.seed)
+        for i, ident in enumerate(identities):
+            earlier = [j for j in rng.permutation(i).tolist() if j != 0][: BOOTSTRAP_PEERS - 1]
+            argv = [sys.executable, "-W", "ignore", "-m", "sim.node_proc", "--scenario", str(scenario_path),
+                    "--index", str(i), "--manifest", str(manifest_path), "--rpc", anvil.url,
+                    "--data-dir", str(root / f"node{i}"), "--listen", f"/ip4/127.0.0.1/tcp/{ports[i]}",
+                    "--rounds", str(scenario.rounds), "--go-file", str(root / "go")]
+            for j in ([0] + earlier if i else []):
+                argv += ["--bootstrap", addrs[j]]
+            # The key travels in the environment, not argv (argv is world-readable in /proc).
+            env = {**os.environ, KEY_ENV: ident.private_key.hex(), "PYTHONWARNINGS": "ignore"}
+            children.append(Child(i, argv, env, root / f"node{i}", run_dir / f"node{i}.log"))
+        started = time.perf_counter()
+        timed_out = False
+        try:
+            for child in children:
+                child.data_dir.mkdir(parents=True, exist_ok=True)
+                child.start()
+            _wait_ready(children)
+            (root / "go").touch()
+            say(f"{len(children)} node processes up in {time.perf_counter() - started:.1f} s")
+            timed_out = _watch(devnet, manifest, scenario, children, restart, fault_events, say)
+            _wait_finished(devnet, manifest, children)
+        finally:
+            for child in children:
+                child.stop()
+        wall_s = time.perf_counter() - started
+        info = devnet.admin.task_info(manifest.task_id)
+        commits = {e.round: e for e in devnet.admin.commits(dep.block, devnet.admin.block_number(), manifest.task_id)}
+
+    logs = [read_round_logs(child.data_dir) for child in children]
+    finals = [_read_json(child.data_dir / FINAL_FILE) or {} for child in children]
+    stores = [BlockStore(child.data_dir / "blocks") for child in children]
+    writer = RunWriter(run_dir)
+    records = round_records(scenario, logs, commits, stores, test, [int(f.get("bytes_sent", 0)) for f in finals])
+    for record in records:
+        writer.round(record)
+        say(f"round {record['round']}: accuracy {record['accuracy']:.4f} loss {record['loss']:.4f} "
+            f"wall {record['wall_s']:.1f} s committee {len(record['committee'])} "
+            f"included {len(record['included'])} tx {record['commit_tx'][:12]}")
+    writer.close()
+
+    say("centralised FedAvg reference (same model, seeds, partitions; no network)...")
+    cfg = TrainConfig.from_dict({**_train_dict(scenario), "seed": scenario.seed})
+    reference = reference_fedavg(scenario.model.name, scenario.model.kwargs, genesis, partitions, test,
+                                 scenario.rounds, cfg, scenario.seed, num_threads=1)
+    ref_records = [{"round": m.round, "accuracy": m.accuracy, "loss": m.loss, "compute_s": m.compute_s}
+                   for m in reference]
+    ref_compute = [m.compute_s for m in reference[1:]]
+    our_walls = [r["wall_s"] for r in records]
+    counters: dict[str, int] = {}
+    for final in finals:
+        for k, v in final.get("counters", {}).items():
+            counters[k] = counters.get(k, 0) + v
+    summary = {
+        "scenario": scenario.name,
+        "mode": "processes",
+        "nodes": scenario.nodes,
+        "rounds_planned": scenario.rounds,
+        "rounds_committed": info.last_round,
+        "final_accuracy": records[-1]["accuracy"] if records else math.nan,
+        "reference_accuracy": reference[min(len(records), len(reference) - 1)].accuracy if records else math.nan,
+        "overhead_ratio": (sum(our_walls) / sum(ref_compute[: len(our_walls)])) if our_walls else math.nan,
+        "wall_s": time.perf_counter() - wall_start,
+        "rounds_wall_s": wall_s,
+        "timed_out": timed_out,
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        # Largest single child (a node process or anvil): ru_maxrss of waited-for children.
+        "child_peak_rss_mib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
+        "final_model": records[-1]["result"] if records else "",
+        "chain_final_digest": "0x" + info.last_result.hex(),
+        "counters": dict(sorted(counters.items())),
+        "faults": fault_events,
+        "node_final_rounds": [_final_round(child) for child in children],
+        # Every process this run started (all stopped by now): anvil, then each node's incarnations.
+        "pids": {"anvil": anvil_pid, "nodes": [child.pids for child in children]},
+    }
+    summary["accuracy_gap_points"] = 100 * (summary["reference_accuracy"] - summary["final_accuracy"])
+    write_report(run_dir, scenario.to_dict(), records, ref_records, summary)
+    for child in children:  # the node processes' status files, for inspection and tests
+        status = child.status()
+        if status is not None:
+            (run_dir / f"node{child.index}.status.json").write_text(json.dumps(status, indent=1))
+    for key in ("rounds_committed", "rounds_planned", "final_accuracy", "reference_accuracy", "overhead_ratio", "wall_s"):
+        say(f"{key}: {summary[key]:.4g}" if isinstance(summary[key], float) else f"{key}: {summary[key]}")
+    say(str(run_dir))
+    work.cleanup()
+    return run_dir
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _final_round(child: Child) -> int:
+    status = child.status() or {}
+    last = status.get("last_commit") or {}
+    return int(last.get("round", 0))
+
+
+def _watch(
+    devnet: DevNet,
+    manifest: TaskManifest,
+    scenario: Scenario,
+    children: list[Child],
+    restart: RestartFault | None,
+    fault_events: list[dict[str, Any]],
+    say: Any,
+) -> bool:
+    """Poll the chain until `scenario.rounds` are committed; inject the restart fault on the
+    way. Returns True when the whole-run deadline passed first."""
+    deadline = time.monotonic() + MAX_SECONDS_PER_ROUND * scenario.rounds
+    seen = 0
+    restart_at: float | None = None  # when the killed node comes back
+    while time.monotonic() < deadline:
+        last = devnet.admin.task_info(manifest.task_id).last_round
+        if last > seen:
+            seen = last
+            say(f"  round {seen}/{scenario.rounds} committed")
+        if seen >= scenario.rounds:
+            return False
+        for child in children:
+            if not child.running() and not (restart is not None and child.index == restart.node and restart_at):
+                tail = child.log_path.read_text()[-3000:] if child.log_path.exists() else ""
+                raise P2PFLError(f"node {child.index} exited with {child.process.returncode if child.process else '?'} "
+                                 f"before round {scenario.rounds} was committed:\n{tail}")
+        if restart is not None and restart_at is None and not fault_events:
+            victim = children[restart.node]
+            status = victim.status() or {}
+            if status.get("round", 0) >= restart.round and seen < restart.round:
+                victim.kill()
+                restart_at = time.monotonic() + restart.down_s
+                fault_events.append({"kind": "sigkill", "node": restart.node, "round": status.get("round"),
+                                     "phase": status.get("phase"), "chain_round": seen})
+                say(f"  killed node {restart.node} (SIGKILL) in round {status.get('round')} ({status.get('phase')})")
+        if restart_at is not None and time.monotonic() >= restart_at:
+            victim = children[restart.node]
+            if victim.log_file is not None:
+                victim.log_file.close()
+            victim.start()
+            victim.restarts += 1
+            restart_at = None
+            fault_events.append({"kind": "restart", "node": restart.node, "chain_round": seen})
+            say(f"  restarted node {restart.node} on its data dir (chain at round {seen})")
+        time.sleep(POLL_S)
+    return True
+
+
+def _wait_ready(children: list[Child]) -> None:
+    """Until every child has its host up (READY_FILE); a child that dies is an error."""
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while not all((c.data_dir / READY_FILE).exists() for c in children):
+        for child in children:
+            if not child.running():
+                tail = child.log_path.read_text()[-3000:] if child.log_path.exists() else ""
+                raise P2PFLError(f"node {child.index} exited during start-up:\n{tail}")
+        if time.monotonic() > deadline:
+            raise P2PFLError(f"node processes not up within {READY_TIMEOUT_S} s")
+        time.sleep(POLL_S)
+
+
+def _wait_finished(devnet: DevNet, manifest: TaskManifest, children: list[Child]) -> None:
+    """Give every running child time to see the last commit and write final.json."""
+    deadline = time.monotonic() + FINISH_GRACE_S
+    while time.monotonic() < deadline:
+        if all((c.data_dir / FINAL_FILE).exists() or not c.running() for c in children):
+            return
+        time.sleep(POLL_S)
+
+
+def round_records(
+    scenario: Scenario,
+    logs: list[dict[int, Any]],
+    commits: dict[int, Any],
+    stores: list[Any],
+    test: Any,
+    bytes_sent: list[int],
+) -> list[dict[str, Any]]:
+    """Per-round metrics from every node's RoundLogs and the chain's commits (the timeline
+    rules of sim.run: earliest node to reach each step, phases monotone)."""
+    from p2pfl.train.trainer import evaluate
+
+    records = []
+    prev_commit_t: float | None = None
+    for r in range(1, scenario.rounds + 1):
+        entries = [log[r] for log in logs if r in log]
+        if not entries or r not in commits:
+            break
+        result = next((e.result for e in entries if e.result), "")
+        weights = _model_from_stores(stores, result)
+        loss, acc = (math.nan, math.nan) if weights is None else evaluate(
+            scenario.model.name, weights, test, model_kwargs=scenario.model.kwargs, num_threads=1)
+        t0 = prev_commit_t if prev_commit_t is not None else min(e.started for e in entries)
+        members = [e for e in entries if e.member]
+        published = sorted(e.published_at for e in entries if e.published_at)
+        t_trained = published[max(0, math.ceil(0.8 * len(published)) - 1)] if published else t0
+        t_closed = min((e.collect_closed_at for e in members if e.collect_closed_at), default=t_trained)
+        t_computed = min((e.computed_at for e in members if e.computed_at), default=t_closed)
+        t_certified = min((e.certified_at for e in entries if e.certified_at), default=t_computed)
+        t_committed = min((e.committed_at for e in entries if e.committed_at), default=t_certified)
+        marks = [t0, min(t_trained, t_closed), t_closed, t_computed, t_certified, t_committed]
+        marks = [max(marks[: i + 1]) for i in range(len(marks))]
+        phases = {p: marks[i + 1] - marks[i] for i, p in enumerate(PHASES)}
+        setup = float(np.median([e.started - t0 for e in entries]))
+        to_publish = float(np.median([e.published_at - e.started for e in entries if e.published_at] or [0.0]))
+        train_only = float(np.median([e.train_s for e in entries]))
+        wall = t_committed - t0
+        prev_commit_t = t_committed
+        ev = commits[r]
+        records.append({
+            "round": r, "accuracy": acc, "loss": loss, "committee": ["0x" + a.hex() for a in entries[0].committee],
+            "included": ["0x" + a.hex() for a in next((e.included for e in members if e.included), ())],
+            "rejected": [["0x" + a.hex(), why] for a, why in next((e.rejected for e in members if e.included), ())],
+            "result": result, "wall_s": wall, "phases_s": phases, "commit_tx": "0x" + ev.tx_hash.hex(),
+            "commit_block": ev.block_number, "signers": ev.signers,
+            "gas": max((e.commit_gas for e in entries), default=0),
+            "setup_s": setup, "start_to_publish_s": to_publish, "train_compute_s": train_only,
+            "bytes": bytes_sent, "nodes_reporting": len(entries),
+        })
+    return records
+
+
+def _model_from_stores(stores: list[Any], cid_text: str) -> dict[str, np.ndarray] | None:
+    if not cid_text:
+        return None
+    cid = CID.parse(cid_text)
+    for store in stores:
+        if store.has_blob(cid):
+            return {k: np.array(v) for k, v in decode_tensors(store.read_blob(cid)).items()}
+    return None
