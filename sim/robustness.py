@@ -104,8 +104,9 @@ def audit_run(
                         "reporter": index_of.get(reporter, a["reporter"]), "reporter_reward_wei": a["reporterReward"],
                         "block": e["blockNumber"]})
     ledger = devnet.admin.ledger
-    proofs = [{"node": index_of.get(bytes.fromhex(e["args"]["node"][2:]) if "node" in e["args"] else b"", None),
-               "round": e["args"].get("round"), "kind": e["args"].get("kind"), "block": e["blockNumber"]}
+    proofs = [{"node": index_of.get(bytes.fromhex(e["args"]["signer"][2:])), "round": e["args"]["round"],
+               "kind": e["args"]["kind"], "reporter": index_of.get(bytes.fromhex(e["args"]["reporter"][2:])),
+               "block": e["blockNumber"]}
               for e in ledger.events.EquivocationProven().get_logs(from_block=devnet.deployment.block)]
     # Equivocation of round r must be slashed before round r + 1 commits (or by the end).
     late = []
