@@ -199,6 +199,10 @@ class Node:
             if info.last_round == 0:
                 base = CID.parse(self.manifest.initial_model)
             else:
+                # Joining (or restarting) mid-task: the chain stores the latest model as a
+                # bare digest, and its CID's codec depends on the model's size, which the
+                # genesis model tells (local after a restart, else fetched from peers).
+                await self._ensure_model(CID.parse(self.manifest.initial_model).to_bytes())
                 base = self._cid_for_digest(info.last_result)
             for kind in (TOPIC_UPDATES, TOPIC_CONSENSUS, TOPIC_COMMITS):
                 channel = await self.net.join(self.topic(kind), self._validator)
