@@ -50,6 +50,11 @@ RULES: dict[str, dict[str, Any]] = {
 }
 ATTACK_ROWS = [p for p in POISONS]  # "none" = the clean run
 ATTACK_FRACTION = 0.3
+# Seeds of the table (each: its own partitions, attackers, init and training seeds).
+TABLE_SEEDS = (7, 8)
+# Final accuracy = mean test accuracy of the last rounds: non-IID FL moves a few points
+# from one round to the next, which would otherwise drown the differences between rules.
+FINAL_WINDOW = 3
 
 
 # ---------------------------------------------------------------- audit of one full run
@@ -213,7 +218,8 @@ def table_run(scenario: Any, pool: ProcessPoolExecutor, test: Any, poison: str, 
         history.append(acc)
     slots = scenario.rounds * len(plan.poisoners)
     honest_slots = scenario.rounds * (scenario.nodes - len(plan.poisoners))
-    return {"attack": poison, "rule": rule, "rule_name": spec.name, "accuracy": history[-1], "history": history,
+    return {"attack": poison, "rule": rule, "rule_name": spec.name, "seed": scenario.seed,
+            "accuracy": float(np.mean(history[-FINAL_WINDOW:])), "history": history,
             "poisoners": list(plan.poisoners), "rejected_poisoner_share": rejected_poisoners / slots if slots else None,
             "rejected_honest_share": rejected_honest / honest_slots, "seconds": time.perf_counter() - started}
 
@@ -221,16 +227,20 @@ def table_run(scenario: Any, pool: ProcessPoolExecutor, test: Any, poison: str, 
 def run_table(scenario: Any, out: Path, say: Any) -> list[dict[str, Any]]:
     from sim.run import load_data
 
-    _, test, _ = load_data(replace(scenario, attacks={}))
     cells = []
-    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn"),
-                             initializer=_init_campaign_worker, initargs=(scenario,)) as pool:
-        for poison in ATTACK_ROWS:
-            for rule in RULES:
-                cell = table_run(scenario, pool, test, poison, rule)
-                say(f"table {poison:10s} x {rule:12s}: accuracy {cell['accuracy']:.4f} ({cell['seconds']:.0f} s)")
-                cells.append(cell)
-                out.write_text(json.dumps({"scenario": scenario.to_dict(), "cells": cells}, indent=1))
+    for seed in TABLE_SEEDS:
+        seeded = replace(scenario, seed=seed)
+        _, test, _ = load_data(replace(seeded, attacks={}))
+        with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=_init_campaign_worker, initargs=(seeded,)) as pool:
+            for poison in ATTACK_ROWS:
+                for rule in RULES:
+                    cell = table_run(seeded, pool, test, poison, rule)
+                    say(f"table seed {seed} {poison:10s} x {rule:12s}: accuracy {cell['accuracy']:.4f} "
+                        f"({cell['seconds']:.0f} s)")
+                    cells.append(cell)
+                    out.write_text(json.dumps({"scenario": scenario.to_dict(), "seeds": list(TABLE_SEEDS),
+                                               "cells": cells}, indent=1))
     return cells
 
 
@@ -285,6 +295,19 @@ def run_stack(scenario: Any, out: Path, say: Any, which: str) -> dict[str, Any]:
 # ---------------------------------------------------------------- report
 
 
+def _mean_cells(raw: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
+    """Cells averaged over seeds (accuracy and rejection shares)."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for c in raw:
+        groups.setdefault((c["attack"], c["rule"]), []).append(c)
+    out = {}
+    for key, cs in groups.items():
+        mean = lambda k: None if cs[0][k] is None else float(np.mean([c[k] for c in cs]))  # noqa: E731
+        out[key] = {**cs[0], "accuracy": mean("accuracy"), "rejected_poisoner_share": mean("rejected_poisoner_share"),
+                    "rejected_honest_share": mean("rejected_honest_share"), "n_seeds": len(cs)}
+    return out
+
+
 def _fmt_acc(x: float | None) -> str:
     return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.1f}"
 
@@ -297,10 +320,11 @@ def render(scenario_text: str, table: dict[str, Any] | None, stack: dict[str, An
              "Commands run for this file:", "", "```", *commands, "```", "",
              "Base scenario (`sim/scenarios/attack_base.toml`):", "", "```toml", scenario_text.strip(), "```", ""]
     if table:
-        cells = {(c["attack"], c["rule"]): c for c in table["cells"]}
+        cells = _mean_cells(table["cells"])
         rules = list(RULES)
         lines += ["## Attack x rule (aggregation level)", "",
-                  f"Final test accuracy (%) after {table['scenario']['rounds']} rounds, 30% attackers "
+                  f"Final test accuracy (%, mean of the last {FINAL_WINDOW} rounds of {table['scenario']['rounds']}, "
+                  f"averaged over seeds {table.get('seeds')}), 30% attackers "
                   f"({len(next(iter(table['cells']))['poisoners'])} of {table['scenario']['nodes']} nodes, seeded choice). "
                   "Same partitions, model, seeds and `p2pfl.core.aggregate` as the committees; no network or chain "
                   "(those are exercised by the full-stack runs below). Rules: " +

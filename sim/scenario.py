@@ -105,4 +105,9 @@ def load_scenario(path: str | Path, overrides: dict[str, Any] | None = None) -> 
         raise ConfigError("a scenario needs at least 1 round")
     if not 0 < scenario.committee.quorum_fraction <= 1:
         raise ConfigError("committee.quorum_fraction must be in (0, 1]")
+    from sim.attacks import make_plan
+    from sim.faults import FaultSpec
+
+    make_plan(scenario.attacks, scenario.nodes, scenario.seed)  # strict: fail before any host starts
+    FaultSpec.from_dict(scenario.faults)
     return scenario
