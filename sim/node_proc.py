@@ -20,6 +20,7 @@ import argparse
 import dataclasses
 import json
 import os
+import signal
 import socket
 import sys
 import time
@@ -83,6 +84,24 @@ def _wait_for_ports(addrs: list[str], timeout_s: float) -> None:
 
 
 async def run_child(args: argparse.Namespace, key: bytes) -> None:
+    """Run the node until the parent's SIGINT/SIGTERM, then close the host cleanly."""
+    import trio
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_cancel_on_signal, nursery.cancel_scope)
+        await _run_node(args, key)
+
+
+async def _cancel_on_signal(scope: Any) -> None:
+    import trio
+
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for _ in signals:
+            scope.cancel()
+            return
+
+
+async def _run_node(args: argparse.Namespace, key: bytes) -> None:
     import trio
 
     from p2pfl.chain.client import ChainClient, Deployment
