@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -138,6 +139,120 @@ def test_clip_norm_scales_only_long_vectors() -> None:
     assert a is short
     assert b.tolist() == pytest.approx([0.6, 0.8])
     assert b.tobytes() == canon(long.astype(np.float64) * (1.0 / 5.0)).tobytes()
+
+
+# ------------------------------------------------------------- per-coordinate threads
+
+# Above the auto threshold for two threads, and not a multiple of BLOCK.
+BIG_P = 2 * A.PARALLEL_MIN_PER_THREAD + 12_345
+
+
+@pytest.fixture(scope="module")
+def big_vectors() -> list[np.ndarray]:
+    vs = rand_vectors(11, 6, BIG_P)
+    vs[1][::97] = -0.0  # signed zeros and ties: the median's canonicalisation path
+    vs[2][::97] = 0.0
+    vs[3][5::89] = vs[4][5::89]
+    return vs
+
+
+@pytest.mark.parametrize("threads", [2, 3, None])
+def test_threaded_passes_are_byte_identical_to_one_thread(
+    big_vectors: list[np.ndarray], threads: int | None
+) -> None:
+    vs = big_vectors
+    w = [float(7 * i + 3) for i in range(len(vs))]
+    one = A.fedavg(vs, w, threads=1)
+    assert one.tobytes() == ref_fedavg(vs, w).tobytes()
+    assert A.fedavg(vs, w, threads=threads).tobytes() == one.tobytes()
+    for rule in (
+        A.coordinate_median,
+        lambda xs, threads: A.trimmed_mean(xs, 0.2, threads=threads),
+    ):
+        assert rule(vs, threads=threads).tobytes() == rule(vs, threads=1).tobytes()
+    norms = [A.norm(v) for v in vs]
+    bound = sorted(norms)[2]
+    clipped = A.clip_norm(vs, bound, norms, threads=threads)
+    for a, b in zip(clipped, A.clip_norm(vs, bound, norms, threads=1)):
+        assert a.tobytes() == b.tobytes()
+
+
+def test_auto_thread_count_splits_only_big_vectors(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(A, "_usable_cpus", lambda: 8)
+    assert A._thread_count(A.PARALLEL_MIN_PER_THREAD - 1, None) == 1
+    assert A._thread_count(BIG_P, None) == 2
+    assert A._thread_count(100 * A.PARALLEL_MIN_PER_THREAD, None) == A.MAX_THREADS
+    monkeypatch.setattr(A, "_usable_cpus", lambda: 1)
+    assert A._thread_count(100 * A.PARALLEL_MIN_PER_THREAD, None) == 1
+    assert A._thread_count(10, 4) == 1  # one block cannot be split
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(AggregationError):
+            A._thread_count(BIG_P, bad)  # type: ignore[arg-type]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1, 50 * A.BLOCK), st.integers(1, 9))
+def test_split_ranges_cover_exactly_once(p: int, k: int) -> None:
+    ranges = A._split(p, k)
+    assert ranges[0][0] == 0 and ranges[-1][1] == p
+    assert all(a < b for a, b in ranges)
+    assert all(x[1] == y[0] for x, y in zip(ranges, ranges[1:]))
+    assert all(a % A.BLOCK == 0 for a, _ in ranges)
+    assert len(ranges) == min(k, -(-p // A.BLOCK))
+
+
+def test_per_range_runs_on_pool_threads_and_reraises() -> None:
+    import threading
+
+    seen: list[tuple[int, int, int]] = []
+    A._per_range(BIG_P, lambda a, b: seen.append((a, b, threading.get_ident())), 3)
+    assert sorted((a, b) for a, b, _ in seen) == A._split(BIG_P, 3 * A.SHARES_PER_THREAD)
+    assert threading.get_ident() in {t for _, _, t in seen}  # the caller takes ranges too
+
+    # Two threads really work at once: each one's first range waits for the other's.
+    meet = threading.Barrier(2, timeout=30)
+    met: set[int] = set()
+
+    def rendezvous(a: int, b: int) -> None:
+        if threading.get_ident() not in met:
+            met.add(threading.get_ident())
+            meet.wait()
+
+    A._per_range(BIG_P, rendezvous, 2)
+    assert len(met) == 2
+
+    def boom(a: int, b: int) -> None:
+        if a > 0:
+            raise ValueError("range failed")
+
+    with pytest.raises(ValueError, match="range failed"):
+        A._per_range(BIG_P, boom, 2)
+
+
+def test_pool_is_recreated_after_fork() -> None:
+    pool = A._get_pool()
+    assert A._get_pool() is pool
+    A._forget_pool()  # what the after-fork hook does in a child
+    assert A._get_pool() is not pool
+    pool.shutdown()
+
+
+def _fedavg_in_child(vs: list[np.ndarray], want: bytes) -> None:
+    os._exit(0 if A.fedavg(vs, [1.0] * len(vs), threads=2).tobytes() == want else 3)
+
+
+def test_threaded_fedavg_works_in_a_forked_child(big_vectors: list[np.ndarray]) -> None:
+    import multiprocessing
+
+    vs = big_vectors[:3]
+    want = A.fedavg(vs, [1.0] * 3, threads=2).tobytes()  # the parent's pool is running
+    child = multiprocessing.get_context("fork").Process(target=_fedavg_in_child, args=(vs, want))
+    child.start()
+    child.join(timeout=60)
+    if child.is_alive():
+        child.kill()
+        pytest.fail("fedavg hung in a forked child (inherited thread pool)")
+    assert child.exitcode == 0
 
 
 @pytest.mark.parametrize("seed,n,f,m", [(0, 5, 1, 1), (1, 7, 2, 3), (2, 9, 2, 7), (3, 11, 4, 2)])
