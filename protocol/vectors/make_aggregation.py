@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from p2pfl.core.cid import blob_cid
+from p2pfl.core.tensors import encode_tensors
 from p2pfl.core.aggregate import Contribution, RuleSpec, aggregate
 from p2pfl.errors import AggregationError
 
@@ -179,6 +181,8 @@ def run_case(case: dict[str, Any]) -> dict[str, Any]:
     return {
         "rule": r.rule,
         "sha256": r.digest,
+        # CIDv1 of the canonical safetensors {"delta": output}: how an aggregate travels.
+        "cid": str(blob_cid(encode_tensors({"delta": r.delta}))),
         "accepted": [p.hex() for p in r.accepted],
         "rejected": [[p.hex(), why] for p, why in r.rejected],
         "head": [float(x) for x in r.delta[:4]],  # for people debugging a mismatch

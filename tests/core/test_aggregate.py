@@ -14,6 +14,8 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from p2pfl.core import aggregate as A
+from p2pfl.core.cid import blob_cid
+from p2pfl.core.tensors import encode_tensors
 from p2pfl.core.aggregate import Contribution, FilterSpec, RuleSpec, aggregate
 from p2pfl.errors import AggregationError, ConfigError
 
@@ -601,5 +603,6 @@ def test_vectors(case: dict) -> None:
         r = aggregate(spec, order)
         assert r.rule == want["rule"]
         assert r.digest == want["sha256"]
+        assert str(blob_cid(encode_tensors({"delta": r.delta}))) == want["cid"]
         assert [p.hex() for p in r.accepted] == want["accepted"]
         assert [[p.hex(), why] for p, why in r.rejected] == want["rejected"]
