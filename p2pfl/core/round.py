@@ -350,6 +350,19 @@ class RoundMachine:
         else:
             raise RoundStateError(f"unknown event {type(event).__name__}")
 
+    def _conflicts_with_ours(self, message: Signed) -> bool:
+        """True if we already stand by another body under `message`'s statement key.
+
+        Our statements include those signed with our key that reach us from the network
+        (`_record_statement`): ours from before a restart, or replays. Signing `message`
+        would then be equivocation, so callers skip it (counted) instead of signing.
+        """
+        known = self._own_seen.get(message.statement_key())
+        if known is not None and known != message.body():
+            self.counters["equivocation-avoided"] += 1
+            return True
+        return False
+
     def _sign(self, message: Signed) -> Signed:
         """Sign, refusing ever to sign two different bodies under one statement key."""
         key = message.statement_key()
@@ -379,6 +392,8 @@ class RoundMachine:
         self._statements: dict[tuple[bytes, tuple[int, bytes, int, int, int]], Signed] = {}
         self._reported: set[tuple[bytes, tuple[int, bytes, int, int, int]]] = set()
         self._my_statements: dict[tuple[int, bytes, int, int, int], bytes] = {}
+        # Statements under our key that reached us from the network (see _conflicts_with_ours).
+        self._own_seen: dict[tuple[int, bytes, int, int, int], bytes] = {}
         self._committees: dict[int, tuple[bytes, ...]] = {}
         self._certificate: Commit | None = None
         self._submit_at: float | None = None
@@ -519,6 +534,9 @@ class RoundMachine:
             inline=event.inline,
             signer=self.address,
         )
+        if self._conflicts_with_ours(update):
+            self.counters["local-update-ignored"] += 1
+            return
         update = self._sign(update)  # type: ignore[assignment]
         self._own_update_sent = True
         self._emit(Publish(update))
@@ -592,6 +610,9 @@ class RoundMachine:
         first = self._statements.get(slot)
         if first is None:
             self._statements[slot] = message
+            if signer == self.address:  # ours (e.g. from before a restart): stand by it
+                self._own_seen.setdefault(slot[1], message.body())
+                self._my_statements.setdefault(slot[1], message.body())
             return True
         if first.body() == message.body():
             self._drop("duplicate", signer, False)
@@ -819,6 +840,8 @@ class RoundMachine:
             self.counters["proposal-invalid"] += 1
             self._emit(Rejected("bad-aggregate", self.address, False, str(exc)))
             return
+        if self._conflicts_with_ours(proposal):
+            return
         proposal = self._sign(proposal)  # type: ignore[assignment]
         self._statements[(self.address, proposal.statement_key())] = proposal
         self.counters["proposals-sent"] += 1
@@ -842,6 +865,8 @@ class RoundMachine:
             contributors_root=root,
             signer=self.address,
         )
+        if self._conflicts_with_ours(vote):
+            return
         vote = self._sign(vote)  # type: ignore[assignment]
         self._statements[(self.address, vote.statement_key())] = vote
         self.counters["votes-sent"] += 1

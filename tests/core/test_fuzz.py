@@ -11,7 +11,7 @@ import pytest
 
 from p2pfl.core import round_events as ev
 from p2pfl.core.cid import blob_cid
-from p2pfl.core.messages import Vote
+from p2pfl.core.messages import Update, Vote
 from p2pfl.core.round import Phase, RoundConfig, RoundMachine
 from sim.fuzz.engine import fuzz, mutate_bytes
 from sim.fuzz.targets import (
@@ -118,3 +118,34 @@ def test_member_cannot_grow_memory_with_votes_for_views_that_never_run() -> None
     for view in range(plausible, plausible + 10):
         machine.handle(vote(view))
     assert machine.counters["votes-accepted"] == plausible + 3
+
+
+def test_statements_signed_with_our_key_elsewhere_are_never_contradicted() -> None:
+    """Found by the fuzz campaign (round target, 16 of 50,000 programs): as leader of view
+    0, a proposal signed with our key arriving from the network (ours from before a
+    restart, or a replay) was verified and voted for; then the machine proposed its own,
+    signed a second proposal for the view (self-equivocation) and raised RoundStateError
+    out of `handle` on the second vote. Statements under our key seen on the network are
+    now ours: the machine skips anything that would contradict them."""
+    config = RoundConfig(task=ROUND_TASK, committee_size=7, rule=ROUND_RULE)
+    machine = RoundMachine(config, ROUND_KEYS[0], DOMAIN)
+    me = machine.address
+    machine.handle(ev.RoundStarted(1, GENESIS, {a: 100 for a in ROUND_ADDRS}, 0.0))
+    before_restart = Update(ROUND_TASK, 1, GENESIS, blob_cid(b"old delta").to_bytes(), 10, 1.0, b"", me)
+    machine.handle(ev.UpdateReceived(before_restart.signed(ROUND_KEYS[0], DOMAIN), me))
+    actions = machine.handle(ev.LocalUpdateReady(1, blob_cid(b"new delta").to_bytes(), 10, 1.0))
+    assert not [a for a in actions if isinstance(a, ev.Publish)]
+    assert machine.counters["equivocation-avoided"] == 1
+
+
+def test_replaying_a_program_that_crashed_the_campaign() -> None:
+    """The shortest of the 16 round programs that crashed the 1M campaign before the fix."""
+    program = bytes.fromhex(
+        "a369759b7ae6cd23e807147763700045c8712366ad0c68a2def6ff8911e81818f8c99d5d5d98312366ade4ca"
+        "458ec6a2f9d81f55033d3516e1c60001000037f23188bef87a81c9b8feab5565adf6755613d05134b52a8f7b"
+        "a1d0c29f244739fc759b7ae6cd233a9c6bc826d77ba1d0c29f244739fc759b7ae6cd23e807147763700045c8"
+        "716724b6923409c0a1980633915a607abe3996e37f99b32dadb6156f9fc704ca458ec6a2f9d81f55033c3516"
+        "e1c502cd5ae437f23188bef87a81c9b8feaa55656fb091764e49c166e65429c27f2e841299e90576f8893453"
+        "ca73"
+    )
+    assert RoundTarget().run(program)
