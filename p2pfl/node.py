@@ -56,6 +56,8 @@ DEFAULT_FOLLOW_POLL_S = 0.5
 # Retry a failed delta fetch after this long, doubling up to the cap, while the round lasts.
 FETCH_RETRY_S = 0.5
 FETCH_RETRY_MAX_S = 4.0
+# Providers one model fetch asks (p2pfl.net.config.BLOCKS_MAX_PROVIDERS); retries rotate by it.
+MODEL_FETCH_PROVIDERS_PER_TRY = 4
 # How often to re-read the chain while waiting for a commit to become visible.
 CHAIN_WAIT_POLL_S = 0.2
 
@@ -189,6 +191,7 @@ class Node:
         self._stop_round = stop_after_round
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
+            joined_block = await run_chain(self.chain, self.chain.block_number)
             info = await run_chain(self.chain, self.chain.task_info, self.task)
             if not info.exists:
                 raise P2PFLError(f"task {self.task.hex()} is not on-chain; create it first (`p2pfl task create`)")
@@ -207,7 +210,12 @@ class Node:
             for kind in (TOPIC_UPDATES, TOPIC_CONSENSUS, TOPIC_COMMITS):
                 channel = await self.net.join(self.topic(kind), self._validator)
                 nursery.start_soon(self._intake, channel)
-            follower = CommitFollower(self.chain, task=self.task, state_path=self.data_dir / "follower.json")
+            # A new follower starts at the block we joined at: `info` already reflects every
+            # earlier commit (one seen twice is a replay the machine drops), and scanning the
+            # task's whole history costs O(chain) per node -- quadratic on eth-tester, whose
+            # getLogs looks every receipt up from the head. A saved cursor takes precedence.
+            follower = CommitFollower(self.chain, task=self.task, start_block=joined_block,
+                                      state_path=self.data_dir / "follower.json")
             nursery.start_soon(follower.follow, self._on_chain_commit, self.follow_poll_s)
             nursery.start_soon(self._ticker)
             nursery.start_soon(self._start_round, info.last_round + 1, base.to_bytes())
@@ -425,10 +433,16 @@ class Node:
             return self._models[cid_bytes]
         cid = CID.parse(cid_bytes)
         delay = FETCH_RETRY_S
+        attempt = 0
         while not self.net.store.has_blob(cid):
-            # Without the model there is nothing to do: keep asking, backing off.
+            # Without the model there is nothing to do: keep asking, backing off. A fetch
+            # asks only the first few providers, so each retry starts further down the list:
+            # otherwise the same peers that lack the model (or are unreachable) are asked forever.
+            providers = self._providers()
+            shift = (attempt * MODEL_FETCH_PROVIDERS_PER_TRY) % max(1, len(providers))
+            attempt += 1
             try:
-                await self.net.fetch_blob(cid, self._providers())
+                await self.net.fetch_blob(cid, providers[shift:] + providers[:shift])
             except P2PFLError as exc:
                 self._count("model-fetch-retries")
                 log.info("model %s not fetched yet (%s); retrying in %.1f s", cid, exc, delay)
