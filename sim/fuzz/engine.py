@@ -14,8 +14,9 @@ label: a verdict, a rejection reason), and a never-seen outcome also joins the c
 
 Results: a crash is any exception a target does not declare as its documented way to
 refuse input (targets catch those themselves and return a label); a hang is an input
-that exceeds `budget_s` (SIGALRM interrupts it where Python code runs; a C call that
-overruns is still counted once it returns). Everything is seeded: one seed, one run.
+that uses more than `budget_s` of CPU time (SIGPROF interrupts it where Python code
+runs; a C call that overruns is still counted once it returns). CPU time, not wall time:
+on a shared machine a descheduled input is not a hang. Everything is seeded.
 """
 
 from __future__ import annotations
@@ -41,8 +42,8 @@ MAX_INPUT_BYTES = 8192
 MAX_CORPUS = 5000
 # Mutations stacked per input (libFuzzer's -mutate_depth default is 5).
 MAX_STACKED_MUTATIONS = 5
-# Default per-input time budget: every target's real work is well under a millisecond
-# to a few milliseconds; a second means an algorithmic blow-up or a loop.
+# Default per-input CPU-time budget: every target's real work is well under a millisecond
+# to a few tens of milliseconds; a second means an algorithmic blow-up or a loop.
 DEFAULT_BUDGET_S = 1.0
 # Trace one input in this many for coverage (tracing multiplies the cost of a run).
 DEFAULT_TRACE_EVERY = 16
@@ -54,7 +55,7 @@ _INTERESTING_INTS = (0, 1, 2, 31, 32, 33, 36, 127, 128, 255, 256, 65535, 2**31 -
 
 
 class Hang(BaseException):
-    """Raised by the SIGALRM handler when an input overruns its time budget.
+    """Raised by the SIGPROF handler when an input overruns its CPU-time budget.
 
     A BaseException so that a target's `except Exception` cannot swallow it.
     """
@@ -81,7 +82,7 @@ class FuzzStats:
     crashes: int = 0
     hangs: int = 0
     seconds: float = 0.0
-    slowest_s: float = 0.0
+    slowest_s: float = 0.0  # CPU seconds of the most expensive input
     corpus: int = 0
     arcs: int = 0
     outcomes: Counter[str] = field(default_factory=Counter)
@@ -226,7 +227,7 @@ def fuzz(
         coverage_roots = [os.path.dirname(p2pfl.__file__)]
     coverage = Coverage(coverage_roots) if trace_every else None
     use_alarm = hasattr(signal, "setitimer") and _in_main_thread()
-    old_handler = signal.signal(signal.SIGALRM, _on_alarm) if use_alarm else None
+    old_handler = signal.signal(signal.SIGPROF, _on_alarm) if use_alarm else None
     mutate_own = getattr(target, "mutate", None)
     pending = list(target.seeds())
     started = time.perf_counter()
@@ -240,10 +241,10 @@ def fuzz(
                     mutated = mutate_own(data, rng) if mutate_own is not None and rng.random() < 0.5 else None
                     data = mutated if mutated is not None else mutate_bytes(data, rng, corpus)
             traced = coverage is not None and i % trace_every == 0
-            t0 = time.perf_counter()
+            t0 = time.process_time()
             new_arcs = 0
             if use_alarm:
-                signal.setitimer(signal.ITIMER_REAL, budget_s)
+                signal.setitimer(signal.ITIMER_PROF, budget_s)
             try:
                 if traced:
                     assert coverage is not None
@@ -257,8 +258,8 @@ def fuzz(
                 _keep_example(stats, traceback.format_exc(), data)
             finally:
                 if use_alarm:
-                    signal.setitimer(signal.ITIMER_REAL, 0)
-            elapsed = time.perf_counter() - t0
+                    signal.setitimer(signal.ITIMER_PROF, 0)
+            elapsed = time.process_time() - t0
             stats.slowest_s = max(stats.slowest_s, elapsed)
             if label == "HANG" or (label != "CRASH" and elapsed > budget_s):
                 stats.hangs += 1
@@ -281,8 +282,8 @@ def fuzz(
                 progress(stats)
     finally:
         if use_alarm:
-            signal.setitimer(signal.ITIMER_REAL, 0)
-            signal.signal(signal.SIGALRM, old_handler)
+            signal.setitimer(signal.ITIMER_PROF, 0)
+            signal.signal(signal.SIGPROF, old_handler)
     stats.seconds = time.perf_counter() - started
     stats.corpus = len(corpus)
     stats.arcs = len(coverage.arcs) if coverage is not None else 0
