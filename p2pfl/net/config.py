@@ -71,8 +71,13 @@ SYNC_MAX_RESPONSE_BYTES = 8 * 1024 * 1024
 # Block exchange.
 # CIDs per request frame: 64 leaves are 16 MiB, enough to keep a stream busy between frames.
 BLOCKS_MAX_CIDS_PER_REQUEST = 64
-# Requests in flight per provider stream (pipelining hides the request round trip).
-BLOCKS_PIPELINE_DEPTH = 2
+# CIDs a fetcher asks for per request: 16 leaves are 4 MiB, small enough that the last batch
+# (whose hashing and disk write nothing overlaps) is short, large enough that request frames
+# are rare. Up to BLOCKS_MAX_CIDS_PER_REQUEST is legal on the wire.
+BLOCKS_BATCH_CIDS = 16
+# Requests in flight per provider stream (pipelining hides the request round trip);
+# 4 x 4 MiB fills the 16 MiB receive window.
+BLOCKS_PIPELINE_DEPTH = 4
 # Providers fetched from in parallel for one blob.
 BLOCKS_MAX_PROVIDERS = 4
 # Receive window granted on block streams. Yamux starts every stream at 256 KiB; at 1 ms RTT

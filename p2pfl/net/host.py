@@ -23,6 +23,7 @@ Start-up dials the bootstrap peers; with `require_peers`, no reachable peer is a
 
 from __future__ import annotations
 
+import functools
 import logging
 import warnings
 from collections.abc import AsyncIterator, Iterator, Sequence
@@ -128,6 +129,11 @@ class NodeNet:
             metrics=self._metrics,
         )
         self.peers.on_ban = self._on_ban
+        # py-libp2p 0.8.1's add_to_blacklist spawns a teardown that resets the peer's pubsub
+        # stream, then `del`s it from `pubsub.peers`; our disconnect on ban removes it while
+        # the reset is awaited, and that KeyError took the whole host down. Same teardown,
+        # tolerant of the peer being gone already (the instance attribute shadows the method).
+        pubsub._teardown_if_connected = functools.partial(_teardown_pubsub_peer, pubsub)
         self.store = BlockStore(config.data_dir / "blocks")
         self.blocks = BlockExchange(self.store, config, self.peers, self._metrics, self._open_stream)
         self.gossip = Gossip(pubsub, config, self.peers, self._metrics, self._open_stream)
@@ -193,7 +199,12 @@ class NodeNet:
         log.info("banning peer %s for %.0f s (score below %.0f)", peer, self.config.ban_s, self.config.ban_threshold)
         from libp2p.peer.id import ID
 
-        self.pubsub.add_to_blacklist(ID.from_base58(peer))
+        peer_id = ID.from_base58(peer)
+        # py-libp2p 0.8.1's add_to_blacklist spawns a teardown that resets the peer's pubsub
+        # stream and then `del`s it from `pubsub.peers`; our disconnect below removes it
+        # meanwhile, and the KeyError takes the whole host down. Drop it from the map first.
+        self.pubsub.peers.pop(peer_id, None)
+        self.pubsub.add_to_blacklist(peer_id)
         self._blacklisted.add(peer)
         if self._nursery is not None:
             self._nursery.start_soon(self.disconnect, peer)
@@ -422,6 +433,18 @@ def _build(config: NetConfig, private_key: bytes) -> tuple[Any, Any, Any, Any]:
 
         bitswap = BitswapClient(host)
     return host, pubsub, router, (dht, bitswap)
+
+
+async def _teardown_pubsub_peer(pubsub: Any, peer_id: Any) -> None:
+    """py-libp2p's `Pubsub._teardown_if_connected`, without the KeyError race."""
+    stream = pubsub.peers.get(peer_id)
+    if stream is not None:
+        try:
+            await stream.reset()
+        except Exception:
+            pass
+        pubsub.peers.pop(peer_id, None)
+    pubsub._forget_all_subscriptions(peer_id)
 
 
 def _content_message_id(msg: Any) -> bytes:

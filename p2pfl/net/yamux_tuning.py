@@ -26,6 +26,12 @@ Three causes, fixed here without touching anything else:
    consumed (what the library does with PY_YAMUX_RELEASE_ON_READ=0, without touching the
    process environment).
 
+5. **Unbuffered TCP reads.** Noise reads each transport message as a 2-byte length, then the
+   body, each straight from the socket (`TrioTCPStream.read`): two or more `recv` syscalls and
+   trio scheduling round trips per 64 KiB frame, and the same for every small gossip frame.
+   Fix: the TCP stream reads up to 256 KiB at once and serves later reads from that buffer
+   (a read still never returns more than asked for).
+
 Only the class used for new streams is replaced (`yamux.YamuxStream`, looked up by name when
 the muxer creates a stream); the wire protocol is unchanged, so tuned and untuned peers
 interoperate. `apply()` refuses to patch a libp2p version it was not checked against and says
@@ -54,6 +60,10 @@ FRAME_PAYLOAD_BYTES = NOISE_MAX_PLAINTEXT - YAMUX_HEADER_SIZE
 # The library gives up on a writer after 5 s without credit; a reader that is busy (hashing
 # or writing a 16 MiB batch to disk on a loaded laptop) can legitimately pause longer.
 WINDOW_WAIT_TIMEOUT_S = 30.0
+
+# How much one socket read may take (fix 5): several full Noise messages, so a 64 KiB frame
+# costs about a quarter of a recv instead of two or three.
+TCP_READ_AHEAD_BYTES = 256 * 1024
 
 _applied = False
 
@@ -133,6 +143,54 @@ def _make_stream_class(Y: Any) -> type:
     return TunedYamuxStream
 
 
+class _ReadAhead:
+    """Bytes read from a socket but not yet handed out, and the lock for refilling them."""
+
+    __slots__ = ("data", "pos", "lock")
+
+    def __init__(self) -> None:
+        self.data = b""
+        self.pos = 0
+        self.lock = trio.Lock()
+
+    def take(self, n: int | None) -> bytes:
+        """Up to `n` buffered bytes (all of them for None); one copy, none for a whole chunk."""
+        if self.pos == 0 and (n is None or n >= len(self.data)):
+            out, self.data = self.data, b""
+            return out
+        end = len(self.data) if n is None else min(len(self.data), self.pos + n)
+        out = self.data[self.pos : end]
+        if end == len(self.data):
+            self.data, self.pos = b"", 0
+        else:
+            self.pos = end
+        return out
+
+
+def _buffer_tcp_reads(tcp_stream_class: Any) -> None:
+    """Give `TrioTCPStream.read` a read-ahead buffer (fix 5); a read still returns <= n bytes."""
+    unbuffered_read = tcp_stream_class.read
+
+    async def read(self: Any, n: int | None = None) -> bytes:
+        if n == 0:
+            return b""
+        ahead = self.__dict__.get("_p2pfl_ahead")
+        if ahead is None:
+            ahead = self._p2pfl_ahead = _ReadAhead()
+        if ahead.data:
+            return ahead.take(n)  # no await: nobody can refill in between
+        async with ahead.lock:
+            # Whoever held the lock may have left bytes behind: those come first.
+            if not ahead.data:
+                chunk = await unbuffered_read(self, max(n or 0, TCP_READ_AHEAD_BYTES))
+                if not chunk:
+                    return chunk
+                ahead.data, ahead.pos = chunk, 0
+            return ahead.take(n)
+
+    tcp_stream_class.read = read
+
+
 def apply() -> bool:
     """Install the tuned stream class once per process; False if this libp2p is untested."""
     global _applied
@@ -149,6 +207,9 @@ def apply() -> bool:
     from libp2p.stream_muxer.yamux import yamux as Y
 
     Y.YamuxStream = _make_stream_class(Y)
+    from libp2p.io.trio import TrioTCPStream
+
+    _buffer_tcp_reads(TrioTCPStream)
     _applied = True
     return True
 

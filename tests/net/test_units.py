@@ -139,3 +139,73 @@ def test_yamux_frames_fit_one_noise_message() -> None:
     from libp2p.stream_muxer.yamux import yamux
 
     assert yamux.YamuxStream.__name__ == "TunedYamuxStream"
+
+
+class _ChunkedStream:
+    """A stream that returns its data in fixed pieces, whatever size is asked for."""
+
+    def __init__(self, pieces: list[bytes]) -> None:
+        self.pieces = list(pieces)
+
+    async def read(self, n: int) -> bytes:
+        return self.pieces.pop(0) if self.pieces else b""
+
+
+async def test_frame_reader_joins_and_splits_chunks() -> None:
+    from p2pfl.net.blocks import StreamClosed
+
+    data = bytes(range(256)) * 40
+    # Reads inside one chunk, exactly one chunk, and spanning three chunks.
+    reader = FrameReader(_ChunkedStream([data[:1000], data[1000:2000], data[2000:2500], data[2500:]]))
+    assert await reader.read_exactly(10) == data[:10]
+    assert await reader.read_exactly(990) == data[10:1000]
+    assert await reader.read_exactly(1000) == data[1000:2000]
+    assert await reader.read_exactly(1) == data[2000:2001]
+    assert await reader.read_exactly(7000) == data[2001:9001]
+    assert not await reader.at_eof()
+    assert await reader.read_exactly(len(data) - 9001) == data[9001:]
+    assert await reader.at_eof()
+    with pytest.raises(StreamClosed):
+        await FrameReader(_ChunkedStream([b"abc"])).read_exactly(4)
+
+
+async def test_tcp_read_ahead_never_returns_more_than_asked() -> None:
+    import trio
+
+    class FakeTCP:
+        def __init__(self, data: bytes) -> None:
+            self.data = data
+            self.read_lock = trio.Lock()
+            self.socket_reads = 0
+
+        async def read(self, n: int | None = None) -> bytes:
+            self.socket_reads += 1
+            size = len(self.data) if n is None else n
+            out, self.data = self.data[:size], self.data[size:]
+            return out
+
+    yamux_tuning._buffer_tcp_reads(FakeTCP)
+    data = os.urandom(3 * yamux_tuning.TCP_READ_AHEAD_BYTES + 5)
+    stream = FakeTCP(data)
+    got = bytearray()
+    sizes = [2, 65535, 1, 12, 200_000, 7]
+    while len(got) < len(data):
+        n = sizes[len(got) % len(sizes)]
+        chunk = await stream.read(n)
+        assert 0 < len(chunk) <= n
+        got += chunk
+    assert bytes(got) == data
+    assert await stream.read(10) == b""  # EOF passes through
+    assert stream.socket_reads <= 6  # 4 buffered socket reads and the EOF, not one per call
+
+
+def test_store_rejects_oversized_block_file(tmp_path: Path) -> None:
+    from p2pfl.core.cid import MAX_BLOCK_SIZE
+
+    store = BlockStore(tmp_path)
+    cid = raw_cid(b"z" * 10)
+    store.put(cid, b"z" * 10)
+    store.path_of(cid).write_bytes(b"z" * (MAX_BLOCK_SIZE + 1))
+    with pytest.raises(InvalidBlock):
+        store.get(cid, verify=False)
+    assert not store.has(cid)
