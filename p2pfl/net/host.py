@@ -199,12 +199,7 @@ class NodeNet:
         log.info("banning peer %s for %.0f s (score below %.0f)", peer, self.config.ban_s, self.config.ban_threshold)
         from libp2p.peer.id import ID
 
-        peer_id = ID.from_base58(peer)
-        # py-libp2p 0.8.1's add_to_blacklist spawns a teardown that resets the peer's pubsub
-        # stream and then `del`s it from `pubsub.peers`; our disconnect below removes it
-        # meanwhile, and the KeyError takes the whole host down. Drop it from the map first.
-        self.pubsub.peers.pop(peer_id, None)
-        self.pubsub.add_to_blacklist(peer_id)
+        self.pubsub.add_to_blacklist(ID.from_base58(peer))  # teardown: _teardown_pubsub_peer
         self._blacklisted.add(peer)
         if self._nursery is not None:
             self._nursery.start_soon(self.disconnect, peer)
