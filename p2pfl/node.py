@@ -438,11 +438,14 @@ class Node:
             # Without the model there is nothing to do: keep asking, backing off. A fetch
             # asks only the first few providers, so each retry starts further down the list:
             # otherwise the same peers that lack the model (or are unreachable) are asked forever.
+            # Rotate among connected peers only: a peer we hold no address for cannot be dialled.
             providers = self._providers()
-            shift = (attempt * MODEL_FETCH_PROVIDERS_PER_TRY) % max(1, len(providers))
+            connected = set(self.net.connected_peers()) if hasattr(self.net, "connected_peers") else set()
+            n_connected = sum(1 for p in providers if p in connected) or len(providers)
+            shift = (attempt * MODEL_FETCH_PROVIDERS_PER_TRY) % max(1, n_connected)
             attempt += 1
             try:
-                await self.net.fetch_blob(cid, providers[shift:] + providers[:shift])
+                await self.net.fetch_blob(cid, providers[shift:n_connected] + providers[:shift] + providers[n_connected:])
             except P2PFLError as exc:
                 self._count("model-fetch-retries")
                 log.info("model %s not fetched yet (%s); retrying in %.1f s", cid, exc, delay)
