@@ -19,8 +19,9 @@ the topics straight through pubsub (no pacing) with a mix of hostile messages:
 Every message is distinct (a counter is folded in), so no dedup cache shortcuts the work.
 Two phases: `defended` with the node's default limits (peers are banned after a few dozen
 rejections, so the flood is cut off), then `open`: bans and per-peer rate limits disabled,
-so every message reaches the validator; this is the worst case for memory. RSS is sampled
-every 50 ms; `before` is taken after start-up and a warm-up.
+so every message reaches the validator; this is the worst case for memory. The attackers
+run in a child process, so the RSS sampled here (every 50 ms; `before` after start-up and a
+warm-up) is the victim's alone.
 """
 
 from __future__ import annotations
@@ -155,83 +156,125 @@ def hostile_message(category: str, i: int, rng: random.Random) -> tuple[str, byt
     return "consensus", vote.signed(member.private_key, DOMAIN).encode()
 
 
+async def _attackers_main(victim_addr: str, tmp: Path, messages: int, seed: int, conn: Any) -> None:
+    """The attackers' process: connect, join, wait for "go", flood, report, wait for "stop"."""
+    logging.getLogger("p2pfl.net.host").setLevel(logging.ERROR)
+    rng = random.Random(seed)
+    async with AsyncExitStack() as stack:
+        attackers: list[NodeNet] = []
+        for a in range(ATTACKERS):
+            key = NodeIdentity.from_seed(b"flood attacker %d" % a).private_key
+            net = await stack.enter_async_context(open_node_host(NetConfig(data_dir=tmp / f"attacker{a}", mdns=False), key))
+            await net.connect(victim_addr)
+            attackers.append(net)
+        topics = {kind: topic_name(TASK.hex(), kind) for kind in ("updates", "consensus", "commits")}
+        for topic in topics.values():
+            for net in attackers:
+                await net.join(topic, lambda t, d, p: ValidationResult.accept())
+        conn.send("ready")
+        await trio.to_thread.run_sync(conn.recv)  # "go"
+        counts = dict.fromkeys(CATEGORIES, 0)
+
+        async def attack(index: int, net: NodeNet) -> None:
+            for i in range(index, messages, ATTACKERS):
+                category = CATEGORIES[i % len(CATEGORIES)]
+                if category == "oversized" and i % OVERSIZED_EVERY >= len(CATEGORIES):
+                    category = "garbage"
+                kind, data = hostile_message(category, i, rng)
+                try:
+                    await net.pubsub.publish(topics[kind], data)
+                except Exception:
+                    pass  # a banned attacker's publish may fail: it keeps trying
+                counts[category] += 1
+                if i % 16 == 0:
+                    await trio.sleep(0.002)  # under py-libp2p's 1000 msg/topic/s spam limit
+
+        async with trio.open_nursery() as flood:
+            for index, net in enumerate(attackers):
+                flood.start_soon(attack, index, net)
+        conn.send(counts)
+        await trio.to_thread.run_sync(conn.recv)  # "stop": the victim has drained (sync needs us)
+
+
+def _attackers_process(victim_addr: str, tmp: Path, messages: int, seed: int, conn: Any) -> None:
+    trio.run(_attackers_main, victim_addr, tmp, messages, seed, conn)
+
+
 async def _flood_phase(tmp: Path, messages: int, defended: bool, seed: int) -> FloodResult:
-    logging.getLogger("p2pfl.net.host").setLevel(logging.ERROR)  # "no bootstrap peers" x4
+    """The victim's side, in this process (so its RSS is the victim's alone); the
+    attackers run in a child process."""
+    import multiprocessing
+
+    logging.getLogger("p2pfl.net.host").setLevel(logging.ERROR)  # "no bootstrap peers"
     result = FloodResult()
     limits: dict[str, Any] = {"max_message_bytes": VICTIM_MAX_MESSAGE_BYTES}
     if not defended:
         limits |= {"ban_threshold": -1e18, "peer_gossip_per_s": 1e9, "peer_requests_per_s": 1e9}
-    rng = random.Random(seed)
-    # Messages are built before the flood, so the attackers' own allocations during the
-    # flood are only sending; build in batches to keep the attacker side small too.
     victim = Victim()
+    ctx = multiprocessing.get_context("spawn")
+    conn, child_conn = ctx.Pipe()
     async with AsyncExitStack() as stack:
         v_net: NodeNet = await stack.enter_async_context(
             open_node_host(NetConfig(data_dir=tmp / "victim", mdns=False, **limits), MEMBERS[0].private_key)
         )
-        attackers = []
-        for a in range(ATTACKERS):
-            key = NodeIdentity.from_seed(b"flood attacker %d" % a).private_key
-            net = await stack.enter_async_context(open_node_host(NetConfig(data_dir=tmp / f"attacker{a}", mdns=False), key))
-            await net.connect(v_net.listen_addrs[0])
-            attackers.append(net)
         topics = {kind: topic_name(TASK.hex(), kind) for kind in ("updates", "consensus", "commits")}
-        async with trio.open_nursery() as nursery:
-            for topic in topics.values():
-                nursery.start_soon(victim.intake, await v_net.join(topic, victim.validator))
-                for net in attackers:
-                    await net.join(topic, lambda t, d, p: ValidationResult.accept())
-            await trio.sleep(2.0)  # meshes form
-            gc.collect()
-            result.rss_before_mib = result.rss_peak_mib = _rss_mib()
-            stop = trio.Event()
+        process = ctx.Process(target=_attackers_process, args=(v_net.listen_addrs[0], tmp, messages, seed, child_conn), daemon=True)
+        process.start()
+        try:
+            async with trio.open_nursery() as nursery:
+                for topic in topics.values():
+                    nursery.start_soon(victim.intake, await v_net.join(topic, victim.validator))
+                with trio.fail_after(120):
+                    await trio.to_thread.run_sync(conn.recv)  # "ready"
+                await trio.sleep(2.0)  # meshes form
+                gc.collect()
+                result.rss_before_mib = result.rss_peak_mib = _rss_mib()
+                stop = trio.Event()
 
-            async def sample() -> None:
-                while not stop.is_set():
-                    result.rss_peak_mib = max(result.rss_peak_mib, _rss_mib())
-                    await trio.sleep(RSS_SAMPLE_S)
+                async def sample() -> None:
+                    while not stop.is_set():
+                        result.rss_peak_mib = max(result.rss_peak_mib, _rss_mib())
+                        await trio.sleep(RSS_SAMPLE_S)
 
-            nursery.start_soon(sample)
-            started = time.perf_counter()
-            counts = dict.fromkeys(CATEGORIES, 0)
+                nursery.start_soon(sample)
+                started = time.perf_counter()
+                conn.send("go")
+                half_done = trio.Event()
 
-            async def attack(index: int, net: NodeNet) -> None:
-                for i in range(index, messages, ATTACKERS):
-                    category = CATEGORIES[i % len(CATEGORIES)]
-                    if category == "oversized" and i % OVERSIZED_EVERY >= len(CATEGORIES):
-                        category = "garbage"
-                    kind, data = hostile_message(category, i, rng)
-                    try:
-                        await net.pubsub.publish(topics[kind], data)
-                    except Exception:
-                        pass  # a banned attacker's publish may fail: it keeps trying
-                    counts[category] += 1
-                    result.sent += 1
-                    if result.sent == messages // 2:
-                        result.rss_half_mib = _rss_mib()
-                    if i % 16 == 0:
-                        await trio.sleep(0.002)  # under py-libp2p's 1000 msg/topic/s spam limit
+                async def half() -> None:
+                    # RSS half way through (by time, from a short calibration: the flood's
+                    # pace is fixed by the attackers' sleeps, so time tracks messages).
+                    await trio.sleep(max(1.0, messages / ATTACKERS / 16 * 0.002 * 2))
+                    result.rss_half_mib = _rss_mib()
+                    half_done.set()
 
-            async with trio.open_nursery() as flood:
-                for index, net in enumerate(attackers):
-                    flood.start_soon(attack, index, net)
-            await trio.sleep(3.0)  # let the victim drain what is in flight
-            result.seconds = time.perf_counter() - started
-            gc.collect()
-            result.rss_after_mib = _rss_mib()
-            result.rss_peak_mib = max(result.rss_peak_mib, result.rss_after_mib)
-            stop.set()
-            metrics = v_net.metrics()
-            result.sent_by_category = counts
-            result.rejected = int(metrics.get("rejected", 0))  # type: ignore[arg-type]
-            result.rejections_by_reason = dict(metrics["rejections_by_reason"])  # type: ignore[arg-type]
-            result.ignored = sum(int(v) for k, v in metrics.items() if k.startswith("ignored-"))  # type: ignore[arg-type]
-            result.admitted = int(metrics.get("admitted-gossip", 0)) + int(metrics.get("admitted-sync", 0))  # type: ignore[arg-type]
-            result.validated = result.rejected + result.ignored + result.admitted
-            result.peers_banned = int(metrics.get("peers-banned", 0))  # type: ignore[arg-type]
-            result.machine_rejected = {k: v for k, v in victim.machine.counters.items() if k.startswith("rejected:")}
-            result.machine_statements = len(victim.machine._statements)
-            nursery.cancel_scope.cancel()
+                nursery.start_soon(half)
+                counts = await trio.to_thread.run_sync(conn.recv)
+                if not half_done.is_set():
+                    result.rss_half_mib = _rss_mib()
+                await trio.sleep(3.0)  # let the victim drain what is in flight (sync included)
+                result.seconds = time.perf_counter() - started
+                gc.collect()
+                result.rss_after_mib = _rss_mib()
+                result.rss_peak_mib = max(result.rss_peak_mib, result.rss_after_mib)
+                stop.set()
+                conn.send("stop")
+                metrics = v_net.metrics()
+                result.sent_by_category = counts
+                result.sent = sum(counts.values())
+                result.rejected = int(metrics.get("rejected", 0))  # type: ignore[arg-type]
+                result.rejections_by_reason = dict(metrics["rejections_by_reason"])  # type: ignore[arg-type]
+                result.ignored = sum(int(v) for k, v in metrics.items() if k.startswith("ignored-"))  # type: ignore[arg-type]
+                result.admitted = int(metrics.get("admitted-gossip", 0)) + int(metrics.get("admitted-sync", 0))  # type: ignore[arg-type]
+                result.validated = result.rejected + result.ignored + result.admitted
+                result.peers_banned = int(metrics.get("peers-banned", 0))  # type: ignore[arg-type]
+                result.machine_rejected = {k: v for k, v in victim.machine.counters.items() if k.startswith("rejected:")}
+                result.machine_statements = len(victim.machine._statements)
+                nursery.cancel_scope.cancel()
+        finally:
+            await trio.to_thread.run_sync(process.join, 20)
+            if process.is_alive():
+                process.kill()
     return result
 
 
