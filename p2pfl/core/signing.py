@@ -17,6 +17,7 @@ malleating it.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from enum import IntEnum
 
@@ -76,15 +77,20 @@ class Domain:
             raise InvalidMessage("bad-field", "chain_id out of range")
 
     def separator(self) -> bytes:
-        """EIP-712 domainSeparator."""
-        return keccak(
-            EIP712_DOMAIN_TYPEHASH
-            + keccak(DOMAIN_NAME.encode())
-            + keccak(DOMAIN_VERSION.encode())
-            + _word(self.chain_id)
-            + bytes(12)
-            + self.contract
-        )
+        """EIP-712 domainSeparator (computed once per domain: every signature uses it)."""
+        return _separator(self.chain_id, self.contract)
+
+
+@functools.lru_cache(maxsize=64)
+def _separator(chain_id: int, contract: bytes) -> bytes:
+    return keccak(
+        EIP712_DOMAIN_TYPEHASH
+        + keccak(DOMAIN_NAME.encode())
+        + keccak(DOMAIN_VERSION.encode())
+        + _word(chain_id)
+        + bytes(12)
+        + contract
+    )
 
 
 def statement_digest(
