@@ -147,7 +147,7 @@ class NetConfig:
     peer_gossip_per_s: float = PEER_GOSSIP_PER_S
     ban_threshold: float = SCORE_BAN_THRESHOLD
     ban_s: float = BAN_S
-    # Tuning of py-libp2p's yamux (see yamux_tuning.py); off only to measure the difference.
+    # Tuning of py-libp2p (yamux_tuning.py, pubsub_tuning.py); off only to measure the difference.
     tune_yamux: bool = True
 
     def __post_init__(self) -> None:

@@ -35,7 +35,7 @@ import trio
 
 from p2pfl.core.cid import CID
 from p2pfl.errors import ConfigError, P2PFLError
-from p2pfl.net import yamux_tuning
+from p2pfl.net import pubsub_tuning, yamux_tuning
 from p2pfl.net.blocks import STRIPE_PATIENCE_S, BlockExchange, FetchError
 from p2pfl.net.blockstore import BlockStore
 from p2pfl.net.config import (
@@ -457,6 +457,7 @@ async def open_node_host(config: NetConfig, private_key: bytes) -> AsyncIterator
     quiet_libp2p_logs()
     if config.tune_yamux:
         yamux_tuning.apply()
+        pubsub_tuning.apply()
     host, pubsub, router, (dht, bitswap) = _build(config, private_key)
     quiet_libp2p_logs()  # again: building the host imported more libp2p modules
     net = NodeNet(config, host, pubsub, dht, bitswap)

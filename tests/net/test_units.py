@@ -209,3 +209,33 @@ def test_store_rejects_oversized_block_file(tmp_path: Path) -> None:
     with pytest.raises(InvalidBlock):
         store.get(cid, verify=False)
     assert not store.has(cid)
+
+
+def test_signed_record_check_is_skipped_only_for_the_same_bytes_from_the_same_peer() -> None:
+    from p2pfl.net import pubsub_tuning
+
+    calls: list[tuple[bytes, str]] = []
+
+    def check(msg, host, peer_id):  # type: ignore[no-untyped-def]
+        calls.append((msg.senderRecord, peer_id))
+        return msg.senderRecord != b"forged"
+
+    class Rpc:
+        def __init__(self, record: bytes | None) -> None:
+            self.senderRecord = record
+
+        def HasField(self, name: str) -> bool:
+            return self.senderRecord is not None
+
+    cached = pubsub_tuning.make_cached(check)
+    assert cached(Rpc(b"rec-a"), None, "A") and cached(Rpc(b"rec-a"), None, "A")
+    assert calls == [(b"rec-a", "A")]  # the repeat was not verified again
+    assert cached(Rpc(b"rec-a"), None, "B")  # same bytes, other peer: verified
+    assert not cached(Rpc(b"forged"), None, "A") and not cached(Rpc(b"forged"), None, "A")
+    assert len(calls) == 4  # rejected records are never remembered
+    assert cached(Rpc(None), None, "C") and len(calls) == 4  # no record: nothing to check
+    assert pubsub_tuning.apply() is True
+    from libp2p.pubsub import gossipsub, pubsub, utils
+
+    for module in (gossipsub, pubsub):  # the callers now use the memoised check
+        assert module.maybe_consume_signed_record is not utils.maybe_consume_signed_record
