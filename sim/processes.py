@@ -46,8 +46,9 @@ from sim.scenario import Scenario
 BOOTSTRAP_PEERS = 9
 # Whole-run guard per planned round, as in sim.run: a stalled run is reported, not hung.
 MAX_SECONDS_PER_ROUND = 240.0
-# How often the parent reads the chain and the children's status files.
-POLL_S = 0.5
+# How often the parent reads the chain and the children's status files (a round of a
+# tiny scenario lasts about a second, and a restart fault must land inside one).
+POLL_S = 0.2
 # Start-up of all children (imports, data, torch, host) before round 1 may begin.
 READY_TIMEOUT_S = 180.0
 # After the last commit, how long children get to fetch the final model and write final.json.
@@ -58,8 +59,9 @@ STOP_GRACE_S = 10.0
 
 @dataclass(frozen=True)
 class RestartFault:
-    """Kill node `node` with SIGKILL once round `round` has started on it, leave it down
-    for `down_s`, then start it again on the same data dir (it must rejoin from the chain)."""
+    """Kill node `node` with SIGKILL as soon as the chain has committed round `round - 1`
+    (round `round` is under way), leave it down for `down_s`, then start it again on the
+    same data dir: it must rejoin from the chain."""
 
     node: int
     round: int
@@ -322,7 +324,7 @@ def _watch(
         if restart is not None and restart_at is None and not fault_events:
             victim = children[restart.node]
             status = victim.status() or {}
-            if status.get("round", 0) >= restart.round and seen < restart.round:
+            if seen >= restart.round - 1:
                 victim.kill()
                 restart_at = time.monotonic() + restart.down_s
                 fault_events.append({"kind": "sigkill", "node": restart.node, "round": status.get("round"),
