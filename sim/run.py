@@ -43,6 +43,11 @@ log = logging.getLogger("p2pfl.sim")
 CPU_SLOTS = 2
 # Peers each simulated node dials at start-up.
 BOOTSTRAP_PEERS = 9
+# Anti-entropy sync streams per second that all hosts of one process may open together
+# (each host opens one per topic every sync interval). All hosts share one event loop:
+# at 30 nodes the default 1 s interval (90 streams/s) starved block fetches until rounds
+# stalled in round 1; at 5 s (this budget) rounds committed.
+SIM_SYNC_STREAMS_PER_S = 18.0
 # Whole-run guard: a scenario that stalls this long per planned round is reported, not hung.
 MAX_SECONDS_PER_ROUND = 240.0
 
@@ -159,7 +164,8 @@ async def _run(scenario: Scenario, runs_root: Path, quiet: bool) -> Path:
             # seed: a connected overlay of degree ~2 x BOOTSTRAP_PEERS, like a real network.
             earlier = [j for j in rng.permutation(i).tolist() if j != 0][: BOOTSTRAP_PEERS - 1]
             bootstrap = tuple(nets[j].listen_addrs[0] for j in ([0] + earlier if i else []))
-            cfg = NetConfig(data_dir=Path(tmp.name) / f"node{i}", bootstrap=bootstrap, dht=False)
+            cfg = NetConfig(data_dir=Path(tmp.name) / f"node{i}", bootstrap=bootstrap, dht=False,
+                            sync_interval_s=_sync_interval_s(scenario.nodes))
             nets.append(await hosts.start(hold_host, cfg, ident.private_key, host_stops[i]))
         nets[0].put_blob(genesis_blob)  # the task creator holds the genesis model
         # Start the training workers now (torch import) so round 1 measures training only.
@@ -303,6 +309,13 @@ async def _progress(nodes: list[Node], rounds: int, say: Any) -> None:
                 m = n.machine
                 say(f"  node {i}: round {m.round} phase {m.phase.value} attempt {m.attempt} view {m.view} "
                     f"member {m.is_member} counters {dict(m.counters)} node {n.counters}")
+
+
+def _sync_interval_s(nodes: int) -> float:
+    """Anti-entropy interval for `nodes` hosts in one process (see SIM_SYNC_STREAMS_PER_S)."""
+    from p2pfl.net.config import SYNC_INTERVAL_S, TOPIC_KINDS
+
+    return max(SYNC_INTERVAL_S, nodes * len(TOPIC_KINDS) / SIM_SYNC_STREAMS_PER_S)
 
 
 # Training worker state: the scenario's partitions, loaded once per worker process.
