@@ -714,8 +714,13 @@ class RoundMachine:
         """Updates the proposal's aggregate is recomputed over, and whether all are ready.
 
         None means the proposal can never be verified by us (a delta failed, an
-        equivocator's rejected version is ambiguous).
+        equivocator's rejected version is ambiguous, or it includes an update by a known
+        equivocator: the leader may not have seen the second version yet, but we have,
+        and a later view's leader excludes it).
         """
+        if any(author in self._equivocators for author, _ in p.included):
+            self.counters["proposal-includes-equivocator"] += 1
+            return None
         updates: list[Update] = []
         ready = True
         filter_rejected = [a for a, reason in p.rejected if reason not in DISCRETION_REASONS]

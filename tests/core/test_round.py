@@ -542,3 +542,22 @@ def test_aggregate_answer_for_a_left_attempt_is_ignored():
     m, _ = started(C7[1])
     stale = AggregateComputed(1, 5, ((ADDRS[0], delta_cid(ADDRS[0], 1)),))
     assert m.handle(stale) == []
+
+
+def test_member_refuses_a_proposal_that_includes_a_known_equivocator():
+    """The leader may not have seen an author's second update yet; a member who has
+    must not vote to commit the equivocator's contribution."""
+    m, _ = started(C7[2])
+    u = update(ADDRS[0])
+    m.handle(UpdateReceived(u, u.signer))
+    m.handle(DeltaAvailable(u.signer, u.delta, True))
+    honest = fake_aggregate(ComputeAggregate(1, 0, GENESIS, RULE, tuple(C7), (u,)))
+    second = update(ADDRS[0], salt=b"second version")
+    assert by_type(m.handle(UpdateReceived(second, second.signer)), ReportEvidence)
+    p = Proposal(TASK7, 1, 0, 0, GENESIS, honest.included, (), RULE, honest.result,
+                 honest.contributors_root, C7[0]).signed(KEY_OF[C7[0]], DOMAIN)
+    out = m.handle(ProposalReceived(p, p.signer))
+    assert by_type(out, ComputeAggregate) == [] and by_type(out, Publish) == []
+    m.handle(honest)
+    assert m.counters["proposal-includes-equivocator"] == 1
+    assert not any(isinstance(a, Publish) for a in m.handle(Tick(m.now)))
