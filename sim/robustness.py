@@ -50,6 +50,8 @@ RULES: dict[str, dict[str, Any]] = {
 }
 ATTACK_ROWS = [p for p in POISONS]  # "none" = the clean run
 ATTACK_FRACTION = 0.3
+# Index of the first round whose wall time is compared between runs (0-based).
+STEADY_FROM = 2
 # Seeds of the table (each: its own partitions, attackers, init and training seeds).
 TABLE_SEEDS = (7, 8)
 # Final accuracy = mean test accuracy of the last rounds: non-IID FL moves a few points
@@ -273,13 +275,15 @@ def stack_run(scenario: Any, runs_root: Path) -> dict[str, Any]:
             "accuracies": [r["accuracy"] for r in records]}
 
 
-def run_stack(scenario: Any, out: Path, say: Any, which: str) -> dict[str, Any]:
+def run_stack(scenario: Any, out: Path, say: Any, which: str, only: list[str] | None = None) -> dict[str, Any]:
     results: dict[str, Any] = json.loads(out.read_text()) if out.exists() else {}
     if which == "stack":
         jobs = {p: {"attacks": {"poison": p, "fraction": ATTACK_FRACTION} if p != "none" else {}} for p in ATTACK_ROWS}
     else:
         jobs = PROTOCOL_RUNS
     for name, overrides in jobs.items():
+        if only and not any(o in name for o in only):
+            continue
         s = replace(scenario, name=f"rob-{which}", **overrides)
         started = time.perf_counter()
         res = stack_run(s, RESULTS_DIR / "runs")
@@ -325,6 +329,26 @@ NOTES = """## Findings (read with the tables below)
   `p2pfl/core/round.py`: verifiers should refuse proposals that include a known
   equivocator (the next view's leader excludes it).
 - A slashed node keeps half its stake and stays registered: later rounds may include it.
+- **Protocol attacks (full stack, table at the end)**: every run committed 5/5 rounds and no
+  committed round included an unregistered author (Sybil updates are dropped at the first
+  hop: `gossip-reject-unregistered-signer`). Lying members' bogus votes never reach quorum;
+  a liar that also builds a certificate publishes its honest vote inside it and is caught
+  equivocating (slashed). Withheld votes and silent leaders cost at most one view. A
+  censoring member silences its victim in the views it leads (the victim was included in
+  2 of 5 rounds): a known limit (protocol/spec/round.md "Known limits"). Replayed old-round
+  messages are dropped (`stale-round`, `replayed-round`).
+- **Faults**: 30% killed in round 3 → later rounds still commit, each paying the collect
+  deadline (20 s) because the 80% collect quorum counts registered, not live, nodes. A
+  leader killed right after proposing → the round commits in the same view through the
+  other members' certificate and the fallback submitter. A 20 s partition → the round
+  commits after healing (+~16 s).
+- **Not done / found broken**: the topic-spam run (1 node, 20 msg/s) **crashed the
+  simulation**: `Node._on_chain_commit` raised `P2PFLError: model size unknown before the
+  genesis model is loaded` out of the chain follower (a node that sees a commit before it
+  fetched the genesis model kills its nursery) — a node.py bug to fix (defer the event
+  until the model is loaded). Peak RSS under spam not measured. Not in this campaign: vote
+  equivocation as its own attack, jittered ALIE, kill-and-restart and the chain RPC outage
+  (done with processes and anvil by another helper).
 """
 
 
@@ -444,8 +468,12 @@ def _notes(rob: dict[str, Any], sm: dict[str, Any], res: dict[str, Any], clean_w
     if rob.get("partition"):
         out.append(f"partition {rob['partition'][0]} / {rob['partition'][1]}")
     if clean_walls and res["walls"] and res["walls"] != clean_walls:
+        # Rounds 1-2 carry start-up skew that depends on the machine's load at the time;
+        # compare from round 3 on (the clean run's steady state).
         n = min(len(clean_walls), len(res["walls"]))
-        out.append(f"time lost vs clean {sum(res['walls'][:n]) - sum(clean_walls[:n]):+.1f} s")
+        if n > STEADY_FROM:
+            lost = sum(res["walls"][STEADY_FROM:n]) - sum(clean_walls[STEADY_FROM:n])
+            out.append(f"time lost vs clean in rounds {STEADY_FROM + 1}-{n}: {lost:+.1f} s")
     c = sm.get("counters", {})
     interesting = {k: v for k, v in c.items() if any(s in k for s in ("reject", "equivoc", "evidence", "mismatch", "decode"))}
     if interesting:
@@ -458,6 +486,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", choices=["table", "stack", "protocol", "report"], action="append")
     parser.add_argument("--scenario", default=str(BASE_SCENARIO))
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--run", action="append", help="only the full-stack runs whose name contains this")
     args = parser.parse_args(argv)
     import tomllib
 
@@ -475,7 +504,7 @@ def main(argv: list[str] | None = None) -> int:
         run_table(scenario, files["table"], say)
     for which in ("stack", "protocol"):
         if which in parts:
-            run_stack(scenario, files[which], say, which)
+            run_stack(scenario, files[which], say, which, args.run)
     load = lambda p: json.loads(files[p].read_text()) if files[p].exists() else None  # noqa: E731
     commands_file = RESULTS_DIR / "commands.txt"
     command = "python -m sim.robustness " + " ".join(sys.argv[1:] if argv is None else argv)
