@@ -199,14 +199,13 @@ class Node:
                 self.finished.set()
                 nursery.cancel_scope.cancel()
                 return
-            if info.last_round == 0:
-                base = CID.parse(self.manifest.initial_model)
-            else:
-                # Joining (or restarting) mid-task: the chain stores the latest model as a
-                # bare digest, and its CID's codec depends on the model's size, which the
-                # genesis model tells (local after a restart, else fetched from peers).
-                await self._ensure_model(CID.parse(self.manifest.initial_model).to_bytes())
-                base = self._cid_for_digest(info.last_result)
+            # The chain stores models as bare digests, and a CID's codec depends on the
+            # model's size, which the genesis model tells (local after a restart, else
+            # fetched from peers): load it before following the chain, so no commit event
+            # can arrive that we cannot name.
+            genesis = CID.parse(self.manifest.initial_model)
+            await self._ensure_model(genesis.to_bytes())
+            base = genesis if info.last_round == 0 else self._cid_for_digest(info.last_result)
             for kind in (TOPIC_UPDATES, TOPIC_CONSENSUS, TOPIC_COMMITS):
                 channel = await self.net.join(self.topic(kind), self._validator)
                 nursery.start_soon(self._intake, channel)
