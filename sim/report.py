@@ -3,10 +3,19 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from p2pfl.core.cid import CID
+from p2pfl.core.tensors import decode_tensors
+
+if TYPE_CHECKING:
+    from sim.scenario import Scenario
 
 PHASES = ("train", "disseminate", "aggregate", "agree", "commit")
 
@@ -133,3 +142,65 @@ def _plots(run_dir: Path, rounds: Sequence[dict[str, Any]], reference: Sequence[
     plt.close(fig)
     out.append(path)
     return out
+
+
+def round_records(
+    scenario: Scenario,
+    logs: list[dict[int, Any]],
+    commits: dict[int, Any],
+    stores: list[Any],
+    test: Any,
+    bytes_sent: list[int],
+) -> list[dict[str, Any]]:
+    """Per-round metrics from every node's RoundLogs and the chain's commits (the timeline
+    rules of sim.run: earliest node to reach each step, phases monotone)."""
+    from p2pfl.train.trainer import evaluate
+
+    records = []
+    prev_commit_t: float | None = None
+    for r in range(1, scenario.rounds + 1):
+        entries = [log[r] for log in logs if r in log]
+        if not entries or r not in commits:
+            break
+        result = next((e.result for e in entries if e.result), "")
+        weights = model_from_stores(stores, result)
+        loss, acc = (math.nan, math.nan) if weights is None else evaluate(
+            scenario.model.name, weights, test, model_kwargs=scenario.model.kwargs, num_threads=1)
+        t0 = prev_commit_t if prev_commit_t is not None else min(e.started for e in entries)
+        members = [e for e in entries if e.member]
+        published = sorted(e.published_at for e in entries if e.published_at)
+        t_trained = published[max(0, math.ceil(0.8 * len(published)) - 1)] if published else t0
+        t_closed = min((e.collect_closed_at for e in members if e.collect_closed_at), default=t_trained)
+        t_computed = min((e.computed_at for e in members if e.computed_at), default=t_closed)
+        t_certified = min((e.certified_at for e in entries if e.certified_at), default=t_computed)
+        t_committed = min((e.committed_at for e in entries if e.committed_at), default=t_certified)
+        marks = [t0, min(t_trained, t_closed), t_closed, t_computed, t_certified, t_committed]
+        marks = [max(marks[: i + 1]) for i in range(len(marks))]
+        phases = {p: marks[i + 1] - marks[i] for i, p in enumerate(PHASES)}
+        setup = float(np.median([e.started - t0 for e in entries]))
+        to_publish = float(np.median([e.published_at - e.started for e in entries if e.published_at] or [0.0]))
+        train_only = float(np.median([e.train_s for e in entries]))
+        wall = t_committed - t0
+        prev_commit_t = t_committed
+        ev = commits[r]
+        records.append({
+            "round": r, "accuracy": acc, "loss": loss, "committee": ["0x" + a.hex() for a in entries[0].committee],
+            "included": ["0x" + a.hex() for a in next((e.included for e in members if e.included), ())],
+            "rejected": [["0x" + a.hex(), why] for a, why in next((e.rejected for e in members if e.included), ())],
+            "result": result, "wall_s": wall, "phases_s": phases, "commit_tx": "0x" + ev.tx_hash.hex(),
+            "commit_block": ev.block_number, "signers": ev.signers,
+            "gas": max((e.commit_gas for e in entries), default=0),
+            "setup_s": setup, "start_to_publish_s": to_publish, "train_compute_s": train_only,
+            "bytes": bytes_sent, "nodes_reporting": len(entries),
+        })
+    return records
+
+
+def model_from_stores(stores: list[Any], cid_text: str) -> dict[str, np.ndarray] | None:
+    if not cid_text:
+        return None
+    cid = CID.parse(cid_text)
+    for store in stores:
+        if store.has_blob(cid):
+            return {k: np.array(v) for k, v in decode_tensors(store.read_blob(cid)).items()}
+    return None

@@ -27,13 +27,13 @@ from p2pfl.chain.devnet import DEFAULT_GAS_FUNDS, ETHER, DevNet
 from p2pfl.chain.providers import embedded_web3, fund
 from p2pfl.core.cid import CID
 from p2pfl.core.identity import NodeIdentity, peer_id_bytes_from_public
-from p2pfl.core.tensors import decode_tensors, encode_tensors
+from p2pfl.core.tensors import encode_tensors
 from p2pfl.errors import ConfigError, P2PFLError
 from p2pfl.manifest import TaskManifest
 from p2pfl.node import Node, RoundLog
 from sim.attacks import AttackLog, RoundBoard, behaviour_for, hostile_net, make_plan, run_background, wrap_trainer
 from sim.faults import FaultLog, FaultSpec, Killer, LeaderKillNet, hold_host, inject
-from sim.report import PHASES, RunWriter, new_run_dir, write_report
+from sim.report import RunWriter, new_run_dir, round_records, write_report
 from sim.robustness import audit_run
 from sim.scenario import Scenario
 
@@ -97,7 +97,7 @@ async def _run(scenario: Scenario, runs_root: Path, quiet: bool) -> Path:
     from p2pfl.net.config import NetConfig
     from p2pfl.train.models import init_weights
     from p2pfl.train.reference import reference_fedavg
-    from p2pfl.train.trainer import TrainConfig, evaluate
+    from p2pfl.train.trainer import TrainConfig
 
     say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
     run_dir = new_run_dir(scenario.name, runs_root)
@@ -204,52 +204,13 @@ async def _run(scenario: Scenario, runs_root: Path, quiet: bool) -> Path:
     # Collect what happened, round by round, from the chain and every node's log.
     info = devnet.admin.task_info(manifest.task_id)
     commits = {e.round: e for e in devnet.admin.commits(dep.block, devnet.admin.block_number(), manifest.task_id)}
-    records = []
-    prev_commit_t: float | None = None
-    for r in range(1, scenario.rounds + 1):
-        entries = [n.rounds[r] for n in nodes if r in n.rounds]
-        if not entries or r not in commits:
-            break
-        result = entries[0].result or next((e.result for e in entries if e.result), "")
-        weights = _model_from_any(nodes, result)
-        loss, acc = (math.nan, math.nan) if weights is None else evaluate(
-            scenario.model.name, weights, test, model_kwargs=scenario.model.kwargs, num_threads=1)
-        # One timeline per round, from the earliest node to reach each step:
-        # train (incl. round set-up) | disseminate (until a member closes collection) |
-        # aggregate | agree (proposal + votes -> certificate) | commit (tx -> followed).
-        t0 = prev_commit_t if prev_commit_t is not None else min(e.started for e in entries)
-        members = [e for e in entries if e.member]
-        published = sorted(e.published_at for e in entries if e.published_at)
-        t_trained = published[max(0, math.ceil(0.8 * len(published)) - 1)] if published else t0
-        t_closed = min((e.collect_closed_at for e in members if e.collect_closed_at), default=t_trained)
-        t_computed = min((e.computed_at for e in members if e.computed_at), default=t_closed)
-        t_certified = min((e.certified_at for e in entries if e.certified_at), default=t_computed)
-        t_committed = min((e.committed_at for e in entries if e.committed_at), default=t_certified)
-        marks = [t0, min(t_trained, t_closed), t_closed, t_computed, t_certified, t_committed]
-        marks = [max(marks[: i + 1]) for i in range(len(marks))]  # monotone
-        phases = {p: marks[i + 1] - marks[i] for i, p in enumerate(PHASES)}
-        # Diagnostics inside "train": round set-up (chain reads, base model fetch) and
-        # the local training + publishing that follows, medians over nodes.
-        setup = float(np.median([e.started - t0 for e in entries]))
-        to_publish = float(np.median([e.published_at - e.started for e in entries if e.published_at] or [0.0]))
-        train_only = float(np.median([e.train_s for e in entries]))
-        wall = t_committed - t0
-        prev_commit_t = t_committed
-        ev = commits[r]
-        record = {
-            "round": r, "accuracy": acc, "loss": loss, "committee": ["0x" + a.hex() for a in entries[0].committee],
-            "included": ["0x" + a.hex() for a in next((e.included for e in members if e.included), ())],
-            "rejected": [["0x" + a.hex(), why] for a, why in next((e.rejected for e in members if e.included), ())],
-            "result": result, "wall_s": wall, "phases_s": phases, "commit_tx": "0x" + ev.tx_hash.hex(),
-            "commit_block": ev.block_number, "signers": ev.signers,
-            "gas": max((e.commit_gas for e in entries), default=0),
-            "setup_s": setup, "start_to_publish_s": to_publish, "train_compute_s": train_only,
-            "bytes": [n.net.metrics().get("bytes_sent", 0) if hasattr(n.net, "metrics") else 0 for n in nodes],
-        }
+    bytes_sent = [int(n.net.metrics().get("bytes_sent", 0)) if hasattr(n.net, "metrics") else 0 for n in nodes]
+    records = round_records(scenario, [n.rounds for n in nodes], commits, [n.net.store for n in nodes], test, bytes_sent)
+    for record in records:
         writer.round(record)
-        records.append(record)
-        say(f"round {r}: accuracy {acc:.4f} loss {loss:.4f} wall {wall:.1f} s "
-            f"committee {len(record['committee'])} included {len(record['included'])} tx {record['commit_tx'][:12]}")
+        say(f"round {record['round']}: accuracy {record['accuracy']:.4f} loss {record['loss']:.4f} "
+            f"wall {record['wall_s']:.1f} s committee {len(record['committee'])} "
+            f"included {len(record['included'])} tx {record['commit_tx'][:12]}")
     writer.close()
 
     say("centralised FedAvg reference (same model, seeds, partitions; no network)...")
@@ -353,16 +314,6 @@ def _cid_of(blob: bytes) -> bytes:
     from p2pfl.core.cid import blob_cid
 
     return blob_cid(blob).to_bytes()
-
-
-def _model_from_any(nodes: list[Node], cid_text: str) -> dict[str, np.ndarray] | None:
-    if not cid_text:
-        return None
-    cid = CID.parse(cid_text)
-    for node in nodes:
-        if node.net.store.has_blob(cid):
-            return {k: np.array(v) for k, v in decode_tensors(node.net.store.read_blob(cid)).items()}
-    return None
 
 
 def _merged_counters(nodes: list[Node]) -> dict[str, int]:
