@@ -23,8 +23,6 @@ import argparse
 import logging
 import os
 import random
-import subprocess
-import sys
 import tempfile
 import time
 from contextlib import AsyncExitStack
@@ -32,7 +30,7 @@ from pathlib import Path
 
 import trio
 
-from sim.bench import BenchError, figure
+from sim.bench import BenchError, ChildProcess, figure
 
 NODES = 20
 COMMITTEE = 7
@@ -43,8 +41,6 @@ BURST_PER_NODE = 5
 BURST_TIMEOUT_S = 60.0
 IDLE_WARMUP_S = 3.0
 IDLE_WINDOW_S = 5.0
-START_TIMEOUT_S = 60.0
-ROOT_DIR = Path(__file__).resolve().parents[2]
 TASK = "bench"
 
 
@@ -137,33 +133,8 @@ async def _idle_child(data_dir: Path, seed: int, bootstrap: list[str]) -> None:
         await trio.sleep_forever()
 
 
-class _Child:
-    def __init__(self, *args: str) -> None:
-        self.out = tempfile.TemporaryFile("w+")
-        self.p = subprocess.Popen(
-            [sys.executable, "-m", "sim.bench.disseminate", "--child", *args],
-            cwd=ROOT_DIR,
-            stdout=self.out,
-            stderr=subprocess.STDOUT,
-        )
-
-    def wait_for(self, prefix: str) -> str:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            self.out.seek(0)
-            for line in self.out.read().splitlines():
-                if line.startswith(prefix + " "):
-                    return line.split(" ", 1)[1].strip()
-            if self.p.poll() is not None:
-                self.out.seek(0)
-                raise BenchError(f"child exited: {self.out.read()[-2000:]}")
-            time.sleep(0.05)
-        raise BenchError(f"child printed no {prefix} in {START_TIMEOUT_S:.0f} s")
-
-    def stop(self) -> None:
-        if self.p.poll() is None:
-            self.p.kill()
-            self.p.wait()
+def _Child(*args: str) -> ChildProcess:
+    return ChildProcess("sim.bench.disseminate", *args)
 
 
 def _cpu_seconds(pid: int) -> float:

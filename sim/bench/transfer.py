@@ -21,22 +21,18 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import trio
 
-from sim.bench import BenchError, figure
+from sim.bench import BenchError, ChildProcess, figure
 
 BLOB_BYTES = 50 * 1024 * 1024
 RAW_PROTOCOL = "/p2pfl/bench/raw/1.0.0"
 REPEATS = 3
 BITSWAP_REPEATS = 1  # ~10 s per run; one is enough to show the order of magnitude
-START_TIMEOUT_S = 60.0
-ROOT_DIR = Path(__file__).resolve().parents[2]
 
 
 def _key(seed: int) -> bytes:
@@ -108,33 +104,8 @@ async def _raw_client(addr: str, tuned: bool) -> None:
 # --- the measuring parent -----------------------------------------------------------------
 
 
-class _Child:
-    def __init__(self, *args: str) -> None:
-        self.out = tempfile.TemporaryFile("w+")
-        self.p = subprocess.Popen(
-            [sys.executable, "-m", "sim.bench.transfer", "--child", *args],
-            cwd=ROOT_DIR,
-            stdout=self.out,
-            stderr=subprocess.STDOUT,
-        )
-
-    def wait_for(self, prefix: str) -> str:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            self.out.seek(0)
-            for line in self.out.read().splitlines():
-                if line.startswith(prefix + " "):
-                    return line.split(" ", 1)[1].strip()
-            if self.p.poll() is not None:
-                self.out.seek(0)
-                raise BenchError(f"child exited: {self.out.read()[-2000:]}")
-            time.sleep(0.05)
-        raise BenchError(f"child printed no {prefix} in {START_TIMEOUT_S:.0f} s")
-
-    def stop(self) -> None:
-        if self.p.poll() is None:
-            self.p.kill()
-            self.p.wait()
+def _Child(*args: str) -> ChildProcess:
+    return ChildProcess("sim.bench.transfer", *args)
 
 
 def _clear(store) -> None:  # type: ignore[no-untyped-def]
