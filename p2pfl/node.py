@@ -110,6 +110,8 @@ class RoundLog:
     committed_at: float = 0.0
     commit_tx: str = ""
     commit_gas: int = 0
+    bytes_sent: int = 0  # the network layer's cumulative payload counters, at the commit
+    bytes_received: int = 0
 
 
 # (base weights, training config, seed) -> p2pfl.train.trainer.TrainResult
@@ -348,6 +350,10 @@ class Node:
             entry.committee = self.machine.committee
             entry.member = self.machine.is_member
             entry.committed_at = self.clock()
+            if hasattr(self.net, "metrics"):
+                counters = self.net.metrics()
+                entry.bytes_sent = int(counters.get("bytes_sent", 0))
+                entry.bytes_received = int(counters.get("bytes_received", 0))
             entry.result = str(CID.parse(base))
             if self.on_round is not None:
                 self.on_round(entry)

@@ -226,7 +226,7 @@ def run_processes(
     finals = [_read_json(child.data_dir / FINAL_FILE) or {} for child in children]
     stores = [BlockStore(child.data_dir / "blocks") for child in children]
     writer = RunWriter(run_dir)
-    records = round_records(scenario, logs, commits, stores, test, [int(f.get("bytes_sent", 0)) for f in finals])
+    records = round_records(scenario, logs, commits, stores, test)
     for record in records:
         writer.round(record)
         say(f"round {record['round']}: accuracy {record['accuracy']:.4f} loss {record['loss']:.4f} "

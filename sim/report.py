@@ -150,7 +150,6 @@ def round_records(
     commits: dict[int, Any],
     stores: list[Any],
     test: Any,
-    bytes_sent: list[int],
 ) -> list[dict[str, Any]]:
     """Per-round metrics from every node's RoundLogs and the chain's commits (the timeline
     rules of sim.run: earliest node to reach each step, phases monotone)."""
@@ -191,9 +190,20 @@ def round_records(
             "commit_block": ev.block_number, "signers": ev.signers,
             "gas": max((e.commit_gas for e in entries), default=0),
             "setup_s": setup, "start_to_publish_s": to_publish, "train_compute_s": train_only,
-            "bytes": bytes_sent, "nodes_reporting": len(entries),
+            # Per node, payload bytes of this round (from the cumulative counters at each commit).
+            "bytes_sent": [_round_delta(log, r, "bytes_sent") for log in logs],
+            "bytes_received": [_round_delta(log, r, "bytes_received") for log in logs],
+            "nodes_reporting": len(entries),
         })
     return records
+
+
+def _round_delta(log: dict[int, Any], round_: int, field: str) -> int | None:
+    """A cumulative counter's growth over `round_` for one node (None: no record)."""
+    if round_ not in log:
+        return None
+    before = max((r for r in log if r < round_), default=None)
+    return getattr(log[round_], field) - (getattr(log[before], field) if before is not None else 0)
 
 
 def model_from_stores(stores: list[Any], cid_text: str) -> dict[str, np.ndarray] | None:

@@ -204,8 +204,7 @@ async def _run(scenario: Scenario, runs_root: Path, quiet: bool) -> Path:
     # Collect what happened, round by round, from the chain and every node's log.
     info = devnet.admin.task_info(manifest.task_id)
     commits = {e.round: e for e in devnet.admin.commits(dep.block, devnet.admin.block_number(), manifest.task_id)}
-    bytes_sent = [int(n.net.metrics().get("bytes_sent", 0)) if hasattr(n.net, "metrics") else 0 for n in nodes]
-    records = round_records(scenario, [n.rounds for n in nodes], commits, [n.net.store for n in nodes], test, bytes_sent)
+    records = round_records(scenario, [n.rounds for n in nodes], commits, [n.net.store for n in nodes], test)
     for record in records:
         writer.round(record)
         say(f"round {record['round']}: accuracy {record['accuracy']:.4f} loss {record['loss']:.4f} "

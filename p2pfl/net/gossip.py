@@ -240,6 +240,7 @@ class Gossip:
             state.pace.take(self.clock())
             await self.pubsub.publish(topic, data)
         self.metrics.inc("gossip-published")
+        self.metrics.inc("bytes-published", len(data))
         return msg_id
 
     # --- the gate -----------------------------------------------------------------------
@@ -285,6 +286,7 @@ class Gossip:
             return Verdict.IGNORE
         state.remember(msg_id, data, self.clock())
         self.metrics.inc(f"admitted-{via}")
+        self.metrics.inc("bytes-admitted", len(data))
         return Verdict.ACCEPT
 
     def _remember_rejected(self, state: _TopicState, msg_id: bytes) -> None:

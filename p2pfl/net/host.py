@@ -187,6 +187,11 @@ class NodeNet:
         """Counters: messages admitted/rejected (by reason and peer), blocks, bans, syncs."""
         snap = self._metrics.snapshot()
         snap["peers-connected"] = len(self.host.get_connected_peers())
+        # Payload bytes this node originated or served, and fetched or admitted: blocks and
+        # gossip messages (not Noise/yamux framing, nor gossip forwarded on others' behalf).
+        c = self._metrics.counters
+        snap["bytes_sent"] = c["bytes-served"] + c["bytes-published"]
+        snap["bytes_received"] = c["bytes-fetched"] + c["bytes-admitted"]
         return snap
 
     async def _open_stream(self, peer: str, protocol: str) -> Any:
