@@ -16,7 +16,6 @@ Every process it starts (anvil, the children) is stopped by PID in a `finally`.
 from __future__ import annotations
 
 import json
-import math
 import os
 import resource
 import signal
@@ -34,7 +33,7 @@ from p2pfl.chain.devnet import DEFAULT_GAS_FUNDS, ETHER, DevNet
 from p2pfl.chain.providers import Anvil, free_loopback_port, fund
 from p2pfl.core.cid import CID, blob_cid
 from p2pfl.core.identity import NodeIdentity, peer_id_bytes_from_public
-from p2pfl.core.tensors import decode_tensors, encode_tensors
+from p2pfl.core.tensors import encode_tensors
 from p2pfl.errors import ConfigError, P2PFLError
 from p2pfl.manifest import TaskManifest
 from p2pfl.net.blockstore import BlockStore
@@ -158,9 +157,7 @@ def run_processes(
 ) -> Path:
     """Run one scenario with every node in its own process on anvil; returns the run folder."""
     from p2pfl.train.models import init_weights
-    from p2pfl.train.reference import reference_fedavg
-    from p2pfl.train.trainer import TrainConfig
-    from sim.run import _train_dict, load_data
+    from sim.run import load_data, print_summary, reference_curve, summarise
 
     if scenario.attacks or scenario.faults:
         raise ConfigError("--processes runs honest nodes only: remove [attacks] and [faults] or run in-process")
@@ -234,50 +231,27 @@ def run_processes(
             f"included {len(record['included'])} tx {record['commit_tx'][:12]}")
     writer.close()
 
-    say("centralised FedAvg reference (same model, seeds, partitions; no network)...")
-    cfg = TrainConfig.from_dict({**_train_dict(scenario), "seed": scenario.seed})
-    reference = reference_fedavg(scenario.model.name, scenario.model.kwargs, genesis, partitions, test,
-                                 scenario.rounds, cfg, scenario.seed, num_threads=1)
-    ref_records = [{"round": m.round, "accuracy": m.accuracy, "loss": m.loss, "compute_s": m.compute_s}
-                   for m in reference]
-    ref_compute = [m.compute_s for m in reference[1:]]
-    our_walls = [r["wall_s"] for r in records]
+    ref_records = reference_curve(scenario, genesis, partitions, test, say)
     counters: dict[str, int] = {}
     for final in finals:
         for k, v in final.get("counters", {}).items():
             counters[k] = counters.get(k, 0) + v
-    summary = {
-        "scenario": scenario.name,
+    summary = summarise(scenario, records, ref_records, info, wall_start, wall_s, timed_out, dict(sorted(counters.items())))
+    summary.update({
         "mode": "processes",
-        "nodes": scenario.nodes,
-        "rounds_planned": scenario.rounds,
-        "rounds_committed": info.last_round,
-        "final_accuracy": records[-1]["accuracy"] if records else math.nan,
-        "reference_accuracy": reference[min(len(records), len(reference) - 1)].accuracy if records else math.nan,
-        "overhead_ratio": (sum(our_walls) / sum(ref_compute[: len(our_walls)])) if our_walls else math.nan,
-        "wall_s": time.perf_counter() - wall_start,
-        "rounds_wall_s": wall_s,
-        "timed_out": timed_out,
-        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         # Largest single child (a node process or anvil): ru_maxrss of waited-for children.
         "child_peak_rss_mib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
-        "final_model": records[-1]["result"] if records else "",
-        "chain_final_digest": "0x" + info.last_result.hex(),
-        "counters": dict(sorted(counters.items())),
         "faults": fault_events,
         "node_final_rounds": [_final_round(child) for child in children],
         # Every process this run started (all stopped by now): anvil, then each node's incarnations.
         "pids": {"anvil": anvil_pid, "nodes": [child.pids for child in children]},
-    }
-    summary["accuracy_gap_points"] = 100 * (summary["reference_accuracy"] - summary["final_accuracy"])
+    })
     write_report(run_dir, scenario.to_dict(), records, ref_records, summary)
     for child in children:  # the node processes' status files, for inspection and tests
         status = child.status()
         if status is not None:
             (run_dir / f"node{child.index}.status.json").write_text(json.dumps(status, indent=1))
-    for key in ("rounds_committed", "rounds_planned", "final_accuracy", "reference_accuracy", "overhead_ratio", "wall_s"):
-        say(f"{key}: {summary[key]:.4g}" if isinstance(summary[key], float) else f"{key}: {summary[key]}")
-    say(str(run_dir))
+    print_summary(summary, run_dir, say)
     work.cleanup()
     return run_dir
 

@@ -7,7 +7,6 @@ FedAvg reference on the same data, model and seeds, and a report of both.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import multiprocessing
@@ -16,7 +15,6 @@ import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import AsyncExitStack
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +26,9 @@ from p2pfl.chain.providers import embedded_web3, fund
 from p2pfl.core.cid import CID
 from p2pfl.core.identity import NodeIdentity, peer_id_bytes_from_public
 from p2pfl.core.tensors import encode_tensors
-from p2pfl.errors import ConfigError, P2PFLError
+from p2pfl.errors import ConfigError
 from p2pfl.manifest import TaskManifest
-from p2pfl.node import Node, RoundLog
+from p2pfl.node import Node
 from sim.attacks import AttackLog, RoundBoard, behaviour_for, hostile_net, make_plan, run_background, wrap_trainer
 from sim.faults import FaultLog, FaultSpec, Killer, LeaderKillNet, hold_host, inject
 from sim.report import RunWriter, new_run_dir, round_records, write_report
@@ -96,8 +94,6 @@ def run_scenario(scenario: Scenario, runs_root: str | Path = "runs", quiet: bool
 async def _run(scenario: Scenario, runs_root: Path, quiet: bool) -> Path:
     from p2pfl.net.config import NetConfig
     from p2pfl.train.models import init_weights
-    from p2pfl.train.reference import reference_fedavg
-    from p2pfl.train.trainer import TrainConfig
 
     say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
     run_dir = new_run_dir(scenario.name, runs_root)
@@ -136,7 +132,6 @@ async def _run(scenario: Scenario, runs_root: Path, quiet: bool) -> Path:
     say(f"task {manifest.cid} on chain {dep.chain_id}, ledger {dep.ledger}")
 
     writer = RunWriter(run_dir)
-    logs: list[dict[int, RoundLog]] = []
     # All simulated nodes share one process, so their local training runs in a pool of
     # CPU_SLOTS worker processes (torch's per-batch Python work would otherwise fight the
     # event loop for the GIL); aggregation stays in threads (numpy releases the GIL).
@@ -212,40 +207,67 @@ async def _run(scenario: Scenario, runs_root: Path, quiet: bool) -> Path:
             f"included {len(record['included'])} tx {record['commit_tx'][:12]}")
     writer.close()
 
+    ref_records = reference_curve(scenario, genesis, partitions, test, say)
+    summary = summarise(scenario, records, ref_records, info, wall_start, wall_s, timed_out, _merged_counters(nodes))
+    if plan.spec.active or fault_spec.active:
+        summary["robustness"] = audit_run(plan, fault_log, attack_log, nodes, identities, devnet, manifest,
+                                          commits, stakes_before)
+    write_report(run_dir, scenario.to_dict(), records, ref_records, summary)
+    print_summary(summary, run_dir, say)
+    tmp.cleanup()
+    return run_dir
+
+
+def reference_curve(scenario: Scenario, genesis: Any, partitions: list[Any], test: Any, say: Any) -> list[dict[str, Any]]:
+    """The centralised FedAvg reference on the run's model, seeds and partitions (no network)."""
+    from p2pfl.train.reference import reference_fedavg
+    from p2pfl.train.trainer import TrainConfig
+
     say("centralised FedAvg reference (same model, seeds, partitions; no network)...")
     cfg = TrainConfig.from_dict({**_train_dict(scenario), "seed": scenario.seed})
     reference = reference_fedavg(scenario.model.name, scenario.model.kwargs, genesis, partitions, test,
                                  scenario.rounds, cfg, scenario.seed, num_threads=1)
-    ref_records = [{"round": m.round, "accuracy": m.accuracy, "loss": m.loss, "compute_s": m.compute_s}
-                   for m in reference]
-    ref_compute = [m.compute_s for m in reference[1:]]
+    return [{"round": m.round, "accuracy": m.accuracy, "loss": m.loss, "compute_s": m.compute_s} for m in reference]
+
+
+def summarise(
+    scenario: Scenario,
+    records: list[dict[str, Any]],
+    reference: list[dict[str, Any]],
+    info: Any,
+    wall_start: float,
+    rounds_wall_s: float,
+    timed_out: bool,
+    counters: dict[str, int],
+) -> dict[str, Any]:
+    """The figures every run reports (summary.json), in-process or multi-process."""
+    ref_compute = [r["compute_s"] for r in reference[1:]]
     our_walls = [r["wall_s"] for r in records]
-    summary = {
+    summary: dict[str, Any] = {
         "scenario": scenario.name,
         "nodes": scenario.nodes,
         "rounds_planned": scenario.rounds,
         "rounds_committed": info.last_round,
         "final_accuracy": records[-1]["accuracy"] if records else math.nan,
-        "reference_accuracy": reference[min(len(records), len(reference) - 1)].accuracy if records else math.nan,
+        "reference_accuracy": reference[min(len(records), len(reference) - 1)]["accuracy"] if records else math.nan,
         "overhead_ratio": (sum(our_walls) / sum(ref_compute[: len(our_walls)])) if our_walls else math.nan,
         "wall_s": time.perf_counter() - wall_start,
-        "rounds_wall_s": wall_s,
+        "rounds_wall_s": rounds_wall_s,
         "timed_out": timed_out,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "final_model": records[-1]["result"] if records else "",
         "chain_final_digest": "0x" + info.last_result.hex(),
-        "counters": _merged_counters(nodes),
+        "counters": counters,
     }
-    if plan.spec.active or fault_spec.active:
-        summary["robustness"] = audit_run(plan, fault_log, attack_log, nodes, identities, devnet, manifest,
-                                          commits, stakes_before)
     summary["accuracy_gap_points"] = 100 * (summary["reference_accuracy"] - summary["final_accuracy"])
-    write_report(run_dir, scenario.to_dict(), records, ref_records, summary)
+    return summary
+
+
+def print_summary(summary: dict[str, Any], run_dir: Path, say: Any) -> None:
+    """The headline figures, then the run folder last."""
     for key in ("rounds_committed", "rounds_planned", "final_accuracy", "reference_accuracy", "overhead_ratio", "wall_s"):
         say(f"{key}: {summary[key]:.4g}" if isinstance(summary[key], float) else f"{key}: {summary[key]}")
     say(str(run_dir))
-    tmp.cleanup()
-    return run_dir
 
 
 # With no new commit for this long, print where every node is (phase, round, counters).
