@@ -4,7 +4,8 @@
   in-process simulation use it. It is NOT thread-safe: every call must go through one
   worker at a time -- `chain_lock(w3)` gives the lock all clients of that Web3 share.
 - `Anvil`: a context manager that starts tools/node_modules/.bin/anvil on a free
-  loopback port, waits until it answers, and stops it by PID.
+  loopback port, waits until it answers, and stops it by PID. With `state_path` it keeps
+  its chain in that file across `restart()` (an RPC outage, same port and chain id).
 - `rpc_web3(url)`: any HTTP JSON-RPC endpoint (real deployments).
 
 `fund(w3, address, wei)` credits test accounts on eth-tester and anvil.
@@ -82,6 +83,12 @@ class Anvil:
 
     Started on a free port of 127.0.0.1, with automine, the prague hardfork (what
     py-evm runs, so gas figures match) and the default funded dev accounts.
+
+    `state_path` makes the chain survive a restart: anvil loads it at start-up if it
+    exists and dumps the whole chain (blocks, receipts and logs, balances, contract
+    storage) into it when stopped with SIGTERM (`stop()`). A SIGKILL dumps nothing; with
+    `state_interval_s` anvil also dumps every that many seconds, so a SIGKILLed anvil
+    comes back at its last periodic dump (anvil 1.7.1, checked in tests/chain).
     """
 
     def __init__(
@@ -90,12 +97,19 @@ class Anvil:
         chain_id: int = ANVIL_CHAIN_ID,
         binary: Path = ANVIL_BIN,
         extra_args: tuple[str, ...] = (),
+        state_path: Path | None = None,
+        state_interval_s: int | None = None,
     ) -> None:
         self.port = port or free_loopback_port()
         self.chain_id = chain_id
         self.binary = binary
         self.extra_args = extra_args
+        self.state_path = Path(state_path) if state_path is not None else None
+        self.state_interval_s = state_interval_s
+        if state_interval_s is not None and self.state_path is None:
+            raise ChainError("Anvil: state_interval_s needs a state_path to dump into")
         self.process: subprocess.Popen[bytes] | None = None
+        self.pids: list[int] = []  # every incarnation, in start order
 
     @property
     def url(self) -> str:
@@ -110,6 +124,11 @@ class Anvil:
             raise ChainError(
                 f"anvil not found at {self.binary}; run scripts/setup.sh (npm ci in tools/)"
             )
+        state: list[str] = []
+        if self.state_path is not None:
+            state = ["--state", str(self.state_path)]
+            if self.state_interval_s is not None:
+                state += ["--state-interval", str(self.state_interval_s)]
         self.process = subprocess.Popen(
             [
                 str(self.binary),
@@ -122,12 +141,14 @@ class Anvil:
                 "--hardfork",
                 "prague",
                 "--silent",
+                *state,
                 *self.extra_args,
             ],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )
+        self.pids.append(self.process.pid)
         deadline = time.monotonic() + ANVIL_START_TIMEOUT_S
         w3 = Web3(HTTPProvider(self.url, request_kwargs={"timeout": 1.0}))
         while True:
@@ -167,6 +188,15 @@ class Anvil:
             proc.wait()
         if proc.stderr:
             proc.stderr.close()
+
+    def restart(self) -> Anvil:
+        """Stop (SIGTERM: the chain is dumped to `state_path`) and start again on the same
+        port and chain id, from the dumped chain. Without `state_path` the chain would come
+        back empty, which is never what a restart means: ChainError."""
+        if self.state_path is None:
+            raise ChainError("Anvil.restart needs state_path: without it the chain would restart empty")
+        self.stop()
+        return self.start()
 
     def __enter__(self) -> Anvil:
         return self.start()
