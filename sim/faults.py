@@ -7,6 +7,8 @@ a network partition that heals.
     kill_leader_round = 2   # the first node to propose in this round dies right after
     partition_round = 2     # split the nodes in two halves for `partition_s`
     partition_s = 30.0
+    rpc_outage_round = 2    # --processes only: anvil stopped once round 1 is committed
+    rpc_outage_s = 30.0     # ... (plus rpc_outage_delay_s), restarted with its state
 
 A killed node is what a closed laptop is: its protocol tasks are cancelled and its
 libp2p host shuts down (no more gossip forwarding, no more block serving). Each host
@@ -45,6 +47,12 @@ class FaultSpec:
     kill_leader_round: int = 0  # 0 = off
     partition_round: int = 0  # 0 = off
     partition_s: float = 30.0
+    # A chain RPC outage (sim/processes.py, --processes only): anvil is stopped
+    # `rpc_outage_delay_s` after round `rpc_outage_round - 1` is committed and restarted
+    # from its state file `rpc_outage_s` later, on the same port.
+    rpc_outage_round: int = 0  # 0 = off
+    rpc_outage_s: float = 30.0
+    rpc_outage_delay_s: float = 0.0
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> FaultSpec:
@@ -70,6 +78,7 @@ class FaultSpec:
 
     @property
     def active(self) -> bool:
+        """Any in-process fault (the RPC outage is `rpc_outage_round`, processes mode only)."""
         return self.kill_fraction > 0 or self.kill_leader_round > 0 or self.partition_round > 0
 
 

@@ -144,6 +144,8 @@ async def _run(scenario: Scenario, runs_root: Path, quiet: bool) -> Path:
     # Attacks and faults (sim/attacks.py, sim/faults.py); an honest run has neither.
     plan = make_plan(scenario.attacks, scenario.nodes, scenario.seed)
     fault_spec = FaultSpec.from_dict(scenario.faults)
+    if fault_spec.rpc_outage_round:
+        raise ConfigError("faults.rpc_outage_round stops the chain's RPC node: run it with --processes (anvil)")
     attack_log, fault_log = AttackLog.empty(), FaultLog.empty()
     host_stops = [trio.Event() for _ in identities]
     killer = Killer(host_stops, fault_log)
