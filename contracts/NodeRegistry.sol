@@ -37,6 +37,7 @@ contract NodeRegistry {
         uint64 releaseBlock; // first block at which `unbonding` can be withdrawn
         uint32 reputation;
         bool known; // ever registered (listed in `nodeList`)
+        bool banned; // slashed for proven misbehaviour: ejected and never registers again
         bytes peerId; // libp2p peer ID (multihash bytes)
     }
 
@@ -73,6 +74,7 @@ contract NodeRegistry {
     error NothingToWithdraw();
     error NotYetReleased(uint256 releaseBlock);
     error NotRegistered(address node);
+    error Banned(address node);
     error BadPeerId();
     error ZeroAmount();
     error TransferFailed();
@@ -107,6 +109,7 @@ contract NodeRegistry {
         if (msg.value < minStake) revert StakeTooLow(msg.value, minStake);
         if (peerId.length == 0 || peerId.length > 128) revert BadPeerId();
         Node storage n = nodes[msg.sender];
+        if (n.banned) revert Banned(msg.sender);
         if (_stakeNow(msg.sender) != 0) revert AlreadyActive();
         if (n.unbonding != 0) revert UnbondingPending(n.releaseBlock);
         if (!n.known) {
@@ -170,6 +173,10 @@ contract NodeRegistry {
 
     /// @notice Slash `bps` of the node's stake (unbonding first, then active); pay the
     /// reporter `reporterBps` of the slashed amount; the rest stays locked here (burnt).
+    /// The node is also ejected and banned: what is left of its active stake starts
+    /// unbonding (still slashable for `unbondingBlocks`), so from the next block its
+    /// stake is 0 -- it is drawn into no committee and its updates are those of an
+    /// unregistered node -- and it can never register again with this address.
     function slash(address node, uint256 bps, address reporter, uint256 reporterBps)
         external
         onlyLedger
@@ -181,11 +188,17 @@ contract NodeRegistry {
         amount = ((active + unbonding) * bps) / BPS;
         if (amount == 0) revert NotRegistered(node);
         uint256 fromUnbonding = amount <= unbonding ? amount : unbonding;
-        n.unbonding = uint128(unbonding - fromUnbonding);
-        uint256 fromActive = amount - fromUnbonding;
-        if (fromActive != 0) {
-            _writeStake(node, active - fromActive);
-            _writeTotal(_totalNow() - fromActive);
+        uint256 rest = active - (amount - fromUnbonding); // active stake that survives
+        n.unbonding = uint128(unbonding - fromUnbonding + rest);
+        n.banned = true;
+        if (active != 0) {
+            _writeStake(node, 0);
+            _writeTotal(_totalNow() - active);
+        }
+        if (rest != 0) {
+            uint256 release = block.number + unbondingBlocks;
+            n.releaseBlock = uint64(release);
+            emit ExitStarted(node, rest, release);
         }
         uint256 reward = (amount * reporterBps) / BPS;
         emit Slashed(node, amount, reporter, reward);
@@ -269,12 +282,13 @@ contract NodeRegistry {
             uint256 releaseBlock,
             uint32 reputation,
             uint8 tier,
-            bool active
+            bool active,
+            bool banned
         )
     {
         Node storage n = nodes[node];
         stake = _stakeNow(node);
-        return (n.peerId, n.encKey, stake, n.unbonding, n.releaseBlock, n.reputation, tierOf(stake), stake != 0);
+        return (n.peerId, n.encKey, stake, n.unbonding, n.releaseBlock, n.reputation, tierOf(stake), stake != 0, n.banned);
     }
 
     function reputationOf(address node) external view returns (uint32) {

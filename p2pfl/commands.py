@@ -129,6 +129,11 @@ async def run_node(
     deployment = Deployment(manifest.chain_id, manifest.registry, manifest.ledger, 0)
     chain = ChainClient(rpc_web3(rpc_url), deployment, identity.private_key)
     info = chain.node_info()
+    if info.banned:
+        raise P2PFLError(
+            f"node {identity.checksum_address} was slashed for proven misbehaviour and is banned: "
+            "it cannot take part again; use a new key"
+        )
     if not info.active:
         raise P2PFLError(f"node {identity.checksum_address} is not registered: run `p2pfl register --stake ETH` first")
     data_dir = Path(data_dir)

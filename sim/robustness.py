@@ -68,6 +68,11 @@ def audit_run(
 ) -> dict[str, Any]:
     """Safety and liveness facts of a finished simulation, from the chain and the nodes."""
     index_of = {ident.address: i for i, ident in enumerate(identities)}
+    registry = devnet.admin.registry
+    slash_logs = registry.events.Slashed().get_logs(from_block=devnet.deployment.block)
+    slashed_at: dict[bytes, list[int]] = {}
+    for e in slash_logs:
+        slashed_at.setdefault(bytes.fromhex(e["args"]["node"][2:]), []).append(e["blockNumber"])
     rounds = []
     violations: list[str] = []
     victim_included = 0
@@ -96,14 +101,17 @@ def audit_run(
         for a in included:
             if a not in index_of or snapshot.get(a, 0) <= 0:
                 violations.append(f"round {r}: unregistered author 0x{a.hex()} included")
+            # Slashed on-chain before this round's registry snapshot (the commit of r - 1).
+            before = commits[r - 1].block_number if r - 1 in commits else devnet.deployment.block
+            if any(blk <= before for blk in slashed_at.get(a, [])):
+                violations.append(f"round {r}: slashed author {index_of.get(a)} included")
             if a in attacks.equivocated.get(r, set()):
                 violations.append(f"round {r}: equivocator {index_of.get(a)} included")
         if plan.victim is not None and identities[plan.victim].address in included:
             victim_included += 1
         rounds.append(row)
-    registry = devnet.admin.registry
     slashes = []
-    for e in registry.events.Slashed().get_logs(from_block=devnet.deployment.block):
+    for e in slash_logs:
         a = e["args"]
         node = bytes.fromhex(a["node"][2:])
         reporter = bytes.fromhex(a["reporter"][2:])
@@ -122,11 +130,18 @@ def audit_run(
         if nxt is not None and p["block"] > nxt.block_number:
             late.append(p)
     equivocated_rounds = sorted(attacks.equivocated)
-    unslashed = [r for r in equivocated_rounds if r in commits and not any(p["round"] == r for p in proofs)]
+    # A slashed node is ejected, so its later equivocations are rejected at the first hop
+    # (unregistered signer) and need no proof: only rounds it could still take part in count.
+    registered_in = {r: set(n._round_stakes.get(r, {})) for n in nodes for r in n._round_stakes}
+    unslashed = [r for r in equivocated_rounds if r in commits and not any(p["round"] == r for p in proofs)
+                 and any(identities[i].address in registered_in.get(r, set())
+                         for i in plan.roles.get("equivocators", ()))]
     stakes_after = {}
     for i in sorted(set(plan.attackers)):
         addr = identities[i].address
-        stakes_after[i] = {"before_wei": stakes_before.get(addr, 0), "after_wei": devnet.admin.node_info(addr).stake}
+        info_after = devnet.admin.node_info(addr)
+        stakes_after[i] = {"before_wei": stakes_before.get(addr, 0), "after_wei": info_after.stake,
+                           "unbonding_wei": info_after.unbonding, "banned": info_after.banned}
     info = devnet.admin.task_info(manifest.task_id)
     return {
         "attackers": {"poisoners": list(plan.poisoners), **{k: list(v) for k, v in plan.roles.items() if v},
@@ -328,7 +343,8 @@ NOTES = """## Findings (read with the tables below)
   the round it equivocated (seen in 2 of 3 rounds of a 6-node run). Fix belongs in
   `p2pfl/core/round.py`: verifiers should refuse proposals that include a known
   equivocator (the next view's leader excludes it).
-- A slashed node keeps half its stake and stays registered: later rounds may include it.
+- A slashed node is ejected and banned by the registry (`NodeRegistry.slash`): from the next
+  round's snapshot its stake is 0, so its updates are dropped at the first hop as unregistered.
 - **Protocol attacks (full stack, table at the end)**: every run committed 5/5 rounds and no
   committed round included an unregistered author (Sybil updates are dropped at the first
   hop: `gossip-reject-unregistered-signer`). Lying members' bogus votes never reach quorum;

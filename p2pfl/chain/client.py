@@ -144,6 +144,7 @@ class NodeInfo:
     reputation: int
     tier: int
     active: bool
+    banned: bool  # slashed: ejected (stake 0 from the slash on) and never registers again
 
 
 @dataclass(frozen=True)
@@ -597,7 +598,7 @@ class ChainClient:
     def node_info(self, address: bytes | None = None) -> NodeInfo:
         a = address if address is not None else self.address
         r = self._call("nodeInfo", self.registry.functions.nodeInfo(_addr(a)))
-        return NodeInfo(bytes(a), bytes(r[0]), bytes(r[1]), r[2], r[3], r[4], r[5], r[6], r[7])
+        return NodeInfo(bytes(a), bytes(r[0]), bytes(r[1]), r[2], r[3], r[4], r[5], r[6], r[7], r[8])
 
     def stake_at(self, address: bytes, block: int) -> int:
         return self._call("stakeAt", self.registry.functions.stakeAt(_addr(address), block))

@@ -217,6 +217,7 @@ def status_command(
         out["node"] = {
             "address": to_checksum_address(address),
             "active": n.active,
+            "banned": n.banned,
             "stake_wei": n.stake,
             "tier": TIER_NAMES.get(n.tier, str(n.tier)),
             "unbonding_wei": n.unbonding,

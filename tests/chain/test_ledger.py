@@ -331,8 +331,11 @@ def test_equivocation_slashes_pays_reporter_and_rejects_replay(net: DevNet) -> N
     slashed = tx.event("EquivocationProven")["slashed"]
     assert slashed == stake // 2
     info = cheat.node_info()
-    assert info.stake == stake - slashed and info.reputation == 1000 - 500
-    assert net.admin.registry.functions.totalStake().call() == total_before - slashed
+    # ejected and banned: what survives the slash unbonds (still slashable), stake is 0
+    assert (info.stake, info.active, info.banned) == (0, False, True)
+    assert info.unbonding == stake - slashed and info.reputation == 1000 - 500
+    assert net.admin.registry.functions.totalStake().call() == total_before - stake
+    assert cheat.stake_at(cheat.address, net.w3.eth.block_number) == 0
     gas_cost = tx.gas_used * net.w3.eth.get_transaction(tx.tx_hash)["gasPrice"]
     assert reporter.balance() == rep_before + slashed // 5 - gas_cost
     assert_reverts(
@@ -353,12 +356,25 @@ def test_equivocation_reaches_unbonding_stake(net: DevNet) -> None:
     cheat.exit()
     net.clients[4].submit_equivocation(*_equivocate(net, 3, Kind.UPDATE))
     info = cheat.node_info()
-    assert info.unbonding == stake - stake // 2 and info.stake == 0
+    assert info.unbonding == stake - stake // 2 and info.stake == 0 and info.banned
     mine_blocks(net.w3, 6)
     before = cheat.balance()
     tx = cheat.withdraw()
     gas_cost = tx.gas_used * net.w3.eth.get_transaction(tx.tx_hash)["gasPrice"]
     assert cheat.balance() == before + stake - stake // 2 - gas_cost
+    # a banned address never comes back
+    assert_reverts(lambda: cheat.register(b"\x01" * 38, b"\x02" * 32, stake), "Banned")
+
+
+def test_second_offence_slashes_the_unbonding_stake(net: DevNet) -> None:
+    cheat, reporter = net.clients[3], net.clients[4]
+    stake = cheat.node_info().stake
+    reporter.submit_equivocation(*_equivocate(net, 3, Kind.UPDATE))
+    tx = reporter.submit_equivocation(*_equivocate(net, 3, Kind.VOTE))
+    left = stake - stake // 2
+    assert tx.event("EquivocationProven")["slashed"] == left // 2
+    info = cheat.node_info()
+    assert (info.stake, info.unbonding, info.banned) == (0, left - left // 2, True)
 
 
 def test_equivocation_reverts(net: DevNet) -> None:
