@@ -333,7 +333,7 @@ class Gossip:
                     if length > self.config.max_message_bytes:
                         self.peers.offence(peer, Offence.OVERSIZED, "sync-oversized")
                         return admitted
-                    data = await reader.read_exactly(length)
+                    data = await _read(reader, length)
                     msg_id = message_id(data)
                     if state.known(msg_id):
                         continue
@@ -367,7 +367,7 @@ class Gossip:
                 (count,) = struct.unpack(">I", await reader.read_exactly(4))
                 if count > 3 * SYNC_LOG_MAX_MESSAGES:
                     raise InvalidMessage("bad-frame", f"sync request lists {count} ids")
-                raw = await reader.read_exactly(count * MESSAGE_ID_SIZE)
+                raw = await _read(reader, count * MESSAGE_ID_SIZE)
                 have = {raw[i : i + MESSAGE_ID_SIZE] for i in range(0, len(raw), MESSAGE_ID_SIZE)}
                 state = self.topics.get(topic)
                 out: list[bytes] = []
@@ -390,6 +390,13 @@ class Gossip:
             log.debug("sync stream from %s ended: %r", peer, exc)
         finally:
             await _close(stream)
+
+
+async def _read(reader: FrameReader, n: int) -> bytes:
+    """`reader.read_exactly(n)`, also for n == 0 (an empty have-list, an empty message),
+    which `FrameReader` does not handle on an empty buffer: every sync request from a node
+    that had no message yet on a topic failed, so such a node could never repair a loss."""
+    return await reader.read_exactly(n) if n else b""
 
 
 async def _drain(subscription: Any) -> None:
