@@ -97,8 +97,18 @@ class RoundConfig:
     # Close collection early once this percentage of expected participants has a
     # fetched, verified delta (DESIGN §4 step 4: partial aggregation at 80%).
     collect_quorum_percent: int = 80
-    # 0 = every registered node (positive stake) is expected to contribute.
+    # 0 = expected participants are the registered nodes (positive stake) *heard from*:
+    # in the first round (no history) all of them; later, those whose update this node
+    # saw last round or sees this round, plus new registrations and itself (spec
+    # "Timers / collect"). Dead laptops then stop costing the full collect deadline each
+    # round; a returning node counts again as soon as its update arrives. This is a local
+    # liveness guess, not a safety rule: the committee still votes on the aggregate.
+    # > 0 = a fixed count (no adaptation).
     expected_participants: int = 0
+    # Floor of the adaptive count, as a share of the registered nodes: a node that heard
+    # little last round (restart, partition, slow links) must not close collection on a
+    # handful of updates. 100 = always every registered node (no adaptation).
+    min_expected_percent: int = 50
     # One view: fetch any missing deltas, recompute the aggregate (seconds at GB/s),
     # gossip a proposal and votes. 15 s leaves a wide margin on a laptop.
     view_timeout_s: float = 15.0
@@ -135,6 +145,8 @@ class RoundConfig:
             raise ConfigError("committee_size must be >= 1")
         if not 0 < self.collect_quorum_percent <= 100:
             raise ConfigError("collect_quorum_percent must be in 1..100")
+        if not 0 < self.min_expected_percent <= 100:
+            raise ConfigError("min_expected_percent must be in 1..100")
         if min(self.collect_deadline_s, self.view_timeout_s, self.redraw_timeout_s, self.small_redraw_delay_s) <= 0:
             raise ConfigError("deadlines and timeouts must be positive")
         if self.commit_fallback_delay_s < 0:
@@ -246,7 +258,10 @@ class RoundMachine:
         self._buffer: list[Event] = []
         self._dirty = False
         self._out: list[Action] = []
-        self._reset_round(RoundStarted(-1, b"", {}, self.now))
+        # The round whose update authors `_heard` holds (None: no round yet): the liveness
+        # history behind the expected participants (see `_expected_participants`).
+        self._heard_round: int | None = None
+        self._reset_round(RoundStarted(-1, b"", {}, self.now), recent=None)
 
     # --- public API -----------------------------------------------------------------
 
@@ -373,15 +388,32 @@ class RoundMachine:
 
     # --- rounds and draws -------------------------------------------------------------
 
-    def _reset_round(self, event: RoundStarted) -> None:
+    def _recent_authors(self, event: RoundStarted) -> frozenset[bytes] | None:
+        """Who is presumed alive at the start of `event.round`, or None (no history).
+
+        The authors of the updates heard in the previous round, plus nodes registered
+        since (a joiner gets the benefit of the doubt). No history when this machine did
+        not run the previous round (first round, restart, or it followed the chain past
+        rounds it never saw): then every registered node is expected, as before.
+        """
+        if self._heard_round is None or self._heard_round != event.round - 1:
+            return None
+        joined = {a for a, s in event.stakes.items() if s > 0 and a not in self._registered}
+        return frozenset(self._heard | joined)
+
+    def _reset_round(self, event: RoundStarted, recent: frozenset[bytes] | None) -> None:
         self.round = event.round
         self.base = event.base
         self._base_digest = CID.parse(event.base).digest if event.base else bytes(32)
         self._stakes = dict(event.stakes)
-        registered = sum(1 for s in self._stakes.values() if s > 0)
-        self._collect_quorum = collect_quorum(
-            self.config.collect_quorum_percent, self.config.expected_participants or registered
-        )
+        self._registered = frozenset(a for a, s in self._stakes.items() if s > 0)
+        # Liveness (a local guess for the early close only; see `_expected_participants`):
+        # `_heard` = authors of this round's updates, `_live` = those plus the presumed alive.
+        self._heard: set[bytes] = set()
+        self._live: set[bytes] = set(self._registered if recent is None else self._registered & recent)
+        if self.config.train and self.address in self._registered:
+            self._live.add(self.address)  # we count on our own update
+        self._expected_floor = collect_quorum(self.config.min_expected_percent, len(self._registered))
         self._round_start = event.now
         self._first_update: dict[bytes, Update] = {}
         self._updates: dict[UpdateKey, Update] = {}
@@ -437,7 +469,8 @@ class RoundMachine:
         CID.parse(event.base)  # the shell's own input: a bad base is a bug, let it raise
         self.now = max(self.now, event.now)
         self.phase = Phase.IDLE
-        self._reset_round(event)
+        self._reset_round(event, self._recent_authors(event))
+        self._heard_round = event.round
         self.counters["rounds-started"] += 1
         if self.config.train and self._stakes.get(self.address, 0) > 0:
             self._emit(StartTraining(event.round, event.base))
@@ -492,8 +525,30 @@ class RoundMachine:
             if author not in self._equivocators and self._delta_ok.get((author, u.delta)) is True
         ]
 
+    def _expected_participants(self) -> int:
+        """E of the collect quorum: the registered nodes presumed alive, within bounds.
+
+        Presumed alive (`_live`): every registered node in the first round; afterwards the
+        authors heard last round (`_recent_authors`), this node itself, and any author
+        whose update arrives this round (a returning node counts again at once). Never
+        below `min_expected_percent` of the registered nodes, nor above all of them.
+        Only liveness depends on it: each member may close at its own E, and the
+        committee still votes on the leader's aggregate.
+        """
+        if self.config.expected_participants:
+            return self.config.expected_participants
+        return min(len(self._registered), max(len(self._live), self._expected_floor))
+
+    def _hear(self, author: bytes) -> None:
+        """A registered author's valid update for this round reached us: it is alive."""
+        self._heard.add(author)
+        self._live.add(author)
+
     def _check_collection(self) -> None:
-        if self.phase == Phase.COLLECTING and len(self._collected()) >= self._collect_quorum:
+        if self.phase != Phase.COLLECTING:
+            return
+        quorum = collect_quorum(self.config.collect_quorum_percent, self._expected_participants())
+        if len(self._collected()) >= quorum:
             self.counters["collect-closed:quorum"] += 1
             self._close_collection()
 
@@ -546,6 +601,7 @@ class RoundMachine:
         self._statements[(self.address, update.statement_key())] = update
         self._delta_ok[key] = True  # our own blocks are local
         self.counters["updates-accepted"] += 1
+        self._hear(self.address)
         self._after_new_data()
 
     def _on_delta(self, event: DeltaAvailable) -> None:
@@ -632,11 +688,16 @@ class RoundMachine:
         if event.verified_signer != u.signer:
             self._drop("bad-signer", u.signer, True)
             return
+        # A straggler's update after the commit (`base` is then already the new model's).
+        late = (u.task, u.round) == (self.config.task, self.round) and self.phase == Phase.ADVANCED
+        if late and self._stakes.get(u.signer, 0) > 0:
+            self._hear(u.signer)  # alive: expected next round
         if self._classify_round(event, u.signer, u.task, u.round, u.base) != _CURRENT:
             return
         if self._stakes.get(u.signer, 0) <= 0:
             self._drop("not-registered", u.signer, True)
             return
+        self._hear(u.signer)  # even if it turns out to be a duplicate or an equivocation
         if u.n_samples > self.config.max_n_samples:
             self._drop("bad-bounds", u.signer, True, f"n_samples {u.n_samples}")
             return

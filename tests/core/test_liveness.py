@@ -1,0 +1,198 @@
+"""Liveness of collection: the early-close quorum counts the nodes heard from, not the dead.
+
+protocol/spec/round.md "Timers / collect". Whole rounds over the fake network, and one
+machine driven by hand through several rounds to pin the expected count exactly.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+from p2pfl.core.cid import blob_cid
+from p2pfl.core.messages import Proposal, Update
+from p2pfl.core.round import Phase, RoundConfig, RoundMachine, collect_quorum
+from p2pfl.core.round_events import (
+    ChainCommitted,
+    DeltaAvailable,
+    RoundStarted,
+    UpdateReceived,
+)
+from p2pfl.core.signing import address_of
+
+from .round_sim import ADDRS, DOMAIN, GENESIS, KEY_OF, RULE, STAKES, Sim, committee, find_task
+
+K = 7
+TASK = find_task(lambda t: len(committee(t, 1, GENESIS)) == 7)
+ME = committee(TASK, 1, GENESIS)[0]
+OTHERS = [a for a in ADDRS if a != ME]
+LIVE, DEAD = OTHERS[:6], OTHERS[6:]  # 6 live others (+ ME = 7 of 10), 3 dead
+COLLECT_DEADLINE_S = 60.0
+JOINER_KEY = (77).to_bytes(32, "big")
+JOINER = address_of(JOINER_KEY)
+KEYS = {**KEY_OF, JOINER: JOINER_KEY}
+
+
+def config(**kw) -> RoundConfig:
+    return RoundConfig(task=TASK, committee_size=K, rule=RULE, collect_deadline_s=COLLECT_DEADLINE_S, **kw)
+
+
+def base_of(round_: int, stakes=STAKES) -> bytes:
+    """A base model after `round_ - 1` whose round-`round_` committee seats ME (>= quorum)."""
+    for i in itertools.count():
+        base = blob_cid(b"base %d %d" % (round_, i)).to_bytes()
+        drawn = committee(TASK, round_, base, stakes=stakes)
+        if len(drawn) >= config().quorum and ME in drawn:
+            return base
+    raise AssertionError("unreachable")
+
+
+BASES = {1: GENESIS, 2: base_of(2), 3: base_of(3), 4: base_of(4)}
+
+
+def update(author: bytes, round_: int, base: bytes | None = None) -> Update:
+    delta = blob_cid(b"d" + author + bytes([round_])).to_bytes()
+    u = Update(TASK, round_, base or BASES[round_], delta, 10, 1.0, b"", author)
+    return u.signed(KEYS[author], DOMAIN)  # type: ignore[return-value]
+
+
+def feed(m: RoundMachine, author: bytes, round_: int, base: bytes | None = None) -> None:
+    """A registered author's update for `round_` arrives and its delta verifies."""
+    u = update(author, round_, base)
+    m.handle(UpdateReceived(u, u.signer))
+    m.handle(DeltaAvailable(u.signer, u.delta, True))
+
+
+def closes_after(m: RoundMachine, authors: list[bytes], round_: int, base: bytes | None = None) -> int | None:
+    """Feed updates one by one; how many were in when collection closed (None: still open)."""
+    assert m.phase == Phase.COLLECTING
+    for n, author in enumerate(authors, 1):
+        feed(m, author, round_, base)
+        if m.phase != Phase.COLLECTING:
+            assert m.counters["collect-closed:quorum"] >= 1
+            return n
+    return None
+
+
+def start(m: RoundMachine, round_: int, stakes=STAKES) -> None:
+    """The chain committed `round_ - 1` (if any), then the round starts."""
+    if round_ > 1:
+        m.handle(ChainCommitted(round_ - 1, 0, 0, BASES[round_ - 1], BASES[round_], bytes(32)))
+        assert m.phase == Phase.ADVANCED
+    m.handle(RoundStarted(round_, BASES[round_], stakes, 100.0 * round_))
+    assert m.phase == Phase.COLLECTING
+
+
+def machine(**kw) -> RoundMachine:
+    return RoundMachine(config(**kw), KEY_OF[ME], DOMAIN)
+
+
+# --- one machine, several rounds -------------------------------------------------------------
+
+
+def test_first_round_expects_every_registered_node():
+    m = machine()
+    start(m, 1)
+    # No history: all 10 registered are expected, so 80% = 8 updates close collection.
+    assert closes_after(m, LIVE + DEAD, 1) == collect_quorum(80, 10) == 8
+
+
+def test_after_a_round_with_silent_nodes_the_live_ones_close_collection():
+    m = machine()
+    start(m, 1)
+    assert closes_after(m, LIVE, 1) is None  # 6 others heard (+ ME presumed alive) < 8
+    start(m, 2)
+    # Expected = the 6 heard + ME = 7 -> ceil(0.8 * 7) = 6 verified updates close it, long
+    # before the deadline (no Tick was ever sent).
+    assert closes_after(m, LIVE, 2) == collect_quorum(80, 7) == 6
+    assert m.counters["collect-closed:deadline"] == 0
+
+
+def test_a_returning_node_is_counted_again():
+    m = machine()
+    start(m, 1)
+    closes_after(m, LIVE, 1)
+    start(m, 2)
+    # DEAD[0] comes back: its update raises expected to 8 at once, so its own update does
+    # not make a quorum of 6 on the way (the 6th update would have closed at E = 7).
+    assert closes_after(m, [DEAD[0], *LIVE[:5]], 2) is None
+    assert closes_after(m, LIVE[5:], 2) == 1  # 7 = ceil(0.8 * 8)
+    # Next round it is expected from the start: 6 updates no longer close collection.
+    start(m, 3)
+    assert closes_after(m, LIVE, 3) is None
+    assert closes_after(m, [DEAD[0]], 3) == 1
+
+
+def test_a_late_update_after_the_commit_counts_for_the_next_round():
+    m = machine()
+    start(m, 1)
+    closes_after(m, LIVE, 1)
+    m.handle(ChainCommitted(1, 0, 0, BASES[1], BASES[2], bytes(32)))
+    u = update(DEAD[0], 1)  # a straggler: dropped as stale, but it shows DEAD[0] is alive
+    m.handle(UpdateReceived(u, u.signer))
+    assert m.counters["rejected:stale-round"] == 1
+    m.handle(RoundStarted(2, BASES[2], STAKES, 200.0))
+    assert closes_after(m, LIVE, 2) is None  # expected 8: 6 updates are not enough
+    assert closes_after(m, [DEAD[0]], 2) == 1
+
+
+def test_expected_never_drops_below_the_floor():
+    m = machine()
+    start(m, 1)
+    closes_after(m, LIVE[:1], 1)  # we heard almost nothing (e.g. partitioned)
+    start(m, 2)
+    # Heard 1 + ME = 2, but the floor is 50% of 10 registered = 5 -> quorum 4.
+    assert closes_after(m, LIVE, 2) == collect_quorum(80, 5) == 4
+    # min_expected_percent = 100 turns the adaptation off.
+    m = machine(min_expected_percent=100)
+    start(m, 1)
+    closes_after(m, LIVE, 1)
+    start(m, 2)
+    assert closes_after(m, LIVE, 2) is None
+
+
+def test_a_joining_node_is_expected_and_a_fixed_count_is_kept():
+    m = machine()
+    start(m, 1)
+    closes_after(m, LIVE, 1)
+    stakes = {**STAKES, JOINER: 100}
+    base = base_of(2, stakes)
+    m.handle(ChainCommitted(1, 0, 0, BASES[1], base, bytes(32)))
+    m.handle(RoundStarted(2, base, stakes, 200.0))
+    # 6 heard + ME + the new registration = 8 -> 7 updates; the joiner's is the 7th.
+    assert closes_after(m, LIVE, 2, base) is None
+    assert closes_after(m, [JOINER], 2, base) == 1
+    # A configured expected_participants is used as is, whatever was heard.
+    m = machine(expected_participants=7)
+    start(m, 1)
+    assert closes_after(m, LIVE, 1) == collect_quorum(80, 7) == 6
+
+
+def test_no_history_after_skipping_rounds():
+    m = machine()
+    start(m, 1)
+    closes_after(m, LIVE, 1)
+    # We followed the chain past round 2 without running it (e.g. we lagged): round 3
+    # starts with no history, so every registered node is expected again.
+    m.handle(ChainCommitted(2, 0, 0, BASES[2], BASES[3], bytes(32)))
+    m.handle(RoundStarted(3, BASES[3], STAKES, 300.0))
+    assert m.phase == Phase.COLLECTING
+    assert closes_after(m, LIVE, 3) is None
+
+
+# --- whole rounds --------------------------------------------------------------------------
+
+
+def test_dead_nodes_cost_the_deadline_once_then_rounds_close_at_quorum():
+    """Three nodes never train (closed laptops): round 1 waits for the deadline, round 2 not."""
+    dead = set(DEAD)
+    sim = Sim(config(), idle=dead, rounds=2)
+    sim.start()
+    sim.run()
+    assert set(sim.chain) == {1, 2}
+    proposals = {r: min(t for t, _, m in sim.published if isinstance(m, Proposal) and m.round == r) for r in (1, 2)}
+    assert proposals[1] >= COLLECT_DEADLINE_S
+    round2_start = min(t for t, _, c in sim.submissions if c.round == 1)
+    assert proposals[2] - round2_start < COLLECT_DEADLINE_S
+    first = next(m for _, _, m in sim.published if isinstance(m, Proposal) and m.round == 2)
+    assert len(first.included) >= collect_quorum(80, 7)
+    assert not {a for a, _ in first.included} & dead
