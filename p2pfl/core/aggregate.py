@@ -71,6 +71,14 @@ LANES = 4096
 # Reference for the validation filter's cosine test, when `reference="trimmed_mean"`.
 REFERENCE_TRIM_FRACTION = 0.2
 
+# Most passes of the cosine test. Each pass recomputes the reference over the survivors
+# of the previous one, so once a pass has removed sign-flipped updates (which pull a
+# median towards zero along their directions) the next reference is cleaner and can
+# expose the rest. Measured on non-IID Fashion-MNIST with 30% sign flippers (sim/
+# ROBUSTNESS.md): the second pass rejects 60% instead of 45% of them; a clean run is
+# unchanged. More passes than 3 changed nothing there; the bound keeps the cost fixed.
+COSINE_PASSES = 3
+
 # Safety factor on the proven bound |screened D - exact D| <= ~5 * gamma_(P+3) * (n_i + n_j)
 # (see spec "Krum"): 8 leaves room for the bound's own rounding.
 KRUM_SCREEN_SAFETY = 8.0
@@ -171,7 +179,8 @@ class FilterSpec:
     norm_factor: reject norm > norm_factor x median norm.
     min_cosine:  reject cosine(delta, reference) < min_cosine (None: no cosine test).
     reference:   robust reference direction, "median" or "trimmed_mean".
-    Zero and duplicate deltas are always rejected by the filter (free riding).
+    Zero deltas are always rejected by the filter (free riding), and of equal deltas
+    only one stays (see validation_filter).
     """
 
     norm_factor: float = 3.0
@@ -909,9 +918,10 @@ def validation_filter(
     """Sanity checks (always) then the spec's robust filter, in the spec's fixed order.
 
     Reason per rejected contribution = the first failed check:
-    wrong-size, non-finite, bad-n-samples | zero-update, duplicate, norm-too-large
-    (> norm_factor x median norm of the survivors so far), low-cosine (against the
-    median / trimmed mean of the survivors of the norm test).
+    wrong-size, non-finite, bad-n-samples | zero-update, duplicate (all but one of a
+    group of equal deltas), norm-too-large (> norm_factor x median norm of the
+    survivors so far), low-cosine (against the median / trimmed mean of the survivors
+    of the norm test, recomputed over the survivors for up to COSINE_PASSES passes).
     """
     n = len(contributions)
     norms = [math.nan] * n
@@ -944,9 +954,17 @@ def validation_filter(
                 for y in range(x + 1, len(group)):
                     if np.array_equal(contributions[group[x]].delta, contributions[group[y]].delta):
                         dup.update((group[x], group[y]))
-        for i in dup:
-            rejected[i] = REASON_DUPLICATE
-        alive = [i for i in survivors if i not in dup]
+        # One copy of each group of equal deltas stays: the content is honest work or a
+        # copy of it, and dropping every copy (the filter cannot tell author from copier)
+        # loses the author's data. Which one stays is decided by a hash of the peer and
+        # the content, which nobody can aim at before the content exists, so a copier
+        # wins the credit by chance (1 in group size), never by choosing its address.
+        for group in _equal_groups(contributions, survivors, dup):
+            keep = min(group, key=lambda i: _tie_break(contributions[i]))
+            for i in group:
+                if i != keep:
+                    rejected[i] = REASON_DUPLICATE
+        alive = [i for i in survivors if i not in rejected]
         if alive:
             bound = spec.norm_factor * _median_of([norms[i] for i in alive])
             kept = []
@@ -956,7 +974,9 @@ def validation_filter(
                 else:
                     kept.append(i)
             alive = kept
-        if alive and spec.min_cosine is not None:
+        for _ in range(COSINE_PASSES if spec.min_cosine is not None else 0):
+            if not alive:
+                break
             vs = [contributions[i].delta for i in alive]
             ref = (
                 coordinate_median(vs)
@@ -964,20 +984,47 @@ def validation_filter(
                 else trimmed_mean(vs, REFERENCE_TRIM_FRACTION)
             )
             ref_norm = norm(ref)
-            if ref_norm > 0.0:  # a zero reference gives no direction: skip the test
-                kept = []
-                for i in alive:
-                    cos = dot(contributions[i].delta, ref) / (norms[i] * ref_norm)
-                    if cos < spec.min_cosine:
-                        rejected[i] = REASON_COSINE
-                    else:
-                        kept.append(i)
-                alive = kept
+            if ref_norm == 0.0:  # a zero reference gives no direction: skip the test
+                break
+            kept = []
+            for i in alive:
+                cos = dot(contributions[i].delta, ref) / (norms[i] * ref_norm)
+                if cos < spec.min_cosine:
+                    rejected[i] = REASON_COSINE
+                else:
+                    kept.append(i)
+            if len(kept) == len(alive):  # nothing left to expose
+                break
+            alive = kept
     return FilterResult(
         accepted=tuple(alive),
         rejected=tuple(sorted(rejected.items())),
         norms=tuple(norms),
     )
+
+
+def _equal_groups(
+    contributions: Sequence[Contribution], survivors: Sequence[int], dup: set[int]
+) -> list[list[int]]:
+    """The duplicated survivors grouped by equal value, each group in index order."""
+    groups: list[list[int]] = []
+    for i in survivors:
+        if i not in dup:
+            continue
+        for g in groups:
+            if np.array_equal(contributions[g[0]].delta, contributions[i].delta):
+                g.append(i)
+                break
+        else:
+            groups.append([i])
+    return groups
+
+
+def _tie_break(c: Contribution) -> bytes:
+    """sha256(peer || float32 bytes of the delta), +0.0 for -0.0: equal deltas hash alike."""
+    h = hashlib.sha256(c.peer)
+    h.update(np.add(c.delta, np.float32(0.0)).tobytes())
+    return h.digest()
 
 
 def _sample_weights(samples: Sequence[int], cap: float | None) -> list[float]:

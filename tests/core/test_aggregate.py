@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import json
 import math
 import os
@@ -445,17 +447,55 @@ def test_filter_reasons() -> None:
     samples[11] = 0
     cs = [Contribution(peer(i), samples[i], d) for i, d in deltas.items()]
     r = aggregate(RuleSpec.default(), cs, expected_size=p)
+    # Of the two equal deltas one stays: the one whose sha256(peer || content) is lower.
+    kept, copy = sorted((5, 6), key=lambda i: hashlib.sha256(peer(i) + dup.tobytes()).digest())
     assert dict(r.rejected) == {
         peer(4): A.REASON_ZERO,
-        peer(5): A.REASON_DUPLICATE,
-        peer(6): A.REASON_DUPLICATE,
+        peer(copy): A.REASON_DUPLICATE,
         peer(7): A.REASON_NON_FINITE,
         peer(8): A.REASON_NORM,
         peer(9): A.REASON_COSINE,
         peer(10): A.REASON_WRONG_SIZE,
         peer(11): A.REASON_BAD_SAMPLES,
     }
-    assert r.accepted == tuple(peer(i) for i in range(4))
+    assert r.accepted == tuple(sorted(peer(i) for i in (0, 1, 2, 3, kept)))
+
+
+def test_duplicates_keep_one_copy_whatever_the_order_and_the_sign_of_zero() -> None:
+    rng = np.random.default_rng(5)
+    base = rng.standard_normal(64, dtype=np.float32)
+    base[3] = 0.0
+    neg = base.copy()
+    neg[3] = -0.0  # value-equal to base
+    others = [Contribution(peer(i), 10, rng.standard_normal(64, dtype=np.float32) + 2) for i in range(4, 8)]
+    group = [Contribution(peer(1), 10, base), Contribution(peer(2), 10, neg), Contribution(peer(3), 10, base.copy())]
+    spec = RuleSpec(filter=A.FilterSpec(min_cosine=None))
+    results = {aggregate(spec, order).digest for order in (group + others, others[::-1] + group[::-1])}
+    assert len(results) == 1
+    r = aggregate(spec, group + others)
+    dups = [p for p, why in r.rejected if why == A.REASON_DUPLICATE]
+    assert len(dups) == 2 and sum(c.peer in r.accepted for c in group) == 1
+
+
+def test_cosine_test_recomputes_the_reference_over_the_survivors() -> None:
+    # Five honest deltas (around +1) and two flipped ones (around -1), small integers so
+    # the example can be checked by hand: against the median of all seven only peer 6
+    # (index 6) has a negative cosine; against the median of the six survivors, index 5 too.
+    honest = [[3, 5, -4, 1, 3, 4], [2, 4, 2, 2, 1, -1], [-1, 2, 0, 4, 4, 5], [1, 4, -1, -1, 1, 2],
+              [-2, -2, 2, -1, 3, 2]]
+    flipped = [[-2, -1, -3, -1, -3, 0], [-1, 0, -2, -1, 1, -5]]
+    cs = [Contribution(peer(i), 10, np.array(v, np.float32)) for i, v in enumerate(honest + flipped)]
+    one_pass = A.COSINE_PASSES
+    try:
+        A.COSINE_PASSES = 1
+        first = aggregate(RuleSpec.default(), cs)
+    finally:
+        A.COSINE_PASSES = one_pass
+    assert dict(first.rejected) == {peer(6): A.REASON_COSINE}
+    full = aggregate(RuleSpec.default(), cs)
+    assert dict(full.rejected) == {peer(5): A.REASON_COSINE, peer(6): A.REASON_COSINE}
+    assert full.accepted == tuple(peer(i) for i in range(5))
+
 
 
 def test_without_filter_only_sanity_checks_apply() -> None:
