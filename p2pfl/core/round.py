@@ -125,6 +125,11 @@ class RoundConfig:
     # Re-draw when an attempt reaches its end with no certificate (e.g. > 1/3 of the
     # committee offline), not only when the draw is too small to reach quorum.
     redraw_when_stuck: bool = True
+    # With a liveness history (see expected_participants), treat a draw with fewer than q
+    # presumed-alive members as too small (re-drawn after small_redraw_delay_s instead of
+    # stalling until redraw_timeout_s), and skip views whose leader is presumed dead. A
+    # local guess like the collect quorum: a wrong one costs time, never safety.
+    skip_presumed_dead: bool = True
     # A leader proposes only with at least this many candidate updates.
     min_updates: int = 1
     # Sanity bound on a claimed sample count (it weights FedAvg): 1e9 samples is more
@@ -161,6 +166,11 @@ class RoundConfig:
     @property
     def quorum(self) -> int:
         return commit_quorum(self.committee_size, self.task_quorum)
+
+
+# At most this many attempts in a row are skipped for presumed-dead members: a wrong
+# liveness guess then costs a few small re-draws, never a round that never starts.
+MAX_PRESUMED_DEAD_REDRAWS = 3
 
 
 def collect_quorum(percent: int, expected: int) -> int:
@@ -388,6 +398,12 @@ class RoundMachine:
 
     # --- rounds and draws -------------------------------------------------------------
 
+    def _recent_signers(self, event: RoundStarted) -> frozenset[bytes]:
+        """Members whose vote or proposal we accepted last round (alive, maybe not training)."""
+        if self._heard_round is None or self._heard_round != event.round - 1:
+            return frozenset()
+        return frozenset(self._signers)
+
     def _recent_authors(self, event: RoundStarted) -> frozenset[bytes] | None:
         """Who is presumed alive at the start of `event.round`, or None (no history).
 
@@ -401,7 +417,12 @@ class RoundMachine:
         joined = {a for a, s in event.stakes.items() if s > 0 and a not in self._registered}
         return frozenset(self._heard | joined)
 
-    def _reset_round(self, event: RoundStarted, recent: frozenset[bytes] | None) -> None:
+    def _reset_round(
+        self,
+        event: RoundStarted,
+        recent: frozenset[bytes] | None,
+        recent_signers: frozenset[bytes] = frozenset(),
+    ) -> None:
         self.round = event.round
         self.base = event.base
         self._base_digest = CID.parse(event.base).digest if event.base else bytes(32)
@@ -411,6 +432,10 @@ class RoundMachine:
         # `_heard` = authors of this round's updates, `_live` = those plus the presumed alive.
         self._heard: set[bytes] = set()
         self._live: set[bytes] = set(self._registered if recent is None else self._registered & recent)
+        self._has_history = recent is not None
+        # Signers of votes/proposals, this round and last: alive for the committee checks.
+        self._signers: set[bytes] = set()
+        self._signers_prev = recent_signers
         if self.config.train and self.address in self._registered:
             self._live.add(self.address)  # we count on our own update
         self._expected_floor = collect_quorum(self.config.min_expected_percent, len(self._registered))
@@ -469,7 +494,7 @@ class RoundMachine:
         CID.parse(event.base)  # the shell's own input: a bad base is a bug, let it raise
         self.now = max(self.now, event.now)
         self.phase = Phase.IDLE
-        self._reset_round(event, self._recent_authors(event))
+        self._reset_round(event, self._recent_authors(event), self._recent_signers(event))
         self._heard_round = event.round
         self.counters["rounds-started"] += 1
         if self.config.train and self._stakes.get(self.address, 0) > 0:
@@ -483,6 +508,9 @@ class RoundMachine:
             self.counters["redraws"] += 1
         if len(committee) < self.config.quorum:
             self._goto(Trigger.DRAW_SMALL)
+        elif self._presumed_dead_draw(attempt, committee):
+            self.counters["redraws:presumed-dead"] += 1
+            self._goto(Trigger.DRAW_SMALL)
         elif self.address in committee:
             self._goto(Trigger.DRAW_MEMBER)
             for key in sorted(self._updates):  # a new member needs every delta seen so far
@@ -490,6 +518,34 @@ class RoundMachine:
             self._check_collection()
         else:
             self._goto(Trigger.DRAW_FOLLOWER)
+
+    def _guessing_liveness(self) -> bool:
+        """Whether the liveness history is credible enough to skip draws and views on."""
+        return (
+            self.config.skip_presumed_dead
+            and self._has_history
+            and len(self._live) >= self._expected_floor
+        )
+
+    def _presumed_alive(self, member: bytes) -> bool:
+        return member in self._live or member in self._signers or member in self._signers_prev
+
+    def _presumed_dead_draw(self, attempt: int, committee: tuple[bytes, ...]) -> bool:
+        """Fewer than q members of this draw are presumed alive: it cannot certify."""
+        if attempt >= MAX_PRESUMED_DEAD_REDRAWS or not self._guessing_liveness():
+            return False
+        return sum(1 for m in committee if self._presumed_alive(m)) < self.config.quorum
+
+    def _first_live_view(self, view: int) -> int:
+        """`view`, or the next view (within `max_views_ahead`) whose leader is presumed alive."""
+        if not self._guessing_liveness():
+            return view
+        committee = list(self._attempt.committee)
+        for skip in range(min(len(committee), self.config.max_views_ahead + 1)):
+            if self._presumed_alive(leader_of(committee, view + skip)):
+                self.counters["views-skipped:presumed-dead"] += skip
+                return view + skip
+        return view
 
     # --- timers -------------------------------------------------------------------------
 
@@ -558,7 +614,7 @@ class RoundMachine:
 
     def _enter_view(self, view: int) -> None:
         a = self._attempt
-        a.view = view
+        a.view = self._first_live_view(view)
         a.view_deadline = self.now + self.config.view_timeout_s
         a.proposal = None
         a.verify_failed = False
@@ -749,6 +805,7 @@ class RoundMachine:
                 self._drop("future-view", p.signer, False)
             elif self._record_statement(p):
                 self.counters["proposals-accepted"] += 1
+                self._signers.add(p.signer)
             return
         if p.view < a.view:
             if self._record_statement(p):  # (else already counted as duplicate/equivocation)
@@ -764,6 +821,7 @@ class RoundMachine:
         if not self._record_statement(p):
             return
         self.counters["proposals-accepted"] += 1
+        self._signers.add(p.signer)
         if self.phase == Phase.COLLECTING:
             # The leader closed its collection: ours is moot, the proposal defines the set.
             self.counters["collect-closed:proposal"] += 1
@@ -957,6 +1015,7 @@ class RoundMachine:
         if not self._record_statement(v):
             return
         self.counters["votes-accepted"] += 1
+        self._signers.add(v.signer)
         self._count_vote(v)
 
     def _count_vote(self, v: Vote) -> None:

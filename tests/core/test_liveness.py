@@ -15,6 +15,7 @@ from p2pfl.core.round_events import (
     ChainCommitted,
     DeltaAvailable,
     RoundStarted,
+    Tick,
     UpdateReceived,
 )
 from p2pfl.core.signing import address_of
@@ -196,3 +197,61 @@ def test_dead_nodes_cost_the_deadline_once_then_rounds_close_at_quorum():
     first = next(m for _, _, m in sim.published if isinstance(m, Proposal) and m.round == 2)
     assert len(first.included) >= collect_quorum(80, 7)
     assert not {a for a, _ in first.included} & dead
+
+
+# --- committees with presumed-dead members ---------------------------------------------------
+
+
+def find_base(pred) -> bytes:
+    for i in itertools.count():
+        base = blob_cid(b"dead base %d" % i).to_bytes()
+        if pred(committee(TASK, 2, base), committee(TASK, 2, base, 1)):
+            return base
+    raise AssertionError("unreachable")
+
+
+def alive(members) -> int:
+    return sum(1 for a in members if a not in DEAD)
+
+
+def after_round_one_with_dead(base: bytes, **kw) -> RoundMachine:
+    """Round 1 heard the 6 LIVE authors only (DEAD sent nothing); round 2 starts on `base`."""
+    m = machine(**kw)
+    start(m, 1)
+    closes_after(m, LIVE, 1)
+    m.handle(ChainCommitted(1, 0, 0, BASES[1], base, bytes(32)))
+    m.handle(RoundStarted(2, base, STAKES, 200.0))
+    return m
+
+
+def test_a_draw_without_a_live_quorum_is_redrawn_early():
+    q = config().quorum
+    base = find_base(lambda c0, c1: len(c0) >= q and alive(c0) < q and alive(c1) >= q and ME in c1)
+    m = after_round_one_with_dead(base)
+    assert m.phase == Phase.REDRAWING and m.counters["redraws:presumed-dead"] == 1
+    assert m.next_deadline() == 200.0 + config().small_redraw_delay_s  # not redraw_timeout_s
+    m.handle(Tick(m.next_deadline()))
+    assert m.attempt == 1 and m.phase == Phase.COLLECTING
+    # Off: the draw is taken as is, and stalls until the attempt times out.
+    m = after_round_one_with_dead(base, skip_presumed_dead=False)
+    assert m.attempt == 0 and m.phase in (Phase.COLLECTING, Phase.FOLLOWING)
+
+
+def test_views_of_presumed_dead_leaders_are_skipped():
+    q = config().quorum
+    base = find_base(lambda c0, c1: alive(c0) >= q and ME in c0 and c0[0] in DEAD and c0[1] not in DEAD)
+    m = after_round_one_with_dead(base)
+    assert m.phase == Phase.COLLECTING
+    closes_after(m, LIVE, 2, base)
+    assert m.phase == Phase.VOTING and m.view == 1
+    assert m.counters["views-skipped:presumed-dead"] == 1
+    m = after_round_one_with_dead(base, skip_presumed_dead=False)
+    closes_after(m, LIVE, 2, base)
+    assert m.view == 0
+
+
+def test_first_round_skips_nothing():
+    m = machine()
+    start(m, 1)
+    assert m.attempt == 0 and m.phase == Phase.COLLECTING
+    assert m.counters["redraws:presumed-dead"] == 0
