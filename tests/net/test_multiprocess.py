@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -13,10 +14,18 @@ import pytest
 
 from p2pfl.core.cid import CHUNK_SIZE, blob_cid
 from p2pfl.net.blockstore import BlockStore
-from tests.net.node_proc import blob_bytes
+from tests.net.node_proc import ATTACKS, HONEST_MAX_MESSAGE_BYTES, blob_bytes
 
 ROOT_DIR = Path(__file__).resolve().parents[2]
 START_TIMEOUT_S = 30.0
+# Gossip heartbeats (1 s) graft the meshes before anything is published.
+MESH_SETTLE_S = 2.0
+# Sync rounds (1 s each) during which nothing rejected may travel on.
+SYNC_ROUNDS_S = 3.0
+DELIVERY_TIMEOUT_S = 60.0
+# Gossipsub keeps a message for IHAVE gossip for 5 heartbeats (py-libp2p's gossip_history);
+# a node starting later than this can only get it by our sync.
+MCACHE_EXPIRY_S = 6.0
 
 
 class Proc:
@@ -112,3 +121,72 @@ def test_gossip_between_processes(tmp_path: Path, procs: list[Proc]) -> None:
         procs.append(Proc(tmp_path, f"g{i}", i + 1, *args))
     for proc in procs:
         assert proc.wait_for("GOT", timeout_s=45) == str(count * per_node)
+
+
+def _touch(path: Path) -> None:
+    path.write_text("")
+
+
+def test_signed_update_burst_reaches_every_process_and_a_late_joiner(tmp_path: Path, procs: list[Proc]) -> None:
+    """5 processes in a tree each publish 10 signed Updates at the same instant (50 in all),
+    through the node's real validator; every process delivers each exactly once. A sixth
+    process that starts once gossipsub has forgotten them gets all 50 by sync alone."""
+    count, per_node = 5, 10
+    total = count * per_node
+    go, report = tmp_path / "go", tmp_path / "report"
+    common = ("--go", str(go), "--report", str(report), "--registered", str(count + 1))
+    addrs: list[str] = []
+    for i in range(count):
+        boot = ("--bootstrap", addrs[(i - 1) // 2]) if i else ()  # a tree: up to 3 hops apart
+        proc = Proc(tmp_path, f"u{i}", i + 1, *boot, "updates", "--publish", str(per_node), "--expect", str(total),
+                    *common)
+        procs.append(proc)
+        addrs.append(proc.wait_for("ADDR"))
+    time.sleep(MESH_SETTLE_S)
+    _touch(go)
+    for proc in procs:
+        assert proc.wait_for("GOT", timeout_s=DELIVERY_TIMEOUT_S) == str(total)
+    time.sleep(MCACHE_EXPIRY_S)
+    late = Proc(tmp_path, "late", count + 1, "--bootstrap", addrs[-1], "updates", "--expect", str(total), *common)
+    procs.append(late)
+    assert late.wait_for("GOT", timeout_s=DELIVERY_TIMEOUT_S) == str(total)
+    _touch(report)
+    reports = [json.loads(proc.wait_for("REPORT")) for proc in procs]
+    for got in reports:
+        assert got["distinct"] == got["deliveries"] == total  # none lost, none delivered twice
+        assert got["rejected"] == {} and got["ignored"] == {}
+    assert reports[-1]["via_sync"] == total  # the late joiner had no message to list, and asked anyway
+
+
+def test_bad_updates_stop_at_the_first_honest_process(tmp_path: Path, procs: list[Proc]) -> None:
+    """attacker - b - c, each its own process: the attacker publishes a forged, a replayed
+    (old round), a wrong-round (future), a wrong-task, an unregistered and an oversized
+    Update, and replays its valid ones. b rejects (or ignores) each once, and c never even
+    judges them, by gossip or by sync; the valid updates reach everyone exactly once."""
+    per_node = 3
+    total = 3 * per_node
+    go, report = tmp_path / "go", tmp_path / "report"
+    common = ("updates", "--publish", str(per_node), "--go", str(go), "--report", str(report), "--registered", "3")
+    honest = ("--max-message-bytes", str(HONEST_MAX_MESSAGE_BYTES))
+    attacker = Proc(tmp_path, "attacker", 1, *common, "--attack", "--expect", str(total + len(ATTACKS)))
+    procs.append(attacker)
+    b = Proc(tmp_path, "b", 2, "--bootstrap", attacker.wait_for("ADDR"), *honest, *common, "--expect", str(total))
+    procs.append(b)
+    c = Proc(tmp_path, "c", 3, "--bootstrap", b.wait_for("ADDR"), *honest, *common, "--expect", str(total))
+    procs.append(c)
+    c.wait_for("ADDR")
+    time.sleep(MESH_SETTLE_S)
+    _touch(go)
+    for proc in (b, c):
+        assert proc.wait_for("GOT", timeout_s=DELIVERY_TIMEOUT_S) == str(total)
+    attacker.wait_for("REPLAYED", timeout_s=DELIVERY_TIMEOUT_S)
+    time.sleep(SYNC_ROUNDS_S)
+    _touch(report)
+    at_attacker, at_b, at_c = (json.loads(p.wait_for("REPORT")) for p in (attacker, b, c))
+    assert at_c["rejected"] == {} and at_c["ignored"] == {}, at_c  # c never judged any of them
+    assert at_attacker["peer_id"] not in at_c["peers"]  # c heard of them only through b
+    assert at_c["distinct"] == at_c["deliveries"] == total
+    assert at_b["distinct"] == at_b["deliveries"] == total  # the replay was not delivered again
+    rejected = {f"gossip-{kind}": 1 for kind in ATTACKS if kind != "future-round"}
+    assert at_b["rejected"] == rejected, at_b
+    assert at_b["ignored"].get("ignored-future-round", 0) >= 1, at_b
