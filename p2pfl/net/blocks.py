@@ -28,11 +28,12 @@ import math
 import struct
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
 from typing import Any
 
 import trio
 
-from p2pfl.core.cid import CID, CID_BYTES_SIZE
+from p2pfl.core.cid import CID, CID_BYTES_SIZE, CODEC_DAG_PB, MAX_BLOCK_SIZE, MAX_DAG_DEPTH, decode_dag_pb
 from p2pfl.errors import InvalidBlock, InvalidMessage, P2PFLError
 from p2pfl.net.blockstore import BlockNotFound, BlockStore
 from p2pfl.net.config import (
@@ -53,6 +54,7 @@ STATUS_HAVE = 0x00
 STATUS_DONT_HAVE = 0x01
 _REQUEST_HEADER = struct.Struct(">BH")
 _BLOCK_HEADER = struct.Struct(">BI")
+_LENGTH = struct.Struct(">I")
 # A holder that has not received a request for this long closes the stream.
 SERVE_IDLE_TIMEOUT_S = 60.0
 # Group (striped) fetch: how long to keep asking a member for its stripe before taking it
@@ -65,6 +67,9 @@ _READ_CHUNK = 1 << 20
 # A holder writes its answer once this much is ready (cut at a yamux frame boundary): large
 # enough that frames are full, small enough that the fetcher starts hashing early.
 _ANSWER_FLUSH_BYTES = 1 << 20
+# Answers read but not yet stored, per provider: one waiting while the thread stores the
+# previous one keeps the reader busy; more would only hold memory (each is up to 4 MiB).
+_STORE_QUEUE_BATCHES = 1
 
 
 class FetchError(P2PFLError):
@@ -131,6 +136,35 @@ class FrameReader:
                 need = 0
         return b"".join(parts)
 
+    async def read_parts(self, n: int) -> list[bytes | memoryview]:
+        """Exactly `n` bytes as the pieces they arrived in, without copying them.
+
+        `StreamClosed` if the stream ends first. The pieces are views of read chunks (whole
+        chunks as they are), so a block can be hashed and written piece by piece.
+        """
+        while self.buffered < n:
+            if not await self._read_more(n - self.buffered):
+                raise StreamClosed("stream ended")
+        self.buffered -= n
+        parts: list[bytes | memoryview] = []
+        need = n
+        while need:
+            first = self.chunks[0]
+            available = len(first) - self.head
+            if self.head == 0 and available <= need:
+                parts.append(first)
+                self.chunks.popleft()
+                need -= available
+                continue
+            take = min(available, need)
+            parts.append(memoryview(first)[self.head : self.head + take])
+            self.head += take
+            need -= take
+            if self.head == len(first):
+                self.chunks.popleft()
+                self.head = 0
+        return parts
+
     async def at_eof(self) -> bool:
         """True if the peer closed its side with nothing more buffered."""
         if self.buffered:
@@ -164,6 +198,48 @@ def peer_of(stream: Any) -> str:
     return str(stream.muxed_conn.peer_id)
 
 
+class _AnswerBuffer:
+    """A holder's outgoing bytes for one stream, in one buffer allocated once.
+
+    Blocks are copied in once and handed to the stream as views (the muxer copies each frame
+    into its Noise message anyway); the buffer is never resized, so a view still referenced
+    somewhere can never see it move.
+    """
+
+    # Flushed once _ANSWER_FLUSH_BYTES are in, so at most one block (and header) more fits.
+    CAPACITY = _ANSWER_FLUSH_BYTES + _BLOCK_HEADER.size + MAX_BLOCK_SIZE
+
+    def __init__(self) -> None:
+        self.buffer = bytearray(self.CAPACITY)
+        self.size = 0
+
+    def append_status(self, status: int) -> None:
+        self.buffer[self.size] = status
+        self.size += 1
+
+    def append_block(self, block: bytes) -> None:
+        _BLOCK_HEADER.pack_into(self.buffer, self.size, STATUS_HAVE, len(block))
+        start = self.size + _BLOCK_HEADER.size
+        self.buffer[start : start + len(block)] = block  # same length: a copy, no resize
+        self.size = start + len(block)
+
+    def whole_frames(self) -> memoryview:
+        """The buffered bytes that fill whole yamux frames."""
+        return memoryview(self.buffer)[: self.size - self.size % FRAME_PAYLOAD_BYTES]
+
+    def keep_partial_frame(self) -> None:
+        """Drop what `whole_frames` returned; the rest moves to the front."""
+        rest = self.size % FRAME_PAYLOAD_BYTES
+        self.buffer[:rest] = self.buffer[self.size - rest : self.size]
+        self.size = rest
+
+    def view(self) -> memoryview:
+        return memoryview(self.buffer)[: self.size]
+
+    def clear(self) -> None:
+        self.size = 0
+
+
 class BlockExchange:
     """Serves blocks from a `BlockStore` and fetches blobs from providers.
 
@@ -195,6 +271,7 @@ class BlockExchange:
                 self.metrics.inc("blocks-refused-banned")
                 return
             reader = FrameReader(stream)
+            answer = _AnswerBuffer()
             while True:
                 with trio.move_on_after(SERVE_IDLE_TIMEOUT_S):
                     if await reader.at_eof():
@@ -202,7 +279,7 @@ class BlockExchange:
                     cids = await read_request(reader)
                     if not self.peers.allow(peer, "requests"):
                         return
-                    await self._answer(stream, cids)
+                    await self._answer(stream, cids, answer)
                     continue
                 return  # idle timeout
         except InvalidMessage as exc:
@@ -215,31 +292,27 @@ class BlockExchange:
         finally:
             await _close(stream)
 
-    async def _answer(self, stream: Any, cids: list[CID]) -> None:
+    async def _answer(self, stream: Any, cids: list[CID], out: _AnswerBuffer) -> None:
         # Answers are written in runs of whole yamux frames rather than one write per block:
         # a 256 KiB block plus its 5-byte header is 4 full frames and a 121-byte one, and
         # every frame costs a Noise message and a syscall on both ends.
-        out = bytearray()
         for cid in cids:
             try:
                 # The fetcher verifies every block; hashing it here too would halve throughput.
                 block = self.store.get(cid, verify=False)
             except (BlockNotFound, InvalidBlock):
-                out.append(STATUS_DONT_HAVE)
+                out.append_status(STATUS_DONT_HAVE)
                 self.metrics.inc("blocks-dont-have")
-                continue
-            out += _BLOCK_HEADER.pack(STATUS_HAVE, len(block))
-            out += block
-            self.metrics.inc("blocks-served")
-            self.metrics.inc("bytes-served", len(block))
-            if len(out) >= _ANSWER_FLUSH_BYTES:
-                whole_frames = len(out) - len(out) % FRAME_PAYLOAD_BYTES
-                with memoryview(out) as view:
-                    chunk = bytes(view[:whole_frames])  # one copy; a bytearray slice is two
-                del out[:whole_frames]
-                await stream.write(chunk)
-        if out:
-            await stream.write(bytes(out))
+            else:
+                out.append_block(block)
+                self.metrics.inc("blocks-served")
+                self.metrics.inc("bytes-served", len(block))
+            if out.size >= _ANSWER_FLUSH_BYTES:
+                await stream.write(out.whole_frames())
+                out.keep_partial_frame()
+        if out.size:
+            await stream.write(out.view())
+            out.clear()
 
     # --- fetching -----------------------------------------------------------------------
 
@@ -270,7 +343,9 @@ class BlockExchange:
                     continue
                 if not frontier:
                     return
-                await self.fetch_blocks(frontier, [p for p in providers if p not in excluded], excluded)
+                await self.fetch_blocks(
+                    frontier, [p for p in providers if p not in excluded], excluded, descend=True
+                )
         if scope.cancelled_caught:
             raise FetchError(f"fetching {root} took over {timeout_s:.0f} s")
 
@@ -322,17 +397,25 @@ class BlockExchange:
         await self.fetch_blocks(cids, [*seeders, member])
 
     async def fetch_blocks(
-        self, cids: Sequence[CID], providers: Sequence[str], excluded: set[str] | None = None
+        self,
+        cids: Sequence[CID],
+        providers: Sequence[str],
+        excluded: set[str] | None = None,
+        *,
+        descend: bool = False,
     ) -> None:
         """Fetch `cids` (not already stored) from `providers` in parallel; `FetchError` on failure.
 
-        Providers that send invalid data are added to `excluded` (if given).
+        With `descend`, every block linked from a fetched dag-pb node that the store lacks is
+        fetched too, in the same session (same streams, no wait for a level to finish), down
+        to MAX_DAG_DEPTH levels below `cids`. Providers that send invalid data are added to
+        `excluded` (if given).
         """
         usable = [p for p in dict.fromkeys(providers) if not self.peers.is_banned(p)]
         if not usable:
             raise FetchError("no provider to fetch from (none given, or all banned)")
         usable = usable[: self.config.blocks_max_providers]
-        job = _FetchJob([c for c in dict.fromkeys(cids) if not self.store.has(c)], usable)
+        job = _FetchJob([c for c in dict.fromkeys(cids) if not self.store.has(c)], usable, descend=descend)
         if not job.pending:
             return
         async with trio.open_nursery() as nursery:
@@ -349,28 +432,26 @@ class BlockExchange:
             )
 
     async def _worker(self, job: _FetchJob, provider: str) -> None:
-        outstanding: deque[list[CID]] = deque()
+        # Two tasks per provider: one keeps requests in flight and reads answers off the stream,
+        # the other hashes and writes the blocks read (in a thread: sha256 and file calls release
+        # the GIL). Reading never waits for the disk, and requests go out as soon as an answer
+        # is read rather than once it is stored. A batch is given back to the job unless all
+        # its blocks were stored.
+        requested: deque[list[CID]] = deque()  # asked for, answer not read yet (oldest first)
+        storing: deque[list[CID]] = deque()  # answer read, blocks not all stored yet
         stream = None
         try:
             with trio.fail_after(self.config.blocks_batch_timeout_s):
                 stream = await self.open_stream(provider, BLOCKS_PROTOCOL)
                 await grow_receive_window(stream, self.config.blocks_receive_window_bytes)
-            reader = FrameReader(stream)
-            while True:
-                while len(outstanding) < BLOCKS_PIPELINE_DEPTH:
-                    batch = job.take_batch(provider)
-                    if not batch:
-                        break
-                    outstanding.append(batch)
-                    await stream.write(encode_request(batch))
-                if not outstanding:
-                    if not await job.wait_for_work(provider):
-                        return
-                    continue
-                batch = outstanding[0]
-                with trio.fail_after(self.config.blocks_batch_timeout_s):
-                    await self._receive_batch(reader, batch, job, provider)
-                outstanding.popleft()
+            failures: list[Exception] = []
+            send, receive = trio.open_memory_channel[_ReadBatch](_STORE_QUEUE_BATCHES)
+            async with trio.open_nursery() as nursery:
+                guard = partial(_first_failure, failures, nursery.cancel_scope)
+                nursery.start_soon(guard, self._store_answers, receive, storing, job, provider)
+                await guard(self._request_and_read, stream, send, requested, storing, job, provider)
+            if failures:
+                raise failures[0]
         except trio.TooSlowError:
             self.peers.offence(provider, Offence.TIMEOUT, "blocks-timeout")
             job.errors.append(f"{provider}: timed out")
@@ -382,17 +463,47 @@ class BlockExchange:
             job.errors.append(f"{provider}: {type(exc).__name__} {exc}")
             log.debug("fetch from %s stopped: %r", provider, exc)
         finally:
-            for batch in outstanding:
+            for batch in (*requested, *storing):
                 job.give_back(batch, provider)
             job.worker_done()
             if stream is not None:
                 await _close(stream)
 
-    async def _receive_batch(self, reader: FrameReader, batch: list[CID], job: _FetchJob, provider: str) -> None:
-        # Blocks are read off the stream first, then hashed and written in a worker thread
-        # (hashlib and file writes release the GIL): meanwhile the muxer task keeps taking
-        # the next batch off the socket instead of waiting for sha256 and the disk.
-        received: list[tuple[CID, bytes]] = []
+    async def _request_and_read(
+        self,
+        stream: Any,
+        send: trio.MemorySendChannel[_ReadBatch],
+        requested: deque[list[CID]],
+        storing: deque[list[CID]],
+        job: _FetchJob,
+        provider: str,
+    ) -> None:
+        reader = FrameReader(stream)
+        async with send:
+            while True:
+                while len(requested) < BLOCKS_PIPELINE_DEPTH:
+                    batch = job.take_batch(provider)
+                    if not batch:
+                        break
+                    requested.append(batch)
+                    await stream.write(encode_request(batch))
+                if not requested:
+                    if not await job.wait_for_work(provider):
+                        return
+                    continue
+                batch = requested[0]
+                with trio.fail_after(self.config.blocks_batch_timeout_s):
+                    blocks = await self._read_answer(reader, batch, job, provider)
+                requested.popleft()
+                if blocks:
+                    storing.append(batch)
+                    await send.send((batch, blocks))
+
+    async def _read_answer(
+        self, reader: FrameReader, batch: list[CID], job: _FetchJob, provider: str
+    ) -> list[_ReadBlock]:
+        """Read the answer to `batch`: the blocks sent, as pieces; refused CIDs leave `batch`."""
+        received: list[_ReadBlock] = []
         for cid in list(batch):
             status = (await reader.read_exactly(1))[0]
             if status == STATUS_DONT_HAVE:
@@ -402,38 +513,79 @@ class BlockExchange:
             if status != STATUS_HAVE:
                 self.peers.offence(provider, Offence.MALFORMED_FRAME, "blocks-bad-status")
                 raise _BadProvider
-            (length,) = struct.unpack(">I", await reader.read_exactly(4))
+            (length,) = _LENGTH.unpack(await reader.read_exactly(_LENGTH.size))
             if length > self.config.max_block_bytes:
                 self.peers.offence(provider, Offence.OVERSIZED, "blocks-oversized")
                 raise _BadProvider
-            received.append((cid, await reader.read_exactly(length)))
-        if not received:
-            return
-        stored, bad = await trio.to_thread.run_sync(_store_blocks, self.store, received)
-        for (cid, block), was_new in zip(received, stored, strict=False):
-            batch.remove(cid)
-            job.done(cid)
-            self.peers.reward(provider)
-            if was_new:
-                self.metrics.inc("blocks-fetched")
-                self.metrics.inc("bytes-fetched", len(block))
-        if bad:
-            self.peers.offence(provider, Offence.BAD_BLOCK, "blocks-bad-block")
-            raise _BadProvider
+            received.append((cid, await reader.read_parts(length)))
+        return received
+
+    async def _store_answers(
+        self,
+        receive: trio.MemoryReceiveChannel[_ReadBatch],
+        storing: deque[list[CID]],
+        job: _FetchJob,
+        provider: str,
+    ) -> None:
+        async with receive:
+            async for batch, blocks in receive:
+                # Shielded: once the thread has stored blocks, the job must hear of them, or
+                # a cancelled fetch would give stored blocks back as missing.
+                with trio.CancelScope(shield=True):
+                    stored, bad = await trio.to_thread.run_sync(_store_blocks, self.store, blocks, job.descend)
+                for (cid, parts), (was_new, links) in zip(blocks, stored, strict=False):
+                    batch.remove(cid)
+                    job.done(cid, links)
+                    self.peers.reward(provider)
+                    if was_new:
+                        self.metrics.inc("blocks-fetched")
+                        self.metrics.inc("bytes-fetched", sum(len(part) for part in parts))
+                if bad:
+                    self.peers.offence(provider, Offence.BAD_BLOCK, "blocks-bad-block")
+                    raise _BadProvider
+                storing.popleft()
 
 
-def _store_blocks(store: BlockStore, blocks: list[tuple[CID, bytes]]) -> tuple[list[bool], bool]:
+# One block as read off a stream (CID, pieces) and one answer's worth of them with its batch.
+_ReadBlock = tuple[CID, list[bytes | memoryview]]
+_ReadBatch = tuple[list[CID], list[_ReadBlock]]
+
+
+async def _first_failure(
+    failures: list[Exception], scope: trio.CancelScope, task: Callable[..., Awaitable[None]], *args: Any
+) -> None:
+    """Run `task`; if it fails, note the error and cancel its siblings (no exception group)."""
+    try:
+        await task(*args)
+    except Exception as exc:
+        failures.append(exc)
+        scope.cancel()
+
+
+def _store_blocks(
+    store: BlockStore, blocks: list[_ReadBlock], descend: bool
+) -> tuple[list[tuple[bool, list[CID]]], bool]:
     """Verify and store `blocks` in order (runs in a worker thread).
 
-    Returns whether each stored block was new, up to the first block that does not hash to
-    its CID, and whether there was such a block (it and those after it are not stored).
+    Returns, up to the first block that does not hash to its CID, whether each block was new
+    and (with `descend`) the CIDs a dag-pb block links to that the store lacks; and whether
+    there was such a bad block (it and those after it are not stored).
     """
-    stored: list[bool] = []
-    for cid, block in blocks:
+    stored: list[tuple[bool, list[CID]]] = []
+    for cid, parts in blocks:
         try:
-            stored.append(store.put(cid, block))
+            was_new = store.put_parts(cid, parts)
         except InvalidBlock:
             return stored, True
+        links: list[CID] = []
+        if descend and cid.codec == CODEC_DAG_PB:
+            try:
+                node = decode_dag_pb(b"".join(parts))
+            except InvalidBlock:
+                pass  # hashes right but is no valid node: the DAG walk after the fetch says so
+            else:
+                links = [link.cid for link in node.links if not store.has(link.cid)]
+        stored.append((was_new, links))
     return stored, False
 
 
@@ -444,8 +596,13 @@ class _BadProvider(Exception):
 class _FetchJob:
     """Shared state of one parallel fetch: which CIDs are pending, in flight, unavailable."""
 
-    def __init__(self, cids: list[CID], providers: list[str]) -> None:
+    def __init__(self, cids: list[CID], providers: list[str], *, descend: bool = False) -> None:
         self.pending: deque[CID] = deque(cids)
+        self.descend = descend
+        # With `descend`: every CID ever queued (a DAG may link a block many times) and how
+        # far below the requested CIDs each one is.
+        self.seen: set[CID] = set(cids)
+        self.depth: dict[CID, int] = {}
         self.providers = providers
         self.refused: dict[CID, set[str]] = {}
         self.unavailable: set[CID] = set()
@@ -495,8 +652,16 @@ class _FetchJob:
         else:
             self.pending.append(cid)
 
-    def done(self, cid: CID) -> None:
+    def done(self, cid: CID, links: Sequence[CID] = ()) -> None:
+        """`cid` is stored; with `descend`, queue the absent blocks it links to."""
         self.in_flight -= 1
+        depth = self.depth.pop(cid, 0) + 1
+        if self.descend and depth <= MAX_DAG_DEPTH:
+            for child in links:
+                if child not in self.seen:
+                    self.seen.add(child)
+                    self.depth[child] = depth
+                    self.pending.append(child)
         self._notify()
 
     def worker_done(self) -> None:
