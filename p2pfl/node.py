@@ -37,7 +37,7 @@ from p2pfl.core.cid import CHUNK_SIZE, CODEC_DAG_PB, CODEC_RAW, CID, blob_cid, d
 from p2pfl.core.identity import NodeIdentity
 from p2pfl.core.merkle import RewardTree, round_reward_leaves
 from p2pfl.core.messages import Commit, Proposal, Update, Vote, decode_message
-from p2pfl.core.round import RoundMachine
+from p2pfl.core.round import REASON_EQUIVOCATION, REASON_UNAVAILABLE, RoundMachine
 from p2pfl.core.validation import ACCEPT, IGNORE, Verdict, check_gossip
 from p2pfl.core.tensors import decode_tensors, encode_tensors, flatten, layout_size, unflatten
 from p2pfl.errors import AggregationError, ChainError, InvalidMessage, P2PFLError
@@ -118,6 +118,11 @@ class RoundLog:
 Trainer = Callable[[dict[str, np.ndarray], Any, int], Awaitable[Any]]
 
 
+# Proposal rejections the leader adds on its own knowledge, outside the aggregate: the
+# reward tree (computed with the aggregate, checked by every verifier) does not list them.
+LEADER_DISCRETION = frozenset({REASON_EQUIVOCATION, REASON_UNAVAILABLE})
+
+
 @dataclass
 class Behaviour:
     """Hooks for simulations of faulty and malicious nodes (all off = honest)."""
@@ -176,7 +181,10 @@ class Node:
         self.counters: dict[str, int] = {}
         self.peer_ids: dict[bytes, str] = {}  # address -> libp2p peer id, from the registry
         self._updates: dict[tuple[bytes, bytes], Update] = {}
-        self._proposals: dict[tuple[int, bytes], Proposal] = {}  # (round, result CID) -> proposal
+        # (round, result CID, contributors root) -> proposal. Two proposals can share a
+        # result and differ in their rejected list (an equivocator's second version seen
+        # by one leader and not by another), so the root is part of the key.
+        self._proposals: dict[tuple[int, bytes, bytes], Proposal] = {}
         self._round_stakes: dict[int, dict[bytes, int]] = {}  # registry snapshot each round drew from
         self._models: dict[bytes, dict[str, np.ndarray]] = {}  # CID bytes -> weights (small LRU)
         self._model_blob_size: int | None = None
@@ -256,7 +264,7 @@ class Node:
             self._updates[(message.signer, message.delta)] = message  # inline bytes for Fetch
             self._events_send.send_nowait(ev.UpdateReceived(message, message.signer))
         elif isinstance(message, Proposal):
-            self._proposals.setdefault((message.round, message.result), message)
+            self._proposals.setdefault((message.round, message.result, message.contributors_root), message)
             self._events_send.send_nowait(ev.ProposalReceived(message, message.signer))
         elif isinstance(message, Vote):
             self._events_send.send_nowait(ev.VoteReceived(message, message.signer))
@@ -386,7 +394,7 @@ class Node:
         from p2pfl.chain.commands import write_reward_file
         from p2pfl.core.sortition import committee_for, round_seed
 
-        proposal = self._proposals.get((event.round, result))
+        proposal = self._proposals.get((event.round, result, event.contributors_root))
         stakes = self._round_stakes.get(event.round)
         if proposal is None or stakes is None:
             self._count("reward-file-unknown-proposal")
@@ -400,8 +408,10 @@ class Node:
             weights[author] = update.n_samples
         seed = round_seed(self.task, event.round, CID.parse(base).digest, event.attempt)
         committee = committee_for(seed, stakes, self.manifest.committee_size)
-        leaves = round_reward_leaves(self.manifest.reward_per_round_wei, weights, committee,
-                                     [a for a, _ in proposal.rejected])
+        # The root covers the aggregate's own rejections; the leader's discretionary ones
+        # (equivocation, unavailable) are listed in the proposal but not in the tree.
+        rejected = [a for a, why in proposal.rejected if why not in LEADER_DISCRETION]
+        leaves = round_reward_leaves(self.manifest.reward_per_round_wei, weights, committee, rejected)
         tree = RewardTree.build(leaves)
         if tree.root != event.contributors_root:
             self._count("reward-root-mismatch")
@@ -497,7 +507,7 @@ class Node:
 
     def _note_published(self, message: Any) -> None:
         if isinstance(message, Proposal):
-            self._proposals.setdefault((message.round, message.result), message)
+            self._proposals.setdefault((message.round, message.result, message.contributors_root), message)
         if isinstance(message, Update):
             entry = self.rounds.get(message.round)
             if entry is not None:

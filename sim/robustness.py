@@ -84,7 +84,7 @@ def audit_run(
                 result = n._cid_for_digest(ev.result).to_bytes()
             except Exception:
                 continue
-            proposal = n._proposals.get((r, result))
+            proposal = n._proposals.get((r, result, ev.contributors_root))
             if proposal is not None:
                 snapshot = n._round_stakes.get(r, {})
                 break
@@ -241,17 +241,21 @@ def table_run(scenario: Any, pool: ProcessPoolExecutor, test: Any, poison: str, 
             "rejected_honest_share": rejected_honest / honest_slots, "seconds": time.perf_counter() - started}
 
 
-def run_table(scenario: Any, out: Path, say: Any) -> list[dict[str, Any]]:
+def run_table(scenario: Any, out: Path, say: Any, rules: list[str] | None = None) -> list[dict[str, Any]]:
+    """Every (attack, rule) cell for every seed; with `rules`, only those columns are
+    re-run and the other cells are kept from `out`."""
     from sim.run import load_data
 
     cells = []
+    if rules and out.exists():
+        cells = [c for c in json.loads(out.read_text())["cells"] if c["rule"] not in rules]
     for seed in TABLE_SEEDS:
         seeded = replace(scenario, seed=seed)
         _, test, _ = load_data(replace(seeded, attacks={}))
         with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn"),
                                  initializer=_init_campaign_worker, initargs=(seeded,)) as pool:
             for poison in ATTACK_ROWS:
-                for rule in RULES:
+                for rule in rules or RULES:
                     cell = table_run(seeded, pool, test, poison, rule)
                     say(f"table seed {seed} {poison:10s} x {rule:12s}: accuracy {cell['accuracy']:.4f} "
                         f"({cell['seconds']:.0f} s)")
@@ -503,6 +507,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scenario", default=str(BASE_SCENARIO))
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--run", action="append", help="only the full-stack runs whose name contains this")
+    parser.add_argument("--rule", action="append", choices=list(RULES),
+                        help="table: re-run only this rule's column, keep the other cells")
     args = parser.parse_args(argv)
     import tomllib
 
@@ -517,7 +523,7 @@ def main(argv: list[str] | None = None) -> int:
     say = lambda *a: print(*a, flush=True)  # noqa: E731
     files = {p: RESULTS_DIR / f"{p}.json" for p in ("table", "stack", "protocol")}
     if "table" in parts:
-        run_table(scenario, files["table"], say)
+        run_table(scenario, files["table"], say, args.rule)
     for which in ("stack", "protocol"):
         if which in parts:
             run_stack(scenario, files[which], say, which, args.run)

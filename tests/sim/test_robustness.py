@@ -114,6 +114,8 @@ def test_equivocation_is_slashed_on_chain_and_the_reporter_paid(tmp_path):
     (s,) = rob["slashes"]
     assert s["node"] == cheat and s["reporter"] != cheat and s["reporter_reward_wei"] == s["amount_wei"] // 5
     assert summary["counters"]["evidence-submitted"] == 1
+    # Every node rebuilt the committed reward tree (proposals are keyed by their root too).
+    assert "reward-root-mismatch" not in summary["counters"]
     assert cheat not in rob["rounds"][1]["included"] and rob["violations"] == []
 
 
