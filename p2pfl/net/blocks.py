@@ -16,9 +16,19 @@ stops at end of stream. Every block is verified against its CID before it is sto
 that sends a block that does not match, an unparsable frame or an oversized length is scored
 down (see limits.py) and dropped from the fetch, which continues with the other providers.
 
-Fetching a blob walks its DAG breadth-first by frontier: fetch the root, then every child the
-store lacks, and so on (`BlockStore.missing`). Blocks already on disk are never fetched again,
-so a fetch interrupted by a kill resumes where it stopped.
+Fetching a blob starts from its frontier (`BlockStore.missing`: the root, or whatever a killed
+fetch left missing) and descends in the same session: each dag-pb node, once verified and
+stored, queues its children the store lacks on the streams already open, so the DAG's levels
+cost no extra stream opens or round-trip barriers. A final walk from the root confirms the blob
+is whole. Blocks already on disk are never fetched again, so a fetch interrupted by a kill
+resumes where it stopped.
+
+Throughput (sim/bench/transfer.py): per provider, one task keeps requests in flight and reads
+answers off the stream, keeping each block as the pieces it arrived in; another hands the read
+blocks to a worker thread that hashes and writes them (`BlockStore.put_parts`: sha256 and the
+file calls release the GIL), so reading never waits for the disk and no block is joined or
+copied on the way. The holder copies each block once into a reused buffer and writes it as
+views cut at yamux frame boundaries.
 """
 
 from __future__ import annotations
