@@ -7,7 +7,8 @@ Trio code uses `p2pfl.chain.trio_client.TrioChain`, which runs these methods thr
 
 Transactions are signed locally with eth-account; nonces are tracked here and
 re-synchronised from the chain when a node says they are off. Transport errors are
-retried with exponential backoff. A call or transaction that reverts raises
+retried with exponential backoff (seconds); past that they raise `ChainUnreachable`,
+which trio callers ride out for longer (`trio_client.run_chain`: an RPC outage). A call or transaction that reverts raises
 `ChainError` whose `revert_reason` names the contract's custom error with its
 arguments, e.g. "WrongRound(expected=3, got=5)", whatever the node's error format.
 """
@@ -68,6 +69,17 @@ _SNAPSHOT_CACHE: dict[tuple[int, str, int], dict[bytes, int]] = {}
 
 _ERROR_STRING = bytes.fromhex("08c379a0")  # Error(string)
 _PANIC = bytes.fromhex("4e487b71")  # Panic(uint256)
+
+
+class ChainUnreachable(ChainError):
+    """The RPC endpoint did not answer (connection refused, timeout) after the quick
+    retries: nothing is known to have happened on-chain, so the call may be repeated.
+    For a transaction that may have been sent, `tx_hash` is set."""
+
+    def __init__(self, message: str, what: str, tx_hash: bytes | None = None) -> None:
+        self.what = what
+        self.tx_hash = tx_hash
+        super().__init__(message)
 
 
 # ---------------------------------------------------------------- values
@@ -337,8 +349,9 @@ class TxSender:
                 return fn()
             except TRANSPORT_ERRORS as exc:
                 if attempt == self.retries:
-                    raise ChainError(
-                        f"{what}: chain unreachable after {self.retries + 1} tries ({exc}); check the RPC URL"
+                    raise ChainUnreachable(
+                        f"{what}: chain unreachable after {self.retries + 1} tries ({exc}); check the RPC URL",
+                        what,
                     ) from exc
                 time.sleep(delay)
                 delay = min(delay * 2, MAX_BACKOFF_S)
@@ -391,12 +404,18 @@ class TxSender:
                         "nonce",
                         lambda: self.w3.eth.get_transaction_count(self.account.address, "pending"),
                     )
-                tx = fn.build_transaction(
-                    {**params, "gas": gas, "nonce": self._nonce, "chainId": self.chain_id()}
+                nonce, chain_id = self._nonce, self.chain_id()
+                tx = self.retry(  # asks the node for fee figures
+                    what,
+                    lambda: fn.build_transaction(
+                        {**params, "gas": gas, "nonce": nonce, "chainId": chain_id}
+                    ),
                 )
                 signed = self.account.sign_transaction(tx)
                 try:
                     tx_hash = self._send_raw(signed.raw_transaction, bytes(signed.hash))
+                except ChainUnreachable:
+                    raise
                 except ChainError as exc:
                     if not resync and "nonce" in str(exc).lower():
                         continue  # someone else used this account: resync once
@@ -412,7 +431,9 @@ class TxSender:
                 return bytes(self.w3.eth.send_raw_transaction(raw))
             except TRANSPORT_ERRORS as exc:
                 if attempt == self.retries:
-                    raise ChainError(f"cannot send transaction: chain unreachable ({exc})") from exc
+                    raise ChainUnreachable(
+                        f"cannot send transaction: chain unreachable ({exc})", "send", tx_hash
+                    ) from exc
                 time.sleep(delay)
                 delay = min(delay * 2, MAX_BACKOFF_S)
             except Exception as exc:
@@ -436,6 +457,9 @@ class TxSender:
                     tx_hash, timeout=RECEIPT_TIMEOUT_S
                 ),
             )
+        except ChainUnreachable as exc:
+            exc.tx_hash = tx_hash  # sent: it may be on-chain already
+            raise
         except (TimeExhausted, TransactionNotFound) as exc:
             raise ChainError(
                 f"{what}: transaction 0x{tx_hash.hex()} not mined in {RECEIPT_TIMEOUT_S} s"
