@@ -12,6 +12,10 @@ instant (100 in all), and each member reports when it holds all 100.
 Figures:
 - `idle-node-rss`, `idle-node-cpu`: one non-member process, mesh formed, nothing to send
   (gossipsub heartbeat, sync, DHT maintenance running), CPU over IDLE_WINDOW_S;
+- `gossip-burst-cpu-all-processes`: CPU seconds the 20 processes spent from the publishing
+  instant until the last member was done (20 x 100 signature checks, gossipsub,
+  sync), against the wall-clock seconds of the headline: near 2 x seconds = CPU-bound here;
+- `gossip-burst-via-sync`: member deliveries that came by our sync, not gossipsub, first;
 - `gossip-burst-delivered`: (member, update) pairs delivered, out of 7 x 100;
 - `gossip-burst-100-to-k7-processes`: seconds from the publishing instant until the last
   member holds all 100 (20 Python processes share the machine's cores: an upper bound).
@@ -125,10 +129,9 @@ async def _child(index: int, data_dir: Path, bootstrap: list[str], go_file: Path
                 if message.msg_id not in seen:
                     seen.add(message.msg_id)
                     via[message.via] = via.get(message.via, 0) + 1
-                    print("COUNT", len(seen), message.via, repr(time.time()), flush=True)
+                    print("COUNT", len(seen), flush=True)
         print("ALL", repr(time.time()), flush=True)
-        print("VIA", " ".join(f"{k}={v}" for k, v in sorted(via.items())), flush=True)
-        print("METRICS", {k: v for k, v in net.metrics().items() if isinstance(v, int)}, flush=True)
+        print("VIA-SYNC", via.get("sync", 0), flush=True)
         await trio.sleep_forever()
 
 
@@ -168,7 +171,7 @@ def _rss_mib(pid: int) -> float:
     raise BenchError("no VmRSS in /proc")
 
 
-def _run(tmp: Path) -> tuple[float, float, int, float | None]:
+def _run(tmp: Path) -> tuple[float, float, int, float | None, float, int | None]:
     rng = random.Random(SEED)
     go_file = tmp / "go"
     children: list[ChildProcess] = []
@@ -194,11 +197,13 @@ def _run(tmp: Path) -> tuple[float, float, int, float | None]:
         go_at = time.time() + GO_LEAD_S
         go_file.with_suffix(".tmp").write_text(repr(go_at))
         go_file.with_suffix(".tmp").rename(go_file)
+        time.sleep(max(0.0, go_at - time.time()))
+        cpu_before = sum(_cpu_seconds(c.p.pid) for c in children)
         deadline = time.monotonic() + GO_LEAD_S + BURST_TIMEOUT_S
         while time.monotonic() < deadline and any(_done_at(m) is None for m in members):
             for child in children:
                 if child.p.poll() is not None:
-                    raise BenchError(f"a child exited: {''.join(_lines(child)[-20:])}")
+                    raise BenchError(f"a child exited: {chr(10).join(_lines(child)[-20:])}")
             time.sleep(0.2)
         delivered = sum(_count(m) for m in members)
         done = [_done_at(m) for m in members]
@@ -206,12 +211,9 @@ def _run(tmp: Path) -> tuple[float, float, int, float | None]:
         if seconds is None:
             for i, m in enumerate(members):
                 print(f"member {i}: {_count(m)}/{TOTAL}", flush=True)
-        if os.environ.get("BURST_DEBUG_DIR"):
-            out = Path(os.environ["BURST_DEBUG_DIR"])
-            out.mkdir(parents=True, exist_ok=True)
-            for i, child in enumerate(children):
-                (out / f"n{i}{'-member' if i in member_ids else ''}.out").write_text("\n".join(_lines(child)))
-        return rss, cpu, delivered, seconds
+        cpu_burst = sum(_cpu_seconds(c.p.pid) for c in children) - cpu_before
+        via_sync = sum(int(m.wait_for("VIA-SYNC", 5.0)) for m in members) if seconds is not None else None
+        return rss, cpu, delivered, seconds, cpu_burst, via_sync
     finally:
         for child in children:
             child.stop()
@@ -220,9 +222,12 @@ def _run(tmp: Path) -> tuple[float, float, int, float | None]:
 def run() -> None:
     """Print an idle node's RSS and CPU, then burst delivery and time to the 7 members."""
     with tempfile.TemporaryDirectory() as tmp:
-        rss, cpu, delivered, seconds = _run(Path(tmp))
+        rss, cpu, delivered, seconds, cpu_burst, via_sync = _run(Path(tmp))
     figure("idle-node-rss", rss, "MiB")
     figure("idle-node-cpu", cpu, "%")
+    figure("gossip-burst-cpu-all-processes", cpu_burst, "cpu-s")
+    if via_sync is not None:
+        print(f"gossip-burst-via-sync: {via_sync}/{COMMITTEE * TOTAL}", flush=True)
     print(f"gossip-burst-delivered: {delivered}/{COMMITTEE * TOTAL}", flush=True)
     if seconds is None:
         raise BenchError(f"only {delivered}/{COMMITTEE * TOTAL} deliveries in {BURST_TIMEOUT_S:.0f} s")
