@@ -11,6 +11,11 @@ each child's round logs and block store and writes the same run folder (metrics.
 summary.json, report.md, plots) with the centralised reference beside it.
 
 Every process it starts (anvil, the children) is stopped by PID in a `finally`.
+
+Faults: `RestartFault` (a node SIGKILLed mid-round, restarted on its data dir) and the
+scenario's `faults.rpc_outage_round` (`RpcOutage`: anvil stopped for `rpc_outage_s`, then
+restarted from its state file on the same port; the run then checks that every round was
+committed exactly once and prints `rpc-outage-*` figures).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -37,6 +43,7 @@ from p2pfl.core.tensors import encode_tensors
 from p2pfl.errors import ConfigError, P2PFLError
 from p2pfl.manifest import TaskManifest
 from p2pfl.net.blockstore import BlockStore
+from sim.faults import FaultSpec
 from sim.node_proc import FINAL_FILE, KEY_ENV, READY_FILE, read_round_logs
 from sim.report import RunWriter, new_run_dir, round_records, write_report
 from sim.scenario import Scenario
@@ -65,6 +72,45 @@ class RestartFault:
     node: int
     round: int
     down_s: float = 2.0
+
+
+@dataclass(frozen=True)
+class RpcOutage:
+    """Stop anvil (SIGTERM: it dumps its chain) `delay_s` after round `round - 1` is
+    committed, leave the RPC endpoint down for `down_s`, start it again from the dump on
+    the same port. Every node must ride it out: nothing lost, nothing committed twice."""
+
+    round: int
+    down_s: float = 30.0
+    delay_s: float = 0.0
+
+    @classmethod
+    def from_spec(cls, spec: FaultSpec) -> RpcOutage | None:
+        if not spec.rpc_outage_round:
+            return None
+        return cls(spec.rpc_outage_round, spec.rpc_outage_s, spec.rpc_outage_delay_s)
+
+
+@dataclass
+class _OutageClock:
+    """When the outage was triggered, began and ended (time.monotonic), as it happens."""
+
+    trigger_at: float | None = None
+    stopped_at: float | None = None
+    restarted_at: float | None = None
+    block_before: int = -1
+    block_after: int = -1
+
+    @property
+    def down(self) -> bool:
+        return self.stopped_at is not None and self.restarted_at is None
+
+
+# Lines a node logs when a chain call found the RPC endpoint down and is retried
+# (p2pfl.chain.trio_client): counted per node in the outage figures, and those retrying
+# a round's commit transaction.
+RETRY_LOG_MARK = "chain unreachable for"
+COMMIT_RETRY_LOG_MARK = "retrying commit_round"
 
 
 @dataclass
@@ -159,8 +205,13 @@ def run_processes(
     from p2pfl.train.models import init_weights
     from sim.run import load_data, print_summary, reference_curve, summarise
 
-    if scenario.attacks or scenario.faults:
-        raise ConfigError("--processes runs honest nodes only: remove [attacks] and [faults] or run in-process")
+    fault_spec = FaultSpec.from_dict(scenario.faults)
+    if scenario.attacks or fault_spec.active:
+        raise ConfigError("--processes runs honest nodes, with at most the faults.rpc_outage_* fault: "
+                          "remove [attacks] and the other [faults] or run in-process")
+    outage = RpcOutage.from_spec(fault_spec)
+    if outage is not None and not 1 <= outage.round <= scenario.rounds:
+        raise ConfigError(f"faults.rpc_outage_round must be in 1..{scenario.rounds} (the scenario's rounds)")
     if restart is not None and not 0 < restart.node < scenario.nodes:
         raise ConfigError(f"restart.node must be a non-creator node in 1..{scenario.nodes - 1}")
     say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
@@ -176,7 +227,11 @@ def run_processes(
     children: list[Child] = []
     anvil_pid: int | None = None
     fault_events: list[dict[str, Any]] = []
-    with Anvil() as anvil:
+    outage_clock = _OutageClock()
+    commit_seen: dict[int, float] = {}  # round -> when the parent saw it committed (0: go)
+    # The outage restarts anvil from its own dump of the chain (SIGTERM), on the same port.
+    state_path = root / "anvil-state.json" if outage is not None else None
+    with Anvil(state_path=state_path) as anvil:
         w3 = anvil.web3()
         anvil_pid = anvil.pid
         devnet, identities, manifest = setup_task(w3, scenario, genesis_blob)
@@ -209,15 +264,18 @@ def run_processes(
                 child.start()
             _wait_ready(children)
             (root / "go").touch()
+            commit_seen[0] = time.monotonic()
             say(f"{len(children)} node processes up in {time.perf_counter() - started:.1f} s")
-            timed_out = _watch(devnet, manifest, scenario, children, restart, fault_events, say)
+            timed_out = _watch(devnet, manifest, scenario, children, restart, fault_events, say,
+                               anvil=anvil, outage=outage, outage_clock=outage_clock, commit_seen=commit_seen)
             _wait_finished(devnet, manifest, children)
         finally:
             for child in children:
                 child.stop()
         wall_s = time.perf_counter() - started
         info = devnet.admin.task_info(manifest.task_id)
-        commits = {e.round: e for e in devnet.admin.commits(dep.block, devnet.admin.block_number(), manifest.task_id)}
+        commit_events = devnet.admin.commits(dep.block, devnet.admin.block_number(), manifest.task_id)
+        commits = {e.round: e for e in commit_events}
 
     logs = [read_round_logs(child.data_dir) for child in children]
     finals = [_read_json(child.data_dir / FINAL_FILE) or {} for child in children]
@@ -244,13 +302,19 @@ def run_processes(
         "faults": fault_events,
         "node_final_rounds": [_final_round(child) for child in children],
         # Every process this run started (all stopped by now): anvil, then each node's incarnations.
-        "pids": {"anvil": anvil_pid, "nodes": [child.pids for child in children]},
+        "pids": {"anvil": anvil_pid, "anvil_incarnations": list(anvil.pids), "nodes": [child.pids for child in children]},
     })
+    if outage is not None:
+        summary["rpc_outage"] = outage_figures(outage, outage_clock, scenario.rounds, commit_events, commit_seen,
+                                               fault_events, children)
     write_report(run_dir, scenario.to_dict(), records, ref_records, summary)
     for child in children:  # the node processes' status files, for inspection and tests
         status = child.status()
         if status is not None:
             (run_dir / f"node{child.index}.status.json").write_text(json.dumps(status, indent=1))
+    if "rpc_outage" in summary:
+        for line in outage_lines(summary["rpc_outage"]):
+            say(line)
     print_summary(summary, run_dir, say)
     work.cleanup()
     return run_dir
@@ -277,25 +341,48 @@ def _watch(
     restart: RestartFault | None,
     fault_events: list[dict[str, Any]],
     say: Any,
+    anvil: Anvil | None = None,
+    outage: RpcOutage | None = None,
+    outage_clock: _OutageClock | None = None,
+    commit_seen: dict[int, float] | None = None,
 ) -> bool:
-    """Poll the chain until `scenario.rounds` are committed; inject the restart fault on the
-    way. Returns True when the whole-run deadline passed first."""
+    """Poll the chain until `scenario.rounds` are committed; inject the restart fault and
+    the RPC outage on the way. Returns True when the whole-run deadline passed first.
+
+    A node process that exits early is an error, except under the RPC outage, whose
+    figures count it (a node that dies of an outage is what that fault measures)."""
     deadline = time.monotonic() + MAX_SECONDS_PER_ROUND * scenario.rounds
     seen = 0
     restart_at: float | None = None  # when the killed node comes back
+    clock = outage_clock if outage_clock is not None else _OutageClock()
+    seen_at = commit_seen if commit_seen is not None else {}
+    dead: set[int] = set()
     while time.monotonic() < deadline:
-        last = devnet.admin.task_info(manifest.task_id).last_round
-        if last > seen:
-            seen = last
-            say(f"  round {seen}/{scenario.rounds} committed")
+        if not clock.down:  # nobody answers while anvil is down
+            last = devnet.admin.task_info(manifest.task_id).last_round
+            if last > seen:
+                now = time.monotonic()
+                for r in range(seen + 1, last + 1):
+                    seen_at[r] = now
+                seen = last
+                say(f"  round {seen}/{scenario.rounds} committed")
         if seen >= scenario.rounds:
             return False
         for child in children:
-            if not child.running() and not (restart is not None and child.index == restart.node and restart_at):
-                tail = child.log_path.read_text()[-3000:] if child.log_path.exists() else ""
-                raise P2PFLError(f"node {child.index} exited with {child.process.returncode if child.process else '?'} "
-                                 f"before round {scenario.rounds} was committed:\n{tail}")
-        if restart is not None and restart_at is None and not fault_events:
+            if child.running() or child.index in dead or (restart is not None and child.index == restart.node and restart_at):
+                continue
+            code = child.process.returncode if child.process else "?"
+            tail = child.log_path.read_text()[-3000:] if child.log_path.exists() else ""
+            if outage is None:
+                raise P2PFLError(f"node {child.index} exited with {code} before round {scenario.rounds} was committed:\n{tail}")
+            dead.add(child.index)
+            fault_events.append({"kind": "died", "node": child.index, "returncode": code, "chain_round": seen,
+                                 "during_outage": clock.down})
+            say(f"  node {child.index} died (exit {code}) with the chain at round {seen}:\n{tail[-800:]}")
+        if dead and len(dead) == len(children):
+            say("  every node process died: nothing left to commit the remaining rounds")
+            return True
+        if restart is not None and restart_at is None and not any(f["kind"] == "sigkill" for f in fault_events):
             victim = children[restart.node]
             status = victim.status() or {}
             if seen >= restart.round - 1:
@@ -313,8 +400,112 @@ def _watch(
             restart_at = None
             fault_events.append({"kind": "restart", "node": restart.node, "chain_round": seen})
             say(f"  restarted node {restart.node} on its data dir (chain at round {seen})")
+        if outage is not None and anvil is not None:
+            _outage_step(outage, clock, anvil, devnet, seen, fault_events, say)
         time.sleep(POLL_S)
     return True
+
+
+def _outage_step(outage: RpcOutage, clock: _OutageClock, anvil: Anvil, devnet: DevNet, seen: int,
+                 fault_events: list[dict[str, Any]], say: Any) -> None:
+    """Advance the RPC outage: trigger, stop anvil (SIGTERM: it dumps its chain), restart it."""
+    now = time.monotonic()
+    if clock.trigger_at is None and seen >= outage.round - 1:
+        clock.trigger_at = now + outage.delay_s
+    if clock.stopped_at is None and clock.trigger_at is not None and now >= clock.trigger_at:
+        clock.block_before = devnet.admin.block_number()
+        pid = anvil.pid
+        anvil.stop()
+        clock.stopped_at = time.monotonic()
+        fault_events.append({"kind": "rpc-stop", "pid": pid, "chain_round": seen, "block": clock.block_before})
+        say(f"  RPC outage: stopped anvil (pid {pid}, SIGTERM) at block {clock.block_before}, chain at round {seen}; "
+            f"down for {outage.down_s:.0f} s")
+    elif clock.down and clock.stopped_at is not None and now >= clock.stopped_at + outage.down_s:
+        anvil.start()
+        clock.restarted_at = time.monotonic()
+        clock.block_after = devnet.admin.block_number()
+        fault_events.append({"kind": "rpc-restart", "pid": anvil.pid, "block": clock.block_after,
+                             "down_s": round(clock.restarted_at - clock.stopped_at, 3)})
+        say(f"  RPC outage: anvil back (pid {anvil.pid}) after {clock.restarted_at - clock.stopped_at:.1f} s "
+            f"at block {clock.block_after}")
+
+
+def outage_figures(
+    outage: RpcOutage,
+    clock: _OutageClock,
+    rounds: int,
+    commit_events: list[Any],
+    commit_seen: dict[int, float],
+    fault_events: list[dict[str, Any]],
+    children: list[Child],
+) -> dict[str, Any]:
+    """What the RPC outage cost: every round committed exactly once? time lost? deaths?
+
+    Round walls are the parent's view (time between two commits it saw; round 1 from the
+    `go` file). The outage round is the first committed after the restart; the time lost
+    is its wall minus the median wall of the other rounds, round 1 left out when there are
+    others (it carries the start-up: genesis fetch, first torch calls)."""
+    per_round = Counter(e.round for e in commit_events)
+    walls = {r: commit_seen[r] - commit_seen[r - 1] for r in sorted(commit_seen) if r >= 1 and r - 1 in commit_seen}
+    hit = None
+    if clock.restarted_at is not None:
+        hit = next((r for r in sorted(walls) if commit_seen[r] >= clock.restarted_at), None)
+    others = [w for r, w in walls.items() if r not in (1, hit)] or [w for r, w in walls.items() if r != hit]
+    baseline = float(np.median(others)) if others and hit is not None else None
+    retries, commit_retries = {}, {}
+    for child in children:
+        lines = (child.log_path.read_text(errors="replace") if child.log_path.exists() else "").splitlines()
+        retries[child.index] = sum(1 for line in lines if RETRY_LOG_MARK in line)
+        commit_retries[child.index] = sum(1 for line in lines if COMMIT_RETRY_LOG_MARK in line)
+    return {
+        "round": outage.round,
+        "planned_down_s": outage.down_s,
+        "injected": clock.restarted_at is not None,
+        "down_s": None if clock.stopped_at is None or clock.restarted_at is None else clock.restarted_at - clock.stopped_at,
+        "block_before": clock.block_before,
+        "block_after": clock.block_after,
+        "rounds_planned": rounds,
+        "rounds_committed": sum(1 for r in range(1, rounds + 1) if per_round[r] >= 1),
+        "commit_events": len(commit_events),
+        "duplicates": sum(n - 1 for n in per_round.values() if n > 1),
+        "gaps": [r for r in range(1, max(per_round, default=0) + 1) if per_round[r] == 0],
+        "round_walls_s": {str(r): round(w, 3) for r, w in walls.items()},
+        "hit_round": hit,
+        "hit_wall_s": walls.get(hit) if hit is not None else None,
+        "baseline_wall_s": baseline,
+        "time_lost_s": None if hit is None or baseline is None else walls[hit] - baseline,
+        "node_deaths": sum(1 for f in fault_events if f["kind"] == "died"),
+        "retry_log_lines": retries,
+        "commit_retry_log_lines": commit_retries,
+    }
+
+
+def outage_lines(fig: dict[str, Any]) -> list[str]:
+    """The printed `rpc-outage-*` figures."""
+    lines = [
+        f"rpc-outage-rounds-committed: {fig['rounds_committed']}/{fig['rounds_planned']}",
+        f"rpc-outage-duplicates: {fig['duplicates']}",
+        f"rpc-outage-gaps: {len(fig['gaps'])}",
+        f"rpc-outage-node-deaths: {fig['node_deaths']}",
+    ]
+    if not fig["injected"]:
+        return [*lines, "rpc-outage-injected: no (the run ended before the outage round)"]
+    kept = "kept" if fig["block_after"] == fig["block_before"] else "NOT kept"
+    retried = sum(1 for n in fig["retry_log_lines"].values() if n)
+    lines += [
+        f"rpc-outage-down: {fig['down_s']:.1f} s (chain {kept}: block {fig['block_before']} before the stop, "
+        f"{fig['block_after']} after the restart)",
+        f"rpc-outage-nodes-retrying: {retried}/{len(fig['retry_log_lines'])}",
+        f"rpc-outage-commit-retries: {sum(fig['commit_retry_log_lines'].values())} "
+        f"(by {sum(1 for n in fig['commit_retry_log_lines'].values() if n)} nodes)",
+    ]
+    if fig["time_lost_s"] is not None:
+        lines += [
+            f"rpc-outage-round-wall: round {fig['hit_round']} {fig['hit_wall_s']:.1f} s "
+            f"(baseline: median wall of the other rounds, {fig['baseline_wall_s']:.1f} s)",
+            f"rpc-outage-time-lost: {fig['time_lost_s']:.1f} s",
+        ]
+    return lines
 
 
 def _wait_ready(children: list[Child]) -> None:
