@@ -39,7 +39,7 @@ from p2pfl.core.merkle import RewardTree, round_reward_leaves
 from p2pfl.core.messages import Commit, Proposal, Update, Vote, decode_message
 from p2pfl.core.round import REASON_EQUIVOCATION, REASON_UNAVAILABLE, RoundMachine
 from p2pfl.core.validation import ACCEPT, IGNORE, Verdict, check_gossip
-from p2pfl.core.tensors import decode_tensors, encode_tensors, flatten, layout_size, unflatten
+from p2pfl.core.tensors import decode_tensors, encode_tensors, flatten, layout_size, tensor_sizes, unflatten
 from p2pfl.errors import AggregationError, ChainError, InvalidMessage, P2PFLError
 from p2pfl.manifest import TaskManifest
 
@@ -644,7 +644,7 @@ def compute_aggregate(
             continue
         contributions.append(agg.Contribution(update.signer, update.n_samples, vector))
     try:
-        result = agg.aggregate(spec, contributions, expected_size=size)
+        result = agg.aggregate(spec, contributions, expected_size=size, segments=tensor_sizes(layout))
     except AggregationError as exc:
         failed = ev.AggregateComputed(request.round, request.attempt, request.candidates, error=str(exc) or "nothing")
         return failed, b""

@@ -194,7 +194,7 @@ def _campaign_train(index: int, flip: bool, model: str, kwargs: dict[str, Any], 
 def table_run(scenario: Any, pool: ProcessPoolExecutor, test: Any, poison: str, rule: str) -> dict[str, Any]:
     """One (attack, rule) cell: FL without the network, with the committee's aggregate()."""
     from p2pfl.core import aggregate as agg
-    from p2pfl.core.tensors import flatten, layout_size, unflatten
+    from p2pfl.core.tensors import flatten, layout_size, tensor_sizes, unflatten
     from p2pfl.train.models import init_weights
     from p2pfl.train.trainer import TrainConfig, client_seed, evaluate
     from sim.run import _train_dict
@@ -219,7 +219,7 @@ def table_run(scenario: Any, pool: ProcessPoolExecutor, test: Any, poison: str, 
         contributions = [agg.Contribution(i.to_bytes(20, "big"), max(1, claims[i]), flatten(deltas[i])[0])
                          for i in range(scenario.nodes)]
         try:
-            out = agg.aggregate(spec, contributions, expected_size=layout_size(layout))
+            out = agg.aggregate(spec, contributions, expected_size=layout_size(layout), segments=tensor_sizes(layout))
             step = out.delta
             for peer, _ in out.rejected:
                 if int.from_bytes(peer, "big") in plan.poisoners:

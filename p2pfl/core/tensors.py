@@ -266,6 +266,11 @@ def layout_size(layout: Layout) -> int:
     return sum(math.prod(shape) for _, shape in layout)
 
 
+def tensor_sizes(layout: Layout) -> tuple[int, ...]:
+    """Values of each non-empty tensor of `layout`, in flat-vector order."""
+    return tuple(n for n in (math.prod(shape) for _, shape in layout) if n > 0)
+
+
 def flatten(tensors: Mapping[str, np.ndarray]) -> tuple[np.ndarray, Layout]:
     """Concatenate float32 tensors in name order into one new 1-D float32 vector."""
     for name in tensors:

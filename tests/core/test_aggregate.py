@@ -646,3 +646,29 @@ def test_vectors(case: dict) -> None:
         assert str(blob_cid(encode_tensors({"delta": r.delta}))) == want["cid"]
         assert [p.hex() for p in r.accepted] == want["accepted"]
         assert [[p.hex(), why] for p, why in r.rejected] == want["rejected"]
+
+
+def test_cosine_test_per_tensor_follows_the_tensors_that_hold_most_values() -> None:
+    # Two tensors: a big "feature" one (90 values) and a small "head" (10 values). The
+    # suspect points away in the feature tensor but agrees, strongly, in the head: one
+    # whole-vector cosine lets it through, the per-tensor test (90% of values away) not.
+    rng = np.random.default_rng(2)
+    feat, head = rng.standard_normal(90), rng.standard_normal(10)
+
+    def delta(f: float, h: float) -> np.ndarray:
+        return np.concatenate([f * feat + 0.2 * rng.standard_normal(90),
+                               h * head + 0.2 * rng.standard_normal(10)]).astype(np.float32)
+
+    honest = [delta(0.1, 3.0) for _ in range(5)]
+    suspect = delta(-0.1, 3.0)
+    cs = [Contribution(peer(i), 10, d) for i, d in enumerate([*honest, suspect])]
+    whole = aggregate(RuleSpec.default(), cs)
+    per_tensor = aggregate(RuleSpec.default(), cs, segments=(90, 10))
+    assert peer(5) in whole.accepted
+    assert dict(per_tensor.rejected) == {peer(5): A.REASON_COSINE}
+    # A head-only disagreement (10% of the values) is not enough to reject.
+    other = delta(0.1, -3.0)
+    cs2 = [Contribution(peer(i), 10, d) for i, d in enumerate([*honest, other])]
+    assert peer(5) in aggregate(RuleSpec.default(), cs2, segments=(90, 10)).accepted
+    with pytest.raises(AggregationError, match="segments sum to"):
+        aggregate(RuleSpec.default(), cs, segments=(90, 11))
