@@ -80,6 +80,10 @@ _ANSWER_FLUSH_BYTES = 1 << 20
 # Answers read but not yet stored, per provider: one waiting while the thread stores the
 # previous one keeps the reader busy; more would only hold memory (each is up to 4 MiB).
 _STORE_QUEUE_BATCHES = 1
+# Answers stored at once, per provider, each in its own worker thread. Storing is mostly
+# sha256 and the kernel creating files, both outside the GIL: a second thread overlaps one
+# block's file creation with another's hash, and the stores no longer trail the reads.
+_STORE_TASKS = 2
 
 
 class FetchError(P2PFLError):
@@ -442,11 +446,11 @@ class BlockExchange:
             )
 
     async def _worker(self, job: _FetchJob, provider: str) -> None:
-        # Two tasks per provider: one keeps requests in flight and reads answers off the stream,
-        # the other hashes and writes the blocks read (in a thread: sha256 and file calls release
-        # the GIL). Reading never waits for the disk, and requests go out as soon as an answer
-        # is read rather than once it is stored. A batch is given back to the job unless all
-        # its blocks were stored.
+        # Per provider, one task keeps requests in flight and reads answers off the stream; the
+        # others hash and write the blocks read (in threads: sha256 and file calls release the
+        # GIL). Reading never waits for the disk, and requests go out as soon as an answer is
+        # read rather than once it is stored. A batch is given back to the job unless all its
+        # blocks were stored.
         requested: deque[list[CID]] = deque()  # asked for, answer not read yet (oldest first)
         storing: deque[list[CID]] = deque()  # answer read, blocks not all stored yet
         stream = None
@@ -458,7 +462,9 @@ class BlockExchange:
             send, receive = trio.open_memory_channel[_ReadBatch](_STORE_QUEUE_BATCHES)
             async with trio.open_nursery() as nursery:
                 guard = partial(_first_failure, failures, nursery.cancel_scope)
-                nursery.start_soon(guard, self._store_answers, receive, storing, job, provider)
+                async with receive:
+                    for _ in range(_STORE_TASKS):
+                        nursery.start_soon(guard, self._store_answers, receive.clone(), storing, job, provider)
                 await guard(self._request_and_read, stream, send, requested, storing, job, provider)
             if failures:
                 raise failures[0]
@@ -553,12 +559,20 @@ class BlockExchange:
                 if bad:
                     self.peers.offence(provider, Offence.BAD_BLOCK, "blocks-bad-block")
                     raise _BadProvider
-                storing.popleft()
+                _remove_by_identity(storing, batch)
 
 
 # One block as read off a stream (CID, pieces) and one answer's worth of them with its batch.
 _ReadBlock = tuple[CID, list[bytes | memoryview]]
 _ReadBatch = tuple[list[CID], list[_ReadBlock]]
+
+
+def _remove_by_identity(batches: deque[list[CID]], batch: list[CID]) -> None:
+    """Remove `batch` itself (lists compare by value, and two batches may both be empty)."""
+    for i, candidate in enumerate(batches):
+        if candidate is batch:
+            del batches[i]
+            return
 
 
 async def _first_failure(
