@@ -77,10 +77,14 @@ _READ_CHUNK = 1 << 20
 # A holder writes its answer once this much is ready (cut at a yamux frame boundary): large
 # enough that frames are full, small enough that the fetcher starts hashing early.
 _ANSWER_FLUSH_BYTES = 1 << 20
-# Answers read but not yet stored, per provider: one waiting while the thread stores the
-# previous one keeps the reader busy; more would only hold memory (each is up to 4 MiB).
-_STORE_QUEUE_BATCHES = 1
-# Answers stored at once, per provider, each in its own worker thread. Storing is mostly
+# Blocks are handed from the reader to the store tasks in groups of this many: small enough
+# that hashing starts soon after an answer starts arriving (and the last answer's stores
+# finish soon after its last byte), large enough that a worker thread's start-up is shared.
+_STORE_GROUP_BLOCKS = 4
+# Groups read but not yet taken by a store task, per provider: a few keep the reader busy
+# while the threads work; more would only hold memory (a group is up to 1 MiB of leaves).
+_STORE_QUEUE_GROUPS = 4
+# Groups stored at once, per provider, each in its own worker thread. Storing is mostly
 # sha256 and the kernel creating files, both outside the GIL: a second thread overlaps one
 # block's file creation with another's hash, and the stores no longer trail the reads.
 _STORE_TASKS = 2
@@ -452,14 +456,14 @@ class BlockExchange:
         # read rather than once it is stored. A batch is given back to the job unless all its
         # blocks were stored.
         requested: deque[list[CID]] = deque()  # asked for, answer not read yet (oldest first)
-        storing: deque[list[CID]] = deque()  # answer read, blocks not all stored yet
+        storing: deque[list[CID]] = deque()  # answer being read or read, not all stored yet
         stream = None
         try:
             with trio.fail_after(self.config.blocks_batch_timeout_s):
                 stream = await self.open_stream(provider, BLOCKS_PROTOCOL)
                 await grow_receive_window(stream, self.config.blocks_receive_window_bytes)
             failures: list[Exception] = []
-            send, receive = trio.open_memory_channel[_ReadBatch](_STORE_QUEUE_BATCHES)
+            send, receive = trio.open_memory_channel[_ReadBatch](_STORE_QUEUE_GROUPS)
             async with trio.open_nursery() as nursery:
                 guard = partial(_first_failure, failures, nursery.cancel_scope)
                 async with receive:
@@ -507,19 +511,26 @@ class BlockExchange:
                     if not await job.wait_for_work(provider):
                         return
                     continue
-                batch = requested[0]
+                # From here the batch is the store tasks' to finish (or give back).
+                batch = requested.popleft()
+                storing.append(batch)
                 with trio.fail_after(self.config.blocks_batch_timeout_s):
-                    blocks = await self._read_answer(reader, batch, job, provider)
-                requested.popleft()
-                if blocks:
-                    storing.append(batch)
-                    await send.send((batch, blocks))
+                    await self._read_answer(reader, batch, job, provider, send)
+                if not batch:  # all refused, or all stored already
+                    _remove_by_identity(storing, batch)
 
     async def _read_answer(
-        self, reader: FrameReader, batch: list[CID], job: _FetchJob, provider: str
-    ) -> list[_ReadBlock]:
-        """Read the answer to `batch`: the blocks sent, as pieces; refused CIDs leave `batch`."""
-        received: list[_ReadBlock] = []
+        self,
+        reader: FrameReader,
+        batch: list[CID],
+        job: _FetchJob,
+        provider: str,
+        send: trio.MemorySendChannel[_ReadBatch],
+    ) -> None:
+        """Read the answer to `batch`, handing the blocks (as pieces) to the store tasks every
+        _STORE_GROUP_BLOCKS, so hashing starts before the whole answer is in; refused CIDs
+        leave `batch`."""
+        group: list[_ReadBlock] = []
         for cid in list(batch):
             status = (await reader.read_exactly(1))[0]
             if status == STATUS_DONT_HAVE:
@@ -533,8 +544,12 @@ class BlockExchange:
             if length > self.config.max_block_bytes:
                 self.peers.offence(provider, Offence.OVERSIZED, "blocks-oversized")
                 raise _BadProvider
-            received.append((cid, await reader.read_parts(length)))
-        return received
+            group.append((cid, await reader.read_parts(length)))
+            if len(group) >= _STORE_GROUP_BLOCKS:
+                await send.send((batch, group))
+                group = []
+        if group:
+            await send.send((batch, group))
 
     async def _store_answers(
         self,
@@ -559,12 +574,13 @@ class BlockExchange:
                 if bad:
                     self.peers.offence(provider, Offence.BAD_BLOCK, "blocks-bad-block")
                     raise _BadProvider
-                _remove_by_identity(storing, batch)
+                if not batch:
+                    _remove_by_identity(storing, batch)
 
 
-# One block as read off a stream (CID, pieces) and one answer's worth of them with its batch.
+# One block as read off a stream (CID, pieces), and a group of them with the batch they answer.
 _ReadBlock = tuple[CID, list[bytes | memoryview]]
-_ReadBatch = tuple[list[CID], list[_ReadBlock]]
+_ReadBatch = tuple[list[CID], list[_ReadBlock]]  # (the batch, a group of its blocks)
 
 
 def _remove_by_identity(batches: deque[list[CID]], batch: list[CID]) -> None:
