@@ -101,22 +101,26 @@ def test_equivocation_is_slashed_on_chain_and_the_reporter_paid(tmp_path):
     rob = summary["robustness"]
     (cheat,) = rob["attackers"]["equivocators"]
     assert summary["rounds_committed"] == 2
-    # Round 2's snapshot no longer lists it (stake 0), so it sits the round out.
-    assert rob["equivocated_rounds"] == [1]
-    # Proven on-chain in the round it cheated, before the next round's commit ...
-    assert [p["round"] for p in rob["equivocation_proofs"]] == [1]
+    # It cheats in round 1. Round 2 draws from the registry at round 1's commit: if the
+    # slash landed before it, the ejected node sits round 2 out; if after (a loaded
+    # machine), it is still registered, cheats again and is slashed again. Either way
+    # every offence is proven on-chain before the next round's commit ...
+    assert rob["equivocated_rounds"] in ([1], [1, 2])
+    assert sorted(p["round"] for p in rob["equivocation_proofs"]) == rob["equivocated_rounds"]
     assert all(p["node"] == cheat and p["kind"] == 1 for p in rob["equivocation_proofs"])
     assert rob["equivocation_slashed_late"] == [] and rob["equivocation_unslashed_rounds"] == []
-    # ... which ejects and bans it: half the stake burnt, the rest unbonding, stake 0.
+    # ... and the first slash ejects and bans it: stake 0, what survives unbonding.
     stake = rob["attacker_stakes"][str(cheat)]
     assert (stake["after_wei"], stake["banned"]) == (0, True)
-    assert stake["unbonding_wei"] == stake["before_wei"] - stake["before_wei"] // 2
-    (s,) = rob["slashes"]
-    assert s["node"] == cheat and s["reporter"] != cheat and s["reporter_reward_wei"] == s["amount_wei"] // 5
-    assert summary["counters"]["evidence-submitted"] == 1
+    slashed = sum(s["amount_wei"] for s in rob["slashes"])
+    assert stake["unbonding_wei"] == stake["before_wei"] - slashed > 0
+    assert len(rob["slashes"]) == len(rob["equivocation_proofs"])
+    for s in rob["slashes"]:
+        assert s["node"] == cheat and s["reporter"] != cheat and s["reporter_reward_wei"] == s["amount_wei"] // 5
+    assert summary["counters"]["evidence-submitted"] == len(rob["equivocation_proofs"])
+    assert cheat not in rob["rounds"][1]["included"] and rob["violations"] == []
     # Every node rebuilt the committed reward tree (proposals are keyed by their root too).
     assert "reward-root-mismatch" not in summary["counters"]
-    assert cheat not in rob["rounds"][1]["included"] and rob["violations"] == []
 
 
 def test_leader_killed_after_proposing_the_round_still_commits(tmp_path):
