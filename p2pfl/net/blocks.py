@@ -26,7 +26,7 @@ resumes where it stopped.
 Throughput (sim/bench/transfer.py): per provider, one task keeps requests in flight and reads
 answers off the stream, keeping each block as the pieces it arrived in; another hands the read
 blocks to a worker thread that hashes and writes them (`BlockStore.put_parts`: sha256 and the
-file calls release the GIL), so reading never waits for the disk and no block is joined or
+pack append release the GIL), so reading never waits for the disk and no block is joined or
 copied on the way. The holder copies each block once into a reused buffer and writes it as
 views cut at yamux frame boundaries.
 """
@@ -85,8 +85,8 @@ _STORE_GROUP_BLOCKS = 4
 # while the threads work; more would only hold memory (a group is up to 1 MiB of leaves).
 _STORE_QUEUE_GROUPS = 4
 # Groups stored at once, per provider, each in its own worker thread. Storing is mostly
-# sha256 and the kernel creating files, both outside the GIL: a second thread overlaps one
-# block's file creation with another's hash, and the stores no longer trail the reads.
+# sha256 plus one append to a pack file, both outside the GIL: a second thread hashes while
+# the first writes, so the stores do not trail the reads on a busy machine.
 _STORE_TASKS = 2
 
 
