@@ -485,6 +485,34 @@ async def open_node_host(config: NetConfig, private_key: bytes) -> AsyncIterator
         raise
 
 
+def _drop_tasks_once_stopping(manager: Any) -> None:
+    """Make a py-libp2p service manager's `run_task` a no-op once the service is stopping.
+
+    py-libp2p 0.8.1's pubsub reads its streams in the swarm's connection tasks, not in its own
+    service, and from there spawns `push_msg` (and the like) into its service's task nursery,
+    guarded only by `manager.is_running`. That flag stays True for a scheduling tick or two
+    after the task nursery has closed (`TrioManager.run` sets `_finished` only after its
+    system nursery exits), so a message arriving in that window raised "Nursery is closed to
+    new arrivals" into the swarm and took the host down -- and with it a whole in-process
+    simulation when a fault killed a node. Closing the connections before pubsub stops does
+    not close the window: they may not all close within SHUTDOWN_CLOSE_TIMEOUT_S, and the
+    listener stays open, so peers re-dial a closing node and publish to it.
+
+    Dropping is what the library means by its `is_running` guard: every task spawned this
+    way is fire-and-forget (handle or forward a received message, feed a new peer, retry a
+    subscription announcement), and a service that is cancelled cancels them anyway.
+    """
+    run_task = manager.run_task
+
+    def run_task_unless_stopping(async_fn: Any, *args: Any, **kwargs: Any) -> None:
+        if manager.is_cancelled or manager.is_finished:
+            log.debug("shutdown: not starting %s", getattr(async_fn, "__name__", async_fn))
+            return
+        run_task(async_fn, *args, **kwargs)
+
+    manager.run_task = run_task_unless_stopping  # the instance attribute shadows the method
+
+
 def _leaves(exc: BaseException) -> Iterator[BaseException]:
     if isinstance(exc, BaseExceptionGroup):
         for inner in exc.exceptions:
@@ -502,6 +530,7 @@ async def _run_host(
     config = net.config
     async with host.run([multiaddr.Multiaddr(config.listen)]):
         async with background_trio_service(pubsub), background_trio_service(router):
+            _drop_tasks_once_stopping(pubsub.manager)
             await pubsub.wait_until_ready()
             async with trio.open_nursery() as nursery:
                 net._nursery = nursery
