@@ -3,13 +3,16 @@
 Real libp2p hosts, the embedded chain and torch training; 6 nodes on sklearn digits."""
 
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import trio
 
 from p2pfl.errors import ConfigError
+from p2pfl.net import NetConfig, ValidationResult
 from sim.attacks import alie, alie_z_max, craft_round, make_plan
-from sim.faults import FaultSpec, kill_set
+from sim.faults import FaultLog, FaultSpec, Killer, hold_host, kill_set
 from sim.run import run_scenario
 from sim.scenario import load_scenario
 
@@ -76,6 +79,100 @@ def test_poisoned_updates_are_what_the_literature_describes():
     stack = np.stack([honest[i]["w"].astype(np.float64) for i in plan.poisoners])
     assert np.allclose(d[plan.poisoners[0]]["w"], stack.mean(0) - z * stack.std(0), atol=1e-6)
     assert alie([honest[0]], z)["w"].dtype == np.float32
+
+
+# ------------------------------------------------------------------ the kill path, real hosts
+
+
+async def test_killing_nodes_with_gossip_in_flight_never_crashes_the_run(tmp_path):
+    """`Killer.kill` against real hosts (one nursery, as in sim/run.py) while every host floods
+    a topic, survivors keep re-dialling the dead, and the victims' pubsub keeps being handed
+    received messages at every scheduling step -- as py-libp2p's stream readers do, from the
+    swarm's tasks, guarded only by `manager.is_running`. That flag stays True a tick or two
+    after pubsub's task nursery closed; a message in that window raised "Nursery is closed to
+    new arrivals" and took the whole simulation down (1 run in 3 of attack_stack with
+    kill_fraction=0.3). The reader below hits the window on every close."""
+    from tests.net.conftest import key
+
+    count, victims = 4, (0, 2)
+    stops = [trio.Event() for _ in range(count)]
+    killer = Killer(stops, FaultLog.empty())
+    killer.nodes = [SimpleNamespace(machine=SimpleNamespace(round=1), finished=trio.Event()) for _ in range(count)]
+    received = [0] * count
+
+    class _Forever:
+        async def run(self, stop_after_round):
+            await trio.sleep_forever()
+
+    with trio.fail_after(60):
+        async with trio.open_nursery() as hosts:
+            nets = []
+            for i in range(count):
+                cfg = NetConfig(data_dir=tmp_path / f"n{i}", listen="/ip4/127.0.0.1/tcp/0", mdns=False, dht=False,
+                                bootstrap=tuple(n.listen_addrs[0] for n in nets), sync_interval_s=0.2)
+                nets.append(await hosts.start(hold_host, cfg, key(i), stops[i]))
+            channels = [await n.join("t", lambda topic, data, peer: ValidationResult.accept()) for n in nets]
+            async with trio.open_nursery() as traffic:
+
+                async def flood(i):
+                    for k in range(10**9):
+                        try:
+                            await nets[i].publish("t", b"%d-%d" % (i, k) * 40)
+                        except Exception:
+                            pass  # our own host is closing
+                        await trio.sleep(0)
+
+                async def drain(i):
+                    async for _ in channels[i]:
+                        received[i] += 1
+
+                async def redial(i):
+                    while True:
+                        for v in victims:
+                            with trio.move_on_after(1):
+                                try:
+                                    await nets[i].connect(nets[v].listen_addrs[0], timeout_s=1)
+                                except Exception:
+                                    pass
+                        await trio.sleep(0.01)
+
+                async def reader(v):
+                    manager, busy = nets[v].pubsub.manager, [False]
+
+                    async def handle():
+                        try:
+                            await trio.lowlevel.checkpoint()
+                        finally:
+                            busy[0] = False
+
+                    while not manager.is_finished:
+                        if manager.is_running and not busy[0]:
+                            busy[0] = True
+                            manager.run_task(handle)
+                        await trio.lowlevel.checkpoint()
+
+                for i in range(count):
+                    traffic.start_soon(flood, i)
+                    traffic.start_soon(drain, i)
+                    traffic.start_soon(killer.run_node, i, _Forever(), 1)
+                    if i not in victims:
+                        traffic.start_soon(redial, i)
+                for v in victims:
+                    hosts.start_soon(reader, v)  # in the hosts' nursery, like the swarm's readers
+                await trio.sleep(1.0)
+                for v in victims:
+                    killer.kill(v)
+                await trio.sleep(1.5)  # the victims' hosts close while the traffic goes on
+                before = list(received)
+                await trio.sleep(1.0)
+                traffic.cancel_scope.cancel()
+            assert all(nets[v].pubsub.manager.is_finished for v in victims)
+            assert sorted(killer.log.killed) == list(victims)
+            assert all(killer.nodes[v].finished.is_set() for v in victims)
+            # The survivors still gossip with each other after the kill.
+            assert all(received[i] > before[i] for i in range(count) if i not in victims)
+            for stop in stops:
+                stop.set()
 
 
 # ------------------------------------------------------------------ full simulations
