@@ -10,7 +10,8 @@ One writer per pack: a process appends only to a pack it holds an exclusive `flo
 thread lock, so the store threads of one fetch share it and other processes never append to it.
 A kill can leave only a torn last record in a pack; whoever next opens the store and can lock
 that pack truncates the tail away (counted in `recovery`). A pack locked by a live process is
-read up to its last whole record and truncated by nobody. Records are not hashed at open: `get`
+read up to its last whole record and truncated by nobody. A header no writer wrote (bit rot, a
+power cut without fsync) ends the scan of that pack without truncating anything. Records are not hashed at open: `get`
 verifies by default, and a record that does not hash to its CID is dropped from the index (the
 next fetch appends a good copy), so a corrupt pack never serves a wrong block to a verifying
 reader.
@@ -81,6 +82,7 @@ class Recovery:
 
     truncated_packs: int = 0
     truncated_bytes: int = 0
+    damaged_packs: int = 0  # packs with a record header no writer wrote (read up to it only)
     corrupt_records: int = 0  # records that did not hash to their CID on read (dropped)
 
 
@@ -90,6 +92,7 @@ class _Pack:
     fd: int  # O_RDWR when we own it, else O_RDONLY
     owned: bool  # we hold its flock and may append / truncate
     scanned: int  # bytes indexed so far (its size, for an owned pack)
+    damaged: bool = False  # holds a header no writer wrote: not scanned past, not appended to
 
 
 class BlockStore:
@@ -179,28 +182,44 @@ class BlockStore:
         return pack
 
     def _scan(self, pack: _Pack) -> None:
-        """Index whole records of `pack` from `pack.scanned` on; truncate a bad tail if owned."""
+        """Index whole records of `pack` from `pack.scanned` on.
+
+        A torn last record (a killed writer's) is truncated away if we own the pack. A header
+        no writer wrote (bit rot, a crash without fsync) stops the scan for good: the records
+        before it are served, the bytes after it are left alone (never truncated: they may
+        hold whole blocks) and the pack takes no more appends.
+        """
+        if pack.damaged:
+            return
         size = os.fstat(pack.fd).st_size
         pos = pack.scanned
+        torn = False
         while pos < size:
-            head = os.pread(pack.fd, _HEADER_READ, pos)
-            parsed = _parse_header(head)
-            if parsed is None:
+            parsed = _parse_header(os.pread(pack.fd, _HEADER_READ, pos))
+            if parsed == _SHORT:
+                torn = True
+                break
+            if isinstance(parsed, str):
+                pack.damaged = True
+                self.recovery.damaged_packs += 1
+                log.warning("block pack %s: no valid record at offset %d of %d; records after it "
+                            "are not indexed and the pack takes no more appends", pack.name, pos, size)
                 break
             cid, header_len, length = parsed
             if pos + header_len + length > size:
-                break  # torn (or, in a live writer's pack, still being written)
+                torn = True  # (or, in a live writer's pack, still being written)
+                break
             self._add(cid, _Where(pack.name, pos + header_len, length))
             pos += header_len + length
         pack.scanned = pos
-        if pos < size and pack.owned:
+        if torn and pack.owned:
             # Only a killed writer leaves a partial record: cut it so appends follow whole ones.
             os.ftruncate(pack.fd, pos)
             self.recovery.truncated_packs += 1
             self.recovery.truncated_bytes += size - pos
             log.warning("block pack %s: cut %d bytes of a torn last record (a killed writer)",
                         pack.name, size - pos)
-        if pack.owned and self._active is None and pos < self.rotate_bytes:
+        if pack.owned and not pack.damaged and self._active is None and pos < self.rotate_bytes:
             self._active = pack  # reuse the room left in a pack nobody is writing
         elif pack.owned and pack is not self._active:
             fcntl.flock(pack.fd, fcntl.LOCK_UN)  # read-only for us; another process may append
@@ -446,17 +465,17 @@ def _varint(value: int) -> bytes:
     return bytes(out)
 
 
-def _read_varint(buf: bytes, pos: int) -> tuple[int, int] | None:
-    """A varint of at most 4 bytes (enough for 2 MiB) at buf[pos:]; None if malformed/short."""
+def _read_varint(buf: bytes, pos: int) -> tuple[int, int] | str:
+    """A varint of at most 4 bytes (enough for 2 MiB) at buf[pos:], or _SHORT / _BAD."""
     value = 0
     for i in range(4):
         if pos + i >= len(buf):
-            return None
+            return _SHORT
         byte = buf[pos + i]
         value |= (byte & 0x7F) << (7 * i)
         if not byte & 0x80:
             return value, pos + i + 1
-    return None
+    return _BAD
 
 
 def _header(cid: CID, size: int) -> bytes:
@@ -464,26 +483,37 @@ def _header(cid: CID, size: int) -> bytes:
     return _varint(len(raw)) + raw + _varint(size)
 
 
-def _parse_header(head: bytes) -> tuple[CID, int, int] | None:
-    """(cid, header length, data length) of the record starting `head`; None if it is no
-    whole, valid header (a torn tail, or garbage)."""
+# Why a record header could not be read: it ends at the end of the pack (the start of a record
+# whose writer was killed, or is still writing), or it is no header a writer ever wrote.
+_SHORT = "short"
+_BAD = "bad"
+
+
+def _parse_header(head: bytes) -> tuple[CID, int, int] | str:
+    """(cid, header length, data length) of the record starting `head`, or _SHORT / _BAD.
+
+    `head` is what a read from the record's start returned: shorter than a header only at the
+    pack's end. Every prefix of a valid header is _SHORT, never _BAD.
+    """
     got = _read_varint(head, 0)
-    if got is None:
-        return None
+    if isinstance(got, str):
+        return got
     cid_len, pos = got
-    if cid_len == 0 or cid_len > _CID_MAX_BYTES or pos + cid_len > len(head):
-        return None
+    if cid_len == 0 or cid_len > _CID_MAX_BYTES:
+        return _BAD
+    if pos + cid_len > len(head):
+        return _SHORT
     try:
         cid = CID.parse(head[pos : pos + cid_len])
     except InvalidMessage:
-        return None
+        return _BAD
     pos += cid_len
     got = _read_varint(head, pos)
-    if got is None:
-        return None
+    if isinstance(got, str):
+        return got
     length, pos = got
     if length > MAX_BLOCK_SIZE:
-        return None
+        return _BAD
     return cid, pos, length
 
 

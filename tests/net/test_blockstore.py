@@ -68,16 +68,40 @@ def test_a_torn_tail_left_by_a_kill_is_truncated_and_counted(tmp_path: Path) -> 
     assert third.get(raw_cid(torn)) == torn and third.recovery.truncated_bytes == 0
 
 
-def test_garbage_after_the_last_record_is_truncated(tmp_path: Path) -> None:
+def test_a_header_no_writer_wrote_ends_the_scan_without_truncating(tmp_path: Path) -> None:
     store = BlockStore(tmp_path)
     store.put(raw_cid(b"a"), b"a")
+    store.put(raw_cid(b"b"), b"b")
     store.close()
     (pack,) = _packs(tmp_path)
-    with pack.open("ab") as f:
-        f.write(b"\xff\xff\xff\xff\xff not a record")
+    data = bytearray(pack.read_bytes())
+    first = 1 + 36 + 1 + 1
+    data[first] = 0  # the second record's CID length: no writer writes 0
+    pack.write_bytes(bytes(data))
     again = BlockStore(tmp_path)
-    assert again.recovery.truncated_bytes == 5 + len(b" not a record")
     assert list(again) == [raw_cid(b"a")]
+    assert again.recovery.damaged_packs == 1 and again.recovery.truncated_bytes == 0
+    assert pack.read_bytes() == bytes(data)  # the bytes after it are kept
+    again.put(raw_cid(b"c"), b"c")
+    assert len(_packs(tmp_path)) == 2  # appends go to a new pack
+    again.close()
+    assert set(BlockStore(tmp_path)) == {raw_cid(b"a"), raw_cid(b"c")}
+
+
+def test_every_prefix_of_a_record_reads_as_torn_never_as_damage(tmp_path: Path) -> None:
+    store = BlockStore(tmp_path)
+    store.put(raw_cid(b"kept"), b"kept")
+    store.close()
+    (pack,) = _packs(tmp_path)
+    whole = pack.read_bytes()
+    record = bytes([36]) + raw_cid(_block(9)).to_bytes() + bytes([0xA0, 0x9C, 0x01]) + _block(9)
+    for cut in [*range(1, 45), 1000, len(record) - 1]:
+        pack.write_bytes(whole + record[:cut])
+        again = BlockStore(tmp_path)
+        assert (again.recovery.truncated_bytes, again.recovery.damaged_packs) == (cut, 0), cut
+        assert list(again) == [raw_cid(b"kept")]
+        again.close()
+        assert pack.read_bytes() == whole
 
 
 def test_a_store_killed_while_writing_keeps_every_block_it_reported(tmp_path: Path) -> None:
@@ -262,3 +286,11 @@ def test_a_corrupt_or_oversized_old_layout_file_is_deleted(tmp_path: Path) -> No
         store.get(raw_cid(b"w" * 10), verify=False)
     assert not bad.exists() and not big.exists()
     assert not store.has(raw_cid(b"y" * 100)) and not store.has(raw_cid(b"w" * 10))
+
+
+def test_an_fsync_store_writes_the_same_packs(tmp_path: Path) -> None:
+    store = BlockStore(tmp_path, fsync=True)
+    data = os.urandom(2 * CHUNK_SIZE)
+    root = store.put_blob(data)
+    store.close()
+    assert BlockStore(tmp_path).read_blob(root) == data
