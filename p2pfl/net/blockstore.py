@@ -108,7 +108,8 @@ class BlockStore:
         """Open (creating if needed) a store at `root` and index its packs.
 
         `fsync=True` also survives power loss at the cost of one disk flush per block; a
-        killed process never loses a stored block either way.
+        killed process never loses a stored block either way. `rotate_bytes` bounds a pack's
+        size (tests use small ones).
         """
         self.root = Path(root)
         self.packs_dir = self.root / PACKS_DIR
