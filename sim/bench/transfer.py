@@ -5,7 +5,7 @@ Three ways to move the same bytes from a serving process to this one, measured i
 - `transfer-raw-stream`: one libp2p stream (TCP + Noise + yamux), the server writes 50 MiB and
   the client reads it — no verification, no disk. The ceiling for anything built on streams.
 - `transfer-node-path`: `NodeNet.fetch_blob` — the `/p2pfl/blocks/1.0.0` protocol, DAG walk,
-  sha256 of every block, one file per block written to the store.
+  sha256 of every block, every block appended to the store's pack file before it is used.
 - `transfer-bitswap`: py-libp2p's Bitswap 1.2 session fetching the same DAG into the store.
 
 Also `transfer-raw-stream-untuned`: the raw stream with py-libp2p's yamux as shipped (both
