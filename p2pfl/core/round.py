@@ -240,6 +240,9 @@ class _Attempt:
     committee: tuple[bytes, ...]
     start: float
     collect_deadline: float
+    # Drawn too small only by this node's liveness guess (not by the draw's size, which
+    # everyone computes alike): the early re-draw is local, the schedule is not.
+    presumed_dead: bool = False
     view: int = 0
     view_deadline: float = math.inf
     proposal: Proposal | None = None  # first valid proposal of the current view
@@ -464,13 +467,29 @@ class RoundMachine:
         return self._committees[attempt]
 
     def _next_attempt_at(self) -> float:
-        """A too-small draw is known to everyone at once and has nothing to wait for, so
-        it is re-drawn after the short `small_redraw_delay_s`; an attempt that stalls
-        (no certificate) gets the full `redraw_timeout_s` from its own start."""
+        """When this node draws the next attempt.
+
+        A draw presumed dead by this node's own liveness guess is left after the short
+        `small_redraw_delay_s` from when the node entered it. Every other attempt ends on
+        the round's common schedule (`_scheduled_start`), which depends on nothing local:
+        otherwise a node that skipped attempts early would stay that many attempts ahead of
+        one that did not, for good (attempts advance at the same pace everywhere, and only
+        the next attempt's messages are kept), and a committee split across attempts never
+        certifies. With the schedule they meet again at the end of the skipper's attempt."""
         a = self._attempt
-        if self.phase == Phase.REDRAWING:
+        if self.phase == Phase.REDRAWING and a.presumed_dead:
             return a.start + self.config.small_redraw_delay_s
-        return a.start + self.config.redraw_timeout_s
+        return self._scheduled_start(a.number + 1)
+
+    def _scheduled_start(self, attempt: int) -> float:
+        """Start of `attempt` on the round's common schedule: from the round start, each
+        earlier attempt lasts `small_redraw_delay_s` if its draw is below quorum (the same
+        for everyone), else `redraw_timeout_s` (a stalled attempt)."""
+        start = self._round_start
+        for number in range(attempt):
+            small = len(self._committee_of(number)) < self.config.quorum
+            start += self.config.small_redraw_delay_s if small else self.config.redraw_timeout_s
+        return start
 
     def _max_view(self) -> int:
         """Highest view a vote (or a follower's proposal) may name now.
@@ -510,6 +529,7 @@ class RoundMachine:
             self._goto(Trigger.DRAW_SMALL)
         elif self._presumed_dead_draw(attempt, committee):
             self.counters["redraws:presumed-dead"] += 1
+            self._attempt.presumed_dead = True
             self._goto(Trigger.DRAW_SMALL)
         elif self.address in committee:
             self._goto(Trigger.DRAW_MEMBER)

@@ -255,3 +255,76 @@ def test_first_round_skips_nothing():
     start(m, 1)
     assert m.attempt == 0 and m.phase == Phase.COLLECTING
     assert m.counters["redraws:presumed-dead"] == 0
+
+
+# --- nodes that disagree about who is alive ----------------------------------------------------
+
+# Five registered nodes and k = 6: every node is in every draw, q = 4. Three of them ("fast")
+# moved on to round 2 before the other two's round-1 updates arrived, so they presume those
+# two dead; the two ("slow") heard everyone. This is the equivocation test of
+# tests/sim/test_robustness.py on a loaded machine (the ejected equivocator leaves 5 nodes).
+FIVE = {a: 100 for a in ADDRS[:5]}
+FAST, SLOW = ADDRS[:3], ADDRS[3:5]
+
+
+def five_config(**kw) -> RoundConfig:
+    return RoundConfig(task=TASK, committee_size=6, rule=RULE, collect_deadline_s=20.0, view_timeout_s=8.0,
+                       redraw_timeout_s=44.0, commit_fallback_delay_s=4.0, **kw)
+
+
+def after_round_one(address: bytes, heard: list[bytes], **kw) -> RoundMachine:
+    m = RoundMachine(five_config(**kw), KEY_OF[address], DOMAIN)
+    m.handle(RoundStarted(1, GENESIS, FIVE, 0.0))
+    for author in heard:
+        if author != address:
+            feed(m, author, 1, GENESIS)
+    m.handle(ChainCommitted(1, 0, 0, GENESIS, BASES[2], bytes(32)))
+    return m
+
+
+def round_two_with_split_guesses(**kw) -> Sim:
+    sim = Sim(five_config(**kw), stakes=dict(FIVE), rounds=2)
+    for a in FIVE:
+        sim.machines[a] = after_round_one(a, FAST if a in FAST else list(FIVE), **kw)
+        sim.push(100.0, a, RoundStarted(2, BASES[2], FIVE, 100.0))
+    sim.now, sim.chain[1] = 100.0, ChainCommitted(1, 0, 0, GENESIS, BASES[2], bytes(32))
+    sim.run(until=2000.0)
+    return sim
+
+
+def test_nodes_that_skipped_presumed_dead_draws_meet_the_others_again():
+    """The fast nodes re-draw attempts 0 and 1 early (presumed dead) and sit in attempt 2
+    while the slow ones run attempt 0: each attempt's messages reach only its own 3 or 2
+    members. Attempts used to end `redraw_timeout_s` after each node's own start, so the
+    fast nodes stayed two attempts ahead for ever and the round never committed. On the
+    common schedule they leave attempt 2 when the slow nodes do and commit in attempt 3."""
+    sim = round_two_with_split_guesses()
+    assert all(sim.machines[a].counters["redraws:presumed-dead"] == 2 for a in FAST)
+    assert all(sim.machines[a].counters["redraws:presumed-dead"] == 0 for a in SLOW)
+    assert 2 in sim.chain and sim.chain[2].attempt == 3
+    first_submit = min(t for t, _, c in sim.submissions if c.round == 2)
+    assert 100.0 + 3 * 44.0 <= first_submit < 100.0 + 4 * 44.0
+    assert all(sim.machines[a].round == 2 and sim.machines[a].phase == Phase.ADVANCED for a in FIVE)
+    # Without the liveness guess nobody skips: attempt 0 commits.
+    assert round_two_with_split_guesses(skip_presumed_dead=False).chain[2].attempt == 0
+
+
+def test_attempts_end_on_the_common_schedule():
+    """A node that agrees with everyone keeps the old timing: small draws after
+    `small_redraw_delay_s`, a stalled attempt `redraw_timeout_s` after its start."""
+    q = config().quorum
+    base = find_base(lambda c0, c1: len(c0) >= q and alive(c0) < q and alive(c1) >= q and ME in c1)
+    m = after_round_one_with_dead(base)
+    assert m.phase == Phase.REDRAWING and m.next_deadline() == 200.0 + config().small_redraw_delay_s
+    m.handle(Tick(m.next_deadline()))
+    assert m.attempt == 1 and m.phase == Phase.COLLECTING
+    # Attempt 1 was entered early (attempt 0 presumed dead): it ends where attempt 1 ends
+    # for a node that did not skip, not redraw_timeout_s after this node entered it.
+    timeout = config().redraw_timeout_s
+    m.handle(Tick(205.0 + timeout))
+    assert m.attempt == 1
+    m.handle(Tick(200.0 + 2 * timeout))
+    assert m.attempt == 2
+    m = after_round_one_with_dead(base, skip_presumed_dead=False)
+    m.handle(Tick(200.0 + timeout))
+    assert m.attempt == 1
