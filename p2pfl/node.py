@@ -38,7 +38,7 @@ from p2pfl.core.identity import NodeIdentity
 from p2pfl.core.merkle import RewardTree, round_reward_leaves
 from p2pfl.core.messages import Commit, Proposal, Update, Vote, decode_message
 from p2pfl.core.round import REASON_EQUIVOCATION, REASON_UNAVAILABLE, RoundMachine
-from p2pfl.core.validation import ACCEPT, IGNORE, Verdict, check_gossip
+from p2pfl.core.validation import ACCEPT, Verdict, check_gossip
 from p2pfl.core.tensors import decode_tensors, encode_tensors, flatten, layout_size, tensor_sizes, unflatten
 from p2pfl.errors import AggregationError, ChainError, InvalidMessage, P2PFLError
 from p2pfl.manifest import TaskManifest
@@ -240,12 +240,9 @@ class Node:
         from p2pfl.net.gossip import ValidationResult
 
         verdict = self.validate(data)
-        if verdict.action == ACCEPT:
-            return ValidationResult.accept()
-        self._count(f"gossip-{verdict.action}-{verdict.reason}")
-        if verdict.action == IGNORE:
-            return ValidationResult.ignore(verdict.reason)
-        return ValidationResult.reject(verdict.reason)
+        if verdict.action != ACCEPT:
+            self._count(f"gossip-{verdict.action}-{verdict.reason}")
+        return ValidationResult.of(verdict)
 
     async def _intake(self, channel: Any) -> None:
         async for message in channel:

@@ -167,7 +167,7 @@ def verify_block(cid: CID, block: bytes | memoryview) -> None:
 # --- varints ------------------------------------------------------------------------------
 
 
-def _varint(value: int) -> bytes:
+def encode_varint(value: int) -> bytes:
     """Unsigned LEB128 (protobuf varint), minimal length."""
     out = bytearray()
     while value > 0x7F:
@@ -238,14 +238,14 @@ def _encode_node(
             bytes((_TAG_PBLINK_HASH, len(hash_bytes)))
             + hash_bytes
             + bytes((_TAG_PBLINK_NAME, 0, _TAG_PBLINK_TSIZE))
-            + _varint(link.tsize)
+            + encode_varint(link.tsize)
         )
-        out += bytes((_TAG_PBNODE_LINKS,)) + _varint(len(body)) + body
+        out += bytes((_TAG_PBNODE_LINKS,)) + encode_varint(len(body)) + body
     data = bytearray((_TAG_UNIXFS_TYPE, UNIXFS_TYPE_FILE, _TAG_UNIXFS_FILESIZE))
-    data += _varint(sum(blocksizes))
+    data += encode_varint(sum(blocksizes))
     for size in blocksizes:
-        data += bytes((_TAG_UNIXFS_BLOCKSIZE,)) + _varint(size)
-    out += bytes((_TAG_PBNODE_DATA,)) + _varint(len(data)) + data
+        data += bytes((_TAG_UNIXFS_BLOCKSIZE,)) + encode_varint(size)
+    out += bytes((_TAG_PBNODE_DATA,)) + encode_varint(len(data)) + data
     return bytes(out)
 
 

@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
-from p2pfl.core.cid import CID, MAX_BLOCK_SIZE, assemble, blob_blocks, missing_blocks, verify_block
+from p2pfl.core.cid import CID, MAX_BLOCK_SIZE, assemble, blob_blocks, encode_varint, missing_blocks, verify_block
 from p2pfl.errors import InvalidBlock, InvalidMessage, P2PFLError
 
 log = logging.getLogger(__name__)
@@ -457,15 +457,6 @@ class BlockStore:
 # --- records ----------------------------------------------------------------------------------
 
 
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while value > 0x7F:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
 def _read_varint(buf: bytes, pos: int) -> tuple[int, int] | str:
     """A varint of at most 4 bytes (enough for 2 MiB) at buf[pos:], or _SHORT / _BAD."""
     value = 0
@@ -481,7 +472,7 @@ def _read_varint(buf: bytes, pos: int) -> tuple[int, int] | str:
 
 def _header(cid: CID, size: int) -> bytes:
     raw = cid.to_bytes()
-    return _varint(len(raw)) + raw + _varint(size)
+    return encode_varint(len(raw)) + raw + encode_varint(size)
 
 
 # Why a record header could not be read: it ends at the end of the pack (the start of a record

@@ -41,6 +41,8 @@ from typing import Any
 
 import trio
 
+from p2pfl.core.validation import ACCEPT, IGNORE
+from p2pfl.core.validation import Verdict as CoreVerdict
 from p2pfl.errors import InvalidMessage
 from p2pfl.net.blocks import FrameReader, StreamClosed, peer_of
 from p2pfl.net.config import (
@@ -94,6 +96,15 @@ class ValidationResult:
     @classmethod
     def ignore(cls, reason: str) -> ValidationResult:
         return cls(Verdict.IGNORE, reason)
+
+    @classmethod
+    def of(cls, verdict: CoreVerdict) -> ValidationResult:
+        """The topic verdict of the core's `check_gossip` answer (accept / ignore / reject)."""
+        if verdict.action == ACCEPT:
+            return cls.accept()
+        if verdict.action == IGNORE:
+            return cls.ignore(verdict.reason)
+        return cls.reject(verdict.reason)
 
 
 Validator = Callable[[str, bytes, str], ValidationResult]

@@ -457,7 +457,6 @@ def _content_message_id(msg: Any) -> bytes:
 async def open_node_host(config: NetConfig, private_key: bytes) -> AsyncIterator[NodeNet]:
     """Start the node's network layer; everything stops cleanly when the block exits."""
     from libp2p.custom_types import TProtocol
-    from libp2p.tools.anyio_service import background_trio_service
 
     quiet_libp2p_logs()
     if config.tune_yamux:

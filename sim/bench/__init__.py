@@ -5,6 +5,7 @@ its figures (headline last) and raises `BenchError` only when it could not measu
 """
 
 
+import os
 import subprocess
 import sys
 import tempfile
@@ -60,3 +61,17 @@ class ChildProcess:
         if self.p.poll() is None:
             self.p.kill()
             self.p.wait()
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process has used so far (from /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def rss_mib(pid: int) -> float:
+    """Resident set size of a process, MiB (from /proc)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise BenchError("no VmRSS in /proc")

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import random
 import tempfile
 import time
@@ -33,7 +32,7 @@ from pathlib import Path
 
 import trio
 
-from sim.bench import BenchError, ChildProcess, figure
+from sim.bench import BenchError, ChildProcess, cpu_seconds, figure, rss_mib
 
 NODES = 20
 COMMITTEE = 7
@@ -86,19 +85,15 @@ def _updates(index: int) -> list[bytes]:
 def _validator():  # type: ignore[no-untyped-def]
     """The node's gossip validator (p2pfl.node.Node._validator) for this task and round."""
     from p2pfl.core.signing import Domain
-    from p2pfl.core.validation import ACCEPT, IGNORE, check_gossip
+    from p2pfl.core.validation import check_gossip
     from p2pfl.net import ValidationResult
 
     domain = Domain(chain_id=CHAIN_ID, contract=CONTRACT)
     registered = {_identity(i).address for i in range(NODES)}
 
     def validate(topic: str, data: bytes, peer: str) -> ValidationResult:
-        verdict = check_gossip(data, task=TASK, domain=domain, registered=registered, current_round=ROUND)
-        if verdict.action == ACCEPT:
-            return ValidationResult.accept()
-        if verdict.action == IGNORE:
-            return ValidationResult.ignore(verdict.reason)
-        return ValidationResult.reject(verdict.reason)
+        return ValidationResult.of(
+            check_gossip(data, task=TASK, domain=domain, registered=registered, current_round=ROUND))
 
     return validate
 
@@ -159,18 +154,6 @@ def _done_at(child: ChildProcess) -> float | None:
     return None
 
 
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
-
-
-def _rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise BenchError("no VmRSS in /proc")
-
-
 def _run(tmp: Path) -> tuple[float, float, int, float | None, float, int | None]:
     rng = random.Random(SEED)
     go_file = tmp / "go"
@@ -189,16 +172,16 @@ def _run(tmp: Path) -> tuple[float, float, int, float | None, float, int | None]
         member_ids = sorted(rng.sample(range(NODES), COMMITTEE))  # as sortition would: any 7
         members = [children[i] for i in member_ids]
         idle = children[next(i for i in range(NODES) if i not in member_ids)]
-        cpu0, t0 = _cpu_seconds(idle.p.pid), time.monotonic()
+        cpu0, t0 = cpu_seconds(idle.p.pid), time.monotonic()
         time.sleep(IDLE_WINDOW_S)
-        cpu1, t1 = _cpu_seconds(idle.p.pid), time.monotonic()
-        rss, cpu = _rss_mib(idle.p.pid), 100.0 * (cpu1 - cpu0) / (t1 - t0)
+        cpu1, t1 = cpu_seconds(idle.p.pid), time.monotonic()
+        rss, cpu = rss_mib(idle.p.pid), 100.0 * (cpu1 - cpu0) / (t1 - t0)
 
         go_at = time.time() + GO_LEAD_S
         go_file.with_suffix(".tmp").write_text(repr(go_at))
         go_file.with_suffix(".tmp").rename(go_file)
         time.sleep(max(0.0, go_at - time.time()))
-        cpu_before = sum(_cpu_seconds(c.p.pid) for c in children)
+        cpu_before = sum(cpu_seconds(c.p.pid) for c in children)
         deadline = time.monotonic() + GO_LEAD_S + BURST_TIMEOUT_S
         while time.monotonic() < deadline and any(_done_at(m) is None for m in members):
             for child in children:
@@ -211,7 +194,7 @@ def _run(tmp: Path) -> tuple[float, float, int, float | None, float, int | None]
         if seconds is None:
             for i, m in enumerate(members):
                 print(f"member {i}: {_count(m)}/{TOTAL}", flush=True)
-        cpu_burst = sum(_cpu_seconds(c.p.pid) for c in children) - cpu_before
+        cpu_burst = sum(cpu_seconds(c.p.pid) for c in children) - cpu_before
         via_sync = sum(int(m.wait_for("VIA-SYNC", 5.0)) for m in members) if seconds is not None else None
         return rss, cpu, delivered, seconds, cpu_burst, via_sync
     finally:

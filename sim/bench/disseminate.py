@@ -30,7 +30,7 @@ from pathlib import Path
 
 import trio
 
-from sim.bench import BenchError, ChildProcess, figure
+from sim.bench import BenchError, ChildProcess, cpu_seconds, figure, rss_mib
 
 NODES = 20
 COMMITTEE = 7
@@ -137,18 +137,6 @@ def _Child(*args: str) -> ChildProcess:
     return ChildProcess("sim.bench.disseminate", *args)
 
 
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
-
-
-def _rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise BenchError("no VmRSS in /proc")
-
-
 def _idle(tmp: Path) -> tuple[float, float]:
     first = _Child("idle", "--data", str(tmp / "idle0"), "--seed", "900")
     try:
@@ -157,10 +145,10 @@ def _idle(tmp: Path) -> tuple[float, float]:
         try:
             second.wait_for("ADDR")
             time.sleep(IDLE_WARMUP_S)
-            cpu0, t0 = _cpu_seconds(second.p.pid), time.monotonic()
+            cpu0, t0 = cpu_seconds(second.p.pid), time.monotonic()
             time.sleep(IDLE_WINDOW_S)
-            cpu1, t1 = _cpu_seconds(second.p.pid), time.monotonic()
-            return _rss_mib(second.p.pid), 100.0 * (cpu1 - cpu0) / (t1 - t0)
+            cpu1, t1 = cpu_seconds(second.p.pid), time.monotonic()
+            return rss_mib(second.p.pid), 100.0 * (cpu1 - cpu0) / (t1 - t0)
         finally:
             second.stop()
     finally:

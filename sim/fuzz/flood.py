@@ -102,12 +102,7 @@ class Victim:
         self.counts: dict[str, int] = {}
 
     def validator(self, topic: str, data: bytes, peer: str) -> ValidationResult:
-        verdict = self.validate(data)
-        if verdict.action == "accept":
-            return ValidationResult.accept()
-        if verdict.action == "ignore":
-            return ValidationResult.ignore(verdict.reason)
-        return ValidationResult.reject(verdict.reason)
+        return ValidationResult.of(self.validate(data))
 
     async def intake(self, channel: Any) -> None:
         async for message in channel:

@@ -36,7 +36,7 @@ from p2pfl.core.cid import CID, blob_cid
 from p2pfl.core.identity import NodeIdentity
 from p2pfl.core.messages import Update, decode_message
 from p2pfl.core.signing import Domain
-from p2pfl.core.validation import ACCEPT, IGNORE, check_gossip
+from p2pfl.core.validation import check_gossip
 from p2pfl.net import NetConfig, ValidationResult, open_node_host, topic_name
 
 TASK = b"\x07" * 32
@@ -92,12 +92,8 @@ def node_validator(registered: set[bytes]):  # type: ignore[no-untyped-def]
     """The node's gossip validator (p2pfl.node.Node._validator) for TASK at ROUND."""
 
     def validate(topic: str, data: bytes, peer: str) -> ValidationResult:
-        verdict = check_gossip(data, task=TASK, domain=DOMAIN, registered=registered, current_round=ROUND)
-        if verdict.action == ACCEPT:
-            return ValidationResult.accept()
-        if verdict.action == IGNORE:
-            return ValidationResult.ignore(verdict.reason)
-        return ValidationResult.reject(verdict.reason)
+        return ValidationResult.of(
+            check_gossip(data, task=TASK, domain=DOMAIN, registered=registered, current_round=ROUND))
 
     return validate
 

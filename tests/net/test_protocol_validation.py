@@ -11,7 +11,7 @@ from p2pfl.core.cid import blob_cid
 from p2pfl.core.identity import NodeIdentity
 from p2pfl.core.messages import Update
 from p2pfl.core.signing import Domain
-from p2pfl.core.validation import ACCEPT, IGNORE, check_gossip
+from p2pfl.core.validation import check_gossip
 from p2pfl.net import ValidationResult
 from tests.net.conftest import accept_all, collect, nodes
 
@@ -30,12 +30,8 @@ def update(author: NodeIdentity, round_: int = CURRENT_ROUND, task: bytes = TASK
 
 
 def node_validator(topic: str, data: bytes, peer: str) -> ValidationResult:
-    verdict = check_gossip(data, task=TASK, domain=DOMAIN, registered={HONEST.address}, current_round=CURRENT_ROUND)
-    if verdict.action == ACCEPT:
-        return ValidationResult.accept()
-    if verdict.action == IGNORE:
-        return ValidationResult.ignore(verdict.reason)
-    return ValidationResult.reject(verdict.reason)
+    return ValidationResult.of(
+        check_gossip(data, task=TASK, domain=DOMAIN, registered={HONEST.address}, current_round=CURRENT_ROUND))
 
 
 async def test_protocol_checks_drop_bad_messages_at_the_first_honest_hop(tmp_path: Path) -> None:
