@@ -7,7 +7,7 @@ Modes (all listen on 127.0.0.1 only, mDNS off):
   fetch --root CID [--slow]            fetch from the bootstrap peers, print "PROGRESS n" per
                                        block batch and "DONE <blocks-fetched>", then serve
   gossip --topic T --publish N --expect M  publish N messages, print "GOT M" once M arrived
-  updates --publish N --expect M [--go FILE] [--report FILE] [--attack]
+  updates --publish N --expect M [--go FILE] [--report FILE] [--attack [--attack-go FILE]]
                                        the node's real gossip checks on the updates topic
                                        (p2pfl.core.validation.check_gossip: task, round window,
                                        EIP-712 signature, registered signer); once the go file
@@ -16,8 +16,9 @@ Modes (all listen on 127.0.0.1 only, mDNS off):
                                        then, once the report file exists, "REPORT <json>"
                                        (deliveries, rejections, ignores, connected peers).
                                        --attack: accept everything, also publish one message
-                                       per ATTACKS kind, and after GOT publish the valid ones
-                                       again (a replay) and print "REPLAYED"
+                                       per ATTACKS kind (once the attack-go file exists, if
+                                       given) and print "ATTACKED", and after GOT publish the
+                                       valid ones again (a replay) and print "REPLAYED"
 It prints "ADDR <multiaddr>" first, and lives until killed.
 """
 
@@ -112,8 +113,17 @@ async def updates_mode(net, args: argparse.Namespace) -> None:  # type: ignore[n
     seen: set[bytes] = set()
     async with trio.open_nursery() as nursery:
         if args.attack:
-            for kind in ATTACKS:
-                await net.publish(topic, attack(kind, me))
+
+            async def publish_attacks() -> None:
+                # After --attack-go (if given): a peer that bans us for them must already
+                # hold our valid updates, or the test would measure the ban, not delivery.
+                while args.attack_go and not Path(args.attack_go).exists():
+                    await trio.sleep(0.05)
+                for kind in ATTACKS:
+                    await net.publish(topic, attack(kind, me))
+                say("ATTACKED")
+
+            nursery.start_soon(publish_attacks)
         for data in mine:
             nursery.start_soon(net.publish, topic, data)
         while len(seen) < args.expect:
@@ -213,6 +223,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--expect", type=int, default=0)
     p.add_argument("--go")
     p.add_argument("--attack", action="store_true")
+    p.add_argument("--attack-go", help="with --attack: publish the bad messages once this file exists")
     p.add_argument("--registered", type=int, default=8, help="key seeds 1..N are registered nodes")
     p.add_argument("--report")
     return p.parse_args(argv)
