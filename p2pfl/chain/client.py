@@ -65,7 +65,11 @@ RECEIPT_TIMEOUT_S = 120.0
 PAGE = 200
 # Registry snapshots kept (one per committed round in use); see committee_stakes.
 SNAPSHOT_CACHE_SIZE = 64
-_SNAPSHOT_CACHE: dict[tuple[int, str, int], dict[bytes, int]] = {}
+# Keyed by the snapshot block's *hash*: a block number alone names different states on
+# two chains with the same id and addresses (every fresh eth-tester or anvil devnet), which
+# once handed a second simulation in one process the first one's stakes (a committee the
+# contract refused: NotEligible), and would survive a reorg.
+_SNAPSHOT_CACHE: dict[tuple[int, str, bytes], dict[bytes, int]] = {}
 
 _ERROR_STRING = bytes.fromhex("08c379a0")  # Error(string)
 _PANIC = bytes.fromhex("4e487b71")  # Panic(uint256)
@@ -659,11 +663,12 @@ class ChainClient:
 
         Feed the mapping to `p2pfl.core.sortition.committee_for`: its total equals the
         registry's total at the snapshot block because every node is listed. A past
-        block's stakes never change, so the answer is cached per (chain, registry, block)
-        and shared by every client of this process (a simulation's nodes ask together).
+        block's stakes never change, so the answer is cached per (chain, registry, block
+        hash) and shared by every client of this process (a simulation's nodes ask together).
         """
         block = self.snapshot_block(task)
-        key = (self.deployment.chain_id, self.deployment.registry, block)
+        block_hash = bytes(self._sender.call("block hash", lambda: self.w3.eth.get_block(block)["hash"]))
+        key = (self.deployment.chain_id, self.deployment.registry, block_hash)
         cached = _SNAPSHOT_CACHE.get(key)
         if cached is None:
             _, cached = self.stakes_at(block)

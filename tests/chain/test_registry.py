@@ -6,7 +6,7 @@ import pytest
 
 from p2pfl.chain.client import ChainClient
 from p2pfl.chain.devnet import ETHER, DevNet
-from p2pfl.chain.providers import fund, mine_blocks
+from p2pfl.chain.providers import embedded_web3, fund, mine_blocks
 from p2pfl.errors import ChainError
 
 from .conftest import assert_reverts
@@ -157,3 +157,18 @@ def test_transport_errors_are_retried_then_reported(net: DevNet) -> None:
             sender.retry("test", dead)
     finally:
         sender.backoff_s = old
+
+
+def test_snapshot_stakes_of_two_devnets_with_the_same_ids_do_not_mix() -> None:
+    # Two fresh embedded chains in one process: same chain id, same contract addresses,
+    # same block numbers, different stakes. The process-wide snapshot cache must not hand
+    # the second chain the first one's stakes (it once did, keyed by block number).
+    task, genesis = bytes.fromhex("5a" * 32), bytes.fromhex("22" * 32)
+    answers = []
+    for stake in (2 * ETHER, 3 * ETHER):
+        chain = DevNet.create(embedded_web3(), 3, stakes=[stake] * 3)
+        chain.clients[0].create_task(task, genesis, 3, 0, ETHER // 10, ETHER, redraw_delay_s=60)
+        answers.append(chain.clients[1].committee_stakes(task))
+    (block_a, stakes_a), (block_b, stakes_b) = answers
+    assert block_a == block_b and set(stakes_a) == set(stakes_b)
+    assert set(stakes_a.values()) == {2 * ETHER} and set(stakes_b.values()) == {3 * ETHER}
