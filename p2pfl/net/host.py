@@ -23,10 +23,11 @@ Start-up dials the bootstrap peers; with `require_peers`, no reachable peer is a
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import warnings
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -36,7 +37,7 @@ import trio
 from p2pfl.core.cid import CID
 from p2pfl.errors import ConfigError, P2PFLError
 from p2pfl.net import pubsub_tuning, yamux_tuning
-from p2pfl.net.blocks import STRIPE_PATIENCE_S, BlockExchange, FetchError
+from p2pfl.net.blocks import STRIPE_PATIENCE_S, BlockExchange, FetchError, peer_of
 from p2pfl.net.blockstore import BlockStore
 from p2pfl.net.config import (
     BLOB_FETCH_TIMEOUT_S,
@@ -49,7 +50,7 @@ from p2pfl.net.config import (
     NetConfig,
 )
 from p2pfl.net.gossip import Gossip, GossipMessage, Validator
-from p2pfl.net.limits import Metrics, PeerBook
+from p2pfl.net.limits import Metrics, Offence, PeerBook
 
 log = logging.getLogger(__name__)
 
@@ -469,6 +470,8 @@ async def open_node_host(config: NetConfig, private_key: bytes) -> AsyncIterator
         bitswap.block_store = _BitswapStoreAdapter(net.store)
     host.set_stream_handler(TProtocol(BLOCKS_PROTOCOL), net.blocks.handle_stream)
     host.set_stream_handler(TProtocol(SYNC_PROTOCOL), net.gossip.handle_sync_stream)
+    for protocol in router.get_protocols():
+        host.set_stream_handler(protocol, _guarded_pubsub_handler(net, pubsub))
     # Nested nurseries (ours and py-libp2p's services) would wrap an exception raised by the
     # caller's block in ~10 levels of ExceptionGroup; give the caller its own exception back.
     raised: list[BaseException] = []
@@ -510,6 +513,32 @@ def _drop_tasks_once_stopping(manager: Any) -> None:
         run_task(async_fn, *args, **kwargs)
 
     manager.run_task = run_task_unless_stopping  # the instance attribute shadows the method
+
+
+def _guarded_pubsub_handler(net: NodeNet, pubsub: Any) -> Callable[[Any], Awaitable[None]]:
+    """py-libp2p's pubsub stream handler, with undecodable RPCs contained.
+
+    `Pubsub.stream_handler` catches stream and varint errors but not protobuf's
+    `DecodeError`, so one peer sending bytes that are not an RPC (a hostile peer, or a
+    frame cut by a dropped link) raised out of the connection's task group and took the
+    whole host down (seen in a partition run). Here it costs the peer MALFORMED_FRAME,
+    the stream is reset and the peer dropped from pubsub, as for the other read errors.
+    """
+    from google.protobuf.message import DecodeError
+
+    async def handler(stream: Any) -> None:
+        try:
+            await pubsub.stream_handler(stream)
+        except DecodeError as exc:
+            peer_id = stream.muxed_conn.peer_id
+            log.debug("undecodable pubsub RPC from %s: %s", peer_id, exc)
+            net.peers.offence(peer_of(stream), Offence.MALFORMED_FRAME, "pubsub-undecodable-rpc")
+            with contextlib.suppress(Exception):
+                await stream.reset()
+            with contextlib.suppress(Exception):
+                pubsub._handle_dead_peer(peer_id)
+
+    return handler
 
 
 def _leaves(exc: BaseException) -> Iterator[BaseException]:

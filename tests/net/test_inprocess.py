@@ -175,3 +175,22 @@ async def test_group_fetch_uploads_about_once_and_survives_an_absent_member(tmp_
         # Three present members' stripes once, plus the absent member's stripe once per member.
         assert served < 2 * len(data)
         assert sum(m.metrics().get("blocks-stripe-fallbacks", 0) for m in (m1, m2, m3)) == 3
+
+
+async def test_undecodable_pubsub_rpc_is_counted_and_does_not_crash_the_host(tmp_path: Path) -> None:
+    """Bytes that are not a pubsub RPC on a pubsub stream (py-libp2p raises protobuf's
+    DecodeError for them, which used to escape and kill the host) cost the sender a
+    malformed-frame offence; the receiving host keeps gossiping with everyone."""
+    from libp2p.custom_types import TProtocol
+    from libp2p.utils import encode_varint_prefixed
+
+    async with nodes(tmp_path, 3) as (hub, attacker, friend):
+        channels = [await n.join(TOPIC, accept_all) for n in (hub, attacker, friend)]
+        await trio.sleep(1.0)
+        protocol = TProtocol(next(iter(hub.pubsub.router.get_protocols())))
+        stream = await attacker.host.new_stream(hub.host.get_id(), [protocol])
+        await stream.write(encode_varint_prefixed(b"\xff\xff\xff\xff not a protobuf RPC"))
+        await trio.sleep(1.0)
+        assert hub.metrics()["rejections_by_reason"] == {"pubsub-undecodable-rpc": 1}
+        await friend.publish(TOPIC, b"still alive")
+        assert await collect(channels[0], 1, timeout_s=10) == [b"still alive"]
