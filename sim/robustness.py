@@ -561,7 +561,8 @@ def main(argv: list[str] | None = None) -> int:
             f.write(command.strip() + "\n")
     commands = commands_file.read_text().splitlines() if commands_file.exists() else []
     previous = REPORT_PATH.read_text() if REPORT_PATH.exists() else None
-    REPORT_PATH.write_text(render(Path(args.scenario).read_text(), load("table"), load("stack"), load("protocol"),
+    # The scenario shown is the table's base, whatever --scenario the protocol runs used.
+    REPORT_PATH.write_text(render(BASE_SCENARIO.read_text(), load("table"), load("stack"), load("protocol"),
                                   commands, previous))
     say(str(REPORT_PATH))
     return 0
