@@ -967,7 +967,6 @@ def validation_filter(
     dominate a whole-vector cosine, while the large feature tensors agree; a sign-flipped
     delta points away in the feature tensors too (sim/ROBUSTNESS.md: 63-70% of flipped
     deltas rejected instead of 60%, clean runs unchanged).
-    
     """
     n = len(contributions)
     norms = [math.nan] * n
@@ -1069,7 +1068,7 @@ def _equal_groups(
 def _tie_break(c: Contribution) -> bytes:
     """sha256(peer || float32 bytes of the delta), +0.0 for -0.0: equal deltas hash alike."""
     h = hashlib.sha256(c.peer)
-    h.update(np.add(c.delta, np.float32(0.0)).tobytes())
+    h.update(np.add(c.delta, np.float32(0.0)).astype("<f4", copy=False).tobytes())
     return h.digest()
 
 
