@@ -35,10 +35,8 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from p2pfl.chain.devnet import DEFAULT_GAS_FUNDS, ETHER, DevNet
-from p2pfl.chain.providers import Anvil, free_loopback_port, fund
-from p2pfl.core.cid import CID, blob_cid
-from p2pfl.core.identity import NodeIdentity, peer_id_bytes_from_public
+from p2pfl.chain.devnet import DevNet
+from p2pfl.chain.providers import Anvil, free_loopback_port
 from p2pfl.core.tensors import encode_tensors
 from p2pfl.errors import ConfigError, P2PFLError
 from p2pfl.manifest import TaskManifest
@@ -163,38 +161,6 @@ class Child:
             return None
 
 
-def _cid_text(blob: bytes) -> str:
-    return str(blob_cid(blob))
-
-
-def setup_task(w3: Any, scenario: Scenario, genesis_blob: bytes) -> tuple[DevNet, list[NodeIdentity], TaskManifest]:
-    """Deploy, fund and register every node with its real peer ID, open the task (as sim.run)."""
-    from sim.run import _train_dict
-
-    devnet = DevNet.create(w3, n_nodes=scenario.nodes, seed=scenario.seed, register=False)
-    identities = [NodeIdentity(k) for k in devnet.keys]
-    for ident, client in zip(identities, devnet.clients):
-        fund(w3, ident.checksum_address, scenario.stake)
-        client.register(peer_id_bytes_from_public(ident.compressed_public_key), ident.x25519_public_key, scenario.stake)
-    c = scenario.committee
-    dep = devnet.deployment
-    manifest = TaskManifest(
-        name=scenario.name, model=scenario.model.name, model_kwargs=dict(scenario.model.kwargs),
-        initial_model=_cid_text(genesis_blob), chain_id=dep.chain_id, registry=dep.registry,
-        ledger=dep.ledger, train=_train_dict(scenario), aggregation=dict(scenario.aggregation),
-        committee_size=c.size, collect_deadline_s=c.collect_deadline_s,
-        collect_quorum_percent=round(c.quorum_fraction * 100), view_timeout_s=c.view_timeout_s,
-        commit_fallback_delay_s=min(5.0, c.view_timeout_s / 2),
-        redraw_timeout_s=c.collect_deadline_s + 3 * c.view_timeout_s, reward_per_round_wei=ETHER // 100,
-        seed=scenario.seed,
-    )
-    fund(w3, devnet.admin.account.address, scenario.rounds * manifest.reward_per_round_wei + DEFAULT_GAS_FUNDS)
-    devnet.admin.create_task(manifest.task_id, CID.parse(manifest.initial_model).digest,
-                             c.size, 0, manifest.reward_per_round_wei, scenario.rounds * manifest.reward_per_round_wei,
-                             redraw_delay_s=0)
-    return devnet, identities, manifest
-
-
 def run_processes(
     scenario: Scenario,
     runs_root: str | Path = "runs",
@@ -203,7 +169,7 @@ def run_processes(
 ) -> Path:
     """Run one scenario with every node in its own process on anvil; returns the run folder."""
     from p2pfl.train.models import init_weights
-    from sim.run import load_data, print_summary, reference_curve, summarise
+    from sim.run import load_data, print_summary, reference_curve, setup_task, summarise
 
     fault_spec = FaultSpec.from_dict(scenario.faults)
     if scenario.attacks or fault_spec.active:

@@ -23,7 +23,7 @@ import trio
 
 from p2pfl.chain.devnet import DEFAULT_GAS_FUNDS, ETHER, DevNet
 from p2pfl.chain.providers import embedded_web3, fund
-from p2pfl.core.cid import CID
+from p2pfl.core.cid import CID, blob_cid
 from p2pfl.core.identity import NodeIdentity, peer_id_bytes_from_public
 from p2pfl.core.tensors import encode_tensors
 from p2pfl.errors import ConfigError
@@ -108,27 +108,8 @@ async def _run(scenario: Scenario, runs_root: Path, quiet: bool) -> Path:
     # Chain: embedded eth-tester, contracts deployed, every node funded and registered
     # with its real peer ID (the same key drives its libp2p host).
     w3 = embedded_web3()
-    devnet = DevNet.create(w3, n_nodes=scenario.nodes, seed=scenario.seed, register=False)
-    identities = [NodeIdentity(k) for k in devnet.keys]
-    for ident, client in zip(identities, devnet.clients):
-        fund(w3, ident.checksum_address, scenario.stake)
-        client.register(peer_id_bytes_from_public(ident.compressed_public_key), ident.x25519_public_key, scenario.stake)
-    c = scenario.committee
+    devnet, identities, manifest = setup_task(w3, scenario, genesis_blob)
     dep = devnet.deployment
-    manifest = TaskManifest(
-        name=scenario.name, model=scenario.model.name, model_kwargs=dict(scenario.model.kwargs),
-        initial_model=str(CID.parse(_cid_of(genesis_blob))), chain_id=dep.chain_id, registry=dep.registry,
-        ledger=dep.ledger, train=_train_dict(scenario), aggregation=dict(scenario.aggregation),
-        committee_size=c.size, collect_deadline_s=c.collect_deadline_s,
-        collect_quorum_percent=round(c.quorum_fraction * 100), view_timeout_s=c.view_timeout_s,
-        commit_fallback_delay_s=min(5.0, c.view_timeout_s / 2),
-        redraw_timeout_s=c.collect_deadline_s + 3 * c.view_timeout_s, reward_per_round_wei=ETHER // 100,
-        seed=scenario.seed,
-    )
-    fund(w3, devnet.admin.account.address, scenario.rounds * manifest.reward_per_round_wei + DEFAULT_GAS_FUNDS)
-    devnet.admin.create_task(manifest.task_id, CID.parse(manifest.initial_model).digest,
-                             c.size, 0, manifest.reward_per_round_wei, scenario.rounds * manifest.reward_per_round_wei,
-                             redraw_delay_s=0)
     say(f"task {manifest.cid} on chain {dep.chain_id}, ledger {dep.ledger}")
 
     writer = RunWriter(run_dir)
@@ -333,10 +314,31 @@ def _pool_trainer(pool: ProcessPoolExecutor, scenario: Scenario, index: int) -> 
     return train
 
 
-def _cid_of(blob: bytes) -> bytes:
-    from p2pfl.core.cid import blob_cid
-
-    return blob_cid(blob).to_bytes()
+def setup_task(w3: Any, scenario: Scenario, genesis_blob: bytes) -> tuple[DevNet, list[NodeIdentity], TaskManifest]:
+    """Deploy, fund and register every node with its real peer ID (the same key drives its
+    libp2p host), then open the scenario's task; in-process and multi-process runs alike."""
+    devnet = DevNet.create(w3, n_nodes=scenario.nodes, seed=scenario.seed, register=False)
+    identities = [NodeIdentity(k) for k in devnet.keys]
+    for ident, client in zip(identities, devnet.clients):
+        fund(w3, ident.checksum_address, scenario.stake)
+        client.register(peer_id_bytes_from_public(ident.compressed_public_key), ident.x25519_public_key, scenario.stake)
+    c = scenario.committee
+    dep = devnet.deployment
+    manifest = TaskManifest(
+        name=scenario.name, model=scenario.model.name, model_kwargs=dict(scenario.model.kwargs),
+        initial_model=str(blob_cid(genesis_blob)), chain_id=dep.chain_id, registry=dep.registry,
+        ledger=dep.ledger, train=_train_dict(scenario), aggregation=dict(scenario.aggregation),
+        committee_size=c.size, collect_deadline_s=c.collect_deadline_s,
+        collect_quorum_percent=round(c.quorum_fraction * 100), view_timeout_s=c.view_timeout_s,
+        commit_fallback_delay_s=min(5.0, c.view_timeout_s / 2),
+        redraw_timeout_s=c.collect_deadline_s + 3 * c.view_timeout_s, reward_per_round_wei=ETHER // 100,
+        seed=scenario.seed,
+    )
+    fund(w3, devnet.admin.account.address, scenario.rounds * manifest.reward_per_round_wei + DEFAULT_GAS_FUNDS)
+    devnet.admin.create_task(manifest.task_id, CID.parse(manifest.initial_model).digest,
+                             c.size, 0, manifest.reward_per_round_wei, scenario.rounds * manifest.reward_per_round_wei,
+                             redraw_delay_s=0)
+    return devnet, identities, manifest
 
 
 def _merged_counters(nodes: list[Node]) -> dict[str, int]:

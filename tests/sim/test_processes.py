@@ -3,20 +3,12 @@ chain, real torch training; and a node killed with SIGKILL mid-run that rejoins 
 chain with its data dir."""
 
 import json
-import os
 
 from p2pfl.core.cid import CID
 from sim.__main__ import main as sim_main
 from sim.processes import RestartFault, run_processes
 from sim.scenario import load_scenario
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+from tests.sim.conftest import alive
 
 
 def _read(run_dir):
@@ -46,7 +38,7 @@ def test_processes_mode_commits_rounds_on_anvil_and_stops_every_process(tmp_path
     pids = summary["pids"]
     assert len(pids["nodes"]) == 4 and all(len(p) == 1 for p in pids["nodes"])
     for pid in [pids["anvil"], *(p for incarnations in pids["nodes"] for p in incarnations)]:
-        assert not _alive(pid), f"process {pid} still running"
+        assert not alive(pid), f"process {pid} still running"
     assert (run_dir / "report.md").stat().st_size > 0
 
 
@@ -73,4 +65,4 @@ def test_node_killed_mid_round_rejoins_from_the_chain(tmp_path):
     assert victim in rounds[-1]["included"], (victim, rounds[-1]["included"])
     for incarnations in summary["pids"]["nodes"]:
         for pid in incarnations:
-            assert not _alive(pid)
+            assert not alive(pid)

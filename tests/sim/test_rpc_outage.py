@@ -4,24 +4,16 @@ it out -- no commit lost, none duplicated, no node dead -- and every process is 
 at the end."""
 
 import json
-import os
 
 import pytest
 
 from p2pfl.errors import ConfigError
 from sim.processes import run_processes
 from sim.scenario import load_scenario
+from tests.sim.conftest import alive
 
 ROUNDS = 3
 OUTAGE_S = 8.0
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def test_nodes_ride_out_an_rpc_outage_without_losing_or_duplicating_a_commit(tmp_path, capsys):
@@ -65,7 +57,7 @@ def test_nodes_ride_out_an_rpc_outage_without_losing_or_duplicating_a_commit(tmp
     # Nothing left behind: both anvil incarnations and every node process are gone.
     pids = summary["pids"]
     for pid in [*pids["anvil_incarnations"], *(p for incarnations in pids["nodes"] for p in incarnations)]:
-        assert not _alive(pid), f"process {pid} still running"
+        assert not alive(pid), f"process {pid} still running"
 
 
 def test_rpc_outage_round_out_of_range_is_refused(tmp_path):
