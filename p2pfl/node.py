@@ -231,6 +231,16 @@ class Node:
             async for event in self._events_recv:
                 self._handle(event)
 
+    def stop(self) -> None:
+        """End `run` now, wherever the node is (it returns normally) and set `finished`.
+
+        For a node that will never finish its rounds on its own, e.g. one every peer has
+        banned, which waits forever for a model nobody will serve it.
+        """
+        self.finished.set()
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
+
     def topic(self, kind: str) -> str:
         from p2pfl.net.config import topic_name
 

@@ -574,3 +574,11 @@ async def run_background(plan: AttackPlan, nodes: Sequence[Any], nets: Sequence[
         while not done():
             await trio.sleep(0.5)
         nursery.cancel_scope.cancel()
+    # The run is over once every honest node is. An attacker node may never finish on its
+    # own: its peers ban a spammer within a second or two, and it then waits forever for
+    # round models nobody will serve it (its fetches end in StreamEOF); the simulation,
+    # which waits for every node, stalled with all rounds committed.
+    for i in plan.attackers:
+        if not nodes[i].finished.is_set():
+            log.info("stopping attacker node %d: the honest nodes are done", i)
+            nodes[i].stop()
