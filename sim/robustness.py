@@ -315,6 +315,8 @@ def run_stack(scenario: Any, out: Path, say: Any, which: str, only: list[str] | 
         sm = res["summary"]
         say(f"{which} {name}: rounds {sm['rounds_committed']}/{sm['rounds_planned']} accuracy {sm['final_accuracy']:.4f} "
             f"wall {time.perf_counter() - started:.0f} s violations {len(sm.get('robustness', {}).get('violations', []))}")
+        # In the campaign's order whatever was re-run, so the tables keep their row order.
+        results = {k: results[k] for k in sorted(results, key=lambda k: list(jobs).index(k) if k in jobs else len(jobs))}
         out.write_text(json.dumps(results, indent=1))
     return results
 
