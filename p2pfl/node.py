@@ -17,10 +17,12 @@ committed model digest), so a node killed at any point rejoins from the chain.
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import math
+import os
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -37,7 +39,7 @@ from p2pfl.core.cid import CHUNK_SIZE, CODEC_DAG_PB, CODEC_RAW, CID, blob_cid, d
 from p2pfl.core.identity import NodeIdentity
 from p2pfl.core.merkle import RewardTree, round_reward_leaves
 from p2pfl.core.messages import Commit, Proposal, Update, Vote, decode_message
-from p2pfl.core.round import REASON_EQUIVOCATION, REASON_UNAVAILABLE, RoundMachine
+from p2pfl.core.round import RoundMachine
 from p2pfl.core.validation import ACCEPT, Verdict, check_gossip
 from p2pfl.core.tensors import decode_tensors, encode_tensors, flatten, layout_size, tensor_sizes, unflatten
 from p2pfl.errors import AggregationError, ChainError, InvalidMessage, P2PFLError
@@ -118,11 +120,6 @@ class RoundLog:
 Trainer = Callable[[dict[str, np.ndarray], Any, int], Awaitable[Any]]
 
 
-# Proposal rejections the leader adds on its own knowledge, outside the aggregate: the
-# reward tree (computed with the aggregate, checked by every verifier) does not list them.
-LEADER_DISCRETION = frozenset({REASON_EQUIVOCATION, REASON_UNAVAILABLE})
-
-
 @dataclass
 class Behaviour:
     """Hooks for simulations of faulty and malicious nodes (all off = honest)."""
@@ -186,6 +183,10 @@ class Node:
         # by one leader and not by another), so the root is part of the key.
         self._proposals: dict[tuple[int, bytes, bytes], Proposal] = {}
         self._round_stakes: dict[int, dict[bytes, int]] = {}  # registry snapshot each round drew from
+        # Committed round -> {author: strike points} (the aggregation's probation history),
+        # from each committed proposal whose reward tree matched the chain; kept on disk so
+        # a restarted node computes the same probation as the others.
+        self._strikes: dict[int, dict[bytes, int]] = load_strikes(self.data_dir / STRIKES_FILE)
         self._models: dict[bytes, dict[str, np.ndarray]] = {}  # CID bytes -> weights (small LRU)
         self._model_blob_size: int | None = None
         self._events_send, self._events_recv = trio.open_memory_channel[Any](math.inf)
@@ -415,9 +416,9 @@ class Node:
             weights[author] = update.n_samples
         seed = round_seed(self.task, event.round, CID.parse(base).digest, event.attempt)
         committee = committee_for(seed, stakes, self.manifest.committee_size)
-        # The root covers the aggregate's own rejections; the leader's discretionary ones
-        # (equivocation, unavailable) are listed in the proposal but not in the tree.
-        rejected = [a for a, why in proposal.rejected if why not in LEADER_DISCRETION]
+        # The tree lists the rejections that are strikes (the update failed a check); the
+        # leader's discretionary ones, duplicates and probation are in the proposal only.
+        rejected = [a for a, why in proposal.rejected if why in agg.STRIKE_REASONS]
         leaves = round_reward_leaves(self.manifest.reward_per_round_wei, weights, committee, rejected)
         tree = RewardTree.build(leaves)
         if tree.root != event.contributors_root:
@@ -427,6 +428,21 @@ class Node:
         folder = self.data_dir / "rewards"
         folder.mkdir(exist_ok=True)
         write_reward_file(folder / f"round-{event.round:06d}.json", self.task, event.round, tree)
+        if self.spec.probation is not None:
+            self._strikes[event.round] = agg.strike_points(proposal.rejected, self.spec.probation)
+            save_strikes(self.data_dir / STRIKES_FILE, self._strikes, keep_from=event.round - self.spec.probation.window)
+
+    def _probation(self, round_: int) -> frozenset[bytes]:
+        """Authors on probation in `round_` (empty without a probation rule)."""
+        rule = self.spec.probation
+        if rule is None:
+            return frozenset()
+        missing = [r for r in range(max(1, round_ - rule.window), round_) if r not in self._strikes]
+        if missing:
+            # Joined late or missed a proposal: our probation may differ from the
+            # committee's, and then we cannot verify (we do not vote) -- never a wrong vote.
+            self._count("probation-history-missing")
+        return rule.on_probation(round_, self._strikes)
 
     # ------------------------------------------------------------------ models and blocks
 
@@ -581,8 +597,9 @@ class Node:
         reward = self.manifest.reward_per_round_wei
         try:
             blobs = [self.net.store.read_blob(CID.parse(u.delta)) for u in request.updates]
+            probation = self._probation(request.round)
             answer, model_blob = await trio.to_thread.run_sync(
-                lambda: compute_aggregate(self.spec, request, base, blobs, reward), limiter=self.cpu
+                lambda: compute_aggregate(self.spec, request, base, blobs, reward, probation), limiter=self.cpu
             )
         except (P2PFLError, OSError) as exc:
             answer, model_blob = ev.AggregateComputed(request.round, request.attempt, request.candidates, error=str(exc) or "failed"), b""
@@ -629,12 +646,15 @@ def compute_aggregate(
     base: dict[str, np.ndarray],
     delta_blobs: Sequence[bytes],
     reward_per_round_wei: int,
+    probation: Collection[bytes] = frozenset(),
 ) -> tuple[ev.AggregateComputed, bytes]:
     """Filter + aggregate exactly `request.updates` on top of `base` (pure CPU work).
 
     The new model is `base + aggregate(deltas)` in float32; its canonical safetensors
-    bytes name it and are returned beside the answer. The reward tree pays contributors by (capped) sample weight and the
-    committee its share; rejected authors get zero-amount REJECTED leaves.
+    bytes name it and are returned beside the answer. The reward tree pays contributors
+    by (capped) sample weight and the committee its share; authors whose update failed a
+    check (a strike, `agg.STRIKE_REASONS`) get zero-amount REJECTED leaves. `probation`:
+    the authors left out for their record (`Node._probation`).
     """
     base_vector, layout = flatten(base)
     size = layout_size(layout)
@@ -644,14 +664,14 @@ def compute_aggregate(
         try:
             vector, delta_layout = flatten(decode_tensors(blob))
         except InvalidMessage:
-            undecodable.append((update.signer, "bad-tensors"))
+            undecodable.append((update.signer, agg.REASON_BAD_TENSORS))
             continue
         if delta_layout != layout:
             undecodable.append((update.signer, agg.REASON_WRONG_SIZE))
             continue
         contributions.append(agg.Contribution(update.signer, update.n_samples, vector))
     try:
-        result = agg.aggregate(spec, contributions, expected_size=size, segments=tensor_sizes(layout))
+        result = agg.aggregate(spec, contributions, expected_size=size, segments=tensor_sizes(layout), probation=probation)
     except AggregationError as exc:
         failed = ev.AggregateComputed(request.round, request.attempt, request.candidates, error=str(exc) or "nothing")
         return failed, b""
@@ -662,13 +682,38 @@ def compute_aggregate(
     included = tuple((a, by_author[a].delta) for a in result.accepted)
     rejected = tuple(sorted(list(result.rejected) + undecodable))
     weights = {a: by_author[a].n_samples for a in result.accepted}
-    leaves = round_reward_leaves(reward_per_round_wei, weights, request.committee, [a for a, _ in rejected])
+    struck = [a for a, why in rejected if why in agg.STRIKE_REASONS]
+    leaves = round_reward_leaves(reward_per_round_wei, weights, request.committee, struck)
     root = RewardTree.build(leaves).root
     answer = ev.AggregateComputed(
         request.round, request.attempt, request.candidates, included=included, rejected=rejected,
         result=cid.to_bytes(), contributors_root=root,
     )
     return answer, blob
+
+
+STRIKES_FILE = "strikes.json"
+
+
+def load_strikes(path: Path) -> dict[int, dict[bytes, int]]:
+    """The probation history saved by `save_strikes` ({} if there is none yet)."""
+    try:
+        doc = json.loads(path.read_text())
+        return {int(r): {bytes.fromhex(a): int(p) for a, p in authors.items()} for r, authors in doc.items()}
+    except FileNotFoundError:
+        return {}
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise P2PFLError(f"probation history {path} unreadable ({exc}); delete it to start afresh") from exc
+
+
+def save_strikes(path: Path, strikes: dict[int, dict[bytes, int]], keep_from: int) -> None:
+    """Write the history atomically, dropping rounds before `keep_from` (out of every window)."""
+    for r in [r for r in strikes if r < keep_from]:
+        del strikes[r]
+    doc = {str(r): {a.hex(): p for a, p in sorted(authors.items())} for r, authors in sorted(strikes.items())}
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(doc))
+    os.replace(tmp, path)
 
 
 def _peer_id_text(raw: bytes) -> str:

@@ -136,6 +136,11 @@ def audit_run(
     unslashed = [r for r in equivocated_rounds if r in commits and not any(p["round"] == r for p in proofs)
                  and any(identities[i].address in registered_in.get(r, set())
                          for i in plan.roles.get("equivocators", ()))]
+    # Probation history (strike points per committed round) as every live node holds it:
+    # it must be one history, or the nodes would disagree on later aggregates.
+    histories = [{r: {index_of.get(a, "0x" + a.hex()): p for a, p in sorted(pts.items())}
+                  for r, pts in sorted(n._strikes.items())}
+                 for i, n in enumerate(nodes) if i not in faults.killed]
     stakes_after = {}
     for i in sorted(set(plan.attackers)):
         addr = identities[i].address
@@ -154,6 +159,8 @@ def audit_run(
         "equivocation_slashed_late": late,
         "equivocation_unslashed_rounds": unslashed,
         "slashes": slashes,
+        "strikes": {str(r): pts for r, pts in histories[0].items()} if histories else {},
+        "strike_histories_agree": all(h == histories[0] for h in histories),
         "attacker_stakes": stakes_after,
         "victim_included_rounds": victim_included if plan.victim is not None else None,
         "attack_log": {"lies": attacks.lies, "withheld": attacks.withheld, "silenced": attacks.silenced,
@@ -206,6 +213,7 @@ def table_run(scenario: Any, pool: ProcessPoolExecutor, test: Any, poison: str, 
     weights = init_weights(scenario.model.name, scenario.model.kwargs, scenario.seed)
     previous: dict[str, np.ndarray] | None = None
     history, rejected_poisoners, rejected_honest = [], 0, 0
+    strikes: dict[int, dict[bytes, int]] = {}  # the probation history the nodes keep
     started = time.perf_counter()
     for r in range(1, scenario.rounds + 1):
         flip = poison == "label_flip"
@@ -218,16 +226,22 @@ def table_run(scenario: Any, pool: ProcessPoolExecutor, test: Any, poison: str, 
         base_vec, layout = flatten(weights)
         contributions = [agg.Contribution(i.to_bytes(20, "big"), max(1, claims[i]), flatten(deltas[i])[0])
                          for i in range(scenario.nodes)]
+        probation = spec.probation.on_probation(r, strikes) if spec.probation else frozenset()
         try:
-            out = agg.aggregate(spec, contributions, expected_size=layout_size(layout), segments=tensor_sizes(layout))
+            out = agg.aggregate(spec, contributions, expected_size=layout_size(layout),
+                                segments=tensor_sizes(layout), probation=probation)
             step = out.delta
+            if spec.probation:
+                strikes[r] = agg.strike_points(out.rejected, spec.probation)
             for peer, _ in out.rejected:
                 if int.from_bytes(peer, "big") in plan.poisoners:
                     rejected_poisoners += 1
                 else:
                     rejected_honest += 1
-        except agg.NothingToAggregate:
+        except agg.NothingToAggregate as exc:
             step = np.zeros_like(base_vec)
+            if spec.probation:
+                strikes[r] = agg.strike_points(exc.rejected, spec.probation)
         new = unflatten(np.add(base_vec, step, dtype=np.float32), layout)
         previous = {k: (new[k] - weights[k]).astype(np.float32) for k in new}
         weights = new

@@ -32,7 +32,7 @@ import itertools
 import math
 import os
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from fractions import Fraction
@@ -100,6 +100,19 @@ REASON_DUPLICATE = "duplicate"
 REASON_NORM = "norm-too-large"
 REASON_COSINE = "low-cosine"
 REASON_KRUM = "krum-not-selected"
+REASON_BAD_TENSORS = "bad-tensors"  # the delta blob does not decode (set by the caller)
+REASON_PROBATION = "probation"  # passed the filter, but its author is on probation
+
+# Strikes (see ProbationSpec). A *sure* offence is one no honest node commits: a free ride
+# or a malformed update. A *statistical* one is a judgement against the crowd, which an
+# honest peer with unusual data can fail now and then. Duplicates are neither: the filter
+# cannot tell an author from its copier, and krum-not-selected rejects honest updates by
+# design.
+SURE_OFFENCES = frozenset(
+    {REASON_WRONG_SIZE, REASON_NON_FINITE, REASON_BAD_SAMPLES, REASON_ZERO, REASON_BAD_TENSORS}
+)
+STATISTICAL_OFFENCES = frozenset({REASON_NORM, REASON_COSINE})
+STRIKE_REASONS = SURE_OFFENCES | STATISTICAL_OFFENCES
 
 
 class NothingToAggregate(AggregationError):
@@ -232,6 +245,66 @@ class FilterSpec:
 
 
 @dataclass(frozen=True)
+class ProbationSpec:
+    """Leave out updates of authors whose recent updates failed the checks.
+
+    window:  how many of the previous rounds count (their committed proposals).
+    strikes: points within the window that put an author on probation. A round where the
+             author's update failed a statistical check (low-cosine, norm-too-large) is 1
+             point; a sure offence (zero-update, malformed) is `strikes` points at once.
+    An author on probation still sends updates and they still go through the filter (so
+    its record clears once the failures leave the window); those that pass are rejected
+    with reason "probation" instead of being aggregated. Why: a sign-flipped update fails
+    the cosine test in most rounds but not all (non-IID honest peers disagree too), and
+    the rounds it slips through cost most of the accuracy; history tells a persistent
+    attacker from an honest peer's occasional miss (spec "Probation").
+    """
+
+    window: int = 10
+    strikes: int = 2
+
+    def __post_init__(self) -> None:
+        for key in ("window", "strikes"):
+            v = getattr(self, key)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ConfigError(f"probation.{key} must be an integer >= 1, got {v!r}")
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ProbationSpec:
+        """Strict parse: unknown keys and bad values raise ConfigError."""
+        _check_keys(d, {"window", "strikes"}, "probation")
+        return cls(**{k: _int(d, k, "probation") for k in ("window", "strikes") if k in d})
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"window": self.window, "strikes": self.strikes}
+
+    @property
+    def name(self) -> str:
+        return f"probation({self.window},{self.strikes})"
+
+    def points(self, reason: str) -> int:
+        """Strike points of one rejection reason."""
+        if reason in SURE_OFFENCES:
+            return self.strikes
+        return 1 if reason in STATISTICAL_OFFENCES else 0
+
+    def on_probation(self, round_: int, history: Mapping[int, Mapping[bytes, int]]) -> frozenset[bytes]:
+        """Authors on probation in `round_`, from `history`: round -> {author: points} of
+        the committed rounds (a round missing from it counts no points)."""
+        total: dict[bytes, int] = {}
+        for r in range(max(1, round_ - self.window), round_):
+            for author, pts in history.get(r, {}).items():
+                total[author] = total.get(author, 0) + pts
+        return frozenset(a for a, pts in total.items() if pts >= self.strikes)
+
+
+def strike_points(rejected: Sequence[tuple[bytes, str]], spec: ProbationSpec) -> dict[bytes, int]:
+    """{author: points} of one round's rejections (authors with no points left out)."""
+    points = {author: spec.points(why) for author, why in rejected}
+    return {a: p for a, p in points.items() if p}
+
+
+@dataclass(frozen=True)
 class RuleSpec:
     """The aggregation pipeline as data: filter -> clip -> rule.
 
@@ -243,6 +316,7 @@ class RuleSpec:
     trim_fraction: trimmed_mean only: drop floor(beta * n) values at each end.
     byzantine_f:   krum/multikrum only: tolerated number of Byzantine inputs.
     multikrum_m:   multikrum only: how many to select (None: n - f).
+    probation:     None, or which authors to leave out for their record (ProbationSpec).
     """
 
     filter: FilterSpec | None = None
@@ -252,10 +326,13 @@ class RuleSpec:
     trim_fraction: float | None = None
     byzantine_f: int | None = None
     multikrum_m: int | None = None
+    probation: ProbationSpec | None = None
 
     def __post_init__(self) -> None:
         if self.filter is not None and not isinstance(self.filter, FilterSpec):
             raise ConfigError("filter must be a FilterSpec or None")
+        if self.probation is not None and not isinstance(self.probation, ProbationSpec):
+            raise ConfigError("probation must be a ProbationSpec or None")
         c = self.clip_norm
         if (
             c is not None
@@ -296,18 +373,21 @@ class RuleSpec:
 
     @classmethod
     def default(cls) -> RuleSpec:
-        """Robust default: filter(3, 0, median) + clip(median) + FedAvg, n_samples capped at 2x.
+        """Robust default: filter(3, 0, median) + clip(median) + FedAvg, n_samples capped at
+        2x, probation(10, 2).
 
         Why (spec "Default pipeline"): the norm bound and clipping neutralise scaling
         and noise, the cosine test rejects sign flips, zero/duplicate checks catch free
         riders, the cap bounds inflated n_samples; averaging keeps honest non-IID
-        information that median/Krum discard.
+        information that median/Krum discard; probation keeps out the attackers' updates
+        in the rounds where they slip through the filter.
         """
         return cls(
             filter=FilterSpec(norm_factor=3.0, min_cosine=0.0, reference="median"),
             clip_norm="median",
             rule="fedavg",
             samples_cap=2.0,
+            probation=ProbationSpec(window=10, strikes=2),
         )
 
     @classmethod
@@ -321,11 +401,14 @@ class RuleSpec:
             "trim_fraction",
             "byzantine_f",
             "multikrum_m",
+            "probation",
         }
         _check_keys(d, allowed, "aggregation")
         kw: dict[str, Any] = {}
         if d.get("filter") is not None:
             kw["filter"] = FilterSpec.from_dict(d["filter"])
+        if d.get("probation") is not None:
+            kw["probation"] = ProbationSpec.from_dict(d["probation"])
         if "clip_norm" in d and d["clip_norm"] is not None:
             kw["clip_norm"] = (
                 "median" if d["clip_norm"] == "median" else _real(d, "clip_norm", "aggregation")
@@ -357,6 +440,8 @@ class RuleSpec:
             d["byzantine_f"] = self.byzantine_f
         if self.rule == "multikrum":
             d["multikrum_m"] = self.multikrum_m
+        if self.probation is not None:
+            d["probation"] = self.probation.to_dict()
         return d
 
     @property
@@ -388,6 +473,8 @@ class RuleSpec:
             if cap:
                 args.append(cap)
             parts.append(f"multikrum({','.join(args)})")
+        if self.probation is not None:
+            parts.append(self.probation.name)
         return "+".join(parts)
 
 
@@ -1085,13 +1172,18 @@ def aggregate(
     *,
     expected_size: int | None = None,
     segments: Sequence[int] | None = None,
+    probation: Collection[bytes] = frozenset(),
 ) -> AggregateResult:
-    """Run the pipeline (sort by peer -> filter -> clip -> rule) over one round's updates.
+    """Run the pipeline (sort by peer -> filter -> probation -> clip -> rule) over one
+    round's updates.
 
     The output bytes depend only on the set of contributions, never on their order.
     Malformed peer input (non-finite values, n_samples <= 0, wrong size when
     `expected_size` is given) is rejected with a reason, not raised. `segments`: the
-    tensor sizes of the flat vectors, for the filter's per-tensor cosine test. Raises
+    tensor sizes of the flat vectors, for the filter's per-tensor cosine test.
+    `probation`: authors whose contributions, if they pass the filter, are rejected with
+    REASON_PROBATION (computed by the caller with `spec.probation.on_probation`; they
+    still take part in the filter, so their record can clear). Raises
     AggregationError for duplicate peers or unequal lengths without
     `expected_size`, and NothingToAggregate when too few contributions survive.
     """
@@ -1108,7 +1200,8 @@ def aggregate(
         )
     fr = validation_filter(cs, spec.filter, expected_size, segments)
     rejected = [(cs[i].peer, r) for i, r in fr.rejected]
-    idx = list(fr.accepted)
+    idx = [i for i in fr.accepted if cs[i].peer not in probation]
+    rejected += [(cs[i].peer, REASON_PROBATION) for i in fr.accepted if cs[i].peer in probation]
 
     def nothing(why: str) -> NothingToAggregate:
         return NothingToAggregate(

@@ -4,6 +4,7 @@ Each case: an aggregation spec (manifest dict), contributions, and the expected
 result: sha256 of the output float32 bytes (little-endian), accepted peers and
 rejected (peer, reason) pairs, or the expected error class.
 
+A case may list `probation`: peers on probation (the `probation` argument of `aggregate`).
 Contribution deltas are either explicit (`delta_hex`: little-endian float32 bytes)
 or a recipe (`terms`: [[seed, scale], ...], `size`): delta = zeros, plus each term left
 to right in float32, of float32(scale) * standard_normal(size, dtype=float32) from
@@ -46,6 +47,11 @@ def delta_from(entry: dict[str, Any]) -> np.ndarray:
     for index, value_hex in entry.get("patch", []):
         out[index] = np.frombuffer(bytes.fromhex(value_hex), dtype="<f4")[0]
     return out
+
+
+def probation_of(case: dict[str, Any]) -> frozenset[bytes]:
+    """The case's authors on probation (none unless listed)."""
+    return frozenset(bytes.fromhex(p) for p in case.get("probation", []))
 
 
 def hex32(values: list[float]) -> str:
@@ -152,6 +158,14 @@ def cases() -> list[dict[str, Any]]:
         {"name": "default-signflip", "spec": d, "contributions": seven},
         {"name": "default-freeriders", "spec": d, "contributions": freeriders},
         {
+            # peer 1 passes the filter but is on probation; peer 5 is on probation and
+            # fails the filter anyway (keeps its filter reason, which is a strike).
+            "name": "default-probation",
+            "spec": d,
+            "contributions": seven,
+            "probation": [peer(1), peer(5)],
+        },
+        {
             "name": "filter-trimmed-ref-clip5",
             "spec": {
                 "filter": {"norm_factor": 2.0, "min_cosine": -0.1, "reference": "trimmed_mean"},
@@ -175,7 +189,7 @@ def run_case(case: dict[str, Any]) -> dict[str, Any]:
         for e in case["contributions"]
     ]
     try:
-        r = aggregate(spec, cs)
+        r = aggregate(spec, cs, probation=probation_of(case))
     except AggregationError as exc:
         return {"error": type(exc).__name__}
     return {

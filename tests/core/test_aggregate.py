@@ -557,7 +557,7 @@ def test_error_cases() -> None:
 
 def test_spec_dict_round_trip_and_names() -> None:
     cases = {
-        RuleSpec.default(): "filter(3,0,median)+clip(median)+fedavg(cap=2)",
+        RuleSpec.default(): "filter(3,0,median)+clip(median)+fedavg(cap=2)+probation(10,2)",
         RuleSpec(): "fedavg",
         RuleSpec(filter=FilterSpec(3.0, -0.1)): "filter(3,-0.1,median)+fedavg",
         RuleSpec(filter=FilterSpec(2.5, None, "trimmed_mean"), clip_norm=10.0, rule="median"): (
@@ -634,13 +634,14 @@ def test_vectors(case: dict) -> None:
         for e in case["contributions"]
     ]
     want = case["expected"]
+    probation = frozenset(bytes.fromhex(p) for p in case.get("probation", []))
     if "error" in want:
         with pytest.raises(AggregationError) as exc:
-            aggregate(spec, cs)
+            aggregate(spec, cs, probation=probation)
         assert type(exc.value).__name__ == want["error"]
         return
     for order in (cs, cs[::-1]):
-        r = aggregate(spec, order)
+        r = aggregate(spec, order, probation=probation)
         assert r.rule == want["rule"]
         assert r.digest == want["sha256"]
         assert str(blob_cid(encode_tensors({"delta": r.delta}))) == want["cid"]

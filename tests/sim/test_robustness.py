@@ -184,11 +184,17 @@ def test_two_sign_flippers_out_of_six_are_filtered_and_the_run_learns(tmp_path):
     assert len(rob["attackers"]["poisoners"]) == 2
     assert summary["rounds_committed"] == 3 and not summary["timed_out"]
     assert rob["violations"] == []
-    # The default filter rejected every flipped update that reached a proposal.
+    # The default filter rejected every flipped update that reached a proposal (or, once
+    # its author had two strikes, probation did).
     for r in rob["rounds"]:
         assert r["poisoners_included"] == []
-        assert {why for who, why in r["rejected"] if who in rob["attackers"]["poisoners"]} <= {"low-cosine"}
+        reasons = {why for who, why in r["rejected"] if who in rob["attackers"]["poisoners"]}
+        assert reasons <= {"low-cosine", "probation"}
     assert any(r["rejected"] for r in rob["rounds"])
+    # Every live node holds one probation history: strikes for the flippers, none for others.
+    assert rob["strike_histories_agree"]
+    struck = {int(who) for pts in rob["strikes"].values() for who in pts}
+    assert struck and struck <= set(rob["attackers"]["poisoners"])
     assert records[-1]["accuracy"] > 0.8
     assert summary["final_accuracy"] > summary["reference_accuracy"] - 0.05
 
