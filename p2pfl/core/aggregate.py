@@ -1037,6 +1037,7 @@ def validation_filter(
     spec: FilterSpec | None,
     expected_size: int | None = None,
     segments: Sequence[int] | None = None,
+    silent: Collection[int] = frozenset(),
 ) -> FilterResult:
     """Sanity checks (always) then the spec's robust filter, in the spec's fixed order.
 
@@ -1045,6 +1046,11 @@ def validation_filter(
     group of equal deltas), norm-too-large (> norm_factor x median norm of the
     survivors so far), low-cosine (against the median / trimmed mean of the survivors
     of the norm test, recomputed over the survivors for up to COSINE_PASSES passes).
+
+    `silent` (indices of contributions whose authors are on probation) are judged like
+    the others but do not shape the judgement: the median norm and the cosine reference
+    are taken over the other survivors (over all, if only silent ones survive), so a
+    group of attackers on probation cannot move the bar for honest updates.
 
     `segments` (the tensor sizes of the flat vector, in order) makes the cosine test
     per tensor: a delta is rejected when the tensors holding more than half of its
@@ -1097,8 +1103,9 @@ def validation_filter(
                 if i != keep:
                     rejected[i] = REASON_DUPLICATE
         alive = [i for i in survivors if i not in rejected]
+        voters = [i for i in alive if i not in silent] or alive
         if alive:
-            bound = spec.norm_factor * _median_of([norms[i] for i in alive])
+            bound = spec.norm_factor * _median_of([norms[i] for i in voters])
             kept = []
             for i in alive:
                 if norms[i] > bound:
@@ -1109,7 +1116,9 @@ def validation_filter(
         for _ in range(COSINE_PASSES if spec.min_cosine is not None else 0):
             if not alive:
                 break
-            vs = [contributions[i].delta for i in alive]
+            vs = [contributions[i].delta for i in alive if i not in silent] or [
+                contributions[i].delta for i in alive
+            ]
             ref = (
                 coordinate_median(vs)
                 if spec.reference == "median"
@@ -1198,7 +1207,8 @@ def aggregate(
             f"deltas of different lengths {sorted({c.delta.shape[0] for c in cs})}; "
             "pass expected_size to reject the wrong ones"
         )
-    fr = validation_filter(cs, spec.filter, expected_size, segments)
+    silent = frozenset(i for i, c in enumerate(cs) if c.peer in probation)
+    fr = validation_filter(cs, spec.filter, expected_size, segments, silent)
     rejected = [(cs[i].peer, r) for i, r in fr.rejected]
     idx = [i for i in fr.accepted if cs[i].peer not in probation]
     rejected += [(cs[i].peer, REASON_PROBATION) for i in fr.accepted if cs[i].peer in probation]

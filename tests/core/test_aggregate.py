@@ -673,3 +673,64 @@ def test_cosine_test_per_tensor_follows_the_tensors_that_hold_most_values() -> N
     assert peer(5) in aggregate(RuleSpec.default(), cs2, segments=(90, 10)).accepted
     with pytest.raises(AggregationError, match="segments sum to"):
         aggregate(RuleSpec.default(), cs, segments=(90, 11))
+
+
+# ------------------------------------------------------------------ probation
+
+
+def test_probation_counts_strikes_over_the_window() -> None:
+    spec = A.ProbationSpec(window=3, strikes=2)
+    a, b, c = peer(1), peer(2), peer(3)
+    assert spec.points(A.REASON_COSINE) == spec.points(A.REASON_NORM) == 1
+    assert spec.points(A.REASON_ZERO) == spec.points(A.REASON_BAD_TENSORS) == 2  # sure: at once
+    assert spec.points(A.REASON_DUPLICATE) == spec.points(A.REASON_KRUM) == spec.points(A.REASON_PROBATION) == 0
+    history = {
+        1: A.strike_points([(a, A.REASON_COSINE), (c, A.REASON_DUPLICATE)], spec),
+        2: A.strike_points([(a, A.REASON_NORM), (b, A.REASON_COSINE)], spec),
+        4: A.strike_points([(c, A.REASON_ZERO)], spec),
+    }
+    assert history[1] == {a: 1}  # a duplicate is no strike
+    assert spec.on_probation(1, history) == frozenset()  # no history before round 1
+    assert spec.on_probation(3, history) == {a}  # a: 2 points in rounds 1-2; b: 1
+    assert spec.on_probation(4, history) == {a}  # rounds 1-3
+    assert spec.on_probation(5, history) == {c}  # rounds 2-4: a's first strike left the window
+    assert spec.on_probation(8, history) == frozenset()  # everything left the window
+
+
+def test_probation_spec_parses_strictly_and_names_itself() -> None:
+    spec = RuleSpec.from_dict({"rule": "fedavg", "probation": {"window": 5, "strikes": 3}})
+    assert spec.probation == A.ProbationSpec(5, 3)
+    assert spec.name == "fedavg+probation(5,3)"
+    assert RuleSpec.from_dict(spec.to_dict()) == spec
+    assert RuleSpec.from_dict({"rule": "median"}).probation is None
+    assert "probation" not in RuleSpec.from_dict({"rule": "median"}).to_dict()
+    for bad in ({"window": 0}, {"strikes": -1}, {"window": 2.5}, {"window": True}, {"typo": 1}):
+        with pytest.raises(ConfigError):
+            RuleSpec.from_dict({"rule": "fedavg", "probation": bad})
+
+
+def test_probation_leaves_out_passing_updates_and_keeps_filter_reasons() -> None:
+    rng = np.random.default_rng(5)
+    common = rng.standard_normal(64).astype(np.float32)
+    cs = [Contribution(peer(i), 10, (common + 0.3 * rng.standard_normal(64)).astype(np.float32)) for i in range(5)]
+    cs.append(Contribution(peer(5), 10, (-common).astype(np.float32)))  # fails the cosine test
+    r = aggregate(RuleSpec.default(), cs, probation={peer(1), peer(5)})
+    assert dict(r.rejected) == {peer(1): A.REASON_PROBATION, peer(5): A.REASON_COSINE}
+    assert set(r.accepted) == {peer(0), peer(2), peer(3), peer(4)}
+    # Without probation the same honest update is aggregated.
+    assert peer(1) in aggregate(RuleSpec.default(), cs).accepted
+
+
+def test_authors_on_probation_do_not_shape_the_filter() -> None:
+    # Four tiny updates from authors on probation would set the median norm (and so the
+    # norm bound) and reject the three honest ones, were they counted.
+    rng = np.random.default_rng(6)
+    direction = rng.standard_normal(32).astype(np.float32)
+    honest = [Contribution(peer(i), 10, (direction + 0.1 * rng.standard_normal(32)).astype(np.float32)) for i in range(3)]
+    tiny = [Contribution(peer(3 + i), 10, (0.05 * direction + 0.001 * i).astype(np.float32)) for i in range(4)]
+    on_probation = {c.peer for c in tiny}
+    shaped = A.validation_filter(honest + tiny, RuleSpec.default().filter)
+    assert all(why == A.REASON_NORM for i, why in shaped.rejected if i < 3) and len(shaped.rejected) == 3
+    r = aggregate(RuleSpec.default(), honest + tiny, probation=on_probation)
+    assert set(r.accepted) == {c.peer for c in honest}
+    assert dict(r.rejected) == {p: A.REASON_PROBATION for p in on_probation}
