@@ -22,7 +22,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Awaitable, Callable, Collection, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -432,17 +432,18 @@ class Node:
             self._strikes[event.round] = agg.strike_points(proposal.rejected, self.spec.probation)
             save_strikes(self.data_dir / STRIKES_FILE, self._strikes, keep_from=event.round - self.spec.probation.window)
 
-    def _probation(self, round_: int) -> frozenset[bytes]:
-        """Authors on probation in `round_` (empty without a probation rule)."""
+    def _record(self, round_: int) -> dict[bytes, int]:
+        """Authors' strike points over the probation window before `round_` (`aggregate`'s
+        `record`; empty without a probation rule)."""
         rule = self.spec.probation
         if rule is None:
-            return frozenset()
+            return {}
         missing = [r for r in range(max(1, round_ - rule.window), round_) if r not in self._strikes]
         if missing:
             # Joined late or missed a proposal: our probation may differ from the
             # committee's, and then we cannot verify (we do not vote) -- never a wrong vote.
             self._count("probation-history-missing")
-        return rule.on_probation(round_, self._strikes)
+        return rule.record(round_, self._strikes)
 
     # ------------------------------------------------------------------ models and blocks
 
@@ -597,9 +598,9 @@ class Node:
         reward = self.manifest.reward_per_round_wei
         try:
             blobs = [self.net.store.read_blob(CID.parse(u.delta)) for u in request.updates]
-            probation = self._probation(request.round)
+            record = self._record(request.round)
             answer, model_blob = await trio.to_thread.run_sync(
-                lambda: compute_aggregate(self.spec, request, base, blobs, reward, probation), limiter=self.cpu
+                lambda: compute_aggregate(self.spec, request, base, blobs, reward, record), limiter=self.cpu
             )
         except (P2PFLError, OSError) as exc:
             answer, model_blob = ev.AggregateComputed(request.round, request.attempt, request.candidates, error=str(exc) or "failed"), b""
@@ -646,15 +647,15 @@ def compute_aggregate(
     base: dict[str, np.ndarray],
     delta_blobs: Sequence[bytes],
     reward_per_round_wei: int,
-    probation: Collection[bytes] = frozenset(),
+    record: Mapping[bytes, int] | None = None,
 ) -> tuple[ev.AggregateComputed, bytes]:
     """Filter + aggregate exactly `request.updates` on top of `base` (pure CPU work).
 
     The new model is `base + aggregate(deltas)` in float32; its canonical safetensors
     bytes name it and are returned beside the answer. The reward tree pays contributors
     by (capped) sample weight and the committee its share; authors whose update failed a
-    check (a strike, `agg.STRIKE_REASONS`) get zero-amount REJECTED leaves. `probation`:
-    the authors left out for their record (`Node._probation`).
+    check (a strike, `agg.STRIKE_REASONS`) get zero-amount REJECTED leaves. `record`:
+    the authors' strike points for probation (`Node._record`).
     """
     base_vector, layout = flatten(base)
     size = layout_size(layout)
@@ -671,7 +672,7 @@ def compute_aggregate(
             continue
         contributions.append(agg.Contribution(update.signer, update.n_samples, vector))
     try:
-        result = agg.aggregate(spec, contributions, expected_size=size, segments=tensor_sizes(layout), probation=probation)
+        result = agg.aggregate(spec, contributions, expected_size=size, segments=tensor_sizes(layout), record=record)
     except AggregationError as exc:
         failed = ev.AggregateComputed(request.round, request.attempt, request.candidates, error=str(exc) or "nothing")
         return failed, b""

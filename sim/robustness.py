@@ -49,6 +49,11 @@ RULES: dict[str, dict[str, Any]] = {
     "default": {},
 }
 ATTACK_ROWS = [p for p in POISONS]  # "none" = the clean run
+# The table's floor: the attackers' nodes simply absent (no update, no data), i.e. what a
+# perfect defence could reach. With non-IID data their 30% of the data can hold most of
+# some class, so the floor itself can be several points under the clean run.
+ABSENT = "absent"
+TABLE_ROWS = [*ATTACK_ROWS, ABSENT]
 ATTACK_FRACTION = 0.3
 # Index of the first round whose wall time is compared between runs (0-based).
 STEADY_FROM = 2
@@ -206,8 +211,12 @@ def table_run(scenario: Any, pool: ProcessPoolExecutor, test: Any, poison: str, 
     from p2pfl.train.trainer import TrainConfig, client_seed, evaluate
     from sim.run import _train_dict
 
-    attacks = {"poison": poison, "fraction": ATTACK_FRACTION} if poison != "none" else {}
+    attacks = {"poison": poison, "fraction": ATTACK_FRACTION} if poison not in ("none", ABSENT) else {}
     plan = make_plan(attacks, scenario.nodes, scenario.seed)
+    # Absent: the nodes the attackers would be (the choice depends on the seed only) send nothing.
+    absent = set(make_plan({"poison": "zero", "fraction": ATTACK_FRACTION}, scenario.nodes, scenario.seed).poisoners
+                 if poison == ABSENT else ())
+    present = [i for i in range(scenario.nodes) if i not in absent]
     spec = agg.RuleSpec.from_dict(RULES[rule]) if RULES[rule] else agg.RuleSpec.default()
     cfg = TrainConfig.from_dict({**_train_dict(scenario), "seed": scenario.seed})
     weights = init_weights(scenario.model.name, scenario.model.kwargs, scenario.seed)
@@ -225,11 +234,11 @@ def table_run(scenario: Any, pool: ProcessPoolExecutor, test: Any, poison: str, 
                                      [x.n_samples for x in results], previous)
         base_vec, layout = flatten(weights)
         contributions = [agg.Contribution(i.to_bytes(20, "big"), max(1, claims[i]), flatten(deltas[i])[0])
-                         for i in range(scenario.nodes)]
-        probation = spec.probation.on_probation(r, strikes) if spec.probation else frozenset()
+                         for i in present]
+        record = spec.probation.record(r, strikes) if spec.probation else {}
         try:
             out = agg.aggregate(spec, contributions, expected_size=layout_size(layout),
-                                segments=tensor_sizes(layout), probation=probation)
+                                segments=tensor_sizes(layout), record=record)
             step = out.delta
             if spec.probation:
                 strikes[r] = agg.strike_points(out.rejected, spec.probation)
@@ -248,35 +257,49 @@ def table_run(scenario: Any, pool: ProcessPoolExecutor, test: Any, poison: str, 
         loss, acc = evaluate(scenario.model.name, weights, test, model_kwargs=scenario.model.kwargs, num_threads=1)
         history.append(acc)
     slots = scenario.rounds * len(plan.poisoners)
-    honest_slots = scenario.rounds * (scenario.nodes - len(plan.poisoners))
+    honest_slots = scenario.rounds * (len(present) - len(plan.poisoners))
     return {"attack": poison, "rule": rule, "rule_name": spec.name, "seed": scenario.seed,
             "accuracy": float(np.mean(history[-FINAL_WINDOW:])), "history": history,
             "poisoners": list(plan.poisoners), "rejected_poisoner_share": rejected_poisoners / slots if slots else None,
             "rejected_honest_share": rejected_honest / honest_slots, "seconds": time.perf_counter() - started}
 
 
-def run_table(scenario: Any, out: Path, say: Any, rules: list[str] | None = None) -> list[dict[str, Any]]:
+def run_table(scenario: Any, out: Path, say: Any, rules: list[str] | None = None,
+              seeds: tuple[int, ...] = TABLE_SEEDS) -> list[dict[str, Any]]:
     """Every (attack, rule) cell for every seed; with `rules`, only those columns are
-    re-run and the other cells are kept from `out`."""
+    re-run and the other cells are kept from `out`. Ends by printing the default
+    pipeline's gaps (`summarize_default`)."""
     from sim.run import load_data
 
     cells = []
     if rules and out.exists():
         cells = [c for c in json.loads(out.read_text())["cells"] if c["rule"] not in rules]
-    for seed in TABLE_SEEDS:
+    for seed in seeds:
         seeded = replace(scenario, seed=seed)
         _, test, _ = load_data(replace(seeded, attacks={}))
         with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn"),
                                  initializer=_init_campaign_worker, initargs=(seeded,)) as pool:
-            for poison in ATTACK_ROWS:
+            for poison in TABLE_ROWS:
                 for rule in rules or RULES:
                     cell = table_run(seeded, pool, test, poison, rule)
                     say(f"table seed {seed} {poison:10s} x {rule:12s}: accuracy {cell['accuracy']:.4f} "
                         f"({cell['seconds']:.0f} s)")
                     cells.append(cell)
-                    out.write_text(json.dumps({"scenario": scenario.to_dict(), "seeds": list(TABLE_SEEDS),
+                    out.write_text(json.dumps({"scenario": scenario.to_dict(), "seeds": list(seeds),
                                                "cells": cells}, indent=1))
+    summarize_default(cells, say)
     return cells
+
+
+def summarize_default(cells: list[dict[str, Any]], say: Any) -> None:
+    """Print, per attack, the default pipeline's accuracy averaged over the seeds and its
+    gap to the clean run and to the floor (attackers absent)."""
+    mean = {a: c["accuracy"] for (a, r), c in _mean_cells(cells).items() if r == "default"}
+    clean, floor = mean.get("none"), mean.get(ABSENT)
+    for attack in TABLE_ROWS:
+        if attack in mean and clean is not None:
+            beyond = "" if floor is None else f", vs floor {100 * (mean[attack] - floor):+.1f}"
+            say(f"default {attack:10s}: {100 * mean[attack]:.1f}% (vs clean {100 * (mean[attack] - clean):+.1f}{beyond} points)")
 
 
 # ---------------------------------------------------------------- full-stack runs
@@ -453,14 +476,16 @@ def render(scenario_text: str, table: dict[str, Any] | None, stack: dict[str, An
                   "Same partitions, model, seeds and `p2pfl.core.aggregate` as the committees; no network or chain "
                   "(those are exercised by the full-stack runs below). Rules: " +
                   ", ".join(f"`{r}` = `{next((c['rule_name'] for c in table['cells'] if c['rule'] == r), r)}`" for r in rules) + ".", "",
-                  "| attack | " + " | ".join(rules) + " | default − clean (points) |",
-                  "|---|" + "---|" * (len(rules) + 1)]
+                  "| attack | " + " | ".join(rules) + " | default − clean (points) | default − floor (points) |",
+                  "|---|" + "---|" * (len(rules) + 2)]
         clean_default = cells.get(("none", "default"), {}).get("accuracy")
-        for attack in ATTACK_ROWS:
+        floor_default = cells.get((ABSENT, "default"), {}).get("accuracy")
+        labels = {"none": "clean (no attack)", ABSENT: "floor: attackers absent"}
+        for attack in TABLE_ROWS:
             row = [_fmt_acc(cells[(attack, r)]["accuracy"]) if (attack, r) in cells else "—" for r in rules]
             d = cells.get((attack, "default"), {}).get("accuracy")
-            gap = "—" if d is None or clean_default is None else f"{100 * (d - clean_default):+.1f}"
-            lines.append(f"| {attack if attack != 'none' else 'clean (no attack)'} | " + " | ".join(row) + f" | {gap} |")
+            gaps = ["—" if d is None or ref is None else f"{100 * (d - ref):+.1f}" for ref in (clean_default, floor_default)]
+            lines.append(f"| {labels.get(attack, attack)} | " + " | ".join(row) + f" | {gaps[0]} | {gaps[1]} |")
         lines += ["", "Share of the attackers' updates the rule rejected (default pipeline / Multi-Krum), "
                   "and honest updates rejected:", "",
                   "| attack | default: attackers rejected | default: honest rejected | multikrum: attackers rejected | multikrum: honest rejected |",
@@ -555,6 +580,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run", action="append", help="only the full-stack runs whose name contains this")
     parser.add_argument("--rule", action="append", choices=list(RULES),
                         help="table: re-run only this rule's column, keep the other cells")
+    parser.add_argument("--seeds", type=int, nargs="+",
+                        help=f"table: these seeds instead of {list(TABLE_SEEDS)}; results go to "
+                             "runs/robustness/table-seeds-<seeds>.json, not into the report")
     args = parser.parse_args(argv)
     import tomllib
 
@@ -569,7 +597,11 @@ def main(argv: list[str] | None = None) -> int:
     say = lambda *a: print(*a, flush=True)  # noqa: E731
     files = {p: RESULTS_DIR / f"{p}.json" for p in ("table", "stack", "protocol")}
     if "table" in parts:
-        run_table(scenario, files["table"], say, args.rule)
+        if args.seeds and tuple(args.seeds) != TABLE_SEEDS:
+            extra = RESULTS_DIR / f"table-seeds-{'-'.join(map(str, args.seeds))}.json"
+            run_table(scenario, extra, say, args.rule, tuple(args.seeds))
+        else:
+            run_table(scenario, files["table"], say, args.rule)
     for which in ("stack", "protocol"):
         if which in parts:
             run_stack(scenario, files[which], say, which, args.run)

@@ -102,6 +102,11 @@ REASON_COSINE = "low-cosine"
 REASON_KRUM = "krum-not-selected"
 REASON_BAD_TENSORS = "bad-tensors"  # the delta blob does not decode (set by the caller)
 REASON_PROBATION = "probation"  # passed the filter, but its author is on probation
+# An author with strike points below probation counts for 1 / 4**points of its weight: a
+# second chance, but a small one (measured: label flip -2.1 -> -1.7 points vs leaving the
+# weight alone, clean runs unchanged; sim/ROBUSTNESS.md). A power of two, so the scaled
+# weight is exact.
+STRUCK_WEIGHT_DIVISOR = 4
 
 # Strikes (see ProbationSpec). A *sure* offence is one no honest node commits: a free ride
 # or a malformed update. A *statistical* one is a judgement against the crowd, which an
@@ -254,10 +259,11 @@ class ProbationSpec:
              point; a sure offence (zero-update, malformed) is `strikes` points at once.
     An author on probation still sends updates and they still go through the filter (so
     its record clears once the failures leave the window); those that pass are rejected
-    with reason "probation" instead of being aggregated. Why: a sign-flipped update fails
-    the cosine test in most rounds but not all (non-IID honest peers disagree too), and
-    the rounds it slips through cost most of the accuracy; history tells a persistent
-    attacker from an honest peer's occasional miss (spec "Probation").
+    with reason "probation" instead of being aggregated. An author with fewer points
+    counts for 1 / STRUCK_WEIGHT_DIVISOR**points of its sample weight. Why: a sign-flipped
+    update fails the cosine test in most rounds but not all (non-IID honest peers disagree
+    too), and the rounds it slips through cost most of the accuracy; history tells a
+    persistent attacker from an honest peer's occasional miss (spec "Probation").
     """
 
     window: int = 10
@@ -288,14 +294,19 @@ class ProbationSpec:
             return self.strikes
         return 1 if reason in STATISTICAL_OFFENCES else 0
 
-    def on_probation(self, round_: int, history: Mapping[int, Mapping[bytes, int]]) -> frozenset[bytes]:
-        """Authors on probation in `round_`, from `history`: round -> {author: points} of
-        the committed rounds (a round missing from it counts no points)."""
+    def record(self, round_: int, history: Mapping[int, Mapping[bytes, int]]) -> dict[bytes, int]:
+        """Each author's points over the window before `round_`, from `history`: round ->
+        {author: points} of the committed rounds (a round missing from it counts nothing).
+        Authors with no points are left out. This is `aggregate`'s `record` argument."""
         total: dict[bytes, int] = {}
         for r in range(max(1, round_ - self.window), round_):
             for author, pts in history.get(r, {}).items():
                 total[author] = total.get(author, 0) + pts
-        return frozenset(a for a, pts in total.items() if pts >= self.strikes)
+        return {a: pts for a, pts in sorted(total.items()) if pts}
+
+    def on_probation(self, record: Mapping[bytes, int]) -> frozenset[bytes]:
+        """The authors of `record` (see `record`) with enough points for probation."""
+        return frozenset(a for a, pts in record.items() if pts >= self.strikes)
 
 
 def strike_points(rejected: Sequence[tuple[bytes, str]], spec: ProbationSpec) -> dict[bytes, int]:
@@ -1181,7 +1192,7 @@ def aggregate(
     *,
     expected_size: int | None = None,
     segments: Sequence[int] | None = None,
-    probation: Collection[bytes] = frozenset(),
+    record: Mapping[bytes, int] | None = None,
 ) -> AggregateResult:
     """Run the pipeline (sort by peer -> filter -> probation -> clip -> rule) over one
     round's updates.
@@ -1190,9 +1201,11 @@ def aggregate(
     Malformed peer input (non-finite values, n_samples <= 0, wrong size when
     `expected_size` is given) is rejected with a reason, not raised. `segments`: the
     tensor sizes of the flat vectors, for the filter's per-tensor cosine test.
-    `probation`: authors whose contributions, if they pass the filter, are rejected with
-    REASON_PROBATION (computed by the caller with `spec.probation.on_probation`; they
-    still take part in the filter, so their record can clear). Raises
+    `record`: each author's strike points over the probation window (from the committed
+    rounds; `spec.probation.record`), used only when `spec.probation` is set: authors with
+    enough points are on probation -- their contributions are judged by the filter without
+    shaping it and, if they pass, rejected with REASON_PROBATION -- and the others with
+    points count for less in fedavg / multikrum weights (STRUCK_WEIGHT_DIVISOR). Raises
     AggregationError for duplicate peers or unequal lengths without
     `expected_size`, and NothingToAggregate when too few contributions survive.
     """
@@ -1207,6 +1220,8 @@ def aggregate(
             f"deltas of different lengths {sorted({c.delta.shape[0] for c in cs})}; "
             "pass expected_size to reject the wrong ones"
         )
+    record = dict(record or {}) if spec.probation is not None else {}
+    probation = spec.probation.on_probation(record) if spec.probation is not None else frozenset()
     silent = frozenset(i for i, c in enumerate(cs) if c.peer in probation)
     fr = validation_filter(cs, spec.filter, expected_size, segments, silent)
     rejected = [(cs[i].peer, r) for i, r in fr.rejected]
@@ -1223,6 +1238,7 @@ def aggregate(
         raise nothing("no contribution survived the filter")
     vectors = [cs[i].delta for i in idx]
     samples = [cs[i].n_samples for i in idx]
+    divisors = [float(STRUCK_WEIGHT_DIVISOR ** record.get(cs[i].peer, 0)) for i in idx]
     if spec.clip_norm is not None:
         norms = [fr.norms[i] if not math.isnan(fr.norms[i]) else norm(cs[i].delta) for i in idx]
         bound = _median_of(norms) if spec.clip_norm == "median" else float(spec.clip_norm)
@@ -1230,7 +1246,7 @@ def aggregate(
 
     n = len(vectors)
     if spec.rule == "fedavg":
-        w = _sample_weights(samples, spec.samples_cap)
+        w = [x / d for x, d in zip(_sample_weights(samples, spec.samples_cap), divisors)]
         delta = fedavg(vectors, w)
         used = list(range(n))
         total = sum(w)
@@ -1264,7 +1280,10 @@ def aggregate(
             if j not in used:
                 rejected.append((cs[idx[j]].peer, REASON_KRUM))
         cap = spec.samples_cap if spec.rule == "multikrum" else None
-        w = _sample_weights([samples[j] for j in used], cap) if spec.rule == "multikrum" else [1.0]
+        if spec.rule == "multikrum":
+            w = [x / divisors[j] for x, j in zip(_sample_weights([samples[j] for j in used], cap), used)]
+        else:
+            w = [1.0]
         delta = fedavg([vectors[j] for j in used], w)
         total = sum(w)
         weights = [x / total for x in w]

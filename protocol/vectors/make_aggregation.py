@@ -4,7 +4,7 @@ Each case: an aggregation spec (manifest dict), contributions, and the expected
 result: sha256 of the output float32 bytes (little-endian), accepted peers and
 rejected (peer, reason) pairs, or the expected error class.
 
-A case may list `probation`: peers on probation (the `probation` argument of `aggregate`).
+A case may give `record`: strike points per peer (the `record` argument of `aggregate`).
 Contribution deltas are either explicit (`delta_hex`: little-endian float32 bytes)
 or a recipe (`terms`: [[seed, scale], ...], `size`): delta = zeros, plus each term left
 to right in float32, of float32(scale) * standard_normal(size, dtype=float32) from
@@ -49,9 +49,9 @@ def delta_from(entry: dict[str, Any]) -> np.ndarray:
     return out
 
 
-def probation_of(case: dict[str, Any]) -> frozenset[bytes]:
-    """The case's authors on probation (none unless listed)."""
-    return frozenset(bytes.fromhex(p) for p in case.get("probation", []))
+def record_of(case: dict[str, Any]) -> dict[bytes, int]:
+    """The case's strike points per author (none unless listed)."""
+    return {bytes.fromhex(p): n for p, n in case.get("record", {}).items()}
 
 
 def hex32(values: list[float]) -> str:
@@ -159,11 +159,12 @@ def cases() -> list[dict[str, Any]]:
         {"name": "default-freeriders", "spec": d, "contributions": freeriders},
         {
             # peer 1 passes the filter but is on probation; peer 5 is on probation and
-            # fails the filter anyway (keeps its filter reason, which is a strike).
+            # fails the filter anyway (keeps its filter reason, which is a strike); peer 2
+            # has one point: it counts for a quarter of its weight.
             "name": "default-probation",
             "spec": d,
             "contributions": seven,
-            "probation": [peer(1), peer(5)],
+            "record": {peer(1): 2, peer(2): 1, peer(5): 3},
         },
         {
             "name": "filter-trimmed-ref-clip5",
@@ -189,7 +190,7 @@ def run_case(case: dict[str, Any]) -> dict[str, Any]:
         for e in case["contributions"]
     ]
     try:
-        r = aggregate(spec, cs, probation=probation_of(case))
+        r = aggregate(spec, cs, record=record_of(case))
     except AggregationError as exc:
         return {"error": type(exc).__name__}
     return {

@@ -634,14 +634,14 @@ def test_vectors(case: dict) -> None:
         for e in case["contributions"]
     ]
     want = case["expected"]
-    probation = frozenset(bytes.fromhex(p) for p in case.get("probation", []))
+    record = {bytes.fromhex(p): n for p, n in case.get("record", {}).items()}
     if "error" in want:
         with pytest.raises(AggregationError) as exc:
-            aggregate(spec, cs, probation=probation)
+            aggregate(spec, cs, record=record)
         assert type(exc.value).__name__ == want["error"]
         return
     for order in (cs, cs[::-1]):
-        r = aggregate(spec, order, probation=probation)
+        r = aggregate(spec, order, record=record)
         assert r.rule == want["rule"]
         assert r.digest == want["sha256"]
         assert str(blob_cid(encode_tensors({"delta": r.delta}))) == want["cid"]
@@ -690,11 +690,13 @@ def test_probation_counts_strikes_over_the_window() -> None:
         4: A.strike_points([(c, A.REASON_ZERO)], spec),
     }
     assert history[1] == {a: 1}  # a duplicate is no strike
-    assert spec.on_probation(1, history) == frozenset()  # no history before round 1
-    assert spec.on_probation(3, history) == {a}  # a: 2 points in rounds 1-2; b: 1
-    assert spec.on_probation(4, history) == {a}  # rounds 1-3
-    assert spec.on_probation(5, history) == {c}  # rounds 2-4: a's first strike left the window
-    assert spec.on_probation(8, history) == frozenset()  # everything left the window
+    assert spec.record(1, history) == {}  # no history before round 1
+    assert spec.record(3, history) == {a: 2, b: 1}  # rounds 1-2
+    assert spec.on_probation(spec.record(3, history)) == {a}
+    assert spec.on_probation(spec.record(4, history)) == {a}  # rounds 1-3
+    assert spec.record(5, history) == {a: 1, b: 1, c: 2}  # rounds 2-4: a's first strike left
+    assert spec.on_probation(spec.record(5, history)) == {c}
+    assert spec.record(8, history) == {}  # everything left the window
 
 
 def test_probation_spec_parses_strictly_and_names_itself() -> None:
@@ -714,11 +716,16 @@ def test_probation_leaves_out_passing_updates_and_keeps_filter_reasons() -> None
     common = rng.standard_normal(64).astype(np.float32)
     cs = [Contribution(peer(i), 10, (common + 0.3 * rng.standard_normal(64)).astype(np.float32)) for i in range(5)]
     cs.append(Contribution(peer(5), 10, (-common).astype(np.float32)))  # fails the cosine test
-    r = aggregate(RuleSpec.default(), cs, probation={peer(1), peer(5)})
+    r = aggregate(RuleSpec.default(), cs, record={peer(1): 2, peer(5): 2, peer(2): 1})
     assert dict(r.rejected) == {peer(1): A.REASON_PROBATION, peer(5): A.REASON_COSINE}
     assert set(r.accepted) == {peer(0), peer(2), peer(3), peer(4)}
-    # Without probation the same honest update is aggregated.
+    weights = dict(zip(r.accepted, r.weights))
+    assert weights[peer(2)] * A.STRUCK_WEIGHT_DIVISOR == pytest.approx(weights[peer(0)])  # one point
+    # Without a record the same honest update is aggregated, and without a probation
+    # rule the record means nothing.
     assert peer(1) in aggregate(RuleSpec.default(), cs).accepted
+    no_rule = RuleSpec.from_dict({k: v for k, v in RuleSpec.default().to_dict().items() if k != "probation"})
+    assert peer(1) in aggregate(no_rule, cs, record={peer(1): 2}).accepted
 
 
 def test_authors_on_probation_do_not_shape_the_filter() -> None:
@@ -731,6 +738,6 @@ def test_authors_on_probation_do_not_shape_the_filter() -> None:
     on_probation = {c.peer for c in tiny}
     shaped = A.validation_filter(honest + tiny, RuleSpec.default().filter)
     assert all(why == A.REASON_NORM for i, why in shaped.rejected if i < 3) and len(shaped.rejected) == 3
-    r = aggregate(RuleSpec.default(), honest + tiny, probation=on_probation)
+    r = aggregate(RuleSpec.default(), honest + tiny, record={p: 2 for p in on_probation})
     assert set(r.accepted) == {c.peer for c in honest}
     assert dict(r.rejected) == {p: A.REASON_PROBATION for p in on_probation}
