@@ -62,6 +62,9 @@ FETCH_RETRY_MAX_S = 4.0
 MODEL_FETCH_PROVIDERS_PER_TRY = 4
 # How often to re-read the chain while waiting for a commit to become visible.
 CHAIN_WAIT_POLL_S = 0.2
+# A round whose start (snapshot read, base model) took longer than this after the commit
+# was learned is counted `rounds-started-late` (its attempt clock starts at the commit).
+LATE_START_S = 5.0
 
 TOPIC_UPDATES = "updates"
 TOPIC_CONSENSUS = "consensus"
@@ -339,15 +342,25 @@ class Node:
 
     # ------------------------------------------------------------------ rounds
 
-    async def _start_round(self, round_: int, base: bytes) -> None:
-        """Have the base model locally, read the registry snapshot, start the round."""
+    async def _start_round(self, round_: int, base: bytes, learned_at: float | None = None) -> None:
+        """Have the base model locally, read the registry snapshot, start the round.
+
+        `learned_at`: when we learned that round_-1 committed. The round's attempt schedule
+        starts there, not when the snapshot and the model are in: a node held up by the
+        chain (an RPC outage) or a slow fetch then runs the same attempt clock as the
+        others instead of one shifted by its delay (spec round.md, "attempt").
+        """
         _, stakes = await run_chain(self.chain, self.chain.committee_stakes, self.task)
         self._round_stakes[round_] = stakes
         await self._refresh_peer_ids(stakes)
         await self._ensure_model(base)
-        log_entry = RoundLog(round=round_, started=self.clock(), base=str(CID.parse(base)))
+        now = self.clock()
+        log_entry = RoundLog(round=round_, started=now, base=str(CID.parse(base)))
         self.rounds[round_] = log_entry
-        self._events_send.send_nowait(ev.RoundStarted(round_, base, stakes, self.clock()))
+        started = now if learned_at is None else min(now, learned_at)
+        if now - started > LATE_START_S:
+            self._count("rounds-started-late")
+        self._events_send.send_nowait(ev.RoundStarted(round_, base, stakes, started))
 
     async def _refresh_peer_ids(self, stakes: dict[bytes, int]) -> None:
         missing = [a for a in stakes if a not in self.peer_ids]
@@ -360,6 +373,7 @@ class Node:
 
     async def _advance(self, round_: int, base: bytes) -> None:
         """Round round_-1 committed `base`: wait until the chain shows it, then start round_."""
+        learned_at = self.clock()
         entry = self.rounds.get(round_ - 1)
         if entry is not None:
             # The machine is still on the committed attempt: record its committee.
@@ -381,7 +395,7 @@ class Node:
             return
         while (await run_chain(self.chain, self.chain.task_info, self.task)).last_round < round_ - 1:
             await trio.sleep(CHAIN_WAIT_POLL_S)
-        await self._start_round(round_, base)
+        await self._start_round(round_, base, learned_at)
 
     async def _on_chain_commit(self, event: RoundCommitted) -> None:
         if event.task != self.task:
