@@ -558,6 +558,19 @@ def _notes(rob: dict[str, Any], sm: dict[str, Any], res: dict[str, Any], clean_w
         out.append(f"leader {rob['leader_killed']} killed after its round-{rob['leader_kill_round']} proposal")
     if rob.get("partition"):
         out.append(f"partition {rob['partition'][0]} / {rob['partition'][1]}")
+    if rob.get("strike_histories_agree") is False:
+        out.append("strike histories differ between nodes")
+    if rob.get("strikes"):
+        # The campaign's scenarios run the default pipeline: its probation rule.
+        from p2pfl.core.aggregate import RuleSpec
+
+        spec = RuleSpec.default().probation
+        history = {int(r): pts for r, pts in rob["strikes"].items()}
+        on = {r["round"]: sorted(spec.on_probation(spec.record(r["round"], history)), key=str)
+              for r in rob.get("rounds", [])}
+        if any(on.values()):
+            out.append("on probation: " + ", ".join(f"round {r} [{', '.join(map(str, nodes))}]"
+                                                   for r, nodes in on.items() if nodes))
     if clean_walls and res["walls"] and res["walls"] != clean_walls:
         # Rounds 1-2 carry start-up skew that depends on the machine's load at the time;
         # compare from round 3 on (the clean run's steady state).
