@@ -190,6 +190,7 @@ class Node:
         # from each committed proposal whose reward tree matched the chain; kept on disk so
         # a restarted node computes the same probation as the others.
         self._strikes: dict[int, dict[bytes, int]] = load_strikes(self.data_dir / STRIKES_FILE)
+        self._round_record: tuple[int, dict[bytes, int]] = (0, {})  # (round, its record)
         self._models: dict[bytes, dict[str, np.ndarray]] = {}  # CID bytes -> weights (small LRU)
         self._model_blob_size: int | None = None
         self._events_send, self._events_recv = trio.open_memory_channel[Any](math.inf)
@@ -360,7 +361,11 @@ class Node:
         started = now if learned_at is None else min(now, learned_at)
         if now - started > LATE_START_S:
             self._count("rounds-started-late")
-        self._events_send.send_nowait(ev.RoundStarted(round_, base, stakes, started))
+        # The probation record is fixed for the round: the collect quorum leaves its
+        # authors out, and every aggregate of the round uses it.
+        self._round_record = (round_, self._record(round_))
+        probation = self.spec.probation.on_probation(self._round_record[1]) if self.spec.probation else frozenset()
+        self._events_send.send_nowait(ev.RoundStarted(round_, base, stakes, started, probation))
 
     async def _refresh_peer_ids(self, stakes: dict[bytes, int]) -> None:
         missing = [a for a in stakes if a not in self.peer_ids]
@@ -612,7 +617,7 @@ class Node:
         reward = self.manifest.reward_per_round_wei
         try:
             blobs = [self.net.store.read_blob(CID.parse(u.delta)) for u in request.updates]
-            record = self._record(request.round)
+            record = self._round_record[1] if self._round_record[0] == request.round else self._record(request.round)
             answer, model_blob = await trio.to_thread.run_sync(
                 lambda: compute_aggregate(self.spec, request, base, blobs, reward, record), limiter=self.cpu
             )

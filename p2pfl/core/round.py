@@ -441,7 +441,10 @@ class RoundMachine:
         self._signers_prev = recent_signers
         if self.config.train and self.address in self._registered:
             self._live.add(self.address)  # we count on our own update
-        self._expected_floor = collect_quorum(self.config.min_expected_percent, len(self._registered))
+        self._probation = frozenset(event.probation)
+        self._expected_floor = collect_quorum(
+            self.config.min_expected_percent, len(self._registered - self._probation)
+        )
         self._round_start = event.now
         self._first_update: dict[bytes, Update] = {}
         self._updates: dict[UpdateKey, Update] = {}
@@ -608,12 +611,14 @@ class RoundMachine:
         authors heard last round (`_recent_authors`), this node itself, and any author
         whose update arrives this round (a returning node counts again at once). Never
         below `min_expected_percent` of the registered nodes, nor above all of them.
+        Authors on probation (`RoundStarted.probation`) are left out of all three.
         Only liveness depends on it: each member may close at its own E, and the
         committee still votes on the leader's aggregate.
         """
         if self.config.expected_participants:
             return self.config.expected_participants
-        return min(len(self._registered), max(len(self._live), self._expected_floor))
+        eligible = self._registered - self._probation
+        return min(len(eligible), max(len(self._live - self._probation), self._expected_floor))
 
     def _hear(self, author: bytes) -> None:
         """A registered author's valid update for this round reached us: it is alive."""
@@ -624,7 +629,8 @@ class RoundMachine:
         if self.phase != Phase.COLLECTING:
             return
         quorum = collect_quorum(self.config.collect_quorum_percent, self._expected_participants())
-        if len(self._collected()) >= quorum:
+        counted = [u for u in self._collected() if u.signer not in self._probation]
+        if len(counted) >= quorum:
             self.counters["collect-closed:quorum"] += 1
             self._close_collection()
 

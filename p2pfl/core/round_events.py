@@ -39,6 +39,11 @@ class RoundStarted:
     base: bytes  # binary CID of the model the round starts from
     stakes: Mapping[bytes, int]
     now: float
+    # Authors the aggregation will leave out this round (the shell's probation record,
+    # aggregation spec §4a): their updates do not count toward the early close of
+    # collection, so a group of known attackers cannot fill the quorum and crowd honest
+    # updates out. A local liveness input: nodes may differ, safety does not depend on it.
+    probation: frozenset[bytes] = frozenset()
 
 
 @dataclass(frozen=True)

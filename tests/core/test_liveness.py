@@ -136,6 +136,20 @@ def test_a_late_update_after_the_commit_counts_for_the_next_round():
     assert closes_after(m, [DEAD[0]], 2) == 1
 
 
+def test_authors_on_probation_cannot_fill_the_collect_quorum():
+    # 3 of the 10 are on probation: expected = 7 others -> ceil(0.8 * 7) = 6 updates of
+    # authors not on probation; the 3 on probation arrive first and count for nothing.
+    m = machine()
+    suspects = frozenset(DEAD)
+    m.handle(RoundStarted(1, BASES[1], STAKES, 100.0, probation=suspects))
+    assert closes_after(m, [*DEAD, *LIVE[:5]], 1) is None
+    assert closes_after(m, LIVE[5:], 1) == 1  # the 6th honest update closes it
+    # Without probation the same 3 + 5 updates close it at 8 = ceil(0.8 * 10).
+    m = machine()
+    start(m, 1)
+    assert closes_after(m, [*DEAD, *LIVE[:5]], 1) == 8
+
+
 def test_expected_never_drops_below_the_floor():
     m = machine()
     start(m, 1)
