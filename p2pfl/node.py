@@ -417,7 +417,8 @@ class Node:
 
     def _write_reward_file(self, event: RoundCommitted, base: bytes, result: bytes) -> None:
         """Rebuild the committed round's reward tree from its proposal and the updates it
-        names, check it against the on-chain root, and save it for `p2pfl claim`."""
+        names, check it against the on-chain root, and save it for `p2pfl claim`; record
+        the round's strikes (probation history) from the same proposal."""
         from p2pfl.chain.commands import write_reward_file
         from p2pfl.core.sortition import committee_for, round_seed
 
@@ -430,7 +431,10 @@ class Node:
         for author, delta in proposal.included:
             update = self._updates.get((author, delta))
             if update is None:
+                # No weights, so no tree to check; the strikes need only the proposal the
+                # chain's (result, root) names, so the history does not get a hole.
                 self._count("reward-file-missing-update")
+                self._record_strikes(event.round, proposal)
                 return
             weights[author] = update.n_samples
         seed = round_seed(self.task, event.round, CID.parse(base).digest, event.attempt)
@@ -447,9 +451,13 @@ class Node:
         folder = self.data_dir / "rewards"
         folder.mkdir(exist_ok=True)
         write_reward_file(folder / f"round-{event.round:06d}.json", self.task, event.round, tree)
+        self._record_strikes(event.round, proposal)
+
+    def _record_strikes(self, round_: int, proposal: Proposal) -> None:
+        """Add the committed round's strike points to the probation history (on disk)."""
         if self.spec.probation is not None:
-            self._strikes[event.round] = agg.strike_points(proposal.rejected, self.spec.probation)
-            save_strikes(self.data_dir / STRIKES_FILE, self._strikes, keep_from=event.round - self.spec.probation.window)
+            self._strikes[round_] = agg.strike_points(proposal.rejected, self.spec.probation)
+            save_strikes(self.data_dir / STRIKES_FILE, self._strikes, keep_from=round_ - self.spec.probation.window)
 
     def _record(self, round_: int) -> dict[bytes, int]:
         """Authors' strike points over the probation window before `round_` (`aggregate`'s
