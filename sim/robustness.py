@@ -141,11 +141,12 @@ def audit_run(
     unslashed = [r for r in equivocated_rounds if r in commits and not any(p["round"] == r for p in proofs)
                  and any(identities[i].address in registered_in.get(r, set())
                          for i in plan.roles.get("equivocators", ()))]
-    # Probation history (strike points per committed round) as every live node holds it:
-    # it must be one history, or the nodes would disagree on later aggregates.
+    # Probation history (strike points per committed round) as every live honest node
+    # holds it: it must be one history, or they would disagree on later aggregates. An
+    # attacker's may differ (a banned spammer never sees a proposal).
     histories = [{r: {index_of.get(a, "0x" + a.hex()): p for a, p in sorted(pts.items())}
                   for r, pts in sorted(n._strikes.items())}
-                 for i, n in enumerate(nodes) if i not in faults.killed]
+                 for i, n in enumerate(nodes) if i not in faults.killed and i not in plan.attackers]
     stakes_after = {}
     for i in sorted(set(plan.attackers)):
         addr = identities[i].address
