@@ -68,6 +68,9 @@ class AttackSpec:
     scale: float = -10.0  # "scale": delta x scale
     noise_scale: float = 10.0  # "noise": N(0, s^2) per coordinate with norm ~ noise_scale x honest norm
     alie_z: float = 0.0  # "alie": 0 = Baruch et al.'s z_max for (n, f)
+    # "alie": each colluder adds N(0, (alie_jitter x std)^2) per coordinate (std over the
+    # colluders' honest deltas), so their updates differ and the duplicate rule keeps them all.
+    alie_jitter: float = 0.0
     samples_factor: float = 100.0  # "inflate": claimed n_samples x factor
     equivocators: int = 0  # sign a second, different update every round
     liars: int = 0  # vote (and propose) for a bogus aggregate
@@ -103,6 +106,8 @@ class AttackSpec:
             raise ConfigError(f"attacks.poison: {spec.poison!r} is not one of {POISONS}")
         if not 0.0 <= spec.fraction < 1.0:
             raise ConfigError("attacks.fraction must be in [0, 1)")
+        if spec.alie_jitter < 0.0:
+            raise ConfigError("attacks.alie_jitter must be >= 0")
         return spec
 
     @property
@@ -189,12 +194,18 @@ def alie_z_max(nodes: int, attackers: int) -> float:
     return NormalDist().inv_cdf(min(max(p, 0.5), 0.999))
 
 
-def alie(deltas: Sequence[Delta], z: float) -> Delta:
-    """mean - z x std per coordinate over the colluders' honest deltas (one shared update)."""
+def alie(deltas: Sequence[Delta], z: float, jitter: float = 0.0, rng: np.random.Generator | None = None) -> Delta:
+    """mean - z x std per coordinate over the colluders' honest deltas (one shared update);
+    with `jitter`, plus N(0, (jitter x std)^2) per coordinate drawn from `rng` (this colluder's)."""
     out = {}
     for k in sorted(deltas[0]):
         stack = np.stack([d[k].astype(np.float64) for d in deltas])
-        out[k] = (stack.mean(axis=0) - z * stack.std(axis=0)).astype(np.float32)
+        std = stack.std(axis=0)
+        value = stack.mean(axis=0) - z * std
+        if jitter:
+            assert rng is not None, "a jittered ALIE needs the colluder's rng"
+            value = value + jitter * std * rng.standard_normal(std.shape)
+        out[k] = value.astype(np.float32)
     return out
 
 
@@ -237,9 +248,9 @@ def craft_round(
         return out, claims
     if spec.poison == "alie":
         z = spec.alie_z or alie_z_max(plan.nodes, len(bad))
-        shared = alie([honest[i] for i in bad], z)
+        colluders = [honest[i] for i in bad]
         for i in bad:
-            out[i] = shared
+            out[i] = alie(colluders, z, spec.alie_jitter, noise_rng(seed, round_, i))
     elif spec.poison == "stale":
         for i in bad:
             out[i] = previous_global if previous_global is not None else zero(honest[i])
@@ -337,7 +348,8 @@ def wrap_trainer(plan: AttackPlan, index: int, trainer: Trainer, board: RoundBoa
             got = await board.wait_for(key, plan.poisoners, ALIE_WAIT_S)
             mine = [got[i].delta for i in plan.poisoners if i in got]
             z = spec.alie_z or alie_z_max(plan.nodes, len(plan.poisoners))
-            return replace(result, delta=alie(mine, z))
+            rng = np.random.default_rng([seed, ATTACKER_SALT])  # `seed` is this client's, this round's
+            return replace(result, delta=alie(mine, z, spec.alie_jitter, rng))
         return result
 
     return train

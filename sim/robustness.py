@@ -53,7 +53,10 @@ ATTACK_ROWS = [p for p in POISONS]  # "none" = the clean run
 # perfect defence could reach. With non-IID data their 30% of the data can hold most of
 # some class, so the floor itself can be several points under the clean run.
 ABSENT = "absent"
-TABLE_ROWS = [*ATTACK_ROWS, ABSENT]
+# Table-only variants: row name -> the [attacks] table. A jittered ALIE sends three slightly
+# different vectors, so the duplicate rule keeps all three instead of one.
+VARIANTS: dict[str, dict[str, Any]] = {"alie_jitter": {"poison": "alie", "alie_jitter": 0.05}}
+TABLE_ROWS = [*ATTACK_ROWS, *VARIANTS, ABSENT]
 ATTACK_FRACTION = 0.3
 # Index of the first round whose wall time is compared between runs (0-based).
 STEADY_FROM = 2
@@ -212,7 +215,8 @@ def table_run(scenario: Any, pool: ProcessPoolExecutor, test: Any, poison: str, 
     from p2pfl.train.trainer import TrainConfig, client_seed, evaluate
     from sim.run import _train_dict
 
-    attacks = {"poison": poison, "fraction": ATTACK_FRACTION} if poison not in ("none", ABSENT) else {}
+    attacks = ({} if poison in ("none", ABSENT) else
+               {**VARIANTS.get(poison, {"poison": poison}), "fraction": ATTACK_FRACTION})
     plan = make_plan(attacks, scenario.nodes, scenario.seed)
     # Absent: the nodes the attackers would be (the choice depends on the seed only) send nothing.
     absent = set(make_plan({"poison": "zero", "fraction": ATTACK_FRACTION}, scenario.nodes, scenario.seed).poisoners
@@ -491,7 +495,7 @@ def render(scenario_text: str, table: dict[str, Any] | None, stack: dict[str, An
                   "and honest updates rejected:", "",
                   "| attack | default: attackers rejected | default: honest rejected | multikrum: attackers rejected | multikrum: honest rejected |",
                   "|---|---|---|---|---|"]
-        for attack in ATTACK_ROWS:
+        for attack in TABLE_ROWS:
             d, m = cells.get((attack, "default")), cells.get((attack, "multikrum"))
             if d is None or m is None:
                 continue

@@ -79,6 +79,13 @@ def test_poisoned_updates_are_what_the_literature_describes():
     stack = np.stack([honest[i]["w"].astype(np.float64) for i in plan.poisoners])
     assert np.allclose(d[plan.poisoners[0]]["w"], stack.mean(0) - z * stack.std(0), atol=1e-6)
     assert alie([honest[0]], z)["w"].dtype == np.float32
+    # Jittered ALIE: the colluders' vectors differ (so no duplicate rule catches them) but
+    # stay within a small multiple of the colluders' spread of the shared one.
+    plan, j, _ = crafted("alie", alie_jitter=0.05)
+    sent = [j[i]["w"] for i in plan.poisoners]
+    assert len({v.tobytes() for v in sent}) == 3
+    shared = d[plan.poisoners[0]]["w"]
+    assert all(np.max(np.abs(v - shared) / stack.std(0)) < 0.05 * 6 for v in sent)
 
 
 # ------------------------------------------------------------------ the kill path, real hosts
