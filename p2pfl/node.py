@@ -44,6 +44,7 @@ from p2pfl.core.validation import ACCEPT, Verdict, check_gossip
 from p2pfl.core.tensors import decode_tensors, encode_tensors, flatten, layout_size, tensor_sizes, unflatten
 from p2pfl.errors import AggregationError, ChainError, InvalidMessage, P2PFLError
 from p2pfl.manifest import TaskManifest
+from p2pfl.net.config import BAN_S
 
 log = logging.getLogger("p2pfl.node")
 
@@ -60,6 +61,9 @@ FETCH_RETRY_S = 0.5
 FETCH_RETRY_MAX_S = 4.0
 # Providers one model fetch asks (p2pfl.net.config.BLOCKS_MAX_PROVIDERS); retries rotate by it.
 MODEL_FETCH_PROVIDERS_PER_TRY = 4
+# After this many failed fetches of a model, warn the operator (once per model): with the
+# 4 s backoff cap that is about a minute without the model.
+MODEL_FETCH_WARN_AFTER = 20
 # How often to re-read the chain while waiting for a commit to become visible.
 CHAIN_WAIT_POLL_S = 0.2
 # A round whose start (snapshot read, base model) took longer than this after the commit
@@ -515,6 +519,15 @@ class Node:
             except P2PFLError as exc:
                 self._count("model-fetch-retries")
                 log.info("model %s not fetched yet (%s); retrying in %.1f s", cid, exc, delay)
+                if attempt == MODEL_FETCH_WARN_AFTER:
+                    # Say it once, loudly: the usual cause is on our side, and only the
+                    # operator can fix it.
+                    log.warning(
+                        "model %s: %d fetches failed (last: %s). If every peer refuses, they have "
+                        "banned this node (it sent them invalid or too many messages; bans lapse "
+                        "after %d s); otherwise check the bootstrap peers and the network.",
+                        cid, attempt, exc, int(BAN_S),
+                    )
                 await trio.sleep(delay)
                 delay = min(delay * 2, FETCH_RETRY_MAX_S)
         blob = self.net.store.read_blob(cid)
