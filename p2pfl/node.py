@@ -191,8 +191,9 @@ class Node:
         self._proposals: dict[tuple[int, bytes, bytes], Proposal] = {}
         self._round_stakes: dict[int, dict[bytes, int]] = {}  # registry snapshot each round drew from
         # Committed round -> {author: strike points} (the aggregation's probation history),
-        # from each committed proposal whose reward tree matched the chain; kept on disk so
-        # a restarted node computes the same probation as the others.
+        # from the proposal the chain's (result, contributors root) names, once its reward
+        # tree matched the root (or could not be rebuilt for a missing update); kept on
+        # disk so a restarted node computes the same probation as the others.
         self._strikes: dict[int, dict[bytes, int]] = load_strikes(self.data_dir / STRIKES_FILE)
         self._round_record: tuple[int, dict[bytes, int]] = (0, {})  # (round, its record)
         self._models: dict[bytes, dict[str, np.ndarray]] = {}  # CID bytes -> weights (small LRU)
