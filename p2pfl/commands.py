@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from p2pfl.errors import ConfigError, P2PFLError
+from p2pfl.files import write_text_atomic
 
 log = logging.getLogger("p2pfl.cli")
 
@@ -193,9 +194,7 @@ def _dump_status(node: Any, net: Any, path: Path, accuracy: dict[int, float]) ->
         "accuracy": accuracy.get(last),
         "counters": {**dict(m.counters), **node.counters},
     }
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(status, indent=1, default=str))
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(status, indent=1, default=str))
 
 
 async def _write_status(node: Any, net: Any, path: Path, accuracy: dict[int, float]) -> None:

@@ -20,7 +20,6 @@ import functools
 import json
 import logging
 import math
-import os
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -43,6 +42,7 @@ from p2pfl.core.round import RoundMachine
 from p2pfl.core.validation import ACCEPT, Verdict, check_gossip
 from p2pfl.core.tensors import decode_tensors, encode_tensors, flatten, layout_size, tensor_sizes, unflatten
 from p2pfl.errors import AggregationError, ChainError, InvalidMessage, P2PFLError
+from p2pfl.files import write_text_atomic
 from p2pfl.manifest import TaskManifest
 from p2pfl.net.config import BAN_S
 
@@ -753,9 +753,7 @@ def save_strikes(path: Path, strikes: dict[int, dict[bytes, int]], keep_from: in
     for r in [r for r in strikes if r < keep_from]:
         del strikes[r]
     doc = {str(r): {a.hex(): p for a, p in sorted(authors.items())} for r, authors in sorted(strikes.items())}
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(doc))
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(doc))
 
 
 def _peer_id_text(raw: bytes) -> str:

@@ -36,6 +36,7 @@ from p2pfl.chain.client import (
 from p2pfl.chain.providers import fund, rpc_web3
 from p2pfl.core.merkle import ROLE_REJECTED, RewardLeaf, RewardTree
 from p2pfl.errors import ChainError, ConfigError
+from p2pfl.files import write_text_atomic
 
 DEFAULT_RPC = "http://127.0.0.1:8545"
 DEFAULT_DEPLOYMENT = "deployment.json"
@@ -94,11 +95,7 @@ def write_reward_file(path: str | Path, task: bytes, round: int, tree: RewardTre
             for lf in tree.leaves
         ],
     }
-    target = Path(path)
-    tmp = target.with_suffix(target.suffix + ".tmp")
-    tmp.write_text(json.dumps(doc, indent=1) + "\n")
-    os.replace(tmp, target)
-    return target
+    return write_text_atomic(path, json.dumps(doc, indent=1) + "\n")
 
 
 def read_reward_file(path: str | Path) -> tuple[bytes, int, list[tuple[RewardLeaf, list[bytes]]]]:

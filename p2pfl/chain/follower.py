@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -25,6 +24,7 @@ import trio
 from p2pfl.chain.client import ChainClient, RoundCommitted
 from p2pfl.chain.trio_client import run_chain
 from p2pfl.errors import ChainError
+from p2pfl.files import write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -69,13 +69,11 @@ class CommitFollower:
     def _save(self) -> None:
         if self.state_path is None:
             return
-        tmp = self.state_path.with_suffix(self.state_path.suffix + ".tmp")
         state = {
             "last_block": self.last_block,
             "last_round": {k.hex(): v for k, v in self.last_round.items()},
         }
-        tmp.write_text(json.dumps(state))
-        os.replace(tmp, self.state_path)
+        write_text_atomic(self.state_path, json.dumps(state))
 
     def fetch(self) -> tuple[list[RoundCommitted], int]:
         """(new commits in chain order, block they reach up to) -- reads only, no state change."""
