@@ -114,39 +114,14 @@ class FrameReader:
         return True
 
     async def read_exactly(self, n: int) -> bytes:
-        """Exactly `n` bytes, or `StreamClosed` if the stream ends first."""
-        while self.buffered < n:
-            if not await self._read_more(n - self.buffered):
-                raise StreamClosed("stream ended")
-        self.buffered -= n
-        first = self.chunks[0]
-        if len(first) - self.head >= n:
-            if self.head == 0 and len(first) == n:
-                self.chunks.popleft()
-                return first
-            out = first[self.head : self.head + n]
-            self.head += n
-            if self.head == len(first):
-                self.chunks.popleft()
-                self.head = 0
-            return out
-        parts: list[memoryview] = []
-        need = n
-        while need:
-            view = memoryview(self.chunks[0])[self.head :]
-            if len(view) <= need:
-                parts.append(view)
-                need -= len(view)
-                self.chunks.popleft()
-                self.head = 0
-            else:
-                parts.append(view[:need])
-                self.head += need
-                need = 0
+        """Exactly `n` bytes (b"" for 0), or `StreamClosed` if the stream ends first."""
+        parts = await self.read_parts(n)
+        if len(parts) == 1:
+            return bytes(parts[0])  # a whole chunk is returned as is, a slice is copied once
         return b"".join(parts)
 
     async def read_parts(self, n: int) -> list[bytes | memoryview]:
-        """Exactly `n` bytes as the pieces they arrived in, without copying them.
+        """Exactly `n` bytes as the pieces they arrived in, without copying them ([] for 0).
 
         `StreamClosed` if the stream ends first. The pieces are views of read chunks (whole
         chunks as they are), so a block can be hashed and written piece by piece.

@@ -344,7 +344,7 @@ class Gossip:
                     if length > self.config.max_message_bytes:
                         self.peers.offence(peer, Offence.OVERSIZED, "sync-oversized")
                         return admitted
-                    data = await _read(reader, length)
+                    data = await reader.read_exactly(length)
                     msg_id = message_id(data)
                     if state.known(msg_id):
                         continue
@@ -378,7 +378,7 @@ class Gossip:
                 (count,) = struct.unpack(">I", await reader.read_exactly(4))
                 if count > 3 * SYNC_LOG_MAX_MESSAGES:
                     raise InvalidMessage("bad-frame", f"sync request lists {count} ids")
-                raw = await _read(reader, count * MESSAGE_ID_SIZE)
+                raw = await reader.read_exactly(count * MESSAGE_ID_SIZE)
                 have = {raw[i : i + MESSAGE_ID_SIZE] for i in range(0, len(raw), MESSAGE_ID_SIZE)}
                 state = self.topics.get(topic)
                 out: list[bytes] = []
@@ -403,11 +403,6 @@ class Gossip:
             await _close(stream)
 
 
-async def _read(reader: FrameReader, n: int) -> bytes:
-    """`reader.read_exactly(n)`, also for n == 0 (an empty have-list, an empty message),
-    which `FrameReader` does not handle on an empty buffer: every sync request from a node
-    that had no message yet on a topic failed, so such a node could never repair a loss."""
-    return await reader.read_exactly(n) if n else b""
 
 
 async def _drain(subscription: Any) -> None:

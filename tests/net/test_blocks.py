@@ -151,3 +151,18 @@ def _peers() -> PeerBook:
 
 async def _no_streams(peer: str, protocol: str) -> Any:
     raise AssertionError("the serving side opens no streams")
+
+
+async def test_read_exactly_zero_bytes_and_across_chunks() -> None:
+    # 0 bytes on an empty buffer is b"" (a sync frame with an empty have-list reads 0
+    # bytes: this once failed and a node with nothing on a topic could never sync).
+    data = os.urandom(300)
+    pieces = [data[:100], data[100:200], data[200:]]
+    reader = FrameReader(_Pieces(pieces))
+    assert await reader.read_exactly(0) == b""
+    whole = await reader.read_exactly(100)
+    assert whole is pieces[0]  # a whole chunk is handed on as is
+    assert await reader.read_exactly(150) == data[100:250]  # across two chunks
+    assert type(await reader.read_exactly(50)) is bytes  # a slice comes back as bytes
+    assert await reader.read_exactly(0) == b""
+    assert await reader.at_eof()
