@@ -7,7 +7,7 @@ a fetcher spent storing). The index CID -> (pack, offset, length) lives in memor
 at open by walking the records' headers.
 
 One writer per pack: a process appends only to a pack it holds an exclusive `flock` on, under a
-thread lock, so the store threads of one fetch share it and other processes never append to it.
+thread lock, so threads of one process may share it and other processes never append to it.
 A kill can leave only a torn last record in a pack; whoever next opens the store and can lock
 that pack truncates the tail away (counted in `recovery`). A pack locked by a live process is
 read up to its last whole record and truncated by nobody. A header no writer wrote (bit rot, a
@@ -436,7 +436,7 @@ class BlockStore:
     def missing(self, root: CID) -> list[CID]:
         """The next blocks to fetch for `root` (the frontier); [] when the blob is complete."""
         self.refresh()
-        return missing_blocks(root, self.has, self._get_for_walk)
+        return missing_blocks(root, self.has, self.get)
 
     def has_blob(self, root: CID) -> bool:
         """Whether every block of the blob under `root` is stored."""
@@ -449,9 +449,6 @@ class BlockStore:
         """
         self.refresh()
         return assemble(root, self.get, max_size_bytes)
-
-    def _get_for_walk(self, cid: CID) -> bytes:
-        return self.get(cid)
 
 
 # --- records ----------------------------------------------------------------------------------
