@@ -44,3 +44,12 @@ async def collect(channel: Any, count: int, timeout_s: float) -> list[bytes]:
         while len(got) < count:
             got.append((await channel.receive()).data)
     return got
+
+
+def rejections_of(metrics: dict[str, Any], reason: str) -> dict[str, int]:
+    """The rejections counted for `reason`, by path ('gossip' or 'sync').
+
+    A message reaches a peer by gossip or by the next sync round, whichever comes first: which
+    path rejects it is a race, so tests check the count over both paths."""
+    by_reason = metrics["rejections_by_reason"]
+    return {via: by_reason[f"{via}-{reason}"] for via in ("gossip", "sync") if f"{via}-{reason}" in by_reason}
