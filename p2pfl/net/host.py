@@ -580,6 +580,10 @@ async def _run_host(
                     with trio.CancelScope(shield=True):
                         if bitswap is not None:
                             await _quietly(bitswap.stop())
+                        # Stop py-libp2p's auto-connector first: each disconnect below would
+                        # otherwise trigger a redial, and a connection it completes after the
+                        # swarm closed its connections leaks its socket.
+                        await _quietly(host.get_network().auto_connector.stop())
                         # Close connections while pubsub still runs: a message arriving on a
                         # live connection after pubsub stopped makes py-libp2p raise
                         # "Nursery is closed to new arrivals" into the swarm.
