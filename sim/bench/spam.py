@@ -29,6 +29,7 @@ def run() -> None:
     with tempfile.TemporaryDirectory(prefix="p2pfl-spam-") as tmp:
         defended = run_flood(Path(tmp) / "defended", DEFENDED_MESSAGES, defended=True, seed=1)
         figure("spam-defended-sent", defended.sent, "messages")
+        figure("spam-defended-refused", defended.refused, "messages")
         figure("spam-defended-rejected", defended.rejected, "messages")
         figure("spam-defended-peers-banned", defended.peers_banned, "peers")
         result = run_flood(Path(tmp) / "open", messages, defended=False, seed=2)
@@ -37,6 +38,7 @@ def run() -> None:
     figure("spam-flood-sent", result.sent, "messages")
     for category, count in sorted(result.sent_by_category.items()):
         figure(f"spam-flood-sent-{category}", count, "messages")
+    figure("spam-flood-refused", result.refused, "messages")
     figure("spam-flood-validated", result.validated, "messages")
     figure("spam-flood-rejected", result.rejected, "messages")
     for reason, count in sorted(result.rejections_by_reason.items()):
@@ -50,5 +52,7 @@ def run() -> None:
     figure("spam-flood-rss-before", result.rss_before_mib, "MiB")
     figure("spam-flood-rss-at-half", result.rss_half_mib, "MiB")
     figure("spam-flood-rss-after", result.rss_after_mib, "MiB")
+    if result.rss_after_trim_mib is not None:
+        figure("spam-flood-rss-after-trim", result.rss_after_trim_mib, "MiB")
     figure("spam-flood-rss-growth", result.rss_peak_mib - result.rss_before_mib, "MiB")
     figure("spam-flood-peak-rss", result.rss_peak_mib, "MiB")

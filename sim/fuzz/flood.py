@@ -3,7 +3,13 @@
 In one trio run on 127.0.0.1: a *victim* host joins the task's three topics with the real
 node validator (`Node.validate` over a node's state: task, round 5, a registry) and feeds
 what it admits into a real `RoundMachine`, as `Node.deliver` does. `ATTACKERS` hosts flood
-the topics straight through pubsub (no pacing) with a mix of hostile messages:
+the topics as a hostile client would: validly signed pubsub messages written straight on
+a pubsub stream of their own to the victim, `BATCH` per RPC, with no pacing and no
+outbound queue (py-libp2p's own publish drops past 32 queued RPCs per peer, so a flood
+sent through it mostly never leaves the attacker). yamux flow control is the only brake:
+the flood goes as fast as the victim reads. The attackers also keep every message in their
+sync log, so the victim's sync rounds pull them a second time: both paths are flooded.
+The mix of hostile messages:
 
     garbage       random bytes                               -> reject malformed
     truncated     a valid message cut short                  -> reject malformed
@@ -26,6 +32,7 @@ warm-up) is the victim's alone.
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import logging
 import random
@@ -37,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 import trio
+from libp2p.peer.id import ID
 
 from p2pfl.core import round_events as ev
 from p2pfl.core.cid import blob_cid
@@ -47,6 +55,7 @@ from p2pfl.core.signing import Domain
 from p2pfl.errors import InvalidMessage
 from p2pfl.net import NetConfig, NodeNet, ValidationResult, open_node_host
 from p2pfl.net.config import topic_name
+from p2pfl.net.gossip import message_id
 
 TASK = b"\x5a" * 32
 DOMAIN = Domain(chain_id=31337, contract=b"\x42" * 20)
@@ -61,6 +70,16 @@ CATEGORIES = ("garbage", "truncated", "oversized", "wrong-task", "forged", "stra
 VICTIM_MAX_MESSAGE_BYTES = 500_000
 # Oversized messages cost 0.5 MB each to build and send: one in this many.
 OVERSIZED_EVERY = 200
+BATCH = 8  # messages per RPC (an oversized one goes alone: the RPC frame limit is 1 MiB)
+# After the last message is sent, the victim drains until its counts stand still this long.
+DRAIN_QUIET_S = 1.0
+# An attacker's write that the victim does not take within this long (it was banned and
+# dropped the connection) counts as refused, and so does every message until its next
+# redial, at most this often. (An unbanned victim busy with a sync round can take over a
+# second to read again: the timeout is well above that.)
+WRITE_TIMEOUT_S = 5.0
+REDIAL_EVERY_S = 1.0
+DRAIN_MAX_S = 60.0
 RSS_SAMPLE_S = 0.05
 
 
@@ -73,10 +92,14 @@ def _rss_mib() -> float:
 class FloodResult:
     sent: int = 0
     sent_by_category: dict[str, int] = field(default_factory=dict)
+    refused: int = 0  # of `sent`, what the attackers could not write: cut off by a ban
     rss_before_mib: float = 0.0
     rss_peak_mib: float = 0.0
-    rss_half_mib: float = 0.0  # when half the messages were sent: a plateau means bounded
+    rss_half_mib: float = 0.0  # when the victim had judged half as many as were sent
     rss_after_mib: float = 0.0
+    # After glibc's malloc_trim: what of `after` was freed memory the allocator had kept
+    # (not returned to the OS) rather than state the victim still holds. None off glibc.
+    rss_after_trim_mib: float | None = None
     seconds: float = 0.0
     rejected: int = 0
     rejections_by_reason: dict[str, int] = field(default_factory=dict)
@@ -166,29 +189,86 @@ async def _attackers_main(victim_addr: str, tmp: Path, messages: int, seed: int,
         for topic in topics.values():
             for net in attackers:
                 await net.join(topic, lambda t, d, p: ValidationResult.accept())
+        victim = ID.from_base58(victim_addr.rsplit("/p2p/", 1)[1])
+        streams = [await net.host.new_stream(victim, list(net.pubsub.protocols)) for net in attackers]
         conn.send("ready")
         await trio.to_thread.run_sync(conn.recv)  # "go"
         counts = dict.fromkeys(CATEGORIES, 0)
 
-        async def attack(index: int, net: NodeNet) -> None:
+        async def attack(index: int, net: NodeNet, attacker: _RawClient) -> None:
+            batch: list[Any] = []
             for i in range(index, messages, ATTACKERS):
                 category = CATEGORIES[i % len(CATEGORIES)]
                 if category == "oversized" and i % OVERSIZED_EVERY >= len(CATEGORIES):
                     category = "garbage"
                 kind, data = hostile_message(category, i, rng)
-                try:
-                    await net.pubsub.publish(topics[kind], data)
-                except Exception:
-                    pass  # a banned attacker's publish may fail: it keeps trying
                 counts[category] += 1
-                if i % 16 == 0:
-                    await trio.sleep(0.002)  # under py-libp2p's 1000 msg/topic/s spam limit
+                net.gossip.topics[topics[kind]].remember(message_id(data), data, net.gossip.clock())  # served by sync
+                if category == "oversized":
+                    await attacker.send([_signed_pubsub_message(net, topics[kind], data)])
+                    continue
+                batch.append(_signed_pubsub_message(net, topics[kind], data))
+                if len(batch) == BATCH:
+                    await attacker.send(batch)
+                    batch = []
+            await attacker.send(batch)
 
+        clients = [_RawClient(net, victim, stream) for net, stream in zip(attackers, streams)]
         async with trio.open_nursery() as flood:
             for index, net in enumerate(attackers):
-                flood.start_soon(attack, index, net)
-        conn.send(counts)
+                flood.start_soon(attack, index, net, clients[index])
+        conn.send((counts, sum(c.unsent for c in clients)))
         await trio.to_thread.run_sync(conn.recv)  # "stop": the victim has drained (sync needs us)
+
+
+def _signed_pubsub_message(net: NodeNet, topic: str, data: bytes) -> Any:
+    """A pubsub message from `net`, signed as `Pubsub.publish` signs it (the victim runs
+    strict signing: an unsigned message would die in py-libp2p, before our validator)."""
+    from libp2p.pubsub.pb import rpc_pb2
+    from libp2p.pubsub.pubsub import PUBSUB_SIGNING_PREFIX
+
+    pubsub = net.pubsub
+    msg = rpc_pb2.Message(data=data, topicIDs=[topic], from_id=pubsub.my_id.to_bytes(), seqno=pubsub._next_seqno())
+    msg.signature = pubsub.sign_key.sign(PUBSUB_SIGNING_PREFIX.encode() + msg.SerializeToString())
+    msg.key = net.host.get_public_key().serialize()
+    return msg
+
+
+class _RawClient:
+    """One attacker's pubsub stream to the victim. Once the victim cuts it off (a ban closes
+    the connection), it redials at most every REDIAL_EVERY_S, as a spammer would, and counts
+    the messages it could not write."""
+
+    def __init__(self, net: NodeNet, victim: ID, stream: Any) -> None:
+        self.net, self.victim, self.stream = net, victim, stream
+        self.next_redial = 0.0
+        self.unsent = 0
+
+    async def send(self, messages: list[Any]) -> None:
+        from libp2p.pubsub.pb import rpc_pb2
+
+        if not messages:
+            return
+        if self.stream is None and trio.current_time() >= self.next_redial:
+            self.next_redial = trio.current_time() + REDIAL_EVERY_S
+            with trio.move_on_after(WRITE_TIMEOUT_S):
+                try:
+                    self.stream = await self.net.host.new_stream(self.victim, list(self.net.pubsub.protocols))
+                except Exception:
+                    pass
+        written = False
+        if self.stream is not None:
+            with trio.move_on_after(WRITE_TIMEOUT_S):
+                try:
+                    written = await self.net.pubsub.write_msg(self.stream, rpc_pb2.RPC(publish=messages))
+                except Exception:
+                    pass
+        if not written:
+            self.next_redial = max(self.next_redial, trio.current_time() + REDIAL_EVERY_S)
+            self.stream = None
+            self.unsent += len(messages)
+        else:
+            await trio.lowlevel.checkpoint()
 
 
 def _attackers_process(victim_addr: str, tmp: Path, messages: int, seed: int, conn: Any) -> None:
@@ -225,33 +305,34 @@ async def _flood_phase(tmp: Path, messages: int, defended: bool, seed: int) -> F
                 gc.collect()
                 result.rss_before_mib = result.rss_peak_mib = _rss_mib()
                 stop = trio.Event()
+                half_done = trio.Event()
 
                 async def sample() -> None:
                     while not stop.is_set():
                         result.rss_peak_mib = max(result.rss_peak_mib, _rss_mib())
+                        if not half_done.is_set() and _judged(v_net.metrics()) >= messages // 2:
+                            result.rss_half_mib = _rss_mib()  # a plateau from here on means bounded
+                            half_done.set()
                         await trio.sleep(RSS_SAMPLE_S)
 
                 nursery.start_soon(sample)
                 started = time.perf_counter()
                 conn.send("go")
-                half_done = trio.Event()
-
-                async def half() -> None:
-                    # RSS half way through (by time, from a short calibration: the flood's
-                    # pace is fixed by the attackers' sleeps, so time tracks messages).
-                    await trio.sleep(max(1.0, messages / ATTACKERS / 16 * 0.002 * 2))
-                    result.rss_half_mib = _rss_mib()
-                    half_done.set()
-
-                nursery.start_soon(half)
-                counts = await trio.to_thread.run_sync(conn.recv)
+                counts, result.refused = await trio.to_thread.run_sync(conn.recv)
                 if not half_done.is_set():
                     result.rss_half_mib = _rss_mib()
-                await trio.sleep(3.0)  # let the victim drain what is in flight (sync included)
+                # Let the victim drain what is in flight (sync included): until its counts
+                # stand still for DRAIN_QUIET_S.
+                with trio.move_on_after(DRAIN_MAX_S):
+                    last = None
+                    while (now := _judged(v_net.metrics())) != last:
+                        last = now
+                        await trio.sleep(DRAIN_QUIET_S)
                 result.seconds = time.perf_counter() - started
                 gc.collect()
                 result.rss_after_mib = _rss_mib()
                 result.rss_peak_mib = max(result.rss_peak_mib, result.rss_after_mib)
+                result.rss_after_trim_mib = _rss_after_trim()
                 stop.set()
                 conn.send("stop")
                 metrics = v_net.metrics()
@@ -271,6 +352,19 @@ async def _flood_phase(tmp: Path, messages: int, defended: bool, seed: int) -> F
             if process.is_alive():
                 process.kill()
     return result
+
+
+def _rss_after_trim() -> float | None:
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        return None
+    return _rss_mib()
+
+
+def _judged(metrics: dict[str, Any]) -> int:
+    """Messages the victim has judged so far (rejected, ignored or admitted)."""
+    return sum(int(v) for k, v in metrics.items() if k == "rejected" or k.startswith(("ignored-", "admitted-")))
 
 
 def run_flood(tmp: Path, messages: int, defended: bool, seed: int = 0) -> FloodResult:
