@@ -58,8 +58,6 @@ from p2pfl.core.cid import (
 from p2pfl.core.identity import NodeIdentity
 from p2pfl.core.messages import (
     Commit,
-    Heartbeat,
-    Message,
     Proposal,
     Signed,
     Update,
@@ -71,8 +69,8 @@ from p2pfl.core import round_events as ev
 from p2pfl.core.signing import Domain, address_of
 from p2pfl.core.sortition import commit_quorum, committee_for, leader_of, round_seed
 from p2pfl.core.tensors import decode_tensors, encode_tensors
-from p2pfl.core.validation import ACCEPT, IGNORE, REJECT, check_gossip
-from p2pfl.errors import InvalidBlock, InvalidMessage, P2PFLError
+from p2pfl.core.validation import ACCEPT, IGNORE, REJECT
+from p2pfl.errors import InvalidBlock, InvalidMessage
 
 VECTORS = Path(__file__).resolve().parents[2] / "protocol" / "vectors"
 

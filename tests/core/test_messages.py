@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from p2pfl.core import messages as m
-from p2pfl.core.cid import CID, blob_cid
+from p2pfl.core.cid import blob_cid
 from p2pfl.core.identity import NodeIdentity
 from p2pfl.core.signing import Domain
 from p2pfl.errors import InvalidMessage, InvalidSignature

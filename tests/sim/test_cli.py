@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 from p2pfl.chain.providers import Anvil, free_loopback_port
 from p2pfl.core.cid import CID, blob_cid

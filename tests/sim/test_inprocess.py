@@ -2,7 +2,6 @@
 
 import json
 
-import numpy as np
 
 from p2pfl.core.cid import CID
 from sim.run import run_scenario
