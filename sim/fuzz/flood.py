@@ -73,13 +73,13 @@ OVERSIZED_EVERY = 200
 BATCH = 8  # messages per RPC (an oversized one goes alone: the RPC frame limit is 1 MiB)
 # After the last message is sent, the victim drains until its counts stand still this long.
 DRAIN_QUIET_S = 1.0
+DRAIN_MAX_S = 60.0
 # An attacker's write that the victim does not take within this long (it was banned and
 # dropped the connection) counts as refused, and so does every message until its next
 # redial, at most this often. (An unbanned victim busy with a sync round can take over a
 # second to read again: the timeout is well above that.)
 WRITE_TIMEOUT_S = 5.0
 REDIAL_EVERY_S = 1.0
-DRAIN_MAX_S = 60.0
 RSS_SAMPLE_S = 0.05
 
 
@@ -342,7 +342,7 @@ async def _flood_phase(tmp: Path, messages: int, defended: bool, seed: int) -> F
                 result.rejections_by_reason = dict(metrics["rejections_by_reason"])  # type: ignore[arg-type]
                 result.ignored = sum(int(v) for k, v in metrics.items() if k.startswith("ignored-"))  # type: ignore[arg-type]
                 result.admitted = int(metrics.get("admitted-gossip", 0)) + int(metrics.get("admitted-sync", 0))  # type: ignore[arg-type]
-                result.validated = result.rejected + result.ignored + result.admitted
+                result.validated = _judged(metrics)  # = rejected + ignored + admitted
                 result.peers_banned = int(metrics.get("peers-banned", 0))  # type: ignore[arg-type]
                 result.machine_rejected = {k: v for k, v in victim.machine.counters.items() if k.startswith("rejected:")}
                 result.machine_statements = len(victim.machine._statements)
