@@ -444,10 +444,9 @@ class Node:
             weights[author] = update.n_samples
         seed = round_seed(self.task, event.round, CID.parse(base).digest, event.attempt)
         committee = committee_for(seed, stakes, self.manifest.committee_size)
-        # The tree lists the rejections that are strikes (the update failed a check); the
-        # leader's discretionary ones, duplicates and probation are in the proposal only.
-        rejected = [a for a, why in proposal.rejected if why in agg.STRIKE_REASONS]
-        leaves = round_reward_leaves(self.manifest.reward_per_round_wei, weights, committee, rejected)
+        # The tree lists the rejections that are strikes; the others are in the proposal only.
+        struck = agg.struck_authors(proposal.rejected)
+        leaves = round_reward_leaves(self.manifest.reward_per_round_wei, weights, committee, struck)
         tree = RewardTree.build(leaves)
         if tree.root != event.contributors_root:
             self._count("reward-root-mismatch")
@@ -470,7 +469,7 @@ class Node:
         rule = self.spec.probation
         if rule is None:
             return {}
-        missing = [r for r in range(max(1, round_ - rule.window), round_) if r not in self._strikes]
+        missing = [r for r in rule.rounds(round_) if r not in self._strikes]
         if missing:
             # Joined late or missed a proposal: our probation may differ from the
             # committee's, and then we cannot verify (we do not vote) -- never a wrong vote.
@@ -724,8 +723,7 @@ def compute_aggregate(
     included = tuple((a, by_author[a].delta) for a in result.accepted)
     rejected = tuple(sorted(list(result.rejected) + undecodable))
     weights = {a: by_author[a].n_samples for a in result.accepted}
-    struck = [a for a, why in rejected if why in agg.STRIKE_REASONS]
-    leaves = round_reward_leaves(reward_per_round_wei, weights, request.committee, struck)
+    leaves = round_reward_leaves(reward_per_round_wei, weights, request.committee, agg.struck_authors(rejected))
     root = RewardTree.build(leaves).root
     answer = ev.AggregateComputed(
         request.round, request.attempt, request.candidates, included=included, rejected=rejected,

@@ -299,14 +299,25 @@ class ProbationSpec:
         {author: points} of the committed rounds (a round missing from it counts nothing).
         Authors with no points are left out. This is `aggregate`'s `record` argument."""
         total: dict[bytes, int] = {}
-        for r in range(max(1, round_ - self.window), round_):
+        for r in self.rounds(round_):
             for author, pts in history.get(r, {}).items():
                 total[author] = total.get(author, 0) + pts
         return {a: pts for a, pts in sorted(total.items()) if pts}
 
+    def rounds(self, round_: int) -> range:
+        """The committed rounds whose strikes count for `round_`: its window."""
+        return range(max(1, round_ - self.window), round_)
+
     def on_probation(self, record: Mapping[bytes, int]) -> frozenset[bytes]:
         """The authors of `record` (see `record`) with enough points for probation."""
         return frozenset(a for a, pts in record.items() if pts >= self.strikes)
+
+
+def struck_authors(rejected: Sequence[tuple[bytes, str]]) -> list[bytes]:
+    """The authors of a round's rejections that are strikes (the reward tree's REJECTED
+    leaves): the update failed a check. Duplicates, probation and the leader's own
+    rejections (equivocation, unavailable) are not."""
+    return [author for author, why in rejected if why in STRIKE_REASONS]
 
 
 def strike_points(rejected: Sequence[tuple[bytes, str]], spec: ProbationSpec) -> dict[bytes, int]:
@@ -1114,9 +1125,13 @@ def validation_filter(
                 if i != keep:
                     rejected[i] = REASON_DUPLICATE
         alive = [i for i in survivors if i not in rejected]
-        voters = [i for i in alive if i not in silent] or alive
+
+        def shaping(alive: list[int]) -> list[int]:
+            """The survivors that set the bars: all but the silent ones (all if only they are left)."""
+            return [i for i in alive if i not in silent] or alive
+
         if alive:
-            bound = spec.norm_factor * _median_of([norms[i] for i in voters])
+            bound = spec.norm_factor * _median_of([norms[i] for i in shaping(alive)])
             kept = []
             for i in alive:
                 if norms[i] > bound:
@@ -1127,9 +1142,7 @@ def validation_filter(
         for _ in range(COSINE_PASSES if spec.min_cosine is not None else 0):
             if not alive:
                 break
-            vs = [contributions[i].delta for i in alive if i not in silent] or [
-                contributions[i].delta for i in alive
-            ]
+            vs = [contributions[i].delta for i in shaping(alive)]
             ref = (
                 coordinate_median(vs)
                 if spec.reference == "median"
