@@ -424,7 +424,7 @@ class Node:
         """Rebuild the committed round's reward tree from its proposal and the updates it
         names, check it against the on-chain root, and save it for `p2pfl claim`; record
         the round's strikes (probation history) from the same proposal."""
-        from p2pfl.chain.commands import write_reward_file
+        from p2pfl.chain.rewards import write_reward_file
         from p2pfl.core.sortition import committee_for, round_seed
 
         proposal = self._proposals.get((event.round, result, event.contributors_root))

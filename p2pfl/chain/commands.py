@@ -34,7 +34,9 @@ from p2pfl.chain.client import (
     deploy,
 )
 from p2pfl.chain.providers import fund, rpc_web3
-from p2pfl.core.merkle import ROLE_REJECTED, RewardLeaf, RewardTree
+from p2pfl.chain.rewards import hex32 as _hex32
+from p2pfl.chain.rewards import read_reward_file, write_reward_file  # noqa: F401  (re-exported)
+from p2pfl.core.merkle import ROLE_REJECTED
 from p2pfl.errors import ChainError, ConfigError
 from p2pfl.files import write_text_atomic
 
@@ -65,58 +67,6 @@ def load_account(keystore: str | Path, password: str) -> LocalAccount:
     from p2pfl.core.identity import NodeIdentity
 
     return Account.from_key(NodeIdentity.load_keystore(keystore, password).private_key)
-
-
-def _hex32(text: str, name: str) -> bytes:
-    raw = (
-        bytes.fromhex(text.removeprefix("0x"))
-        if all(c in "0123456789abcdefABCDEF" for c in text.removeprefix("0x"))
-        else b""
-    )
-    if len(raw) != 32:
-        raise ConfigError(f"{name} must be 32 bytes of hex, got {text!r}")
-    return raw
-
-
-def write_reward_file(path: str | Path, task: bytes, round: int, tree: RewardTree) -> Path:
-    """Save a committed round's reward leaves and proofs for `p2pfl claim`."""
-    doc = {
-        "task": "0x" + task.hex(),
-        "round": round,
-        "root": "0x" + tree.root.hex(),
-        "leaves": [
-            {
-                "index": lf.index,
-                "role": lf.role,
-                "account": to_checksum_address(lf.account),
-                "amount": str(lf.amount),
-                "proof": ["0x" + p.hex() for p in tree.proof(lf.index)],
-            }
-            for lf in tree.leaves
-        ],
-    }
-    return write_text_atomic(path, json.dumps(doc, indent=1) + "\n")
-
-
-def read_reward_file(path: str | Path) -> tuple[bytes, int, list[tuple[RewardLeaf, list[bytes]]]]:
-    try:
-        doc = json.loads(Path(path).read_text())
-        task = _hex32(doc["task"], "task")
-        leaves = [
-            (
-                RewardLeaf(
-                    int(e["index"]),
-                    int(e["role"]),
-                    bytes.fromhex(e["account"][2:]),
-                    int(e["amount"]),
-                ),
-                [bytes.fromhex(p[2:]) for p in e["proof"]],
-            )
-            for e in doc["leaves"]
-        ]
-        return task, int(doc["round"]), leaves
-    except (OSError, KeyError, ValueError, TypeError) as exc:
-        raise ConfigError(f"bad reward file {path}: {exc}") from exc
 
 
 # ---------------------------------------------------------------- commands
