@@ -17,11 +17,10 @@ committed model digest), so a node killed at any point rejoins from the chain.
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -36,12 +35,13 @@ from p2pfl.core import aggregate as agg
 from p2pfl.core import round_events as ev
 from p2pfl.core.cid import CHUNK_SIZE, CODEC_DAG_PB, CODEC_RAW, CID, blob_cid, digest_to_cid
 from p2pfl.core.identity import NodeIdentity
-from p2pfl.core.merkle import RewardTree, round_reward_leaves
+from p2pfl.core.probation_history import StrikeHistory, decode_strikes, encode_strikes, forget_before
+from p2pfl.core.round_result import committed_reward_tree, compute_aggregate
 from p2pfl.core.messages import Commit, Proposal, Update, Vote, decode_message
 from p2pfl.core.round import RoundMachine
 from p2pfl.core.validation import ACCEPT, Verdict, check_gossip
-from p2pfl.core.tensors import decode_tensors, encode_tensors, flatten, layout_size, tensor_sizes, unflatten
-from p2pfl.errors import AggregationError, ChainError, InvalidMessage, P2PFLError
+from p2pfl.core.tensors import decode_tensors, encode_tensors, flatten
+from p2pfl.errors import ChainError, InvalidMessage, P2PFLError
 from p2pfl.files import write_text_atomic
 from p2pfl.manifest import TaskManifest
 from p2pfl.net.config import BAN_S
@@ -279,14 +279,11 @@ class Node:
             return  # our own message echoed back; the machine already has it
         if isinstance(message, Update):
             self._updates[(message.signer, message.delta)] = message  # inline bytes for Fetch
-            self._events_send.send_nowait(ev.UpdateReceived(message, message.signer))
         elif isinstance(message, Proposal):
             self._proposals.setdefault((message.round, message.result, message.contributors_root), message)
-            self._events_send.send_nowait(ev.ProposalReceived(message, message.signer))
-        elif isinstance(message, Vote):
-            self._events_send.send_nowait(ev.VoteReceived(message, message.signer))
-        elif isinstance(message, Commit):
-            self._events_send.send_nowait(ev.CommitSeen(message))
+        event = ev.event_for(message)  # `validate` checked the signature
+        if event is not None:
+            self._events_send.send_nowait(event)
 
     def validate(self, data: bytes) -> Verdict:
         """The gossip validator's checks (p2pfl.core.validation): canonical decoding, our
@@ -425,29 +422,23 @@ class Node:
         names, check it against the on-chain root, and save it for `p2pfl claim`; record
         the round's strikes (probation history) from the same proposal."""
         from p2pfl.chain.rewards import write_reward_file
-        from p2pfl.core.sortition import committee_for, round_seed
 
         proposal = self._proposals.get((event.round, result, event.contributors_root))
         stakes = self._round_stakes.get(event.round)
         if proposal is None or stakes is None:
             self._count("reward-file-unknown-proposal")
             return
-        weights = {}
-        for author, delta in proposal.included:
-            update = self._updates.get((author, delta))
-            if update is None:
-                # No weights, so no tree to check; the strikes need only the proposal the
-                # chain's (result, root) names, so the history does not get a hole.
-                self._count("reward-file-missing-update")
-                self._record_strikes(event.round, proposal)
-                return
-            weights[author] = update.n_samples
-        seed = round_seed(self.task, event.round, CID.parse(base).digest, event.attempt)
-        committee = committee_for(seed, stakes, self.manifest.committee_size)
-        # The tree lists the rejections that are strikes; the others are in the proposal only.
-        struck = agg.struck_authors(proposal.rejected)
-        leaves = round_reward_leaves(self.manifest.reward_per_round_wei, weights, committee, struck)
-        tree = RewardTree.build(leaves)
+        tree = committed_reward_tree(
+            proposal, self._updates, task=self.task, attempt=event.attempt, base_digest=CID.parse(base).digest,
+            stakes=stakes, committee_size=self.manifest.committee_size,
+            reward_per_round_wei=self.manifest.reward_per_round_wei,
+        )
+        if tree is None:
+            # No weights, so no tree to check; the strikes need only the proposal the
+            # chain's (result, root) names, so the history does not get a hole.
+            self._count("reward-file-missing-update")
+            self._record_strikes(event.round, proposal)
+            return
         if tree.root != event.contributors_root:
             self._count("reward-root-mismatch")
             log.warning("round %d: rebuilt reward root differs from the chain's", event.round)
@@ -681,77 +672,23 @@ class Node:
             log.info("evidence against %s not submitted: %s", evidence.signer.hex()[:8], exc.revert_reason or exc)
 
 
-def compute_aggregate(
-    spec: agg.RuleSpec,
-    request: ev.ComputeAggregate,
-    base: dict[str, np.ndarray],
-    delta_blobs: Sequence[bytes],
-    reward_per_round_wei: int,
-    record: Mapping[bytes, int] | None = None,
-) -> tuple[ev.AggregateComputed, bytes]:
-    """Filter + aggregate exactly `request.updates` on top of `base` (pure CPU work).
-
-    The new model is `base + aggregate(deltas)` in float32; its canonical safetensors
-    bytes name it and are returned beside the answer. The reward tree pays contributors
-    by (capped) sample weight and the committee its share; authors whose update failed a
-    check (a strike, `agg.STRIKE_REASONS`) get zero-amount REJECTED leaves. `record`:
-    the authors' strike points for probation (`Node._record`).
-    """
-    base_vector, layout = flatten(base)
-    size = layout_size(layout)
-    contributions = []
-    undecodable: list[tuple[bytes, str]] = []
-    for update, blob in zip(request.updates, delta_blobs):
-        try:
-            vector, delta_layout = flatten(decode_tensors(blob))
-        except InvalidMessage:
-            undecodable.append((update.signer, agg.REASON_BAD_TENSORS))
-            continue
-        if delta_layout != layout:
-            undecodable.append((update.signer, agg.REASON_WRONG_SIZE))
-            continue
-        contributions.append(agg.Contribution(update.signer, update.n_samples, vector))
-    try:
-        result = agg.aggregate(spec, contributions, expected_size=size, segments=tensor_sizes(layout), record=record)
-    except AggregationError as exc:
-        failed = ev.AggregateComputed(request.round, request.attempt, request.candidates, error=str(exc) or "nothing")
-        return failed, b""
-    new_vector = np.add(base_vector, result.delta, dtype=np.float32)
-    blob = encode_tensors(unflatten(new_vector, layout))
-    cid = blob_cid(blob)
-    by_author = {u.signer: u for u in request.updates}
-    included = tuple((a, by_author[a].delta) for a in result.accepted)
-    rejected = tuple(sorted(list(result.rejected) + undecodable))
-    weights = {a: by_author[a].n_samples for a in result.accepted}
-    leaves = round_reward_leaves(reward_per_round_wei, weights, request.committee, agg.struck_authors(rejected))
-    root = RewardTree.build(leaves).root
-    answer = ev.AggregateComputed(
-        request.round, request.attempt, request.candidates, included=included, rejected=rejected,
-        result=cid.to_bytes(), contributors_root=root,
-    )
-    return answer, blob
-
-
 STRIKES_FILE = "strikes.json"
 
 
-def load_strikes(path: Path) -> dict[int, dict[bytes, int]]:
+def load_strikes(path: Path) -> StrikeHistory:
     """The probation history saved by `save_strikes` ({} if there is none yet)."""
     try:
-        doc = json.loads(path.read_text())
-        return {int(r): {bytes.fromhex(a): int(p) for a, p in authors.items()} for r, authors in doc.items()}
+        return decode_strikes(path.read_bytes())
     except FileNotFoundError:
         return {}
-    except (ValueError, TypeError, AttributeError) as exc:
-        raise P2PFLError(f"probation history {path} unreadable ({exc}); delete it to start afresh") from exc
+    except P2PFLError as exc:
+        raise P2PFLError(f"{exc} in {path}; delete it to start afresh") from exc
 
 
-def save_strikes(path: Path, strikes: dict[int, dict[bytes, int]], keep_from: int) -> None:
+def save_strikes(path: Path, strikes: StrikeHistory, keep_from: int) -> None:
     """Write the history atomically, dropping rounds before `keep_from` (out of every window)."""
-    for r in [r for r in strikes if r < keep_from]:
-        del strikes[r]
-    doc = {str(r): {a.hex(): p for a, p in sorted(authors.items())} for r, authors in sorted(strikes.items())}
-    write_text_atomic(path, json.dumps(doc))
+    forget_before(strikes, keep_from)
+    write_text_atomic(path, encode_strikes(strikes).decode())
 
 
 def _peer_id_text(raw: bytes) -> str:

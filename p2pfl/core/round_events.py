@@ -263,3 +263,27 @@ Action = Union[
     ReportEvidence,
     Rejected,
 ]
+
+
+# --- gossip -> events --------------------------------------------------------------------
+
+
+def event_for(message: object, verified_signer: bytes | None = None) -> Event | None:
+    """The event that delivers a gossiped `message` to the machine (None: not a round
+    message, e.g. a Heartbeat).
+
+    `verified_signer` is the signer the caller recovered from the signature; None means
+    the caller already checked that it is `message.signer` (the gossip validator,
+    p2pfl.core.validation, does). A commit carries votes, not a signature of its own:
+    the machine checks them.
+    """
+    if isinstance(message, Commit):
+        return CommitSeen(message)
+    if not isinstance(message, (Update, Proposal, Vote)):
+        return None
+    signer = message.signer if verified_signer is None else verified_signer
+    if isinstance(message, Update):
+        return UpdateReceived(message, signer)
+    if isinstance(message, Proposal):
+        return ProposalReceived(message, signer)
+    return VoteReceived(message, signer)

@@ -49,7 +49,7 @@ from libp2p.peer.id import ID
 from p2pfl.core import round_events as ev
 from p2pfl.core.cid import blob_cid
 from p2pfl.core.identity import NodeIdentity
-from p2pfl.core.messages import Commit, Proposal, Update, Vote, decode_message
+from p2pfl.core.messages import Update, Vote, decode_message
 from p2pfl.core.round import RoundConfig, RoundMachine
 from p2pfl.core.signing import Domain
 from p2pfl.errors import InvalidMessage
@@ -133,14 +133,9 @@ class Victim:
                 m = decode_message(message.data)
             except InvalidMessage:
                 continue
-            if isinstance(m, Update):
-                self.machine.handle(ev.UpdateReceived(m, m.signer))
-            elif isinstance(m, Proposal):
-                self.machine.handle(ev.ProposalReceived(m, m.signer))
-            elif isinstance(m, Vote):
-                self.machine.handle(ev.VoteReceived(m, m.signer))
-            elif isinstance(m, Commit):
-                self.machine.handle(ev.CommitSeen(m))
+            event = ev.event_for(m)  # the validator checked the signature
+            if event is not None:
+                self.machine.handle(event)
 
 
 def _update(author: NodeIdentity, i: int, *, task: bytes = TASK, round_: int = CURRENT_ROUND) -> Update:

@@ -614,7 +614,7 @@ class _RoundProgram:
         )
         u = self.signed(u)  # type: ignore[assignment]
         self.updates.append(u)
-        return ev.UpdateReceived(u, self.claimed(author)), False
+        return ev.event_for(u, self.claimed(author)), False
 
     def _attempt_view(self) -> tuple[int, int]:
         m = self.machine
@@ -652,7 +652,7 @@ class _RoundProgram:
         )
         p = self.signed(p)  # type: ignore[assignment]
         self.results.append((view, result, root))
-        return ev.ProposalReceived(p, self.claimed(signer)), False
+        return ev.event_for(p, self.claimed(signer)), False
 
     def _vote(self, signer: bytes, round_: int, base: bytes, attempt: int, view: int, result: bytes, root: bytes) -> Vote:
         v = Vote(task=ROUND_TASK, round=round_, attempt=attempt, view=view, base=base, result=result, contributors_root=root, signer=signer)
@@ -672,7 +672,7 @@ class _RoundProgram:
         committee = self.committee(round_, base, attempt) if round_ == m.round else []
         signer = self.r.choice(committee) if committee and self.r.below(5) else self.r.choice(ALL_SIGNERS)
         vote = self._vote(signer, round_, base, attempt, view, result, root)
-        return ev.VoteReceived(vote, self.claimed(signer)), False
+        return ev.event_for(vote, self.claimed(signer)), False
 
     def ev_commit(self) -> tuple[Any, bool]:
         m = self.machine

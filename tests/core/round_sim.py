@@ -17,13 +17,12 @@ from dataclasses import dataclass, field
 from eth_utils import keccak
 
 from p2pfl.core.cid import CID, blob_cid
-from p2pfl.core.messages import Commit, Proposal, Update, Vote
+from p2pfl.core.messages import Commit, Proposal, Vote
 from p2pfl.core.round import RoundConfig, RoundMachine
 from p2pfl.core.round_events import (
     Advance,
     AggregateComputed,
     ChainCommitted,
-    CommitSeen,
     ComputeAggregate,
     DeltaAvailable,
     Evidence,
@@ -36,8 +35,7 @@ from p2pfl.core.round_events import (
     StartTraining,
     SubmitCommit,
     Tick,
-    UpdateReceived,
-    VoteReceived,
+    event_for,
 )
 from p2pfl.core.signing import Domain, address_of
 from p2pfl.core.sortition import committee_for, round_seed
@@ -89,15 +87,9 @@ def fake_aggregate(req: ComputeAggregate, lie: bool = False) -> AggregateCompute
 
 def received(message):
     """The event a shell delivers for a gossiped message, after checking its signature."""
-    if isinstance(message, Update):
-        return UpdateReceived(message, message.verify(DOMAIN))
-    if isinstance(message, Proposal):
-        return ProposalReceived(message, message.verify(DOMAIN))
-    if isinstance(message, Vote):
-        return VoteReceived(message, message.verify(DOMAIN))
     if isinstance(message, Commit):
-        return CommitSeen(message)
-    raise TypeError(type(message))
+        return event_for(message)  # its votes are checked by the machine
+    return event_for(message, message.verify(DOMAIN))
 
 
 @dataclass

@@ -1,17 +1,20 @@
-"""`p2pfl.node.compute_aggregate`: the aggregate a member computes and the reward tree it
+"""`p2pfl.core.round_result.compute_aggregate`: the aggregate a member computes and the reward tree it
 commits to -- which rejections are strikes (REJECTED leaves) and which are not."""
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import numpy as np
 
 from p2pfl.core import aggregate as agg
 from p2pfl.core import round_events as ev
-from p2pfl.core.cid import blob_cid
+from p2pfl.core.cid import CID, blob_cid
 from p2pfl.core.merkle import ROLE_REJECTED, RewardTree, round_reward_leaves
-from p2pfl.core.messages import Update
+from p2pfl.core.messages import Proposal, Update
 from p2pfl.core.tensors import decode_tensors, encode_tensors
-from p2pfl.node import compute_aggregate
+from p2pfl.core.round_result import committed_reward_tree, compute_aggregate
+from p2pfl.core.sortition import committee_for, round_seed
 
 REWARD = 10**18
 
@@ -50,3 +53,29 @@ def test_only_failed_checks_are_rejected_leaves():
     # The model named by the answer is base + the aggregate.
     assert blob_cid(model).to_bytes() == answer.result
     assert decode_tensors(model)["w"].shape == (64,)
+
+
+def test_every_node_rebuilds_the_committed_tree_from_the_proposal():
+    """`committed_reward_tree` (any node, from the proposal and the updates it holds)
+    gives the root the member computed; without one of the included updates, no tree."""
+    rng = np.random.default_rng(5)
+    common = rng.standard_normal(64).astype(np.float32)
+    author = [bytes([i + 1]) * 20 for i in range(6)]
+    deltas = {a: (common + 0.3 * rng.standard_normal(64)).astype(np.float32) for a in author[:5]}
+    deltas[author[5]] = (-common).astype(np.float32)  # a strike: its REJECTED leaf is in the tree
+    stakes = {a: 100 for a in author}
+    task = b"\x07" * 32
+    request, blobs = _request(deltas, ())
+    base_digest = CID.parse(request.base).digest
+    committee = tuple(committee_for(round_seed(task, 1, base_digest, 0), stakes, 3))
+    request = replace(request, committee=committee)
+    answer, _ = compute_aggregate(agg.RuleSpec.default(), request, {"w": np.zeros(64, np.float32)}, blobs, REWARD)
+    proposal = Proposal(task, 1, 0, 0, request.base, answer.included, answer.rejected, request.rule,
+                        answer.result, answer.contributors_root, committee[0])
+    held = {(u.signer, u.delta): u for u in request.updates}
+    kwargs = dict(task=task, attempt=0, base_digest=base_digest, stakes=stakes, committee_size=3, reward_per_round_wei=REWARD)
+    tree = committed_reward_tree(proposal, held, **kwargs)
+    assert tree is not None and tree.root == answer.contributors_root
+    missing = dict(held)
+    del missing[answer.included[0]]
+    assert committed_reward_tree(proposal, missing, **kwargs) is None
