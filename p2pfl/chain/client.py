@@ -40,7 +40,7 @@ from web3.exceptions import (
 from p2pfl.chain.artifacts import load_artifact
 from p2pfl.chain.providers import chain_lock, is_embedded
 from p2pfl.core.merkle import RewardLeaf
-from p2pfl.core.signing import Domain, Kind, recover_signer, statement_digest, vote_body
+from p2pfl.core.signing import Domain, recover_signer, vote_digest
 from p2pfl.errors import ChainError, InvalidSignature
 
 T = TypeVar("T")
@@ -716,14 +716,8 @@ class ChainClient:
     ) -> list[Vote]:
         """Recover each vote's signer (p2pfl.core.signing), drop duplicates and bad
         signatures, and order by ascending signer as commitRound requires."""
-        digest = statement_digest(
-            self.domain(),
-            Kind.VOTE,
-            task,
-            round,
-            attempt,
-            view,
-            vote_body(base, result, contributors_root),
+        digest = vote_digest(
+            self.domain(), task, round, attempt, view, base, result, contributors_root
         )
         by_signer: dict[bytes, bytes] = {}
         for sig in signatures:

@@ -17,7 +17,7 @@ from web3 import Web3
 
 from p2pfl.chain.client import ChainClient, Deployment, deploy
 from p2pfl.chain.providers import fund
-from p2pfl.core.signing import Kind, address_of, sign_digest, statement_digest, vote_body
+from p2pfl.core.signing import address_of, sign_digest, vote_digest
 from p2pfl.core.sortition import committee_for, round_seed
 
 ETHER = 10**18
@@ -94,14 +94,8 @@ class DevNet:
         contributors_root: bytes,
     ) -> list[bytes]:
         """VOTE signatures by `signers` (addresses of devnet keys), made with p2pfl.core.signing."""
-        digest = statement_digest(
-            self.deployment.domain(),
-            Kind.VOTE,
-            task,
-            round,
-            attempt,
-            view,
-            vote_body(base, result, contributors_root),
+        digest = vote_digest(
+            self.deployment.domain(), task, round, attempt, view, base, result, contributors_root
         )
         return [sign_digest(self.key_of(a), digest) for a in signers]
 

@@ -33,6 +33,7 @@ from p2pfl.core.signing import (
     sign_digest,
     statement_digest,
     vote_body,
+    vote_digest,
 )
 from p2pfl.errors import InvalidMessage, InvalidSignature
 
@@ -293,6 +294,18 @@ class Vote(Signed):
 
     def body(self) -> bytes:
         return vote_body(CID.parse(self.base).digest, CID.parse(self.result).digest, self.contributors_root)
+
+    def digest(self, domain: Domain) -> bytes:
+        return vote_digest(
+            domain,
+            self.task,
+            self.round,
+            self.attempt,
+            self.view,
+            CID.parse(self.base).digest,
+            CID.parse(self.result).digest,
+            self.contributors_root,
+        )
 
 
 @dataclass(frozen=True)

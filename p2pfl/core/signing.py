@@ -119,6 +119,25 @@ def vote_body(base: bytes, result: bytes, contributors_root: bytes) -> bytes:
     return keccak(base + result + contributors_root)
 
 
+def vote_digest(
+    domain: Domain,
+    task: bytes,
+    round: int,
+    attempt: int,
+    view: int,
+    base: bytes,
+    result: bytes,
+    contributors_root: bytes,
+) -> bytes:
+    """The digest a committee member signs for a VOTE: the one definition of the vote
+    statement, shared by `messages.Vote`, the chain client (`commitRound` arguments) and
+    the devnet. `base` and `result` are the 32-byte digests the contract sees (a Vote
+    message carries CIDs and passes their digests).
+    """
+    body = vote_body(base, result, contributors_root)
+    return statement_digest(domain, Kind.VOTE, task, round, attempt, view, body)
+
+
 def sign_digest(private_key: bytes, digest: bytes) -> bytes:
     """Sign a 32-byte digest; returns r || s || v with v in {27, 28} and low s."""
     _check_bytes("private_key", private_key, 32)

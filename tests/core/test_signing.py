@@ -103,3 +103,17 @@ def test_vote_body_is_abi_encode_hash():
 
     a, b, c = b"\x01" * 32, b"\x02" * 32, b"\x03" * 32
     assert signing.vote_body(a, b, c) == keccak(encode(["bytes32", "bytes32", "bytes32"], [a, b, c]))
+
+
+def test_vote_digest_is_the_vote_statement_everywhere():
+    """One definition: a Vote message, the chain client and the devnet all sign vote_digest."""
+    from p2pfl.core.cid import blob_cid
+    from p2pfl.core.messages import Vote
+
+    task, root = b"\x01" * 32, b"\x03" * 32
+    base, result = blob_cid(b"base"), blob_cid(b"result")
+    digest = signing.vote_digest(DOMAIN, task, 7, 2, 1, base.digest, result.digest, root)
+    body = signing.vote_body(base.digest, result.digest, root)
+    assert digest == signing.statement_digest(DOMAIN, Kind.VOTE, task, 7, 2, 1, body)
+    vote = Vote(task, 7, 2, 1, base.to_bytes(), result.to_bytes(), root, signing.address_of(KEY))
+    assert vote.digest(DOMAIN) == digest
