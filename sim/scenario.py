@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from p2pfl.errors import ConfigError
+from p2pfl.train.config import TrainConfig
 
 
 @dataclass(frozen=True)
@@ -25,14 +26,20 @@ class DataSection:
     test_samples: int = 0  # 0 = the whole test set
 
 
+# The trainer's own defaults: a scenario that leaves a key out trains as a node would.
+_TRAIN_DEFAULTS = TrainConfig()
+
+
 @dataclass(frozen=True)
 class TrainSection:
-    epochs: int = 1
-    batch_size: int = 32
-    lr: float = 0.05
-    optimizer: str = "sgd"
-    momentum: float = 0.9
-    weight_decay: float = 0.0
+    """`TrainConfig`'s keys but `seed` (a scenario has one seed, `Scenario.seed`)."""
+
+    epochs: int = _TRAIN_DEFAULTS.epochs
+    batch_size: int = _TRAIN_DEFAULTS.batch_size
+    lr: float = _TRAIN_DEFAULTS.lr
+    optimizer: str = _TRAIN_DEFAULTS.optimizer
+    momentum: float = _TRAIN_DEFAULTS.momentum
+    weight_decay: float = _TRAIN_DEFAULTS.weight_decay
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,8 @@
 - `data`: `Dataset`, Fashion-MNIST from Debian's IDX files, sklearn digits,
   `load_user_data` for a laptop user's own .npz or image folder.
 - `partition`: seeded IID and Dirichlet splits.
-- `trainer`: `TrainConfig`, `train_local` (base + private data -> float32 delta),
+- `config`: `TrainConfig` (no torch import: manifests and scenarios read it).
+- `trainer`: `train_local` (base + private data -> float32 delta),
   `evaluate`, `client_seed`.
 - `reference`: centralised FedAvg (`reference_fedavg`), the simulation's comparison curve.
 
