@@ -650,7 +650,7 @@ class Node:
             result = await run_chain(
                 self.chain, self.chain.commit_round, commit.task, commit.round, commit.attempt, commit.view,
                 CID.parse(commit.base).digest, CID.parse(commit.result).digest, commit.contributors_root,
-                [sig for _, sig in commit.votes],
+                commit.votes,  # (signer, signature) pairs the machine verified
             )
         except ChainError as exc:
             # Another member's commit usually landed first; the follower will see it.

@@ -736,13 +736,19 @@ class ChainClient:
         base: bytes,
         result: bytes,
         contributors_root: bytes,
-        signatures: Iterable[bytes],
+        votes: Iterable[tuple[bytes, bytes]],
         gas: int | None = None,
     ) -> TxResult:
-        """Commit a round with the committee's VOTE signatures (any order; sorted here)."""
-        votes = self.sort_votes(
-            task, round, attempt, view, base, result, contributors_root, signatures
-        )
+        """Commit a round with the committee's VOTE signatures as (signer, signature) pairs.
+
+        The signers are the ones the caller verified (the round machine checks every vote
+        of a certificate; `sort_votes` recovers them from bare signatures): they are not
+        recovered again here. Any order; ordered by ascending signer and de-duplicated
+        here, as commitRound requires. The contract checks each signature on its own.
+        """
+        by_signer: dict[bytes, bytes] = {}
+        for signer, signature in votes:
+            by_signer.setdefault(bytes(signer), bytes(signature))
         fn = self.ledger.functions.commitRound(
             _b32(task, "task"),
             round,
@@ -751,7 +757,7 @@ class ChainClient:
             _b32(base, "base"),
             _b32(result, "result"),
             _b32(contributors_root, "contributors_root"),
-            b"".join(v.signature for v in votes),
+            b"".join(by_signer[s] for s in sorted(by_signer)),
         )
         return self._tx("commitRound", fn, gas=gas)
 

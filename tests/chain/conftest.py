@@ -81,8 +81,13 @@ def commit(
         round_reward_leaves(info.reward_per_round, contributors, committee, rejected)
     )
     sigs = net.votes(committee[:need], task, rnd, attempt, 0, base, result, tree.root)
-    tx = net.clients[-1].commit_round(task, rnd, attempt, 0, base, result, tree.root, sigs)
+    tx = net.clients[-1].commit_round(task, rnd, attempt, 0, base, result, tree.root, pairs(committee[:need], sigs))
     return Committed(rnd, attempt, base, result, committee, tree, tx)
+
+
+def pairs(signers: list[bytes], signatures: list[bytes]) -> list[tuple[bytes, bytes]]:
+    """(signer, signature) votes for `commit_round` from `DevNet.votes(signers, ...)`."""
+    return list(zip(signers, signatures, strict=True))
 
 
 def assert_reverts(fn, reason_prefix: str) -> ChainError:

@@ -17,7 +17,7 @@ from p2pfl.chain.trio_client import run_chain
 from p2pfl.core.merkle import RewardTree, round_reward_leaves
 from p2pfl.errors import ChainError
 
-from .conftest import GENESIS, REWARD, TASK, K, commit, first_draw
+from .conftest import GENESIS, REWARD, TASK, K, commit, first_draw, pairs
 
 # One quick retry inside the blocking client (web3 adds its own ~2 s per request), so an
 # unreachable chain surfaces as ChainUnreachable within seconds and run_chain takes over.
@@ -35,7 +35,7 @@ def _round_two(net: DevNet, base: bytes) -> tuple:
     contributors = {c.address: 10 + i for i, c in enumerate(net.clients[:4])}
     tree = RewardTree.build(round_reward_leaves(info.reward_per_round, contributors, committee, ()))
     sigs = net.votes(committee[: info.quorum], TASK, 2, 0, 0, base, result, tree.root)
-    return (TASK, 2, 0, 0, base, result, tree.root, sigs)
+    return (TASK, 2, 0, 0, base, result, tree.root, pairs(committee[: info.quorum], sigs))
 
 
 def test_a_commit_sent_into_an_outage_lands_once_after_it(tmp_path, caplog) -> None:
