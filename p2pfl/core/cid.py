@@ -342,8 +342,9 @@ def _build(
     data: bytes | bytearray | memoryview,
     chunk_size: int,
     max_links: int,
-    sink: list[tuple[CID, bytes]] | None,
+    sink: list[tuple[CID, bytes | memoryview]] | None,
     internal_cid_v0: bool = False,
+    leaf_views: bool = False,
 ) -> CID:
     """Chunk `data`, hash the leaves and build the balanced layout level by level.
 
@@ -352,6 +353,7 @@ def _build(
     max_links-ary tree with every leaf at the same depth, filled left to right.
     `internal_cid_v0` mimics `--cid-version 0 --raw-leaves` (links to internal nodes hold
     the bare multihash); only tests use it, to check the layout against published vectors.
+    With `leaf_views`, leaves go to `sink` as views of `data` rather than copies.
     """
     link_hash = _cid_v0_link_hash if internal_cid_v0 else CID.to_bytes
     view = _as_bytes_view(data)
@@ -362,7 +364,7 @@ def _build(
         chunk = view[start : start + chunk_size]
         cid = CID(CODEC_RAW, sha256(chunk).digest())
         if sink is not None:
-            sink.append((cid, bytes(chunk)))
+            sink.append((cid, chunk if leaf_views else bytes(chunk)))
         level.append(_Entry(cid, len(chunk), len(chunk)))
     while len(level) > 1:
         parents: list[_Entry] = []
@@ -386,23 +388,31 @@ def blob_cid(data: bytes | bytearray | memoryview) -> CID:
     return _build(data, CHUNK_SIZE, MAX_LINKS, None)
 
 
-def blob_blocks(data: bytes | bytearray | memoryview) -> tuple[CID, list[tuple[CID, bytes]]]:
+def blob_blocks(
+    data: bytes | bytearray | memoryview, *, leaf_views: bool = False
+) -> tuple[CID, list[tuple[CID, bytes]]]:
     """The root CID and every block of `data`'s DAG (leaves first, root last).
 
     Identical leaves (e.g. runs of zeros) appear once per occurrence; a block store
-    keyed by CID stores them once.
+    keyed by CID stores them once. Each block is hashed once, here: the CIDs returned are
+    those of the bytes returned. With `leaf_views` the leaves are memoryviews of `data`
+    (no copy): only for data that does not change while they are used.
     """
-    blocks: list[tuple[CID, bytes]] = []
-    root = _build(data, CHUNK_SIZE, MAX_LINKS, blocks)
-    return root, blocks
+    blocks: list[tuple[CID, bytes | memoryview]] = []
+    root = _build(data, CHUNK_SIZE, MAX_LINKS, blocks, leaf_views=leaf_views)
+    return root, blocks  # type: ignore[return-value]  # views only when asked for
 
 
 # --- walking a DAG ------------------------------------------------------------------------
 
 
-def block_links(cid: CID, block: bytes | memoryview) -> list[CID]:
-    """Verify `block` against `cid` and return the CIDs it links to (none for a leaf)."""
-    verify_block(cid, block)
+def block_links(cid: CID, block: bytes | memoryview, *, verify: bool = True) -> list[CID]:
+    """Verify `block` against `cid` and return the CIDs it links to (none for a leaf).
+
+    `verify=False` skips the hash for bytes already checked against `cid`.
+    """
+    if verify:
+        verify_block(cid, block)
     if cid.codec == CODEC_RAW:
         return []
     return [link.cid for link in decode_dag_pb(block).links]
@@ -413,6 +423,8 @@ def assemble(
     get_block: Callable[[CID], bytes],
     max_size_bytes: int | None = None,
     chunk_size: int = CHUNK_SIZE,
+    *,
+    get_block_verifies: bool = False,
 ) -> bytes:
     """Walk the DAG under `root`, verify every block and size, and return the blob.
 
@@ -424,6 +436,10 @@ def assemble(
     declared size even for a hostile DAG that links one block many times; the DAG is at
     most MAX_DAG_DEPTH deep. With `max_size_bytes`, a root announcing a bigger blob is
     refused before any child is fetched. Any mismatch raises `InvalidBlock`.
+
+    With `get_block_verifies`, `get_block` vouches that every block it returns hashes to
+    its CID (a block store that checked it once already): blocks are not hashed again here,
+    every other check still runs.
     """
     out = bytearray()
     short_leaf_seen = False
@@ -434,7 +450,10 @@ def assemble(
         if depth > MAX_DAG_DEPTH:
             raise InvalidBlock(f"DAG deeper than {MAX_DAG_DEPTH}")
         block = get_block(cid)
-        verify_block(cid, block)
+        if not get_block_verifies:
+            verify_block(cid, block)
+        elif len(block) > MAX_BLOCK_SIZE:
+            raise InvalidBlock(f"block for {cid} is {len(block)} bytes, over {MAX_BLOCK_SIZE}")
         if cid.codec == CODEC_RAW:
             if expected_size is not None and len(block) != expected_size:
                 raise InvalidBlock(f"{cid} holds {len(block)} bytes, parent says {expected_size}")
@@ -469,13 +488,16 @@ def missing_blocks(
     root: CID,
     has_block: Callable[[CID], bool],
     get_block: Callable[[CID], bytes],
+    *,
+    get_block_verifies: bool = False,
 ) -> list[CID]:
     """CIDs still to fetch for `root`, in DAG order, given the blocks already held.
 
     A fetcher learns a node's children only once it holds the node, so this returns the
     frontier: every absent block whose parent is present (or the root itself), each once.
     Fetch them, call again, until it returns []. Held dag-pb blocks are verified and
-    decoded on the way (`InvalidBlock` if one is corrupt); held leaves are not read.
+    decoded on the way (`InvalidBlock` if one is corrupt; with `get_block_verifies`,
+    `get_block` does the hashing, as in `assemble`); held leaves are not read.
     """
     missing: list[CID] = []
     seen: set[CID] = set()  # a DAG may link one block many times: visit it once
@@ -492,6 +514,6 @@ def missing_blocks(
             continue
         if depth >= MAX_DAG_DEPTH:
             raise InvalidBlock(f"DAG deeper than {MAX_DAG_DEPTH}")
-        children = block_links(cid, get_block(cid))
+        children = block_links(cid, get_block(cid), verify=not get_block_verifies)
         stack.extend((child, depth + 1) for child in reversed(children))
     return missing

@@ -12,7 +12,8 @@ Wire format (all integers big-endian; spec: protocol/spec/network.md):
                0x01                            (don't have it)
 
 A fetcher may pipeline several requests on one stream; the holder answers them in order and
-stops at end of stream. Every block is verified against its CID before it is stored; a peer
+stops at end of stream. Every block is verified against its CID before it is stored (its one
+hash on this node: the store remembers it, so reading the blob back hashes nothing); a peer
 that sends a block that does not match, an unparsable frame or an oversized length is scored
 down (see limits.py) and dropped from the fetch, which continues with the other providers.
 

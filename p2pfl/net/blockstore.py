@@ -1,4 +1,4 @@
-"""Filesystem block store: blocks appended to pack files, indexed in memory, verified on read.
+"""Filesystem block store: blocks appended to pack files, indexed in memory, each hashed once.
 
 Layout (protocol/spec/network.md §5): `<root>/packs/<name>.pack`, each a run of records
 `[varint len(cid)][binary cid][varint len(data)][data]`. Storing a block is one `pwritev` at
@@ -11,17 +11,40 @@ thread lock, so threads of one process may share it and other processes never ap
 A kill can leave only a torn last record in a pack; whoever next opens the store and can lock
 that pack truncates the tail away (counted in `recovery`). A pack locked by a live process is
 read up to its last whole record and truncated by nobody. A header no writer wrote (bit rot, a
-power cut without fsync) ends the scan of that pack without truncating anything. Records are not hashed at open: `get`
-verifies by default, and a record that does not hash to its CID is dropped from the index (the
-next fetch appends a good copy), so a corrupt pack never serves a wrong block to a verifying
-reader.
+power cut without fsync) ends the scan of that pack without truncating anything.
+
+Hash once. A stored block is hashed once per process, where its bytes first meet us:
+
+- a block arriving from the network is hashed against its CID before anything is written
+  (`put` / `put_parts`: verify-before-store, a requirement);
+- a blob stored from local bytes (`put_blob`) is hashed once to name its blocks (the CIDs are
+  computed from the very bytes written, so they cannot disagree); `put_dag` takes blocks whose
+  CIDs the caller computed from those bytes (`blob_blocks`) and hashes nothing;
+- a record found in a pack at open (or by `refresh`) was written by some earlier or other
+  process: it is hashed on its first verified `get`.
+
+The index remembers which records this process has hashed (`_Where.verified`) and a verified
+`get` of such a record reads it without hashing again; `read_blob` and `missing` tell the DAG
+walker so, and it runs every structural check but no hash. Why a verified-looking record still
+never yields bytes that do not match its CID: a record is marked verified only when this process
+either appended it itself from bytes it had just hashed (under the pack's exclusive `flock`, so
+no other process appends to or truncates that pack, and the record lies before the pack's end,
+which a torn-tail cut never reaches), or read it back and hashed it; packs are append-only, so
+nothing rewrites a whole record afterwards, and a read shorter than the record is refused. What
+this trusts is the kernel and disk to return what was written (or last hashed) within one
+process's lifetime; a bit flipped on disk since then is caught at the next open, where every
+record is unverified again. A record that fails its hash is dropped from the index (the next
+fetch appends a good copy, or a spare copy already in a pack takes its place), so a corrupt pack
+never serves a wrong block to a verifying reader. The server's `get(verify=False)` reads
+unhashed bytes on purpose: the fetcher verifies every block it receives.
 
 Durability is what the one-file-per-block store gave: a stored block survives the process
 being killed (it is in the page cache once `put` returns); `fsync=True` also survives power
 loss, at one `fdatasync` per block.
 
 Blocks in the older layout, one file per block at `<root>/<shard>/<cid>`, are still read
-(`has`, `get`, iteration); new blocks always go to packs.
+(`has`, `get`, iteration) and hashed on every verified read (they are rare and may be replaced
+behind our back); new blocks always go to packs.
 
 The index is a snapshot of this process's view: another live process appending to a pack of the
 same store becomes visible on `refresh()`, which `missing`, `has_blob`, `read_blob`, iteration
@@ -37,7 +60,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -74,6 +97,7 @@ class _Where(NamedTuple):
     pack: str  # pack file name
     offset: int  # of the block's data in the pack
     length: int
+    verified: bool = False  # this process hashed these bytes (written or read): not again
 
 
 @dataclass
@@ -252,7 +276,10 @@ class BlockStore:
         return pack
 
     def _append(self, cid: CID, parts: Sequence[Buffer], size: int) -> bool:
-        """Append one record under the lock; False if the CID got indexed meanwhile."""
+        """Append one record under the lock; False if the CID got indexed meanwhile.
+
+        Only for bytes already known to hash to `cid`: the record is indexed as verified.
+        """
         header = _header(cid, size)
         with self._lock:
             if cid in self._index:
@@ -270,7 +297,7 @@ class BlockStore:
                 os.ftruncate(pack.fd, start)  # never leave a torn record before later ones
                 raise
             pack.scanned = start + record_size
-            self._index[cid] = _Where(pack.name, start + len(header), size)
+            self._index[cid] = _Where(pack.name, start + len(header), size, verified=True)
         return True
 
     # --- the legacy layout ------------------------------------------------------------------
@@ -334,7 +361,8 @@ class BlockStore:
 
         The pieces are hashed one after another (outside the store's lock, so threads hash in
         parallel) and appended with one `pwritev`, so the block is never copied into one
-        buffer. Verified before anything is written, as `put`.
+        buffer. Verified before anything is written, as `put`; this is the block's one hash
+        in this process (reading it back does not hash it again).
         """
         size = sum(len(part) for part in parts)
         if size > MAX_BLOCK_SIZE:
@@ -344,6 +372,10 @@ class BlockStore:
             digest.update(part)  # releases the GIL for pieces over 2 KiB
         if digest.digest() != cid.digest:
             raise InvalidBlock(f"block does not hash to {cid}")
+        return self._put_hashed(cid, parts, size)
+
+    def _put_hashed(self, cid: CID, parts: Sequence[Buffer], size: int) -> bool:
+        """Store a block whose bytes this process has just hashed to `cid`."""
         if self.has(cid):
             return False
         return self._append(cid, parts, size)
@@ -351,8 +383,10 @@ class BlockStore:
     def get(self, cid: CID, *, verify: bool = True) -> bytes:
         """The block's bytes; `BlockNotFound` if absent.
 
-        With `verify` (default) a block corrupted on disk is dropped and reported as
-        `InvalidBlock`, so the next fetch replaces it.
+        With `verify` (default) the bytes are guaranteed to hash to `cid`: a record this
+        process has not hashed yet is hashed now (once; see the module docstring), and one
+        corrupted on disk is dropped and reported as `InvalidBlock`, so the next fetch
+        replaces it. `verify=False` (the server's path) never hashes.
         """
         where = self._index.get(cid)
         if where is None:
@@ -370,8 +404,9 @@ class BlockStore:
             try:
                 if len(block) != where.length:
                     raise InvalidBlock(f"stored block {cid} is truncated")
-                if verify:
+                if verify and not where.verified:
                     verify_block(cid, block)
+                    self._mark_verified(cid, where)
                 return block
             except InvalidBlock:
                 log.warning("block pack %s: record for %s at %d is corrupt; dropped", where.pack, cid,
@@ -388,6 +423,11 @@ class BlockStore:
                 if nxt is None or nxt == where:
                     raise
                 where = nxt
+
+    def _mark_verified(self, cid: CID, where: _Where) -> None:
+        with self._lock:
+            if self._index.get(cid) == where:  # not dropped or replaced meanwhile
+                self._index[cid] = where._replace(verified=True)
 
     def delete(self, cid: CID) -> None:
         """Forget a block if present.
@@ -425,18 +465,48 @@ class BlockStore:
 
     # --- blobs ------------------------------------------------------------------------------
 
-    def put_blob(self, data: bytes | bytearray | memoryview) -> CID:
-        """Chunk `data` into its IPFS-compatible DAG, store every block, return the root."""
-        root, blocks = blob_blocks(data)
-        for cid, block in blocks:
-            if not self.has(cid):
-                self.put(cid, block)
+    def put_blob(self, data: Buffer, cid: CID | None = None) -> CID:
+        """Chunk `data` into its IPFS-compatible DAG, store every block, return the root.
+
+        Each block is hashed once, to name it (never again to verify it: its CID comes from
+        the bytes written). `data` must not change during the call. With `cid` (the root the
+        caller computed, e.g. with `blob_cid`), `ValueError` if the blob's root is another
+        one, before anything is written: the check is free, the root is computed anyway. To
+        store a blob without hashing it at all, build its DAG once with `blob_blocks` and use
+        `put_dag`.
+        """
+        root, blocks = blob_blocks(data, leaf_views=True)
+        if cid is not None and cid != root:
+            raise ValueError(f"blob's root is {root}, not the {cid} given")
+        self._put_dag_blocks(blocks)
         return root
+
+    def put_dag(self, root: CID, blocks: Sequence[tuple[CID, Buffer]]) -> CID:
+        """Store a DAG the caller built from its own bytes with `blob_blocks`; hash nothing.
+
+        For trusted local callers only (the node storing a model or delta it has just
+        encoded and named): the caller vouches that every block hashes to its CID, and the
+        store serves them as verified. `blocks` is `blob_blocks`' list, root last (checked,
+        as are block sizes: the cheap checks). A wrong CID here is a bug that would make
+        peers reject what we serve, so tests pin that `blob_blocks` and `blob_cid` agree.
+        Returns `root`.
+        """
+        if not blocks or blocks[-1][0] != root:
+            raise ValueError(f"blocks do not end with their root {root} (use blob_blocks)")
+        self._put_dag_blocks(blocks)
+        return root
+
+    def _put_dag_blocks(self, blocks: Iterable[tuple[CID, Buffer]]) -> None:
+        for cid, block in blocks:
+            size = len(block)
+            if size > MAX_BLOCK_SIZE:
+                raise InvalidBlock(f"block for {cid} is {size} bytes, over {MAX_BLOCK_SIZE}")
+            self._put_hashed(cid, (block,), size)
 
     def missing(self, root: CID) -> list[CID]:
         """The next blocks to fetch for `root` (the frontier); [] when the blob is complete."""
         self.refresh()
-        return missing_blocks(root, self.has, self.get)
+        return missing_blocks(root, self.has, self.get, get_block_verifies=True)
 
     def has_blob(self, root: CID) -> bool:
         """Whether every block of the blob under `root` is stored."""
@@ -445,10 +515,12 @@ class BlockStore:
     def read_blob(self, root: CID, max_size_bytes: int | None = None) -> bytes:
         """Assemble the blob under `root` from stored blocks, verifying every one.
 
-        `BlockNotFound` if a block is missing, `InvalidBlock` if the DAG is malformed.
+        Every block read matches its CID (`get` hashes those this process has not hashed
+        yet, once); the DAG's structure is checked on every read. `BlockNotFound` if a block
+        is missing, `InvalidBlock` if the DAG is malformed or a block corrupt.
         """
         self.refresh()
-        return assemble(root, self.get, max_size_bytes)
+        return assemble(root, self.get, max_size_bytes, get_block_verifies=True)
 
 
 # --- records ----------------------------------------------------------------------------------

@@ -318,8 +318,6 @@ class NodeNet:
             raise ConfigError("Bitswap is off: start the node with NetConfig(bitswap=True)")
         from libp2p.peer.id import ID
 
-        from p2pfl.core.cid import verify_block
-
         session = self.bitswap.new_session()
         with trio.fail_after(timeout_s):
             while frontier := self.store.missing(root):
@@ -330,8 +328,7 @@ class NodeNet:
                     block = got.get(cid.to_bytes())
                     if block is None:
                         raise FetchError(f"Bitswap peer {provider} did not send {cid}")
-                    verify_block(cid, block)
-                    self.store.put(cid, block)
+                    self.store.put(cid, block)  # verified (hashed once) before it is stored
 
     # --- lifecycle ----------------------------------------------------------------------
 

@@ -354,6 +354,8 @@ def test_blob_blocks_lists_leaves_then_parents_root_last() -> None:
     for cid, block in blocks:
         verify_block(cid, block)
     assert b"".join(b for c, b in blocks if c.codec == CODEC_RAW) == data
+    assert blob_blocks(data, leaf_views=True) == (root, blocks)  # same blocks, leaves not copied
+    assert all(isinstance(b, memoryview) for c, b in blob_blocks(data, leaf_views=True)[1][:3])
 
 
 # --- assemble / missing_blocks ------------------------------------------------------------
@@ -387,17 +389,31 @@ def rebuild_with(store: dict[CID, bytes], cid: CID, links: list[Link], sizes: li
     return new
 
 
-def test_assemble_checks_tsize_and_blocksizes() -> None:
+@pytest.mark.parametrize("get_block_verifies", [False, True])
+def test_assemble_checks_tsize_and_blocksizes(get_block_verifies: bool) -> None:
     root, store, _ = small_dag(25)  # 3 leaves under one root
     node = decode_dag_pb(store[root])
     bad_tsize = [Link(node.links[0].cid, node.links[0].tsize + 1), *node.links[1:]]
     with pytest.raises(InvalidBlock, match="Tsize"):
         bad = rebuild_with(store, root, bad_tsize, list(node.blocksizes))
-        assemble(bad, store.__getitem__, chunk_size=10)
+        assemble(bad, store.__getitem__, chunk_size=10, get_block_verifies=get_block_verifies)
     bad_sizes = [node.blocksizes[0] + 1, node.blocksizes[1] - 1, node.blocksizes[2]]
     with pytest.raises(InvalidBlock, match="holds"):
         bad = rebuild_with(store, root, list(node.links), bad_sizes)
-        assemble(bad, store.__getitem__, chunk_size=10)
+        assemble(bad, store.__getitem__, chunk_size=10, get_block_verifies=get_block_verifies)
+
+
+def test_assemble_leaves_hashing_to_a_getter_that_verifies(monkeypatch: pytest.MonkeyPatch) -> None:
+    # With get_block_verifies the getter vouches for every block (a block store that hashed
+    # it once already): assemble and missing_blocks hash nothing but keep every other check.
+    root, store, data = small_dag(95)
+    monkeypatch.setattr(hashlib, "sha256", None)  # any hash would fail
+    assert assemble(root, store.__getitem__, chunk_size=10, get_block_verifies=True) == data
+    assert missing_blocks(root, store.__contains__, store.__getitem__, get_block_verifies=True) == []
+    with pytest.raises(InvalidBlock, match="fixed-size chunking"):
+        assemble(root, store.__getitem__, chunk_size=20, get_block_verifies=True)
+    with pytest.raises(TypeError):
+        assemble(root, store.__getitem__, chunk_size=10)  # the default hashes every block
 
 
 def test_assemble_refuses_oversize_before_fetching_children() -> None:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
 import trio
 
 from p2pfl.core.identity import NodeIdentity
@@ -53,3 +56,41 @@ def rejections_of(metrics: dict[str, Any], reason: str) -> dict[str, int]:
     path rejects it is a race, so tests check the count over both paths."""
     by_reason = metrics["rejections_by_reason"]
     return {via: by_reason[f"{via}-{reason}"] for via in ("gossip", "sync") if f"{via}-{reason}" in by_reason}
+
+
+@dataclass
+class HashCount:
+    """sha256 work done since the fixture started (or since `reset`)."""
+
+    calls: int = 0  # hash objects created
+    bytes: int = 0  # bytes fed to them
+
+    def reset(self) -> None:
+        self.calls = self.bytes = 0
+
+
+@pytest.fixture
+def hashed(monkeypatch: pytest.MonkeyPatch) -> HashCount:
+    """Count every `hashlib.sha256` call and the bytes hashed (p2pfl looks the function up
+    through the module at call time, so patching `hashlib.sha256` sees them all)."""
+    count = HashCount()
+    real = hashlib.sha256
+
+    class Counting:
+        def __init__(self, data: Any = b"") -> None:
+            count.calls += 1
+            count.bytes += len(data)
+            self.inner = real(data)
+
+        def update(self, data: Any) -> None:
+            count.bytes += len(data)
+            self.inner.update(data)
+
+        def digest(self) -> bytes:
+            return self.inner.digest()
+
+        def hexdigest(self) -> str:
+            return self.inner.hexdigest()
+
+    monkeypatch.setattr(hashlib, "sha256", Counting)
+    return count

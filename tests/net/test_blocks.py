@@ -24,6 +24,7 @@ from p2pfl.net.blockstore import BlockStore
 from p2pfl.net.config import NetConfig
 from p2pfl.net.limits import Metrics, PeerBook
 from p2pfl.net.yamux_tuning import FRAME_PAYLOAD_BYTES
+from tests.net.conftest import HashCount
 
 
 class _Pieces:
@@ -143,6 +144,35 @@ async def test_a_two_level_dag_is_fetched_over_one_stream_per_provider(tmp_path:
     assert client_store.read_blob(root) == data
     # root, two inner nodes, the full leaf (linked 174 times) and the 1-byte leaf, each once
     assert metrics.snapshot()["blocks-fetched"] == len({cid for cid, _ in blocks}) == 5
+
+
+async def test_a_fetched_delta_is_hashed_once_from_arrival_to_aggregation(
+    tmp_path: Path, hashed: HashCount
+) -> None:
+    # What a node does with a 10 MiB delta: fetch it (verified on arrival), check it is whole,
+    # read it to decode it, read it again to aggregate. Each block is hashed once in all
+    # (it was ~5 times: arrival, get, assemble, and get + assemble again).
+    data = os.urandom(10 * 1024 * 1024)
+    root, blocks = blob_blocks(data)
+    distinct = {cid: block for cid, block in blocks}
+    config = NetConfig(data_dir=tmp_path)
+    server_store, client_store = BlockStore(tmp_path / "server"), BlockStore(tmp_path / "client")
+    server_store.put_blob(data)
+    server = BlockExchange(server_store, config, _peers(), Metrics(), _no_streams)
+    hashed.reset()
+    async with trio.open_nursery() as nursery:
+
+        async def open_stream(peer: str, protocol: str) -> _Stream:
+            ours, theirs = trio.testing.memory_stream_pair()
+            nursery.start_soon(server.handle_stream, _Stream(theirs, "client"))
+            return _Stream(ours, peer)
+
+        client = BlockExchange(client_store, config, _peers(), Metrics(), open_stream)
+        await client.fetch_blob(root, ["server"])
+    assert client_store.has_blob(root)
+    assert client_store.read_blob(root) == data
+    assert client_store.read_blob(root) == data
+    assert (hashed.calls, hashed.bytes) == (len(distinct), sum(len(b) for b in distinct.values()))
 
 
 def _peers() -> PeerBook:

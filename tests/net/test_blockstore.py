@@ -14,6 +14,7 @@ import pytest
 from p2pfl.core.cid import CHUNK_SIZE, MAX_BLOCK_SIZE, blob_blocks, raw_cid
 from p2pfl.errors import InvalidBlock
 from p2pfl.net.blockstore import PACKS_DIR, BlockNotFound, BlockStore
+from tests.net.conftest import HashCount
 
 HEADER_BYTES = 1 + 36 + 3  # varint(36), binary CID, varint of a length in [16 KiB, 2 MiB)
 
@@ -294,3 +295,85 @@ def test_an_fsync_store_writes_the_same_packs(tmp_path: Path) -> None:
     root = store.put_blob(data)
     store.close()
     assert BlockStore(tmp_path).read_blob(root) == data
+
+
+# --- hash once --------------------------------------------------------------------------------
+
+
+def test_a_stored_block_is_hashed_on_arrival_and_never_again_in_this_process(
+    tmp_path: Path, hashed: HashCount
+) -> None:
+    store = BlockStore(tmp_path)
+    block = _block(7)
+    cid = raw_cid(block)
+    hashed.reset()
+    store.put(cid, block)
+    assert (hashed.calls, hashed.bytes) == (1, len(block))
+    assert store.get(cid) == block and store.get(cid) == block
+    assert hashed.calls == 1
+    store.close()
+    again = BlockStore(tmp_path)  # records found at open are hashed on their first read only
+    hashed.reset()
+    assert again.get(cid) == block and again.get(cid) == block
+    assert (hashed.calls, hashed.bytes) == (1, len(block))
+    assert again.get(cid, verify=False) == block and hashed.calls == 1
+
+
+def test_a_blob_read_back_after_reopen_hashes_each_block_once(tmp_path: Path, hashed: HashCount) -> None:
+    data = os.urandom(3 * CHUNK_SIZE + 5)
+    root, blocks = blob_blocks(data)
+    BlockStore(tmp_path).put_blob(data)
+    again = BlockStore(tmp_path)
+    hashed.reset()
+    assert again.has_blob(root) and again.read_blob(root) == data and again.read_blob(root) == data
+    assert (hashed.calls, hashed.bytes) == (len(blocks), len(data) + len(blocks[-1][1]))
+
+
+def test_put_blob_hashes_each_block_once_and_checks_a_given_root(tmp_path: Path, hashed: HashCount) -> None:
+    data = bytearray(os.urandom(2 * CHUNK_SIZE + 1))
+    root, blocks = blob_blocks(bytes(data))
+    store = BlockStore(tmp_path)
+    hashed.reset()
+    assert store.put_blob(data, root) == root
+    assert (hashed.calls, hashed.bytes) == (len(blocks), sum(len(b) for _, b in blocks))
+    assert store.read_blob(root) == data and hashed.calls == len(blocks)
+    # A wrong root is refused before anything is written (free: the root is computed anyway).
+    other = BlockStore(tmp_path / "other")
+    with pytest.raises(ValueError):
+        other.put_blob(data, raw_cid(b"not this blob"))
+    assert list(other) == []
+
+
+def test_put_dag_stores_a_dag_built_by_the_caller_without_hashing(tmp_path: Path, hashed: HashCount) -> None:
+    data = os.urandom(2 * CHUNK_SIZE + 1)
+    root, blocks = blob_blocks(data)
+    store = BlockStore(tmp_path)
+    hashed.reset()
+    assert store.put_dag(root, blocks) == root
+    assert store.read_blob(root) == data and store.missing(root) == []
+    assert hashed.calls == 0
+    with pytest.raises(ValueError):  # not blob_blocks' list (the root comes last)
+        store.put_dag(root, blocks[:-1])
+    store.close()
+    assert BlockStore(tmp_path).read_blob(root) == data  # a fresh process hashes it on read
+
+
+def test_a_record_that_failed_its_hash_is_not_served_verified_after_a_good_copy_is_stored(
+    tmp_path: Path,
+) -> None:
+    # A corrupt record from disk is dropped on its verified read; the good copy fetched next
+    # is what later reads get (marked verified as it is written), never the corrupt bytes.
+    store = BlockStore(tmp_path)
+    store.put(raw_cid(_block(4)), _block(4))
+    store.close()
+    (pack,) = _packs(tmp_path)
+    data = bytearray(pack.read_bytes())
+    data[HEADER_BYTES + 10] ^= 0x01
+    pack.write_bytes(bytes(data))
+    store = BlockStore(tmp_path)
+    assert store.get(raw_cid(_block(4)), verify=False) != _block(4)
+    with pytest.raises(InvalidBlock):
+        store.get(raw_cid(_block(4)))
+    assert store.put(raw_cid(_block(4)), _block(4)) is True
+    assert store.get(raw_cid(_block(4))) == _block(4)
+    assert store.get(raw_cid(_block(4)), verify=False) == _block(4)
