@@ -469,15 +469,16 @@ class BlockStore:
         """Chunk `data` into its IPFS-compatible DAG, store every block, return the root.
 
         Each block is hashed once, to name it (never again to verify it: its CID comes from
-        the bytes written). `data` must not change during the call. With `cid` (the root the
-        caller computed, e.g. with `blob_cid`), `ValueError` if the blob's root is another
-        one, before anything is written: the check is free, the root is computed anyway. To
-        store a blob without hashing it at all, build its DAG once with `blob_blocks` and use
-        `put_dag`.
+        the bytes written). `data` must not change during the call. With `cid`, the blob must
+        have that root: `InvalidBlock` otherwise, before anything is written. That check is
+        free (the root is computed anyway), so `put_blob(data, cid)` both verifies bytes that
+        claim a CID (e.g. inline in a message) and stores them, with one hash per block; a
+        caller that already ran `blob_cid(data)` has hashed them once more. To store a blob
+        hashing nothing here, build its DAG once with `blob_blocks` and use `put_dag`.
         """
         root, blocks = blob_blocks(data, leaf_views=True)
         if cid is not None and cid != root:
-            raise ValueError(f"blob's root is {root}, not the {cid} given")
+            raise InvalidBlock(f"blob's root is {root}, not the {cid} it should be")
         self._put_dag_blocks(blocks)
         return root
 

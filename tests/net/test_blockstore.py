@@ -339,7 +339,7 @@ def test_put_blob_hashes_each_block_once_and_checks_a_given_root(tmp_path: Path,
     assert store.read_blob(root) == data and hashed.calls == len(blocks)
     # A wrong root is refused before anything is written (free: the root is computed anyway).
     other = BlockStore(tmp_path / "other")
-    with pytest.raises(ValueError):
+    with pytest.raises(InvalidBlock):
         other.put_blob(data, raw_cid(b"not this blob"))
     assert list(other) == []
 
