@@ -24,7 +24,7 @@ import hashlib
 import logging
 import math
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from statistics import NormalDist
 from typing import Any
 
@@ -37,6 +37,7 @@ from p2pfl.core.signing import Domain
 from p2pfl.core.tensors import decode_tensors, encode_tensors
 from p2pfl.errors import ConfigError, InvalidMessage
 from p2pfl.node import Behaviour
+from sim.strict import build
 
 log = logging.getLogger("p2pfl.sim.attacks")
 
@@ -84,24 +85,7 @@ class AttackSpec:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> AttackSpec:
-        known = {f.name: f for f in fields(cls)}
-        unknown = sorted(set(raw) - set(known))
-        if unknown:
-            raise ConfigError(f"attacks: unknown key(s) {unknown}; known: {sorted(known)}")
-        values: dict[str, Any] = {}
-        for key, value in raw.items():
-            default = known[key].default
-            if isinstance(default, str):
-                ok = isinstance(value, str)
-            elif isinstance(default, int) and not isinstance(default, bool) and not isinstance(default, float):
-                ok = isinstance(value, int) and not isinstance(value, bool) and value >= 0
-            else:
-                ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-                value = float(value)
-            if not ok:
-                raise ConfigError(f"attacks.{key}: expected {type(default).__name__}, got {value!r}")
-            values[key] = value
-        spec = cls(**values)
+        spec = build(cls, raw, "attacks", non_negative=(int,))
         if spec.poison not in POISONS:
             raise ConfigError(f"attacks.poison: {spec.poison!r} is not one of {POISONS}")
         if not 0.0 <= spec.fraction < 1.0:

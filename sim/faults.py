@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -28,6 +28,7 @@ import trio
 
 from p2pfl.core.messages import Proposal, decode_message
 from p2pfl.errors import ConfigError, InvalidMessage
+from sim.strict import build
 
 log = logging.getLogger("p2pfl.sim.faults")
 
@@ -56,22 +57,7 @@ class FaultSpec:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> FaultSpec:
-        known = {f.name: f for f in fields(cls)}
-        unknown = sorted(set(raw) - set(known))
-        if unknown:
-            raise ConfigError(f"faults: unknown key(s) {unknown}; known: {sorted(known)}")
-        values: dict[str, Any] = {}
-        for key, value in raw.items():
-            default = known[key].default
-            if isinstance(default, float):
-                ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
-                value = float(value)
-            else:
-                ok = isinstance(value, int) and not isinstance(value, bool) and value >= 0
-            if not ok:
-                raise ConfigError(f"faults.{key}: expected a non-negative {type(default).__name__}, got {value!r}")
-            values[key] = value
-        spec = cls(**values)
+        spec = build(cls, raw, "faults", non_negative=(int, float))
         if not 0.0 <= spec.kill_fraction < 1.0:
             raise ConfigError("faults.kill_fraction must be in [0, 1)")
         return spec

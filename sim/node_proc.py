@@ -4,7 +4,7 @@
         --manifest manifest.json --rpc URL --data-dir DIR --listen ADDR [--bootstrap ADDR ...]
 
 The node is the laptop's `p2pfl.node.Node` on a real libp2p host; its data is partition I of
-the scenario, cut exactly as the in-process simulation cuts it (`sim.run.load_data`). The
+the scenario, cut exactly as the in-process simulation cuts it (`sim.data.load_data`). The
 private key comes from the environment, never argv (argv is visible to every local user).
 
 Files in DIR (kept across restarts, like a laptop's data dir): `blocks/` and `state/`
@@ -104,60 +104,50 @@ async def _cancel_on_signal(scope: Any) -> None:
 async def _run_node(args: argparse.Namespace, key: bytes) -> None:
     import trio
 
-    from p2pfl.chain.client import ChainClient, Deployment
-    from p2pfl.chain.providers import rpc_web3
-    from p2pfl.commands import STATUS_FILE, _dump_status, _write_status
+    from p2pfl.cli.launch import Launch, launch_node
     from p2pfl.core.identity import NodeIdentity
+    from p2pfl.files import write_text_atomic
     from p2pfl.manifest import TaskManifest
-    from p2pfl.net.config import NetConfig
-    from p2pfl.net.host import open_node_host
-    from p2pfl.node import Node
-    from sim.run import load_data
-    from sim.scenario import Scenario, _build
+    from sim.data import load_data
+    from sim.scenario import Scenario
+    from sim.strict import build
 
-    scenario: Scenario = _build(Scenario, json.loads(Path(args.scenario).read_text()), args.scenario)
+    scenario: Scenario = build(Scenario, json.loads(Path(args.scenario).read_text()), args.scenario)
     data = load_data(scenario)[2][args.index]
     import p2pfl.train.trainer  # noqa: F401 - torch's import (seconds) before round 1, not inside it
-    identity = NodeIdentity(key)
-    manifest = TaskManifest.load(args.manifest)
-    deployment = Deployment(manifest.chain_id, manifest.registry, manifest.ledger, 0)
-    chain = ChainClient(rpc_web3(args.rpc), deployment, key)
     data_dir = Path(args.data_dir)
     _wait_for_ports(args.bootstrap, BOOTSTRAP_WAIT_S)
-    config = NetConfig(data_dir=data_dir, listen=args.listen, bootstrap=tuple(args.bootstrap), dht=False)
-    async with open_node_host(config, key) as net:
-        for addr in net.listen_addrs:
-            print(f"listening {addr}", flush=True)
+    rounds_file = (data_dir / ROUNDS_FILE).open("a")
+
+    def on_round(entry: Any) -> None:
+        rounds_file.write(json.dumps(roundlog_to_dict(entry)) + "\n")
+        rounds_file.flush()
+
+    async def before_join(net: Any) -> None:
         (data_dir / READY_FILE).write_text(str(os.getpid()))
         # Round 1 starts when every node is up (the parent's go file), as in the in-process
         # mode, so that it measures the protocol rather than staggered start-ups.
         while args.go_file and not Path(args.go_file).exists():
             await trio.sleep(0.1)
-        rounds_file = (data_dir / ROUNDS_FILE).open("a")
 
-        def on_round(entry: Any) -> None:
-            rounds_file.write(json.dumps(roundlog_to_dict(entry)) + "\n")
-            rounds_file.flush()
-
-        node = Node(identity, manifest, chain, net, data, data_dir / "state", client_index=args.index,
-                    on_round=on_round, follow_poll_s=0.2)
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(_write_status, node, net, data_dir / STATUS_FILE, {})
-            await node.run(stop_after_round=args.rounds)
-            nursery.cancel_scope.cancel()
+    async def after_run(node: Any, net: Any) -> None:
         rounds_file.close()
-        _dump_status(node, net, data_dir / STATUS_FILE, {})
         final = {
             "round": node.machine.round,
             "counters": {**dict(node.machine.counters), **node.counters},
-            "bytes_sent": int(net.metrics().get("bytes_sent", 0) or 0),  # type: ignore[call-overload]
+            "bytes_sent": int(net.metrics().get("bytes_sent", 0) or 0),
             "net": net.metrics(),
         }
-        tmp = data_dir / (FINAL_FILE + ".tmp")
-        tmp.write_text(json.dumps(final))
-        os.replace(tmp, data_dir / FINAL_FILE)
+        write_text_atomic(data_dir / FINAL_FILE, json.dumps(final))
         print(f"finished round {node.machine.round}", flush=True)
         await trio.sleep_forever()  # keep serving blocks until the parent stops us
+
+    await launch_node(Launch(
+        identity=NodeIdentity(key), manifest=TaskManifest.load(args.manifest), rpc_url=args.rpc, data=data,
+        data_dir=data_dir, listen=args.listen, bootstrap=tuple(args.bootstrap), rounds=args.rounds, dht=False,
+        client_index=args.index, node_options={"follow_poll_s": 0.2}, check_registration=False,
+        on_round=on_round, before_join=before_join, after_run=after_run,
+    ))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -37,14 +37,17 @@ import numpy as np
 
 from p2pfl.chain.devnet import DevNet
 from p2pfl.chain.providers import Anvil, free_loopback_port
-from p2pfl.core.tensors import encode_tensors
 from p2pfl.errors import ConfigError, P2PFLError
 from p2pfl.manifest import TaskManifest
 from p2pfl.net.blockstore import BlockStore
 from sim.faults import FaultSpec
 from sim.node_proc import FINAL_FILE, KEY_ENV, READY_FILE, read_round_logs
-from sim.report import RunWriter, new_run_dir, round_records, write_report
+from sim.prologue import begin
+from sim.report import RunWriter, round_records, write_report
 from sim.scenario import Scenario
+
+# The checkout that holds `sim/` (not an installed package).
+CHECKOUT = Path(__file__).resolve().parents[1]
 
 # Peers each child dials at start-up (node 0 plus seeded earlier nodes), as in sim.run.
 BOOTSTRAP_PEERS = 9
@@ -168,8 +171,7 @@ def run_processes(
     restart: RestartFault | None = None,
 ) -> Path:
     """Run one scenario with every node in its own process on anvil; returns the run folder."""
-    from p2pfl.train.models import init_weights
-    from sim.run import load_data, print_summary, reference_curve, setup_task, summarise
+    from sim.run import print_summary, reference_curve, setup_task, summarise
 
     fault_spec = FaultSpec.from_dict(scenario.faults)
     if scenario.attacks or fault_spec.active:
@@ -180,14 +182,9 @@ def run_processes(
         raise ConfigError(f"faults.rpc_outage_round must be in 1..{scenario.rounds} (the scenario's rounds)")
     if restart is not None and not 0 < restart.node < scenario.nodes:
         raise ConfigError(f"restart.node must be a non-creator node in 1..{scenario.nodes - 1}")
-    say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
-    run_dir = new_run_dir(scenario.name, runs_root)
-    wall_start = time.perf_counter()
-    _, test, partitions = load_data(scenario)
-    say(f"scenario {scenario.name}: {scenario.nodes} node processes, {scenario.rounds} rounds, "
-        f"model {scenario.model.name}, data {scenario.data.dataset} ({scenario.data.partition}), anvil")
-    genesis = init_weights(scenario.model.name, scenario.model.kwargs, scenario.seed)
-    genesis_blob = encode_tensors(genesis)
+    start = begin(scenario, runs_root, quiet, f"{scenario.nodes} node processes on anvil")
+    say, run_dir, wall_start, test, partitions = start.say, start.run_dir, start.wall_start, start.test, start.partitions
+    genesis, genesis_blob = start.genesis, start.genesis_blob
     work = tempfile.TemporaryDirectory(prefix="p2pfl-simproc-")
     root = Path(work.name)
     children: list[Child] = []
@@ -220,7 +217,9 @@ def run_processes(
             for j in ([0] + earlier if i else []):
                 argv += ["--bootstrap", addrs[j]]
             # The key travels in the environment, not argv (argv is world-readable in /proc).
-            env = {**os.environ, KEY_ENV: ident.private_key.hex(), "PYTHONWARNINGS": "ignore"}
+            # `sim` is not installed (it lives in the checkout): the child finds it on PYTHONPATH.
+            env = {**os.environ, KEY_ENV: ident.private_key.hex(), "PYTHONWARNINGS": "ignore",
+                   "PYTHONPATH": os.pathsep.join(filter(None, [str(CHECKOUT), os.environ.get("PYTHONPATH", "")]))}
             children.append(Child(i, argv, env, root / f"node{i}", run_dir / f"node{i}.log"))
         started = time.perf_counter()
         timed_out = False

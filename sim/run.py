@@ -29,10 +29,12 @@ from p2pfl.core.tensors import encode_tensors
 from p2pfl.errors import ConfigError
 from p2pfl.manifest import TaskManifest
 from p2pfl.node import Node
+from sim.audit import audit_run
 from sim.attacks import AttackLog, RoundBoard, behaviour_for, hostile_net, make_plan, run_background, wrap_trainer
 from sim.faults import FaultLog, FaultSpec, Killer, LeaderKillNet, hold_host, inject
-from sim.report import RunWriter, new_run_dir, round_records, write_report
-from sim.robustness import audit_run
+from sim.data import load_data, train_dict
+from sim.prologue import begin
+from sim.report import RunWriter, round_records, write_report
 from sim.scenario import Scenario
 
 log = logging.getLogger("p2pfl.sim")
@@ -50,42 +52,6 @@ SIM_SYNC_STREAMS_PER_S = 18.0
 MAX_SECONDS_PER_ROUND = 240.0
 
 
-def load_data(scenario: Scenario) -> tuple[Any, Any, list[Any]]:
-    """(train, test, partitions) for the scenario, seeded."""
-    from p2pfl.train.data import load_digits, load_fashion_mnist, split_dataset
-    from p2pfl.train.partition import partition_dirichlet, partition_iid
-
-    d = scenario.data
-    if d.dataset == "fashion-mnist":
-        train, test = load_fashion_mnist("train"), load_fashion_mnist("test")
-    elif d.dataset == "digits":
-        train, test = split_dataset(load_digits(), 0.25, scenario.seed)
-    else:
-        raise ConfigError(f"unknown dataset {d.dataset!r}: use 'fashion-mnist' or 'digits'")
-    if d.test_samples:
-        test = test.subset(np.arange(min(d.test_samples, len(test))))
-    if d.partition == "iid":
-        parts = partition_iid(train.y, scenario.nodes, scenario.seed)
-    elif d.partition == "dirichlet":
-        parts = partition_dirichlet(train.y, scenario.nodes, d.alpha, scenario.seed)
-    else:
-        raise ConfigError(f"unknown partition {d.partition!r}: use 'iid' or 'dirichlet'")
-    if d.samples_per_node:
-        parts = [p[: d.samples_per_node] for p in parts]
-    datasets = [train.subset(p) for p in parts]
-    if scenario.attacks:  # label flipping poisons the attackers' local data
-        from sim.attacks import make_plan, poison_datasets
-
-        datasets = poison_datasets(make_plan(scenario.attacks, scenario.nodes, scenario.seed), datasets)
-    return train, test, datasets
-
-
-def _train_dict(scenario: Scenario) -> dict[str, Any]:
-    t = scenario.train
-    return {"epochs": t.epochs, "batch_size": t.batch_size, "lr": t.lr, "optimizer": t.optimizer,
-            "momentum": t.momentum, "weight_decay": t.weight_decay}
-
-
 def run_scenario(scenario: Scenario, runs_root: str | Path = "runs", quiet: bool = False) -> Path:
     """Run one scenario in this process; returns the run folder."""
     return trio.run(_run, scenario, Path(runs_root), quiet)
@@ -93,17 +59,10 @@ def run_scenario(scenario: Scenario, runs_root: str | Path = "runs", quiet: bool
 
 async def _run(scenario: Scenario, runs_root: Path, quiet: bool) -> Path:
     from p2pfl.net.config import NetConfig
-    from p2pfl.train.models import init_weights
 
-    say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
-    run_dir = new_run_dir(scenario.name, runs_root)
-    wall_start = time.perf_counter()
-    _, test, partitions = load_data(scenario)
-    say(f"scenario {scenario.name}: {scenario.nodes} nodes, {scenario.rounds} rounds, "
-        f"model {scenario.model.name}, data {scenario.data.dataset} ({scenario.data.partition})")
-
-    genesis = init_weights(scenario.model.name, scenario.model.kwargs, scenario.seed)
-    genesis_blob = encode_tensors(genesis)
+    start = begin(scenario, runs_root, quiet, f"{scenario.nodes} nodes")
+    say, run_dir, wall_start, test, partitions = start.say, start.run_dir, start.wall_start, start.test, start.partitions
+    genesis, genesis_blob = start.genesis, start.genesis_blob
 
     # Chain: embedded eth-tester, contracts deployed, every node funded and registered
     # with its real peer ID (the same key drives its libp2p host).
@@ -207,7 +166,7 @@ def reference_curve(scenario: Scenario, genesis: Any, partitions: list[Any], tes
     from p2pfl.train.trainer import TrainConfig
 
     say("centralised FedAvg reference (same model, seeds, partitions; no network)...")
-    cfg = TrainConfig.from_dict({**_train_dict(scenario), "seed": scenario.seed})
+    cfg = TrainConfig.from_dict({**train_dict(scenario), "seed": scenario.seed})
     reference = reference_fedavg(scenario.model.name, scenario.model.kwargs, genesis, partitions, test,
                                  scenario.rounds, cfg, scenario.seed, num_threads=1)
     return [{"round": m.round, "accuracy": m.accuracy, "loss": m.loss, "compute_s": m.compute_s} for m in reference]
@@ -327,7 +286,7 @@ def setup_task(w3: Any, scenario: Scenario, genesis_blob: bytes) -> tuple[DevNet
     manifest = TaskManifest(
         name=scenario.name, model=scenario.model.name, model_kwargs=dict(scenario.model.kwargs),
         initial_model=str(blob_cid(genesis_blob)), chain_id=dep.chain_id, registry=dep.registry,
-        ledger=dep.ledger, train=_train_dict(scenario), aggregation=dict(scenario.aggregation),
+        ledger=dep.ledger, train=train_dict(scenario), aggregation=dict(scenario.aggregation),
         committee_size=c.size, collect_deadline_s=c.collect_deadline_s,
         collect_quorum_percent=round(c.quorum_fraction * 100), view_timeout_s=c.view_timeout_s,
         commit_fallback_delay_s=min(5.0, c.view_timeout_s / 2),

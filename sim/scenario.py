@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import tomllib
-from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from p2pfl.errors import ConfigError
 from p2pfl.train.config import TrainConfig
+from sim.strict import build
 
 
 @dataclass(frozen=True)
@@ -69,27 +70,6 @@ class Scenario:
         return asdict(self)
 
 
-def _build(cls: type, raw: dict[str, Any], where: str) -> Any:
-    known = {f.name: f for f in fields(cls)}
-    unknown = sorted(set(raw) - set(known))
-    if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {unknown}; known: {sorted(known)}")
-    values = {}
-    for key, value in raw.items():
-        default = known[key].default_factory() if callable(known[key].default_factory) else known[key].default  # type: ignore[misc]
-        if is_dataclass(default):
-            if not isinstance(value, dict):
-                raise ConfigError(f"{where}.{key}: expected a table")
-            values[key] = _build(type(default), value, f"{where}.{key}")
-            continue
-        if isinstance(default, bool) != isinstance(value, bool) or (
-            isinstance(default, (int, float)) and not isinstance(value, (int, float))
-        ) or (isinstance(default, (str, dict)) and not isinstance(value, type(default))):
-            raise ConfigError(f"{where}.{key}: expected {type(default).__name__}, got {value!r}")
-        values[key] = float(value) if isinstance(default, float) else value
-    return cls(**values)
-
-
 def load_scenario(path: str | Path, overrides: dict[str, Any] | None = None) -> Scenario:
     """Parse a scenario file; `overrides` are dotted keys ("committee.size": 5)."""
     try:
@@ -105,7 +85,7 @@ def load_scenario(path: str | Path, overrides: dict[str, Any] | None = None) -> 
         for part in parents:
             node = node.setdefault(part, {})
         node[leaf] = value
-    scenario = _build(Scenario, raw, Path(path).name)
+    scenario = build(Scenario, raw, Path(path).name)
     if scenario.nodes < 2:
         raise ConfigError("a scenario needs at least 2 nodes")
     if scenario.rounds < 1:

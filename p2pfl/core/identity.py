@@ -2,8 +2,8 @@
 
 The same private key signs protocol statements (verified on-chain by `ecrecover`)
 and authenticates the libp2p host (Noise handshake), so a peer ID seen on the wire
-and an address seen on-chain name the same node. The key lives in an encrypted
-eth-account JSON keystore (scrypt + AES-128-CTR, the ecosystem convention).
+and an address seen on-chain name the same node. Pure derivations only: drawing a new
+key and the encrypted keystore file live in `p2pfl.keystore`.
 
 The node's X25519 encryption key is derived from the secp256k1 key with domain
 separation (keccak256("p2pfl/x25519/v1" ‖ key)): one secret to back up, nothing lost
@@ -12,14 +12,9 @@ if the keystore is the only file a user keeps.
 
 from __future__ import annotations
 
-import json
-import os
-import secrets
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import base58
-from eth_account import Account
 from eth_keys import keys
 from eth_utils import keccak, to_checksum_address
 from nacl.public import PrivateKey as X25519PrivateKey
@@ -76,11 +71,6 @@ class NodeIdentity:
         keys.PrivateKey(self.private_key)  # validates the scalar range
 
     @classmethod
-    def generate(cls) -> NodeIdentity:
-        """A fresh random identity (OS entropy)."""
-        return cls(secrets.token_bytes(32))
-
-    @classmethod
     def from_seed(cls, seed: bytes) -> NodeIdentity:
         """Deterministic identity for simulations and tests; never for real keys."""
         return cls(keccak(b"p2pfl/test-identity/v1" + seed))
@@ -108,40 +98,3 @@ class NodeIdentity:
     @property
     def x25519_public_key(self) -> bytes:
         return bytes(self.x25519_private_key.public_key)
-
-    # --- keystore -----------------------------------------------------------------
-
-    def save_keystore(self, path: str | os.PathLike[str], password: str, *, kdf: str = "scrypt") -> Path:
-        """Write an encrypted eth-account JSON keystore (refuses to overwrite)."""
-        target = Path(path)
-        if target.exists():
-            raise KeystoreError(f"{target} exists; refusing to overwrite a key")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        document = Account.encrypt(self.private_key, password, kdf=kdf)
-        document["p2pfl"] = {
-            "peer_id": self.peer_id,
-            "x25519_public_key": self.x25519_public_key.hex(),
-        }
-        tmp = target.with_suffix(target.suffix + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            json.dump(document, fh, indent=1)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-        return target
-
-    @classmethod
-    def load_keystore(cls, path: str | os.PathLike[str], password: str) -> NodeIdentity:
-        """Decrypt a keystore written by `save_keystore` (or any eth-account keystore)."""
-        try:
-            document = json.loads(Path(path).read_text())
-        except FileNotFoundError:
-            raise KeystoreError(f"no keystore at {path}; create one with `p2pfl keygen`") from None
-        except (OSError, ValueError) as exc:
-            raise KeystoreError(f"cannot read keystore {path}: {exc}") from None
-        try:
-            key = bytes(Account.decrypt(document, password))
-        except ValueError as exc:
-            raise KeystoreError(f"cannot decrypt {path}: {exc} (wrong password?)") from None
-        return cls(key)

@@ -6,20 +6,15 @@ import json
 
 import pytest
 
-from p2pfl.chain.commands import (
-    claim_command,
-    deploy_command,
-    ether_to_wei,
-    read_reward_file,
-    register_command,
-    status_command,
-    write_reward_file,
-)
+from p2pfl.chain.rewards import read_reward_file, write_reward_file
 from p2pfl.chain.devnet import ETHER, DevNet
 from p2pfl.chain.providers import Anvil
 from p2pfl.cli import main as cli_main
+from p2pfl.cli.chain import claim_command, deploy_command, register_command, status_command
+from p2pfl.cli.common import ether_to_wei
 from p2pfl.core.identity import NodeIdentity
 from p2pfl.errors import ChainError, ConfigError
+from p2pfl.keystore import generate_identity, save_keystore
 
 from .conftest import GENESIS, REWARD, TASK, K, commit
 
@@ -33,9 +28,9 @@ def anvil():
 
 
 def _keystore(tmp_path, key: bytes | None = None):
-    ident = NodeIdentity(key) if key else NodeIdentity.generate()
-    path = ident.save_keystore(
-        tmp_path / f"key-{ident.address.hex()[:8]}.json", PASSWORD, kdf="pbkdf2"
+    ident = NodeIdentity(key) if key else generate_identity()
+    path = save_keystore(
+        ident, tmp_path / f"key-{ident.address.hex()[:8]}.json", PASSWORD, kdf="pbkdf2"
     )
     return ident, path
 

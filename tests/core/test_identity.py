@@ -1,4 +1,4 @@
-"""Identity: one key gives the address and the libp2p peer ID; keystore round trip."""
+"""Identity: one key gives the address and the libp2p peer ID."""
 
 import json
 
@@ -18,21 +18,6 @@ def test_peer_id_matches_libp2p_and_address_matches_signing():
     assert node.peer_id == libp2p_id.to_base58()
     assert node.address == address_of(node.private_key)
     assert identity.address_from_peer_id(node.peer_id) == node.address
-
-
-def test_keystore_round_trip_and_wrong_password(tmp_path):
-    node = NodeIdentity.generate()
-    path = node.save_keystore(tmp_path / "key.json", "pw", kdf="pbkdf2")
-    doc = json.loads(path.read_text())
-    assert doc["address"].lower() == node.address.hex()
-    assert doc["p2pfl"]["peer_id"] == node.peer_id
-    assert NodeIdentity.load_keystore(path, "pw") == node
-    with pytest.raises(KeystoreError, match="wrong password"):
-        NodeIdentity.load_keystore(path, "nope")
-    with pytest.raises(KeystoreError, match="refusing to overwrite"):
-        node.save_keystore(path, "pw")
-    with pytest.raises(KeystoreError, match="p2pfl keygen"):
-        NodeIdentity.load_keystore(tmp_path / "missing.json", "pw")
 
 
 def test_x25519_key_is_derived_and_stable():

@@ -3,18 +3,14 @@
 Each command is a plain function (usable from Python and tests) plus an argparse
 handler; `add_chain_commands(subparsers)` registers them on the `p2pfl` CLI.
 Amounts on the command line are in ether (decimals allowed); functions take wei.
-
-Reward files (`p2pfl claim FILE...`): JSON written by `write_reward_file` when a round
-commits -- {"task", "round", "root", "leaves": [{"index", "role", "account", "amount",
-"proof": [...]}]} with hex strings for bytes and decimal strings for amounts.
+Reward files (`p2pfl claim FILE...`) are written by the node (`p2pfl.chain.rewards`).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -34,39 +30,25 @@ from p2pfl.chain.client import (
     deploy,
 )
 from p2pfl.chain.providers import fund, rpc_web3
-from p2pfl.chain.rewards import hex32 as _hex32
-from p2pfl.chain.rewards import read_reward_file, write_reward_file  # noqa: F401  (re-exported)
+from p2pfl.chain.rewards import hex32, read_reward_file
+from p2pfl.cli.common import (
+    DEFAULT_DEPLOYMENT,
+    WEI_PER_ETHER,
+    add_key_options,
+    add_rpc_options,
+    ether_to_wei,
+    load_account,
+    read_password,
+)
 from p2pfl.core.merkle import ROLE_REJECTED
-from p2pfl.errors import ChainError, ConfigError
-from p2pfl.files import write_text_atomic
+from p2pfl.errors import ChainError
 
-DEFAULT_RPC = "http://127.0.0.1:8545"
-DEFAULT_DEPLOYMENT = "deployment.json"
 # Credit given to the deployer by --fund-dev (anvil / test chains only).
 DEV_FUNDING_WEI = 1_000 * 10**18
-WEI_PER_ETHER = Decimal(10**18)
 TIER_NAMES = {0: "none", 1: "basic", 2: "compute", 3: "trusted"}
 
 
 # ---------------------------------------------------------------- helpers
-
-
-def ether_to_wei(text: str) -> int:
-    """'1.5' -> 1500000000000000000; ConfigError for anything else."""
-    try:
-        value = Decimal(text) * WEI_PER_ETHER
-    except InvalidOperation:
-        raise ConfigError(f"not an amount of ether: {text!r}") from None
-    if value < 0 or value != value.to_integral_value():
-        raise ConfigError(f"amount must be >= 0 with at most 18 decimals: {text!r}")
-    return int(value)
-
-
-def load_account(keystore: str | Path, password: str) -> LocalAccount:
-    """Decrypt the node's eth-account keystore (the same key as its libp2p identity)."""
-    from p2pfl.core.identity import NodeIdentity
-
-    return Account.from_key(NodeIdentity.load_keystore(keystore, password).private_key)
 
 
 # ---------------------------------------------------------------- commands
@@ -113,9 +95,10 @@ def register_command(
     fund_dev: bool = False,
 ) -> TxResult:
     """Register the keystore's node with `stake_wei`, or top up if it is already active."""
-    from p2pfl.core.identity import NodeIdentity, peer_id_bytes_from_public
+    from p2pfl.core.identity import peer_id_bytes_from_public
+    from p2pfl.keystore import load_keystore
 
-    identity = NodeIdentity.load_keystore(keystore, password)
+    identity = load_keystore(keystore, password)
     client = _client(rpc_url, deployment, Account.from_key(identity.private_key))
     if fund_dev:
         fund(client.w3, client.account.address, stake_wei + 10**18)
@@ -194,40 +177,11 @@ def status_command(
 # ---------------------------------------------------------------- argparse
 
 
-def _rpc_options(p: argparse.ArgumentParser, deployment: bool = True) -> None:
-    p.add_argument(
-        "--rpc",
-        default=os.environ.get("P2PFL_RPC", DEFAULT_RPC),
-        help=f"JSON-RPC URL (default $P2PFL_RPC or {DEFAULT_RPC})",
-    )
-    if deployment:
-        p.add_argument(
-            "--deployment",
-            default=DEFAULT_DEPLOYMENT,
-            help=f"deployment file from `p2pfl chain deploy` (default {DEFAULT_DEPLOYMENT})",
-        )
-
-
-def _key_options(p: argparse.ArgumentParser) -> None:
-    from p2pfl.cli import add_password_option
-
-    p.add_argument(
-        "--keystore", default="node-key.json", help="node keystore (default node-key.json)"
-    )
-    add_password_option(p)
-
-
-def _password(args: argparse.Namespace) -> str:
-    from p2pfl.cli import _password as cli_password
-
-    return cli_password(args)
-
-
 def _cmd_deploy(args: argparse.Namespace) -> int:
     dep = deploy_command(
         args.rpc,
         args.keystore,
-        _password(args),
+        read_password(args),
         args.out,
         ether_to_wei(args.min_stake),
         ether_to_wei(args.compute_stake),
@@ -246,7 +200,7 @@ def _cmd_register(args: argparse.Namespace) -> int:
         args.rpc,
         args.deployment,
         args.keystore,
-        _password(args),
+        read_password(args),
         ether_to_wei(args.stake),
         args.fund_dev,
     )
@@ -260,7 +214,7 @@ def _cmd_register(args: argparse.Namespace) -> int:
 
 
 def _cmd_claim(args: argparse.Namespace) -> int:
-    txs = claim_command(args.rpc, args.deployment, args.keystore, _password(args), args.files)
+    txs = claim_command(args.rpc, args.deployment, args.keystore, read_password(args), args.files)
     total = sum(tx.event("RewardClaimed")["amount"] for tx in txs)
     print(f"claimed {len(txs)} reward(s), {Decimal(total) / WEI_PER_ETHER} ETH")
     return 0
@@ -268,7 +222,7 @@ def _cmd_claim(args: argparse.Namespace) -> int:
 
 def _cmd_status(args: argparse.Namespace) -> int:
     if args.data_dir:
-        from p2pfl.commands import format_node_status, read_status
+        from p2pfl.cli.node import format_node_status, read_status
 
         node = read_status(args.data_dir)
         print(json.dumps(node, indent=1) if args.json else format_node_status(node))
@@ -280,7 +234,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
     elif args.keystore:
         doc = json.loads(Path(args.keystore).read_text())
         address = bytes.fromhex(doc["address"].removeprefix("0x"))  # keystores store it in clear
-    task = _hex32(args.task, "--task") if args.task else None
+    task = hex32(args.task, "--task") if args.task else None
     status = status_command(args.rpc, args.deployment, address, task)
     if args.json:
         print(json.dumps(status, indent=1))
@@ -302,8 +256,8 @@ def add_chain_commands(subparsers: argparse._SubParsersAction) -> None:
     dep = chain_sub.add_parser(
         "deploy", help="deploy NodeRegistry + RoundLedger; writes a deployment file"
     )
-    _rpc_options(dep, deployment=False)
-    _key_options(dep)
+    add_rpc_options(dep, deployment=False)
+    add_key_options(dep)
     dep.add_argument(
         "--out",
         default=DEFAULT_DEPLOYMENT,
@@ -326,8 +280,8 @@ def add_chain_commands(subparsers: argparse._SubParsersAction) -> None:
     dep.set_defaults(handler=_cmd_deploy)
 
     reg = subparsers.add_parser("register", help="register this node with stake (or top up)")
-    _rpc_options(reg)
-    _key_options(reg)
+    add_rpc_options(reg)
+    add_key_options(reg)
     reg.add_argument("--stake", required=True, help="stake in ETH")
     reg.add_argument(
         "--fund-dev", action="store_true", help="credit the account first (anvil/test chains only)"
@@ -335,15 +289,15 @@ def add_chain_commands(subparsers: argparse._SubParsersAction) -> None:
     reg.set_defaults(handler=_cmd_register)
 
     claim = subparsers.add_parser("claim", help="claim rewards listed in reward files")
-    _rpc_options(claim)
-    _key_options(claim)
+    add_rpc_options(claim)
+    add_key_options(claim)
     claim.add_argument(
         "files", nargs="+", help="reward files written by the node for committed rounds"
     )
     claim.set_defaults(handler=_cmd_claim)
 
     status = subparsers.add_parser("status", help="registry, node and task state")
-    _rpc_options(status)
+    add_rpc_options(status)
     status.add_argument("--keystore", help="show the node of this keystore (no password needed)")
     status.add_argument("--address", help="show the node of this address")
     status.add_argument("--task", help="show this task (32-byte hex id)")

@@ -1,5 +1,6 @@
-"""`p2pfl task create`, `p2pfl node start`, `p2pfl model get`, `p2pfl sim`: the commands a
-person runs on a laptop. Each is a plain function (testable) plus its argparse wiring."""
+"""`p2pfl task create`, `p2pfl node start`, `p2pfl model get`: the commands a person runs on
+a laptop. Each is a plain function (testable) plus its argparse wiring. The simulator is
+not a product command: it runs from a checkout as `python -m sim`."""
 
 from __future__ import annotations
 
@@ -7,14 +8,21 @@ import argparse
 import json
 import logging
 import math
-import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from p2pfl.cli.common import (
+    DEFAULT_DEPLOYMENT,
+    DEFAULT_RPC,
+    add_password_option,
+    default_rpc,
+    ether_to_wei,
+    read_password,
+)
+from p2pfl.cli.launch import read_status
 from p2pfl.errors import ConfigError, P2PFLError
-from p2pfl.files import write_text_atomic
 
 log = logging.getLogger("p2pfl.cli")
 
@@ -22,7 +30,8 @@ DEFAULT_DATA_DIR = "p2pfl-data"
 DEFAULT_LISTEN = "/ip4/0.0.0.0/tcp/4001"
 # Fraction of a node's own data held out to report the accuracy of committed models.
 LOCAL_EVAL_FRACTION = 0.1
-STATUS_FILE = "status.json"
+
+__all__ = ["create_task", "get_model", "load_node_data", "read_status", "start_node"]
 
 
 # ---------------------------------------------------------------- task create
@@ -52,13 +61,13 @@ def create_task(
     the task on-chain with `reward_per_round_wei * rounds_budget` escrowed."""
     from p2pfl.chain.client import ChainClient, Deployment
     from p2pfl.chain.providers import rpc_web3
-    from p2pfl.core.identity import NodeIdentity
     from p2pfl.core.tensors import encode_tensors
+    from p2pfl.keystore import load_keystore
     from p2pfl.manifest import TaskManifest
     from p2pfl.net.blockstore import BlockStore
     from p2pfl.train.models import init_weights
 
-    identity = NodeIdentity.load_keystore(keystore, password)
+    identity = load_keystore(keystore, password)
     deployment = Deployment.load(deployment_path)
     genesis = encode_tensors(init_weights(model, model_kwargs, seed))
     root = BlockStore(Path(data_dir) / "blocks").put_blob(genesis)
@@ -99,128 +108,14 @@ def load_node_data(spec: str, seed: int) -> Any:
     return load_user_data(spec)
 
 
-async def run_node(
-    manifest_path: str | Path,
-    keystore: str | Path,
-    password: str,
-    rpc_url: str,
-    data_spec: str,
-    data_dir: str | Path,
-    listen: str,
-    bootstrap: Sequence[str],
-    rounds: int | None = None,
-    num_threads: int = 1,
-) -> None:
-    """Run one node until `rounds` are committed (or forever), writing `status.json`."""
-    import trio
-
-    from p2pfl.chain.client import ChainClient, Deployment
-    from p2pfl.chain.providers import rpc_web3
-    from p2pfl.core.identity import NodeIdentity
-    from p2pfl.manifest import TaskManifest
-    from p2pfl.net.config import NetConfig
-    from p2pfl.net.host import open_node_host
-    from p2pfl.node import Node
-    from p2pfl.train.data import split_dataset
-
-    manifest = TaskManifest.load(manifest_path)
-    identity = NodeIdentity.load_keystore(keystore, password)
-    data = load_node_data(data_spec, manifest.seed)
-    train, held_out = split_dataset(data, LOCAL_EVAL_FRACTION, manifest.seed)
-    deployment = Deployment(manifest.chain_id, manifest.registry, manifest.ledger, 0)
-    chain = ChainClient(rpc_web3(rpc_url), deployment, identity.private_key)
-    info = chain.node_info()
-    if info.banned:
-        raise P2PFLError(
-            f"node {identity.checksum_address} was slashed for proven misbehaviour and is banned: "
-            "it cannot take part again; use a new key"
-        )
-    if not info.active:
-        raise P2PFLError(f"node {identity.checksum_address} is not registered: run `p2pfl register --stake ETH` first")
-    data_dir = Path(data_dir)
-    config = NetConfig(data_dir=data_dir, listen=listen, bootstrap=tuple(bootstrap), dht=True)
-    async with open_node_host(config, identity.private_key) as net:
-        print(f"peer id:  {net.peer_id}", flush=True)
-        for addr in net.listen_addrs:
-            print(f"listening {addr}", flush=True)
-        accuracy: dict[int, float] = {}
-
-        def on_round(entry: Any) -> None:
-            nursery.start_soon(_evaluate, node, entry, held_out, accuracy)
-
-        node = Node(identity, manifest, chain, net, train, data_dir / "state", num_threads=num_threads,
-                    on_round=on_round)
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(_write_status, node, net, data_dir / STATUS_FILE, accuracy)
-            await node.run(stop_after_round=rounds)
-            nursery.cancel_scope.cancel()
-        _dump_status(node, net, data_dir / STATUS_FILE, accuracy)
-        print(f"stopped after round {node.machine.round}", flush=True)
-
-
-async def _evaluate(node: Any, entry: Any, held_out: Any, accuracy: dict[int, float]) -> None:
-    import trio
-
-    from p2pfl.core.cid import CID
-    from p2pfl.core.tensors import decode_tensors
-    from p2pfl.train.trainer import evaluate
-
-    if not entry.result or len(held_out) == 0:
-        return
-    weights = decode_tensors(node.net.store.read_blob(CID.parse(entry.result)))
-    _, acc = await trio.to_thread.run_sync(
-        lambda: evaluate(node.manifest.model, weights, held_out, model_kwargs=node.manifest.model_kwargs)
-    )
-    accuracy[entry.round] = acc
-    print(f"round {entry.round} committed: model {entry.result} accuracy {acc:.4f} (local held-out)", flush=True)
-
-
-def _dump_status(node: Any, net: Any, path: Path, accuracy: dict[int, float]) -> None:
-    m = node.machine
-    last = max((r for r, e in node.rounds.items() if e.result), default=0)
-    status = {
-        "time": time.time(),
-        "address": node.identity.checksum_address,
-        "peer_id": net.peer_id,
-        "task": node.task.hex(),
-        "round": m.round,
-        "phase": m.phase.value,
-        "attempt": m.attempt,
-        "view": m.view,
-        "member": m.is_member,
-        "committee": ["0x" + a.hex() for a in m.committee],
-        "peers": len(net.connected_peers()),
-        "last_commit": {"round": last, "model": node.rounds[last].result, "tx": node.rounds[last].commit_tx} if last else None,
-        "accuracy": accuracy.get(last),
-        "counters": {**dict(m.counters), **node.counters},
-    }
-    write_text_atomic(path, json.dumps(status, indent=1, default=str))
-
-
-async def _write_status(node: Any, net: Any, path: Path, accuracy: dict[int, float]) -> None:
-    import trio
-
-    while True:
-        _dump_status(node, net, path, accuracy)
-        await trio.sleep(1.0)
-
-
-def read_status(data_dir: str | Path) -> dict[str, Any]:
-    path = Path(data_dir) / STATUS_FILE
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise P2PFLError(f"no node status at {path}: is `p2pfl node start --data-dir {data_dir}` running?") from None
-
-
 # ---------------------------------------------------------------- model get
 
 
 async def get_model(cid_text: str, out: str | Path, data_dir: str | Path, bootstrap: Sequence[str]) -> Path:
     """Write the blob `cid_text` to `out`: from the local store, else fetched from peers."""
     from p2pfl.core.cid import CID
-    from p2pfl.core.identity import NodeIdentity
     from p2pfl.core.tensors import decode_tensors
+    from p2pfl.keystore import generate_identity
     from p2pfl.net.blockstore import BlockStore
     from p2pfl.net.config import NetConfig
     from p2pfl.net.host import open_node_host
@@ -232,7 +127,7 @@ async def get_model(cid_text: str, out: str | Path, data_dir: str | Path, bootst
             raise P2PFLError(f"{cid} is not in {data_dir}; pass --bootstrap ADDR of a peer that has it")
         config = NetConfig(data_dir=Path(data_dir), listen="/ip4/127.0.0.1/tcp/0", bootstrap=tuple(bootstrap),
                            require_peers=True)
-        async with open_node_host(config, NodeIdentity.generate().private_key) as net:
+        async with open_node_host(config, generate_identity().private_key) as net:
             await net.fetch_blob(cid, None)
     blob = store.read_blob(cid)
     decode_tensors(blob)  # it is a canonical model, not arbitrary bytes
@@ -254,10 +149,7 @@ def _json_arg(text: str) -> dict[str, Any]:
 
 
 def add_node_commands(sub: argparse._SubParsersAction) -> None:
-    from p2pfl.chain.commands import DEFAULT_DEPLOYMENT, DEFAULT_RPC
-    from p2pfl.cli import add_password_option
-
-    rpc_default = os.environ.get("P2PFL_RPC", DEFAULT_RPC)
+    rpc_default = default_rpc()
 
     task = sub.add_parser("task", help="training tasks").add_subparsers(dest="task_command", metavar="ACTION")
     create = task.add_parser("create", help="write a manifest + genesis model and open the task on-chain")
@@ -303,17 +195,10 @@ def add_node_commands(sub: argparse._SubParsersAction) -> None:
     get.add_argument("--bootstrap", action="append", default=[], help="peer to fetch from when not stored locally")
     get.set_defaults(handler=_cmd_model_get)
 
-    sim = sub.add_parser("sim", help="run a multi-node simulation scenario (same as python -m sim)")
-    sim.add_argument("args", nargs=argparse.REMAINDER, help="SCENARIO.toml [--set key=value ...]")
-    sim.set_defaults(handler=lambda a: __import__("sim.__main__", fromlist=["main"]).main(a.args))
-
 
 def _cmd_task_create(args: argparse.Namespace) -> int:
-    from p2pfl.chain.commands import ether_to_wei
-    from p2pfl.cli import _password
-
     manifest = create_task(
-        args.rpc, args.deployment, args.keystore, _password(args), name=args.name, model=args.model,
+        args.rpc, args.deployment, args.keystore, read_password(args), name=args.name, model=args.model,
         model_kwargs=args.model_kwargs, train=args.train, aggregation=args.aggregation,
         committee_size=args.committee_size, reward_per_round_wei=ether_to_wei(args.reward_per_round),
         rounds_budget=args.rounds_budget, seed=args.seed, data_dir=args.data_dir, manifest_out=args.out,
@@ -325,12 +210,38 @@ def _cmd_task_create(args: argparse.Namespace) -> int:
     return 0
 
 
+async def start_node(
+    manifest_path: str | Path,
+    keystore: str | Path,
+    password: str,
+    rpc_url: str,
+    data_spec: str,
+    data_dir: str | Path,
+    listen: str,
+    bootstrap: Sequence[str],
+    rounds: int | None = None,
+    num_threads: int = 1,
+) -> None:
+    """`p2pfl node start`: run one node until `rounds` are committed (or forever)."""
+    from p2pfl.cli.launch import Launch, launch_node
+    from p2pfl.keystore import load_keystore
+    from p2pfl.manifest import TaskManifest
+    from p2pfl.train.data import split_dataset
+
+    manifest = TaskManifest.load(manifest_path)
+    identity = load_keystore(keystore, password)
+    train, held_out = split_dataset(load_node_data(data_spec, manifest.seed), LOCAL_EVAL_FRACTION, manifest.seed)
+    node = await launch_node(Launch(
+        identity=identity, manifest=manifest, rpc_url=rpc_url, data=train, data_dir=Path(data_dir),
+        listen=listen, bootstrap=tuple(bootstrap), rounds=rounds, num_threads=num_threads, held_out=held_out,
+    ))
+    print(f"stopped after round {node.machine.round}", flush=True)
+
+
 def _cmd_node_start(args: argparse.Namespace) -> int:
     import trio
 
-    from p2pfl.cli import _password
-
-    trio.run(run_node, args.manifest, args.keystore, _password(args), args.rpc, args.data, args.data_dir,
+    trio.run(start_node, args.manifest, args.keystore, read_password(args), args.rpc, args.data, args.data_dir,
              args.listen, args.bootstrap, args.rounds, args.threads)
     return 0
 

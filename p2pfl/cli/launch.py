@@ -1,0 +1,165 @@
+"""The one way a node process is started.
+
+`p2pfl node start` and the simulator's node processes (`sim.node_proc`) both call
+`launch_node`: open the libp2p host, build the `Node`, keep `status.json` fresh, run the
+rounds, write the final status. What differs between them (where the key and data come
+from, a start signal, what to do after the last round) is passed in, not copied.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from p2pfl.errors import P2PFLError
+from p2pfl.files import write_text_atomic
+
+STATUS_FILE = "status.json"
+# How often the running node rewrites its status file (what `p2pfl status` shows).
+STATUS_EVERY_S = 1.0
+
+
+@dataclass
+class Launch:
+    """Everything a node process needs, however it was started."""
+
+    identity: Any  # p2pfl.core.identity.NodeIdentity
+    manifest: Any  # p2pfl.manifest.TaskManifest
+    rpc_url: str
+    data: Any  # p2pfl.train.data.Dataset: the node's private training data
+    data_dir: Path
+    listen: str
+    bootstrap: Sequence[str] = ()
+    rounds: int | None = None  # stop once this round is committed (None: run until stopped)
+    dht: bool = True
+    num_threads: int = 1
+    client_index: int | bytes | None = None
+    node_options: dict[str, Any] = field(default_factory=dict)  # more `Node` keyword arguments
+    # A laptop checks it is registered before it starts; the simulator registered it itself.
+    check_registration: bool = True
+    held_out: Any = None  # Dataset: report the accuracy of each committed model on it
+    on_round: Callable[[Any], None] | None = None  # every committed RoundLog
+    before_join: Callable[[Any], Awaitable[None]] | None = None  # (net) once the host listens
+    after_run: Callable[[Any, Any], Awaitable[None]] | None = None  # (node, net) host still open
+
+
+async def launch_node(launch: Launch) -> Any:
+    """Run one node to the end of `launch.rounds` (or until cancelled); return the `Node`."""
+    import trio
+
+    from p2pfl.chain.client import ChainClient, Deployment
+    from p2pfl.chain.providers import rpc_web3
+    from p2pfl.net.config import NetConfig
+    from p2pfl.net.host import open_node_host
+    from p2pfl.node import Node
+
+    manifest, identity = launch.manifest, launch.identity
+    deployment = Deployment(manifest.chain_id, manifest.registry, manifest.ledger, 0)
+    chain = ChainClient(rpc_web3(launch.rpc_url), deployment, identity.private_key)
+    if launch.check_registration:
+        check_registered(chain, identity)
+    data_dir = Path(launch.data_dir)
+    status_path = data_dir / STATUS_FILE
+    config = NetConfig(data_dir=data_dir, listen=launch.listen, bootstrap=tuple(launch.bootstrap), dht=launch.dht)
+    async with open_node_host(config, identity.private_key) as net:
+        print(f"peer id:  {net.peer_id}", flush=True)
+        for addr in net.listen_addrs:
+            print(f"listening {addr}", flush=True)
+        if launch.before_join is not None:
+            await launch.before_join(net)
+        accuracy: dict[int, float] = {}
+        async with trio.open_nursery() as nursery:
+
+            def on_round(entry: Any) -> None:
+                if launch.on_round is not None:
+                    launch.on_round(entry)
+                if launch.held_out is not None and len(launch.held_out) > 0 and entry.result:
+                    nursery.start_soon(_evaluate, node, entry, launch.held_out, accuracy)
+
+            node = Node(identity, manifest, chain, net, launch.data, data_dir / "state",
+                        client_index=launch.client_index, num_threads=launch.num_threads,
+                        on_round=on_round, **launch.node_options)
+            nursery.start_soon(_keep_status, node, net, status_path, accuracy)
+            await node.run(stop_after_round=launch.rounds)
+            nursery.cancel_scope.cancel()
+        write_status(node, net, status_path, accuracy)
+        if launch.after_run is not None:
+            await launch.after_run(node, net)
+    return node
+
+
+def check_registered(chain: Any, identity: Any) -> None:
+    """Refuse to start a node the registry does not list (or banned): say what to do."""
+    info = chain.node_info()
+    if info.banned:
+        raise P2PFLError(
+            f"node {identity.checksum_address} was slashed for proven misbehaviour and is banned: "
+            "it cannot take part again; use a new key"
+        )
+    if not info.active:
+        raise P2PFLError(f"node {identity.checksum_address} is not registered: run `p2pfl register --stake ETH` first")
+
+
+async def _evaluate(node: Any, entry: Any, held_out: Any, accuracy: dict[int, float]) -> None:
+    """Accuracy of a committed model on the node's held-out data, off the event loop.
+
+    The node calls `on_round` only once it holds the committed model, so the read below
+    never races the model's fetch.
+    """
+    import trio
+
+    from p2pfl.core.cid import CID
+    from p2pfl.core.tensors import decode_tensors
+    from p2pfl.train.trainer import evaluate
+
+    def job() -> float:
+        weights = decode_tensors(node.net.store.read_blob(CID.parse(entry.result)))
+        return evaluate(node.manifest.model, weights, held_out, model_kwargs=node.manifest.model_kwargs)[1]
+
+    acc = await trio.to_thread.run_sync(job)
+    accuracy[entry.round] = acc
+    print(f"round {entry.round} committed: model {entry.result} accuracy {acc:.4f} (local held-out)", flush=True)
+
+
+def write_status(node: Any, net: Any, path: Path, accuracy: dict[int, float]) -> None:
+    """Write the node's `status.json` (what `p2pfl status --data-dir` reads)."""
+    m = node.machine
+    last = max((r for r, e in node.rounds.items() if e.result), default=0)
+    status = {
+        "time": time.time(),
+        "address": node.identity.checksum_address,
+        "peer_id": net.peer_id,
+        "task": node.task.hex(),
+        "round": m.round,
+        "phase": m.phase.value,
+        "attempt": m.attempt,
+        "view": m.view,
+        "member": m.is_member,
+        "committee": ["0x" + a.hex() for a in m.committee],
+        "peers": len(net.connected_peers()),
+        "last_commit": {"round": last, "model": node.rounds[last].result, "tx": node.rounds[last].commit_tx} if last else None,
+        "accuracy": accuracy.get(last),
+        "counters": {**dict(m.counters), **node.counters},
+    }
+    write_text_atomic(path, json.dumps(status, indent=1, default=str))
+
+
+async def _keep_status(node: Any, net: Any, path: Path, accuracy: dict[int, float]) -> None:
+    import trio
+
+    while True:
+        write_status(node, net, path, accuracy)
+        await trio.sleep(STATUS_EVERY_S)
+
+
+def read_status(data_dir: str | Path) -> dict[str, Any]:
+    """The running node's last `status.json`, or a P2PFLError saying how to start one."""
+    path = Path(data_dir) / STATUS_FILE
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise P2PFLError(f"no node status at {path}: is `p2pfl node start --data-dir {data_dir}` running?") from None

@@ -1,0 +1,47 @@
+"""A scenario's data: the seeded train/test sets and one partition per node, cut the same way
+by the in-process simulation, the node processes and the robustness campaign."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from p2pfl.errors import ConfigError
+from sim.scenario import Scenario
+
+
+def load_data(scenario: Scenario) -> tuple[Any, Any, list[Any]]:
+    """(train, test, partitions) for the scenario, seeded."""
+    from p2pfl.train.data import load_digits, load_fashion_mnist, split_dataset
+    from p2pfl.train.partition import partition_dirichlet, partition_iid
+
+    d = scenario.data
+    if d.dataset == "fashion-mnist":
+        train, test = load_fashion_mnist("train"), load_fashion_mnist("test")
+    elif d.dataset == "digits":
+        train, test = split_dataset(load_digits(), 0.25, scenario.seed)
+    else:
+        raise ConfigError(f"unknown dataset {d.dataset!r}: use 'fashion-mnist' or 'digits'")
+    if d.test_samples:
+        test = test.subset(np.arange(min(d.test_samples, len(test))))
+    if d.partition == "iid":
+        parts = partition_iid(train.y, scenario.nodes, scenario.seed)
+    elif d.partition == "dirichlet":
+        parts = partition_dirichlet(train.y, scenario.nodes, d.alpha, scenario.seed)
+    else:
+        raise ConfigError(f"unknown partition {d.partition!r}: use 'iid' or 'dirichlet'")
+    if d.samples_per_node:
+        parts = [p[: d.samples_per_node] for p in parts]
+    datasets = [train.subset(p) for p in parts]
+    if scenario.attacks:  # label flipping poisons the attackers' local data
+        from sim.attacks import make_plan, poison_datasets
+
+        datasets = poison_datasets(make_plan(scenario.attacks, scenario.nodes, scenario.seed), datasets)
+    return train, test, datasets
+
+
+def train_dict(scenario: Scenario) -> dict[str, Any]:
+    t = scenario.train
+    return {"epochs": t.epochs, "batch_size": t.batch_size, "lr": t.lr, "optimizer": t.optimizer,
+            "momentum": t.momentum, "weight_decay": t.weight_decay}
