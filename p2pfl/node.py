@@ -45,6 +45,7 @@ from p2pfl.errors import ChainError, InvalidMessage, P2PFLError
 from p2pfl.files import write_text_atomic
 from p2pfl.manifest import TaskManifest
 from p2pfl.net.config import BAN_S
+from p2pfl.parallel import threaded
 
 log = logging.getLogger("p2pfl.node")
 
@@ -631,7 +632,7 @@ class Node:
             blobs = [self.net.store.read_blob(CID.parse(u.delta)) for u in request.updates]
             record = self._round_record[1] if self._round_record[0] == request.round else self._record(request.round)
             answer, model_blob = await trio.to_thread.run_sync(
-                lambda: compute_aggregate(self.spec, request, base, blobs, reward, record), limiter=self.cpu
+                lambda: compute_aggregate(self.spec, request, base, blobs, reward, record, parallel=threaded), limiter=self.cpu
             )
         except (P2PFLError, OSError) as exc:
             answer, model_blob = ev.AggregateComputed(request.round, request.attempt, request.candidates, error=str(exc) or "failed"), b""

@@ -93,6 +93,7 @@ def table_run(scenario: Any, pool: ProcessPoolExecutor, test: Any, poison: str, 
     """One (attack, rule) cell: FL without the network, with the committee's aggregate()."""
     from p2pfl.core import aggregate as agg
     from p2pfl.core.tensors import flatten, layout_size, tensor_sizes, unflatten
+    from p2pfl.parallel import threaded
     from p2pfl.train.models import init_weights
     from p2pfl.train.trainer import TrainConfig, client_seed, evaluate
     from sim.data import train_dict
@@ -125,7 +126,7 @@ def table_run(scenario: Any, pool: ProcessPoolExecutor, test: Any, poison: str, 
         record = spec.probation.record(r, strikes) if spec.probation else {}
         try:
             out = agg.aggregate(spec, contributions, expected_size=layout_size(layout),
-                                segments=tensor_sizes(layout), record=record)
+                                segments=tensor_sizes(layout), record=record, parallel=threaded)
             step = out.delta
             if spec.probation:
                 strikes[r] = agg.strike_points(out.rejected, spec.probation)

@@ -31,6 +31,8 @@ def compute_aggregate(
     delta_blobs: Sequence[bytes],
     reward_per_round_wei: int,
     record: Mapping[bytes, int] | None = None,
+    *,
+    parallel: agg.Parallel = agg.serial,
 ) -> tuple[ev.AggregateComputed, bytes]:
     """Filter + aggregate exactly `request.updates` on top of `base`.
 
@@ -40,7 +42,8 @@ def compute_aggregate(
     returned beside the answer. The reward tree pays contributors by (capped) sample
     weight and the committee its share; authors whose update failed a check (a strike,
     `agg.STRIKE_REASONS`) get zero-amount REJECTED leaves. `record`: the authors' strike
-    points for probation.
+    points for probation. `parallel`: the map for the per-coordinate passes (the node
+    passes `p2pfl.parallel.threaded`); it does not change the result.
     """
     base_vector, layout = flatten(base)
     size = layout_size(layout)
@@ -57,7 +60,10 @@ def compute_aggregate(
             continue
         contributions.append(agg.Contribution(update.signer, update.n_samples, vector))
     try:
-        result = agg.aggregate(spec, contributions, expected_size=size, segments=tensor_sizes(layout), record=record)
+        result = agg.aggregate(
+            spec, contributions, expected_size=size, segments=tensor_sizes(layout), record=record,
+            parallel=parallel,
+        )
     except AggregationError as exc:
         failed = ev.AggregateComputed(request.round, request.attempt, request.candidates, error=str(exc) or "nothing")
         return failed, b""

@@ -2,8 +2,9 @@
 
 Same model, initial weights, partitions and per-client seeds (`client_seed`) as the
 networked nodes; every client takes part in every round and the server averages the
-deltas weighted by sample count. Any gap between this curve and a networked run is
-then due to the protocol (stragglers, filtering, attacks), not to the training recipe.
+deltas weighted by sample count, with the committee's FedAvg kernel. Any gap between
+this curve and a networked run is then due to the protocol (stragglers, filtering,
+attacks), not to the training recipe.
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ from typing import Any
 
 import numpy as np
 
+from p2pfl.core.aggregate import Parallel, fedavg, serial
 from p2pfl.errors import AggregationError
+from p2pfl.parallel import threaded
 from p2pfl.train.data import Dataset
 from p2pfl.train.trainer import TrainConfig, apply_delta, client_seed, evaluate, train_local
 
@@ -31,32 +34,34 @@ class RoundMetrics:
 
 
 def fedavg_delta(
-    deltas: Sequence[Mapping[str, np.ndarray]], n_samples: Sequence[int]
+    deltas: Sequence[Mapping[str, np.ndarray]],
+    n_samples: Sequence[int],
+    *,
+    parallel: Parallel = serial,
 ) -> dict[str, np.ndarray]:
-    """Sample-weighted mean of deltas: float32(sum_i n_i * float64(d_i) / sum_i n_i).
-
-    Accumulated in float64 in the given client order, so the result is reproducible.
+    """Sample-weighted mean of deltas, tensor by tensor, with the committee's own kernel
+    (`p2pfl.core.aggregate.fedavg`): float32(sum_i (n_i / N) * float64(d_i)), summed in
+    the given client order, so the result is reproducible to the bit.
     """
     if not deltas or len(deltas) != len(n_samples):
         raise AggregationError(
             f"need one sample count per delta, got {len(deltas)} and {len(n_samples)}"
         )
-    total = int(sum(n_samples))
-    if total <= 0 or min(n_samples) < 0:
+    if sum(n_samples) <= 0 or min(n_samples) < 0:
         raise AggregationError(
             f"sample counts must be >= 0 with a positive sum, got {list(n_samples)}"
         )
-    names = sorted(deltas[0])
+    weights = [float(n) for n in n_samples]
     out: dict[str, np.ndarray] = {}
-    for name in names:
-        acc = np.zeros(deltas[0][name].shape, dtype=np.float64)
-        for delta, n in zip(deltas, n_samples, strict=True):
-            if delta[name].shape != acc.shape:
+    for name in sorted(deltas[0]):
+        shape = deltas[0][name].shape
+        for delta in deltas:
+            if delta[name].shape != shape:
                 raise AggregationError(
-                    f"delta {name!r} shapes differ: {delta[name].shape} vs {acc.shape}"
+                    f"delta {name!r} shapes differ: {delta[name].shape} vs {shape}"
                 )
-            acc += np.float64(n) * delta[name].astype(np.float64)
-        out[name] = (acc / np.float64(total)).astype(np.float32)
+        flat = [np.ascontiguousarray(delta[name], dtype=np.float32).reshape(-1) for delta in deltas]
+        out[name] = fedavg(flat, weights, parallel=parallel).reshape(shape)
     return out
 
 
@@ -98,7 +103,9 @@ def reference_fedavg(
             for i, part in enumerate(partitions)
         ]
         compute_s = time.perf_counter() - started
-        average = fedavg_delta([res.delta for res in results], [res.n_samples for res in results])
+        average = fedavg_delta(
+            [res.delta for res in results], [res.n_samples for res in results], parallel=threaded
+        )
         weights = apply_delta(weights, average)
         loss, acc = evaluate(
             model_name, weights, test, model_kwargs=model_kwargs, num_threads=num_threads

@@ -1,8 +1,8 @@
 """Aggregation throughput: deterministic FedAvg vs memcpy, Multi-Krum and the default pipeline.
 
 Figures (headline last):
-  fedavg-threads        threads `fedavg` picks by itself for 10M params on this machine
-  fedavg-10x10M         GB/s of input read by `p2pfl.core.aggregate.fedavg` (auto threads)
+  fedavg-threads        threads `p2pfl.parallel.threaded` uses for 10M params on this machine
+  fedavg-10x10M         GB/s of input read by `p2pfl.core.aggregate.fedavg` (`p2pfl.parallel.threaded`)
   fedavg-1thread-10x10M the same, forced onto one thread
   memcpy                GB/s of single-threaded np.copyto over the same input bytes, same
                         run (the baseline of the headline)
@@ -25,7 +25,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from p2pfl.core.aggregate import Contribution, RuleSpec, _thread_count, aggregate, fedavg
+from p2pfl.core.aggregate import Contribution, RuleSpec, aggregate, fedavg
+from p2pfl.parallel import ThreadPoolMap, thread_count, threaded
 from sim.bench import figure
 
 REPEATS = 3  # best of 3: the machine is shared, the minimum is the least disturbed run
@@ -75,6 +76,7 @@ def _fedavg_figures() -> tuple[float, float, float, float, float]:
     vs = _deltas(10, 10_000_000, seed=1)
     weights = [float(100 + i) for i in range(len(vs))]
     dst = np.empty_like(vs[0])
+    one = ThreadPoolMap(threads=1)
 
     def memcpy() -> None:
         for v in vs:
@@ -87,27 +89,27 @@ def _fedavg_figures() -> tuple[float, float, float, float, float]:
             acc = acc + d * (w / tot)
 
     t_fedavg, t_one, t_memcpy = _best_interleaved(
-        [lambda: fedavg(vs, weights), lambda: fedavg(vs, weights, threads=1), memcpy],
+        [lambda: fedavg(vs, weights, parallel=threaded), lambda: fedavg(vs, weights, parallel=one), memcpy],
         FEDAVG_REPEATS,
     )
     t_loop = _best(python_loop)
     cs = _contributions(vs)
-    t_default = _best(lambda: aggregate(RuleSpec.default(), cs))
+    t_default = _best(lambda: aggregate(RuleSpec.default(), cs, parallel=threaded))
     return t_fedavg, t_one, t_memcpy, t_loop, t_default
 
 
 def run() -> None:
     total_bytes = 10 * 10_000_000 * 4
     t_fedavg, t_one, t_memcpy, t_loop, t_default10 = _fedavg_figures()
-    figure("fedavg-threads", _thread_count(10_000_000, None), "threads")
+    figure("fedavg-threads", thread_count(10_000_000, None), "threads")
     figure("fedavg-10x10M", total_bytes / t_fedavg / 1e9, "GB/s")
     figure("fedavg-1thread-10x10M", total_bytes / t_one / 1e9, "GB/s")
     figure("memcpy", total_bytes / t_memcpy / 1e9, "GB/s")
     figure("python-loop-10x10M", total_bytes / t_loop / 1e9, "GB/s")
 
     cs = _contributions(_deltas(50, 1_000_000, seed=2))
-    mk = RuleSpec(rule="multikrum", byzantine_f=10)
-    figure("multikrum-50x1M", _best(lambda: aggregate(mk, cs)), "s")
-    figure("default-50x1M", _best(lambda: aggregate(RuleSpec.default(), cs)), "s")
+    mk = RuleSpec.from_dict({"rule": "multikrum", "byzantine_f": 10})
+    figure("multikrum-50x1M", _best(lambda: aggregate(mk, cs, parallel=threaded)), "s")
+    figure("default-50x1M", _best(lambda: aggregate(RuleSpec.default(), cs, parallel=threaded)), "s")
     figure("default-10x10M", t_default10, "s")
     figure("fedavg-vs-memcpy", t_memcpy / t_fedavg, "ratio")

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import hashlib
-
 import json
 import math
-import os
 from pathlib import Path
 
 import numpy as np
@@ -16,9 +14,18 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from p2pfl.core import aggregate as A
+from p2pfl.core.aggregate import (
+    Contribution,
+    FilterSpec,
+    KrumOptions,
+    MultiKrumOptions,
+    RuleSpec,
+    TrimmedMeanOptions,
+    aggregate,
+)
+from p2pfl.core.aggregate import filter as filter_module
 from p2pfl.core.cid import blob_cid
 from p2pfl.core.tensors import encode_tensors
-from p2pfl.core.aggregate import Contribution, FilterSpec, RuleSpec, aggregate
 from p2pfl.errors import AggregationError, ConfigError
 
 VECTORS = Path(__file__).resolve().parents[2] / "protocol" / "vectors" / "aggregation.json"
@@ -145,120 +152,6 @@ def test_clip_norm_scales_only_long_vectors() -> None:
     assert b.tobytes() == canon(long.astype(np.float64) * (1.0 / 5.0)).tobytes()
 
 
-# ------------------------------------------------------------- per-coordinate threads
-
-# Above the auto threshold for two threads, and not a multiple of BLOCK.
-BIG_P = 2 * A.PARALLEL_MIN_PER_THREAD + 12_345
-
-
-@pytest.fixture(scope="module")
-def big_vectors() -> list[np.ndarray]:
-    vs = rand_vectors(11, 6, BIG_P)
-    vs[1][::97] = -0.0  # signed zeros and ties: the median's canonicalisation path
-    vs[2][::97] = 0.0
-    vs[3][5::89] = vs[4][5::89]
-    return vs
-
-
-@pytest.mark.parametrize("threads", [2, 3, None])
-def test_threaded_passes_are_byte_identical_to_one_thread(
-    big_vectors: list[np.ndarray], threads: int | None
-) -> None:
-    vs = big_vectors
-    w = [float(7 * i + 3) for i in range(len(vs))]
-    one = A.fedavg(vs, w, threads=1)
-    assert one.tobytes() == ref_fedavg(vs, w).tobytes()
-    assert A.fedavg(vs, w, threads=threads).tobytes() == one.tobytes()
-    for rule in (
-        A.coordinate_median,
-        lambda xs, threads: A.trimmed_mean(xs, 0.2, threads=threads),
-    ):
-        assert rule(vs, threads=threads).tobytes() == rule(vs, threads=1).tobytes()
-    norms = [A.norm(v) for v in vs]
-    bound = sorted(norms)[2]
-    clipped = A.clip_norm(vs, bound, norms, threads=threads)
-    for a, b in zip(clipped, A.clip_norm(vs, bound, norms, threads=1)):
-        assert a.tobytes() == b.tobytes()
-
-
-def test_auto_thread_count_splits_only_big_vectors(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(A, "_usable_cpus", lambda: 8)
-    assert A._thread_count(A.PARALLEL_MIN_PER_THREAD - 1, None) == 1
-    assert A._thread_count(BIG_P, None) == 2
-    assert A._thread_count(100 * A.PARALLEL_MIN_PER_THREAD, None) == A.MAX_THREADS
-    monkeypatch.setattr(A, "_usable_cpus", lambda: 1)
-    assert A._thread_count(100 * A.PARALLEL_MIN_PER_THREAD, None) == 1
-    assert A._thread_count(10, 4) == 1  # one block cannot be split
-    for bad in (0, -1, 1.5, True):
-        with pytest.raises(AggregationError):
-            A._thread_count(BIG_P, bad)  # type: ignore[arg-type]
-
-
-@settings(max_examples=200, deadline=None)
-@given(st.integers(1, 50 * A.BLOCK), st.integers(1, 9))
-def test_split_ranges_cover_exactly_once(p: int, k: int) -> None:
-    ranges = A._split(p, k)
-    assert ranges[0][0] == 0 and ranges[-1][1] == p
-    assert all(a < b for a, b in ranges)
-    assert all(x[1] == y[0] for x, y in zip(ranges, ranges[1:]))
-    assert all(a % A.BLOCK == 0 for a, _ in ranges)
-    assert len(ranges) == min(k, -(-p // A.BLOCK))
-
-
-def test_per_range_runs_on_pool_threads_and_reraises() -> None:
-    import threading
-
-    seen: list[tuple[int, int, int]] = []
-    A._per_range(BIG_P, lambda a, b: seen.append((a, b, threading.get_ident())), 3)
-    assert sorted((a, b) for a, b, _ in seen) == A._split(BIG_P, 3 * A.SHARES_PER_THREAD)
-    assert threading.get_ident() in {t for _, _, t in seen}  # the caller takes ranges too
-
-    # Two threads really work at once: each one's first range waits for the other's.
-    meet = threading.Barrier(2, timeout=30)
-    met: set[int] = set()
-
-    def rendezvous(a: int, b: int) -> None:
-        if threading.get_ident() not in met:
-            met.add(threading.get_ident())
-            meet.wait()
-
-    A._per_range(BIG_P, rendezvous, 2)
-    assert len(met) == 2
-
-    def boom(a: int, b: int) -> None:
-        if a > 0:
-            raise ValueError("range failed")
-
-    with pytest.raises(ValueError, match="range failed"):
-        A._per_range(BIG_P, boom, 2)
-
-
-def test_pool_is_recreated_after_fork() -> None:
-    pool = A._get_pool()
-    assert A._get_pool() is pool
-    A._forget_pool()  # what the after-fork hook does in a child
-    assert A._get_pool() is not pool
-    pool.shutdown()
-
-
-def _fedavg_in_child(vs: list[np.ndarray], want: bytes) -> None:
-    os._exit(0 if A.fedavg(vs, [1.0] * len(vs), threads=2).tobytes() == want else 3)
-
-
-def test_threaded_fedavg_works_in_a_forked_child(big_vectors: list[np.ndarray]) -> None:
-    import multiprocessing
-
-    vs = big_vectors[:3]
-    want = A.fedavg(vs, [1.0] * 3, threads=2).tobytes()  # the parent's pool is running
-    child = multiprocessing.get_context("fork").Process(target=_fedavg_in_child, args=(vs, want))
-    child.start()
-    child.join(timeout=60)
-    if child.is_alive():
-        child.kill()
-        pytest.fail("fedavg hung in a forked child (inherited thread pool)")
-    assert child.exitcode == 0
-
-
 @pytest.mark.parametrize("seed,n,f,m", [(0, 5, 1, 1), (1, 7, 2, 3), (2, 9, 2, 7), (3, 11, 4, 2)])
 def test_krum_matches_reference(seed: int, n: int, f: int, m: int) -> None:
     vs = rand_vectors(seed, n, 300, spread=float(seed + 1))
@@ -321,9 +214,9 @@ finite32 = st.floats(width=32, allow_nan=False, allow_infinity=False)
 SPECS = [
     RuleSpec(),
     RuleSpec(rule="median"),
-    RuleSpec(rule="trimmed_mean", trim_fraction=0.2),
-    RuleSpec(rule="krum", byzantine_f=1),
-    RuleSpec(rule="multikrum", byzantine_f=1, samples_cap=2.0),
+    RuleSpec(rule="trimmed_mean", options=TrimmedMeanOptions(0.2)),
+    RuleSpec(rule="krum", options=KrumOptions(1)),
+    RuleSpec(rule="multikrum", options=MultiKrumOptions(byzantine_f=1, samples_cap=2.0)),
     RuleSpec.default(),
     RuleSpec(
         filter=FilterSpec(norm_factor=1.5, min_cosine=-0.1, reference="trimmed_mean"), clip_norm=1.0
@@ -384,9 +277,9 @@ def attack_round(p: int = 2000) -> tuple[list[Contribution], np.ndarray]:
     "spec",
     [
         RuleSpec(rule="median"),
-        RuleSpec(rule="trimmed_mean", trim_fraction=0.3),
-        RuleSpec(rule="krum", byzantine_f=2),
-        RuleSpec(rule="multikrum", byzantine_f=2),
+        RuleSpec(rule="trimmed_mean", options=TrimmedMeanOptions(0.3)),
+        RuleSpec(rule="krum", options=KrumOptions(2)),
+        RuleSpec(rule="multikrum", options=MultiKrumOptions(byzantine_f=2)),
         RuleSpec.default(),
     ],
     ids=lambda s: s.name,
@@ -485,12 +378,9 @@ def test_cosine_test_recomputes_the_reference_over_the_survivors() -> None:
               [-2, -2, 2, -1, 3, 2]]
     flipped = [[-2, -1, -3, -1, -3, 0], [-1, 0, -2, -1, 1, -5]]
     cs = [Contribution(peer(i), 10, np.array(v, np.float32)) for i, v in enumerate(honest + flipped)]
-    one_pass = A.COSINE_PASSES
-    try:
-        A.COSINE_PASSES = 1
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(filter_module, "COSINE_PASSES", 1)
         first = aggregate(RuleSpec.default(), cs)
-    finally:
-        A.COSINE_PASSES = one_pass
     assert dict(first.rejected) == {peer(6): A.REASON_COSINE}
     full = aggregate(RuleSpec.default(), cs)
     assert dict(full.rejected) == {peer(5): A.REASON_COSINE, peer(6): A.REASON_COSINE}
@@ -514,7 +404,7 @@ def test_without_filter_only_sanity_checks_apply() -> None:
 def test_samples_cap_bounds_inflated_claims() -> None:
     vs = [np.full(3, float(i), np.float32) for i in range(4)]
     cs = [Contribution(peer(i), 10**9 if i == 3 else 10, v) for i, v in enumerate(vs)]
-    capped = aggregate(RuleSpec(samples_cap=2.0), cs)
+    capped = aggregate(RuleSpec.from_dict({"samples_cap": 2.0}), cs)
     # median of (10, 10, 10, 1e9) is 10, cap 20: weights 10, 10, 10, 20
     assert capped.weights == pytest.approx([0.2, 0.2, 0.2, 0.4])
     assert aggregate(RuleSpec(), cs).delta.tolist() == pytest.approx([3.0] * 3, abs=1e-6)
@@ -537,7 +427,7 @@ def test_error_cases() -> None:
     assert exc.value.rejected == ((peer(0), A.REASON_ZERO),)
     with pytest.raises(A.NothingToAggregate, match="needs 5"):
         aggregate(
-            RuleSpec(rule="krum", byzantine_f=1),
+            RuleSpec(rule="krum", options=KrumOptions(1)),
             [Contribution(peer(i), 1, v * i) for i in range(4)],
         )
     with pytest.raises(AggregationError, match="20-byte"):
@@ -563,17 +453,17 @@ def test_spec_dict_round_trip_and_names() -> None:
         RuleSpec(filter=FilterSpec(2.5, None, "trimmed_mean"), clip_norm=10.0, rule="median"): (
             "filter(2.5,off,trimmed_mean)+clip(10)+median"
         ),
-        RuleSpec(rule="trimmed_mean", trim_fraction=0.2): "trimmed_mean(0.2)",
-        RuleSpec(rule="krum", byzantine_f=2): "krum(f=2)",
+        RuleSpec(rule="trimmed_mean", options=TrimmedMeanOptions(0.2)): "trimmed_mean(0.2)",
+        RuleSpec(rule="krum", options=KrumOptions(2)): "krum(f=2)",
         RuleSpec(
-            rule="multikrum", byzantine_f=2, multikrum_m=5, samples_cap=3.0
+            rule="multikrum", options=MultiKrumOptions(byzantine_f=2, multikrum_m=5, samples_cap=3.0)
         ): "multikrum(f=2,m=5,cap=3)",
     }
     for spec, name in cases.items():
         assert spec.name == name
         d = spec.to_dict()
         assert RuleSpec.from_dict(json.loads(json.dumps(d))) == spec
-    assert RuleSpec.from_dict({"rule": "trimmed_mean"}).trim_fraction == 0.2
+    assert RuleSpec.from_dict({"rule": "trimmed_mean"}).options == TrimmedMeanOptions(0.2)
     assert RuleSpec.from_dict({"rule": "fedavg", "clip_norm": 2}).clip_norm == 2.0
 
 
@@ -741,3 +631,96 @@ def test_authors_on_probation_do_not_shape_the_filter() -> None:
     r = aggregate(RuleSpec.default(), honest + tiny, record={p: 2 for p in on_probation})
     assert set(r.accepted) == {c.peer for c in honest}
     assert dict(r.rejected) == {p: A.REASON_PROBATION for p in on_probation}
+
+
+# ------------------------------------------------------------------ the rule registry
+
+
+def _toy_rule() -> A.Rule:
+    """'first': the first survivor in peer order, unchanged; option `scale` multiplies it."""
+    from dataclasses import dataclass
+
+    @dataclass(frozen=True)
+    class FirstOptions(A.RuleOptions):
+        scale: float = 1.0
+
+        @classmethod
+        def from_dict(cls, d: dict) -> FirstOptions:
+            return cls(scale=1.0 if d.get("scale") is None else float(d["scale"]))
+
+    class First(A.Rule):
+        name = "first"
+        options_type = FirstOptions
+
+        def label(self, options: FirstOptions) -> str:
+            return f"first({options.scale:g})"
+
+        def combine(self, vectors, weighting, options, parallel):  # type: ignore[no-untyped-def]
+            delta = A.fedavg([vectors[0] * np.float32(options.scale)], [1.0], parallel=parallel)
+            left = tuple((j, "not-first") for j in range(1, len(vectors)))
+            return A.Combined(delta, (0,), (1.0,), left)
+
+    return First()
+
+
+def test_a_registered_rule_runs_through_the_pipeline(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(A.registry, "RULES", dict(A.RULES))  # leave the real registry alone
+    A.register(_toy_rule())
+    with pytest.raises(ValueError, match="already registered"):
+        A.register(_toy_rule())
+    spec = RuleSpec.from_dict({"rule": "first", "scale": 2})
+    assert spec.name == "first(2)"
+    assert spec.to_dict() == {"filter": None, "clip_norm": None, "rule": "first", "scale": 2.0}
+    cs = [Contribution(peer(i), 1, np.full(3, float(i + 1), np.float32)) for i in range(3)]
+    r = aggregate(spec, cs[::-1])
+    assert r.delta.tolist() == [2.0, 2.0, 2.0]
+    assert r.accepted == (peer(0),)
+    assert r.rejected == ((peer(1), "not-first"), (peer(2), "not-first"))
+    # The new key belongs to its rule only.
+    with pytest.raises(ConfigError, match="do not apply to rule 'fedavg'"):
+        RuleSpec.from_dict({"rule": "fedavg", "scale": 2})
+
+
+def test_unknown_rule_names_are_a_clear_config_error() -> None:
+    for bad in ({"rule": "mean"}, {"rule": None}, {"rule": 3}):
+        with pytest.raises(ConfigError, match=r"unknown aggregation rule .*; rule must be one of \("):
+            RuleSpec.from_dict(bad)
+    with pytest.raises(ConfigError, match="unknown aggregation rule 'first'"):
+        RuleSpec(rule="first")
+    with pytest.raises(ConfigError, match="takes KrumOptions, got TrimmedMeanOptions"):
+        RuleSpec(rule="krum", options=TrimmedMeanOptions(0.2))
+    with pytest.raises(ConfigError, match="krum needs byzantine_f"):
+        RuleSpec(rule="krum")
+    with pytest.raises(ConfigError, match="unknown or inapplicable key"):
+        RuleSpec.from_dict({"rule": "fedavg", "typo": 1})
+
+
+def test_null_keys_of_other_rules_mean_not_set() -> None:
+    # As before the split: a null value is 'not set', whichever rule the key belongs to.
+    spec = RuleSpec.from_dict({"rule": "median", "samples_cap": None, "byzantine_f": None})
+    assert spec == RuleSpec(rule="median")
+    assert RuleSpec.from_dict({"rule": "fedavg", "samples_cap": None}) == RuleSpec()
+
+
+def test_the_pipeline_compares_no_rule_names() -> None:
+    import re
+
+    src = (Path(A.__file__).parent / "pipeline.py").read_text()
+    names = "|".join(sorted(A.RULES))
+    assert not re.search(rf"""["']({names})["']""", src)
+
+
+def test_aggregate_package_stays_pure() -> None:
+    import ast
+
+    forbidden = {"threading", "concurrent", "os", "time", "random", "secrets", "socket",
+                 "pathlib", "shutil", "multiprocessing", "trio", "torch"}
+    for path in Path(A.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                roots = {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom):
+                roots = {(node.module or "").split(".")[0]}
+            else:
+                continue
+            assert not roots & forbidden, f"{path.name} imports {roots & forbidden}"
