@@ -1,6 +1,6 @@
 """A minimal, version-guarded fix for py-libp2p 0.8.1's yamux sender.
 
-What was measured (DESIGN.md §8, and again here with a profile of a 50 MiB transfer): both
+What was measured (docs/DESIGN.md §8, and again here with a profile of a 50 MiB transfer): both
 ends of a TCP+Noise+yamux stream sit in epoll while the sender waits for window credit.
 Three causes, fixed here without touching anything else:
 

@@ -112,3 +112,57 @@ def test_cli_journey(tmp_path):
             stop(alice)
             if bob is not None:
                 stop(bob)
+
+
+def test_cli_nodes_off_the_committee_survive_every_commit(tmp_path):
+    """Four CLI nodes, a committee of 2: in every round two nodes are not members and learn of
+    the commit before they hold the new model. Each must fetch it before anything reads it
+    (it used to die with 'no block <model CID>'), report every round, and exit cleanly."""
+    names = ("alice", "bob", "carol", "dave")
+    rounds = 3
+    with Anvil() as chain:
+        rpc = ["--rpc", chain.url]
+        for name in names:
+            p2pfl("keygen", "-o", f"{name}.json", cwd=tmp_path)
+        p2pfl("chain", "deploy", *rpc, "--keystore", "alice.json", "--out", "deployment.json", "--fund-dev", cwd=tmp_path)
+        for name in names:
+            p2pfl("register", *rpc, "--keystore", f"{name}.json", "--stake", "2", "--fund-dev", cwd=tmp_path)
+        p2pfl(
+            "task", "create", *rpc, "--keystore", "alice.json", "--name", "off-committee", "--model", "mlp",
+            "--model-kwargs", '{"input_shape": [1, 8, 8], "hidden": [16]}',
+            "--train", '{"epochs": 1, "batch_size": 16, "lr": 0.05}', "--committee-size", "2",
+            "--collect-deadline", "20", "--view-timeout", "8", "--rounds-budget", "10",
+            "--data-dir", "alice-data", "-o", "manifest.json", cwd=tmp_path,
+        )
+        logs = {name: tmp_path / f"{name}.log" for name in names}
+        procs: dict[str, subprocess.Popen] = {}
+        try:
+            port = free_loopback_port()
+            procs["alice"] = start_node(
+                "--manifest", "manifest.json", "--keystore", "alice.json", *rpc, "--data", "digits:0/4",
+                "--data-dir", "alice-data", "--listen", f"/ip4/127.0.0.1/tcp/{port}", "--rounds", str(rounds),
+                cwd=tmp_path, log=logs["alice"].open("w"),
+            )
+            addr = wait_for_line(logs["alice"], r"listening (/ip4/127\.0\.0\.1/tcp/\d+/p2p/\S+)", procs["alice"]).group(1)
+            for i, name in enumerate(names[1:], start=1):
+                procs[name] = start_node(
+                    "--manifest", "manifest.json", "--keystore", f"{name}.json", *rpc, "--data", f"digits:{i}/4",
+                    "--data-dir", f"{name}-data", "--listen", "/ip4/127.0.0.1/tcp/0", "--bootstrap", addr,
+                    "--rounds", str(rounds), cwd=tmp_path, log=logs[name].open("w"),
+                )
+            for name in names:
+                assert procs[name].wait(timeout=420) == 0, f"{name} died:\n{logs[name].read_text()}"
+            committees = []
+            for name in names:
+                text = logs[name].read_text()
+                assert "no block" not in text, text
+                for r in range(1, rounds + 1):
+                    assert f"round {r} committed" in text, f"{name} did not report round {r}:\n{text}"
+                status = json.loads((tmp_path / f"{name}-data" / "status.json").read_text())
+                assert status["last_commit"]["round"] == rounds
+                committees.append(status["member"])
+            # The scenario the test is about happened: some nodes were not on the last committee.
+            assert not all(committees), committees
+        finally:
+            for proc in procs.values():
+                stop(proc)
