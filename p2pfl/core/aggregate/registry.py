@@ -3,8 +3,13 @@
 A rule is a `Rule` subclass with a `name` (its manifest value of `rule`), a frozen
 options dataclass (`RuleOptions`: the manifest keys that apply to it, parsed strictly)
 and `combine`, which turns the filter's survivors into one delta with deterministic
-kernels. Adding a rule = one module with the class, one `register(...)` call, and its
-test vectors; the pipeline (`pipeline.aggregate`) never looks at a rule's name.
+kernels. The pipeline (`pipeline.aggregate`) never looks at a rule's name.
+
+Adding a rule: one module with its options dataclass, its `Rule` subclass and a
+`register(...)` call at the bottom (as `rules.py` does for the built-in ones), imported
+once by the package's `__init__`; then its cases in `protocol/vectors/make_aggregation.py`
+(a rule every member must reproduce needs test vectors) and a section in
+`protocol/spec/aggregation.md`.
 """
 
 from __future__ import annotations
