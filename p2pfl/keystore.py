@@ -11,6 +11,7 @@ import json
 import os
 import secrets
 from pathlib import Path
+from typing import Literal
 
 from eth_account import Account
 
@@ -24,7 +25,7 @@ def generate_identity() -> NodeIdentity:
 
 
 def save_keystore(
-    identity: NodeIdentity, path: str | os.PathLike[str], password: str, *, kdf: str = "scrypt"
+    identity: NodeIdentity, path: str | os.PathLike[str], password: str, *, kdf: Literal["scrypt", "pbkdf2"] = "scrypt"
 ) -> Path:
     """Write an encrypted eth-account JSON keystore (refuses to overwrite)."""
     target = Path(path)

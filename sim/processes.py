@@ -356,7 +356,7 @@ def _watch(
                 fault_events.append({"kind": "sigkill", "node": restart.node, "round": status.get("round"),
                                      "phase": status.get("phase"), "chain_round": seen})
                 say(f"  killed node {restart.node} (SIGKILL) in round {status.get('round')} ({status.get('phase')})")
-        if restart_at is not None and time.monotonic() >= restart_at:
+        if restart is not None and restart_at is not None and time.monotonic() >= restart_at:
             victim = children[restart.node]
             if victim.log_file is not None:
                 victim.log_file.close()

@@ -453,6 +453,7 @@ def _notes(rob: dict[str, Any], sm: dict[str, Any], res: dict[str, Any], clean_w
         from p2pfl.core.aggregate import RuleSpec
 
         spec = RuleSpec.default().probation
+        assert spec is not None, "the default pipeline has a probation rule"
         history = {int(r): pts for r, pts in rob["strikes"].items()}
         on = {r["round"]: sorted(spec.on_probation(spec.record(r["round"], history)), key=str)
               for r in rob.get("rounds", [])}

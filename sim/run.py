@@ -93,8 +93,13 @@ async def _run(scenario: Scenario, runs_root: Path, quiet: bool) -> Path:
         # Each host runs in its own task so that a fault can close one alone; at the end
         # every host is told to stop (callbacks run before the nursery exits).
         hosts = await stack.enter_async_context(trio.open_nursery())
-        stack.callback(lambda: [stop.set() for stop in host_stops])
-        nets = []
+
+        def stop_hosts() -> None:
+            for stop in host_stops:
+                stop.set()
+
+        stack.callback(stop_hosts)
+        nets: list[Any] = []
         rng = np.random.default_rng(scenario.seed)
         for i, ident in enumerate(identities):
             # Each node dials node 0 and up to BOOTSTRAP_PEERS - 1 earlier nodes chosen by the
@@ -268,7 +273,10 @@ def _pool_trainer(pool: ProcessPoolExecutor, scenario: Scenario, index: int) -> 
 
     async def train(base: Any, cfg: Any, seed: int) -> Any:
         future = pool.submit(_train_partition, index, scenario.model.name, dict(scenario.model.kwargs), base, cfg, seed)
-        return await trio.to_thread.run_sync(future.result, abandon_on_cancel=True)
+        def result() -> Any:
+            return future.result()
+
+        return await trio.to_thread.run_sync(result, abandon_on_cancel=True)  # type: ignore[call-arg]  # mypy 2.4 misreads Unpack[Ts]
 
     return train
 
@@ -293,7 +301,7 @@ def setup_task(w3: Any, scenario: Scenario, genesis_blob: bytes) -> tuple[DevNet
         redraw_timeout_s=c.collect_deadline_s + 3 * c.view_timeout_s, reward_per_round_wei=ETHER // 100,
         seed=scenario.seed,
     )
-    fund(w3, devnet.admin.account.address, scenario.rounds * manifest.reward_per_round_wei + DEFAULT_GAS_FUNDS)
+    fund(w3, devnet.admin.address, scenario.rounds * manifest.reward_per_round_wei + DEFAULT_GAS_FUNDS)
     devnet.admin.create_task(manifest.task_id, CID.parse(manifest.initial_model).digest,
                              c.size, 0, manifest.reward_per_round_wei, scenario.rounds * manifest.reward_per_round_wei,
                              redraw_delay_s=0)

@@ -28,6 +28,8 @@ from eth_abi import decode as abi_decode
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from eth_utils import keccak, to_checksum_address
+from eth_typing import ChecksumAddress
+from hexbytes import HexBytes
 from web3 import Web3
 from web3.exceptions import (
     ContractLogicError,
@@ -312,7 +314,7 @@ def revert_reason(exc: BaseException) -> str | None:
 # ---------------------------------------------------------------- sender
 
 
-def _addr(value: str | bytes) -> str:
+def _addr(value: str | bytes) -> ChecksumAddress:
     if isinstance(value, (bytes, bytearray)):
         if len(value) != 20:
             raise ChainError(f"address must be 20 bytes, got {len(value)}")
@@ -449,7 +451,7 @@ class TxSender:
 
     def _gas_limit(self, tx_hash: bytes) -> int:
         try:
-            return int(self.w3.eth.get_transaction(tx_hash)["gas"])
+            return int(self.w3.eth.get_transaction(HexBytes(tx_hash))["gas"])
         except Exception:  # noqa: BLE001 - informational only
             return -1
 
@@ -458,7 +460,7 @@ class TxSender:
             receipt = self.retry(
                 "receipt",
                 lambda: self.w3.eth.wait_for_transaction_receipt(
-                    tx_hash, timeout=RECEIPT_TIMEOUT_S
+                    HexBytes(tx_hash), timeout=RECEIPT_TIMEOUT_S
                 ),
             )
         except ChainUnreachable as exc:
@@ -542,14 +544,14 @@ class ChainClient:
             account = Account.from_key(bytes(account))
         self.w3 = w3
         self.deployment = deployment
-        self.account = account
+        self.account: LocalAccount | None = account
         self.registry = w3.eth.contract(
-            address=deployment.registry, abi=load_artifact("NodeRegistry")["abi"]
+            address=Web3.to_checksum_address(deployment.registry), abi=load_artifact("NodeRegistry")["abi"]
         )
         self.ledger = w3.eth.contract(
-            address=deployment.ledger, abi=load_artifact("RoundLedger")["abi"]
+            address=Web3.to_checksum_address(deployment.ledger), abi=load_artifact("RoundLedger")["abi"]
         )
-        self._sender = TxSender(w3, account or Account.create(), retries, backoff_s)
+        self._sender = TxSender(w3, self.account or Account.create(), retries, backoff_s)
         self._events = {}
         for contract in (self.registry, self.ledger):
             for item in contract.abi:

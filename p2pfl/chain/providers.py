@@ -26,6 +26,7 @@ from types import TracebackType
 from web3 import Web3
 from web3.providers.eth_tester import EthereumTesterProvider
 from web3.providers.rpc import HTTPProvider
+from web3.types import Wei
 
 from p2pfl.errors import ChainError
 
@@ -216,7 +217,7 @@ def fund(w3: Web3, address: str | bytes, wei: int) -> None:
     with chain_lock(w3):
         if is_embedded(w3):
             rich = w3.eth.accounts[0]  # eth-tester's unlocked, pre-funded account
-            tx = w3.eth.send_transaction({"from": rich, "to": to, "value": wei})
+            tx = w3.eth.send_transaction({"from": rich, "to": to, "value": Wei(wei)})
             w3.eth.wait_for_transaction_receipt(tx)
             return
         balance = w3.eth.get_balance(to)

@@ -101,7 +101,7 @@ def register_command(
     identity = load_keystore(keystore, password)
     client = _client(rpc_url, deployment, Account.from_key(identity.private_key))
     if fund_dev:
-        fund(client.w3, client.account.address, stake_wei + 10**18)
+        fund(client.w3, client.address, stake_wei + 10**18)
     if client.node_info().active:
         return client.top_up(stake_wei)
     peer_id = peer_id_bytes_from_public(identity.compressed_public_key)

@@ -124,7 +124,7 @@ def encode_tensors(tensors: Mapping[str, np.ndarray], allow_nonfinite: bool = Fa
         arrays.append(array.reshape(-1).view(np.uint8))
     header = _header(entries)
     prefix = len(header).to_bytes(LENGTH_PREFIX_BYTES, "little")
-    return b"".join([prefix, header, *arrays])
+    return b"".join([prefix, header, *arrays])  # type: ignore[list-item]  # ndarrays are buffers
 
 
 # --- decoding -----------------------------------------------------------------------------

@@ -184,7 +184,7 @@ class NodeNet:
         except Exception as exc:
             log.debug("disconnect %s: %r", peer, exc)
 
-    def metrics(self) -> dict[str, object]:
+    def metrics(self) -> dict[str, Any]:
         """Counters: messages admitted/rejected (by reason and peer), blocks, bans, syncs."""
         snap = self._metrics.snapshot()
         snap["peers-connected"] = len(self.host.get_connected_peers())

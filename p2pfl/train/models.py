@@ -9,6 +9,7 @@ that and loads the committed weights into it. Weights travel as `dict[str, np.nd
 from __future__ import annotations
 
 import importlib
+from typing import Any
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
@@ -131,7 +132,7 @@ def _import_factory(spec: str) -> ModelFactory:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise ConfigError(f"model spec {spec!r}: cannot import {module_name!r}: {exc}") from exc
-    factory = module
+    factory: Any = module
     for part in attr.split("."):
         factory = getattr(factory, part, None)
         if factory is None:
@@ -151,12 +152,13 @@ def build_model(name: str, **kwargs: object) -> nn.Module:
     if name.startswith(MODULE_SPEC_PREFIX):
         factory = _import_factory(name)
     else:
-        factory = _REGISTRY.get(name)
-        if factory is None:
+        registered = _REGISTRY.get(name)
+        if registered is None:
             raise ConfigError(
                 f"unknown model {name!r}; known: {registered_models()} "
                 "or 'module:package.module:factory'"
             )
+        factory = registered
     try:
         model = factory(**kwargs)
     except TypeError as exc:

@@ -57,7 +57,7 @@ def run() -> None:
         tx = w3.eth.get_block(net.deployment.block + block)["transactions"][0]
         figure(f"gas-{label}", w3.eth.get_transaction_receipt(tx)["gasUsed"], "gas")
     newcomer = ChainClient(w3, net.deployment, b"\x42" * 32)
-    fund(w3, newcomer.account.address, 100 * ETHER)
+    fund(w3, newcomer.address, 100 * ETHER)
     figure(
         "gas-register",
         newcomer.register(b"\x00\x25" + bytes(37), b"\x01" * 32, 2 * ETHER).gas_used,

@@ -176,7 +176,7 @@ def mutate_bytes(data: bytes, rng: random.Random, corpus: Sequence[bytes] = ()) 
         del buf[pos : pos + rng.randint(1, max(1, min(64, n - pos)))]
     elif op == 6:  # duplicate a block somewhere else
         pos = rng.randrange(n)
-        chunk = buf[pos : pos + rng.randint(1, 32)]
+        chunk = bytes(buf[pos : pos + rng.randint(1, 32)])
         at = rng.randint(0, n)
         buf[at:at] = chunk
     elif op == 7:  # truncate

@@ -629,7 +629,7 @@ class _RoundProgram:
         committee = self.committee(round_, base, attempt) if round_ == m.round else []
         signer = leader_of(committee, view) if committee and self.r.below(5) else self.r.choice(ALL_SIGNERS)
         chosen = sorted({(u.signer, u.delta): u for u in self.updates if self.r.below(3)}.values(), key=lambda u: u.signer)
-        by_author = {}
+        by_author: dict[bytes, Any] = {}
         for u in chosen:
             by_author.setdefault(u.signer, u)
         candidates = tuple(by_author.values())
@@ -721,7 +721,8 @@ class _RoundProgram:
         event = self.r.choice(self.sent)
         if self.r.below(2) and isinstance(event, (ev.UpdateReceived, ev.ProposalReceived, ev.VoteReceived)):
             # Equivocation: the same statement key, another body, genuinely signed.
-            message = event.update if isinstance(event, ev.UpdateReceived) else event.proposal if isinstance(event, ev.ProposalReceived) else event.vote
+            message: Any = event.update if isinstance(event, ev.UpdateReceived) else event.proposal if isinstance(event, ev.ProposalReceived) else event.vote
+            twin: Any
             if isinstance(message, Update):
                 twin = replace(message, n_samples=message.n_samples % 1000 + 1)
             elif isinstance(message, Proposal):
