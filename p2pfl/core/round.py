@@ -15,9 +15,16 @@ thread or process while the node keeps gossiping and answering timers; as an eve
 its result is also trivially faked in tests, and cached here by its exact input set,
 so a leader's own computation and a verifier's recomputation are the same request.
 
-Phases and their legal transitions are the table `TRANSITIONS` (h11 `_state.py`
-style); any other transition is a bug and raises `RoundStateError`. Network input
-never raises: it is dropped, counted in `counters` and reported as `Rejected`.
+Three tables say what the machine does (h11 `_state.py` style):
+
+- `HANDLERS`: which handler takes each event type in each phase (every pair is listed;
+  an event a phase does not act on goes to a handler that drops or ignores it);
+- `TRANSITIONS`: the legal phase changes. Every change goes through `_goto`, which
+  checks it (`next_phase`); any other transition is a bug and raises `RoundStateError`;
+- `TIMERS`: which deadlines a `Tick` checks in each phase.
+
+Network input never raises: it is dropped, counted in `counters` and reported as
+`Rejected`.
 """
 
 from __future__ import annotations
@@ -25,7 +32,9 @@ from __future__ import annotations
 import enum
 import math
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from p2pfl.core.cid import CID
 from p2pfl.core.messages import Commit, Proposal, Signed, Update, Vote
@@ -40,6 +49,7 @@ from p2pfl.core.round_events import (
     Event,
     Evidence,
     Fetch,
+    Gossip,
     LocalUpdateReady,
     ProposalReceived,
     Publish,
@@ -59,15 +69,19 @@ from p2pfl.errors import ConfigError, InvalidMessage, P2PFLError
 
 __all__ = [
     "DISCRETION_REASONS",
+    "HANDLERS",
     "REASON_EQUIVOCATION",
     "REASON_UNAVAILABLE",
+    "TIMERS",
     "TRANSITIONS",
     "Phase",
     "RoundConfig",
     "RoundMachine",
     "RoundStateError",
+    "Timer",
     "Trigger",
     "collect_quorum",
+    "next_phase",
 ]
 
 # Rejection reasons a leader adds to a proposal on its own authority (they are not the
@@ -189,6 +203,7 @@ class Phase(enum.Enum):
 
 
 class Trigger(enum.Enum):
+    ROUND_STARTED = "round-started"
     DRAW_MEMBER = "draw-member"
     DRAW_FOLLOWER = "draw-follower"
     DRAW_SMALL = "draw-small"
@@ -203,30 +218,74 @@ _DRAWS = {
     Trigger.DRAW_FOLLOWER: Phase.FOLLOWING,
     Trigger.DRAW_SMALL: Phase.REDRAWING,
 }
-_FINAL = {Trigger.CHAIN_COMMITTED: Phase.ADVANCED}
+# In every phase: the shell starts the next round (or we follow the chain's commit).
+_ALWAYS = {Trigger.ROUND_STARTED: Phase.IDLE, Trigger.CHAIN_COMMITTED: Phase.ADVANCED}
 
 # The legal transitions. RoundStarted resets to IDLE (a new round starts clean) and
-# then applies a DRAW_* trigger; a re-draw applies DRAW_* from the attempt's phase.
+# then applies a DRAW_* trigger; a re-draw applies DRAW_* from the attempt's phase
+# (never once certified: the certificate stands until the chain commits).
 TRANSITIONS: dict[Phase, dict[Trigger, Phase]] = {
-    Phase.IDLE: {**_DRAWS, **_FINAL},
-    Phase.REDRAWING: {**_DRAWS, **_FINAL},
+    Phase.IDLE: {**_DRAWS, **_ALWAYS},
+    Phase.REDRAWING: {**_DRAWS, **_ALWAYS},
     Phase.COLLECTING: {
         Trigger.COLLECT_CLOSED: Phase.VOTING,
         Trigger.CERTIFIED: Phase.CERTIFIED,
         **_DRAWS,
-        **_FINAL,
+        **_ALWAYS,
     },
-    Phase.FOLLOWING: {Trigger.CERTIFIED: Phase.CERTIFIED, **_DRAWS, **_FINAL},
+    Phase.FOLLOWING: {Trigger.CERTIFIED: Phase.CERTIFIED, **_DRAWS, **_ALWAYS},
     Phase.VOTING: {
         Trigger.VIEW_TIMEOUT: Phase.VOTING,
         Trigger.CERTIFIED: Phase.CERTIFIED,
         **_DRAWS,
-        **_FINAL,
+        **_ALWAYS,
     },
-    Phase.CERTIFIED: {**_FINAL},
+    Phase.CERTIFIED: {**_ALWAYS},
     # A chain commit for a later round while we wait (we lag): follow it too.
-    Phase.ADVANCED: {**_FINAL},
+    Phase.ADVANCED: {**_ALWAYS},
 }
+
+
+def next_phase(phase: Phase, trigger: Trigger) -> Phase:
+    """The phase `trigger` leads to from `phase`; raises RoundStateError if the table has
+    no such transition (a bug in the machine, never the network's doing)."""
+    try:
+        return TRANSITIONS[phase][trigger]
+    except KeyError:
+        raise RoundStateError(f"illegal transition {trigger.value} in phase {phase.value}") from None
+
+
+class Timer(enum.Enum):
+    """Deadlines, in the order a `Tick` checks them (each sees the phase the one before
+    left: a re-draw may start a collection that is already due to close)."""
+
+    NEXT_ATTEMPT = "next-attempt"  # re-draw (`_next_attempt_at`)
+    COLLECT_END = "collect-end"  # close collection (`collect_deadline_s` after the draw)
+    VIEW_END = "view-end"  # next view (`view_timeout_s` after the view started)
+    SUBMIT = "submit"  # our turn to submit the certificate (`commit_fallback_delay_s` by rank)
+
+
+# The timers armed in each phase. A draw below quorum is always left at the next
+# attempt; a draw that stalls only with `redraw_when_stuck` (see `_timers_for`).
+TIMERS: dict[Phase, tuple[Timer, ...]] = {
+    Phase.IDLE: (),
+    Phase.REDRAWING: (Timer.NEXT_ATTEMPT,),
+    Phase.COLLECTING: (Timer.NEXT_ATTEMPT, Timer.COLLECT_END),
+    Phase.FOLLOWING: (Timer.NEXT_ATTEMPT,),
+    Phase.VOTING: (Timer.NEXT_ATTEMPT, Timer.VIEW_END),
+    Phase.CERTIFIED: (Timer.SUBMIT,),
+    Phase.ADVANCED: (),
+}
+
+
+def _timers_for(config: RoundConfig) -> dict[Phase, tuple[Timer, ...]]:
+    """`TIMERS` under `config`: without `redraw_when_stuck` only REDRAWING re-draws."""
+    if config.redraw_when_stuck:
+        return TIMERS
+    return {
+        phase: tuple(t for t in timers if t is not Timer.NEXT_ATTEMPT or phase is Phase.REDRAWING)
+        for phase, timers in TIMERS.items()
+    }
 
 # How an incoming message relates to where we are.
 _CURRENT, _FUTURE, _DROP = "current", "future", "drop"
@@ -263,7 +322,8 @@ class RoundMachine:
         self.domain = domain
         self.address = address_of(private_key)
         self._key = private_key
-        self.phase = Phase.IDLE
+        self._phase = Phase.IDLE  # the initial state; every change after goes through `_goto`
+        self._timers = _timers_for(config)
         self.round = -1
         self.base = b""
         self.now = -math.inf
@@ -288,19 +348,13 @@ class RoundMachine:
 
     def next_deadline(self) -> float | None:
         """Earliest time at which a `Tick` would do something (None: no timer armed)."""
-        a = self._attempt
-        times: list[float] = []
-        if self.phase in (Phase.REDRAWING, Phase.COLLECTING, Phase.FOLLOWING, Phase.VOTING):
-            if self.phase == Phase.REDRAWING or self.config.redraw_when_stuck:
-                times.append(self._next_attempt_at())
-        if self.phase == Phase.COLLECTING:
-            times.append(a.collect_deadline)
-        if self.phase == Phase.VOTING:
-            times.append(a.view_deadline)
-        if self.phase == Phase.CERTIFIED and self._submit_at is not None:
-            times.append(self._submit_at)
-        finite = [t for t in times if t != math.inf]
+        times = [self._due_at(timer) for timer in self._timers[self.phase]]
+        finite = [t for t in times if t is not None and t != math.inf]
         return min(finite) if finite else None
+
+    @property
+    def phase(self) -> Phase:
+        return self._phase
 
     @property
     def attempt(self) -> int:
@@ -325,13 +379,12 @@ class RoundMachine:
     # --- plumbing ---------------------------------------------------------------------
 
     def _goto(self, trigger: Trigger) -> None:
-        try:
-            self.phase = TRANSITIONS[self.phase][trigger]
-        except KeyError:
-            raise RoundStateError(
-                f"illegal transition {trigger.value} in phase {self.phase.value}"
-            ) from None
+        """The one place the phase changes, and only as `TRANSITIONS` allows."""
+        self._phase = next_phase(self._phase, trigger)
         self._dirty = True
+
+    def _can(self, trigger: Trigger) -> bool:
+        return trigger in TRANSITIONS[self._phase]
 
     def _emit(self, action: Action) -> None:
         self._out.append(action)
@@ -355,28 +408,13 @@ class RoundMachine:
         self._buffer.append(event)
 
     def _dispatch(self, event: Event) -> None:
-        if isinstance(event, Tick):
-            self._on_tick(event.now)
-        elif isinstance(event, UpdateReceived):
-            self._on_update(event)
-        elif isinstance(event, VoteReceived):
-            self._on_vote(event)
-        elif isinstance(event, ProposalReceived):
-            self._on_proposal(event)
-        elif isinstance(event, DeltaAvailable):
-            self._on_delta(event)
-        elif isinstance(event, AggregateComputed):
-            self._on_computed(event)
-        elif isinstance(event, CommitSeen):
-            self._on_commit_seen(event)
-        elif isinstance(event, ChainCommitted):
-            self._on_chain_committed(event)
-        elif isinstance(event, LocalUpdateReady):
-            self._on_local_update(event)
-        elif isinstance(event, RoundStarted):
-            self._on_round_started(event)
-        else:
+        by_phase = HANDLERS.get(type(event))
+        if by_phase is None:
             raise RoundStateError(f"unknown event {type(event).__name__}")
+        by_phase[self._phase](self, event)
+
+    def _ignore(self, event: Event) -> None:
+        """Nothing to do in this phase (see `HANDLERS` for why)."""
 
     def _conflicts_with_ours(self, message: Signed) -> bool:
         """True if we already stand by another body under `message`'s statement key.
@@ -478,9 +516,10 @@ class RoundMachine:
         otherwise a node that skipped attempts early would stay that many attempts ahead of
         one that did not, for good (attempts advance at the same pace everywhere, and only
         the next attempt's messages are kept), and a committee split across attempts never
-        certifies. With the schedule they meet again at the end of the skipper's attempt."""
+        certifies. With the schedule they meet again at the end of the skipper's attempt.
+        (A presumed-dead draw is always in REDRAWING: only a new draw or round leaves it.)"""
         a = self._attempt
-        if self.phase == Phase.REDRAWING and a.presumed_dead:
+        if a.presumed_dead:
             return a.start + self.config.small_redraw_delay_s
         return self._scheduled_start(a.number + 1)
 
@@ -508,14 +547,17 @@ class RoundMachine:
         by_clock = int(elapsed // self.config.view_timeout_s) if math.isfinite(elapsed) and elapsed > 0 else 0
         return max(a.view, by_clock) + self.config.max_views_ahead
 
-    def _on_round_started(self, event: RoundStarted) -> None:
-        if self.phase != Phase.IDLE and event.round <= self.round:
+    def _start_next_round(self, event: RoundStarted) -> None:
+        if event.round <= self.round:
             raise RoundStateError(
                 f"RoundStarted({event.round}) but round {self.round} is already under way"
             )
+        self._start_round(event)
+
+    def _start_round(self, event: RoundStarted) -> None:
         CID.parse(event.base)  # the shell's own input: a bad base is a bug, let it raise
         self.now = max(self.now, event.now)
-        self.phase = Phase.IDLE
+        self._goto(Trigger.ROUND_STARTED)
         self._reset_round(event, self._recent_authors(event), self._recent_signers(event))
         self._heard_round = event.round
         self.counters["rounds-started"] += 1
@@ -572,26 +614,37 @@ class RoundMachine:
 
     # --- timers -------------------------------------------------------------------------
 
-    def _on_tick(self, now: float) -> None:
-        self.now = max(self.now, now)
+    def _on_tick(self, event: Tick) -> None:
+        self.now = max(self.now, event.now)
+        for timer in Timer:  # in order, each in the phase the one before left (see Timer)
+            if timer in self._timers[self.phase]:
+                due = self._due_at(timer)
+                if due is not None and self.now >= due:
+                    self._fire(timer)
+
+    def _due_at(self, timer: Timer) -> float | None:
+        """When `timer` fires in the current attempt (None: not set)."""
         a = self._attempt
-        stuck_redraw = self.config.redraw_when_stuck and self.phase in (
-            Phase.COLLECTING,
-            Phase.FOLLOWING,
-            Phase.VOTING,
-        )
-        if (self.phase == Phase.REDRAWING or stuck_redraw) and self.now >= self._next_attempt_at():
+        if timer is Timer.NEXT_ATTEMPT:
+            return self._next_attempt_at()
+        if timer is Timer.COLLECT_END:
+            return a.collect_deadline
+        if timer is Timer.VIEW_END:
+            return a.view_deadline
+        return self._submit_at
+
+    def _fire(self, timer: Timer) -> None:
+        a = self._attempt
+        if timer is Timer.NEXT_ATTEMPT:
             self._draw(a.number + 1, self._next_attempt_at())
-            a = self._attempt
-        if self.phase == Phase.COLLECTING and self.now >= a.collect_deadline:
+        elif timer is Timer.COLLECT_END:
             self.counters["collect-closed:deadline"] += 1
             self._close_collection()
-        if self.phase == Phase.VOTING and self.now >= a.view_deadline:
+        elif timer is Timer.VIEW_END:
             self._goto(Trigger.VIEW_TIMEOUT)
             self.counters["view-changes"] += 1
             self._enter_view(a.view + 1)
-        submit_at = self._submit_at
-        if self.phase == Phase.CERTIFIED and submit_at is not None and self.now >= submit_at:
+        else:
             self._submit()
 
     # --- collection -----------------------------------------------------------------------
@@ -626,8 +679,8 @@ class RoundMachine:
         self._live.add(author)
 
     def _check_collection(self) -> None:
-        if self.phase != Phase.COLLECTING:
-            return
+        if not self._can(Trigger.COLLECT_CLOSED):
+            return  # not collecting
         quorum = collect_quorum(self.config.collect_quorum_percent, self._expected_participants())
         counted = [u for u in self._collected() if u.signer not in self._probation]
         if len(counted) >= quorum:
@@ -652,14 +705,16 @@ class RoundMachine:
             self._fetching.add(key)
             self._emit(Fetch(*key))
 
+    def _ignore_local_update(self, event: LocalUpdateReady) -> None:
+        self.counters["local-update-ignored"] += 1
+
     def _on_local_update(self, event: LocalUpdateReady) -> None:
         if (
             event.round != self.round
-            or self.phase in (Phase.IDLE, Phase.ADVANCED)
             or self._own_update_sent
             or self._stakes.get(self.address, 0) <= 0
         ):
-            self.counters["local-update-ignored"] += 1
+            self._ignore_local_update(event)
             return
         update = Update(
             task=self.config.task,
@@ -702,24 +757,61 @@ class RoundMachine:
 
     # --- checks common to incoming messages ------------------------------------------------
 
+    def _checked_signer(self, event: Gossip) -> bytes | None:
+        """The signer the event's message names, if the caller recovered that very signer;
+        else the event is dropped, penalized (None). A commit certificate has no signer of
+        its own (b""): the machine checks its votes."""
+        if isinstance(event, CommitSeen):
+            return b""
+        signer = event.message.signer
+        if event.verified_signer != signer:
+            self._drop("bad-signer", signer, True)
+            return None
+        return signer
+
+    def _hold(self, event: Gossip) -> None:
+        """IDLE: no round yet to check a message against; keep it (bounded) until one starts."""
+        signer = self._checked_signer(event)
+        if signer is None:
+            return
+        if event.message.task != self.config.task:
+            self._drop("wrong-task", signer, True)
+            return
+        self._buffer_event(event, signer)
+
+    def _after_commit(self, event: Gossip) -> None:
+        """ADVANCED: our round is committed, so a message is stale or for a later round."""
+        signer = self._checked_signer(event)
+        if signer is not None:
+            self._classify_after_commit(event, signer)
+
+    def _classify_after_commit(self, event: Gossip, signer: bytes) -> None:
+        m = event.message
+        if m.task != self.config.task:
+            self._drop("wrong-task", signer, True)
+        elif m.round <= self.round:
+            self._drop("stale-round", signer, False)
+        else:
+            self._hold_future_round(event, signer, m.round)
+
+    def _hold_future_round(self, event: Event, signer: bytes, round_: int) -> None:
+        if round_ - self.round <= self.config.max_rounds_ahead:
+            self._buffer_event(event, signer)
+        else:
+            self._drop("future-round", signer, False)
+
     def _classify_round(
         self, event: Event, signer: bytes, task: bytes, round_: int, base: bytes
     ) -> str:
         if task != self.config.task:
             self._drop("wrong-task", signer, True)
             return _DROP
-        if self.phase == Phase.IDLE and self.round < 0:
-            self._buffer_event(event, signer)
-            return _FUTURE
-        if round_ < self.round or (round_ == self.round and self.phase == Phase.ADVANCED):
+        if round_ < self.round:
             self._drop("stale-round", signer, False)
             return _DROP
         if round_ > self.round:
-            if round_ - self.round <= self.config.max_rounds_ahead:
-                self._buffer_event(event, signer)
-                return _FUTURE
-            self._drop("future-round", signer, False)
-            return _DROP
+            self._hold_future_round(event, signer, round_)
+            return _FUTURE
         if base != self.base:
             self._drop("wrong-base", signer, True)
             return _DROP
@@ -765,15 +857,30 @@ class RoundMachine:
 
     # --- updates ------------------------------------------------------------------------------
 
-    def _on_update(self, event: UpdateReceived) -> None:
-        u = event.update
-        if event.verified_signer != u.signer:
-            self._drop("bad-signer", u.signer, True)
+    def _on_late_update(self, event: UpdateReceived) -> None:
+        """ADVANCED: a straggler's update for the committed round (its `base` is then the
+        old model, ours the new one) is stale, but tells us its author is alive."""
+        signer = self._checked_signer(event)
+        if signer is None:
             return
-        # A straggler's update after the commit (`base` is then already the new model's).
-        late = (u.task, u.round) == (self.config.task, self.round) and self.phase == Phase.ADVANCED
-        if late and self._stakes.get(u.signer, 0) > 0:
-            self._hear(u.signer)  # alive: expected next round
+        u = event.update
+        late = (u.task, u.round) == (self.config.task, self.round)
+        if late and self._stakes.get(signer, 0) > 0:
+            self._hear(signer)  # alive: expected next round
+        self._classify_after_commit(event, signer)
+
+    def _on_update(self, event: UpdateReceived) -> None:
+        """Keep the update (a later draw or a proposal may need it), fetch nothing."""
+        self._take_update(event, fetch=False)
+
+    def _on_update_and_fetch(self, event: UpdateReceived) -> None:
+        """COLLECTING/VOTING (a member): keep the update and fetch its delta at once."""
+        self._take_update(event, fetch=True)
+
+    def _take_update(self, event: UpdateReceived, fetch: bool) -> None:
+        if self._checked_signer(event) is None:
+            return
+        u = event.update
         if self._classify_round(event, u.signer, u.task, u.round, u.base) != _CURRENT:
             return
         if self._stakes.get(u.signer, 0) <= 0:
@@ -796,64 +903,88 @@ class RoundMachine:
         self._first_update[u.signer] = u
         self._updates[key] = u
         self.counters["updates-accepted"] += 1
-        if self.is_member and self.phase in (Phase.COLLECTING, Phase.VOTING):
+        if fetch:
             self._fetch(key)
         self._after_new_data()
 
     # --- proposals ----------------------------------------------------------------------------
 
-    def _on_proposal(self, event: ProposalReceived) -> None:
+    def _valid_proposal(self, event: ProposalReceived) -> Proposal | None:
+        """The proposal, if it is for this attempt, by a leader, and well-formed (else
+        dropped or held: None)."""
         p = event.proposal
-        if event.verified_signer != p.signer:
-            self._drop("bad-signer", p.signer, True)
-            return
+        if self._checked_signer(event) is None:
+            return None
         if self._classify_round(event, p.signer, p.task, p.round, p.base) != _CURRENT:
-            return
+            return None
         if self._classify_attempt(event, p.signer, p.attempt) != _CURRENT:
-            return
+            return None
         committee = list(self._attempt.committee)
         if len(committee) < self.config.quorum or leader_of(committee, p.view) != p.signer:
             self._drop("not-leader", p.signer, True)
-            return
+            return None
         if p.rule != self.config.rule:
             self._drop("wrong-rule", p.signer, True)
-            return
+            return None
         included = {a for a, _ in p.included}
         rejected = {a for a, _ in p.rejected}
         if included & rejected or any(self._stakes.get(a, 0) <= 0 for a in included | rejected):
             self._drop("bad-proposal", p.signer, True, "authors must be registered and in one list")
+            return None
+        return p
+
+    def _watch_proposal(self, event: ProposalReceived) -> None:
+        """Not collecting or voting (a follower, a draw below quorum, certified): do not act
+        on a proposal, but record it to catch equivocation."""
+        p = self._valid_proposal(event)
+        if p is None:
             return
+        if p.view > self._max_view():
+            self._drop("future-view", p.signer, False)
+        elif self._record_statement(p):
+            self.counters["proposals-accepted"] += 1
+            self._signers.add(p.signer)
+
+    def _proposal_of_this_view(self, event: ProposalReceived) -> Proposal | None:
+        """A member's valid proposal for the current view, recorded (else None: dropped,
+        or held until we reach its view)."""
+        p = self._valid_proposal(event)
+        if p is None:
+            return None
         a = self._attempt
-        if not self.is_member or self.phase not in (Phase.COLLECTING, Phase.VOTING):
-            # Followers and certified members do not act on proposals; still watch for
-            # equivocation.
-            if p.view > self._max_view():
-                self._drop("future-view", p.signer, False)
-            elif self._record_statement(p):
-                self.counters["proposals-accepted"] += 1
-                self._signers.add(p.signer)
-            return
         if p.view < a.view:
             if self._record_statement(p):  # (else already counted as duplicate/equivocation)
                 self._drop("stale-view", p.signer, False)
-            return
+            return None
         if p.view > a.view:
             # Not recorded yet: it is re-offered when we reach its view.
             if p.view - a.view <= self.config.max_views_ahead:
                 self._buffer_event(event, p.signer)
             else:
                 self._drop("future-view", p.signer, False)
-            return
+            return None
         if not self._record_statement(p):
-            return
+            return None
         self.counters["proposals-accepted"] += 1
         self._signers.add(p.signer)
-        if self.phase == Phase.COLLECTING:
-            # The leader closed its collection: ours is moot, the proposal defines the set.
+        return p
+
+    def _on_proposal(self, event: ProposalReceived) -> None:
+        """VOTING: verify the view's proposal (and vote if it checks)."""
+        p = self._proposal_of_this_view(event)
+        if p is not None:
+            self._attempt.proposal = p
+            self._try_verify()
+
+    def _on_proposal_while_collecting(self, event: ProposalReceived) -> None:
+        """COLLECTING: the leader closed its collection, so ours is moot: the proposal
+        defines the set. Close, then verify it as in VOTING."""
+        p = self._proposal_of_this_view(event)
+        if p is not None:
             self.counters["collect-closed:proposal"] += 1
             self._close_collection()
-        a.proposal = p
-        self._try_verify()
+            self._attempt.proposal = p
+            self._try_verify()
 
     def _verify_inputs(self, p: Proposal) -> tuple[list[Update], bool] | None:
         """Updates the proposal's aggregate is recomputed over, and whether all are ready.
@@ -1025,8 +1156,7 @@ class RoundMachine:
 
     def _on_vote(self, event: VoteReceived) -> None:
         v = event.vote
-        if event.verified_signer != v.signer:
-            self._drop("bad-signer", v.signer, True)
+        if self._checked_signer(event) is None:
             return
         if self._classify_round(event, v.signer, v.task, v.round, v.base) != _CURRENT:
             return
@@ -1089,8 +1219,8 @@ class RoundMachine:
 
     def _on_certificate(self, cert: Commit) -> None:
         self._certificate = cert
-        if self.phase not in (Phase.COLLECTING, Phase.FOLLOWING, Phase.VOTING):
-            return
+        if not self._can(Trigger.CERTIFIED):
+            return  # REDRAWING (our liveness guess skipped this draw): keep it, submit nothing
         self._goto(Trigger.CERTIFIED)
         committee = list(self._attempt.committee)
         if self.address in committee:
@@ -1110,10 +1240,16 @@ class RoundMachine:
     # --- following the chain --------------------------------------------------------------------
 
     def _on_chain_committed(self, event: ChainCommitted) -> None:
-        if self.phase != Phase.IDLE and (
-            event.round < self.round or (event.round == self.round and self.phase == Phase.ADVANCED)
-        ):
-            return  # already followed
+        """A round under way: follow a commit of this round or a later one."""
+        if event.round >= self.round:
+            self._follow_chain(event)
+
+    def _on_chain_committed_again(self, event: ChainCommitted) -> None:
+        """ADVANCED: our round is followed already; only a later round is news (we lag)."""
+        if event.round > self.round:
+            self._follow_chain(event)
+
+    def _follow_chain(self, event: ChainCommitted) -> None:
         cert = self._certificate
         if event.round == self.round and cert is not None and cert.result != event.result:
             # Possible across views (spec: safety): the chain's first commit is final.
@@ -1124,3 +1260,74 @@ class RoundMachine:
         self._submit_at = None
         self.counters["rounds-committed"] += 1
         self._emit(Advance(event.round + 1, event.result))
+
+
+# --- what each phase does with each event -------------------------------------------------
+
+_Handler = Callable[[RoundMachine, Any], None]  # each takes its own event type
+_M = RoundMachine
+_RUNNING = (Phase.REDRAWING, Phase.COLLECTING, Phase.FOLLOWING, Phase.VOTING, Phase.CERTIFIED)
+
+
+def _each(phases: tuple[Phase, ...], handler: _Handler) -> dict[Phase, _Handler]:
+    return dict.fromkeys(phases, handler)
+
+
+# (event type, phase) -> handler. Every pair is listed (tests/core/test_round.py checks),
+# so what a phase does with an event is read here, not inferred from `if`s in handlers.
+# IDLE is before the first RoundStarted; _RUNNING phases have a round under way;
+# ADVANCED has seen the chain commit it and waits for RoundStarted(round + 1).
+HANDLERS: dict[type, dict[Phase, _Handler]] = {
+    RoundStarted: {
+        Phase.IDLE: _M._start_round,
+        # Raises RoundStateError unless the round moves forward (a shell bug).
+        **_each((*_RUNNING, Phase.ADVANCED), _M._start_next_round),
+    },
+    # Every phase keeps the clock; `TIMERS` says which deadlines a phase checks.
+    Tick: _each(tuple(Phase), _M._on_tick),
+    LocalUpdateReady: {
+        Phase.IDLE: _M._ignore_local_update,  # no round to publish it in
+        **_each(_RUNNING, _M._on_local_update),
+        Phase.ADVANCED: _M._ignore_local_update,  # too late: the round is committed
+    },
+    # Gossip: before any round it is held; after the commit it is stale or for later.
+    UpdateReceived: {
+        Phase.IDLE: _M._hold,
+        Phase.REDRAWING: _M._on_update,
+        Phase.COLLECTING: _M._on_update_and_fetch,
+        Phase.FOLLOWING: _M._on_update,
+        Phase.VOTING: _M._on_update_and_fetch,
+        Phase.CERTIFIED: _M._on_update,
+        Phase.ADVANCED: _M._on_late_update,
+    },
+    ProposalReceived: {
+        Phase.IDLE: _M._hold,
+        Phase.REDRAWING: _M._watch_proposal,
+        Phase.COLLECTING: _M._on_proposal_while_collecting,
+        Phase.FOLLOWING: _M._watch_proposal,
+        Phase.VOTING: _M._on_proposal,
+        Phase.CERTIFIED: _M._watch_proposal,
+        Phase.ADVANCED: _M._after_commit,
+    },
+    VoteReceived: {
+        Phase.IDLE: _M._hold,
+        **_each(_RUNNING, _M._on_vote),  # followers tally too: a certificate ends their wait
+        Phase.ADVANCED: _M._after_commit,
+    },
+    CommitSeen: {
+        Phase.IDLE: _M._hold,
+        **_each(_RUNNING, _M._on_commit_seen),
+        Phase.ADVANCED: _M._after_commit,
+    },
+    # Answers to our own requests; before the first round nothing was asked.
+    DeltaAvailable: {Phase.IDLE: _M._ignore, **_each((*_RUNNING, Phase.ADVANCED), _M._on_delta)},
+    AggregateComputed: {
+        Phase.IDLE: _M._ignore,
+        **_each((*_RUNNING, Phase.ADVANCED), _M._on_computed),
+    },
+    ChainCommitted: {
+        Phase.IDLE: _M._follow_chain,
+        **_each(_RUNNING, _M._on_chain_committed),
+        Phase.ADVANCED: _M._on_chain_committed_again,
+    },
+}

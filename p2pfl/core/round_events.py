@@ -69,6 +69,10 @@ class UpdateReceived:
     update: Update
     verified_signer: bytes
 
+    @property
+    def message(self) -> Update:
+        return self.update
+
 
 @dataclass(frozen=True)
 class DeltaAvailable:
@@ -103,11 +107,19 @@ class ProposalReceived:
     proposal: Proposal
     verified_signer: bytes
 
+    @property
+    def message(self) -> Proposal:
+        return self.proposal
+
 
 @dataclass(frozen=True)
 class VoteReceived:
     vote: Vote
     verified_signer: bytes
+
+    @property
+    def message(self) -> Vote:
+        return self.vote
 
 
 @dataclass(frozen=True)
@@ -115,6 +127,10 @@ class CommitSeen:
     """A gossiped commit certificate (its vote signatures are checked by the machine)."""
 
     commit: Commit
+
+    @property
+    def message(self) -> Commit:
+        return self.commit
 
 
 @dataclass(frozen=True)
@@ -141,6 +157,9 @@ Event = Union[
     CommitSeen,
     ChainCommitted,
 ]
+
+# The events that deliver a gossiped message (`.message`); the others come from the shell.
+Gossip = UpdateReceived | ProposalReceived | VoteReceived | CommitSeen
 
 
 # --- actions (out) ----------------------------------------------------------------------

@@ -2,33 +2,44 @@
 
 from __future__ import annotations
 
+import ast
+import inspect
 import math
 import random
+import typing
 from dataclasses import replace
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from p2pfl.core import round as round_module
 from p2pfl.core.cid import blob_cid
 from p2pfl.core.messages import Commit, Proposal, Update, Vote
 from p2pfl.core.round import (
+    HANDLERS,
+    TIMERS,
     TRANSITIONS,
     Phase,
     RoundConfig,
     RoundMachine,
     RoundStateError,
+    Timer,
     Trigger,
     collect_quorum,
+    next_phase,
 )
 from p2pfl.core.round_events import (
+    Advance,
     AggregateComputed,
     ChainCommitted,
     CommitSeen,
     ComputeAggregate,
     DeltaAvailable,
+    Event,
     Evidence,
     Fetch,
+    LocalUpdateReady,
     ProposalReceived,
     Publish,
     Rejected,
@@ -516,6 +527,63 @@ def test_transition_table_is_closed_and_illegal_moves_raise():
         m.handle(RoundStarted(1, GENESIS, STAKES, 1.0))
     with pytest.raises(RoundStateError):
         m._goto(Trigger.VIEW_TIMEOUT)  # COLLECTING has no views yet
+    assert m.phase == Phase.COLLECTING
+
+
+def test_every_phase_trigger_pair_is_in_the_table_or_raises():
+    for phase in Phase:
+        for trigger in Trigger:
+            if trigger in TRANSITIONS[phase]:
+                assert next_phase(phase, trigger) == TRANSITIONS[phase][trigger]
+            else:
+                with pytest.raises(RoundStateError, match="illegal transition"):
+                    next_phase(phase, trigger)
+    # Whatever the phase, a new round resets to IDLE and a chain commit is followed.
+    assert all(TRANSITIONS[p][Trigger.ROUND_STARTED] == Phase.IDLE for p in Phase)
+    assert all(TRANSITIONS[p][Trigger.CHAIN_COMMITTED] == Phase.ADVANCED for p in Phase)
+
+
+def test_handlers_name_a_handler_for_every_event_type_in_every_phase():
+    """What each phase does with each event is decided in HANDLERS, deliberately: no
+    event type and no phase is left to a default."""
+    assert set(HANDLERS) == set(typing.get_args(Event))
+    for event_type, by_phase in HANDLERS.items():
+        assert set(by_phase) == set(Phase), event_type.__name__
+        assert all(callable(handler) for handler in by_phase.values())
+    assert set(TIMERS) == set(Phase) and all(set(t) <= set(Timer) for t in TIMERS.values())
+    with pytest.raises(RoundStateError, match="unknown event"):
+        RoundMachine(config(), KEY_OF[C7[1]], DOMAIN).handle(object())  # type: ignore[arg-type]
+
+
+def test_only_goto_changes_the_phase():
+    """The phase is read-only from outside, and inside only `_goto` (checked against the
+    table) assigns it after `__init__`'s initial IDLE."""
+    m, _ = started(C7[1])
+    with pytest.raises(AttributeError):
+        m.phase = Phase.VOTING  # type: ignore[misc]
+    tree = ast.parse(inspect.getsource(round_module))
+    writers = set()
+    for fn in ast.walk(tree):
+        if isinstance(fn, ast.FunctionDef):
+            for node in ast.walk(fn):
+                targets = node.targets if isinstance(node, ast.Assign) else [getattr(node, "target", None)]
+                if any(isinstance(t, ast.Attribute) and t.attr in ("phase", "_phase") for t in targets):
+                    writers.add(fn.name)
+    assert writers == {"__init__", "_goto"}
+
+
+def test_a_machine_that_followed_the_chain_ignores_what_only_a_running_round_takes():
+    """ADVANCED (here straight from IDLE): a local update is ignored and counted, gossip
+    for the committed round is stale, and only a later chain commit moves it."""
+    m = RoundMachine(config(), KEY_OF[C7[1]], DOMAIN)
+    (advance,) = m.handle(ChainCommitted(1, 0, 0, GENESIS, GENESIS, bytes(32)))
+    assert advance.round == 2 and m.phase == Phase.ADVANCED
+    assert m.handle(LocalUpdateReady(1, delta_cid(C7[1], 1), 10, 1.0)) == []
+    assert m.counters["local-update-ignored"] == 1
+    u = update(ADDRS[0])
+    assert m.handle(UpdateReceived(u, u.signer)) == [Rejected("stale-round", u.signer, False)]
+    assert m.handle(ChainCommitted(1, 0, 0, GENESIS, GENESIS, bytes(32))) == []
+    assert [type(a) for a in m.handle(ChainCommitted(2, 0, 0, GENESIS, GENESIS, bytes(32)))] == [Advance]
 
 
 def test_config_validation_and_quorums():
@@ -532,7 +600,8 @@ def test_config_validation_and_quorums():
 
 def test_machine_never_signs_two_different_votes_for_one_view():
     m, _ = started(C7[1])
-    m.phase = Phase.VOTING
+    m.handle(Tick(m.config.collect_deadline_s))  # collection closes: views run
+    assert m.phase == Phase.VOTING
     m._vote(0, blob_cid(b"a").to_bytes(), bytes(32))
     with pytest.raises(RoundStateError):
         m._vote(0, blob_cid(b"b").to_bytes(), bytes(32))
