@@ -252,7 +252,9 @@ def next_phase(phase: Phase, trigger: Trigger) -> Phase:
     try:
         return TRANSITIONS[phase][trigger]
     except KeyError:
-        raise RoundStateError(f"illegal transition {trigger.value} in phase {phase.value}") from None
+        raise RoundStateError(
+            f"illegal transition {trigger.value} in phase {phase.value}"
+        ) from None
 
 
 class Timer(enum.Enum):
@@ -286,6 +288,7 @@ def _timers_for(config: RoundConfig) -> dict[Phase, tuple[Timer, ...]]:
         phase: tuple(t for t in timers if t is not Timer.NEXT_ATTEMPT or phase is Phase.REDRAWING)
         for phase, timers in TIMERS.items()
     }
+
 
 # How an incoming message relates to where we are.
 _CURRENT, _FUTURE, _DROP = "current", "future", "drop"

@@ -8,6 +8,7 @@ import math
 import random
 import typing
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -630,3 +631,15 @@ def test_member_refuses_a_proposal_that_includes_a_known_equivocator():
     m.handle(honest)
     assert m.counters["proposal-includes-equivocator"] == 1
     assert not any(isinstance(a, Publish) for a in m.handle(Tick(m.now)))
+
+
+def test_the_spec_transition_table_is_the_code_table():
+    """protocol/spec/round.md writes TRANSITIONS out for readers: they must agree."""
+    lines = (Path(__file__).parents[2] / "protocol/spec/round.md").read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("| from \\ trigger |"))
+    triggers = [Trigger[t.strip()] for t in lines[start].strip("|").split("|")[1:]]
+    table = {}
+    for line in lines[start + 2 : start + 2 + len(Phase)]:
+        phase, *cells = (c.strip() for c in line.strip("|").split("|"))
+        table[Phase[phase]] = {t: Phase[c] for t, c in zip(triggers, cells) if c}
+    assert table == TRANSITIONS
