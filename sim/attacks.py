@@ -411,6 +411,12 @@ class HostileNet:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
 
+    def connected_peers(self) -> list[str]:
+        return self._inner.connected_peers()  # type: ignore[no-any-return]
+
+    def metrics(self) -> dict[str, object]:
+        return self._inner.metrics()  # type: ignore[no-any-return]
+
     async def join(self, topic: str, validate: Any) -> Any:
         channel = await self._inner.join(topic, validate)
         if not self._roles & {"censors", "replayers", "spammers"}:

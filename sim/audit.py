@@ -34,12 +34,12 @@ def audit_run(
         proposal = None
         for n in nodes:
             try:
-                result = n._cid_for_digest(ev.result).to_bytes()
+                result = n.models.cid_for_digest(ev.result).to_bytes()
             except Exception:
                 continue
-            proposal = n._proposals.get((r, result, ev.contributors_root))
+            proposal = n.intake.proposals.get((r, result, ev.contributors_root))
             if proposal is not None:
-                snapshot = n._round_stakes.get(r, {})
+                snapshot = n.committed.round_stakes.get(r, {})
                 break
         row: dict[str, Any] = {"round": r, "attempt": ev.attempt, "view": ev.view, "signers": ev.signers,
                                "block": ev.block_number}
@@ -85,7 +85,7 @@ def audit_run(
     equivocated_rounds = sorted(attacks.equivocated)
     # A slashed node is ejected, so its later equivocations are rejected at the first hop
     # (unregistered signer) and need no proof: only rounds it could still take part in count.
-    registered_in = {r: set(n._round_stakes.get(r, {})) for n in nodes for r in n._round_stakes}
+    registered_in = {r: set(n.committed.round_stakes.get(r, {})) for n in nodes for r in n.committed.round_stakes}
     unslashed = [r for r in equivocated_rounds if r in commits and not any(p["round"] == r for p in proofs)
                  and any(identities[i].address in registered_in.get(r, set())
                          for i in plan.roles.get("equivocators", ()))]
@@ -93,7 +93,7 @@ def audit_run(
     # holds it: it must be one history, or they would disagree on later aggregates. An
     # attacker's may differ (a banned spammer never sees a proposal).
     histories = [{r: {index_of.get(a, "0x" + a.hex()): p for a, p in sorted(pts.items())}
-                  for r, pts in sorted(n._strikes.items())}
+                  for r, pts in sorted(n.committed.strikes.items())}
                  for i, n in enumerate(nodes) if i not in faults.killed and i not in plan.attackers]
     stakes_after = {}
     for i in sorted(set(plan.attackers)):

@@ -139,6 +139,12 @@ class LeaderKillNet:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
 
+    def connected_peers(self) -> list[str]:
+        return self._inner.connected_peers()  # type: ignore[no-any-return]
+
+    def metrics(self) -> dict[str, object]:
+        return self._inner.metrics()  # type: ignore[no-any-return]
+
     async def publish(self, topic: str, data: bytes) -> bytes:
         msg_id = await self._inner.publish(topic, data)
         try:

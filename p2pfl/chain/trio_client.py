@@ -42,17 +42,19 @@ OUTAGE_RETRY_MAX_S = 2.0
 _limiters: weakref.WeakKeyDictionary[object, trio.CapacityLimiter] = weakref.WeakKeyDictionary()
 
 
-def provider_limiter(client: ChainClient) -> trio.CapacityLimiter:
-    """One worker thread per provider (shared by every client of that provider)."""
-    limiter = _limiters.get(client.w3.provider)
+def provider_limiter(client: Any) -> trio.CapacityLimiter:
+    """One worker thread per provider (shared by every client of that provider); another
+    chain backend (p2pfl.node.ports.ChainPort) gets one per client object."""
+    key = client.w3.provider if isinstance(client, ChainClient) else client
+    limiter = _limiters.get(key)
     if limiter is None:
         limiter = trio.CapacityLimiter(1)
-        _limiters[client.w3.provider] = limiter
+        _limiters[key] = limiter
     return limiter
 
 
 async def run_chain(
-    client: ChainClient,
+    client: Any,
     fn: Callable[..., Any],
     *args: Any,
     tolerate_s: float = OUTAGE_TOLERANCE_S,

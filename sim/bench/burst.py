@@ -83,7 +83,7 @@ def _updates(index: int) -> list[bytes]:
 
 
 def _validator():  # type: ignore[no-untyped-def]
-    """The node's gossip validator (p2pfl.node.Node._validator) for this task and round."""
+    """The node's gossip validator (p2pfl.node.intake.Intake.validator) for this task and round."""
     from p2pfl.core.signing import Domain
     from p2pfl.core.validation import check_gossip
     from p2pfl.net import ValidationResult

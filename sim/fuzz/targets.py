@@ -218,18 +218,17 @@ class MessagesTarget:
 def node_validator(
     task: bytes, registered: frozenset[bytes], current_round: int, machine: RoundMachine | None = None
 ) -> Callable[[bytes], Any]:
-    """The real `Node.validate`, bound to the least node state it reads (task, machine
-    domain and round, registered peers), without starting a node."""
-    from p2pfl.node import Node
+    """The real node's gossip validator (`p2pfl.node.intake.Intake.validate`), bound to
+    the least node state it reads (task, machine domain and round, registered peers),
+    without starting a node."""
+    from p2pfl.node.intake import Intake
+    from p2pfl.node.queue import EventQueue
 
     if machine is None:
         machine = RoundMachine(RoundConfig(task=task, committee_size=3, rule="fedavg"), IDENTITIES[0].private_key, DOMAIN)
         machine.round = current_round
-    node = Node.__new__(Node)
-    node.task = task
-    node.machine = machine
-    node.peer_ids = {a: "peer" for a in registered}
-    return node.validate  # type: ignore[no-any-return]
+    intake = Intake(task, b"", machine, {a: "peer" for a in registered}, EventQueue(), lambda name: None)
+    return intake.validate
 
 
 class ValidatorTarget:

@@ -90,7 +90,7 @@ def attack(kind: str, author: NodeIdentity) -> bytes:
 
 
 def node_validator(registered: set[bytes]):  # type: ignore[no-untyped-def]
-    """The node's gossip validator (p2pfl.node.Node._validator) for TASK at ROUND."""
+    """The node's gossip validator (p2pfl.node.intake.Intake.validator) for TASK at ROUND."""
 
     def validate(topic: str, data: bytes, peer: str) -> ValidationResult:
         return ValidationResult.of(

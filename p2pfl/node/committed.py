@@ -1,0 +1,127 @@
+"""What the node keeps of committed rounds: reward files (for `p2pfl claim`) and the
+probation history (strike points per committed round), both on disk.
+
+Both come from the proposal the chain's (result, contributors root) names: its reward
+tree is rebuilt (p2pfl.core.round_result.committed_reward_tree) and checked against the
+on-chain root; its rejections that are strikes enter the history, which every node
+must hold alike so that later aggregates agree (aggregation spec §4a).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+from p2pfl.chain.client import RoundCommitted
+from p2pfl.chain.rewards import write_reward_file
+from p2pfl.core import aggregate as agg
+from p2pfl.core.cid import CID
+from p2pfl.core.messages import Proposal
+from p2pfl.core.probation_history import StrikeHistory, decode_strikes, encode_strikes, forget_before
+from p2pfl.core.round_result import committed_reward_tree
+from p2pfl.errors import P2PFLError
+from p2pfl.files import write_text_atomic
+from p2pfl.manifest import TaskManifest
+from p2pfl.node.intake import Intake
+
+log = logging.getLogger("p2pfl.node")
+
+STRIKES_FILE = "strikes.json"
+REWARDS_DIR = "rewards"
+
+
+def load_strikes(path: Path) -> StrikeHistory:
+    """The probation history saved by `save_strikes` ({} if there is none yet)."""
+    try:
+        return decode_strikes(path.read_bytes())
+    except FileNotFoundError:
+        return {}
+    except P2PFLError as exc:
+        raise P2PFLError(f"{exc} in {path}; delete it to start afresh") from exc
+
+
+def save_strikes(path: Path, strikes: StrikeHistory, keep_from: int) -> None:
+    """Write the history atomically, dropping rounds before `keep_from` (out of every window)."""
+    forget_before(strikes, keep_from)
+    write_text_atomic(path, encode_strikes(strikes).decode())
+
+
+class CommittedRounds:
+    """Reward files and probation history of the rounds the chain committed."""
+
+    def __init__(
+        self, data_dir: Path, manifest: TaskManifest, spec: agg.RuleSpec, intake: Intake,
+        count: Callable[[str], None],
+    ) -> None:
+        self.data_dir = data_dir
+        self.manifest = manifest
+        self.task = manifest.task_id
+        self.spec = spec
+        self.intake = intake  # the proposals and updates seen
+        self.count = count
+        self.round_stakes: dict[int, dict[bytes, int]] = {}  # registry snapshot each round drew from
+        # Committed round -> {author: strike points} (the aggregation's probation history),
+        # from the proposal the chain's (result, contributors root) names, once its reward
+        # tree matched the root (or could not be rebuilt for a missing update); kept on
+        # disk so a restarted node computes the same probation as the others.
+        self.strikes: StrikeHistory = load_strikes(data_dir / STRIKES_FILE)
+
+    def settle(self, event: RoundCommitted, base: bytes, result: bytes) -> Callable[[], None] | None:
+        """Rebuild and check the round's reward tree and record its strikes (in memory, at
+        once: the next round's probation reads them); returns the file writes to run off
+        the event loop (None: nothing to write)."""
+        proposal = self.intake.proposals.get((event.round, result, event.contributors_root))
+        stakes = self.round_stakes.get(event.round)
+        if proposal is None or stakes is None:
+            self.count("reward-file-unknown-proposal")
+            return None
+        tree = committed_reward_tree(
+            proposal, self.intake.updates, task=self.task, attempt=event.attempt,
+            base_digest=CID.parse(base).digest, stakes=stakes, committee_size=self.manifest.committee_size,
+            reward_per_round_wei=self.manifest.reward_per_round_wei,
+        )
+        if tree is None:
+            # No weights, so no tree to check; the strikes need only the proposal the
+            # chain's (result, root) names, so the history does not get a hole.
+            self.count("reward-file-missing-update")
+            return self._record_strikes(event.round, proposal)
+        if tree.root != event.contributors_root:
+            self.count("reward-root-mismatch")
+            log.warning("round %d: rebuilt reward root differs from the chain's", event.round)
+            return None
+        save_history = self._record_strikes(event.round, proposal)
+        folder = self.data_dir / REWARDS_DIR
+        path = folder / f"round-{event.round:06d}.json"
+
+        def write() -> None:
+            folder.mkdir(exist_ok=True)
+            write_reward_file(path, self.task, event.round, tree)
+            if save_history is not None:
+                save_history()
+
+        return write
+
+    def _record_strikes(self, round_: int, proposal: Proposal) -> Callable[[], None] | None:
+        """Add the committed round's strike points to the probation history; returns the
+        write of its file."""
+        rule = self.spec.probation
+        if rule is None:
+            return None
+        self.strikes[round_] = agg.strike_points(proposal.rejected, rule)
+        forget_before(self.strikes, round_ - rule.window)
+        data = encode_strikes(self.strikes).decode()
+        path = self.data_dir / STRIKES_FILE
+        return lambda: write_text_atomic(path, data)
+
+    def record(self, round_: int) -> dict[bytes, int]:
+        """Authors' strike points over the probation window before `round_` (`aggregate`'s
+        `record`; empty without a probation rule)."""
+        rule = self.spec.probation
+        if rule is None:
+            return {}
+        if any(r not in self.strikes for r in rule.rounds(round_)):
+            # Joined late or missed a proposal: our probation may differ from the
+            # committee's, and then we cannot verify (we do not vote) -- never a wrong vote.
+            self.count("probation-history-missing")
+        return rule.record(round_, self.strikes)

@@ -1,0 +1,96 @@
+"""Gossip intake: the validator in front of the node's topics, and validated messages
+turned into round events (`p2pfl.core.round_events.event_for`)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from p2pfl.core import round_events as ev
+from p2pfl.core.messages import Proposal, Update, decode_message
+from p2pfl.core.round import RoundMachine
+from p2pfl.core.validation import ACCEPT, Verdict, check_gossip
+from p2pfl.errors import InvalidMessage
+from p2pfl.node.queue import EventQueue
+
+log = logging.getLogger("p2pfl.node")
+
+# (round, result CID, contributors root): names one proposal's content.
+ProposalKey = tuple[int, bytes, bytes]
+
+
+class Intake:
+    """Validates gossip, keeps the updates and proposals seen (the node needs them later:
+    inline delta bytes for a fetch, a committed round's proposal for its reward tree),
+    and queues the machine's events."""
+
+    def __init__(
+        self,
+        task: bytes,
+        address: bytes,
+        machine: RoundMachine,
+        registered: Mapping[bytes, str],
+        queue: EventQueue,
+        count: Callable[[str], None],
+    ) -> None:
+        self.task = task
+        self.address = address
+        self.machine = machine
+        self.registered = registered  # address -> peer ID (PeerDirectory.ids, filled as rounds start)
+        self.queue = queue
+        self.count = count
+        self.updates: dict[ev.UpdateKey, Update] = {}
+        # Two proposals can share a result and differ in their rejected list (an
+        # equivocator's second version seen by one leader and not by another), so the
+        # contributors root is part of the key.
+        self.proposals: dict[ProposalKey, Proposal] = {}
+
+    def validate(self, data: bytes) -> Verdict:
+        """The gossip validator's checks (p2pfl.core.validation): canonical decoding, our
+        task, a round near ours, valid signatures by registered nodes. The round machine
+        does the stateful checks afterwards (base, membership, duplicates)."""
+        return check_gossip(
+            data,
+            task=self.task,
+            domain=self.machine.domain,
+            registered=self.registered or None,
+            current_round=self.machine.round if self.machine.round > 0 else None,
+        )
+
+    def validator(self, topic: str, data: bytes, from_peer: str) -> Any:
+        """`validate` as the network layer's validator callback."""
+        from p2pfl.net.gossip import ValidationResult
+
+        verdict = self.validate(data)
+        if verdict.action != ACCEPT:
+            self.count(f"gossip-{verdict.action}-{verdict.reason}")
+        return ValidationResult.of(verdict)
+
+    async def run(self, channel: Any) -> None:
+        """Deliver every message admitted on one topic (one task per topic)."""
+        async for message in channel:
+            await self.deliver(message.data, message.from_peer)
+
+    async def deliver(self, data: bytes, from_peer: str = "") -> None:
+        """Queue the event for a message that passed `validate` (waits while the queue is
+        full: see p2pfl.node.queue for the back-pressure rule)."""
+        try:
+            message = decode_message(data)
+        except InvalidMessage:
+            self.count("decode-rejected")
+            return
+        if getattr(message, "signer", None) == self.address:
+            return  # our own message echoed back; the machine already has it
+        self.remember(message)
+        event = ev.event_for(message)  # `validate` checked the signature
+        if event is not None:
+            await self.queue.put(event)
+
+    def remember(self, message: Any) -> None:
+        """Keep an update (its inline bytes serve a Fetch) or a proposal (a committed
+        round's reward tree is rebuilt from it), ours or another's."""
+        if isinstance(message, Update):
+            self.updates[(message.signer, message.delta)] = message
+        elif isinstance(message, Proposal):
+            self.proposals.setdefault((message.round, message.result, message.contributors_root), message)

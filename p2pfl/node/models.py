@@ -1,0 +1,118 @@
+"""Models and blocks the node needs: the model cache (fetch until held, decode off the
+event loop, keep a few decoded) and block fetches retried with backoff."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import numpy as np
+import trio
+
+from p2pfl.core.cid import CHUNK_SIZE, CODEC_DAG_PB, CODEC_RAW, CID, digest_to_cid
+from p2pfl.core.tensors import decode_tensors
+from p2pfl.errors import P2PFLError
+from p2pfl.net.config import BAN_S
+from p2pfl.node.peers import PeerDirectory
+from p2pfl.node.ports import NodeNet
+
+log = logging.getLogger("p2pfl.node")
+
+# Retry a failed fetch after this long, doubling up to the cap.
+FETCH_RETRY_S = 0.5
+FETCH_RETRY_MAX_S = 4.0
+# Providers one model fetch asks (p2pfl.net.config.BLOCKS_MAX_PROVIDERS); retries rotate by it.
+MODEL_FETCH_PROVIDERS_PER_TRY = 4
+# After this many failed fetches of a model, warn the operator (once per model): with the
+# 4 s backoff cap that is about a minute without the model.
+MODEL_FETCH_WARN_AFTER = 20
+# Decoded models kept: the current base, the model being built on it, a few spares for a
+# node catching up (a model is tens of MB for the larger architectures).
+MODEL_CACHE_SIZE = 5
+
+
+class ModelCache:
+    """Decoded models by CID; `ensure` fetches one (from peers, retrying) until held."""
+
+    def __init__(self, net: NodeNet, peers: PeerDirectory, count: Callable[[str], None]) -> None:
+        self.net = net
+        self.peers = peers
+        self.count = count
+        self._models: dict[bytes, dict[str, np.ndarray]] = {}  # CID bytes -> weights, oldest first
+        self.blob_size: int | None = None  # every model of a task has one size
+
+    def held(self, cid_bytes: bytes) -> bool:
+        """Whether the model is decoded here (`ensure` returns at once)."""
+        return cid_bytes in self._models
+
+    async def ensure(self, cid_bytes: bytes) -> dict[str, np.ndarray]:
+        """The model's weights, fetched first if the store lacks it; reading and decoding
+        run in a worker thread. Without the model there is nothing to do, so this retries
+        until it has it (or is cancelled)."""
+        if cid_bytes in self._models:
+            return self._models[cid_bytes]
+        cid = CID.parse(cid_bytes)
+        delay = FETCH_RETRY_S
+        attempt = 0
+        while not await trio.to_thread.run_sync(self.net.store.has_blob, cid):
+            providers = self.peers.rotated(attempt, MODEL_FETCH_PROVIDERS_PER_TRY)
+            attempt += 1
+            try:
+                await self.net.fetch_blob(cid, providers)
+            except P2PFLError as exc:
+                self.count("model-fetch-retries")
+                log.info("model %s not fetched yet (%s); retrying in %.1f s", cid, exc, delay)
+                if attempt == MODEL_FETCH_WARN_AFTER:
+                    # Say it once, loudly: the usual cause is on our side, and only the
+                    # operator can fix it.
+                    log.warning(
+                        "model %s: %d fetches failed (last: %s). If every peer refuses, they have "
+                        "banned this node (it sent them invalid or too many messages; bans lapse "
+                        "after %d s); otherwise check the bootstrap peers and the network.",
+                        cid, attempt, exc, int(BAN_S),
+                    )
+                await trio.sleep(delay)
+                delay = min(delay * 2, FETCH_RETRY_MAX_S)
+        blob = await trio.to_thread.run_sync(self.net.store.read_blob, cid)
+        weights = await trio.to_thread.run_sync(decode_tensors, blob)
+        self.put(cid_bytes, weights, len(blob))
+        return weights
+
+    def put(self, cid_bytes: bytes, weights: dict[str, np.ndarray], blob_size: int) -> None:
+        """Keep decoded weights (e.g. a model we just computed), evicting the oldest."""
+        self.blob_size = blob_size
+        if cid_bytes not in self._models and len(self._models) >= MODEL_CACHE_SIZE:
+            self._models.pop(next(iter(self._models)))
+        self._models[cid_bytes] = weights
+
+    def cid_for_digest(self, digest: bytes) -> CID:
+        """Rebuild a model CID from the 32-byte digest the chain stores.
+
+        Every model of a task has one size (same architecture, float32), and the
+        IPFS layout makes blobs up to one chunk a raw block and larger ones dag-pb.
+        """
+        size = self.blob_size
+        if size is None:
+            raise P2PFLError("model size unknown before the genesis model is loaded")
+        return digest_to_cid(digest, CODEC_RAW if size <= CHUNK_SIZE else CODEC_DAG_PB)
+
+
+async def fetch_with_retries(
+    net: NodeNet, cid: CID, providers: Callable[[], list[str]], worth_retrying: Callable[[], bool],
+    count: Callable[[str], None],
+) -> None:
+    """Fetch a blob, retrying with backoff while `worth_retrying()`: holders multiply as
+    the committee fetches, so a first failure (author busy, no route yet) is often
+    temporary. The caller's cancel scope (the round's nursery) bounds it in time."""
+    delay = FETCH_RETRY_S
+    while True:
+        try:
+            await net.fetch_blob(cid, providers())
+            return
+        except P2PFLError as exc:
+            if not worth_retrying():
+                raise
+            count("fetch-retries")
+            log.debug("fetch %s failed (%s); retrying in %.1f s", cid, exc, delay)
+            await trio.sleep(delay)
+            delay = min(delay * 2, FETCH_RETRY_MAX_S)

@@ -1,0 +1,346 @@
+"""The node's life cycle and its tree of nurseries (drawn in p2pfl/node/__init__.py):
+join the task at the chain's latest commit, run the event loop that feeds the round
+machine, perform its actions through one table, start each round."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from p2pfl.chain.client import RoundCommitted
+from p2pfl.chain.follower import CommitFollower
+from p2pfl.chain.trio_client import run_chain
+from p2pfl.core import round_events as ev
+from p2pfl.core.cid import CID
+from p2pfl.core.identity import NodeIdentity
+from p2pfl.core.messages import Commit, Proposal, Update
+from p2pfl.core.round import RoundMachine
+from p2pfl.core.validation import Verdict
+from p2pfl.errors import P2PFLError
+from p2pfl.manifest import TaskManifest
+from p2pfl.node.chain_tx import ChainTransactions
+from p2pfl.node.committed import CommittedRounds
+from p2pfl.node.intake import Intake
+from p2pfl.node.models import ModelCache
+from p2pfl.node.peers import PeerDirectory
+from p2pfl.node.ports import ChainPort, NodeNet
+from p2pfl.node.queue import EventQueue
+from p2pfl.node.roundlog import Behaviour, RoundLog, Trainer
+from p2pfl.node.rounds import RoundNurseries
+from p2pfl.node.workers import RoundWorkers
+
+log = logging.getLogger("p2pfl.node")
+
+# Timer resolution when no deadline is armed: the machine's timers are seconds long.
+DEFAULT_TICK_S = 0.25
+# How often the chain is polled for commits: a round cannot start before its
+# predecessor's commit is seen, so this latency is paid every round.
+DEFAULT_FOLLOW_POLL_S = 0.5
+# How often to re-read the chain while waiting for a commit to become visible.
+CHAIN_WAIT_POLL_S = 0.2
+# A round whose start (snapshot read, base model) took longer than this after the commit
+# was learned is counted `rounds-started-late` (its attempt clock starts at the commit).
+LATE_START_S = 5.0
+
+TOPIC_UPDATES = "updates"
+TOPIC_CONSENSUS = "consensus"
+TOPIC_COMMITS = "commits"
+
+
+def topic_of(message: Any) -> str:
+    if isinstance(message, Update):
+        return TOPIC_UPDATES
+    if isinstance(message, Commit):
+        return TOPIC_COMMITS
+    return TOPIC_CONSENSUS
+
+
+class Node:
+    """One participant in one task."""
+
+    def __init__(
+        self,
+        identity: NodeIdentity,
+        manifest: TaskManifest,
+        chain: ChainPort,
+        net: NodeNet,
+        data: Any,  # p2pfl.train.data.Dataset (the node's private training data)
+        data_dir: str | Path,
+        *,
+        client_index: int | bytes | None = None,
+        num_threads: int = 1,
+        cpu_limiter: trio.CapacityLimiter | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        behaviour: Behaviour | None = None,
+        on_round: Callable[[RoundLog], None] | None = None,
+        round_overrides: dict[str, Any] | None = None,
+        trainer: Trainer | None = None,
+        follow_poll_s: float = DEFAULT_FOLLOW_POLL_S,
+    ) -> None:
+        self.identity = identity
+        self.address = identity.address
+        self.manifest = manifest
+        self.task = manifest.task_id
+        self.chain = chain
+        self.net = net
+        self.data = data
+        self.data_dir = Path(data_dir)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.client_index = client_index if client_index is not None else identity.address
+        self.num_threads = num_threads
+        self.cpu = cpu_limiter or trio.CapacityLimiter(1)
+        self.clock = clock
+        self.behaviour = behaviour or Behaviour()
+        # Called with a committed round's log once the node holds the committed model
+        # (`entry.result` can be read from `net.store`).
+        self.on_round = on_round
+        # How local training runs: by default `train_local` on `data` in a worker thread;
+        # a simulation passes a trainer backed by a process pool whose workers hold the
+        # partitions, keeping torch's Python work off the event loop's GIL.
+        self.trainer = trainer
+        self.follow_poll_s = follow_poll_s
+        self.spec = manifest.rule_spec()
+        self.machine = RoundMachine(manifest.round_config(**(round_overrides or {})), identity.private_key, chain.domain())
+        self.rounds: dict[int, RoundLog] = {}
+        self.counters: dict[str, int] = {}
+        self.queue = EventQueue()
+        self.peers = PeerDirectory(chain, net, self.address, lambda: self.machine.committee, self.count)
+        self.peer_ids = self.peers.ids  # address -> libp2p peer id, from the registry
+        self.intake = Intake(self.task, self.address, self.machine, self.peers.ids, self.queue, self.count)
+        self.models = ModelCache(net, self.peers, self.count)
+        self.committed = CommittedRounds(self.data_dir, manifest, self.spec, self.intake, self.count)
+        self.workers = RoundWorkers(self)
+        self.chain_tx = ChainTransactions(chain, self.rounds, self.count)
+        self.round_nurseries = RoundNurseries()
+        self._round_record: tuple[int, dict[bytes, int]] = (0, {})  # (round, its probation record)
+        self._nursery: trio.Nursery | None = None
+        self._stop_round: int | None = None
+        self.finished = trio.Event()
+        # The machine's actions, each to what performs it (p2pfl.core.round_events).
+        self._actions: dict[type, Callable[[Any], None]] = {
+            ev.StartTraining: self._start_training,
+            ev.Publish: self._publish_soon,
+            ev.Fetch: self._fetch,
+            ev.ComputeAggregate: self._compute,
+            ev.SubmitCommit: lambda a: self._node_task(self.chain_tx.submit_commit, a.commit),
+            ev.Advance: self._advance_soon,
+            ev.ReportEvidence: lambda a: self._node_task(self.chain_tx.report_evidence, a.evidence),
+            ev.Rejected: lambda a: self.count(f"rejected-{a.reason}"),
+        }
+
+    # ------------------------------------------------------------------ life cycle
+
+    async def run(self, stop_after_round: int | None = None) -> None:
+        """Join the task at the chain's latest commit and run rounds until cancelled
+        (or until `stop_after_round` is committed)."""
+        self._stop_round = stop_after_round
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            joined_block = await run_chain(self.chain, self.chain.block_number)
+            info = await run_chain(self.chain, self.chain.task_info, self.task)
+            if not info.exists:
+                raise P2PFLError(f"task {self.task.hex()} is not on-chain; create it first (`p2pfl task create`)")
+            if stop_after_round is not None and info.last_round >= stop_after_round:
+                self.finished.set()
+                nursery.cancel_scope.cancel()
+                return
+            # The chain stores models as bare digests, and a CID's codec depends on the
+            # model's size, which the genesis model tells (local after a restart, else
+            # fetched from peers): load it before following the chain, so no commit event
+            # can arrive that we cannot name.
+            genesis = CID.parse(self.manifest.initial_model)
+            await self.models.ensure(genesis.to_bytes())
+            base = genesis if info.last_round == 0 else self.models.cid_for_digest(info.last_result)
+            for kind in (TOPIC_UPDATES, TOPIC_CONSENSUS, TOPIC_COMMITS):
+                channel = await self.net.join(self.topic(kind), self.intake.validator)
+                nursery.start_soon(self.intake.run, channel)
+            # A new follower starts at the block we joined at: `info` already reflects every
+            # earlier commit (one seen twice is a replay the machine drops), and scanning the
+            # task's whole history costs O(chain) per node -- quadratic on eth-tester, whose
+            # getLogs looks every receipt up from the head. A saved cursor takes precedence.
+            follower = CommitFollower(self.chain, task=self.task, start_block=joined_block,  # type: ignore[arg-type]
+                                      state_path=self.data_dir / "follower.json")
+            nursery.start_soon(follower.follow, self._on_chain_commit, self.follow_poll_s)
+            nursery.start_soon(self._ticker)
+            nursery.start_soon(self._start_round, info.last_round + 1, base.to_bytes())
+            async for event in self.queue:
+                self._handle(event)
+
+    def stop(self) -> None:
+        """End `run` now, wherever the node is (it returns normally) and set `finished`.
+
+        For a node that will never finish its rounds on its own, e.g. one every peer has
+        banned, which waits forever for a model nobody will serve it.
+        """
+        self.finished.set()
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
+
+    def topic(self, kind: str) -> str:
+        from p2pfl.net.config import topic_name
+
+        return topic_name(self.task.hex(), kind)
+
+    def validate(self, data: bytes) -> Verdict:
+        """The gossip validator's verdict on `data` (p2pfl.node.intake.Intake.validate)."""
+        return self.intake.validate(data)
+
+    def count(self, name: str, amount: int = 1) -> None:
+        self.counters[name] = self.counters.get(name, 0) + amount
+
+    # ------------------------------------------------------------------ the event loop
+
+    def _handle(self, event: Any) -> None:
+        try:
+            actions = self.machine.handle(event)
+        except P2PFLError:
+            log.exception("round machine refused %s", type(event).__name__)
+            return
+        for action in actions:
+            self._actions[type(action)](action)
+
+    def _node_task(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Work that outlives a round (publishing, chain transactions, round starts)."""
+        assert self._nursery is not None
+        self._nursery.start_soon(fn, *args)
+
+    def _round_task(self, round_: int, fn: Callable[..., Any], *args: Any) -> None:
+        """Work of round `round_`, in its nursery (cancelled when the node moves past it)."""
+        if not self.round_nurseries.start_soon(round_, fn, *args):
+            self.count("work-for-closed-round")
+
+    def _start_training(self, action: ev.StartTraining) -> None:
+        self._round_task(action.round, self.workers.train, action.round, action.base)
+
+    def _fetch(self, action: ev.Fetch) -> None:
+        round_ = self.machine.round  # the machine asks for deltas of the round it is in
+        self._round_task(round_, self.workers.fetch_delta, round_, action.author, action.delta)
+
+    def _compute(self, action: ev.ComputeAggregate) -> None:
+        entry = self.rounds.get(action.round)
+        if entry is not None and not entry.collect_closed_at:
+            entry.collect_closed_at = self.clock()
+        self._round_task(action.round, self.workers.compute, action)
+
+    def _publish_soon(self, action: ev.Publish) -> None:
+        message = action.message
+        if isinstance(message, Proposal):
+            self.intake.remember(message)
+        entry = self.rounds.get(message.round)
+        if entry is not None:
+            if isinstance(message, Update):
+                entry.published_at = self.clock()
+            elif isinstance(message, Commit) and not entry.certified_at:
+                entry.certified_at = self.clock()
+        self._node_task(self._publish, message)
+
+    async def _publish(self, message: Any) -> None:
+        if self.behaviour.silent:
+            return
+        if isinstance(message, Update):
+            self.intake.remember(message)
+        try:
+            await self.net.publish(self.topic(topic_of(message)), message.encode())
+        except P2PFLError as exc:
+            self.count("publish-failed")
+            log.warning("publish %s failed: %s", type(message).__name__, exc)
+
+    def _advance_soon(self, action: ev.Advance) -> None:
+        # Round action.round - 1 is committed: its workers' results can only be stale.
+        self.round_nurseries.close_before(action.round)
+        self.workers.forget_before(action.round)
+        self._node_task(self._advance, action.round, action.base)
+
+    async def _ticker(self) -> None:
+        while True:
+            now = self.clock()
+            deadline = self.machine.next_deadline()
+            delay = DEFAULT_TICK_S if deadline is None else min(DEFAULT_TICK_S, max(0.0, deadline - now))
+            await trio.sleep(max(delay, 0.01))
+            await self.queue.put(ev.Tick(self.clock()))
+
+    # ------------------------------------------------------------------ rounds
+
+    def round_record(self, round_: int) -> dict[bytes, int]:
+        """The probation record of `round_` (fixed when the round started)."""
+        held_round, record = self._round_record
+        return record if held_round == round_ else self.committed.record(round_)
+
+    async def _start_round(self, round_: int, base: bytes, learned_at: float | None = None) -> None:
+        """Have the base model locally, read the registry snapshot, open the round's
+        nursery, start the round.
+
+        `learned_at`: when we learned that round_-1 committed. The round's attempt schedule
+        starts there, not when the snapshot and the model are in: a node held up by the
+        chain (an RPC outage) or a slow fetch then runs the same attempt clock as the
+        others instead of one shifted by its delay (spec round.md, "attempt").
+        """
+        _, stakes = await run_chain(self.chain, self.chain.committee_stakes, self.task)
+        self.committed.round_stakes[round_] = stakes
+        await self.peers.refresh(stakes)
+        await self.models.ensure(base)
+        now = self.clock()
+        self.rounds[round_] = RoundLog(round=round_, started=now, base=str(CID.parse(base)))
+        started = now if learned_at is None else min(now, learned_at)
+        if now - started > LATE_START_S:
+            self.count("rounds-started-late")
+        # The probation record is fixed for the round: the collect quorum leaves its
+        # authors out, and every aggregate of the round uses it.
+        self._round_record = (round_, self.committed.record(round_))
+        probation = self.spec.probation.on_probation(self._round_record[1]) if self.spec.probation else frozenset()
+        assert self._nursery is not None
+        await self.round_nurseries.open(self._nursery, round_)
+        await self.queue.put(ev.RoundStarted(round_, base, stakes, started, probation))
+
+    async def _advance(self, round_: int, base: bytes) -> None:
+        """Round round_-1 committed `base`: hold that model, report the round, wait until
+        the chain shows the commit, then start round_."""
+        learned_at = self.clock()
+        entry = self.rounds.get(round_ - 1)
+        if entry is not None:
+            # The machine is still on the committed attempt: record its committee.
+            entry.committee = self.machine.committee
+            entry.member = self.machine.is_member
+            entry.committed_at = learned_at
+            counters = self.net.metrics()
+            entry.bytes_sent = int(counters.get("bytes_sent", 0))  # type: ignore[call-overload]
+            entry.bytes_received = int(counters.get("bytes_received", 0))  # type: ignore[call-overload]
+        # Nothing reads a committed model before the node holds it: a node off the
+        # committee learns of the commit before it has fetched the new model, so the round
+        # is reported (`entry.result`, `on_round`) only once it is in the store.
+        await self.models.ensure(base)
+        if entry is not None:
+            entry.result = str(CID.parse(base))
+            if self.on_round is not None:
+                self.on_round(entry)
+        if self._stop_round is not None and round_ - 1 >= self._stop_round:
+            self.finished.set()
+            assert self._nursery is not None
+            self._nursery.cancel_scope.cancel()
+            return
+        while (await run_chain(self.chain, self.chain.task_info, self.task)).last_round < round_ - 1:
+            await trio.sleep(CHAIN_WAIT_POLL_S)
+        await self._start_round(round_, base, learned_at)
+
+    async def _on_chain_commit(self, event: RoundCommitted) -> None:
+        if event.task != self.task:
+            return
+        entry = self.rounds.get(event.round)
+        if entry is not None:
+            entry.commit_tx = "0x" + event.tx_hash.hex()
+        result = self.models.cid_for_digest(event.result).to_bytes()
+        base = (self.models.cid_for_digest(event.base).to_bytes() if event.round > 1
+                else CID.parse(self.manifest.initial_model).to_bytes())
+        # The round's strikes enter the probation history before the machine hears of the
+        # commit (the next round's probation reads them); the files are written after.
+        write_files = self.committed.settle(event, base, result)
+        await self.queue.put(
+            ev.ChainCommitted(event.round, event.attempt, event.view, base, result, event.contributors_root)
+        )
+        if write_files is not None:
+            await trio.to_thread.run_sync(write_files)

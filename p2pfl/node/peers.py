@@ -1,0 +1,66 @@
+"""Who serves blocks: the registered nodes' libp2p peer IDs (read from the registry as
+rounds draw on them) and the order in which to ask them."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+
+from p2pfl.chain.trio_client import run_chain
+from p2pfl.errors import P2PFLError
+from p2pfl.node.ports import ChainPort, NodeNet
+
+
+class PeerDirectory:
+    """address -> peer ID of registered nodes, and provider lists for block fetches."""
+
+    def __init__(
+        self,
+        chain: ChainPort,
+        net: NodeNet,
+        address: bytes,
+        committee: Callable[[], Sequence[bytes]],
+        count: Callable[[str], None],
+    ) -> None:
+        self.chain = chain
+        self.net = net
+        self.address = address
+        self.committee = committee  # the current attempt's committee (the round machine's)
+        self.count = count
+        self.ids: dict[bytes, str] = {}  # address -> base58 peer ID, from the registry
+
+    async def refresh(self, addresses: Iterable[bytes]) -> None:
+        """Read the peer IDs of the addresses we do not know yet from the registry."""
+        for address in [a for a in addresses if a not in self.ids]:
+            info = await run_chain(self.chain, self.chain.node_info, address)
+            try:
+                self.ids[address] = peer_id_text(info.peer_id)
+            except P2PFLError:
+                self.count("bad-registered-peer-id")
+
+    def providers(self, first: bytes | None = None) -> list[str]:
+        """Peers to ask for blocks: the author (if given), committee members (they fetch
+        every delta of the round), then everyone else; connected peers before the rest,
+        since a peer we hold no address for cannot be dialled."""
+        connected = set(self.net.connected_peers())
+        order = ([first] if first is not None else []) + list(self.committee()) + list(self.ids)
+        peers = [self.ids[a] for a in dict.fromkeys(order) if a in self.ids and a != self.address]
+        return sorted(peers, key=lambda p: p not in connected)  # stable: keeps the order within each group
+
+    def rotated(self, attempt: int, per_try: int) -> list[str]:
+        """`providers()` with the connected ones rotated by `attempt * per_try`: a fetch asks
+        only the first few, so each retry starts further down the list (otherwise the same
+        peers that lack the block, or are unreachable, are asked forever)."""
+        providers = self.providers()
+        connected = set(self.net.connected_peers())
+        n_connected = sum(1 for p in providers if p in connected) or len(providers)
+        shift = (attempt * per_try) % max(1, n_connected)
+        return providers[shift:n_connected] + providers[:shift] + providers[n_connected:]
+
+
+def peer_id_text(raw: bytes) -> str:
+    """Registered peer IDs are stored as the binary multihash; the network uses base58."""
+    import base58
+
+    if not raw:
+        raise P2PFLError("node registered no peer id")
+    return base58.b58encode(raw).decode()

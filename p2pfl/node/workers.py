@@ -1,0 +1,171 @@
+"""The work a round's actions start -- local training, delta fetches, aggregation --
+each a task in the round's nursery (p2pfl.node.rounds), cancelled with it. Heavy work
+(training, hashing, disk reads, decoding, aggregating) runs in worker threads or the
+simulator's process pool, never on the event loop."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import trio
+
+from p2pfl.core import aggregate as agg
+from p2pfl.core import round_events as ev
+from p2pfl.core.cid import CID, blob_cid
+from p2pfl.core.round_result import compute_aggregate
+from p2pfl.core.tensors import decode_tensors, encode_tensors, flatten
+from p2pfl.errors import InvalidMessage, P2PFLError
+from p2pfl.node.models import fetch_with_retries
+from p2pfl.parallel import threaded
+
+if TYPE_CHECKING:
+    from p2pfl.node.node import Node
+
+log = logging.getLogger("p2pfl.node")
+
+# Deltas up to this size ride inline in the Update (one gossip message, no fetch);
+# larger ones go by CID over the block exchange: pubsub is slow and drops big bursts.
+DEFAULT_INLINE_MAX_BYTES = 16 * 1024
+# A fetch that fails once the round is certified is not retried: no vote needs it any more.
+_NO_MORE_FETCHES = ("certified", "advanced")
+
+
+class RoundWorkers:
+    """Training, fetching and aggregating for the node; keeps the round's delta bytes
+    (verified once, on arrival) for its aggregates."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self._deltas: dict[int, dict[ev.UpdateKey, bytes]] = {}  # round -> verified delta bytes
+
+    def forget_before(self, round_: int) -> None:
+        for r in [r for r in self._deltas if r < round_]:
+            del self._deltas[r]
+
+    async def train(self, round_: int, base_bytes: bytes) -> None:
+        """Train from `base`, store the delta, answer `LocalUpdateReady`."""
+        from p2pfl.train.trainer import TrainConfig, client_seed, train_local
+
+        n = self.node
+        if n.behaviour.silent:
+            return
+        base = await n.models.ensure(base_bytes)
+        cfg = TrainConfig.from_dict({**n.manifest.train, "seed": n.manifest.seed})
+        seed = client_seed(n.manifest.seed, round_, n.client_index)
+        if n.trainer is None:
+            job = functools.partial(train_local, n.manifest.model, base, n.data, cfg, seed,
+                                    model_kwargs=n.manifest.model_kwargs, num_threads=n.num_threads)
+            result = await trio.to_thread.run_sync(job, limiter=n.cpu)
+        else:
+            result = await n.trainer(base, cfg, seed)
+        delta = result.delta
+        if n.behaviour.poison is not None:
+            delta = n.behaviour.poison(round_, delta)
+        blob, cid, norm = await trio.to_thread.run_sync(_store_delta, n.net.store, delta)
+        self._deltas.setdefault(round_, {})[(n.address, cid.to_bytes())] = blob
+        n_samples = max(1, int(result.n_samples * n.behaviour.n_samples_factor))
+        inline = blob if len(blob) <= DEFAULT_INLINE_MAX_BYTES else b""
+        entry = n.rounds.get(round_)
+        if entry is not None:
+            entry.train_s = result.seconds
+            entry.train_loss = result.train_loss
+        await n.queue.put(ev.LocalUpdateReady(round_, cid.to_bytes(), n_samples, norm, inline))
+
+    async def fetch_delta(self, round_: int, author: bytes, delta: bytes) -> None:
+        """Get a delta's bytes (inline in its Update, else from holders, retrying), check
+        they are canonical tensors, keep them for the round's aggregates; answer
+        `DeltaAvailable`."""
+        n = self.node
+        cid = CID.parse(delta)
+        started = n.clock()
+        ok = True
+        try:
+            blob: bytes | None = None
+            if not await trio.to_thread.run_sync(n.net.store.has_blob, cid):
+                update = n.intake.updates.get((author, delta))
+                if update is not None and update.inline:
+                    blob = await trio.to_thread.run_sync(_store_inline, n.net.store, cid, update.inline)
+                else:
+                    await fetch_with_retries(
+                        n.net, cid, lambda: n.peers.providers(first=author),
+                        lambda: n.machine.phase.value not in _NO_MORE_FETCHES, n.count,
+                    )
+            if blob is None:
+                blob = await trio.to_thread.run_sync(_read_delta, n.net.store, cid)
+            self._deltas.setdefault(round_, {})[(author, delta)] = blob
+        except (P2PFLError, OSError) as exc:
+            ok = False
+            n.count("fetch-failed")
+            log.info("delta %s from %s unavailable: %s", cid, author.hex()[:8], exc)
+        entry = n.rounds.get(round_)
+        if entry is not None:
+            entry.fetch_s = max(entry.fetch_s, n.clock() - started)
+        await n.queue.put(ev.DeltaAvailable(author, delta, ok))
+
+    async def compute(self, request: ev.ComputeAggregate) -> None:
+        """Filter + aggregate the request's updates (p2pfl.core.round_result), store the
+        new model for others to fetch; answer `AggregateComputed`."""
+        n = self.node
+        started = n.clock()
+        base = await n.models.ensure(request.base)
+        try:
+            blobs = await self._blobs_of(request)
+            record = n.round_record(request.round)
+            job = functools.partial(compute_aggregate, n.spec, request, base, blobs,
+                                    n.manifest.reward_per_round_wei, record, parallel=threaded)
+            answer, model_blob = await trio.to_thread.run_sync(job, limiter=n.cpu)
+        except (P2PFLError, OSError) as exc:
+            answer = ev.AggregateComputed(request.round, request.attempt, request.candidates, error=str(exc) or "failed")
+            model_blob = b""
+        if model_blob:
+            # Others fetch the new model from members.
+            # TODO(blocks): store under answer.result (already hashed by compute_aggregate)
+            # once BlockStore.put_blob takes the CID; it hashes the model a second time.
+            await trio.to_thread.run_sync(n.net.store.put_blob, model_blob)
+        entry = n.rounds.get(request.round)
+        if entry is not None:
+            entry.aggregate_s += n.clock() - started
+            entry.computed_at = entry.computed_at or n.clock()
+            entry.included = tuple(a for a, _ in answer.included)
+            entry.rejected = answer.rejected
+        await n.queue.put(answer)
+
+    async def _blobs_of(self, request: ev.ComputeAggregate) -> list[bytes]:
+        """The request's delta bytes: kept from their fetch (verified then), else read
+        from the store in a worker thread (e.g. after a restart)."""
+        kept = self._deltas.get(request.round, {})
+        blobs = []
+        for u in request.updates:
+            blob = kept.get((u.signer, u.delta))
+            if blob is None:
+                blob = await trio.to_thread.run_sync(self.node.net.store.read_blob, CID.parse(u.delta))
+            blobs.append(blob)
+        return blobs
+
+
+def _store_delta(store: Any, delta: dict[str, np.ndarray]) -> tuple[bytes, CID, float]:
+    """Our own delta: canonical bytes, stored; its CID and norm (worker thread)."""
+    blob = encode_tensors(delta)
+    cid = store.put_blob(blob)
+    vector, _ = flatten(delta)
+    return blob, cid, agg.norm(vector)
+
+
+def _store_inline(store: Any, cid: CID, inline: bytes) -> bytes:
+    """An update's inline delta: check it is the CID's bytes and canonical tensors, store
+    it (worker thread)."""
+    if blob_cid(inline) != cid:
+        raise InvalidMessage("inline-mismatch", "inline bytes do not match the delta CID")
+    decode_tensors(inline)  # canonical float32 tensors or bust
+    store.put_blob(inline)  # TODO(blocks): put under `cid`, hashed just above
+    return inline
+
+
+def _read_delta(store: Any, cid: CID) -> bytes:
+    """A stored delta's bytes, checked to be canonical tensors (worker thread)."""
+    blob: bytes = store.read_blob(cid)
+    decode_tensors(blob)  # canonical float32 tensors or bust
+    return blob
