@@ -11,17 +11,31 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
 from p2pfl.core import aggregate as agg
 from p2pfl.core import round_events as ev
-from p2pfl.core.cid import blob_cid
+from p2pfl.core.cid import CID, blob_blocks
 from p2pfl.core.merkle import RewardTree, round_reward_leaves
 from p2pfl.core.messages import Proposal, Update
 from p2pfl.core.sortition import committee_for, round_seed
 from p2pfl.core.tensors import decode_tensors, encode_tensors, flatten, layout_size, tensor_sizes, unflatten
 from p2pfl.errors import AggregationError, InvalidMessage
+
+
+@dataclass(frozen=True)
+class NewModel:
+    """An aggregate's model: its canonical bytes and their DAG, hashed once (`blocks`, as
+    `p2pfl.core.cid.blob_blocks` gives them, root last: a block store takes them as is)."""
+
+    blob: bytes
+    blocks: tuple[tuple[CID, bytes], ...]
+
+    @property
+    def cid(self) -> CID:
+        return self.blocks[-1][0]
 
 
 def compute_aggregate(
@@ -33,14 +47,14 @@ def compute_aggregate(
     record: Mapping[bytes, int] | None = None,
     *,
     parallel: agg.Parallel = agg.serial,
-) -> tuple[ev.AggregateComputed, bytes]:
+) -> tuple[ev.AggregateComputed, NewModel | None]:
     """Filter + aggregate exactly `request.updates` on top of `base`.
 
     `delta_blobs[i]` holds the bytes of `request.updates[i].delta` (verified against its
     CID by whoever stored them). The new model is `base + aggregate(deltas)` in float32;
-    its canonical safetensors bytes name it (`answer.result`, hashed here once) and are
-    returned beside the answer. The reward tree pays contributors by (capped) sample
-    weight and the committee its share; authors whose update failed a check (a strike,
+    its canonical safetensors bytes name it (`answer.result`) and are returned beside the
+    answer with their DAG, hashed here once (None when the rule could not aggregate). The
+    reward tree pays contributors by (capped) sample weight and the committee its share; authors whose update failed a check (a strike,
     `agg.STRIKE_REASONS`) get zero-amount REJECTED leaves. `record`: the authors' strike
     points for probation. `parallel`: the map for the per-coordinate passes (the node
     passes `p2pfl.parallel.threaded`); it does not change the result.
@@ -66,10 +80,10 @@ def compute_aggregate(
         )
     except AggregationError as exc:
         failed = ev.AggregateComputed(request.round, request.attempt, request.candidates, error=str(exc) or "nothing")
-        return failed, b""
+        return failed, None
     new_vector = np.add(base_vector, result.delta, dtype=np.float32)
     blob = encode_tensors(unflatten(new_vector, layout))
-    cid = blob_cid(blob)
+    cid, blocks = blob_blocks(blob)
     by_author = {u.signer: u for u in request.updates}
     included = tuple((a, by_author[a].delta) for a in result.accepted)
     rejected = tuple(sorted(list(result.rejected) + undecodable))
@@ -80,7 +94,7 @@ def compute_aggregate(
         request.round, request.attempt, request.candidates, included=included, rejected=rejected,
         result=cid.to_bytes(), contributors_root=root,
     )
-    return answer, blob
+    return answer, NewModel(blob, tuple(blocks))
 
 
 def committed_reward_tree(

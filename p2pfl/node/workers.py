@@ -14,10 +14,10 @@ import trio
 
 from p2pfl.core import aggregate as agg
 from p2pfl.core import round_events as ev
-from p2pfl.core.cid import CID, blob_cid
+from p2pfl.core.cid import CID, blob_blocks
 from p2pfl.core.round_result import compute_aggregate
 from p2pfl.core.tensors import decode_tensors, encode_tensors, flatten
-from p2pfl.errors import InvalidMessage, P2PFLError
+from p2pfl.errors import P2PFLError
 from p2pfl.node.models import fetch_with_retries
 from p2pfl.parallel import threaded
 
@@ -116,15 +116,14 @@ class RoundWorkers:
             record = n.round_record(request.round)
             job = functools.partial(compute_aggregate, n.spec, request, base, blobs,
                                     n.manifest.reward_per_round_wei, record, parallel=threaded)
-            answer, model_blob = await trio.to_thread.run_sync(job, limiter=n.cpu)
+            answer, model = await trio.to_thread.run_sync(job, limiter=n.cpu)
         except (P2PFLError, OSError) as exc:
             answer = ev.AggregateComputed(request.round, request.attempt, request.candidates, error=str(exc) or "failed")
-            model_blob = b""
-        if model_blob:
-            # Others fetch the new model from members.
-            # TODO(blocks): store under answer.result (already hashed by compute_aggregate)
-            # once BlockStore.put_blob takes the CID; it hashes the model a second time.
-            await trio.to_thread.run_sync(n.net.store.put_blob, model_blob)
+            model = None
+        if model is not None:
+            # Others fetch the new model from members. Its blocks were hashed once, to
+            # name it: the store takes them without hashing again.
+            await trio.to_thread.run_sync(n.net.store.put_dag, model.cid, model.blocks)
         entry = n.rounds.get(request.round)
         if entry is not None:
             entry.aggregate_s += n.clock() - started
@@ -147,20 +146,20 @@ class RoundWorkers:
 
 
 def _store_delta(store: Any, delta: dict[str, np.ndarray]) -> tuple[bytes, CID, float]:
-    """Our own delta: canonical bytes, stored; its CID and norm (worker thread)."""
+    """Our own delta: canonical bytes, stored (hashed once, to name it); its CID and
+    norm (worker thread)."""
     blob = encode_tensors(delta)
-    cid = store.put_blob(blob)
+    cid, blocks = blob_blocks(blob)
+    store.put_dag(cid, blocks)
     vector, _ = flatten(delta)
     return blob, cid, agg.norm(vector)
 
 
 def _store_inline(store: Any, cid: CID, inline: bytes) -> bytes:
-    """An update's inline delta: check it is the CID's bytes and canonical tensors, store
-    it (worker thread)."""
-    if blob_cid(inline) != cid:
-        raise InvalidMessage("inline-mismatch", "inline bytes do not match the delta CID")
+    """An update's inline delta: canonical tensors, stored if they are the CID's bytes
+    (one hash: `put_blob` checks the root it computes; InvalidBlock otherwise)."""
     decode_tensors(inline)  # canonical float32 tensors or bust
-    store.put_blob(inline)  # TODO(blocks): put under `cid`, hashed just above
+    store.put_blob(inline, cid)
     return inline
 
 

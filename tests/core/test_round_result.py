@@ -51,8 +51,9 @@ def test_only_failed_checks_are_rejected_leaves():
     assert answer.contributors_root == want.root
     assert [lf.account for lf in want.leaves if lf.role == ROLE_REJECTED] == [author[5]]
     # The model named by the answer is base + the aggregate.
-    assert blob_cid(model).to_bytes() == answer.result
-    assert decode_tensors(model)["w"].shape == (64,)
+    assert model is not None
+    assert blob_cid(model.blob).to_bytes() == model.cid.to_bytes() == answer.result
+    assert decode_tensors(model.blob)["w"].shape == (64,)
 
 
 def test_every_node_rebuilds_the_committed_tree_from_the_proposal():
