@@ -8,7 +8,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from p2pfl.core import round_events as ev
-from p2pfl.core.messages import Proposal, Update, decode_message
+from p2pfl.core.messages import Proposal, Signed, Update, decode_message
 from p2pfl.core.round import RoundMachine
 from p2pfl.core.validation import ACCEPT, Verdict, check_gossip
 from p2pfl.errors import InvalidMessage
@@ -80,7 +80,7 @@ class Intake:
         except InvalidMessage:
             self.count("decode-rejected")
             return
-        if getattr(message, "signer", None) == self.address:
+        if isinstance(message, Signed) and message.signer == self.address:  # type: ignore[attr-defined]
             return  # our own message echoed back; the machine already has it
         self.remember(message)
         event = ev.event_for(message)  # `validate` checked the signature
