@@ -112,7 +112,11 @@ class CommittedRounds:
         forget_before(self.strikes, round_ - rule.window)
         data = encode_strikes(self.strikes).decode()
         path = self.data_dir / STRIKES_FILE
-        return lambda: write_text_atomic(path, data)
+
+        def write() -> None:
+            write_text_atomic(path, data)
+
+        return write
 
     def record(self, round_: int) -> dict[bytes, int]:
         """Authors' strike points over the probation window before `round_` (`aggregate`'s

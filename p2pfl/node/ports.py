@@ -20,8 +20,10 @@ if TYPE_CHECKING:
 class NodeNet(Protocol):
     """The network layer: gossip topics, the block store and block exchange, peers."""
 
-    peer_id: str
     store: Any  # p2pfl.net.blockstore.BlockStore
+
+    @property
+    def peer_id(self) -> str: ...
 
     async def join(self, topic: str, validate: Callable[[str, bytes, str], Any]) -> AsyncIterable[Any]:
         """Subscribe with a validator; yields admitted messages (`.data`, `.from_peer`)."""

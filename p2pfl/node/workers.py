@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import functools
 import logging
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import trio
@@ -22,7 +23,14 @@ from p2pfl.node.models import fetch_with_retries
 from p2pfl.parallel import threaded
 
 if TYPE_CHECKING:
-    from p2pfl.node.node import Node
+    from p2pfl.core.round import RoundMachine
+    from p2pfl.manifest import TaskManifest
+    from p2pfl.node.intake import Intake
+    from p2pfl.node.models import ModelCache
+    from p2pfl.node.peers import PeerDirectory
+    from p2pfl.node.ports import NodeNet
+    from p2pfl.node.queue import EventQueue
+    from p2pfl.node.roundlog import Behaviour, RoundLog, Trainer
 
 log = logging.getLogger("p2pfl.node")
 
@@ -33,11 +41,37 @@ DEFAULT_INLINE_MAX_BYTES = 16 * 1024
 _NO_MORE_FETCHES = ("certified", "advanced")
 
 
+class NodeContext(Protocol):
+    """What the workers use of the node (p2pfl.node.node.Node provides it)."""
+
+    address: bytes
+    manifest: TaskManifest
+    spec: agg.RuleSpec
+    net: NodeNet
+    machine: RoundMachine
+    models: ModelCache
+    peers: PeerDirectory
+    intake: Intake
+    queue: EventQueue
+    rounds: dict[int, RoundLog]
+    behaviour: Behaviour
+    trainer: Trainer | None
+    data: Any
+    client_index: int | bytes
+    num_threads: int
+    cpu: trio.CapacityLimiter
+    clock: Callable[[], float]
+
+    def count(self, name: str, amount: int = 1) -> None: ...
+
+    def round_record(self, round_: int) -> dict[bytes, int]: ...
+
+
 class RoundWorkers:
     """Training, fetching and aggregating for the node; keeps the round's delta bytes
     (verified once, on arrival) for its aggregates."""
 
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: NodeContext) -> None:
         self.node = node
         self._deltas: dict[int, dict[ev.UpdateKey, bytes]] = {}  # round -> verified delta bytes
 
@@ -136,12 +170,13 @@ class RoundWorkers:
         """The request's delta bytes: kept from their fetch (verified then), else read
         from the store in a worker thread (e.g. after a restart)."""
         kept = self._deltas.get(request.round, {})
-        blobs = []
+        blobs: list[bytes] = []
         for u in request.updates:
-            blob = kept.get((u.signer, u.delta))
-            if blob is None:
-                blob = await trio.to_thread.run_sync(self.node.net.store.read_blob, CID.parse(u.delta))
-            blobs.append(blob)
+            held = kept.get((u.signer, u.delta))
+            if held is not None:
+                blobs.append(held)
+            else:
+                blobs.append(await trio.to_thread.run_sync(self.node.net.store.read_blob, CID.parse(u.delta)))
         return blobs
 
 
