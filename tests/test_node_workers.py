@@ -1,0 +1,81 @@
+"""A committee member's aggregation as the node runs it (p2pfl.node.workers): the deltas
+are not read or hashed again (their bytes were verified once, on arrival) and the new
+model is hashed once, to name it, then stored as is."""
+
+from __future__ import annotations
+
+import hashlib
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import trio
+
+from p2pfl.core import aggregate as agg
+from p2pfl.core import round_events as ev
+from p2pfl.core.cid import CID, blob_cid
+from p2pfl.core.messages import Update
+from p2pfl.core.tensors import encode_tensors
+from p2pfl.net.blockstore import BlockStore
+from p2pfl.node.workers import RoundWorkers
+
+SIZE = 1 << 19  # float32: a 2 MiB model, 8 chunks of the block layout
+
+
+async def test_a_member_hashes_the_new_model_once_and_the_deltas_not_again(tmp_path: Any, monkeypatch: Any) -> None:
+    rng = np.random.default_rng(1)
+    base = {"w": np.zeros(SIZE, np.float32)}
+    base_cid = blob_cid(encode_tensors(base)).to_bytes()
+    common = rng.standard_normal(SIZE).astype(np.float32)
+    authors = [bytes([i + 1]) * 20 for i in range(4)]
+    updates, kept = [], {}
+    for a in authors:
+        blob = encode_tensors({"w": (common + 0.1 * rng.standard_normal(SIZE)).astype(np.float32)})
+        u = Update(b"\x07" * 32, 1, base_cid, blob_cid(blob).to_bytes(), 10, 1.0, b"", a)
+        updates.append(u)
+        kept[(a, u.delta)] = blob  # as a fetch keeps them, verified on arrival
+    request = ev.ComputeAggregate(1, 0, base_cid, "fedavg", tuple(authors[:3]), tuple(updates))
+
+    answers: list[Any] = []
+
+    async def ensure(cid: bytes) -> dict[str, np.ndarray]:
+        return base
+
+    async def put(event: Any) -> None:
+        answers.append(event)
+
+    store = BlockStore(tmp_path / "blocks")
+    node = SimpleNamespace(
+        clock=trio.current_time, models=SimpleNamespace(ensure=ensure), round_record=lambda r: {},
+        spec=agg.RuleSpec.default(), manifest=SimpleNamespace(reward_per_round_wei=10**18),
+        cpu=trio.CapacityLimiter(1), net=SimpleNamespace(store=store), rounds={}, queue=SimpleNamespace(put=put),
+    )
+    workers = RoundWorkers(node)  # type: ignore[arg-type]
+    workers._deltas[1] = kept
+
+    hashed = {"bytes": 0}
+    real = hashlib.sha256
+
+    class Counting:
+        def __init__(self, data: Any = b"") -> None:
+            hashed["bytes"] += len(data)
+            self.inner = real(data)
+
+        def update(self, data: Any) -> None:
+            hashed["bytes"] += len(data)
+            self.inner.update(data)
+
+        def digest(self) -> bytes:
+            return self.inner.digest()
+
+    monkeypatch.setattr(hashlib, "sha256", Counting)
+    await workers.compute(request)
+    hashed_bytes = hashed["bytes"]
+
+    (answer,) = answers
+    assert not answer.error
+    model_cid = CID.parse(answer.result)
+    assert store.has_blob(model_cid)  # stored for others to fetch
+    model_bytes = len(store.read_blob(model_cid))
+    # Once over the model (its leaves, plus the small root node); nothing over the deltas.
+    assert model_bytes <= hashed_bytes < model_bytes + 4096, (hashed_bytes, model_bytes)
