@@ -49,3 +49,22 @@ async def test_the_queue_is_bounded_and_loses_nothing() -> None:
             if len(got) == 10:
                 break
     assert got == [float(i) for i in range(10)]
+
+
+def test_every_action_of_the_machine_has_a_handler(tmp_path) -> None:
+    """The node's action table covers `round_events.Action` exactly: a new action type
+    fails here instead of raising KeyError in a running node."""
+    from types import SimpleNamespace
+    from typing import get_args
+
+    from p2pfl.core.cid import blob_cid
+    from p2pfl.core.identity import NodeIdentity
+    from p2pfl.core.signing import Domain
+    from p2pfl.manifest import TaskManifest
+    from p2pfl.node import Node
+
+    manifest = TaskManifest(name="t", model="mlp", initial_model=str(blob_cid(b"genesis")), chain_id=1,
+                            registry="0x" + "11" * 20, ledger="0x" + "22" * 20)
+    chain = SimpleNamespace(domain=lambda: Domain(1, b"\x22" * 20))
+    node = Node(NodeIdentity(b"\x01" * 32), manifest, chain, SimpleNamespace(), None, tmp_path)  # type: ignore[arg-type]
+    assert set(node._actions) == set(get_args(ev.Action))
