@@ -25,7 +25,11 @@ def generate_identity() -> NodeIdentity:
 
 
 def save_keystore(
-    identity: NodeIdentity, path: str | os.PathLike[str], password: str, *, kdf: Literal["scrypt", "pbkdf2"] = "scrypt"
+    identity: NodeIdentity,
+    path: str | os.PathLike[str],
+    password: str,
+    *,
+    kdf: Literal["scrypt", "pbkdf2"] = "scrypt",
 ) -> Path:
     """Write an encrypted eth-account JSON keystore (refuses to overwrite)."""
     target = Path(path)

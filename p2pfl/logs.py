@@ -35,7 +35,9 @@ def setup_logging(verbose: int = 0, json_lines: bool = False) -> None:
     if json_lines:
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S"))
+        handler.setFormatter(
+            logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S")
+        )
         logging.Formatter.converter = time.localtime
     root = logging.getLogger()
     root.handlers[:] = [handler]

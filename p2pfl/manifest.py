@@ -49,7 +49,9 @@ class TaskManifest:
         CID.parse(self.initial_model)
         self.rule_spec()  # validates the aggregation table
         if self.version != MANIFEST_VERSION:
-            raise ConfigError(f"manifest version {self.version} is not supported (expected {MANIFEST_VERSION})")
+            raise ConfigError(
+                f"manifest version {self.version} is not supported (expected {MANIFEST_VERSION})"
+            )
 
     def encode(self) -> bytes:
         return json.dumps(asdict(self), sort_keys=True, separators=(",", ":")).encode()

@@ -38,28 +38,56 @@ def main() -> int:
     blob = tensors.encode_tensors(model) * 40  # > 256 KiB: a real multi-block DAG
     root, blocks = blob_blocks(blob)
     store = {cid: block for cid, block in blocks}
-    results.append(check("cid", assemble(root, store.__getitem__) == blob, f"{root} ({len(blocks)} blocks)"))
+    results.append(
+        check("cid", assemble(root, store.__getitem__) == blob, f"{root} ({len(blocks)} blocks)")
+    )
     base = CID.parse(str(root)).to_bytes()
 
     stakes = {n.address: 100 for n in nodes}
     committee = sortition.committee_for(sortition.round_seed(task, 1, root.digest, 0), stakes, 7)
-    results.append(check("sortition", len(committee) > 0, f"{len(committee)} members, leader {committee[0].hex()[:8]}"))
+    results.append(
+        check(
+            "sortition",
+            len(committee) > 0,
+            f"{len(committee)} members, leader {committee[0].hex()[:8]}",
+        )
+    )
 
-    update = m.Update(task=task, round=1, base=base, delta=base, n_samples=100, norm=1.0, inline=b"",
-                      signer=nodes[0].address).signed(nodes[0].private_key, domain)
+    update = m.Update(
+        task=task,
+        round=1,
+        base=base,
+        delta=base,
+        n_samples=100,
+        norm=1.0,
+        inline=b"",
+        signer=nodes[0].address,
+    ).signed(nodes[0].private_key, domain)
     decoded = m.decode_message(update.encode())
-    results.append(check("messages", decoded == update and decoded.verify(domain) == nodes[0].address,
-                         f"update {len(update.encode())} bytes, signer verified"))
+    results.append(
+        check(
+            "messages",
+            decoded == update and decoded.verify(domain) == nodes[0].address,
+            f"update {len(update.encode())} bytes, signer verified",
+        )
+    )
 
-    contributions = [agg.Contribution(n.address, 100 + i, rng.standard_normal(10_000, dtype=np.float32))
-                     for i, n in enumerate(nodes)]
+    contributions = [
+        agg.Contribution(n.address, 100 + i, rng.standard_normal(10_000, dtype=np.float32))
+        for i, n in enumerate(nodes)
+    ]
     spec = agg.RuleSpec.default()
     first = agg.aggregate(spec, contributions)
     shuffled = contributions[:]
     random.Random(7).shuffle(shuffled)
     second = agg.aggregate(spec, shuffled)
-    results.append(check("aggregation", first.digest == second.digest,
-                         f"{spec.name} -> {first.digest[:16]} in both arrival orders"))
+    results.append(
+        check(
+            "aggregation",
+            first.digest == second.digest,
+            f"{spec.name} -> {first.digest[:16]} in both arrival orders",
+        )
+    )
 
     print(f"{sum(results)}/{len(results)} checks passed in {time.perf_counter() - start:.2f} s")
     return 0 if all(results) else 1

@@ -1,4 +1,5 @@
-"""`python -m sim SCENARIO.toml [--set key=value ...]`: run a simulation, print the run folder last."""
+"""`python -m sim SCENARIO.toml [--set key=value ...]`: run a simulation, print the run folder "
+"last."""
 
 import argparse
 import sys
@@ -7,14 +8,24 @@ from p2pfl.errors import P2PFLError
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m sim", description="Run a p2pfl simulation scenario.")
+    parser = argparse.ArgumentParser(
+        prog="python -m sim", description="Run a p2pfl simulation scenario."
+    )
     parser.add_argument("scenario", help="scenario TOML file (see sim/scenarios/)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a scenario value, e.g. --set rounds=3 --set committee.size=5")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a scenario value, e.g. --set rounds=3 --set committee.size=5",
+    )
     parser.add_argument("--runs", default="runs", help="folder for run outputs (default: runs/)")
     parser.add_argument("-q", "--quiet", action="store_true")
-    parser.add_argument("--processes", action="store_true",
-                        help="run every node as its own OS process against a local anvil chain")
+    parser.add_argument(
+        "--processes",
+        action="store_true",
+        help="run every node as its own OS process against a local anvil chain",
+    )
     args = parser.parse_args(argv)
     from p2pfl.logs import setup_logging
     from sim.run import run_scenario

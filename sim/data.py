@@ -37,11 +37,19 @@ def load_data(scenario: Scenario) -> tuple[Any, Any, list[Any]]:
     if scenario.attacks:  # label flipping poisons the attackers' local data
         from sim.attacks import make_plan, poison_datasets
 
-        datasets = poison_datasets(make_plan(scenario.attacks, scenario.nodes, scenario.seed), datasets)
+        datasets = poison_datasets(
+            make_plan(scenario.attacks, scenario.nodes, scenario.seed), datasets
+        )
     return train, test, datasets
 
 
 def train_dict(scenario: Scenario) -> dict[str, Any]:
     t = scenario.train
-    return {"epochs": t.epochs, "batch_size": t.batch_size, "lr": t.lr, "optimizer": t.optimizer,
-            "momentum": t.momentum, "weight_decay": t.weight_decay}
+    return {
+        "epochs": t.epochs,
+        "batch_size": t.batch_size,
+        "lr": t.lr,
+        "optimizer": t.optimizer,
+        "momentum": t.momentum,
+        "weight_decay": t.weight_decay,
+    }

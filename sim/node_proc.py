@@ -49,12 +49,14 @@ def roundlog_from_dict(raw: dict[str, Any]) -> Any:
     """Inverse of `roundlog_to_dict`."""
     from p2pfl.node import RoundLog
 
-    return RoundLog(**{
-        **raw,
-        "committee": tuple(bytes.fromhex(a) for a in raw["committee"]),
-        "included": tuple(bytes.fromhex(a) for a in raw["included"]),
-        "rejected": tuple((bytes.fromhex(a), why) for a, why in raw["rejected"]),
-    })
+    return RoundLog(
+        **{
+            **raw,
+            "committee": tuple(bytes.fromhex(a) for a in raw["committee"]),
+            "included": tuple(bytes.fromhex(a) for a in raw["included"]),
+            "rejected": tuple((bytes.fromhex(a), why) for a, why in raw["rejected"]),
+        }
+    )
 
 
 def read_round_logs(data_dir: Path) -> dict[int, Any]:
@@ -115,6 +117,7 @@ async def _run_node(args: argparse.Namespace, key: bytes) -> None:
     scenario: Scenario = build(Scenario, json.loads(Path(args.scenario).read_text()), args.scenario)
     data = load_data(scenario)[2][args.index]
     import p2pfl.train.trainer  # noqa: F401 - torch's import (seconds) before round 1, not inside it
+
     data_dir = Path(args.data_dir)
     _wait_for_ports(args.bootstrap, BOOTSTRAP_WAIT_S)
     rounds_file = (data_dir / ROUNDS_FILE).open("a")
@@ -142,25 +145,44 @@ async def _run_node(args: argparse.Namespace, key: bytes) -> None:
         print(f"finished round {node.machine.round}", flush=True)
         await trio.sleep_forever()  # keep serving blocks until the parent stops us
 
-    await launch_node(Launch(
-        identity=NodeIdentity(key), manifest=TaskManifest.load(args.manifest), rpc_url=args.rpc, data=data,
-        data_dir=data_dir, listen=args.listen, bootstrap=tuple(args.bootstrap), rounds=args.rounds, dht=False,
-        client_index=args.index, node_options={"follow_poll_s": 0.2}, check_registration=False,
-        on_round=on_round, before_join=before_join, after_run=after_run,
-    ))
+    await launch_node(
+        Launch(
+            identity=NodeIdentity(key),
+            manifest=TaskManifest.load(args.manifest),
+            rpc_url=args.rpc,
+            data=data,
+            data_dir=data_dir,
+            listen=args.listen,
+            bootstrap=tuple(args.bootstrap),
+            rounds=args.rounds,
+            dht=False,
+            client_index=args.index,
+            node_options={"follow_poll_s": 0.2},
+            check_registration=False,
+            on_round=on_round,
+            before_join=before_join,
+            after_run=after_run,
+        )
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m sim.node_proc", description=__doc__)
-    parser.add_argument("--scenario", required=True, help="resolved scenario as JSON (written by the parent)")
-    parser.add_argument("--index", type=int, required=True, help="node index: data partition and training seed")
+    parser.add_argument(
+        "--scenario", required=True, help="resolved scenario as JSON (written by the parent)"
+    )
+    parser.add_argument(
+        "--index", type=int, required=True, help="node index: data partition and training seed"
+    )
     parser.add_argument("--manifest", required=True)
     parser.add_argument("--rpc", required=True)
     parser.add_argument("--data-dir", required=True)
     parser.add_argument("--listen", required=True)
     parser.add_argument("--bootstrap", action="append", default=[])
     parser.add_argument("--rounds", type=int, required=True)
-    parser.add_argument("--go-file", default="", help="wait until this file exists before joining the task")
+    parser.add_argument(
+        "--go-file", default="", help="wait until this file exists before joining the task"
+    )
     args = parser.parse_args(argv)
     key_hex = os.environ.pop(KEY_ENV, "")
     if not key_hex:

@@ -130,8 +130,13 @@ class Child:
 
     def start(self) -> None:
         self.log_file = self.log_path.open("a")
-        self.process = subprocess.Popen(self.argv, env=self.env, stdout=self.log_file, stderr=subprocess.STDOUT,
-                                        stdin=subprocess.DEVNULL)
+        self.process = subprocess.Popen(
+            self.argv,
+            env=self.env,
+            stdout=self.log_file,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
         self.pids.append(self.process.pid)
 
     def running(self) -> bool:
@@ -175,15 +180,25 @@ def run_processes(
 
     fault_spec = FaultSpec.from_dict(scenario.faults)
     if scenario.attacks or fault_spec.active:
-        raise ConfigError("--processes runs honest nodes, with at most the faults.rpc_outage_* fault: "
-                          "remove [attacks] and the other [faults] or run in-process")
+        raise ConfigError(
+            "--processes runs honest nodes, with at most the faults.rpc_outage_* fault: "
+            "remove [attacks] and the other [faults] or run in-process"
+        )
     outage = RpcOutage.from_spec(fault_spec)
     if outage is not None and not 1 <= outage.round <= scenario.rounds:
-        raise ConfigError(f"faults.rpc_outage_round must be in 1..{scenario.rounds} (the scenario's rounds)")
+        raise ConfigError(
+            f"faults.rpc_outage_round must be in 1..{scenario.rounds} (the scenario's rounds)"
+        )
     if restart is not None and not 0 < restart.node < scenario.nodes:
         raise ConfigError(f"restart.node must be a non-creator node in 1..{scenario.nodes - 1}")
     start = begin(scenario, runs_root, quiet, f"{scenario.nodes} node processes on anvil")
-    say, run_dir, wall_start, test, partitions = start.say, start.run_dir, start.wall_start, start.test, start.partitions
+    say, run_dir, wall_start, test, partitions = (
+        start.say,
+        start.run_dir,
+        start.wall_start,
+        start.test,
+        start.partitions,
+    )
     genesis, genesis_blob = start.genesis, start.genesis_blob
     work = tempfile.TemporaryDirectory(prefix="p2pfl-simproc-")
     root = Path(work.name)
@@ -204,22 +219,51 @@ def run_processes(
         manifest.save(manifest_path)
         scenario_path = root / "scenario.json"
         scenario_path.write_text(json.dumps(scenario.to_dict()))
-        BlockStore(root / "node0" / "blocks").put_blob(genesis_blob)  # the creator holds the genesis model
+        BlockStore(root / "node0" / "blocks").put_blob(
+            genesis_blob
+        )  # the creator holds the genesis model
         ports = [free_loopback_port() for _ in identities]
-        addrs = [f"/ip4/127.0.0.1/tcp/{p}/p2p/{ident.peer_id}" for p, ident in zip(ports, identities)]
+        addrs = [
+            f"/ip4/127.0.0.1/tcp/{p}/p2p/{ident.peer_id}" for p, ident in zip(ports, identities)
+        ]
         rng = np.random.default_rng(scenario.seed)
         for i, ident in enumerate(identities):
             earlier = [j for j in rng.permutation(i).tolist() if j != 0][: BOOTSTRAP_PEERS - 1]
-            argv = [sys.executable, "-W", "ignore", "-m", "sim.node_proc", "--scenario", str(scenario_path),
-                    "--index", str(i), "--manifest", str(manifest_path), "--rpc", anvil.url,
-                    "--data-dir", str(root / f"node{i}"), "--listen", f"/ip4/127.0.0.1/tcp/{ports[i]}",
-                    "--rounds", str(scenario.rounds), "--go-file", str(root / "go")]
-            for j in ([0] + earlier if i else []):
+            argv = [
+                sys.executable,
+                "-W",
+                "ignore",
+                "-m",
+                "sim.node_proc",
+                "--scenario",
+                str(scenario_path),
+                "--index",
+                str(i),
+                "--manifest",
+                str(manifest_path),
+                "--rpc",
+                anvil.url,
+                "--data-dir",
+                str(root / f"node{i}"),
+                "--listen",
+                f"/ip4/127.0.0.1/tcp/{ports[i]}",
+                "--rounds",
+                str(scenario.rounds),
+                "--go-file",
+                str(root / "go"),
+            ]
+            for j in [0] + earlier if i else []:
                 argv += ["--bootstrap", addrs[j]]
             # The key travels in the environment, not argv (argv is world-readable in /proc).
             # `sim` is not installed (it lives in the checkout): the child finds it on PYTHONPATH.
-            env = {**os.environ, KEY_ENV: ident.private_key.hex(), "PYTHONWARNINGS": "ignore",
-                   "PYTHONPATH": os.pathsep.join(filter(None, [str(CHECKOUT), os.environ.get("PYTHONPATH", "")]))}
+            env = {
+                **os.environ,
+                KEY_ENV: ident.private_key.hex(),
+                "PYTHONWARNINGS": "ignore",
+                "PYTHONPATH": os.pathsep.join(
+                    filter(None, [str(CHECKOUT), os.environ.get("PYTHONPATH", "")])
+                ),
+            }
             children.append(Child(i, argv, env, root / f"node{i}", run_dir / f"node{i}.log"))
         started = time.perf_counter()
         timed_out = False
@@ -231,15 +275,28 @@ def run_processes(
             (root / "go").touch()
             commit_seen[0] = time.monotonic()
             say(f"{len(children)} node processes up in {time.perf_counter() - started:.1f} s")
-            timed_out = _watch(devnet, manifest, scenario, children, restart, fault_events, say,
-                               anvil=anvil, outage=outage, outage_clock=outage_clock, commit_seen=commit_seen)
+            timed_out = _watch(
+                devnet,
+                manifest,
+                scenario,
+                children,
+                restart,
+                fault_events,
+                say,
+                anvil=anvil,
+                outage=outage,
+                outage_clock=outage_clock,
+                commit_seen=commit_seen,
+            )
             _wait_finished(devnet, manifest, children)
         finally:
             for child in children:
                 child.stop()
         wall_s = time.perf_counter() - started
         info = devnet.admin.task_info(manifest.task_id)
-        commit_events = devnet.admin.commits(dep.block, devnet.admin.block_number(), manifest.task_id)
+        commit_events = devnet.admin.commits(
+            dep.block, devnet.admin.block_number(), manifest.task_id
+        )
         commits = {e.round: e for e in commit_events}
 
     logs = [read_round_logs(child.data_dir) for child in children]
@@ -249,9 +306,11 @@ def run_processes(
     records = round_records(scenario, logs, commits, stores, test)
     for record in records:
         writer.round(record)
-        say(f"round {record['round']}: accuracy {record['accuracy']:.4f} loss {record['loss']:.4f} "
+        say(
+            f"round {record['round']}: accuracy {record['accuracy']:.4f} loss {record['loss']:.4f} "
             f"wall {record['wall_s']:.1f} s committee {len(record['committee'])} "
-            f"included {len(record['included'])} tx {record['commit_tx'][:12]}")
+            f"included {len(record['included'])} tx {record['commit_tx'][:12]}"
+        )
     writer.close()
 
     ref_records = reference_curve(scenario, genesis, partitions, test, say)
@@ -259,19 +318,42 @@ def run_processes(
     for final in finals:
         for k, v in final.get("counters", {}).items():
             counters[k] = counters.get(k, 0) + v
-    summary = summarise(scenario, records, ref_records, info, wall_start, wall_s, timed_out, dict(sorted(counters.items())))
-    summary.update({
-        "mode": "processes",
-        # Largest single child (a node process or anvil): ru_maxrss of waited-for children.
-        "child_peak_rss_mib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
-        "faults": fault_events,
-        "node_final_rounds": [_final_round(child) for child in children],
-        # Every process this run started (all stopped by now): anvil, then each node's incarnations.
-        "pids": {"anvil": anvil_pid, "anvil_incarnations": list(anvil.pids), "nodes": [child.pids for child in children]},
-    })
+    summary = summarise(
+        scenario,
+        records,
+        ref_records,
+        info,
+        wall_start,
+        wall_s,
+        timed_out,
+        dict(sorted(counters.items())),
+    )
+    summary.update(
+        {
+            "mode": "processes",
+            # Largest single child (a node process or anvil): ru_maxrss of waited-for children.
+            "child_peak_rss_mib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
+            "faults": fault_events,
+            "node_final_rounds": [_final_round(child) for child in children],
+            # Every process this run started (all stopped by now): anvil, then each node's
+            # incarnations.
+            "pids": {
+                "anvil": anvil_pid,
+                "anvil_incarnations": list(anvil.pids),
+                "nodes": [child.pids for child in children],
+            },
+        }
+    )
     if outage is not None:
-        summary["rpc_outage"] = outage_figures(outage, outage_clock, scenario.rounds, commit_events, commit_seen,
-                                               fault_events, children)
+        summary["rpc_outage"] = outage_figures(
+            outage,
+            outage_clock,
+            scenario.rounds,
+            commit_events,
+            commit_seen,
+            fault_events,
+            children,
+        )
     write_report(run_dir, scenario.to_dict(), records, ref_records, summary)
     for child in children:  # the node processes' status files, for inspection and tests
         status = child.status()
@@ -334,28 +416,59 @@ def _watch(
         if seen >= scenario.rounds:
             return False
         for child in children:
-            if child.running() or child.index in dead or (restart is not None and child.index == restart.node and restart_at):
+            if (
+                child.running()
+                or child.index in dead
+                or (restart is not None and child.index == restart.node and restart_at)
+            ):
                 continue
             code = child.process.returncode if child.process else "?"
             tail = child.log_path.read_text()[-3000:] if child.log_path.exists() else ""
             if outage is None:
-                raise P2PFLError(f"node {child.index} exited with {code} before round {scenario.rounds} was committed:\n{tail}")
+                raise P2PFLError(
+                    f"node {child.index} exited with {code} before round {scenario.rounds} was "
+                    f"committed:\n{tail}"
+                )
             dead.add(child.index)
-            fault_events.append({"kind": "died", "node": child.index, "returncode": code, "chain_round": seen,
-                                 "during_outage": clock.down})
-            say(f"  node {child.index} died (exit {code}) with the chain at round {seen}:\n{tail[-800:]}")
+            fault_events.append(
+                {
+                    "kind": "died",
+                    "node": child.index,
+                    "returncode": code,
+                    "chain_round": seen,
+                    "during_outage": clock.down,
+                }
+            )
+            say(
+                f"  node {child.index} died (exit {code}) with the chain at round "
+                f"{seen}:\n{tail[-800:]}"
+            )
         if dead and len(dead) == len(children):
             say("  every node process died: nothing left to commit the remaining rounds")
             return True
-        if restart is not None and restart_at is None and not any(f["kind"] == "sigkill" for f in fault_events):
+        if (
+            restart is not None
+            and restart_at is None
+            and not any(f["kind"] == "sigkill" for f in fault_events)
+        ):
             victim = children[restart.node]
             status = victim.status() or {}
             if seen >= restart.round - 1:
                 victim.kill()
                 restart_at = time.monotonic() + restart.down_s
-                fault_events.append({"kind": "sigkill", "node": restart.node, "round": status.get("round"),
-                                     "phase": status.get("phase"), "chain_round": seen})
-                say(f"  killed node {restart.node} (SIGKILL) in round {status.get('round')} ({status.get('phase')})")
+                fault_events.append(
+                    {
+                        "kind": "sigkill",
+                        "node": restart.node,
+                        "round": status.get("round"),
+                        "phase": status.get("phase"),
+                        "chain_round": seen,
+                    }
+                )
+                say(
+                    f"  killed node {restart.node} (SIGKILL) in round {status.get('round')} "
+                    f"({status.get('phase')})"
+                )
         if restart is not None and restart_at is not None and time.monotonic() >= restart_at:
             victim = children[restart.node]
             if victim.log_file is not None:
@@ -371,8 +484,15 @@ def _watch(
     return True
 
 
-def _outage_step(outage: RpcOutage, clock: _OutageClock, anvil: Anvil, devnet: DevNet, seen: int,
-                 fault_events: list[dict[str, Any]], say: Any) -> None:
+def _outage_step(
+    outage: RpcOutage,
+    clock: _OutageClock,
+    anvil: Anvil,
+    devnet: DevNet,
+    seen: int,
+    fault_events: list[dict[str, Any]],
+    say: Any,
+) -> None:
     """Advance the RPC outage: trigger, stop anvil (SIGTERM: it dumps its chain), restart it."""
     now = time.monotonic()
     if clock.trigger_at is None and seen >= outage.round - 1:
@@ -382,17 +502,31 @@ def _outage_step(outage: RpcOutage, clock: _OutageClock, anvil: Anvil, devnet: D
         pid = anvil.pid
         anvil.stop()
         clock.stopped_at = time.monotonic()
-        fault_events.append({"kind": "rpc-stop", "pid": pid, "chain_round": seen, "block": clock.block_before})
-        say(f"  RPC outage: stopped anvil (pid {pid}, SIGTERM) at block {clock.block_before}, chain at round {seen}; "
-            f"down for {outage.down_s:.0f} s")
+        fault_events.append(
+            {"kind": "rpc-stop", "pid": pid, "chain_round": seen, "block": clock.block_before}
+        )
+        say(
+            f"  RPC outage: stopped anvil (pid {pid}, SIGTERM) at block {clock.block_before}, "
+            f"chain at round {seen}; "
+            f"down for {outage.down_s:.0f} s"
+        )
     elif clock.down and clock.stopped_at is not None and now >= clock.stopped_at + outage.down_s:
         anvil.start()
         clock.restarted_at = time.monotonic()
         clock.block_after = devnet.admin.block_number()
-        fault_events.append({"kind": "rpc-restart", "pid": anvil.pid, "block": clock.block_after,
-                             "down_s": round(clock.restarted_at - clock.stopped_at, 3)})
-        say(f"  RPC outage: anvil back (pid {anvil.pid}) after {clock.restarted_at - clock.stopped_at:.1f} s "
-            f"at block {clock.block_after}")
+        fault_events.append(
+            {
+                "kind": "rpc-restart",
+                "pid": anvil.pid,
+                "block": clock.block_after,
+                "down_s": round(clock.restarted_at - clock.stopped_at, 3),
+            }
+        )
+        say(
+            f"  RPC outage: anvil back (pid {anvil.pid}) after "
+            f"{clock.restarted_at - clock.stopped_at:.1f} s "
+            f"at block {clock.block_after}"
+        )
 
 
 def outage_figures(
@@ -411,22 +545,32 @@ def outage_figures(
     is its wall minus the median wall of the other rounds, round 1 left out when there are
     others (it carries the start-up: genesis fetch, first torch calls)."""
     per_round = Counter(e.round for e in commit_events)
-    walls = {r: commit_seen[r] - commit_seen[r - 1] for r in sorted(commit_seen) if r >= 1 and r - 1 in commit_seen}
+    walls = {
+        r: commit_seen[r] - commit_seen[r - 1]
+        for r in sorted(commit_seen)
+        if r >= 1 and r - 1 in commit_seen
+    }
     hit = None
     if clock.restarted_at is not None:
         hit = next((r for r in sorted(walls) if commit_seen[r] >= clock.restarted_at), None)
-    others = [w for r, w in walls.items() if r not in (1, hit)] or [w for r, w in walls.items() if r != hit]
+    others = [w for r, w in walls.items() if r not in (1, hit)] or [
+        w for r, w in walls.items() if r != hit
+    ]
     baseline = float(np.median(others)) if others and hit is not None else None
     retries, commit_retries = {}, {}
     for child in children:
-        lines = (child.log_path.read_text(errors="replace") if child.log_path.exists() else "").splitlines()
+        lines = (
+            child.log_path.read_text(errors="replace") if child.log_path.exists() else ""
+        ).splitlines()
         retries[child.index] = sum(1 for line in lines if RETRY_LOG_MARK in line)
         commit_retries[child.index] = sum(1 for line in lines if COMMIT_RETRY_LOG_MARK in line)
     return {
         "round": outage.round,
         "planned_down_s": outage.down_s,
         "injected": clock.restarted_at is not None,
-        "down_s": None if clock.stopped_at is None or clock.restarted_at is None else clock.restarted_at - clock.stopped_at,
+        "down_s": None
+        if clock.stopped_at is None or clock.restarted_at is None
+        else clock.restarted_at - clock.stopped_at,
         "block_before": clock.block_before,
         "block_after": clock.block_after,
         "rounds_planned": rounds,
@@ -458,7 +602,8 @@ def outage_lines(fig: dict[str, Any]) -> list[str]:
     kept = "kept" if fig["block_after"] == fig["block_before"] else "NOT kept"
     retried = sum(1 for n in fig["retry_log_lines"].values() if n)
     lines += [
-        f"rpc-outage-down: {fig['down_s']:.1f} s (chain {kept}: block {fig['block_before']} before the stop, "
+        f"rpc-outage-down: {fig['down_s']:.1f} s (chain {kept}: block {fig['block_before']} "
+        "before the stop, "
         f"{fig['block_after']} after the restart)",
         f"rpc-outage-nodes-retrying: {retried}/{len(fig['retry_log_lines'])}",
         f"rpc-outage-commit-retries: {sum(fig['commit_retry_log_lines'].values())} "
@@ -493,5 +638,3 @@ def _wait_finished(devnet: DevNet, manifest: TaskManifest, children: list[Child]
         if all((c.data_dir / FINAL_FILE).exists() or not c.running() for c in children):
             return
         time.sleep(POLL_S)
-
-

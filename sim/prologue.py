@@ -34,7 +34,9 @@ def begin(scenario: Scenario, runs_root: str | Path, quiet: bool, how: str) -> P
     run_dir = new_run_dir(scenario.name, Path(runs_root))
     wall_start = time.perf_counter()
     _, test, partitions = load_data(scenario)
-    say(f"scenario {scenario.name}: {how}, {scenario.rounds} rounds, "
-        f"model {scenario.model.name}, data {scenario.data.dataset} ({scenario.data.partition})")
+    say(
+        f"scenario {scenario.name}: {how}, {scenario.rounds} rounds, "
+        f"model {scenario.model.name}, data {scenario.data.dataset} ({scenario.data.partition})"
+    )
     genesis = init_weights(scenario.model.name, scenario.model.kwargs, scenario.seed)
     return Prologue(say, run_dir, wall_start, test, partitions, genesis, encode_tensors(genesis))

@@ -63,14 +63,20 @@ def write_report(
     summary: dict[str, Any],
 ) -> None:
     """summary.json, report.md and the plots, from the rounds already recorded."""
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True, default=_jsonable) + "\n")
+    (run_dir / "summary.json").write_text(
+        json.dumps(summary, indent=2, sort_keys=True, default=_jsonable) + "\n"
+    )
     plots = _plots(run_dir, rounds, reference)
     lines = [
         f"# Simulation report: {scenario.get('name', 'scenario')}",
         "",
         "| figure | value |",
         "|---|---|",
-        *[f"| {k} | {_fmt(v)} |" for k, v in sorted(summary.items()) if not isinstance(v, (dict, list))],
+        *[
+            f"| {k} | {_fmt(v)} |"
+            for k, v in sorted(summary.items())
+            if not isinstance(v, (dict, list))
+        ],
         "",
         "## Rounds",
         "",
@@ -84,14 +90,24 @@ def write_report(
         ref = ref_by_round.get(r["round"], {})
         phases = r.get("phases_s", {})
         lines.append(
-            f"| {r['round']} | {_fmt(r.get('accuracy'))} | {_fmt(ref.get('accuracy'))} | {_fmt(r.get('loss'))} | "
-            f"{len(r.get('committee', []))} | {len(r.get('included', []))} | {len(r.get('rejected', []))} | "
+            f"| {r['round']} | {_fmt(r.get('accuracy'))} | {_fmt(ref.get('accuracy'))} | "
+            f"{_fmt(r.get('loss'))} | "
+            f"{len(r.get('committee', []))} | {len(r.get('included', []))} | "
+            f"{len(r.get('rejected', []))} | "
             f"{_fmt(r.get('wall_s'))} | "
             + " | ".join(_fmt(phases.get(p)) for p in PHASES)
             + f" | {_fmt(r.get('gas'))} | {str(r.get('commit_tx', ''))[:18]} |"
         )
     lines += ["", "## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots]
-    lines += ["", "## Scenario", "", "```json", json.dumps(scenario, indent=2, default=_jsonable), "```", ""]
+    lines += [
+        "",
+        "## Scenario",
+        "",
+        "```json",
+        json.dumps(scenario, indent=2, default=_jsonable),
+        "```",
+        "",
+    ]
     (run_dir / "report.md").write_text("\n".join(lines))
 
 
@@ -103,7 +119,9 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-def _plots(run_dir: Path, rounds: Sequence[dict[str, Any]], reference: Sequence[dict[str, Any]]) -> list[Path]:
+def _plots(
+    run_dir: Path, rounds: Sequence[dict[str, Any]], reference: Sequence[dict[str, Any]]
+) -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -113,9 +131,13 @@ def _plots(run_dir: Path, rounds: Sequence[dict[str, Any]], reference: Sequence[
     fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(10, 4))
     for series, label, style in ((rounds, "p2pfl", "o-"), (reference, "centralised FedAvg", "s--")):
         xs = [r["round"] for r in series if r.get("accuracy") is not None]
-        ax_acc.plot(xs, [r["accuracy"] for r in series if r.get("accuracy") is not None], style, label=label)
+        ax_acc.plot(
+            xs, [r["accuracy"] for r in series if r.get("accuracy") is not None], style, label=label
+        )
         xs = [r["round"] for r in series if r.get("loss") is not None]
-        ax_loss.plot(xs, [r["loss"] for r in series if r.get("loss") is not None], style, label=label)
+        ax_loss.plot(
+            xs, [r["loss"] for r in series if r.get("loss") is not None], style, label=label
+        )
     ax_acc.set(xlabel="round", ylabel="test accuracy", title="Accuracy vs round")
     ax_loss.set(xlabel="round", ylabel="test loss", title="Loss vs round")
     for ax in (ax_acc, ax_loss):
@@ -163,13 +185,24 @@ def round_records(
             break
         result = next((e.result for e in entries if e.result), "")
         weights = model_from_stores(stores, result)
-        loss, acc = (math.nan, math.nan) if weights is None else evaluate(
-            scenario.model.name, weights, test, model_kwargs=scenario.model.kwargs, num_threads=1)
+        loss, acc = (
+            (math.nan, math.nan)
+            if weights is None
+            else evaluate(
+                scenario.model.name,
+                weights,
+                test,
+                model_kwargs=scenario.model.kwargs,
+                num_threads=1,
+            )
+        )
         t0 = prev_commit_t if prev_commit_t is not None else min(e.started for e in entries)
         members = [e for e in entries if e.member]
         published = sorted(e.published_at for e in entries if e.published_at)
         t_trained = published[max(0, math.ceil(0.8 * len(published)) - 1)] if published else t0
-        t_closed = min((e.collect_closed_at for e in members if e.collect_closed_at), default=t_trained)
+        t_closed = min(
+            (e.collect_closed_at for e in members if e.collect_closed_at), default=t_trained
+        )
         t_computed = min((e.computed_at for e in members if e.computed_at), default=t_closed)
         t_certified = min((e.certified_at for e in entries if e.certified_at), default=t_computed)
         t_committed = min((e.committed_at for e in entries if e.committed_at), default=t_certified)
@@ -177,24 +210,43 @@ def round_records(
         marks = [max(marks[: i + 1]) for i in range(len(marks))]
         phases = {p: marks[i + 1] - marks[i] for i, p in enumerate(PHASES)}
         setup = float(np.median([e.started - t0 for e in entries]))
-        to_publish = float(np.median([e.published_at - e.started for e in entries if e.published_at] or [0.0]))
+        to_publish = float(
+            np.median([e.published_at - e.started for e in entries if e.published_at] or [0.0])
+        )
         train_only = float(np.median([e.train_s for e in entries]))
         wall = t_committed - t0
         prev_commit_t = t_committed
         ev = commits[r]
-        records.append({
-            "round": r, "accuracy": acc, "loss": loss, "committee": ["0x" + a.hex() for a in entries[0].committee],
-            "included": ["0x" + a.hex() for a in next((e.included for e in members if e.included), ())],
-            "rejected": [["0x" + a.hex(), why] for a, why in next((e.rejected for e in members if e.included), ())],
-            "result": result, "wall_s": wall, "phases_s": phases, "commit_tx": "0x" + ev.tx_hash.hex(),
-            "commit_block": ev.block_number, "signers": ev.signers,
-            "gas": max((e.commit_gas for e in entries), default=0),
-            "setup_s": setup, "start_to_publish_s": to_publish, "train_compute_s": train_only,
-            # Per node, payload bytes of this round (from the cumulative counters at each commit).
-            "bytes_sent": [_round_delta(log, r, "bytes_sent") for log in logs],
-            "bytes_received": [_round_delta(log, r, "bytes_received") for log in logs],
-            "nodes_reporting": len(entries),
-        })
+        records.append(
+            {
+                "round": r,
+                "accuracy": acc,
+                "loss": loss,
+                "committee": ["0x" + a.hex() for a in entries[0].committee],
+                "included": [
+                    "0x" + a.hex() for a in next((e.included for e in members if e.included), ())
+                ],
+                "rejected": [
+                    ["0x" + a.hex(), why]
+                    for a, why in next((e.rejected for e in members if e.included), ())
+                ],
+                "result": result,
+                "wall_s": wall,
+                "phases_s": phases,
+                "commit_tx": "0x" + ev.tx_hash.hex(),
+                "commit_block": ev.block_number,
+                "signers": ev.signers,
+                "gas": max((e.commit_gas for e in entries), default=0),
+                "setup_s": setup,
+                "start_to_publish_s": to_publish,
+                "train_compute_s": train_only,
+                # Per node, payload bytes of this round (from the cumulative counters at each
+                # commit).
+                "bytes_sent": [_round_delta(log, r, "bytes_sent") for log in logs],
+                "bytes_received": [_round_delta(log, r, "bytes_received") for log in logs],
+                "nodes_reporting": len(entries),
+            }
+        )
     return records
 
 

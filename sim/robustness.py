@@ -79,7 +79,9 @@ def _init_campaign_worker(scenario: Any) -> None:
     _CAMPAIGN["parts"] = load_data(replace(scenario, attacks={}))[2]
 
 
-def _campaign_train(index: int, flip: bool, model: str, kwargs: dict[str, Any], base: Any, cfg: Any, seed: int) -> Any:
+def _campaign_train(
+    index: int, flip: bool, model: str, kwargs: dict[str, Any], base: Any, cfg: Any, seed: int
+) -> Any:
     from p2pfl.train.trainer import train_local
     from sim.attacks import flip_labels
 
@@ -89,7 +91,9 @@ def _campaign_train(index: int, flip: bool, model: str, kwargs: dict[str, Any], 
     return train_local(model, base, data, cfg, seed, model_kwargs=kwargs, num_threads=1)
 
 
-def table_run(scenario: Any, pool: ProcessPoolExecutor, test: Any, poison: str, rule: str) -> dict[str, Any]:
+def table_run(
+    scenario: Any, pool: ProcessPoolExecutor, test: Any, poison: str, rule: str
+) -> dict[str, Any]:
     """One (attack, rule) cell: FL without the network, with the committee's aggregate()."""
     from p2pfl.core import aggregate as agg
     from p2pfl.core.tensors import flatten, layout_size, tensor_sizes, unflatten
@@ -98,12 +102,20 @@ def table_run(scenario: Any, pool: ProcessPoolExecutor, test: Any, poison: str, 
     from p2pfl.train.trainer import TrainConfig, client_seed, evaluate
     from sim.data import train_dict
 
-    attacks = ({} if poison in ("none", ABSENT) else
-               {**VARIANTS.get(poison, {"poison": poison}), "fraction": ATTACK_FRACTION})
+    attacks = (
+        {}
+        if poison in ("none", ABSENT)
+        else {**VARIANTS.get(poison, {"poison": poison}), "fraction": ATTACK_FRACTION}
+    )
     plan = make_plan(attacks, scenario.nodes, scenario.seed)
     # Absent: the nodes the attackers would be (the choice depends on the seed only) send nothing.
-    absent = set(make_plan({"poison": "zero", "fraction": ATTACK_FRACTION}, scenario.nodes, scenario.seed).poisoners
-                 if poison == ABSENT else ())
+    absent = set(
+        make_plan(
+            {"poison": "zero", "fraction": ATTACK_FRACTION}, scenario.nodes, scenario.seed
+        ).poisoners
+        if poison == ABSENT
+        else ()
+    )
     present = [i for i in range(scenario.nodes) if i not in absent]
     spec = agg.RuleSpec.from_dict(RULES[rule]) if RULES[rule] else agg.RuleSpec.default()
     cfg = TrainConfig.from_dict({**train_dict(scenario), "seed": scenario.seed})
@@ -114,19 +126,43 @@ def table_run(scenario: Any, pool: ProcessPoolExecutor, test: Any, poison: str, 
     started = time.perf_counter()
     for r in range(1, scenario.rounds + 1):
         flip = poison == "label_flip"
-        futures = [pool.submit(_campaign_train, i, flip and i in plan.poisoners, scenario.model.name,
-                               dict(scenario.model.kwargs), weights, cfg, client_seed(scenario.seed, r, i))
-                   for i in range(scenario.nodes)]
+        futures = [
+            pool.submit(
+                _campaign_train,
+                i,
+                flip and i in plan.poisoners,
+                scenario.model.name,
+                dict(scenario.model.kwargs),
+                weights,
+                cfg,
+                client_seed(scenario.seed, r, i),
+            )
+            for i in range(scenario.nodes)
+        ]
         results = [f.result() for f in futures]
-        deltas, claims = craft_round(plan, scenario.seed, r, [x.delta for x in results],
-                                     [x.n_samples for x in results], previous)
+        deltas, claims = craft_round(
+            plan,
+            scenario.seed,
+            r,
+            [x.delta for x in results],
+            [x.n_samples for x in results],
+            previous,
+        )
         base_vec, layout = flatten(weights)
-        contributions = [agg.Contribution(i.to_bytes(20, "big"), max(1, claims[i]), flatten(deltas[i])[0])
-                         for i in present]
+        contributions = [
+            agg.Contribution(i.to_bytes(20, "big"), max(1, claims[i]), flatten(deltas[i])[0])
+            for i in present
+        ]
         record = spec.probation.record(r, strikes) if spec.probation else {}
         try:
-            out = agg.aggregate(spec, contributions, expected_size=layout_size(layout),
-                                segments=tensor_sizes(layout), record=record, parallel=threaded)
+            out = agg.aggregate(
+                spec,
+                contributions,
+                expected_size=layout_size(layout),
+                segments=tensor_sizes(layout),
+                record=record,
+                parallel=threaded,
+            )
             step = out.delta
             if spec.probation:
                 strikes[r] = agg.strike_points(out.rejected, spec.probation)
@@ -142,18 +178,33 @@ def table_run(scenario: Any, pool: ProcessPoolExecutor, test: Any, poison: str, 
         new = unflatten(np.add(base_vec, step, dtype=np.float32), layout)
         previous = {k: (new[k] - weights[k]).astype(np.float32) for k in new}
         weights = new
-        loss, acc = evaluate(scenario.model.name, weights, test, model_kwargs=scenario.model.kwargs, num_threads=1)
+        loss, acc = evaluate(
+            scenario.model.name, weights, test, model_kwargs=scenario.model.kwargs, num_threads=1
+        )
         history.append(acc)
     slots = scenario.rounds * len(plan.poisoners)
     honest_slots = scenario.rounds * (len(present) - len(plan.poisoners))
-    return {"attack": poison, "rule": rule, "rule_name": spec.name, "seed": scenario.seed,
-            "accuracy": float(np.mean(history[-FINAL_WINDOW:])), "history": history,
-            "poisoners": list(plan.poisoners), "rejected_poisoner_share": rejected_poisoners / slots if slots else None,
-            "rejected_honest_share": rejected_honest / honest_slots, "seconds": time.perf_counter() - started}
+    return {
+        "attack": poison,
+        "rule": rule,
+        "rule_name": spec.name,
+        "seed": scenario.seed,
+        "accuracy": float(np.mean(history[-FINAL_WINDOW:])),
+        "history": history,
+        "poisoners": list(plan.poisoners),
+        "rejected_poisoner_share": rejected_poisoners / slots if slots else None,
+        "rejected_honest_share": rejected_honest / honest_slots,
+        "seconds": time.perf_counter() - started,
+    }
 
 
-def run_table(scenario: Any, out: Path, say: Any, rules: list[str] | None = None,
-              seeds: tuple[int, ...] = TABLE_SEEDS) -> list[dict[str, Any]]:
+def run_table(
+    scenario: Any,
+    out: Path,
+    say: Any,
+    rules: list[str] | None = None,
+    seeds: tuple[int, ...] = TABLE_SEEDS,
+) -> list[dict[str, Any]]:
     """Every (attack, rule) cell for every seed; with `rules`, only those columns are
     re-run and the other cells are kept from `out`. Ends by printing the default
     pipeline's gaps (`summarize_default`)."""
@@ -165,16 +216,27 @@ def run_table(scenario: Any, out: Path, say: Any, rules: list[str] | None = None
     for seed in seeds:
         seeded = replace(scenario, seed=seed)
         _, test, _ = load_data(replace(seeded, attacks={}))
-        with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn"),
-                                 initializer=_init_campaign_worker, initargs=(seeded,)) as pool:
+        with ProcessPoolExecutor(
+            2,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_init_campaign_worker,
+            initargs=(seeded,),
+        ) as pool:
             for poison in TABLE_ROWS:
                 for rule in rules or RULES:
                     cell = table_run(seeded, pool, test, poison, rule)
-                    say(f"table seed {seed} {poison:10s} x {rule:12s}: accuracy {cell['accuracy']:.4f} "
-                        f"({cell['seconds']:.0f} s)")
+                    say(
+                        f"table seed {seed} {poison:10s} x {rule:12s}: accuracy "
+                        f"{cell['accuracy']:.4f} "
+                        f"({cell['seconds']:.0f} s)"
+                    )
                     cells.append(cell)
-                    out.write_text(json.dumps({"scenario": scenario.to_dict(), "seeds": list(seeds),
-                                               "cells": cells}, indent=1))
+                    out.write_text(
+                        json.dumps(
+                            {"scenario": scenario.to_dict(), "seeds": list(seeds), "cells": cells},
+                            indent=1,
+                        )
+                    )
     summarize_default(cells, say)
     return cells
 
@@ -187,7 +249,10 @@ def summarize_default(cells: list[dict[str, Any]], say: Any) -> None:
     for attack in TABLE_ROWS:
         if attack in mean and clean is not None:
             beyond = "" if floor is None else f", vs floor {100 * (mean[attack] - floor):+.1f}"
-            say(f"default {attack:10s}: {100 * mean[attack]:.1f}% (vs clean {100 * (mean[attack] - clean):+.1f}{beyond} points)")
+            say(
+                f"default {attack:10s}: {100 * mean[attack]:.1f}% (vs clean "
+                f"{100 * (mean[attack] - clean):+.1f}{beyond} points)"
+            )
 
 
 # ---------------------------------------------------------------- full-stack runs
@@ -215,14 +280,23 @@ def stack_run(scenario: Any, runs_root: Path) -> dict[str, Any]:
     run_dir = run_scenario(scenario, runs_root, quiet=True)
     summary = json.loads((run_dir / "summary.json").read_text())
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return {"run_dir": str(run_dir), "summary": summary, "walls": [r["wall_s"] for r in records],
-            "accuracies": [r["accuracy"] for r in records]}
+    return {
+        "run_dir": str(run_dir),
+        "summary": summary,
+        "walls": [r["wall_s"] for r in records],
+        "accuracies": [r["accuracy"] for r in records],
+    }
 
 
-def run_stack(scenario: Any, out: Path, say: Any, which: str, only: list[str] | None = None) -> dict[str, Any]:
+def run_stack(
+    scenario: Any, out: Path, say: Any, which: str, only: list[str] | None = None
+) -> dict[str, Any]:
     results: dict[str, Any] = json.loads(out.read_text()) if out.exists() else {}
     if which == "stack":
-        jobs = {p: {"attacks": {"poison": p, "fraction": ATTACK_FRACTION} if p != "none" else {}} for p in ATTACK_ROWS}
+        jobs = {
+            p: {"attacks": {"poison": p, "fraction": ATTACK_FRACTION} if p != "none" else {}}
+            for p in ATTACK_ROWS
+        }
     else:
         jobs = PROTOCOL_RUNS
     for name, overrides in jobs.items():
@@ -238,10 +312,17 @@ def run_stack(scenario: Any, out: Path, say: Any, which: str, only: list[str] | 
         res["overrides"] = overrides
         results[name] = res
         sm = res["summary"]
-        say(f"{which} {name}: rounds {sm['rounds_committed']}/{sm['rounds_planned']} accuracy {sm['final_accuracy']:.4f} "
-            f"wall {time.perf_counter() - started:.0f} s violations {len(sm.get('robustness', {}).get('violations', []))}")
+        say(
+            f"{which} {name}: rounds {sm['rounds_committed']}/{sm['rounds_planned']} accuracy "
+            f"{sm['final_accuracy']:.4f} "
+            f"wall {time.perf_counter() - started:.0f} s violations "
+            f"{len(sm.get('robustness', {}).get('violations', []))}"
+        )
         # In the campaign's order whatever was re-run, so the tables keep their row order.
-        results = {k: results[k] for k in sorted(results, key=lambda k: list(jobs).index(k) if k in jobs else len(jobs))}
+        results = {
+            k: results[k]
+            for k in sorted(results, key=lambda k: list(jobs).index(k) if k in jobs else len(jobs))
+        }
         out.write_text(json.dumps(results, indent=1))
     return results
 
@@ -311,8 +392,13 @@ def _mean_cells(raw: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, An
     out = {}
     for key, cs in groups.items():
         mean = lambda k: None if cs[0][k] is None else float(np.mean([c[k] for c in cs]))  # noqa: E731
-        out[key] = {**cs[0], "accuracy": mean("accuracy"), "rejected_poisoner_share": mean("rejected_poisoner_share"),
-                    "rejected_honest_share": mean("rejected_honest_share"), "n_seeds": len(cs)}
+        out[key] = {
+            **cs[0],
+            "accuracy": mean("accuracy"),
+            "rejected_poisoner_share": mean("rejected_poisoner_share"),
+            "rejected_honest_share": mean("rejected_honest_share"),
+            "n_seeds": len(cs),
+        }
     return out
 
 
@@ -332,94 +418,171 @@ def _kept_sections(previous: str | None) -> tuple[str, str]:
     if not previous or FINDINGS_HEADING not in previous or BASE_HEADING not in previous:
         return NOTES, ""
     a = previous.index(FINDINGS_HEADING)
-    findings = previous[a:previous.index(BASE_HEADING, a)].rstrip()
+    findings = previous[a : previous.index(BASE_HEADING, a)].rstrip()
     tail = ""
     if PROTOCOL_HEADING in previous:
-        rest = previous[previous.index(PROTOCOL_HEADING) + len(PROTOCOL_HEADING):]
+        rest = previous[previous.index(PROTOCOL_HEADING) + len(PROTOCOL_HEADING) :]
         starts = [i for i in (rest.find("\n### "), rest.find("\n## ")) if i >= 0]
         if starts:
-            tail = rest[min(starts) + 1:].rstrip()
+            tail = rest[min(starts) + 1 :].rstrip()
     return findings, tail
 
 
-def render(scenario_text: str, table: dict[str, Any] | None, stack: dict[str, Any] | None,
-           protocol: dict[str, Any] | None, commands: list[str], previous: str | None = None) -> str:
+def render(
+    scenario_text: str,
+    table: dict[str, Any] | None,
+    stack: dict[str, Any] | None,
+    protocol: dict[str, Any] | None,
+    commands: list[str],
+    previous: str | None = None,
+) -> str:
     findings, tail = _kept_sections(previous)
-    lines = ["# Robustness: attacks, faults and what holds", "",
-             "Generated by `python -m sim.robustness` (`sim/robustness.py`); the raw results are the JSON files",
-             "under `runs/robustness/`. Re-render without re-running: `python -m sim.robustness --only report`",
-             "(it keeps the Findings and the hand-written sections after the protocol table).", "",
-             "Commands run for this file:", "", "```", *commands, "```", "",
-             findings, "",
-             "Base scenario of the table (`sim/scenarios/attack_base.toml`; the full-stack runs use "
-             "`sim/scenarios/attack_stack.toml`, 10 nodes on non-IID digits, 5 rounds):", "",
-             "```toml", scenario_text.strip(), "```", ""]
+    lines = [
+        "# Robustness: attacks, faults and what holds",
+        "",
+        "Generated by `python -m sim.robustness` (`sim/robustness.py`); the raw results are the "
+        "JSON files",
+        "under `runs/robustness/`. Re-render without re-running: `python -m sim.robustness --only "
+        "report`",
+        "(it keeps the Findings and the hand-written sections after the protocol table).",
+        "",
+        "Commands run for this file:",
+        "",
+        "```",
+        *commands,
+        "```",
+        "",
+        findings,
+        "",
+        "Base scenario of the table (`sim/scenarios/attack_base.toml`; the full-stack runs use "
+        "`sim/scenarios/attack_stack.toml`, 10 nodes on non-IID digits, 5 rounds):",
+        "",
+        "```toml",
+        scenario_text.strip(),
+        "```",
+        "",
+    ]
     if table:
         cells = _mean_cells(table["cells"])
         rules = list(RULES)
-        lines += ["## Attack x rule (aggregation level)", "",
-                  f"Final test accuracy (%, mean of the last {FINAL_WINDOW} rounds of {table['scenario']['rounds']}, "
-                  f"averaged over seeds {table.get('seeds')}), 30% attackers "
-                  f"({max(len(c['poisoners']) for c in table['cells'])} of {table['scenario']['nodes']} nodes, seeded choice). "
-                  "Same partitions, model, seeds and `p2pfl.core.aggregate` as the committees; no network or chain "
-                  "(those are exercised by the full-stack runs below). Rules: " +
-                  ", ".join(f"`{r}` = `{next((c['rule_name'] for c in table['cells'] if c['rule'] == r), r)}`" for r in rules) + ".", "",
-                  "| attack | " + " | ".join(rules) + " | default − clean (points) | default − floor (points) |",
-                  "|---|" + "---|" * (len(rules) + 2)]
+        lines += [
+            "## Attack x rule (aggregation level)",
+            "",
+            f"Final test accuracy (%, mean of the last {FINAL_WINDOW} rounds of "
+            f"{table['scenario']['rounds']}, "
+            f"averaged over seeds {table.get('seeds')}), 30% attackers "
+            f"({max(len(c['poisoners']) for c in table['cells'])} of {table['scenario']['nodes']} "
+            "nodes, seeded choice). "
+            "Same partitions, model, seeds and `p2pfl.core.aggregate` as the committees; no "
+            "network or chain "
+            "(those are exercised by the full-stack runs below). Rules: "
+            + ", ".join(
+                f"`{r}` = `{next((c['rule_name'] for c in table['cells'] if c['rule'] == r), r)}`"
+                for r in rules
+            )
+            + ".",
+            "",
+            "| attack | "
+            + " | ".join(rules)
+            + " | default − clean (points) | default − floor (points) |",
+            "|---|" + "---|" * (len(rules) + 2),
+        ]
         clean_default = cells.get(("none", "default"), {}).get("accuracy")
         floor_default = cells.get((ABSENT, "default"), {}).get("accuracy")
         labels = {"none": "clean (no attack)", ABSENT: "floor: attackers absent"}
         for attack in TABLE_ROWS:
-            row = [_fmt_acc(cells[(attack, r)]["accuracy"]) if (attack, r) in cells else "—" for r in rules]
+            row = [
+                _fmt_acc(cells[(attack, r)]["accuracy"]) if (attack, r) in cells else "—"
+                for r in rules
+            ]
             d = cells.get((attack, "default"), {}).get("accuracy")
-            gaps = ["—" if d is None or ref is None else f"{100 * (d - ref):+.1f}" for ref in (clean_default, floor_default)]
-            lines.append(f"| {labels.get(attack, attack)} | " + " | ".join(row) + f" | {gaps[0]} | {gaps[1]} |")
-        lines += ["", "Share of the attackers' updates the rule rejected (default pipeline / Multi-Krum), "
-                  "and honest updates rejected:", "",
-                  "| attack | default: attackers rejected | default: honest rejected | multikrum: attackers rejected | multikrum: honest rejected |",
-                  "|---|---|---|---|---|"]
+            gaps = [
+                "—" if d is None or ref is None else f"{100 * (d - ref):+.1f}"
+                for ref in (clean_default, floor_default)
+            ]
+            lines.append(
+                f"| {labels.get(attack, attack)} | "
+                + " | ".join(row)
+                + f" | {gaps[0]} | {gaps[1]} |"
+            )
+        lines += [
+            "",
+            "Share of the attackers' updates the rule rejected (default pipeline / Multi-Krum), "
+            "and honest updates rejected:",
+            "",
+            "| attack | default: attackers rejected | default: honest rejected | multikrum: "
+            "attackers rejected | multikrum: honest rejected |",
+            "|---|---|---|---|---|",
+        ]
         for attack in TABLE_ROWS:
             d, m = cells.get((attack, "default")), cells.get((attack, "multikrum"))
             if d is None or m is None:
                 continue
-            f = lambda x: "—" if x is None else f"{100 * x:.0f}%"
-            lines.append(f"| {attack} | {f(d['rejected_poisoner_share'])} | {f(d['rejected_honest_share'])} | "
-                         f"{f(m['rejected_poisoner_share'])} | {f(m['rejected_honest_share'])} |")
+
+            def f(x: float | None) -> str:
+                return "—" if x is None else f"{100 * x:.0f}%"
+
+            lines.append(
+                f"| {attack} | {f(d['rejected_poisoner_share'])} | "
+                f"{f(d['rejected_honest_share'])} | "
+                f"{f(m['rejected_poisoner_share'])} | {f(m['rejected_honest_share'])} |"
+            )
         lines.append("")
     if stack:
-        lines += ["## Default pipeline under poisoning, full simulation", "",
-                  "Real libp2p hosts, embedded chain, sortition committees, commits; 30% poisoners.", "",
-                  "| attack | rounds committed | final accuracy (%) | vs clean (points) | poisoner updates included (sum over rounds) | violations |",
-                  "|---|---|---|---|---|---|"]
+        lines += [
+            "## Default pipeline under poisoning, full simulation",
+            "",
+            "Real libp2p hosts, embedded chain, sortition committees, commits; 30% poisoners.",
+            "",
+            "| attack | rounds committed | final accuracy (%) | vs clean (points) | poisoner "
+            "updates included (sum over rounds) | violations |",
+            "|---|---|---|---|---|---|",
+        ]
         clean = stack.get("none", {}).get("summary", {}).get("final_accuracy")
         for name, res in stack.items():
             sm = res["summary"]
             rob = sm.get("robustness", {})
             inc = sum(len(r.get("poisoners_included") or []) for r in rob.get("rounds", []))
             gap = "—" if clean is None else f"{100 * (sm['final_accuracy'] - clean):+.1f}"
-            lines.append(f"| {name if name != 'none' else 'clean'} | {sm['rounds_committed']}/{sm['rounds_planned']} | "
-                         f"{_fmt_acc(sm['final_accuracy'])} | {gap} | {inc if rob else '—'} | {len(rob.get('violations', [])) if rob else '—'} |")
+            lines.append(
+                f"| {name if name != 'none' else 'clean'} | "
+                f"{sm['rounds_committed']}/{sm['rounds_planned']} | "
+                f"{_fmt_acc(sm['final_accuracy'])} | {gap} | {inc if rob else '—'} | "
+                f"{len(rob.get('violations', [])) if rob else '—'} |"
+            )
         lines.append("")
     if protocol:
-        lines += ["## Protocol attacks and faults, full simulation", "",
-                  "| run | rounds committed | final accuracy (%) | round walls (s) | (attempt, view) of each commit | notes |",
-                  "|---|---|---|---|---|---|"]
+        lines += [
+            "## Protocol attacks and faults, full simulation",
+            "",
+            "| run | rounds committed | final accuracy (%) | round walls (s) | (attempt, view) of "
+            "each commit | notes |",
+            "|---|---|---|---|---|---|",
+        ]
         clean_walls = protocol.get("clean", {}).get("walls")
         for name, res in protocol.items():
             sm = res["summary"]
             rob = sm.get("robustness", {})
-            av = " ".join(f"({r['attempt']},{r['view']})" for r in rob.get("rounds", [])) or "(0,0) all"
+            av = (
+                " ".join(f"({r['attempt']},{r['view']})" for r in rob.get("rounds", []))
+                or "(0,0) all"
+            )
             notes = _notes(rob, sm, res, clean_walls)
             walls = " ".join(f"{w:.1f}" for w in res["walls"])
-            lines.append(f"| {name} | {sm['rounds_committed']}/{sm['rounds_planned']} | {_fmt_acc(sm['final_accuracy'])} | "
-                         f"{walls} | {av} | {notes} |")
+            lines.append(
+                f"| {name} | {sm['rounds_committed']}/{sm['rounds_planned']} | "
+                f"{_fmt_acc(sm['final_accuracy'])} | "
+                f"{walls} | {av} | {notes} |"
+            )
         lines.append("")
     if tail:
         lines += [tail, ""]
     return "\n".join(lines) + "\n"
 
 
-def _notes(rob: dict[str, Any], sm: dict[str, Any], res: dict[str, Any], clean_walls: list[float] | None) -> str:
+def _notes(
+    rob: dict[str, Any], sm: dict[str, Any], res: dict[str, Any], clean_walls: list[float] | None
+) -> str:
     out = []
     if rob.get("violations"):
         out.append(f"VIOLATIONS: {rob['violations']}")
@@ -427,13 +590,18 @@ def _notes(rob: dict[str, Any], sm: dict[str, Any], res: dict[str, Any], clean_w
         out.append("no unregistered/equivocating author included")
     if rob.get("equivocated_rounds"):
         slashed = rob["slashes"]
-        stakes = ", ".join("%g->%g ETH" % (v["before_wei"] / 1e18, v["after_wei"] / 1e18)
-                           for v in rob["attacker_stakes"].values())
+        stakes = ", ".join(
+            "%g->%g ETH" % (v["before_wei"] / 1e18, v["after_wei"] / 1e18)
+            for v in rob["attacker_stakes"].values()
+        )
         proved = sorted({p["round"] for p in rob["equivocation_proofs"]})
         reward = sum(s["reporter_reward_wei"] for s in slashed) / 1e18
-        out.append(f"equivocated in rounds {rob['equivocated_rounds']}, proofs on-chain for rounds {proved}, "
-                   f"late {len(rob['equivocation_slashed_late'])}; stake {stakes}; "
-                   f"reporters rewarded {reward:g} ETH in {len(slashed)} slash(es)")
+        out.append(
+            f"equivocated in rounds {rob['equivocated_rounds']}, proofs on-chain for rounds "
+            f"{proved}, "
+            f"late {len(rob['equivocation_slashed_late'])}; stake {stakes}; "
+            f"reporters rewarded {reward:g} ETH in {len(slashed)} slash(es)"
+        )
     log = rob.get("attack_log", {})
     for key in ("lies", "withheld", "silenced", "censored", "replayed", "spam_sent", "sybil_sent"):
         if log.get(key):
@@ -443,7 +611,10 @@ def _notes(rob: dict[str, Any], sm: dict[str, Any], res: dict[str, Any], clean_w
     if rob.get("killed"):
         out.append(f"killed nodes {rob['killed']}")
     if rob.get("leader_killed") is not None:
-        out.append(f"leader {rob['leader_killed']} killed after its round-{rob['leader_kill_round']} proposal")
+        out.append(
+            f"leader {rob['leader_killed']} killed after its round-{rob['leader_kill_round']} "
+            "proposal"
+        )
     if rob.get("partition"):
         out.append(f"partition {rob['partition'][0]} / {rob['partition'][1]}")
     if rob.get("strike_histories_agree") is False:
@@ -455,11 +626,17 @@ def _notes(rob: dict[str, Any], sm: dict[str, Any], res: dict[str, Any], clean_w
         spec = RuleSpec.default().probation
         assert spec is not None, "the default pipeline has a probation rule"
         history = {int(r): pts for r, pts in rob["strikes"].items()}
-        on = {r["round"]: sorted(spec.on_probation(spec.record(r["round"], history)), key=str)
-              for r in rob.get("rounds", [])}
+        on = {
+            r["round"]: sorted(spec.on_probation(spec.record(r["round"], history)), key=str)
+            for r in rob.get("rounds", [])
+        }
         if any(on.values()):
-            out.append("on probation: " + ", ".join(f"round {r} [{', '.join(map(str, nodes))}]"
-                                                   for r, nodes in on.items() if nodes))
+            out.append(
+                "on probation: "
+                + ", ".join(
+                    f"round {r} [{', '.join(map(str, nodes))}]" for r, nodes in on.items() if nodes
+                )
+            )
     if clean_walls and res["walls"] and res["walls"] != clean_walls:
         # Rounds 1-2 carry start-up skew that depends on the machine's load at the time;
         # compare from round 3 on (the clean run's steady state).
@@ -468,23 +645,39 @@ def _notes(rob: dict[str, Any], sm: dict[str, Any], res: dict[str, Any], clean_w
             lost = sum(res["walls"][STEADY_FROM:n]) - sum(clean_walls[STEADY_FROM:n])
             out.append(f"time lost vs clean in rounds {STEADY_FROM + 1}-{n}: {lost:+.1f} s")
     c = sm.get("counters", {})
-    interesting = {k: v for k, v in c.items() if any(s in k for s in ("reject", "equivoc", "evidence", "mismatch", "decode"))}
+    interesting = {
+        k: v
+        for k, v in c.items()
+        if any(s in k for s in ("reject", "equivoc", "evidence", "mismatch", "decode"))
+    }
     if interesting:
         out.append("counters " + ", ".join(f"{k} {v}" for k, v in sorted(interesting.items())))
     return "; ".join(out).replace("|", "/")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m sim.robustness", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m sim.robustness", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--only", choices=["table", "stack", "protocol", "report"], action="append")
     parser.add_argument("--scenario", default=str(BASE_SCENARIO))
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    parser.add_argument("--run", action="append", help="only the full-stack runs whose name contains this")
-    parser.add_argument("--rule", action="append", choices=list(RULES),
-                        help="table: re-run only this rule's column, keep the other cells")
-    parser.add_argument("--seeds", type=int, nargs="+",
-                        help=f"table: these seeds instead of {list(TABLE_SEEDS)}; results go to "
-                             "runs/robustness/table-seeds-<seeds>.json, not into the report")
+    parser.add_argument(
+        "--run", action="append", help="only the full-stack runs whose name contains this"
+    )
+    parser.add_argument(
+        "--rule",
+        action="append",
+        choices=list(RULES),
+        help="table: re-run only this rule's column, keep the other cells",
+    )
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        help=f"table: these seeds instead of {list(TABLE_SEEDS)}; results go to "
+        "runs/robustness/table-seeds-<seeds>.json, not into the report",
+    )
     args = parser.parse_args(argv)
     import tomllib
 
@@ -492,7 +685,9 @@ def main(argv: list[str] | None = None) -> int:
     from sim.scenario import load_scenario
 
     setup_logging()
-    overrides = {k: tomllib.loads(f"v = {v}")["v"] for k, _, v in (s.partition("=") for s in args.set)}
+    overrides = {
+        k: tomllib.loads(f"v = {v}")["v"] for k, _, v in (s.partition("=") for s in args.set)
+    }
     scenario = load_scenario(args.scenario, overrides)
     parts = args.only or ["table", "stack", "protocol"]
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
@@ -516,8 +711,16 @@ def main(argv: list[str] | None = None) -> int:
     commands = commands_file.read_text().splitlines() if commands_file.exists() else []
     previous = REPORT_PATH.read_text() if REPORT_PATH.exists() else None
     # The scenario shown is the table's base, whatever --scenario the protocol runs used.
-    REPORT_PATH.write_text(render(BASE_SCENARIO.read_text(), load("table"), load("stack"), load("protocol"),
-                                  commands, previous))
+    REPORT_PATH.write_text(
+        render(
+            BASE_SCENARIO.read_text(),
+            load("table"),
+            load("stack"),
+            load("protocol"),
+            commands,
+            previous,
+        )
+    )
     say(str(REPORT_PATH))
     return 0
 

@@ -25,14 +25,21 @@ from p2pfl.chain.devnet import DEFAULT_GAS_FUNDS, ETHER, DevNet
 from p2pfl.chain.providers import embedded_web3, fund
 from p2pfl.core.cid import CID, blob_cid
 from p2pfl.core.identity import NodeIdentity, peer_id_bytes_from_public
-from p2pfl.core.tensors import encode_tensors
 from p2pfl.errors import ConfigError
 from p2pfl.manifest import TaskManifest
 from p2pfl.node import Node
+from sim.attacks import (
+    AttackLog,
+    RoundBoard,
+    behaviour_for,
+    hostile_net,
+    make_plan,
+    run_background,
+    wrap_trainer,
+)
 from sim.audit import audit_run
-from sim.attacks import AttackLog, RoundBoard, behaviour_for, hostile_net, make_plan, run_background, wrap_trainer
-from sim.faults import FaultLog, FaultSpec, Killer, LeaderKillNet, hold_host, inject
 from sim.data import load_data, train_dict
+from sim.faults import FaultLog, FaultSpec, Killer, LeaderKillNet, hold_host, inject
 from sim.prologue import begin
 from sim.report import RunWriter, round_records, write_report
 from sim.scenario import Scenario
@@ -61,7 +68,13 @@ async def _run(scenario: Scenario, runs_root: Path, quiet: bool) -> Path:
     from p2pfl.net.config import NetConfig
 
     start = begin(scenario, runs_root, quiet, f"{scenario.nodes} nodes")
-    say, run_dir, wall_start, test, partitions = start.say, start.run_dir, start.wall_start, start.test, start.partitions
+    say, run_dir, wall_start, test, partitions = (
+        start.say,
+        start.run_dir,
+        start.wall_start,
+        start.test,
+        start.partitions,
+    )
     genesis, genesis_blob = start.genesis, start.genesis_blob
 
     # Chain: embedded eth-tester, contracts deployed, every node funded and registered
@@ -76,8 +89,12 @@ async def _run(scenario: Scenario, runs_root: Path, quiet: bool) -> Path:
     # CPU_SLOTS worker processes (torch's per-batch Python work would otherwise fight the
     # event loop for the GIL); aggregation stays in threads (numpy releases the GIL).
     cpu = trio.CapacityLimiter(CPU_SLOTS)
-    pool = ProcessPoolExecutor(CPU_SLOTS, mp_context=multiprocessing.get_context("spawn"),
-                               initializer=_init_worker, initargs=(scenario,))
+    pool = ProcessPoolExecutor(
+        CPU_SLOTS,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_init_worker,
+        initargs=(scenario,),
+    )
     tmp = tempfile.TemporaryDirectory(prefix="p2pfl-sim-")
     started = time.perf_counter()
     nodes: list[Node] = []
@@ -85,7 +102,9 @@ async def _run(scenario: Scenario, runs_root: Path, quiet: bool) -> Path:
     plan = make_plan(scenario.attacks, scenario.nodes, scenario.seed)
     fault_spec = FaultSpec.from_dict(scenario.faults)
     if fault_spec.rpc_outage_round:
-        raise ConfigError("faults.rpc_outage_round stops the chain's RPC node: run it with --processes (anvil)")
+        raise ConfigError(
+            "faults.rpc_outage_round stops the chain's RPC node: run it with --processes (anvil)"
+        )
     attack_log, fault_log = AttackLog.empty(), FaultLog.empty()
     host_stops = [trio.Event() for _ in identities]
     killer = Killer(host_stops, fault_log)
@@ -106,8 +125,12 @@ async def _run(scenario: Scenario, runs_root: Path, quiet: bool) -> Path:
             # seed: a connected overlay of degree ~2 x BOOTSTRAP_PEERS, like a real network.
             earlier = [j for j in rng.permutation(i).tolist() if j != 0][: BOOTSTRAP_PEERS - 1]
             bootstrap = tuple(nets[j].listen_addrs[0] for j in ([0] + earlier if i else []))
-            cfg = NetConfig(data_dir=Path(tmp.name) / f"node{i}", bootstrap=bootstrap, dht=False,
-                            sync_interval_s=_sync_interval_s(scenario.nodes))
+            cfg = NetConfig(
+                data_dir=Path(tmp.name) / f"node{i}",
+                bootstrap=bootstrap,
+                dht=False,
+                sync_interval_s=_sync_interval_s(scenario.nodes),
+            )
             nets.append(await hosts.start(hold_host, cfg, ident.private_key, host_stops[i]))
         nets[0].put_blob(genesis_blob)  # the task creator holds the genesis model
         # Start the training workers now (torch import) so round 1 measures training only.
@@ -120,15 +143,29 @@ async def _run(scenario: Scenario, runs_root: Path, quiet: bool) -> Path:
             trainer = _pool_trainer(pool, scenario, i)
             if plan.spec.active:
                 trainer = wrap_trainer(plan, i, trainer, board, len(partitions[i]))
-            node_net = hostile_net(plan, i, net, ident, client_for_node.domain(), identities, attack_log)
+            node_net = hostile_net(
+                plan, i, net, ident, client_for_node.domain(), identities, attack_log
+            )
             if fault_spec.kill_leader_round:
                 node_net = LeaderKillNet(node_net, i, fault_spec.kill_leader_round, killer)
-            node = Node(ident, manifest, client_for_node, node_net, partitions[i], Path(tmp.name) / f"state{i}",
-                        client_index=i, cpu_limiter=cpu, trainer=trainer, follow_poll_s=0.2,
-                        behaviour=behaviour_for(plan, scenario.seed, i))
+            node = Node(
+                ident,
+                manifest,
+                client_for_node,
+                node_net,
+                partitions[i],
+                Path(tmp.name) / f"state{i}",
+                client_index=i,
+                cpu_limiter=cpu,
+                trainer=trainer,
+                follow_poll_s=0.2,
+                behaviour=behaviour_for(plan, scenario.seed, i),
+            )
             nodes.append(node)
         killer.nodes = nodes
-        stakes_before = {ident.address: devnet.admin.node_info(ident.address).stake for ident in identities}
+        stakes_before = {
+            ident.address: devnet.admin.node_info(ident.address).stake for ident in identities
+        }
         deadline = MAX_SECONDS_PER_ROUND * scenario.rounds
         with trio.move_on_after(deadline) as scope:
             async with trio.open_nursery() as nursery:
@@ -138,43 +175,69 @@ async def _run(scenario: Scenario, runs_root: Path, quiet: bool) -> Path:
                 if fault_spec.active:
                     nursery.start_soon(inject, fault_spec, killer, nets, scenario.seed, say)
                 if plan.spec.sybils or plan.roles["spammers"]:
-                    nursery.start_soon(run_background, plan, nodes, nets, Path(tmp.name), scenario.seed, attack_log)
+                    nursery.start_soon(
+                        run_background, plan, nodes, nets, Path(tmp.name), scenario.seed, attack_log
+                    )
         timed_out = scope.cancelled_caught
     pool.shutdown(cancel_futures=True)
     wall_s = time.perf_counter() - started
 
     # Collect what happened, round by round, from the chain and every node's log.
     info = devnet.admin.task_info(manifest.task_id)
-    commits = {e.round: e for e in devnet.admin.commits(dep.block, devnet.admin.block_number(), manifest.task_id)}
-    records = round_records(scenario, [n.rounds for n in nodes], commits, [n.net.store for n in nodes], test)
+    commits = {
+        e.round: e
+        for e in devnet.admin.commits(dep.block, devnet.admin.block_number(), manifest.task_id)
+    }
+    records = round_records(
+        scenario, [n.rounds for n in nodes], commits, [n.net.store for n in nodes], test
+    )
     for record in records:
         writer.round(record)
-        say(f"round {record['round']}: accuracy {record['accuracy']:.4f} loss {record['loss']:.4f} "
+        say(
+            f"round {record['round']}: accuracy {record['accuracy']:.4f} loss {record['loss']:.4f} "
             f"wall {record['wall_s']:.1f} s committee {len(record['committee'])} "
-            f"included {len(record['included'])} tx {record['commit_tx'][:12]}")
+            f"included {len(record['included'])} tx {record['commit_tx'][:12]}"
+        )
     writer.close()
 
     ref_records = reference_curve(scenario, genesis, partitions, test, say)
-    summary = summarise(scenario, records, ref_records, info, wall_start, wall_s, timed_out, _merged_counters(nodes))
+    summary = summarise(
+        scenario, records, ref_records, info, wall_start, wall_s, timed_out, _merged_counters(nodes)
+    )
     if plan.spec.active or fault_spec.active:
-        summary["robustness"] = audit_run(plan, fault_log, attack_log, nodes, identities, devnet, manifest,
-                                          commits, stakes_before)
+        summary["robustness"] = audit_run(
+            plan, fault_log, attack_log, nodes, identities, devnet, manifest, commits, stakes_before
+        )
     write_report(run_dir, scenario.to_dict(), records, ref_records, summary)
     print_summary(summary, run_dir, say)
     tmp.cleanup()
     return run_dir
 
 
-def reference_curve(scenario: Scenario, genesis: Any, partitions: list[Any], test: Any, say: Any) -> list[dict[str, Any]]:
+def reference_curve(
+    scenario: Scenario, genesis: Any, partitions: list[Any], test: Any, say: Any
+) -> list[dict[str, Any]]:
     """The centralised FedAvg reference on the run's model, seeds and partitions (no network)."""
     from p2pfl.train.reference import reference_fedavg
     from p2pfl.train.trainer import TrainConfig
 
     say("centralised FedAvg reference (same model, seeds, partitions; no network)...")
     cfg = TrainConfig.from_dict({**train_dict(scenario), "seed": scenario.seed})
-    reference = reference_fedavg(scenario.model.name, scenario.model.kwargs, genesis, partitions, test,
-                                 scenario.rounds, cfg, scenario.seed, num_threads=1)
-    return [{"round": m.round, "accuracy": m.accuracy, "loss": m.loss, "compute_s": m.compute_s} for m in reference]
+    reference = reference_fedavg(
+        scenario.model.name,
+        scenario.model.kwargs,
+        genesis,
+        partitions,
+        test,
+        scenario.rounds,
+        cfg,
+        scenario.seed,
+        num_threads=1,
+    )
+    return [
+        {"round": m.round, "accuracy": m.accuracy, "loss": m.loss, "compute_s": m.compute_s}
+        for m in reference
+    ]
 
 
 def summarise(
@@ -196,8 +259,12 @@ def summarise(
         "rounds_planned": scenario.rounds,
         "rounds_committed": info.last_round,
         "final_accuracy": records[-1]["accuracy"] if records else math.nan,
-        "reference_accuracy": reference[min(len(records), len(reference) - 1)]["accuracy"] if records else math.nan,
-        "overhead_ratio": (sum(our_walls) / sum(ref_compute[: len(our_walls)])) if our_walls else math.nan,
+        "reference_accuracy": reference[min(len(records), len(reference) - 1)]["accuracy"]
+        if records
+        else math.nan,
+        "overhead_ratio": (sum(our_walls) / sum(ref_compute[: len(our_walls)]))
+        if our_walls
+        else math.nan,
         "wall_s": time.perf_counter() - wall_start,
         "rounds_wall_s": rounds_wall_s,
         "timed_out": timed_out,
@@ -206,14 +273,27 @@ def summarise(
         "chain_final_digest": "0x" + info.last_result.hex(),
         "counters": counters,
     }
-    summary["accuracy_gap_points"] = 100 * (summary["reference_accuracy"] - summary["final_accuracy"])
+    summary["accuracy_gap_points"] = 100 * (
+        summary["reference_accuracy"] - summary["final_accuracy"]
+    )
     return summary
 
 
 def print_summary(summary: dict[str, Any], run_dir: Path, say: Any) -> None:
     """The headline figures, then the run folder last."""
-    for key in ("rounds_committed", "rounds_planned", "final_accuracy", "reference_accuracy", "overhead_ratio", "wall_s"):
-        say(f"{key}: {summary[key]:.4g}" if isinstance(summary[key], float) else f"{key}: {summary[key]}")
+    for key in (
+        "rounds_committed",
+        "rounds_planned",
+        "final_accuracy",
+        "reference_accuracy",
+        "overhead_ratio",
+        "wall_s",
+    ):
+        say(
+            f"{key}: {summary[key]:.4g}"
+            if isinstance(summary[key], float)
+            else f"{key}: {summary[key]}"
+        )
     say(str(run_dir))
 
 
@@ -227,7 +307,10 @@ async def _progress(nodes: list[Node], rounds: int, say: Any) -> None:
     last_change = time.perf_counter()
     while not all(n.finished.is_set() for n in nodes):
         await trio.sleep(0.5)
-        committed = max(n.machine.round if n.machine.phase.value == "advanced" else n.machine.round - 1 for n in nodes)
+        committed = max(
+            n.machine.round if n.machine.phase.value == "advanced" else n.machine.round - 1
+            for n in nodes
+        )
         if committed > seen:
             seen = committed
             last_change = time.perf_counter()
@@ -236,8 +319,11 @@ async def _progress(nodes: list[Node], rounds: int, say: Any) -> None:
             last_change = time.perf_counter()
             for i, n in enumerate(nodes):
                 m = n.machine
-                say(f"  node {i}: round {m.round} phase {m.phase.value} attempt {m.attempt} view {m.view} "
-                    f"member {m.is_member} counters {dict(m.counters)} node {n.counters}")
+                say(
+                    f"  node {i}: round {m.round} phase {m.phase.value} attempt {m.attempt} view "
+                    f"{m.view} "
+                    f"member {m.is_member} counters {dict(m.counters)} node {n.counters}"
+                )
 
 
 def _sync_interval_s(nodes: int) -> float:
@@ -262,17 +348,30 @@ def _worker_ready() -> int:
     return len(_WORKER_PARTITIONS)
 
 
-def _train_partition(index: int, model: str, model_kwargs: dict[str, Any], base: Any, cfg: Any, seed: int) -> Any:
+def _train_partition(
+    index: int, model: str, model_kwargs: dict[str, Any], base: Any, cfg: Any, seed: int
+) -> Any:
     from p2pfl.train.trainer import train_local
 
-    return train_local(model, base, _WORKER_PARTITIONS[index], cfg, seed, model_kwargs=model_kwargs, num_threads=1)
+    return train_local(
+        model, base, _WORKER_PARTITIONS[index], cfg, seed, model_kwargs=model_kwargs, num_threads=1
+    )
 
 
 def _pool_trainer(pool: ProcessPoolExecutor, scenario: Scenario, index: int) -> Any:
     """A Node trainer that runs node `index`'s training in the pool (only weights travel)."""
 
     async def train(base: Any, cfg: Any, seed: int) -> Any:
-        future = pool.submit(_train_partition, index, scenario.model.name, dict(scenario.model.kwargs), base, cfg, seed)
+        future = pool.submit(
+            _train_partition,
+            index,
+            scenario.model.name,
+            dict(scenario.model.kwargs),
+            base,
+            cfg,
+            seed,
+        )
+
         def result() -> Any:
             return future.result()
 
@@ -281,30 +380,55 @@ def _pool_trainer(pool: ProcessPoolExecutor, scenario: Scenario, index: int) -> 
     return train
 
 
-def setup_task(w3: Any, scenario: Scenario, genesis_blob: bytes) -> tuple[DevNet, list[NodeIdentity], TaskManifest]:
+def setup_task(
+    w3: Any, scenario: Scenario, genesis_blob: bytes
+) -> tuple[DevNet, list[NodeIdentity], TaskManifest]:
     """Deploy, fund and register every node with its real peer ID (the same key drives its
     libp2p host), then open the scenario's task; in-process and multi-process runs alike."""
     devnet = DevNet.create(w3, n_nodes=scenario.nodes, seed=scenario.seed, register=False)
     identities = [NodeIdentity(k) for k in devnet.keys]
     for ident, client in zip(identities, devnet.clients):
         fund(w3, ident.checksum_address, scenario.stake)
-        client.register(peer_id_bytes_from_public(ident.compressed_public_key), ident.x25519_public_key, scenario.stake)
+        client.register(
+            peer_id_bytes_from_public(ident.compressed_public_key),
+            ident.x25519_public_key,
+            scenario.stake,
+        )
     c = scenario.committee
     dep = devnet.deployment
     manifest = TaskManifest(
-        name=scenario.name, model=scenario.model.name, model_kwargs=dict(scenario.model.kwargs),
-        initial_model=str(blob_cid(genesis_blob)), chain_id=dep.chain_id, registry=dep.registry,
-        ledger=dep.ledger, train=train_dict(scenario), aggregation=dict(scenario.aggregation),
-        committee_size=c.size, collect_deadline_s=c.collect_deadline_s,
-        collect_quorum_percent=round(c.quorum_fraction * 100), view_timeout_s=c.view_timeout_s,
+        name=scenario.name,
+        model=scenario.model.name,
+        model_kwargs=dict(scenario.model.kwargs),
+        initial_model=str(blob_cid(genesis_blob)),
+        chain_id=dep.chain_id,
+        registry=dep.registry,
+        ledger=dep.ledger,
+        train=train_dict(scenario),
+        aggregation=dict(scenario.aggregation),
+        committee_size=c.size,
+        collect_deadline_s=c.collect_deadline_s,
+        collect_quorum_percent=round(c.quorum_fraction * 100),
+        view_timeout_s=c.view_timeout_s,
         commit_fallback_delay_s=min(5.0, c.view_timeout_s / 2),
-        redraw_timeout_s=c.collect_deadline_s + 3 * c.view_timeout_s, reward_per_round_wei=ETHER // 100,
+        redraw_timeout_s=c.collect_deadline_s + 3 * c.view_timeout_s,
+        reward_per_round_wei=ETHER // 100,
         seed=scenario.seed,
     )
-    fund(w3, devnet.admin.address, scenario.rounds * manifest.reward_per_round_wei + DEFAULT_GAS_FUNDS)
-    devnet.admin.create_task(manifest.task_id, CID.parse(manifest.initial_model).digest,
-                             c.size, 0, manifest.reward_per_round_wei, scenario.rounds * manifest.reward_per_round_wei,
-                             redraw_delay_s=0)
+    fund(
+        w3,
+        devnet.admin.address,
+        scenario.rounds * manifest.reward_per_round_wei + DEFAULT_GAS_FUNDS,
+    )
+    devnet.admin.create_task(
+        manifest.task_id,
+        CID.parse(manifest.initial_model).digest,
+        c.size,
+        0,
+        manifest.reward_per_round_wei,
+        scenario.rounds * manifest.reward_per_round_wei,
+        redraw_delay_s=0,
+    )
     return devnet, identities, manifest
 
 

@@ -95,6 +95,8 @@ def load_scenario(path: str | Path, overrides: dict[str, Any] | None = None) -> 
     from sim.attacks import make_plan
     from sim.faults import FaultSpec
 
-    make_plan(scenario.attacks, scenario.nodes, scenario.seed)  # strict: fail before any host starts
+    make_plan(
+        scenario.attacks, scenario.nodes, scenario.seed
+    )  # strict: fail before any host starts
     FaultSpec.from_dict(scenario.faults)
     return scenario

@@ -56,7 +56,12 @@ def _cycles(graph: grimp.ImportGraph, modules: set[str]) -> list[list[str]]:
                     counter += 1
                     stack.append(child)
                     on_stack.add(child)
-                    work.append((child, iter(sorted(graph.find_modules_directly_imported_by(child) & modules))))
+                    work.append(
+                        (
+                            child,
+                            iter(sorted(graph.find_modules_directly_imported_by(child) & modules)),
+                        )
+                    )
                 elif child in on_stack:
                     low[node] = min(low[node], index[child])
                 continue
@@ -109,16 +114,21 @@ def test_wheel_installs_p2pfl_only():
     assert not [p for p in packages if p.split(".")[0] != "p2pfl"], packages
 
 
-@pytest.mark.parametrize("back_arrow", [
-    ("p2pfl/core/cid.py", "import p2pfl.node  # planted\n"),
-    ("p2pfl/net/config.py", "import p2pfl.cli.app  # planted\n"),
-    ("p2pfl/core/merkle.py", "import time  # planted\n"),
-])
+@pytest.mark.parametrize(
+    "back_arrow",
+    [
+        ("p2pfl/core/cid.py", "import p2pfl.node  # planted\n"),
+        ("p2pfl/net/config.py", "import p2pfl.cli.app  # planted\n"),
+        ("p2pfl/core/merkle.py", "import time  # planted\n"),
+    ],
+)
 def test_a_planted_back_arrow_breaks_the_contracts(tmp_path, back_arrow):
     """The contracts can fail: a copy of the tree with one forbidden import is refused."""
     copy = tmp_path / "tree"
     shutil.copytree(ROOT / "p2pfl", copy / "p2pfl", ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copytree(ROOT / "sim", copy / "sim", ignore=shutil.ignore_patterns("__pycache__", "*.md"))
+    shutil.copytree(
+        ROOT / "sim", copy / "sim", ignore=shutil.ignore_patterns("__pycache__", "*.md")
+    )
     shutil.copy(ROOT / "pyproject.toml", copy / "pyproject.toml")
     path, line = back_arrow
     target = copy / path
@@ -131,3 +141,25 @@ def test_a_planted_back_arrow_breaks_the_contracts(tmp_path, back_arrow):
     assert out.returncode != 0, out.stdout
     # The copy was analysed (not the installed tree), and the planted line is the one named.
     assert f"{importer} -> " in out.stdout and f"(l.{planted_at})" in out.stdout, out.stdout
+
+
+def _tool(name: str) -> str:
+    exe = shutil.which(name, path=str(Path(sys.executable).parent))
+    assert exe, f"{name} is not installed (it is a dev dependency: `make setup`)"
+    return exe
+
+
+def test_ruff_is_clean():
+    """The configured rules and line length (pyproject.toml [tool.ruff]) hold everywhere."""
+    out = subprocess.run(
+        [_tool("ruff"), "check", "--no-cache", "p2pfl", "sim", "tests"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 0, out.stdout[-6000:] + out.stderr
+
+
+def test_mypy_is_clean():
+    out = subprocess.run([_tool("mypy"), "p2pfl", "sim"], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout[-6000:] + out.stderr

@@ -46,12 +46,8 @@ def test_threaded_passes_are_byte_identical_to_serial(
     vs = big_vectors
     w = [float(7 * i + 3) for i in range(len(vs))]
     assert A.fedavg(vs, w, parallel=pmap).tobytes() == A.fedavg(vs, w).tobytes()
-    assert (
-        A.coordinate_median(vs, parallel=pmap).tobytes() == A.coordinate_median(vs).tobytes()
-    )
-    assert (
-        A.trimmed_mean(vs, 0.2, parallel=pmap).tobytes() == A.trimmed_mean(vs, 0.2).tobytes()
-    )
+    assert A.coordinate_median(vs, parallel=pmap).tobytes() == A.coordinate_median(vs).tobytes()
+    assert A.trimmed_mean(vs, 0.2, parallel=pmap).tobytes() == A.trimmed_mean(vs, 0.2).tobytes()
     norms = [A.norm(v) for v in vs]
     bound = sorted(norms)[2]
     clipped = A.clip_norm(vs, bound, norms, parallel=pmap)
@@ -79,7 +75,9 @@ def test_aggregate_is_bitwise_identical_with_serial_and_pool_maps(
         pooled = A.aggregate(spec, cs, parallel=pmap)
         assert pooled.digest == serial.digest
         assert (pooled.accepted, pooled.rejected, pooled.weights) == (
-            serial.accepted, serial.rejected, serial.weights,
+            serial.accepted,
+            serial.rejected,
+            serial.weights,
         )
 
 

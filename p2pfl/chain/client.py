@@ -1,16 +1,16 @@
 """Synchronous chain client: deploy, register, commit, claim, evidence, views.
 
 Blocking by design (web3's AsyncWeb3 does not run under trio). Every call holds the
-provider's lock (`providers.chain_lock`), so eth-tester sees one worker at a time.
-Trio code uses `p2pfl.chain.trio_client.TrioChain`, which runs these methods through
+provider's lock (`providers.chain_lock`), so eth-tester sees one worker at a time. Trio code
+uses `p2pfl.chain.trio_client.TrioChain`, which runs these methods through
 `trio.to_thread.run_sync`.
 
 Transactions are signed locally with eth-account; nonces are tracked here and
-re-synchronised from the chain when a node says they are off. Transport errors are
-retried with exponential backoff (seconds); past that they raise `ChainUnreachable`,
-which trio callers ride out for longer (`trio_client.run_chain`: an RPC outage). A call or transaction that reverts raises
-`ChainError` whose `revert_reason` names the contract's custom error with its
-arguments, e.g. "WrongRound(expected=3, got=5)", whatever the node's error format.
+re-synchronised from the chain when a node says they are off. Transport errors are retried
+with exponential backoff (seconds); past that they raise `ChainUnreachable`, which trio
+callers ride out for longer (`trio_client.run_chain`: an RPC outage). A call or transaction
+that reverts raises `ChainError` whose `revert_reason` names the contract's custom error
+with its arguments, e.g. "WrongRound(expected=3, got=5)", whatever the node's error format.
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ import requests
 from eth_abi import decode as abi_decode
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
-from eth_utils import keccak, to_checksum_address
 from eth_typing import ChecksumAddress
+from eth_utils import keccak, to_checksum_address
 from hexbytes import HexBytes
 from web3 import Web3
 from web3.exceptions import (
@@ -356,7 +356,8 @@ class TxSender:
             except TRANSPORT_ERRORS as exc:
                 if attempt == self.retries:
                     raise ChainUnreachable(
-                        f"{what}: chain unreachable after {self.retries + 1} tries ({exc}); check the RPC URL",
+                        f"{what}: chain unreachable after {self.retries + 1} tries ({exc}); check "
+                        "the RPC URL",
                         what,
                     ) from exc
                 time.sleep(delay)
@@ -384,7 +385,8 @@ class TxSender:
     def transact(
         self, what: str, fn: Any, value: int = 0, gas: int | None = None
     ) -> dict[str, Any]:
-        """Estimate (which surfaces reverts with their reason), sign, send, wait; returns the receipt."""
+        """Estimate (which surfaces reverts with their reason), sign, send, wait; returns the "
+        "receipt."""
         with self.lock:
             params: dict[str, Any] = {"from": self.account.address, "value": value}
             if gas is None:
@@ -475,7 +477,8 @@ class TxSender:
             reason = "reverted without reason"
             if self._gas_limit(tx_hash) == receipt["gasUsed"]:
                 raise ChainError(
-                    f"{what} ran out of gas ({receipt['gasUsed']}) in block {receipt['blockNumber']}"
+                    f"{what} ran out of gas ({receipt['gasUsed']}) in block "
+                    f"{receipt['blockNumber']}"
                 )
             try:
                 fn.call(params, block_identifier=receipt["blockNumber"] - 1)
@@ -546,10 +549,12 @@ class ChainClient:
         self.deployment = deployment
         self.account: LocalAccount | None = account
         self.registry = w3.eth.contract(
-            address=Web3.to_checksum_address(deployment.registry), abi=load_artifact("NodeRegistry")["abi"]
+            address=Web3.to_checksum_address(deployment.registry),
+            abi=load_artifact("NodeRegistry")["abi"],
         )
         self.ledger = w3.eth.contract(
-            address=Web3.to_checksum_address(deployment.ledger), abi=load_artifact("RoundLedger")["abi"]
+            address=Web3.to_checksum_address(deployment.ledger),
+            abi=load_artifact("RoundLedger")["abi"],
         )
         self._sender = TxSender(w3, self.account or Account.create(), retries, backoff_s)
         self._events = {}
@@ -628,7 +633,9 @@ class ChainClient:
     def node_info(self, address: bytes | None = None) -> NodeInfo:
         a = address if address is not None else self.address
         r = self._call("nodeInfo", self.registry.functions.nodeInfo(_addr(a)))
-        return NodeInfo(bytes(a), bytes(r[0]), bytes(r[1]), r[2], r[3], r[4], r[5], r[6], r[7], r[8])
+        return NodeInfo(
+            bytes(a), bytes(r[0]), bytes(r[1]), r[2], r[3], r[4], r[5], r[6], r[7], r[8]
+        )
 
     def stake_at(self, address: bytes, block: int) -> int:
         return self._call("stakeAt", self.registry.functions.stakeAt(_addr(address), block))
@@ -669,7 +676,9 @@ class ChainClient:
         hash) and shared by every client of this process (a simulation's nodes ask together).
         """
         block = self.snapshot_block(task)
-        block_hash = bytes(self._sender.call("block hash", lambda: self.w3.eth.get_block(block)["hash"]))
+        block_hash = bytes(
+            self._sender.call("block hash", lambda: self.w3.eth.get_block(block)["hash"])
+        )
         key = (self.deployment.chain_id, self.deployment.registry, block_hash)
         cached = _SNAPSHOT_CACHE.get(key)
         if cached is None:

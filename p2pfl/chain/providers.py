@@ -195,7 +195,9 @@ class Anvil:
         port and chain id, from the dumped chain. Without `state_path` the chain would come
         back empty, which is never what a restart means: ChainError."""
         if self.state_path is None:
-            raise ChainError("Anvil.restart needs state_path: without it the chain would restart empty")
+            raise ChainError(
+                "Anvil.restart needs state_path: without it the chain would restart empty"
+            )
         self.stop()
         return self.start()
 

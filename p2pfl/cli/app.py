@@ -12,9 +12,13 @@ from p2pfl.errors import P2PFLError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="p2pfl", description="Federated learning with no coordinator.")
+    parser = argparse.ArgumentParser(
+        prog="p2pfl", description="Federated learning with no coordinator."
+    )
     parser.add_argument("--log-json", action="store_true", help="structured JSON logs on stderr")
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
+    parser.add_argument(
+        "-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)"
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     add_key_commands(sub)
     add_node_commands(sub)

@@ -190,7 +190,8 @@ def _cmd_deploy(args: argparse.Namespace) -> int:
         args.fund_dev,
     )
     print(
-        f"registry:   {dep.registry}\nledger:     {dep.ledger}\nchain id:   {dep.chain_id}\nwritten:    {args.out}"
+        f"registry:   {dep.registry}\nledger:     {dep.ledger}\nchain id:   "
+        f"{dep.chain_id}\nwritten:    {args.out}"
     )
     return 0
 
@@ -207,7 +208,8 @@ def _cmd_register(args: argparse.Namespace) -> int:
     name = "Registered" if any(n == "Registered" for n, _ in tx.events) else "ToppedUp"
     ev = tx.event(name)
     print(
-        f"{name.lower()}: stake {Decimal(ev['stake']) / WEI_PER_ETHER} ETH, tier {TIER_NAMES[ev['tier']]}, "
+        f"{name.lower()}: stake {Decimal(ev['stake']) / WEI_PER_ETHER} ETH, tier "
+        f"{TIER_NAMES[ev['tier']]}, "
         f"block {tx.block_number}, gas {tx.gas_used}"
     )
     return 0
@@ -302,5 +304,8 @@ def add_chain_commands(subparsers: argparse._SubParsersAction) -> None:
     status.add_argument("--address", help="show the node of this address")
     status.add_argument("--task", help="show this task (32-byte hex id)")
     status.add_argument("--json", action="store_true", help="machine-readable output")
-    status.add_argument("--data-dir", help="also show the running node of this data dir (round, peers, committee, accuracy)")
+    status.add_argument(
+        "--data-dir",
+        help="also show the running node of this data dir (round, peers, committee, accuracy)",
+    )
     status.set_defaults(handler=_cmd_status)

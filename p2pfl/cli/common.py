@@ -36,12 +36,15 @@ def read_password(args: argparse.Namespace, confirm: bool = False) -> str:
 
 def add_password_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--password-file", help="file holding the keystore password (else $P2PFL_PASSWORD or a prompt)"
+        "--password-file",
+        help="file holding the keystore password (else $P2PFL_PASSWORD or a prompt)",
     )
 
 
 def add_key_options(parser: argparse.ArgumentParser, help: str = "node keystore") -> None:
-    parser.add_argument("--keystore", default=DEFAULT_KEYSTORE, help=f"{help} (default {DEFAULT_KEYSTORE})")
+    parser.add_argument(
+        "--keystore", default=DEFAULT_KEYSTORE, help=f"{help} (default {DEFAULT_KEYSTORE})"
+    )
     add_password_option(parser)
 
 
@@ -50,7 +53,9 @@ def default_rpc() -> str:
 
 
 def add_rpc_options(parser: argparse.ArgumentParser, deployment: bool = True) -> None:
-    parser.add_argument("--rpc", default=default_rpc(), help=f"JSON-RPC URL (default $P2PFL_RPC or {DEFAULT_RPC})")
+    parser.add_argument(
+        "--rpc", default=default_rpc(), help=f"JSON-RPC URL (default $P2PFL_RPC or {DEFAULT_RPC})"
+    )
     if deployment:
         parser.add_argument(
             "--deployment",

@@ -31,10 +31,14 @@ def cmd_cid(args: argparse.Namespace) -> int:
 
 def add_key_commands(sub: argparse._SubParsersAction) -> None:
     keygen = sub.add_parser("keygen", help="create a node key (encrypted keystore)")
-    keygen.add_argument("-o", "--output", default="node-key.json", help="keystore path (default: node-key.json)")
+    keygen.add_argument(
+        "-o", "--output", default="node-key.json", help="keystore path (default: node-key.json)"
+    )
     add_password_option(keygen)
     keygen.set_defaults(handler=cmd_keygen)
 
-    cid = sub.add_parser("cid", help="print the IPFS CIDv1 of files (same as `ipfs add --cid-version 1`)")
+    cid = sub.add_parser(
+        "cid", help="print the IPFS CIDv1 of files (same as `ipfs add --cid-version 1`)"
+    )
     cid.add_argument("files", nargs="+", help="files to hash")
     cid.set_defaults(handler=cmd_cid)

@@ -64,7 +64,9 @@ async def launch_node(launch: Launch) -> Any:
         check_registered(chain, identity)
     data_dir = Path(launch.data_dir)
     status_path = data_dir / STATUS_FILE
-    config = NetConfig(data_dir=data_dir, listen=launch.listen, bootstrap=tuple(launch.bootstrap), dht=launch.dht)
+    config = NetConfig(
+        data_dir=data_dir, listen=launch.listen, bootstrap=tuple(launch.bootstrap), dht=launch.dht
+    )
     async with open_node_host(config, identity.private_key) as net:
         print(f"peer id:  {net.peer_id}", flush=True)
         for addr in net.listen_addrs:
@@ -80,9 +82,18 @@ async def launch_node(launch: Launch) -> Any:
                 if launch.held_out is not None and len(launch.held_out) > 0 and entry.result:
                     nursery.start_soon(_evaluate, node, entry, launch.held_out, accuracy)
 
-            node = Node(identity, manifest, chain, net, launch.data, data_dir / "state",
-                        client_index=launch.client_index, num_threads=launch.num_threads,
-                        on_round=on_round, **launch.node_options)
+            node = Node(
+                identity,
+                manifest,
+                chain,
+                net,
+                launch.data,
+                data_dir / "state",
+                client_index=launch.client_index,
+                num_threads=launch.num_threads,
+                on_round=on_round,
+                **launch.node_options,
+            )
             nursery.start_soon(_keep_status, node, net, status_path, accuracy)
             await node.run(stop_after_round=launch.rounds)
             nursery.cancel_scope.cancel()
@@ -101,7 +112,10 @@ def check_registered(chain: Any, identity: Any) -> None:
             "it cannot take part again; use a new key"
         )
     if not info.active:
-        raise P2PFLError(f"node {identity.checksum_address} is not registered: run `p2pfl register --stake ETH` first")
+        raise P2PFLError(
+            f"node {identity.checksum_address} is not registered: run `p2pfl register --stake "
+            "ETH` first"
+        )
 
 
 async def _evaluate(node: Any, entry: Any, held_out: Any, accuracy: dict[int, float]) -> None:
@@ -118,11 +132,16 @@ async def _evaluate(node: Any, entry: Any, held_out: Any, accuracy: dict[int, fl
 
     def job() -> float:
         weights = decode_tensors(node.net.store.read_blob(CID.parse(entry.result)))
-        return evaluate(node.manifest.model, weights, held_out, model_kwargs=node.manifest.model_kwargs)[1]
+        return evaluate(
+            node.manifest.model, weights, held_out, model_kwargs=node.manifest.model_kwargs
+        )[1]
 
     acc = await trio.to_thread.run_sync(job)
     accuracy[entry.round] = acc
-    print(f"round {entry.round} committed: model {entry.result} accuracy {acc:.4f} (local held-out)", flush=True)
+    print(
+        f"round {entry.round} committed: model {entry.result} accuracy {acc:.4f} (local held-out)",
+        flush=True,
+    )
 
 
 def write_status(node: Any, net: Any, path: Path, accuracy: dict[int, float]) -> None:
@@ -141,7 +160,13 @@ def write_status(node: Any, net: Any, path: Path, accuracy: dict[int, float]) ->
         "member": m.is_member,
         "committee": ["0x" + a.hex() for a in m.committee],
         "peers": len(net.connected_peers()),
-        "last_commit": {"round": last, "model": node.rounds[last].result, "tx": node.rounds[last].commit_tx} if last else None,
+        "last_commit": {
+            "round": last,
+            "model": node.rounds[last].result,
+            "tx": node.rounds[last].commit_tx,
+        }
+        if last
+        else None,
         "accuracy": accuracy.get(last),
         "counters": {**dict(m.counters), **node.counters},
     }
@@ -162,4 +187,6 @@ def read_status(data_dir: str | Path) -> dict[str, Any]:
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:
-        raise P2PFLError(f"no node status at {path}: is `p2pfl node start --data-dir {data_dir}` running?") from None
+        raise P2PFLError(
+            f"no node status at {path}: is `p2pfl node start --data-dir {data_dir}` running?"
+        ) from None

@@ -72,17 +72,33 @@ def create_task(
     genesis = encode_tensors(init_weights(model, model_kwargs, seed))
     root = BlockStore(Path(data_dir) / "blocks").put_blob(genesis)
     manifest = TaskManifest(
-        name=name, model=model, model_kwargs=model_kwargs, initial_model=str(root),
-        chain_id=deployment.chain_id, registry=deployment.registry, ledger=deployment.ledger,
-        train=train, aggregation=aggregation, committee_size=committee_size,
-        collect_deadline_s=collect_deadline_s, view_timeout_s=view_timeout_s,
+        name=name,
+        model=model,
+        model_kwargs=model_kwargs,
+        initial_model=str(root),
+        chain_id=deployment.chain_id,
+        registry=deployment.registry,
+        ledger=deployment.ledger,
+        train=train,
+        aggregation=aggregation,
+        committee_size=committee_size,
+        collect_deadline_s=collect_deadline_s,
+        view_timeout_s=view_timeout_s,
         redraw_timeout_s=collect_deadline_s + 3 * view_timeout_s,
-        reward_per_round_wei=reward_per_round_wei, seed=seed,
+        reward_per_round_wei=reward_per_round_wei,
+        seed=seed,
     )
     manifest.save(manifest_out)
     client = ChainClient(rpc_web3(rpc_url), deployment, identity.private_key)
-    client.create_task(manifest.task_id, root.digest, committee_size, 0, reward_per_round_wei,
-                       reward_per_round_wei * rounds_budget, redraw_delay_s=int(manifest.small_redraw_delay_s))
+    client.create_task(
+        manifest.task_id,
+        root.digest,
+        committee_size,
+        0,
+        reward_per_round_wei,
+        reward_per_round_wei * rounds_budget,
+        redraw_delay_s=int(manifest.small_redraw_delay_s),
+    )
     return manifest
 
 
@@ -95,12 +111,17 @@ def load_node_data(spec: str, seed: int) -> Any:
     from p2pfl.train.data import load_digits, load_fashion_mnist, load_user_data
     from p2pfl.train.partition import partition_iid
 
-    for prefix, loader in (("fashion-mnist:", lambda: load_fashion_mnist("train")), ("digits:", load_digits)):
+    for prefix, loader in (
+        ("fashion-mnist:", lambda: load_fashion_mnist("train")),
+        ("digits:", load_digits),
+    ):
         if spec.startswith(prefix):
             try:
-                index, parts = (int(x) for x in spec[len(prefix):].split("/"))
+                index, parts = (int(x) for x in spec[len(prefix) :].split("/"))
             except ValueError:
-                raise ConfigError(f"--data {spec!r}: expected {prefix}I/N, e.g. {prefix}0/4") from None
+                raise ConfigError(
+                    f"--data {spec!r}: expected {prefix}I/N, e.g. {prefix}0/4"
+                ) from None
             if not 0 <= index < parts:
                 raise ConfigError(f"--data {spec!r}: part index must be in 0..{parts - 1}")
             data = loader()
@@ -111,7 +132,9 @@ def load_node_data(spec: str, seed: int) -> Any:
 # ---------------------------------------------------------------- model get
 
 
-async def get_model(cid_text: str, out: str | Path, data_dir: str | Path, bootstrap: Sequence[str]) -> Path:
+async def get_model(
+    cid_text: str, out: str | Path, data_dir: str | Path, bootstrap: Sequence[str]
+) -> Path:
     """Write the blob `cid_text` to `out`: from the local store, else fetched from peers."""
     from p2pfl.core.cid import CID
     from p2pfl.core.tensors import decode_tensors
@@ -124,9 +147,15 @@ async def get_model(cid_text: str, out: str | Path, data_dir: str | Path, bootst
     store = BlockStore(Path(data_dir) / "blocks")
     if not store.has_blob(cid):
         if not bootstrap:
-            raise P2PFLError(f"{cid} is not in {data_dir}; pass --bootstrap ADDR of a peer that has it")
-        config = NetConfig(data_dir=Path(data_dir), listen="/ip4/127.0.0.1/tcp/0", bootstrap=tuple(bootstrap),
-                           require_peers=True)
+            raise P2PFLError(
+                f"{cid} is not in {data_dir}; pass --bootstrap ADDR of a peer that has it"
+            )
+        config = NetConfig(
+            data_dir=Path(data_dir),
+            listen="/ip4/127.0.0.1/tcp/0",
+            bootstrap=tuple(bootstrap),
+            require_peers=True,
+        )
         async with open_node_host(config, generate_identity().private_key) as net:
             await net.fetch_blob(cid, None)
     blob = store.read_blob(cid)
@@ -151,58 +180,132 @@ def _json_arg(text: str) -> dict[str, Any]:
 def add_node_commands(sub: argparse._SubParsersAction) -> None:
     rpc_default = default_rpc()
 
-    task = sub.add_parser("task", help="training tasks").add_subparsers(dest="task_command", metavar="ACTION")
-    create = task.add_parser("create", help="write a manifest + genesis model and open the task on-chain")
-    create.add_argument("--rpc", default=rpc_default, help=f"JSON-RPC URL (default $P2PFL_RPC or {DEFAULT_RPC})")
-    create.add_argument("--deployment", default=DEFAULT_DEPLOYMENT, help="deployment file from `p2pfl chain deploy`")
-    create.add_argument("--keystore", default="node-key.json", help="creator's keystore (pays the escrow)")
+    task = sub.add_parser("task", help="training tasks").add_subparsers(
+        dest="task_command", metavar="ACTION"
+    )
+    create = task.add_parser(
+        "create", help="write a manifest + genesis model and open the task on-chain"
+    )
+    create.add_argument(
+        "--rpc", default=rpc_default, help=f"JSON-RPC URL (default $P2PFL_RPC or {DEFAULT_RPC})"
+    )
+    create.add_argument(
+        "--deployment", default=DEFAULT_DEPLOYMENT, help="deployment file from `p2pfl chain deploy`"
+    )
+    create.add_argument(
+        "--keystore", default="node-key.json", help="creator's keystore (pays the escrow)"
+    )
     add_password_option(create)
     create.add_argument("--name", default="task")
-    create.add_argument("--model", default="cnn", help="model registry name (cnn, mlp) or module:pkg.mod:factory")
-    create.add_argument("--model-kwargs", type=_json_arg, default={}, help="JSON object of model arguments")
-    create.add_argument("--train", type=_json_arg, default={}, help='JSON training recipe, e.g. {"epochs": 1, "lr": 0.05}')
-    create.add_argument("--aggregation", type=_json_arg, default={}, help="JSON aggregation pipeline ({} = default)")
+    create.add_argument(
+        "--model", default="cnn", help="model registry name (cnn, mlp) or module:pkg.mod:factory"
+    )
+    create.add_argument(
+        "--model-kwargs", type=_json_arg, default={}, help="JSON object of model arguments"
+    )
+    create.add_argument(
+        "--train",
+        type=_json_arg,
+        default={},
+        help='JSON training recipe, e.g. {"epochs": 1, "lr": 0.05}',
+    )
+    create.add_argument(
+        "--aggregation", type=_json_arg, default={}, help="JSON aggregation pipeline ({} = default)"
+    )
     create.add_argument("--committee-size", type=int, default=7)
-    create.add_argument("--collect-deadline", type=float, default=60.0, help="seconds to collect updates per round")
+    create.add_argument(
+        "--collect-deadline", type=float, default=60.0, help="seconds to collect updates per round"
+    )
     create.add_argument("--view-timeout", type=float, default=15.0, help="seconds per leader view")
     create.add_argument("--reward-per-round", default="0.01", help="ETH paid per committed round")
     create.add_argument("--rounds-budget", type=int, default=100, help="rounds the escrow pays for")
     create.add_argument("--seed", type=int, default=0)
-    create.add_argument("--data-dir", default=DEFAULT_DATA_DIR, help="creator's node data dir (holds the genesis model)")
-    create.add_argument("-o", "--out", default="manifest.json", help="manifest file to write and share with participants")
+    create.add_argument(
+        "--data-dir",
+        default=DEFAULT_DATA_DIR,
+        help="creator's node data dir (holds the genesis model)",
+    )
+    create.add_argument(
+        "-o",
+        "--out",
+        default="manifest.json",
+        help="manifest file to write and share with participants",
+    )
     create.set_defaults(handler=_cmd_task_create)
 
-    node = sub.add_parser("node", help="run a node").add_subparsers(dest="node_command", metavar="ACTION")
-    start = node.add_parser("start", help="join a task: train, gossip, serve on committees, follow the chain")
-    start.add_argument("--task", "--manifest", dest="manifest", required=True, help="task manifest file")
+    node = sub.add_parser("node", help="run a node").add_subparsers(
+        dest="node_command", metavar="ACTION"
+    )
+    start = node.add_parser(
+        "start", help="join a task: train, gossip, serve on committees, follow the chain"
+    )
+    start.add_argument(
+        "--task", "--manifest", dest="manifest", required=True, help="task manifest file"
+    )
     start.add_argument("--keystore", default="node-key.json")
     add_password_option(start)
     start.add_argument("--rpc", default=rpc_default)
-    start.add_argument("--data", required=True,
-                       help="private training data: .npz (x, y), an image folder tree, or fashion-mnist:I/N / digits:I/N")
-    start.add_argument("--data-dir", default=DEFAULT_DATA_DIR, help="block store, state and status (survives restarts)")
-    start.add_argument("--listen", default=DEFAULT_LISTEN, help=f"TCP multiaddr (default {DEFAULT_LISTEN})")
-    start.add_argument("--bootstrap", action="append", default=[], help="peer multiaddr with /p2p/<id> (repeatable)")
-    start.add_argument("--rounds", type=int, default=None, help="stop after this round is committed")
+    start.add_argument(
+        "--data",
+        required=True,
+        help="private training data: .npz (x, y), an image folder tree, "
+        "or fashion-mnist:I/N / digits:I/N",
+    )
+    start.add_argument(
+        "--data-dir",
+        default=DEFAULT_DATA_DIR,
+        help="block store, state and status (survives restarts)",
+    )
+    start.add_argument(
+        "--listen", default=DEFAULT_LISTEN, help=f"TCP multiaddr (default {DEFAULT_LISTEN})"
+    )
+    start.add_argument(
+        "--bootstrap",
+        action="append",
+        default=[],
+        help="peer multiaddr with /p2p/<id> (repeatable)",
+    )
+    start.add_argument(
+        "--rounds", type=int, default=None, help="stop after this round is committed"
+    )
     start.add_argument("--threads", type=int, default=1, help="torch threads for local training")
     start.set_defaults(handler=_cmd_node_start)
 
-    model = sub.add_parser("model", help="models by CID").add_subparsers(dest="model_command", metavar="ACTION")
+    model = sub.add_parser("model", help="models by CID").add_subparsers(
+        dest="model_command", metavar="ACTION"
+    )
     get = model.add_parser("get", help="fetch a model by CID and write it as .safetensors")
     get.add_argument("cid")
     get.add_argument("-o", "--out", required=True)
     get.add_argument("--data-dir", default=DEFAULT_DATA_DIR)
-    get.add_argument("--bootstrap", action="append", default=[], help="peer to fetch from when not stored locally")
+    get.add_argument(
+        "--bootstrap",
+        action="append",
+        default=[],
+        help="peer to fetch from when not stored locally",
+    )
     get.set_defaults(handler=_cmd_model_get)
 
 
 def _cmd_task_create(args: argparse.Namespace) -> int:
     manifest = create_task(
-        args.rpc, args.deployment, args.keystore, read_password(args), name=args.name, model=args.model,
-        model_kwargs=args.model_kwargs, train=args.train, aggregation=args.aggregation,
-        committee_size=args.committee_size, reward_per_round_wei=ether_to_wei(args.reward_per_round),
-        rounds_budget=args.rounds_budget, seed=args.seed, data_dir=args.data_dir, manifest_out=args.out,
-        collect_deadline_s=args.collect_deadline, view_timeout_s=args.view_timeout,
+        args.rpc,
+        args.deployment,
+        args.keystore,
+        read_password(args),
+        name=args.name,
+        model=args.model,
+        model_kwargs=args.model_kwargs,
+        train=args.train,
+        aggregation=args.aggregation,
+        committee_size=args.committee_size,
+        reward_per_round_wei=ether_to_wei(args.reward_per_round),
+        rounds_budget=args.rounds_budget,
+        seed=args.seed,
+        data_dir=args.data_dir,
+        manifest_out=args.out,
+        collect_deadline_s=args.collect_deadline,
+        view_timeout_s=args.view_timeout,
     )
     print(f"task id:       0x{manifest.task_id.hex()}")
     print(f"manifest:      {args.out} ({manifest.cid})")
@@ -230,19 +333,42 @@ async def start_node(
 
     manifest = TaskManifest.load(manifest_path)
     identity = load_keystore(keystore, password)
-    train, held_out = split_dataset(load_node_data(data_spec, manifest.seed), LOCAL_EVAL_FRACTION, manifest.seed)
-    node = await launch_node(Launch(
-        identity=identity, manifest=manifest, rpc_url=rpc_url, data=train, data_dir=Path(data_dir),
-        listen=listen, bootstrap=tuple(bootstrap), rounds=rounds, num_threads=num_threads, held_out=held_out,
-    ))
+    train, held_out = split_dataset(
+        load_node_data(data_spec, manifest.seed), LOCAL_EVAL_FRACTION, manifest.seed
+    )
+    node = await launch_node(
+        Launch(
+            identity=identity,
+            manifest=manifest,
+            rpc_url=rpc_url,
+            data=train,
+            data_dir=Path(data_dir),
+            listen=listen,
+            bootstrap=tuple(bootstrap),
+            rounds=rounds,
+            num_threads=num_threads,
+            held_out=held_out,
+        )
+    )
     print(f"stopped after round {node.machine.round}", flush=True)
 
 
 def _cmd_node_start(args: argparse.Namespace) -> int:
     import trio
 
-    trio.run(start_node, args.manifest, args.keystore, read_password(args), args.rpc, args.data, args.data_dir,
-             args.listen, args.bootstrap, args.rounds, args.threads)
+    trio.run(
+        start_node,
+        args.manifest,
+        args.keystore,
+        read_password(args),
+        args.rpc,
+        args.data,
+        args.data_dir,
+        args.listen,
+        args.bootstrap,
+        args.rounds,
+        args.threads,
+    )
     return 0
 
 
@@ -260,11 +386,16 @@ def format_node_status(status: dict[str, Any]) -> str:
     lines = [
         f"node:        {status['address']} ({status['peer_id']})",
         f"task:        0x{status['task']}",
-        f"round:       {status['round']} ({status['phase']}, attempt {status['attempt']}, view {status['view']})",
-        f"committee:   {len(status['committee'])} members{' (this node is one)' if status['member'] else ''}",
+        f"round:       {status['round']} ({status['phase']}, attempt {status['attempt']}, view "
+        f"{status['view']})",
+        f"committee:   {len(status['committee'])} "
+        f"members{' (this node is one)' if status['member'] else ''}",
         f"peers:       {status['peers']}",
-        f"last commit: round {last.get('round', '-')} model {last.get('model', '-')} tx {last.get('tx', '-')}",
-        f"accuracy:    {'-' if acc is None or (isinstance(acc, float) and math.isnan(acc)) else f'{acc:.4f}'} (local held-out)",
+        f"last commit: round {last.get('round', '-')} model {last.get('model', '-')} tx "
+        f"{last.get('tx', '-')}",
+        "accuracy:    "
+        f"{'-' if acc is None or (isinstance(acc, float) and math.isnan(acc)) else f'{acc:.4f}'} "
+        "(local held-out)",
         f"updated:     {time.time() - status['time']:.0f} s ago",
     ]
     return "\n".join(lines)

@@ -376,9 +376,7 @@ def _build(
             cid = CID(CODEC_DAG_PB, sha256(block).digest())
             if sink is not None:
                 sink.append((cid, block))
-            parents.append(
-                _Entry(cid, sum(sizes), len(block) + sum(c.tsize for c in children))
-            )
+            parents.append(_Entry(cid, sum(sizes), len(block) + sum(c.tsize for c in children)))
         level = parents
     return level[0].cid
 

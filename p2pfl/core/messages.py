@@ -181,7 +181,8 @@ class Signed(Message):
 
     def statement_key(self) -> tuple[int, bytes, int, int, int]:
         """(kind, task, round, attempt, view): two bodies under one key = equivocation."""
-        return (int(self.KIND), self.task, self.round, getattr(self, "attempt", 0), getattr(self, "view", 0))  # type: ignore[attr-defined]
+        task, round_ = self.task, self.round  # type: ignore[attr-defined]  # every subclass has both
+        return (int(self.KIND), task, round_, getattr(self, "attempt", 0), getattr(self, "view", 0))
 
     def digest(self, domain: Domain) -> bytes:
         kind, task, round_, attempt, view = self.statement_key()
@@ -293,7 +294,9 @@ class Vote(Signed):
     }
 
     def body(self) -> bytes:
-        return vote_body(CID.parse(self.base).digest, CID.parse(self.result).digest, self.contributors_root)
+        return vote_body(
+            CID.parse(self.base).digest, CID.parse(self.result).digest, self.contributors_root
+        )
 
     def digest(self, domain: Domain) -> bytes:
         return vote_digest(
@@ -418,7 +421,9 @@ def decode_message(data: bytes, *, max_bytes: int = MAX_MESSAGE_BYTES) -> AnyMes
     if keys != expected:
         unknown = sorted(str(k) for k in keys - expected)
         missing = sorted(expected - keys)
-        raise InvalidMessage("unknown-field" if unknown else "missing-field", f"unknown={unknown} missing={missing}")
+        raise InvalidMessage(
+            "unknown-field" if unknown else "missing-field", f"unknown={unknown} missing={missing}"
+        )
     values = {key: check(key, wire[key]) for key, check in cls.SCHEMA.items()}
     message = cls(**values)
     if message.encode() != data:

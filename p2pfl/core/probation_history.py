@@ -19,7 +19,10 @@ StrikeHistory = dict[int, dict[bytes, int]]
 
 def encode_strikes(history: Mapping[int, Mapping[bytes, int]]) -> bytes:
     """Canonical bytes of `history` (rounds and authors sorted, addresses in hex)."""
-    doc = {str(r): {a.hex(): p for a, p in sorted(authors.items())} for r, authors in sorted(history.items())}
+    doc = {
+        str(r): {a.hex(): p for a, p in sorted(authors.items())}
+        for r, authors in sorted(history.items())
+    }
     return json.dumps(doc).encode()
 
 
@@ -27,7 +30,10 @@ def decode_strikes(data: bytes) -> StrikeHistory:
     """The history `encode_strikes` wrote; P2PFLError if the bytes are not one."""
     try:
         doc = json.loads(data)
-        return {int(r): {bytes.fromhex(a): int(p) for a, p in authors.items()} for r, authors in doc.items()}
+        return {
+            int(r): {bytes.fromhex(a): int(p) for a, p in authors.items()}
+            for r, authors in doc.items()
+        }
     except (ValueError, TypeError, AttributeError) as exc:
         raise P2PFLError(f"probation history unreadable ({exc})") from exc
 

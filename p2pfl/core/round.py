@@ -166,7 +166,15 @@ class RoundConfig:
             raise ConfigError("collect_quorum_percent must be in 1..100")
         if not 0 < self.min_expected_percent <= 100:
             raise ConfigError("min_expected_percent must be in 1..100")
-        if min(self.collect_deadline_s, self.view_timeout_s, self.redraw_timeout_s, self.small_redraw_delay_s) <= 0:
+        if (
+            min(
+                self.collect_deadline_s,
+                self.view_timeout_s,
+                self.redraw_timeout_s,
+                self.small_redraw_delay_s,
+            )
+            <= 0
+        ):
             raise ConfigError("deadlines and timeouts must be positive")
         if self.commit_fallback_delay_s < 0:
             raise ConfigError("commit_fallback_delay_s must be >= 0")
@@ -475,7 +483,9 @@ class RoundMachine:
         # Liveness (a local guess for the early close only; see `_expected_participants`):
         # `_heard` = authors of this round's updates, `_live` = those plus the presumed alive.
         self._heard: set[bytes] = set()
-        self._live: set[bytes] = set(self._registered if recent is None else self._registered & recent)
+        self._live: set[bytes] = set(
+            self._registered if recent is None else self._registered & recent
+        )
         self._has_history = recent is not None
         # Signers of votes/proposals, this round and last: alive for the committee checks.
         self._signers: set[bytes] = set()
@@ -547,7 +557,11 @@ class RoundMachine:
         """
         a = self._attempt
         elapsed = self.now - a.start
-        by_clock = int(elapsed // self.config.view_timeout_s) if math.isfinite(elapsed) and elapsed > 0 else 0
+        by_clock = (
+            int(elapsed // self.config.view_timeout_s)
+            if math.isfinite(elapsed) and elapsed > 0
+            else 0
+        )
         return max(a.view, by_clock) + self.config.max_views_ahead
 
     def _start_next_round(self, event: RoundStarted) -> None:

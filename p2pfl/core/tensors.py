@@ -47,7 +47,7 @@ HEADER_ALIGNMENT = 8
 # Tensor names: printable ASCII without `"` or `\` (so JSON needs no escapes and byte order
 # equals code-point order), 1..256 chars; torch state_dict keys like "layer1.0.weight" fit.
 MAX_NAME_LENGTH = 256
-_NAME = re.compile(r'[\x20-\x21\x23-\x5b\x5d-\x7e]{1,256}')
+_NAME = re.compile(r"[\x20-\x21\x23-\x5b\x5d-\x7e]{1,256}")
 # safetensors reserves this key for string metadata; we carry none.
 METADATA_KEY = "__metadata__"
 _JSON_STRING = re.compile(rb'"[^"]*"')

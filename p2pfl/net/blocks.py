@@ -27,8 +27,8 @@ resumes where it stopped.
 Throughput (sim/bench/transfer.py): per provider, one task keeps requests in flight and reads
 answers off the stream, keeping each block as the pieces it arrived in, and every few blocks
 hashes and appends them to the store (`BlockStore.put_parts`), so no block is joined or copied
-on the way; the requests in flight keep the holder sending meanwhile. The holder copies each block once into a reused buffer and writes it as
-views cut at yamux frame boundaries.
+on the way; the requests in flight keep the holder sending meanwhile. The holder copies
+each block once into a reused buffer and writes it as views cut at yamux frame boundaries.
 """
 
 from __future__ import annotations
@@ -42,7 +42,14 @@ from typing import Any
 
 import trio
 
-from p2pfl.core.cid import CID, CID_BYTES_SIZE, CODEC_DAG_PB, MAX_BLOCK_SIZE, MAX_DAG_DEPTH, decode_dag_pb
+from p2pfl.core.cid import (
+    CID,
+    CID_BYTES_SIZE,
+    CODEC_DAG_PB,
+    MAX_BLOCK_SIZE,
+    MAX_DAG_DEPTH,
+    decode_dag_pb,
+)
 from p2pfl.errors import InvalidBlock, InvalidMessage, P2PFLError
 from p2pfl.net.blockstore import BlockNotFound, BlockStore
 from p2pfl.net.config import (
@@ -173,7 +180,9 @@ async def read_request(reader: FrameReader) -> list[CID]:
     if kind != MSG_WANT:
         raise InvalidMessage("bad-frame", f"unknown block request kind 0x{kind:02x}")
     if not 1 <= count <= BLOCKS_MAX_CIDS_PER_REQUEST:
-        raise InvalidMessage("bad-frame", f"request for {count} CIDs (1..{BLOCKS_MAX_CIDS_PER_REQUEST})")
+        raise InvalidMessage(
+            "bad-frame", f"request for {count} CIDs (1..{BLOCKS_MAX_CIDS_PER_REQUEST})"
+        )
     raw = await reader.read_exactly(count * CID_BYTES_SIZE)
     return [CID.parse(raw[i : i + CID_BYTES_SIZE]) for i in range(0, len(raw), CID_BYTES_SIZE)]
 
@@ -366,11 +375,15 @@ class BlockExchange:
                         if j == index:
                             nursery.start_soon(self.fetch_blocks, stripe, list(seeders))
                         else:
-                            nursery.start_soon(self._fetch_patiently, stripe, member, seeders, patience_s)
+                            nursery.start_soon(
+                                self._fetch_patiently, stripe, member, seeders, patience_s
+                            )
         if scope.cancelled_caught:
             raise FetchError(f"fetching {root} with a group of {size} took over {timeout_s:.0f} s")
 
-    async def _fetch_patiently(self, cids: list[CID], member: str, seeders: Sequence[str], patience_s: float) -> None:
+    async def _fetch_patiently(
+        self, cids: list[CID], member: str, seeders: Sequence[str], patience_s: float
+    ) -> None:
         with trio.move_on_after(patience_s):
             while True:
                 try:
@@ -400,7 +413,9 @@ class BlockExchange:
         if not usable:
             raise FetchError("no provider to fetch from (none given, or all banned)")
         usable = usable[: self.config.blocks_max_providers]
-        job = _FetchJob([c for c in dict.fromkeys(cids) if not self.store.has(c)], usable, descend=descend)
+        job = _FetchJob(
+            [c for c in dict.fromkeys(cids) if not self.store.has(c)], usable, descend=descend
+        )
         if not job.pending:
             return
         async with trio.open_nursery() as nursery:
@@ -413,7 +428,8 @@ class BlockExchange:
             missing = list(job.pending) + list(job.unavailable)
             detail = f"; provider errors: {'; '.join(job.errors[:3])}" if job.errors else ""
             raise FetchError(
-                f"{len(missing)} block(s) held by none of {len(usable)} provider(s), e.g. {missing[0]}{detail}"
+                f"{len(missing)} block(s) held by none of {len(usable)} provider(s), e.g. "
+                f"{missing[0]}{detail}"
             )
 
     async def _worker(self, job: _FetchJob, provider: str) -> None:
@@ -465,7 +481,9 @@ class BlockExchange:
                 await self._read_answer(reader, requested[0], job, provider)
             requested.popleft()  # answered: every CID stored or refused
 
-    async def _read_answer(self, reader: FrameReader, batch: list[CID], job: _FetchJob, provider: str) -> None:
+    async def _read_answer(
+        self, reader: FrameReader, batch: list[CID], job: _FetchJob, provider: str
+    ) -> None:
         """Read the answer to `batch`, storing its blocks every _STORE_GROUP_BLOCKS (so hashing
         starts before the whole answer is in); stored and refused CIDs leave `batch`."""
         group: list[_ReadBlock] = []
@@ -489,7 +507,9 @@ class BlockExchange:
         if group:
             self._store_group(batch, group, job, provider)
 
-    def _store_group(self, batch: list[CID], blocks: list[_ReadBlock], job: _FetchJob, provider: str) -> None:
+    def _store_group(
+        self, batch: list[CID], blocks: list[_ReadBlock], job: _FetchJob, provider: str
+    ) -> None:
         """Verify and store `blocks` (sha256 and the pack append release the GIL); each stored
         CID leaves `batch` and is done in `job`. `_BadProvider` at a block that does not hash
         to its CID (it and the rest of the group are not stored)."""

@@ -65,7 +65,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
-from p2pfl.core.cid import CID, MAX_BLOCK_SIZE, assemble, blob_blocks, encode_varint, missing_blocks, verify_block
+from p2pfl.core.cid import (
+    CID,
+    MAX_BLOCK_SIZE,
+    assemble,
+    blob_blocks,
+    encode_varint,
+    missing_blocks,
+    verify_block,
+)
 from p2pfl.errors import InvalidBlock, InvalidMessage, P2PFLError
 
 log = logging.getLogger(__name__)
@@ -227,8 +235,13 @@ class BlockStore:
             if isinstance(parsed, str):
                 pack.damaged = True
                 self.recovery.damaged_packs += 1
-                log.warning("block pack %s: no valid record at offset %d of %d; records after it "
-                            "are not indexed and the pack takes no more appends", pack.name, pos, size)
+                log.warning(
+                    "block pack %s: no valid record at offset %d of %d; records after it "
+                    "are not indexed and the pack takes no more appends",
+                    pack.name,
+                    pos,
+                    size,
+                )
                 break
             cid, header_len, length = parsed
             if pos + header_len + length > size:
@@ -242,8 +255,11 @@ class BlockStore:
             os.ftruncate(pack.fd, pos)
             self.recovery.truncated_packs += 1
             self.recovery.truncated_bytes += size - pos
-            log.warning("block pack %s: cut %d bytes of a torn last record (a killed writer)",
-                        pack.name, size - pos)
+            log.warning(
+                "block pack %s: cut %d bytes of a torn last record (a killed writer)",
+                pack.name,
+                size - pos,
+            )
         if pack.owned and not pack.damaged and self._active is None and pos < self.rotate_bytes:
             self._active = pack  # reuse the room left in a pack nobody is writing
         elif pack.owned and pack is not self._active:
@@ -334,7 +350,9 @@ class BlockStore:
             os.close(fd)
         if size > MAX_BLOCK_SIZE or len(block) != size:
             os.unlink(path)  # no valid block is that large; a short read means a torn file
-            raise InvalidBlock(f"stored block {cid} is {size} bytes (over {MAX_BLOCK_SIZE} or truncated)")
+            raise InvalidBlock(
+                f"stored block {cid} is {size} bytes (over {MAX_BLOCK_SIZE} or truncated)"
+            )
         if verify:
             try:
                 verify_block(cid, block)
@@ -409,8 +427,12 @@ class BlockStore:
                     self._mark_verified(cid, where)
                 return block
             except InvalidBlock:
-                log.warning("block pack %s: record for %s at %d is corrupt; dropped", where.pack, cid,
-                            where.offset)
+                log.warning(
+                    "block pack %s: record for %s at %d is corrupt; dropped",
+                    where.pack,
+                    cid,
+                    where.offset,
+                )
                 with self._lock:
                     self.recovery.corrupt_records += 1
                     spares = self._spares.get(cid)

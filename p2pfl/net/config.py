@@ -152,12 +152,17 @@ class NetConfig:
 
     def __post_init__(self) -> None:
         if not self.listen.startswith(("/ip4/", "/ip6/")) or "/tcp/" not in self.listen:
-            raise ConfigError(f"listen address {self.listen!r} must be a TCP multiaddr, e.g. /ip4/0.0.0.0/tcp/4001")
+            raise ConfigError(
+                f"listen address {self.listen!r} must be a TCP multiaddr, e.g. "
+                "/ip4/0.0.0.0/tcp/4001"
+            )
         for addr in self.bootstrap:
             if "/p2p/" not in addr:
                 raise ConfigError(f"bootstrap address {addr!r} must end in /p2p/<peer id>")
         if not 0 < self.max_message_bytes <= MAX_GOSSIP_MESSAGE_BYTES:
-            raise ConfigError(f"max_message_bytes must be in 1..{MAX_GOSSIP_MESSAGE_BYTES} (pubsub's 1 MiB cap)")
+            raise ConfigError(
+                f"max_message_bytes must be in 1..{MAX_GOSSIP_MESSAGE_BYTES} (pubsub's 1 MiB cap)"
+            )
         if not 0 < self.max_block_bytes <= MAX_BLOCK_SIZE:
             raise ConfigError(f"max_block_bytes must be in 1..{MAX_BLOCK_SIZE}")
         if not self.degree_low <= self.degree <= self.degree_high:

@@ -197,8 +197,11 @@ class Gossip:
 
     # --- topics -------------------------------------------------------------------------
 
-    async def join(self, topic: str, validate: Validator) -> trio.MemoryReceiveChannel[GossipMessage]:
-        """Subscribe to `topic` with `validate` in front; returns the channel of admitted messages."""
+    async def join(
+        self, topic: str, validate: Validator
+    ) -> trio.MemoryReceiveChannel[GossipMessage]:
+        """Subscribe to `topic` with `validate` in front; returns the channel of admitted "
+        "messages."""
         if topic in self.topics:
             raise ValueError(f"already joined {topic}")
         if len(topic.encode()) > MAX_TOPIC_BYTES:
@@ -239,7 +242,9 @@ class Gossip:
         if state is None:
             raise ValueError(f"join {topic} before publishing on it")
         if len(data) > self.config.max_message_bytes:
-            raise InvalidMessage("oversized", f"{len(data)} bytes > {self.config.max_message_bytes} on {topic}")
+            raise InvalidMessage(
+                "oversized", f"{len(data)} bytes > {self.config.max_message_bytes} on {topic}"
+            )
         msg_id = message_id(data)
         if msg_id not in state.log:
             state.remember(msg_id, data, self.clock())
@@ -274,7 +279,9 @@ class Gossip:
             return False
         return self._admit(state, data, msg_id, forwarder, "gossip") is Verdict.ACCEPT
 
-    def _admit(self, state: _TopicState, data: bytes, msg_id: bytes, peer: str, via: str) -> Verdict:
+    def _admit(
+        self, state: _TopicState, data: bytes, msg_id: bytes, peer: str, via: str
+    ) -> Verdict:
         """Validate and, on ACCEPT, remember and deliver one message. Never raises."""
         if len(data) > self.config.max_message_bytes:
             self.peers.offence(peer, Offence.OVERSIZED, f"{via}-oversized")
@@ -283,10 +290,14 @@ class Gossip:
         try:
             result = state.validate(state.topic, data, peer)
         except Exception as exc:
-            log.warning("validator for %s raised %r; treating the message as rejected", state.topic, exc)
+            log.warning(
+                "validator for %s raised %r; treating the message as rejected", state.topic, exc
+            )
             result = ValidationResult.reject("validator-error")
         if result.verdict is Verdict.REJECT:
-            self.peers.offence(peer, Offence.REJECTED_MESSAGE, f"{via}-{result.reason or 'rejected'}")
+            self.peers.offence(
+                peer, Offence.REJECTED_MESSAGE, f"{via}-{result.reason or 'rejected'}"
+            )
             self._remember_rejected(state, msg_id)
             return Verdict.REJECT
         if result.verdict is Verdict.IGNORE:
@@ -326,7 +337,10 @@ class Gossip:
         have = state.have_list()
         topic_bytes = topic.encode()
         request = (
-            struct.pack(">BH", MSG_SYNC, len(topic_bytes)) + topic_bytes + struct.pack(">I", len(have)) + b"".join(have)
+            struct.pack(">BH", MSG_SYNC, len(topic_bytes))
+            + topic_bytes
+            + struct.pack(">I", len(have))
+            + b"".join(have)
         )
         admitted = 0
         stream = None
@@ -401,8 +415,6 @@ class Gossip:
             log.debug("sync stream from %s ended: %r", peer, exc)
         finally:
             await _close(stream)
-
-
 
 
 async def _drain(subscription: Any) -> None:

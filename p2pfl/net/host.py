@@ -111,7 +111,8 @@ def key_pair_from_private_key(private_key: bytes) -> Any:
 
 
 class NodeNet:
-    """A running libp2p host with gossip, block exchange and discovery. Built by `open_node_host`."""
+    """A running libp2p host with gossip, block exchange and discovery. Built by "
+    "`open_node_host`."""
 
     def __init__(self, config: NetConfig, host: Any, pubsub: Any, dht: Any, bitswap: Any) -> None:
         self.config = config
@@ -136,7 +137,9 @@ class NodeNet:
         # tolerant of the peer being gone already (the instance attribute shadows the method).
         pubsub._teardown_if_connected = functools.partial(_teardown_pubsub_peer, pubsub)
         self.store = BlockStore(config.data_dir / "blocks")
-        self.blocks = BlockExchange(self.store, config, self.peers, self._metrics, self._open_stream)
+        self.blocks = BlockExchange(
+            self.store, config, self.peers, self._metrics, self._open_stream
+        )
         self.gossip = Gossip(pubsub, config, self.peers, self._metrics, self._open_stream)
         self._nursery: trio.Nursery | None = None
         self._blacklisted: set[str] = set()
@@ -202,7 +205,12 @@ class NodeNet:
         return await self.host.new_stream(ID.from_base58(peer), [TProtocol(protocol)])
 
     def _on_ban(self, peer: str) -> None:
-        log.info("banning peer %s for %.0f s (score below %.0f)", peer, self.config.ban_s, self.config.ban_threshold)
+        log.info(
+            "banning peer %s for %.0f s (score below %.0f)",
+            peer,
+            self.config.ban_s,
+            self.config.ban_threshold,
+        )
         from libp2p.peer.id import ID
 
         self.pubsub.add_to_blacklist(ID.from_base58(peer))  # teardown: _teardown_pubsub_peer
@@ -212,7 +220,9 @@ class NodeNet:
 
     # --- gossip -------------------------------------------------------------------------
 
-    async def join(self, topic: str, validate: Validator) -> trio.MemoryReceiveChannel[GossipMessage]:
+    async def join(
+        self, topic: str, validate: Validator
+    ) -> trio.MemoryReceiveChannel[GossipMessage]:
         """Subscribe to a topic; `validate(topic, data, from_peer)` gates every message."""
         return await self.gossip.join(topic, validate)
 
@@ -223,7 +233,8 @@ class NodeNet:
     # --- blocks -------------------------------------------------------------------------
 
     def put_blob(self, data: bytes | bytearray | memoryview) -> CID:
-        """Store `data` as IPFS-compatible blocks; returns its root CID (announce with `provide`)."""
+        """Store `data` as IPFS-compatible blocks; returns its root CID (announce with "
+        "`provide`)."""
         return self.store.put_blob(data)
 
     def read_blob(self, root: CID, max_size_bytes: int | None = None) -> bytes:
@@ -306,14 +317,21 @@ class NodeNet:
             )
 
     async def get_blob(
-        self, root: CID, providers: Sequence[str] | None = None, *, max_size_bytes: int | None = None
+        self,
+        root: CID,
+        providers: Sequence[str] | None = None,
+        *,
+        max_size_bytes: int | None = None,
     ) -> bytes:
         """`fetch_blob` then `read_blob`."""
         await self.fetch_blob(root, providers)
         return self.read_blob(root, max_size_bytes)
 
-    async def fetch_blob_bitswap(self, root: CID, provider: str, timeout_s: float = BLOB_FETCH_TIMEOUT_S) -> None:
-        """Fetch a blob over Bitswap 1.2 from one peer (interoperability; slower than fetch_blob)."""
+    async def fetch_blob_bitswap(
+        self, root: CID, provider: str, timeout_s: float = BLOB_FETCH_TIMEOUT_S
+    ) -> None:
+        """Fetch a blob over Bitswap 1.2 from one peer (interoperability; slower than "
+        "fetch_blob)."""
         if self.bitswap is None:
             raise ConfigError("Bitswap is off: start the node with NetConfig(bitswap=True)")
         from libp2p.peer.id import ID
@@ -322,7 +340,9 @@ class NodeNet:
         with trio.fail_after(timeout_s):
             while frontier := self.store.missing(root):
                 got = await session.get_blocks_batch(
-                    [c.to_bytes() for c in frontier], peer_id=ID.from_base58(provider), timeout=timeout_s
+                    [c.to_bytes() for c in frontier],
+                    peer_id=ID.from_base58(provider),
+                    timeout=timeout_s,
                 )
                 for cid in frontier:
                     block = got.get(cid.to_bytes())
@@ -343,7 +363,8 @@ class NodeNet:
         if not cfg.bootstrap:
             if not cfg.mdns:
                 message = (
-                    "no bootstrap peers configured and mDNS is off: this node will only talk to peers "
+                    "no bootstrap peers configured and mDNS is off: this node will only talk to "
+                    "peers "
                     "that dial it (add bootstrap multiaddrs, or enable mDNS on a trusted LAN)"
                 )
                 if cfg.require_peers:
@@ -356,7 +377,8 @@ class NodeNet:
                 for addr in cfg.bootstrap:
                     nursery.start_soon(self._dial_quietly, addr, errors)
         if not self.connected_peers():
-            message = f"could not reach any of {len(cfg.bootstrap)} bootstrap peer(s): {'; '.join(errors) or 'timeout'}"
+            reasons = "; ".join(errors) or "timeout"
+            message = f"could not reach any of {len(cfg.bootstrap)} bootstrap peer(s): {reasons}"
             if cfg.require_peers:
                 raise NoPeersError(message)
             log.warning(message)
@@ -397,7 +419,9 @@ def _build(config: NetConfig, private_key: bytes) -> tuple[Any, Any, Any, Any]:
 
     key_pair = key_pair_from_private_key(private_key)
     # Noise only: without sec_opt py-libp2p also offers TLS, SECIO and *plaintext*.
-    security = {NOISE_PROTOCOL_ID: NoiseTransport(key_pair, noise_privkey=create_x25519().private_key)}
+    security = {
+        NOISE_PROTOCOL_ID: NoiseTransport(key_pair, noise_privkey=create_x25519().private_key)
+    }
     host = new_host(
         key_pair=key_pair,
         sec_opt=security,
@@ -548,7 +572,13 @@ def _leaves(exc: BaseException) -> Iterator[BaseException]:
 
 @asynccontextmanager
 async def _run_host(
-    net: NodeNet, host: Any, pubsub: Any, router: Any, dht: Any, bitswap: Any, raised: list[BaseException]
+    net: NodeNet,
+    host: Any,
+    pubsub: Any,
+    router: Any,
+    dht: Any,
+    bitswap: Any,
+    raised: list[BaseException],
 ) -> AsyncIterator[None]:
     from libp2p.tools.anyio_service import background_trio_service
 

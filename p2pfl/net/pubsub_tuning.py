@@ -61,7 +61,9 @@ def apply() -> bool:
     if _applied:
         return True
     if version("libp2p") not in TESTED_LIBP2P_VERSIONS:
-        log.warning("libp2p %s untested: signed peer records are verified on every RPC", version("libp2p"))
+        log.warning(
+            "libp2p %s untested: signed peer records are verified on every RPC", version("libp2p")
+        )
         return False
     import importlib
 
@@ -70,7 +72,10 @@ def apply() -> bool:
     cached = make_cached(utils.maybe_consume_signed_record)
     for name in _CALLERS:
         module = importlib.import_module(name)
-        if getattr(module, "maybe_consume_signed_record", None) is utils.maybe_consume_signed_record:
+        if (
+            getattr(module, "maybe_consume_signed_record", None)
+            is utils.maybe_consume_signed_record
+        ):
             module.maybe_consume_signed_record = cached  # type: ignore[attr-defined]
     _applied = True
     return True

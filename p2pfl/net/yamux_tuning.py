@@ -137,7 +137,9 @@ def _make_stream_class(Y: Any) -> type:
                     await self._credit_event.wait()
             self._credit_event = None
             if scope.cancelled_caught:
-                raise MuxedStreamError(f"no window update from peer in {WINDOW_WAIT_TIMEOUT_S:.0f} s")
+                raise MuxedStreamError(
+                    f"no window update from peer in {WINDOW_WAIT_TIMEOUT_S:.0f} s"
+                )
 
     TunedYamuxStream.__name__ = TunedYamuxStream.__qualname__ = "TunedYamuxStream"
     return TunedYamuxStream
@@ -226,7 +228,10 @@ async def grow_receive_window(stream: Any, size_bytes: int) -> None:
     later reads keep the window that large. No-op on other muxers or if already that large.
     """
     muxed = getattr(stream, "muxed_stream", stream)
-    if not all(hasattr(muxed, a) for a in ("window_lock", "recv_window", "target_recv_window", "send_window_update")):
+    if not all(
+        hasattr(muxed, a)
+        for a in ("window_lock", "recv_window", "target_recv_window", "send_window_update")
+    ):
         return  # not yamux (e.g. mplex): nothing to grant
     async with muxed.window_lock:
         delta = size_bytes - muxed.recv_window

@@ -9,9 +9,9 @@ that and loads the committed weights into it. Weights travel as `dict[str, np.nd
 from __future__ import annotations
 
 import importlib
-from typing import Any
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from typing import Any
 
 import numpy as np
 import torch
@@ -125,9 +125,7 @@ def _import_factory(spec: str) -> ModelFactory:
     rest = spec[len(MODULE_SPEC_PREFIX) :]
     module_name, sep, attr = rest.partition(":")
     if not sep or not module_name or not attr:
-        raise ConfigError(
-            f"bad model spec {spec!r}: expected 'module:package.module:factory'"
-        )
+        raise ConfigError(f"bad model spec {spec!r}: expected 'module:package.module:factory'")
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:

@@ -4,7 +4,6 @@ Each benchmark is a module `sim/bench/<name>.py` exposing `run() -> None` that p
 its figures (headline last) and raises `BenchError` only when it could not measure.
 """
 
-
 import os
 import subprocess
 import sys

@@ -9,7 +9,9 @@ from sim.bench import BenchError
 
 
 def available() -> list[str]:
-    return sorted(m.name for m in pkgutil.iter_modules(bench_pkg.__path__) if not m.name.startswith("_"))
+    return sorted(
+        m.name for m in pkgutil.iter_modules(bench_pkg.__path__) if not m.name.startswith("_")
+    )
 
 
 def main(argv: list[str]) -> int:
@@ -20,7 +22,10 @@ def main(argv: list[str]) -> int:
     wanted = names if argv == ["all"] else argv
     unknown = [n for n in wanted if n not in names]
     if unknown:
-        print(f"unknown benchmark(s): {', '.join(unknown)}; available: {', '.join(names)}", file=sys.stderr)
+        print(
+            f"unknown benchmark(s): {', '.join(unknown)}; available: {', '.join(names)}",
+            file=sys.stderr,
+        )
         return 2
     status = 0
     for name in wanted:

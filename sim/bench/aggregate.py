@@ -2,7 +2,8 @@
 
 Figures (headline last):
   fedavg-threads        threads `p2pfl.parallel.threaded` uses for 10M params on this machine
-  fedavg-10x10M         GB/s of input read by `p2pfl.core.aggregate.fedavg` (`p2pfl.parallel.threaded`)
+  fedavg-10x10M         GB/s of input read by `p2pfl.core.aggregate.fedavg`
+                        (`p2pfl.parallel.threaded`)
   fedavg-1thread-10x10M the same, forced onto one thread
   memcpy                GB/s of single-threaded np.copyto over the same input bytes, same
                         run (the baseline of the headline)
@@ -89,7 +90,11 @@ def _fedavg_figures() -> tuple[float, float, float, float, float]:
             acc = acc + d * (w / tot)
 
     t_fedavg, t_one, t_memcpy = _best_interleaved(
-        [lambda: fedavg(vs, weights, parallel=threaded), lambda: fedavg(vs, weights, parallel=one), memcpy],
+        [
+            lambda: fedavg(vs, weights, parallel=threaded),
+            lambda: fedavg(vs, weights, parallel=one),
+            memcpy,
+        ],
         FEDAVG_REPEATS,
     )
     t_loop = _best(python_loop)
@@ -110,6 +115,8 @@ def run() -> None:
     cs = _contributions(_deltas(50, 1_000_000, seed=2))
     mk = RuleSpec.from_dict({"rule": "multikrum", "byzantine_f": 10})
     figure("multikrum-50x1M", _best(lambda: aggregate(mk, cs, parallel=threaded)), "s")
-    figure("default-50x1M", _best(lambda: aggregate(RuleSpec.default(), cs, parallel=threaded)), "s")
+    figure(
+        "default-50x1M", _best(lambda: aggregate(RuleSpec.default(), cs, parallel=threaded)), "s"
+    )
     figure("default-10x10M", t_default10, "s")
     figure("fedavg-vs-memcpy", t_memcpy / t_fedavg, "ratio")

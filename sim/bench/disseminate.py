@@ -115,7 +115,10 @@ async def _disseminate(tmp: Path) -> tuple[float, float, float]:
                     for j in range(BURST_PER_NODE):
                         nursery.start_soon(n.publish, topic, f"update {i} {j}".encode())
         if len(burst_done) < COMMITTEE:
-            raise BenchError(f"only {len(burst_done)}/{COMMITTEE} members got all 100 updates in {BURST_TIMEOUT_S} s")
+            raise BenchError(
+                f"only {len(burst_done)}/{COMMITTEE} members got all 100 updates in "
+                f"{BURST_TIMEOUT_S} s"
+            )
         return seconds, uploaded / DELTA_BYTES, max(burst_done) - burst_start
 
 

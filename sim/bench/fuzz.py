@@ -3,10 +3,11 @@ or `python -m sim.bench.fuzz [INPUTS]`.
 
 Runs the targets of `sim/fuzz/targets.py` (message decoding, the gossip validator, block /
 DAG / tensor / CID verification, the round state machine) with the coverage-guided
-mutational fuzzer of `sim/fuzz/engine.py`, seeded from protocol/vectors/*.json. FUZZ_JOBS (default 1: the machine is shared) runs shards in
-parallel processes; FUZZ_SEED picks the run. Prints per-target figures, then
-`fuzz-inputs`, `fuzz-hangs` and the headline `fuzz-crashes`. Exits non-zero only when it
-could not measure; crashes are a result, printed with their first examples.
+mutational fuzzer of `sim/fuzz/engine.py`, seeded from protocol/vectors/*.json. FUZZ_JOBS
+(default 1: the machine is shared) runs shards in parallel processes; FUZZ_SEED picks the
+run. Prints per-target figures, then `fuzz-inputs`, `fuzz-hangs` and the headline
+`fuzz-crashes`. Exits non-zero only when it could not measure; crashes are a result, printed
+with their first examples.
 """
 
 from __future__ import annotations
@@ -37,7 +38,16 @@ def _shard(name: str, inputs: int, seed: int) -> Any:
 
 
 def _merge(parts: list[Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {"inputs": 0, "crashes": 0, "hangs": 0, "cpu_s": 0.0, "slowest_s": 0.0, "arcs": 0, "outcomes": 0, "examples": []}
+    out: dict[str, Any] = {
+        "inputs": 0,
+        "crashes": 0,
+        "hangs": 0,
+        "cpu_s": 0.0,
+        "slowest_s": 0.0,
+        "arcs": 0,
+        "outcomes": 0,
+        "examples": [],
+    }
     outcomes: set[str] = set()
     for p in parts:
         out["inputs"] += p.inputs
@@ -56,7 +66,11 @@ def run(argv: list[str] | None = None) -> None:
     """Run the campaign and print its figures (headline: fuzz-crashes)."""
     args = argv or []
     try:
-        total = int(args[0]) if args and args[0].isdigit() else int(os.environ.get("FUZZ_INPUTS", DEFAULT_INPUTS))
+        total = (
+            int(args[0])
+            if args and args[0].isdigit()
+            else int(os.environ.get("FUZZ_INPUTS", DEFAULT_INPUTS))
+        )
         jobs = max(1, int(os.environ.get("FUZZ_JOBS", "1")))
         seed = int(os.environ.get("FUZZ_SEED", "0"))
     except ValueError as exc:
@@ -64,7 +78,11 @@ def run(argv: list[str] | None = None) -> None:
     counts = {name: int(total * share) for name, share in SHARES.items()}
     counts["messages"] += total - sum(counts.values())
     # Shards: each target split into `jobs` pieces with their own seeds.
-    work = [(name, n // jobs + (1 if i < n % jobs else 0), seed * 1000 + i) for name, n in counts.items() for i in range(jobs)]
+    work = [
+        (name, n // jobs + (1 if i < n % jobs else 0), seed * 1000 + i)
+        for name, n in counts.items()
+        for i in range(jobs)
+    ]
     started = time.perf_counter()
     results: dict[str, list[Any]] = {name: [] for name in counts}
     if jobs == 1:
@@ -90,7 +108,10 @@ def run(argv: list[str] | None = None) -> None:
         figure(f"fuzz-{name}-outcomes", m["outcomes"], "distinct")
         figure(f"fuzz-{name}-coverage", m["arcs"], "line-arcs")
         for text, data in m["examples"][:3]:
-            print(f"  {name} example: {data[:64].hex()} ...\n    " + text.replace("\n", "\n    "), file=sys.stderr)
+            print(
+                f"  {name} example: {data[:64].hex()} ...\n    " + text.replace("\n", "\n    "),
+                file=sys.stderr,
+            )
     figure("fuzz-wall-time", wall_s, "s")
     figure("fuzz-rate", totals["inputs"] / wall_s if wall_s else 0.0, "inputs/s")
     figure("fuzz-inputs", totals["inputs"], "inputs")

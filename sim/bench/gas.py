@@ -40,7 +40,9 @@ def _commit(
     signers = committee[:n_signers]
     sigs = net.votes(signers, task, rnd, attempt, 0, base, result, tree.root)
     return (
-        net.clients[0].commit_round(task, rnd, attempt, 0, base, result, tree.root, list(zip(signers, sigs))),
+        net.clients[0].commit_round(
+            task, rnd, attempt, 0, base, result, tree.root, list(zip(signers, sigs))
+        ),
         result,
         tree,
     )

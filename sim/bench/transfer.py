@@ -148,7 +148,8 @@ async def _measure(addr: str, root_text: str) -> dict[str, float]:
 
 
 def run() -> None:
-    """Print MB/s for Bitswap, the raw stream (tuned and untuned), the node's path, and the ratio."""
+    """Print MB/s for Bitswap, the raw stream (tuned and untuned), the node's path, and the "
+    "ratio."""
     import logging
 
     logging.getLogger("p2pfl.net.host").setLevel(logging.ERROR)  # "no bootstrap" is expected here

@@ -51,7 +51,24 @@ DEFAULT_TRACE_EVERY = 16
 MAX_EXAMPLES = 5
 
 _INTERESTING_8 = (0, 1, 0x7F, 0x80, 0xFF)
-_INTERESTING_INTS = (0, 1, 2, 31, 32, 33, 36, 127, 128, 255, 256, 65535, 2**31 - 1, 2**32 - 1, 2**63, 2**64 - 1)
+_INTERESTING_INTS = (
+    0,
+    1,
+    2,
+    31,
+    32,
+    33,
+    36,
+    127,
+    128,
+    255,
+    256,
+    65535,
+    2**31 - 1,
+    2**32 - 1,
+    2**63,
+    2**64 - 1,
+)
 
 
 class Hang(BaseException):
@@ -238,7 +255,11 @@ def fuzz(
             else:
                 data = rng.choice(corpus) if corpus else b""
                 for _ in range(rng.randint(1, MAX_STACKED_MUTATIONS)):
-                    mutated = mutate_own(data, rng) if mutate_own is not None and rng.random() < 0.5 else None
+                    mutated = (
+                        mutate_own(data, rng)
+                        if mutate_own is not None and rng.random() < 0.5
+                        else None
+                    )
                     data = mutated if mutated is not None else mutate_bytes(data, rng, corpus)
             traced = coverage is not None and i % trace_every == 0
             t0 = time.process_time()

@@ -64,7 +64,17 @@ MEMBERS = [NodeIdentity.from_seed(b"flood member %d" % i) for i in range(7)]
 STRANGER = NodeIdentity.from_seed(b"flood stranger")
 BASE = blob_cid(b"flood base model").to_bytes()
 ATTACKERS = 3
-CATEGORIES = ("garbage", "truncated", "oversized", "wrong-task", "forged", "stranger", "replay", "future", "views")
+CATEGORIES = (
+    "garbage",
+    "truncated",
+    "oversized",
+    "wrong-task",
+    "forged",
+    "stranger",
+    "replay",
+    "future",
+    "views",
+)
 # The victim's message limit, below the attackers' (pubsub's 1 MiB cap bounds theirs), so
 # oversized messages get through the attackers' own gossip and reach the victim's check.
 VICTIM_MAX_MESSAGE_BYTES = 500_000
@@ -120,7 +130,9 @@ class Victim:
         registered = frozenset(m.address for m in MEMBERS)
         config = RoundConfig(task=TASK, committee_size=7, rule="fedavg")
         self.machine = RoundMachine(config, MEMBERS[0].private_key, DOMAIN)
-        self.machine.handle(ev.RoundStarted(CURRENT_ROUND, BASE, {m.address: 100 for m in MEMBERS}, 0.0))
+        self.machine.handle(
+            ev.RoundStarted(CURRENT_ROUND, BASE, {m.address: 100 for m in MEMBERS}, 0.0)
+        )
         self.validate = node_validator(TASK, registered, CURRENT_ROUND, self.machine)
         self.counts: dict[str, int] = {}
 
@@ -138,9 +150,19 @@ class Victim:
                 self.machine.handle(event)
 
 
-def _update(author: NodeIdentity, i: int, *, task: bytes = TASK, round_: int = CURRENT_ROUND) -> Update:
-    u = Update(task=task, round=round_, base=BASE, delta=blob_cid(i.to_bytes(8, "big")).to_bytes(),
-               n_samples=1 + i % 1000, norm=1.0, inline=b"", signer=author.address)
+def _update(
+    author: NodeIdentity, i: int, *, task: bytes = TASK, round_: int = CURRENT_ROUND
+) -> Update:
+    u = Update(
+        task=task,
+        round=round_,
+        base=BASE,
+        delta=blob_cid(i.to_bytes(8, "big")).to_bytes(),
+        n_samples=1 + i % 1000,
+        norm=1.0,
+        inline=b"",
+        signer=author.address,
+    )
     return u.signed(author.private_key, DOMAIN)  # type: ignore[return-value]
 
 
@@ -165,7 +187,9 @@ def hostile_message(category: str, i: int, rng: random.Random) -> tuple[str, byt
         return "updates", _update(MEMBERS[3], i, round_=CURRENT_ROUND + 3).encode()
     # views: a registered member's genuinely signed votes for views that never run
     member = MEMBERS[4]
-    vote = Vote(TASK, CURRENT_ROUND, 0, 1000 + i, BASE, blob_cid(b"x").to_bytes(), bytes(32), member.address)
+    vote = Vote(
+        TASK, CURRENT_ROUND, 0, 1000 + i, BASE, blob_cid(b"x").to_bytes(), bytes(32), member.address
+    )
     return "consensus", vote.signed(member.private_key, DOMAIN).encode()
 
 
@@ -177,15 +201,21 @@ async def _attackers_main(victim_addr: str, tmp: Path, messages: int, seed: int,
         attackers: list[NodeNet] = []
         for a in range(ATTACKERS):
             key = NodeIdentity.from_seed(b"flood attacker %d" % a).private_key
-            net = await stack.enter_async_context(open_node_host(NetConfig(data_dir=tmp / f"attacker{a}", mdns=False), key))
+            net = await stack.enter_async_context(
+                open_node_host(NetConfig(data_dir=tmp / f"attacker{a}", mdns=False), key)
+            )
             await net.connect(victim_addr)
             attackers.append(net)
-        topics = {kind: topic_name(TASK.hex(), kind) for kind in ("updates", "consensus", "commits")}
+        topics = {
+            kind: topic_name(TASK.hex(), kind) for kind in ("updates", "consensus", "commits")
+        }
         for topic in topics.values():
             for net in attackers:
                 await net.join(topic, lambda t, d, p: ValidationResult.accept())
         victim = ID.from_base58(victim_addr.rsplit("/p2p/", 1)[1])
-        streams = [await net.host.new_stream(victim, list(net.pubsub.protocols)) for net in attackers]
+        streams = [
+            await net.host.new_stream(victim, list(net.pubsub.protocols)) for net in attackers
+        ]
         conn.send("ready")
         await trio.to_thread.run_sync(conn.recv)  # "go"
         counts = dict.fromkeys(CATEGORIES, 0)
@@ -198,7 +228,9 @@ async def _attackers_main(victim_addr: str, tmp: Path, messages: int, seed: int,
                     category = "garbage"
                 kind, data = hostile_message(category, i, rng)
                 counts[category] += 1
-                net.gossip.topics[topics[kind]].remember(message_id(data), data, net.gossip.clock())  # served by sync
+                net.gossip.topics[topics[kind]].remember(
+                    message_id(data), data, net.gossip.clock()
+                )  # served by sync
                 if category == "oversized":
                     await attacker.send([_signed_pubsub_message(net, topics[kind], data)])
                     continue
@@ -223,7 +255,9 @@ def _signed_pubsub_message(net: NodeNet, topic: str, data: bytes) -> Any:
     from libp2p.pubsub.pubsub import PUBSUB_SIGNING_PREFIX
 
     pubsub = net.pubsub
-    msg = rpc_pb2.Message(data=data, topicIDs=[topic], from_id=pubsub.my_id.to_bytes(), seqno=pubsub._next_seqno())
+    msg = rpc_pb2.Message(
+        data=data, topicIDs=[topic], from_id=pubsub.my_id.to_bytes(), seqno=pubsub._next_seqno()
+    )
     msg.signature = pubsub.sign_key.sign(PUBSUB_SIGNING_PREFIX.encode() + msg.SerializeToString())
     msg.key = net.host.get_public_key().serialize()
     return msg
@@ -248,14 +282,18 @@ class _RawClient:
             self.next_redial = trio.current_time() + REDIAL_EVERY_S
             with trio.move_on_after(WRITE_TIMEOUT_S):
                 try:
-                    self.stream = await self.net.host.new_stream(self.victim, list(self.net.pubsub.protocols))
+                    self.stream = await self.net.host.new_stream(
+                        self.victim, list(self.net.pubsub.protocols)
+                    )
                 except Exception:
                     pass
         written = False
         if self.stream is not None:
             with trio.move_on_after(WRITE_TIMEOUT_S):
                 try:
-                    written = await self.net.pubsub.write_msg(self.stream, rpc_pb2.RPC(publish=messages))
+                    written = await self.net.pubsub.write_msg(
+                        self.stream, rpc_pb2.RPC(publish=messages)
+                    )
                 except Exception:
                     pass
         if not written:
@@ -285,10 +323,18 @@ async def _flood_phase(tmp: Path, messages: int, defended: bool, seed: int) -> F
     conn, child_conn = ctx.Pipe()
     async with AsyncExitStack() as stack:
         v_net: NodeNet = await stack.enter_async_context(
-            open_node_host(NetConfig(data_dir=tmp / "victim", mdns=False, **limits), MEMBERS[0].private_key)
+            open_node_host(
+                NetConfig(data_dir=tmp / "victim", mdns=False, **limits), MEMBERS[0].private_key
+            )
         )
-        topics = {kind: topic_name(TASK.hex(), kind) for kind in ("updates", "consensus", "commits")}
-        process = ctx.Process(target=_attackers_process, args=(v_net.listen_addrs[0], tmp, messages, seed, child_conn), daemon=True)
+        topics = {
+            kind: topic_name(TASK.hex(), kind) for kind in ("updates", "consensus", "commits")
+        }
+        process = ctx.Process(
+            target=_attackers_process,
+            args=(v_net.listen_addrs[0], tmp, messages, seed, child_conn),
+            daemon=True,
+        )
         process.start()
         try:
             async with trio.open_nursery() as nursery:
@@ -336,10 +382,14 @@ async def _flood_phase(tmp: Path, messages: int, defended: bool, seed: int) -> F
                 result.rejected = int(metrics.get("rejected", 0))  # type: ignore[arg-type]
                 result.rejections_by_reason = dict(metrics["rejections_by_reason"])  # type: ignore[arg-type]
                 result.ignored = sum(int(v) for k, v in metrics.items() if k.startswith("ignored-"))  # type: ignore[arg-type]
-                result.admitted = int(metrics.get("admitted-gossip", 0)) + int(metrics.get("admitted-sync", 0))  # type: ignore[arg-type]
+                result.admitted = int(metrics.get("admitted-gossip", 0)) + int(
+                    metrics.get("admitted-sync", 0)
+                )
                 result.validated = _judged(metrics)  # = rejected + ignored + admitted
                 result.peers_banned = int(metrics.get("peers-banned", 0))  # type: ignore[arg-type]
-                result.machine_rejected = {k: v for k, v in victim.machine.counters.items() if k.startswith("rejected:")}
+                result.machine_rejected = {
+                    k: v for k, v in victim.machine.counters.items() if k.startswith("rejected:")
+                }
                 result.machine_statements = len(victim.machine._statements)
                 nursery.cancel_scope.cancel()
         finally:
@@ -359,7 +409,11 @@ def _rss_after_trim() -> float | None:
 
 def _judged(metrics: dict[str, Any]) -> int:
     """Messages the victim has judged so far (rejected, ignored or admitted)."""
-    return sum(int(v) for k, v in metrics.items() if k == "rejected" or k.startswith(("ignored-", "admitted-")))
+    return sum(
+        int(v)
+        for k, v in metrics.items()
+        if k == "rejected" or k.startswith(("ignored-", "admitted-"))
+    )
 
 
 def run_flood(tmp: Path, messages: int, defended: bool, seed: int = 0) -> FloodResult:

@@ -81,7 +81,9 @@ def commit(
         round_reward_leaves(info.reward_per_round, contributors, committee, rejected)
     )
     sigs = net.votes(committee[:need], task, rnd, attempt, 0, base, result, tree.root)
-    tx = net.clients[-1].commit_round(task, rnd, attempt, 0, base, result, tree.root, pairs(committee[:need], sigs))
+    tx = net.clients[-1].commit_round(
+        task, rnd, attempt, 0, base, result, tree.root, pairs(committee[:need], sigs)
+    )
     return Committed(rnd, attempt, base, result, committee, tree, tx)
 
 

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from p2pfl.chain.rewards import read_reward_file, write_reward_file
 from p2pfl.chain.devnet import ETHER, DevNet
 from p2pfl.chain.providers import Anvil
+from p2pfl.chain.rewards import read_reward_file, write_reward_file
 from p2pfl.cli import main as cli_main
 from p2pfl.cli.chain import claim_command, deploy_command, register_command, status_command
 from p2pfl.cli.common import ether_to_wei

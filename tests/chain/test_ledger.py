@@ -9,7 +9,14 @@ from p2pfl.chain.client import ChainClient
 from p2pfl.chain.devnet import ETHER, DevNet
 from p2pfl.chain.providers import fund, increase_time, mine_blocks
 from p2pfl.core.merkle import ROLE_CONTRIBUTOR, ROLE_REJECTED, RewardLeaf, RewardTree, build_leaves
-from p2pfl.core.signing import SECP256K1_N, Kind, address_of, sign_digest, statement_digest, vote_body
+from p2pfl.core.signing import (
+    SECP256K1_N,
+    Kind,
+    address_of,
+    sign_digest,
+    statement_digest,
+    vote_body,
+)
 from p2pfl.errors import ChainError
 
 from .conftest import ESCROW, GENESIS, REWARD, TASK, K, assert_reverts, commit, first_draw, pairs
@@ -71,7 +78,10 @@ def test_commit_unknown_task(net: DevNet) -> None:
 
 def test_commit_too_few_signatures(net: DevNet) -> None:
     attempt, committee = first_draw(net, TASK, 1, GENESIS, 4)
-    sigs = pairs(committee[:3], net.votes(committee[:3], TASK, 1, attempt, 0, GENESIS, b"\x03" * 32, b"\x00" * 32))
+    sigs = pairs(
+        committee[:3],
+        net.votes(committee[:3], TASK, 1, attempt, 0, GENESIS, b"\x03" * 32, b"\x00" * 32),
+    )
     _advance_for(net, attempt)
     c = net.clients[0]
     assert_reverts(
@@ -84,7 +94,9 @@ def test_commit_non_member_signer(net: DevNet) -> None:
     attempt, committee = first_draw(net, TASK, 1, GENESIS, 4)
     outsider = next(c.address for c in net.clients if c.address not in committee)
     signers = committee[:3] + [outsider]
-    sigs = pairs(signers, net.votes(signers, TASK, 1, attempt, 0, GENESIS, b"\x03" * 32, b"\x00" * 32))
+    sigs = pairs(
+        signers, net.votes(signers, TASK, 1, attempt, 0, GENESIS, b"\x03" * 32, b"\x00" * 32)
+    )
     _advance_for(net, attempt)
     err = assert_reverts(
         lambda: net.clients[0].commit_round(
@@ -107,7 +119,10 @@ def test_commit_unregistered_signer(net: DevNet) -> None:
         0,
         vote_body(GENESIS, b"\x03" * 32, bytes(32)),
     )
-    sigs = pairs(committee[:3], net.votes(committee[:3], TASK, 1, attempt, 0, GENESIS, b"\x03" * 32, bytes(32)))
+    sigs = pairs(
+        committee[:3],
+        net.votes(committee[:3], TASK, 1, attempt, 0, GENESIS, b"\x03" * 32, bytes(32)),
+    )
     sigs.append((address_of(stranger), sign_digest(stranger, digest)))
     _advance_for(net, attempt)
     assert_reverts(
@@ -166,9 +181,15 @@ def test_commit_rejects_high_s_and_malformed_signatures(net: DevNet) -> None:
 def test_redraw_attempt_needs_the_delay(net: DevNet) -> None:
     attempt = next(a for a in range(1, 100) if len(net.committee(TASK, 1, GENESIS, a, K)) >= 4)
     committee = net.committee(TASK, 1, GENESIS, attempt, K)
-    sigs = pairs(committee[:4], net.votes(committee[:4], TASK, 1, attempt, 0, GENESIS, b"\x03" * 32, bytes(32)))
+    sigs = pairs(
+        committee[:4],
+        net.votes(committee[:4], TASK, 1, attempt, 0, GENESIS, b"\x03" * 32, bytes(32)),
+    )
     c = net.clients[0]
-    commit_it = lambda: c.commit_round(TASK, 1, attempt, 0, GENESIS, b"\x03" * 32, bytes(32), sigs)
+
+    def commit_it():
+        return c.commit_round(TASK, 1, attempt, 0, GENESIS, b"\x03" * 32, bytes(32), sigs)
+
     assert_reverts(commit_it, f"RedrawTooEarly(attempt={attempt}")
     increase_time(net.w3, 60 * attempt + 1)
     assert commit_it().event("RoundCommitted")["attempt"] == attempt
@@ -189,7 +210,9 @@ def test_stake_snapshot_ignores_registrations_after_it(net: DevNet) -> None:
         attempt, committee = first_draw(net, TASK, 1, GENESIS, 3)
         assert late.address not in committee
         signers = committee[:3] + [late.address]
-        sigs = pairs(signers, net.votes(signers, TASK, 1, attempt, 0, GENESIS, b"\x03" * 32, bytes(32)))
+        sigs = pairs(
+            signers, net.votes(signers, TASK, 1, attempt, 0, GENESIS, b"\x03" * 32, bytes(32))
+        )
         _advance_for(net, attempt)
         assert_reverts(
             lambda: late.commit_round(TASK, 1, attempt, 0, GENESIS, b"\x03" * 32, bytes(32), sigs),
@@ -250,7 +273,10 @@ def test_over_withdrawal_is_impossible(net: DevNet) -> None:
     tree = RewardTree.build(leaves)
     attempt, committee = first_draw(net, TASK, 1, GENESIS, 4)
     _advance_for(net, attempt)
-    sigs = pairs(committee[:4], net.votes(committee[:4], TASK, 1, attempt, 0, GENESIS, b"\x03" * 32, tree.root))
+    sigs = pairs(
+        committee[:4],
+        net.votes(committee[:4], TASK, 1, attempt, 0, GENESIS, b"\x03" * 32, tree.root),
+    )
     net.admin.commit_round(TASK, 1, attempt, 0, GENESIS, b"\x03" * 32, tree.root, sigs)
     net.admin.claim(TASK, 1, tree.leaves[0], tree.proof(0))
     assert_reverts(
@@ -275,7 +301,10 @@ def test_many_leaves_use_the_overflow_bitmap(net: DevNet) -> None:
     tree = RewardTree.build(leaves)
     attempt, committee = first_draw(net, TASK, 1, GENESIS, 4)
     _advance_for(net, attempt)
-    sigs = pairs(committee[:4], net.votes(committee[:4], TASK, 1, attempt, 0, GENESIS, b"\x03" * 32, tree.root))
+    sigs = pairs(
+        committee[:4],
+        net.votes(committee[:4], TASK, 1, attempt, 0, GENESIS, b"\x03" * 32, tree.root),
+    )
     net.admin.commit_round(TASK, 1, attempt, 0, GENESIS, b"\x03" * 32, tree.root, sigs)
     for index in (0, 143, 144, 299):
         net.admin.claim(TASK, 1, tree.leaves[index], tree.proof(index))
@@ -411,7 +440,10 @@ def _advance_for(net: DevNet, attempt: int) -> None:
 def _try_commit(net: DevNet, rnd: int = 1, base: bytes = GENESIS, task: bytes = TASK) -> ChainError:
     attempt, committee = first_draw(net, TASK, 1, GENESIS, 4)
     _advance_for(net, attempt)
-    sigs = pairs(committee[:4], net.votes(committee[:4], task, rnd, attempt, 0, base, b"\x03" * 32, bytes(32)))
+    sigs = pairs(
+        committee[:4],
+        net.votes(committee[:4], task, rnd, attempt, 0, base, b"\x03" * 32, bytes(32)),
+    )
     with pytest.raises(ChainError) as info:
         net.clients[0].commit_round(task, rnd, attempt, 0, base, b"\x03" * 32, bytes(32), sigs)
     assert info.value.revert_reason is not None

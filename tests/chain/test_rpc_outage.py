@@ -46,7 +46,9 @@ def test_a_commit_sent_into_an_outage_lands_once_after_it(tmp_path, caplog) -> N
         r1 = commit(net, 1, GENESIS)
         args = _round_two(net, r1.result)
         # Two committee members hold the same certificate, each with its own connection.
-        members = [ChainClient(rpc_web3(anvil.url), net.deployment, net.keys[i], **QUICK) for i in (1, 2)]
+        members = [
+            ChainClient(rpc_web3(anvil.url), net.deployment, net.keys[i], **QUICK) for i in (1, 2)
+        ]
         outcomes: dict[int, object] = {}
 
         async def submit(i: int, client: ChainClient) -> None:
@@ -73,15 +75,21 @@ def test_a_commit_sent_into_an_outage_lands_once_after_it(tmp_path, caplog) -> N
         events = net.admin.commits(0, net.admin.block_number(), TASK)
         assert [e.round for e in events] == [1, 2]  # exactly one RoundCommitted per round
         assert events[1].tx_hash == landed[0].tx_hash
-        retried = [r.getMessage() for r in caplog.records if "retrying commit_round" in r.getMessage()]
+        retried = [
+            r.getMessage() for r in caplog.records if "retrying commit_round" in r.getMessage()
+        ]
         assert retried, "no commit was retried: the outage did not reach the submissions"
-        again = [r.getMessage() for r in caplog.records if "chain reachable again" in r.getMessage()]
+        again = [
+            r.getMessage() for r in caplog.records if "chain reachable again" in r.getMessage()
+        ]
         assert len(again) == 2 and any("WrongRound" in m for m in again), again
 
 
 def test_a_call_outlasting_its_tolerance_fails_clearly(tmp_path) -> None:
     with Anvil(state_path=tmp_path / "state.json") as anvil:
-        client = ChainClient(rpc_web3(anvil.url), DevNet.create(anvil.web3(), 1).deployment, **QUICK)
+        client = ChainClient(
+            rpc_web3(anvil.url), DevNet.create(anvil.web3(), 1).deployment, **QUICK
+        )
         anvil.stop()
 
         async def main() -> None:

@@ -84,8 +84,14 @@ def test_contract_reproduces_sortition_vectors(chain: ChainClient) -> None:
     for case in doc["cases"]:
         stakes = {bytes.fromhex(a): int(s) for a, s in case["stakes"].items()}
         total = sum(stakes.values())
-        seed = bytes(chain.ledger.functions.roundSeed(
-            bytes.fromhex(case["task"]), case["round"], bytes.fromhex(case["base"]), case["attempt"]).call())
+        seed = bytes(
+            chain.ledger.functions.roundSeed(
+                bytes.fromhex(case["task"]),
+                case["round"],
+                bytes.fromhex(case["base"]),
+                case["attempt"],
+            ).call()
+        )
         assert seed.hex() == case["seed"]
         drawn = []
         for address, stake in stakes.items():

@@ -360,10 +360,19 @@ def test_duplicates_keep_one_copy_whatever_the_order_and_the_sign_of_zero() -> N
     base[3] = 0.0
     neg = base.copy()
     neg[3] = -0.0  # value-equal to base
-    others = [Contribution(peer(i), 10, rng.standard_normal(64, dtype=np.float32) + 2) for i in range(4, 8)]
-    group = [Contribution(peer(1), 10, base), Contribution(peer(2), 10, neg), Contribution(peer(3), 10, base.copy())]
+    others = [
+        Contribution(peer(i), 10, rng.standard_normal(64, dtype=np.float32) + 2)
+        for i in range(4, 8)
+    ]
+    group = [
+        Contribution(peer(1), 10, base),
+        Contribution(peer(2), 10, neg),
+        Contribution(peer(3), 10, base.copy()),
+    ]
     spec = RuleSpec(filter=A.FilterSpec(min_cosine=None))
-    results = {aggregate(spec, order).digest for order in (group + others, others[::-1] + group[::-1])}
+    results = {
+        aggregate(spec, order).digest for order in (group + others, others[::-1] + group[::-1])
+    }
     assert len(results) == 1
     r = aggregate(spec, group + others)
     dups = [p for p, why in r.rejected if why == A.REASON_DUPLICATE]
@@ -374,10 +383,17 @@ def test_cosine_test_recomputes_the_reference_over_the_survivors() -> None:
     # Five honest deltas (around +1) and two flipped ones (around -1), small integers so
     # the example can be checked by hand: against the median of all seven only peer 6
     # (index 6) has a negative cosine; against the median of the six survivors, index 5 too.
-    honest = [[3, 5, -4, 1, 3, 4], [2, 4, 2, 2, 1, -1], [-1, 2, 0, 4, 4, 5], [1, 4, -1, -1, 1, 2],
-              [-2, -2, 2, -1, 3, 2]]
+    honest = [
+        [3, 5, -4, 1, 3, 4],
+        [2, 4, 2, 2, 1, -1],
+        [-1, 2, 0, 4, 4, 5],
+        [1, 4, -1, -1, 1, 2],
+        [-2, -2, 2, -1, 3, 2],
+    ]
     flipped = [[-2, -1, -3, -1, -3, 0], [-1, 0, -2, -1, 1, -5]]
-    cs = [Contribution(peer(i), 10, np.array(v, np.float32)) for i, v in enumerate(honest + flipped)]
+    cs = [
+        Contribution(peer(i), 10, np.array(v, np.float32)) for i, v in enumerate(honest + flipped)
+    ]
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(filter_module, "COSINE_PASSES", 1)
         first = aggregate(RuleSpec.default(), cs)
@@ -385,7 +401,6 @@ def test_cosine_test_recomputes_the_reference_over_the_survivors() -> None:
     full = aggregate(RuleSpec.default(), cs)
     assert dict(full.rejected) == {peer(5): A.REASON_COSINE, peer(6): A.REASON_COSINE}
     assert full.accepted == tuple(peer(i) for i in range(5))
-
 
 
 def test_without_filter_only_sanity_checks_apply() -> None:
@@ -456,7 +471,8 @@ def test_spec_dict_round_trip_and_names() -> None:
         RuleSpec(rule="trimmed_mean", options=TrimmedMeanOptions(0.2)): "trimmed_mean(0.2)",
         RuleSpec(rule="krum", options=KrumOptions(2)): "krum(f=2)",
         RuleSpec(
-            rule="multikrum", options=MultiKrumOptions(byzantine_f=2, multikrum_m=5, samples_cap=3.0)
+            rule="multikrum",
+            options=MultiKrumOptions(byzantine_f=2, multikrum_m=5, samples_cap=3.0),
         ): "multikrum(f=2,m=5,cap=3)",
     }
     for spec, name in cases.items():
@@ -547,8 +563,9 @@ def test_cosine_test_per_tensor_follows_the_tensors_that_hold_most_values() -> N
     feat, head = rng.standard_normal(90), rng.standard_normal(10)
 
     def delta(f: float, h: float) -> np.ndarray:
-        return np.concatenate([f * feat + 0.2 * rng.standard_normal(90),
-                               h * head + 0.2 * rng.standard_normal(10)]).astype(np.float32)
+        return np.concatenate(
+            [f * feat + 0.2 * rng.standard_normal(90), h * head + 0.2 * rng.standard_normal(10)]
+        ).astype(np.float32)
 
     honest = [delta(0.1, 3.0) for _ in range(5)]
     suspect = delta(-0.1, 3.0)
@@ -573,7 +590,12 @@ def test_probation_counts_strikes_over_the_window() -> None:
     a, b, c = peer(1), peer(2), peer(3)
     assert spec.points(A.REASON_COSINE) == spec.points(A.REASON_NORM) == 1
     assert spec.points(A.REASON_ZERO) == spec.points(A.REASON_BAD_TENSORS) == 2  # sure: at once
-    assert spec.points(A.REASON_DUPLICATE) == spec.points(A.REASON_KRUM) == spec.points(A.REASON_PROBATION) == 0
+    assert (
+        spec.points(A.REASON_DUPLICATE)
+        == spec.points(A.REASON_KRUM)
+        == spec.points(A.REASON_PROBATION)
+        == 0
+    )
     history = {
         1: A.strike_points([(a, A.REASON_COSINE), (c, A.REASON_DUPLICATE)], spec),
         2: A.strike_points([(a, A.REASON_NORM), (b, A.REASON_COSINE)], spec),
@@ -604,17 +626,24 @@ def test_probation_spec_parses_strictly_and_names_itself() -> None:
 def test_probation_leaves_out_passing_updates_and_keeps_filter_reasons() -> None:
     rng = np.random.default_rng(5)
     common = rng.standard_normal(64).astype(np.float32)
-    cs = [Contribution(peer(i), 10, (common + 0.3 * rng.standard_normal(64)).astype(np.float32)) for i in range(5)]
+    cs = [
+        Contribution(peer(i), 10, (common + 0.3 * rng.standard_normal(64)).astype(np.float32))
+        for i in range(5)
+    ]
     cs.append(Contribution(peer(5), 10, (-common).astype(np.float32)))  # fails the cosine test
     r = aggregate(RuleSpec.default(), cs, record={peer(1): 2, peer(5): 2, peer(2): 1})
     assert dict(r.rejected) == {peer(1): A.REASON_PROBATION, peer(5): A.REASON_COSINE}
     assert set(r.accepted) == {peer(0), peer(2), peer(3), peer(4)}
     weights = dict(zip(r.accepted, r.weights))
-    assert weights[peer(2)] * A.STRUCK_WEIGHT_DIVISOR == pytest.approx(weights[peer(0)])  # one point
+    assert weights[peer(2)] * A.STRUCK_WEIGHT_DIVISOR == pytest.approx(
+        weights[peer(0)]
+    )  # one point
     # Without a record the same honest update is aggregated, and without a probation
     # rule the record means nothing.
     assert peer(1) in aggregate(RuleSpec.default(), cs).accepted
-    no_rule = RuleSpec.from_dict({k: v for k, v in RuleSpec.default().to_dict().items() if k != "probation"})
+    no_rule = RuleSpec.from_dict(
+        {k: v for k, v in RuleSpec.default().to_dict().items() if k != "probation"}
+    )
     assert peer(1) in aggregate(no_rule, cs, record={peer(1): 2}).accepted
 
 
@@ -623,11 +652,20 @@ def test_authors_on_probation_do_not_shape_the_filter() -> None:
     # norm bound) and reject the three honest ones, were they counted.
     rng = np.random.default_rng(6)
     direction = rng.standard_normal(32).astype(np.float32)
-    honest = [Contribution(peer(i), 10, (direction + 0.1 * rng.standard_normal(32)).astype(np.float32)) for i in range(3)]
-    tiny = [Contribution(peer(3 + i), 10, (0.05 * direction + 0.001 * i).astype(np.float32)) for i in range(4)]
+    honest = [
+        Contribution(peer(i), 10, (direction + 0.1 * rng.standard_normal(32)).astype(np.float32))
+        for i in range(3)
+    ]
+    tiny = [
+        Contribution(peer(3 + i), 10, (0.05 * direction + 0.001 * i).astype(np.float32))
+        for i in range(4)
+    ]
     on_probation = {c.peer for c in tiny}
     shaped = A.validation_filter(honest + tiny, RuleSpec.default().filter)
-    assert all(why == A.REASON_NORM for i, why in shaped.rejected if i < 3) and len(shaped.rejected) == 3
+    assert (
+        all(why == A.REASON_NORM for i, why in shaped.rejected if i < 3)
+        and len(shaped.rejected) == 3
+    )
     r = aggregate(RuleSpec.default(), honest + tiny, record={p: 2 for p in on_probation})
     assert set(r.accepted) == {c.peer for c in honest}
     assert dict(r.rejected) == {p: A.REASON_PROBATION for p in on_probation}
@@ -683,7 +721,9 @@ def test_a_registered_rule_runs_through_the_pipeline(monkeypatch: pytest.MonkeyP
 
 def test_unknown_rule_names_are_a_clear_config_error() -> None:
     for bad in ({"rule": "mean"}, {"rule": None}, {"rule": 3}):
-        with pytest.raises(ConfigError, match=r"unknown aggregation rule .*; rule must be one of \("):
+        with pytest.raises(
+            ConfigError, match=r"unknown aggregation rule .*; rule must be one of \("
+        ):
             RuleSpec.from_dict(bad)
     with pytest.raises(ConfigError, match="unknown aggregation rule 'first'"):
         RuleSpec(rule="first")
@@ -713,8 +753,20 @@ def test_the_pipeline_compares_no_rule_names() -> None:
 def test_aggregate_package_stays_pure() -> None:
     import ast
 
-    forbidden = {"threading", "concurrent", "os", "time", "random", "secrets", "socket",
-                 "pathlib", "shutil", "multiprocessing", "trio", "torch"}
+    forbidden = {
+        "threading",
+        "concurrent",
+        "os",
+        "time",
+        "random",
+        "secrets",
+        "socket",
+        "pathlib",
+        "shutil",
+        "multiprocessing",
+        "trio",
+        "torch",
+    }
     for path in Path(A.__file__).parent.glob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Import):

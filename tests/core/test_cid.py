@@ -35,9 +35,7 @@ from p2pfl.core.cid import (
 )
 from p2pfl.errors import InvalidBlock, InvalidMessage
 
-VECTORS = json.loads(
-    (Path(__file__).parents[2] / "protocol" / "vectors" / "cid.json").read_text()
-)
+VECTORS = json.loads((Path(__file__).parents[2] / "protocol" / "vectors" / "cid.json").read_text())
 
 
 def recipe_bytes(recipe: dict) -> bytes:
@@ -208,7 +206,7 @@ def test_matches_py_libp2p_balanced_layout_where_it_follows_go() -> None:
 def test_internal_node_bytes_match_py_libp2p_encoder() -> None:
     root, blocks = blob_blocks(mod251(2 * C.CHUNK_SIZE + 3))
     node = decode_dag_pb(blocks[-1][1])
-    links = [Libp2pLink(cid=l.cid.to_bytes(), name="", size=l.tsize) for l in node.links]
+    links = [Libp2pLink(cid=link.cid.to_bytes(), name="", size=link.tsize) for link in node.links]
     data = UnixFSData(type="file", filesize=node.filesize, blocksizes=list(node.blocksizes))
     assert libp2p_encode_dag_pb(links, data) == blocks[-1][1]
 
@@ -409,7 +407,9 @@ def test_assemble_leaves_hashing_to_a_getter_that_verifies(monkeypatch: pytest.M
     root, store, data = small_dag(95)
     monkeypatch.setattr(hashlib, "sha256", None)  # any hash would fail
     assert assemble(root, store.__getitem__, chunk_size=10, get_block_verifies=True) == data
-    assert missing_blocks(root, store.__contains__, store.__getitem__, get_block_verifies=True) == []
+    assert (
+        missing_blocks(root, store.__contains__, store.__getitem__, get_block_verifies=True) == []
+    )
     with pytest.raises(InvalidBlock, match="fixed-size chunking"):
         assemble(root, store.__getitem__, chunk_size=20, get_block_verifies=True)
     with pytest.raises(TypeError):
@@ -508,7 +508,7 @@ def test_missing_blocks_rejects_a_corrupt_held_node() -> None:
 
 def test_block_links() -> None:
     root, store, _ = small_dag(25)
-    assert block_links(root, store[root]) == [l.cid for l in decode_dag_pb(store[root]).links]
+    assert block_links(root, store[root]) == [link.cid for link in decode_dag_pb(store[root]).links]
     leaf = next(c for c in store if c.codec == CODEC_RAW)
     assert block_links(leaf, store[leaf]) == []
     with pytest.raises(InvalidBlock):

@@ -33,7 +33,9 @@ from sim.fuzz.targets import (
 FAST_INPUTS = {"messages": 4000, "validator": 3000, "blocks": 4000, "round": 1500}
 
 
-@pytest.mark.parametrize("make", [MessagesTarget, ValidatorTarget, BlocksTarget, RoundTarget], ids=lambda t: t.name)
+@pytest.mark.parametrize(
+    "make", [MessagesTarget, ValidatorTarget, BlocksTarget, RoundTarget], ids=lambda t: t.name
+)
 def test_target_survives_a_few_thousand_inputs(make) -> None:
     target = make()
     stats = fuzz(target, FAST_INPUTS[target.name], seed=1234, trace_every=8)
@@ -47,7 +49,11 @@ def test_target_survives_a_few_thousand_inputs(make) -> None:
 
 def test_targets_accept_what_they_should() -> None:
     """The seeds include valid inputs, and each target labels them as accepted."""
-    assert {MessagesTarget().run(s) for s in MessagesTarget().seeds()} >= {"ok:Update", "ok:Proposal", "ok:Vote"}
+    assert {MessagesTarget().run(s) for s in MessagesTarget().seeds()} >= {
+        "ok:Update",
+        "ok:Proposal",
+        "ok:Vote",
+    }
     assert "accept:" in {ValidatorTarget().run(s) for s in ValidatorTarget().seeds()}
     labels = {BlocksTarget().run(s) for s in BlocksTarget().seeds()}
     assert {"dag-pb:ok", "tensors:ok", "cid-text:ok", "dag:walk-ok:accepted:canonical"} <= labels
@@ -131,7 +137,9 @@ def test_statements_signed_with_our_key_elsewhere_are_never_contradicted() -> No
     machine = RoundMachine(config, ROUND_KEYS[0], DOMAIN)
     me = machine.address
     machine.handle(ev.RoundStarted(1, GENESIS, {a: 100 for a in ROUND_ADDRS}, 0.0))
-    before_restart = Update(ROUND_TASK, 1, GENESIS, blob_cid(b"old delta").to_bytes(), 10, 1.0, b"", me)
+    before_restart = Update(
+        ROUND_TASK, 1, GENESIS, blob_cid(b"old delta").to_bytes(), 10, 1.0, b"", me
+    )
     machine.handle(ev.UpdateReceived(before_restart.signed(ROUND_KEYS[0], DOMAIN), me))
     actions = machine.handle(ev.LocalUpdateReady(1, blob_cid(b"new delta").to_bytes(), 10, 1.0))
     assert not [a for a in actions if isinstance(a, ev.Publish)]

@@ -1,7 +1,5 @@
 """Identity: one key gives the address and the libp2p peer ID."""
 
-import json
-
 import pytest
 from libp2p.crypto.secp256k1 import create_new_key_pair
 from libp2p.peer.id import ID

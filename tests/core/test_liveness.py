@@ -34,7 +34,9 @@ KEYS = {**KEY_OF, JOINER: JOINER_KEY}
 
 
 def config(**kw) -> RoundConfig:
-    return RoundConfig(task=TASK, committee_size=K, rule=RULE, collect_deadline_s=COLLECT_DEADLINE_S, **kw)
+    return RoundConfig(
+        task=TASK, committee_size=K, rule=RULE, collect_deadline_s=COLLECT_DEADLINE_S, **kw
+    )
 
 
 def base_of(round_: int, stakes=STAKES) -> bytes:
@@ -63,7 +65,9 @@ def feed(m: RoundMachine, author: bytes, round_: int, base: bytes | None = None)
     m.handle(DeltaAvailable(u.signer, u.delta, True))
 
 
-def closes_after(m: RoundMachine, authors: list[bytes], round_: int, base: bytes | None = None) -> int | None:
+def closes_after(
+    m: RoundMachine, authors: list[bytes], round_: int, base: bytes | None = None
+) -> int | None:
     """Feed updates one by one; how many were in when collection closed (None: still open)."""
     assert m.phase == Phase.COLLECTING
     for n, author in enumerate(authors, 1):
@@ -204,7 +208,10 @@ def test_dead_nodes_cost_the_deadline_once_then_rounds_close_at_quorum():
     sim.start()
     sim.run()
     assert set(sim.chain) == {1, 2}
-    proposals = {r: min(t for t, _, m in sim.published if isinstance(m, Proposal) and m.round == r) for r in (1, 2)}
+    proposals = {
+        r: min(t for t, _, m in sim.published if isinstance(m, Proposal) and m.round == r)
+        for r in (1, 2)
+    }
     assert proposals[1] >= COLLECT_DEADLINE_S
     round2_start = min(t for t, _, c in sim.submissions if c.round == 1)
     assert proposals[2] - round2_start < COLLECT_DEADLINE_S
@@ -253,7 +260,9 @@ def test_a_draw_without_a_live_quorum_is_redrawn_early():
 
 def test_views_of_presumed_dead_leaders_are_skipped():
     q = config().quorum
-    base = find_base(lambda c0, c1: alive(c0) >= q and ME in c0 and c0[0] in DEAD and c0[1] not in DEAD)
+    base = find_base(
+        lambda c0, c1: alive(c0) >= q and ME in c0 and c0[0] in DEAD and c0[1] not in DEAD
+    )
     m = after_round_one_with_dead(base)
     assert m.phase == Phase.COLLECTING
     closes_after(m, LIVE, 2, base)
@@ -282,8 +291,16 @@ FAST, SLOW = ADDRS[:3], ADDRS[3:5]
 
 
 def five_config(**kw) -> RoundConfig:
-    return RoundConfig(task=TASK, committee_size=6, rule=RULE, collect_deadline_s=20.0, view_timeout_s=8.0,
-                       redraw_timeout_s=44.0, commit_fallback_delay_s=4.0, **kw)
+    return RoundConfig(
+        task=TASK,
+        committee_size=6,
+        rule=RULE,
+        collect_deadline_s=20.0,
+        view_timeout_s=8.0,
+        redraw_timeout_s=44.0,
+        commit_fallback_delay_s=4.0,
+        **kw,
+    )
 
 
 def after_round_one(address: bytes, heard: list[bytes], **kw) -> RoundMachine:

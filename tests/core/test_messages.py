@@ -40,29 +40,63 @@ def sorted_unique(pairs):
 
 
 updates = st.builds(
-    m.Update, task=st.binary(min_size=32, max_size=32), round=u64, base=cids, delta=cids,
-    n_samples=st.integers(1, 2**64 - 1), norm=st.floats(0, 1e300, allow_nan=False),
-    inline=st.binary(max_size=300), signer=addresses, signature=sigs,
+    m.Update,
+    task=st.binary(min_size=32, max_size=32),
+    round=u64,
+    base=cids,
+    delta=cids,
+    n_samples=st.integers(1, 2**64 - 1),
+    norm=st.floats(0, 1e300, allow_nan=False),
+    inline=st.binary(max_size=300),
+    signer=addresses,
+    signature=sigs,
 )
 proposals = st.builds(
-    m.Proposal, task=st.binary(min_size=32, max_size=32), round=u64, attempt=u32, view=u32, base=cids,
+    m.Proposal,
+    task=st.binary(min_size=32, max_size=32),
+    round=u64,
+    attempt=u32,
+    view=u32,
+    base=cids,
     included=st.lists(st.tuples(addresses, cids), max_size=5).map(sorted_unique),
     rejected=st.lists(st.tuples(addresses, st.text(max_size=20)), max_size=5).map(sorted_unique),
-    rule=st.text(max_size=40), result=cids, contributors_root=st.binary(min_size=32, max_size=32),
-    signer=addresses, signature=sigs,
+    rule=st.text(max_size=40),
+    result=cids,
+    contributors_root=st.binary(min_size=32, max_size=32),
+    signer=addresses,
+    signature=sigs,
 )
 votes = st.builds(
-    m.Vote, task=st.binary(min_size=32, max_size=32), round=u64, attempt=u32, view=u32, base=cids,
-    result=cids, contributors_root=st.binary(min_size=32, max_size=32), signer=addresses, signature=sigs,
+    m.Vote,
+    task=st.binary(min_size=32, max_size=32),
+    round=u64,
+    attempt=u32,
+    view=u32,
+    base=cids,
+    result=cids,
+    contributors_root=st.binary(min_size=32, max_size=32),
+    signer=addresses,
+    signature=sigs,
 )
 commits = st.builds(
-    m.Commit, task=st.binary(min_size=32, max_size=32), round=u64, attempt=u32, view=u32, base=cids,
-    result=cids, contributors_root=st.binary(min_size=32, max_size=32),
+    m.Commit,
+    task=st.binary(min_size=32, max_size=32),
+    round=u64,
+    attempt=u32,
+    view=u32,
+    base=cids,
+    result=cids,
+    contributors_root=st.binary(min_size=32, max_size=32),
     votes=st.lists(st.tuples(addresses, sigs), max_size=9).map(sorted_unique),
 )
 heartbeats = st.builds(
-    m.Heartbeat, task=st.binary(min_size=32, max_size=32), round=u64, time_ms=u64,
-    phase=st.text(max_size=32), signer=addresses, signature=sigs,
+    m.Heartbeat,
+    task=st.binary(min_size=32, max_size=32),
+    round=u64,
+    time_ms=u64,
+    phase=st.text(max_size=32),
+    signer=addresses,
+    signature=sigs,
 )
 any_message = st.one_of(updates, proposals, votes, commits, heartbeats)
 
@@ -113,8 +147,17 @@ def _wire(msg, **changes):
 
 
 def sample_update(**kw):
-    fields = dict(task=TASK, round=3, base=BASE, delta=DELTA, n_samples=600, norm=1.5, inline=b"",
-                  signer=ALICE.address, signature=b"\x00" * 65)
+    fields = dict(
+        task=TASK,
+        round=3,
+        base=BASE,
+        delta=DELTA,
+        n_samples=600,
+        norm=1.5,
+        inline=b"",
+        signer=ALICE.address,
+        signature=b"\x00" * 65,
+    )
     fields.update(kw)
     return m.Update(**fields)
 
@@ -170,9 +213,20 @@ def test_oversize_and_garbage():
 
 
 def test_proposal_lists_must_be_sorted_and_unique():
-    p = m.Proposal(task=TASK, round=1, attempt=0, view=0, base=BASE, included=((b"\x02" * 20, DELTA), (b"\x01" * 20, DELTA)),
-                   rejected=(), rule="fedavg", result=RESULT, contributors_root=b"\x00" * 32, signer=ALICE.address,
-                   signature=b"\x00" * 65)
+    p = m.Proposal(
+        task=TASK,
+        round=1,
+        attempt=0,
+        view=0,
+        base=BASE,
+        included=((b"\x02" * 20, DELTA), (b"\x01" * 20, DELTA)),
+        rejected=(),
+        rule="fedavg",
+        result=RESULT,
+        contributors_root=b"\x00" * 32,
+        signer=ALICE.address,
+        signature=b"\x00" * 65,
+    )
     with pytest.raises(InvalidMessage, match="ascending"):
         m.decode_message(p.encode())
 
@@ -186,11 +240,27 @@ def test_sign_and_verify_every_signed_kind():
         replace(u, n_samples=601).verify(DOMAIN)  # tampered
     with pytest.raises(InvalidSignature):
         replace(u, signer=BOB.address).verify(DOMAIN)  # claimed by someone else
-    v = m.Vote(task=TASK, round=3, attempt=0, view=1, base=BASE, result=RESULT, contributors_root=b"\x07" * 32,
-               signer=BOB.address).signed(BOB.private_key, DOMAIN)
+    v = m.Vote(
+        task=TASK,
+        round=3,
+        attempt=0,
+        view=1,
+        base=BASE,
+        result=RESULT,
+        contributors_root=b"\x07" * 32,
+        signer=BOB.address,
+    ).signed(BOB.private_key, DOMAIN)
     assert m.decode_message(v.encode()).verify(DOMAIN) == BOB.address
-    c = m.Commit(task=TASK, round=3, attempt=0, view=1, base=BASE, result=RESULT, contributors_root=b"\x07" * 32,
-                 votes=((BOB.address, v.signature),))
+    c = m.Commit(
+        task=TASK,
+        round=3,
+        attempt=0,
+        view=1,
+        base=BASE,
+        result=RESULT,
+        contributors_root=b"\x07" * 32,
+        votes=((BOB.address, v.signature),),
+    )
     assert c.verify_votes(DOMAIN) == (BOB.address,)
     with pytest.raises(InvalidSignature):
         replace(c, result=DELTA).verify_votes(DOMAIN)
@@ -201,8 +271,12 @@ def test_equivocation_is_detected_only_for_different_bodies_under_one_key():
     b = sample_update(delta=RESULT).signed(ALICE.private_key, DOMAIN)
     assert m.conflicting(a, b)
     assert not m.conflicting(a, a)
-    assert not m.conflicting(a, sample_update(round=4, delta=RESULT).signed(ALICE.private_key, DOMAIN))
-    assert not m.conflicting(a, sample_update(delta=RESULT, signer=BOB.address).signed(BOB.private_key, DOMAIN))
+    assert not m.conflicting(
+        a, sample_update(round=4, delta=RESULT).signed(ALICE.private_key, DOMAIN)
+    )
+    assert not m.conflicting(
+        a, sample_update(delta=RESULT, signer=BOB.address).signed(BOB.private_key, DOMAIN)
+    )
 
 
 @pytest.mark.parametrize("vector", VECTORS["messages"], ids=lambda v: v["name"])

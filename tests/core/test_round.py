@@ -437,8 +437,17 @@ def test_member_votes_only_for_an_identical_recomputation():
 
     def proposal(view: int, result: bytes) -> Proposal:
         p = Proposal(
-            TASK7, 1, 0, view, GENESIS, honest.included, (), RULE, result,
-            honest.contributors_root, C7[view],
+            TASK7,
+            1,
+            0,
+            view,
+            GENESIS,
+            honest.included,
+            (),
+            RULE,
+            result,
+            honest.contributors_root,
+            C7[view],
         )
         return p.signed(KEY_OF[C7[view]], DOMAIN)  # type: ignore[return-value]
 
@@ -567,8 +576,14 @@ def test_only_goto_changes_the_phase():
     for fn in ast.walk(tree):
         if isinstance(fn, ast.FunctionDef):
             for node in ast.walk(fn):
-                targets = node.targets if isinstance(node, ast.Assign) else [getattr(node, "target", None)]
-                if any(isinstance(t, ast.Attribute) and t.attr in ("phase", "_phase") for t in targets):
+                targets = (
+                    node.targets
+                    if isinstance(node, ast.Assign)
+                    else [getattr(node, "target", None)]
+                )
+                if any(
+                    isinstance(t, ast.Attribute) and t.attr in ("phase", "_phase") for t in targets
+                ):
                     writers.add(fn.name)
     assert writers == {"__init__", "_goto"}
 
@@ -584,7 +599,9 @@ def test_a_machine_that_followed_the_chain_ignores_what_only_a_running_round_tak
     u = update(ADDRS[0])
     assert m.handle(UpdateReceived(u, u.signer)) == [Rejected("stale-round", u.signer, False)]
     assert m.handle(ChainCommitted(1, 0, 0, GENESIS, GENESIS, bytes(32))) == []
-    assert [type(a) for a in m.handle(ChainCommitted(2, 0, 0, GENESIS, GENESIS, bytes(32)))] == [Advance]
+    assert [type(a) for a in m.handle(ChainCommitted(2, 0, 0, GENESIS, GENESIS, bytes(32)))] == [
+        Advance
+    ]
 
 
 def test_config_validation_and_quorums():
@@ -624,8 +641,19 @@ def test_member_refuses_a_proposal_that_includes_a_known_equivocator():
     honest = fake_aggregate(ComputeAggregate(1, 0, GENESIS, RULE, tuple(C7), (u,)))
     second = update(ADDRS[0], salt=b"second version")
     assert by_type(m.handle(UpdateReceived(second, second.signer)), ReportEvidence)
-    p = Proposal(TASK7, 1, 0, 0, GENESIS, honest.included, (), RULE, honest.result,
-                 honest.contributors_root, C7[0]).signed(KEY_OF[C7[0]], DOMAIN)
+    p = Proposal(
+        TASK7,
+        1,
+        0,
+        0,
+        GENESIS,
+        honest.included,
+        (),
+        RULE,
+        honest.result,
+        honest.contributors_root,
+        C7[0],
+    ).signed(KEY_OF[C7[0]], DOMAIN)
     out = m.handle(ProposalReceived(p, p.signer))
     assert by_type(out, ComputeAggregate) == [] and by_type(out, Publish) == []
     m.handle(honest)

@@ -39,7 +39,14 @@ def typed_data(kind, task, round_, attempt, view, body, domain=DOMAIN):
             "chainId": domain.chain_id,
             "verifyingContract": "0x" + domain.contract.hex(),
         },
-        "message": {"kind": kind, "task": task, "round": round_, "attempt": attempt, "view": view, "body": body},
+        "message": {
+            "kind": kind,
+            "task": task,
+            "round": round_,
+            "attempt": attempt,
+            "view": view,
+            "body": body,
+        },
     }
 
 
@@ -55,7 +62,10 @@ def typed_data(kind, task, round_, attempt, view, body, domain=DOMAIN):
 def test_digest_matches_eth_account_eip712(kind, task, round_, attempt, view, body):
     """Our hand-written EIP-712 hash equals eth-account's reference implementation."""
     ours = signing.statement_digest(DOMAIN, int(kind), task, round_, attempt, view, body)
-    signed = Account.sign_message(encode_typed_data(full_message=typed_data(int(kind), task, round_, attempt, view, body)), KEY)
+    signed = Account.sign_message(
+        encode_typed_data(full_message=typed_data(int(kind), task, round_, attempt, view, body)),
+        KEY,
+    )
     assert signing.recover_signer(ours, signing.sign_digest(KEY, ours)) == signing.address_of(KEY)
     # eth-account signs the same digest it computes: compare recovered digests via signature.
     assert Account._recover_hash(ours, signature=signed.signature) == Account.from_key(KEY).address
@@ -102,7 +112,9 @@ def test_vote_body_is_abi_encode_hash():
     from eth_utils import keccak
 
     a, b, c = b"\x01" * 32, b"\x02" * 32, b"\x03" * 32
-    assert signing.vote_body(a, b, c) == keccak(encode(["bytes32", "bytes32", "bytes32"], [a, b, c]))
+    assert signing.vote_body(a, b, c) == keccak(
+        encode(["bytes32", "bytes32", "bytes32"], [a, b, c])
+    )
 
 
 def test_vote_digest_is_the_vote_statement_everywhere():

@@ -47,7 +47,8 @@ def test_committee_is_sorted_by_ticket_and_deterministic():
 def test_committee_size_concentrates_around_k():
     stakes = stakes_of(50)
     sizes = [
-        len(sortition.committee_for(sortition.round_seed(TASK, r, BASE, 0), stakes, 7)) for r in range(400)
+        len(sortition.committee_for(sortition.round_seed(TASK, r, BASE, 0), stakes, 7))
+        for r in range(400)
     ]
     mean = sum(sizes) / len(sizes)
     assert 6.3 < mean < 7.7
@@ -87,7 +88,9 @@ def test_vectors():
     assert len(doc["cases"]) >= 5
     for case in doc["cases"]:
         stakes = {bytes.fromhex(a): int(s) for a, s in case["stakes"].items()}
-        seed = sortition.round_seed(bytes.fromhex(case["task"]), case["round"], bytes.fromhex(case["base"]), case["attempt"])
+        seed = sortition.round_seed(
+            bytes.fromhex(case["task"]), case["round"], bytes.fromhex(case["base"]), case["attempt"]
+        )
         assert seed.hex() == case["seed"], case["name"]
         for address, t in case["tickets"].items():
             assert sortition.ticket(seed, bytes.fromhex(address)) == int(t, 16)

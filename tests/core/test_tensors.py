@@ -149,7 +149,7 @@ def test_encode_rejects_non_contiguous_and_non_arrays() -> None:
         encode_tensors({"x": [1.0, 2.0]})  # type: ignore[dict-item]
 
 
-@pytest.mark.parametrize("name", ["", "a\"b", "a\\b", "é", "tab\t", "__metadata__", "x" * 257])
+@pytest.mark.parametrize("name", ["", 'a"b', "a\\b", "é", "tab\t", "__metadata__", "x" * 257])
 def test_encode_rejects_bad_names(name: str) -> None:
     with pytest.raises(InvalidTensors) as info:
         encode_tensors({name: np.zeros(1, dtype=np.float32)})

@@ -15,8 +15,16 @@ BASE, RESULT = blob_cid(b"base").to_bytes(), blob_cid(b"result").to_bytes()
 
 
 def vote(who, round_=3):
-    v = Vote(task=TASK, round=round_, attempt=0, view=0, base=BASE, result=RESULT, contributors_root=b"\x00" * 32,
-             signer=who.address)
+    v = Vote(
+        task=TASK,
+        round=round_,
+        attempt=0,
+        view=0,
+        base=BASE,
+        result=RESULT,
+        contributors_root=b"\x00" * 32,
+        signer=who.address,
+    )
     return v.signed(who.private_key, DOMAIN)
 
 
@@ -28,14 +36,22 @@ def test_round_window():
     assert check(vote(ALICE, 3).encode(), current_round=3).action == ACCEPT
     assert check(vote(ALICE, 2).encode(), current_round=3).action == ACCEPT  # last votes in flight
     assert check(vote(ALICE, 4).encode(), current_round=3).action == ACCEPT  # faster nodes
-    assert check(vote(ALICE, 1).encode(), current_round=3) .action == REJECT
+    assert check(vote(ALICE, 1).encode(), current_round=3).action == REJECT
     assert check(vote(ALICE, 5).encode(), current_round=3).action == IGNORE
 
 
 def test_registration_and_certificates():
     assert check(vote(ALICE).encode(), registered={BOB.address}).reason == "unregistered-signer"
-    cert = Commit(task=TASK, round=3, attempt=0, view=0, base=BASE, result=RESULT, contributors_root=b"\x00" * 32,
-                  votes=tuple(sorted((v.signer, v.signature) for v in (vote(ALICE), vote(BOB)))))
+    cert = Commit(
+        task=TASK,
+        round=3,
+        attempt=0,
+        view=0,
+        base=BASE,
+        result=RESULT,
+        contributors_root=b"\x00" * 32,
+        votes=tuple(sorted((v.signer, v.signature) for v in (vote(ALICE), vote(BOB)))),
+    )
     assert check(cert.encode(), registered={ALICE.address, BOB.address}).action == ACCEPT
     assert check(cert.encode(), registered={ALICE.address}).reason == "unregistered-signer"
     forged = replace(cert, result=BASE)

@@ -29,7 +29,9 @@ async def nodes(
     async with AsyncExitStack() as stack:
         out: list[NodeNet] = []
         for i in range(count):
-            config = NetConfig(data_dir=tmp_path / f"n{i}", listen="/ip4/127.0.0.1/tcp/0", mdns=False, **cfg)
+            config = NetConfig(
+                data_dir=tmp_path / f"n{i}", listen="/ip4/127.0.0.1/tcp/0", mdns=False, **cfg
+            )
             out.append(await stack.enter_async_context(open_node_host(config, key(i))))
         for a, b in links if links is not None else [(i, 0) for i in range(1, count)]:
             await out[a].connect(out[b].listen_addrs[0])
@@ -55,7 +57,11 @@ def rejections_of(metrics: dict[str, Any], reason: str) -> dict[str, int]:
     A message reaches a peer by gossip or by the next sync round, whichever comes first: which
     path rejects it is a race, so tests check the count over both paths."""
     by_reason = metrics["rejections_by_reason"]
-    return {via: by_reason[f"{via}-{reason}"] for via in ("gossip", "sync") if f"{via}-{reason}" in by_reason}
+    return {
+        via: by_reason[f"{via}-{reason}"]
+        for via in ("gossip", "sync")
+        if f"{via}-{reason}" in by_reason
+    }
 
 
 @dataclass

@@ -72,7 +72,9 @@ def test_put_parts_hashes_and_writes_pieces_and_rejects_a_wrong_block(tmp_path: 
 
 def test_answer_buffer_writes_whole_frames_and_keeps_the_rest() -> None:
     blocks = [os.urandom(CHUNK_SIZE), os.urandom(CHUNK_SIZE), b"small"]
-    expected = b"".join(STATUS_HAVE.to_bytes(1, "big") + len(b).to_bytes(4, "big") + b for b in blocks)
+    expected = b"".join(
+        STATUS_HAVE.to_bytes(1, "big") + len(b).to_bytes(4, "big") + b for b in blocks
+    )
     out = _AnswerBuffer()
     written = bytearray()
     for block in blocks:
@@ -176,7 +178,9 @@ async def test_a_fetched_delta_is_hashed_once_from_arrival_to_aggregation(
 
 
 def _peers() -> PeerBook:
-    return PeerBook(ban_threshold=-100, ban_s=60, rates={"requests": (1000, 1000)}, metrics=Metrics())
+    return PeerBook(
+        ban_threshold=-100, ban_s=60, rates={"requests": (1000, 1000)}, metrics=Metrics()
+    )
 
 
 async def _no_streams(peer: str, protocol: str) -> Any:

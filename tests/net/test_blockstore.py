@@ -319,7 +319,9 @@ def test_a_stored_block_is_hashed_on_arrival_and_never_again_in_this_process(
     assert again.get(cid, verify=False) == block and hashed.calls == 1
 
 
-def test_a_blob_read_back_after_reopen_hashes_each_block_once(tmp_path: Path, hashed: HashCount) -> None:
+def test_a_blob_read_back_after_reopen_hashes_each_block_once(
+    tmp_path: Path, hashed: HashCount
+) -> None:
     data = os.urandom(3 * CHUNK_SIZE + 5)
     root, blocks = blob_blocks(data)
     BlockStore(tmp_path).put_blob(data)
@@ -329,7 +331,9 @@ def test_a_blob_read_back_after_reopen_hashes_each_block_once(tmp_path: Path, ha
     assert (hashed.calls, hashed.bytes) == (len(blocks), len(data) + len(blocks[-1][1]))
 
 
-def test_put_blob_hashes_each_block_once_and_checks_a_given_root(tmp_path: Path, hashed: HashCount) -> None:
+def test_put_blob_hashes_each_block_once_and_checks_a_given_root(
+    tmp_path: Path, hashed: HashCount
+) -> None:
     data = bytearray(os.urandom(2 * CHUNK_SIZE + 1))
     root, blocks = blob_blocks(bytes(data))
     store = BlockStore(tmp_path)
@@ -344,7 +348,9 @@ def test_put_blob_hashes_each_block_once_and_checks_a_given_root(tmp_path: Path,
     assert list(other) == []
 
 
-def test_put_dag_stores_a_dag_built_by_the_caller_without_hashing(tmp_path: Path, hashed: HashCount) -> None:
+def test_put_dag_stores_a_dag_built_by_the_caller_without_hashing(
+    tmp_path: Path, hashed: HashCount
+) -> None:
     data = os.urandom(2 * CHUNK_SIZE + 1)
     root, blocks = blob_blocks(data)
     store = BlockStore(tmp_path)

@@ -1,4 +1,5 @@
-"""Several real hosts in one trio run, on 127.0.0.1: identity, gossip, validation, blocks, discovery."""
+"""Several real hosts in one trio run, on 127.0.0.1: identity, gossip, validation, blocks, "
+"discovery."""
 
 from __future__ import annotations
 
@@ -13,7 +14,14 @@ import trio
 from p2pfl.core.cid import CHUNK_SIZE, blob_cid
 from p2pfl.core.identity import NodeIdentity
 from p2pfl.errors import InvalidMessage
-from p2pfl.net import FetchError, NetConfig, NoPeersError, ValidationResult, open_node_host, topic_name
+from p2pfl.net import (
+    FetchError,
+    NetConfig,
+    NoPeersError,
+    ValidationResult,
+    open_node_host,
+    topic_name,
+)
 from tests.net.conftest import accept_all, collect, key, nodes, rejections_of
 
 TOPIC = topic_name("task0", "updates")
@@ -51,7 +59,11 @@ async def test_invalid_message_dropped_at_first_honest_hop(tmp_path: Path) -> No
     seen_by_c: list[bytes] = []
 
     def honest(topic: str, data: bytes, peer: str) -> ValidationResult:
-        return ValidationResult.reject("forged") if data.startswith(b"forged") else ValidationResult.accept()
+        return (
+            ValidationResult.reject("forged")
+            if data.startswith(b"forged")
+            else ValidationResult.accept()
+        )
 
     def c_validator(topic: str, data: bytes, peer: str) -> ValidationResult:
         seen_by_c.append(data)
@@ -66,10 +78,14 @@ async def test_invalid_message_dropped_at_first_honest_hop(tmp_path: Path) -> No
         await a.publish(TOPIC, b"valid update")
         assert await collect(c_in, 1, timeout_s=10) == [b"valid update"]
         assert await collect(b_in, 1, timeout_s=2) == [b"valid update"]
-        await trio.sleep(2.5)  # a few sync rounds: the rejected message must not travel by sync either
+        await trio.sleep(
+            2.5
+        )  # a few sync rounds: the rejected message must not travel by sync either
         assert b"forged vote" not in seen_by_c
         metrics = b.metrics()
-        assert sum(rejections_of(metrics, "forged").values()) == 1  # judged once, by whichever path came first
+        assert (
+            sum(rejections_of(metrics, "forged").values()) == 1
+        )  # judged once, by whichever path came first
         assert set(metrics["rejections_by_reason"]) <= {"gossip-forged", "sync-forged"}
         assert metrics["rejections_by_peer"] == {a.peer_id: 1}
 
@@ -108,7 +124,11 @@ async def test_blob_from_a_holder_that_is_not_the_author(tmp_path: Path) -> None
 
 async def test_bad_provider_scored_down_and_fetch_completes(tmp_path: Path) -> None:
     data = os.urandom(4 * CHUNK_SIZE)
-    async with nodes(tmp_path, 3, links=[(2, 0), (2, 1)], ban_threshold=-60) as (good, bad, fetcher):
+    async with nodes(tmp_path, 3, links=[(2, 0), (2, 1)], ban_threshold=-60) as (
+        good,
+        bad,
+        fetcher,
+    ):
         root = good.put_blob(data)
         bad.put_blob(data)
 
@@ -159,7 +179,9 @@ async def test_no_peers_is_a_clear_error(tmp_path: Path) -> None:
         async with open_node_host(NetConfig(data_dir=tmp_path / "a", require_peers=True), key(0)):
             pass
     unreachable = f"/ip4/127.0.0.1/tcp/9/p2p/{NodeIdentity(key(1)).peer_id}"
-    config = NetConfig(data_dir=tmp_path / "b", bootstrap=(unreachable,), require_peers=True, bootstrap_timeout_s=3)
+    config = NetConfig(
+        data_dir=tmp_path / "b", bootstrap=(unreachable,), require_peers=True, bootstrap_timeout_s=3
+    )
     with pytest.raises(NoPeersError, match="could not reach"):
         async with open_node_host(config, key(0)):
             pass
@@ -174,7 +196,9 @@ async def test_group_fetch_uploads_about_once_and_survives_an_absent_member(tmp_
         group = [m1.peer_id, m2.peer_id, absent, m3.peer_id]
         async with trio.open_nursery() as nursery:
             for m in (m1, m2, m3):
-                nursery.start_soon(partial(m.fetch_blob_with_group, root, [author.peer_id], group, patience_s=1.0))
+                nursery.start_soon(
+                    partial(m.fetch_blob_with_group, root, [author.peer_id], group, patience_s=1.0)
+                )
         for m in (m1, m2, m3):
             assert m.read_blob(root) == data
         served = author.metrics()["bytes-served"]
@@ -183,7 +207,9 @@ async def test_group_fetch_uploads_about_once_and_survives_an_absent_member(tmp_
         assert sum(m.metrics().get("blocks-stripe-fallbacks", 0) for m in (m1, m2, m3)) == 3
 
 
-async def test_undecodable_pubsub_rpc_is_counted_and_does_not_crash_the_host(tmp_path: Path) -> None:
+async def test_undecodable_pubsub_rpc_is_counted_and_does_not_crash_the_host(
+    tmp_path: Path,
+) -> None:
     """Bytes that are not a pubsub RPC on a pubsub stream (py-libp2p raises protobuf's
     DecodeError for them, which used to escape and kill the host) cost the sender a
     malformed-frame offence; the receiving host keeps gossiping with everyone."""

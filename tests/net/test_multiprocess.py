@@ -34,7 +34,16 @@ class Proc:
     def __init__(self, tmp: Path, name: str, seed: int, *args: str) -> None:
         self.log = open(tmp / f"{name}.out", "w+")
         self.p = subprocess.Popen(
-            [sys.executable, "-m", "tests.net.node_proc", "--data", str(tmp / name), "--key-seed", str(seed), *args],
+            [
+                sys.executable,
+                "-m",
+                "tests.net.node_proc",
+                "--data",
+                str(tmp / name),
+                "--key-seed",
+                str(seed),
+                *args,
+            ],
             cwd=ROOT_DIR,
             stdout=self.log,
             stderr=subprocess.STDOUT,
@@ -52,7 +61,9 @@ class Proc:
                 if line.startswith(prefix + " ") or line == prefix:
                     return line[len(prefix) :].strip()
             if self.p.poll() is not None:
-                raise AssertionError(f"node exited ({self.p.returncode}):\n" + "\n".join(self.lines()))
+                raise AssertionError(
+                    f"node exited ({self.p.returncode}):\n" + "\n".join(self.lines())
+                )
             time.sleep(0.05)
         raise AssertionError(f"no {prefix!r} within {timeout_s} s:\n" + "\n".join(self.lines()))
 
@@ -86,7 +97,9 @@ def test_blob_via_non_author_holder_across_processes(tmp_path: Path, procs: list
     fetcher = Proc(tmp_path, "fetcher", 3, "--bootstrap", holder_addr, "fetch", "--root", root)
     procs.append(fetcher)
     assert fetcher.wait_for("DONE") == "7"
-    assert BlockStore(tmp_path / "fetcher" / "blocks").read_blob(blob_cid(blob_bytes(7, size))) == blob_bytes(7, size)
+    assert BlockStore(tmp_path / "fetcher" / "blocks").read_blob(
+        blob_cid(blob_bytes(7, size))
+    ) == blob_bytes(7, size)
 
 
 def test_fetch_resumes_after_the_fetcher_is_killed(tmp_path: Path, procs: list[Proc]) -> None:
@@ -98,7 +111,9 @@ def test_fetch_resumes_after_the_fetcher_is_killed(tmp_path: Path, procs: list[P
     first = Proc(tmp_path, "fetcher", 2, "--bootstrap", addr, "fetch", "--root", root, "--slow")
     procs.append(first)
     deadline = time.monotonic() + START_TIMEOUT_S
-    while not any(line.startswith("PROGRESS") and int(line.split()[1]) >= 9 for line in first.lines()):
+    while not any(
+        line.startswith("PROGRESS") and int(line.split()[1]) >= 9 for line in first.lines()
+    ):
         assert time.monotonic() < deadline, "\n".join(first.lines())
         time.sleep(0.02)
     first.kill()  # SIGKILL mid-fetch
@@ -108,16 +123,28 @@ def test_fetch_resumes_after_the_fetcher_is_killed(tmp_path: Path, procs: list[P
     procs.append(second)
     fetched_now = int(second.wait_for("DONE"))
     assert fetched_now == 25 - held  # nothing already on disk was fetched again
-    assert BlockStore(tmp_path / "fetcher" / "blocks").read_blob(blob_cid(blob_bytes(3, size))) == blob_bytes(3, size)
+    assert BlockStore(tmp_path / "fetcher" / "blocks").read_blob(
+        blob_cid(blob_bytes(3, size))
+    ) == blob_bytes(3, size)
 
 
 def test_gossip_between_processes(tmp_path: Path, procs: list[Proc]) -> None:
     count, per_node = 4, 15
-    first = Proc(tmp_path, "g0", 1, "gossip", "--publish", str(per_node), "--expect", str(count * per_node))
+    first = Proc(
+        tmp_path, "g0", 1, "gossip", "--publish", str(per_node), "--expect", str(count * per_node)
+    )
     procs.append(first)
     addr = first.wait_for("ADDR")
     for i in range(1, count):
-        args = ("--bootstrap", addr, "gossip", "--publish", str(per_node), "--expect", str(count * per_node))
+        args = (
+            "--bootstrap",
+            addr,
+            "gossip",
+            "--publish",
+            str(per_node),
+            "--expect",
+            str(count * per_node),
+        )
         procs.append(Proc(tmp_path, f"g{i}", i + 1, *args))
     for proc in procs:
         assert proc.wait_for("GOT", timeout_s=45) == str(count * per_node)
@@ -127,7 +154,9 @@ def _touch(path: Path) -> None:
     path.write_text("")
 
 
-def test_signed_update_burst_reaches_every_process_and_a_late_joiner(tmp_path: Path, procs: list[Proc]) -> None:
+def test_signed_update_burst_reaches_every_process_and_a_late_joiner(
+    tmp_path: Path, procs: list[Proc]
+) -> None:
     """5 processes in a tree each publish 10 signed Updates at the same instant (50 in all),
     through the node's real validator; every process delivers each exactly once. A sixth
     process that starts once gossipsub has forgotten them gets all 50 by sync alone."""
@@ -138,8 +167,18 @@ def test_signed_update_burst_reaches_every_process_and_a_late_joiner(tmp_path: P
     addrs: list[str] = []
     for i in range(count):
         boot = ("--bootstrap", addrs[(i - 1) // 2]) if i else ()  # a tree: up to 3 hops apart
-        proc = Proc(tmp_path, f"u{i}", i + 1, *boot, "updates", "--publish", str(per_node), "--expect", str(total),
-                    *common)
+        proc = Proc(
+            tmp_path,
+            f"u{i}",
+            i + 1,
+            *boot,
+            "updates",
+            "--publish",
+            str(per_node),
+            "--expect",
+            str(total),
+            *common,
+        )
         procs.append(proc)
         addrs.append(proc.wait_for("ADDR"))
     time.sleep(MESH_SETTLE_S)
@@ -147,7 +186,17 @@ def test_signed_update_burst_reaches_every_process_and_a_late_joiner(tmp_path: P
     for proc in procs:
         assert proc.wait_for("GOT", timeout_s=DELIVERY_TIMEOUT_S) == str(total)
     time.sleep(MCACHE_EXPIRY_S)
-    late = Proc(tmp_path, "late", count + 1, "--bootstrap", addrs[-1], "updates", "--expect", str(total), *common)
+    late = Proc(
+        tmp_path,
+        "late",
+        count + 1,
+        "--bootstrap",
+        addrs[-1],
+        "updates",
+        "--expect",
+        str(total),
+        *common,
+    )
     procs.append(late)
     assert late.wait_for("GOT", timeout_s=DELIVERY_TIMEOUT_S) == str(total)
     _touch(report)
@@ -155,7 +204,9 @@ def test_signed_update_burst_reaches_every_process_and_a_late_joiner(tmp_path: P
     for got in reports:
         assert got["distinct"] == got["deliveries"] == total  # none lost, none delivered twice
         assert got["rejected"] == {} and got["ignored"] == {}
-    assert reports[-1]["via_sync"] == total  # the late joiner had no message to list, and asked anyway
+    assert (
+        reports[-1]["via_sync"] == total
+    )  # the late joiner had no message to list, and asked anyway
 
 
 def test_bad_updates_stop_at_the_first_honest_process(tmp_path: Path, procs: list[Proc]) -> None:
@@ -166,14 +217,53 @@ def test_bad_updates_stop_at_the_first_honest_process(tmp_path: Path, procs: lis
     per_node = 3
     total = 3 * per_node
     go, report, attack_go = tmp_path / "go", tmp_path / "report", tmp_path / "attack"
-    common = ("updates", "--publish", str(per_node), "--go", str(go), "--report", str(report), "--registered", "3")
+    common = (
+        "updates",
+        "--publish",
+        str(per_node),
+        "--go",
+        str(go),
+        "--report",
+        str(report),
+        "--registered",
+        "3",
+    )
     honest = ("--max-message-bytes", str(HONEST_MAX_MESSAGE_BYTES))
-    attacker = Proc(tmp_path, "attacker", 1, *common, "--attack", "--attack-go", str(attack_go),
-                    "--expect", str(total + len(ATTACKS)))
+    attacker = Proc(
+        tmp_path,
+        "attacker",
+        1,
+        *common,
+        "--attack",
+        "--attack-go",
+        str(attack_go),
+        "--expect",
+        str(total + len(ATTACKS)),
+    )
     procs.append(attacker)
-    b = Proc(tmp_path, "b", 2, "--bootstrap", attacker.wait_for("ADDR"), *honest, *common, "--expect", str(total))
+    b = Proc(
+        tmp_path,
+        "b",
+        2,
+        "--bootstrap",
+        attacker.wait_for("ADDR"),
+        *honest,
+        *common,
+        "--expect",
+        str(total),
+    )
     procs.append(b)
-    c = Proc(tmp_path, "c", 3, "--bootstrap", b.wait_for("ADDR"), *honest, *common, "--expect", str(total))
+    c = Proc(
+        tmp_path,
+        "c",
+        3,
+        "--bootstrap",
+        b.wait_for("ADDR"),
+        *honest,
+        *common,
+        "--expect",
+        str(total),
+    )
     procs.append(c)
     c.wait_for("ADDR")
     time.sleep(MESH_SETTLE_S)

@@ -23,22 +23,43 @@ STRANGER = NodeIdentity.from_seed(b"not registered")
 CURRENT_ROUND = 5
 
 
-def update(author: NodeIdentity, round_: int = CURRENT_ROUND, task: bytes = TASK, n: int = 100) -> bytes:
-    u = Update(task=task, round=round_, base=blob_cid(b"base").to_bytes(), delta=blob_cid(bytes([round_, n])).to_bytes(),
-               n_samples=n, norm=1.0, inline=b"", signer=author.address)
+def update(
+    author: NodeIdentity, round_: int = CURRENT_ROUND, task: bytes = TASK, n: int = 100
+) -> bytes:
+    u = Update(
+        task=task,
+        round=round_,
+        base=blob_cid(b"base").to_bytes(),
+        delta=blob_cid(bytes([round_, n])).to_bytes(),
+        n_samples=n,
+        norm=1.0,
+        inline=b"",
+        signer=author.address,
+    )
     return u.signed(author.private_key, DOMAIN).encode()
 
 
 def node_validator(topic: str, data: bytes, peer: str) -> ValidationResult:
     return ValidationResult.of(
-        check_gossip(data, task=TASK, domain=DOMAIN, registered={HONEST.address}, current_round=CURRENT_ROUND))
+        check_gossip(
+            data, task=TASK, domain=DOMAIN, registered={HONEST.address}, current_round=CURRENT_ROUND
+        )
+    )
 
 
 async def test_protocol_checks_drop_bad_messages_at_the_first_honest_hop(tmp_path: Path) -> None:
     valid = update(HONEST)
     # A valid signature over other content = forged.
-    good = Update(task=TASK, round=CURRENT_ROUND, base=blob_cid(b"base").to_bytes(),
-                  delta=blob_cid(b"x").to_bytes(), n_samples=1, norm=0.5, inline=b"", signer=HONEST.address)
+    good = Update(
+        task=TASK,
+        round=CURRENT_ROUND,
+        base=blob_cid(b"base").to_bytes(),
+        delta=blob_cid(b"x").to_bytes(),
+        n_samples=1,
+        norm=0.5,
+        inline=b"",
+        signer=HONEST.address,
+    )
     tampered = replace(good.signed(HONEST.private_key, DOMAIN), n_samples=10**6).encode()
     attacks = {
         "bad-signature": tampered,
@@ -67,4 +88,6 @@ async def test_protocol_checks_drop_bad_messages_at_the_first_honest_hop(tmp_pat
         assert not set(attacks.values()) & set(seen_by_c)
         metrics = b.metrics()
         for reason in attacks:  # once each, by gossip or by sync, whichever reached b first
-            assert sum(rejections_of(metrics, reason).values()) == 1, metrics["rejections_by_reason"]
+            assert sum(rejections_of(metrics, reason).values()) == 1, metrics[
+                "rejections_by_reason"
+            ]

@@ -1,6 +1,7 @@
 """A small spam flood on real hosts (sim/fuzz/flood.py): every kind of hostile message is
 rejected and counted by reason, and a member's votes for views that never run reach the
-round machine but leave no state behind. The big flood and its RSS are `python -m sim.bench spam`."""
+round machine but leave no state behind. The big flood and its RSS are
+`python -m sim.bench spam`."""
 
 from pathlib import Path
 
@@ -14,7 +15,14 @@ def test_spam_flood_is_rejected_and_counted(tmp_path: Path) -> None:
     # the same few bytes are one message, hence not all 500).
     assert result.validated >= 0.95 * result.sent
     reasons = {r.split("-", 1)[1] for r in result.rejections_by_reason}  # gossip-/sync- prefix
-    assert {"malformed", "oversized", "wrong-task", "bad-signature", "unregistered-signer", "replayed-round"} <= reasons
+    assert {
+        "malformed",
+        "oversized",
+        "wrong-task",
+        "bad-signature",
+        "unregistered-signer",
+        "replayed-round",
+    } <= reasons
     assert result.ignored > 0  # future rounds: not wrong, not forwarded
     assert result.machine_rejected.get("rejected:future-view", 0) > 0
     assert result.machine_statements == 0

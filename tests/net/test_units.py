@@ -29,6 +29,8 @@ def test_store_put_get_and_verify(tmp_path: Path) -> None:
     assert not store.has(raw_cid(b"other"))
     with pytest.raises(BlockNotFound):
         store.get(raw_cid(b"absent"))
+
+
 def test_blob_roundtrip_matches_core_cids(tmp_path: Path) -> None:
     store = BlockStore(tmp_path)
     data = os.urandom(3 * CHUNK_SIZE + 123)
@@ -84,7 +86,9 @@ def test_peer_book_bans_at_threshold_and_lifts_later() -> None:
     now = [0.0]
     banned: list[str] = []
     metrics = Metrics()
-    book = PeerBook(ban_threshold=-100, ban_s=60, rates={"r": (1.0, 1.0)}, metrics=metrics, clock=lambda: now[0])
+    book = PeerBook(
+        ban_threshold=-100, ban_s=60, rates={"r": (1.0, 1.0)}, metrics=metrics, clock=lambda: now[0]
+    )
     book.on_ban = banned.append
     assert book.offence("p", Offence.BAD_BLOCK) is False
     assert book.offence("p", Offence.BAD_BLOCK) is True
@@ -133,7 +137,9 @@ async def test_frame_reader_joins_and_splits_chunks() -> None:
 
     data = bytes(range(256)) * 40
     # Reads inside one chunk, exactly one chunk, and spanning three chunks.
-    reader = FrameReader(_ChunkedStream([data[:1000], data[1000:2000], data[2000:2500], data[2500:]]))
+    reader = FrameReader(
+        _ChunkedStream([data[:1000], data[1000:2000], data[2000:2500], data[2500:]])
+    )
     assert await reader.read_exactly(10) == data[:10]
     assert await reader.read_exactly(990) == data[10:1000]
     assert await reader.read_exactly(1000) == data[1000:2000]

@@ -2,7 +2,6 @@
 
 import json
 
-
 from p2pfl.core.cid import CID
 from sim.run import run_scenario
 from sim.scenario import load_scenario

@@ -47,7 +47,9 @@ def test_node_killed_mid_round_rejoins_from_the_chain(tmp_path):
     # under way) and comes back 2 s later on the same data dir (block store, follower state).
     # More local epochs make each round last seconds, so the kill lands inside round 2.
     scenario = load_scenario("sim/scenarios/tiny.toml", {"rounds": 4, "train.epochs": 20})
-    run_dir = run_processes(scenario, tmp_path, quiet=True, restart=RestartFault(node=2, round=2, down_s=2.0))
+    run_dir = run_processes(
+        scenario, tmp_path, quiet=True, restart=RestartFault(node=2, round=2, down_s=2.0)
+    )
     summary, rounds = _read(run_dir)
 
     kinds = [f["kind"] for f in summary["faults"]]

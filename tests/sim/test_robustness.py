@@ -33,10 +33,19 @@ def _run(tmp_path, **overrides):
 
 
 def test_attack_plan_is_seeded_disjoint_and_strict():
-    plan = make_plan({"poison": "sign_flip", "fraction": 0.3, "equivocators": 1, "censors": 1}, 10, 7)
-    assert plan == make_plan({"poison": "sign_flip", "fraction": 0.3, "equivocators": 1, "censors": 1}, 10, 7)
+    plan = make_plan(
+        {"poison": "sign_flip", "fraction": 0.3, "equivocators": 1, "censors": 1}, 10, 7
+    )
+    assert plan == make_plan(
+        {"poison": "sign_flip", "fraction": 0.3, "equivocators": 1, "censors": 1}, 10, 7
+    )
     assert len(plan.poisoners) == 3
-    groups = [set(plan.poisoners), set(plan.roles["equivocators"]), set(plan.roles["censors"]), {plan.victim}]
+    groups = [
+        set(plan.poisoners),
+        set(plan.roles["equivocators"]),
+        set(plan.roles["censors"]),
+        {plan.victim},
+    ]
     assert sum(len(g) for g in groups) == len(set().union(*groups)) == 6
     with pytest.raises(ConfigError):
         make_plan({"poison": "sing_flip", "fraction": 0.3}, 10, 7)
@@ -56,7 +65,9 @@ def test_poisoned_updates_are_what_the_literature_describes():
 
     def crafted(poison, **kw):
         plan = make_plan({"poison": poison, "fraction": 0.3, **kw}, 10, 7)
-        deltas, n = craft_round(plan, 7, 1, honest, claims, previous_global={"w": np.ones(50, np.float32)})
+        deltas, n = craft_round(
+            plan, 7, 1, honest, claims, previous_global={"w": np.ones(50, np.float32)}
+        )
         return plan, deltas, n
 
     plan, d, _ = crafted("sign_flip")
@@ -66,7 +77,9 @@ def test_poisoned_updates_are_what_the_literature_describes():
     plan, d, _ = crafted("scale")
     assert np.allclose(d[plan.poisoners[0]]["w"], -10 * honest[plan.poisoners[0]]["w"])
     plan, d, n = crafted("inflate")
-    assert [n[i] for i in plan.poisoners] == [10000] * 3 and all(d[i] is honest[i] for i in range(10))
+    assert [n[i] for i in plan.poisoners] == [10000] * 3 and all(
+        d[i] is honest[i] for i in range(10)
+    )
     plan, d, _ = crafted("zero")
     assert not np.any(d[plan.poisoners[0]]["w"])
     plan, d, _ = crafted("stale")
@@ -108,8 +121,12 @@ def test_killing_nodes_with_gossip_in_flight_never_crashes_the_run(tmp_path):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         gc.collect()
-    leaked = [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)
-              and any(f", {port})" in str(w.message) for port in ports)]
+    leaked = [
+        str(w.message)
+        for w in caught
+        if issubclass(w.category, ResourceWarning)
+        and any(f", {port})" in str(w.message) for port in ports)
+    ]
     assert leaked == []
 
 
@@ -121,7 +138,10 @@ async def _kill_hosts_with_gossip_in_flight(tmp_path):
     count, victims = 4, (0, 2)
     stops = [trio.Event() for _ in range(count)]
     killer = Killer(stops, FaultLog.empty())
-    killer.nodes = [SimpleNamespace(machine=SimpleNamespace(round=1), finished=trio.Event()) for _ in range(count)]
+    killer.nodes = [
+        SimpleNamespace(machine=SimpleNamespace(round=1), finished=trio.Event())
+        for _ in range(count)
+    ]
     received = [0] * count
 
     class _Forever:
@@ -132,10 +152,18 @@ async def _kill_hosts_with_gossip_in_flight(tmp_path):
         async with trio.open_nursery() as hosts:
             nets = []
             for i in range(count):
-                cfg = NetConfig(data_dir=tmp_path / f"n{i}", listen="/ip4/127.0.0.1/tcp/0", mdns=False, dht=False,
-                                bootstrap=tuple(n.listen_addrs[0] for n in nets), sync_interval_s=0.2)
+                cfg = NetConfig(
+                    data_dir=tmp_path / f"n{i}",
+                    listen="/ip4/127.0.0.1/tcp/0",
+                    mdns=False,
+                    dht=False,
+                    bootstrap=tuple(n.listen_addrs[0] for n in nets),
+                    sync_interval_s=0.2,
+                )
                 nets.append(await hosts.start(hold_host, cfg, key(i), stops[i]))
-            channels = [await n.join("t", lambda topic, data, peer: ValidationResult.accept()) for n in nets]
+            channels = [
+                await n.join("t", lambda topic, data, peer: ValidationResult.accept()) for n in nets
+            ]
             async with trio.open_nursery() as traffic:
 
                 async def flood(i):
@@ -244,7 +272,11 @@ def test_equivocation_is_slashed_on_chain_and_the_reporter_paid(tmp_path):
     assert stake["unbonding_wei"] == stake["before_wei"] - slashed > 0
     assert len(rob["slashes"]) == len(rob["equivocation_proofs"])
     for s in rob["slashes"]:
-        assert s["node"] == cheat and s["reporter"] != cheat and s["reporter_reward_wei"] == s["amount_wei"] // 5
+        assert (
+            s["node"] == cheat
+            and s["reporter"] != cheat
+            and s["reporter_reward_wei"] == s["amount_wei"] // 5
+        )
     assert summary["counters"]["evidence-submitted"] == len(rob["equivocation_proofs"])
     assert cheat not in rob["rounds"][1]["included"] and rob["violations"] == []
     # Every node rebuilt the committed reward tree (proposals are keyed by their root too).

@@ -19,10 +19,15 @@ OUTAGE_S = 8.0
 def test_nodes_ride_out_an_rpc_outage_without_losing_or_duplicating_a_commit(tmp_path, capsys):
     # More local epochs make round 2 last a few seconds: the committee trains, aggregates
     # and votes while the chain is down, so its commit is sent into the outage.
-    scenario = load_scenario("sim/scenarios/tiny.toml", {
-        "rounds": ROUNDS, "train.epochs": 20,
-        "faults.rpc_outage_round": 2, "faults.rpc_outage_s": OUTAGE_S,
-    })
+    scenario = load_scenario(
+        "sim/scenarios/tiny.toml",
+        {
+            "rounds": ROUNDS,
+            "train.epochs": 20,
+            "faults.rpc_outage_round": 2,
+            "faults.rpc_outage_s": OUTAGE_S,
+        },
+    )
     run_dir = run_processes(scenario, tmp_path)
     out = capsys.readouterr().out
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -56,7 +61,10 @@ def test_nodes_ride_out_an_rpc_outage_without_losing_or_duplicating_a_commit(tmp
 
     # Nothing left behind: both anvil incarnations and every node process are gone.
     pids = summary["pids"]
-    for pid in [*pids["anvil_incarnations"], *(p for incarnations in pids["nodes"] for p in incarnations)]:
+    for pid in [
+        *pids["anvil_incarnations"],
+        *(p for incarnations in pids["nodes"] for p in incarnations),
+    ]:
         assert not alive(pid), f"process {pid} still running"
 
 

@@ -18,8 +18,9 @@ GUARD_S_PER_ROUND = 60.0
 
 def test_spam_run_ends_when_the_honest_nodes_are_done(tmp_path, monkeypatch):
     monkeypatch.setattr(sim.run, "MAX_SECONDS_PER_ROUND", GUARD_S_PER_ROUND)
-    scenario = load_scenario("sim/scenarios/tiny.toml",
-                             {"nodes": 6, "committee.size": 6, "attacks": {"spammers": 1}})
+    scenario = load_scenario(
+        "sim/scenarios/tiny.toml", {"nodes": 6, "committee.size": 6, "attacks": {"spammers": 1}}
+    )
     run_dir = run_scenario(scenario, tmp_path, quiet=True)
     summary = json.loads((run_dir / "summary.json").read_text())
     rob = summary["robustness"]

@@ -51,7 +51,9 @@ COSINE_PASSES = 3
 # The robust reference direction of the cosine test, by FilterSpec.reference.
 REFERENCES: dict[str, Callable[[Sequence[np.ndarray], Parallel], np.ndarray]] = {
     "median": lambda vs, parallel: coordinate_median(vs, parallel=parallel),
-    "trimmed_mean": lambda vs, parallel: trimmed_mean(vs, REFERENCE_TRIM_FRACTION, parallel=parallel),
+    "trimmed_mean": lambda vs, parallel: trimmed_mean(
+        vs, REFERENCE_TRIM_FRACTION, parallel=parallel
+    ),
 }
 assert tuple(REFERENCES) == REFERENCE_NAMES
 
@@ -81,7 +83,10 @@ def _segment_bounds(segments: Sequence[int] | None, size: int) -> list[tuple[int
 
 
 def _points_away(
-    x: np.ndarray, ref: np.ndarray, bounds: Sequence[tuple[int, int]], ref_norms: Sequence[float],
+    x: np.ndarray,
+    ref: np.ndarray,
+    bounds: Sequence[tuple[int, int]],
+    ref_norms: Sequence[float],
     min_cosine: float,
 ) -> bool:
     """True if the tensors holding more than half of the values have cosine < min_cosine.
@@ -178,7 +183,8 @@ def validation_filter(
         alive = [i for i in survivors if i not in rejected]
 
         def shaping(alive: list[int]) -> list[int]:
-            """The survivors that set the bars: all but the silent ones (all if only they are left)."""
+            """The survivors that set the bars: all but the silent ones (all if only they are "
+            "left)."""
             return [i for i in alive if i not in silent] or alive
 
         if alive:

@@ -371,7 +371,9 @@ def _gram_screen(vectors: Sequence[np.ndarray], sq: np.ndarray) -> tuple[np.ndar
     return d, e
 
 
-def _exact_row(vectors: Sequence[np.ndarray], i: int, row: np.ndarray, known: np.ndarray) -> np.ndarray:
+def _exact_row(
+    vectors: Sequence[np.ndarray], i: int, row: np.ndarray, known: np.ndarray
+) -> np.ndarray:
     """Row i of the exact distance matrix; entries already exact (`known`) are kept."""
     out = row.copy()
     for j in range(len(vectors)):

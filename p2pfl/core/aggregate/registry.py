@@ -134,9 +134,7 @@ def rule_named(name: object) -> Rule:
     """The registered rule called `name`, or ConfigError listing the known ones."""
     rule = RULES.get(name) if isinstance(name, str) else None
     if rule is None:
-        raise ConfigError(
-            f"unknown aggregation rule {name!r}; rule must be one of {tuple(RULES)}"
-        )
+        raise ConfigError(f"unknown aggregation rule {name!r}; rule must be one of {tuple(RULES)}")
     return rule
 
 

@@ -86,7 +86,10 @@ class FedAvg(Rule):
         return f"fedavg(cap={format_number(options.samples_cap)})"
 
     def combine(
-        self, vectors: Sequence[np.ndarray], weighting: Weighting, options: FedAvgOptions,
+        self,
+        vectors: Sequence[np.ndarray],
+        weighting: Weighting,
+        options: FedAvgOptions,
         parallel: Parallel,
     ) -> Combined:
         w = weighting.weights(options.samples_cap)
@@ -109,7 +112,10 @@ class Median(Rule):
     options_type = MedianOptions
 
     def combine(
-        self, vectors: Sequence[np.ndarray], weighting: Weighting, options: MedianOptions,
+        self,
+        vectors: Sequence[np.ndarray],
+        weighting: Weighting,
+        options: MedianOptions,
         parallel: Parallel,
     ) -> Combined:
         n = len(vectors)
@@ -152,7 +158,10 @@ class TrimmedMean(Rule):
         return None
 
     def combine(
-        self, vectors: Sequence[np.ndarray], weighting: Weighting, options: TrimmedMeanOptions,
+        self,
+        vectors: Sequence[np.ndarray],
+        weighting: Weighting,
+        options: TrimmedMeanOptions,
         parallel: Parallel,
     ) -> Combined:
         n = len(vectors)
@@ -203,7 +212,10 @@ class Krum(Rule):
         return _krum_too_few(self.name, n, options.byzantine_f)
 
     def combine(
-        self, vectors: Sequence[np.ndarray], weighting: Weighting, options: KrumOptions,
+        self,
+        vectors: Sequence[np.ndarray],
+        weighting: Weighting,
+        options: KrumOptions,
         parallel: Parallel,
     ) -> Combined:
         used = krum_select(vectors, options.byzantine_f, 1)
@@ -264,7 +276,10 @@ class MultiKrum(Rule):
         return why
 
     def combine(
-        self, vectors: Sequence[np.ndarray], weighting: Weighting, options: MultiKrumOptions,
+        self,
+        vectors: Sequence[np.ndarray],
+        weighting: Weighting,
+        options: MultiKrumOptions,
         parallel: Parallel,
     ) -> Combined:
         used = krum_select(vectors, options.byzantine_f, self._m(len(vectors), options))

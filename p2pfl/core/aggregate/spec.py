@@ -166,7 +166,9 @@ class FilterSpec:
         if "norm_factor" in d:
             kw["norm_factor"] = real_option(d, "norm_factor", "filter")
         if "min_cosine" in d:
-            kw["min_cosine"] = None if d["min_cosine"] is None else real_option(d, "min_cosine", "filter")
+            kw["min_cosine"] = (
+                None if d["min_cosine"] is None else real_option(d, "min_cosine", "filter")
+            )
         if "reference" in d:
             kw["reference"] = d["reference"]
         return cls(**kw)
@@ -351,7 +353,9 @@ class RuleSpec:
             kw["probation"] = ProbationSpec.from_dict(d["probation"])
         if "clip_norm" in d and d["clip_norm"] is not None:
             kw["clip_norm"] = (
-                "median" if d["clip_norm"] == "median" else real_option(d, "clip_norm", "aggregation")
+                "median"
+                if d["clip_norm"] == "median"
+                else real_option(d, "clip_norm", "aggregation")
             )
         rule = d.get("rule", "fedavg")
         impl = rule_named(rule)
