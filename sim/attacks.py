@@ -43,9 +43,28 @@ log = logging.getLogger("p2pfl.sim.attacks")
 
 Delta = dict[str, np.ndarray]
 
-POISONS = ("none", "sign_flip", "scale", "noise", "label_flip", "alie", "zero", "stale", "copy", "inflate")
+POISONS = (
+    "none",
+    "sign_flip",
+    "scale",
+    "noise",
+    "label_flip",
+    "alie",
+    "zero",
+    "stale",
+    "copy",
+    "inflate",
+)
 # Protocol roles, in the order they take nodes after the poisoners (seeded permutation).
-PROTOCOL_ROLES = ("equivocators", "liars", "withholders", "silent_leaders", "censors", "replayers", "spammers")
+PROTOCOL_ROLES = (
+    "equivocators",
+    "liars",
+    "withholders",
+    "silent_leaders",
+    "censors",
+    "replayers",
+    "spammers",
+)
 # Classes in every dataset we simulate (digits, Fashion-MNIST): label flip maps y -> 9 - y.
 NUM_CLASSES = 10
 # ALIE colluders wait this long for each other's honest deltas before crafting with
@@ -67,7 +86,9 @@ class AttackSpec:
     poison: str = "none"  # one of POISONS
     fraction: float = 0.0  # poisoners, as a fraction of the nodes
     scale: float = -10.0  # "scale": delta x scale
-    noise_scale: float = 10.0  # "noise": N(0, s^2) per coordinate with norm ~ noise_scale x honest norm
+    noise_scale: float = (
+        10.0  # "noise": N(0, s^2) per coordinate with norm ~ noise_scale x honest norm
+    )
     alie_z: float = 0.0  # "alie": 0 = Baruch et al.'s z_max for (n, f)
     # "alie": each colluder adds N(0, (alie_jitter x std)^2) per coordinate (std over the
     # colluders' honest deltas), so their updates differ and the duplicate rule keeps them all.
@@ -96,8 +117,10 @@ class AttackSpec:
 
     @property
     def active(self) -> bool:
-        return (self.poison != "none" and self.fraction > 0) or self.sybils > 0 or any(
-            getattr(self, r) for r in PROTOCOL_ROLES
+        return (
+            (self.poison != "none" and self.fraction > 0)
+            or self.sybils > 0
+            or any(getattr(self, r) for r in PROTOCOL_ROLES)
         )
 
 
@@ -132,7 +155,10 @@ def make_plan(attacks: dict[str, Any], nodes: int, seed: int) -> AttackPlan:
     n_poison = attacker_count(spec.fraction, nodes) if spec.poison != "none" else 0
     need = n_poison + sum(getattr(spec, r) for r in PROTOCOL_ROLES)
     if need >= nodes:
-        raise ConfigError(f"attacks: {need} attacker nodes requested out of {nodes}; leave at least one honest node")
+        raise ConfigError(
+            f"attacks: {need} attacker nodes requested out of {nodes}; leave at least one honest "
+            "node"
+        )
     poisoners = tuple(sorted(order[:n_poison]))
     at = n_poison
     roles: dict[str, tuple[int, ...]] = {}
@@ -156,7 +182,9 @@ def scaled(delta: Delta, factor: float) -> Delta:
 
 
 def delta_norm(delta: Delta) -> float:
-    return float(math.sqrt(sum(float(np.sum(np.square(v, dtype=np.float64))) for v in delta.values())))
+    return float(
+        math.sqrt(sum(float(np.sum(np.square(v, dtype=np.float64))) for v in delta.values()))
+    )
 
 
 def gaussian(delta: Delta, noise_scale: float, rng: np.random.Generator) -> Delta:
@@ -178,7 +206,9 @@ def alie_z_max(nodes: int, attackers: int) -> float:
     return NormalDist().inv_cdf(min(max(p, 0.5), 0.999))
 
 
-def alie(deltas: Sequence[Delta], z: float, jitter: float = 0.0, rng: np.random.Generator | None = None) -> Delta:
+def alie(
+    deltas: Sequence[Delta], z: float, jitter: float = 0.0, rng: np.random.Generator | None = None
+) -> Delta:
     """mean - z x std per coordinate over the colluders' honest deltas (one shared update);
     with `jitter`, plus N(0, (jitter x std)^2) per coordinate drawn from `rng` (this colluder's)."""
     out = {}
@@ -201,7 +231,9 @@ def noise_rng(seed: int, round_: int, index: int) -> np.random.Generator:
     return np.random.default_rng([seed, round_, index, ATTACKER_SALT])
 
 
-def stateless_poison(spec: AttackSpec, seed: int, index: int) -> Callable[[int, Delta], Delta] | None:
+def stateless_poison(
+    spec: AttackSpec, seed: int, index: int
+) -> Callable[[int, Delta], Delta] | None:
     """The per-delta transform for `Behaviour.poison`, or None if the attack needs more."""
     if spec.poison == "sign_flip":
         return lambda r, d: sign_flip(d)
@@ -215,7 +247,11 @@ def stateless_poison(spec: AttackSpec, seed: int, index: int) -> Callable[[int, 
 
 
 def craft_round(
-    plan: AttackPlan, seed: int, round_: int, honest: Sequence[Delta], n_samples: Sequence[int],
+    plan: AttackPlan,
+    seed: int,
+    round_: int,
+    honest: Sequence[Delta],
+    n_samples: Sequence[int],
     previous_global: Delta | None,
 ) -> tuple[list[Delta], list[int]]:
     """What every node publishes in one round, given what each trained honestly.
@@ -293,7 +329,9 @@ class RoundBoard:
         self._changed.set()
         self._changed = trio.Event()
 
-    async def wait_for(self, key: bytes, indices: Sequence[int], timeout_s: float) -> dict[int, Any]:
+    async def wait_for(
+        self, key: bytes, indices: Sequence[int], timeout_s: float
+    ) -> dict[int, Any]:
         with trio.move_on_after(timeout_s):
             while not all(i in self._deltas.get(key, {}) for i in indices):
                 await self._changed.wait()
@@ -303,7 +341,9 @@ class RoundBoard:
 Trainer = Callable[[dict[str, np.ndarray], Any, int], Awaitable[Any]]
 
 
-def wrap_trainer(plan: AttackPlan, index: int, trainer: Trainer, board: RoundBoard, claim: int) -> Trainer:
+def wrap_trainer(
+    plan: AttackPlan, index: int, trainer: Trainer, board: RoundBoard, claim: int
+) -> Trainer:
     """Trainer seam: post our honest result; colluding/free-riding attackers rewrite theirs.
 
     `claim` is the sample count a free rider (who does not train) claims."""
@@ -318,7 +358,11 @@ def wrap_trainer(plan: AttackPlan, index: int, trainer: Trainer, board: RoundBoa
         last = previous[-1] if previous else None
         previous[:] = [base]
         if role == "stale":
-            step = zero(base) if last is None else {k: (base[k] - last[k]).astype(np.float32) for k in base}
+            step = (
+                zero(base)
+                if last is None
+                else {k: (base[k] - last[k]).astype(np.float32) for k in base}
+            )
             return TrainResult(step, claim, math.nan, 0.0)
         if role == "copy":
             victim = copy_victim(plan)
@@ -332,7 +376,9 @@ def wrap_trainer(plan: AttackPlan, index: int, trainer: Trainer, board: RoundBoa
             got = await board.wait_for(key, plan.poisoners, ALIE_WAIT_S)
             mine = [got[i].delta for i in plan.poisoners if i in got]
             z = spec.alie_z or alie_z_max(plan.nodes, len(plan.poisoners))
-            rng = np.random.default_rng([seed, ATTACKER_SALT])  # `seed` is this client's, this round's
+            rng = np.random.default_rng(
+                [seed, ATTACKER_SALT]
+            )  # `seed` is this client's, this round's
             return replace(result, delta=alie(mine, z, spec.alie_jitter, rng))
         return result
 
@@ -396,8 +442,15 @@ class HostileNet:
     """An attacker's network adapter around the real NodeNet (everything else delegates)."""
 
     def __init__(
-        self, inner: Any, *, roles: set[str], private_key: bytes, address: bytes, domain: Domain,
-        record: AttackLog, victim: bytes | None = None,
+        self,
+        inner: Any,
+        *,
+        roles: set[str],
+        private_key: bytes,
+        address: bytes,
+        domain: Domain,
+        record: AttackLog,
+        victim: bytes | None = None,
     ) -> None:
         self._inner = inner
         self._roles = roles
@@ -430,7 +483,11 @@ class HostileNet:
             return True
         if self._roles & {"replayers", "spammers"} and len(self._old) < 10 * REPLAY_BATCH:
             self._old.append((message.round, topic, data))
-        if "censors" in self._roles and isinstance(message, Update) and message.signer == self._victim:
+        if (
+            "censors" in self._roles
+            and isinstance(message, Update)
+            and message.signer == self._victim
+        ):
             self._log.censored += 1
             return False
         return True
@@ -469,8 +526,13 @@ class HostileNet:
         delta = scaled(decode_tensors(blob), 0.5)
         blob2 = encode_tensors(delta)
         cid = self._inner.put_blob(blob2)
-        second = replace(first, delta=cid.to_bytes(), norm=first.norm * 0.5,
-                         inline=blob2 if len(blob2) <= INLINE_MAX_BYTES else b"", signature=b"")
+        second = replace(
+            first,
+            delta=cid.to_bytes(),
+            norm=first.norm * 0.5,
+            inline=blob2 if len(blob2) <= INLINE_MAX_BYTES else b"",
+            signature=b"",
+        )
         return self._sign(second)  # type: ignore[return-value]
 
     async def _replay(self, current_round: int) -> None:
@@ -483,8 +545,14 @@ class HostileNet:
                 log.debug("replay refused: %r", exc)
 
 
-async def spam(net: Any, topics: Sequence[str], per_s: float, record: AttackLog, sample: Callable[[], bytes | None],
-               rng: np.random.Generator) -> None:
+async def spam(
+    net: Any,
+    topics: Sequence[str],
+    per_s: float,
+    record: AttackLog,
+    sample: Callable[[], bytes | None],
+    rng: np.random.Generator,
+) -> None:
     """Flood `topics`: garbage bytes, truncated and repeated copies of real messages."""
     i = 0
     while True:
@@ -505,23 +573,43 @@ async def spam(net: Any, topics: Sequence[str], per_s: float, record: AttackLog,
         i += 1
 
 
-def hostile_net(plan: AttackPlan, index: int, net: Any, identity: Any, domain: Domain,
-                identities: Sequence[Any], record: AttackLog) -> Any:
+def hostile_net(
+    plan: AttackPlan,
+    index: int,
+    net: Any,
+    identity: Any,
+    domain: Domain,
+    identities: Sequence[Any],
+    record: AttackLog,
+) -> Any:
     """The node's network adapter: the real one for honest nodes, a HostileNet otherwise."""
     roles = plan.role_of(index) - {"poison"}
     if not roles:
         return net
     victim = identities[plan.victim].address if plan.victim is not None else None
-    return HostileNet(net, roles=roles, private_key=identity.private_key, address=identity.address,
-                      domain=domain, record=record, victim=victim)
+    return HostileNet(
+        net,
+        roles=roles,
+        private_key=identity.private_key,
+        address=identity.address,
+        domain=domain,
+        record=record,
+        victim=victim,
+    )
 
 
 # Sybil peers publish one forged update per round at most this often (seconds).
 SYBIL_PERIOD_S = 1.0
 
 
-async def run_background(plan: AttackPlan, nodes: Sequence[Any], nets: Sequence[Any], tmp: Any, seed: int,
-                         record: AttackLog) -> None:
+async def run_background(
+    plan: AttackPlan,
+    nodes: Sequence[Any],
+    nets: Sequence[Any],
+    tmp: Any,
+    seed: int,
+    record: AttackLog,
+) -> None:
     """Attacker tasks that are not a node: spam floods, and Sybil peers with no stake."""
     from p2pfl.core.identity import NodeIdentity
     from p2pfl.net.config import NetConfig
@@ -542,9 +630,15 @@ async def run_background(plan: AttackPlan, nodes: Sequence[Any], nets: Sequence[
         return seen[int(rng.integers(len(seen)))][2]
 
     async def sybil(k: int, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-        key = hashlib.sha256(b"p2pfl-sim-sybil" + seed.to_bytes(8, "big") + k.to_bytes(4, "big")).digest()
+        key = hashlib.sha256(
+            b"p2pfl-sim-sybil" + seed.to_bytes(8, "big") + k.to_bytes(4, "big")
+        ).digest()
         ident = NodeIdentity(key)
-        cfg = NetConfig(data_dir=tmp / f"sybil{k}", bootstrap=(nets[honest[k % len(honest)]].listen_addrs[0],), dht=False)
+        cfg = NetConfig(
+            data_dir=tmp / f"sybil{k}",
+            bootstrap=(nets[honest[k % len(honest)]].listen_addrs[0],),
+            dht=False,
+        )
         async with open_node_host(cfg, key) as net:
             for t in topics:
                 await net.join(t, lambda topic, data, peer: ValidationResult.accept())
@@ -558,8 +652,16 @@ async def run_background(plan: AttackPlan, nodes: Sequence[Any], nets: Sequence[
                     continue
                 blob = encode_tensors({"w": rng.normal(0, 0.01, 64).astype(np.float32)})
                 cid = net.put_blob(blob)
-                u = Update(task=nodes[0].task, round=m.round, base=m.base, delta=cid.to_bytes(), n_samples=1000,
-                           norm=1.0, inline=blob, signer=ident.address).signed(key, domain)
+                u = Update(
+                    task=nodes[0].task,
+                    round=m.round,
+                    base=m.base,
+                    delta=cid.to_bytes(),
+                    n_samples=1000,
+                    norm=1.0,
+                    inline=blob,
+                    signer=ident.address,
+                ).signed(key, domain)
                 try:
                     await net.publish(topics[0], u.encode())
                     record.sybil_sent += 1
@@ -571,8 +673,15 @@ async def run_background(plan: AttackPlan, nodes: Sequence[Any], nets: Sequence[
         for k in range(plan.spec.sybils):
             await nursery.start(sybil, k)
         for i in plan.roles["spammers"]:
-            nursery.start_soon(spam, nodes[i].net._inner, topics, plan.spec.spam_per_s, record, sample,
-                               np.random.default_rng([seed, ATTACKER_SALT, i]))
+            nursery.start_soon(
+                spam,
+                nodes[i].net._inner,
+                topics,
+                plan.spec.spam_per_s,
+                record,
+                sample,
+                np.random.default_rng([seed, ATTACKER_SALT, i]),
+            )
         while not done():
             await trio.sleep(0.5)
         nursery.cancel_scope.cancel()

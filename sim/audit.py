@@ -16,8 +16,15 @@ from sim.faults import FaultLog
 
 
 def audit_run(
-    plan: AttackPlan, faults: FaultLog, attacks: AttackLog, nodes: list[Any], identities: list[Any],
-    devnet: Any, manifest: Any, commits: dict[int, Any], stakes_before: dict[bytes, int],
+    plan: AttackPlan,
+    faults: FaultLog,
+    attacks: AttackLog,
+    nodes: list[Any],
+    identities: list[Any],
+    devnet: Any,
+    manifest: Any,
+    commits: dict[int, Any],
+    stakes_before: dict[bytes, int],
 ) -> dict[str, Any]:
     """Safety and liveness facts of a finished simulation, from the chain and the nodes."""
     index_of = {ident.address: i for i, ident in enumerate(identities)}
@@ -41,8 +48,13 @@ def audit_run(
             if proposal is not None:
                 snapshot = n.committed.round_stakes.get(r, {})
                 break
-        row: dict[str, Any] = {"round": r, "attempt": ev.attempt, "view": ev.view, "signers": ev.signers,
-                               "block": ev.block_number}
+        row: dict[str, Any] = {
+            "round": r,
+            "attempt": ev.attempt,
+            "view": ev.view,
+            "signers": ev.signers,
+            "block": ev.block_number,
+        }
         if proposal is None:
             row["included"] = None
             rounds.append(row)
@@ -50,7 +62,9 @@ def audit_run(
         included = [a for a, _ in proposal.included]
         row["included"] = [index_of.get(a, "0x" + a.hex()) for a in included]
         row["rejected"] = [[index_of.get(a, "0x" + a.hex()), why] for a, why in proposal.rejected]
-        row["poisoners_included"] = sorted(index_of[a] for a in included if index_of.get(a) in plan.poisoners)
+        row["poisoners_included"] = sorted(
+            index_of[a] for a in included if index_of.get(a) in plan.poisoners
+        )
         for a in included:
             if a not in index_of or snapshot.get(a, 0) <= 0:
                 violations.append(f"round {r}: unregistered author 0x{a.hex()} included")
@@ -68,14 +82,26 @@ def audit_run(
         a = e["args"]
         node = bytes.fromhex(a["node"][2:])
         reporter = bytes.fromhex(a["reporter"][2:])
-        slashes.append({"node": index_of.get(node, a["node"]), "amount_wei": a["amount"],
-                        "reporter": index_of.get(reporter, a["reporter"]), "reporter_reward_wei": a["reporterReward"],
-                        "block": e["blockNumber"]})
+        slashes.append(
+            {
+                "node": index_of.get(node, a["node"]),
+                "amount_wei": a["amount"],
+                "reporter": index_of.get(reporter, a["reporter"]),
+                "reporter_reward_wei": a["reporterReward"],
+                "block": e["blockNumber"],
+            }
+        )
     ledger = devnet.admin.ledger
-    proofs = [{"node": index_of.get(bytes.fromhex(e["args"]["signer"][2:])), "round": e["args"]["round"],
-               "kind": e["args"]["kind"], "reporter": index_of.get(bytes.fromhex(e["args"]["reporter"][2:])),
-               "block": e["blockNumber"]}
-              for e in ledger.events.EquivocationProven().get_logs(from_block=devnet.deployment.block)]
+    proofs = [
+        {
+            "node": index_of.get(bytes.fromhex(e["args"]["signer"][2:])),
+            "round": e["args"]["round"],
+            "kind": e["args"]["kind"],
+            "reporter": index_of.get(bytes.fromhex(e["args"]["reporter"][2:])),
+            "block": e["blockNumber"],
+        }
+        for e in ledger.events.EquivocationProven().get_logs(from_block=devnet.deployment.block)
+    ]
     # Equivocation of round r must be slashed before round r + 1 commits (or by the end).
     late = []
     for p in proofs:
@@ -85,26 +111,47 @@ def audit_run(
     equivocated_rounds = sorted(attacks.equivocated)
     # A slashed node is ejected, so its later equivocations are rejected at the first hop
     # (unregistered signer) and need no proof: only rounds it could still take part in count.
-    registered_in = {r: set(n.committed.round_stakes.get(r, {})) for n in nodes for r in n.committed.round_stakes}
-    unslashed = [r for r in equivocated_rounds if r in commits and not any(p["round"] == r for p in proofs)
-                 and any(identities[i].address in registered_in.get(r, set())
-                         for i in plan.roles.get("equivocators", ()))]
+    registered_in = {
+        r: set(n.committed.round_stakes.get(r, {})) for n in nodes for r in n.committed.round_stakes
+    }
+    unslashed = [
+        r
+        for r in equivocated_rounds
+        if r in commits
+        and not any(p["round"] == r for p in proofs)
+        and any(
+            identities[i].address in registered_in.get(r, set())
+            for i in plan.roles.get("equivocators", ())
+        )
+    ]
     # Probation history (strike points per committed round) as every live honest node
     # holds it: it must be one history, or they would disagree on later aggregates. An
     # attacker's may differ (a banned spammer never sees a proposal).
-    histories = [{r: {index_of.get(a, "0x" + a.hex()): p for a, p in sorted(pts.items())}
-                  for r, pts in sorted(n.committed.strikes.items())}
-                 for i, n in enumerate(nodes) if i not in faults.killed and i not in plan.attackers]
+    histories = [
+        {
+            r: {index_of.get(a, "0x" + a.hex()): p for a, p in sorted(pts.items())}
+            for r, pts in sorted(n.committed.strikes.items())
+        }
+        for i, n in enumerate(nodes)
+        if i not in faults.killed and i not in plan.attackers
+    ]
     stakes_after = {}
     for i in sorted(set(plan.attackers)):
         addr = identities[i].address
         info_after = devnet.admin.node_info(addr)
-        stakes_after[i] = {"before_wei": stakes_before.get(addr, 0), "after_wei": info_after.stake,
-                           "unbonding_wei": info_after.unbonding, "banned": info_after.banned}
+        stakes_after[i] = {
+            "before_wei": stakes_before.get(addr, 0),
+            "after_wei": info_after.stake,
+            "unbonding_wei": info_after.unbonding,
+            "banned": info_after.banned,
+        }
     info = devnet.admin.task_info(manifest.task_id)
     return {
-        "attackers": {"poisoners": list(plan.poisoners), **{k: list(v) for k, v in plan.roles.items() if v},
-                      **({"victim": plan.victim} if plan.victim is not None else {})},
+        "attackers": {
+            "poisoners": list(plan.poisoners),
+            **{k: list(v) for k, v in plan.roles.items() if v},
+            **({"victim": plan.victim} if plan.victim is not None else {}),
+        },
         "rounds": rounds,
         "rounds_committed": info.last_round,
         "violations": violations,
@@ -117,9 +164,15 @@ def audit_run(
         "strike_histories_agree": all(h == histories[0] for h in histories),
         "attacker_stakes": stakes_after,
         "victim_included_rounds": victim_included if plan.victim is not None else None,
-        "attack_log": {"lies": attacks.lies, "withheld": attacks.withheld, "silenced": attacks.silenced,
-                       "censored": attacks.censored, "replayed": attacks.replayed, "spam_sent": attacks.spam_sent,
-                       "sybil_sent": attacks.sybil_sent},
+        "attack_log": {
+            "lies": attacks.lies,
+            "withheld": attacks.withheld,
+            "silenced": attacks.silenced,
+            "censored": attacks.censored,
+            "replayed": attacks.replayed,
+            "spam_sent": attacks.spam_sent,
+            "sybil_sent": attacks.sybil_sent,
+        },
         "killed": sorted(faults.killed),
         "killed_in_round": {str(k): v for k, v in faults.killed_round.items()},
         "leader_killed": faults.leader_killed,

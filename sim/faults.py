@@ -75,7 +75,9 @@ def kill_set(spec: FaultSpec, nodes: int, seed: int) -> tuple[int, ...]:
     return tuple(sorted(order[:count]))
 
 
-async def hold_host(config: Any, private_key: bytes, stop: trio.Event, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+async def hold_host(
+    config: Any, private_key: bytes, stop: trio.Event, task_status: Any = trio.TASK_STATUS_IGNORED
+) -> None:
     """Run one libp2p host until `stop` is set (its own task, so it can die alone)."""
     from p2pfl.net.host import open_node_host
 
@@ -152,7 +154,11 @@ class LeaderKillNet:
         except InvalidMessage:
             return msg_id
         record = self._killer.log
-        if isinstance(message, Proposal) and message.round == self._round and record.leader_killed is None:
+        if (
+            isinstance(message, Proposal)
+            and message.round == self._round
+            and record.leader_killed is None
+        ):
             record.leader_killed = self._index
             record.leader_kill_round = message.round
             self._killer.kill(self._index)
@@ -172,6 +178,7 @@ async def inject(spec: FaultSpec, killer: Killer, nets: list[Any], seed: int, sa
     try:
         async with trio.open_nursery() as nursery:
             if spec.kill_fraction > 0:
+
                 async def kill_some() -> None:
                     await wait_round(spec.kill_round)
                     await trio.sleep(spec.kill_delay_s)
@@ -179,11 +186,14 @@ async def inject(spec: FaultSpec, killer: Killer, nets: list[Any], seed: int, sa
                     say(f"  fault: killing nodes {list(victims)} in round {spec.kill_round}")
                     for i in victims:
                         killer.kill(i)
+
                 nursery.start_soon(kill_some)
             if spec.partition_round > 0:
+
                 async def split() -> None:
                     await wait_round(spec.partition_round)
                     await partition(spec, killer, nets, seed, say)
+
                 nursery.start_soon(split)
     except _Done:
         return

@@ -61,18 +61,37 @@ def open_task(genesis_blob: bytes) -> tuple[DevNet, list[NodeIdentity], TaskMani
     identities = [NodeIdentity(k) for k in devnet.keys]
     for ident, client in zip(identities, devnet.clients):
         fund(w3, ident.checksum_address, STAKE)
-        client.register(peer_id_bytes_from_public(ident.compressed_public_key), ident.x25519_public_key, STAKE)
+        client.register(
+            peer_id_bytes_from_public(ident.compressed_public_key), ident.x25519_public_key, STAKE
+        )
     dep = devnet.deployment
     reward = ETHER // 100
     manifest = TaskManifest(
-        name="node-inprocess", model="mlp", initial_model=str(blob_cid(genesis_blob)), chain_id=dep.chain_id,
-        registry=dep.registry, ledger=dep.ledger, committee_size=COMMITTEE, collect_deadline_s=10.0,
-        collect_quorum_percent=100, view_timeout_s=6.0, commit_fallback_delay_s=3.0, redraw_timeout_s=40.0,
-        reward_per_round_wei=reward, seed=5,
+        name="node-inprocess",
+        model="mlp",
+        initial_model=str(blob_cid(genesis_blob)),
+        chain_id=dep.chain_id,
+        registry=dep.registry,
+        ledger=dep.ledger,
+        committee_size=COMMITTEE,
+        collect_deadline_s=10.0,
+        collect_quorum_percent=100,
+        view_timeout_s=6.0,
+        commit_fallback_delay_s=3.0,
+        redraw_timeout_s=40.0,
+        reward_per_round_wei=reward,
+        seed=5,
     )
     fund(w3, devnet.admin.account.address, ROUNDS * reward + DEFAULT_GAS_FUNDS)
-    devnet.admin.create_task(manifest.task_id, CID.parse(manifest.initial_model).digest, COMMITTEE, 0, reward,
-                             ROUNDS * reward, redraw_delay_s=0)
+    devnet.admin.create_task(
+        manifest.task_id,
+        CID.parse(manifest.initial_model).digest,
+        COMMITTEE,
+        0,
+        reward,
+        ROUNDS * reward,
+        redraw_delay_s=0,
+    )
     return devnet, identities, manifest
 
 
@@ -88,7 +107,9 @@ async def test_nodes_off_the_committee_survive_several_commits(tmp_path: Path) -
         nets: list[Any] = []
         for i, ident in enumerate(identities):
             bootstrap = (nets[0].listen_addrs[0],) if nets else ()
-            cfg = NetConfig(data_dir=tmp_path / f"net{i}", bootstrap=bootstrap, dht=False, sync_interval_s=0.5)
+            cfg = NetConfig(
+                data_dir=tmp_path / f"net{i}", bootstrap=bootstrap, dht=False, sync_interval_s=0.5
+            )
             nets.append(await hosts.start(hold_host, cfg, ident.private_key, stops[i]))
         nets[0].put_blob(genesis_blob)  # the task creator holds the genesis model
 
@@ -101,8 +122,20 @@ async def test_nodes_off_the_committee_survive_several_commits(tmp_path: Path) -
                 reported[i].append(entry)
 
             client = type(devnet.clients[i])(devnet.admin.w3, devnet.deployment, ident.private_key)
-            nodes.append(Node(ident, manifest, client, net, None, tmp_path / f"state{i}", client_index=i,
-                              trainer=trainer_for(i), on_round=on_round, follow_poll_s=0.2))
+            nodes.append(
+                Node(
+                    ident,
+                    manifest,
+                    client,
+                    net,
+                    None,
+                    tmp_path / f"state{i}",
+                    client_index=i,
+                    trainer=trainer_for(i),
+                    on_round=on_round,
+                    follow_poll_s=0.2,
+                )
+            )
         with trio.fail_after(150):
             async with trio.open_nursery() as nursery:
                 for node in nodes:
@@ -111,10 +144,14 @@ async def test_nodes_off_the_committee_survive_several_commits(tmp_path: Path) -
     assert devnet.admin.task_info(manifest.task_id).last_round >= ROUNDS
     for i, node in enumerate(nodes):
         assert node.finished.is_set(), f"node {i} did not finish"
-        assert [e.round for e in reported[i]][:ROUNDS] == list(range(1, ROUNDS + 1)), f"node {i}: {reported[i]}"
+        assert [e.round for e in reported[i]][:ROUNDS] == list(range(1, ROUNDS + 1)), (
+            f"node {i}: {reported[i]}"
+        )
     # Some node sat out of some committee, and it too reported every round.
     outsiders = [(i, e.round) for i in reported for e in reported[i] if not e.member]
     assert outsiders, "every node was on every committee: the test did not test anything"
     results = {e.round: e.result for i in reported for e in reported[i]}
     for i in reported:
-        assert {e.round: e.result for e in reported[i]} == {r: results[r] for r in (e.round for e in reported[i])}
+        assert {e.round: e.result for e in reported[i]} == {
+            r: results[r] for r in (e.round for e in reported[i])
+        }

@@ -29,9 +29,16 @@ def test_the_real_backend_provides_every_port_member(port: type, real: type) -> 
         assert callable(provided), f"{real.__name__} lacks {port.__name__}.{name}"
         want = _parameters(getattr(port, name))
         have = _parameters(provided)
-        assert have[: len(want)] == want, f"{real.__name__}.{name}{have} differs from {port.__name__}.{name}{want}"
-        assert all(p.default is not inspect.Parameter.empty for p in list(inspect.signature(provided).parameters.values())[len(want):]), name
-        assert inspect.iscoroutinefunction(provided) == inspect.iscoroutinefunction(getattr(port, name)), name
+        assert have[: len(want)] == want, (
+            f"{real.__name__}.{name}{have} differs from {port.__name__}.{name}{want}"
+        )
+        assert all(
+            p.default is not inspect.Parameter.empty
+            for p in list(inspect.signature(provided).parameters.values())[len(want) :]
+        ), name
+        assert inspect.iscoroutinefunction(provided) == inspect.iscoroutinefunction(
+            getattr(port, name)
+        ), name
     for name in getattr(port, "__annotations__", {}):  # data members: a property or set in __init__
         assert hasattr(real, name) or f"self.{name} =" in inspect.getsource(real.__init__), (  # type: ignore[misc]
             f"{real.__name__} lacks attribute {name}"

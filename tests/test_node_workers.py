@@ -22,7 +22,9 @@ from p2pfl.node.workers import RoundWorkers
 SIZE = 1 << 19  # float32: a 2 MiB model, 8 chunks of the block layout
 
 
-async def test_a_member_hashes_the_new_model_once_and_the_deltas_not_again(tmp_path: Any, monkeypatch: Any) -> None:
+async def test_a_member_hashes_the_new_model_once_and_the_deltas_not_again(
+    tmp_path: Any, monkeypatch: Any
+) -> None:
     rng = np.random.default_rng(1)
     base = {"w": np.zeros(SIZE, np.float32)}
     base_cid = blob_cid(encode_tensors(base)).to_bytes()
@@ -46,9 +48,15 @@ async def test_a_member_hashes_the_new_model_once_and_the_deltas_not_again(tmp_p
 
     store = BlockStore(tmp_path / "blocks")
     node = SimpleNamespace(
-        clock=trio.current_time, models=SimpleNamespace(ensure=ensure), round_record=lambda r: {},
-        spec=agg.RuleSpec.default(), manifest=SimpleNamespace(reward_per_round_wei=10**18),
-        cpu=trio.CapacityLimiter(1), net=SimpleNamespace(store=store), rounds={}, queue=SimpleNamespace(put=put),
+        clock=trio.current_time,
+        models=SimpleNamespace(ensure=ensure),
+        round_record=lambda r: {},
+        spec=agg.RuleSpec.default(),
+        manifest=SimpleNamespace(reward_per_round_wei=10**18),
+        cpu=trio.CapacityLimiter(1),
+        net=SimpleNamespace(store=store),
+        rounds={},
+        queue=SimpleNamespace(put=put),
     )
     workers = RoundWorkers(node)  # type: ignore[arg-type]
     workers._deltas[1] = kept

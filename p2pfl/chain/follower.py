@@ -18,10 +18,11 @@ import json
 import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Protocol
 
 import trio
 
-from p2pfl.chain.client import ChainClient, RoundCommitted
+from p2pfl.chain.client import RoundCommitted
 from p2pfl.chain.trio_client import run_chain
 from p2pfl.errors import ChainError
 from p2pfl.files import write_text_atomic
@@ -34,12 +35,22 @@ DEFAULT_POLL_INTERVAL_S = 1.0
 MAX_ERROR_BACKOFF_S = 30.0
 
 
+class CommitSource(Protocol):
+    """What the follower reads from a chain (`ChainClient` and the node's `ChainPort` have it)."""
+
+    def block_number(self) -> int: ...
+
+    def commits(
+        self, from_block: int, to_block: int, task: bytes | None = None
+    ) -> list[RoundCommitted]: ...
+
+
 class CommitFollower:
     def __init__(
         self,
-        client: ChainClient,
+        client: CommitSource,
         task: bytes | None = None,
-        start_block: int | None = None,
+        start_block: int = 0,
         state_path: str | Path | None = None,
         confirmations: int = 0,
         chunk_blocks: int = DEFAULT_CHUNK_BLOCKS,
@@ -49,8 +60,7 @@ class CommitFollower:
         self.confirmations = confirmations
         self.chunk_blocks = chunk_blocks
         self.state_path = Path(state_path) if state_path else None
-        start = client.deployment.block if start_block is None else start_block
-        self.last_block = start - 1
+        self.last_block = start_block - 1
         self.last_round: dict[bytes, int] = {}
         if self.state_path and self.state_path.exists():
             self._load()

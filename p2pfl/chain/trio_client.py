@@ -73,14 +73,22 @@ async def run_chain(
             now = trio.current_time()
             if down_since is None:
                 down_since = now
-                log.warning("chain unreachable in %s (retrying for up to %.0f s): %s", name, tolerate_s, exc)
+                log.warning(
+                    "chain unreachable in %s (retrying for up to %.0f s): %s", name, tolerate_s, exc
+                )
             down = now - down_since
             if down >= tolerate_s:
                 raise
             sent = f", tx 0x{exc.tx_hash.hex()} sent" if exc.tx_hash else ""
             log.warning(
-                "chain unreachable for %.0f s since %s first failed (at %s%s); retrying %s in %.1f s",
-                down, name, exc.what, sent, name, delay,
+                "chain unreachable for %.0f s since %s first failed (at %s%s); retrying %s in "
+                "%.1f s",
+                down,
+                name,
+                exc.what,
+                sent,
+                name,
+                delay,
             )
             await trio.sleep(delay)
             delay = min(delay * 2, OUTAGE_RETRY_MAX_S)
@@ -89,13 +97,16 @@ async def run_chain(
             if down_since is not None:  # e.g. a commit that another member landed meanwhile
                 log.warning(
                     "chain reachable again: %s answered after %.0f s with %s",
-                    name, trio.current_time() - down_since, exc.revert_reason or exc,
+                    name,
+                    trio.current_time() - down_since,
+                    exc.revert_reason or exc,
                 )
             raise
         if down_since is not None:
             log.warning(
                 "chain reachable again: %s went through after %.0f s",
-                name, trio.current_time() - down_since,
+                name,
+                trio.current_time() - down_since,
             )
         return result
 

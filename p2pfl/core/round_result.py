@@ -21,7 +21,14 @@ from p2pfl.core.cid import CID, blob_blocks
 from p2pfl.core.merkle import RewardTree, round_reward_leaves
 from p2pfl.core.messages import Proposal, Update
 from p2pfl.core.sortition import committee_for, round_seed
-from p2pfl.core.tensors import decode_tensors, encode_tensors, flatten, layout_size, tensor_sizes, unflatten
+from p2pfl.core.tensors import (
+    decode_tensors,
+    encode_tensors,
+    flatten,
+    layout_size,
+    tensor_sizes,
+    unflatten,
+)
 from p2pfl.errors import AggregationError, InvalidMessage
 
 
@@ -54,8 +61,9 @@ def compute_aggregate(
     CID by whoever stored them). The new model is `base + aggregate(deltas)` in float32;
     its canonical safetensors bytes name it (`answer.result`) and are returned beside the
     answer with their DAG, hashed here once (None when the rule could not aggregate). The
-    reward tree pays contributors by (capped) sample weight and the committee its share; authors whose update failed a check (a strike,
-    `agg.STRIKE_REASONS`) get zero-amount REJECTED leaves. `record`: the authors' strike
+    reward tree pays contributors by (capped) sample weight and the committee its share;
+    authors whose update failed a check (a strike, `agg.STRIKE_REASONS`) get zero-amount
+    REJECTED leaves. `record`: the authors' strike
     points for probation. `parallel`: the map for the per-coordinate passes (the node
     passes `p2pfl.parallel.threaded`); it does not change the result.
     """
@@ -75,11 +83,17 @@ def compute_aggregate(
         contributions.append(agg.Contribution(update.signer, update.n_samples, vector))
     try:
         result = agg.aggregate(
-            spec, contributions, expected_size=size, segments=tensor_sizes(layout), record=record,
+            spec,
+            contributions,
+            expected_size=size,
+            segments=tensor_sizes(layout),
+            record=record,
             parallel=parallel,
         )
     except AggregationError as exc:
-        failed = ev.AggregateComputed(request.round, request.attempt, request.candidates, error=str(exc) or "nothing")
+        failed = ev.AggregateComputed(
+            request.round, request.attempt, request.candidates, error=str(exc) or "nothing"
+        )
         return failed, None
     new_vector = np.add(base_vector, result.delta, dtype=np.float32)
     blob = encode_tensors(unflatten(new_vector, layout))
@@ -88,11 +102,18 @@ def compute_aggregate(
     included = tuple((a, by_author[a].delta) for a in result.accepted)
     rejected = tuple(sorted(list(result.rejected) + undecodable))
     weights = {a: by_author[a].n_samples for a in result.accepted}
-    leaves = round_reward_leaves(reward_per_round_wei, weights, request.committee, agg.struck_authors(rejected))
+    leaves = round_reward_leaves(
+        reward_per_round_wei, weights, request.committee, agg.struck_authors(rejected)
+    )
     root = RewardTree.build(leaves).root
     answer = ev.AggregateComputed(
-        request.round, request.attempt, request.candidates, included=included, rejected=rejected,
-        result=cid.to_bytes(), contributors_root=root,
+        request.round,
+        request.attempt,
+        request.candidates,
+        included=included,
+        rejected=rejected,
+        result=cid.to_bytes(),
+        contributors_root=root,
     )
     return answer, NewModel(blob, tuple(blocks))
 

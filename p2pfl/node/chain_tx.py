@@ -19,7 +19,9 @@ log = logging.getLogger("p2pfl.node")
 
 
 class ChainTransactions:
-    def __init__(self, chain: ChainPort, rounds: Mapping[int, RoundLog], count: Callable[[str], None]) -> None:
+    def __init__(
+        self, chain: ChainPort, rounds: Mapping[int, RoundLog], count: Callable[[str], None]
+    ) -> None:
         self.chain = chain
         self.rounds = rounds
         self.count = count
@@ -28,14 +30,23 @@ class ChainTransactions:
         """Send the certificate with the (signer, signature) pairs the machine verified."""
         try:
             result = await run_chain(
-                self.chain, self.chain.commit_round, commit.task, commit.round, commit.attempt, commit.view,
-                CID.parse(commit.base).digest, CID.parse(commit.result).digest, commit.contributors_root,
+                self.chain,
+                self.chain.commit_round,
+                commit.task,
+                commit.round,
+                commit.attempt,
+                commit.view,
+                CID.parse(commit.base).digest,
+                CID.parse(commit.result).digest,
+                commit.contributors_root,
                 commit.votes,
             )
         except ChainError as exc:
             # Another member's commit usually landed first; the follower will see it.
             self.count("commit-not-ours")
-            log.info("commit of round %d not submitted by us: %s", commit.round, exc.revert_reason or exc)
+            log.info(
+                "commit of round %d not submitted by us: %s", commit.round, exc.revert_reason or exc
+            )
             return
         self.count("commits-landed")
         entry = self.rounds.get(commit.round)
@@ -49,4 +60,8 @@ class ChainTransactions:
             self.count("evidence-submitted")
         except ChainError as exc:
             self.count("evidence-not-ours")
-            log.info("evidence against %s not submitted: %s", evidence.signer.hex()[:8], exc.revert_reason or exc)
+            log.info(
+                "evidence against %s not submitted: %s",
+                evidence.signer.hex()[:8],
+                exc.revert_reason or exc,
+            )

@@ -18,7 +18,12 @@ from p2pfl.chain.rewards import write_reward_file
 from p2pfl.core import aggregate as agg
 from p2pfl.core.cid import CID
 from p2pfl.core.messages import Proposal
-from p2pfl.core.probation_history import StrikeHistory, decode_strikes, encode_strikes, forget_before
+from p2pfl.core.probation_history import (
+    StrikeHistory,
+    decode_strikes,
+    encode_strikes,
+    forget_before,
+)
 from p2pfl.core.round_result import committed_reward_tree
 from p2pfl.errors import P2PFLError
 from p2pfl.files import write_text_atomic
@@ -51,7 +56,11 @@ class CommittedRounds:
     """Reward files and probation history of the rounds the chain committed."""
 
     def __init__(
-        self, data_dir: Path, manifest: TaskManifest, spec: agg.RuleSpec, intake: Intake,
+        self,
+        data_dir: Path,
+        manifest: TaskManifest,
+        spec: agg.RuleSpec,
+        intake: Intake,
         count: Callable[[str], None],
     ) -> None:
         self.data_dir = data_dir
@@ -60,14 +69,18 @@ class CommittedRounds:
         self.spec = spec
         self.intake = intake  # the proposals and updates seen
         self.count = count
-        self.round_stakes: dict[int, dict[bytes, int]] = {}  # registry snapshot each round drew from
+        self.round_stakes: dict[
+            int, dict[bytes, int]
+        ] = {}  # registry snapshot each round drew from
         # Committed round -> {author: strike points} (the aggregation's probation history),
         # from the proposal the chain's (result, contributors root) names, once its reward
         # tree matched the root (or could not be rebuilt for a missing update); kept on
         # disk so a restarted node computes the same probation as the others.
         self.strikes: StrikeHistory = load_strikes(data_dir / STRIKES_FILE)
 
-    def settle(self, event: RoundCommitted, base: bytes, result: bytes) -> Callable[[], None] | None:
+    def settle(
+        self, event: RoundCommitted, base: bytes, result: bytes
+    ) -> Callable[[], None] | None:
         """Rebuild and check the round's reward tree and record its strikes (in memory, at
         once: the next round's probation reads them); returns the file writes to run off
         the event loop (None: nothing to write)."""
@@ -77,8 +90,13 @@ class CommittedRounds:
             self.count("reward-file-unknown-proposal")
             return None
         tree = committed_reward_tree(
-            proposal, self.intake.updates, task=self.task, attempt=event.attempt,
-            base_digest=CID.parse(base).digest, stakes=stakes, committee_size=self.manifest.committee_size,
+            proposal,
+            self.intake.updates,
+            task=self.task,
+            attempt=event.attempt,
+            base_digest=CID.parse(base).digest,
+            stakes=stakes,
+            committee_size=self.manifest.committee_size,
             reward_per_round_wei=self.manifest.reward_per_round_wei,
         )
         if tree is None:

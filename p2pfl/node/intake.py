@@ -37,7 +37,9 @@ class Intake:
         self.task = task
         self.address = address
         self.machine = machine
-        self.registered = registered  # address -> peer ID (PeerDirectory.ids, filled as rounds start)
+        self.registered = (
+            registered  # address -> peer ID (PeerDirectory.ids, filled as rounds start)
+        )
         self.queue = queue
         self.count = count
         self.updates: dict[ev.UpdateKey, Update] = {}
@@ -93,4 +95,6 @@ class Intake:
         if isinstance(message, Update):
             self.updates[(message.signer, message.delta)] = message
         elif isinstance(message, Proposal):
-            self.proposals.setdefault((message.round, message.result, message.contributors_root), message)
+            self.proposals.setdefault(
+                (message.round, message.result, message.contributors_root), message
+            )

@@ -9,7 +9,7 @@ from collections.abc import Callable
 import numpy as np
 import trio
 
-from p2pfl.core.cid import CHUNK_SIZE, CODEC_DAG_PB, CODEC_RAW, CID, digest_to_cid
+from p2pfl.core.cid import CHUNK_SIZE, CID, CODEC_DAG_PB, CODEC_RAW, digest_to_cid
 from p2pfl.core.tensors import decode_tensors
 from p2pfl.errors import P2PFLError
 from p2pfl.net.config import BAN_S
@@ -69,7 +69,10 @@ class ModelCache:
                         "model %s: %d fetches failed (last: %s). If every peer refuses, they have "
                         "banned this node (it sent them invalid or too many messages; bans lapse "
                         "after %d s); otherwise check the bootstrap peers and the network.",
-                        cid, attempt, exc, int(BAN_S),
+                        cid,
+                        attempt,
+                        exc,
+                        int(BAN_S),
                     )
                 await trio.sleep(delay)
                 delay = min(delay * 2, FETCH_RETRY_MAX_S)
@@ -98,7 +101,10 @@ class ModelCache:
 
 
 async def fetch_with_retries(
-    net: NodeNet, cid: CID, providers: Callable[[], list[str]], worth_retrying: Callable[[], bool],
+    net: NodeNet,
+    cid: CID,
+    providers: Callable[[], list[str]],
+    worth_retrying: Callable[[], bool],
     count: Callable[[str], None],
 ) -> None:
     """Fetch a blob, retrying with backoff while `worth_retrying()`: holders multiply as

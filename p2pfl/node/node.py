@@ -105,15 +105,23 @@ class Node:
         self.trainer = trainer
         self.follow_poll_s = follow_poll_s
         self.spec = manifest.rule_spec()
-        self.machine = RoundMachine(manifest.round_config(**(round_overrides or {})), identity.private_key, chain.domain())
+        self.machine = RoundMachine(
+            manifest.round_config(**(round_overrides or {})), identity.private_key, chain.domain()
+        )
         self.rounds: dict[int, RoundLog] = {}
         self.counters: dict[str, int] = {}
         self.queue = EventQueue()
-        self.peers = PeerDirectory(chain, net, self.address, lambda: self.machine.committee, self.count)
+        self.peers = PeerDirectory(
+            chain, net, self.address, lambda: self.machine.committee, self.count
+        )
         self.peer_ids = self.peers.ids  # address -> libp2p peer id, from the registry
-        self.intake = Intake(self.task, self.address, self.machine, self.peers.ids, self.queue, self.count)
+        self.intake = Intake(
+            self.task, self.address, self.machine, self.peers.ids, self.queue, self.count
+        )
         self.models = ModelCache(net, self.peers, self.count)
-        self.committed = CommittedRounds(self.data_dir, manifest, self.spec, self.intake, self.count)
+        self.committed = CommittedRounds(
+            self.data_dir, manifest, self.spec, self.intake, self.count
+        )
         self.workers = RoundWorkers(self)
         self.chain_tx = ChainTransactions(chain, self.rounds, self.count)
         self.round_nurseries = RoundNurseries()
@@ -144,7 +152,9 @@ class Node:
             joined_block = await run_chain(self.chain, self.chain.block_number)
             info = await run_chain(self.chain, self.chain.task_info, self.task)
             if not info.exists:
-                raise P2PFLError(f"task {self.task.hex()} is not on-chain; create it first (`p2pfl task create`)")
+                raise P2PFLError(
+                    f"task {self.task.hex()} is not on-chain; create it first (`p2pfl task create`)"
+                )
             if stop_after_round is not None and info.last_round >= stop_after_round:
                 self.finished.set()
                 nursery.cancel_scope.cancel()
@@ -163,8 +173,12 @@ class Node:
             # earlier commit (one seen twice is a replay the machine drops), and scanning the
             # task's whole history costs O(chain) per node -- quadratic on eth-tester, whose
             # getLogs looks every receipt up from the head. A saved cursor takes precedence.
-            follower = CommitFollower(self.chain, task=self.task, start_block=joined_block,  # type: ignore[arg-type]
-                                      state_path=self.data_dir / "follower.json")
+            follower = CommitFollower(
+                self.chain,
+                task=self.task,
+                start_block=joined_block,
+                state_path=self.data_dir / "follower.json",
+            )
             nursery.start_soon(follower.follow, self._on_chain_commit, self.follow_poll_s)
             nursery.start_soon(self._ticker)
             nursery.start_soon(self._start_round, info.last_round + 1, base.to_bytes())
@@ -260,7 +274,11 @@ class Node:
         while True:
             now = self.clock()
             deadline = self.machine.next_deadline()
-            delay = DEFAULT_TICK_S if deadline is None else min(DEFAULT_TICK_S, max(0.0, deadline - now))
+            delay = (
+                DEFAULT_TICK_S
+                if deadline is None
+                else min(DEFAULT_TICK_S, max(0.0, deadline - now))
+            )
             await trio.sleep(max(delay, 0.01))
             await self.queue.put(ev.Tick(self.clock()))
 
@@ -292,7 +310,11 @@ class Node:
         # The probation record is fixed for the round: the collect quorum leaves its
         # authors out, and every aggregate of the round uses it.
         self._round_record = (round_, self.committed.record(round_))
-        probation = self.spec.probation.on_probation(self._round_record[1]) if self.spec.probation else frozenset()
+        probation = (
+            self.spec.probation.on_probation(self._round_record[1])
+            if self.spec.probation
+            else frozenset()
+        )
         assert self._nursery is not None
         await self.round_nurseries.open(self._nursery, round_)
         await self.queue.put(ev.RoundStarted(round_, base, stakes, started, probation))
@@ -323,7 +345,9 @@ class Node:
             assert self._nursery is not None
             self._nursery.cancel_scope.cancel()
             return
-        while (await run_chain(self.chain, self.chain.task_info, self.task)).last_round < round_ - 1:
+        while (
+            await run_chain(self.chain, self.chain.task_info, self.task)
+        ).last_round < round_ - 1:
             await trio.sleep(CHAIN_WAIT_POLL_S)
         await self._start_round(round_, base, learned_at)
 
@@ -334,13 +358,18 @@ class Node:
         if entry is not None:
             entry.commit_tx = "0x" + event.tx_hash.hex()
         result = self.models.cid_for_digest(event.result).to_bytes()
-        base = (self.models.cid_for_digest(event.base).to_bytes() if event.round > 1
-                else CID.parse(self.manifest.initial_model).to_bytes())
+        base = (
+            self.models.cid_for_digest(event.base).to_bytes()
+            if event.round > 1
+            else CID.parse(self.manifest.initial_model).to_bytes()
+        )
         # The round's strikes enter the probation history before the machine hears of the
         # commit (the next round's probation reads them); the files are written after.
         write_files = self.committed.settle(event, base, result)
         await self.queue.put(
-            ev.ChainCommitted(event.round, event.attempt, event.view, base, result, event.contributors_root)
+            ev.ChainCommitted(
+                event.round, event.attempt, event.view, base, result, event.contributors_root
+            )
         )
         if write_files is not None:
             await trio.to_thread.run_sync(write_files)

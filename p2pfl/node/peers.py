@@ -44,7 +44,9 @@ class PeerDirectory:
         connected = set(self.net.connected_peers())
         order = ([first] if first is not None else []) + list(self.committee()) + list(self.ids)
         peers = [self.ids[a] for a in dict.fromkeys(order) if a in self.ids and a != self.address]
-        return sorted(peers, key=lambda p: p not in connected)  # stable: keeps the order within each group
+        return sorted(
+            peers, key=lambda p: p not in connected
+        )  # stable: keeps the order within each group
 
     def rotated(self, attempt: int, per_try: int) -> list[str]:
         """`providers()` with the connected ones rotated by `attempt * per_try`: a fetch asks

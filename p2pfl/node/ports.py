@@ -25,7 +25,9 @@ class NodeNet(Protocol):
     @property
     def peer_id(self) -> str: ...
 
-    async def join(self, topic: str, validate: Callable[[str, bytes, str], Any]) -> AsyncIterable[Any]:
+    async def join(
+        self, topic: str, validate: Callable[[str, bytes, str], Any]
+    ) -> AsyncIterable[Any]:
         """Subscribe with a validator; yields admitted messages (`.data`, `.from_peer`)."""
         ...
 
@@ -52,7 +54,9 @@ class ChainPort(Protocol):
 
     def node_info(self, address: bytes | None = None) -> NodeInfo: ...
 
-    def commits(self, from_block: int, to_block: int, task: bytes | None = None) -> list[RoundCommitted]: ...
+    def commits(
+        self, from_block: int, to_block: int, task: bytes | None = None
+    ) -> list[RoundCommitted]: ...
 
     def commit_round(
         self,

@@ -90,8 +90,16 @@ class RoundWorkers:
         cfg = TrainConfig.from_dict({**n.manifest.train, "seed": n.manifest.seed})
         seed = client_seed(n.manifest.seed, round_, n.client_index)
         if n.trainer is None:
-            job = functools.partial(train_local, n.manifest.model, base, n.data, cfg, seed,
-                                    model_kwargs=n.manifest.model_kwargs, num_threads=n.num_threads)
+            job = functools.partial(
+                train_local,
+                n.manifest.model,
+                base,
+                n.data,
+                cfg,
+                seed,
+                model_kwargs=n.manifest.model_kwargs,
+                num_threads=n.num_threads,
+            )
             result = await trio.to_thread.run_sync(job, limiter=n.cpu)
         else:
             result = await n.trainer(base, cfg, seed)
@@ -121,11 +129,16 @@ class RoundWorkers:
             if not await trio.to_thread.run_sync(n.net.store.has_blob, cid):
                 update = n.intake.updates.get((author, delta))
                 if update is not None and update.inline:
-                    blob = await trio.to_thread.run_sync(_store_inline, n.net.store, cid, update.inline)
+                    blob = await trio.to_thread.run_sync(
+                        _store_inline, n.net.store, cid, update.inline
+                    )
                 else:
                     await fetch_with_retries(
-                        n.net, cid, lambda: n.peers.providers(first=author),
-                        lambda: n.machine.phase.value not in _NO_MORE_FETCHES, n.count,
+                        n.net,
+                        cid,
+                        lambda: n.peers.providers(first=author),
+                        lambda: n.machine.phase.value not in _NO_MORE_FETCHES,
+                        n.count,
                     )
             if blob is None:
                 blob = await trio.to_thread.run_sync(_read_delta, n.net.store, cid)
@@ -148,11 +161,21 @@ class RoundWorkers:
         try:
             blobs = await self._blobs_of(request)
             record = n.round_record(request.round)
-            job = functools.partial(compute_aggregate, n.spec, request, base, blobs,
-                                    n.manifest.reward_per_round_wei, record, parallel=threaded)
+            job = functools.partial(
+                compute_aggregate,
+                n.spec,
+                request,
+                base,
+                blobs,
+                n.manifest.reward_per_round_wei,
+                record,
+                parallel=threaded,
+            )
             answer, model = await trio.to_thread.run_sync(job, limiter=n.cpu)
         except (P2PFLError, OSError) as exc:
-            answer = ev.AggregateComputed(request.round, request.attempt, request.candidates, error=str(exc) or "failed")
+            answer = ev.AggregateComputed(
+                request.round, request.attempt, request.candidates, error=str(exc) or "failed"
+            )
             model = None
         if model is not None:
             # Others fetch the new model from members. Its blocks were hashed once, to
@@ -176,7 +199,9 @@ class RoundWorkers:
             if held is not None:
                 blobs.append(held)
             else:
-                blobs.append(await trio.to_thread.run_sync(self.node.net.store.read_blob, CID.parse(u.delta)))
+                blobs.append(
+                    await trio.to_thread.run_sync(self.node.net.store.read_blob, CID.parse(u.delta))
+                )
         return blobs
 
 

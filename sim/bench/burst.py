@@ -75,9 +75,16 @@ def _updates(index: int) -> list[bytes]:
     domain = Domain(chain_id=CHAIN_ID, contract=CONTRACT)
     out = []
     for j in range(PER_NODE):
-        u = Update(task=TASK, round=ROUND, base=blob_cid(b"genesis").to_bytes(),
-                   delta=blob_cid(f"delta {index} {j}".encode()).to_bytes(), n_samples=100 + j, norm=1.0,
-                   inline=b"", signer=me.address)
+        u = Update(
+            task=TASK,
+            round=ROUND,
+            base=blob_cid(b"genesis").to_bytes(),
+            delta=blob_cid(f"delta {index} {j}".encode()).to_bytes(),
+            n_samples=100 + j,
+            norm=1.0,
+            inline=b"",
+            signer=me.address,
+        )
         out.append(u.signed(me.private_key, domain).encode())
     return out
 
@@ -93,7 +100,8 @@ def _validator():  # type: ignore[no-untyped-def]
 
     def validate(topic: str, data: bytes, peer: str) -> ValidationResult:
         return ValidationResult.of(
-            check_gossip(data, task=TASK, domain=domain, registered=registered, current_round=ROUND))
+            check_gossip(data, task=TASK, domain=domain, registered=registered, current_round=ROUND)
+        )
 
     return validate
 
@@ -105,8 +113,13 @@ async def _child(index: int, data_dir: Path, bootstrap: list[str], go_file: Path
     from p2pfl.net import NetConfig, open_node_host, topic_name
 
     logging.getLogger("p2pfl.net.host").setLevel(logging.ERROR)
-    config = NetConfig(data_dir=data_dir, listen="/ip4/127.0.0.1/tcp/0", bootstrap=tuple(bootstrap),
-                       require_peers=bool(bootstrap), bootstrap_timeout_s=60.0)
+    config = NetConfig(
+        data_dir=data_dir,
+        listen="/ip4/127.0.0.1/tcp/0",
+        bootstrap=tuple(bootstrap),
+        require_peers=bool(bootstrap),
+        bootstrap_timeout_s=60.0,
+    )
     mine = _updates(index)
     async with open_node_host(config, _identity(index).private_key) as net:
         channel = await net.join(topic_name(TASK.hex(), "updates"), _validator())
@@ -190,12 +203,18 @@ def _run(tmp: Path) -> tuple[float, float, int, float | None, float, int | None]
             time.sleep(0.2)
         delivered = sum(_count(m) for m in members)
         done = [_done_at(m) for m in members]
-        seconds = max(d for d in done if d is not None) - go_at if all(d is not None for d in done) else None
+        seconds = (
+            max(d for d in done if d is not None) - go_at
+            if all(d is not None for d in done)
+            else None
+        )
         if seconds is None:
             for i, m in enumerate(members):
                 print(f"member {i}: {_count(m)}/{TOTAL}", flush=True)
         cpu_burst = sum(cpu_seconds(c.p.pid) for c in children) - cpu_before
-        via_sync = sum(int(m.wait_for("VIA-SYNC", 5.0)) for m in members) if seconds is not None else None
+        via_sync = (
+            sum(int(m.wait_for("VIA-SYNC", 5.0)) for m in members) if seconds is not None else None
+        )
         return rss, cpu, delivered, seconds, cpu_burst, via_sync
     finally:
         for child in children:
@@ -213,7 +232,9 @@ def run() -> None:
         print(f"gossip-burst-via-sync: {via_sync}/{COMMITTEE * TOTAL}", flush=True)
     print(f"gossip-burst-delivered: {delivered}/{COMMITTEE * TOTAL}", flush=True)
     if seconds is None:
-        raise BenchError(f"only {delivered}/{COMMITTEE * TOTAL} deliveries in {BURST_TIMEOUT_S:.0f} s")
+        raise BenchError(
+            f"only {delivered}/{COMMITTEE * TOTAL} deliveries in {BURST_TIMEOUT_S:.0f} s"
+        )
     figure("gossip-burst-100-to-k7-processes", seconds, "s")
 
 

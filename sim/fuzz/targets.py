@@ -38,11 +38,12 @@ from typing import Any
 import msgpack
 from eth_utils import keccak
 
+from p2pfl.core import round_events as ev
 from p2pfl.core.cid import (
     CHUNK_SIZE,
+    CID,
     CODEC_DAG_PB,
     CODEC_RAW,
-    CID,
     Link,
     _build,
     _encode_node,
@@ -65,7 +66,6 @@ from p2pfl.core.messages import (
     decode_message,
 )
 from p2pfl.core.round import Phase, RoundConfig, RoundMachine, RoundStateError
-from p2pfl.core import round_events as ev
 from p2pfl.core.signing import Domain, address_of
 from p2pfl.core.sortition import commit_quorum, committee_for, leader_of, round_seed
 from p2pfl.core.tensors import decode_tensors, encode_tensors
@@ -121,7 +121,10 @@ def _weird_value(rng: random.Random) -> Any:
     if pick == 4:
         return [rng.randbytes(20), rng.randbytes(36)]
     if pick == 5:
-        return [[rng.randbytes(20), blob_cid(rng.randbytes(4)).to_bytes()] for _ in range(rng.randint(0, 3))]
+        return [
+            [rng.randbytes(20), blob_cid(rng.randbytes(4)).to_bytes()]
+            for _ in range(rng.randint(0, 3))
+        ]
     if pick == 6:
         return None
     if pick == 7:
@@ -183,8 +186,11 @@ def resign_message(data: bytes, rng: random.Random) -> bytes | None:
         return None
     identity = rng.choice(IDENTITIES)
     if isinstance(message, Commit):
-        signers = sorted(rng.sample(IDENTITIES, rng.randint(1, len(IDENTITIES))), key=lambda i: i.address)
-        votes = tuple((i.address, message.vote_for(i.address).signed(i.private_key, DOMAIN).signature) for i in signers)  # type: ignore[attr-defined]
+        signers = sorted(
+            rng.sample(IDENTITIES, rng.randint(1, len(IDENTITIES))), key=lambda i: i.address
+        )
+        signed: Any = [message.vote_for(i.address).signed(i.private_key, DOMAIN) for i in signers]
+        votes = tuple((i.address, vote.signature) for i, vote in zip(signers, signed))
         return replace(message, votes=votes).encode()
     assert isinstance(message, Signed)
     signed = replace(message, signer=identity.address).signed(identity.private_key, DOMAIN)  # type: ignore[call-arg]
@@ -216,7 +222,10 @@ class MessagesTarget:
 
 
 def node_validator(
-    task: bytes, registered: frozenset[bytes], current_round: int, machine: RoundMachine | None = None
+    task: bytes,
+    registered: frozenset[bytes],
+    current_round: int,
+    machine: RoundMachine | None = None,
 ) -> Callable[[bytes], Any]:
     """The real node's gossip validator (`p2pfl.node.intake.Intake.validate`), bound to
     the least node state it reads (task, machine domain and round, registered peers),
@@ -225,9 +234,15 @@ def node_validator(
     from p2pfl.node.queue import EventQueue
 
     if machine is None:
-        machine = RoundMachine(RoundConfig(task=task, committee_size=3, rule="fedavg"), IDENTITIES[0].private_key, DOMAIN)
+        machine = RoundMachine(
+            RoundConfig(task=task, committee_size=3, rule="fedavg"),
+            IDENTITIES[0].private_key,
+            DOMAIN,
+        )
         machine.round = current_round
-    intake = Intake(task, b"", machine, {a: "peer" for a in registered}, EventQueue(), lambda name: None)
+    intake = Intake(
+        task, b"", machine, {a: "peer" for a in registered}, EventQueue(), lambda name: None
+    )
     return intake.validate
 
 
@@ -414,14 +429,21 @@ class BlocksTarget:
                 node = decode_dag_pb(body)
             except InvalidBlock:
                 return "dag-pb:rejected"
-            _check(encode_dag_pb(node.links, node.blocksizes) == body, "non-canonical dag-pb accepted")
+            _check(
+                encode_dag_pb(node.links, node.blocksizes) == body, "non-canonical dag-pb accepted"
+            )
             return "dag-pb:ok"
         if op == OP_TENSORS:
             try:
-                tensors = decode_tensors(body, max_bytes=1 << 20, allow_nonfinite=bool(data[0] & 0x80))
+                tensors = decode_tensors(
+                    body, max_bytes=1 << 20, allow_nonfinite=bool(data[0] & 0x80)
+                )
             except InvalidMessage as exc:
                 return f"tensors:{exc.reason}"
-            _check(encode_tensors(dict(tensors), allow_nonfinite=True) == body, "non-canonical tensors accepted")
+            _check(
+                encode_tensors(dict(tensors), allow_nonfinite=True) == body,
+                "non-canonical tensors accepted",
+            )
             return "tensors:ok"
         if op == OP_CID_BINARY:
             try:
@@ -478,13 +500,25 @@ def fake_aggregate(req: ev.ComputeAggregate, mode: int) -> ev.AggregateComputed:
     included = tuple((u.signer, u.delta) for u in req.updates if u.norm <= 100.0)
     rejected = tuple((u.signer, "norm-too-large") for u in req.updates if u.norm > 100.0)
     if mode == 2 or not included:
-        return ev.AggregateComputed(req.round, req.attempt, req.candidates, error="nothing survived")
+        return ev.AggregateComputed(
+            req.round, req.attempt, req.candidates, error="nothing survived"
+        )
     payload = req.base + b"".join(a + d for a, d in included)
     result = blob_cid((b"LIE" if mode == 1 else b"agg") + payload).to_bytes()
     root = keccak(b"".join(a for a, _ in included) + b"|" + b"".join(req.committee))
     if mode == 3:  # malformed answer from a buggy shell: the machine must refuse to propose it
-        return ev.AggregateComputed(req.round, req.attempt, req.candidates, included[::-1], (*rejected, (b"\x00" * 20, "r" * 300)), b"\x01\x02", root[:5])
-    return ev.AggregateComputed(req.round, req.attempt, req.candidates, included, rejected, result, root)
+        return ev.AggregateComputed(
+            req.round,
+            req.attempt,
+            req.candidates,
+            included[::-1],
+            (*rejected, (b"\x00" * 20, "r" * 300)),
+            b"\x01\x02",
+            root[:5],
+        )
+    return ev.AggregateComputed(
+        req.round, req.attempt, req.candidates, included, rejected, result, root
+    )
 
 
 class _Signer:
@@ -504,7 +538,9 @@ class _Signer:
             sig = self.cache[slot] = message.signed(key, DOMAIN).signature  # type: ignore[attr-defined]
         return replace(message, signature=sig)  # type: ignore[call-arg]
 
-    def committee(self, round_: int, base: bytes, attempt: int, stakes: dict[bytes, int], k: int) -> list[bytes]:
+    def committee(
+        self, round_: int, base: bytes, attempt: int, stakes: dict[bytes, int], k: int
+    ) -> list[bytes]:
         slot = (round_, base, attempt, tuple(stakes.items()), k)
         drawn = self.committees.get(slot)
         if drawn is None:
@@ -527,7 +563,11 @@ class RoundTarget:
         rng = random.Random(7)
         honest = bytes([0, 0, 0, 0, 0])  # config, then RoundStarted
         out = [honest + bytes([2, i, 0, 0, 0, 0, 0, 0]) for i in range(7)]
-        out.append(honest + bytes(b for i in range(7) for b in (2, i, 0, 0, 0, 0, 0, 0)) + bytes([1, 6, 7, 0, 7, 0, 3, 0, 0, 0, 0, 4, 0, 0, 0, 0] * 4))
+        out.append(
+            honest
+            + bytes(b for i in range(7) for b in (2, i, 0, 0, 0, 0, 0, 0))
+            + bytes([1, 6, 7, 0, 7, 0, 3, 0, 0, 0, 0, 4, 0, 0, 0, 0] * 4)
+        )
         out += [rng.randbytes(rng.randint(8, 200)) for _ in range(16)]
         return out
 
@@ -568,16 +608,22 @@ class _RoundProgram:
 
     # -- helpers --
     def committee(self, round_: int, base: bytes, attempt: int) -> list[bytes]:
-        return self.s.committee(round_, base, attempt, self.machine._stakes, self.config.committee_size)
+        return self.s.committee(
+            round_, base, attempt, self.machine._stakes, self.config.committee_size
+        )
 
     def rel_round(self) -> int:
         return max(0, self.machine.round + self.r.choice((0, 0, 0, 0, 1, -1, 2)))
 
     def base(self) -> bytes:
-        return self.r.choice((self.machine.base or GENESIS, self.machine.base or GENESIS, GENESIS, OTHER_BASE))
+        return self.r.choice(
+            (self.machine.base or GENESIS, self.machine.base or GENESIS, GENESIS, OTHER_BASE)
+        )
 
     def delta(self, author: bytes, round_: int) -> bytes:
-        return blob_cid(b"delta" + author + round_.to_bytes(8, "big") + bytes([self.r.below(3)])).to_bytes()
+        return blob_cid(
+            b"delta" + author + round_.to_bytes(8, "big") + bytes([self.r.below(3)])
+        ).to_bytes()
 
     def signed(self, message: Signed) -> Signed:
         return self.s.sign(message, ROUND_KEY_OF[message.signer])  # type: ignore[attr-defined]
@@ -590,7 +636,9 @@ class _RoundProgram:
     def ev_round_started(self) -> tuple[Any, bool]:
         m = self.machine
         round_ = m.round + self.r.choice((1, 1, 1, 1, 0, -1, 2))
-        base = self.r.choice((self.results[-1][1] if self.results else GENESIS, GENESIS, OTHER_BASE, b"\x01\x02"))
+        base = self.r.choice(
+            (self.results[-1][1] if self.results else GENESIS, GENESIS, OTHER_BASE, b"\x01\x02")
+        )
         self.updates = []
         return ev.RoundStarted(round_, base, self.stakes, self.now), True
 
@@ -626,8 +674,15 @@ class _RoundProgram:
         round_, base = self.rel_round(), self.base()
         attempt, view = self._attempt_view()
         committee = self.committee(round_, base, attempt) if round_ == m.round else []
-        signer = leader_of(committee, view) if committee and self.r.below(5) else self.r.choice(ALL_SIGNERS)
-        chosen = sorted({(u.signer, u.delta): u for u in self.updates if self.r.below(3)}.values(), key=lambda u: u.signer)
+        signer = (
+            leader_of(committee, view)
+            if committee and self.r.below(5)
+            else self.r.choice(ALL_SIGNERS)
+        )
+        chosen = sorted(
+            {(u.signer, u.delta): u for u in self.updates if self.r.below(3)}.values(),
+            key=lambda u: u.signer,
+        )
         by_author: dict[bytes, Any] = {}
         for u in chosen:
             by_author.setdefault(u.signer, u)
@@ -653,8 +708,26 @@ class _RoundProgram:
         self.results.append((view, result, root))
         return ev.event_for(p, self.claimed(signer)), False
 
-    def _vote(self, signer: bytes, round_: int, base: bytes, attempt: int, view: int, result: bytes, root: bytes) -> Vote:
-        v = Vote(task=ROUND_TASK, round=round_, attempt=attempt, view=view, base=base, result=result, contributors_root=root, signer=signer)
+    def _vote(
+        self,
+        signer: bytes,
+        round_: int,
+        base: bytes,
+        attempt: int,
+        view: int,
+        result: bytes,
+        root: bytes,
+    ) -> Vote:
+        v = Vote(
+            task=ROUND_TASK,
+            round=round_,
+            attempt=attempt,
+            view=view,
+            base=base,
+            result=result,
+            contributors_root=root,
+            signer=signer,
+        )
         return self.signed(v)  # type: ignore[return-value]
 
     def _vote_target(self) -> tuple[int, int, bytes, bytes]:
@@ -662,14 +735,23 @@ class _RoundProgram:
         if self.results and self.r.below(4):
             v, result, root = self.r.choice(self.results)
             return attempt, v, result, root
-        return attempt, view, blob_cid(bytes([self.r.byte()])).to_bytes(), keccak(bytes([self.r.byte()]))
+        return (
+            attempt,
+            view,
+            blob_cid(bytes([self.r.byte()])).to_bytes(),
+            keccak(bytes([self.r.byte()])),
+        )
 
     def ev_vote(self) -> tuple[Any, bool]:
         m = self.machine
         round_, base = self.rel_round(), self.base()
         attempt, view, result, root = self._vote_target()
         committee = self.committee(round_, base, attempt) if round_ == m.round else []
-        signer = self.r.choice(committee) if committee and self.r.below(5) else self.r.choice(ALL_SIGNERS)
+        signer = (
+            self.r.choice(committee)
+            if committee and self.r.below(5)
+            else self.r.choice(ALL_SIGNERS)
+        )
         vote = self._vote(signer, round_, base, attempt, view, result, root)
         return ev.event_for(vote, self.claimed(signer)), False
 
@@ -680,7 +762,9 @@ class _RoundProgram:
         committee = self.committee(round_, base, attempt) if round_ == m.round else []
         pool = committee if committee and self.r.below(4) else ALL_SIGNERS
         signers = sorted({self.r.choice(pool) for _ in range(1 + self.r.below(8))})
-        votes = [(s, self._vote(s, round_, base, attempt, view, result, root).signature) for s in signers]
+        votes = [
+            (s, self._vote(s, round_, base, attempt, view, result, root).signature) for s in signers
+        ]
         if votes and self.r.below(6) == 0:  # one forged signature
             i = self.r.below(len(votes))
             votes[i] = (votes[i][0], votes[(i + 1) % len(votes)][1])
@@ -707,20 +791,37 @@ class _RoundProgram:
     def ev_chain(self) -> tuple[Any, bool]:
         m = self.machine
         round_ = max(0, m.round + self.r.choice((0, 0, 0, 1, -1, 3)))
-        view, result, root = self.results[-1] if self.results and self.r.below(4) else (0, blob_cid(b"chain").to_bytes(), bytes(32))
+        view, result, root = (
+            self.results[-1]
+            if self.results and self.r.below(4)
+            else (0, blob_cid(b"chain").to_bytes(), bytes(32))
+        )
         return ev.ChainCommitted(round_, m.attempt, view, m.base or GENESIS, result, root), True
 
     def ev_local(self) -> tuple[Any, bool]:
         round_ = self.rel_round()
-        return ev.LocalUpdateReady(round_, self.delta(self.me, round_), self.r.choice(_N_SAMPLES[:4]), self.r.choice(_NORMS)), True
+        return ev.LocalUpdateReady(
+            round_,
+            self.delta(self.me, round_),
+            self.r.choice(_N_SAMPLES[:4]),
+            self.r.choice(_NORMS),
+        ), True
 
     def ev_replay(self) -> tuple[Any, bool]:
         if not self.sent:
             return self.ev_tick()
         event = self.r.choice(self.sent)
-        if self.r.below(2) and isinstance(event, (ev.UpdateReceived, ev.ProposalReceived, ev.VoteReceived)):
+        if self.r.below(2) and isinstance(
+            event, (ev.UpdateReceived, ev.ProposalReceived, ev.VoteReceived)
+        ):
             # Equivocation: the same statement key, another body, genuinely signed.
-            message: Any = event.update if isinstance(event, ev.UpdateReceived) else event.proposal if isinstance(event, ev.ProposalReceived) else event.vote
+            message: Any = (
+                event.update
+                if isinstance(event, ev.UpdateReceived)
+                else event.proposal
+                if isinstance(event, ev.ProposalReceived)
+                else event.vote
+            )
             twin: Any
             if isinstance(message, Update):
                 twin = replace(message, n_samples=message.n_samples % 1000 + 1)
@@ -738,7 +839,11 @@ class _RoundProgram:
         if not own:
             return self.ev_tick()
         message = self.r.choice(own)
-        kind = {Update: ev.UpdateReceived, Proposal: ev.ProposalReceived, Vote: ev.VoteReceived}.get(type(message))
+        kind = {
+            Update: ev.UpdateReceived,
+            Proposal: ev.ProposalReceived,
+            Vote: ev.VoteReceived,
+        }.get(type(message))
         if kind is None:
             return self.ev_tick()
         return kind(message, message.signer), False
@@ -772,7 +877,11 @@ class _RoundProgram:
         # What the program made the machine do, as coarse flags: new combinations join the
         # corpus, steering mutation towards programs that reach proposals, votes, evidence.
         kinds = {type(a.message).__name__[0] for a in self.published}
-        flags = "".join(sorted(kinds)) + ("E" if m.counters["evidence"] else "") + ("C" if m.certificate else "")
+        flags = (
+            "".join(sorted(kinds))
+            + ("E" if m.counters["evidence"] else "")
+            + ("C" if m.certificate else "")
+        )
         return f"{m.phase.value}:r{min(m.round, 3)}:{flags}"
 
     def apply(self, event: Any, shell: bool) -> None:
@@ -805,25 +914,43 @@ class _RoundProgram:
             elif isinstance(action, ev.ComputeAggregate):
                 self.computes.append(action)
                 _check(action.round == m.round, "aggregate requested for another round")
-                _check(list(action.updates) == sorted(action.updates, key=lambda u: u.signer), "updates not sorted")
-                _check(len({u.signer for u in action.updates}) == len(action.updates), "two updates of one author aggregated")
+                _check(
+                    list(action.updates) == sorted(action.updates, key=lambda u: u.signer),
+                    "updates not sorted",
+                )
+                _check(
+                    len({u.signer for u in action.updates}) == len(action.updates),
+                    "two updates of one author aggregated",
+                )
             elif isinstance(action, ev.Publish):
                 self.published.append(action)
                 message = action.message
-                _check(decode_message(message.encode()) == message, f"published a non-canonical {type(message).__name__}")
+                _check(
+                    decode_message(message.encode()) == message,
+                    f"published a non-canonical {type(message).__name__}",
+                )
                 if isinstance(message, Signed):
-                    _check(message.verify(DOMAIN) == self.me, "published a statement not signed by us")
+                    _check(
+                        message.verify(DOMAIN) == self.me, "published a statement not signed by us"
+                    )
                     key, body = message.statement_key(), message.body()
-                    _check(self.mine.setdefault(key, body) == body, f"signed two bodies for statement {key}")
+                    _check(
+                        self.mine.setdefault(key, body) == body,
+                        f"signed two bodies for statement {key}",
+                    )
                     if isinstance(message, Update):
-                        _check(self.stakes.get(self.me, 0) > 0, "unregistered node published an update")
+                        _check(
+                            self.stakes.get(self.me, 0) > 0, "unregistered node published an update"
+                        )
                 else:
                     self.check_certificate(message)
             elif isinstance(action, ev.SubmitCommit):
                 self.check_certificate(action.commit)
             elif isinstance(action, ev.ReportEvidence):
                 first, second = action.evidence.first, action.evidence.second
-                _check(first.verify(DOMAIN) == second.verify(DOMAIN), "evidence with forged signatures")
+                _check(
+                    first.verify(DOMAIN) == second.verify(DOMAIN), "evidence with forged signatures"
+                )
             elif isinstance(action, ev.Advance):
                 _check(action.round == m.round + 1, "advance to a round other than the next")
 
@@ -832,11 +959,19 @@ class _RoundProgram:
         _check(len(set(signers)) == len(signers), "certificate with a repeated signer")
         committee = self.committee(c.round, c.base, c.attempt)
         _check(set(signers) <= set(committee), "certificate signed by a non-member")
-        _check(len(signers) >= commit_quorum(self.config.committee_size, self.config.task_quorum), "certificate below quorum")
+        _check(
+            len(signers) >= commit_quorum(self.config.committee_size, self.config.task_quorum),
+            "certificate below quorum",
+        )
 
 
 def _wire_valid(event: Any) -> bool:
-    message = getattr(event, "update", None) or getattr(event, "proposal", None) or getattr(event, "vote", None) or getattr(event, "commit", None)
+    message = (
+        getattr(event, "update", None)
+        or getattr(event, "proposal", None)
+        or getattr(event, "vote", None)
+        or getattr(event, "commit", None)
+    )
     try:
         return message is not None and decode_message(message.encode()) == message
     except InvalidMessage:

@@ -15,7 +15,9 @@ from .conftest import GENESIS, TASK, commit
 
 def test_poll_is_exactly_once_and_resumes_from_state(net: DevNet, tmp_path) -> None:
     state = tmp_path / "follower.json"
-    f = CommitFollower(net.admin, TASK, state_path=state, chunk_blocks=3)
+    f = CommitFollower(
+        net.admin, TASK, start_block=net.deployment.block, state_path=state, chunk_blocks=3
+    )
     assert f.poll() == []
     r1 = commit(net, 1, GENESIS)
     r2 = commit(net, 2, r1.result)
@@ -24,10 +26,10 @@ def test_poll_is_exactly_once_and_resumes_from_state(net: DevNet, tmp_path) -> N
     assert f.poll() == []
     # a restarted follower resumes from the state file
     r3 = commit(net, 3, r2.result)
-    again = CommitFollower(net.admin, TASK, state_path=state)
+    again = CommitFollower(net.admin, TASK, start_block=net.deployment.block, state_path=state)
     assert [e.round for e in again.poll()] == [3]
     # even a follower whose block cursor was rewound delivers nothing twice
-    rewound = CommitFollower(net.admin, TASK, state_path=state)
+    rewound = CommitFollower(net.admin, TASK, start_block=net.deployment.block, state_path=state)
     rewound.last_block = net.deployment.block
     assert rewound.poll() == []
     assert r3.tx.block_number <= rewound.last_block
@@ -36,7 +38,7 @@ def test_poll_is_exactly_once_and_resumes_from_state(net: DevNet, tmp_path) -> N
 def test_follow_under_trio_survives_transport_errors(net: DevNet) -> None:
     r1 = commit(net, 1, GENESIS)
     r2 = commit(net, 2, r1.result)
-    f = CommitFollower(net.admin, TASK)
+    f = CommitFollower(net.admin, TASK, start_block=net.deployment.block)
     real_commits = net.admin.commits
     failures = {"left": 2}
 
@@ -70,7 +72,7 @@ def test_follow_under_trio_survives_transport_errors(net: DevNet) -> None:
 
 def test_consumer_crash_redelivers(net: DevNet) -> None:
     commit(net, 1, GENESIS)
-    f = CommitFollower(net.admin, TASK)
+    f = CommitFollower(net.admin, TASK, start_block=net.deployment.block)
 
     async def boom(ev: RoundCommitted) -> None:
         raise RuntimeError("consumer died")

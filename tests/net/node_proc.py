@@ -48,7 +48,14 @@ ROUND = 5
 HONEST_MAX_MESSAGE_BYTES = 100_000
 OVERSIZED_INLINE_BYTES = 200_000
 # What `--attack` publishes, by the reason an honest node rejects (or ignores) it for.
-ATTACKS = ("bad-signature", "replayed-round", "future-round", "wrong-task", "unregistered-signer", "oversized")
+ATTACKS = (
+    "bad-signature",
+    "replayed-round",
+    "future-round",
+    "wrong-task",
+    "unregistered-signer",
+    "oversized",
+)
 
 
 def say(*parts: object) -> None:
@@ -63,11 +70,20 @@ def identity(key_seed: int) -> NodeIdentity:
     return NodeIdentity.from_seed(bytes([key_seed]) * 32)
 
 
-def update(author: NodeIdentity, j: int, round_: int = ROUND, task: bytes = TASK, inline: bytes = b"") -> bytes:
+def update(
+    author: NodeIdentity, j: int, round_: int = ROUND, task: bytes = TASK, inline: bytes = b""
+) -> bytes:
     """Signed Update number `j` of `author` (deterministic bytes: same inputs, same message)."""
-    u = Update(task=task, round=round_, base=blob_cid(b"base").to_bytes(),
-               delta=blob_cid(author.address + bytes([j % 256, round_ % 256])).to_bytes(), n_samples=100 + j,
-               norm=1.0, inline=inline, signer=author.address)
+    u = Update(
+        task=task,
+        round=round_,
+        base=blob_cid(b"base").to_bytes(),
+        delta=blob_cid(author.address + bytes([j % 256, round_ % 256])).to_bytes(),
+        n_samples=100 + j,
+        norm=1.0,
+        inline=inline,
+        signer=author.address,
+    )
     return u.signed(author.private_key, DOMAIN).encode()
 
 
@@ -94,7 +110,8 @@ def node_validator(registered: set[bytes]):  # type: ignore[no-untyped-def]
 
     def validate(topic: str, data: bytes, peer: str) -> ValidationResult:
         return ValidationResult.of(
-            check_gossip(data, task=TASK, domain=DOMAIN, registered=registered, current_round=ROUND))
+            check_gossip(data, task=TASK, domain=DOMAIN, registered=registered, current_round=ROUND)
+        )
 
     return validate
 
@@ -102,7 +119,9 @@ def node_validator(registered: set[bytes]):  # type: ignore[no-untyped-def]
 async def updates_mode(net, args: argparse.Namespace) -> None:  # type: ignore[no-untyped-def]
     me = identity(args.key_seed)
     registered = {identity(s).address for s in range(1, args.registered + 1)}
-    validate = (lambda t, d, p: ValidationResult.accept()) if args.attack else node_validator(registered)
+    validate = (
+        (lambda t, d, p: ValidationResult.accept()) if args.attack else node_validator(registered)
+    )
     topic = topic_name(TASK.hex(), "updates")
     channel = await net.join(topic, validate)
     mine = [update(me, j) for j in range(args.publish)]
@@ -223,7 +242,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--expect", type=int, default=0)
     p.add_argument("--go")
     p.add_argument("--attack", action="store_true")
-    p.add_argument("--attack-go", help="with --attack: publish the bad messages once this file exists")
+    p.add_argument(
+        "--attack-go", help="with --attack: publish the bad messages once this file exists"
+    )
     p.add_argument("--registered", type=int, default=8, help="key seeds 1..N are registered nodes")
     p.add_argument("--report")
     return p.parse_args(argv)
