@@ -63,8 +63,14 @@ def test_every_action_of_the_machine_has_a_handler(tmp_path) -> None:
     from p2pfl.manifest import TaskManifest
     from p2pfl.node import Node
 
-    manifest = TaskManifest(name="t", model="mlp", initial_model=str(blob_cid(b"genesis")), chain_id=1,
-                            registry="0x" + "11" * 20, ledger="0x" + "22" * 20)
+    manifest = TaskManifest(
+        name="t",
+        model="mlp",
+        initial_model=str(blob_cid(b"genesis")),
+        chain_id=1,
+        registry="0x" + "11" * 20,
+        ledger="0x" + "22" * 20,
+    )
     chain = SimpleNamespace(domain=lambda: Domain(1, b"\x22" * 20))
     node = Node(NodeIdentity(b"\x01" * 32), manifest, chain, SimpleNamespace(), None, tmp_path)  # type: ignore[arg-type]
     assert set(node._actions) == set(get_args(ev.Action))
