@@ -191,15 +191,9 @@ def run_processes(
         )
     if restart is not None and not 0 < restart.node < scenario.nodes:
         raise ConfigError(f"restart.node must be a non-creator node in 1..{scenario.nodes - 1}")
-    start = begin(scenario, runs_root, quiet, f"{scenario.nodes} node processes on anvil")
-    say, run_dir, wall_start, test, partitions = (
-        start.say,
-        start.run_dir,
-        start.wall_start,
-        start.test,
-        start.partitions,
+    say, run_dir, wall_start, test, partitions, genesis, genesis_blob = begin(
+        scenario, runs_root, quiet, f"{scenario.nodes} node processes on anvil"
     )
-    genesis, genesis_blob = start.genesis, start.genesis_blob
     work = tempfile.TemporaryDirectory(prefix="p2pfl-simproc-")
     root = Path(work.name)
     children: list[Child] = []

@@ -5,17 +5,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from sim.data import load_data
 from sim.report import new_run_dir
 from sim.scenario import Scenario
 
 
-@dataclass
-class Prologue:
+class Prologue(NamedTuple):
     say: Callable[..., None]
     run_dir: Path
     wall_start: float  # perf_counter at the start of the run

@@ -67,15 +67,9 @@ def run_scenario(scenario: Scenario, runs_root: str | Path = "runs", quiet: bool
 async def _run(scenario: Scenario, runs_root: Path, quiet: bool) -> Path:
     from p2pfl.net.config import NetConfig
 
-    start = begin(scenario, runs_root, quiet, f"{scenario.nodes} nodes")
-    say, run_dir, wall_start, test, partitions = (
-        start.say,
-        start.run_dir,
-        start.wall_start,
-        start.test,
-        start.partitions,
+    say, run_dir, wall_start, test, partitions, genesis, genesis_blob = begin(
+        scenario, runs_root, quiet, f"{scenario.nodes} nodes"
     )
-    genesis, genesis_blob = start.genesis, start.genesis_blob
 
     # Chain: embedded eth-tester, contracts deployed, every node funded and registered
     # with its real peer ID (the same key drives its libp2p host).

@@ -54,156 +54,75 @@ def stop(proc):
             proc.wait()
 
 
+LISTEN_ADDR = r"listening (/ip4/127\.0\.0\.1/tcp/\d+/p2p/\S+)"
+
+
+def open_task(tmp_path, rpc, names, *, name, epochs, committee=2):
+    """keygen each name, deploy (the first pays), register all, create a digits/MLP task;
+    returns `task create`'s output."""
+    for who in names:
+        out = p2pfl("keygen", "-o", f"{who}.json", cwd=tmp_path)
+        assert re.search(r"peer id:\s+16Uiu2", out)
+    creator = f"{names[0]}.json"
+    p2pfl(*f"chain deploy --keystore {creator} --out deployment.json --fund-dev".split(), *rpc,
+          cwd=tmp_path)  # fmt: skip
+    for who in names:
+        p2pfl(*f"register --keystore {who}.json --stake 2 --fund-dev".split(), *rpc, cwd=tmp_path)
+    model_kwargs = '{"input_shape": [1, 8, 8], "hidden": [16]}'
+    train = f'{{"epochs": {epochs}, "batch_size": 16, "lr": 0.05}}'
+    return p2pfl(
+        "task", "create", *rpc, "--keystore", creator, "--name", name, "--model", "mlp",
+        "--model-kwargs", model_kwargs, "--train", train, "--committee-size", str(committee),
+        "--collect-deadline", "20", "--view-timeout", "8", "--rounds-budget", "10",
+        "--data-dir", f"{names[0]}-data", "-o", "manifest.json", cwd=tmp_path,
+    )  # fmt: skip
+
+
+def node_args(who, rpc, data, *extra):
+    return ("--manifest", "manifest.json", "--keystore", f"{who}.json", *rpc, "--data", data,
+            "--data-dir", f"{who}-data", *extra)  # fmt: skip
+
+
 def test_cli_journey(tmp_path):
     with Anvil() as chain:
         rpc = ["--rpc", chain.url]
-        for name in ("alice", "bob"):
-            out = p2pfl("keygen", "-o", f"{name}.json", cwd=tmp_path)
-            assert re.search(r"peer id:\s+16Uiu2", out)
-        p2pfl(
-            "chain",
-            "deploy",
-            *rpc,
-            "--keystore",
-            "alice.json",
-            "--out",
-            "deployment.json",
-            "--fund-dev",
-            cwd=tmp_path,
-        )
-        for name in ("alice", "bob"):
-            p2pfl(
-                "register",
-                *rpc,
-                "--keystore",
-                f"{name}.json",
-                "--stake",
-                "2",
-                "--fund-dev",
-                cwd=tmp_path,
-            )
-        out = p2pfl(
-            "task",
-            "create",
-            *rpc,
-            "--keystore",
-            "alice.json",
-            "--name",
-            "digits-demo",
-            "--model",
-            "mlp",
-            "--model-kwargs",
-            '{"input_shape": [1, 8, 8], "hidden": [16]}',
-            "--train",
-            '{"epochs": 2, "batch_size": 16, "lr": 0.05}',
-            "--committee-size",
-            "2",
-            "--collect-deadline",
-            "20",
-            "--view-timeout",
-            "8",
-            "--rounds-budget",
-            "10",
-            "--data-dir",
-            "alice-data",
-            "-o",
-            "manifest.json",
-            cwd=tmp_path,
-        )
+        out = open_task(tmp_path, rpc, ("alice", "bob"), name="digits-demo", epochs=2)
         task_id = re.search(r"task id:\s+0x([0-9a-f]{64})", out).group(1)
 
         logs = {name: tmp_path / f"{name}.log" for name in ("alice", "bob")}
-        port = free_loopback_port()
-        alice = start_node(
-            "--manifest",
-            "manifest.json",
-            "--keystore",
-            "alice.json",
-            *rpc,
-            "--data",
-            "digits:0/2",
-            "--data-dir",
-            "alice-data",
-            "--listen",
-            f"/ip4/127.0.0.1/tcp/{port}",
-            cwd=tmp_path,
-            log=logs["alice"].open("w"),
-        )
+        listen = f"/ip4/127.0.0.1/tcp/{free_loopback_port()}"
+        alice = start_node(*node_args("alice", rpc, "digits:0/2", "--listen", listen),
+                           cwd=tmp_path, log=logs["alice"].open("w"))  # fmt: skip
         bob = None
         try:
-            addr = wait_for_line(
-                logs["alice"], r"listening (/ip4/127\.0\.0\.1/tcp/\d+/p2p/\S+)", alice
-            ).group(1)
+            addr = wait_for_line(logs["alice"], LISTEN_ADDR, alice).group(1)
             bob = start_node(
-                "--manifest",
-                "manifest.json",
-                "--keystore",
-                "bob.json",
-                *rpc,
-                "--data",
-                "digits:1/2",
-                "--data-dir",
-                "bob-data",
-                "--listen",
-                "/ip4/127.0.0.1/tcp/0",
-                "--bootstrap",
-                addr,
-                "--rounds",
-                "2",
-                cwd=tmp_path,
-                log=logs["bob"].open("w"),
-            )
+                *node_args("bob", rpc, "digits:1/2", "--listen", "/ip4/127.0.0.1/tcp/0",
+                           "--bootstrap", addr, "--rounds", "2"),
+                cwd=tmp_path, log=logs["bob"].open("w"),
+            )  # fmt: skip
             assert bob.wait(timeout=240) == 0, logs["bob"].read_text()
             assert "round 2 committed" in logs["bob"].read_text()
 
             status = p2pfl("status", "--data-dir", "bob-data", cwd=tmp_path)
             assert re.search(r"last commit: round 2 model b", status), status
-            chain_status = json.loads(
-                p2pfl(
-                    "status",
-                    *rpc,
-                    "--deployment",
-                    "deployment.json",
-                    "--task",
-                    task_id,
-                    "--json",
-                    cwd=tmp_path,
-                )
-            )
+            chain_status = json.loads(p2pfl("status", *rpc, "--deployment", "deployment.json",
+                                            "--task", task_id, "--json", cwd=tmp_path))  # fmt: skip
             assert chain_status["task"]["last_round"] >= 2
-            model_cid = json.loads((tmp_path / "bob-data" / "status.json").read_text())[
-                "last_commit"
-            ]["model"]
+            bob_status = json.loads((tmp_path / "bob-data" / "status.json").read_text())
+            model_cid = bob_status["last_commit"]["model"]
 
             # Bob rebuilt each committed round's reward tree (root checked against the chain)
             # and claims what his leaves pay him, with Merkle proofs.
             rewards = sorted((tmp_path / "bob-data" / "state" / "rewards").glob("round-*.json"))
             assert len(rewards) >= 2
-            out = p2pfl(
-                "claim",
-                *rpc,
-                "--deployment",
-                "deployment.json",
-                "--keystore",
-                "bob.json",
-                *[str(p) for p in rewards],
-                cwd=tmp_path,
-            )
+            out = p2pfl("claim", *rpc, "--deployment", "deployment.json", "--keystore", "bob.json",
+                        *[str(p) for p in rewards], cwd=tmp_path)  # fmt: skip
             assert re.search(r"claimed [1-9]\d* reward\(s\)", out), out
 
             # A fresh node with an empty store fetches the committed model from alice.
-            out = p2pfl(
-                "model",
-                "get",
-                model_cid,
-                "-o",
-                "model.safetensors",
-                "--data-dir",
-                "fresh-data",
-                "--bootstrap",
-                addr,
-                cwd=tmp_path,
-            )
+            p2pfl("model", "get", model_cid, "-o", "model.safetensors", "--data-dir", "fresh-data",
+                  "--bootstrap", addr, cwd=tmp_path)  # fmt: skip
             blob = (tmp_path / "model.safetensors").read_bytes()
             assert str(blob_cid(blob)) == model_cid
             assert set(decode_tensors(blob)) and CID.parse(model_cid).digest
@@ -222,117 +141,35 @@ def test_cli_nodes_off_the_committee_survive_every_commit(tmp_path):
     rounds = 3
     with Anvil() as chain:
         rpc = ["--rpc", chain.url]
-        for name in names:
-            p2pfl("keygen", "-o", f"{name}.json", cwd=tmp_path)
-        p2pfl(
-            "chain",
-            "deploy",
-            *rpc,
-            "--keystore",
-            "alice.json",
-            "--out",
-            "deployment.json",
-            "--fund-dev",
-            cwd=tmp_path,
-        )
-        for name in names:
-            p2pfl(
-                "register",
-                *rpc,
-                "--keystore",
-                f"{name}.json",
-                "--stake",
-                "2",
-                "--fund-dev",
-                cwd=tmp_path,
-            )
-        p2pfl(
-            "task",
-            "create",
-            *rpc,
-            "--keystore",
-            "alice.json",
-            "--name",
-            "off-committee",
-            "--model",
-            "mlp",
-            "--model-kwargs",
-            '{"input_shape": [1, 8, 8], "hidden": [16]}',
-            "--train",
-            '{"epochs": 1, "batch_size": 16, "lr": 0.05}',
-            "--committee-size",
-            "2",
-            "--collect-deadline",
-            "20",
-            "--view-timeout",
-            "8",
-            "--rounds-budget",
-            "10",
-            "--data-dir",
-            "alice-data",
-            "-o",
-            "manifest.json",
-            cwd=tmp_path,
-        )
+        open_task(tmp_path, rpc, names, name="off-committee", epochs=1)
         logs = {name: tmp_path / f"{name}.log" for name in names}
         procs: dict[str, subprocess.Popen] = {}
         try:
-            port = free_loopback_port()
+            listen = f"/ip4/127.0.0.1/tcp/{free_loopback_port()}"
             procs["alice"] = start_node(
-                "--manifest",
-                "manifest.json",
-                "--keystore",
-                "alice.json",
-                *rpc,
-                "--data",
-                "digits:0/4",
-                "--data-dir",
-                "alice-data",
-                "--listen",
-                f"/ip4/127.0.0.1/tcp/{port}",
-                "--rounds",
-                str(rounds),
-                cwd=tmp_path,
-                log=logs["alice"].open("w"),
-            )
-            addr = wait_for_line(
-                logs["alice"], r"listening (/ip4/127\.0\.0\.1/tcp/\d+/p2p/\S+)", procs["alice"]
-            ).group(1)
+                *node_args("alice", rpc, "digits:0/4", "--listen", listen, "--rounds", str(rounds)),
+                cwd=tmp_path, log=logs["alice"].open("w"),
+            )  # fmt: skip
+            addr = wait_for_line(logs["alice"], LISTEN_ADDR, procs["alice"]).group(1)
             for i, name in enumerate(names[1:], start=1):
                 procs[name] = start_node(
-                    "--manifest",
-                    "manifest.json",
-                    "--keystore",
-                    f"{name}.json",
-                    *rpc,
-                    "--data",
-                    f"digits:{i}/4",
-                    "--data-dir",
-                    f"{name}-data",
-                    "--listen",
-                    "/ip4/127.0.0.1/tcp/0",
-                    "--bootstrap",
-                    addr,
-                    "--rounds",
-                    str(rounds),
-                    cwd=tmp_path,
-                    log=logs[name].open("w"),
-                )
+                    *node_args(name, rpc, f"digits:{i}/4", "--listen", "/ip4/127.0.0.1/tcp/0",
+                               "--bootstrap", addr, "--rounds", str(rounds)),
+                    cwd=tmp_path, log=logs[name].open("w"),
+                )  # fmt: skip
             for name in names:
                 assert procs[name].wait(timeout=420) == 0, f"{name} died:\n{logs[name].read_text()}"
-            committees = []
+            members = []
             for name in names:
                 text = logs[name].read_text()
                 assert "no block" not in text, text
                 for r in range(1, rounds + 1):
-                    assert f"round {r} committed" in text, (
-                        f"{name} did not report round {r}:\n{text}"
-                    )
+                    assert f"round {r} committed" in text, f"{name} missed round {r}:\n{text}"
                 status = json.loads((tmp_path / f"{name}-data" / "status.json").read_text())
                 assert status["last_commit"]["round"] == rounds
-                committees.append(status["member"])
-            # The scenario the test is about happened: some nodes were not on the last committee.
-            assert not all(committees), committees
+                members.append(status["member"])
+            # The case the test is about happened: some nodes were not on the last committee.
+            assert not all(members), members
         finally:
             for proc in procs.values():
                 stop(proc)
