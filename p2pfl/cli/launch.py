@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,9 @@ from p2pfl.files import write_text_atomic
 STATUS_FILE = "status.json"
 # How often the running node rewrites its status file (what `p2pfl status` shows).
 STATUS_EVERY_S = 1.0
+# Metrics listen on loopback unless the operator says otherwise: they tell anyone who can
+# reach them the node's stake, peers and traffic.
+DEFAULT_METRICS_HOST = "127.0.0.1"
 
 
 @dataclass
@@ -45,6 +49,10 @@ class Launch:
     on_round: Callable[[Any], None] | None = None  # every committed RoundLog
     before_join: Callable[[Any], Awaitable[None]] | None = None  # (net) once the host listens
     after_run: Callable[[Any, Any], Awaitable[None]] | None = None  # (node, net) host still open
+    # Serve Prometheus metrics on http://metrics_host:metrics_port/metrics while the node
+    # runs (None: no metrics server; 0: a free port, printed).
+    metrics_port: int | None = None
+    metrics_host: str = DEFAULT_METRICS_HOST
 
 
 async def launch_node(launch: Launch) -> Any:
@@ -95,12 +103,46 @@ async def launch_node(launch: Launch) -> Any:
                 **launch.node_options,
             )
             nursery.start_soon(_keep_status, node, net, status_path, accuracy)
-            await node.run(stop_after_round=launch.rounds)
+            with ExitStack() as stack:
+                if launch.metrics_port is not None:
+                    host, port = stack.enter_context(
+                        serve_metrics(node, nursery, launch.metrics_host, launch.metrics_port)
+                    )
+                    print(f"metrics   http://{host}:{port}/metrics", flush=True)
+                await node.run(stop_after_round=launch.rounds)
             nursery.cancel_scope.cancel()
         write_status(node, net, status_path, accuracy)
         if launch.after_run is not None:
             await launch.after_run(node, net)
     return node
+
+
+@contextmanager
+def serve_metrics(node: Any, nursery: Any, host: str, port: int) -> Iterator[tuple[str, int]]:
+    """Serve `node`'s Prometheus metrics over HTTP while the block runs; yields the bound
+    (host, port). The server (prometheus_client's, in a thread) is shut down on exit, so
+    a stopped node refuses connections. `nursery` runs the once-a-round chain read of the
+    node's stake and reputation (p2pfl.node.metrics.ChainFacts)."""
+    import trio
+    from prometheus_client import start_http_server
+
+    from p2pfl.node.metrics import ChainFacts, node_registry
+
+    facts = ChainFacts()
+    registry = node_registry(node, facts, trio.lowlevel.current_trio_token())
+    try:
+        httpd, thread = start_http_server(port, addr=host, registry=registry)
+    except OSError as exc:
+        raise P2PFLError(
+            f"cannot serve metrics on {host}:{port} ({exc}); choose another --metrics-port"
+        ) from None
+    nursery.start_soon(facts.follow, node)
+    try:
+        yield host, httpd.server_port
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join()
 
 
 def check_registered(chain: Any, identity: Any) -> None:

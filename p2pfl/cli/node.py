@@ -21,7 +21,7 @@ from p2pfl.cli.common import (
     ether_to_wei,
     read_password,
 )
-from p2pfl.cli.launch import read_status
+from p2pfl.cli.launch import DEFAULT_METRICS_HOST, read_status
 from p2pfl.errors import ConfigError, P2PFLError
 
 log = logging.getLogger("p2pfl.cli")
@@ -269,6 +269,19 @@ def add_node_commands(sub: argparse._SubParsersAction) -> None:
         "--rounds", type=int, default=None, help="stop after this round is committed"
     )
     start.add_argument("--threads", type=int, default=1, help="torch threads for local training")
+    # Off by default: several nodes on one machine (or a node beside another exporter)
+    # would fight over any fixed port, and an operator who scrapes knows which to pick.
+    start.add_argument(
+        "--metrics-port",
+        type=int,
+        default=0,
+        help="serve Prometheus metrics on this port at /metrics (default 0: off)",
+    )
+    start.add_argument(
+        "--metrics-host",
+        default=DEFAULT_METRICS_HOST,
+        help=f"address the metrics server listens on (default {DEFAULT_METRICS_HOST}, loopback)",
+    )
     start.set_defaults(handler=_cmd_node_start)
 
     model = sub.add_parser("model", help="models by CID").add_subparsers(
@@ -324,13 +337,18 @@ async def start_node(
     bootstrap: Sequence[str],
     rounds: int | None = None,
     num_threads: int = 1,
+    metrics_port: int = 0,
+    metrics_host: str = DEFAULT_METRICS_HOST,
 ) -> None:
-    """`p2pfl node start`: run one node until `rounds` are committed (or forever)."""
+    """`p2pfl node start`: run one node until `rounds` are committed (or forever).
+    `metrics_port` 0: no metrics server."""
     from p2pfl.cli.launch import Launch, launch_node
     from p2pfl.keystore import load_keystore
     from p2pfl.manifest import TaskManifest
     from p2pfl.train.data import split_dataset
 
+    if not 0 <= metrics_port <= 65535:
+        raise ConfigError(f"--metrics-port {metrics_port}: expected 0 (off) or a TCP port")
     manifest = TaskManifest.load(manifest_path)
     identity = load_keystore(keystore, password)
     train, held_out = split_dataset(
@@ -348,6 +366,8 @@ async def start_node(
             rounds=rounds,
             num_threads=num_threads,
             held_out=held_out,
+            metrics_port=metrics_port or None,
+            metrics_host=metrics_host,
         )
     )
     print(f"stopped after round {node.machine.round}", flush=True)
@@ -368,6 +388,8 @@ def _cmd_node_start(args: argparse.Namespace) -> int:
         args.bootstrap,
         args.rounds,
         args.threads,
+        args.metrics_port,
+        args.metrics_host,
     )
     return 0
 

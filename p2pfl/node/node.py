@@ -127,6 +127,7 @@ class Node:
         self.round_nurseries = RoundNurseries()
         self._round_record: tuple[int, dict[bytes, int]] = (0, {})  # (round, its probation record)
         self._nursery: trio.Nursery | None = None
+        self.follower: CommitFollower | None = None  # once run() joined (read by metrics)
         self._stop_round: int | None = None
         self.finished = trio.Event()
         # The machine's actions, each to what performs it (p2pfl.core.round_events).
@@ -173,7 +174,7 @@ class Node:
             # earlier commit (one seen twice is a replay the machine drops), and scanning the
             # task's whole history costs O(chain) per node -- quadratic on eth-tester, whose
             # getLogs looks every receipt up from the head. A saved cursor takes precedence.
-            follower = CommitFollower(
+            follower = self.follower = CommitFollower(
                 self.chain,
                 task=self.task,
                 start_block=joined_block,
