@@ -41,6 +41,13 @@ class TaskManifest:
     commit_fallback_delay_s: float = 5.0
     redraw_timeout_s: float = 150.0
     small_redraw_delay_s: float = 5.0  # also the contract's redrawDelay for the task
+    # Round liveness (p2pfl.core.round.RoundConfig says why these values): collection stays
+    # open this long after the quorum for late updates; timeouts grow by this factor per
+    # failed attempt/view of a round, up to the cap. Growth is shared by every node (their
+    # attempt schedules must agree), so it is the task's, not a node's, choice.
+    straggler_grace_s: float = 5.0
+    timeout_growth: float = 1.5
+    max_timeout_factor: float = 8.0
     reward_per_round_wei: int = 0
     seed: int = 0  # task seed: clients' per-round training seeds derive from it
     version: int = MANIFEST_VERSION
@@ -79,7 +86,12 @@ class TaskManifest:
             commit_fallback_delay_s=self.commit_fallback_delay_s,
             redraw_timeout_s=self.redraw_timeout_s,
             small_redraw_delay_s=self.small_redraw_delay_s,
-            **overrides,
+            **{
+                "straggler_grace_s": self.straggler_grace_s,
+                "timeout_growth": self.timeout_growth,
+                "max_timeout_factor": self.max_timeout_factor,
+                **overrides,
+            },
         )
 
     @classmethod

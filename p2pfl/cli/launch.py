@@ -202,6 +202,8 @@ def write_status(node: Any, net: Any, path: Path, accuracy: dict[int, float]) ->
         "member": m.is_member,
         "committee": ["0x" + a.hex() for a in m.committee],
         "peers": len(net.connected_peers()),
+        # Nodes the round machine counts live (heard within its window): address -> s ago.
+        "live": {"0x" + a.hex(): round(ago, 1) for a, ago in sorted(node.live_nodes().items())},
         "last_commit": {
             "round": last,
             "model": node.rounds[last].result,

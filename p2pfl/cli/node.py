@@ -402,6 +402,14 @@ def _cmd_model_get(args: argparse.Namespace) -> int:
     return 0
 
 
+def _format_live(live: dict[str, float] | None) -> str:
+    """Nodes heard within the live window, with how long ago (status.json's `live`)."""
+    if not live:
+        return "-"
+    heard = ", ".join(f"{address[:10]}... {ago:.0f} s" for address, ago in live.items())
+    return f"{len(live)} nodes ({heard})"
+
+
 def format_node_status(status: dict[str, Any]) -> str:
     last = status.get("last_commit") or {}
     acc = status.get("accuracy")
@@ -413,6 +421,7 @@ def format_node_status(status: dict[str, Any]) -> str:
         f"committee:   {len(status['committee'])} "
         f"members{' (this node is one)' if status['member'] else ''}",
         f"peers:       {status['peers']}",
+        f"live:        {_format_live(status.get('live'))}",
         f"last commit: round {last.get('round', '-')} model {last.get('model', '-')} tx "
         f"{last.get('tx', '-')}",
         "accuracy:    "

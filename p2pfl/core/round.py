@@ -50,6 +50,7 @@ from p2pfl.core.round_events import (
     Evidence,
     Fetch,
     Gossip,
+    HeartbeatReceived,
     LocalUpdateReady,
     ProposalReceived,
     Publish,
@@ -82,6 +83,7 @@ __all__ = [
     "Trigger",
     "collect_quorum",
     "next_phase",
+    "timeout_factor",
 ]
 
 # Rejection reasons a leader adds to a proposal on its own authority (they are not the
@@ -111,6 +113,13 @@ class RoundConfig:
     # Close collection early once this percentage of expected participants has a
     # fetched, verified delta (DESIGN §4 step 4: partial aggregation at 80%).
     collect_quorum_percent: int = 80
+    # Once the quorum is held, keep collecting this long for the remaining expected
+    # updates (closing at once when all are held; the collect deadline still bounds it).
+    # Nodes of one task train the same epochs on similar partitions, so they finish within
+    # seconds of each other: measured on Flower's 10-client experiment, the 2 updates an
+    # 80% quorum left out arrived a few seconds after it. 5 s includes them and costs a
+    # round at most 5 s when a node is really gone. 0 = close at the quorum (as before).
+    straggler_grace_s: float = 5.0
     # 0 = expected participants are the registered nodes (positive stake) *heard from*:
     # in the first round (no history) all of them; later, those whose update this node
     # saw last round or sees this round, plus new registrations and itself (spec
@@ -126,6 +135,30 @@ class RoundConfig:
     # One view: fetch any missing deltas, recompute the aggregate (seconds at GB/s),
     # gossip a proposal and votes. 15 s leaves a wide margin on a laptop.
     view_timeout_s: float = 15.0
+    # Timeouts that grow (Tendermint's rule, its `timeout_*_delta` per failed round): view
+    # v of an attempt lasts view_timeout_s x g^(s + v) and the attempt's collection and
+    # re-draw timeout x g^s, where s = the attempts of this round before it that stalled
+    # (drawn >= q, so not a small re-draw), g = this factor, capped at
+    # `max_timeout_factor`. When every step is slow (an overloaded machine, a slow
+    # network: 100 nodes in one process never committed with fixed timeouts) the windows
+    # grow until one fits; they start over each round (after a commit). Every input is
+    # shared (the draw, the attempt and view numbers), so all nodes compute the same
+    # schedule. 1.5 as Tendermint's defaults grow by about half a timeout per round; 1.0 =
+    # fixed timeouts.
+    timeout_growth: float = 1.5
+    # Cap of the growth: 8 x the configured timeouts (reached at the 6th step with 1.5),
+    # so a round that keeps failing for another reason is re-tried at a bounded pace.
+    max_timeout_factor: float = 8.0
+    # Collect quorum over *live* participants: a registered node presumed alive by the
+    # history (see expected_participants) but not heard (any signed message, heartbeats
+    # included) for `live_window_s` is not expected. Judged only once heartbeats are heard
+    # at all (a network that sends none keeps the history's guess) and a window after the
+    # first one. A local liveness guess, like E itself: it closes collection earlier,
+    # never decides what is committed.
+    live_quorum: bool = True
+    # Four heartbeat intervals (p2pfl.node.heartbeat.HEARTBEAT_INTERVAL_S = 5 s): a loaded
+    # event loop or a gossip hop can delay a beat or two; a node silent this long is gone.
+    live_window_s: float = 20.0
     # Member at rank r after the view's leader submits the commit at r * this delay:
     # a few blocks, so the leader's transaction normally lands first.
     commit_fallback_delay_s: float = 10.0
@@ -178,6 +211,12 @@ class RoundConfig:
             raise ConfigError("deadlines and timeouts must be positive")
         if self.commit_fallback_delay_s < 0:
             raise ConfigError("commit_fallback_delay_s must be >= 0")
+        if self.straggler_grace_s < 0:
+            raise ConfigError("straggler_grace_s must be >= 0")
+        if self.live_window_s <= 0:
+            raise ConfigError("live_window_s must be positive")
+        if self.timeout_growth < 1 or self.max_timeout_factor < 1:
+            raise ConfigError("timeout_growth and max_timeout_factor must be >= 1 (1 = fixed)")
         first_view_ends = self.collect_deadline_s + self.view_timeout_s
         if self.redraw_when_stuck and self.redraw_timeout_s <= first_view_ends:
             raise ConfigError(
@@ -193,6 +232,17 @@ class RoundConfig:
 # At most this many attempts in a row are skipped for presumed-dead members: a wrong
 # liveness guess then costs a few small re-draws, never a round that never starts.
 MAX_PRESUMED_DEAD_REDRAWS = 3
+
+
+def timeout_factor(config: RoundConfig, steps: int) -> float:
+    """How much longer a timeout is after `steps` failed attempts/views of a round:
+    timeout_growth^steps, capped at max_timeout_factor (spec "Timers / growth")."""
+    factor = 1.0
+    for _ in range(steps):
+        if factor >= config.max_timeout_factor:
+            break
+        factor *= config.timeout_growth
+    return min(factor, config.max_timeout_factor)
 
 
 def collect_quorum(percent: int, expected: int) -> int:
@@ -271,6 +321,8 @@ class Timer(enum.Enum):
 
     NEXT_ATTEMPT = "next-attempt"  # re-draw (`_next_attempt_at`)
     COLLECT_END = "collect-end"  # close collection (`collect_deadline_s` after the draw)
+    GRACE_END = "grace-end"  # close collection (`straggler_grace_s` after the quorum)
+    LIVENESS = "liveness"  # a live participant fell silent: re-check the collect quorum
     VIEW_END = "view-end"  # next view (`view_timeout_s` after the view started)
     SUBMIT = "submit"  # our turn to submit the certificate (`commit_fallback_delay_s` by rank)
 
@@ -280,7 +332,7 @@ class Timer(enum.Enum):
 TIMERS: dict[Phase, tuple[Timer, ...]] = {
     Phase.IDLE: (),
     Phase.REDRAWING: (Timer.NEXT_ATTEMPT,),
-    Phase.COLLECTING: (Timer.NEXT_ATTEMPT, Timer.COLLECT_END),
+    Phase.COLLECTING: (Timer.NEXT_ATTEMPT, Timer.COLLECT_END, Timer.GRACE_END, Timer.LIVENESS),
     Phase.FOLLOWING: (Timer.NEXT_ATTEMPT,),
     Phase.VOTING: (Timer.NEXT_ATTEMPT, Timer.VIEW_END),
     Phase.CERTIFIED: (Timer.SUBMIT,),
@@ -313,6 +365,10 @@ class _Attempt:
     # Drawn too small only by this node's liveness guess (not by the draw's size, which
     # everyone computes alike): the early re-draw is local, the schedule is not.
     presumed_dead: bool = False
+    # Earlier attempts of the round that stalled: the growth step of its timeouts.
+    stalled_before: int = 0
+    # When the straggler grace ends (set once the collect quorum is held).
+    grace_end: float = math.inf
     view: int = 0
     view_deadline: float = math.inf
     proposal: Proposal | None = None  # first valid proposal of the current view
@@ -345,6 +401,11 @@ class RoundMachine:
         # The round whose update authors `_heard` holds (None: no round yet): the liveness
         # history behind the expected participants (see `_expected_participants`).
         self._heard_round: int | None = None
+        # Liveness across rounds (`live_quorum`): registered signer -> last time any signed
+        # message of theirs reached us; judged from a window after the first heartbeat.
+        self._last_heard: dict[bytes, float] = {}
+        self._heartbeats_since: float | None = None
+        self._live_checked = -math.inf  # the LIVENESS timer's last check
         self._reset_round(RoundStarted(-1, b"", {}, self.now), recent=None)
 
     # --- public API -----------------------------------------------------------------
@@ -386,6 +447,14 @@ class RoundMachine:
     @property
     def certificate(self) -> Commit | None:
         return self._certificate
+
+    def last_heard(self) -> dict[bytes, float]:
+        """Registered node -> when a signed message of theirs last reached us (its `now`)."""
+        return dict(self._last_heard)
+
+    def is_live(self, node: bytes) -> bool:
+        """Whether `node` counts as live for the collect quorum (see `live_quorum`)."""
+        return not self._judging_liveness() or self._heard_recently(node)
 
     # --- plumbing ---------------------------------------------------------------------
 
@@ -541,10 +610,23 @@ class RoundMachine:
         earlier attempt lasts `small_redraw_delay_s` if its draw is below quorum (the same
         for everyone), else `redraw_timeout_s` (a stalled attempt)."""
         start = self._round_start
+        stalled = 0
         for number in range(attempt):
-            small = len(self._committee_of(number)) < self.config.quorum
-            start += self.config.small_redraw_delay_s if small else self.config.redraw_timeout_s
+            if len(self._committee_of(number)) < self.config.quorum:
+                start += self.config.small_redraw_delay_s
+            else:
+                start += self.config.redraw_timeout_s * timeout_factor(self.config, stalled)
+                stalled += 1
         return start
+
+    def _stalled_before(self, attempt: int) -> int:
+        """Attempts of this round before `attempt` drawn >= q (the growth step, shared)."""
+        return sum(1 for n in range(attempt) if len(self._committee_of(n)) >= self.config.quorum)
+
+    def _view_timeout(self, view: int) -> float:
+        """How long `view` of the current attempt lasts (grows with attempts and views)."""
+        steps = self._attempt.stalled_before + view
+        return self.config.view_timeout_s * timeout_factor(self.config, steps)
 
     def _max_view(self) -> int:
         """Highest view a vote (or a follower's proposal) may name now.
@@ -557,12 +639,19 @@ class RoundMachine:
         """
         a = self._attempt
         elapsed = self.now - a.start
-        by_clock = (
-            int(elapsed // self.config.view_timeout_s)
-            if math.isfinite(elapsed) and elapsed > 0
-            else 0
-        )
+        by_clock = self._views_within(elapsed) if math.isfinite(elapsed) and elapsed > 0 else 0
         return max(a.view, by_clock) + self.config.max_views_ahead
+
+    def _views_within(self, elapsed: float) -> int:
+        """How many whole views (of growing length) fit in `elapsed` seconds."""
+        views, spent = 0, 0.0
+        while True:
+            length = self._view_timeout(views)
+            if spent + length > elapsed:
+                return views
+            if length >= self.config.view_timeout_s * self.config.max_timeout_factor:
+                return views + int((elapsed - spent) // length)  # capped: the rest is even
+            views, spent = views + 1, spent + length
 
     def _start_next_round(self, event: RoundStarted) -> None:
         if event.round <= self.round:
@@ -584,7 +673,11 @@ class RoundMachine:
 
     def _draw(self, attempt: int, start: float) -> None:
         committee = self._committee_of(attempt)
-        self._attempt = _Attempt(attempt, committee, start, start + self.config.collect_deadline_s)
+        stalled = self._stalled_before(attempt)
+        collect_s = self.config.collect_deadline_s * timeout_factor(self.config, stalled)
+        self._attempt = _Attempt(
+            attempt, committee, start, start + collect_s, stalled_before=stalled
+        )
         if attempt:
             self.counters["redraws"] += 1
         if len(committee) < self.config.quorum:
@@ -631,6 +724,54 @@ class RoundMachine:
 
     # --- timers -------------------------------------------------------------------------
 
+    def _on_heartbeat(self, event: HeartbeatReceived) -> None:
+        """A signed heartbeat: its signer is alive (nothing else; it names no statement)."""
+        signer = self._checked_signer(event)
+        if signer is None:
+            return
+        if event.heartbeat.task != self.config.task:
+            self._drop("wrong-task", signer, True)
+            return
+        if self._heartbeats_since is None:
+            self._heartbeats_since = self.now
+        self.counters["heartbeats"] += 1
+
+    def _heard_from(self, signer: bytes) -> None:
+        """Any signed message of a registered node that reached us: it is alive now."""
+        if self._stakes.get(signer, 0) > 0:
+            self._last_heard[signer] = self.now
+
+    def _judging_liveness(self) -> bool:
+        """Whether silence marks a node dead: heartbeats are in use and a window has passed
+        since the first one (before that, a silent node may simply not have beaten yet)."""
+        since = self._heartbeats_since
+        return (
+            self.config.live_quorum
+            and since is not None
+            and self.now >= since + self.config.live_window_s
+        )
+
+    def _heard_recently(self, node: bytes) -> bool:
+        if node == self.address:
+            return True
+        heard = self._last_heard.get(node)
+        return heard is not None and self.now < heard + self.config.live_window_s
+
+    def _next_silence(self) -> float | None:
+        """When the next expected participant would fall silent (LIVENESS timer), or None.
+
+        The earliest window end after the last check: a node last heard at t is live until
+        t + live_window_s; one never heard, until a window after the first heartbeat."""
+        if not self.config.live_quorum or self._heartbeats_since is None:
+            return None
+        window = self.config.live_window_s
+        ends = [
+            self._last_heard.get(node, self._heartbeats_since) + window
+            for node in self._live - self._probation - {self.address}
+        ]
+        later = [t for t in ends if t > self._live_checked]
+        return min(later, default=None)
+
     def _on_tick(self, event: Tick) -> None:
         self.now = max(self.now, event.now)
         for timer in Timer:  # in order, each in the phase the one before left (see Timer)
@@ -646,6 +787,10 @@ class RoundMachine:
             return self._next_attempt_at()
         if timer is Timer.COLLECT_END:
             return a.collect_deadline
+        if timer is Timer.GRACE_END:
+            return a.grace_end
+        if timer is Timer.LIVENESS:
+            return self._next_silence()
         if timer is Timer.VIEW_END:
             return a.view_deadline
         return self._submit_at
@@ -657,6 +802,13 @@ class RoundMachine:
         elif timer is Timer.COLLECT_END:
             self.counters["collect-closed:deadline"] += 1
             self._close_collection()
+        elif timer is Timer.GRACE_END:
+            self.counters["collect-closed:quorum"] += 1
+            self.counters["collect-closed:grace-end"] += 1
+            self._close_collection()
+        elif timer is Timer.LIVENESS:
+            self._live_checked = self.now
+            self._check_collection()
         elif timer is Timer.VIEW_END:
             self._goto(Trigger.VIEW_TIMEOUT)
             self.counters["view-changes"] += 1
@@ -688,7 +840,10 @@ class RoundMachine:
         if self.config.expected_participants:
             return self.config.expected_participants
         eligible = self._registered - self._probation
-        return min(len(eligible), max(len(self._live - self._probation), self._expected_floor))
+        alive = self._live - self._probation
+        if self._judging_liveness():  # heard this round or recently (see `live_quorum`)
+            alive = {a for a in alive if a in self._heard or self._heard_recently(a)}
+        return min(len(eligible), max(len(alive), self._expected_floor))
 
     def _hear(self, author: bytes) -> None:
         """A registered author's valid update for this round reached us: it is alive."""
@@ -698,9 +853,15 @@ class RoundMachine:
     def _check_collection(self) -> None:
         if not self._can(Trigger.COLLECT_CLOSED):
             return  # not collecting
-        quorum = collect_quorum(self.config.collect_quorum_percent, self._expected_participants())
-        counted = [u for u in self._collected() if u.signer not in self._probation]
-        if len(counted) >= quorum:
+        expected = self._expected_participants()
+        quorum = collect_quorum(self.config.collect_quorum_percent, expected)
+        counted = sum(1 for u in self._collected() if u.signer not in self._probation)
+        if counted < quorum:
+            return
+        a = self._attempt
+        if a.grace_end == math.inf:  # the quorum is held: stragglers get the grace
+            a.grace_end = self.now + self.config.straggler_grace_s
+        if counted >= expected or self.now >= a.grace_end:
             self.counters["collect-closed:quorum"] += 1
             self._close_collection()
 
@@ -711,7 +872,7 @@ class RoundMachine:
     def _enter_view(self, view: int) -> None:
         a = self._attempt
         a.view = self._first_live_view(view)
-        a.view_deadline = self.now + self.config.view_timeout_s
+        a.view_deadline = self.now + self._view_timeout(a.view)
         a.proposal = None
         a.verify_failed = False
         self._dirty = True  # buffered proposals for this view get re-offered
@@ -784,6 +945,7 @@ class RoundMachine:
         if event.verified_signer != signer:
             self._drop("bad-signer", signer, True)
             return None
+        self._heard_from(signer)
         return signer
 
     def _hold(self, event: Gossip) -> None:
@@ -1302,6 +1464,8 @@ HANDLERS: dict[type, dict[Phase, _Handler]] = {
     },
     # Every phase keeps the clock; `TIMERS` says which deadlines a phase checks.
     Tick: _each(tuple(Phase), _M._on_tick),
+    # Liveness only, in every phase (before the first round: stakes unknown, nothing kept).
+    HeartbeatReceived: _each(tuple(Phase), _M._on_heartbeat),
     LocalUpdateReady: {
         Phase.IDLE: _M._ignore_local_update,  # no round to publish it in
         **_each(_RUNNING, _M._on_local_update),

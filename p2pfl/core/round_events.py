@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Union
 
-from p2pfl.core.messages import Commit, Proposal, Signed, Update, Vote, conflicting
+from p2pfl.core.messages import Commit, Heartbeat, Proposal, Signed, Update, Vote, conflicting
 from p2pfl.errors import P2PFLError
 
 # (author address, delta CID bytes): names one update's content within a round.
@@ -134,6 +134,18 @@ class CommitSeen:
 
 
 @dataclass(frozen=True)
+class HeartbeatReceived:
+    """A node's signed heartbeat: it is alive (spec round.md "Timers / live quorum")."""
+
+    heartbeat: Heartbeat
+    verified_signer: bytes
+
+    @property
+    def message(self) -> Heartbeat:
+        return self.heartbeat
+
+
+@dataclass(frozen=True)
 class ChainCommitted:
     """The RoundLedger accepted a commit for `round`: this is final."""
 
@@ -156,10 +168,11 @@ Event = Union[
     VoteReceived,
     CommitSeen,
     ChainCommitted,
+    HeartbeatReceived,
 ]
 
 # The events that deliver a gossiped message (`.message`); the others come from the shell.
-Gossip = UpdateReceived | ProposalReceived | VoteReceived | CommitSeen
+Gossip = UpdateReceived | ProposalReceived | VoteReceived | CommitSeen | HeartbeatReceived
 
 
 # --- actions (out) ----------------------------------------------------------------------
@@ -288,8 +301,8 @@ Action = Union[
 
 
 def event_for(message: object, verified_signer: bytes | None = None) -> Event | None:
-    """The event that delivers a gossiped `message` to the machine (None: not a round
-    message, e.g. a Heartbeat).
+    """The event that delivers a gossiped `message` to the machine (None: not a message
+    the machine knows).
 
     `verified_signer` is the signer the caller recovered from the signature; None means
     the caller already checked that it is `message.signer` (the gossip validator,
@@ -298,9 +311,11 @@ def event_for(message: object, verified_signer: bytes | None = None) -> Event | 
     """
     if isinstance(message, Commit):
         return CommitSeen(message)
-    if not isinstance(message, (Update, Proposal, Vote)):
+    if not isinstance(message, (Update, Proposal, Vote, Heartbeat)):
         return None
     signer = message.signer if verified_signer is None else verified_signer
+    if isinstance(message, Heartbeat):
+        return HeartbeatReceived(message, signer)
     if isinstance(message, Update):
         return UpdateReceived(message, signer)
     if isinstance(message, Proposal):

@@ -5,6 +5,7 @@ machine's actions into I/O and the I/O's outcomes back into events.
     Node.run()                    node nursery: lives as long as the node (node.py)
       ├── event loop              run()'s body: queue -> RoundMachine.handle -> action table
       ├── ticker                  Tick(now) at the machine's next deadline (or every tick)
+      ├── heartbeat               signed Heartbeat every 5 s on the consensus topic (heartbeat.py)
       ├── chain follower          RoundCommitted -> reward file, probation history
       │                           (committed.py) -> ChainCommitted
       ├── gossip intake ×3        one per topic: validator, message -> event (intake.py)
@@ -27,11 +28,11 @@ probation history) or on-chain (latest committed model digest), so a node killed
 point rejoins from the chain.
 
 Modules: node.py (life cycle, nursery tree, action table, round start), intake.py
-(gossip validation and intake), queue.py (event queue), rounds.py (round nurseries),
-workers.py (training, fetching, aggregating), models.py (model cache, fetch retries),
-peers.py (registered peer IDs, provider order), chain_tx.py (chain transactions),
-committed.py (reward files, probation history), roundlog.py (RoundLog, Behaviour),
-ports.py (NodeNet, ChainPort).
+(gossip validation and intake), heartbeat.py (liveness beats), queue.py (event queue),
+rounds.py (round nurseries), workers.py (training, fetching, aggregating), models.py
+(model cache, fetch retries), peers.py (registered peer IDs, provider order), chain_tx.py
+(chain transactions), committed.py (reward files, probation history), roundlog.py
+(RoundLog, Behaviour), ports.py (NodeNet, ChainPort).
 """
 
 from p2pfl.core.round_result import compute_aggregate

@@ -25,6 +25,7 @@ from p2pfl.errors import P2PFLError
 from p2pfl.manifest import TaskManifest
 from p2pfl.node.chain_tx import ChainTransactions
 from p2pfl.node.committed import CommittedRounds
+from p2pfl.node.heartbeat import HEARTBEAT_INTERVAL_S, send_heartbeats
 from p2pfl.node.intake import Intake
 from p2pfl.node.models import ModelCache
 from p2pfl.node.peers import PeerDirectory
@@ -81,6 +82,7 @@ class Node:
         round_overrides: dict[str, Any] | None = None,
         trainer: Trainer | None = None,
         follow_poll_s: float = DEFAULT_FOLLOW_POLL_S,
+        heartbeat_interval_s: float = HEARTBEAT_INTERVAL_S,  # 0 = send none
     ) -> None:
         self.identity = identity
         self.address = identity.address
@@ -104,6 +106,7 @@ class Node:
         # partitions, keeping torch's Python work off the event loop's GIL.
         self.trainer = trainer
         self.follow_poll_s = follow_poll_s
+        self.heartbeat_interval_s = heartbeat_interval_s
         self.spec = manifest.rule_spec()
         self.machine = RoundMachine(
             manifest.round_config(**(round_overrides or {})), identity.private_key, chain.domain()
@@ -182,6 +185,15 @@ class Node:
             )
             nursery.start_soon(follower.follow, self._on_chain_commit, self.follow_poll_s)
             nursery.start_soon(self._ticker)
+            if not self.behaviour.silent and self.heartbeat_interval_s > 0:
+                nursery.start_soon(
+                    send_heartbeats,
+                    self.machine,
+                    self.identity.private_key,
+                    self._publish_heartbeat,
+                    self.clock,
+                    self.heartbeat_interval_s,
+                )
             nursery.start_soon(self._start_round, info.last_round + 1, base.to_bytes())
             async for event in self.queue:
                 self._handle(event)
@@ -264,6 +276,16 @@ class Node:
         except P2PFLError as exc:
             self.count("publish-failed")
             log.warning("publish %s failed: %s", type(message).__name__, exc)
+
+    async def _publish_heartbeat(self, data: bytes) -> None:
+        await self.net.publish(self.topic(TOPIC_CONSENSUS), data)
+        self.count("heartbeats-sent")
+
+    def live_nodes(self) -> dict[bytes, float]:
+        """Registered node -> seconds since we last heard it, for those the round machine
+        counts live (what `p2pfl status` shows)."""
+        now = self.machine.now
+        return {a: now - t for a, t in self.machine.last_heard().items() if self.machine.is_live(a)}
 
     def _advance_soon(self, action: ev.Advance) -> None:
         # Round action.round - 1 is committed: its workers' results can only be stale.

@@ -98,6 +98,8 @@ class Sim:
     stakes: dict[bytes, int] = field(default_factory=lambda: dict(STAKES))
     rng: random.Random = field(default_factory=lambda: random.Random(0))
     max_latency_s: float = 0.5
+    min_latency_s: float = 0.001  # raise it for a network where every message is slow
+    compute_s: float = 0.2  # how long an aggregation takes (an overloaded machine: seconds)
     silent: set[bytes] = field(default_factory=set)  # never receive, never send
     liars: set[bytes] = field(default_factory=set)  # lie about aggregates, vote for wrong results
     idle: set[bytes] = field(default_factory=set)  # never finish training
@@ -123,7 +125,7 @@ class Sim:
         heapq.heappush(self._queue, (at, next(self._seq), dst, event))
 
     def latency(self) -> float:
-        return self.rng.uniform(0.001, self.max_latency_s)
+        return self.rng.uniform(self.min_latency_s, self.max_latency_s)
 
     def deliver(self, dst: bytes, event) -> None:
         if dst in self.silent:
@@ -159,7 +161,7 @@ class Sim:
             answer = DeltaAvailable(action.author, action.delta, ok)
             self.push(self.now + self.latency(), src, answer)
         elif isinstance(action, ComputeAggregate):
-            self.push(self.now + 0.2, src, fake_aggregate(action, lie=src in self.liars))
+            self.push(self.now + self.compute_s, src, fake_aggregate(action, lie=src in self.liars))
         elif isinstance(action, StartTraining):
             if src not in self.idle:
                 norm = 500.0 if src in self.high_norm else 1.0 + i

@@ -12,7 +12,7 @@ import pytest
 from p2pfl.core import round_events as ev
 from p2pfl.core.cid import blob_cid
 from p2pfl.core.messages import Update, Vote
-from p2pfl.core.round import Phase, RoundConfig, RoundMachine
+from p2pfl.core.round import Phase, RoundConfig, RoundMachine, timeout_factor
 from sim.fuzz.engine import fuzz, mutate_bytes
 from sim.fuzz.targets import (
     DOMAIN,
@@ -119,8 +119,10 @@ def test_member_cannot_grow_memory_with_votes_for_views_that_never_run() -> None
     assert machine.counters["votes-accepted"] == plausible
     assert machine.counters["rejected:future-view"] == 500 - plausible
     assert grown < 100_000
-    # Time makes later views plausible again: after 3 view timeouts, 3 more are accepted.
-    machine.handle(ev.Tick(3 * config.view_timeout_s))
+    # Time makes later views plausible again: after 3 views (each longer than the one
+    # before: timeouts grow), 3 more are accepted.
+    three_views_s = sum(config.view_timeout_s * timeout_factor(config, v) for v in range(3))
+    machine.handle(ev.Tick(three_views_s))
     for view in range(plausible, plausible + 10):
         machine.handle(vote(view))
     assert machine.counters["votes-accepted"] == plausible + 3

@@ -9,11 +9,13 @@ from __future__ import annotations
 import itertools
 
 from p2pfl.core.cid import blob_cid
-from p2pfl.core.messages import Proposal, Update
-from p2pfl.core.round import Phase, RoundConfig, RoundMachine, collect_quorum
+from p2pfl.core.messages import Heartbeat, Proposal, Update
+from p2pfl.core.round import Phase, RoundConfig, RoundMachine, collect_quorum, timeout_factor
 from p2pfl.core.round_events import (
     ChainCommitted,
     DeltaAvailable,
+    HeartbeatReceived,
+    LocalUpdateReady,
     RoundStarted,
     Tick,
     UpdateReceived,
@@ -34,6 +36,8 @@ KEYS = {**KEY_OF, JOINER: JOINER_KEY}
 
 
 def config(**kw) -> RoundConfig:
+    # These tests pin the count at which collection closes: no straggler grace after it.
+    kw.setdefault("straggler_grace_s", 0.0)
     return RoundConfig(
         task=TASK, committee_size=K, rule=RULE, collect_deadline_s=COLLECT_DEADLINE_S, **kw
     )
@@ -328,13 +332,19 @@ def test_nodes_that_skipped_presumed_dead_draws_meet_the_others_again():
     while the slow ones run attempt 0: each attempt's messages reach only its own 3 or 2
     members. Attempts used to end `redraw_timeout_s` after each node's own start, so the
     fast nodes stayed two attempts ahead for ever and the round never committed. On the
-    common schedule they leave attempt 2 when the slow nodes do and commit in attempt 3."""
+    common schedule they leave attempt 2 when the slow nodes do and commit in attempt 3;
+    with timeouts that grow, attempt 2 (which the fast nodes entered early) lasts until the
+    slow nodes reach it, and its views are long enough for both to meet in one: they
+    commit in attempt 2."""
     sim = round_two_with_split_guesses()
     assert all(sim.machines[a].counters["redraws:presumed-dead"] == 2 for a in FAST)
     assert all(sim.machines[a].counters["redraws:presumed-dead"] == 0 for a in SLOW)
-    assert 2 in sim.chain and sim.chain[2].attempt == 3
+    assert 2 in sim.chain and sim.chain[2].attempt == 2
     first_submit = min(t for t, _, c in sim.submissions if c.round == 2)
-    assert 100.0 + 3 * 44.0 <= first_submit < 100.0 + 4 * 44.0
+    # Every draw seats all five (>= q), so attempt a lasts 44 s x the growth of a stalled ones.
+    cfg = five_config()
+    starts = [100.0 + sum(44.0 * timeout_factor(cfg, s) for s in range(a)) for a in range(5)]
+    assert starts[2] <= first_submit < starts[3]
     assert all(sim.machines[a].round == 2 and sim.machines[a].phase == Phase.ADVANCED for a in FIVE)
     # Without the liveness guess nobody skips: attempt 0 commits.
     assert round_two_with_split_guesses(skip_presumed_dead=False).chain[2].attempt == 0
@@ -351,11 +361,169 @@ def test_attempts_end_on_the_common_schedule():
     assert m.attempt == 1 and m.phase == Phase.COLLECTING
     # Attempt 1 was entered early (attempt 0 presumed dead): it ends where attempt 1 ends
     # for a node that did not skip, not redraw_timeout_s after this node entered it.
+    # Attempt 0 was drawn >= q (a stalled attempt), so attempt 1 lasts longer (growth).
     timeout = config().redraw_timeout_s
+    attempt_2_at = 200.0 + timeout + timeout * timeout_factor(config(), 1)
     m.handle(Tick(205.0 + timeout))
     assert m.attempt == 1
-    m.handle(Tick(200.0 + 2 * timeout))
+    m.handle(Tick(attempt_2_at - 0.001))
+    assert m.attempt == 1
+    m.handle(Tick(attempt_2_at))
     assert m.attempt == 2
     m = after_round_one_with_dead(base, skip_presumed_dead=False)
     m.handle(Tick(200.0 + timeout))
     assert m.attempt == 1
+
+
+# --- straggler grace after the quorum ----------------------------------------------------------
+
+
+def test_collection_stays_open_for_stragglers_after_the_quorum():
+    """Round 1, all 10 expected: 8 updates make the quorum; collection then waits up to
+    `straggler_grace_s` for the other 2 and closes as soon as all are held."""
+    m = machine(straggler_grace_s=5.0)
+    start(m, 1)
+    m.handle(Tick(110.0))
+    assert closes_after(m, OTHERS[:8], 1) is None  # quorum held at t=110: grace until 115
+    assert m.next_deadline() == 115.0
+    m.handle(Tick(114.0))
+    assert closes_after(m, OTHERS[8:9], 1) is None  # 9 of 10
+    m.handle(LocalUpdateReady(1, blob_cid(b"mine").to_bytes(), 10, 1.0))  # ours: all 10
+    assert m.phase == Phase.VOTING
+    assert m.counters["collect-closed:quorum"] == 1
+    assert m.counters["collect-closed:grace-end"] == 0
+
+
+def test_the_grace_ends_collection_when_a_straggler_never_comes():
+    m = machine(straggler_grace_s=5.0)
+    start(m, 1)
+    m.handle(Tick(110.0))
+    assert closes_after(m, OTHERS[:8], 1) is None
+    m.handle(Tick(114.9))
+    assert m.phase == Phase.COLLECTING
+    m.handle(Tick(115.0))
+    assert m.phase == Phase.VOTING
+    assert m.counters["collect-closed:grace-end"] == 1
+    assert m.counters["collect-closed:deadline"] == 0
+
+
+def test_the_collect_deadline_still_bounds_the_grace():
+    m = machine(straggler_grace_s=50.0)
+    start(m, 1)  # draw at t=100: deadline at 160
+    m.handle(Tick(150.0))
+    assert closes_after(m, OTHERS[:8], 1) is None  # grace would end at 200
+    assert m.next_deadline() == 100.0 + COLLECT_DEADLINE_S
+    m.handle(Tick(160.0))
+    assert m.phase == Phase.VOTING and m.counters["collect-closed:deadline"] == 1
+
+
+# --- heartbeats: the collect quorum counts live participants -----------------------------------
+
+
+def heartbeat(author: bytes, round_: int = 1) -> HeartbeatReceived:
+    h = Heartbeat(TASK, round_, 0, "collecting", author).signed(KEYS[author], DOMAIN)
+    return HeartbeatReceived(h, author)  # type: ignore[arg-type]
+
+
+def test_silent_nodes_leave_the_collect_quorum_after_the_live_window():
+    """First round (no history: all 10 expected), 3 nodes dead from the start. Heartbeats
+    from the others; once the window has passed without a word from the dead, E = 7 and
+    6 updates close collection instead of waiting for the deadline."""
+    m = machine()
+    start(m, 1)
+    window = m.config.live_window_s
+    for t in range(0, int(window) + 5, 5):  # beats every 5 s from t=100
+        m.handle(Tick(100.0 + t))
+        for author in LIVE:
+            m.handle(heartbeat(author))
+    assert [m.is_live(a) for a in DEAD] == [False] * 3
+    assert all(m.is_live(a) for a in LIVE)
+    assert closes_after(m, LIVE, 1) == collect_quorum(80, 7) == 6
+    assert m.counters["collect-closed:deadline"] == 0
+
+
+def test_before_the_window_silence_proves_nothing():
+    m = machine()
+    start(m, 1)
+    m.handle(Tick(100.0))
+    for author in LIVE:
+        m.handle(heartbeat(author))
+    m.handle(Tick(100.0 + m.config.live_window_s - 1))
+    assert m.is_live(DEAD[0])
+    assert closes_after(m, LIVE, 1) is None  # still 10 expected: 8 needed
+
+
+def test_a_node_falling_silent_during_collection_closes_it_at_the_live_quorum():
+    """Heartbeats from everyone, then 3 nodes die mid-collection with 6 updates in: the
+    LIVENESS timer re-checks the quorum when their window runs out."""
+    m = machine()
+    start(m, 1)
+    m.handle(Tick(100.0))
+    for author in OTHERS:
+        m.handle(heartbeat(author))
+    assert closes_after(m, LIVE, 1) is None  # 6 of 10 expected
+    for t in (105.0, 110.0, 115.0):
+        m.handle(Tick(t))
+        for author in LIVE:
+            m.handle(heartbeat(author))
+    assert m.phase == Phase.COLLECTING
+    assert m.next_deadline() == 100.0 + m.config.live_window_s  # the dead's window ends
+    m.handle(Tick(m.next_deadline()))
+    assert m.phase == Phase.VOTING
+
+
+def test_live_quorum_off_keeps_every_presumed_alive_node():
+    m = machine(live_quorum=False)
+    start(m, 1)
+    for t in range(0, 30, 5):
+        m.handle(Tick(100.0 + t))
+        for author in LIVE:
+            m.handle(heartbeat(author))
+    assert m.is_live(DEAD[0])
+    assert closes_after(m, LIVE, 1) is None
+
+
+def test_a_heartbeat_for_another_task_is_rejected():
+    m = machine()
+    start(m, 1)
+    h = Heartbeat(b"\x09" * 32, 1, 0, "x", LIVE[0]).signed(KEYS[LIVE[0]], DOMAIN)
+    out = m.handle(HeartbeatReceived(h, LIVE[0]))  # type: ignore[arg-type]
+    assert [r.reason for r in out] == ["wrong-task"]
+    out = m.handle(HeartbeatReceived(heartbeat(LIVE[0]).heartbeat, LIVE[1]))
+    assert [r.reason for r in out] == ["bad-signer"]
+
+
+# --- timeouts that grow: a slow network still commits -------------------------------------------
+
+
+def slow_network(**kw) -> Sim:
+    """Everything is slow: every message takes 6-7 s and an aggregation 16 s. A view needs
+    the leader's aggregation, the proposal's trip and the members' recomputation before
+    they vote (38.5 s), far more than the 15 s view timeout; a re-draw after 100 s starts
+    the next committee from scratch (computations are per attempt)."""
+    cfg = RoundConfig(
+        task=TASK,
+        committee_size=K,
+        rule=RULE,
+        collect_deadline_s=60.0,
+        view_timeout_s=15.0,
+        redraw_timeout_s=100.0,
+        **kw,
+    )
+    sim = Sim(cfg, min_latency_s=6.0, max_latency_s=7.0, compute_s=16.0)
+    sim.start()
+    sim.run(until=1500.0)
+    return sim
+
+
+def test_timeouts_that_grow_commit_on_a_slow_network():
+    """With fixed timeouts every view ends before its votes arrive, and every re-draw
+    starts over the same way: no commit in 1,500 s. Growing by 1.5 per failed view and
+    attempt, the third view (33.75 s) is long enough, and the round commits."""
+    fixed = slow_network(timeout_growth=1.0)
+    assert 1 not in fixed.chain
+    assert max(m.counters["view-changes"] for m in fixed.machines.values()) > 20
+    grown = slow_network()
+    assert 1 in grown.chain
+    assert grown.chain[1].attempt == 0 and grown.chain[1].view >= 1
+    assert all(m.phase == Phase.ADVANCED for m in grown.machines.values())

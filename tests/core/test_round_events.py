@@ -22,5 +22,8 @@ def test_each_round_message_becomes_its_event_with_the_verified_signer():
     assert ev.event_for(c) == ev.CommitSeen(c)
 
 
-def test_a_heartbeat_is_no_round_event():
-    assert ev.event_for(Heartbeat(TASK, 1, 0, "collect", ME)) is None
+def test_a_heartbeat_is_a_liveness_event():
+    h = Heartbeat(TASK, 1, 0, "collect", ME)
+    assert ev.event_for(h) == ev.HeartbeatReceived(h, ME)
+    assert ev.event_for(h, OTHER) == ev.HeartbeatReceived(h, OTHER)
+    assert ev.event_for(object()) is None
