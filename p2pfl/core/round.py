@@ -726,15 +726,22 @@ class RoundMachine:
 
     def _on_heartbeat(self, event: HeartbeatReceived) -> None:
         """A signed heartbeat: its signer is alive (nothing else; it names no statement)."""
-        signer = self._checked_signer(event)
-        if signer is None:
+        beat = event.heartbeat
+        if event.verified_signer != beat.signer:
+            self._drop("bad-signer", beat.signer, True)
             return
-        if event.heartbeat.task != self.config.task:
-            self._drop("wrong-task", signer, True)
+        if beat.task != self.config.task:
+            self._drop("wrong-task", beat.signer, True)
             return
         if self._heartbeats_since is None:
             self._heartbeats_since = self.now
+        if beat.round < self.round:
+            # A node behind us sends no update for our round; and an old beat re-offered by
+            # gossip's sync (a restart) must not make a dead node look alive.
+            self.counters["heartbeats:stale"] += 1
+            return
         self.counters["heartbeats"] += 1
+        self._heard_from(beat.signer)
 
     def _heard_from(self, signer: bytes) -> None:
         """Any signed message of a registered node that reached us: it is alive now."""

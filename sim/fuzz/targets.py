@@ -59,6 +59,7 @@ from p2pfl.core.cid import (
 from p2pfl.core.identity import NodeIdentity
 from p2pfl.core.messages import (
     Commit,
+    Heartbeat,
     Proposal,
     Signed,
     Update,
@@ -646,6 +647,18 @@ class _RoundProgram:
         self.now += self.r.choice(_TICK_STEPS)
         return ev.Tick(self.now), False
 
+    def ev_heartbeat(self) -> tuple[Any, bool]:
+        signer = self.r.choice(ALL_SIGNERS)
+        beat = Heartbeat(
+            task=ROUND_TASK if self.r.below(16) else keccak(b"other task"),
+            round=max(0, self.rel_round()),
+            time_ms=int(self.now * 1000) % 2**63 if math.isfinite(self.now) else 0,
+            phase=self.r.choice(("collecting", "voting", "")),
+            signer=signer,
+        )
+        beat = self.signed(beat)  # type: ignore[assignment]
+        return ev.HeartbeatReceived(beat, self.claimed(signer)), False
+
     def ev_update(self) -> tuple[Any, bool]:
         author = self.r.choice(ALL_SIGNERS)
         round_ = self.rel_round()
@@ -863,6 +876,7 @@ class _RoundProgram:
             self.ev_local,
             self.ev_replay,
             self.ev_echo,
+            self.ev_heartbeat,
         )
         self.published: list[ev.Publish] = []
         m = self.machine

@@ -527,3 +527,13 @@ def test_timeouts_that_grow_commit_on_a_slow_network():
     assert 1 in grown.chain
     assert grown.chain[1].attempt == 0 and grown.chain[1].view >= 1
     assert all(m.phase == Phase.ADVANCED for m in grown.machines.values())
+
+
+def test_a_heartbeat_from_an_earlier_round_is_not_a_sign_of_life():
+    m = machine()
+    start(m, 1)
+    m.handle(Tick(100.0))
+    m.handle(heartbeat(LIVE[0], round_=0))
+    assert m.counters["heartbeats:stale"] == 1 and LIVE[0] not in m.last_heard()
+    m.handle(heartbeat(LIVE[0], round_=1))
+    assert m.last_heard()[LIVE[0]] == 100.0
