@@ -8,6 +8,7 @@ import sys
 from p2pfl.cli.chain import add_chain_commands
 from p2pfl.cli.keys import add_key_commands
 from p2pfl.cli.node import add_node_commands
+from p2pfl.cli.serve import add_serve_command
 from p2pfl.errors import P2PFLError
 
 
@@ -23,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_key_commands(sub)
     add_node_commands(sub)
     add_chain_commands(sub)
+    add_serve_command(sub)
     return parser
 
 
