@@ -238,7 +238,7 @@ async def follow_commits(
                 service.current = await _load_round(
                     manifest, info.last_round, info.last_result, store, net
                 )
-                log.info("serving round %d model %s", info.last_round, service.current.cid)
+                print(f"serving round {info.last_round} model {service.current.cid}", flush=True)
         except P2PFLError as exc:
             log.warning("latest committed model not loaded (%s); retrying in %.0f s", exc, poll_s)
         if task_status is not None:
