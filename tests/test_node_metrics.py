@@ -114,6 +114,7 @@ async def test_metrics_follow_the_rounds_and_vanish_with_the_node(tmp_path: Path
     assert value(last, "p2pfl_stake_wei") == STAKE
     assert value(last, "p2pfl_reputation") >= 0
     assert value(last, "p2pfl_peers_connected") >= 1
+    assert value(last, "p2pfl_live_nodes") >= 0
     assert sum(v for (k, _), v in last.items() if k.startswith("p2pfl_phase")) == 1
     assert value(last, "p2pfl_sent_bytes_total", protocol="gossip") > 0
     assert value(last, "p2pfl_received_bytes_total", protocol="gossip") > 0

@@ -90,6 +90,7 @@ class Snapshot:
     attempt: int
     view: int
     member: bool
+    live_nodes: int
     last_committed_round: int
     rounds_committed: int
     chain_head_block: int | None
@@ -112,6 +113,7 @@ def snapshot(node: Node, facts: ChainFacts) -> Snapshot:
         attempt=machine.attempt,
         view=machine.view,
         member=machine.is_member,
+        live_nodes=len(node.live_nodes()),
         last_committed_round=max(committed, default=0),
         rounds_committed=len(committed),
         chain_head_block=follower.last_block if follower is not None else None,
@@ -185,6 +187,11 @@ def metrics_of(snap: Snapshot) -> Iterator[Metric]:
     yield _gauge("attempt", "Committee draw attempt of the current round.", snap.attempt)
     yield _gauge("view", "Leader view of the current attempt.", snap.view)
     yield _gauge("committee_member", "1 if the node is on the current committee.", snap.member)
+    yield _gauge(
+        "live_nodes",
+        "Registered nodes the round machine counts live (heartbeats).",
+        snap.live_nodes,
+    )
     yield _gauge(
         "last_committed_round",
         "Latest round whose commit the node has seen and whose model it holds.",
