@@ -233,6 +233,10 @@ async def follow_commits(
     while True:
         try:
             info = await run_chain(chain, chain.task_info, manifest.task_id)
+            if not info.exists:
+                raise P2PFLError(
+                    f"task 0x{manifest.task_id.hex()} is not on this chain (check --rpc)"
+                )
             current = service.current
             if current is None or info.last_round != current.round:
                 service.current = await _load_round(

@@ -32,7 +32,8 @@ Modules: node.py (life cycle, nursery tree, action table, round start), intake.p
 rounds.py (round nurseries), workers.py (training, fetching, aggregating), models.py
 (model cache, fetch retries), peers.py (registered peer IDs, provider order), chain_tx.py
 (chain transactions), committed.py (reward files, probation history), roundlog.py
-(RoundLog, Behaviour), ports.py (NodeNet, ChainPort).
+(RoundLog, Behaviour), ports.py (NodeNet, ChainPort), metrics.py (Prometheus collector
+reading the counters above at scrape time; p2pfl.cli.launch serves it).
 """
 
 from p2pfl.core.round_result import compute_aggregate
