@@ -123,3 +123,18 @@ async def test_metrics_follow_the_rounds_and_vanish_with_the_node(tmp_path: Path
     # The second node's registry reports that node, not the first.
     assert value(other, "p2pfl_rounds_committed_total") >= ROUNDS
     assert ("p2pfl_committee_member", ()) in other
+
+
+async def test_a_taken_metrics_port_is_a_clear_error() -> None:
+    import socket
+
+    from p2pfl.errors import P2PFLError
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        async with trio.open_nursery() as nursery:
+            with pytest.raises(P2PFLError, match="choose another --metrics-port"):
+                with serve_metrics(object(), nursery, "127.0.0.1", port):
+                    pass
