@@ -44,8 +44,11 @@ def load_data(scenario: Scenario) -> tuple[Any, Any, list[Any]]:
 
 
 def train_dict(scenario: Scenario) -> dict[str, Any]:
+    """The manifest's `train` table for the scenario (and the reference's `TrainConfig`)."""
+    from p2pfl.train.config import DATASET_INPUT_NORMS
+
     t = scenario.train
-    return {
+    out: dict[str, Any] = {
         "epochs": t.epochs,
         "batch_size": t.batch_size,
         "lr": t.lr,
@@ -53,3 +56,16 @@ def train_dict(scenario: Scenario) -> dict[str, Any]:
         "momentum": t.momentum,
         "weight_decay": t.weight_decay,
     }
+    if scenario.data.standardise:
+        norm = DATASET_INPUT_NORMS.get(scenario.data.dataset)
+        if norm is None:
+            raise ConfigError(f"no input standardisation is known for {scenario.data.dataset!r}")
+        out["input_mean"], out["input_std"] = list(norm.mean), list(norm.std)
+    return out
+
+
+def input_norm(scenario: Scenario) -> Any:
+    """The scenario's `InputNorm` (None: pixels stay in [0, 1]), for its evaluators."""
+    from p2pfl.train.config import TrainConfig
+
+    return TrainConfig.from_dict(train_dict(scenario)).input_norm

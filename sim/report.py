@@ -176,7 +176,9 @@ def round_records(
     """Per-round metrics from every node's RoundLogs and the chain's commits (the timeline
     rules of sim.run: earliest node to reach each step, phases monotone)."""
     from p2pfl.train.trainer import evaluate
+    from sim.data import input_norm
 
+    norm = input_norm(scenario)
     records = []
     prev_commit_t: float | None = None
     for r in range(1, scenario.rounds + 1):
@@ -194,6 +196,7 @@ def round_records(
                 test,
                 model_kwargs=scenario.model.kwargs,
                 num_threads=1,
+                input_norm=norm,
             )
         )
         t0 = prev_commit_t if prev_commit_t is not None else min(e.started for e in entries)

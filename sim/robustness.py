@@ -179,7 +179,12 @@ def table_run(
         previous = {k: (new[k] - weights[k]).astype(np.float32) for k in new}
         weights = new
         loss, acc = evaluate(
-            scenario.model.name, weights, test, model_kwargs=scenario.model.kwargs, num_threads=1
+            scenario.model.name,
+            weights,
+            test,
+            model_kwargs=scenario.model.kwargs,
+            num_threads=1,
+            input_norm=cfg.input_norm,
         )
         history.append(acc)
     slots = scenario.rounds * len(plan.poisoners)

@@ -25,6 +25,9 @@ class DataSection:
     alpha: float = 0.5  # Dirichlet concentration (non-IID), smaller = more skewed
     samples_per_node: int = 0  # 0 = split the whole training set
     test_samples: int = 0  # 0 = the whole test set
+    # Standardise inputs with the dataset's training-set mean/std (recorded in the task's
+    # manifest, applied by every node and the reference); off keeps the [0, 1] pixels.
+    standardise: bool = False
 
 
 # The trainer's own defaults: a scenario that leaves a key out trains as a node would.

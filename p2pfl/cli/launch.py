@@ -170,12 +170,19 @@ async def _evaluate(node: Any, entry: Any, held_out: Any, accuracy: dict[int, fl
 
     from p2pfl.core.cid import CID
     from p2pfl.core.tensors import decode_tensors
-    from p2pfl.train.trainer import evaluate
+    from p2pfl.train.trainer import TrainConfig, evaluate
+
+    # The task's standardisation, as its trainers apply it (a manifest without one: none).
+    norm = TrainConfig.from_dict(node.manifest.train).input_norm
 
     def job() -> float:
         weights = decode_tensors(node.net.store.read_blob(CID.parse(entry.result)))
         return evaluate(
-            node.manifest.model, weights, held_out, model_kwargs=node.manifest.model_kwargs
+            node.manifest.model,
+            weights,
+            held_out,
+            model_kwargs=node.manifest.model_kwargs,
+            input_norm=norm,
         )[1]
 
     acc = await trio.to_thread.run_sync(job)

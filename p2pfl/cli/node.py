@@ -23,6 +23,7 @@ from p2pfl.cli.common import (
 )
 from p2pfl.cli.launch import DEFAULT_METRICS_HOST, read_status
 from p2pfl.errors import ConfigError, P2PFLError
+from p2pfl.train.config import DATASET_INPUT_NORMS
 
 log = logging.getLogger("p2pfl.cli")
 
@@ -210,6 +211,15 @@ def add_node_commands(sub: argparse._SubParsersAction) -> None:
         help='JSON training recipe, e.g. {"epochs": 1, "lr": 0.05}',
     )
     create.add_argument(
+        "--standardise",
+        metavar="DATASET",
+        default="none",
+        choices=("none", *sorted(DATASET_INPUT_NORMS)),
+        help="standardise inputs with this data set's mean/std, recorded in the manifest's "
+        "train table (input_mean, input_std) so every node applies it (default: none, "
+        "pixels stay in [0, 1])",
+    )
+    create.add_argument(
         "--aggregation", type=_json_arg, default={}, help="JSON aggregation pipeline ({} = default)"
     )
     create.add_argument("--committee-size", type=int, default=7)
@@ -300,6 +310,17 @@ def add_node_commands(sub: argparse._SubParsersAction) -> None:
     get.set_defaults(handler=_cmd_model_get)
 
 
+def with_standardisation(train: dict[str, Any], dataset: str) -> dict[str, Any]:
+    """`train` with `dataset`'s input mean/std added ("none": unchanged); a recipe that
+    already names its own mean/std is an error rather than silently overridden."""
+    if dataset == "none":
+        return train
+    if "input_mean" in train or "input_std" in train:
+        raise ConfigError("--standardise and --train's input_mean/input_std: give only one")
+    norm = DATASET_INPUT_NORMS[dataset]
+    return {**train, "input_mean": list(norm.mean), "input_std": list(norm.std)}
+
+
 def _cmd_task_create(args: argparse.Namespace) -> int:
     manifest = create_task(
         args.rpc,
@@ -309,7 +330,7 @@ def _cmd_task_create(args: argparse.Namespace) -> int:
         name=args.name,
         model=args.model,
         model_kwargs=args.model_kwargs,
-        train=args.train,
+        train=with_standardisation(args.train, args.standardise),
         aggregation=args.aggregation,
         committee_size=args.committee_size,
         reward_per_round_wei=ether_to_wei(args.reward_per_round),

@@ -13,9 +13,45 @@ from typing import Any
 
 from p2pfl.errors import ConfigError
 
-__all__ = ["OPTIMIZERS", "TrainConfig"]
+__all__ = ["DATASET_INPUT_NORMS", "OPTIMIZERS", "InputNorm", "TrainConfig"]
 
 OPTIMIZERS = ("sgd", "adam")
+
+
+@dataclass(frozen=True)
+class InputNorm:
+    """Input standardisation: x -> (x - mean[c]) / std[c] per channel c, on x in [0, 1].
+
+    A task constant, not something a node computes: each node holds only its partition,
+    so statistics it computed itself would differ from its peers' and the reference's.
+    """
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        if not self.mean or len(self.mean) != len(self.std):
+            raise ConfigError(
+                f"input standardisation needs one mean and one std per channel, got "
+                f"{list(self.mean)} and {list(self.std)}"
+            )
+        for value in (*self.mean, *self.std):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ConfigError(f"input mean/std must be numbers, got {value!r}")
+            if not math.isfinite(value):
+                raise ConfigError(f"input mean/std must be finite, got {value!r}")
+        if min(self.std) <= 0:
+            raise ConfigError(f"input std must be > 0, got {list(self.std)}")
+
+
+# Per-dataset statistics of the *training* split (pixels scaled to [0, 1]), rounded to 4
+# places so manifests stay readable and stable across numpy versions. Fashion-MNIST's are
+# the well-known constants (0.2860, 0.3530): exactly what its 60,000 training images give
+# (0.28604, 0.35302, measured); digits' are sklearn's 1797 images (0.30526, 0.37605).
+DATASET_INPUT_NORMS: dict[str, InputNorm] = {
+    "fashion-mnist": InputNorm((0.2860,), (0.3530,)),
+    "digits": InputNorm((0.3053,), (0.3760,)),
+}
 
 
 @dataclass(frozen=True)
@@ -33,6 +69,10 @@ class TrainConfig:
     momentum: float = 0.9
     weight_decay: float = 0.0
     seed: int = 0
+    # Input standardisation (`InputNorm`), one value per channel; empty = none, which is
+    # what manifests written before these keys existed mean.
+    input_mean: tuple[float, ...] = ()
+    input_std: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         def need(ok: bool, what: str) -> None:
@@ -57,6 +97,23 @@ class TrainConfig:
         need(0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}")
         need(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
         need(0 <= self.seed < 2**64, f"seed must be in [0, 2^64), got {self.seed}")
+        for name in ("input_mean", "input_std"):
+            value = getattr(self, name)
+            need(isinstance(value, (list, tuple)), f"{name} must be a list, got {value!r}")
+            object.__setattr__(self, name, tuple(value))  # JSON lists -> hashable tuples
+        need(
+            bool(self.input_mean) == bool(self.input_std),
+            "input_mean and input_std go together (both or neither)",
+        )
+        if self.input_mean:
+            InputNorm(self.input_mean, self.input_std)  # validates the pair
+
+    @property
+    def input_norm(self) -> InputNorm | None:
+        """The standardisation every trainer and evaluator of the task applies, if any."""
+        if not self.input_mean:
+            return None
+        return InputNorm(self.input_mean, self.input_std)
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> TrainConfig:
@@ -72,5 +129,11 @@ class TrainConfig:
         return cls(**dict(raw))
 
     def to_dict(self) -> dict[str, Any]:
-        """The manifest table (every key, so a manifest pins its defaults)."""
-        return asdict(self)
+        """The manifest table: every key, so a manifest pins its defaults, except an absent
+        standardisation, so that manifests keep the bytes (and CID) they had before it."""
+        out = asdict(self)
+        if not self.input_mean:
+            del out["input_mean"], out["input_std"]
+        else:
+            out["input_mean"], out["input_std"] = list(self.input_mean), list(self.input_std)
+        return out

@@ -1,6 +1,6 @@
 """Model architectures, the name registry a task manifest refers to, and weights <-> numpy.
 
-A manifest names its architecture (`"mlp"`, `"cnn"`, or `"module:pkg.mod:factory"` for a
+A manifest names its architecture (`"mlp"`, `"cnn"`, `"lenet5"`, or `"module:pkg.mod:factory"` for a
 user's own torch module) plus keyword arguments; every node builds the same module from
 that and loads the committed weights into it. Weights travel as `dict[str, np.ndarray]`
 (float32, C-contiguous, names sorted) so the rest of the system never sees torch.
@@ -99,7 +99,49 @@ class SmallCNN(nn.Module):
         return self.classifier(self.features(x))
 
 
-_REGISTRY: dict[str, ModelFactory] = {"mlp": MLP, "cnn": SmallCNN}
+class LeNet5(nn.Module):
+    """LeNet-5 as Flower's quickstart trains it on Fashion-MNIST (44,426 parameters).
+
+    conv(1->6, 5x5) -> ReLU -> maxpool 2 -> conv(6->16, 5x5) -> ReLU -> maxpool 2
+    -> fc(16*4*4 = 256 -> 120) -> ReLU -> fc(120 -> 84) -> ReLU -> fc(84 -> classes).
+    No padding, so 28x28 inputs give 24 -> 12 -> 8 -> 4; no BatchNorm (no buffers).
+    """
+
+    def __init__(
+        self,
+        input_shape: Sequence[int] = DEFAULT_INPUT_SHAPE,
+        num_classes: int = DEFAULT_NUM_CLASSES,
+    ) -> None:
+        super().__init__()
+        if len(input_shape) != 3:
+            raise ConfigError(f"lenet5 input_shape must be (C, H, W), got {list(input_shape)}")
+        c_in, height, width = (int(v) for v in input_shape)
+        # Each 5x5 valid conv takes 4 pixels, each pool halves: ((s - 4) // 2 - 4) // 2.
+        out_h, out_w = ((height - 4) // 2 - 4) // 2, ((width - 4) // 2 - 4) // 2
+        if out_h < 1 or out_w < 1:
+            raise ConfigError(f"lenet5 needs images of at least 16x16, got {height}x{width}")
+        self.features = nn.Sequential(
+            nn.Conv2d(c_in, 6, kernel_size=5),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(6, 16, kernel_size=5),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+        )
+        self.classifier = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(16 * out_h * out_w, 120),
+            nn.ReLU(),
+            nn.Linear(120, 84),
+            nn.ReLU(),
+            nn.Linear(84, num_classes),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+_REGISTRY: dict[str, ModelFactory] = {"mlp": MLP, "cnn": SmallCNN, "lenet5": LeNet5}
 
 
 def register_model(name: str, factory: ModelFactory, *, replace: bool = False) -> None:
@@ -143,7 +185,7 @@ def _import_factory(spec: str) -> ModelFactory:
 def build_model(name: str, **kwargs: object) -> nn.Module:
     """Build the architecture a manifest names, with its keyword arguments.
 
-    `name` is a registered name ("mlp", "cnn", or one added by `register_model`) or
+    `name` is a registered name ("mlp", "cnn", "lenet5", or one added by `register_model`) or
     `"module:package.module:factory"` importing a user's own factory. Weights are whatever
     torch's default init draws from the global RNG; use `init_weights` for seeded weights.
     """

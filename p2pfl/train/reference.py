@@ -80,12 +80,18 @@ def reference_fedavg(
     """Run `rounds` of FedAvg over all `partitions` and evaluate on `test` after each.
 
     Client i in round r (1-based) trains with `client_seed(seed, r, i)`; `seed` defaults
-    to `cfg.seed`, the task seed. Returns rounds 0..`rounds` (round 0: `init_weights`).
+    to `cfg.seed`, the task seed. Inputs are standardised by `cfg.input_norm` in training
+    and evaluation alike, as on the nodes. Returns rounds 0..`rounds` (round 0: `init_weights`).
     """
     task_seed = cfg.seed if seed is None else seed
     weights = {k: np.asarray(v, dtype=np.float32) for k, v in init_weights.items()}
     loss, acc = evaluate(
-        model_name, weights, test, model_kwargs=model_kwargs, num_threads=num_threads
+        model_name,
+        weights,
+        test,
+        model_kwargs=model_kwargs,
+        num_threads=num_threads,
+        input_norm=cfg.input_norm,
     )
     history = [RoundMetrics(0, loss, acc, 0.0)]
     for r in range(1, rounds + 1):
@@ -108,7 +114,12 @@ def reference_fedavg(
         )
         weights = apply_delta(weights, average)
         loss, acc = evaluate(
-            model_name, weights, test, model_kwargs=model_kwargs, num_threads=num_threads
+            model_name,
+            weights,
+            test,
+            model_kwargs=model_kwargs,
+            num_threads=num_threads,
+            input_norm=cfg.input_norm,
         )
         history.append(RoundMetrics(r, loss, acc, compute_s))
     return history

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from p2pfl.errors import ConfigError
-from p2pfl.train.config import TrainConfig
+from p2pfl.train.config import InputNorm, TrainConfig
 from p2pfl.train.data import Dataset
 from p2pfl.train.models import build_model, load_numpy, model_to_numpy, seeded_torch
 
@@ -93,6 +93,24 @@ def _resolve_model(model: str | nn.Module, model_kwargs: Mapping[str, Any] | Non
     return build_model(model, **dict(model_kwargs or {}))
 
 
+def standardise(x: torch.Tensor, norm: InputNorm | None) -> torch.Tensor:
+    """(x - mean[c]) / std[c] over the channel axis of [N, C, H, W]; `x` itself if no norm.
+
+    The trainer, the evaluator and the reference all go through here, so a task's nodes
+    and its reference see the same inputs bit for bit.
+    """
+    if norm is None:
+        return x
+    channels = x.shape[1]
+    if len(norm.mean) != channels:
+        raise ConfigError(
+            f"input standardisation has {len(norm.mean)} channel(s), the data has {channels}"
+        )
+    mean = torch.tensor(norm.mean, dtype=x.dtype).view(1, channels, 1, 1)
+    std = torch.tensor(norm.std, dtype=x.dtype).view(1, channels, 1, 1)
+    return (x - mean) / std
+
+
 def _make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(
@@ -118,7 +136,8 @@ def train_local(
     with `base` and trained in place. `seed` (default `cfg.seed`; normally
     `client_seed(cfg.seed, round, client)`) fixes the shuffling — a fresh permutation per
     epoch from `np.random.default_rng(seed)` — and torch's RNG for the duration (dropout).
-    The optimizer starts fresh every call. The last partial batch is kept.
+    The optimizer starts fresh every call. The last partial batch is kept. Inputs are
+    standardised by `cfg.input_norm` when the task sets one.
     """
     if len(data) == 0:
         raise ConfigError("cannot train on an empty dataset")
@@ -126,7 +145,8 @@ def train_local(
     net = _resolve_model(model, model_kwargs)
     load_numpy(net, base)
     base32 = {k: np.asarray(v, dtype=np.float32) for k, v in base.items()}
-    x_all = torch.tensor(data.x)  # a private copy; the cached dataset stays read-only
+    # A private copy (the cached dataset stays read-only), standardised once per call.
+    x_all = standardise(torch.tensor(data.x), cfg.input_norm)
     y_all = torch.tensor(data.y)
     n = len(data)
     rng = np.random.default_rng(run_seed)
@@ -163,8 +183,10 @@ def evaluate(
     model_kwargs: Mapping[str, Any] | None = None,
     num_threads: int | None = None,
     batch_size: int = EVAL_BATCH_SIZE,
+    input_norm: InputNorm | None = None,
 ) -> tuple[float, float]:
-    """(mean cross-entropy loss, accuracy in [0, 1]) of `weights` on `data`."""
+    """(mean cross-entropy loss, accuracy in [0, 1]) of `weights` on `data`, its inputs
+    standardised by `input_norm` (the task's `TrainConfig.input_norm`, as in training)."""
     if len(data) == 0:
         raise ConfigError("cannot evaluate on an empty dataset")
     net = _resolve_model(model, model_kwargs)
@@ -174,7 +196,9 @@ def evaluate(
     correct = 0
     with torch_threads(num_threads), torch.inference_mode():
         for start in range(0, len(data), batch_size):
-            xb = torch.from_numpy(np.array(data.x[start : start + batch_size]))
+            xb = standardise(
+                torch.from_numpy(np.array(data.x[start : start + batch_size])), input_norm
+            )
             yb = torch.from_numpy(np.array(data.y[start : start + batch_size]))
             logits = net(xb)
             loss_sum += float(nn.functional.cross_entropy(logits, yb, reduction="sum"))
@@ -205,6 +229,7 @@ __all__ = [
     "client_seed",
     "evaluate",
     "model_to_numpy",
+    "standardise",
     "torch_threads",
     "train_local",
     "weights_equal",

@@ -13,8 +13,10 @@ SCENARIOS = sorted(Path("sim/scenarios").glob("*.toml"))
 
 
 def test_train_section_is_train_config_without_seed():
-    """One definition of the training defaults: the scenario takes the trainer's."""
-    trainer = {f.name: f.default for f in fields(TrainConfig) if f.name != "seed"}
+    """One definition of the training defaults: the scenario takes the trainer's (its input
+    standardisation is `data.standardise`, the dataset's own mean/std)."""
+    per_scenario = {"seed", "input_mean", "input_std"}
+    trainer = {f.name: f.default for f in fields(TrainConfig) if f.name not in per_scenario}
     assert {f.name: f.default for f in fields(TrainSection)} == trainer
 
 
@@ -31,3 +33,13 @@ def test_unknown_or_mistyped_train_keys_are_errors():
     with pytest.raises(ConfigError, match="expected int"):
         load_scenario("sim/scenarios/tiny.toml", {"train.epochs": "2"})
     assert load_scenario("sim/scenarios/tiny.toml", {"train.lr": 1}).train.lr == 1.0
+
+
+def test_flower_scenario_standardises_with_fashion_mnist_constants():
+    from sim.data import input_norm, train_dict
+
+    scenario = load_scenario("sim/scenarios/flower.toml")
+    assert scenario.model.name == "lenet5"
+    assert train_dict(scenario)["input_mean"] == [0.2860]
+    assert input_norm(scenario).std == (0.3530,)
+    assert input_norm(load_scenario("sim/scenarios/quickstart.toml")) is None

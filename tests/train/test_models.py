@@ -110,3 +110,12 @@ def test_load_numpy_rejects_mismatches() -> None:
 def test_batchnorm_counters_are_refused() -> None:
     with pytest.raises(ConfigError, match="BatchNorm"):
         model_to_numpy(nn.Sequential(nn.BatchNorm1d(4)))
+
+
+def test_lenet5_is_flowers_44426_parameter_net() -> None:
+    """The architecture of Flower's Fashion-MNIST quickstart, parameter for parameter."""
+    net = build_model("lenet5")
+    assert sum(p.numel() for p in net.parameters()) == 44_426
+    assert net(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+    with pytest.raises(ConfigError, match="at least 16x16"):
+        build_model("lenet5", input_shape=(1, 8, 8))

@@ -189,3 +189,42 @@ def test_reference_fedavg_on_digits(digits: tuple[Dataset, Dataset]) -> None:
     ]
     w1 = apply_delta(init, fedavg_delta([r.delta for r in res], [r.n_samples for r in res]))
     assert evaluate("mlp", w1, test, model_kwargs=MLP_DIGITS) == (hist[1].loss, hist[1].accuracy)
+
+
+FASHION_NORM = {"input_mean": [0.2860], "input_std": [0.3530]}
+
+
+def test_input_standardisation_config() -> None:
+    assert TrainConfig().input_norm is None
+    assert "input_mean" not in TrainConfig().to_dict()  # old manifests keep their bytes
+    cfg = TrainConfig.from_dict(FASHION_NORM)
+    assert cfg.input_norm is not None and cfg.input_norm.mean == (0.2860,)
+    assert TrainConfig.from_dict(cfg.to_dict()) == cfg
+    for raw, message in [
+        ({"input_mean": [0.5]}, "both or neither"),
+        ({"input_mean": [0.5], "input_std": [0.0]}, "std must be > 0"),
+        ({"input_mean": [0.5, 0.5], "input_std": [0.2]}, "one mean and one std"),
+        ({"input_mean": 0.5, "input_std": 0.2}, "must be a list"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            TrainConfig.from_dict(raw)
+
+
+def test_standardisation_is_applied_by_trainer_evaluator_and_reference(digits) -> None:
+    """The norm changes what the trainer and evaluator see, and the reference's round-0
+    accuracy equals `evaluate` with the same norm (they agree on the inputs)."""
+    train, test = digits
+    base = init_weights("mlp", MLP_DIGITS, seed=0)
+    plain = TrainConfig(seed=1)
+    normed = TrainConfig.from_dict({**FASHION_NORM, "seed": 1})
+    a = train_local("mlp", base, train, plain, model_kwargs=MLP_DIGITS, num_threads=1)
+    b = train_local("mlp", base, train, normed, model_kwargs=MLP_DIGITS, num_threads=1)
+    assert not weights_equal(a.delta, b.delta)
+    shifted = Dataset(((train.x - 0.2860) / 0.3530).astype(np.float32), train.y)
+    c = train_local("mlp", base, shifted, plain, model_kwargs=MLP_DIGITS, num_threads=1)
+    assert all(np.allclose(b.delta[k], c.delta[k], atol=1e-5) for k in b.delta)
+    kw = {"model_kwargs": MLP_DIGITS, "num_threads": 1}
+    with_norm = evaluate("mlp", base, test, input_norm=normed.input_norm, **kw)
+    assert with_norm != evaluate("mlp", base, test, **kw)
+    history = reference_fedavg("mlp", MLP_DIGITS, base, [train], test, 1, normed, num_threads=1)
+    assert (history[0].loss, history[0].accuracy) == with_norm
