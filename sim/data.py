@@ -3,6 +3,7 @@ by the in-process simulation, the node processes and the robustness campaign."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -41,6 +42,31 @@ def load_data(scenario: Scenario) -> tuple[Any, Any, list[Any]]:
             make_plan(scenario.attacks, scenario.nodes, scenario.seed), datasets
         )
     return train, test, datasets
+
+
+# A node process's partition on disk (`save_partition`), in its data dir: plain .npy so
+# that the child memory-maps it instead of decoding the whole dataset (issue #13).
+PARTITION_X_FILE = "partition-x.npy"
+PARTITION_Y_FILE = "partition-y.npy"
+
+
+def save_partition(data: Any, folder: str | Path) -> None:
+    """Write one node's Dataset (x float32, y int64, as `load_data` cut it) into `folder`."""
+    root = Path(folder)
+    root.mkdir(parents=True, exist_ok=True)
+    np.save(root / PARTITION_X_FILE, np.ascontiguousarray(data.x), allow_pickle=False)
+    np.save(root / PARTITION_Y_FILE, np.ascontiguousarray(data.y), allow_pickle=False)
+
+
+def load_partition(folder: str | Path) -> Any:
+    """The Dataset `save_partition` wrote, its images memory-mapped read-only: a node
+    process holds its own partition only, and only the pages it reads."""
+    from p2pfl.train.data import Dataset
+
+    root = Path(folder)
+    x = np.load(root / PARTITION_X_FILE, mmap_mode="r", allow_pickle=False)
+    y = np.load(root / PARTITION_Y_FILE, allow_pickle=False)
+    return Dataset(x, y)
 
 
 def train_dict(scenario: Scenario) -> dict[str, Any]:

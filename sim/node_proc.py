@@ -1,13 +1,16 @@
 """One simulated node in its own OS process, spawned by `sim.processes` (`--processes` mode).
 
-    P2PFL_SIM_NODE_KEY=<hex> python -m sim.node_proc --scenario run.json --index I \\
-        --manifest manifest.json --rpc URL --data-dir DIR --listen ADDR [--bootstrap ADDR ...]
+    P2PFL_SIM_NODE_KEY=<hex> python -m sim.node_proc --index I --manifest manifest.json \\
+        --rpc URL --data-dir DIR --listen ADDR [--bootstrap ADDR ...]
 
 The node is the laptop's `p2pfl.node.Node` on a real libp2p host; its data is partition I of
-the scenario, cut exactly as the in-process simulation cuts it (`sim.data.load_data`). The
-private key comes from the environment, never argv (argv is visible to every local user).
+the scenario, cut by the parent exactly as the in-process simulation cuts it
+(`sim.data.load_data`) and written to DIR (`sim.data.save_partition`): the child
+memory-maps that file and never loads the whole dataset. The private key comes from the
+environment, never argv (argv is visible to every local user).
 
-Files in DIR (kept across restarts, like a laptop's data dir): `blocks/` and `state/`
+Files in DIR (kept across restarts, like a laptop's data dir): the partition
+(`partition-x.npy`, `partition-y.npy`), `blocks/` and `state/`
 (block store, follower cursor), `status.json` (as `p2pfl node start` writes it),
 `rounds.jsonl` (one RoundLog per committed round, appended) and, when the node has seen
 its last round, `final.json` (counters, bytes sent). The process then keeps serving blocks
@@ -110,15 +113,12 @@ async def _run_node(args: argparse.Namespace, key: bytes) -> None:
     from p2pfl.core.identity import NodeIdentity
     from p2pfl.files import write_text_atomic
     from p2pfl.manifest import TaskManifest
-    from sim.data import load_data
-    from sim.scenario import Scenario
-    from sim.strict import build
-
-    scenario: Scenario = build(Scenario, json.loads(Path(args.scenario).read_text()), args.scenario)
-    data = load_data(scenario)[2][args.index]
-    import p2pfl.train.trainer  # noqa: F401 - torch's import (seconds) before round 1, not inside it
+    from sim.data import load_partition
 
     data_dir = Path(args.data_dir)
+    data = load_partition(data_dir)
+    import p2pfl.train.trainer  # noqa: F401 - torch's import (seconds) before round 1, not inside it
+
     _wait_for_ports(args.bootstrap, BOOTSTRAP_WAIT_S)
     rounds_file = (data_dir / ROUNDS_FILE).open("a")
 
@@ -168,15 +168,12 @@ async def _run_node(args: argparse.Namespace, key: bytes) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m sim.node_proc", description=__doc__)
-    parser.add_argument(
-        "--scenario", required=True, help="resolved scenario as JSON (written by the parent)"
-    )
-    parser.add_argument(
-        "--index", type=int, required=True, help="node index: data partition and training seed"
-    )
+    parser.add_argument("--index", type=int, required=True, help="node index: its training seed")
     parser.add_argument("--manifest", required=True)
     parser.add_argument("--rpc", required=True)
-    parser.add_argument("--data-dir", required=True)
+    parser.add_argument(
+        "--data-dir", required=True, help="node data dir, holding its partition (save_partition)"
+    )
     parser.add_argument("--listen", required=True)
     parser.add_argument("--bootstrap", action="append", default=[])
     parser.add_argument("--rounds", type=int, required=True)

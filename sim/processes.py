@@ -40,6 +40,7 @@ from p2pfl.chain.providers import Anvil, free_loopback_port
 from p2pfl.errors import ConfigError, P2PFLError
 from p2pfl.manifest import TaskManifest
 from p2pfl.net.blockstore import BlockStore
+from sim.data import save_partition
 from sim.faults import FaultSpec
 from sim.node_proc import FINAL_FILE, KEY_ENV, READY_FILE, read_round_logs
 from sim.prologue import begin
@@ -211,8 +212,8 @@ def run_processes(
         say(f"task {manifest.cid} on anvil {anvil.url} (pid {anvil.pid}), ledger {dep.ledger}")
         manifest_path = root / "manifest.json"
         manifest.save(manifest_path)
-        scenario_path = root / "scenario.json"
-        scenario_path.write_text(json.dumps(scenario.to_dict()))
+        for i, part in enumerate(partitions):  # each child maps only its own partition
+            save_partition(part, root / f"node{i}")
         BlockStore(root / "node0" / "blocks").put_blob(
             genesis_blob
         )  # the creator holds the genesis model
@@ -229,8 +230,6 @@ def run_processes(
                 "ignore",
                 "-m",
                 "sim.node_proc",
-                "--scenario",
-                str(scenario_path),
                 "--index",
                 str(i),
                 "--manifest",
