@@ -90,3 +90,15 @@ def test_claim_from_reward_file(anvil: Anvil, tmp_path) -> None:
     assert (
         claim_command(anvil.url, tmp_path / "dep.json", ks, PASSWORD, [reward_file]) == []
     )  # nothing left
+
+
+def test_task_create_standardise_flag_fills_the_train_table() -> None:
+    from p2pfl.cli.node import with_standardisation
+    from p2pfl.train.config import TrainConfig
+
+    assert with_standardisation({"lr": 0.1}, "none") == {"lr": 0.1}
+    train = with_standardisation({"lr": 0.1}, "fashion-mnist")
+    assert train == {"lr": 0.1, "input_mean": [0.2860], "input_std": [0.3530]}
+    assert TrainConfig.from_dict(train).input_norm is not None
+    with pytest.raises(ConfigError, match="give only one"):
+        with_standardisation(train, "digits")
