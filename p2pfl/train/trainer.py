@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -93,8 +93,9 @@ def _resolve_model(model: str | nn.Module, model_kwargs: Mapping[str, Any] | Non
     return build_model(model, **dict(model_kwargs or {}))
 
 
-def standardise(x: torch.Tensor, norm: InputNorm | None) -> torch.Tensor:
+def standardise(x: torch.Tensor, norm: InputNorm | None, *, in_place: bool = False) -> torch.Tensor:
     """(x - mean[c]) / std[c] over the channel axis of [N, C, H, W]; `x` itself if no norm.
+    `in_place` overwrites `x` (same values: one copy of a partition less in memory).
 
     The trainer, the evaluator and the reference all go through here, so a task's nodes
     and its reference see the same inputs bit for bit.
@@ -108,14 +109,56 @@ def standardise(x: torch.Tensor, norm: InputNorm | None) -> torch.Tensor:
         )
     mean = torch.tensor(norm.mean, dtype=x.dtype).view(1, channels, 1, 1)
     std = torch.tensor(norm.std, dtype=x.dtype).view(1, channels, 1, 1)
-    return (x - mean) / std
+    return x.sub_(mean).div_(std) if in_place else (x - mean) / std
 
 
-def _make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+class Optimizer(Protocol):
+    """What the training loop needs of an optimizer (torch.optim's or `SGD` below)."""
+
+    def zero_grad(self, set_to_none: bool = True) -> None: ...
+
+    def step(self) -> Any: ...
+
+
+class SGD:
+    """torch.optim.SGD's CPU step (its single-tensor path; no dampening, no Nesterov), bit
+    for bit, without torch.optim: an optimizer's first call there imports torch._dynamo and
+    sympy (~800 modules, ~70 MiB per process, measured), more than the rest of a node's
+    training needs (issue #13). tests/train checks the equality with torch's own.
+    """
+
+    def __init__(
+        self, params: Iterable[torch.Tensor], lr: float, momentum: float, weight_decay: float
+    ) -> None:
+        self.params = list(params)
+        self.lr, self.momentum, self.weight_decay = float(lr), float(momentum), weight_decay
+        self.buffers: list[torch.Tensor | None] = [None] * len(self.params)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for param in self.params:
+            param.grad = None
+
+    def step(self) -> None:
+        with torch.no_grad():
+            for i, param in enumerate(self.params):
+                if param.grad is None:
+                    continue
+                grad = param.grad
+                if self.weight_decay != 0:
+                    grad = grad.add(param, alpha=self.weight_decay)
+                if self.momentum != 0:
+                    buf = self.buffers[i]
+                    if buf is None:
+                        buf = self.buffers[i] = grad.detach().clone()
+                    else:
+                        buf.mul_(self.momentum).add_(grad, alpha=1)
+                    grad = buf
+                param.add_(grad, alpha=-self.lr)
+
+
+def _make_optimizer(model: nn.Module, cfg: TrainConfig) -> Optimizer:
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(
-            model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
-        )
+        return SGD(model.parameters(), cfg.lr, cfg.momentum, cfg.weight_decay)
     # Adam's first-moment decay is its own default (0.9); `momentum` is an SGD knob.
     return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
@@ -146,7 +189,7 @@ def train_local(
     load_numpy(net, base)
     base32 = {k: np.asarray(v, dtype=np.float32) for k, v in base.items()}
     # A private copy (the cached dataset stays read-only), standardised once per call.
-    x_all = standardise(torch.tensor(data.x), cfg.input_norm)
+    x_all = standardise(torch.tensor(data.x), cfg.input_norm, in_place=True)
     y_all = torch.tensor(data.y)
     n = len(data)
     rng = np.random.default_rng(run_seed)

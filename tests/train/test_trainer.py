@@ -228,3 +228,29 @@ def test_standardisation_is_applied_by_trainer_evaluator_and_reference(digits) -
     assert with_norm != evaluate("mlp", base, test, **kw)
     history = reference_fedavg("mlp", MLP_DIGITS, base, [train], test, 1, normed, num_threads=1)
     assert (history[0].loss, history[0].accuracy) == with_norm
+
+
+@pytest.mark.parametrize("momentum, weight_decay", [(0.9, 0.0), (0.0, 0.0), (0.9, 1e-3)])
+def test_own_sgd_matches_torch_sgd_bit_for_bit(
+    digits: tuple[Dataset, Dataset], momentum: float, weight_decay: float
+) -> None:
+    from p2pfl.train.trainer import SGD
+
+    train, _ = digits
+    x, y = torch.tensor(train.x[:96]), torch.tensor(train.y[:96])
+    nets = []
+    for make in (
+        lambda p: SGD(p, 0.05, momentum, weight_decay),
+        lambda p: torch.optim.SGD(p, lr=0.05, momentum=momentum, weight_decay=weight_decay),
+    ):
+        torch.manual_seed(3)
+        net = build_model("cnn", **CNN_DIGITS)
+        opt = make(net.parameters())
+        for start in range(0, 96, 32):
+            opt.zero_grad(set_to_none=True)
+            torch.nn.functional.cross_entropy(
+                net(x[start : start + 32]), y[start : start + 32]
+            ).backward()
+            opt.step()
+        nets.append(model_to_numpy(net))
+    assert weights_equal(nets[0], nets[1])
