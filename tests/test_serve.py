@@ -316,3 +316,27 @@ async def test_a_corrupt_model_is_not_served(tmp_path: Path) -> None:
     with pytest.raises(P2PFLError, match="not in the block store"):
         await _load_round(manifest, 1, b"\x33" * 32, fresh, None)
     assert load_model(manifest, 0, blob, str(cid)).input_shape == (1, 8, 8)
+
+
+def test_served_inputs_are_standardised_as_the_trainers_do() -> None:
+    """A task whose manifest standardises inputs: the served model sees what the trainers
+    and evaluators saw, so its predictions are `evaluate`'s."""
+    import torch
+
+    from p2pfl.train.config import TrainConfig
+    from p2pfl.train.trainer import standardise
+
+    blob = encode_tensors(init_weights("mlp", MODEL_KWARGS, 1))
+    train = {"input_mean": [0.3053], "input_std": [0.3760]}
+    manifest = TaskManifest(
+        name="t", model="mlp", model_kwargs=MODEL_KWARGS, train=train,
+        initial_model=str(blob_cid(blob)), chain_id=1,
+        registry="0x" + "11" * 20, ledger="0x" + "22" * 20,
+    )  # fmt: skip
+    served = load_model(manifest, 0, blob, "x")
+    assert served.prepare is not None
+    x = torch.rand(3, 1, 8, 8)
+    norm = TrainConfig.from_dict(train).input_norm
+    assert torch.equal(served.prepare(x), standardise(x, norm))
+    plain = TaskManifest(**{**manifest.__dict__, "train": {}})
+    assert load_model(plain, 0, blob, "x").prepare is None

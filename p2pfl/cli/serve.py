@@ -207,8 +207,20 @@ def _preprocessing(manifest: Any) -> Callable[[Any], Any] | None:
     """What the task's trainers do to inputs before the model (None: nothing)."""
     from p2pfl.train.config import TrainConfig
 
-    TrainConfig.from_dict(manifest.train)  # a manifest the trainers would refuse is refused
-    return None
+    # A manifest the trainers would refuse is refused.
+    norm = TrainConfig.from_dict(manifest.train).input_norm
+    if norm is None:
+        return None
+    from p2pfl.train.trainer import standardise
+
+    def prepare(x: Any) -> Any:
+        if x.ndim == 4:  # [N, C, H, W], as the trainers see it
+            return standardise(x, norm)
+        if len(norm.mean) == 1:  # one channel: the same whatever the layout
+            return (x - norm.mean[0]) / norm.std[0]
+        return x  # a layout the model will refuse anyway
+
+    return prepare
 
 
 async def follow_commits(
