@@ -870,6 +870,35 @@ class ChainClient:
         )
         return self._call("evidenceUsed", self.ledger.functions.evidenceUsed(eid))
 
+    def task_created_block(self, task: bytes) -> int | None:
+        """The block that created `task` (its "commit of round 0"), None if none did."""
+        event = self.ledger.events.TaskCreated()
+        logs = self._sender.call(
+            "getLogs",
+            lambda: event.get_logs(
+                from_block=0, to_block="latest", argument_filters={"task": _b32(task, "task")}
+            ),
+        )
+        return min((e["blockNumber"] for e in logs), default=None)
+
+    def commit_signatures(self, tx_hash: bytes) -> bytes:
+        """The votes of a commit: the `signatures` argument of the commitRound call in
+        transaction `tx_hash` (ChainError if the transaction is not such a call to our
+        ledger, e.g. one made through another contract)."""
+        tx = self._sender.call(
+            "getTransaction", lambda: self.w3.eth.get_transaction(HexBytes(tx_hash))
+        )
+        to = tx.get("to") or ""
+        if to.lower() != self.deployment.ledger.lower():
+            raise ChainError(f"transaction 0x{tx_hash.hex()} does not call the ledger directly")
+        try:
+            fn, args = self.ledger.decode_function_input(tx["input"])
+        except ValueError as exc:
+            raise ChainError(f"transaction 0x{tx_hash.hex()}: undecodable input ({exc})") from None
+        if fn.fn_name != "commitRound":
+            raise ChainError(f"transaction 0x{tx_hash.hex()} calls {fn.fn_name}, not commitRound")
+        return bytes(args["signatures"])
+
     def commits(
         self, from_block: int, to_block: int, task: bytes | None = None
     ) -> list[RoundCommitted]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from p2pfl.cli.audit import add_audit_command
 from p2pfl.cli.chain import add_chain_commands
 from p2pfl.cli.keys import add_key_commands
 from p2pfl.cli.node import add_node_commands
@@ -25,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_node_commands(sub)
     add_chain_commands(sub)
     add_serve_command(sub)
+    add_audit_command(sub)
     return parser
 
 

@@ -1,10 +1,13 @@
-"""What the node keeps of committed rounds: reward files (for `p2pfl claim`) and the
-probation history (strike points per committed round), both on disk.
+"""What the node keeps of committed rounds: reward files (for `p2pfl claim`), the
+probation history (strike points per committed round) and the round records (for
+`p2pfl audit`), all on disk.
 
 Both come from the proposal the chain's (result, contributors root) names: its reward
 tree is rebuilt (p2pfl.core.round_result.committed_reward_tree) and checked against the
 on-chain root; its rejections that are strikes enter the history, which every node
-must hold alike so that later aggregates agree (aggregation spec §4a).
+must hold alike so that later aggregates agree (aggregation spec §4a). The round record
+is that proposal with the signed updates it names, as the gossip carried them
+(p2pfl.core.audit.encode_round_record): what an auditor recomputes the round from.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from pathlib import Path
 from p2pfl.chain.client import RoundCommitted
 from p2pfl.chain.rewards import write_reward_file
 from p2pfl.core import aggregate as agg
+from p2pfl.core.audit import encode_round_record
 from p2pfl.core.cid import CID
 from p2pfl.core.messages import Proposal
 from p2pfl.core.probation_history import (
@@ -24,9 +28,10 @@ from p2pfl.core.probation_history import (
     encode_strikes,
     forget_before,
 )
+from p2pfl.core.round import DISCRETION_REASONS
 from p2pfl.core.round_result import committed_reward_tree
 from p2pfl.errors import P2PFLError
-from p2pfl.files import write_text_atomic
+from p2pfl.files import write_bytes_atomic, write_text_atomic
 from p2pfl.manifest import TaskManifest
 from p2pfl.node.intake import Intake
 
@@ -34,6 +39,12 @@ log = logging.getLogger("p2pfl.node")
 
 STRIKES_FILE = "strikes.json"
 REWARDS_DIR = "rewards"
+ROUNDS_DIR = "rounds"  # round records for `p2pfl audit`
+
+
+def round_record_path(data_dir: Path, round_: int) -> Path:
+    """Where the node keeps committed round `round_`'s record (`p2pfl audit` reads it)."""
+    return data_dir / ROUNDS_DIR / f"round-{round_:06d}.msgpack"
 
 
 def load_strikes(path: Path) -> StrikeHistory:
@@ -85,10 +96,27 @@ class CommittedRounds:
         once: the next round's probation reads them); returns the file writes to run off
         the event loop (None: nothing to write)."""
         proposal = self.intake.proposals.get((event.round, result, event.contributors_root))
-        stakes = self.round_stakes.get(event.round)
-        if proposal is None or stakes is None:
+        if proposal is None:
             self.count("reward-file-unknown-proposal")
             return None
+        save_record = self._round_record(proposal)
+        stakes = self.round_stakes.get(event.round)
+        if stakes is None:
+            self.count("reward-file-unknown-proposal")
+            return save_record
+        writes = self._settle(event, proposal, base, stakes)
+
+        def write() -> None:
+            save_record()
+            if writes is not None:
+                writes()
+
+        return write
+
+    def _settle(
+        self, event: RoundCommitted, proposal: Proposal, base: bytes, stakes: dict[bytes, int]
+    ) -> Callable[[], None] | None:
+        """`settle` once the proposal and the round's stakes are known."""
         tree = committed_reward_tree(
             proposal,
             self.intake.updates,
@@ -117,6 +145,25 @@ class CommittedRounds:
             write_reward_file(path, self.task, event.round, tree)
             if save_history is not None:
                 save_history()
+
+        return write
+
+    def _round_record(self, proposal: Proposal) -> Callable[[], None]:
+        """The write of the round's record: the proposal and the updates it names that we
+        hold (included ones by key; the filter's rejections by author and round)."""
+        held = self.intake.updates
+        updates = [held[key] for key in proposal.included if key in held]
+        rejected = {a for a, why in proposal.rejected if why not in DISCRETION_REASONS}
+        if rejected:
+            updates.extend(
+                u for (a, _), u in held.items() if a in rejected and u.round == proposal.round
+            )
+        data = encode_round_record(proposal, updates)
+        path = round_record_path(self.data_dir, proposal.round)
+
+        def write() -> None:
+            path.parent.mkdir(exist_ok=True)
+            write_bytes_atomic(path, data)
 
         return write
 
