@@ -9,11 +9,14 @@ the round records a node would have kept.
 
 from __future__ import annotations
 
+from contextlib import AsyncExitStack
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+import trio
 from eth_utils import keccak
 
 from p2pfl.chain.client import ChainClient
@@ -23,7 +26,7 @@ from p2pfl.cli.app import main
 from p2pfl.cli.audit import audit_task, store_reader
 from p2pfl.core import round_events as ev
 from p2pfl.core.audit import encode_round_record
-from p2pfl.core.cid import blob_cid
+from p2pfl.core.cid import CID, blob_cid, digest_to_cid
 from p2pfl.core.messages import Proposal, Update
 from p2pfl.core.round_result import compute_aggregate
 from p2pfl.core.sortition import committee_for, round_seed
@@ -31,7 +34,12 @@ from p2pfl.core.tensors import decode_tensors, encode_tensors
 from p2pfl.errors import P2PFLError
 from p2pfl.manifest import TaskManifest
 from p2pfl.net.blockstore import BlockStore
+from p2pfl.net.config import NetConfig
+from p2pfl.node import Node
 from p2pfl.node.committed import round_record_path
+from sim.faults import hold_host
+from tests.test_node_inprocess import N_NODES, ROUNDS, open_task, trainer_for
+from tests.test_node_inprocess import SIZE as SIZE_INPROCESS
 
 N = 4
 K = 3
@@ -172,3 +180,86 @@ def test_unknown_task_missing_data_dir_and_unreachable_rpc_are_clear_errors(
     assert main(args) == 1
     err = capsys.readouterr().err
     assert "p2pfl: error:" in err and "127.0.0.1:9" in err, err
+
+
+async def run_nodes(tmp_path: Path) -> tuple[DevNet, TaskManifest]:
+    """ROUNDS rounds of N_NODES nodes on real hosts (as tests/test_node_inprocess.py);
+    node i keeps its state in tmp_path/state{i} and its blocks in tmp_path/net{i}."""
+    genesis_blob = encode_tensors({"w": np.zeros(SIZE_INPROCESS, np.float32)})
+    devnet, identities, manifest = open_task(genesis_blob)
+    async with AsyncExitStack() as stack:
+        hosts = await stack.enter_async_context(trio.open_nursery())
+        stops = [trio.Event() for _ in identities]
+        stack.callback(lambda: [s.set() for s in stops])
+        nets: list[Any] = []
+        for i, ident in enumerate(identities):
+            bootstrap = (nets[0].listen_addrs[0],) if nets else ()
+            cfg = NetConfig(
+                data_dir=tmp_path / f"net{i}", bootstrap=bootstrap, dht=False, sync_interval_s=0.5
+            )
+            nets.append(await hosts.start(hold_host, cfg, ident.private_key, stops[i]))
+        nets[0].put_blob(genesis_blob)
+        nodes = []
+        for i, (ident, net) in enumerate(zip(identities, nets)):
+            client = ChainClient(devnet.admin.w3, devnet.deployment, ident.private_key)
+            nodes.append(
+                Node(
+                    ident,
+                    manifest,
+                    client,
+                    net,
+                    None,
+                    tmp_path / f"state{i}",
+                    client_index=i,
+                    trainer=trainer_for(i),
+                    follow_poll_s=0.2,
+                )
+            )
+        with trio.fail_after(150):
+            async with trio.open_nursery() as nursery:
+                for node in nodes:
+                    nursery.start_soon(node.run, ROUNDS)
+    return devnet, manifest
+
+
+async def test_a_real_run_holds_and_a_tampered_block_store_fails(tmp_path: Path) -> None:
+    """Real libp2p hosts and nodes (tests/test_node_inprocess.py's set-up): every node's
+    data holds every round it saw commit; a model block flipped on disk makes the round
+    built on that model fail, naming the block."""
+    devnet, manifest = await run_nodes(tmp_path)
+    chain = ChainClient(devnet.w3, devnet.deployment)
+    for i in range(N_NODES):
+        verdicts = audit_task(
+            manifest,
+            chain,
+            tmp_path / f"state{i}",
+            store_reader(BlockStore(tmp_path / f"net{i}" / "blocks")),
+            last_round=ROUNDS - 1,  # the last round's record may be written after the stop
+        )
+        assert [v.round for v in verdicts] == list(range(1, ROUNDS)), i
+        assert all(v.holds for v in verdicts), [v.line() for v in verdicts]
+
+    blocks = tmp_path / "net1" / "blocks"
+    info = chain.task_info(manifest.task_id)
+    (round_1,) = chain.commits(0, chain.block_number(), manifest.task_id)[:1]
+    model = digest_to_cid(round_1.result, CID.parse(manifest.initial_model).codec)
+    blob = BlockStore(blocks).read_blob(model)
+    flipped = 0
+    for pack in blocks.rglob("*.pack"):
+        data = bytearray(pack.read_bytes())
+        at = data.find(blob)
+        if at >= 0:
+            data[at + len(blob) // 2] ^= 0x01
+            pack.write_bytes(bytes(data))
+            flipped += 1
+    assert flipped and info.last_round >= 2
+    verdicts = audit_task(
+        manifest,
+        chain,
+        tmp_path / "state1",
+        store_reader(BlockStore(blocks)),
+        last_round=2,
+    )
+    assert verdicts[0].holds, verdicts[0].line()
+    assert not verdicts[1].holds
+    assert f"base model {model}" in verdicts[1].line(), verdicts[1].line()

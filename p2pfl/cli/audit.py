@@ -11,9 +11,8 @@ and from a node's data directory (`--data-dir`, the one `p2pfl node start` used)
   names and the signed updates it aggregated, kept by the node from the gossip as the
   round committed (p2pfl.node.committed). The chain holds digests only, and gossip is
   not replayed to newcomers, so a round's proposal and updates exist only where a node
-  saw them: an auditor audits with the records of a node it runs (or trusts to hand
-  over its files: every message in them is signed and checked again, so a record can
-  make an honest round fail, never a dishonest one hold);
+  saw them: an auditor audits with the records of a node it runs (or the files another
+  node hands over: every message in them is signed, and checked again here);
 - the deltas (inline in their updates, else blocks) and the base model, from the node's
   block store (`blocks/`), or from peers (`--bootstrap`) for blocks it lacks; every
   block is verified against its CID;
