@@ -263,3 +263,27 @@ async def test_a_real_run_holds_and_a_tampered_block_store_fails(tmp_path: Path)
     assert verdicts[0].holds, verdicts[0].line()
     assert not verdicts[1].holds
     assert f"base model {model}" in verdicts[1].line(), verdicts[1].line()
+
+
+def test_the_command_prints_one_line_per_round_or_json_and_fails_with_a_round(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json
+
+    import p2pfl.chain.providers
+
+    t = Task(tmp_path)
+    t.commit()
+    t.commit(wrong_model=True)
+    monkeypatch.setattr(p2pfl.chain.providers, "rpc_web3", lambda url: t.devnet.w3)
+    manifest = str(t.manifest.save(tmp_path / "task.json"))
+    args = ["audit", "--task", manifest, "--data-dir", str(t.data)]
+    assert main([*args, "--to-round", "1"]) == 0
+    assert capsys.readouterr().out == "round 1: holds\n"
+    assert main(args) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "round 1: holds" and out[1].startswith("round 2: FAILS: the aggregate")
+    assert main([*args, "--json"]) == 1
+    doc = json.loads(capsys.readouterr().out)
+    assert [(r["round"], r["holds"]) for r in doc["rounds"]] == [(1, True), (2, False)]
+    assert doc["rounds"][1]["reasons"][0].startswith("the aggregate differs")
