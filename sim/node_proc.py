@@ -1,4 +1,5 @@
-"""One simulated node in its own OS process, spawned by `sim.processes` (`--processes` mode).
+"""One simulated node in its own OS process (`--processes` mode): `sim.processes` forks it
+from a fork server that preloaded its imports (`forked_main`); by hand it runs as
 
     P2PFL_SIM_NODE_KEY=<hex> python -m sim.node_proc --index I --manifest manifest.json \\
         --rpc URL --data-dir DIR --listen ADDR [--bootstrap ADDR ...]
@@ -34,6 +35,8 @@ KEY_ENV = "P2PFL_SIM_NODE_KEY"
 ROUNDS_FILE = "rounds.jsonl"
 FINAL_FILE = "final.json"
 READY_FILE = "ready"
+# A forked node process's name (/proc/<pid>/comm): "p2pfl-node<I>".
+PROCESS_NAME_PREFIX = "p2pfl-node"
 # How long a child waits for its bootstrap peers' ports to open: its elders start in
 # parallel and need a few seconds of imports and data loading first.
 BOOTSTRAP_WAIT_S = 120.0
@@ -164,6 +167,30 @@ async def _run_node(args: argparse.Namespace, key: bytes) -> None:
             after_run=after_run,
         )
     )
+
+
+def set_process_name(name: str) -> None:
+    """Name this process in /proc/self/comm (what ps and `sim.bench footprint` show): a
+    forked node otherwise carries its fork server's command line."""
+    try:
+        Path("/proc/self/comm").write_text(name[:15])  # the kernel keeps 15 bytes
+    except OSError:
+        pass  # not Linux: only the name is lost
+
+
+def forked_main(argv: list[str], env: dict[str, str], log_path: str) -> None:
+    """A node process forked from `sim.processes`' fork server (`sim.node_preload` already
+    imported): output to `log_path`, `env` (the key) added to the environment, then `main`."""
+    import warnings
+
+    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    os.environ.update(env)
+    warnings.simplefilter("ignore")  # as `python -W ignore` would
+    set_process_name(f"{PROCESS_NAME_PREFIX}{argv[argv.index('--index') + 1]}")
+    sys.exit(main(argv))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,12 +5,15 @@
 What the in-process mode shares between nodes (one interpreter, one embedded chain, one
 training pool) is here as it is on laptops: separate processes, a JSON-RPC chain, TCP
 between hosts. The parent sets up the chain and the task the way `sim.run` does (same
-keys, same manifest, same partitions, same training seeds), spawns `sim.node_proc`
-children, watches the chain until the scenario's rounds are committed, then collects
-each child's round logs and block store and writes the same run folder (metrics.jsonl,
-summary.json, report.md, plots) with the centralised reference beside it.
+keys, same manifest, same partitions, same training seeds), writes each node's partition
+into its data dir, forks `sim.node_proc` children from one fork server that imported
+their modules once (`sim.node_preload`: the pages are shared), watches the chain until
+the scenario's rounds are committed, then collects each child's round logs and block
+store and writes the same run folder (metrics.jsonl, summary.json, report.md, plots)
+with the centralised reference beside it.
 
-Every process it starts (anvil, the children) is stopped by PID in a `finally`.
+Every process it starts (anvil, the children) is stopped by PID in a `finally`; the fork
+server exits with this process.
 
 Faults: `RestartFault` (a node SIGKILLed mid-round, restarted on its data dir) and the
 scenario's `faults.rpc_outage_round` (`RpcOutage`: anvil stopped for `rpc_outage_s`, then
@@ -22,16 +25,13 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import signal
-import subprocess
-import sys
 import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 import numpy as np
 
@@ -40,15 +40,13 @@ from p2pfl.chain.providers import Anvil, free_loopback_port
 from p2pfl.errors import ConfigError, P2PFLError
 from p2pfl.manifest import TaskManifest
 from p2pfl.net.blockstore import BlockStore
-from sim.data import save_partition
+from p2pfl.train.data import forget_cached_datasets
+from sim.data import load_partition, save_partition
 from sim.faults import FaultSpec
-from sim.node_proc import FINAL_FILE, KEY_ENV, READY_FILE, read_round_logs
+from sim.node_proc import FINAL_FILE, KEY_ENV, READY_FILE, forked_main, read_round_logs
 from sim.prologue import begin
 from sim.report import RunWriter, round_records, write_report
 from sim.scenario import Scenario
-
-# The checkout that holds `sim/` (not an installed package).
-CHECKOUT = Path(__file__).resolve().parents[1]
 
 # Peers each child dials at start-up (node 0 plus seeded earlier nodes), as in sim.run.
 BOOTSTRAP_PEERS = 9
@@ -115,53 +113,76 @@ RETRY_LOG_MARK = "chain unreachable for"
 COMMIT_RETRY_LOG_MARK = "retrying commit_round"
 
 
+# The fork server's preloaded imports (see sim.node_preload: shared, copy-on-write).
+NODE_PRELOAD = "sim.node_preload"
+
+
+def fork_context() -> Any:
+    """multiprocessing's "forkserver" context with the node's imports preloaded: each node
+    process is forked from one server that imported them once (issue #13: memory)."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([NODE_PRELOAD])
+    return context
+
+
 @dataclass
 class Child:
-    """One node process and where its files are."""
+    """One node process (forked from the fork server, `sim.node_proc.forked_main`) and
+    where its files are."""
 
     index: int
-    argv: list[str]
-    env: dict[str, str]
+    argv: list[str]  # sim.node_proc's arguments
+    env: dict[str, str]  # added to the child's environment (its key)
     data_dir: Path
     log_path: Path
-    process: subprocess.Popen[bytes] | None = None
-    log_file: TextIO | None = None
+    process: Any = None  # multiprocessing.Process
     restarts: int = 0
     pids: list[int] = field(default_factory=list)  # every incarnation, for the report
+    peak_rss_mib: float = 0.0  # largest VmHWM of its incarnations, read before each stop
 
     def start(self) -> None:
-        self.log_file = self.log_path.open("a")
-        self.process = subprocess.Popen(
-            self.argv,
-            env=self.env,
-            stdout=self.log_file,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
+        self.process = fork_context().Process(
+            target=forked_main,
+            args=(self.argv, self.env, str(self.log_path)),
+            name=f"node{self.index}",
         )
+        self.process.start()
         self.pids.append(self.process.pid)
 
     def running(self) -> bool:
-        return self.process is not None and self.process.poll() is None
+        return self.process is not None and self.process.is_alive()
+
+    @property
+    def returncode(self) -> int | None:
+        return None if self.process is None else self.process.exitcode
+
+    def _note_peak_rss(self) -> None:
+        try:
+            status = Path(f"/proc/{self.process.pid}/status").read_text()
+        except OSError:
+            return
+        for line in status.splitlines():
+            if line.startswith("VmHWM:"):
+                self.peak_rss_mib = max(self.peak_rss_mib, int(line.split()[1]) / 1024)
 
     def kill(self) -> None:
         """SIGKILL by PID (a crash: no clean-up in the child)."""
-        if self.process is not None and self.process.poll() is None:
+        if self.running():
+            self._note_peak_rss()
             os.kill(self.process.pid, signal.SIGKILL)
-            self.process.wait()
+            self.process.join()
 
     def stop(self) -> None:
         """SIGINT by PID, then SIGKILL if it lingers."""
-        proc = self.process
-        if proc is not None and proc.poll() is None:
-            os.kill(proc.pid, signal.SIGINT)
-            try:
-                proc.wait(STOP_GRACE_S)
-            except subprocess.TimeoutExpired:
-                os.kill(proc.pid, signal.SIGKILL)
-                proc.wait()
-        if self.log_file is not None:
-            self.log_file.close()
-            self.log_file = None
+        if self.running():
+            self._note_peak_rss()
+            os.kill(self.process.pid, signal.SIGINT)
+            self.process.join(STOP_GRACE_S)
+            if self.process.is_alive():
+                os.kill(self.process.pid, signal.SIGKILL)
+                self.process.join()
 
     def status(self) -> dict[str, Any] | None:
         try:
@@ -214,6 +235,10 @@ def run_processes(
         manifest.save(manifest_path)
         for i, part in enumerate(partitions):  # each child maps only its own partition
             save_partition(part, root / f"node{i}")
+        # This process keeps the partitions (for the reference) as maps of the same files
+        # rather than a second copy of the training set beside the children's.
+        partitions = [load_partition(root / f"node{i}") for i in range(len(partitions))]
+        forget_cached_datasets()
         BlockStore(root / "node0" / "blocks").put_blob(
             genesis_blob
         )  # the creator holds the genesis model
@@ -225,11 +250,6 @@ def run_processes(
         for i, ident in enumerate(identities):
             earlier = [j for j in rng.permutation(i).tolist() if j != 0][: BOOTSTRAP_PEERS - 1]
             argv = [
-                sys.executable,
-                "-W",
-                "ignore",
-                "-m",
-                "sim.node_proc",
                 "--index",
                 str(i),
                 "--manifest",
@@ -248,15 +268,7 @@ def run_processes(
             for j in [0] + earlier if i else []:
                 argv += ["--bootstrap", addrs[j]]
             # The key travels in the environment, not argv (argv is world-readable in /proc).
-            # `sim` is not installed (it lives in the checkout): the child finds it on PYTHONPATH.
-            env = {
-                **os.environ,
-                KEY_ENV: ident.private_key.hex(),
-                "PYTHONWARNINGS": "ignore",
-                "PYTHONPATH": os.pathsep.join(
-                    filter(None, [str(CHECKOUT), os.environ.get("PYTHONPATH", "")])
-                ),
-            }
+            env = {KEY_ENV: ident.private_key.hex()}
             children.append(Child(i, argv, env, root / f"node{i}", run_dir / f"node{i}.log"))
         started = time.perf_counter()
         timed_out = False
@@ -324,8 +336,8 @@ def run_processes(
     summary.update(
         {
             "mode": "processes",
-            # Largest single child (a node process or anvil): ru_maxrss of waited-for children.
-            "child_peak_rss_mib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
+            # Largest node process (VmHWM, read before it was stopped).
+            "child_peak_rss_mib": max(child.peak_rss_mib for child in children),
             "faults": fault_events,
             "node_final_rounds": [_final_round(child) for child in children],
             # Every process this run started (all stopped by now): anvil, then each node's
@@ -415,7 +427,7 @@ def _watch(
                 or (restart is not None and child.index == restart.node and restart_at)
             ):
                 continue
-            code = child.process.returncode if child.process else "?"
+            code = child.returncode
             tail = child.log_path.read_text()[-3000:] if child.log_path.exists() else ""
             if outage is None:
                 raise P2PFLError(
@@ -464,8 +476,6 @@ def _watch(
                 )
         if restart is not None and restart_at is not None and time.monotonic() >= restart_at:
             victim = children[restart.node]
-            if victim.log_file is not None:
-                victim.log_file.close()
             victim.start()
             victim.restarts += 1
             restart_at = None

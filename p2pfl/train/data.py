@@ -200,6 +200,13 @@ def load_digits(image_size: int = 8) -> Dataset:
     return _load_digits_cached(int(image_size))
 
 
+def forget_cached_datasets() -> None:
+    """Drop the decoded Fashion-MNIST and digits this process cached (arrays still in use
+    elsewhere stay alive): e.g. once a simulation has cut and written its partitions."""
+    _load_fashion_mnist_cached.cache_clear()
+    _load_digits_cached.cache_clear()
+
+
 def split_dataset(data: Dataset, test_fraction: float, seed: int) -> tuple[Dataset, Dataset]:
     """Seeded shuffle split into (train, test); test gets round(N * test_fraction) rows."""
     if not 0.0 < test_fraction < 1.0:
@@ -298,6 +305,7 @@ __all__ = [
     "DataError",
     "Dataset",
     "FASHION_MNIST_CLASSES",
+    "forget_cached_datasets",
     "load_digits",
     "load_fashion_mnist",
     "load_user_data",
