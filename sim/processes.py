@@ -206,6 +206,11 @@ def run_processes(
             "--processes runs honest nodes, with at most the faults.rpc_outage_* fault: "
             "remove [attacks] and the other [faults] or run in-process"
         )
+    if not scenario.committee.live_quorum:
+        raise ConfigError(
+            "committee.live_quorum = false is a node-local switch of in-process runs; "
+            "node processes keep the default (true)"
+        )
     outage = RpcOutage.from_spec(fault_spec)
     if outage is not None and not 1 <= outage.round <= scenario.rounds:
         raise ConfigError(

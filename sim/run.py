@@ -154,6 +154,7 @@ async def _run(scenario: Scenario, runs_root: Path, quiet: bool) -> Path:
                 trainer=trainer,
                 follow_poll_s=0.2,
                 behaviour=behaviour_for(plan, scenario.seed, i),
+                round_overrides={"live_quorum": scenario.committee.live_quorum},
             )
             nodes.append(node)
         killer.nodes = nodes
@@ -404,6 +405,7 @@ def setup_task(
         collect_deadline_s=c.collect_deadline_s,
         collect_quorum_percent=round(c.quorum_fraction * 100),
         view_timeout_s=c.view_timeout_s,
+        straggler_grace_s=c.straggler_grace_s,
         commit_fallback_delay_s=min(5.0, c.view_timeout_s / 2),
         redraw_timeout_s=c.collect_deadline_s + 3 * c.view_timeout_s,
         reward_per_round_wei=ETHER // 100,

@@ -52,6 +52,12 @@ class CommitteeSection:
     quorum_fraction: float = 0.8  # of expected participants before the collect deadline
     collect_deadline_s: float = 60.0
     view_timeout_s: float = 20.0
+    # After the collect quorum, wait this long for the other expected updates (manifest
+    # `straggler_grace_s`; RoundConfig says why 5 s).
+    straggler_grace_s: float = 5.0
+    # Count only nodes heard within the live window in the collect quorum (RoundConfig
+    # `live_quorum`, a node-local switch; in-process runs only). Off: as before heartbeats.
+    live_quorum: bool = True
 
 
 @dataclass(frozen=True)
