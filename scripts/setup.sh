@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Idempotent set-up: .venv with pinned deps (CPU torch), Debian's Fashion-MNIST,
-# pinned npm tools (solcjs, anvil) under tools/node_modules. Re-running is fast:
-# each step is skipped when its inputs have not changed.
+# Idempotent set-up: .venv with pinned deps (CPU torch), Debian's Fashion-MNIST and
+# chromium (headless, for the status page test), pinned npm tools (solcjs, anvil) under
+# tools/node_modules. Re-running is fast: each step is skipped when its inputs have not changed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -39,7 +39,19 @@ else
   log "Fashion-MNIST present"
 fi
 
-# 3. Pinned Node tools (solcjs, anvil) under tools/, gitignored.
+# 3. Headless Chromium from Debian: the status page's browser test loads the page in it.
+if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1; then
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  log "installing chromium from Debian (status page browser test)"
+  $SUDO apt-get update -qq || log "apt-get update failed; trying install anyway"
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >/dev/null \
+    || log "WARNING: could not install chromium; the status page browser test will fail with a clear error"
+else
+  log "chromium present"
+fi
+
+# 4. Pinned Node tools (solcjs, anvil) under tools/, gitignored.
 if command -v npm >/dev/null 2>&1; then
   nstamp=tools/node_modules/.p2pfl-installed
   nwant=$(sha256sum tools/package.json tools/package-lock.json | sha256sum | cut -d' ' -f1)

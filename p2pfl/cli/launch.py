@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from p2pfl.cli.status_page import DEFAULT_STATUS_HOST, round_history, serve_status_page
 from p2pfl.errors import P2PFLError
 from p2pfl.files import write_text_atomic
 
@@ -53,6 +54,10 @@ class Launch:
     # runs (None: no metrics server; 0: a free port, printed).
     metrics_port: int | None = None
     metrics_host: str = DEFAULT_METRICS_HOST
+    # Serve the live status page on http://status_host:status_port/ (None: none; 0: a free
+    # port, printed). See p2pfl.cli.status_page.
+    status_port: int | None = None
+    status_host: str = DEFAULT_STATUS_HOST
 
 
 async def launch_node(launch: Launch) -> Any:
@@ -81,14 +86,14 @@ async def launch_node(launch: Launch) -> Any:
             print(f"listening {addr}", flush=True)
         if launch.before_join is not None:
             await launch.before_join(net)
-        accuracy: dict[int, float] = {}
+        scores: dict[int, tuple[float, float]] = {}  # round -> held-out (loss, accuracy)
         async with trio.open_nursery() as nursery:
 
             def on_round(entry: Any) -> None:
                 if launch.on_round is not None:
                     launch.on_round(entry)
                 if launch.held_out is not None and len(launch.held_out) > 0 and entry.result:
-                    nursery.start_soon(_evaluate, node, entry, launch.held_out, accuracy)
+                    nursery.start_soon(_evaluate, node, entry, launch.held_out, scores)
 
             node = Node(
                 identity,
@@ -102,16 +107,28 @@ async def launch_node(launch: Launch) -> Any:
                 on_round=on_round,
                 **launch.node_options,
             )
-            nursery.start_soon(_keep_status, node, net, status_path, accuracy)
+            nursery.start_soon(_keep_status, node, net, status_path, scores)
             with ExitStack() as stack:
                 if launch.metrics_port is not None:
                     host, port = stack.enter_context(
                         serve_metrics(node, nursery, launch.metrics_host, launch.metrics_port)
                     )
                     print(f"metrics   http://{host}:{port}/metrics", flush=True)
+                if launch.status_port is not None:
+
+                    def page_status() -> dict[str, Any]:
+                        return {
+                            **node_status(node, net, scores),
+                            "rounds": round_history(node.rounds, scores),
+                        }
+
+                    host, port = stack.enter_context(
+                        serve_status_page(page_status, launch.status_host, launch.status_port)
+                    )
+                    print(f"status    http://{host}:{port}/", flush=True)
                 await node.run(stop_after_round=launch.rounds)
             nursery.cancel_scope.cancel()
-        write_status(node, net, status_path, accuracy)
+        write_status(node, net, status_path, scores)
         if launch.after_run is not None:
             await launch.after_run(node, net)
     return node
@@ -160,8 +177,10 @@ def check_registered(chain: Any, identity: Any) -> None:
         )
 
 
-async def _evaluate(node: Any, entry: Any, held_out: Any, accuracy: dict[int, float]) -> None:
-    """Accuracy of a committed model on the node's held-out data, off the event loop.
+async def _evaluate(
+    node: Any, entry: Any, held_out: Any, scores: dict[int, tuple[float, float]]
+) -> None:
+    """(Loss, accuracy) of a committed model on the node's held-out data, off the event loop.
 
     The node calls `on_round` only once it holds the committed model, so the read below
     never races the model's fetch.
@@ -175,7 +194,7 @@ async def _evaluate(node: Any, entry: Any, held_out: Any, accuracy: dict[int, fl
     # The task's standardisation, as its trainers apply it (a manifest without one: none).
     norm = TrainConfig.from_dict(node.manifest.train).input_norm
 
-    def job() -> float:
+    def job() -> tuple[float, float]:
         weights = decode_tensors(node.net.store.read_blob(CID.parse(entry.result)))
         return evaluate(
             node.manifest.model,
@@ -183,18 +202,19 @@ async def _evaluate(node: Any, entry: Any, held_out: Any, accuracy: dict[int, fl
             held_out,
             model_kwargs=node.manifest.model_kwargs,
             input_norm=norm,
-        )[1]
+        )
 
-    acc = await trio.to_thread.run_sync(job)
-    accuracy[entry.round] = acc
+    loss, acc = await trio.to_thread.run_sync(job)
+    scores[entry.round] = (loss, acc)
     print(
         f"round {entry.round} committed: model {entry.result} accuracy {acc:.4f} (local held-out)",
         flush=True,
     )
 
 
-def write_status(node: Any, net: Any, path: Path, accuracy: dict[int, float]) -> None:
-    """Write the node's `status.json` (what `p2pfl status --data-dir` reads)."""
+def node_status(node: Any, net: Any, scores: dict[int, tuple[float, float]]) -> dict[str, Any]:
+    """What `p2pfl status` shows of a node (read on its trio loop): a fresh dict, safe to
+    encode elsewhere. `scores`: round -> (loss, accuracy) of its model on held-out data."""
     m = node.machine
     last = max((r for r, e in node.rounds.items() if e.result), default=0)
     status = {
@@ -218,17 +238,24 @@ def write_status(node: Any, net: Any, path: Path, accuracy: dict[int, float]) ->
         }
         if last
         else None,
-        "accuracy": accuracy.get(last),
+        "accuracy": scores[last][1] if last in scores else None,
         "counters": {**dict(m.counters), **node.counters},
     }
-    write_text_atomic(path, json.dumps(status, indent=1, default=str))
+    return status
 
 
-async def _keep_status(node: Any, net: Any, path: Path, accuracy: dict[int, float]) -> None:
+def write_status(node: Any, net: Any, path: Path, scores: dict[int, tuple[float, float]]) -> None:
+    """Write the node's `status.json` (what `p2pfl status --data-dir` reads)."""
+    write_text_atomic(path, json.dumps(node_status(node, net, scores), indent=1, default=str))
+
+
+async def _keep_status(
+    node: Any, net: Any, path: Path, scores: dict[int, tuple[float, float]]
+) -> None:
     import trio
 
     while True:
-        write_status(node, net, path, accuracy)
+        write_status(node, net, path, scores)
         await trio.sleep(STATUS_EVERY_S)
 
 

@@ -22,6 +22,7 @@ from p2pfl.cli.common import (
     read_password,
 )
 from p2pfl.cli.launch import DEFAULT_METRICS_HOST, read_status
+from p2pfl.cli.status_page import DEFAULT_STATUS_HOST
 from p2pfl.errors import ConfigError, P2PFLError
 from p2pfl.train.config import DATASET_INPUT_NORMS
 
@@ -292,6 +293,18 @@ def add_node_commands(sub: argparse._SubParsersAction) -> None:
         default=DEFAULT_METRICS_HOST,
         help=f"address the metrics server listens on (default {DEFAULT_METRICS_HOST}, loopback)",
     )
+    # Off by default for the same reason as the metrics.
+    start.add_argument(
+        "--status-port",
+        type=int,
+        default=0,
+        help="serve the live status page on this port at / (default 0: off)",
+    )
+    start.add_argument(
+        "--status-host",
+        default=DEFAULT_STATUS_HOST,
+        help=f"address the status page listens on (default {DEFAULT_STATUS_HOST}, loopback)",
+    )
     start.set_defaults(handler=_cmd_node_start)
 
     model = sub.add_parser("model", help="models by CID").add_subparsers(
@@ -360,9 +373,11 @@ async def start_node(
     num_threads: int = 1,
     metrics_port: int = 0,
     metrics_host: str = DEFAULT_METRICS_HOST,
+    status_port: int = 0,
+    status_host: str = DEFAULT_STATUS_HOST,
 ) -> None:
     """`p2pfl node start`: run one node until `rounds` are committed (or forever).
-    `metrics_port` 0: no metrics server."""
+    `metrics_port` 0: no metrics server; `status_port` 0: no status page."""
     from p2pfl.cli.launch import Launch, launch_node
     from p2pfl.keystore import load_keystore
     from p2pfl.manifest import TaskManifest
@@ -370,6 +385,8 @@ async def start_node(
 
     if not 0 <= metrics_port <= 65535:
         raise ConfigError(f"--metrics-port {metrics_port}: expected 0 (off) or a TCP port")
+    if not 0 <= status_port <= 65535:
+        raise ConfigError(f"--status-port {status_port}: expected 0 (off) or a TCP port")
     manifest = TaskManifest.load(manifest_path)
     identity = load_keystore(keystore, password)
     train, held_out = split_dataset(
@@ -389,6 +406,8 @@ async def start_node(
             held_out=held_out,
             metrics_port=metrics_port or None,
             metrics_host=metrics_host,
+            status_port=status_port or None,
+            status_host=status_host,
         )
     )
     print(f"stopped after round {node.machine.round}", flush=True)
@@ -411,6 +430,8 @@ def _cmd_node_start(args: argparse.Namespace) -> int:
         args.threads,
         args.metrics_port,
         args.metrics_host,
+        args.status_port,
+        args.status_host,
     )
     return 0
 
