@@ -202,3 +202,14 @@ def test_round_history_per_round_bytes_and_missing_values() -> None:
     assert second["tx"] is None and second["train_loss"] is None and second["accuracy"] is None
     json.dumps(history, allow_nan=False)  # the browser's JSON.parse takes it
     assert [h["round"] for h in round_history(rounds, {}, limit=1)] == [2]
+
+
+async def test_ipv6_loopback() -> None:
+    with serve_status_page(lambda: {"round": 2}, "::1", 0) as (_, port):
+
+        def check() -> None:
+            head = f"GET /status.json HTTP/1.1\r\nHost: [::1]:{port}\r\n\r\n".encode()
+            answer = exchange(port, head, host="::1")
+            assert status_of(answer) == 200 and json.loads(body_of(answer)) == {"round": 2}
+
+        await trio.to_thread.run_sync(check)

@@ -27,6 +27,7 @@ import ipaddress
 import json
 import logging
 import math
+import socket
 import sys
 import threading
 import time
@@ -220,6 +221,8 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True  # a stalled client's thread never holds up shutdown
 
     def __init__(self, address: tuple[str, int], handler: type[_Handler]) -> None:
+        if ":" in address[0]:  # an IPv6 literal such as ::1
+            self.address_family = socket.AF_INET6
         super().__init__(address, handler)
         self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
 
