@@ -238,8 +238,8 @@ def timeout_factor(config: RoundConfig, steps: int) -> float:
     """How much longer a timeout is after `steps` failed attempts/views of a round:
     timeout_growth^steps, capped at max_timeout_factor (spec "Timers / growth")."""
     factor = 1.0
-    for _ in range(steps):
-        if factor >= config.max_timeout_factor:
+    for _ in range(steps):  # at most log_g(cap) steps: it stops at the cap
+        if factor >= config.max_timeout_factor or config.timeout_growth == 1:
             break
         factor *= config.timeout_growth
     return min(factor, config.max_timeout_factor)
@@ -649,8 +649,8 @@ class RoundMachine:
             length = self._view_timeout(views)
             if spent + length > elapsed:
                 return views
-            if length >= self.config.view_timeout_s * self.config.max_timeout_factor:
-                return views + int((elapsed - spent) // length)  # capped: the rest is even
+            if self._view_timeout(views + 1) == length:  # capped or fixed: the rest is even
+                return views + int((elapsed - spent) // length)
             views, spent = views + 1, spent + length
 
     def _start_next_round(self, event: RoundStarted) -> None:

@@ -346,6 +346,8 @@ def test_nodes_that_skipped_presumed_dead_draws_meet_the_others_again():
     starts = [100.0 + sum(44.0 * timeout_factor(cfg, s) for s in range(a)) for a in range(5)]
     assert starts[2] <= first_submit < starts[3]
     assert all(sim.machines[a].round == 2 and sim.machines[a].phase == Phase.ADVANCED for a in FIVE)
+    # With fixed timeouts (as before growth) they meet one attempt later, in attempt 3.
+    assert round_two_with_split_guesses(timeout_growth=1.0).chain[2].attempt == 3
     # Without the liveness guess nobody skips: attempt 0 commits.
     assert round_two_with_split_guesses(skip_presumed_dead=False).chain[2].attempt == 0
 
@@ -537,3 +539,15 @@ def test_a_heartbeat_from_an_earlier_round_is_not_a_sign_of_life():
     assert m.counters["heartbeats:stale"] == 1 and LIVE[0] not in m.last_heard()
     m.handle(heartbeat(LIVE[0], round_=1))
     assert m.last_heard()[LIVE[0]] == 100.0
+
+
+def test_views_that_fit_in_a_long_wait_are_counted_without_a_loop_per_view():
+    """`_max_view`'s bound, with growth (capped) and fixed: whole views in the elapsed time."""
+    for growth, expect in ((1.5, 3 + int((1e6 - 15 * (1 + 1.5 + 2.25)) // (15 * 3.375))),):
+        m = machine(timeout_growth=growth, max_timeout_factor=3.375)
+        start(m, 1)
+        assert m._views_within(1e6) == expect
+    m = machine(timeout_growth=1.0)
+    start(m, 1)
+    assert m._views_within(1e6) == int(1e6 // 15)
+    assert m._views_within(44.9) == 2
