@@ -125,7 +125,8 @@ async def launch_node(launch: Launch) -> Any:
                     host, port = stack.enter_context(
                         serve_status_page(page_status, launch.status_host, launch.status_port)
                     )
-                    print(f"status    http://{host}:{port}/", flush=True)
+                    shown = f"[{host}]" if ":" in host else host  # an IPv6 literal
+                    print(f"status    http://{shown}:{port}/", flush=True)
                 await node.run(stop_after_round=launch.rounds)
             nursery.cancel_scope.cancel()
         write_status(node, net, status_path, scores)
