@@ -21,6 +21,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)"
     )
+    parser.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="no progress lines on stderr (training epochs, model fetches; on in a terminal)",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     add_key_commands(sub)
     add_node_commands(sub)

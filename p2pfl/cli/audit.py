@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from p2pfl.cli.progress import Progress, progress_printer
 from p2pfl.errors import ChainError, P2PFLError
 
 # A blob the auditor reads: a model or a delta (verified against its CID), or an error.
@@ -230,9 +231,10 @@ async def audit(
     bootstrap: tuple[str, ...] = (),
     first_round: int = 1,
     last_round: int | None = None,
+    progress: Progress | None = None,
 ) -> list[RoundAudit]:
     """`p2pfl audit`'s work: the chain at `rpc_url`, a node's `data_dir`, and peers for
-    the blocks the store lacks."""
+    the blocks the store lacks (`progress`: lines while they are fetched)."""
     import trio
 
     from p2pfl.chain.client import ChainClient, Deployment
@@ -242,6 +244,7 @@ async def audit(
     from p2pfl.net.blockstore import BlockStore
     from p2pfl.net.config import NetConfig
     from p2pfl.net.host import open_node_host
+    from p2pfl.node.models import fetch_reporting
 
     manifest = TaskManifest.load(manifest_path)
     data = Path(data_dir)
@@ -268,7 +271,8 @@ async def audit(
         def read(cid: Any) -> bytes:
             if local.has_blob(cid):
                 return bytes(local.read_blob(cid))
-            trio.from_thread.run(net.fetch_blob, cid, None)  # verified as it arrives
+            # Verified block by block as it arrives.
+            trio.from_thread.run(fetch_reporting, net, cid, None, progress, "blob")
             return bytes(net.store.read_blob(cid))
 
         return await trio.to_thread.run_sync(run, read)
@@ -316,6 +320,7 @@ def _cmd_audit(args: argparse.Namespace) -> int:
         tuple(args.bootstrap),
         args.from_round,
         args.to_round,
+        progress_printer(args.quiet),
     )
     if args.json:
         json.dump({"rounds": [v.to_json() for v in verdicts]}, sys.stdout, indent=1)

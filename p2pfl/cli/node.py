@@ -22,6 +22,7 @@ from p2pfl.cli.common import (
     read_password,
 )
 from p2pfl.cli.launch import DEFAULT_METRICS_HOST, read_status
+from p2pfl.cli.progress import Progress, progress_printer
 from p2pfl.cli.status_page import DEFAULT_STATUS_HOST
 from p2pfl.errors import ConfigError, P2PFLError
 from p2pfl.train.config import DATASET_INPUT_NORMS
@@ -135,7 +136,11 @@ def load_node_data(spec: str, seed: int) -> Any:
 
 
 async def get_model(
-    cid_text: str, out: str | Path, data_dir: str | Path, bootstrap: Sequence[str]
+    cid_text: str,
+    out: str | Path,
+    data_dir: str | Path,
+    bootstrap: Sequence[str],
+    progress: Progress | None = None,
 ) -> Path:
     """Write the blob `cid_text` to `out`: from the local store, else fetched from peers."""
     from p2pfl.core.cid import CID
@@ -144,6 +149,7 @@ async def get_model(
     from p2pfl.net.blockstore import BlockStore
     from p2pfl.net.config import NetConfig
     from p2pfl.net.host import open_node_host
+    from p2pfl.node.models import fetch_reporting
 
     cid = CID.parse(cid_text)
     store = BlockStore(Path(data_dir) / "blocks")
@@ -159,7 +165,7 @@ async def get_model(
             require_peers=True,
         )
         async with open_node_host(config, generate_identity().private_key) as net:
-            await net.fetch_blob(cid, None)
+            await fetch_reporting(net, cid, None, progress)
     blob = store.read_blob(cid)
     decode_tensors(blob)  # it is a canonical model, not arbitrary bytes
     Path(out).write_bytes(blob)
@@ -375,9 +381,11 @@ async def start_node(
     metrics_host: str = DEFAULT_METRICS_HOST,
     status_port: int = 0,
     status_host: str = DEFAULT_STATUS_HOST,
+    progress: Progress | None = None,
 ) -> None:
     """`p2pfl node start`: run one node until `rounds` are committed (or forever).
-    `metrics_port` 0: no metrics server; `status_port` 0: no status page."""
+    `metrics_port` 0: no metrics server; `status_port` 0: no status page; `progress`:
+    training epochs and model fetches."""
     from p2pfl.cli.launch import Launch, launch_node
     from p2pfl.keystore import load_keystore
     from p2pfl.manifest import TaskManifest
@@ -408,6 +416,7 @@ async def start_node(
             metrics_host=metrics_host,
             status_port=status_port or None,
             status_host=status_host,
+            node_options={"progress": progress},
         )
     )
     print(f"stopped after round {node.machine.round}", flush=True)
@@ -432,6 +441,7 @@ def _cmd_node_start(args: argparse.Namespace) -> int:
         args.metrics_host,
         args.status_port,
         args.status_host,
+        progress_printer(args.quiet),
     )
     return 0
 
@@ -439,7 +449,9 @@ def _cmd_node_start(args: argparse.Namespace) -> int:
 def _cmd_model_get(args: argparse.Namespace) -> int:
     import trio
 
-    out = trio.run(get_model, args.cid, args.out, args.data_dir, args.bootstrap)
+    out = trio.run(
+        get_model, args.cid, args.out, args.data_dir, args.bootstrap, progress_printer(args.quiet)
+    )
     print(f"wrote {out}")
     return 0
 

@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from p2pfl.cli.progress import Progress, progress_printer
 from p2pfl.errors import P2PFLError
 
 log = logging.getLogger("p2pfl.serve")
@@ -232,6 +233,7 @@ async def follow_commits(
     poll_s: float = DEFAULT_POLL_S,
     *,
     task_status: Any = None,
+    progress: Progress | None = None,
 ) -> None:
     """Keep `service.current` at the task's latest committed model, until cancelled.
 
@@ -252,7 +254,7 @@ async def follow_commits(
             current = service.current
             if current is None or info.last_round != current.round:
                 service.current = await _load_round(
-                    manifest, info.last_round, info.last_result, store, net
+                    manifest, info.last_round, info.last_result, store, net, progress
                 )
                 print(f"serving round {info.last_round} model {service.current.cid}", flush=True)
         except P2PFLError as exc:
@@ -264,9 +266,16 @@ async def follow_commits(
 
 
 async def _load_round(
-    manifest: Any, round_: int, digest: bytes, store: Any, net: Any
+    manifest: Any,
+    round_: int,
+    digest: bytes,
+    store: Any,
+    net: Any,
+    progress: Progress | None = None,
 ) -> ServedModel:
     import trio
+
+    from p2pfl.node.models import fetch_reporting
 
     cid = model_cid(manifest, round_, digest)
     if not await trio.to_thread.run_sync(store.has_blob, cid):
@@ -275,7 +284,7 @@ async def _load_round(
                 f"round {round_} model {cid} is not in the block store; "
                 "pass --bootstrap ADDR of a peer that has it"
             )
-        await net.fetch_blob(cid, None)  # verified block by block as it arrives
+        await fetch_reporting(net, cid, None, progress)  # verified block by block
     blob = await trio.to_thread.run_sync(store.read_blob, cid)  # verified against the CID
     return await trio.to_thread.run_sync(load_model, manifest, round_, blob, str(cid))
 
@@ -417,8 +426,9 @@ async def serve(
     host: str = DEFAULT_SERVE_HOST,
     port: int = DEFAULT_SERVE_PORT,
     poll_s: float = DEFAULT_POLL_S,
+    progress: Progress | None = None,
 ) -> None:
-    """`p2pfl serve`: answer predictions until interrupted."""
+    """`p2pfl serve`: answer predictions until interrupted (`progress`: model fetches)."""
     from p2pfl.chain.client import ChainClient, Deployment
     from p2pfl.chain.providers import rpc_web3
     from p2pfl.keystore import generate_identity
@@ -438,7 +448,7 @@ async def serve(
                 f"serving   http://{bound_host}:{bound_port} (POST /predict, GET /model)",
                 flush=True,
             )
-            await follow_commits(service, manifest, chain, store, net, poll_s)
+            await follow_commits(service, manifest, chain, store, net, poll_s, progress=progress)
 
     if not bootstrap:
         await run(BlockStore(Path(data_dir) / "blocks"), None)
@@ -492,6 +502,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             args.host,
             args.port,
             args.poll,
+            progress_printer(args.quiet),
         )
     except KeyboardInterrupt:
         pass

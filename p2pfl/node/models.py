@@ -4,7 +4,7 @@ event loop, keep a few decoded) and block fetches retried with backoff."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import trio
@@ -29,15 +29,25 @@ MODEL_FETCH_WARN_AFTER = 20
 # Decoded models kept: the current base, the model being built on it, a few spares for a
 # node catching up (a model is tens of MB for the larger architectures).
 MODEL_CACHE_SIZE = 5
+# A model fetch in progress reports this often (when someone asked for progress lines):
+# a person sees it move, a log stays short.
+PROGRESS_EVERY_S = 1.0
 
 
 class ModelCache:
     """Decoded models by CID; `ensure` fetches one (from peers, retrying) until held."""
 
-    def __init__(self, net: NodeNet, peers: PeerDirectory, count: Callable[[str], None]) -> None:
+    def __init__(
+        self,
+        net: NodeNet,
+        peers: PeerDirectory,
+        count: Callable[[str], None],
+        progress: Callable[[str], None] | None = None,
+    ) -> None:
         self.net = net
         self.peers = peers
         self.count = count
+        self.progress = progress  # a line of text for a person (p2pfl.cli.progress), or None
         self._models: dict[bytes, dict[str, np.ndarray]] = {}  # CID bytes -> weights, oldest first
         self.blob_size: int | None = None  # every model of a task has one size
 
@@ -58,7 +68,7 @@ class ModelCache:
             providers = self.peers.rotated(attempt, MODEL_FETCH_PROVIDERS_PER_TRY)
             attempt += 1
             try:
-                await self.net.fetch_blob(cid, providers)
+                await fetch_reporting(self.net, cid, providers, self.progress)
             except P2PFLError as exc:
                 self.count("model-fetch-retries")
                 log.info("model %s not fetched yet (%s); retrying in %.1f s", cid, exc, delay)
@@ -98,6 +108,37 @@ class ModelCache:
         if size is None:
             raise P2PFLError("model size unknown before the genesis model is loaded")
         return digest_to_cid(digest, CODEC_RAW if size <= CHUNK_SIZE else CODEC_DAG_PB)
+
+
+async def fetch_reporting(
+    net: NodeNet,
+    cid: CID,
+    providers: Sequence[str] | None,
+    progress: Callable[[str], None] | None,
+    what: str = "model",
+) -> None:
+    """`net.fetch_blob`, with a progress line every PROGRESS_EVERY_S while it runs and one
+    when it is done (nothing without `progress`). The bytes are the node's block bytes
+    received meanwhile: other fetches running at the same time count too."""
+    if progress is None:
+        await net.fetch_blob(cid, providers)
+        return
+
+    def received() -> int:
+        return int(net.metrics().get("bytes-fetched", 0))  # type: ignore[call-overload]
+
+    start = received()
+
+    async def report() -> None:
+        while True:
+            await trio.sleep(PROGRESS_EVERY_S)
+            progress(f"fetching {what} {cid}: {(received() - start) / 2**20:.1f} MiB received")
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(report)
+        await net.fetch_blob(cid, providers)
+        nursery.cancel_scope.cancel()
+    progress(f"fetched {what} {cid} ({(received() - start) / 2**20:.1f} MiB)")
 
 
 async def fetch_with_retries(

@@ -83,6 +83,7 @@ class Node:
         trainer: Trainer | None = None,
         follow_poll_s: float = DEFAULT_FOLLOW_POLL_S,
         heartbeat_interval_s: float = HEARTBEAT_INTERVAL_S,  # 0 = send none
+        progress: Callable[[str], None] | None = None,
     ) -> None:
         self.identity = identity
         self.address = identity.address
@@ -105,6 +106,8 @@ class Node:
         # a simulation passes a trainer backed by a process pool whose workers hold the
         # partitions, keeping torch's Python work off the event loop's GIL.
         self.trainer = trainer
+        # Progress lines for a person (training epochs, model fetches; p2pfl.cli.progress).
+        self.progress = progress
         self.follow_poll_s = follow_poll_s
         self.heartbeat_interval_s = heartbeat_interval_s
         self.spec = manifest.rule_spec()
@@ -121,7 +124,7 @@ class Node:
         self.intake = Intake(
             self.task, self.address, self.machine, self.peers.ids, self.queue, self.count
         )
-        self.models = ModelCache(net, self.peers, self.count)
+        self.models = ModelCache(net, self.peers, self.count, progress)
         self.committed = CommittedRounds(
             self.data_dir, manifest, self.spec, self.intake, self.count
         )

@@ -19,7 +19,7 @@ from p2pfl.core.cid import CID, blob_blocks
 from p2pfl.core.round_result import compute_aggregate
 from p2pfl.core.tensors import decode_tensors, encode_tensors, flatten
 from p2pfl.errors import P2PFLError
-from p2pfl.node.models import fetch_with_retries
+from p2pfl.node.models import PROGRESS_EVERY_S, fetch_with_retries
 from p2pfl.parallel import threaded
 
 if TYPE_CHECKING:
@@ -56,6 +56,7 @@ class NodeContext(Protocol):
     rounds: dict[int, RoundLog]
     behaviour: Behaviour
     trainer: Trainer | None
+    progress: Callable[[str], None] | None
     data: Any
     client_index: int | bytes
     num_threads: int
@@ -99,6 +100,7 @@ class RoundWorkers:
                 seed,
                 model_kwargs=n.manifest.model_kwargs,
                 num_threads=n.num_threads,
+                on_epoch=epoch_reporter(n.progress, round_, cfg.epochs, n.clock),
             )
             result = await trio.to_thread.run_sync(job, limiter=n.cpu)
         else:
@@ -203,6 +205,27 @@ class RoundWorkers:
                     await trio.to_thread.run_sync(self.node.net.store.read_blob, CID.parse(u.delta))
                 )
         return blobs
+
+
+def epoch_reporter(
+    progress: Callable[[str], None] | None,
+    round_: int,
+    epochs: int,
+    clock: Callable[[], float],
+) -> Callable[[int, float], None] | None:
+    """`train_local`'s `on_epoch` for progress lines: the last epoch always, others at
+    most every PROGRESS_EVERY_S (short epochs would flood the terminal)."""
+    if progress is None:
+        return None
+    last = [clock()]
+
+    def on_epoch(epoch: int, loss: float) -> None:
+        now = clock()
+        if epoch == epochs or now - last[0] >= PROGRESS_EVERY_S:
+            last[0] = now
+            progress(f"round {round_}: training epoch {epoch}/{epochs}, loss {loss:.4f}")
+
+    return on_epoch
 
 
 def _store_delta(store: Any, delta: dict[str, np.ndarray]) -> tuple[bytes, CID, float]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -172,6 +172,7 @@ def train_local(
     *,
     model_kwargs: Mapping[str, Any] | None = None,
     num_threads: int | None = None,
+    on_epoch: Callable[[int, float], None] | None = None,
 ) -> TrainResult:
     """Train from `base` on `data` for `cfg.epochs` and return the float32 delta.
 
@@ -180,7 +181,8 @@ def train_local(
     `client_seed(cfg.seed, round, client)`) fixes the shuffling — a fresh permutation per
     epoch from `np.random.default_rng(seed)` — and torch's RNG for the duration (dropout).
     The optimizer starts fresh every call. The last partial batch is kept. Inputs are
-    standardised by `cfg.input_norm` when the task sets one.
+    standardised by `cfg.input_norm` when the task sets one. `on_epoch(epoch, loss)` is
+    called after each epoch (1-based; its sample-weighted mean loss), e.g. for progress.
     """
     if len(data) == 0:
         raise ConfigError("cannot train on an empty dataset")
@@ -200,7 +202,7 @@ def train_local(
         net.train()
         started = time.perf_counter()
         epoch_loss = 0.0
-        for _ in range(cfg.epochs):
+        for epoch in range(cfg.epochs):
             order = torch.from_numpy(rng.permutation(n))
             loss_sum = 0.0
             for start in range(0, n, cfg.batch_size):
@@ -211,6 +213,8 @@ def train_local(
                 optimizer.step()
                 loss_sum += float(loss.detach()) * len(idx)
             epoch_loss = loss_sum / n
+            if on_epoch is not None:
+                on_epoch(epoch + 1, epoch_loss)
         seconds = time.perf_counter() - started
 
     trained = model_to_numpy(net)

@@ -25,16 +25,17 @@ from tests.sim.test_cli import (
 )
 
 
-def audit(tmp_path, *args):
+def audit(tmp_path, *args, quiet=False):
     """(exit status, stdout, stderr) of one `p2pfl audit`."""
     out = subprocess.run(
-        [*P2PFL, "audit", "--task", "manifest.json", *args],
+        [*P2PFL, *(["-q"] if quiet else []), "audit", "--task", "manifest.json", *args],
         cwd=tmp_path, env={**os.environ}, capture_output=True, text=True, timeout=180,
     )  # fmt: skip
     return out.returncode, out.stdout, out.stderr
 
 
-def test_cli_audit(tmp_path):
+def test_cli_audit(tmp_path, monkeypatch):
+    monkeypatch.setenv("P2PFL_PROGRESS", "1")  # progress lines in the logs (not a terminal)
     with Anvil() as chain:
         rpc = ["--rpc", chain.url]
         open_task(tmp_path, rpc, ("alice", "bob"), name="audit-demo", epochs=1)
@@ -51,6 +52,7 @@ def test_cli_audit(tmp_path):
                 cwd=tmp_path, log=logs["bob"].open("w"),
             )  # fmt: skip
             assert bob.wait(timeout=240) == 0, logs["bob"].read_text()
+            assert "round 1: training epoch 1/1, loss " in logs["bob"].read_text()
 
             code, out, err = audit(tmp_path, *rpc, "--data-dir", "bob-data", "--to-round", "2")
             assert (code, out) == (0, "round 1: holds\nround 2: holds\n"), err
@@ -62,6 +64,11 @@ def test_cli_audit(tmp_path):
                                    "--bootstrap", addr, "--json")  # fmt: skip
             assert code == 0, out + err
             assert [r["holds"] for r in json.loads(out)["rounds"]] == [True, True]
+            assert "fetched blob " in err, err  # progress lines, on stderr
+            shutil.rmtree(tmp_path / "auditor" / "audit-net")
+            code, out, err = audit(tmp_path, *rpc, "--data-dir", "auditor", "--to-round", "2",
+                                   "--bootstrap", addr, quiet=True)  # fmt: skip
+            assert code == 0 and "fetch" not in err, out + err
         finally:
             stop(alice)
             if bob is not None:
