@@ -19,7 +19,9 @@ and from a node's data directory (`--data-dir`, the one `p2pfl node start` used)
 then filter + rule are run over those updates on the base model with the committee's
 own code (p2pfl.core.round_result.compute_aggregate): the filter's decisions must equal
 the proposal's, the new model's CID the chain's result, and the reward tree rebuilt from
-the proposal (committed_reward_tree) the chain's contributors root.
+the proposal (committed_reward_tree) the chain's contributors root. The leader's own
+rejections (an equivocating author, a delta nobody could fetch) are taken as the proposal
+states them: the committee does not recompute those either.
 
 A round that cannot be recomputed (no record, a missing or corrupt block) does not hold:
 the reason says what is missing. One line per round (`round N: holds` or
@@ -84,6 +86,7 @@ def audit_task(
     `state_dir`: the node's round records; `read_blob(cid)`: a blob's bytes, verified
     against `cid` (P2PFLError or OSError if it cannot be had)."""
     from p2pfl.chain.client import RoundCommitted
+    from p2pfl.chain.follower import DEFAULT_CHUNK_BLOCKS
     from p2pfl.core.audit import Commit
 
     task = manifest.task_id
@@ -93,7 +96,10 @@ def audit_task(
     created = chain.task_created_block(task)
     if created is None:
         raise ChainError(f"no TaskCreated event for task 0x{task.hex()} on this chain")
-    events: list[RoundCommitted] = chain.commits(created, chain.block_number(), task)
+    head = chain.block_number()
+    events: list[RoundCommitted] = []
+    for start in range(created, head + 1, DEFAULT_CHUNK_BLOCKS):  # providers cap log ranges
+        events += chain.commits(start, min(head, start + DEFAULT_CHUNK_BLOCKS - 1), task)
     nodes = chain.registered_nodes()
     proposals: dict[int, Any] = {}  # round -> committed proposal (for probation records)
     out: list[RoundAudit] = []
