@@ -6,8 +6,8 @@ machine's actions into I/O and the I/O's outcomes back into events.
       ├── event loop              run()'s body: queue -> RoundMachine.handle -> action table
       ├── ticker                  Tick(now) at the machine's next deadline (or every tick)
       ├── heartbeat               signed Heartbeat every 5 s on the consensus topic (heartbeat.py)
-      ├── chain follower          RoundCommitted -> reward file, probation history
-      │                           (committed.py) -> ChainCommitted
+      ├── chain follower          RoundCommitted -> reward file, probation history,
+      │                           round record (committed.py) -> ChainCommitted
       ├── gossip intake ×3        one per topic: validator, message -> event (intake.py)
       ├── publish                 one short task per gossiped message
       ├── chain transactions      commitRound, submitEquivocation (chain_tx.py)
