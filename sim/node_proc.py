@@ -178,6 +178,22 @@ def set_process_name(name: str) -> None:
         pass  # not Linux: only the name is lost
 
 
+# glibc's mallopt parameter for the number of malloc arenas (malloc.h).
+M_ARENA_MAX = -8
+
+
+def one_malloc_arena() -> None:
+    """Make glibc serve every thread from one malloc arena: the node trains in worker
+    threads, and each would otherwise keep an arena of its own holding the freed tensors
+    of earlier rounds (20-40 MiB of private memory per arena, measured). No-op elsewhere."""
+    import ctypes
+
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(M_ARENA_MAX, 1)
+    except (OSError, AttributeError):
+        pass
+
+
 def forked_main(argv: list[str], env: dict[str, str], log_path: str) -> None:
     """A node process forked from `sim.processes`' fork server (`sim.node_preload` already
     imported): output to `log_path`, `env` (the key) added to the environment, then `main`."""
@@ -189,6 +205,7 @@ def forked_main(argv: list[str], env: dict[str, str], log_path: str) -> None:
     os.close(fd)
     os.environ.update(env)
     warnings.simplefilter("ignore")  # as `python -W ignore` would
+    one_malloc_arena()
     set_process_name(f"{PROCESS_NAME_PREFIX}{argv[argv.index('--index') + 1]}")
     sys.exit(main(argv))
 
