@@ -151,7 +151,8 @@ def _load_fashion_mnist_cached(split: str, folder: str) -> Dataset:
     labels = read_idx(root / labels_name, IDX_LABELS_MAGIC)
     if len(images) != len(labels):
         raise DataError(f"Fashion-MNIST {split}: {len(images)} images but {len(labels)} labels")
-    x = (images.astype(np.float32) / np.float32(255.0))[:, None, :, :]
+    x = images.astype(np.float32)[:, None, :, :]
+    x /= np.float32(255.0)  # in place: one float copy of the 60,000 images at a time, not two
     y = labels.astype(np.int64)
     # Shared by every caller in the process: make them read-only so nobody edits the cache.
     x.setflags(write=False)
