@@ -12,7 +12,6 @@ from __future__ import annotations
 from contextlib import AsyncExitStack
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -34,16 +33,15 @@ from p2pfl.core.tensors import decode_tensors, encode_tensors
 from p2pfl.errors import P2PFLError
 from p2pfl.manifest import TaskManifest
 from p2pfl.net.blockstore import BlockStore
-from p2pfl.net.config import NetConfig
-from p2pfl.node import Node
 from p2pfl.node.committed import round_record_path
-from sim.faults import hold_host
-from tests.test_node_inprocess import N_NODES, ROUNDS, open_task, trainer_for
-from tests.test_node_inprocess import SIZE as SIZE_INPROCESS
+from tests.realnodes import make_nodes, open_task, start_hosts
 
 N = 4
 K = 3
 SIZE = 64
+# The real-hosts run: as tests/test_node_inprocess.py.
+N_NODES = 5
+ROUNDS = 3
 REWARD = ETHER // 100
 
 
@@ -185,36 +183,13 @@ def test_unknown_task_missing_data_dir_and_unreachable_rpc_are_clear_errors(
 async def run_nodes(tmp_path: Path) -> tuple[DevNet, TaskManifest]:
     """ROUNDS rounds of N_NODES nodes on real hosts (as tests/test_node_inprocess.py);
     node i keeps its state in tmp_path/state{i} and its blocks in tmp_path/net{i}."""
-    genesis_blob = encode_tensors({"w": np.zeros(SIZE_INPROCESS, np.float32)})
-    devnet, identities, manifest = open_task(genesis_blob)
+    genesis_blob = encode_tensors({"w": np.zeros(256, np.float32)})
+    devnet, identities, manifest = open_task(
+        genesis_blob, n_nodes=N_NODES, committee=3, rounds=ROUNDS, seed=5, name="audit"
+    )
     async with AsyncExitStack() as stack:
-        hosts = await stack.enter_async_context(trio.open_nursery())
-        stops = [trio.Event() for _ in identities]
-        stack.callback(lambda: [s.set() for s in stops])
-        nets: list[Any] = []
-        for i, ident in enumerate(identities):
-            bootstrap = (nets[0].listen_addrs[0],) if nets else ()
-            cfg = NetConfig(
-                data_dir=tmp_path / f"net{i}", bootstrap=bootstrap, dht=False, sync_interval_s=0.5
-            )
-            nets.append(await hosts.start(hold_host, cfg, ident.private_key, stops[i]))
-        nets[0].put_blob(genesis_blob)
-        nodes = []
-        for i, (ident, net) in enumerate(zip(identities, nets)):
-            client = ChainClient(devnet.admin.w3, devnet.deployment, ident.private_key)
-            nodes.append(
-                Node(
-                    ident,
-                    manifest,
-                    client,
-                    net,
-                    None,
-                    tmp_path / f"state{i}",
-                    client_index=i,
-                    trainer=trainer_for(i),
-                    follow_poll_s=0.2,
-                )
-            )
+        nets = await start_hosts(stack, identities, tmp_path, genesis_blob)
+        nodes = make_nodes(devnet, identities, nets, manifest, tmp_path)
         with trio.fail_after(150):
             async with trio.open_nursery() as nursery:
                 for node in nodes:

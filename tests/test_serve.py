@@ -20,8 +20,7 @@ import torch
 import trio
 
 from p2pfl.chain.client import ChainClient
-from p2pfl.chain.devnet import DEFAULT_GAS_FUNDS, ETHER, DevNet
-from p2pfl.chain.providers import embedded_web3, fund
+from p2pfl.chain.devnet import ETHER
 from p2pfl.cli.serve import (
     MAX_BATCH,
     MAX_BODY_BYTES,
@@ -34,78 +33,17 @@ from p2pfl.cli.serve import (
     serve_http,
 )
 from p2pfl.core.cid import CID, blob_cid
-from p2pfl.core.identity import NodeIdentity, peer_id_bytes_from_public
 from p2pfl.core.tensors import decode_tensors, encode_tensors
 from p2pfl.errors import P2PFLError
 from p2pfl.manifest import TaskManifest
 from p2pfl.net.blockstore import BlockStore
-from p2pfl.net.config import NetConfig
-from p2pfl.node import Node
 from p2pfl.train.models import init_weights
-from sim.faults import hold_host
+from tests.realnodes import make_nodes, open_task, start_hosts, trainer_for
 
 N_NODES = 3
 ROUNDS = 2
 STAKE = ETHER
 MODEL_KWARGS = {"input_shape": [1, 8, 8], "hidden": [16]}
-
-
-def open_task(genesis_blob: bytes) -> tuple[DevNet, list[NodeIdentity], TaskManifest]:
-    w3 = embedded_web3()
-    devnet = DevNet.create(w3, n_nodes=N_NODES, seed=7, register=False)
-    identities = [NodeIdentity(k) for k in devnet.keys]
-    for ident, client in zip(identities, devnet.clients):
-        fund(w3, ident.checksum_address, STAKE)
-        client.register(
-            peer_id_bytes_from_public(ident.compressed_public_key), ident.x25519_public_key, STAKE
-        )
-    dep = devnet.deployment
-    reward = ETHER // 100
-    manifest = TaskManifest(
-        name="serve",
-        model="mlp",
-        model_kwargs=MODEL_KWARGS,
-        initial_model=str(blob_cid(genesis_blob)),
-        chain_id=dep.chain_id,
-        registry=dep.registry,
-        ledger=dep.ledger,
-        committee_size=N_NODES,
-        collect_deadline_s=10.0,
-        collect_quorum_percent=100,
-        view_timeout_s=6.0,
-        commit_fallback_delay_s=3.0,
-        redraw_timeout_s=40.0,
-        reward_per_round_wei=reward,
-        seed=7,
-    )
-    fund(w3, devnet.admin.account.address, ROUNDS * reward + DEFAULT_GAS_FUNDS)
-    devnet.admin.create_task(
-        manifest.task_id,
-        CID.parse(manifest.initial_model).digest,
-        N_NODES,
-        0,
-        reward,
-        ROUNDS * reward,
-        redraw_delay_s=0,
-    )
-    return devnet, identities, manifest
-
-
-def trainer(index: int) -> Any:
-    """Deltas of the MLP's shapes, agreeing in direction (the filters keep them)."""
-
-    async def train(base: dict[str, np.ndarray], cfg: Any, seed: int) -> Any:
-        from tests.test_node_inprocess import FakeTraining
-
-        rng = np.random.default_rng(seed)
-        delta = {
-            k: (0.05 + 0.01 * rng.standard_normal(v.shape)).astype(np.float32)
-            for k, v in base.items()
-        }
-        await trio.sleep(0.05 * index)
-        return FakeTraining(delta, 10 + index)
-
-    return train
 
 
 def request(
@@ -149,35 +87,17 @@ def expected_predictions(store: BlockStore, cid: str, x: np.ndarray) -> list[int
 
 async def test_serve_follows_commits_and_refuses_bad_requests(tmp_path: Path) -> None:
     genesis_blob = encode_tensors(init_weights("mlp", MODEL_KWARGS, 7))
-    devnet, identities, manifest = open_task(genesis_blob)
+    devnet, identities, manifest = open_task(
+        genesis_blob, n_nodes=N_NODES, committee=N_NODES, rounds=ROUNDS, seed=7, name="serve",
+        model_kwargs=MODEL_KWARGS,
+    )  # fmt: skip
     x = np.random.default_rng(0).random((5, 1, 8, 8), dtype=np.float32)
     seen: list[dict[str, Any]] = []
     async with AsyncExitStack() as stack:
-        hosts = await stack.enter_async_context(trio.open_nursery())
-        stops = [trio.Event() for _ in identities]
-        stack.callback(lambda: [s.set() for s in stops])
-        nets: list[Any] = []
-        for i, ident in enumerate(identities):
-            bootstrap = (nets[0].listen_addrs[0],) if nets else ()
-            cfg = NetConfig(
-                data_dir=tmp_path / f"net{i}", bootstrap=bootstrap, dht=False, sync_interval_s=0.5
-            )
-            nets.append(await hosts.start(hold_host, cfg, ident.private_key, stops[i]))
-        nets[0].put_blob(genesis_blob)
-        nodes = [
-            Node(
-                ident,
-                manifest,
-                type(devnet.clients[i])(devnet.admin.w3, devnet.deployment, ident.private_key),
-                net,
-                None,
-                tmp_path / f"state{i}",
-                client_index=i,
-                trainer=trainer(i),
-                follow_poll_s=0.2,
-            )
-            for i, (ident, net) in enumerate(zip(identities, nets))
-        ]
+        nets = await start_hosts(stack, identities, tmp_path, genesis_blob)
+        nodes = make_nodes(
+            devnet, identities, nets, manifest, tmp_path, lambda i: trainer_for(i, scale=0.05)
+        )
         reader = ChainClient(devnet.admin.w3, devnet.deployment)  # read-only
         service = PredictionService(manifest.task_id)
         store = nets[0].store  # the task creator's store: every committed model lands there
