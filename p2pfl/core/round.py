@@ -733,14 +733,18 @@ class RoundMachine:
         if beat.task != self.config.task:
             self._drop("wrong-task", beat.signer, True)
             return
-        if self._heartbeats_since is None:
-            self._heartbeats_since = self.now
         if beat.round < self.round:
             # A node behind us sends no update for our round; and an old beat re-offered by
             # gossip's sync (a restart) must not make a dead node look alive.
             self.counters["heartbeats:stale"] += 1
             return
         self.counters["heartbeats"] += 1
+        if self._heartbeats_since is None and self.round > 0 and math.isfinite(self.now):
+            # The live window starts at the first beat heard in a running round. Not before:
+            # a beat that arrives ahead of the first Tick (now = -inf) or of RoundStarted
+            # would start judging at once, and in round 1 every node whose first beat of the
+            # round had not come yet (still starting up) would leave the collect quorum.
+            self._heartbeats_since = self.now
         self._heard_from(beat.signer)
 
     def _heard_from(self, signer: bytes) -> None:

@@ -444,6 +444,22 @@ def test_silent_nodes_leave_the_collect_quorum_after_the_live_window():
     assert m.counters["collect-closed:deadline"] == 0
 
 
+def test_beats_before_the_clock_or_the_round_do_not_start_the_window():
+    """Beats that reach the machine before its first Tick (now = -inf) or before the round
+    starts: judging silence from then would drop, in round 1, every node whose first beat
+    of the round has not arrived yet. The window starts at the first beat of the round."""
+    m = machine()
+    for author in LIVE:  # no clock yet, no round
+        m.handle(heartbeat(author, round_=0))
+    m.handle(Tick(50.0))
+    for author in LIVE:  # a clock, still no round
+        m.handle(heartbeat(author, round_=0))
+    start(m, 1)
+    m.handle(Tick(100.0 + 2 * m.config.live_window_s))
+    assert m.is_live(DEAD[0]), "no beat of the round yet: silence proves nothing"
+    assert closes_after(m, LIVE, 1) is None  # still all 10 expected: 8 needed
+
+
 def test_before_the_window_silence_proves_nothing():
     m = machine()
     start(m, 1)
