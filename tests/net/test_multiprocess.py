@@ -283,5 +283,9 @@ def test_bad_updates_stop_at_the_first_honest_process(tmp_path: Path, procs: lis
     assert at_c["distinct"] == at_c["deliveries"] == total
     assert at_b["distinct"] == at_b["deliveries"] == total  # the replay was not delivered again
     rejected = {f"gossip-{kind}": 1 for kind in ATTACKS if kind != "future-round"}
-    assert at_b["rejected"] == rejected, at_b
+    # A sync with the attacker before the ban may offer the oversized message again: its length
+    # is refused before its bytes (and so its id) are read, so it counts once more, on that path.
+    by_sync = {k: n for k, n in at_b["rejected"].items() if k.startswith("sync-")}
+    assert set(by_sync) <= {"sync-oversized"}, at_b
+    assert {k: n for k, n in at_b["rejected"].items() if k not in by_sync} == rejected, at_b
     assert at_b["ignored"].get("ignored-future-round", 0) >= 1, at_b
