@@ -1,10 +1,10 @@
-"""Skip re-verifying a peer's unchanged signed peer record on every pubsub RPC (py-libp2p 0.8.1).
+"""Two fixes to py-libp2p 0.8.1's gossipsub, each measured on our simulations.
 
-py-libp2p's gossipsub attaches the sender's signed peer record (a libp2p Envelope, ~200 bytes
-with a secp256k1 signature) to every RPC it sends, and on receipt `maybe_consume_signed_record`
-parses it, checks the signature and stores it in the certified address book — for every RPC,
-although a peer's record only changes when its addresses do. In a 10-node simulation that
-was ~7% of all CPU.
+**1. Signed peer records verified once, not on every RPC.** py-libp2p's gossipsub attaches the
+sender's signed peer record (a libp2p Envelope, ~200 bytes with a secp256k1 signature) to every
+RPC it sends, and on receipt `maybe_consume_signed_record` parses it, checks the signature and
+stores it in the certified address book — for every RPC, although a peer's record only changes
+when its addresses do. In a 10-node simulation that was ~7% of all CPU.
 
 Fix: remember, per sending peer, the exact record bytes last accepted from it. An RPC carrying
 those same bytes from that same peer is accepted without verifying again: the same bytes give
@@ -12,8 +12,19 @@ the same signature check and the same (already stored) record, so the outcome is
 other bytes go through the library's full check. Memory: one record per connected peer ever
 seen, bounded by `MAX_REMEMBERED_PEERS` (cleared when full).
 
-Version-guarded like `yamux_tuning`: the names are replaced only in the modules that imported
-the function, only for a libp2p version this was read against.
+**2. IDONTWANT only for messages worth it.** Gossipsub v1.2's IDONTWANT tells mesh peers not to
+send a message we already hold; it saves bandwidth when the message is large. py-libp2p sends
+one to every mesh peer for *every* message it forwards, each as its own RPC (with the ~200-byte
+record above), so a 170-byte heartbeat costs more in IDONTWANTs than in itself. With the
+node's heartbeats (one per node every 5 s) the 10-node quickstart's event loop spent most of its
+time on them: gossip latency of an update went from 0.3 s to 2 s, a delta fetch from 1 s to
+4 s, the round from 7 s to 12 s. go-libp2p sends IDONTWANT only for messages of at least
+`GossipSubIDontWantMessageThreshold` = 1 KiB; so do we (`IDONTWANT_MIN_BYTES`). The wire
+protocol is unchanged: IDONTWANT is advisory, and peers that get none send us the duplicate,
+which gossipsub's seen-cache drops.
+
+Version-guarded like `yamux_tuning`: names are replaced only for a libp2p version this was
+read against.
 """
 
 from __future__ import annotations
@@ -31,6 +42,9 @@ log = logging.getLogger(__name__)
 MAX_REMEMBERED_PEERS = 4096
 # Modules of py-libp2p 0.8.1 that call `maybe_consume_signed_record` by its imported name.
 _CALLERS = ("libp2p.pubsub.pubsub", "libp2p.pubsub.gossipsub", "libp2p.pubsub.floodsub")
+
+# go-libp2p's GossipSubIDontWantMessageThreshold: smaller messages get no IDONTWANT.
+IDONTWANT_MIN_BYTES = 1024
 
 _applied = False
 
@@ -55,14 +69,37 @@ def make_cached(check: Any) -> Any:
     return maybe_consume_signed_record
 
 
+def make_sized_idontwant(publish: Any, emit: Any) -> tuple[Any, Any]:
+    """Wrap `GossipSub.publish` and `GossipSub._emit_idontwant_for_message` so that the
+    IDONTWANT a forwarded message triggers is sent only when it has `IDONTWANT_MIN_BYTES`.
+
+    `publish` calls the emitter with the message id alone, before its first await: the
+    size is noted on the router just before and read (and reset) by the emitter first thing,
+    with no checkpoint between, so concurrent publishes cannot see each other's size."""
+
+    async def sized_publish(self: Any, msg_forwarder: Any, pubsub_msg: Any) -> None:
+        self._p2pfl_idontwant = len(pubsub_msg.data) >= IDONTWANT_MIN_BYTES
+        await publish(self, msg_forwarder, pubsub_msg)
+
+    async def sized_emit(self: Any, msg_id: bytes, topic_ids: Any) -> None:
+        wanted = getattr(self, "_p2pfl_idontwant", True)
+        self._p2pfl_idontwant = True  # any other caller gets the library's behaviour
+        if wanted:
+            await emit(self, msg_id, topic_ids)
+
+    return sized_publish, sized_emit
+
+
 def apply() -> bool:
-    """Install the memoised record check once per process; False if this libp2p is untested."""
+    """Install both fixes once per process; False if this libp2p is untested."""
     global _applied
     if _applied:
         return True
     if version("libp2p") not in TESTED_LIBP2P_VERSIONS:
         log.warning(
-            "libp2p %s untested: signed peer records are verified on every RPC", version("libp2p")
+            "libp2p %s untested: signed peer records are verified on every RPC and every"
+            " message gets IDONTWANTs",
+            version("libp2p"),
         )
         return False
     import importlib
@@ -77,5 +114,10 @@ def apply() -> bool:
             is utils.maybe_consume_signed_record
         ):
             module.maybe_consume_signed_record = cached  # type: ignore[attr-defined]
+    from libp2p.pubsub.gossipsub import GossipSub
+
+    publish, emit = make_sized_idontwant(GossipSub.publish, GossipSub._emit_idontwant_for_message)
+    GossipSub.publish = publish  # type: ignore[method-assign]
+    GossipSub._emit_idontwant_for_message = emit  # type: ignore[method-assign]
     _applied = True
     return True

@@ -226,3 +226,38 @@ async def test_undecodable_pubsub_rpc_is_counted_and_does_not_crash_the_host(
         assert hub.metrics()["rejections_by_reason"] == {"pubsub-undecodable-rpc": 1}
         await friend.publish(TOPIC, b"still alive")
         assert await collect(channels[0], 1, timeout_s=10) == [b"still alive"]
+
+
+async def test_idontwant_only_for_messages_of_a_kilobyte(tmp_path: Path) -> None:
+    """a - b - c: what b forwards costs IDONTWANTs to its mesh peers only for large messages
+    (p2pfl.net.pubsub_tuning: go-libp2p's 1 KiB threshold), and both sizes still arrive."""
+    from p2pfl.net.pubsub_tuning import IDONTWANT_MIN_BYTES
+
+    async with nodes(tmp_path, 3, links=[(1, 0), (2, 1)]) as (a, b, c):
+        received: list[int] = []  # message ids per IDONTWANT that reached a or c
+        for peer in (a, c):
+            router = peer.pubsub.router
+            handle = router.handle_idontwant
+
+            async def counting(msg, sender, handle=handle):  # type: ignore[no-untyped-def]
+                received.append(len(msg.messageIDs))
+                await handle(msg, sender)
+
+            router.handle_idontwant = counting
+        await a.join(TOPIC, accept_all)
+        await b.join(TOPIC, accept_all)
+        c_in = await c.join(TOPIC, accept_all)
+        await trio.sleep(1.5)
+        small = [f"beat {i}".encode() for i in range(5)]
+        for data in small:
+            await a.publish(TOPIC, data)
+        assert set(await collect(c_in, len(small), timeout_s=10)) == set(small)
+        await trio.sleep(0.5)
+        assert received == []  # nobody announced IDONTWANT for 6-byte messages
+        large = b"x" * IDONTWANT_MIN_BYTES
+        await a.publish(TOPIC, large)
+        assert await collect(c_in, 1, timeout_s=10) == [large]
+        with trio.fail_after(5):
+            while not received:
+                await trio.sleep(0.05)
+        assert sum(received) >= 1  # b (or c) told its mesh peers it holds the large one
