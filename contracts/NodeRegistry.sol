@@ -39,6 +39,7 @@ contract NodeRegistry {
         bool known; // ever registered (listed in `nodeList`)
         bool banned; // slashed for proven misbehaviour: ejected and never registers again
         bytes peerId; // libp2p peer ID (multihash bytes)
+        address successor; // the key this node rotated to (rotateKey); zero if none
     }
 
     mapping(address => Node) internal nodes;
@@ -62,6 +63,7 @@ contract NodeRegistry {
     event Withdrawn(address indexed node, uint256 amount);
     event Slashed(address indexed node, uint256 amount, address indexed reporter, uint256 reporterReward);
     event ReputationChanged(address indexed node, uint32 reputation, int256 delta);
+    event KeyRotated(address indexed node, address indexed successor, bytes peerId, bytes32 encKey, uint256 stake);
 
     // ---------------------------------------------------------------- errors
     error NotDeployer();
@@ -79,6 +81,8 @@ contract NodeRegistry {
     error ZeroAmount();
     error TransferFailed();
     error BadTiers();
+    error BadRotation(address successor);
+    error BadPossessionProof();
 
     constructor(uint256 minStake_, uint256 computeStake_, uint256 trustedStake_, uint256 unbondingBlocks_) {
         if (minStake_ == 0 || computeStake_ < minStake_ || trustedStake_ < computeStake_) revert BadTiers();
@@ -110,6 +114,7 @@ contract NodeRegistry {
         if (peerId.length == 0 || peerId.length > 128) revert BadPeerId();
         Node storage n = nodes[msg.sender];
         if (n.banned) revert Banned(msg.sender);
+        if (n.successor != address(0)) revert BadRotation(n.successor); // a retired key stays retired
         if (_stakeNow(msg.sender) != 0) revert AlreadyActive();
         if (n.unbonding != 0) revert UnbondingPending(n.releaseBlock);
         if (!n.known) {
@@ -132,6 +137,49 @@ contract NodeRegistry {
         n.peerId = peerId;
         n.encKey = encKey;
         emit KeysUpdated(msg.sender, peerId, encKey);
+    }
+
+    /// @notice Rotate the node's secp256k1 key (its address, and so its libp2p peer ID) to
+    /// `successor`, with the successor's peer ID and X25519 key. Active stake and
+    /// reputation move to the successor from this block on: sortition for a round reads
+    /// stakes at that round's reference block, so rounds drawn before this block keep the
+    /// old address (its statements stay verifiable and eligible for them) and the new key
+    /// takes part from the next round drawn after. `proof` is the successor's signature
+    /// (65 bytes, r || s || v) over rotationDigest(msg.sender, successor): proof that the
+    /// new key is held, so stake cannot be moved onto someone else's address. The old
+    /// address stays accountable: slash() and penalize() against it reach its successor,
+    /// and its unbonding stake (if any) stays with it. Rewards already earned by the old
+    /// address are still claimed by the old key.
+    function rotateKey(address successor, bytes calldata peerId, bytes32 encKey, bytes calldata proof) external {
+        uint256 s = _stakeNow(msg.sender);
+        if (s == 0) revert NotActive();
+        if (peerId.length == 0 || peerId.length > 128) revert BadPeerId();
+        Node storage n = nodes[successor];
+        if (successor == address(0) || successor == msg.sender || n.known) revert BadRotation(successor);
+        if (_recoverProof(rotationDigest(msg.sender, successor), proof) != successor) revert BadPossessionProof();
+        Node storage old = nodes[msg.sender];
+        old.successor = successor;
+        n.known = true;
+        n.reputation = old.reputation;
+        n.peerId = peerId;
+        n.encKey = encKey;
+        nodeList.push(successor);
+        _writeStake(msg.sender, 0);
+        _writeStake(successor, s);
+        emit KeyRotated(msg.sender, successor, peerId, encKey, s);
+    }
+
+    /// @notice What the successor signs in rotateKey (raw secp256k1 over this digest).
+    function rotationDigest(address node, address successor) public view returns (bytes32) {
+        return keccak256(abi.encodePacked("p2pfl-rotate-key", block.chainid, address(this), node, successor));
+    }
+
+    /// @notice The key `node` answers for now: itself, or the last key of its rotations.
+    function currentKey(address node) public view returns (address) {
+        for (address next = nodes[node].successor; next != address(0); next = nodes[node].successor) {
+            node = next;
+        }
+        return node;
     }
 
     /// @notice Add stake to an active node.
@@ -182,11 +230,20 @@ contract NodeRegistry {
         onlyLedger
         returns (uint256 amount)
     {
-        Node storage n = nodes[node];
-        uint256 active = _stakeNow(node);
+        // A key that rotated away answers through its successor (its own unbonding
+        // stake, if any, is slashed too): rotating cannot escape evidence.
+        address holder = currentKey(node);
+        if (holder != node) nodes[node].banned = true;
+        Node storage n = nodes[holder];
+        uint256 active = _stakeNow(holder);
         uint256 unbonding = n.unbonding;
+        if (holder != node) {
+            unbonding += nodes[node].unbonding;
+            nodes[node].unbonding = 0;
+        }
         amount = ((active + unbonding) * bps) / BPS;
         if (amount == 0) revert NotRegistered(node);
+        node = holder;
         uint256 fromUnbonding = amount <= unbonding ? amount : unbonding;
         uint256 rest = active - (amount - fromUnbonding); // active stake that survives
         n.unbonding = uint128(unbonding - fromUnbonding + rest);
@@ -207,6 +264,7 @@ contract NodeRegistry {
 
     /// @notice Lower a node's reputation by `penalty` (floor 0).
     function penalize(address node, uint32 penalty) external onlyLedger {
+        node = currentKey(node); // reputation moved with the key
         Node storage n = nodes[node];
         if (!n.known) revert NotRegistered(node);
         uint32 r = n.reputation;
@@ -291,6 +349,10 @@ contract NodeRegistry {
         return (n.peerId, n.encKey, stake, n.unbonding, n.releaseBlock, n.reputation, tierOf(stake), stake != 0, n.banned);
     }
 
+    function successorOf(address node) external view returns (address) {
+        return nodes[node].successor;
+    }
+
     function reputationOf(address node) external view returns (uint32) {
         return nodes[node].reputation;
     }
@@ -343,6 +405,18 @@ contract NodeRegistry {
             else lo = mid + 1;
         }
         return lo == 0 ? 0 : uint160(history[lo - 1]);
+    }
+
+    /// The signer of a 65-byte (r || s || v) signature over `digest`; zero if malformed.
+    function _recoverProof(bytes32 digest, bytes calldata sig) internal pure returns (address) {
+        if (sig.length != 65) return address(0);
+        bytes32 r = bytes32(sig[0:32]);
+        bytes32 s_ = bytes32(sig[32:64]);
+        uint8 v = uint8(sig[64]);
+        if (v < 27) v += 27;
+        // Lower-half s only (EIP-2), like the ledger's signatures.
+        if (uint256(s_) > 0x7FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF5D576E7357A4501DDFE92F46681B20A0) return address(0);
+        return ecrecover(digest, v, r, s_);
     }
 
     function _pay(address to, uint256 amount) internal {

@@ -618,6 +618,42 @@ class ChainClient:
             self.registry.functions.updateKeys(bytes(peer_id), _b32(enc_key, "enc_key")),
         )
 
+    def rotation_digest(self, successor: bytes, node: bytes | None = None) -> bytes:
+        """What the successor key signs to prove possession (NodeRegistry.rotationDigest)."""
+        return keccak(
+            b"p2pfl-rotate-key"
+            + self.deployment.chain_id.to_bytes(32, "big")
+            + bytes.fromhex(self.deployment.registry.removeprefix("0x"))
+            + bytes(node if node is not None else self.address)
+            + bytes(successor)
+        )
+
+    def rotate_key(self, successor_key: bytes, peer_id: bytes, enc_key: bytes) -> TxResult:
+        """Move this node's stake and reputation to the address of `successor_key` (with its
+        peer ID and X25519 key) from this block on; the successor signs the possession proof."""
+        from eth_keys import keys
+
+        successor = keys.PrivateKey(bytes(successor_key))
+        address = successor.public_key.to_canonical_address()
+        proof = successor.sign_msg_hash(self.rotation_digest(address)).to_bytes()
+        return self._tx(
+            "rotateKey",
+            self.registry.functions.rotateKey(
+                _addr(address), bytes(peer_id), _b32(enc_key, "enc_key"), proof
+            ),
+        )
+
+    def successor_of(self, address: bytes) -> bytes | None:
+        """The key `address` rotated to, or None."""
+        a = self._call("successorOf", self.registry.functions.successorOf(_addr(address)))
+        out = bytes.fromhex(a[2:])
+        return None if out == bytes(20) else out
+
+    def current_key(self, address: bytes) -> bytes:
+        """The key `address` answers for now (itself, or the last of its rotations)."""
+        a = self._call("currentKey", self.registry.functions.currentKey(_addr(address)))
+        return bytes.fromhex(a[2:])
+
     def top_up(self, amount_wei: int) -> TxResult:
         return self._tx("topUp", self.registry.functions.topUp(), amount_wei)
 

@@ -118,6 +118,11 @@ def run() -> None:
         "gas",
     )
 
+    figure(
+        "gas-rotateKey",
+        c[7].rotate_key(b"\x5a" * 32, b"\x00\x25" + bytes(37), bytes(32)).gas_used,
+        "gas",
+    )
     figure("gas-exit", c[6].exit().gas_used, "gas")
     mine_blocks(w3, 3)
     figure("gas-withdraw", c[6].withdraw().gas_used, "gas")
