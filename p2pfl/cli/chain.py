@@ -1,4 +1,4 @@
-"""`p2pfl chain deploy`, `p2pfl register`, `p2pfl claim`, `p2pfl status`.
+"""`p2pfl chain deploy`, `p2pfl register`, `p2pfl rotate-key`, `p2pfl claim`, `p2pfl status`.
 
 Each command is a plain function (usable from Python and tests) plus an argparse
 handler; `add_chain_commands(subparsers)` registers them on the `p2pfl` CLI.
@@ -41,7 +41,7 @@ from p2pfl.cli.common import (
     read_password,
 )
 from p2pfl.core.merkle import ROLE_REJECTED
-from p2pfl.errors import ChainError
+from p2pfl.errors import ChainError, P2PFLError
 
 # Credit given to the deployer by --fund-dev (anvil / test chains only).
 DEV_FUNDING_WEI = 1_000 * 10**18
@@ -106,6 +106,41 @@ def register_command(
         return client.top_up(stake_wei)
     peer_id = peer_id_bytes_from_public(identity.compressed_public_key)
     return client.register(peer_id, identity.x25519_public_key, stake_wei)
+
+
+def rotate_key_command(
+    rpc_url: str,
+    deployment: str | Path,
+    keystore: str | Path,
+    password: str,
+    new_keystore: str | Path,
+) -> tuple[TxResult, bytes]:
+    """Rotate the node of `keystore` to the key in `new_keystore` (created, with the same
+    password, if the file does not exist). Returns the transaction and the new address.
+
+    The old keystore is kept: it still claims the rewards its address earned. Restart the
+    node with the new keystore (same data dir); it takes part from the next round drawn
+    after the rotation's block."""
+    from p2pfl.core.identity import peer_id_bytes_from_public
+    from p2pfl.keystore import generate_identity, load_keystore, save_keystore
+
+    old = load_keystore(keystore, password)
+    client = _client(rpc_url, deployment, Account.from_key(old.private_key))
+    if not client.node_info().active:
+        raise P2PFLError(
+            f"{old.checksum_address} has no active stake to rotate (register first, or it"
+            " already rotated)"
+        )
+    if Path(new_keystore).exists():
+        new = load_keystore(new_keystore, password)
+    else:
+        new = generate_identity()
+        save_keystore(new, new_keystore, password)
+    if new.address == old.address:
+        raise P2PFLError(f"{new_keystore} holds the same key as {keystore}")
+    peer_id = peer_id_bytes_from_public(new.compressed_public_key)
+    tx = client.rotate_key(new.private_key, peer_id, new.x25519_public_key)
+    return tx, new.address
 
 
 def claim_command(
@@ -215,6 +250,22 @@ def _cmd_register(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_rotate_key(args: argparse.Namespace) -> int:
+    tx, new = rotate_key_command(
+        args.rpc, args.deployment, args.keystore, read_password(args), args.new_keystore
+    )
+    ev = tx.event("KeyRotated")
+    print(
+        f"rotated: {ev['node']} -> {Web3.to_checksum_address(new)}, stake"
+        f" {Decimal(ev['stake']) / WEI_PER_ETHER} ETH, block {tx.block_number}, gas {tx.gas_used}"
+    )
+    print(
+        f"restart the node with --keystore {args.new_keystore}; keep {args.keystore}"
+        " to claim the old address's rewards"
+    )
+    return 0
+
+
 def _cmd_claim(args: argparse.Namespace) -> int:
     txs = claim_command(args.rpc, args.deployment, args.keystore, read_password(args), args.files)
     total = sum(tx.event("RewardClaimed")["amount"] for tx in txs)
@@ -289,6 +340,19 @@ def add_chain_commands(subparsers: argparse._SubParsersAction) -> None:
         "--fund-dev", action="store_true", help="credit the account first (anvil/test chains only)"
     )
     reg.set_defaults(handler=_cmd_register)
+
+    rot = subparsers.add_parser(
+        "rotate-key",
+        help="move this node's stake and reputation to a new key (from the next round)",
+    )
+    add_rpc_options(rot)
+    add_key_options(rot)
+    rot.add_argument(
+        "--new-keystore",
+        required=True,
+        help="keystore of the new key (created with the same password if it does not exist)",
+    )
+    rot.set_defaults(handler=_cmd_rotate_key)
 
     claim = subparsers.add_parser("claim", help="claim rewards listed in reward files")
     add_rpc_options(claim)

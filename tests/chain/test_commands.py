@@ -1,4 +1,4 @@
-"""`p2pfl chain deploy`, `register`, `claim`, `status` against a real anvil."""
+"""`p2pfl chain deploy`, `register`, `rotate-key`, `claim`, `status` against a real anvil."""
 
 from __future__ import annotations
 
@@ -102,3 +102,27 @@ def test_task_create_standardise_flag_fills_the_train_table() -> None:
     assert TrainConfig.from_dict(train).input_norm is not None
     with pytest.raises(ConfigError, match="give only one"):
         with_standardisation(train, "digits")
+
+
+def test_rotate_key_command(anvil: Anvil, tmp_path, monkeypatch, capsys) -> None:
+    from p2pfl.keystore import load_keystore
+
+    _, admin_ks = _keystore(tmp_path)
+    dep_path = tmp_path / "deployment.json"
+    deploy_command(anvil.url, admin_ks, PASSWORD, dep_path, fund_dev=True)
+    node, node_ks = _keystore(tmp_path)
+    register_command(anvil.url, dep_path, node_ks, PASSWORD, 3 * ETHER, fund_dev=True)
+    new_ks = tmp_path / "new-key.json"
+    monkeypatch.setenv("P2PFL_PASSWORD", PASSWORD)
+    args = ["--rpc", anvil.url, "--deployment", str(dep_path), "--keystore", str(node_ks)]
+    assert cli_main(["rotate-key", *args, "--new-keystore", str(new_ks)]) == 0
+    assert "rotated:" in capsys.readouterr().out
+    new = load_keystore(new_ks, PASSWORD)  # created, with the same password
+    assert oct(new_ks.stat().st_mode & 0o777) == "0o600"
+    after = status_command(anvil.url, dep_path, new.address)["node"]
+    assert after["active"] and after["x25519_key"] == new.x25519_public_key.hex()
+    assert not status_command(anvil.url, dep_path, node.address)["node"]["active"]
+    # The retired key has nothing left to rotate: a clear error, not a revert dump.
+    assert cli_main(["rotate-key", *args, "--new-keystore", str(tmp_path / "third.json")]) == 1
+    assert "no active stake to rotate" in capsys.readouterr().err
+    assert not (tmp_path / "third.json").exists()  # no key made for a refused rotation

@@ -88,9 +88,7 @@ def test_bad_rotations_are_refused_with_a_reason(net: DevNet) -> None:
     new = _address(NEW_KEY)
     # A possession proof by another key (here: the old key signs for the new address).
     proof = keys.PrivateKey(net.keys[5]).sign_msg_hash(old.rotation_digest(new)).to_bytes()
-    fn = old.registry.functions.rotateKey(
-        old.w3.to_checksum_address(new), PEER, ENC, proof
-    )
+    fn = old.registry.functions.rotateKey(old.w3.to_checksum_address(new), PEER, ENC, proof)
     assert_reverts(lambda: old._tx("rotateKey", fn), "BadPossessionProof")
     assert_reverts(lambda: old.rotate_key(net.keys[6], PEER, ENC), "BadRotation")  # known key
     assert_reverts(lambda: old.rotate_key(net.keys[5], PEER, ENC), "BadRotation")  # itself
