@@ -59,9 +59,10 @@ def open_task(
     name: str,
     model: str = "mlp",
     model_kwargs: dict[str, Any] | None = None,
+    quorum_percent: int = 100,
 ) -> tuple[DevNet, list[NodeIdentity], TaskManifest]:
     """Deploy, register `n_nodes` nodes with their real peer IDs, and open a task whose
-    escrow pays `rounds` rounds; every update is needed for the quorum (100%)."""
+    escrow pays `rounds` rounds; by default every update is needed for the collect quorum."""
     w3 = embedded_web3()
     devnet = DevNet.create(w3, n_nodes=n_nodes, seed=seed, register=False)
     identities = [NodeIdentity(k) for k in devnet.keys]
@@ -82,7 +83,7 @@ def open_task(
         ledger=dep.ledger,
         committee_size=committee,
         collect_deadline_s=10.0,
-        collect_quorum_percent=100,
+        collect_quorum_percent=quorum_percent,
         view_timeout_s=6.0,
         commit_fallback_delay_s=3.0,
         redraw_timeout_s=40.0,
