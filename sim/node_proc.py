@@ -194,11 +194,16 @@ def one_malloc_arena() -> None:
         pass
 
 
-def forked_main(argv: list[str], env: dict[str, str], log_path: str) -> None:
+def forked_main(argv: list[str], env: dict[str, str], log_path: str, netns: str = "") -> None:
     """A node process forked from `sim.processes`' fork server (`sim.node_preload` already
-    imported): output to `log_path`, `env` (the key) added to the environment, then `main`."""
+    imported): into network namespace `netns` if given (before any socket is opened),
+    output to `log_path`, `env` (the key) added to the environment, then `main`."""
     import warnings
 
+    if netns:
+        from sim.netns import enter_netns
+
+        enter_netns(netns)
     fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     os.dup2(fd, 1)
     os.dup2(fd, 2)

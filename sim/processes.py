@@ -23,6 +23,7 @@ committed exactly once and prints `rpc-outage-*` figures).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -43,6 +44,7 @@ from p2pfl.net.blockstore import BlockStore
 from p2pfl.train.data import forget_cached_datasets
 from sim.data import load_partition, save_partition
 from sim.faults import FaultSpec
+from sim.netns import ShapedNetwork
 from sim.node_proc import FINAL_FILE, KEY_ENV, READY_FILE, forked_main, read_round_logs
 from sim.prologue import begin
 from sim.report import RunWriter, round_records, write_report
@@ -61,6 +63,9 @@ READY_TIMEOUT_S = 180.0
 FINISH_GRACE_S = 30.0
 # SIGINT first (a child closes its host cleanly), SIGKILL after this long.
 STOP_GRACE_S = 10.0
+# The libp2p port of a node in its own network namespace: every namespace has its own
+# ports, so all nodes take the same one (libp2p's customary port).
+NETNS_NODE_PORT = 4001
 
 
 @dataclass(frozen=True)
@@ -137,6 +142,7 @@ class Child:
     env: dict[str, str]  # added to the child's environment (its key)
     data_dir: Path
     log_path: Path
+    netns: str = ""  # network namespace the process enters first ("": this one)
     process: Any = None  # multiprocessing.Process
     restarts: int = 0
     pids: list[int] = field(default_factory=list)  # every incarnation, for the report
@@ -145,7 +151,7 @@ class Child:
     def start(self) -> None:
         self.process = fork_context().Process(
             target=forked_main,
-            args=(self.argv, self.env, str(self.log_path)),
+            args=(self.argv, self.env, str(self.log_path), self.netns),
             name=f"node{self.index}",
         )
         self.process.start()
@@ -230,7 +236,17 @@ def run_processes(
     commit_seen: dict[int, float] = {}  # round -> when the parent saw it committed (0: go)
     # The outage restarts anvil from its own dump of the chain (SIGTERM), on the same port.
     state_path = root / "anvil-state.json" if outage is not None else None
-    with Anvil(state_path=state_path) as anvil:
+    with contextlib.ExitStack() as links:
+        # Namespaced links (as root): built before anvil, which listens on the bridge;
+        # removed last, after every process in them has stopped.
+        net = (
+            links.enter_context(ShapedNetwork(scenario.nodes, scenario.network.rate_mbit))
+            if scenario.network.namespaces
+            else None
+        )
+        anvil = links.enter_context(
+            Anvil(state_path=state_path, host=net.bridge_address if net else "127.0.0.1")
+        )
         w3 = anvil.web3()
         anvil_pid = anvil.pid
         devnet, identities, manifest = setup_task(w3, scenario, genesis_blob)
@@ -247,10 +263,23 @@ def run_processes(
         BlockStore(root / "node0" / "blocks").put_blob(
             genesis_blob
         )  # the creator holds the genesis model
-        ports = [free_loopback_port() for _ in identities]
-        addrs = [
-            f"/ip4/127.0.0.1/tcp/{p}/p2p/{ident.peer_id}" for p, ident in zip(ports, identities)
-        ]
+        if net is not None:
+            hosts = [net.node_address(i) for i in range(len(identities))]
+            ports = [NETNS_NODE_PORT] * len(identities)
+            say(
+                f"links: {net.prefix}: bridge {net.bridge} {net.bridge_address}/24, "
+                f"{len(hosts)} namespaces, "
+                + (
+                    f"tbf {scenario.network.rate_mbit:g} Mbit/s each way"
+                    if scenario.network.rate_mbit
+                    else "not shaped"
+                )
+            )
+        else:
+            hosts = ["127.0.0.1"] * len(identities)
+            ports = [free_loopback_port() for _ in identities]
+        listens = [f"/ip4/{h}/tcp/{p}" for h, p in zip(hosts, ports)]
+        addrs = [f"{listen}/p2p/{ident.peer_id}" for listen, ident in zip(listens, identities)]
         rng = np.random.default_rng(scenario.seed)
         for i, ident in enumerate(identities):
             earlier = [j for j in rng.permutation(i).tolist() if j != 0][: BOOTSTRAP_PEERS - 1]
@@ -264,7 +293,7 @@ def run_processes(
                 "--data-dir",
                 str(root / f"node{i}"),
                 "--listen",
-                f"/ip4/127.0.0.1/tcp/{ports[i]}",
+                listens[i],
                 "--rounds",
                 str(scenario.rounds),
                 "--go-file",
@@ -274,7 +303,16 @@ def run_processes(
                 argv += ["--bootstrap", addrs[j]]
             # The key travels in the environment, not argv (argv is world-readable in /proc).
             env = {KEY_ENV: ident.private_key.hex()}
-            children.append(Child(i, argv, env, root / f"node{i}", run_dir / f"node{i}.log"))
+            children.append(
+                Child(
+                    i,
+                    argv,
+                    env,
+                    root / f"node{i}",
+                    run_dir / f"node{i}.log",
+                    netns=net.netns(i) if net is not None else "",
+                )
+            )
         started = time.perf_counter()
         timed_out = False
         try:
@@ -303,6 +341,7 @@ def run_processes(
             for child in children:
                 child.stop()
         wall_s = time.perf_counter() - started
+        links_figures = _links_figures(net, scenario, listens) if net is not None else None
         info = devnet.admin.task_info(manifest.task_id)
         commit_events = devnet.admin.commits(
             dep.block, devnet.admin.block_number(), manifest.task_id
@@ -354,6 +393,8 @@ def run_processes(
             },
         }
     )
+    if links_figures is not None:
+        summary["network"] = links_figures
     if outage is not None:
         summary["rpc_outage"] = outage_figures(
             outage,
@@ -375,6 +416,21 @@ def run_processes(
     print_summary(summary, run_dir, say)
     work.cleanup()
     return run_dir
+
+
+def _links_figures(net: ShapedNetwork, scenario: Scenario, listens: list[str]) -> dict[str, Any]:
+    """What the namespaced links were and carried (read before they are removed)."""
+    return {
+        "namespaces": True,
+        "rate_mbit": scenario.network.rate_mbit,
+        "prefix": net.prefix,
+        "subnet": str(net.subnet),
+        "bridge_address": net.bridge_address,
+        "netns": [net.netns(i) for i in range(net.nodes)],
+        "listen": listens,
+        # Bytes through each node's tbf: "up" leaves its namespace, "down" enters it.
+        "qdisc_bytes": net.qdisc_bytes() if scenario.network.rate_mbit else None,
+    }
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:

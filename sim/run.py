@@ -61,6 +61,10 @@ MAX_SECONDS_PER_ROUND = 240.0
 
 def run_scenario(scenario: Scenario, runs_root: str | Path = "runs", quiet: bool = False) -> Path:
     """Run one scenario in this process; returns the run folder."""
+    if scenario.network.namespaces:
+        raise ConfigError(
+            "network.namespaces puts node processes in network namespaces: run with --processes"
+        )
     return trio.run(_run, scenario, Path(runs_root), quiet)
 
 

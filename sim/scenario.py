@@ -61,6 +61,16 @@ class CommitteeSection:
 
 
 @dataclass(frozen=True)
+class NetworkSection:
+    """Links between node processes (`--processes` only, as root; see `sim.netns`)."""
+
+    # Each node process in its own network namespace on a private bridge (veth pairs).
+    namespaces: bool = False
+    # tbf rate of each node's link, both directions (Mbit/s); 0 = not shaped.
+    rate_mbit: float = 0.0
+
+
+@dataclass(frozen=True)
 class Scenario:
     name: str = "scenario"
     seed: int = 1
@@ -72,6 +82,7 @@ class Scenario:
     data: DataSection = field(default_factory=DataSection)
     train: TrainSection = field(default_factory=TrainSection)
     committee: CommitteeSection = field(default_factory=CommitteeSection)
+    network: NetworkSection = field(default_factory=NetworkSection)
     attacks: dict[str, Any] = field(default_factory=dict)
     faults: dict[str, Any] = field(default_factory=dict)
 
@@ -101,6 +112,10 @@ def load_scenario(path: str | Path, overrides: dict[str, Any] | None = None) -> 
         raise ConfigError("a scenario needs at least 1 round")
     if not 0 < scenario.committee.quorum_fraction <= 1:
         raise ConfigError("committee.quorum_fraction must be in (0, 1]")
+    if scenario.network.rate_mbit < 0:
+        raise ConfigError("network.rate_mbit must be >= 0 (0: links not shaped)")
+    if scenario.network.rate_mbit and not scenario.network.namespaces:
+        raise ConfigError("network.rate_mbit shapes namespaced links: set network.namespaces")
     from sim.attacks import make_plan
     from sim.faults import FaultSpec
 

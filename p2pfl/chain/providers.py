@@ -4,8 +4,9 @@
   in-process simulation use it. It is NOT thread-safe: every call must go through one
   worker at a time -- `chain_lock(w3)` gives the lock all clients of that Web3 share.
 - `Anvil`: a context manager that starts tools/node_modules/.bin/anvil on a free
-  loopback port, waits until it answers, and stops it by PID. With `state_path` it keeps
-  its chain in that file across `restart()` (an RPC outage, same port and chain id).
+  loopback port (or of another local address: `host`), waits until it answers, and
+  stops it by PID. With `state_path` it keeps its chain in that file across `restart()`
+  (an RPC outage, same port and chain id).
 - `rpc_web3(url)`: any HTTP JSON-RPC endpoint (real deployments).
 
 `fund(w3, address, wei)` credits test accounts on eth-tester and anvil.
@@ -72,18 +73,19 @@ def is_embedded(w3: Web3) -> bool:
     return isinstance(w3.provider, EthereumTesterProvider)
 
 
-def free_loopback_port() -> int:
-    """A TCP port that was free on 127.0.0.1 a moment ago."""
+def free_loopback_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that was free on `host` (loopback unless said) a moment ago."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((host, 0))
         return s.getsockname()[1]
 
 
 class Anvil:
     """A local anvil process: `with Anvil() as node: w3 = node.web3()`.
 
-    Started on a free port of 127.0.0.1, with automine, the prague hardfork (what
-    py-evm runs, so gas figures match) and the default funded dev accounts.
+    Started on a free port of 127.0.0.1 (or of `host`: the simulation's private bridge
+    when node processes live in their own network namespaces), with automine, the prague
+    hardfork (what py-evm runs, so gas figures match) and the default funded dev accounts.
 
     `state_path` makes the chain survive a restart: anvil loads it at start-up if it
     exists and dumps the whole chain (blocks, receipts and logs, balances, contract
@@ -100,8 +102,10 @@ class Anvil:
         extra_args: tuple[str, ...] = (),
         state_path: Path | None = None,
         state_interval_s: int | None = None,
+        host: str = "127.0.0.1",
     ) -> None:
-        self.port = port or free_loopback_port()
+        self.host = host
+        self.port = port or free_loopback_port(host)
         self.chain_id = chain_id
         self.binary = binary
         self.extra_args = extra_args
@@ -114,7 +118,7 @@ class Anvil:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     @property
     def pid(self) -> int | None:
@@ -134,7 +138,7 @@ class Anvil:
             [
                 str(self.binary),
                 "--host",
-                "127.0.0.1",
+                self.host,
                 "--port",
                 str(self.port),
                 "--chain-id",
