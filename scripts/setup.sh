@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Idempotent set-up: .venv with pinned deps (CPU torch), Debian's Fashion-MNIST and
-# chromium (headless, for the status page test), pinned npm tools (solcjs, anvil) under
+# Idempotent set-up: .venv with pinned deps (CPU torch), Debian's Fashion-MNIST,
+# chromium (headless, for the status page test), iproute2 (shaped links), pinned npm tools (solcjs, anvil) under
 # tools/node_modules. Re-running is fast: each step is skipped when its inputs have not changed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -51,7 +51,20 @@ else
   log "chromium present"
 fi
 
-# 4. Pinned Node tools (solcjs, anvil) under tools/, gitignored.
+# 4. iproute2 (ip, tc) from Debian: shaped-link runs put node processes in network
+#    namespaces on veth pairs with tbf ([network] namespaces, as root; sim.netns).
+if ! command -v ip >/dev/null 2>&1 || ! command -v tc >/dev/null 2>&1; then
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  log "installing iproute2 from Debian (network namespaces, tbf)"
+  $SUDO apt-get update -qq || log "apt-get update failed; trying install anyway"
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq iproute2 >/dev/null \
+    || log "WARNING: could not install iproute2; shaped-link runs will fail with a clear error"
+else
+  log "iproute2 present"
+fi
+
+# 5. Pinned Node tools (solcjs, anvil) under tools/, gitignored.
 if command -v npm >/dev/null 2>&1; then
   nstamp=tools/node_modules/.p2pfl-installed
   nwant=$(sha256sum tools/package.json tools/package-lock.json | sha256sum | cut -d' ' -f1)
