@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Idempotent set-up: .venv with pinned deps (CPU torch), Debian's Fashion-MNIST,
 # chromium (headless, for the status page test), iproute2 (shaped links), pinned npm
-# tools (solcjs, anvil) under tools/node_modules. Re-running is fast: each step is skipped when its inputs have not changed.
+# tools (solcjs, anvil) under tools/node_modules. Re-running is fast: each step is
+# skipped when its inputs have not changed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
