@@ -53,7 +53,7 @@ from p2pfl.errors import ConfigError, P2PFLError
 NAME_ROOT = "pfl"
 # 10.213.0.0/16: one /24 per run (the bridge .1, node i at .(10 + i)). Private, and not a
 # range Docker, libvirt or a home router hands out by default.
-SUBNET_POOL = ipaddress.ip_network("10.213.0.0/16")
+SUBNET_POOL = ipaddress.IPv4Network("10.213.0.0/16")
 FIRST_NODE_HOST = 10
 MAX_NODES = 240  # .10 .. .249 of a /24
 # tbf's bucket: 10 ms of traffic at the rate, at least 4 full-size frames (a bucket
@@ -115,7 +115,7 @@ def tbf_args(rate_mbit: float) -> list[str]:
 def _used_networks() -> list[ipaddress.IPv4Network]:
     out = json.loads(_run("ip", "-j", "-4", "addr", "show") or "[]")
     return [
-        ipaddress.ip_interface(f"{a['local']}/{a['prefixlen']}").network
+        ipaddress.IPv4Interface(f"{a['local']}/{a['prefixlen']}").network
         for link in out
         for a in link.get("addr_info", [])
     ]
