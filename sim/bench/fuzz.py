@@ -1,13 +1,19 @@
-"""The fuzz campaign: `python -m sim.bench fuzz` (1,000,000 inputs; FUZZ_INPUTS=n to change),
+"""The fuzz campaign: `python -m sim.bench fuzz` (10,000,000 inputs; FUZZ_INPUTS=n to change),
 or `python -m sim.bench.fuzz [INPUTS]`.
 
 Runs the targets of `sim/fuzz/targets.py` (message decoding, the gossip validator, block /
-DAG / tensor / CID verification, the round state machine) with the coverage-guided
-mutational fuzzer of `sim/fuzz/engine.py`, seeded from protocol/vectors/*.json. FUZZ_JOBS
-(default 1: the machine is shared) runs shards in parallel processes; FUZZ_SEED picks the
-run. Prints per-target figures, then `fuzz-inputs`, `fuzz-hangs` and the headline
-`fuzz-crashes`. Exits non-zero only when it could not measure; crashes are a result, printed
-with their first examples.
+DAG / tensor / CID verification, the round state machine) under atheris / libFuzzer
+(`sim/fuzz/libfuzzer.py`: one process per target and shard, coverage from atheris's
+bytecode instrumentation, seeded from protocol/vectors/*.json and the targets' seeds).
+FUZZ_JOBS (default 1: the machine is shared) runs shards in parallel processes; FUZZ_SEED
+picks the run.
+
+Before the campaign it measures the hand-written engine this replaced
+(`sim/fuzz/engine.py`: sys.settrace coverage, our own mutators) on the same targets for a
+short run each, and prints both rates and their ratio (`fuzz-<target>-speedup`): the same
+machine, the same minute. Prints per-target figures, then `fuzz-inputs`, `fuzz-hangs` and
+the headline `fuzz-crashes`. Exits non-zero only when it could not measure; crashes and
+hangs are a result, printed with the end of libFuzzer's report and the saved input.
 """
 
 from __future__ import annotations
@@ -15,51 +21,35 @@ from __future__ import annotations
 import os
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from sim.bench import BenchError, figure
 
-DEFAULT_INPUTS = 1_000_000
+DEFAULT_INPUTS = 10_000_000
 # Share of the inputs per target. The round machine's inputs are programs of ~15 events
-# that sign messages (~2 ms each), the others single parses (~40 us): the shares keep the
-# campaign to a few minutes on one core while every target gets >= 50k inputs.
-SHARES = {"messages": 0.35, "validator": 0.30, "blocks": 0.30, "round": 0.05}
-# Per-input CPU-time budget: real work is < 50 ms; a CPU second is a blow-up.
-BUDGET_S = 1.0
+# that sign messages (~4 ms each under instrumentation), the others single parses or
+# validations (~20-200 us): the shares keep the campaign to well under an hour on one
+# core while the round target still gets 100k+ inputs.
+SHARES = {"messages": 0.40, "validator": 0.27, "blocks": 0.32, "round": 0.01}
+# Inputs of the baseline (old engine) and of the matching atheris run, per target.
+BASELINE_INPUTS = {"messages": 20_000, "validator": 10_000, "blocks": 20_000, "round": 1_000}
 
 
-def _shard(name: str, inputs: int, seed: int) -> Any:
+def _engine_rate(name: str, inputs: int) -> float:
+    """Inputs per second of the hand-written engine on `name` (CPU time)."""
     from sim.fuzz.engine import fuzz
     from sim.fuzz.targets import all_targets
 
     target = next(t for t in all_targets() if t.name == name)
-    return fuzz(target, inputs, seed=seed, budget_s=BUDGET_S)
+    stats = fuzz(target, inputs, seed=1)
+    return stats.inputs / stats.seconds if stats.seconds else 0.0
 
 
-def _merge(parts: list[Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {
-        "inputs": 0,
-        "crashes": 0,
-        "hangs": 0,
-        "cpu_s": 0.0,
-        "slowest_s": 0.0,
-        "arcs": 0,
-        "outcomes": 0,
-        "examples": [],
-    }
-    outcomes: set[str] = set()
-    for p in parts:
-        out["inputs"] += p.inputs
-        out["crashes"] += p.crashes
-        out["hangs"] += p.hangs
-        out["cpu_s"] += p.seconds
-        out["slowest_s"] = max(out["slowest_s"], p.slowest_s)
-        out["arcs"] = max(out["arcs"], p.arcs)
-        outcomes |= set(p.outcomes)
-        out["examples"] += p.examples
-    out["outcomes"] = len(outcomes)
-    return out
+def _shard(name: str, inputs: int, seed: int) -> Any:
+    from sim.fuzz.libfuzzer import run_target
+
+    return run_target(name, inputs, seed=seed)
 
 
 def run(argv: list[str] | None = None) -> None:
@@ -72,12 +62,26 @@ def run(argv: list[str] | None = None) -> None:
             else int(os.environ.get("FUZZ_INPUTS", DEFAULT_INPUTS))
         )
         jobs = max(1, int(os.environ.get("FUZZ_JOBS", "1")))
-        seed = int(os.environ.get("FUZZ_SEED", "0"))
+        seed = int(os.environ.get("FUZZ_SEED", "1"))
     except ValueError as exc:
         raise BenchError(f"bad FUZZ_INPUTS/FUZZ_JOBS/FUZZ_SEED: {exc}") from None
+    try:
+        import atheris  # noqa: F401
+    except ImportError:
+        raise BenchError("atheris is not installed: run scripts/setup.sh") from None
+
+    # The engine this replaced against atheris, target by target, in this same run.
+    for name, n in BASELINE_INPUTS.items():
+        old = _engine_rate(name, n)
+        new = _shard(name, n, seed)
+        if new.crashes or new.hangs:
+            raise BenchError(f"{name}: the baseline run failed:\n{new.tail}")
+        figure(f"fuzz-{name}-engine-rate", old, "inputs/s")
+        figure(f"fuzz-{name}-atheris-rate", new.rate, "inputs/s")
+        figure(f"fuzz-{name}-speedup", new.rate / old if old else 0.0, "x")
+
     counts = {name: int(total * share) for name, share in SHARES.items()}
     counts["messages"] += total - sum(counts.values())
-    # Shards: each target split into `jobs` pieces with their own seeds.
     work = [
         (name, n // jobs + (1 if i < n % jobs else 0), seed * 1000 + i)
         for name, n in counts.items()
@@ -85,33 +89,33 @@ def run(argv: list[str] | None = None) -> None:
     ]
     started = time.perf_counter()
     results: dict[str, list[Any]] = {name: [] for name in counts}
-    if jobs == 1:
-        for name, n, s in work:
-            results[name].append(_shard(name, n, s))
-    else:
-        with ProcessPoolExecutor(max_workers=jobs) as pool:
-            futures = [(name, pool.submit(_shard, name, n, s)) for name, n, s in work if n]
-            for name, future in futures:
-                results[name].append(future.result())
+    # Threads only wait on the libFuzzer child processes: `jobs` of them at a time.
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        futures = [(name, pool.submit(_shard, name, n, s)) for name, n, s in work if n]
+        for name, future in futures:
+            results[name].append(future.result())
     wall_s = time.perf_counter() - started
     totals = {"inputs": 0, "crashes": 0, "hangs": 0}
     for name, parts in results.items():
-        m = _merge(parts)
-        for key in totals:
-            totals[key] += m[key]
-        rate = m["inputs"] / m["cpu_s"] if m["cpu_s"] else 0.0
-        figure(f"fuzz-{name}-inputs", m["inputs"], "inputs")
-        figure(f"fuzz-{name}-crashes", m["crashes"], "crashes")
-        figure(f"fuzz-{name}-hangs", m["hangs"], "hangs")
-        figure(f"fuzz-{name}-rate", rate, "inputs/s")
-        figure(f"fuzz-{name}-slowest-input", m["slowest_s"] * 1e3, "cpu-ms")
-        figure(f"fuzz-{name}-outcomes", m["outcomes"], "distinct")
-        figure(f"fuzz-{name}-coverage", m["arcs"], "line-arcs")
-        for text, data in m["examples"][:3]:
-            print(
-                f"  {name} example: {data[:64].hex()} ...\n    " + text.replace("\n", "\n    "),
-                file=sys.stderr,
-            )
+        inputs = sum(p.inputs for p in parts)
+        seconds = sum(p.seconds for p in parts)
+        crashes = sum(p.crashes for p in parts)
+        hangs = sum(p.hangs for p in parts)
+        totals["inputs"] += inputs
+        totals["crashes"] += crashes
+        totals["hangs"] += hangs
+        figure(f"fuzz-{name}-inputs", inputs, "inputs")
+        figure(f"fuzz-{name}-crashes", crashes, "crashes")
+        figure(f"fuzz-{name}-hangs", hangs, "hangs")
+        figure(f"fuzz-{name}-rate", inputs / seconds if seconds else 0.0, "inputs/s")
+        figure(f"fuzz-{name}-coverage", max(p.coverage for p in parts), "edges")
+        figure(f"fuzz-{name}-corpus", max(p.corpus for p in parts), "inputs")
+        for p in parts:
+            if p.crashes or p.hangs:
+                print(
+                    f"  {name}: {p.artifacts}\n    " + p.tail[-2000:].replace("\n", "\n    "),
+                    file=sys.stderr,
+                )
     figure("fuzz-wall-time", wall_s, "s")
     figure("fuzz-rate", totals["inputs"] / wall_s if wall_s else 0.0, "inputs/s")
     figure("fuzz-inputs", totals["inputs"], "inputs")
