@@ -59,6 +59,18 @@ class Commit:
     contributors_root: bytes
     signatures: bytes  # commitRound's concatenated 65-byte records
 
+    def statement(self) -> tuple[bytes, int, int, int, bytes, bytes, bytes]:
+        """What the committee signed: (task, round, attempt, view, base, result, root)."""
+        return (
+            self.task,
+            self.round,
+            self.attempt,
+            self.view,
+            self.base,
+            self.result,
+            self.contributors_root,
+        )
+
 
 def committee_of(commit: Commit, stakes: Mapping[bytes, int], committee_size: int) -> list[bytes]:
     """The committee drawn for the commit's (round, attempt), in leader order; `stakes`:
@@ -74,16 +86,7 @@ def check_votes(
     sigs = commit.signatures
     if len(sigs) % SIGNATURE_SIZE:
         return [f"votes are {len(sigs)} bytes, not a multiple of {SIGNATURE_SIZE}"]
-    digest = vote_digest(
-        domain,
-        commit.task,
-        commit.round,
-        commit.attempt,
-        commit.view,
-        commit.base,
-        commit.result,
-        commit.contributors_root,
-    )
+    digest = vote_digest(domain, *commit.statement())
     members = set(committee)
     reasons: list[str] = []
     signers: set[bytes] = set()
@@ -121,16 +124,7 @@ def check_proposal(
         CID.parse(proposal.result).digest,
         proposal.contributors_root,
     )
-    theirs = (
-        commit.task,
-        commit.round,
-        commit.attempt,
-        commit.view,
-        commit.base,
-        commit.result,
-        commit.contributors_root,
-    )
-    if ours != theirs:
+    if ours != commit.statement():
         return ["the recorded proposal is not the one the commit names"]
     if not committee or leader_of(list(committee), commit.view) != proposal.signer:
         return [f"the proposal's signer 0x{proposal.signer.hex()} is not the view's leader"]
