@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Idempotent set-up: .venv with pinned deps (CPU torch), Debian's Fashion-MNIST,
-# chromium (headless, for the status page test), iproute2 (shaped links), pinned npm
-# tools (solcjs, anvil) under tools/node_modules. Re-running is fast: each step is
-# skipped when its inputs have not changed.
+# chromium (headless, for the status page test), iproute2 (shaped links), iptables (NAT
+# traversal test), pinned npm tools (solcjs, anvil) under tools/node_modules. Re-running is
+# fast: each step is skipped when its inputs have not changed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -65,7 +65,20 @@ else
   log "iproute2 present"
 fi
 
-# 5. Pinned Node tools (solcjs, anvil) under tools/, gitignored.
+# 5. iptables from Debian: the NAT traversal test puts nodes behind MASQUERADE in network
+#    namespaces (sim.netns.NatNetwork, as root).
+if ! command -v iptables >/dev/null 2>&1; then
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  log "installing iptables from Debian (NAT traversal test)"
+  $SUDO apt-get update -qq || log "apt-get update failed; trying install anyway"
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq iptables >/dev/null \
+    || log "WARNING: could not install iptables; the NAT traversal test will fail with a clear error"
+else
+  log "iptables present"
+fi
+
+# 6. Pinned Node tools (solcjs, anvil) under tools/, gitignored.
 if command -v npm >/dev/null 2>&1; then
   nstamp=tools/node_modules/.p2pfl-installed
   nwant=$(sha256sum tools/package.json tools/package-lock.json | sha256sum | cut -d' ' -f1)

@@ -73,18 +73,20 @@ class NetnsError(P2PFLError):
     """A network namespace, link or qdisc could not be created or removed."""
 
 
-def require_root_and_tools() -> None:
-    """ConfigError saying what to do unless this process can build namespaces."""
+def require_root_and_tools(tools: tuple[str, ...] = ("ip", "tc")) -> None:
+    """ConfigError saying what to do unless this process can build namespaces (and has
+    `tools`: iproute2's ip and tc, and iptables for NAT)."""
     if os.geteuid() != 0:
         raise ConfigError(
             "network.namespaces needs root (it creates namespaces, veth pairs, a bridge and "
             "tbf qdiscs): run as root or set network.namespaces = false"
         )
-    missing = [tool for tool in ("ip", "tc") if shutil.which(tool) is None]
+    missing = [tool for tool in tools if shutil.which(tool) is None]
     if missing:
+        packages = "iptables" if missing == ["iptables"] else "iproute2 iptables"
         raise ConfigError(
-            f"network.namespaces needs {' and '.join(missing)} (iproute2): "
-            "run scripts/setup.sh or apt-get install iproute2"
+            f"network.namespaces needs {' and '.join(missing)}: "
+            f"run scripts/setup.sh or apt-get install {packages}"
         )
 
 
@@ -214,26 +216,10 @@ class ShapedNetwork:
     def remove(self) -> None:
         """Delete every link and namespace this network created (idempotent; best effort:
         one failure does not keep the others)."""
-        errors = []
-        for link in reversed(self.created_links):  # veths first (their peers go too), bridge last
-            out = subprocess.run(
-                ["ip", "link", "del", link], capture_output=True, text=True, check=False
-            )
-            if out.returncode != 0 and "Cannot find device" not in out.stderr:
-                errors.append(out.stderr.strip())
-        for ns in reversed(self.created_netns):
-            out = subprocess.run(
-                ["ip", "netns", "del", ns], capture_output=True, text=True, check=False
-            )
-            if out.returncode != 0 and "No such file" not in out.stderr:
-                errors.append(out.stderr.strip())
-        self.created_links.clear()
-        self.created_netns.clear()
+        _delete(self.created_links, self.created_netns)
         if self._old_sigterm is not None:
             signal.signal(signal.SIGTERM, self._old_sigterm)
             self._old_sigterm = None
-        if errors:
-            print(f"sim.netns: clean-up left errors: {errors}", file=sys.stderr)
 
     def qdisc_bytes(self) -> dict[str, list[int]]:
         """Bytes each node's tbf qdiscs have sent so far: "up" (netns end), "down" (bridge end)."""
@@ -244,6 +230,189 @@ class ShapedNetwork:
             ],
             "down": [_qdisc_sent(["tc"], self.host_link(i)) for i in range(self.nodes)],
         }
+
+
+# NatNetwork: each private network is 192.168.(LAN_THIRD_OCTET + i).0/24 (the NAT .1, the node
+# .2), as behind home routers. They live only inside their namespaces, so they cannot clash
+# with this machine's own networks; distinct per network so that one node's private address
+# never reaches the other's listener by accident.
+LAN_THIRD_OCTET = 100
+RELAY_HOST = 2  # the relay's address on the public bridge: .2 (the root namespace has .1)
+FIRST_NAT_HOST = 10  # NAT i's public address: .(10 + i)
+MAX_PRIVATE_NETWORKS = 100
+
+
+@dataclass
+class NatNetwork:
+    """A public network with a relay host, and `private_networks` networks each behind its own
+    NAT (Linux MASQUERADE), as root:
+
+        root netns:  bridge <p>-br, P.1/24 ("the internet"; anvil listens here)
+          |-- <p>-hr ==veth== <p>-r     in netns <p>-relay, P.2          (public host)
+          |-- <p>-h0 ==veth== <p>-w0    in netns <p>-nat0,  P.10         (NAT 0, WAN side)
+          |                   <p>-l0    in netns <p>-nat0,  192.168.100.1 (LAN side)
+          |                      ==veth== <p>-p0 in netns <p>-lan0, 192.168.100.2, default via .1
+          |-- <p>-h1 ... NAT 1 / lan1 on 192.168.101.0/24
+
+    Each NAT namespace forwards (net.ipv4.ip_forward=1) and masquerades what leaves its WAN
+    side (`iptables -t nat -A POSTROUTING -o <p>-wI -j MASQUERADE`): a node in lanI reaches the
+    public network from P.(10 + I), and nothing on the public network can open a connection
+    to it (no route to 192.168.x, and the NAT's own address has no listener). Removing the
+    namespaces removes their interfaces, veth peers and iptables rules; the root namespace
+    keeps none of our rules. Same exit guarantees and name prefix as `ShapedNetwork`.
+    """
+
+    private_networks: int = 2
+    prefix: str = field(default_factory=lambda: NAME_ROOT + secrets.token_hex(2))
+    subnet: ipaddress.IPv4Network | None = None
+    created_netns: list[str] = field(default_factory=list)
+    created_links: list[str] = field(default_factory=list)
+    _old_sigterm: Any = None
+
+    @property
+    def bridge(self) -> str:
+        return f"{self.prefix}-br"
+
+    @property
+    def bridge_address(self) -> str:
+        """The root namespace's address on the public network (anvil listens here)."""
+        assert self.subnet is not None
+        return str(self.subnet.network_address + 1)
+
+    @property
+    def relay_netns(self) -> str:
+        return f"{self.prefix}-relay"
+
+    @property
+    def relay_address(self) -> str:
+        assert self.subnet is not None
+        return str(self.subnet.network_address + RELAY_HOST)
+
+    def nat_netns(self, i: int) -> str:
+        return f"{self.prefix}-nat{i}"
+
+    def node_netns(self, i: int) -> str:
+        """The namespace of the node behind NAT `i`."""
+        return f"{self.prefix}-lan{i}"
+
+    def nat_public_address(self, i: int) -> str:
+        """The address NAT `i`'s nodes appear from on the public network."""
+        assert self.subnet is not None
+        return str(self.subnet.network_address + FIRST_NAT_HOST + i)
+
+    def node_address(self, i: int) -> str:
+        """The private address of the node behind NAT `i`."""
+        return f"192.168.{LAN_THIRD_OCTET + i}.2"
+
+    def namespaces(self) -> list[str]:
+        return [self.relay_netns] + [
+            ns
+            for i in range(self.private_networks)
+            for ns in (self.nat_netns(i), self.node_netns(i))
+        ]
+
+    def __enter__(self) -> NatNetwork:
+        if not 1 <= self.private_networks <= MAX_PRIVATE_NETWORKS:
+            raise ConfigError(
+                f"NatNetwork: 1..{MAX_PRIVATE_NETWORKS} private networks, not {self.private_networks}"
+            )
+        require_root_and_tools(("ip", "iptables"))
+        if threading_main():
+            self._old_sigterm = signal.signal(signal.SIGTERM, _sigterm_as_exit)
+        try:
+            self._create()
+        except BaseException:
+            self.remove()
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.remove()
+
+    def _netns(self, name: str) -> str:
+        _run("ip", "netns", "add", name)
+        self.created_netns.append(name)
+        _run("ip", "-n", name, "link", "set", "lo", "up")
+        return name
+
+    def _public_host(self, ns: str, outer: str, inner: str, address: str) -> None:
+        """A veth from the bridge (`outer`) into `ns` (`inner`, at `address` on the subnet)."""
+        assert self.subnet is not None
+        _run("ip", "link", "add", outer, "type", "veth", "peer", "name", inner)
+        self.created_links.append(outer)
+        _run("ip", "link", "set", inner, "netns", ns)
+        _run("ip", "link", "set", outer, "master", self.bridge, "up")
+        _run("ip", "-n", ns, "addr", "add", f"{address}/{self.subnet.prefixlen}", "dev", inner)
+        _run("ip", "-n", ns, "link", "set", inner, "up")
+
+    def _create(self) -> None:
+        self.subnet = _free_subnet()
+        _run("ip", "link", "add", self.bridge, "type", "bridge")
+        self.created_links.append(self.bridge)
+        _run(
+            "ip",
+            "addr",
+            "add",
+            f"{self.bridge_address}/{self.subnet.prefixlen}",
+            "dev",
+            self.bridge,
+        )
+        _run("ip", "link", "set", self.bridge, "up")
+        relay = self._netns(self.relay_netns)
+        self._public_host(relay, f"{self.prefix}-hr", f"{self.prefix}-r", self.relay_address)
+        for i in range(self.private_networks):
+            nat, lan = self._netns(self.nat_netns(i)), self._netns(self.node_netns(i))
+            wan_if, lan_if, node_if = (f"{self.prefix}-{k}{i}" for k in ("w", "l", "p"))
+            self._public_host(nat, f"{self.prefix}-h{i}", wan_if, self.nat_public_address(i))
+            gateway = f"192.168.{LAN_THIRD_OCTET + i}.1"
+            # Created inside the NAT namespace, so nothing of the LAN side touches the root one.
+            _run("ip", "-n", nat, "link", "add", lan_if, "type", "veth", "peer", "name", node_if)
+            _run("ip", "-n", nat, "link", "set", node_if, "netns", lan)
+            _run("ip", "-n", nat, "addr", "add", f"{gateway}/24", "dev", lan_if)
+            _run("ip", "-n", nat, "link", "set", lan_if, "up")
+            _run("ip", "-n", lan, "addr", "add", f"{self.node_address(i)}/24", "dev", node_if)
+            _run("ip", "-n", lan, "link", "set", node_if, "up")
+            _run("ip", "-n", lan, "route", "add", "default", "via", gateway)
+            _run("ip", "netns", "exec", nat, "sysctl", "-q", "-w", "net.ipv4.ip_forward=1")
+            _run(
+                "ip", "netns", "exec", nat,
+                "iptables", "-t", "nat", "-A", "POSTROUTING", "-o", wan_if, "-j", "MASQUERADE",
+            )  # fmt: skip
+
+    def remove(self) -> None:
+        """Delete every namespace (with its interfaces and iptables rules) and link this
+        network created; idempotent and best effort, as `ShapedNetwork.remove`."""
+        _delete(self.created_links, self.created_netns)
+        if self._old_sigterm is not None:
+            signal.signal(signal.SIGTERM, self._old_sigterm)
+            self._old_sigterm = None
+
+
+def _delete(links: list[str], netns: list[str]) -> None:
+    """Delete `links` then `netns` (newest first), best effort, and empty both lists. A
+    namespace takes its interfaces, their veth peers and its iptables rules with it."""
+    errors = []
+    for link in reversed(links):  # veths first (their peers go too), bridge last
+        out = subprocess.run(
+            ["ip", "link", "del", link], capture_output=True, text=True, check=False
+        )
+        if out.returncode != 0 and "Cannot find device" not in out.stderr:
+            errors.append(out.stderr.strip())
+    for ns in reversed(netns):
+        out = subprocess.run(
+            ["ip", "netns", "del", ns], capture_output=True, text=True, check=False
+        )
+        if out.returncode != 0 and "No such file" not in out.stderr:
+            errors.append(out.stderr.strip())
+    links.clear()
+    netns.clear()
+    if errors:
+        print(f"sim.netns: clean-up left errors: {errors}", file=sys.stderr)
 
 
 def _qdisc_sent(tc: list[str], dev: str) -> int:
