@@ -314,7 +314,8 @@ class NatNetwork:
     def __enter__(self) -> NatNetwork:
         if not 1 <= self.private_networks <= MAX_PRIVATE_NETWORKS:
             raise ConfigError(
-                f"NatNetwork: 1..{MAX_PRIVATE_NETWORKS} private networks, not {self.private_networks}"
+                f"NatNetwork: 1..{MAX_PRIVATE_NETWORKS} private networks, "
+                f"not {self.private_networks}"
             )
         require_root_and_tools(("ip", "iptables"))
         if threading_main():
