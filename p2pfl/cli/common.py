@@ -6,8 +6,11 @@ import argparse
 import getpass
 import os
 import sys
+from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
+from typing import Any
 
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
@@ -80,3 +83,21 @@ def load_account(keystore: str | Path, password: str) -> LocalAccount:
     from p2pfl.keystore import load_keystore
 
     return Account.from_key(load_keystore(keystore, password).private_key)
+
+
+def fetch_only_host(
+    data_dir: str | Path, bootstrap: Sequence[str]
+) -> AbstractAsyncContextManager[Any]:
+    """A host that only fetches blocks (`model get`, `serve`): listens on loopback, a
+    throwaway identity (it signs nothing and holds no stake), fails fast without peers."""
+    from p2pfl.keystore import generate_identity
+    from p2pfl.net.config import NetConfig
+    from p2pfl.net.host import open_node_host
+
+    config = NetConfig(
+        data_dir=Path(data_dir),
+        listen="/ip4/127.0.0.1/tcp/0",
+        bootstrap=tuple(bootstrap),
+        require_peers=True,
+    )
+    return open_node_host(config, generate_identity().private_key)

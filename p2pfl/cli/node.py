@@ -143,12 +143,10 @@ async def get_model(
     progress: Progress | None = None,
 ) -> Path:
     """Write the blob `cid_text` to `out`: from the local store, else fetched from peers."""
+    from p2pfl.cli.common import fetch_only_host
     from p2pfl.core.cid import CID
     from p2pfl.core.tensors import decode_tensors
-    from p2pfl.keystore import generate_identity
     from p2pfl.net.blockstore import BlockStore
-    from p2pfl.net.config import NetConfig
-    from p2pfl.net.host import open_node_host
     from p2pfl.node.models import fetch_reporting
 
     cid = CID.parse(cid_text)
@@ -158,13 +156,7 @@ async def get_model(
             raise P2PFLError(
                 f"{cid} is not in {data_dir}; pass --bootstrap ADDR of a peer that has it"
             )
-        config = NetConfig(
-            data_dir=Path(data_dir),
-            listen="/ip4/127.0.0.1/tcp/0",
-            bootstrap=tuple(bootstrap),
-            require_peers=True,
-        )
-        async with open_node_host(config, generate_identity().private_key) as net:
+        async with fetch_only_host(data_dir, bootstrap) as net:
             await fetch_reporting(net, cid, None, progress)
     blob = store.read_blob(cid)
     decode_tensors(blob)  # it is a canonical model, not arbitrary bytes

@@ -431,11 +431,9 @@ async def serve(
     """`p2pfl serve`: answer predictions until interrupted (`progress`: model fetches)."""
     from p2pfl.chain.client import ChainClient, Deployment
     from p2pfl.chain.providers import rpc_web3
-    from p2pfl.keystore import generate_identity
+    from p2pfl.cli.common import fetch_only_host
     from p2pfl.manifest import TaskManifest
     from p2pfl.net.blockstore import BlockStore
-    from p2pfl.net.config import NetConfig
-    from p2pfl.net.host import open_node_host
 
     manifest = TaskManifest.load(manifest_path)
     deployment = Deployment(manifest.chain_id, manifest.registry, manifest.ledger, 0)
@@ -453,13 +451,7 @@ async def serve(
     if not bootstrap:
         await run(BlockStore(Path(data_dir) / "blocks"), None)
         return
-    config = NetConfig(
-        data_dir=Path(data_dir),
-        listen="/ip4/127.0.0.1/tcp/0",
-        bootstrap=tuple(bootstrap),
-        require_peers=True,
-    )
-    async with open_node_host(config, generate_identity().private_key) as net:
+    async with fetch_only_host(data_dir, bootstrap) as net:
         await run(net.store, net)
 
 
