@@ -50,7 +50,8 @@ class LibFuzzerRun:
 
     target: str
     inputs: int = 0
-    seconds: float = 0.0
+    seconds: float = 0.0  # wall time of the child, start-up included
+    cpu_s: float = 0.0  # CPU time (user + system) of the child, start-up included
     crashes: int = 0
     hangs: int = 0
     coverage: int = 0  # libFuzzer's "cov": instrumented edges reached
@@ -62,6 +63,7 @@ class LibFuzzerRun:
 
     @property
     def rate(self) -> float:
+        """Inputs per wall-clock second."""
         return self.inputs / self.seconds if self.seconds else 0.0
 
 
@@ -148,9 +150,10 @@ def run_target(
         ]
         env = {**os.environ, "PYTHONPATH": str(ROOT_DIR)}
         with open(work / "output.txt", "w+b") as out:
-            started = time.perf_counter()
+            started, cpu = time.perf_counter(), _children_cpu_s()
             proc = subprocess.run(cmd, cwd=ROOT_DIR, stdout=out, stderr=subprocess.STDOUT, env=env)
             wall_s = time.perf_counter() - started
+            cpu_s = _children_cpu_s() - cpu
             out.seek(0)
             text = out.read().decode(errors="replace")
         result = LibFuzzerRun(name, returncode=proc.returncode, tail=text[-4000:])
@@ -170,7 +173,18 @@ def run_target(
         # The child's whole wall time, its start-up (imports, instrumentation, ~1.5 s)
         # included: libFuzzer's own figure counts whole seconds only.
         result.seconds = wall_s
+        result.cpu_s = cpu_s
         return result
+
+
+def _children_cpu_s() -> float:
+    """CPU seconds of this process's waited-for children so far (one child at a time per
+    caller thread: the campaign's shards run in threads, so only the single-job baseline
+    reads this)."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 if __name__ == "__main__":
