@@ -14,8 +14,9 @@ same targets for a short run each, and prints both rates and their ratio
 (`fuzz-<target>-speedup`), both in inputs per CPU second (the machine is shared): the
 engine's own CPU clock, and the libFuzzer child's CPU time less its start-up (imports,
 instrumentation, the seeds: a `-runs=0` run of the same target). Prints per-target
-figures, then `fuzz-inputs`, `fuzz-hangs` and the headline `fuzz-crashes`. Exits non-zero only when it could not measure; crashes and
-hangs are a result, printed with the end of libFuzzer's report and the saved input.
+figures, then `fuzz-inputs`, `fuzz-hangs` and the headline `fuzz-crashes`. Exits non-zero
+only when it could not measure; crashes and hangs are a result, printed with the end of
+libFuzzer's report and the saved input.
 """
 
 from __future__ import annotations
