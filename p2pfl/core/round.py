@@ -695,14 +695,21 @@ class RoundMachine:
             self._goto(Trigger.DRAW_FOLLOWER)
 
     def _guessing_liveness(self) -> bool:
-        """Whether the liveness history is credible enough to skip draws and views on."""
-        return (
-            self.config.skip_presumed_dead
-            and self._has_history
-            and len(self._live) >= self._expected_floor
-        )
+        """Whether the liveness guess is credible enough to skip draws and views on: the
+        heartbeats are judged (a window has passed since the first), or the last round's
+        authors are a history of at least the expected floor."""
+        if not self.config.skip_presumed_dead:
+            return False
+        if self._judging_liveness():
+            return True
+        return self._has_history and len(self._live) >= self._expected_floor
 
     def _presumed_alive(self, member: bytes) -> bool:
+        """With heartbeats judged: heard (any signed message) within the live window, so a
+        member killed after it last authored an update is seen dead from the next draw on.
+        Without: it authored last round's updates, or voted or proposed this round or last."""
+        if self._judging_liveness():
+            return self._heard_recently(member)
         return member in self._live or member in self._signers or member in self._signers_prev
 
     def _presumed_dead_draw(self, attempt: int, committee: tuple[bytes, ...]) -> bool:

@@ -567,3 +567,36 @@ def test_views_that_fit_in_a_long_wait_are_counted_without_a_loop_per_view():
     start(m, 1)
     assert m._views_within(1e6) == int(1e6 // 15)
     assert m._views_within(44.9) == 2
+
+
+def test_members_dead_since_last_round_are_seen_dead_by_their_heartbeats():
+    """The 3 DEAD authored round 1 and then died: the history of authors still presumes
+    them alive in round 2, their silent heartbeats do not. A round-2 draw that needs one of
+    them for its quorum is re-drawn after the short delay instead of stalling until the
+    attempt times out; with heartbeats off (`live_quorum`), the history alone keeps it."""
+    q = config().quorum
+    base = find_base(lambda c0, c1: len(c0) >= q and alive(c0) < q and alive(c1) >= q and ME in c1)
+
+    def round_two(**kw) -> RoundMachine:
+        m = machine(**kw)
+        start(m, 1)
+        for t in range(0, 15, 5):
+            m.handle(Tick(100.0 + t))
+            for author in OTHERS:
+                m.handle(heartbeat(author))
+        closes_after(m, OTHERS, 1)  # everyone, DEAD included, authored round 1
+        m.handle(ChainCommitted(1, 0, 0, BASES[1], base, bytes(32)))
+        for t in range(150, 201, 5):  # then only LIVE beats
+            m.handle(Tick(float(t)))
+            for author in LIVE:
+                m.handle(heartbeat(author))
+        m.handle(RoundStarted(2, base, STAKES, 200.0))
+        return m
+
+    m = round_two()
+    assert not any(m.is_live(a) for a in DEAD) and all(m.is_live(a) for a in LIVE)
+    assert m.phase == Phase.REDRAWING and m.counters["redraws:presumed-dead"] == 1
+    m.handle(Tick(m.next_deadline()))
+    assert m.attempt == 1 and m.phase == Phase.COLLECTING
+    m = round_two(live_quorum=False)
+    assert m.attempt == 0 and m.counters["redraws:presumed-dead"] == 0
