@@ -109,6 +109,30 @@ BOOTSTRAP_TIMEOUT_S = 15.0
 DIAL_TIMEOUT_S = 10.0
 PROVIDE_INTERVAL_S = 600.0
 
+# NAT traversal (p2pfl.net.nat).
+# A relay's limits per circuit. go-libp2p's public-relay defaults (2 min, 128 KiB) only carry
+# a hole-punch handshake; a p2pfl relay also carries rounds for nodes that cannot punch
+# through (model deltas of a few MB per round, gossip for a whole task), so py-libp2p's own
+# defaults: an hour and 1 GiB per circuit. The node re-dials through the relay after one ends.
+RELAY_CIRCUIT_DURATION_S = 3600
+RELAY_CIRCUIT_BYTES = 1024**3
+# Reservations a relay grants (py-libp2p's default is 4): a committee of a few dozen nodes,
+# all behind NATs, fits with room to spare.
+RELAY_MAX_RESERVATIONS = 128
+# Circuits open at once through one reservation: one per peer talking to the reserving node.
+RELAY_MAX_CIRCUITS_PER_PEER = 64
+# How often a node checks that it still holds its relay reservations, and retries a relay
+# that disappeared (its reservation and circuits die with the connection).
+RESERVATION_RETRY_S = 5.0
+# AutoNAT: a verdict needs this many peers to agree (the spec's "more than three"), or all
+# the peers that answered when fewer are directly connected (one relay: one verdict).
+AUTONAT_CONFIRMATIONS = 4
+# Re-check reachability this often (py-libp2p's default), or sooner while no peer answered.
+AUTONAT_INTERVAL_S = 300.0
+AUTONAT_RETRY_S = 5.0
+# An AutoNAT server's dial-back: a reachable node answers a TCP dial within a second or two.
+AUTONAT_DIAL_TIMEOUT_S = 5.0
+
 
 @dataclass(frozen=True)
 class NetConfig:
@@ -119,6 +143,13 @@ class NetConfig:
     network: opt-in, never in tests. `data_dir` holds the block store (`<data_dir>/blocks`).
     `require_peers`: start-up raises `NoPeersError` when no peer can be reached (set False
     for the first node of a network, which legitimately starts alone).
+
+    NAT traversal (p2pfl.net.nat): `relay_service` makes this node a circuit relay v2 (for
+    nodes on a public address); `relays` lists relay multiaddrs (/ip4/.../tcp/.../p2p/<id>)
+    to reserve a slot on, so that peers reach this node at `<relay>/p2p-circuit/p2p/<us>`
+    (bootstrap addresses may be such circuit addresses); `autonat` answers other nodes'
+    dial-back requests and learns whether this node is publicly reachable; `hole_punching`
+    (DCUtR) upgrades relayed connections to direct ones where both NATs allow it.
     """
 
     data_dir: Path
@@ -149,6 +180,11 @@ class NetConfig:
     ban_s: float = BAN_S
     # Tuning of py-libp2p (yamux_tuning.py, pubsub_tuning.py); off only to measure the difference.
     tune_yamux: bool = True
+    # NAT traversal (p2pfl.net.nat), all off by default.
+    relay_service: bool = False
+    relays: tuple[str, ...] = ()
+    autonat: bool = False
+    hole_punching: bool = False
 
     def __post_init__(self) -> None:
         if not self.listen.startswith(("/ip4/", "/ip6/")) or "/tcp/" not in self.listen:
@@ -167,5 +203,11 @@ class NetConfig:
             raise ConfigError(f"max_block_bytes must be in 1..{MAX_BLOCK_SIZE}")
         if not self.degree_low <= self.degree <= self.degree_high:
             raise ConfigError("gossip degrees must satisfy degree_low <= degree <= degree_high")
+        for addr in self.relays:
+            if "/p2p/" not in addr or "/p2p-circuit" in addr:
+                raise ConfigError(
+                    f"relay address {addr!r} must be a direct multiaddr ending in "
+                    "/p2p/<relay peer id>"
+                )
         if self.heartbeat_s < 1:
             raise ConfigError("heartbeat_s must be >= 1 (py-libp2p takes whole seconds)")

@@ -14,8 +14,9 @@ Tree of tasks (all inside the caller's `async with`):
         ├── pubsub service ── gossipsub service (heartbeat)
         ├── Kademlia DHT service (optional)
         ├── Bitswap (optional)
-        └── our nursery: gossip sync loop, maintenance loop (DHT routing table,
-            ban expiry, re-dial bootstrap when alone)
+        └── our nursery: NAT traversal (p2pfl.net.nat: relay, reservations, AutoNAT,
+            DCUtR; as configured), gossip sync loop, maintenance loop (DHT routing
+            table, ban expiry, re-dial bootstrap when alone)
 
 Start-up dials the bootstrap peers; with `require_peers`, no reachable peer is an error
 (`NoPeersError`) rather than a node waiting forever for a network that is not there.
@@ -51,6 +52,7 @@ from p2pfl.net.config import (
 )
 from p2pfl.net.gossip import Gossip, GossipMessage, Validator
 from p2pfl.net.limits import Metrics, Offence, PeerBook
+from p2pfl.net.nat import NatTraversal, is_circuit_addr
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +143,7 @@ class NodeNet:
             self.store, config, self.peers, self._metrics, self._open_stream
         )
         self.gossip = Gossip(pubsub, config, self.peers, self._metrics, self._open_stream)
+        self.nat = NatTraversal(config, host)
         self._nursery: trio.Nursery | None = None
         self._blacklisted: set[str] = set()
         self._provided: set[CID] = set()
@@ -154,17 +157,37 @@ class NodeNet:
 
     @property
     def listen_addrs(self) -> list[str]:
-        """Full multiaddrs (with /p2p/<peer id>) other nodes can dial."""
-        return [f"{addr}/p2p/{self.peer_id}" for addr in self.host.get_transport_addrs()]
+        """Full multiaddrs (with /p2p/<peer id>) other nodes can dial: where we listen, then
+        our circuit addresses on the relays we hold a reservation on."""
+        direct = [f"{addr}/p2p/{self.peer_id}" for addr in self.host.get_transport_addrs()]
+        return direct + self.nat.circuit_addrs
+
+    @property
+    def reachability(self) -> str:
+        """What AutoNAT found: "public", "private" or "unknown" (also when AutoNAT is off)."""
+        return self.nat.reachability
+
+    def connection_kind(self, peer: str) -> str | None:
+        """ "direct", "relayed" (every connection to `peer` goes through a relay), or None."""
+        return self.nat.connection_kind(peer)
 
     def connected_peers(self) -> list[str]:
         """Peer IDs with an open connection."""
         return [p.to_base58() for p in self.host.get_connected_peers()]
 
     async def connect(self, addr: str, timeout_s: float = DIAL_TIMEOUT_S) -> str:
-        """Dial a full multiaddr (/ip4/.../tcp/.../p2p/<id>); returns the peer ID."""
+        """Dial a full multiaddr (/ip4/.../tcp/.../p2p/<id>, or a circuit address
+        <relay>/p2p-circuit/p2p/<id>); returns the peer ID."""
         from libp2p.peer.peerinfo import info_from_p2p_addr
 
+        if is_circuit_addr(addr):
+            peer = addr.rsplit("/p2p/", 1)[1]
+            if self.peers.is_banned(peer):
+                raise P2PFLError(f"peer {peer} is banned")
+            peer_id = await self.nat.dial(addr, timeout_s)
+            if self.dht is not None:
+                await self._add_to_dht(peer_id)
+            return str(peer_id.to_base58())
         try:
             info = info_from_p2p_addr(multiaddr.Multiaddr(addr))
         except Exception as exc:
@@ -594,6 +617,7 @@ async def _run_host(
                 if bitswap is not None:
                     bitswap.set_nursery(nursery)
                     await bitswap.start()
+                await nursery.start(net.nat.run)
                 await nursery.start(net.gossip.run)
                 nursery.start_soon(net._maintain)
                 await net._bootstrap()

@@ -1,0 +1,131 @@
+"""NAT traversal with real processes in network namespaces (as root): a relay on the public
+network, node A behind NAT 0 and node B behind NAT 1 (Linux MASQUERADE, sim.netns.NatNetwork).
+
+The nodes learn from AutoNAT that they are private and the relay that it is public; both
+reserve a slot on the relay; A dials B at B's circuit address, fetches a blob from B and they
+exchange gossip over the relayed connection. With hole punching (DCUtR) on, the relayed
+connection is then upgraded to a direct one through both NATs. Every namespace is removed.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from p2pfl.core.cid import CHUNK_SIZE, blob_cid
+from sim.netns import NatNetwork, enter_netns, leftovers
+from tests.net.node_proc import blob_bytes
+
+pytestmark = pytest.mark.skipif(
+    os.geteuid() != 0, reason="network namespaces need root (CI runs as root)"
+)
+
+ROOT_DIR = Path(__file__).resolve().parents[2]
+PORT = 4001
+START_TIMEOUT_S = 30.0
+EXCHANGE_TIMEOUT_S = 60.0
+BLOB_BYTES = 3 * CHUNK_SIZE + 123  # 4 leaves and a root: 5 blocks, over 768 KiB
+
+
+class NatProc:
+    """One child node in network namespace `netns`; its stdout lines are read on demand."""
+
+    def __init__(self, tmp: Path, name: str, netns: str, seed: int, *args: str) -> None:
+        self.name = name
+        self.log = open(tmp / f"{name}.out", "w+")
+        self.p = subprocess.Popen(
+            [sys.executable, "-m", "tests.net.nat_proc", "--data", str(tmp / name)]
+            + ["--key-seed", str(seed), *args],
+            cwd=ROOT_DIR,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            preexec_fn=lambda: enter_netns(netns),
+        )
+
+    def lines(self) -> list[str]:
+        self.log.flush()
+        return Path(self.log.name).read_text().splitlines()
+
+    def wait_for(self, prefix: str, timeout_s: float = START_TIMEOUT_S) -> str:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            for line in self.lines():
+                if line.startswith(prefix + " ") or line == prefix:
+                    return line[len(prefix) :].strip()
+            if self.p.poll() is not None:
+                raise AssertionError(f"{self.name} exited ({self.p.returncode}):\n" + self.dump())
+            time.sleep(0.05)
+        raise AssertionError(f"{self.name}: no {prefix!r} within {timeout_s} s:\n" + self.dump())
+
+    def dump(self) -> str:
+        return "\n".join(self.lines()[-60:])
+
+    def kill(self) -> None:
+        if self.p.poll() is None:
+            self.p.kill()
+            self.p.wait()
+        self.log.close()
+
+
+def start_three(
+    net: NatNetwork, tmp: Path, procs: list[NatProc], *flags: str
+) -> tuple[NatProc, NatProc, NatProc, str]:
+    relay = NatProc(
+        tmp,
+        "relay",
+        net.relay_netns,
+        1,
+        "--listen",
+        f"/ip4/{net.relay_address}/tcp/{PORT}",
+        "relay",
+    )
+    procs.append(relay)
+    relay_addr = relay.wait_for("ADDR")
+    b = NatProc(
+        tmp, "b", net.node_netns(1), 3, "--listen", f"/ip4/{net.node_address(1)}/tcp/{PORT}",
+        "--relay", relay_addr, *flags, "serve", "--blob-bytes", str(BLOB_BYTES),
+    )  # fmt: skip
+    procs.append(b)
+    b_circuit = b.wait_for("CIRCUIT")
+    root = b.wait_for("ROOT")
+    a = NatProc(
+        tmp, "a", net.node_netns(0), 2, "--listen", f"/ip4/{net.node_address(0)}/tcp/{PORT}",
+        "--relay", relay_addr, "--bootstrap", b_circuit, *flags, "fetch", "--root", root,
+    )  # fmt: skip
+    procs.append(a)
+    return relay, a, b, root
+
+
+def peer_id(proc: NatProc) -> str:
+    return proc.wait_for("ADDR").rsplit("/p2p/", 1)[1]
+
+
+@pytest.fixture
+def procs():
+    started: list[NatProc] = []
+    yield started
+    for proc in started:
+        proc.kill()
+
+
+def test_nodes_behind_nat_exchange_through_the_relay(tmp_path: Path, procs: list[NatProc]) -> None:
+    with NatNetwork(2) as net:
+        relay, a, b, root = start_three(net, tmp_path, procs)
+        assert b.wait_for("CIRCUIT").startswith(relay.wait_for("ADDR") + "/p2p-circuit/p2p/")
+        assert a.wait_for("FETCHED", EXCHANGE_TIMEOUT_S) == "5"
+        a_id, b_id = (peer_id(p) for p in (a, b))
+        assert a.wait_for("GOT", EXCHANGE_TIMEOUT_S) == f"{b_id} hello"
+        assert b.wait_for("GOT", EXCHANGE_TIMEOUT_S) == f"{a_id} hello"
+        assert a.wait_for("REACH private") == "" and b.wait_for("REACH private") == ""
+        assert relay.wait_for("REACH public") == ""
+        kinds = [line for line in a.lines() + b.lines() if line.startswith("KIND ")]
+        assert kinds and all(line.split()[1] == "relayed" for line in kinds), kinds
+        assert str(blob_cid(blob_bytes(7, BLOB_BYTES))) == root
+        for proc in procs:
+            assert proc.p.poll() is None, proc.dump()
+    assert leftovers(net.prefix) == []
