@@ -23,7 +23,7 @@ failure and on Ctrl-C (SIGTERM is turned into the same exit while it is open). N
 a run-unique prefix (`pfl` + 4 hex digits: interface names are at most 15 bytes), so runs
 side by side do not collide; each run takes a /24 no interface of this machine uses.
 `python -m sim.netns --clean` removes what a SIGKILLed run left behind (every `pfl*`
-namespace and link).
+namespace and link: only when no other run is going on).
 
 A node process enters its namespace with `enter_netns(name)` right after it is forked and
 before it opens any socket (setns(2) on /run/netns/NAME, as `ip netns exec` does): the fork

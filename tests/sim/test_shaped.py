@@ -10,7 +10,7 @@ import signal
 import pytest
 
 from p2pfl.errors import ConfigError
-from sim.netns import NAME_ROOT, ShapedNetwork, leftovers, require_root_and_tools, tbf_args
+from sim.netns import ShapedNetwork, leftovers, require_root_and_tools, tbf_args
 from sim.processes import run_processes
 from sim.run import run_scenario
 from sim.scenario import load_scenario
@@ -70,7 +70,6 @@ def test_ten_node_processes_on_shaped_links_commit_and_leave_nothing(tmp_path):
         "sim/scenarios/tiny.toml",
         {"nodes": 10, "network.namespaces": True, "network.rate_mbit": 20.0},
     )
-    before = leftovers(NAME_ROOT)
     run_dir = run_processes(scenario, tmp_path, quiet=True)
     summary = json.loads((run_dir / "summary.json").read_text())
 
@@ -91,7 +90,6 @@ def test_ten_node_processes_on_shaped_links_commit_and_leave_nothing(tmp_path):
         assert net["qdisc_bytes"]["up"][i] >= sent > 0
         assert net["qdisc_bytes"]["down"][i] >= received > 0
     # Nothing left: no namespace or link of the run, no process.
-    assert leftovers(net["prefix"]) == []
-    assert leftovers(NAME_ROOT) == before
+    assert leftovers(net["prefix"]) == []  # (other runs' prefixes may come and go meanwhile)
     for pid in [summary["pids"]["anvil"], *(p for ps in summary["pids"]["nodes"] for p in ps)]:
         assert not alive(pid)
