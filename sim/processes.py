@@ -15,6 +15,17 @@ with the centralised reference beside it.
 Every process it starts (anvil, the children) is stopped by PID in a `finally`; the fork
 server exits with this process.
 
+Shaped links (`[network] namespaces = true`, `rate_mbit = R`; as root): each node process
+lives in its own Linux network namespace on a private bridge (a veth pair per node, built
+and removed by `sim.netns.ShapedNetwork` around the run, also on failure and Ctrl-C), with
+a tbf qdisc of R Mbit/s on both ends of its link: upload and download shaped separately,
+as behind an access link. No latency or loss is emulated (this kernel has tbf, no netem).
+The forked child enters its namespace (setns) before it opens a socket; every node
+listens on port `NETNS_NODE_PORT` of its own address, and anvil listens on the bridge's
+address (the root namespace's end of the private network, never 0.0.0.0). The summary's
+`network` holds the addresses and each qdisc's byte count. `python -m sim.bench shaped`
+compares round times at 20 and 100 Mbit/s with the bytes the protocol moves.
+
 Faults: `RestartFault` (a node SIGKILLed mid-round, restarted on its data dir) and the
 scenario's `faults.rpc_outage_round` (`RpcOutage`: anvil stopped for `rpc_outage_s`, then
 restarted from its state file on the same port; the run then checks that every round was
