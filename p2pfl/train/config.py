@@ -73,6 +73,17 @@ class TrainConfig:
     # what manifests written before these keys existed mean.
     input_mean: tuple[float, ...] = ()
     input_std: tuple[float, ...] = ()
+    # Differential privacy (DP-SGD, p2pfl.train.privacy): on when dp_max_grad_norm > 0.
+    # Noise is set directly (dp_noise_multiplier) or derived from a target
+    # (dp_target_epsilon over dp_rounds rounds, at dp_delta); a node stops contributing
+    # once its spent epsilon would pass dp_max_epsilon (default: the target). Off, every
+    # dp_* key keeps its default and manifests keep the bytes they had before these keys.
+    dp_max_grad_norm: float = 0.0
+    dp_noise_multiplier: float = 0.0
+    dp_target_epsilon: float = 0.0
+    dp_rounds: int = 0
+    dp_delta: float = 1e-5
+    dp_max_epsilon: float = 0.0
 
     def __post_init__(self) -> None:
         def need(ok: bool, what: str) -> None:
@@ -107,6 +118,50 @@ class TrainConfig:
         )
         if self.input_mean:
             InputNorm(self.input_mean, self.input_std)  # validates the pair
+        for name in (
+            "dp_max_grad_norm",
+            "dp_noise_multiplier",
+            "dp_target_epsilon",
+            "dp_delta",
+            "dp_max_epsilon",
+        ):
+            value = getattr(self, name)
+            is_num = isinstance(value, (int, float)) and not isinstance(value, bool)
+            need(is_num and math.isfinite(value) and value >= 0, f"{name} must be >= 0")
+        need(isinstance(self.dp_rounds, int) and self.dp_rounds >= 0, "dp_rounds must be >= 0")
+        if not self.dp:
+            need(
+                (self.dp_noise_multiplier, self.dp_target_epsilon, self.dp_rounds) == (0.0, 0.0, 0)
+                and self.dp_max_epsilon == 0,
+                "dp_* keys need dp_max_grad_norm > 0 (differential privacy is off)",
+            )
+            return
+        need(self.optimizer == "sgd", "differential privacy (DP-SGD) needs optimizer = sgd")
+        need(0 < self.dp_delta < 1, f"dp_delta must be in (0, 1), got {self.dp_delta}")
+        by_noise = self.dp_noise_multiplier > 0
+        by_target = self.dp_target_epsilon > 0 or self.dp_rounds > 0
+        need(
+            by_noise != by_target,
+            "differential privacy: set dp_noise_multiplier, or dp_target_epsilon with"
+            " dp_rounds, not both",
+        )
+        if by_target:
+            need(
+                self.dp_target_epsilon > 0 and self.dp_rounds > 0,
+                "dp_target_epsilon and dp_rounds go together",
+            )
+
+    @property
+    def dp(self) -> bool:
+        """Whether training is differentially private (DP-SGD)."""
+        return self.dp_max_grad_norm > 0
+
+    @property
+    def dp_budget(self) -> float:
+        """The epsilon after which a node stops contributing (inf: no budget)."""
+        if self.dp_max_epsilon > 0:
+            return self.dp_max_epsilon
+        return self.dp_target_epsilon if self.dp_target_epsilon > 0 else math.inf
 
     @property
     def input_norm(self) -> InputNorm | None:
@@ -130,10 +185,14 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """The manifest table: every key, so a manifest pins its defaults, except an absent
-        standardisation, so that manifests keep the bytes (and CID) they had before it."""
+        standardisation and absent differential privacy, so that manifests keep the bytes
+        (and CID) they had before those keys."""
         out = asdict(self)
         if not self.input_mean:
             del out["input_mean"], out["input_std"]
         else:
             out["input_mean"], out["input_std"] = list(self.input_mean), list(self.input_std)
+        if not self.dp:
+            for name in [k for k in out if k.startswith("dp_")]:
+                del out[name]
         return out
