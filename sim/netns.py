@@ -257,12 +257,19 @@ class NatNetwork:
     Each NAT namespace forwards (net.ipv4.ip_forward=1) and masquerades what leaves its WAN
     side (`iptables -t nat -A POSTROUTING -o <p>-wI -j MASQUERADE`): a node in lanI reaches the
     public network from P.(10 + I), and nothing on the public network can open a connection
-    to it (no route to 192.168.x, and the NAT's own address has no listener). Removing the
+    to it (no route to 192.168.x, and the NAT's own address has no listener). With
+    `drop_unsolicited` (the default) the NAT also drops, rather than resets, connections
+    nobody inside opened (`iptables -A INPUT -i <p>-wI -m conntrack --ctstate NEW,INVALID -j
+    DROP`), as home routers do. That is what lets TCP hole punching work: a peer's SYN that
+    arrives before our own SYN has left is dropped instead of answered by a RST that aborts
+    our dial, and our SYN then opens the mapping its retransmission comes through. Removing the
     namespaces removes their interfaces, veth peers and iptables rules; the root namespace
     keeps none of our rules. Same exit guarantees and name prefix as `ShapedNetwork`.
     """
 
     private_networks: int = 2
+    # Drop (rather than refuse) connections nobody inside asked for, as home routers do.
+    drop_unsolicited: bool = True
     prefix: str = field(default_factory=lambda: NAME_ROOT + secrets.token_hex(2))
     subnet: ipaddress.IPv4Network | None = None
     created_netns: list[str] = field(default_factory=list)
@@ -384,6 +391,13 @@ class NatNetwork:
                 "ip", "netns", "exec", nat,
                 "iptables", "-t", "nat", "-A", "POSTROUTING", "-o", wan_if, "-j", "MASQUERADE",
             )  # fmt: skip
+            if self.drop_unsolicited:
+                # A new connection from outside to the NAT itself (replies to ours are
+                # translated before INPUT and forwarded inside) is dropped without a reset.
+                _run(
+                    "ip", "netns", "exec", nat, "iptables", "-A", "INPUT", "-i", wan_if,
+                    "-m", "conntrack", "--ctstate", "NEW,INVALID", "-j", "DROP",
+                )  # fmt: skip
 
     def remove(self) -> None:
         """Delete every namespace (with its interfaces and iptables rules) and link this

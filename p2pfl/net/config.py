@@ -130,8 +130,11 @@ AUTONAT_CONFIRMATIONS = 4
 # Re-check reachability this often (py-libp2p's default), or sooner while no peer answered.
 AUTONAT_INTERVAL_S = 300.0
 AUTONAT_RETRY_S = 5.0
-# An AutoNAT server's dial-back: a reachable node answers a TCP dial within a second or two.
+# An AutoNAT server's dial-back: a reachable node answers a TCP dial within a second or two;
+# behind a NAT that drops unsolicited SYNs the dial hangs until this deadline.
 AUTONAT_DIAL_TIMEOUT_S = 5.0
+# How long the asking node waits for a server's verdict (the dial-back and its own round trip).
+AUTONAT_QUERY_TIMEOUT_S = 15.0
 
 
 @dataclass(frozen=True)

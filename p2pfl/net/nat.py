@@ -37,6 +37,7 @@ from p2pfl.net.config import (
     AUTONAT_CONFIRMATIONS,
     AUTONAT_DIAL_TIMEOUT_S,
     AUTONAT_INTERVAL_S,
+    AUTONAT_QUERY_TIMEOUT_S,
     AUTONAT_RETRY_S,
     DIAL_TIMEOUT_S,
     RELAY_CIRCUIT_BYTES,
@@ -250,7 +251,7 @@ class NatTraversal:
         for server in servers:
             try:
                 status, _ = await self.autonat.query_server(
-                    server, addrs, timeout=AUTONAT_DIAL_TIMEOUT_S + 5
+                    server, addrs, timeout=AUTONAT_QUERY_TIMEOUT_S
                 )
             except Exception as exc:
                 log.debug("AutoNAT: %s gave no verdict: %r", server, exc)
@@ -275,32 +276,28 @@ class NatTraversal:
         return reached + unreached
 
     def advertised_addrs(self) -> list[Any]:
-        """What we ask AutoNAT servers to dial: our listen addresses, the addresses peers saw
-        us at, and (behind a NAT that keeps ports, as Linux MASQUERADE does) our external IP
-        with our listen port -- the address a peer would need to reach us at."""
-        addrs: list[Any] = []
+        """What we ask AutoNAT servers to dial: our listen addresses and, for each external IP
+        peers saw us at, that IP with our listen port -- where a peer would reach us behind a
+        NAT that keeps ports (as Linux MASQUERADE does) and forwards them, or on a public
+        address. (The observed ports themselves belong to our outgoing connections.)"""
         listen = [a for a in self.host.get_transport_addrs() if not is_circuit_addr(str(a))]
-        addrs.extend(listen)
+        addrs = {str(a): a for a in listen}
         manager = getattr(self.host, "_observed_addr_manager", None)
         observed = list(manager.addrs(min_observers=1)) if manager is not None else []
         for seen in observed:
-            if is_circuit_addr(str(seen)):
-                continue
-            addrs.append(seen)
             try:
                 ip = seen.value_for_protocol("ip4")
             except Exception:
                 continue
             for own in listen:
                 try:
-                    port = own.value_for_protocol("tcp")
+                    predicted = multiaddr.Multiaddr(
+                        f"/ip4/{ip}/tcp/{own.value_for_protocol('tcp')}"
+                    )
                 except Exception:
                     continue
-                addrs.append(multiaddr.Multiaddr(f"/ip4/{ip}/tcp/{port}"))
-        unique: dict[str, Any] = {}
-        for a in addrs:
-            unique.setdefault(str(a), a)
-        return list(unique.values())
+                addrs.setdefault(str(predicted), predicted)
+        return list(addrs.values())
 
 
 def _client_transport(host: Any, protocol: Any, relay_config: Any) -> Any:
@@ -315,17 +312,27 @@ def _dial_back_autonat(host: Any) -> Any:
 
     class DialBackAutoNAT(AutoNATService):  # type: ignore[misc]
         async def _try_dial(self, peer_id: Any, addrs: list[bytes]) -> bytes | None:
+            """Dial every candidate at once, on fresh connections; the first that connects
+            is the verdict. A NAT that drops unsolicited SYNs makes a dial hang, not fail:
+            one deadline for all (AUTONAT_DIAL_TIMEOUT_S), within the client's wait."""
             network = self.host.get_network()
-            for raw in addrs:
+            reached: list[bytes] = []
+
+            async def dial(raw: bytes, cancel: trio.CancelScope) -> None:
                 try:
-                    with trio.fail_after(AUTONAT_DIAL_TIMEOUT_S):
-                        conn = await network.dial_addr(multiaddr.Multiaddr(raw), peer_id)
+                    conn = await network.dial_addr(multiaddr.Multiaddr(raw), peer_id)
                 except Exception as exc:
                     log.debug("AutoNAT dial-back to %s failed: %r", multiaddr.Multiaddr(raw), exc)
-                    continue
+                    return
+                reached.append(bytes(raw))
                 await _quietly(conn.close())
-                return bytes(raw)
-            return None
+                cancel.cancel()
+
+            with trio.move_on_after(AUTONAT_DIAL_TIMEOUT_S):
+                async with trio.open_nursery() as nursery:
+                    for raw in addrs:
+                        nursery.start_soon(dial, raw, nursery.cancel_scope)
+            return reached[0] if reached else None
 
     return DialBackAutoNAT(host)
 

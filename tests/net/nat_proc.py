@@ -62,6 +62,10 @@ async def main(args: argparse.Namespace) -> None:
         hole_punching=args.hole_punching,
     )
     async with open_node_host(config, key) as net, trio.open_nursery() as nursery:
+        for name in args.debug_log:  # after open_node_host, which quiets py-libp2p
+            logger = logging.getLogger(name)  # ("libp2p" does not propagate to the root)
+            logger.setLevel(logging.DEBUG)
+            logger.addHandler(logging.StreamHandler(sys.stdout))
         say("ADDR", net.listen_addrs[0])
         if relay_mode:
             nursery.start_soon(watch, net, None)
@@ -99,6 +103,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--bootstrap", action="append", default=[])
     p.add_argument("--relay", action="append", default=[])
     p.add_argument("--hole-punching", action="store_true")
+    p.add_argument("--debug-log", action="append", default=[], help="a logger to show at DEBUG")
     p.add_argument("--blob-bytes", type=int, default=0)
     p.add_argument("--root")
     p.add_argument("mode", choices=["relay", "serve", "fetch"])

@@ -28,7 +28,8 @@ pytestmark = pytest.mark.skipif(
 ROOT_DIR = Path(__file__).resolve().parents[2]
 PORT = 4001
 START_TIMEOUT_S = 30.0
-EXCHANGE_TIMEOUT_S = 60.0
+EXCHANGE_TIMEOUT_S = 30.0
+DEBUG = [a for n in os.environ.get("NAT_DEBUG_LOG", "").split(",") if n for a in ("--debug-log", n)]
 BLOB_BYTES = 3 * CHUNK_SIZE + 123  # 4 leaves and a root: 5 blocks, over 768 KiB
 
 
@@ -128,4 +129,17 @@ def test_nodes_behind_nat_exchange_through_the_relay(tmp_path: Path, procs: list
         assert str(blob_cid(blob_bytes(7, BLOB_BYTES))) == root
         for proc in procs:
             assert proc.p.poll() is None, proc.dump()
+    assert leftovers(net.prefix) == []
+
+
+def test_hole_punching_upgrades_the_relayed_connection(
+    tmp_path: Path, procs: list[NatProc]
+) -> None:
+    with NatNetwork(2) as net:
+        relay, a, b, root = start_three(net, tmp_path, procs, "--hole-punching", *DEBUG)
+        assert a.wait_for("FETCHED", EXCHANGE_TIMEOUT_S) == "5"
+        b_id = peer_id(b)
+        assert a.wait_for("KIND relayed") == b_id
+        assert a.wait_for("KIND direct", EXCHANGE_TIMEOUT_S) == b_id
+        assert b.wait_for("KIND direct", EXCHANGE_TIMEOUT_S) == peer_id(a)
     assert leftovers(net.prefix) == []
