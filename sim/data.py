@@ -82,6 +82,16 @@ def train_dict(scenario: Scenario) -> dict[str, Any]:
         "momentum": t.momentum,
         "weight_decay": t.weight_decay,
     }
+    if t.dp_max_grad_norm > 0:
+        for name in (
+            "dp_max_grad_norm",
+            "dp_noise_multiplier",
+            "dp_target_epsilon",
+            "dp_rounds",
+            "dp_delta",
+            "dp_max_epsilon",
+        ):
+            out[name] = getattr(t, name)
     if scenario.data.standardise:
         norm = DATASET_INPUT_NORMS.get(scenario.data.dataset)
         if norm is None:

@@ -248,9 +248,25 @@ def round_records(
                 "bytes_sent": [_round_delta(log, r, "bytes_sent") for log in logs],
                 "bytes_received": [_round_delta(log, r, "bytes_received") for log in logs],
                 "nodes_reporting": len(entries),
+                # DP-SGD: the most privacy any node has spent so far (None: no DP).
+                "epsilon": max(
+                    (e.epsilon for e in entries if not math.isnan(e.epsilon)), default=None
+                ),
             }
         )
     return records
+
+
+def round_line(record: dict[str, Any]) -> str:
+    """One committed round, as the simulators print it."""
+    line = (
+        f"round {record['round']}: accuracy {record['accuracy']:.4f} loss {record['loss']:.4f} "
+        f"wall {record['wall_s']:.1f} s committee {len(record['committee'])} "
+        f"included {len(record['included'])} tx {record['commit_tx'][:12]}"
+    )
+    if record.get("epsilon") is not None:
+        line += f" epsilon {record['epsilon']:.2f}"
+    return line
 
 
 def _round_delta(log: dict[int, Any], round_: int, field: str) -> int | None:

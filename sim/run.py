@@ -41,7 +41,7 @@ from sim.audit import audit_run
 from sim.data import load_data, train_dict
 from sim.faults import FaultLog, FaultSpec, Killer, LeaderKillNet, hold_host, inject
 from sim.prologue import begin
-from sim.report import RunWriter, round_records, write_report
+from sim.report import RunWriter, round_line, round_records, write_report
 from sim.scenario import Scenario
 
 log = logging.getLogger("p2pfl.sim")
@@ -192,11 +192,7 @@ async def _run(scenario: Scenario, runs_root: Path, quiet: bool) -> Path:
     )
     for record in records:
         writer.round(record)
-        say(
-            f"round {record['round']}: accuracy {record['accuracy']:.4f} loss {record['loss']:.4f} "
-            f"wall {record['wall_s']:.1f} s committee {len(record['committee'])} "
-            f"included {len(record['included'])} tx {record['commit_tx'][:12]}"
-        )
+        say(round_line(record))
     writer.close()
 
     ref_records = reference_curve(scenario, genesis, partitions, test, say)

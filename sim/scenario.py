@@ -44,6 +44,13 @@ class TrainSection:
     optimizer: str = _TRAIN_DEFAULTS.optimizer
     momentum: float = _TRAIN_DEFAULTS.momentum
     weight_decay: float = _TRAIN_DEFAULTS.weight_decay
+    # Differential privacy (DP-SGD; TrainConfig's dp_* keys): off unless dp_max_grad_norm > 0.
+    dp_max_grad_norm: float = _TRAIN_DEFAULTS.dp_max_grad_norm
+    dp_noise_multiplier: float = _TRAIN_DEFAULTS.dp_noise_multiplier
+    dp_target_epsilon: float = _TRAIN_DEFAULTS.dp_target_epsilon
+    dp_rounds: int = _TRAIN_DEFAULTS.dp_rounds
+    dp_delta: float = _TRAIN_DEFAULTS.dp_delta
+    dp_max_epsilon: float = _TRAIN_DEFAULTS.dp_max_epsilon
 
 
 @dataclass(frozen=True)

@@ -87,3 +87,56 @@ async def test_a_member_hashes_the_new_model_once_and_the_deltas_not_again(
     model_bytes = len(store.read_blob(model_cid))
     # Once over the model (its leaves, plus the small root node); nothing over the deltas.
     assert model_bytes <= hashed_bytes < model_bytes + 4096, (hashed_bytes, model_bytes)
+
+
+async def test_an_update_past_the_privacy_budget_is_withheld_and_training_stops(
+    tmp_path: Any,
+) -> None:
+    """DP-SGD rounds are recorded as their updates go out; the update that would pass the
+    budget is not published, the ledger closes (on disk), and later rounds do not train."""
+    from p2pfl.node.roundlog import Behaviour, RoundLog
+    from p2pfl.train.privacy import DPSteps, PrivacyLedger, epsilon
+
+    steps = DPSteps(1.0, 0.05, 20)
+    budget = (epsilon([steps], 1e-5) + epsilon([steps] * 2, 1e-5)) / 2  # one round fits
+    ledger = PrivacyLedger(tmp_path / "privacy.json", 1e-5, budget)
+    published: list[Any] = []
+    trained: list[int] = []
+    counters: dict[str, int] = {}
+
+    async def ensure(cid: bytes) -> dict[str, np.ndarray]:
+        return {"w": np.zeros(8, np.float32)}
+
+    async def trainer(base: Any, cfg: Any, seed: int) -> Any:
+        trained.append(seed)
+        return SimpleNamespace(
+            delta={"w": np.ones(8, np.float32)}, n_samples=10, train_loss=0.0, seconds=0.0,
+            dp=steps,
+        )  # fmt: skip
+
+    async def put(event: Any) -> None:
+        published.append(event)
+
+    node = SimpleNamespace(
+        behaviour=Behaviour(),
+        privacy=ledger,
+        models=SimpleNamespace(ensure=ensure),
+        manifest=SimpleNamespace(train={}, seed=1),
+        client_index=0,
+        trainer=trainer,
+        net=SimpleNamespace(store=BlockStore(tmp_path / "blocks")),
+        address=b"\x01" * 20,
+        rounds={1: RoundLog(1, 0.0), 2: RoundLog(2, 0.0)},
+        queue=SimpleNamespace(put=put),
+        count=lambda name, n=1: counters.update({name: counters.get(name, 0) + n}),
+    )
+    workers = RoundWorkers(node)  # type: ignore[arg-type]
+    await workers.train(1, b"")
+    assert [type(e).__name__ for e in published] == ["LocalUpdateReady"]
+    assert node.rounds[1].epsilon == ledger.epsilon() <= budget
+    await workers.train(2, b"")  # trains, but the update would pass the budget
+    assert len(published) == 1 and len(trained) == 2
+    assert counters == {"dp-budget-spent": 1} and ledger.exhausted
+    assert PrivacyLedger(tmp_path / "privacy.json", 1e-5, budget).exhausted  # on disk
+    await workers.train(3, b"")  # no more training at all
+    assert len(trained) == 2 and counters["dp-budget-spent:no-training"] == 1

@@ -9,6 +9,7 @@ from, a start signal, what to do after the last round) is passed in, not copied.
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
@@ -240,6 +241,15 @@ def node_status(node: Any, net: Any, scores: dict[int, tuple[float, float]]) -> 
         if last
         else None,
         "accuracy": scores[last][1] if last in scores else None,
+        # Differential privacy spent by the published updates (None: the task has no DP).
+        "privacy": {
+            "epsilon": node.privacy.epsilon(),
+            "delta": node.privacy.delta,
+            "budget": None if math.isinf(node.privacy.budget) else node.privacy.budget,
+            "exhausted": node.privacy.exhausted,
+        }
+        if node.privacy is not None
+        else None,
         "counters": {**dict(m.counters), **node.counters},
     }
     return status

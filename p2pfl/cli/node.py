@@ -473,6 +473,19 @@ def format_node_status(status: dict[str, Any]) -> str:
         "accuracy:    "
         f"{'-' if acc is None or (isinstance(acc, float) and math.isnan(acc)) else f'{acc:.4f}'} "
         "(local held-out)",
+        f"privacy:     {_format_privacy(status.get('privacy'))}",
         f"updated:     {time.time() - status['time']:.0f} s ago",
     ]
     return "\n".join(lines)
+
+
+def _format_privacy(privacy: dict[str, Any] | None) -> str:
+    """DP spent, e.g. 'epsilon 2.31 of 4 (delta 1e-05)'; '-' for a task without DP."""
+    if not privacy:
+        return "- (the task trains without differential privacy)"
+    budget = privacy.get("budget")
+    text = f"epsilon {privacy['epsilon']:.2f}" + (f" of {budget:g}" if budget else "")
+    text += f" (delta {privacy['delta']:g})"
+    if privacy.get("exhausted"):
+        text += ": budget spent, no more updates"
+    return text

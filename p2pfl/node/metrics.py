@@ -14,8 +14,9 @@ scrape of a node whose loop has ended yields no node metrics instead of raising.
 The node's stake and reputation come from the chain, once per round (`ChainFacts.follow`,
 started with the node), never per scrape: a scrape must not cost an RPC call.
 
-ε (differential privacy spent) is not exported: the protocol has no privacy accounting
-yet, and a gauge stuck at 0 would claim "no privacy spent" rather than "not measured".
+ε (differential privacy spent by the node's published updates, `p2pfl.train.privacy`) is
+exported only when the task trains with DP-SGD: for a task without DP a gauge at 0 would
+claim "no privacy spent" rather than "no guarantee".
 """
 
 from __future__ import annotations
@@ -96,6 +97,7 @@ class Snapshot:
     chain_head_block: int | None
     chain_committed_round: int | None
     round_stake_wei: int | None
+    dp: tuple[float, float, bool] | None  # (epsilon spent, budget, exhausted); None: no DP
     facts: ChainFacts
     node_counters: Mapping[str, int]
     machine_counters: Mapping[str, int]
@@ -121,6 +123,11 @@ def snapshot(node: Node, facts: ChainFacts) -> Snapshot:
             follower.last_round.get(node.task, 0) if follower is not None else None
         ),
         round_stake_wei=node.committed.round_stakes.get(machine.round, {}).get(node.address),
+        dp=(
+            (node.privacy.epsilon(), node.privacy.budget, node.privacy.exhausted)
+            if node.privacy is not None
+            else None
+        ),
         facts=ChainFacts(facts.round, facts.stake_wei, facts.reputation),
         node_counters=dict(node.counters),
         machine_counters=dict(machine.counters),
@@ -229,6 +236,18 @@ def metrics_of(snap: Snapshot) -> Iterator[Metric]:
     if snap.facts.reputation is not None:
         yield _gauge(
             "reputation", "The node's reputation in the registry, per round.", snap.facts.reputation
+        )
+    if snap.dp is not None:
+        spent, budget, exhausted = snap.dp
+        yield _gauge(
+            "dp_epsilon",
+            "Differential privacy spent by this node's published updates (epsilon at the task's"
+            " delta, RDP accountant).",
+            spent,
+        )
+        yield _gauge("dp_epsilon_budget", "The task's epsilon budget (+Inf: none).", budget)
+        yield _gauge(
+            "dp_budget_exhausted", "1 once the node stopped training for its budget.", exhausted
         )
     yield _gauge("peers_connected", "libp2p peers connected.", int(net.get("peers-connected", 0)))
     sent = CounterMetricFamily(

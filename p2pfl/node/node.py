@@ -34,6 +34,7 @@ from p2pfl.node.queue import EventQueue
 from p2pfl.node.roundlog import Behaviour, RoundLog, Trainer
 from p2pfl.node.rounds import RoundNurseries
 from p2pfl.node.workers import RoundWorkers
+from p2pfl.train.privacy import ledger_for
 
 log = logging.getLogger("p2pfl.node")
 
@@ -115,6 +116,8 @@ class Node:
             manifest.round_config(**(round_overrides or {})), identity.private_key, chain.domain()
         )
         self.rounds: dict[int, RoundLog] = {}
+        # DP-SGD's spent epsilon (p2pfl.train.privacy); None when the task trains without DP.
+        self.privacy = ledger_for(self.data_dir, {**manifest.train, "seed": manifest.seed})
         self.counters: dict[str, int] = {}
         self.queue = EventQueue()
         self.peers = PeerDirectory(

@@ -36,6 +36,7 @@ class RoundLog:
     commit_gas: int = 0
     bytes_sent: int = 0  # the network layer's cumulative payload counters, at the commit
     bytes_received: int = 0
+    epsilon: float = math.nan  # DP-SGD: privacy spent by this node's published updates so far
 
 
 # (base weights, training config, seed) -> p2pfl.train.trainer.TrainResult

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from p2pfl.node.ports import NodeNet
     from p2pfl.node.queue import EventQueue
     from p2pfl.node.roundlog import Behaviour, RoundLog, Trainer
+    from p2pfl.train.privacy import PrivacyLedger
 
 log = logging.getLogger("p2pfl.node")
 
@@ -58,6 +59,7 @@ class NodeContext(Protocol):
     trainer: Trainer | None
     progress: Callable[[str], None] | None
     data: Any
+    privacy: PrivacyLedger | None
     client_index: int | bytes
     num_threads: int
     cpu: trio.CapacityLimiter
@@ -87,6 +89,9 @@ class RoundWorkers:
         n = self.node
         if n.behaviour.silent:
             return
+        if n.privacy is not None and n.privacy.exhausted:
+            n.count("dp-budget-spent:no-training")
+            return  # the privacy budget is spent: this node contributes no more updates
         base = await n.models.ensure(base_bytes)
         cfg = TrainConfig.from_dict({**n.manifest.train, "seed": n.manifest.seed})
         seed = client_seed(n.manifest.seed, round_, n.client_index)
@@ -105,6 +110,8 @@ class RoundWorkers:
             result = await trio.to_thread.run_sync(job, limiter=n.cpu)
         else:
             result = await n.trainer(base, cfg, seed)
+        if n.privacy is not None and not self._within_budget(round_, result):
+            return
         delta = result.delta
         if n.behaviour.poison is not None:
             delta = n.behaviour.poison(round_, delta)
@@ -117,6 +124,38 @@ class RoundWorkers:
             entry.train_s = result.seconds
             entry.train_loss = result.train_loss
         await n.queue.put(ev.LocalUpdateReady(round_, cid.to_bytes(), n_samples, norm, inline))
+
+    def _within_budget(self, round_: int, result: Any) -> bool:
+        """Record the DP steps of an update about to be published, or withhold it (and stop
+        training for good) when it would take the node past its privacy budget."""
+        n = self.node
+        ledger = n.privacy
+        assert ledger is not None
+        steps = getattr(result, "dp", None)
+        if steps is None:
+            raise P2PFLError("the task trains with differential privacy, the trainer did not")
+        after = ledger.epsilon_with(round_, steps)
+        entry = n.rounds.get(round_)
+        if after > ledger.budget:
+            ledger.close()
+            n.count("dp-budget-spent")
+            log.warning(
+                "privacy budget spent: publishing round %d's update would take epsilon from"
+                " %.3f to %.3f, past the task's %.3f (delta %g); this node trains no more and"
+                " keeps following the task",
+                round_,
+                ledger.epsilon(),
+                after,
+                ledger.budget,
+                ledger.delta,
+            )
+            if entry is not None:
+                entry.epsilon = ledger.epsilon()
+            return False
+        spent = ledger.spend(round_, steps)
+        if entry is not None:
+            entry.epsilon = spent
+        return True
 
     async def fetch_delta(self, round_: int, author: bytes, delta: bytes) -> None:
         """Get a delta's bytes (inline in its Update, else from holders, retrying), check

@@ -21,9 +21,15 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from p2pfl.errors import ConfigError
 from p2pfl.train.config import TrainConfig
+
+LEDGER_FILE = "privacy.json"
+# Rényi orders the accountant tries: Opacus's defaults (1.1 .. 63) and on to 255, so that a
+# strongly noised run (small epsilon) gets its tight bound rather than the edge of the grid.
+RDP_ORDERS = [1 + x / 10.0 for x in range(1, 100)] + [float(a) for a in range(12, 256)]
 
 
 @dataclass(frozen=True)
@@ -82,7 +88,16 @@ def epsilon(spent: list[DPSteps], delta: float) -> float:
 
     accountant = RDPAccountant()
     accountant.history = [(s.noise_multiplier, s.sample_rate, s.steps) for s in spent]
-    return float(accountant.get_epsilon(delta))
+    return float(accountant.get_epsilon(delta, alphas=RDP_ORDERS))
+
+
+def ledger_for(data_dir: Path, train: dict[str, Any]) -> PrivacyLedger | None:
+    """The ledger of a node whose task's `train` table turns DP on (None: it does not);
+    kept in `data_dir/privacy.json`."""
+    cfg = TrainConfig.from_dict(train)
+    if not cfg.dp:
+        return None
+    return PrivacyLedger(Path(data_dir) / LEDGER_FILE, cfg.dp_delta, cfg.dp_budget)
 
 
 class PrivacyLedger:
@@ -94,6 +109,7 @@ class PrivacyLedger:
         self.budget = budget
         self.rounds: dict[int, DPSteps] = {}
         self.exhausted = False
+        self._epsilon = 0.0
         if self.path.exists():
             try:
                 doc = json.loads(self.path.read_text())
@@ -104,10 +120,11 @@ class PrivacyLedger:
                 self.exhausted = bool(doc.get("exhausted", False))
             except (OSError, ValueError, KeyError, TypeError) as exc:
                 raise ConfigError(f"privacy ledger {self.path} is unreadable: {exc}") from None
+            self._epsilon = epsilon(list(self.rounds.values()), self.delta)
 
     def epsilon(self) -> float:
-        """ε spent so far (published updates)."""
-        return epsilon(list(self.rounds.values()), self.delta)
+        """ε spent so far (published updates; computed when they change, cheap to read)."""
+        return self._epsilon
 
     def epsilon_with(self, round_: int, steps: DPSteps) -> float:
         """ε if round `round_`'s update (spending `steps`) were published too."""
@@ -118,8 +135,9 @@ class PrivacyLedger:
         """Record a published update (once per round: a restart may publish it again);
         returns ε spent."""
         self.rounds[round_] = steps
+        self._epsilon = epsilon(list(self.rounds.values()), self.delta)
         self._save()
-        return self.epsilon()
+        return self._epsilon
 
     def close(self) -> None:
         """The budget is spent: no more updates (recorded, so a restart stays stopped)."""

@@ -32,3 +32,24 @@ def test_tiny_scenario_commits_every_round_and_learns(tmp_path):
     assert counters["votes-accepted"] > 0
     for name in ("report.md", "accuracy_loss.png", "phases.png"):
         assert (run_dir / name).stat().st_size > 0
+
+
+def test_tiny_scenario_with_differential_privacy_reports_epsilon(tmp_path):
+    """DP-SGD on every node (Opacus), noise set for epsilon 8 over the run's 2 rounds: each
+    round commits, the spent epsilon grows and stays within the target, and the manifest
+    carries the privacy settings every node trained with."""
+    overrides = {
+        "rounds": 2,
+        "train.dp_max_grad_norm": 1.0,
+        "train.dp_target_epsilon": 8.0,
+        "train.dp_rounds": 2,
+    }
+    run_dir = run_scenario(
+        load_scenario("sim/scenarios/tiny.toml", overrides), tmp_path, quiet=True
+    )
+    summary = json.loads((run_dir / "summary.json").read_text())
+    rounds = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert summary["rounds_committed"] == 2
+    epsilons = [r["epsilon"] for r in rounds]
+    assert 0 < epsilons[0] < epsilons[1] <= 8.0, epsilons
+    assert summary["counters"].get("dp-budget-spent", 0) == 0
