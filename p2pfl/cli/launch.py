@@ -45,6 +45,9 @@ class Launch:
     num_threads: int = 1
     client_index: int | bytes | None = None
     node_options: dict[str, Any] = field(default_factory=dict)  # more `Node` keyword arguments
+    # More `NetConfig` keyword arguments: NAT traversal (relay_service, relays, autonat,
+    # hole_punching; see p2pfl.net.nat).
+    net_options: dict[str, Any] = field(default_factory=dict)
     # A laptop checks it is registered before it starts; the simulator registered it itself.
     check_registration: bool = True
     held_out: Any = None  # Dataset: report the accuracy of each committed model on it
@@ -79,7 +82,11 @@ async def launch_node(launch: Launch) -> Any:
     data_dir = Path(launch.data_dir)
     status_path = data_dir / STATUS_FILE
     config = NetConfig(
-        data_dir=data_dir, listen=launch.listen, bootstrap=tuple(launch.bootstrap), dht=launch.dht
+        data_dir=data_dir,
+        listen=launch.listen,
+        bootstrap=tuple(launch.bootstrap),
+        dht=launch.dht,
+        **launch.net_options,
     )
     async with open_node_host(config, identity.private_key) as net:
         print(f"peer id:  {net.peer_id}", flush=True)

@@ -303,6 +303,30 @@ def add_node_commands(sub: argparse._SubParsersAction) -> None:
         default=DEFAULT_STATUS_HOST,
         help=f"address the status page listens on (default {DEFAULT_STATUS_HOST}, loopback)",
     )
+    # NAT traversal (p2pfl.net.nat): all off by default.
+    start.add_argument(
+        "--relay-service",
+        action="store_true",
+        help="act as a circuit relay v2 for nodes behind NAT (for a node on a public address)",
+    )
+    start.add_argument(
+        "--relay",
+        action="append",
+        default=[],
+        metavar="ADDR",
+        help="reserve a slot on this relay (/ip4/.../tcp/.../p2p/<id>; repeatable): peers then "
+        "reach this node at ADDR/p2p-circuit/p2p/<our id>, printed at start",
+    )
+    start.add_argument(
+        "--autonat",
+        action="store_true",
+        help="answer peers' dial-back requests and learn whether this node is publicly reachable",
+    )
+    start.add_argument(
+        "--hole-punching",
+        action="store_true",
+        help="upgrade relayed connections to direct ones through both NATs (DCUtR)",
+    )
     start.set_defaults(handler=_cmd_node_start)
 
     model = sub.add_parser("model", help="models by CID").add_subparsers(
@@ -374,10 +398,12 @@ async def start_node(
     status_port: int = 0,
     status_host: str = DEFAULT_STATUS_HOST,
     progress: Progress | None = None,
+    net_options: dict[str, Any] | None = None,
 ) -> None:
     """`p2pfl node start`: run one node until `rounds` are committed (or forever).
     `metrics_port` 0: no metrics server; `status_port` 0: no status page; `progress`:
-    training epochs and model fetches."""
+    training epochs and model fetches; `net_options`: more `NetConfig` fields (NAT
+    traversal: relay_service, relays, autonat, hole_punching)."""
     from p2pfl.cli.launch import Launch, launch_node
     from p2pfl.keystore import load_keystore
     from p2pfl.manifest import TaskManifest
@@ -409,16 +435,25 @@ async def start_node(
             status_port=status_port or None,
             status_host=status_host,
             node_options={"progress": progress},
+            net_options=dict(net_options or {}),
         )
     )
     print(f"stopped after round {node.machine.round}", flush=True)
 
 
 def _cmd_node_start(args: argparse.Namespace) -> int:
+    import functools
+
     import trio
 
+    net_options = {
+        "relay_service": args.relay_service,
+        "relays": tuple(args.relay),
+        "autonat": args.autonat,
+        "hole_punching": args.hole_punching,
+    }
     trio.run(
-        start_node,
+        functools.partial(start_node, net_options=net_options),
         args.manifest,
         args.keystore,
         read_password(args),

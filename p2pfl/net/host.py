@@ -413,7 +413,8 @@ class NodeNet:
             errors.append(f"{addr}: {type(exc).__name__} {exc}".strip())
 
     async def _maintain(self) -> None:
-        """Keep the DHT routing table fed, lift expired bans, re-dial bootstrap when alone."""
+        """Keep the DHT routing table fed, lift expired bans, re-dial bootstrap when alone
+        (connected to no peer but our relays)."""
         from libp2p.peer.id import ID
 
         while True:
@@ -426,7 +427,9 @@ class NodeNet:
                 if not self.peers.is_banned(peer):
                     self.pubsub.remove_from_blacklist(ID.from_base58(peer))
                     self._blacklisted.discard(peer)
-            if not connected and self.config.bootstrap:
+            # A node behind a NAT stays connected to its relays: alone is without others.
+            relays = self.nat.relay_peers
+            if not any(p.to_base58() not in relays for p in connected) and self.config.bootstrap:
                 errors: list[str] = []
                 for addr in self.config.bootstrap:
                     await self._dial_quietly(addr, errors)

@@ -117,6 +117,11 @@ class NatTraversal:
             self.autonat = _dial_back_autonat(host)
 
     @property
+    def relay_peers(self) -> set[str]:
+        """Peer IDs of the configured relays."""
+        return {_relay_id(addr) for addr in self.config.relays}
+
+    @property
     def circuit_addrs(self) -> list[str]:
         """Our addresses through the relays we hold a reservation on."""
         me = self.host.get_id().to_base58()
@@ -151,6 +156,9 @@ class NatTraversal:
         from libp2p.relay.circuit_v2.protocol import PROTOCOL_ID
 
         info = info_from_p2p_addr(multiaddr.Multiaddr(addr))
+        # A relay we failed to reach is in the swarm's negative cache for 60 s; we retry a
+        # configured relay on our own schedule (RESERVATION_RETRY_S) instead.
+        self.host.get_network().unblock_peer(info.peer_id)
         try:
             with trio.fail_after(DIAL_TIMEOUT_S):
                 await self.host.connect(info)
@@ -207,7 +215,11 @@ class NatTraversal:
             raise RelayError(f"no relayed connection to {addr} within {timeout_s:.0f} s") from None
         except Exception as exc:
             raise RelayError(f"relayed dial to {addr} failed: {exc}") from None
-        return conn.muxed_conn.peer_id
+        peer_id = conn.muxed_conn.peer_id
+        # The swarm's negative cache (60 s after a failed dial, e.g. while the relay was
+        # gone) would refuse new streams to the peer despite this live connection.
+        self.host.get_network().unblock_peer(peer_id)
+        return peer_id
 
     def connection_kind(self, peer: str) -> str | None:
         """DIRECT if some connection to `peer` is direct, RELAYED if all go through a relay,

@@ -8,8 +8,9 @@ Modes:
                             whenever AutoNAT's verdict changes
   serve --blob-bytes B      reserve on --relay, print "CIRCUIT <addr>", store a blob and print
                             "ROOT <cid>", then as `peer`
-  fetch --root CID          dial --bootstrap (a circuit address), fetch the blob from the
+  fetch --root CID [--slow] dial --bootstrap (a circuit address), fetch the blob from the
                             bootstrap peer and print "FETCHED <blocks>", then as `peer`
+                            (--slow: see fetch_slowly)
 `serve` and `fetch` then publish "<peer id> hello" on a topic and print "GOT <n>" once the
 other node's message arrived; print "REACH <verdict>" when AutoNAT has one and
 "KIND <direct|relayed> <peer>" whenever the kind of connection to the other node changes.
@@ -45,6 +46,22 @@ async def watch(net, other: str | None) -> None:  # type: ignore[no-untyped-def]
             kind = now
             say("KIND", kind, other)
         await trio.sleep(POLL_S)
+
+
+async def fetch_slowly(net, root: CID, provider: str) -> None:  # type: ignore[no-untyped-def]
+    """Fetch `root` 2 blocks at a time, printing "PROGRESS <blocks held>" after each batch and
+    "FETCH-ERROR <error>" for each failed one (then retry a second later), as a node's round
+    retries a delta fetch; "FETCHED <blocks>" at the end."""
+    while frontier := net.store.missing(root):
+        try:
+            await net.blocks.fetch_blocks(frontier[:2], [provider])
+        except Exception as exc:
+            say("FETCH-ERROR", f"{type(exc).__name__}: {exc}")
+            await trio.sleep(1.0)
+            continue
+        say("PROGRESS", sum(1 for _ in net.store))
+        await trio.sleep(0.2)
+    say("FETCHED", net.metrics().get("blocks-fetched", 0))
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -83,7 +100,9 @@ async def main(args: argparse.Namespace) -> None:
                 other = others[0] if others else None
                 await trio.sleep(POLL_S)
         nursery.start_soon(watch, net, other)
-        if args.mode == "fetch":
+        if args.mode == "fetch" and args.slow:
+            await fetch_slowly(net, CID.parse(args.root), other)
+        elif args.mode == "fetch":
             assert other is not None
             await net.fetch_blob(CID.parse(args.root), [other], timeout_s=60)
             say("FETCHED", net.metrics().get("blocks-fetched", 0))
@@ -106,6 +125,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--debug-log", action="append", default=[], help="a logger to show at DEBUG")
     p.add_argument("--blob-bytes", type=int, default=0)
     p.add_argument("--root")
+    p.add_argument("--slow", action="store_true", help="fetch: 2 blocks every 0.2 s")
     p.add_argument("mode", choices=["relay", "serve", "fetch"])
     return p.parse_args(argv)
 

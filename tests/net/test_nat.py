@@ -73,23 +73,30 @@ class NatProc:
         self.log.close()
 
 
-def start_three(
-    net: NatNetwork, tmp: Path, procs: list[NatProc], *flags: str
-) -> tuple[NatProc, NatProc, NatProc, str]:
+def start_relay(net: NatNetwork, tmp: Path, procs: list[NatProc], name: str = "relay") -> NatProc:
+    """The relay on the public network (same key and address each time it is started)."""
     relay = NatProc(
-        tmp,
-        "relay",
-        net.relay_netns,
-        1,
-        "--listen",
-        f"/ip4/{net.relay_address}/tcp/{PORT}",
-        "relay",
+        tmp, name, net.relay_netns, 1, "--listen", f"/ip4/{net.relay_address}/tcp/{PORT}", "relay"
     )
     procs.append(relay)
+    return relay
+
+
+def start_three(
+    net: NatNetwork,
+    tmp: Path,
+    procs: list[NatProc],
+    *flags: str,
+    blob_bytes: int = BLOB_BYTES,
+    fetch_flags: tuple[str, ...] = (),
+) -> tuple[NatProc, NatProc, NatProc, str]:
+    """The relay, B (behind NAT 1, serving a blob) and A (behind NAT 0, dialing B through the
+    relay and fetching it); `flags` for A and B."""
+    relay = start_relay(net, tmp, procs)
     relay_addr = relay.wait_for("ADDR")
     b = NatProc(
         tmp, "b", net.node_netns(1), 3, "--listen", f"/ip4/{net.node_address(1)}/tcp/{PORT}",
-        "--relay", relay_addr, *flags, "serve", "--blob-bytes", str(BLOB_BYTES),
+        "--relay", relay_addr, *flags, "serve", "--blob-bytes", str(blob_bytes),
     )  # fmt: skip
     procs.append(b)
     b_circuit = b.wait_for("CIRCUIT")
@@ -97,6 +104,7 @@ def start_three(
     a = NatProc(
         tmp, "a", net.node_netns(0), 2, "--listen", f"/ip4/{net.node_address(0)}/tcp/{PORT}",
         "--relay", relay_addr, "--bootstrap", b_circuit, *flags, "fetch", "--root", root,
+        *fetch_flags,
     )  # fmt: skip
     procs.append(a)
     return relay, a, b, root
@@ -142,4 +150,35 @@ def test_hole_punching_upgrades_the_relayed_connection(
         assert a.wait_for("KIND relayed") == b_id
         assert a.wait_for("KIND direct", EXCHANGE_TIMEOUT_S) == b_id
         assert b.wait_for("KIND direct", EXCHANGE_TIMEOUT_S) == peer_id(a)
+    assert leftovers(net.prefix) == []
+
+
+def test_relay_that_disappears_mid_fetch(tmp_path: Path, procs: list[NatProc]) -> None:
+    """The relay is killed while A fetches from B through it: A's fetch fails with a clear
+    error, both nodes keep running and say they lost the relay; once the relay is back they
+    reserve again, A reaches B again and the fetch completes."""
+    blocks = 40  # 2 per 0.2 s: about 4 s of fetching
+    with NatNetwork(2) as net:
+        relay, a, b, root = start_three(
+            net, tmp_path, procs, blob_bytes=blocks * CHUNK_SIZE, fetch_flags=("--slow",)
+        )
+        deadline = time.monotonic() + EXCHANGE_TIMEOUT_S
+        while not any(
+            line.startswith("PROGRESS") and int(line.split()[1]) >= 8 for line in a.lines()
+        ):
+            assert time.monotonic() < deadline, a.dump()
+            time.sleep(0.02)
+        relay.kill()  # SIGKILL mid-fetch
+        error = a.wait_for("FETCH-ERROR")
+        assert "FetchError" in error, error
+        for node in (a, b):
+            node.wait_for("WARNING p2pfl.net.nat: lost the connection to relay")
+            assert node.p.poll() is None, node.dump()
+        relay = start_relay(net, tmp_path, procs, "relay-again")
+        relay.wait_for("ADDR")
+        assert a.wait_for("FETCHED", EXCHANGE_TIMEOUT_S) == str(blocks + 1)
+        for node in (a, b):
+            reserved = [line for line in node.lines() if "reserved a slot on relay" in line]
+            assert len(reserved) == 2, node.dump()
+            assert node.p.poll() is None, node.dump()
     assert leftovers(net.prefix) == []
