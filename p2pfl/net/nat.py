@@ -20,7 +20,21 @@ What py-libp2p 0.8.1 does not do for us, and is done here:
   the peer exists -- and the request itself came over one -- so every server answered OK and
   every node behind a NAT believed it was public. `_DialBackAutoNAT` opens a fresh connection
   (`Swarm.dial_addr`, as DCUtR does) and closes it after. The client counts only real verdicts
-  (a refused request, e.g. no address at the observed IP, is no evidence).
+  (a refused request, e.g. no address at the observed IP, is no evidence). Its dial-backs go
+  to every candidate address at once under one deadline: behind a NAT that drops unsolicited
+  SYNs each dial hangs, and one after the other they outlasted the client's wait.
+- After a failed dial the swarm refuses to dial the peer again for 60 s (negative cache):
+  configured relays are retried on our own schedule, and a live circuit connection clears
+  the cache for its peer (else no stream could be opened on it for that minute).
+- Relayed connections on the listening side are tagged /p2p/<its own id>/p2p-circuit/...
+  (py-libp2p names the wrong relay); we only ever test for "/p2p-circuit".
+
+DCUtR is py-libp2p's, unchanged: once both sides have seen their external address (identify
+over the relay connection), each predicts <external IP>/tcp/<listen port> and both dial at
+once from their listen port (SO_REUSEPORT). Through Linux MASQUERADE that works when the NATs
+drop unsolicited SYNs (home routers do; tests/net/test_nat.py); a NAT that answers them with
+a RST (plain MASQUERADE, nothing listening on the NAT) aborts both dials ("fail to open
+connection") and the peers stay on the relay.
 """
 
 from __future__ import annotations
