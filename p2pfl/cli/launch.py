@@ -238,6 +238,10 @@ def node_status(node: Any, net: Any, scores: dict[int, tuple[float, float]]) -> 
         "member": m.is_member,
         "committee": ["0x" + a.hex() for a in m.committee],
         "peers": len(net.connected_peers()),
+        # NAT traversal: AutoNAT's verdict ("unknown" without --autonat) and our addresses
+        # through relays (p2pfl.net.nat).
+        "reachability": net.reachability,
+        "circuit_addrs": net.nat.circuit_addrs,
         # Nodes the round machine counts live (heard within its window): address -> s ago.
         "live": {"0x" + a.hex(): round(ago, 1) for a, ago in sorted(node.live_nodes().items())},
         "last_commit": {

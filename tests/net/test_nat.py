@@ -9,6 +9,7 @@ connection is then upgraded to a direct one through both NATs. Every namespace i
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -181,4 +182,54 @@ def test_relay_that_disappears_mid_fetch(tmp_path: Path, procs: list[NatProc]) -
             reserved = [line for line in node.lines() if "reserved a slot on relay" in line]
             assert len(reserved) == 2, node.dump()
             assert node.p.poll() is None, node.dump()
+    assert leftovers(net.prefix) == []
+
+
+def test_rounds_through_the_relay(tmp_path: Path) -> None:
+    """Three registered nodes run p2pfl rounds with `p2pfl node start`: one on the public
+    network (the relay, --relay-service), alice and bob each behind a NAT, bob reaching alice
+    only at her circuit address; anvil on the public network. Two rounds commit."""
+    from p2pfl.chain.providers import Anvil
+    from tests.sim.test_cli import P2PFL, node_args, open_task, stop, wait_for_line
+
+    env = {**os.environ, "P2PFL_PASSWORD": "correct horse", "PYTHONPATH": str(ROOT_DIR)}
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    def start(name: str, netns: str, *args: str) -> Path:
+        log = tmp_path / f"{name}.log"
+        procs[name] = subprocess.Popen(
+            [*P2PFL, "node", "start", *node_args(name, rpc, *args), "--rounds", "2"],
+            cwd=tmp_path, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT,
+            preexec_fn=lambda: enter_netns(netns),
+        )  # fmt: skip
+        return log
+
+    with NatNetwork(2) as net, Anvil(host=net.bridge_address) as chain:
+        rpc = ["--rpc", chain.url]
+        open_task(tmp_path, rpc, ("relay", "alice", "bob"), name="nat", epochs=1, committee=3)
+        try:
+            relay_log = start("relay", net.relay_netns, "digits:0/3", "--listen",
+                              f"/ip4/{net.relay_address}/tcp/{PORT}", "--relay-service",
+                              "--autonat")  # fmt: skip
+            relay_addr = wait_for_line(
+                relay_log, r"listening (/ip4/\S+/p2p/\S+)", procs["relay"]
+            ).group(1)
+            circuit = r"listening (\S+/p2p-circuit/p2p/\S+)"
+            alice_log = start("alice", net.node_netns(0), "digits:1/3", "--listen",
+                              f"/ip4/{net.node_address(0)}/tcp/{PORT}", "--relay", relay_addr,
+                              "--autonat", "--bootstrap", relay_addr)  # fmt: skip
+            alice_circuit = wait_for_line(alice_log, circuit, procs["alice"]).group(1)
+            bob_log = start("bob", net.node_netns(1), "digits:2/3", "--listen",
+                            f"/ip4/{net.node_address(1)}/tcp/{PORT}", "--relay", relay_addr,
+                            "--autonat", "--bootstrap", alice_circuit)  # fmt: skip
+            wait_for_line(bob_log, circuit, procs["bob"])
+            for name, log in (("alice", alice_log), ("bob", bob_log), ("relay", relay_log)):
+                assert procs[name].wait(timeout=300) == 0, log.read_text()
+                assert "round 2 committed" in log.read_text(), log.read_text()
+            for name, verdict in (("alice", "private"), ("bob", "private"), ("relay", "public")):
+                status = json.loads((tmp_path / f"{name}-data" / "status.json").read_text())
+                assert status["reachability"] == verdict, (name, status)
+        finally:
+            for proc in procs.values():
+                stop(proc)
     assert leftovers(net.prefix) == []
