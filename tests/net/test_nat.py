@@ -31,6 +31,9 @@ PORT = 4001
 START_TIMEOUT_S = 30.0
 EXCHANGE_TIMEOUT_S = 30.0
 DEBUG = [a for n in os.environ.get("NAT_DEBUG_LOG", "").split(",") if n for a in ("--debug-log", n)]
+# Time given to DCUtR after the exchange: it succeeds within a few seconds where it can
+# (test_hole_punching_upgrades_the_relayed_connection), and fails its rounds in about 5 s each.
+DCUTR_GIVES_UP_S = 25.0
 BLOB_BYTES = 3 * CHUNK_SIZE + 123  # 4 leaves and a root: 5 blocks, over 768 KiB
 
 
@@ -151,6 +154,22 @@ def test_hole_punching_upgrades_the_relayed_connection(
         assert a.wait_for("KIND relayed") == b_id
         assert a.wait_for("KIND direct", EXCHANGE_TIMEOUT_S) == b_id
         assert b.wait_for("KIND direct", EXCHANGE_TIMEOUT_S) == peer_id(a)
+    assert leftovers(net.prefix) == []
+
+
+def test_hole_punching_fails_behind_nats_that_reset(tmp_path: Path, procs: list[NatProc]) -> None:
+    """Plain MASQUERADE answers a SYN nobody inside asked for with a RST: each side's
+    simultaneous-open dial is reset by the other's NAT before its own SYN has left, every
+    DCUtR round fails ("fail to open connection"), and the nodes stay on the relay (and keep
+    working)."""
+    with NatNetwork(2, drop_unsolicited=False) as net:
+        relay, a, b, root = start_three(net, tmp_path, procs, "--hole-punching", *DEBUG)
+        assert a.wait_for("FETCHED", EXCHANGE_TIMEOUT_S) == "5"
+        assert a.wait_for("GOT", EXCHANGE_TIMEOUT_S) == f"{peer_id(b)} hello"
+        assert b.wait_for("GOT", EXCHANGE_TIMEOUT_S) == f"{peer_id(a)} hello"
+        time.sleep(DCUTR_GIVES_UP_S)
+        kinds = [line.split()[1] for line in a.lines() + b.lines() if line.startswith("KIND ")]
+        assert kinds == ["relayed", "relayed"], kinds
     assert leftovers(net.prefix) == []
 
 
