@@ -83,6 +83,53 @@ def node_args(who, rpc, data, *extra):
             "--data-dir", f"{who}-data", *extra)  # fmt: skip
 
 
+class AliceAndBob:
+    """The two-node set-up of the operations tests, after `open_task(..., ("alice", "bob"))`:
+    alice (`p2pfl node start` on a fixed loopback port, with `alice_extra` flags) on half the
+    digits, and on demand bob on the other half, bootstrapped to her, for `rounds` rounds.
+    Logs in tmp_path/<name>.log; both processes stopped by PID on exit."""
+
+    def __init__(self, tmp_path, rpc, *alice_extra):
+        self.tmp_path, self.rpc, self.alice_extra = tmp_path, rpc, alice_extra
+        self.logs = {name: tmp_path / f"{name}.log" for name in ("alice", "bob")}
+        self.alice = self.bob = None
+        self.others: list = []
+
+    def __enter__(self):
+        listen = f"/ip4/127.0.0.1/tcp/{free_loopback_port()}"
+        self.alice = start_node(
+            *node_args("alice", self.rpc, "digits:0/2", "--listen", listen, *self.alice_extra),
+            cwd=self.tmp_path, log=self.logs["alice"].open("w"),
+        )  # fmt: skip
+        try:
+            self.addr = self.wait_alice(LISTEN_ADDR).group(1)
+        except BaseException:
+            stop(self.alice)
+            raise
+        return self
+
+    def wait_alice(self, pattern, timeout=60):
+        return wait_for_line(self.logs["alice"], pattern, self.alice, timeout)
+
+    def run_bob(self, rounds=2, timeout=240):
+        """Start bob and wait for him to finish his `rounds` rounds (exit code 0)."""
+        self.bob = start_node(
+            *node_args("bob", self.rpc, "digits:1/2", "--listen", "/ip4/127.0.0.1/tcp/0",
+                       "--bootstrap", self.addr, "--rounds", str(rounds)),
+            cwd=self.tmp_path, log=self.logs["bob"].open("w"),
+        )  # fmt: skip
+        assert self.bob.wait(timeout=timeout) == 0, self.logs["bob"].read_text()
+
+    def also_stop(self, proc):
+        """Another process of the test, stopped with the nodes."""
+        self.others.append(proc)
+
+    def __exit__(self, *exc):
+        for proc in (self.alice, self.bob, *self.others):
+            if proc is not None:
+                stop(proc)
+
+
 def test_cli_journey(tmp_path):
     with Anvil() as chain:
         rpc = ["--rpc", chain.url]

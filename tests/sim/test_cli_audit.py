@@ -9,20 +9,12 @@ import os
 import shutil
 import subprocess
 
-from p2pfl.chain.providers import Anvil, free_loopback_port
+from p2pfl.chain.providers import Anvil
 from p2pfl.core.audit import decode_round_record
 from p2pfl.core.cid import CID
 from p2pfl.net.blockstore import BlockStore
 from p2pfl.node.committed import round_record_path
-from tests.sim.test_cli import (
-    LISTEN_ADDR,
-    P2PFL,
-    node_args,
-    open_task,
-    start_node,
-    stop,
-    wait_for_line,
-)
+from tests.sim.test_cli import P2PFL, AliceAndBob, open_task
 
 
 def audit(tmp_path, *args, quiet=False):
@@ -39,20 +31,10 @@ def test_cli_audit(tmp_path, monkeypatch):
     with Anvil() as chain:
         rpc = ["--rpc", chain.url]
         open_task(tmp_path, rpc, ("alice", "bob"), name="audit-demo", epochs=1)
-        logs = {name: tmp_path / f"{name}.log" for name in ("alice", "bob")}
-        listen = f"/ip4/127.0.0.1/tcp/{free_loopback_port()}"
-        alice = start_node(*node_args("alice", rpc, "digits:0/2", "--listen", listen),
-                           cwd=tmp_path, log=logs["alice"].open("w"))  # fmt: skip
-        bob = None
-        try:
-            addr = wait_for_line(logs["alice"], LISTEN_ADDR, alice).group(1)
-            bob = start_node(
-                *node_args("bob", rpc, "digits:1/2", "--listen", "/ip4/127.0.0.1/tcp/0",
-                           "--bootstrap", addr, "--rounds", "2"),
-                cwd=tmp_path, log=logs["bob"].open("w"),
-            )  # fmt: skip
-            assert bob.wait(timeout=240) == 0, logs["bob"].read_text()
-            assert "round 1: training epoch 1/1, loss " in logs["bob"].read_text()
+        with AliceAndBob(tmp_path, rpc) as nodes:
+            addr = nodes.addr
+            nodes.run_bob(rounds=2)
+            assert "round 1: training epoch 1/1, loss " in nodes.logs["bob"].read_text()
 
             code, out, err = audit(tmp_path, *rpc, "--data-dir", "bob-data", "--to-round", "2")
             assert (code, out) == (0, "round 1: holds\nround 2: holds\n"), err
@@ -69,10 +51,6 @@ def test_cli_audit(tmp_path, monkeypatch):
             code, out, err = audit(tmp_path, *rpc, "--data-dir", "auditor", "--to-round", "2",
                                    "--bootstrap", addr, quiet=True)  # fmt: skip
             assert code == 0 and "fetch" not in err, out + err
-        finally:
-            stop(alice)
-            if bob is not None:
-                stop(bob)
 
         # A flipped byte in bob's copy of round 1's model: round 2, built on it, fails.
         blocks = tmp_path / "bob-data" / "blocks"

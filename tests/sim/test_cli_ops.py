@@ -13,15 +13,7 @@ import numpy as np
 import pytest
 
 from p2pfl.chain.providers import Anvil, free_loopback_port
-from tests.sim.test_cli import (
-    LISTEN_ADDR,
-    P2PFL,
-    node_args,
-    open_task,
-    start_node,
-    stop,
-    wait_for_line,
-)
+from tests.sim.test_cli import P2PFL, AliceAndBob, open_task, wait_for_line
 
 
 def get(url, data=None):
@@ -44,28 +36,16 @@ def test_cli_metrics_and_serve(tmp_path):
     with Anvil() as chain:
         rpc = ["--rpc", chain.url]
         open_task(tmp_path, rpc, ("alice", "bob"), name="ops-demo", epochs=1)
-        logs = {name: tmp_path / f"{name}.log" for name in ("alice", "bob", "serve")}
-        listen = f"/ip4/127.0.0.1/tcp/{free_loopback_port()}"
+        logs = {"serve": tmp_path / "serve.log"}
         metrics_port = free_loopback_port()
         metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
-        alice = start_node(
-            *node_args("alice", rpc, "digits:0/2", "--listen", listen,
-                       "--metrics-port", str(metrics_port)),
-            cwd=tmp_path, log=logs["alice"].open("w"),
-        )  # fmt: skip
-        bob = server = None
-        try:
-            addr = wait_for_line(logs["alice"], LISTEN_ADDR, alice).group(1)
-            wait_for_line(logs["alice"], r"metrics   http://127\.0\.0\.1:\d+/metrics", alice)
+        with AliceAndBob(tmp_path, rpc, "--metrics-port", str(metrics_port)) as nodes:
+            addr = nodes.addr
+            nodes.wait_alice(r"metrics   http://127\.0\.0\.1:\d+/metrics")
             status, before = get(metrics_url)
             assert status == 200 and metric(before, "p2pfl_rounds_committed_total") == 0
-            bob = start_node(
-                *node_args("bob", rpc, "digits:1/2", "--listen", "/ip4/127.0.0.1/tcp/0",
-                           "--bootstrap", addr, "--rounds", "2"),
-                cwd=tmp_path, log=logs["bob"].open("w"),
-            )  # fmt: skip
-            assert bob.wait(timeout=240) == 0, logs["bob"].read_text()
-            wait_for_line(logs["alice"], r"round 2 committed", alice)
+            nodes.run_bob(rounds=2)
+            nodes.wait_alice(r"round 2 committed")
             status, after = get(metrics_url)
             assert status == 200
             assert metric(after, "p2pfl_rounds_committed_total") >= 2
@@ -80,6 +60,7 @@ def test_cli_metrics_and_serve(tmp_path):
                  "--bootstrap", addr, "--port", str(port), "--poll", "0.5"],
                 cwd=tmp_path, env=env, stdout=logs["serve"].open("w"), stderr=subprocess.STDOUT,
             )  # fmt: skip
+            nodes.also_stop(server)
             wait_for_line(logs["serve"], r"serving   http://127\.0\.0\.1:\d+", server)
             wait_for_line(logs["serve"], r"serving round [2-9]\d* model", server)
             status, body = get(f"http://127.0.0.1:{port}/model")
@@ -95,11 +76,6 @@ def test_cli_metrics_and_serve(tmp_path):
             status, body = get(f"http://127.0.0.1:{port}/predict", b'{"inputs": [[1, 2]]}')
             assert status == 400 and "the model takes [N, 1, 8, 8]" in json.loads(body)["error"]
             assert server.poll() is None, logs["serve"].read_text()
-        finally:
-            stop(alice)
-            for proc in (bob, server):
-                if proc is not None:
-                    stop(proc)
-        assert alice.returncode is not None
+        assert nodes.alice.returncode is not None
         with pytest.raises(urllib.error.URLError):
             get(metrics_url)

@@ -17,7 +17,7 @@ import zlib
 import pytest
 
 from p2pfl.chain.providers import Anvil, free_loopback_port
-from tests.sim.test_cli import LISTEN_ADDR, node_args, open_task, start_node, stop, wait_for_line
+from tests.sim.test_cli import AliceAndBob, open_task
 
 WINDOW = (1280, 1400)
 # Virtual time the page runs for before Chromium dumps or shoots it: enough for its first
@@ -79,26 +79,12 @@ def test_status_page_in_a_browser(tmp_path):
     with Anvil() as chain:
         rpc = ["--rpc", chain.url]
         open_task(tmp_path, rpc, ("alice", "bob"), name="page-demo", epochs=1)
-        logs = {name: tmp_path / f"{name}.log" for name in ("alice", "bob")}
-        listen = f"/ip4/127.0.0.1/tcp/{free_loopback_port()}"
         port = free_loopback_port()
-        alice = start_node(
-            *node_args("alice", rpc, "digits:0/2", "--listen", listen,
-                       "--status-port", str(port)),
-            cwd=tmp_path, log=logs["alice"].open("w"),
-        )  # fmt: skip
-        bob = None
-        try:
-            addr = wait_for_line(logs["alice"], LISTEN_ADDR, alice).group(1)
+        with AliceAndBob(tmp_path, rpc, "--status-port", str(port)) as nodes:
             url = f"http://127.0.0.1:{port}/"
-            wait_for_line(logs["alice"], re.escape(f"status    {url}"), alice)
-            bob = start_node(
-                *node_args("bob", rpc, "digits:1/2", "--listen", "/ip4/127.0.0.1/tcp/0",
-                           "--bootstrap", addr, "--rounds", "2"),
-                cwd=tmp_path, log=logs["bob"].open("w"),
-            )  # fmt: skip
-            assert bob.wait(timeout=240) == 0, logs["bob"].read_text()
-            wait_for_line(logs["alice"], r"round 2 committed: .* accuracy", alice)
+            nodes.wait_alice(re.escape(f"status    {url}"))
+            nodes.run_bob(rounds=2)
+            nodes.wait_alice(r"round 2 committed: .* accuracy")
 
             with urllib.request.urlopen(url + "status.json", timeout=10) as response:
                 status = json.loads(response.read())
@@ -131,10 +117,6 @@ def test_status_page_in_a_browser(tmp_path):
             assert raw(port, b"GET /nope HTTP/1.1\r\n" + host + b"\r\n").startswith(b"HTTP/1.1 404")
             with urllib.request.urlopen(url + "status.json", timeout=10) as response:
                 assert json.loads(response.read())["task"] == status["task"]
-            assert alice.poll() is None, logs["alice"].read_text()
-        finally:
-            stop(alice)
-            if bob is not None:
-                stop(bob)
+            assert nodes.alice.poll() is None, nodes.logs["alice"].read_text()
         with pytest.raises(OSError):
             urllib.request.urlopen(url + "status.json", timeout=5)
