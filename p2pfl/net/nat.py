@@ -100,6 +100,7 @@ class NatTraversal:
         self.reachability = UNKNOWN
         # Relay address -> True while we hold a reservation there.
         self.reserved: dict[str, bool] = {addr: False for addr in config.relays}
+        self._failing: set[str] = set()  # relays whose last reservation attempt failed
         for addr in config.relays:
             _relay_id(addr)
         self.protocol: Any = None
@@ -187,14 +188,16 @@ class NatTraversal:
             raise RelayError(f"relay {addr} refused a reservation (or is not a relay)")
 
     async def _reserve_quietly(self, addr: str, nursery: trio.Nursery) -> None:
+        """Reserve on `addr`; a failure is logged once per outage, not at every retry."""
         try:
             await self.reserve(addr, nursery)
         except RelayError as exc:
-            if self.reserved[addr] or not hasattr(self, "_warned"):
+            if addr not in self._failing:
                 log.warning("%s; retrying every %.0f s", exc, RESERVATION_RETRY_S)
-            self._warned = True
+                self._failing.add(addr)
             self.reserved[addr] = False
             return
+        self._failing.discard(addr)
         if not self.reserved[addr]:
             log.info("reserved a slot on relay %s", addr)
         self.reserved[addr] = True
@@ -219,8 +222,8 @@ class NatTraversal:
         """Connect through a relay to the peer at circuit address `addr`; its peer ID."""
         if self.transport is None:
             raise ConfigError(
-                f"cannot dial {addr}: relayed dials need the relay client "
-                "(NetConfig(relays=...) or hole_punching=True)"
+                f"cannot dial {addr}: relayed dials need the relay client, on with any of "
+                "NetConfig's relays, relay_service, autonat, hole_punching (--relay, ...)"
             )
         try:
             with trio.fail_after(timeout_s):
