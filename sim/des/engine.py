@@ -55,6 +55,8 @@ REWARD_PER_ROUND_WEI = 10**16
 # A node's own copy of gossip state is kept this long after it goes offline: gossipsub's
 # anti-entropy sync offers it the messages it missed (p2pfl.net.config.SYNC_LOG_TTL_S).
 SYNC_LOG_TTL_S = 600.0
+# p2pfl.node.workers: a delta fetch is not retried once the round is certified or advanced.
+NO_MORE_FETCHES = ("certified", "advanced")
 
 
 @dataclass
@@ -323,16 +325,19 @@ class Engine:
         done: Callable[[], None],
         give_up: Callable[[], None],
         started: float,
+        delta: bool = True,
     ) -> None:
         """Fetch `cid` from an online holder (`first` if it is one), retrying lost attempts."""
         holders = [h for h in self.holders.get(cid, ()) if self.nodes[h].online]
         if not holders:
-            if self.now - started >= self.s.network.fetch_give_up_s:
+            worth_it = not delta or node.machine.phase.value not in NO_MORE_FETCHES
+            if self.now - started >= self.s.network.fetch_give_up_s or not worth_it:
                 give_up()
             else:
                 retry = self.now + self.s.network.fetch_retry_s
                 self.at(
-                    retry, lambda: self._transfer(node, cid, size, first, done, give_up, started)
+                    retry,
+                    lambda: self._transfer(node, cid, size, first, done, give_up, started, delta),
                 )
             return
         if first in holders:
@@ -342,7 +347,9 @@ class Engine:
         lat = self.overlay.direct_latency(holder, node.index)
         if self.s.network.loss and self.rng.random() < self.s.network.loss:
             retry = self.now + self.s.network.fetch_retry_s
-            self.at(retry, lambda: self._transfer(node, cid, size, first, done, give_up, started))
+            self.at(
+                retry, lambda: self._transfer(node, cid, size, first, done, give_up, started, delta)
+            )
             return
         end = self.links.transfer(holder, node.index, size, self.now + lat)
         self.at(end + lat, done)
@@ -371,9 +378,10 @@ class Engine:
             done()
 
         def give_up() -> None:  # nobody online holds it yet: keep trying (ModelCache.ensure)
-            self._transfer(node, cid, self.s.train.model_bytes, None, fetched, give_up, self.now)
+            size = self.s.train.model_bytes
+            self._transfer(node, cid, size, None, fetched, give_up, self.now, False)
 
-        self._transfer(node, cid, self.s.train.model_bytes, None, fetched, give_up, self.now)
+        self._transfer(node, cid, self.s.train.model_bytes, None, fetched, give_up, self.now, False)
 
     # ------------------------------------------------------------ training, aggregation
 

@@ -15,8 +15,8 @@ Bytes. Every online node sends and receives about D - 1 copies of each message
 (first copy in, forwards out to the mesh peers that have not sent it); counted per node.
 
 Block transfers (deltas, models) take size / bandwidth on the holder's up-link and the
-fetcher's down-link, both FIFO: a transfer starts when the request has arrived and both
-links are free, and holds both until it ends (a serialisation model, no sharing).
+fetcher's down-link, each a FIFO queue: a transfer ends when the later of its two slots
+ends (a serialisation model, no fair sharing; see `Links.transfer`).
 """
 
 from __future__ import annotations
@@ -101,10 +101,19 @@ class Links:
         self.bytes_down = np.zeros(n, dtype=np.int64)
 
     def transfer(self, holder: int, fetcher: int, size_bytes: int, request_at: float) -> float:
-        """Reserve both links for one transfer; returns when the last byte is sent."""
-        start = max(request_at, self.up_free[holder], self.down_free[fetcher])
-        end = start + size_bytes * 8 / self.bandwidth_bps
-        self.up_free[holder] = self.down_free[fetcher] = end
+        """Queue one transfer on both links; returns when the last byte is sent.
+
+        Each link serves its own queue in FIFO order and is busy size / bandwidth for it;
+        the transfer ends when the later of its two slots ends. (Holding both links for
+        the union of the two waits would leave a fetcher's link idle while one busy holder
+        is waited for: head-of-line blocking that parallel fetches from many holders do
+        not have.)"""
+        seconds = size_bytes * 8 / self.bandwidth_bps
+        up_start = max(request_at, self.up_free[holder])
+        down_start = max(request_at, self.down_free[fetcher])
+        self.up_free[holder] = up_start + seconds
+        self.down_free[fetcher] = down_start + seconds
+        end = max(up_start, down_start) + seconds
         self.bytes_up[holder] += size_bytes
         self.bytes_down[fetcher] += size_bytes
         return float(end)

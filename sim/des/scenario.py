@@ -11,7 +11,7 @@ from typing import Any
 from p2pfl.errors import ConfigError
 from sim.strict import build
 
-HEARTBEAT_SCOPES = ("all", "members", "none")
+HEARTBEAT_SCOPES = ("all", "members", "bytes", "none")
 
 
 @dataclass(frozen=True)
@@ -33,8 +33,10 @@ class NetworkSection:
     quantum_s: float = 0.005
     # A block fetch that got no answer is retried after this long.
     fetch_retry_s: float = 2.0
-    # A fetch with no online holder gives up after this long (DeltaAvailable ok=False).
-    fetch_give_up_s: float = 10.0
+    # A fetch with no online holder keeps retrying this long (p2pfl.net.config.
+    # BLOB_FETCH_TIMEOUT_S), unless the round no longer needs it (certified or advanced,
+    # as p2pfl.node.workers stops), then answers DeltaAvailable(ok=False).
+    fetch_give_up_s: float = 600.0
 
 
 @dataclass(frozen=True)
@@ -81,7 +83,8 @@ class CommitteeSection:
     heartbeat_interval_s: float = 5.0  # p2pfl.node.heartbeat.HEARTBEAT_INTERVAL_S
     # Which machines heartbeats are delivered to: "all" (as the real node), "members"
     # (only to committee members collecting, which are the only machines whose decisions
-    # read liveness; the others' bytes are still counted), "none".
+    # read liveness; the others' bytes are still counted), "bytes" (sent and counted, read
+    # by no machine: as `live_quorum = false`), "none" (not sent).
     heartbeats: str = "all"
 
 
