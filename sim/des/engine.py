@@ -178,6 +178,7 @@ class Engine:
         self.messages = 0
         self.deliveries = 0
         self.wall_s = 0.0
+        self.cpu_s = 0.0  # this process's CPU time (the machine may be shared)
 
     # ------------------------------------------------------------ engine plumbing
 
@@ -444,7 +445,8 @@ class Engine:
         if self.progress is not None:
             self.progress(
                 f"round {event.round} committed at {at:.1f} s (attempt {event.attempt}, "
-                f"view {event.view}); wall {time.perf_counter() - self._t0:.1f} s"
+                f"view {event.view}); wall {time.perf_counter() - self._t0:.1f} s, "
+                f"cpu {time.process_time():.1f} s"
             )
         for node in self.nodes:
             learn = at + float(self.rng.uniform(0, self.s.chain.follow_poll_s)) + self.s.chain.rpc_s
@@ -526,6 +528,7 @@ class Engine:
 
     def _run(self) -> None:
         self._t0 = time.perf_counter()
+        cpu0 = time.process_time()
         s = self.s
         for node in self.nodes:
             node.start_round(1, self.genesis)
@@ -545,3 +548,4 @@ class Engine:
                 break
             self.env.run(until=until)
         self.wall_s = time.perf_counter() - self._t0
+        self.cpu_s = time.process_time() - cpu0

@@ -121,6 +121,8 @@ def summarise(engine: Engine, records: list[dict[str, Any]]) -> dict[str, Any]:
         "virtual_s": engine.now,
         "wall_s": engine.wall_s,
         "wall_per_node_round_ms": 1000 * engine.wall_s / node_rounds if node_rounds else math.nan,
+        "cpu_s": engine.cpu_s,
+        "cpu_per_node_round_ms": 1000 * engine.cpu_s / node_rounds if node_rounds else math.nan,
         "machine_events_handled": handled,
         "gossip_messages": engine.messages,
         "gossip_deliveries": engine.deliveries,
