@@ -1,0 +1,74 @@
+"""40 nodes as OS processes on this machine: round times and the process tree's memory.
+
+    python -m sim.bench processes40     # P2PFL_PROCESSES40_ROUNDS=N to change the 5 rounds
+
+Runs `sim/scenarios/processes40.toml` in `--processes` mode (40 node processes forked from
+one preloading server, anvil, this process as the parent) and samples the tree as
+`sim.bench footprint` does (its `Sampler`: per-process VmHWM, summed PSS and RSS every
+`SAMPLE_S`). Prints the rounds committed, each round's wall time and the median, per-node
+peak RSS (mean, max), the nodes' and the tree's peak PSS (issue #13 item 6).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import tempfile
+from pathlib import Path
+
+from sim.bench import ROOT_DIR, BenchError, figure
+from sim.bench.footprint import KIB, Sampler
+
+SCENARIO = ROOT_DIR / "sim" / "scenarios" / "processes40.toml"
+ROUNDS_ENV = "P2PFL_PROCESSES40_ROUNDS"
+
+
+def run() -> None:
+    from sim.processes import run_processes
+    from sim.scenario import load_scenario
+
+    overrides = {"rounds": int(os.environ[ROUNDS_ENV])} if os.environ.get(ROUNDS_ENV) else {}
+    scenario = load_scenario(SCENARIO, overrides)
+    sampler = Sampler()
+    sampler.start()
+    try:
+        with tempfile.TemporaryDirectory(prefix="p2pfl-processes40-") as runs:
+            run_dir = Path(run_processes(scenario, runs, quiet=True))
+            summary = json.loads((run_dir / "summary.json").read_text())
+            records = [json.loads(line) for line in (run_dir / "metrics.jsonl").open()]
+    finally:
+        sampler.stop_event.set()
+        sampler.join()
+    nodes = [r for r in sampler.peak_rss_kib if r.startswith("node")]
+    if not nodes or not records:
+        raise BenchError("no node process sampled or no round recorded")
+    for r in records:
+        figure(
+            f"processes40-round{r['round']}",
+            r["wall_s"],
+            f"s (included {len(r['included'])}, committee {len(r['committee'])})",
+        )
+    node_peaks = [sampler.peak_rss_kib[r] for r in nodes]
+    figure("processes40-nodes", len(nodes), "node processes sampled")
+    figure("processes40-accuracy", summary["final_accuracy"], "")
+    figure("processes40-reference-accuracy", summary["reference_accuracy"], "")
+    figure("processes40-wall", summary["wall_s"], "s (start-up to the last commit and after)")
+    for role in ("parent", "forkserver", "anvil"):
+        if role in sampler.peak_rss_kib:
+            figure(f"processes40-{role}-peak-pss", sampler.peak_pss_kib[role] / KIB, "MiB")
+    figure(
+        "processes40-node-peak-pss-max", max(sampler.peak_pss_kib[r] for r in nodes) / KIB, "MiB"
+    )
+    figure("processes40-node-peak-rss-mean", sum(node_peaks) / len(node_peaks) / KIB, "MiB")
+    figure("processes40-node-peak-rss-max", max(node_peaks) / KIB, "MiB")
+    figure("processes40-nodes-pss-peak", sampler.nodes_pss_kib * KIB / 1e9, "GB (40 nodes, summed)")
+    figure("processes40-tree-rss-peak", sampler.tree_rss_kib * KIB / 1e9, "GB (summed RSS)")
+    figure("processes40-tree-pss-peak", sampler.tree_pss_kib * KIB / 1e9, "GB")
+    walls = [r["wall_s"] for r in records]
+    figure(
+        "processes40-rounds-committed",
+        f"{summary['rounds_committed']}/{summary['rounds_planned']}",
+        "rounds",
+    )
+    figure("processes40-round-median", statistics.median(walls), "s")
