@@ -40,6 +40,9 @@ PROCESS_NAME_PREFIX = "p2pfl-node"
 # How long a child waits for its bootstrap peers' ports to open: its elders start in
 # parallel and need a few seconds of imports and data loading first.
 BOOTSTRAP_WAIT_S = 120.0
+# How often a node reads the chain for commits: a tiny scenario's round lasts about a
+# second (sim.processes slows it down for many nodes).
+DEFAULT_FOLLOW_POLL_S = 0.2
 
 
 def roundlog_to_dict(entry: Any) -> dict[str, Any]:
@@ -160,7 +163,8 @@ async def _run_node(args: argparse.Namespace, key: bytes) -> None:
             rounds=args.rounds,
             dht=False,
             client_index=args.index,
-            node_options={"follow_poll_s": 0.2},
+            node_options={"follow_poll_s": args.follow_poll_s},
+            net_options={"sync_interval_s": args.sync_interval_s} if args.sync_interval_s else {},
             check_registration=False,
             on_round=on_round,
             before_join=before_join,
@@ -176,6 +180,11 @@ def set_process_name(name: str) -> None:
         Path("/proc/self/comm").write_text(name[:15])  # the kernel keeps 15 bytes
     except OSError:
         pass  # not Linux: only the name is lost
+
+
+# Set (to anything) in the parent's environment: every forked node process runs under
+# cProfile and leaves `<its log>.prof` (where a node's CPU goes; pstats reads it).
+PROFILE_ENV = "P2PFL_SIM_PROFILE"
 
 
 # glibc's mallopt parameter for the number of malloc arenas (malloc.h).
@@ -212,7 +221,16 @@ def forked_main(argv: list[str], env: dict[str, str], log_path: str, netns: str 
     warnings.simplefilter("ignore")  # as `python -W ignore` would
     one_malloc_arena()
     set_process_name(f"{PROCESS_NAME_PREFIX}{argv[argv.index('--index') + 1]}")
-    sys.exit(main(argv))
+    profile_to = os.environ.get(PROFILE_ENV)
+    if not profile_to:
+        sys.exit(main(argv))
+    import cProfile
+
+    profiler = cProfile.Profile()
+    try:
+        sys.exit(profiler.runcall(main, argv))
+    finally:
+        profiler.dump_stats(f"{log_path}.prof")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -226,6 +244,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--listen", required=True)
     parser.add_argument("--bootstrap", action="append", default=[])
     parser.add_argument("--rounds", type=int, required=True)
+    parser.add_argument(
+        "--follow-poll-s",
+        type=float,
+        default=DEFAULT_FOLLOW_POLL_S,
+        help="how often the node reads the chain for commits (seconds)",
+    )
+    parser.add_argument(
+        "--sync-interval-s",
+        type=float,
+        default=0.0,
+        help="anti-entropy sync interval (seconds; 0: the node's default)",
+    )
     parser.add_argument(
         "--go-file", default="", help="wait until this file exists before joining the task"
     )

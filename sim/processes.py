@@ -56,7 +56,14 @@ from p2pfl.train.data import forget_cached_datasets
 from sim.data import load_partition, save_partition
 from sim.faults import FaultSpec
 from sim.netns import ShapedNetwork
-from sim.node_proc import FINAL_FILE, KEY_ENV, READY_FILE, forked_main, read_round_logs
+from sim.node_proc import (
+    DEFAULT_FOLLOW_POLL_S,
+    FINAL_FILE,
+    KEY_ENV,
+    READY_FILE,
+    forked_main,
+    read_round_logs,
+)
 from sim.prologue import begin
 from sim.report import RunWriter, round_records, write_report
 from sim.scenario import Scenario
@@ -74,6 +81,16 @@ READY_TIMEOUT_S = 180.0
 FINISH_GRACE_S = 30.0
 # SIGINT first (a child closes its host cleanly), SIGKILL after this long.
 STOP_GRACE_S = 10.0
+# Chain reads per second all node processes together make for commits: ten nodes at
+# sim.node_proc's 0.2 s; with more nodes each polls less often (40 nodes: every 0.8 s), so
+# that the polling (a JSON-RPC round trip and web3's Python around it, per node) does not
+# grow into the cores' main work.
+CHAIN_POLLS_PER_S = 50.0
+# Anti-entropy sync streams per second all node processes together open (each opens one
+# per topic every sync interval, and answers as many): up to ten nodes keep the node's 1 s
+# default; 40 sync every 4 s. The in-process mode has the same budget for one event loop
+# (sim.run.SIM_SYNC_STREAMS_PER_S); here it is two cores' worth of stream set-ups.
+SYNC_STREAMS_PER_S = 30.0
 # The libp2p port of a node in its own network namespace: every namespace has its own
 # ports, so all nodes take the same one (libp2p's customary port).
 NETNS_NODE_PORT = 4001
@@ -193,19 +210,35 @@ class Child:
 
     def stop(self) -> None:
         """SIGINT by PID, then SIGKILL if it lingers."""
+        stop_all([self])
+
+    def interrupt(self) -> None:
+        """SIGINT by PID (the child closes its host and exits)."""
         if self.running():
             self._note_peak_rss()
             os.kill(self.process.pid, signal.SIGINT)
-            self.process.join(STOP_GRACE_S)
-            if self.process.is_alive():
-                os.kill(self.process.pid, signal.SIGKILL)
-                self.process.join()
 
     def status(self) -> dict[str, Any] | None:
         try:
             return json.loads((self.data_dir / "status.json").read_text())
         except (OSError, ValueError):
             return None
+
+
+def stop_all(children: list[Child]) -> None:
+    """SIGINT to every running child at once, then SIGKILL to those still running after
+    `STOP_GRACE_S`: one grace for the whole set, not one per child (40 children stopped in
+    turn on a loaded machine took minutes)."""
+    for child in children:
+        child.interrupt()
+    deadline = time.monotonic() + STOP_GRACE_S
+    for child in children:
+        if child.process is not None:
+            child.process.join(max(0.0, deadline - time.monotonic()))
+    for child in children:
+        if child.running():
+            os.kill(child.process.pid, signal.SIGKILL)
+            child.process.join()
 
 
 def run_processes(
@@ -309,6 +342,10 @@ def run_processes(
                 str(scenario.rounds),
                 "--go-file",
                 str(root / "go"),
+                "--follow-poll-s",
+                str(follow_poll_s(scenario.nodes)),
+                "--sync-interval-s",
+                str(sync_interval_s(scenario.nodes)),
             ]
             for j in [0] + earlier if i else []:
                 argv += ["--bootstrap", addrs[j]]
@@ -349,8 +386,7 @@ def run_processes(
             )
             _wait_finished(devnet, manifest, children)
         finally:
-            for child in children:
-                child.stop()
+            stop_all(children)
         wall_s = time.perf_counter() - started
         links_figures = _links_figures(net, scenario, listens) if net is not None else None
         info = devnet.admin.task_info(manifest.task_id)
@@ -427,6 +463,19 @@ def run_processes(
     print_summary(summary, run_dir, say)
     work.cleanup()
     return run_dir
+
+
+def follow_poll_s(nodes: int) -> float:
+    """Each node's chain poll interval: `CHAIN_POLLS_PER_S` shared, never under 0.2 s."""
+    return max(DEFAULT_FOLLOW_POLL_S, nodes / CHAIN_POLLS_PER_S)
+
+
+def sync_interval_s(nodes: int) -> float:
+    """Each node's anti-entropy interval: `SYNC_STREAMS_PER_S` shared, never under the
+    node's default."""
+    from p2pfl.net.config import SYNC_INTERVAL_S, TOPIC_KINDS
+
+    return max(SYNC_INTERVAL_S, nodes * len(TOPIC_KINDS) / SYNC_STREAMS_PER_S)
 
 
 def _links_figures(net: ShapedNetwork, scenario: Scenario, listens: list[str]) -> dict[str, Any]:
