@@ -174,6 +174,7 @@ class Engine:
         self.bytes_at_commit: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self.equivocations: list[tuple[bytes, int, float]] = []  # (signer, round, time)
         self.evidence_at: dict[bytes, float] = {}
+        self._out_this_round: list[SimNode] = []  # sitting out the current round
         self.gossip_rejected: dict[str, int] = {}
         self.messages = 0
         self.deliveries = 0
@@ -504,9 +505,9 @@ class Engine:
     def _round_outages(self, round_: int) -> None:
         """`offline_per_round` of the nodes sit out `round_` (back when it commits)."""
         share = self.s.faults.offline_per_round
-        for node in getattr(self, "_out_this_round", []):
+        for node in self._out_this_round:
             self.rejoin(node)
-        self._out_this_round: list[SimNode] = []
+        self._out_this_round = []
         if not share or round_ > self.rounds:
             return
         count = int(round(share * len(self.nodes)))
