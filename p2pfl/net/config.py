@@ -121,8 +121,9 @@ RELAY_CIRCUIT_BYTES = 1024**3
 RELAY_MAX_RESERVATIONS = 128
 # Circuits open at once through one reservation: one per peer talking to the reserving node.
 RELAY_MAX_CIRCUITS_PER_PEER = 64
-# How often a node checks that it still holds its relay reservations, and retries a relay
-# that disappeared (its reservation and circuits die with the connection).
+# How often a node checks that it is still connected to its relays (a lost relay takes its
+# reservation and circuits with it: logged at once), and retries one that disappeared.
+RELAY_CHECK_S = 1.0
 RESERVATION_RETRY_S = 5.0
 # AutoNAT: a verdict needs this many peers to agree (the spec's "more than three"), or all
 # the peers that answered when fewer are directly connected (one relay: one verdict).

@@ -54,6 +54,7 @@ from p2pfl.net.config import (
     AUTONAT_QUERY_TIMEOUT_S,
     AUTONAT_RETRY_S,
     DIAL_TIMEOUT_S,
+    RELAY_CHECK_S,
     RELAY_CIRCUIT_BYTES,
     RELAY_CIRCUIT_DURATION_S,
     RELAY_MAX_CIRCUITS_PER_PEER,
@@ -203,12 +204,14 @@ class NatTraversal:
         self.reserved[addr] = True
 
     async def _keep_reservations(self, nursery: trio.Nursery) -> None:
-        """A relay that disappears loses its reservation (and its circuits); reserve again
-        once it is back. py-libp2p's refresh worker renews live reservations."""
+        """A relay that disappears loses its reservation (and its circuits): say so within
+        RELAY_CHECK_S, and reserve again every RESERVATION_RETRY_S until it is back.
+        py-libp2p's refresh worker renews live reservations."""
         from libp2p.peer.id import ID
 
+        last_try = {addr: trio.current_time() for addr in self.reserved}
         while True:
-            await trio.sleep(RESERVATION_RETRY_S)
+            await trio.sleep(RELAY_CHECK_S)
             connected = set(self.host.get_connected_peers())
             for addr, ok in list(self.reserved.items()):
                 if ok and ID.from_base58(_relay_id(addr)) in connected:
@@ -216,6 +219,9 @@ class NatTraversal:
                 if ok:
                     log.warning("lost the connection to relay %s; its reservation is gone", addr)
                     self.reserved[addr] = False
+                elif trio.current_time() - last_try[addr] < RESERVATION_RETRY_S:
+                    continue
+                last_try[addr] = trio.current_time()
                 await self._reserve_quietly(addr, nursery)
 
     async def dial(self, addr: str, timeout_s: float = DIAL_TIMEOUT_S) -> Any:

@@ -31,6 +31,10 @@ PORT = 4001
 START_TIMEOUT_S = 30.0
 EXCHANGE_TIMEOUT_S = 30.0
 DEBUG = [a for n in os.environ.get("NAT_DEBUG_LOG", "").split(",") if n for a in ("--debug-log", n)]
+# After the relay is back: a dial to a peer's observed address behind a NAT that drops SYNs
+# hangs until the kernel gives up (py-libp2p 0.8.1 puts no deadline on a TCP connect), and a
+# fetch batch waits BLOCKS_BATCH_TIMEOUT_S (30 s) for it; the retry after that succeeds.
+RECOVERY_TIMEOUT_S = 150.0
 # Time given to DCUtR after the exchange: it succeeds within a few seconds where it can
 # (test_hole_punching_upgrades_the_relayed_connection), and fails its rounds in about 5 s each.
 DCUTR_GIVES_UP_S = 25.0
@@ -196,7 +200,7 @@ def test_relay_that_disappears_mid_fetch(tmp_path: Path, procs: list[NatProc]) -
             assert node.p.poll() is None, node.dump()
         relay = start_relay(net, tmp_path, procs, "relay-again")
         relay.wait_for("ADDR")
-        assert a.wait_for("FETCHED", EXCHANGE_TIMEOUT_S) == str(blocks + 1)
+        assert a.wait_for("FETCHED", RECOVERY_TIMEOUT_S) == str(blocks + 1)
         for node in (a, b):
             reserved = [line for line in node.lines() if "reserved a slot on relay" in line]
             assert len(reserved) == 2, node.dump()
@@ -251,4 +255,59 @@ def test_rounds_through_the_relay(tmp_path: Path) -> None:
         finally:
             for proc in procs.values():
                 stop(proc)
+    assert leftovers(net.prefix) == []
+
+
+def test_rounds_go_on_when_the_relay_disappears_mid_round(tmp_path: Path) -> None:
+    """A relay of its own (not a p2pfl node), carol on the public network (the root
+    namespace, beside anvil), alice and bob behind NATs, bob also reaching alice through the
+    relay. The relay is killed once round 1 is committed: alice and bob log that they lost it
+    and keep going through carol; three rounds commit on every node."""
+    from p2pfl.chain.providers import Anvil
+    from tests.sim.test_cli import P2PFL, node_args, open_task, stop, wait_for_line
+
+    env = {**os.environ, "P2PFL_PASSWORD": "correct horse", "PYTHONPATH": str(ROOT_DIR)}
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    def start(name: str, netns: str | None, *args: str) -> Path:
+        log = tmp_path / f"{name}.log"
+        procs[name] = subprocess.Popen(
+            [*P2PFL, "node", "start", *node_args(name, rpc, *args), "--rounds", "3"],
+            cwd=tmp_path, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT,
+            preexec_fn=(lambda: enter_netns(netns)) if netns else None,
+        )  # fmt: skip
+        return log
+
+    relay: list[NatProc] = []
+    with NatNetwork(2) as net, Anvil(host=net.bridge_address) as chain:
+        rpc = ["--rpc", chain.url]
+        open_task(tmp_path, rpc, ("carol", "alice", "bob"), name="nat", epochs=1, committee=3)
+        try:
+            relay.append(start_relay(net, tmp_path, relay))
+            relay_addr = relay[0].wait_for("ADDR")
+            carol_log = start("carol", None, "digits:0/3", "--listen",
+                              f"/ip4/{net.bridge_address}/tcp/0", "--autonat")  # fmt: skip
+            carol = wait_for_line(carol_log, r"listening (/ip4/\S+/p2p/\S+)", procs["carol"])
+            circuit = r"listening (\S+/p2p-circuit/p2p/\S+)"
+            alice_log = start("alice", net.node_netns(0), "digits:1/3", "--listen",
+                              f"/ip4/{net.node_address(0)}/tcp/{PORT}", "--relay", relay_addr,
+                              "--autonat", "--bootstrap", carol.group(1))  # fmt: skip
+            alice_circuit = wait_for_line(alice_log, circuit, procs["alice"]).group(1)
+            bob_log = start("bob", net.node_netns(1), "digits:2/3", "--listen",
+                            f"/ip4/{net.node_address(1)}/tcp/{PORT}", "--relay", relay_addr,
+                            "--autonat", "--bootstrap", carol.group(1),
+                            "--bootstrap", alice_circuit)  # fmt: skip
+            wait_for_line(alice_log, "round 1 committed", procs["alice"], timeout=300)
+            relay[0].kill()  # SIGKILL, mid-round 2
+            for name, log in (("alice", alice_log), ("bob", bob_log)):
+                wait_for_line(log, "WARNING .* lost the connection to relay", procs[name])
+            logs = {"carol": carol_log, "alice": alice_log, "bob": bob_log}
+            for name, log in logs.items():
+                assert procs[name].wait(timeout=400) == 0, log.read_text()
+                assert "round 3 committed" in log.read_text(), log.read_text()
+        finally:
+            for proc in procs.values():
+                stop(proc)
+            for r in relay:
+                r.kill()
     assert leftovers(net.prefix) == []
