@@ -200,7 +200,7 @@ def write_run(
         "| round | wall s | "
         + " | ".join(f"{p} s" for p in PHASES)
         + " | attempt | view | committee sizes | up MB/node | down MB/node (mean) |",
-        "|" + "---|" * (8 + len(PHASES)),
+        "|" + "---|" * (7 + len(PHASES)),
     ]
     for r in records:
         lines.append(
