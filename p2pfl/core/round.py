@@ -567,6 +567,9 @@ class RoundMachine:
         )
         self._round_start = event.now
         self._first_update: dict[bytes, Update] = {}
+        # Authors whose first update's delta verified: the collect count without a pass
+        # over every update on every event (quadratic in the nodes per round at scale).
+        self._verified_first: set[bytes] = set()
         self._updates: dict[UpdateKey, Update] = {}
         self._equivocators: set[bytes] = set()
         self._delta_ok: dict[UpdateKey, bool] = {}
@@ -844,6 +847,12 @@ class RoundMachine:
             if author not in self._equivocators and self._delta_ok.get((author, u.delta)) is True
         ]
 
+    def _counted(self) -> int:
+        """How many of `_collected()` count toward the collect quorum (authors not on
+        probation), from the incremental set: equivocators and probation are few."""
+        excluded = self._equivocators | self._probation
+        return len(self._verified_first) - len(self._verified_first & excluded)
+
     def _expected_participants(self) -> int:
         """E of the collect quorum: the registered nodes presumed alive, within bounds.
 
@@ -873,7 +882,7 @@ class RoundMachine:
             return  # not collecting
         expected = self._expected_participants()
         quorum = collect_quorum(self.config.collect_quorum_percent, expected)
-        counted = sum(1 for u in self._collected() if u.signer not in self._probation)
+        counted = self._counted()
         if counted < quorum:
             return
         a = self._attempt
@@ -933,6 +942,7 @@ class RoundMachine:
         self._updates[key] = update
         self._statements[(self.address, update.statement_key())] = update
         self._delta_ok[key] = True  # our own blocks are local
+        self._verified_first.add(self.address)
         self.counters["updates-accepted"] += 1
         self._hear(self.address)
         self._after_new_data()
@@ -943,6 +953,9 @@ class RoundMachine:
             return  # an answer for another round, or never asked
         self._fetching.discard(key)
         self._delta_ok[key] = event.ok
+        first = self._first_update.get(event.author)
+        if event.ok and first is not None and first.delta == event.delta:
+            self._verified_first.add(event.author)
         self.counters["deltas-ok" if event.ok else "deltas-bad"] += 1
         self._after_new_data()
 
@@ -1098,6 +1111,8 @@ class RoundMachine:
             return
         key = (u.signer, u.delta)
         self._first_update[u.signer] = u
+        if self._delta_ok.get(key) is True:
+            self._verified_first.add(u.signer)
         self._updates[key] = u
         self.counters["updates-accepted"] += 1
         if fetch:

@@ -921,6 +921,10 @@ class _RoundProgram:
     def check(self, event: Any, actions: list[Any], before: tuple[int, bytes, int]) -> None:
         m = self.machine
         _check(len(m._buffer) <= self.config.max_buffered, "buffer over max_buffered")
+        _check(
+            m._counted() == sum(1 for u in m._collected() if u.signer not in m._probation),
+            "the incremental collect count differs from the updates collected",
+        )
         _check(m.phase in Phase, "unknown phase")
         for action in actions:
             if isinstance(action, ev.Fetch):
