@@ -6,7 +6,16 @@ Runs `sim/scenarios/processes40.toml` in `--processes` mode (40 node processes f
 one preloading server, anvil, this process as the parent) and samples the tree as
 `sim.bench footprint` does (its `Sampler`: per-process VmHWM, summed PSS and RSS every
 `SAMPLE_S`). Prints the rounds committed, each round's wall time and the median, per-node
-peak RSS (mean, max), the nodes' and the tree's peak PSS (issue #13 item 6).
+peak RSS (mean, max), the nodes' and the tree's peak PSS (issue #13 item 6); the memory
+figures also when the rounds did not all commit (then it exits with an error).
+
+Measured 2026-12-05 on the 2 cores shared with other work (machine load 30-50, the 40
+nodes getting 0.95 of a core between them): start-up 40/40 ready in under 90 s, but NO
+round committed within the run's 1,200 s deadline (round 1 reached its third attempt:
+collections and agreements timed out under starvation). Memory 20 minutes in (sampled by
+hand; this bench then printed nothing, fixed since): node peak RSS 313 MiB mean, 372 max;
+node PSS 106 MiB mean, 179 max; the 40 nodes' PSS 4.45 GB; tree PSS 5.02 GB (parent
+442 MiB, fork server 64, anvil 31); summed RSS 13.4 GB; 5.8 GB of the 24 GB in use.
 """
 
 from __future__ import annotations
@@ -41,8 +50,9 @@ def run() -> None:
         sampler.stop_event.set()
         sampler.join()
     nodes = [r for r in sampler.peak_rss_kib if r.startswith("node")]
-    if not nodes or not records:
-        raise BenchError("no node process sampled or no round recorded")
+    if not nodes:
+        raise BenchError("no node process sampled")
+    # The memory figures hold even when rounds did not all commit: printed either way.
     for r in records:
         figure(
             f"processes40-round{r['round']}",
@@ -51,8 +61,9 @@ def run() -> None:
         )
     node_peaks = [sampler.peak_rss_kib[r] for r in nodes]
     figure("processes40-nodes", len(nodes), "node processes sampled")
-    figure("processes40-accuracy", summary["final_accuracy"], "")
-    figure("processes40-reference-accuracy", summary["reference_accuracy"], "")
+    if records:
+        figure("processes40-accuracy", summary["final_accuracy"], "")
+        figure("processes40-reference-accuracy", summary["reference_accuracy"], "")
     figure("processes40-wall", summary["wall_s"], "s (start-up to the last commit and after)")
     for role in ("parent", "forkserver", "anvil"):
         if role in sampler.peak_rss_kib:
@@ -65,10 +76,14 @@ def run() -> None:
     figure("processes40-nodes-pss-peak", sampler.nodes_pss_kib * KIB / 1e9, "GB (40 nodes, summed)")
     figure("processes40-tree-rss-peak", sampler.tree_rss_kib * KIB / 1e9, "GB (summed RSS)")
     figure("processes40-tree-pss-peak", sampler.tree_pss_kib * KIB / 1e9, "GB")
-    walls = [r["wall_s"] for r in records]
     figure(
         "processes40-rounds-committed",
         f"{summary['rounds_committed']}/{summary['rounds_planned']}",
-        "rounds",
+        "rounds" + (" (the run's deadline passed first)" if summary["timed_out"] else ""),
     )
-    figure("processes40-round-median", statistics.median(walls), "s")
+    if records:
+        figure("processes40-round-median", statistics.median(r["wall_s"] for r in records), "s")
+    if summary["rounds_committed"] < summary["rounds_planned"]:
+        raise BenchError(
+            f"{summary['rounds_committed']}/{summary['rounds_planned']} rounds committed"
+        )
