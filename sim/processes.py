@@ -26,6 +26,12 @@ address (the root namespace's end of the private network, never 0.0.0.0). The su
 `network` holds the addresses and each qdisc's byte count. `python -m sim.bench shaped`
 compares round times at 20 and 100 Mbit/s with the bytes the protocol moves.
 
+Many nodes (`sim/scenarios/processes40.toml`, `python -m sim.bench processes40`): the
+chain poll and the anti-entropy sync interval of each node grow with the node count
+(`follow_poll_s`, `sync_interval_s`: unchanged up to ten nodes) so that the machine-wide
+rate of both stays put; children are stopped together; `P2PFL_SIM_PROFILE=1` leaves a
+cProfile of each node beside its log.
+
 Faults: `RestartFault` (a node SIGKILLed mid-round, restarted on its data dir) and the
 scenario's `faults.rpc_outage_round` (`RpcOutage`: anvil stopped for `rpc_outage_s`, then
 restarted from its state file on the same port; the run then checks that every round was
