@@ -262,7 +262,8 @@ def test_rounds_go_on_when_the_relay_disappears_mid_round(tmp_path: Path) -> Non
     """A relay of its own (not a p2pfl node), carol on the public network (the root
     namespace, beside anvil), alice and bob behind NATs, bob also reaching alice through the
     relay. The relay is killed once round 1 is committed: alice and bob log that they lost it
-    and keep going through carol; three rounds commit on every node."""
+    and keep going through carol; four rounds commit on every node."""
+    rounds = 4
     from p2pfl.chain.providers import Anvil
     from tests.sim.test_cli import P2PFL, node_args, open_task, stop, wait_for_line
 
@@ -272,7 +273,7 @@ def test_rounds_go_on_when_the_relay_disappears_mid_round(tmp_path: Path) -> Non
     def start(name: str, netns: str | None, *args: str) -> Path:
         log = tmp_path / f"{name}.log"
         procs[name] = subprocess.Popen(
-            [*P2PFL, "node", "start", *node_args(name, rpc, *args), "--rounds", "3"],
+            [*P2PFL, "node", "start", *node_args(name, rpc, *args), "--rounds", str(rounds)],
             cwd=tmp_path, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT,
             preexec_fn=(lambda: enter_netns(netns)) if netns else None,
         )  # fmt: skip
@@ -297,6 +298,9 @@ def test_rounds_go_on_when_the_relay_disappears_mid_round(tmp_path: Path) -> Non
                             f"/ip4/{net.node_address(1)}/tcp/{PORT}", "--relay", relay_addr,
                             "--autonat", "--bootstrap", carol.group(1),
                             "--bootstrap", alice_circuit)  # fmt: skip
+            # Bob's host is up (he starts last: on a loaded machine the others can commit
+            # rounds before he is) and round 1 is committed before the relay goes.
+            wait_for_line(bob_log, circuit, procs["bob"])
             wait_for_line(alice_log, "round 1 committed", procs["alice"], timeout=300)
             relay[0].kill()  # SIGKILL, mid-round 2
             for name, log in (("alice", alice_log), ("bob", bob_log)):
@@ -304,7 +308,7 @@ def test_rounds_go_on_when_the_relay_disappears_mid_round(tmp_path: Path) -> Non
             logs = {"carol": carol_log, "alice": alice_log, "bob": bob_log}
             for name, log in logs.items():
                 assert procs[name].wait(timeout=400) == 0, log.read_text()
-                assert "round 3 committed" in log.read_text(), log.read_text()
+                assert f"round {rounds} committed" in log.read_text(), log.read_text()
         finally:
             for proc in procs.values():
                 stop(proc)
