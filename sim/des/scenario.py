@@ -156,6 +156,14 @@ def load_des_scenario(path: str | Path, overrides: dict[str, Any] | None = None)
         raise ConfigError("faults.offline_per_round must be in [0, 1)")
     if s.network.degree < 1 or s.train.params < 1 or s.train.spread < 1:
         raise ConfigError("network.degree and train.params must be >= 1, train.spread >= 1")
+    from p2pfl.core.sortition import commit_quorum
+
+    quorum = commit_quorum(s.committee.size)
+    if quorum > s.nodes:
+        raise ConfigError(
+            f"committee.size {s.committee.size} needs {quorum} signatures per commit, more than"
+            f" the {s.nodes} nodes: no round could ever commit (lower committee.size)"
+        )
     from sim.attacks import make_plan
 
     make_plan(s.attacks, s.nodes, s.seed)  # strict: fail before anything runs

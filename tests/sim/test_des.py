@@ -49,3 +49,14 @@ def test_scenarios_are_strict() -> None:
         load_des_scenario(SCENARIOS / "quickstart.toml", {"committee.heartbeats": "some"})
     for path in SCENARIOS.glob("*.toml"):
         load_des_scenario(path)
+
+
+def test_a_committee_that_can_never_commit_is_refused_at_load() -> None:
+    import pytest
+
+    from p2pfl.errors import ConfigError
+    from sim.des.scenario import load_des_scenario
+
+    overrides = {"nodes": 10, "committee.size": 40, "attacks": {}}
+    with pytest.raises(ConfigError, match="no round could ever commit"):
+        load_des_scenario("sim/des/scenarios/scale-50.toml", overrides)
