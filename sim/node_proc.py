@@ -183,7 +183,7 @@ def set_process_name(name: str) -> None:
 
 
 # Set (to anything) in the parent's environment: every forked node process runs under
-# cProfile and leaves `<its log>.prof` (where a node's CPU goes; pstats reads it).
+# cProfile (CPU time, main thread) and leaves `<its log>.prof` (pstats reads it).
 PROFILE_ENV = "P2PFL_SIM_PROFILE"
 
 
@@ -226,7 +226,7 @@ def forked_main(argv: list[str], env: dict[str, str], log_path: str, netns: str 
         sys.exit(main(argv))
     import cProfile
 
-    profiler = cProfile.Profile()
+    profiler = cProfile.Profile(time.process_time)  # CPU time: a starved node's waits are not work
     try:
         sys.exit(profiler.runcall(main, argv))
     finally:
