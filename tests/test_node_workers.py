@@ -140,3 +140,32 @@ async def test_an_update_past_the_privacy_budget_is_withheld_and_training_stops(
     assert PrivacyLedger(tmp_path / "privacy.json", 1e-5, budget).exhausted  # on disk
     await workers.train(3, b"")  # no more training at all
     assert len(trained) == 2 and counters["dp-budget-spent:no-training"] == 1
+
+
+def test_a_delta_dag_that_expands_past_the_model_size_is_refused_before_the_walk(
+    tmp_path: Any,
+) -> None:
+    """A delta whose few distinct blocks link the same child 100 times at each of 3 levels
+    claims 100^3 leaves (262 GB): the fuzz campaign's hang in `assemble`. The node reads a
+    delta with the model's size as its limit, so it is refused at the root, at once."""
+    import time
+
+    import pytest
+
+    from p2pfl.core.cid import CHUNK_SIZE, CODEC_DAG_PB, CODEC_RAW, Link, _encode_node, block_cid
+    from p2pfl.errors import InvalidBlock
+    from p2pfl.node.workers import _read_delta
+
+    store = BlockStore(tmp_path / "blocks")
+    leaf = bytes(CHUNK_SIZE)
+    child, size, tsize = block_cid(CODEC_RAW, leaf), CHUNK_SIZE, CHUNK_SIZE
+    store.put(child, leaf)
+    for _ in range(3):
+        block = _encode_node([Link(child, tsize)] * 100, [size] * 100, CID.to_bytes)
+        child, size, tsize = block_cid(CODEC_DAG_PB, block), size * 100, tsize * 100 + len(block)
+        store.put(child, block)
+    model_size = len(encode_tensors({"w": np.zeros(1000, np.float32)}))
+    started = time.perf_counter()
+    with pytest.raises(InvalidBlock, match="over"):
+        _read_delta(store, child, model_size)
+    assert time.perf_counter() - started < 1.0

@@ -182,7 +182,9 @@ class RoundWorkers:
                         n.count,
                     )
             if blob is None:
-                blob = await trio.to_thread.run_sync(_read_delta, n.net.store, cid)
+                blob = await trio.to_thread.run_sync(
+                    _read_delta, n.net.store, cid, n.models.blob_size
+                )
             self._deltas.setdefault(round_, {})[(author, delta)] = blob
         except (P2PFLError, OSError) as exc:
             ok = False
@@ -285,8 +287,13 @@ def _store_inline(store: Any, cid: CID, inline: bytes) -> bytes:
     return inline
 
 
-def _read_delta(store: Any, cid: CID) -> bytes:
-    """A stored delta's bytes, checked to be canonical tensors (worker thread)."""
-    blob: bytes = store.read_blob(cid)
+def _read_delta(store: Any, cid: CID, max_size_bytes: int | None) -> bytes:
+    """A stored delta's bytes, checked to be canonical tensors (worker thread).
+
+    A delta has the task's model size (`ModelCache.blob_size`): a DAG whose root claims more
+    is refused before it is walked. Its distinct blocks are few and cheap to fetch, but one
+    that links the same children again and again (a fuzz campaign's hang) would otherwise
+    expand to gigabytes in `assemble`."""
+    blob: bytes = store.read_blob(cid, max_size_bytes)
     decode_tensors(blob)  # canonical float32 tensors or bust
     return blob

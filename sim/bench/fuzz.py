@@ -16,7 +16,8 @@ engine's own CPU clock, and the libFuzzer child's CPU time less its start-up (im
 instrumentation, the seeds: a `-runs=0` run of the same target). Prints per-target
 figures, then `fuzz-inputs`, `fuzz-hangs` and the headline `fuzz-crashes`. Exits non-zero
 only when it could not measure; crashes and hangs are a result, printed with the end of
-libFuzzer's report and the saved input.
+libFuzzer's report and the saved input (each shard's output and findings are kept under
+runs/fuzz-<time>/<target>-<seed>/).
 """
 
 from __future__ import annotations
@@ -25,9 +26,10 @@ import os
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
-from sim.bench import BenchError, figure
+from sim.bench import ROOT_DIR, BenchError, figure
 
 DEFAULT_INPUTS = 10_000_000
 # Share of the inputs per target. The round machine's inputs are programs of ~15 events
@@ -51,10 +53,13 @@ def _engine_rate(name: str, inputs: int) -> float:
     return stats.inputs / cpu if cpu > 0 else 0.0
 
 
-def _shard(name: str, inputs: int, seed: int) -> Any:
+def _shard(name: str, inputs: int, seed: int, keep: Path | None = None) -> Any:
+    """One libFuzzer process; with `keep`, its output and any crash or timeout input stay
+    in keep/<target>-<seed>/ (a finding must be replayable)."""
     from sim.fuzz.libfuzzer import run_target
 
-    return run_target(name, inputs, seed=seed)
+    workdir = keep / f"{name}-{seed}" if keep is not None else None
+    return run_target(name, inputs, seed=seed, workdir=workdir)
 
 
 def run(argv: list[str] | None = None) -> None:
@@ -96,10 +101,11 @@ def run(argv: list[str] | None = None) -> None:
         for i in range(jobs)
     ]
     started = time.perf_counter()
+    keep = ROOT_DIR / "runs" / time.strftime("fuzz-%Y%m%d-%H%M%S")
     results: dict[str, list[Any]] = {name: [] for name in counts}
     # Threads only wait on the libFuzzer child processes: `jobs` of them at a time.
     with ThreadPoolExecutor(max_workers=jobs) as pool:
-        futures = [(name, pool.submit(_shard, name, n, s)) for name, n, s in work if n]
+        futures = [(name, pool.submit(_shard, name, n, s, keep)) for name, n, s in work if n]
         for name, future in futures:
             results[name].append(future.result())
     wall_s = time.perf_counter() - started

@@ -289,6 +289,8 @@ N_BLOCK_OPS = 6
 _DAG_CHUNKS = (1, 2, 3, 4, 8, CHUNK_SIZE)
 # Nodes one DAG program may declare.
 _MAX_DAG_NODES = 64
+# The most bytes a DAG program may expand to (see run_dag_program).
+_MAX_DAG_CONTENT = 1 << 20
 
 
 class _Reader:
@@ -359,6 +361,11 @@ def run_dag_program(r: _Reader) -> str:
                 sizes.append(max(0, len(child_content) + (skew if r.below(2) else 0)))
                 content += child_content
                 tsize += child_tsize
+                if len(content) > _MAX_DAG_CONTENT:
+                    # The harness keeps every node's expansion: links to the same children
+                    # grow it exponentially. Past this the program is not run (the node's
+                    # own bound is the model size: p2pfl.node.workers._read_delta).
+                    return "dag:too-large"
             block = _encode_node(links, sizes, CID.to_bytes)
             cid = block_cid(CODEC_DAG_PB, block)
             store[cid] = block
