@@ -122,8 +122,8 @@ def run(argv: list[str] | None = None) -> None:
         figure(f"fuzz-{name}-crashes", crashes, "crashes")
         figure(f"fuzz-{name}-hangs", hangs, "hangs")
         figure(f"fuzz-{name}-rate", inputs / seconds if seconds else 0.0, "inputs/wall-s")
-        figure(f"fuzz-{name}-coverage", max(p.coverage for p in parts), "edges")
-        figure(f"fuzz-{name}-corpus", max(p.corpus for p in parts), "inputs")
+        figure(f"fuzz-{name}-coverage", max((p.coverage for p in parts), default=0), "edges")
+        figure(f"fuzz-{name}-corpus", max((p.corpus for p in parts), default=0), "inputs")
         for p in parts:
             if p.crashes or p.hangs:
                 print(
