@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from p2pfl.errors import ConfigError
 from p2pfl.train.config import TrainConfig
-from sim.strict import build
+from sim.strict import build, read_scenario_toml
 
 
 @dataclass(frozen=True)
@@ -99,19 +98,7 @@ class Scenario:
 
 def load_scenario(path: str | Path, overrides: dict[str, Any] | None = None) -> Scenario:
     """Parse a scenario file; `overrides` are dotted keys ("committee.size": 5)."""
-    try:
-        raw = tomllib.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"no scenario file at {path}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    raw.setdefault("name", Path(path).stem)
-    for dotted, value in (overrides or {}).items():
-        node = raw
-        *parents, leaf = dotted.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
+    raw = read_scenario_toml(path, overrides)
     scenario = build(Scenario, raw, Path(path).name)
     if scenario.nodes < 2:
         raise ConfigError("a scenario needs at least 2 nodes")

@@ -5,10 +5,31 @@ the wrong type are errors that name the key, never silently ignored."""
 from __future__ import annotations
 
 import math
+import tomllib
 from dataclasses import fields, is_dataclass
+from pathlib import Path
 from typing import Any
 
 from p2pfl.errors import ConfigError
+
+
+def read_scenario_toml(path: str | Path, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A scenario file's table, `name` defaulting to the file's stem, with `overrides`
+    (dotted keys, "committee.size": 5) applied; a clear error for a missing or bad file."""
+    try:
+        raw = tomllib.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"no scenario file at {path}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    raw.setdefault("name", Path(path).stem)
+    for dotted, value in (overrides or {}).items():
+        node = raw
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return raw
 
 
 def build(cls: type, raw: Any, where: str, *, non_negative: tuple[type, ...] = ()) -> Any:

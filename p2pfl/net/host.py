@@ -53,6 +53,7 @@ from p2pfl.net.config import (
 from p2pfl.net.gossip import Gossip, GossipMessage, Validator
 from p2pfl.net.limits import Metrics, Offence, PeerBook
 from p2pfl.net.nat import NatTraversal, is_circuit_addr
+from p2pfl.net.services import quietly, run_service
 
 log = logging.getLogger(__name__)
 
@@ -616,7 +617,7 @@ async def _run_host(
             async with trio.open_nursery() as nursery:
                 net._nursery = nursery
                 if dht is not None:
-                    await nursery.start(_run_service, dht)
+                    await nursery.start(run_service, dht)
                 if bitswap is not None:
                     bitswap.set_nursery(nursery)
                     await bitswap.start()
@@ -633,32 +634,17 @@ async def _run_host(
                     nursery.cancel_scope.cancel()
                     with trio.CancelScope(shield=True):
                         if bitswap is not None:
-                            await _quietly(bitswap.stop())
+                            await quietly(bitswap.stop(), "shutdown")
                         # Stop py-libp2p's auto-connector first: each disconnect below would
                         # otherwise trigger a redial, and a connection it completes after the
                         # swarm closed its connections leaks its socket.
-                        await _quietly(host.get_network().auto_connector.stop())
+                        await quietly(host.get_network().auto_connector.stop(), "shutdown")
                         # Close connections while pubsub still runs: a message arriving on a
                         # live connection after pubsub stopped makes py-libp2p raise
                         # "Nursery is closed to new arrivals" into the swarm.
                         with trio.move_on_after(SHUTDOWN_CLOSE_TIMEOUT_S):
                             for peer_id in list(host.get_connected_peers()):
-                                await _quietly(host.disconnect(peer_id))
-
-
-async def _run_service(service: Any, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-    from libp2p.tools.anyio_service import background_trio_service
-
-    async with background_trio_service(service):
-        task_status.started()
-        await trio.sleep_forever()
-
-
-async def _quietly(awaitable: Any) -> None:
-    try:
-        await awaitable
-    except Exception as exc:
-        log.debug("shutdown: %r", exc)
+                                await quietly(host.disconnect(peer_id), "shutdown")
 
 
 class _BitswapStoreAdapter:

@@ -62,6 +62,7 @@ from p2pfl.net.config import (
     RESERVATION_RETRY_S,
     NetConfig,
 )
+from p2pfl.net.services import quietly, run_service
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +154,7 @@ class NatTraversal:
         async with background_trio_service(self.protocol), trio.open_nursery() as nursery:
             await self.protocol.event_started.wait()
             if self.dcutr is not None:
-                await nursery.start(_run_service, self.dcutr)
+                await nursery.start(run_service, self.dcutr)
             for addr in self.config.relays:
                 with trio.move_on_after(DIAL_TIMEOUT_S):
                     await self._reserve_quietly(addr, nursery)
@@ -184,7 +185,7 @@ class NatTraversal:
         try:
             ok = await self.transport.reserve(stream, info.peer_id, nursery)
         finally:
-            await _quietly(stream.close())
+            await quietly(stream.close())
         if not ok:
             raise RelayError(f"relay {addr} refused a reservation (or is not a relay)")
 
@@ -360,7 +361,7 @@ def _dial_back_autonat(host: Any) -> Any:
                     log.debug("AutoNAT dial-back to %s failed: %r", multiaddr.Multiaddr(raw), exc)
                     return
                 reached.append(bytes(raw))
-                await _quietly(conn.close())
+                await quietly(conn.close())
                 cancel.cancel()
 
             with trio.move_on_after(AUTONAT_DIAL_TIMEOUT_S):
@@ -370,18 +371,3 @@ def _dial_back_autonat(host: Any) -> Any:
             return reached[0] if reached else None
 
     return DialBackAutoNAT(host)
-
-
-async def _run_service(service: Any, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-    from libp2p.tools.anyio_service import background_trio_service
-
-    async with background_trio_service(service):
-        task_status.started()
-        await trio.sleep_forever()
-
-
-async def _quietly(awaitable: Any) -> None:
-    try:
-        await awaitable
-    except Exception as exc:
-        log.debug("%r", exc)
