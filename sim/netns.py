@@ -134,8 +134,54 @@ def _free_subnet() -> ipaddress.IPv4Network:
     raise NetnsError(f"no free /24 left in {SUBNET_POOL}: remove stale runs (--clean)")
 
 
+class _BuiltNetwork:
+    """The life cycle both networks share: on entering, check the size (`_check`), root and
+    `TOOLS`, turn SIGTERM into an exit while the network is up, build it (`_create`; what
+    was made is removed if that fails); on leaving, remove every link and namespace made."""
+
+    TOOLS: tuple[str, ...] = ("ip", "tc")
+    created_netns: list[str]
+    created_links: list[str]
+    _old_sigterm: Any
+
+    def _check(self) -> None:
+        raise NotImplementedError
+
+    def _create(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Any:
+        self._check()
+        require_root_and_tools(self.TOOLS)
+        if threading_main():
+            self._old_sigterm = signal.signal(signal.SIGTERM, _sigterm_as_exit)
+        try:
+            self._create()
+        except BaseException:
+            self.remove()
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.remove()
+
+    def remove(self) -> None:
+        """Delete every link and namespace this network created (namespaces take their
+        interfaces and iptables rules with them); idempotent and best effort: one failure
+        does not keep the others."""
+        _delete(self.created_links, self.created_netns)
+        if self._old_sigterm is not None:
+            signal.signal(signal.SIGTERM, self._old_sigterm)
+            self._old_sigterm = None
+
+
 @dataclass
-class ShapedNetwork:
+class ShapedNetwork(_BuiltNetwork):
     """A bridge and `nodes` namespaces on veth pairs with tbf at `rate_mbit` (0: no tbf)."""
 
     nodes: int
@@ -169,26 +215,9 @@ class ShapedNetwork:
         assert self.subnet is not None
         return str(self.subnet.network_address + FIRST_NODE_HOST + i)
 
-    def __enter__(self) -> ShapedNetwork:
+    def _check(self) -> None:
         if not 1 <= self.nodes <= MAX_NODES:
             raise ConfigError(f"network.namespaces: 1..{MAX_NODES} nodes, not {self.nodes}")
-        require_root_and_tools()
-        if threading_main():
-            self._old_sigterm = signal.signal(signal.SIGTERM, _sigterm_as_exit)
-        try:
-            self._create()
-        except BaseException:
-            self.remove()
-            raise
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.remove()
 
     def _create(self) -> None:
         self.subnet = _free_subnet()
@@ -213,14 +242,6 @@ class ShapedNetwork:
                 _run("tc", "qdisc", "add", "dev", host, "root", *shaping)
                 _run("tc", "-n", ns, "qdisc", "add", "dev", inner, "root", *shaping)
 
-    def remove(self) -> None:
-        """Delete every link and namespace this network created (idempotent; best effort:
-        one failure does not keep the others)."""
-        _delete(self.created_links, self.created_netns)
-        if self._old_sigterm is not None:
-            signal.signal(signal.SIGTERM, self._old_sigterm)
-            self._old_sigterm = None
-
     def qdisc_bytes(self) -> dict[str, list[int]]:
         """Bytes each node's tbf qdiscs have sent so far: "up" (netns end), "down" (bridge end)."""
         return {
@@ -243,7 +264,7 @@ MAX_PRIVATE_NETWORKS = 100
 
 
 @dataclass
-class NatNetwork:
+class NatNetwork(_BuiltNetwork):
     """A public network with a relay host, and `private_networks` networks each behind its own
     NAT (Linux MASQUERADE), as root:
 
@@ -318,29 +339,14 @@ class NatNetwork:
             for ns in (self.nat_netns(i), self.node_netns(i))
         ]
 
-    def __enter__(self) -> NatNetwork:
+    TOOLS = ("ip", "iptables")
+
+    def _check(self) -> None:
         if not 1 <= self.private_networks <= MAX_PRIVATE_NETWORKS:
             raise ConfigError(
                 f"NatNetwork: 1..{MAX_PRIVATE_NETWORKS} private networks, "
                 f"not {self.private_networks}"
             )
-        require_root_and_tools(("ip", "iptables"))
-        if threading_main():
-            self._old_sigterm = signal.signal(signal.SIGTERM, _sigterm_as_exit)
-        try:
-            self._create()
-        except BaseException:
-            self.remove()
-            raise
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.remove()
 
     def _netns(self, name: str) -> str:
         _run("ip", "netns", "add", name)
@@ -398,14 +404,6 @@ class NatNetwork:
                     "ip", "netns", "exec", nat, "iptables", "-A", "INPUT", "-i", wan_if,
                     "-m", "conntrack", "--ctstate", "NEW,INVALID", "-j", "DROP",
                 )  # fmt: skip
-
-    def remove(self) -> None:
-        """Delete every namespace (with its interfaces and iptables rules) and link this
-        network created; idempotent and best effort, as `ShapedNetwork.remove`."""
-        _delete(self.created_links, self.created_netns)
-        if self._old_sigterm is not None:
-            signal.signal(signal.SIGTERM, self._old_sigterm)
-            self._old_sigterm = None
 
 
 def _delete(links: list[str], netns: list[str]) -> None:
