@@ -140,9 +140,21 @@ class _BuiltNetwork:
     was made is removed if that fails); on leaving, remove every link and namespace made."""
 
     TOOLS: tuple[str, ...] = ("ip", "tc")
+    prefix: str
+    subnet: ipaddress.IPv4Network | None
     created_netns: list[str]
     created_links: list[str]
     _old_sigterm: Any
+
+    @property
+    def bridge(self) -> str:
+        return f"{self.prefix}-br"
+
+    @property
+    def bridge_address(self) -> str:
+        """The root namespace's address on the bridge, the network's .1 (anvil listens here)."""
+        assert self.subnet is not None
+        return str(self.subnet.network_address + 1)
 
     def _check(self) -> None:
         raise NotImplementedError
@@ -191,16 +203,6 @@ class ShapedNetwork(_BuiltNetwork):
     created_netns: list[str] = field(default_factory=list)
     created_links: list[str] = field(default_factory=list)
     _old_sigterm: Any = None
-
-    @property
-    def bridge(self) -> str:
-        return f"{self.prefix}-br"
-
-    @property
-    def bridge_address(self) -> str:
-        """The root namespace's address on the bridge (anvil listens here)."""
-        assert self.subnet is not None
-        return str(self.subnet.network_address + 1)
 
     def netns(self, i: int) -> str:
         return f"{self.prefix}-{i}"
@@ -296,16 +298,6 @@ class NatNetwork(_BuiltNetwork):
     created_netns: list[str] = field(default_factory=list)
     created_links: list[str] = field(default_factory=list)
     _old_sigterm: Any = None
-
-    @property
-    def bridge(self) -> str:
-        return f"{self.prefix}-br"
-
-    @property
-    def bridge_address(self) -> str:
-        """The root namespace's address on the public network (anvil listens here)."""
-        assert self.subnet is not None
-        return str(self.subnet.network_address + 1)
 
     @property
     def relay_netns(self) -> str:

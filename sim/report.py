@@ -70,13 +70,7 @@ def write_report(
     lines = [
         f"# Simulation report: {scenario.get('name', 'scenario')}",
         "",
-        "| figure | value |",
-        "|---|---|",
-        *[
-            f"| {k} | {_fmt(v)} |"
-            for k, v in sorted(summary.items())
-            if not isinstance(v, (dict, list))
-        ],
+        *summary_table(summary),
         "",
         "## Rounds",
         "",
@@ -112,7 +106,7 @@ def write_report(
 
 
 def _fmt(value: Any) -> str:
-    if value is None:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
     if isinstance(value, float):
         return f"{value:.4g}"
@@ -255,6 +249,19 @@ def round_records(
             }
         )
     return records
+
+
+def summary_table(summary: dict[str, Any]) -> list[str]:
+    """A report's table of the summary's scalar figures (markdown lines)."""
+    return [
+        "| figure | value |",
+        "|---|---|",
+        *[
+            f"| {k} | {_fmt(v)} |"
+            for k, v in sorted(summary.items())
+            if not isinstance(v, (dict, list))
+        ],
+    ]
 
 
 def round_line(record: dict[str, Any]) -> str:

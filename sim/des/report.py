@@ -17,7 +17,7 @@ import numpy as np
 from p2pfl.core.cid import CID
 from p2pfl.core.sortition import committee_for, round_seed
 from sim.des.engine import Engine
-from sim.report import PHASES, new_run_dir
+from sim.report import PHASES, new_run_dir, summary_table
 
 __all__ = ["PHASES", "new_run_dir", "round_records", "summarise", "write_run"]
 
@@ -176,13 +176,7 @@ def write_run(
     lines = [
         f"# Discrete-event simulation: {summary['scenario']}",
         "",
-        "| figure | value |",
-        "|---|---|",
-        *[
-            f"| {k} | {_fmt(v)} |"
-            for k, v in sorted(summary.items())
-            if not isinstance(v, (dict, list))
-        ],
+        *summary_table(summary),
         "",
         "## Round latency per phase (seconds over the committed rounds)",
         "",
