@@ -289,8 +289,11 @@ N_BLOCK_OPS = 6
 _DAG_CHUNKS = (1, 2, 3, 4, 8, CHUNK_SIZE)
 # Nodes one DAG program may declare.
 _MAX_DAG_NODES = 64
-# The most bytes a DAG program may expand to (see run_dag_program).
+# The most bytes, and leaves' worth of bytes, a DAG program may expand to (see
+# run_dag_program): with the harness's tiny chunk sizes a megabyte is a million leaves, each
+# visited by `assemble` (the node's chunks are 256 KiB: its walks stay short).
 _MAX_DAG_CONTENT = 1 << 20
+_MAX_DAG_LEAVES = 4096
 
 
 class _Reader:
@@ -361,7 +364,7 @@ def run_dag_program(r: _Reader) -> str:
                 sizes.append(max(0, len(child_content) + (skew if r.below(2) else 0)))
                 content += child_content
                 tsize += child_tsize
-                if len(content) > _MAX_DAG_CONTENT:
+                if len(content) > min(_MAX_DAG_CONTENT, chunk * _MAX_DAG_LEAVES):
                     # The harness keeps every node's expansion: links to the same children
                     # grow it exponentially. Past this the program is not run (the node's
                     # own bound is the model size: p2pfl.node.workers._read_delta).
