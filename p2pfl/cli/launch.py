@@ -22,6 +22,11 @@ from p2pfl.errors import P2PFLError
 from p2pfl.files import write_text_atomic
 
 STATUS_FILE = "status.json"
+# After the last round of `--rounds`, the node serves blocks until none was asked for this
+# long (its peers have the final model), and at most this long.
+LINGER_IDLE_S = 5.0
+LINGER_MAX_S = 30.0
+LINGER_POLL_S = 0.25
 # How often the running node rewrites its status file (what `p2pfl status` shows).
 STATUS_EVERY_S = 1.0
 # Metrics listen on loopback unless the operator says otherwise: they tell anyone who can
@@ -136,11 +141,34 @@ async def launch_node(launch: Launch) -> Any:
                     shown = f"[{host}]" if ":" in host else host  # an IPv6 literal
                     print(f"status    http://{shown}:{port}/", flush=True)
                 await node.run(stop_after_round=launch.rounds)
+                if launch.rounds is not None:
+                    await serve_while_asked(net)
             nursery.cancel_scope.cancel()
         write_status(node, net, status_path, scores)
         if launch.after_run is not None:
             await launch.after_run(node, net)
     return node
+
+
+async def serve_while_asked(
+    net: Any, *, idle_s: float = LINGER_IDLE_S, at_most_s: float = LINGER_MAX_S
+) -> None:
+    """After the last round (`--rounds`), keep serving blocks while peers still fetch: nodes
+    off the last committee learn of its commit before they hold its model, and when every
+    member stops at once nobody is left to serve it. Returns once no block was served for
+    `idle_s` (at least `idle_s` after the commit), or after `at_most_s`."""
+    import trio
+
+    deadline = trio.current_time() + at_most_s
+    served = int(net.metrics().get("blocks-served", 0))
+    quiet_since = trio.current_time()
+    while trio.current_time() < deadline:
+        await trio.sleep(LINGER_POLL_S)
+        now_served = int(net.metrics().get("blocks-served", 0))
+        if now_served != served:
+            served, quiet_since = now_served, trio.current_time()
+        elif trio.current_time() - quiet_since >= idle_s:
+            return
 
 
 @contextmanager
