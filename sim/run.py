@@ -42,7 +42,7 @@ from sim.data import load_data, train_dict
 from sim.faults import FaultLog, FaultSpec, Killer, LeaderKillNet, hold_host, inject
 from sim.prologue import begin
 from sim.report import RunWriter, round_line, round_records, write_report
-from sim.scenario import Scenario
+from sim.scenario import Scenario, round_timing
 
 log = logging.getLogger("p2pfl.sim")
 
@@ -402,12 +402,7 @@ def setup_task(
         train=train_dict(scenario),
         aggregation=dict(scenario.aggregation),
         committee_size=c.size,
-        collect_deadline_s=c.collect_deadline_s,
-        collect_quorum_percent=round(c.quorum_fraction * 100),
-        view_timeout_s=c.view_timeout_s,
-        straggler_grace_s=c.straggler_grace_s,
-        commit_fallback_delay_s=min(5.0, c.view_timeout_s / 2),
-        redraw_timeout_s=c.collect_deadline_s + 3 * c.view_timeout_s,
+        **round_timing(c),
         reward_per_round_wei=ETHER // 100,
         seed=scenario.seed,
     )

@@ -96,6 +96,20 @@ class Scenario:
         return asdict(self)
 
 
+def round_timing(c: Any) -> dict[str, Any]:
+    """The round machine's timing a committee section stands for (the manifest's and the
+    DES's RoundConfig alike): its own values, the quorum as a percentage, the commit
+    fallback (half a view, at most 5 s) and the re-draw timeout (collection plus 3 views)."""
+    return {
+        "collect_deadline_s": c.collect_deadline_s,
+        "collect_quorum_percent": round(c.quorum_fraction * 100),
+        "view_timeout_s": c.view_timeout_s,
+        "straggler_grace_s": c.straggler_grace_s,
+        "commit_fallback_delay_s": min(5.0, c.view_timeout_s / 2),
+        "redraw_timeout_s": c.collect_deadline_s + 3 * c.view_timeout_s,
+    }
+
+
 def load_scenario(path: str | Path, overrides: dict[str, Any] | None = None) -> Scenario:
     """Parse a scenario file; `overrides` are dotted keys ("committee.size": 5)."""
     raw = read_scenario_toml(path, overrides)

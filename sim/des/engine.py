@@ -43,6 +43,7 @@ from sim.des.network import Links, Overlay
 from sim.des.node import Roles, SimNode
 from sim.des.scenario import DesScenario
 from sim.des.training import Training, encoded, genesis_model
+from sim.scenario import round_timing
 
 DOMAIN = Domain(chain_id=31337, contract=bytes.fromhex("de" * 20))
 # The protocol roles the DES runs (sim.attacks.PROTOCOL_ROLES minus those that need a
@@ -100,12 +101,7 @@ def round_config(s: DesScenario, task: bytes, rule: str) -> RoundConfig:
         task=task,
         committee_size=c.size,
         rule=rule,
-        collect_deadline_s=c.collect_deadline_s,
-        collect_quorum_percent=round(c.quorum_fraction * 100),
-        view_timeout_s=c.view_timeout_s,
-        straggler_grace_s=c.straggler_grace_s,
-        commit_fallback_delay_s=min(5.0, c.view_timeout_s / 2),
-        redraw_timeout_s=c.collect_deadline_s + 3 * c.view_timeout_s,
+        **round_timing(c),
         live_quorum=c.live_quorum,
     )
 
