@@ -28,6 +28,9 @@ contract RoundLedger {
     uint32 public constant REJECTED_REPUTATION_PENALTY = 10;
     /// Leaves whose claimed-bit lives in the round's packed word (the rest overflow to a map).
     uint256 internal constant PACKED_BITS = 144;
+    /// A task model key wrapped to an X25519 key: a libsodium sealed box of a 32-byte key
+    /// (ephemeral public key 32 + key 32 + MAC 16; p2pfl.sealing.WRAP_BYTES).
+    uint256 public constant WRAP_BYTES = 80;
 
     uint256 internal constant HALF_N = 0x7FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF5D576E7357A4501DDFE92F46681B20A0;
 
@@ -67,6 +70,12 @@ contract RoundLedger {
     mapping(bytes32 => mapping(uint256 => mapping(uint256 => uint256))) internal overflowBits;
     /// keccak(signer, kind, task, round, attempt, view) => already slashed
     mapping(bytes32 => bool) public evidenceUsed;
+    /// Private tasks (protocol/spec/chain.md, "Private tasks"): the price of access in
+    /// wei (0 = a public task) and the digest committing to the task model key.
+    mapping(bytes32 => uint256) public accessPrice;
+    mapping(bytes32 => bytes32) public modelKeyDigest;
+    /// task => buyer => the X25519 key its access was bought for (zero: not bought)
+    mapping(bytes32 => mapping(address => bytes32)) public buyerKey;
 
     // ---------------------------------------------------------------- events
     event TaskCreated(
@@ -80,6 +89,11 @@ contract RoundLedger {
         uint32 redrawDelay
     );
     event TaskFunded(bytes32 indexed task, uint256 amount, uint256 escrow);
+    event PrivateTaskCreated(bytes32 indexed task, uint256 price, bytes32 modelKeyDigest);
+    event AccessBought(bytes32 indexed task, address indexed buyer, bytes32 encKey, uint256 price, uint256 escrow);
+    event KeyWrapped(
+        bytes32 indexed task, address indexed recipient, address indexed poster, bytes32 encKey, bytes wrap
+    );
     event RoundCommitted(
         bytes32 indexed task,
         uint256 indexed round,
@@ -128,6 +142,15 @@ contract RoundLedger {
     error EvidenceAlreadyUsed(bytes32 id);
     error TransferFailed();
     error ValueTooLarge();
+    error BadAccessParams();
+    error NotPrivate(bytes32 task);
+    error WrongPrice(uint256 price, uint256 sent);
+    error AlreadyBought(address buyer);
+    error BadEncKey();
+    error BadWrap(uint256 length);
+    error NotKeyHolder(address poster);
+    error NotEntitled(address recipient);
+    error WrongRecipientKey(address recipient, bytes32 encKey);
 
     constructor(NodeRegistry registry_) {
         registry = registry_;
@@ -148,6 +171,37 @@ contract RoundLedger {
         uint96 rewardPerRound,
         uint32 redrawDelay
     ) external payable {
+        _createTask(task, initialModel, committeeSize, quorum, rewardPerRound, redrawDelay);
+    }
+
+    /// @notice Open a private task: as createTask, and its models are sealed under a task
+    /// model key committed to by `keyDigest` (sha256 of "p2pfl-task-model-key" || task ||
+    /// key); outsiders buy access for `price` wei (buyAccess), which funds the escrow.
+    function createPrivateTask(
+        bytes32 task,
+        bytes32 initialModel,
+        uint16 committeeSize,
+        uint16 quorum,
+        uint96 rewardPerRound,
+        uint32 redrawDelay,
+        uint256 price,
+        bytes32 keyDigest
+    ) external payable {
+        if (price == 0 || price > type(uint104).max || keyDigest == bytes32(0)) revert BadAccessParams();
+        _createTask(task, initialModel, committeeSize, quorum, rewardPerRound, redrawDelay);
+        accessPrice[task] = price;
+        modelKeyDigest[task] = keyDigest;
+        emit PrivateTaskCreated(task, price, keyDigest);
+    }
+
+    function _createTask(
+        bytes32 task,
+        bytes32 initialModel,
+        uint16 committeeSize,
+        uint16 quorum,
+        uint96 rewardPerRound,
+        uint32 redrawDelay
+    ) internal {
         if (tasks[task].committeeSize != 0) revert TaskExists(task);
         if (committeeSize == 0 || quorum > committeeSize) revert BadTaskParams();
         uint16 minQuorum = uint16((2 * uint256(committeeSize) + 2) / 3);
@@ -176,6 +230,53 @@ contract RoundLedger {
         if (e > type(uint104).max) revert ValueTooLarge();
         t.escrow = uint104(e);
         emit TaskFunded(task, msg.value, e);
+    }
+
+    // ---------------------------------------------------------------- private tasks
+
+    /// @notice Buy access to a private task's models for the X25519 key `encKey`: pay
+    /// exactly its price, once per buyer. The payment joins the task's escrow, which the
+    /// next committed rounds pay out to contributors and committee through reward claims.
+    /// A key holder then posts the task model key wrapped to `encKey` (postKeyWrap).
+    function buyAccess(bytes32 task, bytes32 encKey) external payable {
+        uint256 price = _accessPrice(task);
+        if (msg.value != price) revert WrongPrice(price, msg.value);
+        if (encKey == bytes32(0)) revert BadEncKey();
+        if (buyerKey[task][msg.sender] != bytes32(0)) revert AlreadyBought(msg.sender);
+        buyerKey[task][msg.sender] = encKey;
+        Task storage t = tasks[task];
+        uint256 e = uint256(t.escrow) + msg.value;
+        if (e > type(uint104).max) revert ValueTooLarge();
+        t.escrow = uint104(e);
+        emit AccessBought(task, msg.sender, encKey, msg.value, e);
+    }
+
+    /// @notice Publish the task model key wrapped to `recipient`'s X25519 key `encKey`:
+    /// the key it bought access for, or the key it registered as a node. Only the task's
+    /// creator or a staked node may post (a bound on spam; the contract cannot open a wrap,
+    /// so readers check the key they unwrap against modelKeyDigest).
+    function postKeyWrap(bytes32 task, address recipient, bytes32 encKey, bytes calldata wrap) external {
+        _accessPrice(task);
+        if (wrap.length != WRAP_BYTES) revert BadWrap(wrap.length);
+        if (msg.sender != tasks[task].creator && registry.stakeOf(msg.sender) == 0) {
+            revert NotKeyHolder(msg.sender);
+        }
+        bytes32 bought = buyerKey[task][recipient];
+        if (encKey != bought || bought == bytes32(0)) {
+            (, bytes32 registered,,,,,,,) = registry.nodeInfo(recipient);
+            if (bought == bytes32(0) && registered == bytes32(0)) revert NotEntitled(recipient);
+            if (encKey != registered) revert WrongRecipientKey(recipient, encKey);
+        }
+        emit KeyWrapped(task, recipient, msg.sender, encKey, wrap);
+    }
+
+    /// The price of a private task; reverts for an unknown or a public task.
+    function _accessPrice(bytes32 task) internal view returns (uint256 price) {
+        price = accessPrice[task];
+        if (price == 0) {
+            if (tasks[task].committeeSize == 0) revert UnknownTask(task);
+            revert NotPrivate(task);
+        }
     }
 
     // ---------------------------------------------------------------- commit

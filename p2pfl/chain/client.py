@@ -44,6 +44,7 @@ from p2pfl.chain.providers import chain_lock, is_embedded
 from p2pfl.core.merkle import RewardLeaf
 from p2pfl.core.signing import Domain, recover_signer, vote_digest
 from p2pfl.errors import ChainError, InvalidSignature
+from p2pfl.task_access import PostedWrap
 
 T = TypeVar("T")
 
@@ -750,6 +751,45 @@ class ChainClient:
     def fund_task(self, task: bytes, amount_wei: int) -> TxResult:
         return self._tx("fundTask", self.ledger.functions.fundTask(_b32(task, "task")), amount_wei)
 
+    def create_private_task(
+        self,
+        task: bytes,
+        initial_model: bytes,
+        committee_size: int,
+        quorum: int,
+        reward_per_round_wei: int,
+        escrow_wei: int,
+        redraw_delay_s: int,
+        price_wei: int,
+        model_key_digest: bytes,
+    ) -> TxResult:
+        """Open a private task: models sealed under a task model key committed to by
+        `model_key_digest` (p2pfl.task_access.key_digest); access sold for `price_wei`."""
+        fn = self.ledger.functions.createPrivateTask(
+            _b32(task, "task"),
+            _b32(initial_model, "initial_model"),
+            committee_size,
+            quorum,
+            reward_per_round_wei,
+            redraw_delay_s,
+            price_wei,
+            _b32(model_key_digest, "model_key_digest"),
+        )
+        return self._tx("createPrivateTask", fn, escrow_wei)
+
+    def buy_access(self, task: bytes, enc_key: bytes, price_wei: int) -> TxResult:
+        """Pay `price_wei` for access to a private task's models for our X25519 key
+        `enc_key` (the contract refuses any amount but the task's price)."""
+        fn = self.ledger.functions.buyAccess(_b32(task, "task"), _b32(enc_key, "enc_key"))
+        return self._tx("buyAccess", fn, price_wei)
+
+    def post_key_wrap(self, task: bytes, recipient: bytes, enc_key: bytes, wrap: bytes) -> TxResult:
+        """Publish the task model key wrapped to `recipient`'s X25519 key `enc_key`."""
+        fn = self.ledger.functions.postKeyWrap(
+            _b32(task, "task"), _addr(recipient), _b32(enc_key, "enc_key"), bytes(wrap)
+        )
+        return self._tx("postKeyWrap", fn)
+
     def sort_votes(
         self,
         task: bytes,
@@ -873,6 +913,67 @@ class ChainClient:
             bytes.fromhex(r[8][2:]),
             r[9],
         )
+
+    def access_price(self, task: bytes) -> int:
+        """The price of access to a private task in wei; 0 for a public (or unknown) task."""
+        return self._call("accessPrice", self.ledger.functions.accessPrice(_b32(task, "task")))
+
+    def model_key_digest(self, task: bytes) -> bytes:
+        """The digest the task model key must match (zero for a public task)."""
+        return bytes(
+            self._call("modelKeyDigest", self.ledger.functions.modelKeyDigest(_b32(task, "task")))
+        )
+
+    def buyer_key(self, task: bytes, buyer: bytes) -> bytes | None:
+        """The X25519 key `buyer` bought access for, or None if it did not buy."""
+        k = bytes(
+            self._call("buyerKey", self.ledger.functions.buyerKey(_b32(task, "task"), _addr(buyer)))
+        )
+        return None if k == bytes(32) else k
+
+    def access_purchases(self, task: bytes, from_block: int = 0) -> list[tuple[bytes, bytes, int]]:
+        """(buyer, X25519 key, block) of every AccessBought event of `task`, in chain order."""
+        event = self.ledger.events.AccessBought()
+        logs = self._sender.call(
+            "getLogs",
+            lambda: event.get_logs(
+                from_block=from_block,
+                to_block="latest",
+                argument_filters={"task": _b32(task, "task")},
+            ),
+        )
+        logs = sorted(logs, key=lambda e: (e["blockNumber"], e["logIndex"]))
+        return [
+            (bytes.fromhex(e["args"]["buyer"][2:]), bytes(e["args"]["encKey"]), e["blockNumber"])
+            for e in logs
+        ]
+
+    def key_wraps(
+        self, task: bytes, recipient: bytes | None = None, from_block: int = 0
+    ) -> list[PostedWrap]:
+        """KeyWrapped events of `task` (for `recipient` only if given), in chain order."""
+        flt: dict[str, Any] = {"task": _b32(task, "task")}
+        if recipient is not None:
+            flt["recipient"] = _addr(recipient)
+        event = self.ledger.events.KeyWrapped()
+        logs = self._sender.call(
+            "getLogs",
+            lambda: event.get_logs(from_block=from_block, to_block="latest", argument_filters=flt),
+        )
+        out = []
+        for e in sorted(logs, key=lambda e: (e["blockNumber"], e["logIndex"])):
+            a = e["args"]
+            out.append(
+                PostedWrap(
+                    bytes(a["task"]),
+                    bytes.fromhex(a["recipient"][2:]),
+                    bytes.fromhex(a["poster"][2:]),
+                    bytes(a["encKey"]),
+                    bytes(a["wrap"]),
+                    e["blockNumber"],
+                )
+            )
+        return out
 
     def snapshot_block(self, task: bytes) -> int:
         return self._call("snapshotBlock", self.ledger.functions.snapshotBlock(_b32(task, "task")))
