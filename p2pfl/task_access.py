@@ -5,11 +5,13 @@ A private task's models travel sealed under one **task model key** (`p2pfl.seali
 - `key_digest(task, key)` is what the ledger stores (`modelKeyDigest`) so that anyone who
   unwraps a key can tell it is this task's (a wrap replayed from another task, or posted
   by a liar, does not match);
-- `seal_model(key, task, blob)` is deterministic: the nonce is a keyed hash of the
-  plaintext, so every committee member sealing the same aggregate gets the same bytes and
-  the same CID (the chain's digest names the sealed blob). It leaks only whether two
-  models are equal. `open_model` authenticates and decrypts; the task id is the
-  associated data, so a model of another task does not open here;
+- `seal_model(key, blob)` is deterministic: the nonce is a keyed hash of the plaintext,
+  so every committee member sealing the same aggregate gets the same bytes and the same
+  CID (the chain's digest names the sealed blob). It leaks only whether two models are
+  equal. `open_model` authenticates and decrypts. The key is fresh per task (and bound to
+  it by the ledger's digest), so a model of another task does not open here; the task id
+  cannot be the associated data, because it names the manifest, which names the sealed
+  genesis model;
 - `open_wraps(wraps, private_key, task, digest)` finds, among the wraps posted for us, one
   that opens with our X25519 key and holds this task's key, and says why none did.
 
@@ -19,8 +21,10 @@ protocol/spec/chain.md ("Private tasks") is the normative text.
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 from nacl import bindings
 from nacl.public import PrivateKey
@@ -29,7 +33,11 @@ from p2pfl.errors import P2PFLError
 from p2pfl.sealing import KEY_BYTES, NONCE_BYTES, SealError, open_sealed, unwrap_key, wrap_key
 
 KEY_DIGEST_TAG = b"p2pfl-task-model-key"
+# Where a node keeps task model keys it holds, under its data directory (one file per task,
+# readable by its owner only): the creator's from `task create`, others' once unwrapped.
+TASK_KEYS_DIR = "task-keys"
 MODEL_NONCE_TAG = b"p2pfl-model-nonce"
+MODEL_AAD = b"p2pfl-model-v1"  # associated data of every sealed model
 
 
 class AccessError(P2PFLError):
@@ -43,22 +51,45 @@ def key_digest(task: bytes, key: bytes) -> bytes:
     return hashlib.sha256(KEY_DIGEST_TAG + bytes(task) + bytes(key)).digest()
 
 
-def seal_model(key: bytes, task: bytes, blob: bytes) -> bytes:
-    """`nonce || XChaCha20-Poly1305(key, nonce, blob, aad=task)` with
+def seal_model(key: bytes, blob: bytes) -> bytes:
+    """`nonce || XChaCha20-Poly1305(key, nonce, blob, aad="p2pfl-model-v1")` with
     nonce = BLAKE2b-192(key=key, "p2pfl-model-nonce" || blob): deterministic, so that
     equal models seal to equal bytes (one CID for the whole committee)."""
-    key_digest(task, key)  # checks both lengths
+    if len(key) != KEY_BYTES:
+        raise SealError("bad-key", f"a task model key is {KEY_BYTES} bytes")
     nonce = hashlib.blake2b(
         MODEL_NONCE_TAG + bytes(blob), key=bytes(key), digest_size=NONCE_BYTES
     ).digest()
     return nonce + bindings.crypto_aead_xchacha20poly1305_ietf_encrypt(
-        bytes(blob), bytes(task), nonce, bytes(key)
+        bytes(blob), MODEL_AAD, nonce, bytes(key)
     )
 
 
-def open_model(key: bytes, task: bytes, sealed: bytes) -> bytes:
-    """The model blob of `seal_model(key, task, blob)`; SealError if it does not open."""
-    return open_sealed(key, sealed, bytes(task))
+def open_model(key: bytes, sealed: bytes) -> bytes:
+    """The model blob of `seal_model(key, blob)`; SealError if it does not open."""
+    return open_sealed(key, sealed, MODEL_AAD)
+
+
+@dataclass(frozen=True)
+class ModelKey:
+    """A private task's model key, bound to its task: what a node seals the models it
+    names with, and opens the models it reads with."""
+
+    task: bytes
+    key: bytes
+
+    def __post_init__(self) -> None:
+        key_digest(self.task, self.key)  # checks both lengths
+
+    @property
+    def digest(self) -> bytes:
+        return key_digest(self.task, self.key)
+
+    def seal(self, blob: bytes) -> bytes:
+        return seal_model(self.key, blob)
+
+    def open(self, sealed: bytes) -> bytes:
+        return open_model(self.key, sealed)
 
 
 def wrap_for(key: bytes, enc_key: bytes) -> bytes:
@@ -106,3 +137,31 @@ def open_wraps(
             "posts one after a purchase; wait for it and retry"
         )
     raise AccessError("no usable key wrap: " + "; ".join(reasons))
+
+
+def key_path(data_dir: str | os.PathLike[str], task: bytes) -> Path:
+    return Path(data_dir) / TASK_KEYS_DIR / f"{task.hex()}.key"
+
+
+def save_model_key(data_dir: str | os.PathLike[str], model_key: ModelKey) -> Path:
+    """Keep a task model key in `data_dir` (mode 0600; an existing file is left alone)."""
+    path = key_path(data_dir, model_key.task)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(model_key.key)
+    return path
+
+
+def load_model_key(data_dir: str | os.PathLike[str], task: bytes, digest: bytes) -> ModelKey | None:
+    """The task model key kept in `data_dir`, None if none is; AccessError if the file
+    holds a key that does not match the ledger's `digest`."""
+    path = key_path(data_dir, task)
+    try:
+        key = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    if len(key) != KEY_BYTES or key_digest(task, key) != digest:
+        raise AccessError(f"{path} does not hold task 0x{task.hex()}'s model key; remove it")
+    return ModelKey(task, key)

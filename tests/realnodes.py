@@ -20,6 +20,7 @@ from p2pfl.core.identity import NodeIdentity, peer_id_bytes_from_public
 from p2pfl.manifest import TaskManifest
 from p2pfl.net.config import NetConfig
 from p2pfl.node import Node
+from p2pfl.task_access import key_digest
 from sim.faults import hold_host
 
 STAKE = ETHER
@@ -60,9 +61,12 @@ def open_task(
     model: str = "mlp",
     model_kwargs: dict[str, Any] | None = None,
     quorum_percent: int = 100,
+    private: tuple[int, bytes] | None = None,
 ) -> tuple[DevNet, list[NodeIdentity], TaskManifest]:
     """Deploy, register `n_nodes` nodes with their real peer IDs, and open a task whose
-    escrow pays `rounds` rounds; by default every update is needed for the collect quorum."""
+    escrow pays `rounds` rounds; by default every update is needed for the collect quorum.
+    `private`: (access price in wei, task model key) opens a private task (the genesis
+    blob is then the sealed one)."""
     w3 = embedded_web3()
     devnet = DevNet.create(w3, n_nodes=n_nodes, seed=seed, register=False)
     identities = [NodeIdentity(k) for k in devnet.keys]
@@ -91,6 +95,19 @@ def open_task(
         seed=seed,
     )
     fund(w3, devnet.admin.address, rounds * reward + DEFAULT_GAS_FUNDS)
+    if private is not None:
+        devnet.admin.create_private_task(
+            manifest.task_id,
+            CID.parse(manifest.initial_model).digest,
+            committee,
+            0,
+            reward,
+            rounds * reward,
+            0,
+            private[0],
+            key_digest(manifest.task_id, private[1]),
+        )
+        return devnet, identities, manifest
     devnet.admin.create_task(
         manifest.task_id,
         CID.parse(manifest.initial_model).digest,
@@ -135,9 +152,11 @@ def make_nodes(
     tmp_path: Path,
     trainer: Any = trainer_for,
     on_round_for: Any = None,
+    model_keys: Any = None,
 ) -> list[Node]:
     """One node per host, each with its own chain client and `trainer(i)`; node i keeps its
-    state in tmp_path/state{i}; `on_round_for(i)`: node i's round callback."""
+    state in tmp_path/state{i}; `on_round_for(i)`: node i's round callback; `model_keys[i]`:
+    node i's private task model key."""
     nodes = []
     for i, (ident, net) in enumerate(zip(identities, nets)):
         client = ChainClient(devnet.admin.w3, devnet.deployment, ident.private_key)
@@ -153,6 +172,7 @@ def make_nodes(
                 trainer=trainer(i),
                 follow_poll_s=0.2,
                 on_round=on_round_for(i) if on_round_for is not None else None,
+                model_key=model_keys[i] if model_keys is not None else None,
             )
         )
     return nodes

@@ -80,11 +80,14 @@ def audit_task(
     read_blob: ReadBlob,
     first_round: int = 1,
     last_round: int | None = None,
+    model_key: Any = None,
 ) -> list[RoundAudit]:
     """Audit the task's committed rounds in [first_round, last_round] (blocking).
 
     `state_dir`: the node's round records; `read_blob(cid)`: a blob's bytes, verified
-    against `cid` (P2PFLError or OSError if it cannot be had)."""
+    against `cid` (P2PFLError or OSError if it cannot be had). A private task's models
+    are sealed: `model_key` (p2pfl.task_access.ModelKey) opens them, and by default it is
+    the key kept in the node's data directory (state_dir's parent)."""
     from p2pfl.chain.client import RoundCommitted
     from p2pfl.chain.follower import DEFAULT_CHUNK_BLOCKS
     from p2pfl.core.audit import Commit
@@ -93,6 +96,10 @@ def audit_task(
     info = chain.task_info(task)
     if not info.exists:
         raise P2PFLError(f"task 0x{task.hex()} is not on this chain (check --rpc and --task)")
+    if model_key is None:
+        from p2pfl.chain.access import kept_model_key
+
+        model_key = kept_model_key(chain, task, state_dir.parent)
     created = chain.task_created_block(task)
     if created is None:
         raise ChainError(f"no TaskCreated event for task 0x{task.hex()} on this chain")
@@ -130,7 +137,9 @@ def audit_task(
         )
         _, stakes = chain.stakes_at(snapshot, nodes)
         verdict.reasons.extend(
-            _audit_round(manifest, chain, info, commit, stakes, state_dir, read_blob, proposals)
+            _audit_round(
+                manifest, chain, info, commit, stakes, state_dir, read_blob, proposals, model_key
+            )
         )
     return out
 
@@ -158,6 +167,7 @@ def _audit_round(
     state_dir: Path,
     read_blob: ReadBlob,
     proposals: dict[int, Any],
+    model_key: Any = None,
 ) -> list[str]:
     from p2pfl.core import audit
     from p2pfl.core.cid import CID, digest_to_cid
@@ -190,7 +200,8 @@ def _audit_round(
     genesis = CID.parse(manifest.initial_model)
     base_cid = genesis if commit.round == 1 else digest_to_cid(commit.base, genesis.codec)
     try:
-        base = decode_tensors(read_blob(base_cid))
+        stored = read_blob(base_cid)
+        base = decode_tensors(model_key.open(stored) if model_key is not None else stored)
     except (OSError, P2PFLError) as exc:
         return [*reasons, f"base model {base_cid}: {exc}"]
     blobs = []
@@ -214,6 +225,7 @@ def _audit_round(
         info.committee_size,
         manifest.reward_per_round_wei,
         record,
+        seal=model_key.seal if model_key is not None else None,
     )
 
 

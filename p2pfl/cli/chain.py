@@ -1,4 +1,5 @@
-"""`p2pfl chain deploy`, `p2pfl register`, `p2pfl rotate-key`, `p2pfl claim`, `p2pfl status`.
+"""`p2pfl chain deploy`, `p2pfl register`, `p2pfl rotate-key`, `p2pfl claim`, `p2pfl status`,
+`p2pfl buy-access`.
 
 Each command is a plain function (usable from Python and tests) plus an argparse
 handler; `add_chain_commands(subparsers)` registers them on the `p2pfl` CLI.
@@ -164,6 +165,27 @@ def claim_command(
     return done
 
 
+def buy_access_command(
+    rpc_url: str,
+    manifest_path: str | Path,
+    keystore: str | Path,
+    password: str,
+    price_wei: int,
+) -> TxResult:
+    """Buy access to the private task of `manifest_path` for the keystore's X25519 key,
+    paying `price_wei` (the task's price: the contract refuses any other amount). A key
+    holder's node then posts the task model key wrapped to that key; `p2pfl model get
+    --manifest` opens the task's models with it."""
+    from p2pfl.keystore import load_keystore
+    from p2pfl.manifest import TaskManifest
+
+    manifest = TaskManifest.load(manifest_path)
+    identity = load_keystore(keystore, password)
+    deployment = Deployment(manifest.chain_id, manifest.registry, manifest.ledger, 0)
+    client = ChainClient(rpc_web3(rpc_url), deployment, Account.from_key(identity.private_key))
+    return client.buy_access(manifest.task_id, identity.x25519_public_key, price_wei)
+
+
 def status_command(
     rpc_url: str, deployment: str | Path, address: bytes | None = None, task: bytes | None = None
 ) -> dict[str, Any]:
@@ -302,6 +324,19 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_buy_access(args: argparse.Namespace) -> int:
+    tx = buy_access_command(
+        args.rpc, args.manifest, args.keystore, read_password(args), ether_to_wei(args.price)
+    )
+    ev = tx.event("AccessBought")
+    print(
+        f"access bought: {Decimal(ev['price']) / WEI_PER_ETHER} ETH into the task's reward "
+        f"escrow (now {Decimal(ev['escrow']) / WEI_PER_ETHER} ETH), block {tx.block_number}, "
+        f"gas {tx.gas_used}; a key holder's node posts the model key for you shortly"
+    )
+    return 0
+
+
 def add_chain_commands(subparsers: argparse._SubParsersAction) -> None:
     """Register `chain deploy`, `register`, `claim` and `status` on the p2pfl CLI."""
     chain = subparsers.add_parser("chain", help="contract deployment")
@@ -361,6 +396,15 @@ def add_chain_commands(subparsers: argparse._SubParsersAction) -> None:
         "files", nargs="+", help="reward files written by the node for committed rounds"
     )
     claim.set_defaults(handler=_cmd_claim)
+
+    buy = subparsers.add_parser(
+        "buy-access", help="buy access to a private task's models (paid to its contributors)"
+    )
+    add_rpc_options(buy, deployment=False)
+    add_key_options(buy, help="keystore whose key receives the model key (and pays)")
+    buy.add_argument("--manifest", required=True, help="the private task's manifest")
+    buy.add_argument("--price", required=True, help="the task's price in ETH (exactly)")
+    buy.set_defaults(handler=_cmd_buy_access)
 
     status = subparsers.add_parser("status", help="registry, node and task state")
     add_rpc_options(status)

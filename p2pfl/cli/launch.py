@@ -29,6 +29,11 @@ LINGER_MAX_S = 30.0
 LINGER_POLL_S = 0.25
 # How often the running node rewrites its status file (what `p2pfl status` shows).
 STATUS_EVERY_S = 1.0
+# A private task's node waits for its key wrap this often, saying so every KEY_WAIT_SAY_S;
+# once running, a key holder looks for buyers and nodes without a wrap every KEY_GRANT_S.
+KEY_WAIT_POLL_S = 2.0
+KEY_WAIT_SAY_S = 30.0
+KEY_GRANT_S = 5.0
 # Metrics listen on loopback unless the operator says otherwise: they tell anyone who can
 # reach them the node's stake, peers and traffic.
 DEFAULT_METRICS_HOST = "127.0.0.1"
@@ -85,6 +90,7 @@ async def launch_node(launch: Launch) -> Any:
     if launch.check_registration:
         check_registered(chain, identity)
     data_dir = Path(launch.data_dir)
+    model_key = await wait_for_model_key(chain, manifest.task_id, identity, data_dir)
     status_path = data_dir / STATUS_FILE
     config = NetConfig(
         data_dir=data_dir,
@@ -118,9 +124,12 @@ async def launch_node(launch: Launch) -> Any:
                 client_index=launch.client_index,
                 num_threads=launch.num_threads,
                 on_round=on_round,
+                model_key=model_key,
                 **launch.node_options,
             )
             nursery.start_soon(_keep_status, node, net, status_path, scores)
+            if model_key is not None:
+                nursery.start_soon(grant_keys, node, chain, model_key)
             with ExitStack() as stack:
                 if launch.metrics_port is not None:
                     host, port = stack.enter_context(
@@ -199,6 +208,59 @@ def serve_metrics(node: Any, nursery: Any, host: str, port: int) -> Iterator[tup
         thread.join()
 
 
+async def wait_for_model_key(chain: Any, task: bytes, identity: Any, data_dir: Path) -> Any:
+    """A private task's model key (p2pfl.chain.access.model_key_for), waiting until a key
+    holder has posted our wrap; None for a public task."""
+    import trio
+
+    from p2pfl.chain.access import model_key_for
+    from p2pfl.chain.trio_client import run_chain
+    from p2pfl.task_access import AccessError
+
+    waited = 0.0
+    while True:
+        try:
+            return await run_chain(
+                chain, model_key_for, chain, task, identity.x25519_private_key, data_dir
+            )
+        except AccessError as exc:
+            if waited % KEY_WAIT_SAY_S < KEY_WAIT_POLL_S:
+                print(f"private task: waiting for our model key ({exc})", flush=True)
+        await trio.sleep(KEY_WAIT_POLL_S)
+        waited += KEY_WAIT_POLL_S
+
+
+async def grant_keys(
+    node: Any,
+    chain: Any,
+    model_key: Any,
+    *,
+    every_s: float = KEY_GRANT_S,
+    fallback_s: float | None = None,
+) -> None:
+    """A key holder's watch (p2pfl.chain.access.KeyGranter): post the task model key,
+    wrapped, for buyers and registered nodes that have none; the creator at once, others
+    as a fallback."""
+    import trio
+
+    from p2pfl.chain.access import KeyGranter
+    from p2pfl.chain.trio_client import run_chain
+
+    creator = (await run_chain(chain, chain.task_info, model_key.task)).creator
+    granter = KeyGranter(
+        chain,
+        model_key,
+        is_creator=creator == node.address,
+        clock=time.monotonic,  # read in the worker thread
+        count=node.count,
+    )
+    if fallback_s is not None:
+        granter.fallback_s = fallback_s
+    while True:
+        await run_chain(chain, granter.step)
+        await trio.sleep(every_s)
+
+
 def check_registered(chain: Any, identity: Any) -> None:
     """Refuse to start a node the registry does not list (or banned): say what to do."""
     info = chain.node_info()
@@ -225,14 +287,13 @@ async def _evaluate(
     import trio
 
     from p2pfl.core.cid import CID
-    from p2pfl.core.tensors import decode_tensors
     from p2pfl.train.trainer import TrainConfig, evaluate
 
     # The task's standardisation, as its trainers apply it (a manifest without one: none).
     norm = TrainConfig.from_dict(node.manifest.train).input_norm
 
     def job() -> tuple[float, float]:
-        weights = decode_tensors(node.net.store.read_blob(CID.parse(entry.result)))
+        weights = node.models.decode(node.net.store.read_blob(CID.parse(entry.result)))
         return evaluate(
             node.manifest.model,
             weights,

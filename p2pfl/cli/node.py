@@ -10,6 +10,7 @@ import logging
 import math
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -59,21 +60,37 @@ def create_task(
     manifest_out: str | Path,
     collect_deadline_s: float = 60.0,
     view_timeout_s: float = 15.0,
+    access_price_wei: int = 0,
 ) -> Any:
     """Write the manifest and the genesis model (into the creator's block store) and open
-    the task on-chain with `reward_per_round_wei * rounds_budget` escrowed."""
+    the task on-chain with `reward_per_round_wei * rounds_budget` escrowed.
+
+    `access_price_wei` > 0 makes the task private: a fresh task model key seals the
+    genesis model (and every model the nodes commit), is kept in `data_dir` (task-keys/),
+    and is posted wrapped to every registered node; outsiders buy access at that price
+    (`p2pfl buy-access`)."""
+    from p2pfl.chain.access import KeyGranter
     from p2pfl.chain.client import ChainClient, Deployment
     from p2pfl.chain.providers import rpc_web3
     from p2pfl.core.tensors import encode_tensors
     from p2pfl.keystore import load_keystore
     from p2pfl.manifest import TaskManifest
     from p2pfl.net.blockstore import BlockStore
+    from p2pfl.sealing import new_key
+    from p2pfl.task_access import ModelKey, save_model_key, seal_model
     from p2pfl.train.models import init_weights
 
+    if access_price_wei < 0:
+        raise ConfigError("--price must be >= 0 (0: a public task)")
     identity = load_keystore(keystore, password)
     deployment = Deployment.load(deployment_path)
     genesis = encode_tensors(init_weights(model, model_kwargs, seed))
-    root = BlockStore(Path(data_dir) / "blocks").put_blob(genesis)
+    key = new_key() if access_price_wei else None
+    # A private task's blocks are sealed from the genesis model on: the manifest (hence
+    # the task id) names the sealed genesis; the ledger's key digest then binds the key.
+    root = BlockStore(Path(data_dir) / "blocks").put_blob(
+        seal_model(key, genesis) if key is not None else genesis
+    )
     manifest = TaskManifest(
         name=name,
         model=model,
@@ -93,15 +110,32 @@ def create_task(
     )
     manifest.save(manifest_out)
     client = ChainClient(rpc_web3(rpc_url), deployment, identity.private_key)
-    client.create_task(
+    if key is None:
+        client.create_task(
+            manifest.task_id,
+            root.digest,
+            committee_size,
+            0,
+            reward_per_round_wei,
+            reward_per_round_wei * rounds_budget,
+            redraw_delay_s=int(manifest.small_redraw_delay_s),
+        )
+        return manifest
+    model_key = ModelKey(manifest.task_id, key)
+    save_model_key(data_dir, model_key)
+    client.create_private_task(
         manifest.task_id,
         root.digest,
         committee_size,
         0,
         reward_per_round_wei,
         reward_per_round_wei * rounds_budget,
-        redraw_delay_s=int(manifest.small_redraw_delay_s),
+        int(manifest.small_redraw_delay_s),
+        access_price_wei,
+        model_key.digest,
     )
+    # Every node registered now gets the key at once; later ones from a key holder's node.
+    KeyGranter(client, model_key, is_creator=True).step()
     return manifest
 
 
@@ -135,20 +169,54 @@ def load_node_data(spec: str, seed: int) -> Any:
 # ---------------------------------------------------------------- model get
 
 
+@dataclass(frozen=True)
+class ModelAccess:
+    """What `model get` needs to open a private task's model: the task's manifest, the
+    chain, and the keystore whose X25519 key a wrap was posted to (a node's, or a buyer's
+    after `p2pfl buy-access`)."""
+
+    manifest: str | Path
+    rpc_url: str
+    keystore: str | Path
+    password: str
+
+
+def open_private_model(access: ModelAccess, data_dir: str | Path) -> Any:
+    """The task model key for `access` (p2pfl.chain.access.model_key_for: kept in
+    `data_dir`, else unwrapped from the chain); None for a public task."""
+    from p2pfl.chain.access import model_key_for
+    from p2pfl.chain.client import ChainClient, Deployment
+    from p2pfl.chain.providers import rpc_web3
+    from p2pfl.keystore import load_keystore
+    from p2pfl.manifest import TaskManifest
+
+    manifest = TaskManifest.load(access.manifest)
+    identity = load_keystore(access.keystore, access.password)
+    deployment = Deployment(manifest.chain_id, manifest.registry, manifest.ledger, 0)
+    client = ChainClient(rpc_web3(access.rpc_url), deployment, identity.private_key)
+    return model_key_for(client, manifest.task_id, identity.x25519_private_key, data_dir)
+
+
 async def get_model(
     cid_text: str,
     out: str | Path,
     data_dir: str | Path,
     bootstrap: Sequence[str],
     progress: Progress | None = None,
+    access: ModelAccess | None = None,
 ) -> Path:
-    """Write the blob `cid_text` to `out`: from the local store, else fetched from peers."""
+    """Write the model `cid_text` to `out` as .safetensors: from the local store, else
+    fetched from peers. A private task's model is opened with the task model key
+    (`access`: a wrap for the keystore's key must be on-chain, see `p2pfl buy-access`)."""
     from p2pfl.cli.common import fetch_only_host
     from p2pfl.core.cid import CID
     from p2pfl.core.tensors import decode_tensors
+    from p2pfl.errors import InvalidMessage
     from p2pfl.net.blockstore import BlockStore
     from p2pfl.node.models import fetch_reporting
+    from p2pfl.sealing import SealError
 
+    model_key = open_private_model(access, data_dir) if access is not None else None
     cid = CID.parse(cid_text)
     store = BlockStore(Path(data_dir) / "blocks")
     if not store.has_blob(cid):
@@ -159,7 +227,16 @@ async def get_model(
         async with fetch_only_host(data_dir, bootstrap) as net:
             await fetch_reporting(net, cid, None, progress)
     blob = store.read_blob(cid)
-    decode_tensors(blob)  # it is a canonical model, not arbitrary bytes
+    if model_key is not None:
+        try:
+            blob = model_key.open(blob)
+        except SealError as exc:
+            raise P2PFLError(f"{cid} does not open with the task's model key ({exc})") from None
+    try:
+        decode_tensors(blob)  # it is a canonical model, not arbitrary bytes
+    except InvalidMessage as exc:
+        hint = "" if model_key else " (a private task's sealed model? pass --manifest)"
+        raise P2PFLError(f"{cid} is not a model: {exc}{hint}") from None
     Path(out).write_bytes(blob)
     return Path(out)
 
@@ -228,6 +305,12 @@ def add_node_commands(sub: argparse._SubParsersAction) -> None:
     create.add_argument("--view-timeout", type=float, default=15.0, help="seconds per leader view")
     create.add_argument("--reward-per-round", default="0.01", help="ETH paid per committed round")
     create.add_argument("--rounds-budget", type=int, default=100, help="rounds the escrow pays for")
+    create.add_argument(
+        "--private",
+        metavar="PRICE",
+        help="a private task: models sealed under a task model key, access sold for PRICE "
+        "ETH (paid into the reward escrow); registered nodes receive the key",
+    )
     create.add_argument("--seed", type=int, default=0)
     create.add_argument(
         "--data-dir",
@@ -342,6 +425,16 @@ def add_node_commands(sub: argparse._SubParsersAction) -> None:
         default=[],
         help="peer to fetch from when not stored locally",
     )
+    get.add_argument(
+        "--manifest",
+        help="a private task's manifest: open the model with the task model key wrapped to "
+        "--keystore's key on-chain (after `p2pfl buy-access`, or as a registered node)",
+    )
+    get.add_argument(
+        "--rpc", default=rpc_default, help=f"JSON-RPC URL (default $P2PFL_RPC or {DEFAULT_RPC})"
+    )
+    get.add_argument("--keystore", default="node-key.json", help="keystore (with --manifest)")
+    add_password_option(get)
     get.set_defaults(handler=_cmd_model_get)
 
 
@@ -375,8 +468,11 @@ def _cmd_task_create(args: argparse.Namespace) -> int:
         manifest_out=args.out,
         collect_deadline_s=args.collect_deadline,
         view_timeout_s=args.view_timeout,
+        access_price_wei=ether_to_wei(args.private) if args.private else 0,
     )
     print(f"task id:       0x{manifest.task_id.hex()}")
+    if args.private:
+        print(f"private:       access {args.private} ETH (`p2pfl buy-access`)")
     print(f"manifest:      {args.out} ({manifest.cid})")
     print(f"initial model: {manifest.initial_model} (in {args.data_dir})")
     return 0
@@ -476,8 +572,19 @@ def _cmd_node_start(args: argparse.Namespace) -> int:
 def _cmd_model_get(args: argparse.Namespace) -> int:
     import trio
 
+    access = (
+        ModelAccess(args.manifest, args.rpc, args.keystore, read_password(args))
+        if args.manifest
+        else None
+    )
     out = trio.run(
-        get_model, args.cid, args.out, args.data_dir, args.bootstrap, progress_printer(args.quiet)
+        get_model,
+        args.cid,
+        args.out,
+        args.data_dir,
+        args.bootstrap,
+        progress_printer(args.quiet),
+        access,
     )
     print(f"wrote {out}")
     return 0

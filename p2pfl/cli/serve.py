@@ -234,6 +234,7 @@ async def follow_commits(
     *,
     task_status: Any = None,
     progress: Progress | None = None,
+    model_key: Any = None,  # p2pfl.task_access.ModelKey: a private task's models are sealed
 ) -> None:
     """Keep `service.current` at the task's latest committed model, until cancelled.
 
@@ -254,7 +255,7 @@ async def follow_commits(
             current = service.current
             if current is None or info.last_round != current.round:
                 service.current = await _load_round(
-                    manifest, info.last_round, info.last_result, store, net, progress
+                    manifest, info.last_round, info.last_result, store, net, progress, model_key
                 )
                 print(f"serving round {info.last_round} model {service.current.cid}", flush=True)
         except P2PFLError as exc:
@@ -272,6 +273,7 @@ async def _load_round(
     store: Any,
     net: Any,
     progress: Progress | None = None,
+    model_key: Any = None,
 ) -> ServedModel:
     import trio
 
@@ -286,6 +288,8 @@ async def _load_round(
             )
         await fetch_reporting(net, cid, None, progress)  # verified block by block
     blob = await trio.to_thread.run_sync(store.read_blob, cid)  # verified against the CID
+    if model_key is not None:
+        blob = await trio.to_thread.run_sync(model_key.open, blob)  # SealError: a P2PFLError
     return await trio.to_thread.run_sync(load_model, manifest, round_, blob, str(cid))
 
 
@@ -429,6 +433,7 @@ async def serve(
     progress: Progress | None = None,
 ) -> None:
     """`p2pfl serve`: answer predictions until interrupted (`progress`: model fetches)."""
+    from p2pfl.chain.access import kept_model_key
     from p2pfl.chain.client import ChainClient, Deployment
     from p2pfl.chain.providers import rpc_web3
     from p2pfl.cli.common import fetch_only_host
@@ -439,6 +444,8 @@ async def serve(
     deployment = Deployment(manifest.chain_id, manifest.registry, manifest.ledger, 0)
     chain = ChainClient(rpc_web3(rpc_url), deployment)
     service = PredictionService(manifest.task_id)
+    # A private task: serve with the model key kept in the node's (or buyer's) data dir.
+    model_key = kept_model_key(chain, manifest.task_id, data_dir)
 
     async def run(store: Any, net: Any) -> None:
         with serve_http(service, host, port) as (bound_host, bound_port):
@@ -446,7 +453,16 @@ async def serve(
                 f"serving   http://{bound_host}:{bound_port} (POST /predict, GET /model)",
                 flush=True,
             )
-            await follow_commits(service, manifest, chain, store, net, poll_s, progress=progress)
+            await follow_commits(
+                service,
+                manifest,
+                chain,
+                store,
+                net,
+                poll_s,
+                progress=progress,
+                model_key=model_key,
+            )
 
     if not bootstrap:
         await run(BlockStore(Path(data_dir) / "blocks"), None)

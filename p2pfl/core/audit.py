@@ -24,7 +24,7 @@ canonical message encodings, proposal first; each message is checked again on de
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import msgpack
@@ -187,18 +187,20 @@ def check_aggregate(
     committee_size: int,
     reward_per_round_wei: int,
     record: Mapping[bytes, int],
+    seal: Callable[[bytes], bytes] | None = None,
 ) -> list[str]:
     """Recompute the round as its committee did and compare with the proposal and the chain.
 
     `updates` / `delta_blobs`: `aggregated_updates` and their deltas' bytes (verified
     against their CIDs); `base`: the committed base model; `record`: the authors' strike
-    points over the probation window before the round (empty without probation).
+    points over the probation window before the round (empty without probation); `seal`:
+    a private task's model sealing (the chain names the sealed model).
     """
     request = ev.ComputeAggregate(
         commit.round, commit.attempt, proposal.base, proposal.rule, tuple(committee), tuple(updates)
     )
     answer, model = compute_aggregate(
-        spec, request, base, delta_blobs, reward_per_round_wei, record
+        spec, request, base, delta_blobs, reward_per_round_wei, record, seal=seal
     )
     if model is None:
         return [f"the rule does not aggregate these updates ({answer.error})"]

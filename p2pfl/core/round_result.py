@@ -10,7 +10,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,7 +35,9 @@ from p2pfl.errors import AggregationError, InvalidMessage
 @dataclass(frozen=True)
 class NewModel:
     """An aggregate's model: its canonical bytes and their DAG, hashed once (`blocks`, as
-    `p2pfl.core.cid.blob_blocks` gives them, root last: a block store takes them as is)."""
+    `p2pfl.core.cid.blob_blocks` gives them, root last: a block store takes them as is).
+    In a private task the DAG holds the sealed bytes (the CID names the ciphertext) and
+    `blob` stays the plaintext."""
 
     blob: bytes
     blocks: tuple[tuple[CID, bytes], ...]
@@ -54,6 +56,7 @@ def compute_aggregate(
     record: Mapping[bytes, int] | None = None,
     *,
     parallel: agg.Parallel = agg.serial,
+    seal: Callable[[bytes], bytes] | None = None,
 ) -> tuple[ev.AggregateComputed, NewModel | None]:
     """Filter + aggregate exactly `request.updates` on top of `base`.
 
@@ -65,7 +68,9 @@ def compute_aggregate(
     authors whose update failed a check (a strike, `agg.STRIKE_REASONS`) get zero-amount
     REJECTED leaves. `record`: the authors' strike
     points for probation. `parallel`: the map for the per-coordinate passes (the node
-    passes `p2pfl.parallel.threaded`); it does not change the result.
+    passes `p2pfl.parallel.threaded`); it does not change the result. `seal`: a private
+    task's model sealing (`p2pfl.task_access.ModelKey.seal`, deterministic), applied to
+    the canonical bytes before they are named.
     """
     base_vector, layout = flatten(base)
     size = layout_size(layout)
@@ -97,7 +102,7 @@ def compute_aggregate(
         return failed, None
     new_vector = np.add(base_vector, result.delta, dtype=np.float32)
     blob = encode_tensors(unflatten(new_vector, layout))
-    cid, blocks = blob_blocks(blob)
+    cid, blocks = blob_blocks(seal(blob) if seal is not None else blob)
     by_author = {u.signer: u for u in request.updates}
     included = tuple((a, by_author[a].delta) for a in result.accepted)
     rejected = tuple(sorted(list(result.rejected) + undecodable))

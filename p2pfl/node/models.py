@@ -43,11 +43,15 @@ class ModelCache:
         peers: PeerDirectory,
         count: Callable[[str], None],
         progress: Callable[[str], None] | None = None,
+        open_blob: Callable[[bytes], bytes] | None = None,
     ) -> None:
         self.net = net
         self.peers = peers
         self.count = count
         self.progress = progress  # a line of text for a person (p2pfl.cli.progress), or None
+        # A private task's model opening (p2pfl.task_access.ModelKey.open): stored blocks
+        # are sealed, the canonical bytes are inside. None: models are stored in the clear.
+        self.open_blob = open_blob
         self._models: dict[bytes, dict[str, np.ndarray]] = {}  # CID bytes -> weights, oldest first
         self.blob_size: int | None = None  # every model of a task has one size
 
@@ -87,9 +91,14 @@ class ModelCache:
                 await trio.sleep(delay)
                 delay = min(delay * 2, FETCH_RETRY_MAX_S)
         blob = await trio.to_thread.run_sync(self.net.store.read_blob, cid)
-        weights = await trio.to_thread.run_sync(decode_tensors, blob)
-        self.put(cid_bytes, weights, len(blob))
+        weights = await trio.to_thread.run_sync(self.decode, blob)
+        self.put(cid_bytes, weights, len(blob))  # the stored (sealed) size names CIDs
         return weights
+
+    def decode(self, stored: bytes) -> dict[str, np.ndarray]:
+        """Weights of a model's stored bytes (opened first in a private task; blocking).
+        A model that does not open under the task's key raises SealError (a P2PFLError)."""
+        return decode_tensors(self.open_blob(stored) if self.open_blob is not None else stored)
 
     def put(self, cid_bytes: bytes, weights: dict[str, np.ndarray], blob_size: int) -> None:
         """Keep decoded weights (e.g. a model we just computed), evicting the oldest."""

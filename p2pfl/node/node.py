@@ -34,6 +34,7 @@ from p2pfl.node.queue import EventQueue
 from p2pfl.node.roundlog import Behaviour, RoundLog, Trainer
 from p2pfl.node.rounds import RoundNurseries
 from p2pfl.node.workers import RoundWorkers
+from p2pfl.task_access import ModelKey
 from p2pfl.train.privacy import ledger_for
 
 log = logging.getLogger("p2pfl.node")
@@ -85,6 +86,7 @@ class Node:
         follow_poll_s: float = DEFAULT_FOLLOW_POLL_S,
         heartbeat_interval_s: float = HEARTBEAT_INTERVAL_S,  # 0 = send none
         progress: Callable[[str], None] | None = None,
+        model_key: ModelKey | None = None,
     ) -> None:
         self.identity = identity
         self.address = identity.address
@@ -127,7 +129,12 @@ class Node:
         self.intake = Intake(
             self.task, self.address, self.machine, self.peers.ids, self.queue, self.count
         )
-        self.models = ModelCache(net, self.peers, self.count, progress)
+        # A private task's model key (p2pfl.task_access): the models the chain names are
+        # sealed under it; None for a public task.
+        self.model_key = model_key
+        self.models = ModelCache(
+            net, self.peers, self.count, progress, model_key.open if model_key else None
+        )
         self.committed = CommittedRounds(
             self.data_dir, manifest, self.spec, self.intake, self.count
         )

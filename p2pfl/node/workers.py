@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from p2pfl.node.ports import NodeNet
     from p2pfl.node.queue import EventQueue
     from p2pfl.node.roundlog import Behaviour, RoundLog, Trainer
+    from p2pfl.task_access import ModelKey
     from p2pfl.train.privacy import PrivacyLedger
 
 log = logging.getLogger("p2pfl.node")
@@ -60,6 +61,7 @@ class NodeContext(Protocol):
     progress: Callable[[str], None] | None
     data: Any
     privacy: PrivacyLedger | None
+    model_key: ModelKey | None
     client_index: int | bytes
     num_threads: int
     cpu: trio.CapacityLimiter
@@ -213,6 +215,7 @@ class RoundWorkers:
                 n.manifest.reward_per_round_wei,
                 record,
                 parallel=threaded,
+                seal=n.model_key.seal if n.model_key is not None else None,
             )
             answer, model = await trio.to_thread.run_sync(job, limiter=n.cpu)
         except (P2PFLError, OSError) as exc:
