@@ -158,3 +158,48 @@ def test_buying_a_public_task_is_refused(tmp_path: Path, monkeypatch: pytest.Mon
     path = manifest.save(tmp_path / "task.json")
     with pytest.raises(ChainError, match="NotPrivate"):
         buy_access_command("embedded", path, keystore, PASSWORD, PRICE)
+
+
+def test_task_create_private_seals_the_genesis_and_wraps_the_key_to_every_node(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`p2pfl task create --private PRICE`: the genesis in the creator's store is sealed,
+    the key is kept in its data dir, and each registered node can unwrap it from the chain."""
+    from p2pfl.chain.devnet import DevNet
+    from p2pfl.chain.providers import embedded_web3
+    from p2pfl.cli.app import main
+    from p2pfl.manifest import TaskManifest
+    from p2pfl.task_access import load_model_key
+
+    devnet = DevNet.create(embedded_web3(), 3, seed=9)
+    monkeypatch.setattr(p2pfl.chain.providers, "rpc_web3", lambda url: devnet.w3)
+    creator = generate_identity()
+    save_keystore(creator, tmp_path / "creator.json", PASSWORD, kdf="pbkdf2")
+    fund(devnet.w3, creator.checksum_address, 10 * ETHER)
+    devnet.deployment.save(tmp_path / "deployment.json")
+    (tmp_path / "pw").write_text(PASSWORD)
+    args = [
+        "task", "create", "--deployment", str(tmp_path / "deployment.json"),
+        "--keystore", str(tmp_path / "creator.json"), "--password-file", str(tmp_path / "pw"),
+        "--model", "mlp", "--committee-size", "3", "--reward-per-round", "0.01",
+        "--rounds-budget", "2", "--data-dir", str(tmp_path / "creator"),
+        "--out", str(tmp_path / "task.json"), "--private", "0.02",
+    ]  # fmt: skip
+    assert main(args) == 0
+    assert "private:       access 0.02 ETH" in capsys.readouterr().out
+    manifest = TaskManifest.load(tmp_path / "task.json")
+    task = manifest.task_id
+    assert devnet.admin.access_price(task) == ETHER // 50
+    kept = load_model_key(tmp_path / "creator", task, devnet.admin.model_key_digest(task))
+    assert kept is not None
+    stored = BlockStore(tmp_path / "creator" / "blocks").read_blob(
+        CID.parse(manifest.initial_model)
+    )
+    with pytest.raises(P2PFLError):
+        decode_tensors(stored)  # sealed
+    assert decode_tensors(kept.open(stored))
+    # One wrap per registered node, to the X25519 key it registered (DevNet's are stand-ins
+    # nobody can open; the real-nodes test above unwraps real ones).
+    for c in devnet.clients:
+        (wrap,) = devnet.admin.key_wraps(task, c.address)
+        assert wrap.enc_key == devnet.admin.node_info(c.address).enc_key

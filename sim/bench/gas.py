@@ -75,6 +75,31 @@ def run() -> None:
     figure("gas-createTask", r.gas_used, "gas")
     figure("gas-fundTask", c[0].fund_task(task, ETHER).gas_used, "gas")
 
+    # A private task: its creation, a purchase, and the key wraps a key holder posts (to a
+    # buyer's key, and to a registered node's: the registry read costs more).
+    private = b"\x5e" * 32
+    price = ETHER // 10
+    figure(
+        "gas-createPrivateTask",
+        c[0].create_private_task(private, base, K, 0, price, 0, 0, price, b"\x99" * 32).gas_used,
+        "gas",
+    )
+    buyer = ChainClient(w3, net.deployment, b"\x43" * 32)
+    fund(w3, buyer.address, 10 * ETHER)
+    figure("gas-buyAccess", buyer.buy_access(private, b"\x02" * 32, price).gas_used, "gas")
+    wrap = bytes(range(80))  # WRAP_BYTES of calldata, mostly non-zero like a real wrap
+    figure(
+        "gas-postKeyWrap-buyer",
+        c[3].post_key_wrap(private, buyer.address, b"\x02" * 32, wrap).gas_used,
+        "gas",
+    )
+    enc = c[3].node_info(c[2].address).enc_key
+    figure(
+        "gas-postKeyWrap-node",
+        c[3].post_key_wrap(private, c[2].address, enc, wrap).gas_used,
+        "gas",
+    )
+
     # Commits with 5..9 signatures to show the per-signature slope.
     per_sig = {}
     for n in (5, SIGNERS, 9):

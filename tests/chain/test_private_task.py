@@ -9,6 +9,7 @@ import pytest
 from eth_account import Account
 from nacl.public import PrivateKey
 
+from p2pfl.chain.access import KeyGranter, fetch_model_key
 from p2pfl.chain.client import ChainClient
 from p2pfl.chain.devnet import ETHER, DevNet
 from p2pfl.chain.providers import embedded_web3, fund
@@ -16,6 +17,7 @@ from p2pfl.core.merkle import ROLE_REJECTED
 from p2pfl.sealing import SealError, new_key
 from p2pfl.task_access import (
     AccessError,
+    ModelKey,
     key_digest,
     open_model,
     open_wraps,
@@ -215,3 +217,38 @@ def test_replayed_and_foreign_wraps_are_harmless(net: DevNet) -> None:
     assert len(wraps) == 4
     assert open_wraps(wraps, x25519, PRIVATE, digest) == MODEL_KEY
     assert net.admin.task_info(PRIVATE).escrow == PRICE  # wraps move no money
+
+
+def test_granter_creator_posts_at_once_others_after_the_fallback(net: DevNet) -> None:
+    buyer, x25519 = outsider(net), PrivateKey.generate()
+    enc = bytes(x25519.public_key)
+    buyer.buy_access(PRIVATE, enc, PRICE)
+    model_key = ModelKey(PRIVATE, MODEL_KEY)
+    now = [0.0]
+    other = KeyGranter(
+        net.clients[4], model_key, is_creator=False, fallback_s=10, clock=lambda: now[0]
+    )
+    assert other.step() == []  # the creator's node should serve first
+    creator = KeyGranter(net.clients[0], model_key, is_creator=True)
+    posted = creator.step()
+    # Everyone entitled: each registered node (its registered key) and the buyer.
+    assert sorted(posted) == sorted([*(c.address for c in net.clients), buyer.address])
+    assert creator.step() == []  # nothing missing any more: never a second wrap
+    now[0] = 11.0
+    assert other.step() == []  # the creator covered it
+    key = open_wraps(net.admin.key_wraps(PRIVATE, buyer.address), x25519, PRIVATE, model_key.digest)
+    assert key == MODEL_KEY
+
+
+def test_a_non_creator_covers_for_an_offline_creator(net: DevNet) -> None:
+    buyer, x25519 = outsider(net), PrivateKey.generate()
+    buyer.buy_access(PRIVATE, bytes(x25519.public_key), PRICE)
+    now = [0.0]
+    other = KeyGranter(
+        net.clients[4], ModelKey(PRIVATE, MODEL_KEY), is_creator=False, fallback_s=10,
+        clock=lambda: now[0],
+    )  # fmt: skip
+    assert other.step() == []
+    now[0] = 10.0
+    assert buyer.address in other.step()
+    assert fetch_model_key(buyer, PRIVATE, x25519).key == MODEL_KEY
