@@ -9,6 +9,7 @@ from, a start signal, what to do after the last round) is passed in, not copied.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
@@ -20,6 +21,8 @@ from typing import Any
 from p2pfl.cli.status_page import DEFAULT_STATUS_HOST, round_history, serve_status_page
 from p2pfl.errors import P2PFLError
 from p2pfl.files import write_text_atomic
+
+log = logging.getLogger("p2pfl.cli")
 
 STATUS_FILE = "status.json"
 # After the last round of `--rounds`, the node serves blocks until none was asked for this
@@ -257,7 +260,11 @@ async def grant_keys(
     if fallback_s is not None:
         granter.fallback_s = fallback_s
     while True:
-        await run_chain(chain, granter.step)
+        try:
+            await run_chain(chain, granter.step)
+        except P2PFLError as exc:  # a chain error is the watch's, never the node's end
+            node.count("key-grant-errors")
+            log.warning("key wraps not posted this pass (%s); retrying", exc)
         await trio.sleep(every_s)
 
 

@@ -57,9 +57,9 @@ def stop(proc):
 LISTEN_ADDR = r"listening (/ip4/127\.0\.0\.1/tcp/\d+/p2p/\S+)"
 
 
-def open_task(tmp_path, rpc, names, *, name, epochs, committee=2):
-    """keygen each name, deploy (the first pays), register all, create a digits/MLP task;
-    returns `task create`'s output."""
+def open_task(tmp_path, rpc, names, *, name, epochs, committee=2, extra=()):
+    """keygen each name, deploy (the first pays), register all, create a digits/MLP task
+    (`extra`: more `task create` flags); returns `task create`'s output."""
     for who in names:
         out = p2pfl("keygen", "-o", f"{who}.json", cwd=tmp_path)
         assert re.search(r"peer id:\s+16Uiu2", out)
@@ -74,7 +74,7 @@ def open_task(tmp_path, rpc, names, *, name, epochs, committee=2):
         "task", "create", *rpc, "--keystore", creator, "--name", name, "--model", "mlp",
         "--model-kwargs", model_kwargs, "--train", train, "--committee-size", str(committee),
         "--collect-deadline", "20", "--view-timeout", "8", "--rounds-budget", "10",
-        "--data-dir", f"{names[0]}-data", "-o", "manifest.json", cwd=tmp_path,
+        "--data-dir", f"{names[0]}-data", "-o", "manifest.json", *extra, cwd=tmp_path,
     )  # fmt: skip
 
 
