@@ -31,6 +31,10 @@ log = logging.getLogger("p2pfl.chain")
 # without one this long after it first saw it missing: the creator's node serves buyers
 # first, the others cover for it when it is offline (and do not all pay for one wrap).
 DEFAULT_FALLBACK_S = 30.0
+# Every this many passes (about a minute at the node's 5 s) the granter re-reads every
+# registered node's X25519 key: a node that exited needs no wrap, one that changed its key
+# needs a new one. In between, only new nodes are read (one call each).
+DEFAULT_REFRESH_PASSES = 12
 
 
 def fetch_model_key(client: ChainClient, task: bytes, x25519: PrivateKey) -> ModelKey:
@@ -94,10 +98,13 @@ def entitled(client: ChainClient, task: bytes) -> dict[bytes, bytes]:
 class KeyGranter:
     """Posts the task model key, wrapped, for whoever is entitled and has no wrap yet.
 
-    `step()` does one pass (blocking): reads who is entitled and which (recipient, key)
-    pairs already have a wrap, and posts the missing ones -- at once when we created the
-    task, after `fallback_s` otherwise. A wrap someone else posted counts: replays and
-    duplicates are never posted by us.
+    `step()` does one pass (blocking): learns who is entitled (`entitled`'s rule) and which
+    (recipient, key) pairs already have a wrap, and posts the missing ones -- at once when
+    we created the task, after `fallback_s` otherwise. A wrap someone else posted counts:
+    replays and duplicates are never posted by us. Passes are incremental so that every
+    node of a task can run one every few seconds: purchases and wraps are read from the
+    block after the previous pass, nodes' keys only for new nodes, and every
+    `refresh_passes` passes in full (a node that exited, or changed its X25519 key).
     """
 
     client: ChainClient
@@ -106,18 +113,44 @@ class KeyGranter:
     fallback_s: float = DEFAULT_FALLBACK_S
     clock: Callable[[], float] = field(default=lambda: 0.0)
     count: Callable[[str], None] = field(default=lambda name: None)
+    refresh_passes: int = DEFAULT_REFRESH_PASSES
     _missing_since: dict[tuple[bytes, bytes], float] = field(default_factory=dict)
+    _node_keys: dict[bytes, bytes | None] = field(default_factory=dict)  # None: not entitled
+    _buyers: dict[bytes, bytes] = field(default_factory=dict)
+    _have: set[tuple[bytes, bytes]] = field(default_factory=set)
+    _from_block: int = 0
+    _passes: int = 0
+
+    def _entitled(self) -> dict[bytes, bytes]:
+        task = self.model_key.task
+        if self._passes % self.refresh_passes == 0:
+            self._node_keys.clear()
+        self._passes += 1
+        for address in self.client.registered_nodes():
+            if address not in self._node_keys:
+                info = self.client.node_info(address)
+                usable = info.active and info.enc_key != bytes(32)
+                self._node_keys[address] = info.enc_key if usable else None
+        head = self.client.block_number()
+        for buyer, enc_key, _block in self.client.access_purchases(task, self._from_block):
+            self._buyers[buyer] = enc_key
+        self._have.update(
+            (w.recipient, w.enc_key) for w in self.client.key_wraps(task, None, self._from_block)
+        )
+        self._from_block = head + 1  # later events read twice are the same set members
+        out = {a: k for a, k in self._node_keys.items() if k is not None}
+        out.update(self._buyers)  # a registered node that also bought: the key it paid for
+        return out
 
     def step(self) -> list[bytes]:
         """Post the wraps due now; returns the recipients we posted for."""
         task = self.model_key.task
-        wanted = entitled(self.client, task)
-        have = {(w.recipient, w.enc_key) for w in self.client.key_wraps(task)}
+        wanted = self._entitled()
         now = self.clock()
         posted: list[bytes] = []
         for recipient, enc_key in wanted.items():
             pair = (recipient, enc_key)
-            if pair in have:
+            if pair in self._have:
                 self._missing_since.pop(pair, None)
                 continue
             since = self._missing_since.setdefault(pair, now)
@@ -132,6 +165,7 @@ class KeyGranter:
                 continue
             self.count("key-wraps-posted")
             posted.append(recipient)
+            self._have.add(pair)
             self._missing_since.pop(pair, None)
         return posted
 

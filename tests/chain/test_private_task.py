@@ -252,3 +252,14 @@ def test_a_non_creator_covers_for_an_offline_creator(net: DevNet) -> None:
     now[0] = 10.0
     assert buyer.address in other.step()
     assert fetch_model_key(buyer, PRIVATE, x25519).key == MODEL_KEY
+
+
+def test_a_node_that_changes_its_key_gets_a_new_wrap_at_the_next_refresh(net: DevNet) -> None:
+    granter = KeyGranter(net.clients[0], ModelKey(PRIVATE, MODEL_KEY), True, refresh_passes=2)
+    assert len(granter.step()) == N_NODES  # pass 1 (a full read): every registered node
+    node = net.clients[5]
+    new_enc = bytes(PrivateKey.generate().public_key)
+    node.update_keys(net.admin.node_info(node.address).peer_id, new_enc)
+    assert granter.step() == []  # pass 2: known nodes' keys are not re-read
+    assert granter.step() == [node.address]  # pass 3: a full read
+    assert [w.enc_key for w in net.admin.key_wraps(PRIVATE, node.address)][-1] == new_enc
