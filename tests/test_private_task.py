@@ -190,6 +190,9 @@ def test_task_create_private_seals_the_genesis_and_wraps_the_key_to_every_node(
     manifest = TaskManifest.load(tmp_path / "task.json")
     task = manifest.task_id
     assert devnet.admin.access_price(task) == ETHER // 50
+    monkeypatch.setattr(p2pfl.cli.chain, "rpc_web3", lambda url: devnet.w3)
+    status = p2pfl.cli.chain.status_command("embedded", tmp_path / "deployment.json", task=task)
+    assert status["task"]["access_price_wei"] == ETHER // 50
     kept = load_model_key(tmp_path / "creator", task, devnet.admin.model_key_digest(task))
     assert kept is not None
     stored = BlockStore(tmp_path / "creator" / "blocks").read_blob(

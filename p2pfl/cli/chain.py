@@ -227,6 +227,8 @@ def status_command(
             "escrow_wei": t.escrow,
             "reward_per_round_wei": t.reward_per_round,
             "snapshot_block": t.snapshot_block,
+            # A private task's price of access (`p2pfl buy-access`); 0: a public task.
+            "access_price_wei": client.access_price(task),
         }
     return out
 
