@@ -57,6 +57,7 @@ async def test_a_member_hashes_the_new_model_once_and_the_deltas_not_again(
         net=SimpleNamespace(store=store),
         rounds={},
         queue=SimpleNamespace(put=put),
+        model_key=None,  # a public task: the new model is named in the clear
     )
     workers = RoundWorkers(node)  # type: ignore[arg-type]
     workers._deltas[1] = kept
