@@ -32,7 +32,7 @@ from __future__ import annotations
 import enum
 import math
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -354,6 +354,33 @@ def _timers_for(config: RoundConfig) -> dict[Phase, tuple[Timer, ...]]:
 _CURRENT, _FUTURE, _DROP = "current", "future", "drop"
 
 
+class _SharedSnapshots:
+    """Stakes snapshots (and their registered sets) shared by the machines of one
+    process that start a round from equal ones: a machine only reads them.
+
+    One process may run many machines (sim/des runs 1,000): a private copy each was a
+    thousand 1,000-entry tables that every update reads, more than a CPU cache holds.
+    A few recent snapshots are kept (machines of one process start rounds close
+    together); an unequal one replaces the oldest."""
+
+    KEPT = 4
+
+    def __init__(self) -> None:
+        self._recent: list[tuple[dict[bytes, int], frozenset[bytes]]] = []
+
+    def shared(self, stakes: Mapping[bytes, int]) -> tuple[dict[bytes, int], frozenset[bytes]]:
+        copy = dict(stakes)
+        for snapshot in self._recent:
+            if snapshot[0] == copy:
+                return snapshot
+        snapshot = (copy, frozenset(a for a, s in copy.items() if s > 0))
+        self._recent = [snapshot, *self._recent[: self.KEPT - 1]]
+        return snapshot
+
+
+_snapshots = _SharedSnapshots()
+
+
 @dataclass
 class _Attempt:
     """State of one sortition draw (round, attempt); replaced on re-draw."""
@@ -390,6 +417,7 @@ class RoundMachine:
         self.address = address_of(private_key)
         self._key = private_key
         self._phase = Phase.IDLE  # the initial state; every change after goes through `_goto`
+        self._in_phase = _PHASE_TABLES[self._phase]
         self._timers = _timers_for(config)
         self.round = -1
         self.base = b""
@@ -461,10 +489,11 @@ class RoundMachine:
     def _goto(self, trigger: Trigger) -> None:
         """The one place the phase changes, and only as `TRANSITIONS` allows."""
         self._phase = next_phase(self._phase, trigger)
+        self._in_phase = _PHASE_TABLES[self._phase]
         self._dirty = True
 
     def _can(self, trigger: Trigger) -> bool:
-        return trigger in TRANSITIONS[self._phase]
+        return trigger in self._in_phase.triggers
 
     def _emit(self, action: Action) -> None:
         self._out.append(action)
@@ -488,10 +517,10 @@ class RoundMachine:
         self._buffer.append(event)
 
     def _dispatch(self, event: Event) -> None:
-        by_phase = HANDLERS.get(type(event))
-        if by_phase is None:
+        handler = self._in_phase.handlers.get(type(event))
+        if handler is None:
             raise RoundStateError(f"unknown event {type(event).__name__}")
-        by_phase[self._phase](self, event)
+        handler(self, event)
 
     def _ignore(self, event: Event) -> None:
         """Nothing to do in this phase (see `HANDLERS` for why)."""
@@ -547,8 +576,7 @@ class RoundMachine:
         self.round = event.round
         self.base = event.base
         self._base_digest = CID.parse(event.base).digest if event.base else bytes(32)
-        self._stakes = dict(event.stakes)
-        self._registered = frozenset(a for a, s in self._stakes.items() if s > 0)
+        self._stakes, self._registered = _snapshots.shared(event.stakes)
         # Liveness (a local guess for the early close only; see `_expected_participants`):
         # `_heard` = authors of this round's updates, `_live` = those plus the presumed alive.
         self._heard: set[bytes] = set()
@@ -562,9 +590,8 @@ class RoundMachine:
         if self.config.train and self.address in self._registered:
             self._live.add(self.address)  # we count on our own update
         self._probation = frozenset(event.probation)
-        self._expected_floor = collect_quorum(
-            self.config.min_expected_percent, len(self._registered - self._probation)
-        )
+        self._eligible = len(self._registered - self._probation)  # both fixed for the round
+        self._expected_floor = collect_quorum(self.config.min_expected_percent, self._eligible)
         self._round_start = event.now
         self._first_update: dict[bytes, Update] = {}
         # Authors whose first update's delta verified: the collect count without a pass
@@ -866,11 +893,15 @@ class RoundMachine:
         """
         if self.config.expected_participants:
             return self.config.expected_participants
-        eligible = self._registered - self._probation
-        alive = self._live - self._probation
         if self._judging_liveness():  # heard this round or recently (see `live_quorum`)
-            alive = {a for a in alive if a in self._heard or self._heard_recently(a)}
-        return min(len(eligible), max(len(alive), self._expected_floor))
+            alive = sum(
+                1
+                for a in self._live - self._probation
+                if a in self._heard or self._heard_recently(a)
+            )
+        else:  # (probation is a few authors: no pass over every live node per update)
+            alive = len(self._live) - len(self._live & self._probation)
+        return min(self._eligible, max(alive, self._expected_floor))
 
     def _hear(self, author: bytes) -> None:
         """A registered author's valid update for this round reached us: it is alive."""
@@ -1544,4 +1575,23 @@ HANDLERS: dict[type, dict[Phase, _Handler]] = {
         **_each(_RUNNING, _M._on_chain_committed),
         Phase.ADVANCED: _M._on_chain_committed_again,
     },
+}
+
+
+@dataclass(frozen=True)
+class _PhaseTable:
+    """One phase's rows of `HANDLERS` (by event type) and `TRANSITIONS` (its triggers),
+    looked up once per phase change rather than on every event."""
+
+    handlers: dict[type, _Handler]
+    # A tuple: its `in` compares members by identity, without hashing an enum in Python.
+    triggers: tuple[Trigger, ...]
+
+
+_PHASE_TABLES = {
+    phase: _PhaseTable(
+        {event: by_phase[phase] for event, by_phase in HANDLERS.items()},
+        tuple(TRANSITIONS[phase]),
+    )
+    for phase in Phase
 }
