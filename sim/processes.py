@@ -44,6 +44,7 @@ import contextlib
 import json
 import os
 import signal
+import sys
 import tempfile
 import time
 from collections import Counter
@@ -58,7 +59,6 @@ from p2pfl.chain.providers import Anvil, free_loopback_port
 from p2pfl.errors import ConfigError, P2PFLError
 from p2pfl.manifest import TaskManifest
 from p2pfl.net.blockstore import BlockStore
-from p2pfl.train.data import forget_cached_datasets
 from sim.data import load_partition, save_partition
 from sim.faults import FaultSpec
 from sim.netns import ShapedNetwork
@@ -69,9 +69,9 @@ from sim.node_proc import (
     READY_FILE,
     forked_main,
     read_round_logs,
+    set_process_name,
 )
-from sim.prologue import begin
-from sim.report import RunWriter, round_records, write_report
+from sim.report import RunWriter, new_run_dir, round_records, write_report
 from sim.scenario import Scenario
 
 # Peers each child dials at start-up (node 0 plus seeded earlier nodes), as in sim.run.
@@ -166,6 +166,64 @@ def fork_context() -> Any:
     return context
 
 
+# Where the helper writes the held-out test set (beside the nodes' data dirs).
+TEST_DIR = "test"
+# A helper process's name in /proc/<pid>/comm: "p2pfl-data", "p2pfl-evaluate".
+HELPER_NAME_PREFIX = "p2pfl-"
+
+
+def in_helper(name: str, job: Any, *args: Any) -> Any:
+    """`job(*args)` in a short-lived process forked from the node processes' fork server,
+    named `p2pfl-<name>`; returns its result (exceptions are raised here).
+
+    The parent only orchestrates (issue #13: tree PSS): decoding the whole dataset,
+    cutting it, and torch (the genesis model, each round's evaluation, the centralised
+    reference) happen in such a helper before the nodes start and after they stopped,
+    never beside them. Forked from the fork server, the helper finds torch already
+    imported (shared pages), and the parent never imports it at all."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(
+        max_workers=1,
+        mp_context=fork_context(),
+        initializer=set_process_name,
+        initargs=(HELPER_NAME_PREFIX + name,),
+    ) as pool:
+        return pool.submit(job, *args).result()
+
+
+def write_task_data(scenario: Scenario, root: Path) -> bytes:
+    """(In a helper.) Cut the scenario's data as the in-process mode does (`sim.data`),
+    write each node's partition into `root/node<I>` (each node process maps only its own)
+    and the test set into `root/TEST_DIR`; return the genesis model's canonical bytes."""
+    from p2pfl.core.tensors import encode_tensors
+    from p2pfl.train.models import init_weights
+    from sim.data import load_data
+
+    _, test, partitions = load_data(scenario)
+    for i, part in enumerate(partitions):
+        save_partition(part, root / f"node{i}")
+    save_partition(test, root / TEST_DIR)
+    return encode_tensors(init_weights(scenario.model.name, scenario.model.kwargs, scenario.seed))
+
+
+def evaluate_run(
+    scenario: Scenario, root: Path, logs: list[dict[int, Any]], commits: dict[int, Any]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(In a helper, once the nodes stopped.) The per-round records (each committed model
+    evaluated on the test set) and the centralised reference on the same partitions, read
+    as maps of the files `write_task_data` wrote."""
+    from p2pfl.train.models import init_weights
+    from sim.run import reference_curve
+
+    test = load_partition(root / TEST_DIR)
+    stores = [BlockStore(root / f"node{i}" / "blocks") for i in range(scenario.nodes)]
+    records = round_records(scenario, logs, commits, stores, test)
+    genesis = init_weights(scenario.model.name, scenario.model.kwargs, scenario.seed)
+    partitions = [load_partition(root / f"node{i}") for i in range(scenario.nodes)]
+    return records, reference_curve(scenario, genesis, partitions, test, lambda *a: None)
+
+
 @dataclass
 class Child:
     """One node process (forked from the fork server, `sim.node_proc.forked_main`) and
@@ -254,7 +312,7 @@ def run_processes(
     restart: RestartFault | None = None,
 ) -> Path:
     """Run one scenario with every node in its own process on anvil; returns the run folder."""
-    from sim.run import print_summary, reference_curve, setup_task, summarise
+    from sim.run import print_summary, setup_task, summarise
 
     fault_spec = FaultSpec.from_dict(scenario.faults)
     if scenario.attacks or fault_spec.active:
@@ -274,11 +332,18 @@ def run_processes(
         )
     if restart is not None and not 0 < restart.node < scenario.nodes:
         raise ConfigError(f"restart.node must be a non-creator node in 1..{scenario.nodes - 1}")
-    say, run_dir, wall_start, test, partitions, genesis, genesis_blob = begin(
-        scenario, runs_root, quiet, f"{scenario.nodes} node processes on anvil"
-    )
+    say: Any = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
+    run_dir = new_run_dir(scenario.name, Path(runs_root))
+    wall_start = time.perf_counter()
     work = tempfile.TemporaryDirectory(prefix="p2pfl-simproc-")
     root = Path(work.name)
+    # The data and torch stay out of this process (see `in_helper`).
+    genesis_blob = in_helper("data", write_task_data, scenario, root)
+    say(
+        f"scenario {scenario.name}: {scenario.nodes} node processes on anvil, "
+        f"{scenario.rounds} rounds, model {scenario.model.name}, "
+        f"data {scenario.data.dataset} ({scenario.data.partition})"
+    )
     children: list[Child] = []
     anvil_pid: int | None = None
     fault_events: list[dict[str, Any]] = []
@@ -304,12 +369,6 @@ def run_processes(
         say(f"task {manifest.cid} on anvil {anvil.url} (pid {anvil.pid}), ledger {dep.ledger}")
         manifest_path = root / "manifest.json"
         manifest.save(manifest_path)
-        for i, part in enumerate(partitions):  # each child maps only its own partition
-            save_partition(part, root / f"node{i}")
-        # This process keeps the partitions (for the reference) as maps of the same files
-        # rather than a second copy of the training set beside the children's.
-        partitions = [load_partition(root / f"node{i}") for i in range(len(partitions))]
-        forget_cached_datasets()
         BlockStore(root / "node0" / "blocks").put_blob(
             genesis_blob
         )  # the creator holds the genesis model
@@ -403,9 +462,12 @@ def run_processes(
 
     logs = [read_round_logs(child.data_dir) for child in children]
     finals = [_read_json(child.data_dir / FINAL_FILE) or {} for child in children]
-    stores = [BlockStore(child.data_dir / "blocks") for child in children]
+    say(
+        "evaluating the rounds' models; centralised FedAvg reference (same model, seeds, "
+        "partitions; no network)..."
+    )
+    records, ref_records = in_helper("evaluate", evaluate_run, scenario, root, logs, commits)
     writer = RunWriter(run_dir)
-    records = round_records(scenario, logs, commits, stores, test)
     for record in records:
         writer.round(record)
         say(
@@ -415,7 +477,6 @@ def run_processes(
         )
     writer.close()
 
-    ref_records = reference_curve(scenario, genesis, partitions, test, say)
     counters: dict[str, int] = {}
     for final in finals:
         for k, v in final.get("counters", {}).items():
@@ -433,6 +494,9 @@ def run_processes(
     summary.update(
         {
             "mode": "processes",
+            # Whether this process had torch imported by the end of the run: the helpers
+            # hold it, not the parent (`in_helper`; false unless its caller imported it).
+            "parent_imported_torch": "torch" in sys.modules,
             # Largest node process (VmHWM, read before it was stopped).
             "child_peak_rss_mib": max(child.peak_rss_mib for child in children),
             "faults": fault_events,

@@ -9,6 +9,7 @@ Normative text: protocol/spec/training.md.
 from __future__ import annotations
 
 import hashlib
+import mmap
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -114,6 +115,39 @@ def standardise(x: torch.Tensor, norm: InputNorm | None, *, in_place: bool = Fal
     return x.sub_(mean).div_(std) if in_place else (x - mean) / std
 
 
+def data_tensors(data: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
+    """`data`'s inputs and labels as tensors sharing its memory: indexing them copies one
+    batch, never the whole partition, which may be a read-only memory map (issue #13's
+    node footprint). Only ever read."""
+    return _tensor_of(np.asarray(data.x)), _tensor_of(np.asarray(data.y))
+
+
+def page_releaser(x: np.ndarray) -> Callable[[], None]:
+    """For a memory-mapped `x` (a node process's partition file, `np.load(mmap_mode="r")`):
+    a call that unmaps the pages read so far (MADV_DONTNEED on a read-only shared file
+    mapping: the data stays in the kernel's page cache, a later read maps it back with a
+    minor fault). Called after each batch, training holds one batch of the partition in
+    its memory, not all of it (issue #13: ten nodes' partitions were 170 MiB of PSS). For
+    any other array, a no-op."""
+    mapping = getattr(x, "base", None)  # np.memmap's buffer is its mmap.mmap
+    if isinstance(mapping, mmap.mmap) and hasattr(mmap, "MADV_DONTNEED"):
+        return lambda: mapping.madvise(mmap.MADV_DONTNEED)
+    return lambda: None
+
+
+def _tensor_of(a: np.ndarray) -> torch.Tensor:
+    """`a` as the tensor `torch.tensor(a)` would copy it to, strides included (those of
+    size-1 axes too, which numpy sets freely and convolutions' rounding depends on): over
+    `a`'s own memory when `a` is C-contiguous (the copy would keep its strides), else a
+    copy."""
+    if not a.flags.c_contiguous:
+        return torch.tensor(a)
+    with warnings.catch_warnings():
+        # Read-only arrays (the dataset cache, a memory map): the tensor is only read.
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(a)
+
+
 class Optimizer(Protocol):
     """What the training loop needs of an optimizer (torch.optim's or `SGD` below)."""
 
@@ -192,14 +226,16 @@ def train_local(
     net = _resolve_model(model, model_kwargs)
     load_numpy(net, base)
     base32 = {k: np.asarray(v, dtype=np.float32) for k, v in base.items()}
-    # A private copy (the cached dataset stays read-only), standardised once per call.
-    x_all = standardise(torch.tensor(data.x), cfg.input_norm, in_place=True)
-    y_all = torch.tensor(data.y)
+    x_src, y_src = data_tensors(data)
+    release_pages = page_releaser(data.x)
     n = len(data)
     rng = np.random.default_rng(run_seed)
     loss_fn = nn.CrossEntropyLoss()
 
     if cfg.dp:
+        # A private copy (the cached dataset stays read-only), standardised once per call.
+        x_all = standardise(torch.tensor(data.x), cfg.input_norm, in_place=True)
+        y_all = torch.tensor(data.y)
         with torch_threads(num_threads), seeded_torch(run_seed):
             return _train_dp(net, base32, x_all, y_all, cfg, run_seed, rng, on_epoch)
     with torch_threads(num_threads), seeded_torch(run_seed):
@@ -212,8 +248,13 @@ def train_local(
             loss_sum = 0.0
             for start in range(0, n, cfg.batch_size):
                 idx = order[start : start + cfg.batch_size]
+                # The batch's copy, standardised: elementwise, so its values are those of
+                # the whole partition standardised first, bit for bit (and its strides, on
+                # which convolutions' rounding depends, those of indexing a tensor).
+                xb = standardise(x_src[idx], cfg.input_norm, in_place=True)
+                release_pages()
                 optimizer.zero_grad(set_to_none=True)
-                loss = loss_fn(net(x_all[idx]), y_all[idx])
+                loss = loss_fn(net(xb), y_src[idx])
                 loss.backward()
                 optimizer.step()
                 loss_sum += float(loss.detach()) * len(idx)

@@ -70,13 +70,17 @@ def _pss_kib(pid: int) -> int:
 
 
 def _role(pid: int) -> str:
-    """ "node<I>" for a node process, "forkserver" for the server they fork from, else the
-    program's name (anvil, ...)."""
+    """ "node<I>" for a node process, "forkserver" for the server they fork from, "data" /
+    "evaluate" for the parent's helpers (`sim.processes.in_helper`), else the program's
+    name (anvil, ...)."""
     from sim.node_proc import PROCESS_NAME_PREFIX
+    from sim.processes import HELPER_NAME_PREFIX
 
     comm = Path(f"/proc/{pid}/comm").read_text().strip()
     if comm.startswith(PROCESS_NAME_PREFIX):
         return "node" + comm[len(PROCESS_NAME_PREFIX) :]
+    if comm.startswith(HELPER_NAME_PREFIX):
+        return comm[len(HELPER_NAME_PREFIX) :]
     argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     words = [a.decode(errors="replace") for a in argv if a]
     if "sim.node_proc" in words and "--index" in words:  # started as `python -m sim.node_proc`

@@ -3,12 +3,17 @@ chain, real torch training; and a node killed with SIGKILL mid-run that rejoins 
 chain with its data dir."""
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 from p2pfl.core.cid import CID
-from sim.__main__ import main as sim_main
 from sim.processes import RestartFault, run_processes
 from sim.scenario import load_scenario
 from tests.sim.conftest import alive
+
+ROOT_DIR = Path(__file__).resolve().parents[2]
 
 
 def _read(run_dir):
@@ -17,12 +22,23 @@ def _read(run_dir):
     return summary, rounds
 
 
-def test_processes_mode_commits_rounds_on_anvil_and_stops_every_process(tmp_path, capsys):
-    assert sim_main(["sim/scenarios/tiny.toml", "--processes", "--runs", str(tmp_path), "-q"]) == 0
+def test_processes_mode_commits_rounds_on_anvil_and_stops_every_process(tmp_path):
+    # As a user runs it (`python -m sim`): a fresh parent, so that what it imports shows.
+    subprocess.run(
+        [sys.executable, "-m", "sim", "sim/scenarios/tiny.toml", "--processes"]
+        + ["--runs", str(tmp_path), "-q"],
+        cwd=ROOT_DIR,
+        env={**os.environ, "PYTHONPATH": str(ROOT_DIR)},
+        check=True,
+        timeout=600,
+    )
     (run_dir,) = tmp_path.iterdir()
     summary, rounds = _read(run_dir)
 
     assert summary["mode"] == "processes"
+    # The parent orchestrates: the data and torch live in helpers forked before and after
+    # the node processes (issue #13: tree memory), never in it.
+    assert summary["parent_imported_torch"] is False
     assert summary["rounds_committed"] == summary["rounds_planned"] == 2
     assert not summary["timed_out"]
     assert [r["round"] for r in rounds] == [1, 2]
