@@ -9,14 +9,23 @@ are split between the processes mapping them, so a tree's PSS sums to what it re
 occupies; its RSS counts shared libraries once per process). Prints `figure: value unit`
 lines; the issue's targets (#13) are <= 400 MiB peak RSS per node, <= 1.5 GB tree PSS.
 
+The parent holds neither the data nor torch: the data is cut, and each round's model
+evaluated and the centralised reference trained, in helpers (roles "data", "evaluate")
+forked before the nodes start and after they stopped (`sim.processes.in_helper`).
+
 Measured (2 cores, 3 rounds): before node processes mapped their own partition, forked
 from a preloading server and dropped torch.optim, 757 MiB mean / 797 MiB max node peak
 RSS and 7.3 GB tree PSS; after, 359 / 377 MiB and 2.15 GB, of which the ten nodes 1.50 GB
-and the parent (the whole dataset's decode, torch, the reference) 662 MiB.
+and the parent (the whole dataset's decode, torch, the reference) 662 MiB. Then with the
+parent orchestrating only (its peak PSS 107 MiB: web3, numpy; no torch), training
+copying one batch at a time out of the partition map and unmapping its pages after each
+batch, and glibc's mmap threshold held fixed with a malloc_trim per round (machine load
+7-12): node peak RSS 325 MiB mean / 337 max, nodes' PSS 1.12 GB, tree PSS 1.34 GB.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 import threading
@@ -140,7 +149,8 @@ def run() -> None:
     sampler.start()
     try:
         with tempfile.TemporaryDirectory(prefix="p2pfl-footprint-") as runs:
-            run_processes(scenario, runs, quiet=True)
+            run_dir = run_processes(scenario, runs, quiet=True)
+            summary = json.loads((run_dir / "summary.json").read_text())
     finally:
         sampler.stop_event.set()
         sampler.join()
@@ -157,6 +167,10 @@ def run() -> None:
     node_peaks = [sampler.peak_rss_kib[r] for r in nodes]
     node_pss = [sampler.peak_pss_kib[r] for r in nodes]
     figure("footprint-rounds", rounds, "rounds")
+    figure("footprint-rounds-committed", summary["rounds_committed"], f"of {rounds}")
+    figure("footprint-accuracy", summary["final_accuracy"], "(test set, last round)")
+    figure("footprint-reference-accuracy", summary["reference_accuracy"], "(centralised)")
+    figure("footprint-parent-imported-torch", int(summary["parent_imported_torch"]), "(0: no)")
     figure("footprint-samples", sampler.samples, f"samples every {SAMPLE_S} s")
     figure("footprint-node-peak-pss-max", max(node_pss) / KIB, "MiB")
     figure("footprint-nodes-pss-peak", sampler.nodes_pss_kib / KIB, "MiB (10 nodes, summed)")
