@@ -5,12 +5,15 @@
 What the in-process mode shares between nodes (one interpreter, one embedded chain, one
 training pool) is here as it is on laptops: separate processes, a JSON-RPC chain, TCP
 between hosts. The parent sets up the chain and the task the way `sim.run` does (same
-keys, same manifest, same partitions, same training seeds), writes each node's partition
-into its data dir, forks `sim.node_proc` children from one fork server that imported
-their modules once (`sim.node_preload`: the pages are shared), watches the chain until
-the scenario's rounds are committed, then collects each child's round logs and block
-store and writes the same run folder (metrics.jsonl, summary.json, report.md, plots)
-with the centralised reference beside it.
+keys, same manifest, same partitions, same training seeds), forks `sim.node_proc`
+children from one fork server that imported their modules once (`sim.node_preload`: the
+pages are shared), watches the chain until the scenario's rounds are committed, then
+collects each child's round logs and block store and writes the same run folder
+(metrics.jsonl, summary.json, report.md, plots) with the centralised reference beside it.
+The parent itself only orchestrates: a helper forked from the same server cuts the data
+(each node's partition written into its data dir) before the nodes start, another
+evaluates the rounds' models and trains the reference after they stopped, so the parent
+never holds the dataset or imports torch (`in_helper`; issue #13's tree memory).
 
 Every process it starts (anvil, the children) is stopped by PID in a `finally`; the fork
 server exits with this process.
