@@ -26,6 +26,13 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="run every node as its own OS process against a local anvil chain",
     )
+    parser.add_argument(
+        "--shards",
+        type=int,
+        default=0,
+        metavar="K",
+        help="like --processes, but the nodes dealt over K processes of one event loop each",
+    )
     args = parser.parse_args(argv)
     from p2pfl.logs import setup_logging
     from sim.run import run_scenario
@@ -40,10 +47,10 @@ def main(argv: list[str] | None = None) -> int:
         overrides[key] = tomllib.loads(f"v = {raw}")["v"] if raw else ""
     try:
         scenario = load_scenario(args.scenario, overrides)
-        if args.processes:
+        if args.processes or args.shards:
             from sim.processes import run_processes
 
-            run_processes(scenario, args.runs, quiet=args.quiet)
+            run_processes(scenario, args.runs, quiet=args.quiet, shards=args.shards)
         else:
             run_scenario(scenario, args.runs, quiet=args.quiet)
     except P2PFLError as exc:

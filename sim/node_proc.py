@@ -25,7 +25,6 @@ import dataclasses
 import json
 import os
 import signal
-import socket
 import sys
 import time
 from pathlib import Path
@@ -80,18 +79,26 @@ def read_round_logs(data_dir: Path) -> dict[int, Any]:
     return logs
 
 
-def _wait_for_ports(addrs: list[str], timeout_s: float) -> None:
-    """Block until every bootstrap multiaddr's TCP port accepts connections (or time out)."""
-    deadline = time.monotonic() + timeout_s
-    for addr in addrs:
-        parts = addr.split("/")
-        host, port = parts[2], int(parts[4])
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection((host, port), timeout=1.0):
-                    break
-            except OSError:
-                time.sleep(0.2)
+async def _wait_for_ports(addrs: list[str], timeout_s: float) -> None:
+    """Until every bootstrap multiaddr's TCP port accepts connections (or time out).
+
+    Awaited, not blocking: a shard process (`sim.shard_proc`) starts many nodes in one
+    event loop, and a node waiting for a peer of another shard must not keep the others
+    of its own shard from opening their ports (two shards would wait for each other)."""
+    import trio
+
+    with trio.move_on_after(timeout_s):
+        for addr in addrs:
+            parts = addr.split("/")
+            host, port = parts[2], int(parts[4])
+            while True:
+                try:
+                    stream = await trio.open_tcp_stream(host, port)
+                except OSError:
+                    await trio.sleep(0.2)
+                    continue
+                await stream.aclose()
+                break
 
 
 async def run_child(args: argparse.Namespace, key: bytes) -> None:
@@ -99,11 +106,11 @@ async def run_child(args: argparse.Namespace, key: bytes) -> None:
     import trio
 
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(_cancel_on_signal, nursery.cancel_scope)
-        await _run_node(args, key)
+        nursery.start_soon(cancel_on_signal, nursery.cancel_scope)
+        await run_node(args, key)
 
 
-async def _cancel_on_signal(scope: Any) -> None:
+async def cancel_on_signal(scope: Any) -> None:
     import trio
 
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -112,7 +119,10 @@ async def _cancel_on_signal(scope: Any) -> None:
             return
 
 
-async def _run_node(args: argparse.Namespace, key: bytes) -> None:
+async def run_node(args: argparse.Namespace, key: bytes, cpu_limiter: Any = None) -> None:
+    """One node (`main`'s arguments) until cancelled. `cpu_limiter` (a trio.CapacityLimiter)
+    is shared by the nodes of one shard process (`sim.shard_proc`): its training and
+    aggregation threads take turns on the shard's core (None: the node's own limiter)."""
     import trio
 
     from p2pfl.cli.launch import Launch, launch_node
@@ -125,7 +135,7 @@ async def _run_node(args: argparse.Namespace, key: bytes) -> None:
     data = load_partition(data_dir)
     import p2pfl.train.trainer  # noqa: F401 - torch's import (seconds) before round 1, not inside it
 
-    _wait_for_ports(args.bootstrap, BOOTSTRAP_WAIT_S)
+    await _wait_for_ports(args.bootstrap, BOOTSTRAP_WAIT_S)
     rounds_file = (data_dir / ROUNDS_FILE).open("a")
 
     def on_round(entry: Any) -> None:
@@ -164,7 +174,10 @@ async def _run_node(args: argparse.Namespace, key: bytes) -> None:
             rounds=args.rounds,
             dht=False,
             client_index=args.index,
-            node_options={"follow_poll_s": args.follow_poll_s},
+            node_options={
+                "follow_poll_s": args.follow_poll_s,
+                **({"cpu_limiter": cpu_limiter} if cpu_limiter is not None else {}),
+            },
             net_options={"sync_interval_s": args.sync_interval_s} if args.sync_interval_s else {},
             check_registration=False,
             on_round=on_round,
@@ -256,7 +269,8 @@ def forked_main(argv: list[str], env: dict[str, str], log_path: str, netns: str 
         profiler.dump_stats(f"{log_path}.prof")
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """`main`'s arguments (also each node's in a shard process)."""
     parser = argparse.ArgumentParser(prog="python -m sim.node_proc", description=__doc__)
     parser.add_argument("--index", type=int, required=True, help="node index: its training seed")
     parser.add_argument("--manifest", required=True)
@@ -282,7 +296,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--go-file", default="", help="wait until this file exists before joining the task"
     )
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     key_hex = os.environ.pop(KEY_ENV, "")
     if not key_hex:
         print(f"sim.node_proc: error: no key in ${KEY_ENV}", file=sys.stderr)

@@ -35,6 +35,13 @@ chain poll and the anti-entropy sync interval of each node grow with the node co
 rate of both stays put; children are stopped together; `P2PFL_SIM_PROFILE=1` leaves a
 cProfile of each node beside its log.
 
+Shards (`--shards K`, `run_processes(..., shards=K)`; `sim/scenarios/scale100.toml`,
+`python -m sim.bench scale100`): instead of a process per node, K shard processes, each one
+trio loop hosting every K-th node with the same node code (`sim.shard_proc`): both cores
+used for 100 nodes without 100 interpreters. Everything else (anvil, the task, the
+partitions and data dirs, the watching, the report) is as above; the summary's `shards`
+holds each shard's PID, nodes and CPU time over the rounds.
+
 Faults: `RestartFault` (a node SIGKILLed mid-round, restarted on its data dir) and the
 scenario's `faults.rpc_outage_round` (`RpcOutage`: anvil stopped for `rpc_outage_s`, then
 restarted from its state file on the same port; the run then checks that every round was
@@ -76,6 +83,7 @@ from sim.node_proc import (
 )
 from sim.report import RunWriter, new_run_dir, round_records, write_report
 from sim.scenario import Scenario
+from sim.shard_proc import forked_shard_main
 
 # Peers each child dials at start-up (node 0 plus seeded earlier nodes), as in sim.run.
 BOOTSTRAP_PEERS = 9
@@ -292,12 +300,75 @@ class Child:
             return None
 
 
+@dataclass
+class Shard:
+    """One shard process (`sim.shard_proc`) hosting several nodes: their `Child` records
+    share its process, and their log is its log."""
+
+    index: int
+    members: list[Child]
+    log_path: Path
+    process: Any = None  # multiprocessing.Process
+    # (time.monotonic, user CPU s, system CPU s) each time `note_cpu` read them.
+    cpu_marks: list[tuple[float, float, float]] = field(default_factory=list)
+
+    def start(self) -> None:
+        self.process = fork_context().Process(
+            target=forked_shard_main,
+            args=(
+                self.index,
+                [child.argv for child in self.members],
+                [child.env[KEY_ENV] for child in self.members],
+                str(self.log_path),
+            ),
+            name=f"shard{self.index}",
+        )
+        self.process.start()
+        for child in self.members:
+            child.process = self.process
+            child.log_path = self.log_path
+            child.pids.append(self.process.pid)
+
+    def note_cpu(self) -> None:
+        """Record the process's CPU time so far (every thread's: the training too)."""
+        try:
+            stat = Path(f"/proc/{self.process.pid}/stat").read_text()
+        except OSError:
+            return
+        fields = stat.rsplit(")", 1)[1].split()
+        tick = os.sysconf("SC_CLK_TCK")
+        self.cpu_marks.append((time.monotonic(), int(fields[11]) / tick, int(fields[12]) / tick))
+
+    def figures(self) -> dict[str, Any]:
+        """PID, nodes, and user/system CPU over the first to last `note_cpu` (the rounds)."""
+        out: dict[str, Any] = {
+            "shard": self.index,
+            "pid": self.process.pid if self.process is not None else None,
+            "nodes": [child.index for child in self.members],
+        }
+        if len(self.cpu_marks) >= 2:
+            (t0, u0, s0), (t1, u1, s1) = self.cpu_marks[0], self.cpu_marks[-1]
+            out.update({"wall_s": t1 - t0, "user_cpu_s": u1 - u0, "system_cpu_s": s1 - s0})
+        return out
+
+
+def make_shards(children: list[Child], shards: int, run_dir: Path) -> list[Shard]:
+    """Deal the nodes round-robin over `shards` processes (node 0, the creator, in shard 0)."""
+    return [
+        Shard(k, children[k::shards], run_dir / f"shard{k}.log")
+        for k in range(min(shards, len(children)))
+    ]
+
+
 def stop_all(children: list[Child]) -> None:
     """SIGINT to every running child at once, then SIGKILL to those still running after
     `STOP_GRACE_S`: one grace for the whole set, not one per child (40 children stopped in
-    turn on a loaded machine took minutes)."""
+    turn on a loaded machine took minutes). Children sharing a shard process signal it once."""
+    interrupted: set[int] = set()
     for child in children:
-        child.interrupt()
+        if child.process is not None and child.process.pid not in interrupted:
+            interrupted.add(child.process.pid)
+            child.interrupt()
     deadline = time.monotonic() + STOP_GRACE_S
     for child in children:
         if child.process is not None:
@@ -313,8 +384,10 @@ def run_processes(
     runs_root: str | Path = "runs",
     quiet: bool = False,
     restart: RestartFault | None = None,
+    shards: int = 0,
 ) -> Path:
-    """Run one scenario with every node in its own process on anvil; returns the run folder."""
+    """Run one scenario with every node in its own process on anvil (or, `shards` > 0, the
+    nodes dealt over that many shard processes); returns the run folder."""
     from sim.run import print_summary, setup_task, summarise
 
     fault_spec = FaultSpec.from_dict(scenario.faults)
@@ -333,6 +406,11 @@ def run_processes(
         raise ConfigError(
             f"faults.rpc_outage_round must be in 1..{scenario.rounds} (the scenario's rounds)"
         )
+    if shards and (restart is not None or scenario.network.namespaces):
+        raise ConfigError(
+            "--shards hosts several nodes per process: no restart fault, no network "
+            "namespaces (both are per node process); use --processes"
+        )
     if restart is not None and not 0 < restart.node < scenario.nodes:
         raise ConfigError(f"restart.node must be a non-creator node in 1..{scenario.nodes - 1}")
     say: Any = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
@@ -343,7 +421,9 @@ def run_processes(
     # The data and torch stay out of this process (see `in_helper`).
     genesis_blob = in_helper("data", write_task_data, scenario, root)
     say(
-        f"scenario {scenario.name}: {scenario.nodes} node processes on anvil, "
+        f"scenario {scenario.name}: {scenario.nodes} "
+        + (f"nodes in {shards} shard processes" if shards else "node processes")
+        + " on anvil, "
         f"{scenario.rounds} rounds, model {scenario.model.name}, "
         f"data {scenario.data.dataset} ({scenario.data.partition})"
     )
@@ -431,11 +511,17 @@ def run_processes(
             )
         started = time.perf_counter()
         timed_out = False
+        shard_procs = make_shards(children, shards, run_dir) if shards else []
         try:
             for child in children:
                 child.data_dir.mkdir(parents=True, exist_ok=True)
-                child.start()
+                if not shards:
+                    child.start()
+            for shard in shard_procs:
+                shard.start()
             _wait_ready(children)
+            for shard in shard_procs:
+                shard.note_cpu()
             (root / "go").touch()
             commit_seen[0] = time.monotonic()
             say(f"{len(children)} node processes up in {time.perf_counter() - started:.1f} s")
@@ -452,6 +538,8 @@ def run_processes(
                 outage_clock=outage_clock,
                 commit_seen=commit_seen,
             )
+            for shard in shard_procs:
+                shard.note_cpu()  # the rounds' CPU: up to the last commit
             _wait_finished(devnet, manifest, children)
         finally:
             stop_all(children)
@@ -515,6 +603,9 @@ def run_processes(
     )
     if links_figures is not None:
         summary["network"] = links_figures
+    if shard_procs:
+        summary["mode"] = "shards"
+        summary["shards"] = [shard.figures() for shard in shard_procs]
     if outage is not None:
         summary["rpc_outage"] = outage_figures(
             outage,
