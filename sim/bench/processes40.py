@@ -65,7 +65,7 @@ def run() -> None:
         figure("processes40-accuracy", summary["final_accuracy"], "")
         figure("processes40-reference-accuracy", summary["reference_accuracy"], "")
     figure("processes40-wall", summary["wall_s"], "s (start-up to the last commit and after)")
-    for role in ("parent", "forkserver", "anvil"):
+    for role in ("parent", "forkserver", "anvil", "data", "evaluate"):
         if role in sampler.peak_rss_kib:
             figure(f"processes40-{role}-peak-pss", sampler.peak_pss_kib[role] / KIB, "MiB")
     figure(
