@@ -20,6 +20,9 @@ from p2pfl.core.round import RoundConfig
 from p2pfl.errors import ConfigError
 
 MANIFEST_VERSION = 1
+# The `privacy` table's keys and their defaults (spec sealing.md): updates are sealed to
+# the committee unless a task says otherwise (e.g. to measure what sealing costs).
+PRIVACY_DEFAULTS: dict[str, Any] = {"sealed": True}
 
 
 @dataclass(frozen=True)
@@ -51,17 +54,44 @@ class TaskManifest:
     reward_per_round_wei: int = 0
     seed: int = 0  # task seed: clients' per-round training seeds derive from it
     version: int = MANIFEST_VERSION
+    # `[privacy]`: {"sealed": bool}; {} = the defaults (PRIVACY_DEFAULTS). Left out of the
+    # canonical bytes when empty, so a manifest written before it keeps its task id.
+    privacy: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         CID.parse(self.initial_model)
         self.rule_spec()  # validates the aggregation table
+        self.privacy_options()  # validates the privacy table
         if self.version != MANIFEST_VERSION:
             raise ConfigError(
                 f"manifest version {self.version} is not supported (expected {MANIFEST_VERSION})"
             )
 
     def encode(self) -> bytes:
-        return json.dumps(asdict(self), sort_keys=True, separators=(",", ":")).encode()
+        raw = asdict(self)
+        if not raw["privacy"]:
+            del raw["privacy"]
+        return json.dumps(raw, sort_keys=True, separators=(",", ":")).encode()
+
+    def privacy_options(self) -> dict[str, Any]:
+        """The `privacy` table over its defaults; ConfigError for an unknown key or a
+        value of the wrong type (a typo must not silently publish plain deltas)."""
+        if not isinstance(self.privacy, dict):
+            raise ConfigError("manifest privacy must be a table")
+        unknown = sorted(set(self.privacy) - set(PRIVACY_DEFAULTS))
+        if unknown:
+            raise ConfigError(f"manifest privacy has unknown keys {unknown} (known: sealed)")
+        options = {**PRIVACY_DEFAULTS, **self.privacy}
+        if type(options["sealed"]) is not bool:
+            raise ConfigError(
+                f"manifest privacy.sealed must be true or false, not {options['sealed']!r}"
+            )
+        return options
+
+    @property
+    def sealed(self) -> bool:
+        """Whether updates are sealed to the committee (spec sealing.md)."""
+        return bool(self.privacy_options()["sealed"])
 
     @property
     def cid(self) -> CID:
@@ -90,6 +120,7 @@ class TaskManifest:
                 "straggler_grace_s": self.straggler_grace_s,
                 "timeout_growth": self.timeout_growth,
                 "max_timeout_factor": self.max_timeout_factor,
+                "sealed": self.sealed,
                 **overrides,
             },
         )

@@ -63,6 +63,17 @@ def seal(key: bytes, plaintext: bytes, aad: bytes = b"") -> bytes:
     )
 
 
+def seal_with_nonce(key: bytes, nonce: bytes, plaintext: bytes, aad: bytes = b"") -> bytes:
+    """`seal` with a given nonce: for test vectors only (a nonce must never repeat under
+    one key; `seal` draws a fresh one)."""
+    _check_key(key)
+    if len(nonce) != NONCE_BYTES:
+        raise SealError("bad-nonce", f"a nonce is {NONCE_BYTES} bytes")
+    return bytes(nonce) + bindings.crypto_aead_xchacha20poly1305_ietf_encrypt(
+        bytes(plaintext), bytes(aad) or None, bytes(nonce), bytes(key)
+    )
+
+
 def open_sealed(key: bytes, sealed: bytes, aad: bytes = b"") -> bytes:
     """The plaintext of `seal(key, plaintext, aad)`; SealError if anything differs."""
     _check_key(key)

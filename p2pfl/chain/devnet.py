@@ -17,6 +17,7 @@ from web3 import Web3
 
 from p2pfl.chain.client import ChainClient, Deployment, deploy
 from p2pfl.chain.providers import fund
+from p2pfl.core.identity import NodeIdentity
 from p2pfl.core.signing import address_of, sign_digest, vote_digest
 from p2pfl.core.sortition import committee_for, round_seed
 
@@ -67,7 +68,9 @@ class DevNet:
             fund(w3, Account.from_key(key).address, stake + DEFAULT_GAS_FUNDS)
             client = ChainClient(w3, dep, key)
             if register:
-                client.register(peer_id_stub(key), keccak(b"x25519" + key), stake)
+                # The node's real X25519 key (derived from its account key, as a keystore's
+                # is): sealed updates wrap their content keys to it.
+                client.register(peer_id_stub(key), NodeIdentity(key).x25519_public_key, stake)
             clients.append(client)
         return cls(w3, dep, ChainClient(w3, dep, admin_key), keys, clients)
 

@@ -49,6 +49,11 @@ MAX_REASON_CHARS = 64
 MAX_RULE_CHARS = 256
 MAX_PHASE_CHARS = 32
 MAX_CID_BYTES = 64
+# A content key (32 bytes) in a libsodium sealed box (ephemeral X25519 key 32, MAC 16):
+# p2pfl.sealing.WRAP_BYTES, restated here because core stays free of the crypto library.
+WRAP_BYTES = 80
+# Wraps one message may carry: one per committee member, and committees are tens of nodes.
+MAX_WRAPS = 1024
 
 
 # --- field types ---------------------------------------------------------------------
@@ -110,12 +115,12 @@ def cid_bytes(name: str, value: Any) -> bytes:
     return value
 
 
-def sorted_pairs(first: Checker, second: Checker) -> Checker:
+def sorted_pairs(first: Checker, second: Checker, max_items: int = MAX_LIST_ITEMS) -> Checker:
     """A list of [key, value] pairs, strictly ascending by key (so keys are unique)."""
 
     def check(name: str, value: Any) -> tuple[tuple[Any, Any], ...]:
-        if type(value) is not list or len(value) > MAX_LIST_ITEMS:
-            raise _fail(name, f"expected a list of at most {MAX_LIST_ITEMS} pairs")
+        if type(value) is not list or len(value) > max_items:
+            raise _fail(name, f"expected a list of at most {max_items} pairs")
         out = []
         for i, item in enumerate(value):
             if type(item) is not list or len(item) != 2:
@@ -133,6 +138,8 @@ ADDRESS = fixed_bytes(20)
 SIGNATURE = fixed_bytes(SIGNATURE_SIZE)
 U64 = uint(UINT64_MAX)
 U32 = uint(UINT32_MAX)
+# (member address, content key wrapped to the member's registered X25519 key), by address.
+WRAPS = sorted_pairs(ADDRESS, fixed_bytes(WRAP_BYTES), MAX_WRAPS)
 
 
 # --- messages ------------------------------------------------------------------------
@@ -202,18 +209,25 @@ class Signed(Message):
 
 @dataclass(frozen=True)
 class Update(Signed):
-    """A participant's trained delta for one round (DESIGN §4 step 1)."""
+    """A participant's trained delta for one round (DESIGN §4 step 1).
+
+    Sealed (spec sealing.md): `delta` names the ciphertext, `inline` carries ciphertext,
+    and `wraps` holds the content key wrapped to each member of the round's attempt-0
+    committee (the author excepted). Plain (the task's `[privacy] sealed = false`): `delta`
+    names canonical safetensors and `wraps` is empty.
+    """
 
     KIND: ClassVar[Kind] = Kind.UPDATE
     task: bytes
     round: int
     base: bytes  # binary CID of the model the delta applies to
-    delta: bytes  # binary CID of the delta (canonical safetensors)
+    delta: bytes  # binary CID of the delta (sealed bytes, or canonical safetensors)
     n_samples: int
-    norm: float  # L2 norm of the delta as claimed by its author
-    inline: bytes  # the delta's bytes when small enough, else b""
+    norm: float  # L2 norm of the (plaintext) delta as claimed by its author
+    inline: bytes  # the delta's (sealed) bytes when small enough, else b""
     signer: bytes
     signature: bytes = b""
+    wraps: tuple[tuple[bytes, bytes], ...] = ()  # (member, wrapped key), sorted; () = plain
 
     SCHEMA: ClassVar[dict[str, Checker]] = {
         "task": BYTES32,
@@ -223,6 +237,34 @@ class Update(Signed):
         "n_samples": uint(UINT64_MAX, min_value=1),
         "norm": finite_float,
         "inline": var_bytes(MAX_INLINE_BYTES),
+        "signer": ADDRESS,
+        "signature": SIGNATURE,
+        "wraps": WRAPS,
+    }
+
+
+@dataclass(frozen=True)
+class Rewrap(Signed):
+    """A sealed update's content key wrapped for the committee of a re-draw (attempt > 0):
+    the members the `Update`'s own wraps do not cover. Never the delta again (spec
+    sealing.md). Wraps are random, so two rewraps of one attempt differ without being
+    equivocation: the first one counts, later ones are duplicates (never slashed)."""
+
+    KIND: ClassVar[Kind] = Kind.REWRAP
+    task: bytes
+    round: int
+    attempt: int
+    delta: bytes  # the ciphertext CID of the author's update this round
+    wraps: tuple[tuple[bytes, bytes], ...]  # (member, wrapped key), sorted by member
+    signer: bytes
+    signature: bytes = b""
+
+    SCHEMA: ClassVar[dict[str, Checker]] = {
+        "task": BYTES32,
+        "round": U64,
+        "attempt": uint(UINT32_MAX, min_value=1),
+        "delta": cid_bytes,
+        "wraps": WRAPS,
         "signer": ADDRESS,
         "signature": SIGNATURE,
     }
@@ -377,9 +419,9 @@ class Heartbeat(Signed):
     }
 
 
-AnyMessage = Union[Update, Proposal, Vote, Commit, Heartbeat]
+AnyMessage = Union[Update, Proposal, Vote, Commit, Heartbeat, Rewrap]
 MESSAGE_TYPES: dict[int, type[Message]] = {
-    int(cls.KIND): cls for cls in (Update, Proposal, Vote, Commit, Heartbeat)
+    int(cls.KIND): cls for cls in (Update, Proposal, Vote, Commit, Heartbeat, Rewrap)
 }
 
 

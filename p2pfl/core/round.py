@@ -37,7 +37,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from p2pfl.core.cid import CID
-from p2pfl.core.messages import Commit, Proposal, Signed, Update, Vote
+from p2pfl.core.messages import Commit, Proposal, Rewrap, Signed, Update, Vote
 from p2pfl.core.round_events import (
     Action,
     Advance,
@@ -56,6 +56,7 @@ from p2pfl.core.round_events import (
     Publish,
     Rejected,
     ReportEvidence,
+    RewrapReceived,
     RoundStarted,
     StartTraining,
     SubmitCommit,
@@ -63,7 +64,10 @@ from p2pfl.core.round_events import (
     UpdateKey,
     UpdateReceived,
     VoteReceived,
+    WrapKey,
+    WrapsReady,
 )
+from p2pfl.core.sealed import covers, foreign_members, members_of, wrap_for
 from p2pfl.core.signing import Domain, address_of
 from p2pfl.core.sortition import commit_quorum, committee_for, leader_of, round_seed
 from p2pfl.errors import ConfigError, InvalidMessage, P2PFLError
@@ -189,6 +193,10 @@ class RoundConfig:
     max_views_ahead: int = 4
     # Registered nodes train each round; a pure follower/validator sets False.
     train: bool = True
+    # Sealed updates (spec sealing.md): deltas travel encrypted, their key wrapped to the
+    # committee. The task's `[privacy] sealed` (on by default in a manifest); False here
+    # so the machine's own tests and the DES model plain updates unless they ask.
+    sealed: bool = False
 
     def __post_init__(self) -> None:
         if len(self.task) != 32:
@@ -608,6 +616,12 @@ class RoundMachine:
         # Statements under our key that reached us from the network (see _conflicts_with_ours).
         self._own_seen: dict[tuple[int, bytes, int, int, int], bytes] = {}
         self._committees: dict[int, tuple[bytes, ...]] = {}
+        # Sealed updates: our wrap of an author's key from a Rewrap (by update key); the
+        # members each author re-wrapped for, by (author, attempt): (delta, members); the
+        # attempts we sent our own Rewrap for.
+        self._rewraps: dict[UpdateKey, bytes] = {}
+        self._rewrapped: dict[tuple[bytes, int], tuple[bytes, frozenset[bytes]]] = {}
+        self._rewraps_sent: set[int] = set()
         self._certificate: Commit | None = None
         self._submit_at: float | None = None
         self._attempt = _Attempt(0, (), event.now, math.inf)
@@ -698,7 +712,12 @@ class RoundMachine:
         self._heard_round = event.round
         self.counters["rounds-started"] += 1
         if self.config.train and self._stakes.get(self.address, 0) > 0:
-            self._emit(StartTraining(event.round, event.base))
+            recipients = (
+                tuple(m for m in self._committee_of(0) if m != self.address)
+                if self.config.sealed
+                else ()
+            )
+            self._emit(StartTraining(event.round, event.base, recipients, self.config.sealed))
         self._draw(0, event.now)
 
     def _draw(self, attempt: int, start: float) -> None:
@@ -710,6 +729,8 @@ class RoundMachine:
         )
         if attempt:
             self.counters["redraws"] += 1
+        if len(committee) >= self.config.quorum:
+            self._send_rewrap()
         if len(committee) < self.config.quorum:
             self._goto(Trigger.DRAW_SMALL)
         elif self._presumed_dead_draw(attempt, committee):
@@ -867,12 +888,36 @@ class RoundMachine:
     # --- collection -----------------------------------------------------------------------
 
     def _collected(self) -> list[Update]:
-        """Candidate updates: verified delta, author not an equivocator; sorted by author."""
+        """Candidate updates: verified delta, author not an equivocator, openable by the
+        whole committee (sealed); sorted by author."""
         return [
             u
             for author, u in sorted(self._first_update.items())
-            if author not in self._equivocators and self._delta_ok.get((author, u.delta)) is True
+            if author not in self._equivocators
+            and self._delta_ok.get((author, u.delta)) is True
+            and self._usable(u)
         ]
+
+    def _usable(self, u: Update) -> bool:
+        """Whether every member of the attempt can open `u`'s delta (always, unsealed):
+        its own wraps, plus the author's Rewrap for this attempt, cover the committee
+        (spec sealing.md). Every member computes the same from the same signed messages,
+        so a leader proposes only what its verifiers can recompute; an author silent at a
+        re-draw is left out of that attempt instead of stalling it."""
+        if not self.config.sealed:
+            return True
+        wrapped = members_of(u.wraps)
+        a = self._attempt
+        extra = self._rewrapped.get((u.signer, a.number)) if a.number else None
+        if extra is not None and extra[0] == u.delta:
+            wrapped = wrapped | extra[1]
+        return covers(a.committee, u.signer, wrapped)
+
+    def _my_wrap(self, key: UpdateKey) -> bytes | None:
+        """Our wrap of the key of `key`'s delta: in its Update, else from a Rewrap."""
+        update = self._updates.get(key)
+        mine = wrap_for(update.wraps, self.address) if update is not None else None
+        return mine if mine is not None else self._rewraps.get(key)
 
     def _counted(self) -> int:
         """How many of `_collected()` count toward the collect quorum (authors not on
@@ -937,9 +982,16 @@ class RoundMachine:
         self._try_propose()
 
     def _fetch(self, key: UpdateKey) -> None:
-        if key not in self._fetching and key not in self._delta_ok:
-            self._fetching.add(key)
-            self._emit(Fetch(*key))
+        if key in self._fetching or key in self._delta_ok:
+            return
+        wrap = b""
+        if self.config.sealed:
+            found = self._my_wrap(key)
+            if found is None:
+                return  # not wrapped to us (yet): a Rewrap may bring it (`_on_rewrap`)
+            wrap = found
+        self._fetching.add(key)
+        self._emit(Fetch(*key, wrap))
 
     def _ignore_local_update(self, event: LocalUpdateReady) -> None:
         self.counters["local-update-ignored"] += 1
@@ -961,6 +1013,7 @@ class RoundMachine:
             norm=event.norm,
             inline=event.inline,
             signer=self.address,
+            wraps=event.wraps,
         )
         if self._conflicts_with_ours(update):
             self.counters["local-update-ignored"] += 1
@@ -976,6 +1029,95 @@ class RoundMachine:
         self._verified_first.add(self.address)
         self.counters["updates-accepted"] += 1
         self._hear(self.address)
+        self._send_rewrap()  # published after a re-draw: wrap for the current committee too
+        self._after_new_data()
+
+    # --- sealed updates: re-wraps for a re-drawn committee (spec sealing.md) ------------------
+
+    def _send_rewrap(self) -> None:
+        """Ask the shell to wrap our update's key for this attempt's members that its own
+        wraps miss (once per attempt; nothing at attempt 0, whose committee the update's
+        wraps cover, nor for a plain task or before our update is out)."""
+        a = self._attempt
+        own = self._first_update.get(self.address)
+        if (
+            not self.config.sealed
+            or not self._own_update_sent
+            or own is None
+            or a.number == 0
+            or a.number in self._rewraps_sent
+            or len(a.committee) < self.config.quorum
+        ):
+            return
+        wrapped = members_of(own.wraps) | {self.address}
+        recipients = tuple(m for m in a.committee if m not in wrapped)
+        if recipients:
+            self._rewraps_sent.add(a.number)
+            self._emit(WrapKey(self.round, a.number, own.delta, recipients))
+
+    def _on_wraps_ready(self, event: WrapsReady) -> None:
+        """The shell wrapped our key: sign and gossip the Rewrap (if still in its attempt)."""
+        if (event.round, event.attempt) != (self.round, self._attempt.number) or not event.wraps:
+            self.counters["rewraps-stale"] += 1
+            return
+        rewrap = Rewrap(
+            task=self.config.task,
+            round=self.round,
+            attempt=event.attempt,
+            delta=event.delta,
+            wraps=event.wraps,
+            signer=self.address,
+        )
+        try:
+            replace(rewrap, signature=bytes(65)).validate()
+        except InvalidMessage as exc:  # the shell's wraps were malformed
+            self._emit(Rejected("bad-wraps", self.address, False, str(exc)))
+            return
+        self.counters["rewraps-sent"] += 1
+        rewrap = self._sign(rewrap)  # type: ignore[assignment]
+        self._emit(Publish(rewrap))
+
+    def _on_rewrap(self, event: RewrapReceived) -> None:
+        """An author's wraps for a re-drawn committee: note which members it covers (the
+        `_usable` rule) and our own wrap, then fetch the delta if we are collecting."""
+        signer = self._checked_signer(event)
+        if signer is None:
+            return
+        r = event.rewrap
+        if r.task != self.config.task:
+            self._drop("wrong-task", signer, True)
+            return
+        if r.round != self.round:
+            if r.round < self.round:
+                self._drop("stale-round", signer, False)
+            else:
+                self._hold_future_round(event, signer, r.round)
+            return
+        if self._stakes.get(signer, 0) <= 0:
+            self._drop("not-registered", signer, True)
+            return
+        if r.attempt < self._attempt.number:
+            self._drop("stale-attempt", signer, False)
+            return
+        if r.attempt > self._attempt.number + 1:
+            self._drop("future-attempt", signer, False)
+            return
+        if foreign_members(r.wraps, self._committee_of(r.attempt)) or not r.wraps:
+            self._drop("bad-wraps", signer, True, "wraps for nodes off the attempt's committee")
+            return
+        slot = (signer, r.attempt)
+        if slot in self._rewrapped:
+            # Wraps are random: a second rewrap differs without being equivocation.
+            self._drop("duplicate", signer, False)
+            return
+        self._rewrapped[slot] = (r.delta, members_of(r.wraps))
+        self.counters["rewraps-accepted"] += 1
+        key = (signer, r.delta)
+        mine = wrap_for(r.wraps, self.address)
+        if mine is not None:
+            self._rewraps.setdefault(key, mine)
+        if key in self._updates and self.phase in (Phase.COLLECTING, Phase.VOTING):
+            self._fetch(key)
         self._after_new_data()
 
     def _on_delta(self, event: DeltaAvailable) -> None:
@@ -984,6 +1126,8 @@ class RoundMachine:
             return  # an answer for another round, or never asked
         self._fetching.discard(key)
         self._delta_ok[key] = event.ok
+        if not event.ok and event.reason:  # the author's doing (e.g. a tampered ciphertext)
+            self._drop(event.reason, event.author, True)
         first = self._first_update.get(event.author)
         if event.ok and first is not None and first.delta == event.delta:
             self._verified_first.add(event.author)
@@ -1131,6 +1275,13 @@ class RoundMachine:
         if u.n_samples > self.config.max_n_samples:
             self._drop("bad-bounds", u.signer, True, f"n_samples {u.n_samples}")
             return
+        if self.config.sealed != bool(u.wraps):
+            reason = "not-sealed" if self.config.sealed else "unexpected-wraps"
+            self._drop(reason, u.signer, True)
+            return
+        if foreign_members(u.wraps, self._committee_of(0)):
+            self._drop("bad-wraps", u.signer, True, "wraps for nodes off the round's committee")
+            return
         first = self._first_update.get(u.signer)
         if not self._record_statement(u):
             conflict = first is not None and first.body() != u.body()
@@ -1252,6 +1403,9 @@ class RoundMachine:
         for key in keys:
             if key is None or key not in self._updates:
                 ready = False  # the signed Update has not reached us yet
+                continue
+            if not self._usable(self._updates[key]):
+                ready = False  # its Rewrap for this attempt has not reached us (yet)
                 continue
             ok = self._delta_ok.get(key)
             if ok is False:
@@ -1574,6 +1728,18 @@ HANDLERS: dict[type, dict[Phase, _Handler]] = {
         Phase.IDLE: _M._follow_chain,
         **_each(_RUNNING, _M._on_chain_committed),
         Phase.ADVANCED: _M._on_chain_committed_again,
+    },
+    # Sealed updates: our own wraps come back from the shell while the round runs; an
+    # author's Rewrap is held before any round and stale or for later once committed.
+    WrapsReady: {
+        Phase.IDLE: _M._ignore,
+        **_each(_RUNNING, _M._on_wraps_ready),
+        Phase.ADVANCED: _M._ignore,
+    },
+    RewrapReceived: {
+        Phase.IDLE: _M._hold,
+        **_each(_RUNNING, _M._on_rewrap),
+        Phase.ADVANCED: _M._after_commit,
     },
 }
 

@@ -17,7 +17,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Union
 
-from p2pfl.core.messages import Commit, Heartbeat, Proposal, Signed, Update, Vote, conflicting
+from p2pfl.core.messages import (
+    Commit,
+    Heartbeat,
+    Proposal,
+    Rewrap,
+    Signed,
+    Update,
+    Vote,
+    conflicting,
+)
 from p2pfl.errors import P2PFLError
 
 # (author address, delta CID bytes): names one update's content within a round.
@@ -55,13 +64,17 @@ class Tick:
 
 @dataclass(frozen=True)
 class LocalUpdateReady:
-    """Our own training for `round` finished; the delta is stored locally as blocks."""
+    """Our own training for `round` finished; the delta is stored locally as blocks.
+
+    Sealed: `delta` names the ciphertext, `inline` is ciphertext, and `wraps` holds the
+    content key wrapped to `StartTraining.recipients` (sorted by member)."""
 
     round: int
-    delta: bytes  # binary CID of the canonical delta
+    delta: bytes  # binary CID of the canonical delta (sealed: of its ciphertext)
     n_samples: int
     norm: float
     inline: bytes = b""
+    wraps: tuple[tuple[bytes, bytes], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -76,11 +89,37 @@ class UpdateReceived:
 
 @dataclass(frozen=True)
 class DeltaAvailable:
-    """Answer to `Fetch`: the delta's blocks are local and match the CID (ok), or not."""
+    """Answer to `Fetch`: the delta's blocks are local and match the CID (ok), or not.
+
+    `reason` names a failure that is the author's doing and is counted as a rejection
+    (sealed deltas: "unwrap-failed", "undecryptable", "bad-wrap"); "" for a plain miss."""
 
     author: bytes
     delta: bytes
     ok: bool
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class WrapsReady:
+    """Answer to `WrapKey`: our update's content key wrapped to the attempt's members."""
+
+    round: int
+    attempt: int
+    delta: bytes
+    wraps: tuple[tuple[bytes, bytes], ...]
+
+
+@dataclass(frozen=True)
+class RewrapReceived:
+    """An author's key wraps for a re-drawn committee (spec sealing.md, "re-draws")."""
+
+    rewrap: Rewrap
+    verified_signer: bytes
+
+    @property
+    def message(self) -> Rewrap:
+        return self.rewrap
 
 
 @dataclass(frozen=True)
@@ -169,10 +208,19 @@ Event = Union[
     CommitSeen,
     ChainCommitted,
     HeartbeatReceived,
+    WrapsReady,
+    RewrapReceived,
 ]
 
 # The events that deliver a gossiped message (`.message`); the others come from the shell.
-Gossip = UpdateReceived | ProposalReceived | VoteReceived | CommitSeen | HeartbeatReceived
+Gossip = (
+    UpdateReceived
+    | ProposalReceived
+    | VoteReceived
+    | CommitSeen
+    | HeartbeatReceived
+    | RewrapReceived
+)
 
 
 # --- actions (out) ----------------------------------------------------------------------
@@ -180,25 +228,45 @@ Gossip = UpdateReceived | ProposalReceived | VoteReceived | CommitSeen | Heartbe
 
 @dataclass(frozen=True)
 class StartTraining:
-    """Train on the local data from `base`, then send back `LocalUpdateReady(round, ...)`."""
+    """Train on the local data from `base`, then send back `LocalUpdateReady(round, ...)`.
+
+    Sealed tasks: seal the delta under a fresh key and wrap that key to each of
+    `recipients` (the attempt-0 committee but ourselves); () in a plain task."""
 
     round: int
     base: bytes
+    recipients: tuple[bytes, ...] = ()
+    sealed: bool = False
 
 
 @dataclass(frozen=True)
 class Publish:
     """Gossip a signed message (or a commit certificate) on the task's topic."""
 
-    message: Update | Proposal | Vote | Commit
+    message: Update | Proposal | Vote | Commit | Rewrap
 
 
 @dataclass(frozen=True)
 class Fetch:
-    """Get the delta's blocks (inline bytes, any holder), verify, answer `DeltaAvailable`."""
+    """Get the delta's blocks (inline bytes, any holder), verify, answer `DeltaAvailable`.
+
+    Sealed: `wrap` is the content key wrapped to us; unwrap it, open the ciphertext under
+    `delta_aad(task, round, author)`, then check the plaintext as a plain delta."""
 
     author: bytes
     delta: bytes
+    wrap: bytes = b""
+
+
+@dataclass(frozen=True)
+class WrapKey:
+    """Wrap our sealed update's content key (of `delta`) to `recipients`, the members of
+    attempt `attempt` our update's own wraps miss; answer `WrapsReady`."""
+
+    round: int
+    attempt: int
+    delta: bytes
+    recipients: tuple[bytes, ...]
 
 
 @dataclass(frozen=True)
@@ -294,6 +362,7 @@ Action = Union[
     Advance,
     ReportEvidence,
     Rejected,
+    WrapKey,
 ]
 
 
@@ -311,11 +380,13 @@ def event_for(message: object, verified_signer: bytes | None = None) -> Event | 
     """
     if isinstance(message, Commit):
         return CommitSeen(message)
-    if not isinstance(message, (Update, Proposal, Vote, Heartbeat)):
+    if not isinstance(message, (Update, Proposal, Vote, Heartbeat, Rewrap)):
         return None
     signer = message.signer if verified_signer is None else verified_signer
     if isinstance(message, Heartbeat):
         return HeartbeatReceived(message, signer)
+    if isinstance(message, Rewrap):
+        return RewrapReceived(message, signer)
     if isinstance(message, Update):
         return UpdateReceived(message, signer)
     if isinstance(message, Proposal):

@@ -43,6 +43,7 @@ class Kind(IntEnum):
     VOTE = 3
     COMMIT = 4  # unsigned certificate of votes; never signed itself
     HEARTBEAT = 5
+    REWRAP = 6  # a sealed update's key wrapped for a re-drawn committee; not slashable
 
 
 DOMAIN_NAME = "p2pfl"

@@ -18,7 +18,7 @@ from p2pfl.chain.trio_client import run_chain
 from p2pfl.core import round_events as ev
 from p2pfl.core.cid import CID
 from p2pfl.core.identity import NodeIdentity
-from p2pfl.core.messages import Commit, Proposal, Update
+from p2pfl.core.messages import Commit, Proposal, Rewrap, Update
 from p2pfl.core.round import RoundMachine
 from p2pfl.core.validation import Verdict
 from p2pfl.errors import P2PFLError
@@ -56,7 +56,7 @@ TOPIC_COMMITS = "commits"
 
 
 def topic_of(message: Any) -> str:
-    if isinstance(message, Update):
+    if isinstance(message, (Update, Rewrap)):
         return TOPIC_UPDATES
     if isinstance(message, Commit):
         return TOPIC_COMMITS
@@ -156,6 +156,7 @@ class Node:
             ev.Advance: self._advance_soon,
             ev.ReportEvidence: lambda a: self._node_task(self.chain_tx.report_evidence, a.evidence),
             ev.Rejected: lambda a: self.count(f"rejected-{a.reason}"),
+            ev.WrapKey: lambda a: self._round_task(a.round, self.workers.rewrap, a),
         }
 
     # ------------------------------------------------------------------ life cycle
@@ -255,11 +256,20 @@ class Node:
             self.count("work-for-closed-round")
 
     def _start_training(self, action: ev.StartTraining) -> None:
-        self._round_task(action.round, self.workers.train, action.round, action.base)
+        self._round_task(
+            action.round,
+            self.workers.train,
+            action.round,
+            action.base,
+            action.recipients,
+            action.sealed,
+        )
 
     def _fetch(self, action: ev.Fetch) -> None:
         round_ = self.machine.round  # the machine asks for deltas of the round it is in
-        self._round_task(round_, self.workers.fetch_delta, round_, action.author, action.delta)
+        self._round_task(
+            round_, self.workers.fetch_delta, round_, action.author, action.delta, action.wrap
+        )
 
     def _compute(self, action: ev.ComputeAggregate) -> None:
         entry = self.rounds.get(action.round)

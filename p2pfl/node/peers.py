@@ -27,11 +27,15 @@ class PeerDirectory:
         self.committee = committee  # the current attempt's committee (the round machine's)
         self.count = count
         self.ids: dict[bytes, str] = {}  # address -> base58 peer ID, from the registry
+        # address -> the X25519 key it registered (sealed updates' key wraps go to it)
+        self.enc_keys: dict[bytes, bytes] = {}
 
     async def refresh(self, addresses: Iterable[bytes]) -> None:
-        """Read the peer IDs of the addresses we do not know yet from the registry."""
+        """Read the peer IDs and X25519 keys of the addresses we do not know yet from the
+        registry."""
         for address in [a for a in addresses if a not in self.ids]:
             info = await run_chain(self.chain, self.chain.node_info, address)
+            self.enc_keys[address] = bytes(info.enc_key)
             try:
                 self.ids[address] = peer_id_text(info.peer_id)
             except P2PFLError:

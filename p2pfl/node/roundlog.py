@@ -51,3 +51,9 @@ class Behaviour:
     poison: Callable[[int, dict[str, np.ndarray]], dict[str, np.ndarray]] | None = None
     n_samples_factor: float = 1.0
     silent: bool = False  # never publish anything (crash-like but stays connected)
+    # Sealed updates (tests of bad input): the sealed delta's bytes as published (a tampered
+    # ciphertext is named by its own CID, so only opening it fails), and each key wrap as
+    # sent, by member (a wrap that does not open for that member); and no Rewrap at all.
+    tamper_sealed: Callable[[bytes], bytes] | None = None
+    tamper_wrap: Callable[[bytes, bytes], bytes] | None = None
+    withhold_rewraps: bool = False

@@ -17,12 +17,15 @@ from p2pfl.core import aggregate as agg
 from p2pfl.core import round_events as ev
 from p2pfl.core.cid import CID, blob_blocks
 from p2pfl.core.round_result import compute_aggregate
+from p2pfl.core.sealed import delta_aad
 from p2pfl.core.tensors import decode_tensors, encode_tensors, flatten
 from p2pfl.errors import P2PFLError
 from p2pfl.node.models import PROGRESS_EVERY_S, fetch_with_retries
 from p2pfl.parallel import threaded
+from p2pfl.sealing import SEAL_OVERHEAD, SealError, new_key, open_sealed, seal, unwrap_key, wrap_key
 
 if TYPE_CHECKING:
+    from p2pfl.core.identity import NodeIdentity
     from p2pfl.core.round import RoundMachine
     from p2pfl.manifest import TaskManifest
     from p2pfl.node.intake import Intake
@@ -47,6 +50,8 @@ class NodeContext(Protocol):
     """What the workers use of the node (p2pfl.node.node.Node provides it)."""
 
     address: bytes
+    identity: NodeIdentity
+    task: bytes
     manifest: TaskManifest
     spec: agg.RuleSpec
     net: NodeNet
@@ -79,13 +84,24 @@ class RoundWorkers:
     def __init__(self, node: NodeContext) -> None:
         self.node = node
         self._deltas: dict[int, dict[ev.UpdateKey, bytes]] = {}  # round -> verified delta bytes
+        # Sealed updates: round -> update key -> the content key we sealed or opened it
+        # with (our own, for re-wraps; any, for the round record an audit opens them from).
+        self.keys: dict[int, dict[ev.UpdateKey, bytes]] = {}
 
     def forget_before(self, round_: int) -> None:
-        for r in [r for r in self._deltas if r < round_]:
-            del self._deltas[r]
+        for held in (self._deltas, self.keys):
+            for r in [r for r in held if r < round_]:
+                del held[r]
 
-    async def train(self, round_: int, base_bytes: bytes) -> None:
-        """Train from `base`, store the delta, answer `LocalUpdateReady`."""
+    async def train(
+        self,
+        round_: int,
+        base_bytes: bytes,
+        recipients: tuple[bytes, ...] = (),
+        sealed: bool = False,
+    ) -> None:
+        """Train from `base`, store the delta (sealed, its key wrapped to `recipients`, in
+        a sealed task), answer `LocalUpdateReady`."""
         from p2pfl.train.trainer import TrainConfig, client_seed, train_local
 
         n = self.node
@@ -117,15 +133,63 @@ class RoundWorkers:
         delta = result.delta
         if n.behaviour.poison is not None:
             delta = n.behaviour.poison(round_, delta)
-        blob, cid, norm = await trio.to_thread.run_sync(_store_delta, n.net.store, delta)
+        wraps: tuple[tuple[bytes, bytes], ...] = ()
+        if sealed:
+            key = new_key()
+            aad = delta_aad(n.task, round_, n.address)
+            blob, sealed, cid, norm = await trio.to_thread.run_sync(
+                _store_sealed_delta, n.net.store, delta, key, aad, n.behaviour.tamper_sealed
+            )
+            wraps = self._wraps(key, recipients)
+            self.keys.setdefault(round_, {})[(n.address, cid.to_bytes())] = key
+            published = sealed
+        else:
+            blob, cid, norm = await trio.to_thread.run_sync(_store_delta, n.net.store, delta)
+            published = blob
         self._deltas.setdefault(round_, {})[(n.address, cid.to_bytes())] = blob
         n_samples = max(1, int(result.n_samples * n.behaviour.n_samples_factor))
-        inline = blob if len(blob) <= DEFAULT_INLINE_MAX_BYTES else b""
+        inline = published if len(published) <= DEFAULT_INLINE_MAX_BYTES else b""
         entry = n.rounds.get(round_)
         if entry is not None:
             entry.train_s = result.seconds
             entry.train_loss = result.train_loss
-        await n.queue.put(ev.LocalUpdateReady(round_, cid.to_bytes(), n_samples, norm, inline))
+        await n.queue.put(
+            ev.LocalUpdateReady(round_, cid.to_bytes(), n_samples, norm, inline, wraps)
+        )
+
+    def _wraps(self, key: bytes, recipients: tuple[bytes, ...]) -> tuple[tuple[bytes, bytes], ...]:
+        """`key` wrapped to each recipient's registered X25519 key, sorted by member. A
+        member whose registered key is missing or unusable gets no wrap (counted): it cannot
+        open this delta, and the round machine leaves the update out of its attempts."""
+        n = self.node
+        wraps = []
+        for member in recipients:
+            recipient = n.peers.enc_keys.get(member)
+            try:
+                if recipient is None:
+                    raise SealError("bad-recipient", "no registered X25519 key")
+                wrap = wrap_key(key, recipient)
+                if n.behaviour.tamper_wrap is not None:
+                    wrap = n.behaviour.tamper_wrap(member, wrap)
+                wraps.append((member, wrap))
+            except SealError as exc:
+                n.count("wrap-failed")
+                log.warning("no key wrap for %s: %s", member.hex()[:8], exc)
+        return tuple(sorted(wraps))
+
+    async def rewrap(self, action: ev.WrapKey) -> None:
+        """Our update's key wrapped for a re-drawn committee; answer `WrapsReady`. Without
+        the key (a restart since we sealed) there is nothing to send: the update is left
+        out of this attempt."""
+        n = self.node
+        key = self.keys.get(action.round, {}).get((n.address, action.delta))
+        if n.behaviour.silent or n.behaviour.withhold_rewraps:
+            return
+        if key is None:
+            n.count("rewrap-without-key")
+            return
+        wraps = await trio.to_thread.run_sync(self._wraps, key, action.recipients)
+        await n.queue.put(ev.WrapsReady(action.round, action.attempt, action.delta, wraps))
 
     def _within_budget(self, round_: int, result: Any) -> bool:
         """Record the DP steps of an update about to be published, or withhold it (and stop
@@ -159,21 +223,29 @@ class RoundWorkers:
             entry.epsilon = spent
         return True
 
-    async def fetch_delta(self, round_: int, author: bytes, delta: bytes) -> None:
+    async def fetch_delta(
+        self, round_: int, author: bytes, delta: bytes, wrap: bytes = b""
+    ) -> None:
         """Get a delta's bytes (inline in its Update, else from holders, retrying), check
         they are canonical tensors, keep them for the round's aggregates; answer
-        `DeltaAvailable`."""
+        `DeltaAvailable`. Sealed (`wrap` given): unwrap the key first (no fetch for a wrap
+        that does not open), then open the ciphertext the CID names, then check the
+        plaintext; a failure of either is the author's, answered with its reason."""
         n = self.node
         cid = CID.parse(delta)
         started = n.clock()
         ok = True
+        reason = ""
         try:
+            key = None
+            if wrap:
+                key = await trio.to_thread.run_sync(unwrap_key, wrap, n.identity.x25519_private_key)
             blob: bytes | None = None
             if not await trio.to_thread.run_sync(n.net.store.has_blob, cid):
                 update = n.intake.updates.get((author, delta))
                 if update is not None and update.inline:
                     blob = await trio.to_thread.run_sync(
-                        _store_inline, n.net.store, cid, update.inline
+                        _store_inline, n.net.store, cid, update.inline, key is None
                     )
                 else:
                     await fetch_with_retries(
@@ -183,11 +255,22 @@ class RoundWorkers:
                         lambda: n.machine.phase.value not in _NO_MORE_FETCHES,
                         n.count,
                     )
-            if blob is None:
+            if key is None:
+                if blob is None:
+                    blob = await trio.to_thread.run_sync(
+                        _read_delta, n.net.store, cid, n.models.blob_size
+                    )
+            else:
+                aad = delta_aad(n.task, round_, author)
                 blob = await trio.to_thread.run_sync(
-                    _read_delta, n.net.store, cid, n.models.blob_size
+                    _open_delta, n.net.store, cid, blob, key, aad, n.models.blob_size
                 )
+                self.keys.setdefault(round_, {})[(author, delta)] = key
             self._deltas.setdefault(round_, {})[(author, delta)] = blob
+        except SealError as exc:
+            ok, reason = False, exc.reason
+            n.count(f"sealed-{exc.reason}")
+            log.info("delta %s from %s rejected: %s", cid, author.hex()[:8], exc)
         except (P2PFLError, OSError) as exc:
             ok = False
             n.count("fetch-failed")
@@ -195,7 +278,7 @@ class RoundWorkers:
         entry = n.rounds.get(round_)
         if entry is not None:
             entry.fetch_s = max(entry.fetch_s, n.clock() - started)
-        await n.queue.put(ev.DeltaAvailable(author, delta, ok))
+        await n.queue.put(ev.DeltaAvailable(author, delta, ok, reason))
 
     async def compute(self, request: ev.ComputeAggregate) -> None:
         """Filter + aggregate the request's updates (p2pfl.core.round_result), store the
@@ -239,15 +322,23 @@ class RoundWorkers:
         """The request's delta bytes: kept from their fetch (verified then), else read
         from the store in a worker thread (e.g. after a restart)."""
         kept = self._deltas.get(request.round, {})
+        keys = self.keys.get(request.round, {})
         blobs: list[bytes] = []
         for u in request.updates:
             held = kept.get((u.signer, u.delta))
             if held is not None:
                 blobs.append(held)
-            else:
-                blobs.append(
-                    await trio.to_thread.run_sync(self.node.net.store.read_blob, CID.parse(u.delta))
-                )
+                continue
+            stored: bytes = await trio.to_thread.run_sync(
+                self.node.net.store.read_blob, CID.parse(u.delta)
+            )
+            if u.wraps:  # sealed: open it with the key we opened it with before
+                key = keys.get((u.signer, u.delta))
+                if key is None:
+                    raise P2PFLError(f"no key for the sealed delta of {u.signer.hex()[:8]}")
+                aad = delta_aad(u.task, u.round, u.signer)
+                stored = await trio.to_thread.run_sync(open_sealed, key, stored, aad)
+            blobs.append(stored)
         return blobs
 
 
@@ -282,12 +373,52 @@ def _store_delta(store: Any, delta: dict[str, np.ndarray]) -> tuple[bytes, CID, 
     return blob, cid, agg.norm(vector)
 
 
-def _store_inline(store: Any, cid: CID, inline: bytes) -> bytes:
-    """An update's inline delta: canonical tensors, stored if they are the CID's bytes
-    (one hash: `put_blob` checks the root it computes; InvalidBlock otherwise)."""
-    decode_tensors(inline)  # canonical float32 tensors or bust
+def _store_sealed_delta(
+    store: Any,
+    delta: dict[str, np.ndarray],
+    key: bytes,
+    aad: bytes,
+    tamper: Callable[[bytes], bytes] | None = None,
+) -> tuple[bytes, bytes, CID, float]:
+    """Our own delta, sealed: its canonical bytes, the sealed bytes (stored, hashed once to
+    name them), their CID and the plaintext's norm (worker thread)."""
+    blob = encode_tensors(delta)
+    sealed = seal(key, blob, aad)
+    if tamper is not None:
+        sealed = tamper(sealed)
+    cid, blocks = blob_blocks(sealed)
+    store.put_dag(cid, blocks)
+    vector, _ = flatten(delta)
+    return blob, sealed, cid, agg.norm(vector)
+
+
+def _store_inline(store: Any, cid: CID, inline: bytes, plain: bool = True) -> bytes:
+    """An update's inline delta: canonical tensors (or, sealed, any bytes: they are opened
+    after), stored if they are the CID's bytes (one hash: `put_blob` checks the root it
+    computes; InvalidBlock otherwise)."""
+    if plain:
+        decode_tensors(inline)  # canonical float32 tensors or bust
     store.put_blob(inline, cid)
     return inline
+
+
+def _open_delta(
+    store: Any,
+    cid: CID,
+    sealed: bytes | None,
+    key: bytes,
+    aad: bytes,
+    max_size_bytes: int | None,
+) -> bytes:
+    """A sealed delta's plaintext, checked to be canonical tensors (worker thread). The
+    sealed bytes match the CID already (the store verified them); SealError
+    "undecryptable" when they do not open under the key and the author's aad."""
+    if sealed is None:
+        limit = None if max_size_bytes is None else max_size_bytes + SEAL_OVERHEAD
+        sealed = store.read_blob(cid, limit)
+    blob = open_sealed(key, sealed, aad)
+    decode_tensors(blob)  # canonical float32 tensors or bust
+    return blob
 
 
 def _read_delta(store: Any, cid: CID, max_size_bytes: int | None) -> bytes:

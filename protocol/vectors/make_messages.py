@@ -8,7 +8,10 @@ import msgpack
 from p2pfl.core import messages as m
 from p2pfl.core.cid import blob_cid
 from p2pfl.core.identity import NodeIdentity
+from p2pfl.core.sealed import delta_aad
 from p2pfl.core.signing import Domain
+from p2pfl.core.tensors import encode_tensors
+from p2pfl.sealing import seal_with_nonce, wrap_key
 
 DOMAIN = Domain(chain_id=31337, contract=bytes.fromhex("5fbdb2315678afecb367f032d93f642f64180aa3"))
 TASK = bytes(range(32))
@@ -18,7 +21,16 @@ RESULT = blob_cid(b"result").to_bytes()
 
 
 def main() -> None:
+    import numpy as np
+
     alice, bob = NodeIdentity.from_seed(b"alice"), NodeIdentity.from_seed(b"bob")
+    # A sealed update (spec sealing.md): a tiny delta sealed under a fixed key and nonce,
+    # the key wrapped to bob (a sealed box is random: the vector records the one drawn).
+    key, nonce = bytes(range(32, 64)), bytes(range(24))
+    plain = encode_tensors({"w": np.array([0.5, -1.0], dtype=np.float32)})
+    sealed = seal_with_nonce(key, nonce, plain, delta_aad(TASK, 3, alice.address))
+    sealed_cid = blob_cid(sealed).to_bytes()
+    wraps = ((bob.address, wrap_key(key, bob.x25519_public_key)),)
     signed = [
         ("update", "alice", m.Update(task=TASK, round=3, base=BASE, delta=DELTA, n_samples=600, norm=1.25,
                                      inline=b"", signer=alice.address)),
@@ -32,6 +44,10 @@ def main() -> None:
                                contributors_root=b"\x42" * 32, signer=bob.address)),
         ("heartbeat", "alice", m.Heartbeat(task=TASK, round=3, time_ms=1_700_000_000_000, phase="collect",
                                            signer=alice.address)),
+        ("update-sealed", "alice", m.Update(task=TASK, round=3, base=BASE, delta=sealed_cid, n_samples=600,
+                                            norm=1.25, inline=sealed, signer=alice.address, wraps=wraps)),
+        ("rewrap", "alice", m.Rewrap(task=TASK, round=3, attempt=1, delta=sealed_cid, wraps=wraps,
+                                     signer=alice.address)),
     ]
     keys = {"alice": alice, "bob": bob}
     out = []
@@ -63,7 +79,10 @@ def main() -> None:
     ]
     doc = {
         "about": "Canonical encodings, EIP-712 bodies/digests and RFC 6979 signatures of p2pfl messages. "
-                 "Keys: NodeIdentity.from_seed(key_seed) = keccak256('p2pfl/test-identity/v1' || seed).",
+                 "Keys: NodeIdentity.from_seed(key_seed) = keccak256('p2pfl/test-identity/v1' || seed). "
+                 "update-sealed: its inline bytes are the delta sealed (sealing.json's layout) under "
+                 "key 0x20..0x3f, nonce 0x00..0x17 and delta_aad(task, 3, alice); its wrap opens with "
+                 "bob's X25519 key (identity.md: keccak256('p2pfl/x25519/v1' || bob's private key)).",
         "domain": {"chain_id": DOMAIN.chain_id, "contract": DOMAIN.contract.hex()},
         "messages": out,
         "invalid": invalid,
