@@ -179,7 +179,9 @@ def _audit_round(
     reasons = audit.check_votes(domain, commit, committee, info.quorum)
     path = round_record_path(state_dir, commit.round)
     try:
-        proposal, recorded = audit.decode_round_record(path.read_bytes())
+        data = path.read_bytes()
+        proposal, recorded = audit.decode_round_record(data)
+        keys = audit.round_record_keys(data)
     except FileNotFoundError:
         return [*reasons, f"no record of the round in {path.parent} (the node did not see it)"]
     except (OSError, P2PFLError) as exc:
@@ -212,6 +214,11 @@ def _audit_round(
                 blob = read_blob(CID.parse(u.delta))
             except (OSError, P2PFLError) as exc:
                 return [*reasons, f"delta {CID.parse(u.delta)} of 0x{u.signer.hex()}: {exc}"]
+        if u.wraps:
+            opened = _open_sealed_delta(u, blob, keys)
+            if isinstance(opened, str):
+                return [*reasons, opened]
+            blob = opened
         blobs.append(blob)
     return reasons + audit.check_aggregate(
         spec,
@@ -227,6 +234,26 @@ def _audit_round(
         record,
         seal=model_key.seal if model_key is not None else None,
     )
+
+
+def _open_sealed_delta(update: Any, sealed: bytes, keys: dict[Any, bytes]) -> bytes | str:
+    """A sealed delta's plaintext with the content key the node's round record kept, or why
+    not (spec sealing.md, "audit": only a member of the round's committee holds keys)."""
+    from p2pfl.core.cid import CID
+    from p2pfl.core.sealed import delta_aad
+    from p2pfl.sealing import SealError, open_sealed
+
+    who = f"0x{update.signer.hex()}"
+    key = keys.get((update.signer, update.delta))
+    if key is None:
+        return (
+            f"the sealed delta {CID.parse(update.delta)} of {who} cannot be opened: this node "
+            "holds no key for it (only the round's committee members do; audit from one)"
+        )
+    try:
+        return open_sealed(key, sealed, delta_aad(update.task, update.round, update.signer))
+    except SealError as exc:
+        return f"the sealed delta of {who} does not open with the recorded key ({exc})"
 
 
 def store_reader(store: Any) -> ReadBlob:

@@ -20,6 +20,9 @@ The round record: what a node keeps of a committed round for an audit, its propo
 the signed updates the committee aggregated (included, and the filter's rejections), as
 the gossip carried them. `encode_round_record` / `decode_round_record`: a msgpack list of
 canonical message encodings, proposal first; each message is checked again on decoding.
+A member of a sealed round's committee also keeps the content keys it opened the deltas
+with, as a last item `[[author, delta CID, key], ...]` (`round_record_keys`): with them
+its record is auditable; without (a node off the committee) sealed deltas stay closed.
 """
 
 from __future__ import annotations
@@ -261,23 +264,64 @@ def probation_record(
     return rule.record(round_, history), missing
 
 
-def encode_round_record(proposal: Proposal, updates: Sequence[Update]) -> bytes:
-    """A committed round's record: its proposal and the updates it names."""
-    return msgpack.packb([proposal.encode(), *(u.encode() for u in updates)], use_bin_type=True)
+def encode_round_record(
+    proposal: Proposal,
+    updates: Sequence[Update],
+    keys: Mapping[ev.UpdateKey, bytes] | None = None,
+) -> bytes:
+    """A committed round's record: its proposal and the updates it names, and the content
+    keys of those updates' sealed deltas that this node holds (if any)."""
+    items: list[object] = [proposal.encode(), *(u.encode() for u in updates)]
+    named = {(u.signer, u.delta) for u in updates}
+    held = sorted((a, d, k) for (a, d), k in (keys or {}).items() if (a, d) in named)
+    if held:
+        items.append([list(entry) for entry in held])
+    return msgpack.packb(items, use_bin_type=True)
 
 
 def decode_round_record(data: bytes) -> tuple[Proposal, list[Update]]:
-    """Inverse of `encode_round_record`; InvalidMessage for anything else."""
+    """Inverse of `encode_round_record` (its keys: `round_record_keys`); InvalidMessage
+    for anything else."""
+    proposal, updates, _ = _decode_round_record(data)
+    return proposal, updates
+
+
+def round_record_keys(data: bytes) -> dict[ev.UpdateKey, bytes]:
+    """The content keys a round record holds: (author, delta CID) -> key."""
+    return _decode_round_record(data)[2]
+
+
+def _decode_round_record(data: bytes) -> tuple[Proposal, list[Update], dict[ev.UpdateKey, bytes]]:
     try:
         items = msgpack.unpackb(
             data, raw=False, max_array_len=MAX_RECORD_MESSAGES, max_map_len=0, max_ext_len=0
         )
     except Exception as exc:  # msgpack raises many types for bad bytes; all mean one thing
         raise InvalidMessage("malformed", f"round record is not msgpack: {type(exc).__name__}")
-    if type(items) is not list or not items or not all(type(i) is bytes for i in items):
+    if type(items) is not list or not items:
+        raise InvalidMessage("malformed", "round record must be a list of messages")
+    keys: dict[ev.UpdateKey, bytes] = {}
+    if len(items) > 1 and type(items[-1]) is list:
+        keys = _record_keys(items.pop())
+    if not all(type(i) is bytes for i in items):
         raise InvalidMessage("malformed", "round record must be a list of messages")
     proposal = decode_message(items[0])
     updates = [decode_message(i) for i in items[1:]]
     if not isinstance(proposal, Proposal) or not all(isinstance(u, Update) for u in updates):
         raise InvalidMessage("malformed", "round record: a proposal, then updates")
-    return proposal, updates  # type: ignore[return-value]
+    return proposal, updates, keys  # type: ignore[return-value]
+
+
+def _record_keys(entries: list[object]) -> dict[ev.UpdateKey, bytes]:
+    keys: dict[ev.UpdateKey, bytes] = {}
+    for entry in entries:
+        if (
+            type(entry) is not list
+            or len(entry) != 3
+            or not all(type(part) is bytes for part in entry)
+            or len(entry[0]) != 20
+            or len(entry[2]) != 32
+        ):
+            raise InvalidMessage("malformed", "round record keys: [author, delta CID, key]")
+        keys[(entry[0], entry[1])] = entry[2]
+    return keys

@@ -712,8 +712,10 @@ class RoundMachine:
         self._heard_round = event.round
         self.counters["rounds-started"] += 1
         if self.config.train and self._stakes.get(self.address, 0) > 0:
+            # The author wraps to itself too: a sealed update always carries a wrap (so
+            # sealed and plain updates are told apart even when the author alone is drawn).
             recipients = (
-                tuple(m for m in self._committee_of(0) if m != self.address)
+                (self.address, *(m for m in self._committee_of(0) if m != self.address))
                 if self.config.sealed
                 else ()
             )
@@ -1074,6 +1076,8 @@ class RoundMachine:
             self._emit(Rejected("bad-wraps", self.address, False, str(exc)))
             return
         self.counters["rewraps-sent"] += 1
+        # Our own rewrap never comes back from gossip: note it as others will (`_usable`).
+        self._rewrapped[(self.address, event.attempt)] = (event.delta, members_of(event.wraps))
         rewrap = self._sign(rewrap)  # type: ignore[assignment]
         self._emit(Publish(rewrap))
 
@@ -1279,7 +1283,7 @@ class RoundMachine:
             reason = "not-sealed" if self.config.sealed else "unexpected-wraps"
             self._drop(reason, u.signer, True)
             return
-        if foreign_members(u.wraps, self._committee_of(0)):
+        if foreign_members(u.wraps, {*self._committee_of(0), u.signer}):
             self._drop("bad-wraps", u.signer, True, "wraps for nodes off the round's committee")
             return
         first = self._first_update.get(u.signer)

@@ -230,8 +230,8 @@ Gossip = (
 class StartTraining:
     """Train on the local data from `base`, then send back `LocalUpdateReady(round, ...)`.
 
-    Sealed tasks: seal the delta under a fresh key and wrap that key to each of
-    `recipients` (the attempt-0 committee but ourselves); () in a plain task."""
+    Sealed tasks (`sealed`): seal the delta under a fresh key and wrap that key to each of
+    `recipients` (ourselves, then the attempt-0 committee); () in a plain task."""
 
     round: int
     base: bytes

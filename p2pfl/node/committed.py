@@ -13,7 +13,7 @@ is that proposal with the signed updates it names, as the gossip carried them
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from p2pfl.chain.client import RoundCommitted
@@ -29,6 +29,7 @@ from p2pfl.core.probation_history import (
     forget_before,
 )
 from p2pfl.core.round import DISCRETION_REASONS
+from p2pfl.core.round_events import UpdateKey
 from p2pfl.core.round_result import committed_reward_tree
 from p2pfl.errors import P2PFLError
 from p2pfl.files import write_bytes_atomic, write_text_atomic
@@ -73,6 +74,7 @@ class CommittedRounds:
         spec: agg.RuleSpec,
         intake: Intake,
         count: Callable[[str], None],
+        keys_of: Callable[[int], Mapping[UpdateKey, bytes]] = lambda round_: {},
     ) -> None:
         self.data_dir = data_dir
         self.manifest = manifest
@@ -80,6 +82,9 @@ class CommittedRounds:
         self.spec = spec
         self.intake = intake  # the proposals and updates seen
         self.count = count
+        # round -> content keys of the sealed deltas we opened (the round record keeps
+        # them, so this node can audit its sealed rounds; spec sealing.md, "audit")
+        self.keys_of = keys_of
         self.round_stakes: dict[
             int, dict[bytes, int]
         ] = {}  # registry snapshot each round drew from
@@ -158,7 +163,7 @@ class CommittedRounds:
             updates.extend(
                 u for (a, _), u in held.items() if a in rejected and u.round == proposal.round
             )
-        data = encode_round_record(proposal, updates)
+        data = encode_round_record(proposal, updates, self.keys_of(proposal.round))
         path = round_record_path(self.data_dir, proposal.round)
 
         def write() -> None:

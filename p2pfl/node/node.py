@@ -136,7 +136,12 @@ class Node:
             net, self.peers, self.count, progress, model_key.open if model_key else None
         )
         self.committed = CommittedRounds(
-            self.data_dir, manifest, self.spec, self.intake, self.count
+            self.data_dir,
+            manifest,
+            self.spec,
+            self.intake,
+            self.count,
+            keys_of=lambda round_: self.workers.keys.get(round_, {}),
         )
         self.workers = RoundWorkers(self)
         self.chain_tx = ChainTransactions(chain, self.rounds, self.count)

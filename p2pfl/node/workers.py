@@ -137,12 +137,12 @@ class RoundWorkers:
         if sealed:
             key = new_key()
             aad = delta_aad(n.task, round_, n.address)
-            blob, sealed, cid, norm = await trio.to_thread.run_sync(
+            blob, ciphertext, cid, norm = await trio.to_thread.run_sync(
                 _store_sealed_delta, n.net.store, delta, key, aad, n.behaviour.tamper_sealed
             )
             wraps = self._wraps(key, recipients)
             self.keys.setdefault(round_, {})[(n.address, cid.to_bytes())] = key
-            published = sealed
+            published = ciphertext
         else:
             blob, cid, norm = await trio.to_thread.run_sync(_store_delta, n.net.store, delta)
             published = blob
