@@ -521,7 +521,11 @@ class HostileNet:
         return message.signed(self._key, self._domain)
 
     def _second_update(self, first: Update) -> Update:
-        """Another valid update for the same round: the same delta halved, signed by us."""
+        """Another valid update for the same round: the same delta halved, signed by us.
+        A sealed update (its bytes are ciphertext) gets the same sealed delta with half the
+        norm claimed: another body under the same statement key all the same."""
+        if first.wraps:
+            return self._sign(replace(first, norm=first.norm * 0.5, signature=b""))  # type: ignore[return-value]
         blob = first.inline or self._inner.store.read_blob(CID.parse(first.delta))
         delta = scaled(decode_tensors(blob), 0.5)
         blob2 = encode_tensors(delta)

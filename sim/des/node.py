@@ -124,6 +124,9 @@ class SimNode:
             ev.Advance: self._advance,
             ev.ReportEvidence: lambda a: self.world.report_evidence(self, a.evidence),
             ev.Rejected: lambda a: self.count(f"rejected-{a.reason}"),
+            # The DES models plain updates (RoundConfig.sealed is False there): the machine
+            # asks for no key wraps; counted should a scenario ever turn sealing on.
+            ev.WrapKey: lambda a: self.count("wrap-key-unmodelled"),
         }
 
     def count(self, name: str) -> None:

@@ -35,6 +35,8 @@ from p2pfl.core.round_events import (
     StartTraining,
     SubmitCommit,
     Tick,
+    WrapKey,
+    WrapsReady,
     event_for,
 )
 from p2pfl.core.signing import Domain, address_of
@@ -50,6 +52,8 @@ GENESIS = blob_cid(b"genesis model").to_bytes()
 RULE = "fedavg"
 # The fake filter rejects updates whose claimed norm exceeds this.
 FAKE_NORM_LIMIT = 100.0
+# A key wrap as the machine sees it: 80 opaque bytes (it never opens one).
+FAKE_WRAP = bytes(80)
 
 
 def committee(
@@ -105,6 +109,10 @@ class Sim:
     idle: set[bytes] = field(default_factory=set)  # never finish training
     high_norm: set[bytes] = field(default_factory=set)  # updates the fake filter rejects
     bad_deltas: set[bytes] = field(default_factory=set)  # authors whose blocks fail to verify
+    # Sealed tasks (config.sealed): authors whose wraps do not open, and authors that send
+    # no Rewrap on a re-draw; the Fetches members sent (each must carry a wrap).
+    bad_wraps: set[bytes] = field(default_factory=set)
+    no_rewrap: set[bytes] = field(default_factory=set)
     rounds: int = 1  # stop after this many commits
     train_s: Callable[[int], float] = lambda i: 5.0 + i
     now: float = 0.0
@@ -119,6 +127,7 @@ class Sim:
         self.evidence: list[Evidence] = []
         self.published: list[tuple[float, bytes, object]] = []
         self.submissions: list[tuple[float, bytes, Commit]] = []
+        self.fetches: list[tuple[bytes, Fetch]] = []
 
     # --- plumbing ---
     def push(self, at: float, dst: bytes, event: object) -> None:
@@ -157,15 +166,27 @@ class Sim:
         if isinstance(action, Publish):
             self.broadcast(src, action.message)
         elif isinstance(action, Fetch):
+            self.fetches.append((src, action))
             ok = action.author not in self.bad_deltas
-            answer = DeltaAvailable(action.author, action.delta, ok)
+            reason = ""
+            if self.config.sealed and action.author in self.bad_wraps:
+                ok, reason = False, "unwrap-failed"
+            answer = DeltaAvailable(action.author, action.delta, ok, reason)
             self.push(self.now + self.latency(), src, answer)
+        elif isinstance(action, WrapKey):
+            if src not in self.no_rewrap:
+                wraps = tuple((m, FAKE_WRAP) for m in sorted(action.recipients))
+                answer = WrapsReady(action.round, action.attempt, action.delta, wraps)
+                self.push(self.now + self.latency(), src, answer)
         elif isinstance(action, ComputeAggregate):
             self.push(self.now + self.compute_s, src, fake_aggregate(action, lie=src in self.liars))
         elif isinstance(action, StartTraining):
             if src not in self.idle:
                 norm = 500.0 if src in self.high_norm else 1.0 + i
-                event = LocalUpdateReady(action.round, delta_cid(src, action.round), 10 + i, norm)
+                wraps = tuple((m, FAKE_WRAP) for m in sorted(action.recipients))
+                event = LocalUpdateReady(
+                    action.round, delta_cid(src, action.round), 10 + i, norm, b"", wraps
+                )
                 self.push(self.now + self.train_s(i), src, event)
         elif isinstance(action, SubmitCommit):
             self.submissions.append((self.now, src, action.commit))
