@@ -25,6 +25,22 @@ MANIFEST_VERSION = 1
 PRIVACY_DEFAULTS: dict[str, Any] = {"sealed": True}
 
 
+def privacy_options(table: Any) -> dict[str, Any]:
+    """A `privacy` table over its defaults; ConfigError for an unknown key or a value of
+    the wrong type (a typo must not silently publish plain deltas)."""
+    if not isinstance(table, dict):
+        raise ConfigError("manifest privacy must be a table")
+    unknown = sorted(set(table) - set(PRIVACY_DEFAULTS))
+    if unknown:
+        raise ConfigError(f"manifest privacy has unknown keys {unknown} (known: sealed)")
+    options = {**PRIVACY_DEFAULTS, **table}
+    if type(options["sealed"]) is not bool:
+        raise ConfigError(
+            f"manifest privacy.sealed must be true or false, not {options['sealed']!r}"
+        )
+    return options
+
+
 @dataclass(frozen=True)
 class TaskManifest:
     name: str
@@ -74,19 +90,8 @@ class TaskManifest:
         return json.dumps(raw, sort_keys=True, separators=(",", ":")).encode()
 
     def privacy_options(self) -> dict[str, Any]:
-        """The `privacy` table over its defaults; ConfigError for an unknown key or a
-        value of the wrong type (a typo must not silently publish plain deltas)."""
-        if not isinstance(self.privacy, dict):
-            raise ConfigError("manifest privacy must be a table")
-        unknown = sorted(set(self.privacy) - set(PRIVACY_DEFAULTS))
-        if unknown:
-            raise ConfigError(f"manifest privacy has unknown keys {unknown} (known: sealed)")
-        options = {**PRIVACY_DEFAULTS, **self.privacy}
-        if type(options["sealed"]) is not bool:
-            raise ConfigError(
-                f"manifest privacy.sealed must be true or false, not {options['sealed']!r}"
-            )
-        return options
+        """The `privacy` table over its defaults (`privacy_options`)."""
+        return privacy_options(self.privacy)
 
     @property
     def sealed(self) -> bool:

@@ -405,6 +405,7 @@ def setup_task(
         **round_timing(c),
         reward_per_round_wei=ETHER // 100,
         seed=scenario.seed,
+        privacy=dict(scenario.privacy),
     )
     fund(
         w3,

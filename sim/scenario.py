@@ -91,6 +91,9 @@ class Scenario:
     network: NetworkSection = field(default_factory=NetworkSection)
     attacks: dict[str, Any] = field(default_factory=dict)
     faults: dict[str, Any] = field(default_factory=dict)
+    # The task manifest's `privacy` table ({"sealed": false} publishes plain deltas);
+    # checked strictly by the manifest. Empty: the manifest's defaults (sealed).
+    privacy: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -131,4 +134,7 @@ def load_scenario(path: str | Path, overrides: dict[str, Any] | None = None) -> 
         scenario.attacks, scenario.nodes, scenario.seed
     )  # strict: fail before any host starts
     FaultSpec.from_dict(scenario.faults)
+    from p2pfl.manifest import privacy_options
+
+    privacy_options(scenario.privacy)  # the manifest's strict check, before any host starts
     return scenario

@@ -226,15 +226,16 @@ async def test_a_real_run_holds_and_a_tampered_block_store_fails(tmp_path: Path)
             member = addresses[i] in committee_of(commit, stakes, 3)
             if member:
                 assert v.holds, v.line()
-            else:  # (a member of an earlier attempt of the round may hold the keys too)
-                assert v.holds or "holds no key" in v.line(), v.line()
+            else:  # (a member of an earlier attempt of the round may hold the keys too; a
+                # follower whose gossip lagged the commit may lack an update)
+                assert v.holds or "holds no key" in v.line() or "no signed update" in v.line(), (
+                    v.line()
+                )
                 closed += not v.holds
     assert closed, "some node off a committee should have been unable to open the deltas"
 
     (round_1,) = commits[:1]
-    member = next(
-        i for i in range(N_NODES) if addresses[i] in committee_of(round_1, stakes, 3)
-    )
+    member = next(i for i in range(N_NODES) if addresses[i] in committee_of(round_1, stakes, 3))
     blocks = tmp_path / f"net{member}" / "blocks"
     info = chain.task_info(manifest.task_id)
     model = digest_to_cid(round_1.result, CID.parse(manifest.initial_model).codec)

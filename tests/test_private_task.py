@@ -132,7 +132,11 @@ async def test_outsider_reads_the_models_only_after_buying(
     # The payment joined the escrow the rounds pay out of, through the reward claims.
     reward = ETHER // 100  # tests/realnodes.open_task's, escrowed for ROUNDS rounds
     assert info.escrow == ROUNDS * reward + PRICE - info.last_round * reward
-    # Key holders audit the sealed rounds.
+    # Key holders audit the sealed rounds: each round from the data of a node that sat on
+    # its committee (sealed updates, the default: only members hold the deltas' keys;
+    # protocol/spec/sealing.md, "audit"); the others say they cannot open the deltas (or,
+    # a follower whose gossip lagged the commit, that it lacks an update).
+    held: set[int] = set()
     for i in range(N_NODES):
         verdicts = audit_task(
             manifest,
@@ -142,7 +146,12 @@ async def test_outsider_reads_the_models_only_after_buying(
             last_round=ROUNDS - 1,
             model_key=model_key,
         )
-        assert verdicts and all(v.holds for v in verdicts), [v.line() for v in verdicts]
+        closed = ("holds no key", "no signed update")
+        assert verdicts and all(v.holds or any(c in v.line() for c in closed) for v in verdicts), [
+            v.line() for v in verdicts
+        ]
+        held |= {v.round for v in verdicts if v.holds}
+    assert held == set(range(1, ROUNDS))
 
 
 def test_buying_a_public_task_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -165,6 +165,8 @@ async def test_bad_ciphertext_and_bad_wraps_are_rejected_and_the_round_commits(
                 node.counters.get(f"rejected-{reason}", 0)
                 == (node.machine.counters[f"rejected:{reason}"])
             )
+        if node.address in bad:
+            continue  # a bad author's own computations include its own update (it can open it)
         for entry in node.rounds.values():
             assert not bad & set(entry.included), (entry.round, entry.included)
     assert counted["undecryptable"] >= 1 and counted["unwrap-failed"] >= 1, counted
