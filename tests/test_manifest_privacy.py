@@ -42,3 +42,33 @@ def test_an_empty_privacy_table_keeps_the_old_encoding() -> None:
 def test_unknown_keys_and_values_are_errors(privacy: object, says: str) -> None:
     with pytest.raises(ConfigError, match=says):
         replace(BASE, privacy=privacy)  # type: ignore[arg-type]
+
+
+def test_task_create_writes_sealed_by_default_and_plain_on_request(
+    tmp_path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`p2pfl task create` seals updates unless `--plain-updates`."""
+    import p2pfl.chain.providers
+    from p2pfl.chain.devnet import ETHER, DevNet
+    from p2pfl.chain.providers import embedded_web3, fund
+    from p2pfl.cli.app import main
+    from p2pfl.keystore import generate_identity, save_keystore
+
+    devnet = DevNet.create(embedded_web3(), 1, seed=21)
+    monkeypatch.setattr(p2pfl.chain.providers, "rpc_web3", lambda url: devnet.w3)
+    creator = generate_identity()
+    save_keystore(creator, tmp_path / "creator.json", "pw", kdf="pbkdf2")
+    fund(devnet.w3, creator.checksum_address, 10 * ETHER)
+    devnet.deployment.save(tmp_path / "deployment.json")
+    (tmp_path / "pw").write_text("pw")
+    for name, extra, sealed in (("a", [], True), ("b", ["--plain-updates"], False)):
+        args = [
+            "task", "create", "--deployment", str(tmp_path / "deployment.json"),
+            "--keystore", str(tmp_path / "creator.json"), "--password-file", str(tmp_path / "pw"),
+            "--model", "mlp", "--committee-size", "1", "--rounds-budget", "1", "--name", name,
+            "--data-dir", str(tmp_path / "creator"), "--out", str(tmp_path / f"{name}.json"),
+            *extra,
+        ]  # fmt: skip
+        assert main(args) == 0
+        assert ("sealed to each round committee" in capsys.readouterr().out) is sealed
+        assert TaskManifest.load(tmp_path / f"{name}.json").sealed is sealed

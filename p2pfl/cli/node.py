@@ -61,6 +61,7 @@ def create_task(
     collect_deadline_s: float = 60.0,
     view_timeout_s: float = 15.0,
     access_price_wei: int = 0,
+    sealed_updates: bool = True,
 ) -> Any:
     """Write the manifest and the genesis model (into the creator's block store) and open
     the task on-chain with `reward_per_round_wei * rounds_budget` escrowed.
@@ -98,6 +99,7 @@ def create_task(
         initial_model=str(root),
         chain_id=deployment.chain_id,
         registry=deployment.registry,
+        privacy={} if sealed_updates else {"sealed": False},
         ledger=deployment.ledger,
         train=train,
         aggregation=aggregation,
@@ -311,6 +313,12 @@ def add_node_commands(sub: argparse._SubParsersAction) -> None:
         help="a private task: models sealed under a task model key, access sold for PRICE "
         "ETH (paid into the reward escrow); registered nodes receive the key",
     )
+    create.add_argument(
+        "--plain-updates",
+        action="store_true",
+        help="publish deltas in the clear (manifest privacy.sealed = false); by default each "
+        "delta is sealed to the round's committee (protocol/spec/sealing.md)",
+    )
     create.add_argument("--seed", type=int, default=0)
     create.add_argument(
         "--data-dir",
@@ -469,8 +477,10 @@ def _cmd_task_create(args: argparse.Namespace) -> int:
         collect_deadline_s=args.collect_deadline,
         view_timeout_s=args.view_timeout,
         access_price_wei=ether_to_wei(args.private) if args.private else 0,
+        sealed_updates=not args.plain_updates,
     )
     print(f"task id:       0x{manifest.task_id.hex()}")
+    print(f"updates:       {'sealed to each round committee' if manifest.sealed else 'plain'}")
     if args.private:
         print(f"private:       access {args.private} ETH (`p2pfl buy-access`)")
     print(f"manifest:      {args.out} ({manifest.cid})")

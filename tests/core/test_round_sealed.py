@@ -217,3 +217,17 @@ def test_our_own_update_is_rewrapped_on_a_redraw() -> None:
     (publish,) = [a for a in out if isinstance(a, Publish)]
     assert isinstance(publish.message, Rewrap) and publish.message.verify(DOMAIN) == me
     assert m.counters["rewraps-sent"] == 1
+
+
+def test_a_rewrap_replayed_from_an_old_round_is_stale_and_changes_nothing() -> None:
+    first, second = committee(TASK_SMALL, 1, GENESIS), committee(TASK_SMALL, 1, GENESIS, 1)
+    newcomer = next(a for a in second if a not in first)
+    author = next(a for a in ADDRS if a not in second and a != newcomer)
+    m = RoundMachine(config(TASK_SMALL), KEY_OF[newcomer], DOMAIN)
+    m.handle(RoundStarted(1, GENESIS, STAKES, 0.0))
+    old = rewrap_by(author, 1, list(second))
+    replayed = replace(old, round=0, signature=b"")
+    replayed = replayed.signed(KEY_OF[author], DOMAIN)  # type: ignore[assignment]
+    m.handle(event_for(replayed, author))  # type: ignore[arg-type]
+    assert m.counters["rejected:stale-round"] == 1
+    assert m.counters["rewraps-accepted"] == 0
