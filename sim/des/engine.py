@@ -417,8 +417,12 @@ class Engine:
                     self.models[cid] = {
                         k: np.array(v) for k, v in decode_tensors(model.blob).items()
                     }
-            mb = len(request.updates) * self.s.train.model_bytes / 1e6
-            cached = self._aggregates[key] = ((answer, cid), mb * self.s.train.aggregate_s_per_mb)
+            t = self.s.train
+            mb = t.model_bytes / 1e6
+            seconds = mb * (
+                t.aggregate_model_s_per_mb + len(request.updates) * t.aggregate_s_per_mb
+            )
+            cached = self._aggregates[key] = ((answer, cid), seconds)
         return cached
 
     # ------------------------------------------------------------ chain

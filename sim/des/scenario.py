@@ -67,8 +67,13 @@ class TrainSection:
     delta_mean: float = 0.001
     delta_std: float = 0.01
     n_samples: int = 6000
-    # Aggregation work, per MB of deltas aggregated (filter + rule + hashing the model).
+    # A member's aggregate (p2pfl.core.round_result.compute_aggregate) takes
+    # model MB x (aggregate_model_s_per_mb + updates x aggregate_s_per_mb): decoding,
+    # filtering and averaging each delta, then adding, encoding and hashing the model.
+    # `python -m sim.des.calibrate` measures both on this machine (the quickstart sets
+    # them); the defaults are a coarse per-delta cost with nothing per model.
     aggregate_s_per_mb: float = 0.02
+    aggregate_model_s_per_mb: float = 0.0
 
 
 @dataclass(frozen=True)
