@@ -441,34 +441,43 @@ def assemble(
     """
     out = bytearray()
     short_leaf_seen = False
+    # An internal node linked again (legal, and the way a hostile DAG multiplies work) is
+    # read, hashed and decoded once; every link to it is still checked against it.
+    decoded: dict[CID, tuple[DagPbNode, int]] = {}
 
     def visit(cid: CID, depth: int, expected_size: int | None) -> int:
         """Append the blob under `cid`; return its tsize."""
         nonlocal short_leaf_seen
         if depth > MAX_DAG_DEPTH:
             raise InvalidBlock(f"DAG deeper than {MAX_DAG_DEPTH}")
-        block = get_block(cid)
-        if not get_block_verifies:
-            verify_block(cid, block)
-        elif len(block) > MAX_BLOCK_SIZE:
-            raise InvalidBlock(f"block for {cid} is {len(block)} bytes, over {MAX_BLOCK_SIZE}")
-        if cid.codec == CODEC_RAW:
-            if expected_size is not None and len(block) != expected_size:
-                raise InvalidBlock(f"{cid} holds {len(block)} bytes, parent says {expected_size}")
-            if depth > 0:
-                if short_leaf_seen or not 0 < len(block) <= chunk_size:
+        known = decoded.get(cid)
+        if known is not None:
+            node, block_size = known
+        else:
+            block = get_block(cid)
+            if not get_block_verifies:
+                verify_block(cid, block)
+            elif len(block) > MAX_BLOCK_SIZE:
+                raise InvalidBlock(f"block for {cid} is {len(block)} bytes, over {MAX_BLOCK_SIZE}")
+            if cid.codec == CODEC_RAW:
+                if expected_size is not None and len(block) != expected_size:
                     raise InvalidBlock(
-                        f"leaf {cid} of {len(block)} bytes breaks fixed-size chunking"
+                        f"{cid} holds {len(block)} bytes, parent says {expected_size}"
                     )
-                short_leaf_seen = len(block) < chunk_size
-            out.extend(block)
-            return len(block)
-        node = decode_dag_pb(block)
+                if depth > 0:
+                    if short_leaf_seen or not 0 < len(block) <= chunk_size:
+                        raise InvalidBlock(
+                            f"leaf {cid} of {len(block)} bytes breaks fixed-size chunking"
+                        )
+                    short_leaf_seen = len(block) < chunk_size
+                out.extend(block)
+                return len(block)
+            node, block_size = decoded[cid] = (decode_dag_pb(block), len(block))
         if expected_size is not None and node.filesize != expected_size:
             raise InvalidBlock(f"{cid} holds {node.filesize} bytes, parent says {expected_size}")
         if depth == 0 and max_size_bytes is not None and node.filesize > max_size_bytes:
             raise InvalidBlock(f"blob of {node.filesize} bytes is over {max_size_bytes}")
-        tsize = len(block)
+        tsize = block_size
         for link, child_size in zip(node.links, node.blocksizes, strict=True):
             child_tsize = visit(link.cid, depth + 1, child_size)
             if child_tsize != link.tsize:

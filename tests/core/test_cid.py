@@ -26,6 +26,7 @@ from p2pfl.core.cid import (
     assemble,
     blob_blocks,
     blob_cid,
+    block_cid,
     block_links,
     decode_dag_pb,
     digest_to_cid,
@@ -519,3 +520,26 @@ def test_core_imports_no_io_libraries() -> None:
     source = Path(C.__file__).read_text()
     for name in ("trio", "libp2p", "web3", "torch"):
         assert f"import {name}" not in source and f"from {name}" not in source
+
+
+def test_assemble_reads_a_relinked_internal_node_once() -> None:
+    """A DAG whose root links one internal node many times (legal: equal halves share a
+    CID) is walked link by link, but the shared node is read, hashed and decoded once."""
+    chunk = 4
+    leaves = [bytes([i]) * chunk for i in range(3)]
+    leaf_cids = [block_cid(CODEC_RAW, leaf) for leaf in leaves]
+    inner = encode_dag_pb([Link(c, chunk) for c in leaf_cids], [chunk] * 3)
+    inner_cid = block_cid(CODEC_DAG_PB, inner)
+    copies = 50
+    root = encode_dag_pb([Link(inner_cid, len(inner) + 3 * chunk)] * copies, [3 * chunk] * copies)
+    root_cid = block_cid(CODEC_DAG_PB, root)
+    store = {root_cid: root, inner_cid: inner, **dict(zip(leaf_cids, leaves, strict=True))}
+    reads: dict[CID, int] = {}
+
+    def get(cid: CID) -> bytes:
+        reads[cid] = reads.get(cid, 0) + 1
+        return store[cid]
+
+    assert assemble(root_cid, get, chunk_size=chunk) == b"".join(leaves) * copies
+    assert reads[inner_cid] == 1 and reads[root_cid] == 1
+    assert all(reads[c] == copies for c in leaf_cids)  # leaves are still read every time
