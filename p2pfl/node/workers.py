@@ -140,7 +140,7 @@ class RoundWorkers:
             blob, ciphertext, cid, norm = await trio.to_thread.run_sync(
                 _store_sealed_delta, n.net.store, delta, key, aad, n.behaviour.tamper_sealed
             )
-            wraps = self._wraps(key, recipients)
+            wraps = await trio.to_thread.run_sync(self._wraps, key, recipients)
             self.keys.setdefault(round_, {})[(n.address, cid.to_bytes())] = key
             published = ciphertext
         else:
