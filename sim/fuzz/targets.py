@@ -61,6 +61,7 @@ from p2pfl.core.messages import (
     Commit,
     Heartbeat,
     Proposal,
+    Rewrap,
     Signed,
     Update,
     Vote,
@@ -501,6 +502,8 @@ OTHER_BASE = blob_cid(b"fuzz other base").to_bytes()
 MAX_ROUND_EVENTS = 64
 # Signatures cost ~0.1 ms; programs re-create the same statements often.
 _SIGNATURE_CACHE_MAX = 50_000
+# A key wrap as the round machine sees it: 80 opaque bytes (it never opens one).
+_FAKE_WRAP = bytes(80)
 _TICK_STEPS = (0.0, 0.1, 1.0, 5.0, 10.0, 15.0, 60.0, 75.0, 150.0, 1000.0, -5.0)
 _N_SAMPLES = (1, 10, 600, 10**9, 10**9 + 1, 2**64 - 1)
 _NORMS = (0.0, 1.0, 2.5, 500.0, 1e300)
@@ -606,6 +609,7 @@ class _RoundProgram:
             train=r.below(4) != 0,
             collect_quorum_percent=r.choice((80, 100, 1)),
             redraw_when_stuck=r.below(4) != 0,
+            sealed=r.below(2) == 0,
         )
         self.machine = RoundMachine(self.config, ROUND_KEYS[self.me_index], DOMAIN)
         self.now = 0.0
@@ -669,18 +673,58 @@ class _RoundProgram:
         beat = self.signed(beat)  # type: ignore[assignment]
         return ev.HeartbeatReceived(beat, self.claimed(signer)), False
 
+    def wraps(self, round_: int, base: bytes, attempt: int, author: bytes) -> Any:
+        """Key wraps as a sealed task's author sends them (opaque to the machine): the
+        attempt's committee and the author, mostly; sometimes none, or a stranger's."""
+        members = (
+            set(self.committee(round_, base, attempt)) if round_ == self.machine.round else set()
+        )
+        pick = self.r.below(8)
+        if pick == 0 or not self.config.sealed and pick != 1:
+            return ()
+        if attempt == 0:
+            members.add(author)
+        if pick == 2:
+            members.add(self.r.choice(ALL_SIGNERS))
+        return tuple((m, _FAKE_WRAP) for m in sorted(members))
+
+    def ev_rewrap(self) -> tuple[Any, bool]:
+        m = self.machine
+        author = self.r.choice(ALL_SIGNERS)
+        round_ = self.rel_round()
+        attempt = max(1, m.attempt + self.r.choice((0, 1, 1, -1, 2)))
+        wraps = self.wraps(round_, m.base or GENESIS, attempt, author)
+        rewrap = Rewrap(
+            task=ROUND_TASK if self.r.below(16) else keccak(b"other task"),
+            round=round_,
+            attempt=attempt,
+            delta=self.delta(author, round_),
+            wraps=wraps,
+            signer=author,
+        )
+        rewrap = self.signed(rewrap)  # type: ignore[assignment]
+        return ev.event_for(rewrap, self.claimed(author)), False
+
+    def ev_wraps_ready(self) -> tuple[Any, bool]:
+        m = self.machine
+        attempt = max(0, m.attempt + self.r.choice((0, 0, 1, -1)))
+        wraps = self.wraps(m.round, m.base or GENESIS, attempt, self.me)
+        return ev.WrapsReady(m.round, attempt, self.delta(self.me, m.round), wraps), True
+
     def ev_update(self) -> tuple[Any, bool]:
         author = self.r.choice(ALL_SIGNERS)
         round_ = self.rel_round()
+        base = self.base()
         u = Update(
             task=ROUND_TASK if self.r.below(16) else keccak(b"other task"),
             round=round_,
-            base=self.base(),
+            base=base,
             delta=self.delta(author, round_),
             n_samples=self.r.choice(_N_SAMPLES),
             norm=self.r.choice(_NORMS),
             inline=b"",
             signer=author,
+            wraps=self.wraps(round_, base, 0, author),
         )
         u = self.signed(u)  # type: ignore[assignment]
         self.updates.append(u)
@@ -828,6 +872,8 @@ class _RoundProgram:
             self.delta(self.me, round_),
             self.r.choice(_N_SAMPLES[:4]),
             self.r.choice(_NORMS),
+            b"",
+            self.wraps(round_, self.machine.base or GENESIS, 0, self.me),
         ), True
 
     def ev_replay(self) -> tuple[Any, bool]:
@@ -887,6 +933,8 @@ class _RoundProgram:
             self.ev_replay,
             self.ev_echo,
             self.ev_heartbeat,
+            self.ev_rewrap,
+            self.ev_wraps_ready,
         )
         self.published: list[ev.Publish] = []
         m = self.machine
@@ -931,10 +979,16 @@ class _RoundProgram:
     def check(self, event: Any, actions: list[Any], before: tuple[int, bytes, int]) -> None:
         m = self.machine
         _check(len(m._buffer) <= self.config.max_buffered, "buffer over max_buffered")
+        verified = [
+            u
+            for a, u in m._first_update.items()
+            if a not in m._equivocators and m._delta_ok.get((a, u.delta)) is True
+        ]  # `_collected` before the sealed `_usable` filter: what the collect quorum counts
         _check(
-            m._counted() == sum(1 for u in m._collected() if u.signer not in m._probation),
+            m._counted() == sum(1 for u in verified if u.signer not in m._probation),
             "the incremental collect count differs from the updates collected",
         )
+        _check(all(m._usable(u) for u in m._collected()), "an unusable update among the collected")
         _check(m.phase in Phase, "unknown phase")
         for action in actions:
             if isinstance(action, ev.Fetch):
@@ -999,6 +1053,7 @@ def _wire_valid(event: Any) -> bool:
         or getattr(event, "proposal", None)
         or getattr(event, "vote", None)
         or getattr(event, "commit", None)
+        or getattr(event, "rewrap", None)
     )
     try:
         return message is not None and decode_message(message.encode()) == message
