@@ -60,3 +60,12 @@ def test_a_committee_that_can_never_commit_is_refused_at_load() -> None:
     overrides = {"nodes": 10, "committee.size": 40, "attacks": {}}
     with pytest.raises(ConfigError, match="no round could ever commit"):
         load_des_scenario("sim/des/scenarios/scale-50.toml", overrides)
+
+
+def test_calibration_times_the_nodes_aggregate_path() -> None:
+    """sim.des.calibrate runs the real compute_aggregate and block store on its synthetic
+    request (a smoke test: it is timed, so only that it ran and fits is checked)."""
+    from sim.des import calibrate
+
+    measured = calibrate.worker_seconds((1, 3), model_bytes=4096, tensors=2)
+    assert set(measured) == {1, 3} and all(0 < s < 60 for s in measured.values())
