@@ -119,10 +119,16 @@ async def cancel_on_signal(scope: Any) -> None:
             return
 
 
-async def run_node(args: argparse.Namespace, key: bytes, cpu_limiter: Any = None) -> None:
-    """One node (`main`'s arguments) until cancelled. `cpu_limiter` (a trio.CapacityLimiter)
-    is shared by the nodes of one shard process (`sim.shard_proc`): its training and
-    aggregation threads take turns on the shard's core (None: the node's own limiter)."""
+async def run_node(
+    args: argparse.Namespace,
+    key: bytes,
+    cpu_limiter: Any = None,
+    peer_reads: dict[bytes, Any] | None = None,
+) -> None:
+    """One node (`main`'s arguments) until cancelled. The nodes of one shard process
+    (`sim.shard_proc`) share `cpu_limiter` (a trio.CapacityLimiter: their training and
+    aggregation threads take turns on the shard's core) and `peer_reads` (the registry's
+    peer IDs, read once for all); None: the node's own."""
     import trio
 
     from p2pfl.cli.launch import Launch, launch_node
@@ -177,6 +183,8 @@ async def run_node(args: argparse.Namespace, key: bytes, cpu_limiter: Any = None
             node_options={
                 "follow_poll_s": args.follow_poll_s,
                 **({"cpu_limiter": cpu_limiter} if cpu_limiter is not None else {}),
+                **({"peer_reads": peer_reads} if peer_reads is not None else {}),
+                **_heartbeat_options(args.heartbeat_interval_s),
             },
             net_options={"sync_interval_s": args.sync_interval_s} if args.sync_interval_s else {},
             check_registration=False,
@@ -185,6 +193,21 @@ async def run_node(args: argparse.Namespace, key: bytes, cpu_limiter: Any = None
             after_run=after_run,
         )
     )
+
+
+def _heartbeat_options(interval_s: float) -> dict[str, Any]:
+    """Node options for a heartbeat every `interval_s` (0: the node's defaults): the live
+    window stays as many beats long as the default's."""
+    from p2pfl.core.round import RoundConfig
+    from p2pfl.node.heartbeat import HEARTBEAT_INTERVAL_S
+
+    if not interval_s:
+        return {}
+    beats = RoundConfig.live_window_s / HEARTBEAT_INTERVAL_S
+    return {
+        "heartbeat_interval_s": interval_s,
+        "round_overrides": {"live_window_s": beats * interval_s},
+    }
 
 
 def set_process_name(name: str) -> None:
@@ -292,6 +315,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=float,
         default=0.0,
         help="anti-entropy sync interval (seconds; 0: the node's default)",
+    )
+    parser.add_argument(
+        "--heartbeat-interval-s",
+        type=float,
+        default=0.0,
+        help="seconds between heartbeats, the live window scaled alike (0: the node's default)",
     )
     parser.add_argument(
         "--go-file", default="", help="wait until this file exists before joining the task"

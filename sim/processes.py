@@ -108,6 +108,11 @@ CHAIN_POLLS_PER_S = 50.0
 # default; 40 sync every 4 s. The in-process mode has the same budget for one event loop
 # (sim.run.SIM_SYNC_STREAMS_PER_S); here it is two cores' worth of stream set-ups.
 SYNC_STREAMS_PER_S = 30.0
+# Heartbeats per second all nodes together send (each is verified by every other node, so
+# the machine's work grows with nodes x this): ten nodes keep the node's 5 s; 100 beat
+# every 50 s, their live window (four beats) 200 s. At 5 s, 100 nodes' beats alone
+# (20/s, each delivered to 99 nodes) kept two cores busy: no round committed.
+HEARTBEATS_PER_S = 2.0
 # The libp2p port of a node in its own network namespace: every namespace has its own
 # ports, so all nodes take the same one (libp2p's customary port).
 NETNS_NODE_PORT = 4001
@@ -452,9 +457,11 @@ def run_processes(
         say(f"task {manifest.cid} on anvil {anvil.url} (pid {anvil.pid}), ledger {dep.ledger}")
         manifest_path = root / "manifest.json"
         manifest.save(manifest_path)
-        BlockStore(root / "node0" / "blocks").put_blob(
-            genesis_blob
-        )  # the creator holds the genesis model
+        # The creator holds the genesis model. In shards, every node holds it (as if
+        # downloaded with the manifest): 99 nodes fetching it from the creator on a starved
+        # machine took minutes before round 1, and the rounds are what a shards run measures.
+        for i in range(len(identities) if shards else 1):
+            BlockStore(root / f"node{i}" / "blocks").put_blob(genesis_blob)
         if net is not None:
             hosts = [net.node_address(i) for i in range(len(identities))]
             ports = [NETNS_NODE_PORT] * len(identities)
@@ -494,6 +501,8 @@ def run_processes(
                 str(follow_poll_s(scenario.nodes)),
                 "--sync-interval-s",
                 str(sync_interval_s(scenario.nodes)),
+                "--heartbeat-interval-s",
+                str(heartbeat_interval_s(scenario.nodes)),
             ]
             for j in [0] + earlier if i else []:
                 argv += ["--bootstrap", addrs[j]]
@@ -640,6 +649,14 @@ def sync_interval_s(nodes: int) -> float:
     from p2pfl.net.config import SYNC_INTERVAL_S, TOPIC_KINDS
 
     return max(SYNC_INTERVAL_S, nodes * len(TOPIC_KINDS) / SYNC_STREAMS_PER_S)
+
+
+def heartbeat_interval_s(nodes: int) -> float:
+    """Each node's heartbeat interval: `HEARTBEATS_PER_S` shared, never under the node's
+    default."""
+    from p2pfl.node.heartbeat import HEARTBEAT_INTERVAL_S
+
+    return max(HEARTBEAT_INTERVAL_S, nodes / HEARTBEATS_PER_S)
 
 
 def _links_figures(net: ShapedNetwork, scenario: Scenario, listens: list[str]) -> dict[str, Any]:

@@ -87,6 +87,7 @@ class Node:
         heartbeat_interval_s: float = HEARTBEAT_INTERVAL_S,  # 0 = send none
         progress: Callable[[str], None] | None = None,
         model_key: ModelKey | None = None,
+        peer_reads: dict[bytes, Any] | None = None,  # shared registry reads (PeerDirectory)
     ) -> None:
         self.identity = identity
         self.address = identity.address
@@ -123,7 +124,7 @@ class Node:
         self.counters: dict[str, int] = {}
         self.queue = EventQueue()
         self.peers = PeerDirectory(
-            chain, net, self.address, lambda: self.machine.committee, self.count
+            chain, net, self.address, lambda: self.machine.committee, self.count, peer_reads
         )
         self.peer_ids = self.peers.ids  # address -> libp2p peer id, from the registry
         self.intake = Intake(

@@ -4,6 +4,7 @@ rounds draw on them) and the order in which to ask them."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 from p2pfl.chain.trio_client import run_chain
 from p2pfl.errors import P2PFLError
@@ -20,6 +21,7 @@ class PeerDirectory:
         address: bytes,
         committee: Callable[[], Sequence[bytes]],
         count: Callable[[str], None],
+        shared_reads: dict[bytes, Any] | None = None,
     ) -> None:
         self.chain = chain
         self.net = net
@@ -29,12 +31,21 @@ class PeerDirectory:
         self.ids: dict[bytes, str] = {}  # address -> base58 peer ID, from the registry
         # address -> the X25519 key it registered (sealed updates' key wraps go to it)
         self.enc_keys: dict[bytes, bytes] = {}
+        # Registry reads (address -> NodeInfo) shared by the nodes of one process on the
+        # same task (a simulator's shard): each address is read once for all of them, not
+        # once per node (100 nodes: 10,000 reads before round 1). `ids` and `enc_keys` still
+        # fill only as this node's rounds start.
+        self.shared_reads = shared_reads
 
     async def refresh(self, addresses: Iterable[bytes]) -> None:
         """Read the peer IDs and X25519 keys of the addresses we do not know yet from the
         registry."""
         for address in [a for a in addresses if a not in self.ids]:
-            info = await run_chain(self.chain, self.chain.node_info, address)
+            info = self.shared_reads.get(address) if self.shared_reads is not None else None
+            if info is None:
+                info = await run_chain(self.chain, self.chain.node_info, address)
+                if self.shared_reads is not None:
+                    self.shared_reads[address] = info
             self.enc_keys[address] = bytes(info.enc_key)
             try:
                 self.ids[address] = peer_id_text(info.peer_id)

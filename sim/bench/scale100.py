@@ -1,0 +1,100 @@
+"""100 nodes in one simulation against 10 holding the same total data (issue #13 item 5).
+
+    python -m sim.bench scale100     # P2PFL_SCALE100_ROUNDS=N, P2PFL_SCALE100_SHARDS=K
+
+Runs `sim/scenarios/scale100.toml` (Fashion-MNIST split IID, MLP, committee 7, 5 rounds)
+with 100 nodes (600 images each), then with 10 (6,000 each: the same 60,000 images
+trained per round), both in `--shards 2` mode (two shard processes, one per core, each one
+trio loop hosting half the nodes, anvil as the chain). Prints for each: rounds committed,
+each round's wall time, the median round, the median of each phase (`sim.report.PHASES`:
+the timeline of the earliest node to reach each step), each shard's CPU over the rounds
+(user and system seconds per wall second: 1.0 is a whole core); then the ratio of the
+median rounds (the target: <= 2) and the machine's load average before and after (the
+machine is shared: the other work's load is in these figures).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from sim.bench import ROOT_DIR, BenchError, figure
+
+SCENARIO = ROOT_DIR / "sim" / "scenarios" / "scale100.toml"
+ROUNDS_ENV = "P2PFL_SCALE100_ROUNDS"
+SHARDS_ENV = "P2PFL_SCALE100_SHARDS"
+# The node counts compared: the same total data over 10x more nodes.
+NODE_COUNTS = (10, 100)
+# Shard processes: one per core of this machine.
+DEFAULT_SHARDS = 2
+# The acceptance bound of issue #13 item 5 on the median rounds' ratio.
+TARGET_RATIO = 2.0
+
+
+def _run(nodes: int, shards: int) -> dict[str, Any]:
+    """One run of the scenario with `nodes` nodes; its summary and round records."""
+    from sim.processes import run_processes
+    from sim.report import PHASES
+    from sim.scenario import load_scenario
+
+    overrides: dict[str, Any] = {"nodes": nodes}
+    if os.environ.get(ROUNDS_ENV):
+        overrides["rounds"] = int(os.environ[ROUNDS_ENV])
+    scenario = load_scenario(SCENARIO, overrides)
+    with tempfile.TemporaryDirectory(prefix="p2pfl-scale100-") as runs:
+        run_dir = Path(run_processes(scenario, runs, quiet=True, shards=shards))
+        summary = json.loads((run_dir / "summary.json").read_text())
+        records = [json.loads(line) for line in (run_dir / "metrics.jsonl").open()]
+    name = f"scale100-n{nodes}"
+    for r in records:
+        phases = ", ".join(f"{p} {r['phases_s'][p]:.1f}" for p in PHASES)
+        figure(f"{name}-round{r['round']}", r["wall_s"], f"s ({phases})")
+    figure(
+        f"{name}-rounds-committed",
+        f"{summary['rounds_committed']}/{summary['rounds_planned']}",
+        "rounds" + (" (the run's deadline passed first)" if summary["timed_out"] else ""),
+    )
+    for p in PHASES:
+        values = [r["phases_s"][p] for r in records]
+        if values:
+            figure(f"{name}-phase-{p}-median", statistics.median(values), "s")
+    for shard in summary.get("shards", []):
+        if "wall_s" in shard and shard["wall_s"] > 0:
+            figure(
+                f"{name}-shard{shard['shard']}-cpu",
+                shard["user_cpu_s"] / shard["wall_s"],
+                f"user CPU s per wall s ({len(shard['nodes'])} nodes; system "
+                f"{shard['system_cpu_s'] / shard['wall_s']:.2f}; wall {shard['wall_s']:.0f} s)",
+            )
+    if records:
+        figure(f"{name}-accuracy", summary["final_accuracy"], "")
+        figure(f"{name}-round-median", statistics.median(r["wall_s"] for r in records), "s")
+    return {"summary": summary, "records": records}
+
+
+def run() -> None:
+    shards = int(os.environ.get(SHARDS_ENV) or DEFAULT_SHARDS)
+    figure("scale100-load-before", os.getloadavg()[0], "(1-minute load average, 2 cores)")
+    runs = {nodes: _run(nodes, shards) for nodes in NODE_COUNTS}
+    figure("scale100-load-after", os.getloadavg()[0], "(1-minute load average)")
+    small, large = (runs[n] for n in NODE_COUNTS)
+    if small["records"] and large["records"]:
+        ratio = statistics.median(r["wall_s"] for r in large["records"]) / statistics.median(
+            r["wall_s"] for r in small["records"]
+        )
+        figure(
+            "scale100-ratio",
+            ratio,
+            f"(median round, 100 nodes / 10 nodes; target <= {TARGET_RATIO:g})",
+        )
+    short = [
+        n
+        for n, got in runs.items()
+        if got["summary"]["rounds_committed"] < got["summary"]["rounds_planned"]
+    ]
+    if short:
+        raise BenchError(f"not every round committed with {short} nodes")
