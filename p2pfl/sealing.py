@@ -95,7 +95,23 @@ def wrap_key(key: bytes, recipient: bytes) -> bytes:
     _check_key(key)
     if len(recipient) != X25519_KEY_BYTES:
         raise SealError("bad-recipient", f"an X25519 public key is {X25519_KEY_BYTES} bytes")
-    return bytes(SealedBox(PublicKey(bytes(recipient))).encrypt(bytes(key)))
+    try:
+        return bytes(SealedBox(PublicKey(bytes(recipient))).encrypt(bytes(key)))
+    except (CryptoError, RuntimeError):
+        # libsodium refuses a low-order point (the shared secret would be all zeros);
+        # pynacl reports it as "Unexpected library error". A registry entry is input.
+        raise SealError("bad-recipient", "not a usable X25519 public key") from None
+
+
+def usable_recipient(recipient: bytes) -> bool:
+    """Whether keys can be wrapped to `recipient` (a registered X25519 key): 32 bytes and
+    not a point libsodium refuses. The same answer on every node, so a committee agrees on
+    which members can never hold a wrap (spec sealing.md, section 4)."""
+    try:
+        wrap_key(bytes(KEY_BYTES), recipient)
+    except SealError:
+        return False
+    return True
 
 
 def unwrap_key(wrapped: bytes, private_key: PrivateKey) -> bytes:

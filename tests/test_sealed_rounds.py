@@ -237,3 +237,32 @@ async def test_a_redraw_commits_with_fresh_wraps_and_leaves_a_silent_author_out(
     assert sum(n.machine.counters["rewraps-sent"] for n in nodes) >= 1
     assert sum(n.machine.counters["rewraps-accepted"] for n in nodes) >= 1
     assert nodes[quiet].counters.get("rewrap-without-key", 0) == 0
+
+
+async def test_a_node_registered_with_an_unusable_x25519_key_stalls_nothing(
+    tmp_path: Path,
+) -> None:
+    """Node 4 re-registers the all-zero X25519 key (a low-order point: nothing can be
+    wrapped to it). Authors wrap to the rest of the committee, the committee does without
+    node 4 as without a silent member, and the rounds commit (it used to crash authors)."""
+    from p2pfl.chain.client import ChainClient
+    from p2pfl.core.identity import peer_id_bytes_from_public
+
+    devnet, identities, manifest = open_task(
+        GENESIS, n_nodes=N_NODES, committee=COMMITTEE, rounds=2, seed=14, name="sealed-zero-key",
+        quorum_percent=60,
+    )  # fmt: skip
+    broken = identities[4]
+    ChainClient(devnet.w3, devnet.deployment, broken.private_key).update_keys(
+        peer_id_bytes_from_public(broken.compressed_public_key), bytes(32)
+    )
+    assert devnet.admin.node_info(broken.address).enc_key == bytes(32)
+    async with AsyncExitStack() as stack:
+        nets = await start_hosts(stack, identities, tmp_path, GENESIS)
+        nodes = make_nodes(devnet, identities, nets, manifest, tmp_path)
+        await run(nodes, nets, 2)
+    assert devnet.admin.task_info(manifest.task_id).last_round >= 2
+    assert all(n.counters.get("unsealable-registered-key", 0) >= 1 for n in nodes)
+    for node in nodes:
+        for u in node.intake.updates.values():
+            assert broken.address not in {m for m, _ in u.wraps} or u.signer == broken.address

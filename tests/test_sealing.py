@@ -119,3 +119,16 @@ def test_the_sealed_update_vector_opens_for_its_member() -> None:
     assert blob_cid(u.inline) == CID.parse(u.delta)  # type: ignore[union-attr]
     plain = open_sealed(key, u.inline, delta_aad(u.task, u.round, u.signer))  # type: ignore[union-attr]
     assert decode_tensors(plain)["w"].tolist() == [0.5, -1.0]
+
+
+def test_a_low_order_or_malformed_recipient_is_a_seal_error_not_a_crash() -> None:
+    from p2pfl.core.identity import NodeIdentity
+    from p2pfl.sealing import usable_recipient
+
+    for bad in (bytes(32), bytes([1]) + bytes(31)):
+        with pytest.raises(SealError) as info:
+            wrap_key(new_key(), bad)
+        assert info.value.reason == "bad-recipient"
+        assert not usable_recipient(bad)
+    assert not usable_recipient(b"short")
+    assert usable_recipient(NodeIdentity.from_seed(b"x").x25519_public_key)

@@ -598,6 +598,7 @@ class RoundMachine:
         if self.config.train and self.address in self._registered:
             self._live.add(self.address)  # we count on our own update
         self._probation = frozenset(event.probation)
+        self._unsealable = frozenset(event.unsealable)
         self._eligible = len(self._registered - self._probation)  # both fixed for the round
         self._expected_floor = collect_quorum(self.config.min_expected_percent, self._eligible)
         self._round_start = event.now
@@ -913,7 +914,7 @@ class RoundMachine:
         extra = self._rewrapped.get((u.signer, a.number)) if a.number else None
         if extra is not None and extra[0] == u.delta:
             wrapped = wrapped | extra[1]
-        return covers(a.committee, u.signer, wrapped)
+        return covers(a.committee, u.signer, wrapped | self._unsealable)
 
     def _my_wrap(self, key: UpdateKey) -> bytes | None:
         """Our wrap of the key of `key`'s delta: in its Update, else from a Rewrap."""

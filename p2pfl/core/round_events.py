@@ -53,6 +53,11 @@ class RoundStarted:
     # collection, so a group of known attackers cannot fill the quorum and crowd honest
     # updates out. A local liveness input: nodes may differ, safety does not depend on it.
     probation: frozenset[bytes] = frozenset()
+    # Sealed tasks: registered nodes whose on-chain X25519 key cannot be wrapped to (spec
+    # sealing.md §4). Every node reads the same registry and so the same set; an update
+    # needs no wrap for them to be usable, and they cannot open deltas (like a silent
+    # member, the quorum does without them).
+    unsealable: frozenset[bytes] = frozenset()
 
 
 @dataclass(frozen=True)

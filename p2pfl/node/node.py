@@ -369,7 +369,8 @@ class Node:
         )
         assert self._nursery is not None
         await self.round_nurseries.open(self._nursery, round_)
-        await self.queue.put(ev.RoundStarted(round_, base, stakes, started, probation))
+        unsealable = frozenset(a for a in stakes if a in self.peers.unsealable)
+        await self.queue.put(ev.RoundStarted(round_, base, stakes, started, probation, unsealable))
 
     async def _advance(self, round_: int, base: bytes) -> None:
         """Round round_-1 committed `base`: hold that model, report the round, wait until

@@ -9,6 +9,7 @@ from typing import Any
 from p2pfl.chain.trio_client import run_chain
 from p2pfl.errors import P2PFLError
 from p2pfl.node.ports import ChainPort, NodeNet
+from p2pfl.sealing import usable_recipient
 
 
 class PeerDirectory:
@@ -29,8 +30,10 @@ class PeerDirectory:
         self.committee = committee  # the current attempt's committee (the round machine's)
         self.count = count
         self.ids: dict[bytes, str] = {}  # address -> base58 peer ID, from the registry
-        # address -> the X25519 key it registered (sealed updates' key wraps go to it)
+        # address -> the X25519 key it registered (sealed updates' key wraps go to it), and
+        # the addresses whose key nothing can be wrapped to (spec sealing.md §4)
         self.enc_keys: dict[bytes, bytes] = {}
+        self.unsealable: set[bytes] = set()
         # Registry reads (address -> NodeInfo) shared by the nodes of one process on the
         # same task (a simulator's shard): each address is read once for all of them, not
         # once per node (100 nodes: 10,000 reads before round 1). `ids` and `enc_keys` still
@@ -47,6 +50,9 @@ class PeerDirectory:
                 if self.shared_reads is not None:
                     self.shared_reads[address] = info
             self.enc_keys[address] = bytes(info.enc_key)
+            if not usable_recipient(self.enc_keys[address]):
+                self.unsealable.add(address)
+                self.count("unsealable-registered-key")
             try:
                 self.ids[address] = peer_id_text(info.peer_id)
             except P2PFLError:

@@ -231,3 +231,17 @@ def test_a_rewrap_replayed_from_an_old_round_is_stale_and_changes_nothing() -> N
     m.handle(event_for(replayed, author))  # type: ignore[arg-type]
     assert m.counters["rejected:stale-round"] == 1
     assert m.counters["rewraps-accepted"] == 0
+
+
+def test_a_member_whose_registered_key_takes_no_wrap_does_not_block_updates() -> None:
+    """A registered X25519 key nothing can be wrapped to (RoundStarted.unsealable, read
+    alike by every node from the registry) is not required in the wraps."""
+    author = next(a for a in ADDRS if a not in C7)
+    broken = C7[1]
+    wraps = tuple(sorted((x, FAKE_WRAP) for x in {author, *C7} - {broken}))
+    u = update_by(author, wraps)
+    for unsealable, usable in ((frozenset(), False), (frozenset({broken}), True)):
+        m = RoundMachine(config(), KEY_OF[C7[0]], DOMAIN)
+        m.handle(RoundStarted(1, GENESIS, STAKES, 0.0, unsealable=unsealable))
+        m.handle(received(u))
+        assert m._usable(u) is usable
