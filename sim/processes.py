@@ -30,10 +30,11 @@ address (the root namespace's end of the private network, never 0.0.0.0). The su
 compares round times at 20 and 100 Mbit/s with the bytes the protocol moves.
 
 Many nodes (`sim/scenarios/processes40.toml`, `python -m sim.bench processes40`): the
-chain poll and the anti-entropy sync interval of each node grow with the node count
-(`follow_poll_s`, `sync_interval_s`: unchanged up to ten nodes) so that the machine-wide
-rate of both stays put; children are stopped together; `P2PFL_SIM_PROFILE=1` leaves a
-cProfile of each node beside its log.
+chain poll, the anti-entropy sync interval and the heartbeat interval (with the live
+window, four beats) of each node grow with the node count (`follow_poll_s`,
+`sync_interval_s`, `heartbeat_interval_s`: unchanged up to ten nodes) so that the
+machine-wide rate of each stays put; children are stopped together; `P2PFL_SIM_PROFILE=1`
+leaves a cProfile of each node (of each shard) beside its log.
 
 Shards (`--shards K`, `run_processes(..., shards=K)`; `sim/scenarios/scale100.toml`,
 `python -m sim.bench scale100`): instead of a process per node, K shard processes, each one
