@@ -171,6 +171,8 @@ class Node:
         """Join the task at the chain's latest commit and run rounds until cancelled
         (or until `stop_after_round` is committed)."""
         self._stop_round = stop_after_round
+        # The highest round an Advance asked to start (a start for an older one is dropped).
+        self._advancing_to = 0
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             joined_block = await run_chain(self.chain, self.chain.block_number)
@@ -318,6 +320,7 @@ class Node:
 
     def _advance_soon(self, action: ev.Advance) -> None:
         # Round action.round - 1 is committed: its workers' results can only be stale.
+        self._advancing_to = max(self._advancing_to, action.round)
         self.round_nurseries.close_before(action.round)
         self.workers.forget_before(action.round)
         self._node_task(self._advance, action.round, action.base)
@@ -367,6 +370,11 @@ class Node:
             if self.spec.probation
             else frozenset()
         )
+        if round_ < self._advancing_to:
+            # A later commit arrived while this start waited on the chain or a model (a
+            # node catching up): the later start supersedes it.
+            self.count("round-starts-superseded")
+            return
         assert self._nursery is not None
         await self.round_nurseries.open(self._nursery, round_)
         unsealable = frozenset(a for a in stakes if a in self.peers.unsealable)
