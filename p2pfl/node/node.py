@@ -357,6 +357,11 @@ class Node:
         self.committed.round_stakes[round_] = stakes
         await self.peers.refresh(stakes)
         await self.models.ensure(base)
+        if round_ < self._advancing_to:
+            # A later commit arrived while this start waited on the chain or a model (a
+            # node catching up): the later start supersedes it.
+            self.count("round-starts-superseded")
+            return
         now = self.clock()
         self.rounds[round_] = RoundLog(round=round_, started=now, base=str(CID.parse(base)))
         started = now if learned_at is None else min(now, learned_at)
@@ -370,11 +375,6 @@ class Node:
             if self.spec.probation
             else frozenset()
         )
-        if round_ < self._advancing_to:
-            # A later commit arrived while this start waited on the chain or a model (a
-            # node catching up): the later start supersedes it.
-            self.count("round-starts-superseded")
-            return
         assert self._nursery is not None
         await self.round_nurseries.open(self._nursery, round_)
         unsealable = frozenset(a for a in stakes if a in self.peers.unsealable)
