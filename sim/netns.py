@@ -285,7 +285,10 @@ class NatNetwork(_BuiltNetwork):
     nobody inside opened (`iptables -A INPUT -i <p>-wI -m conntrack --ctstate NEW,INVALID -j
     DROP`), as home routers do. That is what lets TCP hole punching work: a peer's SYN that
     arrives before our own SYN has left is dropped instead of answered by a RST that aborts
-    our dial, and our SYN then opens the mapping its retransmission comes through. Removing the
+    our dial, and our SYN then opens the mapping its retransmission comes through. With
+    `symmetric` the NAT maps every new connection to a random port (`MASQUERADE
+    --random-fully`): the port a peer learnt of is not the one our next dial leaves from, and
+    hole punching cannot work. Removing the
     namespaces removes their interfaces, veth peers and iptables rules; the root namespace
     keeps none of our rules. Same exit guarantees and name prefix as `ShapedNetwork`.
     """
@@ -293,6 +296,9 @@ class NatNetwork(_BuiltNetwork):
     private_networks: int = 2
     # Drop (rather than refuse) connections nobody inside asked for, as home routers do.
     drop_unsolicited: bool = True
+    # A symmetric NAT: every new connection leaves from a random port (MASQUERADE
+    # --random-fully), so the address a peer observed is not the one a new dial leaves from.
+    symmetric: bool = False
     prefix: str = field(default_factory=lambda: NAME_ROOT + secrets.token_hex(2))
     subnet: ipaddress.IPv4Network | None = None
     created_netns: list[str] = field(default_factory=list)
@@ -388,6 +394,7 @@ class NatNetwork(_BuiltNetwork):
             _run(
                 "ip", "netns", "exec", nat,
                 "iptables", "-t", "nat", "-A", "POSTROUTING", "-o", wan_if, "-j", "MASQUERADE",
+                *(["--random-fully"] if self.symmetric else []),
             )  # fmt: skip
             if self.drop_unsolicited:
                 # A new connection from outside to the NAT itself (replies to ours are

@@ -5,9 +5,19 @@ which round it is in. A message failing here is dropped at the first honest hop 
 never forwarded (libp2p topic validators run before forwarding). The round machine
 applies the stateful checks afterwards (base, membership, duplicates, equivocation).
 
-Verdicts: ACCEPT; REJECT (a protocol violation: forged, malformed, unregistered, a
-replay of a long-finished round — the sending peer is penalised); IGNORE (not wrong,
+Verdicts: ACCEPT; REJECT (dropped, never forwarded, never fetched again: a protocol
+violation -- forged, malformed, unregistered -- for which the sending peer is penalised,
+or a message of a long-finished round, for which it is not: `blame`); IGNORE (not wrong,
 just not useful to forward now: a round too far ahead of ours).
+
+A round two or more behind ours is useless to us but no evidence against the peer that
+sent it: sync is round-agnostic and an honest peer's log keeps messages for minutes, and a
+lagging honest node relays what was current for it. Penalising it banned honest peers: 40
+node processes on 2 cores (rounds of 2-6 minutes), a node that had missed a round's
+messages was offered them by each of its peers' sync logs two rounds later, scored every
+peer down to the ban threshold, and, with no peer left to fetch the committed model from,
+stopped following the task. Replays cost us little: the round check runs before any
+signature check, and floods hit the per-peer rate limits.
 """
 
 from __future__ import annotations
@@ -32,6 +42,8 @@ ROUNDS_AHEAD_FORWARDED = 1
 class Verdict:
     action: str  # ACCEPT, REJECT or IGNORE
     reason: str = ""
+    # For REJECT: whether the peer that sent the message is at fault (penalised).
+    blame: bool = True
 
 
 def check_gossip(
@@ -49,7 +61,7 @@ def check_gossip(
             return Verdict(REJECT, "wrong-task")
         if current_round is not None and current_round > 0:
             if message.round < current_round - ROUNDS_BEHIND_FORWARDED:
-                return Verdict(REJECT, "replayed-round")
+                return Verdict(REJECT, "replayed-round", blame=False)
             if message.round > current_round + ROUNDS_AHEAD_FORWARDED:
                 return Verdict(IGNORE, "future-round")
         if isinstance(message, Commit):

@@ -17,7 +17,8 @@ or republished by another node are one message.
 
 `validate(topic, data, from_peer) -> ValidationResult` is supplied by the node; this module
 knows nothing about what a message means. ACCEPT delivers and forwards; REJECT drops, counts
-the reason, and lowers the sender's score; IGNORE drops without penalty (e.g. a message for a
+the reason, and lowers the sender's score (unless the result says the sender is not to
+blame); IGNORE drops without penalty (e.g. a message for a
 round this node has not reached yet: it will be offered again by sync).
 
 Sync wire format (big-endian; spec: protocol/spec/network.md):
@@ -84,14 +85,17 @@ class ValidationResult:
 
     verdict: Verdict
     reason: str = ""
+    # For REJECT: lower the sending peer's score (False: the message is useless to us but no
+    # evidence against the peer, e.g. an honest sync log's message of a finished round).
+    blame: bool = True
 
     @classmethod
     def accept(cls) -> ValidationResult:
         return cls(Verdict.ACCEPT)
 
     @classmethod
-    def reject(cls, reason: str) -> ValidationResult:
-        return cls(Verdict.REJECT, reason)
+    def reject(cls, reason: str, blame: bool = True) -> ValidationResult:
+        return cls(Verdict.REJECT, reason, blame)
 
     @classmethod
     def ignore(cls, reason: str) -> ValidationResult:
@@ -104,7 +108,7 @@ class ValidationResult:
             return cls.accept()
         if verdict.action == IGNORE:
             return cls.ignore(verdict.reason)
-        return cls.reject(verdict.reason)
+        return cls.reject(verdict.reason, verdict.blame)
 
 
 Validator = Callable[[str, bytes, str], ValidationResult]
@@ -295,9 +299,11 @@ class Gossip:
             )
             result = ValidationResult.reject("validator-error")
         if result.verdict is Verdict.REJECT:
-            self.peers.offence(
-                peer, Offence.REJECTED_MESSAGE, f"{via}-{result.reason or 'rejected'}"
-            )
+            reason = f"{via}-{result.reason or 'rejected'}"
+            if result.blame:
+                self.peers.offence(peer, Offence.REJECTED_MESSAGE, reason)
+            else:
+                self.metrics.reject(reason, peer)  # counted, the peer's score untouched
             self._remember_rejected(state, msg_id)
             return Verdict.REJECT
         if result.verdict is Verdict.IGNORE:

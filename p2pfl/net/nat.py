@@ -32,9 +32,11 @@ What py-libp2p 0.8.1 does not do for us, and is done here:
 DCUtR is py-libp2p's, unchanged: once both sides have seen their external address (identify
 over the relay connection), each predicts <external IP>/tcp/<listen port> and both dial at
 once from their listen port (SO_REUSEPORT). Through Linux MASQUERADE that works when the NATs
-drop unsolicited SYNs (home routers do; tests/net/test_nat.py); a NAT that answers them with
-a RST (plain MASQUERADE, nothing listening on the NAT) aborts both dials ("fail to open
-connection") and the peers stay on the relay.
+drop unsolicited SYNs (home routers do; tests/net/test_nat.py). A NAT that answers them with
+a RST (plain MASQUERADE, nothing listening on the NAT) aborts a dial whose peer's SYN arrives
+before its own has left ("fail to open connection"), which is usual but not certain: SYNs
+that cross in flight open the connection. A symmetric NAT (a random port for every new
+connection) defeats the prediction every time, and the peers stay on the relay.
 """
 
 from __future__ import annotations

@@ -36,12 +36,14 @@ def test_round_window():
     assert check(vote(ALICE, 3).encode(), current_round=3).action == ACCEPT
     assert check(vote(ALICE, 2).encode(), current_round=3).action == ACCEPT  # last votes in flight
     assert check(vote(ALICE, 4).encode(), current_round=3).action == ACCEPT  # faster nodes
-    assert check(vote(ALICE, 1).encode(), current_round=3).action == REJECT
+    old = check(vote(ALICE, 1).encode(), current_round=3)
+    assert (old.action, old.reason, old.blame) == (REJECT, "replayed-round", False)
     assert check(vote(ALICE, 5).encode(), current_round=3).action == IGNORE
 
 
 def test_registration_and_certificates():
-    assert check(vote(ALICE).encode(), registered={BOB.address}).reason == "unregistered-signer"
+    unregistered = check(vote(ALICE).encode(), registered={BOB.address})
+    assert (unregistered.reason, unregistered.blame) == ("unregistered-signer", True)
     cert = Commit(
         task=TASK,
         round=3,

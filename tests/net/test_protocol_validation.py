@@ -91,3 +91,30 @@ async def test_protocol_checks_drop_bad_messages_at_the_first_honest_hop(tmp_pat
             assert sum(rejections_of(metrics, reason).values()) == 1, metrics[
                 "rejections_by_reason"
             ]
+
+
+async def test_old_rounds_are_dropped_without_blaming_the_peer(tmp_path: Path) -> None:
+    """Messages of a finished round are dropped and counted but do not lower the sender's
+    score: honest sync logs keep them for minutes (a node that missed a round is offered it
+    again two rounds later by every peer). Thirty of them -- past the twenty rejected messages
+    that ban a peer -- leave the peer unbanned; an unregistered signer still costs it."""
+    stale = [update(HONEST, round_=CURRENT_ROUND - 2, n=n) for n in range(1, 31)]
+    async with nodes(tmp_path, 2, links=[(1, 0)]) as (a, b):
+        await a.join(TOPIC, accept_all)
+        b_in = await b.join(TOPIC, node_validator)
+        await trio.sleep(1.5)
+        for data in stale:
+            await a.publish(TOPIC, data)
+        await a.publish(TOPIC, update(HONEST))
+        assert len(await collect(b_in, 2, timeout_s=10)) == 1  # the current round's only
+        deadline = trio.current_time() + 10
+        while sum(rejections_of(b.metrics(), "replayed-round").values()) < len(stale):
+            assert trio.current_time() < deadline, b.metrics()["rejections_by_reason"]
+            await trio.sleep(0.1)
+        assert b.peers.score(a.peer_id) == 0.0 and not b.peers.is_banned(a.peer_id)
+        await a.publish(TOPIC, update(STRANGER))
+        deadline = trio.current_time() + 10
+        while not rejections_of(b.metrics(), "unregistered-signer"):
+            assert trio.current_time() < deadline, b.metrics()["rejections_by_reason"]
+            await trio.sleep(0.1)
+        assert b.peers.score(a.peer_id) < 0.0
