@@ -61,7 +61,8 @@ async def test_a_node_rotates_its_key_between_rounds(tmp_path: Path) -> None:
             fund(devnet.w3, new.checksum_address, STAKE // 10)
             rotation.append(
                 client.rotate_key(
-                    new.private_key, peer_id_bytes_from_public(new.compressed_public_key),
+                    new.private_key,
+                    peer_id_bytes_from_public(new.compressed_public_key),
                     new.x25519_public_key,
                 )  # fmt: skip
             )

@@ -42,21 +42,29 @@ class PeerDirectory:
 
     async def refresh(self, addresses: Iterable[bytes]) -> None:
         """Read the peer IDs and X25519 keys of the addresses we do not know yet from the
-        registry."""
-        for address in [a for a in addresses if a not in self.ids]:
+        registry. They are published all at once, after the last read: `ids` is the gossip
+        validator's list of registered signers, and a list half read (100 reads can take
+        seconds on a loaded machine) would reject honest messages as `unregistered-signer`
+        and blame the peers that forwarded them."""
+        ids: dict[bytes, str] = {}
+        enc_keys: dict[bytes, bytes] = {}
+        for address in dict.fromkeys(a for a in addresses if a not in self.ids):
             info = self.shared_reads.get(address) if self.shared_reads is not None else None
             if info is None:
                 info = await run_chain(self.chain, self.chain.node_info, address)
                 if self.shared_reads is not None:
                     self.shared_reads[address] = info
-            self.enc_keys[address] = bytes(info.enc_key)
-            if not usable_recipient(self.enc_keys[address]):
-                self.unsealable.add(address)
-                self.count("unsealable-registered-key")
+            enc_keys[address] = bytes(info.enc_key)
             try:
-                self.ids[address] = peer_id_text(info.peer_id)
+                ids[address] = peer_id_text(info.peer_id)
             except P2PFLError:
                 self.count("bad-registered-peer-id")
+        for address, key in enc_keys.items():
+            self.enc_keys[address] = key
+            if not usable_recipient(key):
+                self.unsealable.add(address)
+                self.count("unsealable-registered-key")
+        self.ids.update(ids)
 
     def providers(self, first: bytes | None = None) -> list[str]:
         """Peers to ask for blocks: the author (if given), committee members (they fetch
