@@ -9,13 +9,18 @@ one preloading server, anvil, this process as the parent) and samples the tree a
 peak RSS (mean, max), the nodes' and the tree's peak PSS (issue #13 item 6); the memory
 figures also when the rounds did not all commit (then it exits with an error).
 
-Measured 2026-12-05 on the 2 cores shared with other work (machine load 30-50, the 40
-nodes getting 0.95 of a core between them): start-up 40/40 ready in under 90 s, but NO
-round committed within the run's 1,200 s deadline (round 1 reached its third attempt:
-collections and agreements timed out under starvation). Memory 20 minutes in (sampled by
-hand; this bench then printed nothing, fixed since): node peak RSS 313 MiB mean, 372 max;
-node PSS 106 MiB mean, 179 max; the 40 nodes' PSS 4.45 GB; tree PSS 5.02 GB (parent
-442 MiB, fork server 64, anvil 31); summed RSS 13.4 GB; 5.8 GB of the 24 GB in use.
+Measured 2026-12-05, 2 cores, nothing else running (the 40 nodes alone put the load at
+20-35): **5/5 rounds committed** in 873 s, rounds 377.9 s (round 1: all 40 train at once
+from start-up), 73.0, 92.5, 137.5, 104.8 s (median 104.8), 34-38 of 40 updates included;
+accuracy 0.8093 (its centralised reference 0.8114). Memory: node peak RSS 379 MiB mean,
+566 max; node PSS max 370 MiB; the 40 nodes' PSS 4.61 GB; tree PSS 4.85 GB (parent 141 MiB,
+fork server 248, anvil 35, data cutter 491, evaluator 195); summed RSS 13.1 GB.
+
+The run before that fix: 4/5 (rounds 371.5, 189.3, 113.0, 133.5 s), round 5 never closed:
+seven nodes had missed messages of round 2, were offered them again two rounds later by
+every peer's sync log, rejected them as `replayed-round` with a penalty of 5 each, banned
+all their peers and, with no one left to fetch round 4's model from, stopped. Messages of
+a finished round are now dropped without blaming the sender (p2pfl.core.validation).
 """
 
 from __future__ import annotations
