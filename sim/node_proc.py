@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import os
 import signal
@@ -186,13 +187,22 @@ async def run_node(
                 **({"peer_reads": peer_reads} if peer_reads is not None else {}),
                 **_heartbeat_options(args.heartbeat_interval_s),
             },
-            net_options={"sync_interval_s": args.sync_interval_s} if args.sync_interval_s else {},
+            net_options={
+                **({"sync_interval_s": args.sync_interval_s} if args.sync_interval_s else {}),
+                **({"known_peers": _address_book(args.address_book)} if args.address_book else {}),
+            },
             check_registration=False,
             on_round=on_round,
             before_join=before_join,
             after_run=after_run,
         )
     )
+
+
+@functools.cache
+def _address_book(path: str) -> tuple[str, ...]:
+    """The run's address book (read once per process: a shard's nodes share it)."""
+    return tuple(json.loads(Path(path).read_text()))
 
 
 def _heartbeat_options(interval_s: float) -> dict[str, Any]:
@@ -303,6 +313,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--listen", required=True)
     parser.add_argument("--bootstrap", action="append", default=[])
+    parser.add_argument(
+        "--address-book",
+        default="",
+        help="a JSON list of every node's full multiaddr, remembered and not dialled (the "
+        "simulation has no DHT: this is what the DHT would answer)",
+    )
     parser.add_argument("--rounds", type=int, required=True)
     parser.add_argument(
         "--follow-poll-s",

@@ -88,6 +88,8 @@ from sim.shard_proc import forked_shard_main
 
 # Peers each child dials at start-up (node 0 plus seeded earlier nodes), as in sim.run.
 BOOTSTRAP_PEERS = 9
+# Every node's full multiaddr, in the run folder (`sim.node_proc --address-book`).
+ADDRESS_BOOK_FILE = "addresses.json"
 # Whole-run guard per planned round, as in sim.run: a stalled run is reported, not hung.
 MAX_SECONDS_PER_ROUND = 240.0
 # How often the parent reads the chain and the children's status files (a round of a
@@ -480,6 +482,11 @@ def run_processes(
             ports = [free_loopback_port() for _ in identities]
         listens = [f"/ip4/{h}/tcp/{p}" for h, p in zip(hosts, ports)]
         addrs = [f"{listen}/p2p/{ident.peer_id}" for listen, ident in zip(listens, identities)]
+        # No DHT in a simulation: every node gets every address, as a DHT lookup would give
+        # it. Without them a node reaches only the ~10-30 peers it is connected to, and a
+        # committee member of 100 nodes could fetch the deltas of those authors only.
+        address_book = root / ADDRESS_BOOK_FILE
+        address_book.write_text(json.dumps(addrs))
         rng = np.random.default_rng(scenario.seed)
         for i, ident in enumerate(identities):
             earlier = [j for j in rng.permutation(i).tolist() if j != 0][: BOOTSTRAP_PEERS - 1]
@@ -507,6 +514,7 @@ def run_processes(
             ]
             for j in [0] + earlier if i else []:
                 argv += ["--bootstrap", addrs[j]]
+            argv += ["--address-book", str(address_book)]
             # The key travels in the environment, not argv (argv is world-readable in /proc).
             env = {KEY_ENV: ident.private_key.hex()}
             children.append(

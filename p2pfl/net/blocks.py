@@ -33,11 +33,12 @@ each block once into a reused buffer and writes it as views cut at yamux frame b
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import struct
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any
 
 import trio
@@ -442,7 +443,12 @@ class BlockExchange:
         stream = None
         try:
             with trio.fail_after(self.config.blocks_batch_timeout_s):
-                stream = await self.open_stream(provider, BLOCKS_PROTOCOL)
+                # A provider still being dialled when the others have fetched everything is
+                # dropped (a dial to a peer behind a NAT can hang until the timeout).
+                with job.dialling() as dial:
+                    stream = await self.open_stream(provider, BLOCKS_PROTOCOL)
+                if dial.cancelled_caught:
+                    return
                 await grow_receive_window(stream, self.config.blocks_receive_window_bytes)
             await self._request_and_read(stream, requested, job, provider)
         except trio.TooSlowError:
@@ -579,10 +585,31 @@ class _FetchJob:
         self.in_flight = 0
         self.workers = 0
         self.changed = trio.Event()
+        self._dials: set[trio.CancelScope] = set()
+
+    @contextlib.contextmanager
+    def dialling(self) -> Iterator[trio.CancelScope]:
+        """A scope around opening a provider's stream, cancelled once nothing is left to
+        fetch or in flight."""
+        with trio.CancelScope() as scope:
+            self._dials.add(scope)
+            try:
+                if self.finished():
+                    scope.cancel()
+                yield scope
+            finally:
+                self._dials.discard(scope)
+
+    def finished(self) -> bool:
+        """Every block is stored or known to be unavailable: no worker has more to do."""
+        return not self.pending and self.in_flight == 0
 
     def _notify(self) -> None:
         self.changed.set()
         self.changed = trio.Event()
+        if self.finished():
+            for scope in self._dials:
+                scope.cancel()
 
     def take_batch(self, provider: str) -> list[CID]:
         """Up to BLOCKS_BATCH_CIDS pending CIDs this provider has not refused, split fairly."""

@@ -146,7 +146,9 @@ class NetConfig:
     `bootstrap` lists full multiaddrs with /p2p/<peer id>. `mdns` multicasts on the local
     network: opt-in, never in tests. `data_dir` holds the block store (`<data_dir>/blocks`).
     `require_peers`: start-up raises `NoPeersError` when no peer can be reached (set False
-    for the first node of a network, which legitimately starts alone).
+    for the first node of a network, which legitimately starts alone). `known_peers` lists
+    full multiaddrs of peers to remember but not dial: an address book, for a network
+    without a DHT to ask (a simulation), so that a block fetch can dial any of them.
 
     NAT traversal (p2pfl.net.nat): `relay_service` makes this node a circuit relay v2 (for
     nodes on a public address); `relays` lists relay multiaddrs (/ip4/.../tcp/.../p2p/<id>)
@@ -159,6 +161,7 @@ class NetConfig:
     data_dir: Path
     listen: str = "/ip4/127.0.0.1/tcp/0"
     bootstrap: tuple[str, ...] = ()
+    known_peers: tuple[str, ...] = ()
     mdns: bool = False
     dht: bool = True
     bitswap: bool = False
@@ -182,7 +185,8 @@ class NetConfig:
     peer_gossip_per_s: float = PEER_GOSSIP_PER_S
     ban_threshold: float = SCORE_BAN_THRESHOLD
     ban_s: float = BAN_S
-    # Tuning of py-libp2p (yamux_tuning.py, pubsub_tuning.py); off only to measure the difference.
+    # Tuning of py-libp2p (yamux_tuning.py, pubsub_tuning.py, service_tuning.py); off only
+    # to measure the difference.
     tune_yamux: bool = True
     # NAT traversal (p2pfl.net.nat), all off by default.
     relay_service: bool = False
@@ -199,6 +203,9 @@ class NetConfig:
         for addr in self.bootstrap:
             if "/p2p/" not in addr:
                 raise ConfigError(f"bootstrap address {addr!r} must end in /p2p/<peer id>")
+        for addr in self.known_peers:
+            if "/p2p/" not in addr:
+                raise ConfigError(f"known peer address {addr!r} must end in /p2p/<peer id>")
         if not 0 < self.max_message_bytes <= MAX_GOSSIP_MESSAGE_BYTES:
             raise ConfigError(
                 f"max_message_bytes must be in 1..{MAX_GOSSIP_MESSAGE_BYTES} (pubsub's 1 MiB cap)"

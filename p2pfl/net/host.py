@@ -37,7 +37,7 @@ import trio
 
 from p2pfl.core.cid import CID
 from p2pfl.errors import ConfigError, P2PFLError
-from p2pfl.net import pubsub_tuning, yamux_tuning
+from p2pfl.net import pubsub_tuning, service_tuning, yamux_tuning
 from p2pfl.net.blocks import STRIPE_PATIENCE_S, BlockExchange, FetchError, peer_of
 from p2pfl.net.blockstore import BlockStore
 from p2pfl.net.config import (
@@ -171,6 +171,17 @@ class NodeNet:
     def connection_kind(self, peer: str) -> str | None:
         """ "direct", "relayed" (every connection to `peer` goes through a relay), or None."""
         return self.nat.connection_kind(peer)
+
+    def remember_peers(self, addrs: Sequence[str]) -> None:
+        """Keep the addresses of full multiaddrs (/p2p/<peer id>) in the peerstore for good,
+        without dialling: a later stream to one of those peers (a block fetch) dials it."""
+        from libp2p.peer.peerinfo import info_from_p2p_addr
+        from libp2p.peer.peerstore import PERMANENT_ADDR_TTL
+
+        for addr in addrs:
+            info = info_from_p2p_addr(multiaddr.Multiaddr(addr))
+            if info.peer_id != self.host.get_id():
+                self.host.get_peerstore().add_addrs(info.peer_id, info.addrs, PERMANENT_ADDR_TTL)
 
     def connected_peers(self) -> list[str]:
         """Peer IDs with an open connection."""
@@ -511,9 +522,11 @@ async def open_node_host(config: NetConfig, private_key: bytes) -> AsyncIterator
     if config.tune_yamux:
         yamux_tuning.apply()
         pubsub_tuning.apply()
+        service_tuning.apply()
     host, pubsub, router, (dht, bitswap) = _build(config, private_key)
     quiet_libp2p_logs()  # again: building the host imported more libp2p modules
     net = NodeNet(config, host, pubsub, dht, bitswap)
+    net.remember_peers(config.known_peers)
     if bitswap is not None:
         bitswap.block_store = _BitswapStoreAdapter(net.store)
     host.set_stream_handler(TProtocol(BLOCKS_PROTOCOL), net.blocks.handle_stream)

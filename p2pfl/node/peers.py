@@ -67,14 +67,20 @@ class PeerDirectory:
         self.ids.update(ids)
 
     def providers(self, first: bytes | None = None) -> list[str]:
-        """Peers to ask for blocks: the author (if given), committee members (they fetch
-        every delta of the round), then everyone else; connected peers before the rest,
-        since a peer we hold no address for cannot be dialled."""
+        """Peers to ask for blocks: the author (if given: the one peer sure to hold its
+        delta, dialled if need be), then committee members (they fetch every delta of the
+        round), then everyone else, connected peers before the rest (a peer we hold no
+        address for cannot be dialled)."""
         connected = set(self.net.connected_peers())
-        order = ([first] if first is not None else []) + list(self.committee()) + list(self.ids)
-        peers = [self.ids[a] for a in dict.fromkeys(order) if a in self.ids and a != self.address]
-        return sorted(
-            peers, key=lambda p: p not in connected
+        head = [self.ids[first]] if first in self.ids and first != self.address else []
+        order = list(self.committee()) + list(self.ids)
+        rest = [
+            self.ids[a]
+            for a in dict.fromkeys(order)
+            if a in self.ids and a != self.address and a != first
+        ]
+        return head + sorted(
+            rest, key=lambda p: p not in connected
         )  # stable: keeps the order within each group
 
     def rotated(self, attempt: int, per_try: int) -> list[str]:

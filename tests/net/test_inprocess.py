@@ -122,6 +122,27 @@ async def test_blob_from_a_holder_that_is_not_the_author(tmp_path: Path) -> None
         assert author.metrics()["blocks-served"] == 8  # ...the author served the holder only
 
 
+async def test_an_unconnected_author_is_dialled_from_the_address_book(tmp_path: Path) -> None:
+    """An address book (`NetConfig.known_peers`, no DHT): a peer never connected to is dialled
+    for a fetch at the address the book gives; and a provider whose dial hangs (a port that accepts and never speaks)
+    does not hold the fetch up once the others have delivered every block."""
+    data = os.urandom(3 * CHUNK_SIZE + 10)
+    silent_listener = trio.socket.socket()
+    await silent_listener.bind(("127.0.0.1", 0))
+    silent_listener.listen(8)
+    silent_port = silent_listener.getsockname()[1]
+    silent = NodeIdentity.from_seed(b"accepts and never speaks").peer_id
+    async with nodes(tmp_path, 2, links=[], dht=False) as (author, fetcher):
+        root = author.put_blob(data)
+        fetcher.remember_peers(
+            [author.listen_addrs[0], f"/ip4/127.0.0.1/tcp/{silent_port}/p2p/{silent}"]
+        )
+        assert author.peer_id not in fetcher.connected_peers()
+        with trio.fail_after(10):  # the hanging dial's own deadline is 30 s
+            assert await fetcher.get_blob(root, [silent, author.peer_id]) == data
+    silent_listener.close()
+
+
 async def test_bad_provider_scored_down_and_fetch_completes(tmp_path: Path) -> None:
     data = os.urandom(4 * CHUNK_SIZE)
     async with nodes(tmp_path, 3, links=[(2, 0), (2, 1)], ban_threshold=-60) as (

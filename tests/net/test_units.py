@@ -210,3 +210,51 @@ def test_signed_record_check_is_skipped_only_for_the_same_bytes_from_the_same_pe
 
     for module in (gossipsub, pubsub):  # the callers now use the memoised check
         assert module.maybe_consume_signed_record is not utils.maybe_consume_signed_record
+
+
+async def test_task_parents_are_remembered_and_match_the_library_walk(monkeypatch) -> None:
+    """`service_tuning`: a task's parent is looked up once per calling trio task, and the
+    answer is the library's own walk's, also after the parent task has finished."""
+    import trio
+    from libp2p.tools.anyio_service import Service, background_trio_service
+    from libp2p.tools.anyio_service.trio_manager import TrioManager
+
+    from p2pfl.net.service_tuning import make_remembered
+
+    library = getattr(TrioManager._find_parent_task, "__wrapped__", TrioManager._find_parent_task)
+    walks: list[object] = []
+
+    def walk(manager: object, trio_task: object) -> object:
+        walks.append(trio_task)
+        return library(manager, trio_task)
+
+    monkeypatch.setattr(TrioManager, "_find_parent_task", make_remembered(walk))
+    parents: list[tuple[object, object]] = []
+    done = trio.Event()
+
+    class Spawner(Service):
+        async def run(self) -> None:
+            self.manager.run_task(self.parent)
+            await done.wait()
+
+        async def parent(self) -> None:
+            me = trio.lowlevel.current_task()
+            for _ in range(20):
+                parents.append((self.manager._find_parent_task(me), library(self.manager, me)))
+                self.manager.run_task(trio.sleep, 0)
+            await trio.sleep(0.1)
+
+    async with background_trio_service(Spawner()) as manager:
+        with trio.fail_after(10):
+            while len(parents) < 20:
+                await trio.sleep(0.01)
+            await trio.sleep(0.3)  # the parent task and its children have finished
+        found = [p for p, _ in parents]
+        assert found[0] is not None and all(p is found[0] for p in found)
+        assert all(p is q for p, q in parents)
+        parent_walks = len([w for w in walks if w is walks[0]])
+        assert parent_walks == 1  # 20 lookups from the parent task, 1 walk
+        assert found[0].is_done
+        # A finished task is never handed out again: the walk decides (no parent here).
+        assert manager._find_parent_task(trio.lowlevel.current_task()) is None
+        done.set()
