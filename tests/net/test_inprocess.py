@@ -124,8 +124,9 @@ async def test_blob_from_a_holder_that_is_not_the_author(tmp_path: Path) -> None
 
 async def test_an_unconnected_author_is_dialled_from_the_address_book(tmp_path: Path) -> None:
     """An address book (`NetConfig.known_peers`, no DHT): a peer never connected to is dialled
-    for a fetch at the address the book gives; and a provider whose dial hangs (a port that accepts and never speaks)
-    does not hold the fetch up once the others have delivered every block."""
+    for a fetch at the address the book gives; and a provider whose dial hangs (a port that
+    accepts and never speaks) does not hold the fetch up once the others have delivered
+    every block."""
     data = os.urandom(3 * CHUNK_SIZE + 10)
     silent_listener = trio.socket.socket()
     await silent_listener.bind(("127.0.0.1", 0))
