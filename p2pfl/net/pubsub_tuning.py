@@ -29,13 +29,9 @@ read against.
 
 from __future__ import annotations
 
-import logging
-from importlib.metadata import version
 from typing import Any
 
-from p2pfl.net.yamux_tuning import TESTED_LIBP2P_VERSIONS
-
-log = logging.getLogger(__name__)
+from p2pfl.net.yamux_tuning import libp2p_is_tested
 
 # Peers whose last record is remembered; past this the memory is cleared (cost: one
 # re-verification per peer), so a flood of fresh identities cannot grow it.
@@ -95,12 +91,9 @@ def apply() -> bool:
     global _applied
     if _applied:
         return True
-    if version("libp2p") not in TESTED_LIBP2P_VERSIONS:
-        log.warning(
-            "libp2p %s untested: signed peer records are verified on every RPC and every"
-            " message gets IDONTWANTs",
-            version("libp2p"),
-        )
+    if not libp2p_is_tested(
+        "signed peer records are verified on every RPC and every message gets IDONTWANTs"
+    ):
         return False
     import importlib
 

@@ -22,14 +22,10 @@ against.
 from __future__ import annotations
 
 import functools
-import logging
 import weakref
-from importlib.metadata import version
 from typing import Any
 
-from p2pfl.net.yamux_tuning import TESTED_LIBP2P_VERSIONS
-
-log = logging.getLogger(__name__)
+from p2pfl.net.yamux_tuning import libp2p_is_tested
 
 _applied = False
 
@@ -58,11 +54,7 @@ def apply() -> bool:
     global _applied
     if _applied:
         return True
-    if version("libp2p") not in TESTED_LIBP2P_VERSIONS:
-        log.warning(
-            "libp2p %s untested: every task started walks the service's whole task tree",
-            version("libp2p"),
-        )
+    if not libp2p_is_tested("every task started walks the service's whole task tree"):
         return False
     from libp2p.tools.anyio_service.trio_manager import TrioManager
 

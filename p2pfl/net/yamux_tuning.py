@@ -193,6 +193,15 @@ def _buffer_tcp_reads(tcp_stream_class: Any) -> None:
     tcp_stream_class.read = read
 
 
+def libp2p_is_tested(lost: str) -> bool:
+    """Whether the installed libp2p is one our fixes to it were read against; if not, a
+    warning says what is `lost` without the fix."""
+    if version("libp2p") in TESTED_LIBP2P_VERSIONS:
+        return True
+    log.warning("libp2p %s untested: %s", version("libp2p"), lost)
+    return False
+
+
 def apply() -> bool:
     """Install the tuned stream class once per process; False if this libp2p is untested."""
     global _applied
