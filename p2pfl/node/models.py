@@ -3,6 +3,7 @@ event loop, keep a few decoded) and block fetches retried with backoff."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable, Sequence
 
@@ -156,14 +157,18 @@ async def fetch_with_retries(
     providers: Callable[[], list[str]],
     worth_retrying: Callable[[], bool],
     count: Callable[[str], None],
+    slots: trio.CapacityLimiter | None = None,
 ) -> None:
     """Fetch a blob, retrying with backoff while `worth_retrying()`: holders multiply as
     the committee fetches, so a first failure (author busy, no route yet) is often
-    temporary. The caller's cancel scope (the round's nursery) bounds it in time."""
+    temporary. The caller's cancel scope (the round's nursery) bounds it in time. With
+    `slots`, each attempt holds one of them (not the wait between attempts: a fetch from
+    an author who has gone keeps no slot from the others)."""
     delay = FETCH_RETRY_S
     while True:
         try:
-            await net.fetch_blob(cid, providers())
+            async with slots if slots is not None else contextlib.nullcontext():
+                await net.fetch_blob(cid, providers())
             return
         except P2PFLError as exc:
             if not worth_retrying():

@@ -44,6 +44,11 @@ log = logging.getLogger("p2pfl.node")
 DEFAULT_INLINE_MAX_BYTES = 16 * 1024
 # A fetch that fails once the round is certified is not retried: no vote needs it any more.
 _NO_MORE_FETCHES = ("certified", "advanced")
+# Delta fetches a node runs at once. A member of a 100-node round holds 100 updates at
+# the same moment; fetched all at once, they asked the same few providers (the author and
+# the first committee members) for blocks faster than a peer's request rate limit (50/s,
+# burst 100), were refused and penalised for it, and banned within minutes.
+DELTA_FETCHES_AT_ONCE = 8
 
 
 class NodeContext(Protocol):
@@ -87,6 +92,7 @@ class RoundWorkers:
         # Sealed updates: round -> update key -> the content key we sealed or opened it
         # with (our own, for re-wraps; any, for the round record an audit opens them from).
         self.keys: dict[int, dict[ev.UpdateKey, bytes]] = {}
+        self._fetches = trio.CapacityLimiter(DELTA_FETCHES_AT_ONCE)
 
     def forget_before(self, round_: int) -> None:
         for held in (self._deltas, self.keys):
@@ -254,6 +260,7 @@ class RoundWorkers:
                         lambda: n.peers.providers(first=author),
                         lambda: n.machine.phase.value not in _NO_MORE_FETCHES,
                         n.count,
+                        self._fetches,
                     )
             if key is None:
                 if blob is None:
