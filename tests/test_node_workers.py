@@ -170,3 +170,48 @@ def test_a_delta_dag_that_expands_past_the_model_size_is_refused_before_the_walk
     with pytest.raises(InvalidBlock, match="over"):
         _read_delta(store, child, model_size)
     assert time.perf_counter() - started < 1.0
+
+
+async def test_delta_fetches_share_a_few_slots_and_a_failing_one_waits_without_one() -> None:
+    """`fetch_with_retries(..., slots)`: at most `slots` fetches run at once, and a fetch
+    that failed waits for its retry without holding a slot, so an author who has gone
+    cannot starve the other fetches."""
+    import trio
+
+    from p2pfl.errors import P2PFLError
+    from p2pfl.node.models import fetch_with_retries
+
+    running, peak, done = 0, 0, []
+
+    class _Net:
+        async def fetch_blob(self, cid: object, providers: object) -> None:
+            nonlocal running, peak
+            running += 1
+            peak = max(peak, running)
+            try:
+                await trio.sleep(0.01)
+                if cid == "gone":
+                    raise P2PFLError("nobody holds it")
+            finally:
+                running -= 1
+            done.append(cid)
+
+    slots = trio.CapacityLimiter(3)
+    counts: list[str] = []
+    with trio.move_on_after(5):
+        async with trio.open_nursery() as nursery:
+            for name in ["gone"] * 3:  # three dead authors: as many as there are slots
+                nursery.start_soon(
+                    fetch_with_retries, _Net(), name, list, lambda: True, counts.append, slots
+                )
+            for i in range(20):
+                nursery.start_soon(
+                    fetch_with_retries, _Net(), i, list, lambda: True, counts.append, slots
+                )
+            with trio.fail_after(4):
+                while len(done) < 20:
+                    await trio.sleep(0.01)
+            nursery.cancel_scope.cancel()
+    assert sorted(done) == list(range(20))  # the dead authors' retries never blocked them
+    assert peak == 3
+    assert counts and set(counts) == {"fetch-retries"}
