@@ -200,12 +200,10 @@ class NetConfig:
                 f"listen address {self.listen!r} must be a TCP multiaddr, e.g. "
                 "/ip4/0.0.0.0/tcp/4001"
             )
-        for addr in self.bootstrap:
-            if "/p2p/" not in addr:
-                raise ConfigError(f"bootstrap address {addr!r} must end in /p2p/<peer id>")
-        for addr in self.known_peers:
-            if "/p2p/" not in addr:
-                raise ConfigError(f"known peer address {addr!r} must end in /p2p/<peer id>")
+        for kind, addrs in (("bootstrap", self.bootstrap), ("known peer", self.known_peers)):
+            for addr in addrs:
+                if "/p2p/" not in addr:
+                    raise ConfigError(f"{kind} address {addr!r} must end in /p2p/<peer id>")
         if not 0 < self.max_message_bytes <= MAX_GOSSIP_MESSAGE_BYTES:
             raise ConfigError(
                 f"max_message_bytes must be in 1..{MAX_GOSSIP_MESSAGE_BYTES} (pubsub's 1 MiB cap)"

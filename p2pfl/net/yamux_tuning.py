@@ -207,13 +207,10 @@ def apply() -> bool:
     global _applied
     if _applied:
         return True
-    libp2p_version = version("libp2p")
-    if libp2p_version not in TESTED_LIBP2P_VERSIONS:
-        log.warning(
-            "libp2p %s is not in %s: yamux tuning not applied, bulk transfers will be slower",
-            libp2p_version,
-            TESTED_LIBP2P_VERSIONS,
-        )
+    if not libp2p_is_tested(
+        f"yamux tuning not applied (tested: {', '.join(TESTED_LIBP2P_VERSIONS)}), bulk "
+        "transfers will be slower"
+    ):
         return False
     from libp2p.stream_muxer.yamux import yamux as Y
 
