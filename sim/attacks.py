@@ -492,7 +492,7 @@ class HostileNet:
             return False
         return True
 
-    async def publish(self, topic: str, data: bytes) -> bytes:
+    async def publish(self, topic: str, data: bytes, synced: bool = True) -> bytes:
         message = decode_message(data)
         out: list[bytes] = []
         if isinstance(message, Vote) and "withholders" in self._roles:
@@ -512,7 +512,7 @@ class HostileNet:
             self._log.equivocated.setdefault(message.round, set()).add(self._address)
         msg_id = b""
         for item in out:
-            msg_id = await self._inner.publish(topic, item)
+            msg_id = await self._inner.publish(topic, item, synced)
         if "replayers" in self._roles:
             await self._replay(message.round)
         return msg_id

@@ -147,8 +147,8 @@ class LeaderKillNet:
     def metrics(self) -> dict[str, object]:
         return self._inner.metrics()  # type: ignore[no-any-return]
 
-    async def publish(self, topic: str, data: bytes) -> bytes:
-        msg_id = await self._inner.publish(topic, data)
+    async def publish(self, topic: str, data: bytes, synced: bool = True) -> bytes:
+        msg_id = await self._inner.publish(topic, data, synced)
         try:
             message = decode_message(data)
         except InvalidMessage:

@@ -8,7 +8,10 @@ applies the stateful checks afterwards (base, membership, duplicates, equivocati
 Verdicts: ACCEPT; REJECT (dropped, never forwarded, never fetched again: a protocol
 violation -- forged, malformed, unregistered -- for which the sending peer is penalised,
 or a message of a long-finished round, for which it is not: `blame`); IGNORE (not wrong,
-just not useful to forward now: a round too far ahead of ours).
+just not useful to forward now: a round too far ahead of ours). An accepted `Heartbeat` is
+forwarded but kept out of the sync logs (`synced`): the signer's next beat replaces it, and
+re-offered beats only read as stale (100 nodes on 2 cores: 8,129 stale beats received
+against 4,404 fresh ones in round 1, each decoded and its signature checked).
 
 A round two or more behind ours is useless to us but no evidence against the peer that
 sent it: sync is round-agnostic and an honest peer's log keeps messages for minutes, and a
@@ -25,7 +28,7 @@ from __future__ import annotations
 from collections.abc import Container
 from dataclasses import dataclass
 
-from p2pfl.core.messages import Commit, decode_message
+from p2pfl.core.messages import Commit, Heartbeat, decode_message
 from p2pfl.core.signing import Domain
 from p2pfl.errors import InvalidMessage
 
@@ -44,6 +47,9 @@ class Verdict:
     reason: str = ""
     # For REJECT: whether the peer that sent the message is at fault (penalised).
     blame: bool = True
+    # For ACCEPT: whether sync logs keep the message to offer it again. A Heartbeat is
+    # superseded by its signer's next beat: one re-offered later only reads as stale.
+    synced: bool = True
 
 
 def check_gossip(
@@ -72,4 +78,4 @@ def check_gossip(
         return Verdict(REJECT, exc.reason)
     if registered is not None and any(s not in registered for s in signers):
         return Verdict(REJECT, "unregistered-signer")
-    return Verdict(ACCEPT)
+    return Verdict(ACCEPT, synced=not isinstance(message, Heartbeat))

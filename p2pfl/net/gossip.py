@@ -88,10 +88,13 @@ class ValidationResult:
     # For REJECT: lower the sending peer's score (False: the message is useless to us but no
     # evidence against the peer, e.g. an honest sync log's message of a finished round).
     blame: bool = True
+    # For ACCEPT: keep the message in the sync log, to offer it to peers that lack it
+    # (False: forwarded by gossip once, never offered again, e.g. a heartbeat).
+    synced: bool = True
 
     @classmethod
-    def accept(cls) -> ValidationResult:
-        return cls(Verdict.ACCEPT)
+    def accept(cls, synced: bool = True) -> ValidationResult:
+        return cls(Verdict.ACCEPT, synced=synced)
 
     @classmethod
     def reject(cls, reason: str, blame: bool = True) -> ValidationResult:
@@ -105,7 +108,7 @@ class ValidationResult:
     def of(cls, verdict: CoreVerdict) -> ValidationResult:
         """The topic verdict of the core's `check_gossip` answer (accept / ignore / reject)."""
         if verdict.action == ACCEPT:
-            return cls.accept()
+            return cls.accept(verdict.synced)
         if verdict.action == IGNORE:
             return cls.ignore(verdict.reason)
         return cls.reject(verdict.reason, verdict.blame)
@@ -236,11 +239,13 @@ class Gossip:
 
     # --- publishing ---------------------------------------------------------------------
 
-    async def publish(self, topic: str, data: bytes) -> bytes:
+    async def publish(self, topic: str, data: bytes, synced: bool = True) -> bytes:
         """Admit `data` locally and push it to gossipsub, paced; returns the message id.
 
         Raises `InvalidMessage("oversized")` over the size limit. Delivery to every
-        subscribed peer is then ensured by sync even if gossipsub drops the message.
+        subscribed peer is then ensured by sync even if gossipsub drops the message, unless
+        `synced` is False (kept out of the sync log, like the heartbeats peers receive:
+        `ValidationResult.synced`).
         """
         state = self.topics.get(topic)
         if state is None:
@@ -251,7 +256,8 @@ class Gossip:
             )
         msg_id = message_id(data)
         if msg_id not in state.log:
-            state.remember(msg_id, data, self.clock())
+            if synced:
+                state.remember(msg_id, data, self.clock())
             self._deliver(state, GossipMessage(topic, data, msg_id, "", "local"))
         async with state.publish_lock:
             delay = state.pace.delay_for(self.clock())
@@ -312,7 +318,8 @@ class Gossip:
             return Verdict.IGNORE
         if not self._deliver(state, GossipMessage(state.topic, data, msg_id, peer, via)):
             return Verdict.IGNORE
-        state.remember(msg_id, data, self.clock())
+        if result.synced:
+            state.remember(msg_id, data, self.clock())
         self.metrics.inc(f"admitted-{via}")
         self.metrics.inc("bytes-admitted", len(data))
         return Verdict.ACCEPT

@@ -282,9 +282,10 @@ class NodeNet:
         """Subscribe to a topic; `validate(topic, data, from_peer)` gates every message."""
         return await self.gossip.join(topic, validate)
 
-    async def publish(self, topic: str, data: bytes) -> bytes:
-        """Publish on a joined topic (paced; sync makes delivery reliable); returns the id."""
-        return await self.gossip.publish(topic, data)
+    async def publish(self, topic: str, data: bytes, synced: bool = True) -> bytes:
+        """Publish on a joined topic (paced; sync makes delivery reliable unless `synced` is
+        False: gossiped once, as for a heartbeat); returns the id."""
+        return await self.gossip.publish(topic, data, synced)
 
     # --- blocks -------------------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""Two fixes to py-libp2p 0.8.1's gossipsub, each measured on our simulations.
+"""Three fixes to py-libp2p 0.8.1's gossipsub, each measured on our simulations.
 
 **1. Signed peer records verified once, not on every RPC.** py-libp2p's gossipsub attaches the
 sender's signed peer record (a libp2p Envelope, ~200 bytes with a secp256k1 signature) to every
@@ -23,12 +23,24 @@ time on them: gossip latency of an update went from 0.3 s to 2 s, a delta fetch 
 protocol is unchanged: IDONTWANT is advisory, and peers that get none send us the duplicate,
 which gossipsub's seen-cache drops.
 
+**3. Our own signed peer record built once in a while, not for every RPC.** To attach that
+record, `env_to_send_in_RPC` first lists the host's addresses (`BasicHost.get_addrs`: every
+listen address parsed again into a new `Multiaddr`, each parse raising and catching an
+exception inside multiaddr) and compares them with the cached record's. In a 100-node
+simulation that was 8.6% of a shard's CPU (py-spy). Fix: the envelope bytes are reused for
+`OWN_RECORD_REUSE_S` before the library's check runs again, so a new address (a relay
+reservation, an observed address confirmed) reaches peers' records within that time
+instead of with the next RPC. Peers' address books are advisory: a record a few seconds
+behind changes no protocol decision of ours.
+
 Version-guarded like `yamux_tuning`: names are replaced only for a libp2p version this was
 read against.
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from typing import Any
 
 from p2pfl.net.yamux_tuning import libp2p_is_tested
@@ -38,6 +50,11 @@ from p2pfl.net.yamux_tuning import libp2p_is_tested
 MAX_REMEMBERED_PEERS = 4096
 # Modules of py-libp2p 0.8.1 that call `maybe_consume_signed_record` by its imported name.
 _CALLERS = ("libp2p.pubsub.pubsub", "libp2p.pubsub.gossipsub", "libp2p.pubsub.floodsub")
+
+# How long our own signed peer record's bytes are reused before the addresses are checked.
+OWN_RECORD_REUSE_S = 10.0
+# Modules of py-libp2p 0.8.1 that call `env_to_send_in_RPC` by its imported name.
+_SENDERS = ("libp2p.pubsub.pubsub", "libp2p.pubsub.gossipsub")
 
 # go-libp2p's GossipSubIDontWantMessageThreshold: smaller messages get no IDONTWANT.
 IDONTWANT_MIN_BYTES = 1024
@@ -65,6 +82,24 @@ def make_cached(check: Any) -> Any:
     return maybe_consume_signed_record
 
 
+def make_reused_record(
+    build: Any, clock: Callable[[], float] = time.monotonic, reuse_s: float = OWN_RECORD_REUSE_S
+) -> Any:
+    """Wrap `env_to_send_in_RPC(host) -> (envelope bytes, created)` so one host's answer is
+    reused for `reuse_s` seconds (kept on the host object: one per host, gone with it)."""
+
+    def env_to_send_in_RPC(host: Any) -> tuple[bytes, bool]:
+        now = clock()
+        kept = getattr(host, "_p2pfl_own_record", None)
+        if kept is not None and now < kept[0]:
+            return kept[1], False
+        envelope, created = build(host)
+        host._p2pfl_own_record = (now + reuse_s, envelope)
+        return envelope, created
+
+    return env_to_send_in_RPC
+
+
 def make_sized_idontwant(publish: Any, emit: Any) -> tuple[Any, Any]:
     """Wrap `GossipSub.publish` and `GossipSub._emit_idontwant_for_message` so that the
     IDONTWANT a forwarded message triggers is sent only when it has `IDONTWANT_MIN_BYTES`.
@@ -87,12 +122,13 @@ def make_sized_idontwant(publish: Any, emit: Any) -> tuple[Any, Any]:
 
 
 def apply() -> bool:
-    """Install both fixes once per process; False if this libp2p is untested."""
+    """Install the three fixes once per process; False if this libp2p is untested."""
     global _applied
     if _applied:
         return True
     if not libp2p_is_tested(
-        "signed peer records are verified on every RPC and every message gets IDONTWANTs"
+        "signed peer records are built and verified on every RPC and every message gets"
+        " IDONTWANTs"
     ):
         return False
     import importlib
@@ -107,6 +143,13 @@ def apply() -> bool:
             is utils.maybe_consume_signed_record
         ):
             module.maybe_consume_signed_record = cached  # type: ignore[attr-defined]
+    from libp2p.peer import peerstore
+
+    reused = make_reused_record(peerstore.env_to_send_in_RPC)
+    for name in _SENDERS:
+        module = importlib.import_module(name)
+        if getattr(module, "env_to_send_in_RPC", None) is peerstore.env_to_send_in_RPC:
+            module.env_to_send_in_RPC = reused  # type: ignore[attr-defined]
     from libp2p.pubsub.gossipsub import GossipSub
 
     publish, emit = make_sized_idontwant(GossipSub.publish, GossipSub._emit_idontwant_for_message)

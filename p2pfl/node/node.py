@@ -309,7 +309,8 @@ class Node:
             log.warning("publish %s failed: %s", type(message).__name__, exc)
 
     async def _publish_heartbeat(self, data: bytes) -> None:
-        await self.net.publish(self.topic(TOPIC_CONSENSUS), data)
+        # Kept out of the sync logs: the next beat supersedes this one (validation.py).
+        await self.net.publish(self.topic(TOPIC_CONSENSUS), data, synced=False)
         self.count("heartbeats-sent")
 
     def live_nodes(self) -> dict[bytes, float]:

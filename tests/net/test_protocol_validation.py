@@ -9,7 +9,7 @@ import trio
 
 from p2pfl.core.cid import blob_cid
 from p2pfl.core.identity import NodeIdentity
-from p2pfl.core.messages import Update
+from p2pfl.core.messages import Heartbeat, Update
 from p2pfl.core.signing import Domain
 from p2pfl.core.validation import check_gossip
 from p2pfl.net import ValidationResult
@@ -118,3 +118,28 @@ async def test_old_rounds_are_dropped_without_blaming_the_peer(tmp_path: Path) -
             assert trio.current_time() < deadline, b.metrics()["rejections_by_reason"]
             await trio.sleep(0.1)
         assert b.peers.score(a.peer_id) < 0.0
+
+
+async def test_heartbeats_are_forwarded_but_never_offered_by_sync(tmp_path: Path) -> None:
+    """A heartbeat reaches the peers gossip reaches, but no sync log keeps it (the signer's
+    next beat supersedes it): a node that syncs later gets the update, not the beat."""
+    beat = Heartbeat(
+        task=TASK, round=CURRENT_ROUND, time_ms=1, phase="collecting", signer=HONEST.address
+    )
+    beat = beat.signed(HONEST.private_key, DOMAIN).encode()  # type: ignore[assignment]
+    async with nodes(tmp_path, 3, links=[(1, 0)], sync_interval_s=3600.0) as (a, b, c):
+        await a.join(TOPIC, node_validator)
+        b_in = await b.join(TOPIC, node_validator)
+        c_in = await c.join(TOPIC, node_validator)
+        await trio.sleep(1.5)
+        await a.publish(TOPIC, beat, synced=False)
+        await a.publish(TOPIC, update(HONEST))
+        assert sorted(await collect(b_in, 2, timeout_s=10)) == sorted([beat, update(HONEST)])
+        for node in (a, b):  # the publisher's log and the receiver's hold the update only
+            assert [m.data for m in node.gossip.messages(TOPIC)] == [update(HONEST)]
+        # Past gossipsub's message cache (5 heartbeats of 1 s), which py-libp2p replays to
+        # a newly subscribed peer: what c gets now, only sync gives it.
+        await trio.sleep(6)
+        await c.connect(b.listen_addrs[0])
+        assert await c.gossip.sync_with(b.peer_id, TOPIC) == 1
+        assert await collect(c_in, 2, timeout_s=3) == [update(HONEST)]

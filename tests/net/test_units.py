@@ -212,6 +212,35 @@ def test_signed_record_check_is_skipped_only_for_the_same_bytes_from_the_same_pe
         assert module.maybe_consume_signed_record is not utils.maybe_consume_signed_record
 
 
+def test_own_record_is_reused_for_a_while_then_checked_again() -> None:
+    from p2pfl.net import pubsub_tuning
+
+    now = [100.0]
+    built: list[object] = []
+
+    def build(host):  # type: ignore[no-untyped-def]
+        built.append(host)
+        return f"record-{len(built)}".encode(), True
+
+    class Host:
+        pass
+
+    a, b = Host(), Host()
+    reused = pubsub_tuning.make_reused_record(build, lambda: now[0], reuse_s=10.0)
+    assert reused(a) == (b"record-1", True)
+    now[0] += 9.9
+    assert reused(a) == (b"record-1", False) and built == [a]  # reused, not rebuilt
+    assert reused(b) == (b"record-2", True)  # another host has its own record
+    now[0] += 0.2
+    assert reused(a) == (b"record-3", True) and built == [a, b, a]  # checked again
+    assert pubsub_tuning.apply() is True
+    from libp2p.peer import peerstore
+    from libp2p.pubsub import gossipsub, pubsub
+
+    for module in (gossipsub, pubsub):  # the senders now reuse the record
+        assert module.env_to_send_in_RPC is not peerstore.env_to_send_in_RPC
+
+
 async def test_task_parents_are_remembered_and_match_the_library_walk(monkeypatch) -> None:
     """`service_tuning`: a task's parent is looked up once per calling trio task, and the
     answer is the library's own walk's, also after the parent task has finished."""
