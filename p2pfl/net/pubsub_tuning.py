@@ -127,8 +127,7 @@ def apply() -> bool:
     if _applied:
         return True
     if not libp2p_is_tested(
-        "signed peer records are built and verified on every RPC and every message gets"
-        " IDONTWANTs"
+        "signed peer records built and checked per RPC, IDONTWANTs for every message"
     ):
         return False
     import importlib
