@@ -45,11 +45,29 @@ async def send_heartbeats(
     publish: Callable[[bytes], Awaitable[None]],
     clock: Callable[[], float],
     interval_s: float = HEARTBEAT_INTERVAL_S,
+    last_signed: Callable[[], float] | None = None,
 ) -> None:
-    """Publish a heartbeat every `interval_s` until cancelled (a node-nursery task)."""
+    """Publish a heartbeat every `interval_s` until cancelled (a node-nursery task).
+
+    With `last_signed()` (when the node last published a signed message: its update, a
+    vote, a proposal, a beat), a beat is skipped while the node has published within
+    `interval_s`: any signed message tells every peer it is alive just as a beat would
+    (round.md, *live quorum*), so a node taking part in rounds shorter than the interval
+    sends few beats. With 100 nodes on 2 cores, beats were most of the gossip between
+    updates (~430 of the messages each shard forwarded per second). Until one beat of a
+    running round (round >= 1) has gone out, none is skipped: peers start judging silence
+    only after hearing such a beat, and must not start later than before."""
+    beat_in_a_round = False
     while True:
+        if last_signed is not None and beat_in_a_round:
+            quiet = clock() - last_signed()
+            if quiet < interval_s:
+                await trio.sleep(interval_s - quiet)
+                continue
+        beat = heartbeat_of(machine, private_key, clock())
         try:
-            await publish(heartbeat_of(machine, private_key, clock()).encode())
+            await publish(beat.encode())
+            beat_in_a_round = beat_in_a_round or beat.round >= 1
         except P2PFLError as exc:  # no peers yet, a closing host: the next beat retries
             log.debug("heartbeat not published: %s", exc)
         await trio.sleep(interval_s)

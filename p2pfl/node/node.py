@@ -5,6 +5,7 @@ machine, perform its actions through one table, start each round."""
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -114,6 +115,8 @@ class Node:
         self.progress = progress
         self.follow_poll_s = follow_poll_s
         self.heartbeat_interval_s = heartbeat_interval_s
+        # When we last published a signed message (heartbeats skip while we are heard).
+        self._last_signed_at = -math.inf
         self.spec = manifest.rule_spec()
         self.machine = RoundMachine(
             manifest.round_config(**(round_overrides or {})), identity.private_key, chain.domain()
@@ -215,6 +218,7 @@ class Node:
                     self._publish_heartbeat,
                     self.clock,
                     self.heartbeat_interval_s,
+                    lambda: self._last_signed_at,
                 )
             nursery.start_soon(self._start_round, info.last_round + 1, base.to_bytes())
             async for event in self.queue:
@@ -307,10 +311,14 @@ class Node:
         except P2PFLError as exc:
             self.count("publish-failed")
             log.warning("publish %s failed: %s", type(message).__name__, exc)
+            return
+        if getattr(message, "signer", b""):  # peers hear us: no beat needed for a while
+            self._last_signed_at = self.clock()
 
     async def _publish_heartbeat(self, data: bytes) -> None:
         # Kept out of the sync logs: the next beat supersedes this one (validation.py).
         await self.net.publish(self.topic(TOPIC_CONSENSUS), data, synced=False)
+        self._last_signed_at = self.clock()
         self.count("heartbeats-sent")
 
     def live_nodes(self) -> dict[bytes, float]:
