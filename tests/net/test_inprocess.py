@@ -250,9 +250,10 @@ async def test_undecodable_pubsub_rpc_is_counted_and_does_not_crash_the_host(
         assert await collect(channels[0], 1, timeout_s=10) == [b"still alive"]
 
 
-async def test_idontwant_only_for_messages_of_a_kilobyte(tmp_path: Path) -> None:
+async def test_idontwant_only_for_large_messages(tmp_path: Path) -> None:
     """a - b - c: what b forwards costs IDONTWANTs to its mesh peers only for large messages
-    (p2pfl.net.pubsub_tuning: go-libp2p's 1 KiB threshold), and both sizes still arrive."""
+    (p2pfl.net.pubsub_tuning: 16 KiB; an update without an inline delta is ~1-2 KiB and
+    gets none), and both sizes still arrive."""
     from p2pfl.net.pubsub_tuning import IDONTWANT_MIN_BYTES
 
     async with nodes(tmp_path, 3, links=[(1, 0), (2, 1)]) as (a, b, c):
@@ -270,12 +271,12 @@ async def test_idontwant_only_for_messages_of_a_kilobyte(tmp_path: Path) -> None
         await b.join(TOPIC, accept_all)
         c_in = await c.join(TOPIC, accept_all)
         await trio.sleep(1.5)
-        small = [f"beat {i}".encode() for i in range(5)]
+        small = [bytes([i]) * 2048 for i in range(5)]  # update-sized
         for data in small:
             await a.publish(TOPIC, data)
         assert set(await collect(c_in, len(small), timeout_s=10)) == set(small)
         await trio.sleep(0.5)
-        assert received == []  # nobody announced IDONTWANT for 6-byte messages
+        assert received == []  # nobody announced IDONTWANT for 2 KiB messages
         large = b"x" * IDONTWANT_MIN_BYTES
         await a.publish(TOPIC, large)
         assert await collect(c_in, 1, timeout_s=10) == [large]
