@@ -472,6 +472,7 @@ class NodeNet:
 def _build(config: NetConfig, private_key: bytes) -> tuple[Any, Any, Any, Any]:
     from libp2p import new_host
     from libp2p.crypto.x25519 import create_new_key_pair as create_x25519
+    from libp2p.network.config import ConnectionConfig
     from libp2p.pubsub.gossipsub import PROTOCOL_ID, PROTOCOL_ID_V11, PROTOCOL_ID_V12, GossipSub
     from libp2p.pubsub.pubsub import Pubsub
     from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
@@ -488,6 +489,10 @@ def _build(config: NetConfig, private_key: bytes) -> tuple[Any, Any, Any, Any]:
         muxer_preference="YAMUX",
         listen_addrs=[multiaddr.Multiaddr(config.listen)],
         enable_mDNS=config.mdns,
+        connection_config=ConnectionConfig(
+            outbound_stream_protocol_negotiation_timeout=config.stream_negotiation_timeout_s,
+            inbound_stream_protocol_negotiation_timeout=config.stream_negotiation_timeout_s,
+        ),
     )
     router = GossipSub(
         protocols=[PROTOCOL_ID_V12, PROTOCOL_ID_V11, PROTOCOL_ID],

@@ -34,6 +34,10 @@ async def test_identity_and_noise_only(tmp_path: Path) -> None:
         transports = a.host.get_network().upgrader.security_multistream.transports
         assert list(transports) == ["/noise"]  # no plaintext, TLS or SECIO offered
         assert all(addr.startswith("/ip4/127.0.0.1/tcp/") for addr in a.listen_addrs)
+        # Streams wait for a loaded peer's answer for our timeout, not the library's 10 s.
+        limits = a.host.get_network().connection_config
+        assert limits.outbound_stream_protocol_negotiation_timeout == 30.0
+        assert limits.inbound_stream_protocol_negotiation_timeout == 30.0
 
 
 async def test_gossip_burst_reaches_everyone(tmp_path: Path) -> None:
