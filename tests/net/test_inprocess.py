@@ -288,3 +288,19 @@ async def test_idontwant_only_for_large_messages(tmp_path: Path) -> None:
             while not received:
                 await trio.sleep(0.05)
         assert sum(received) >= 1  # b (or c) told its mesh peers it holds the large one
+
+
+async def test_a_new_peer_gets_missed_messages_from_sync_not_a_replay(tmp_path: Path) -> None:
+    """py-libp2p hands every newly subscribed peer its whole gossip window; ours does not
+    (p2pfl.net.pubsub_tuning, fix 4): a peer that connects just after messages went out gets
+    them from an anti-entropy sync, which sends only what it lacks."""
+    async with nodes(tmp_path, 2, links=[], sync_interval_s=3600.0) as (a, c):
+        await a.join(TOPIC, accept_all)
+        sent = [f"before c {i}".encode() for i in range(5)]
+        for data in sent:
+            await a.publish(TOPIC, data)
+        c_in = await c.join(TOPIC, accept_all)
+        await c.connect(a.listen_addrs[0])
+        assert await collect(c_in, 5, timeout_s=3) == []  # no replay within the window
+        assert await c.gossip.sync_with(a.peer_id, TOPIC) == 5
+        assert sorted(await collect(c_in, 5, timeout_s=3)) == sorted(sent)
