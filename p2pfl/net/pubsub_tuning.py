@@ -1,4 +1,4 @@
-"""Four fixes to py-libp2p 0.8.1's gossipsub, each measured on our simulations.
+"""Five fixes to py-libp2p 0.8.1's gossipsub, each measured on our simulations.
 
 **1. Signed peer records verified once, not on every RPC.** py-libp2p's gossipsub attaches the
 sender's signed peer record (a libp2p Envelope, ~200 bytes with a secp256k1 signature) to every
@@ -47,6 +47,18 @@ connection, and a committee member dials dozens of authors to fetch their deltas
 all the updates went out: with 100 nodes on 2 cores, 99% of the update-topic messages a shard
 received in the following minute were duplicates (17,714 of 17,861 in 20 s). Fix: the
 replay sends nothing (`skip_recent_messages`); sync delivers what a new peer missed.
+
+**5. The message cache keyed by the message id gossip uses.** py-libp2p's `MessageCache.put`
+keys every message by `default_msg_id_fn` (sender + sequence number) whatever id function
+the `Pubsub` was given; ours is content-addressed (sha256 of the data, network.md §2). The
+IHAVEs a node sends list cache keys, and a peer asks (IWANT) for every id it has not *seen*,
+and seen ids are ours: no advertised id ever matches, so every message a node holds is sent
+again to each peer it gossips to, every heartbeat of the cache window. With 100 nodes on 2
+cores, 96-99% of the update-topic messages a shard received were such duplicates (9,509 of
+9,509 in one 20 s window after every update had arrived). Fix (`key_cache_by`, installed
+on each router by the host): the cache keys messages by the `Pubsub`'s own id function, so
+IHAVE ids are seen ids and IWANT asks only for what is missing. Not a tuning but a
+correction; it applies whenever the library version is one this was read against.
 
 Version-guarded like `yamux_tuning`: names are replaced only for a libp2p version this was
 read against.
@@ -135,6 +147,22 @@ def make_sized_idontwant(publish: Any, emit: Any) -> tuple[Any, Any]:
             await emit(self, msg_id, topic_ids)
 
     return sized_publish, sized_emit
+
+
+def key_cache_by(cache: Any, message_id: Callable[[Any], bytes]) -> None:
+    """Make `cache` (a py-libp2p `MessageCache`) key messages by `message_id`, the id the
+    `Pubsub` uses for its seen-cache (fix 5 above). The library's `put`, with the id
+    function swapped; `get`, `window` and `shift` read the keys `put` wrote."""
+    from libp2p.pubsub.mcache import CacheEntry
+
+    def put(msg: Any) -> None:
+        mid = message_id(msg)
+        if mid in cache.msgs:
+            return
+        cache.msgs[mid] = msg
+        cache.history[0].append(CacheEntry(mid, msg.topicIDs))
+
+    cache.put = put
 
 
 async def skip_recent_messages(self: Any, peer_id: Any, topic: str) -> None:

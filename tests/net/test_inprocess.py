@@ -304,3 +304,37 @@ async def test_a_new_peer_gets_missed_messages_from_sync_not_a_replay(tmp_path: 
         assert await collect(c_in, 5, timeout_s=3) == []  # no replay within the window
         assert await c.gossip.sync_with(a.peer_id, TOPIC) == 5
         assert sorted(await collect(c_in, 5, timeout_s=3)) == sorted(sent)
+
+
+async def test_gossip_advertises_the_ids_it_dedups_by(tmp_path: Path) -> None:
+    """The message cache keys messages by our content-addressed id (pubsub_tuning, fix 5):
+    an IHAVE for a message the peer holds asks for nothing; py-libp2p's own keys (sender +
+    sequence number) never matched the seen-cache, so every advertised message came back."""
+    from libp2p.peer.id import ID
+    from libp2p.pubsub.pb import rpc_pb2
+
+    from p2pfl.net.gossip import message_id
+
+    async with nodes(tmp_path, 2) as (a, b):
+        await a.join(TOPIC, accept_all)
+        b_in = await b.join(TOPIC, accept_all)
+        await trio.sleep(1.5)
+        await a.publish(TOPIC, b"held by both")
+        assert await collect(b_in, 1, timeout_s=10) == [b"held by both"]
+        advertised = a.pubsub.router.mcache.window(TOPIC)
+        assert advertised == [message_id(b"held by both")]
+        wanted: list[list[bytes]] = []
+        router = b.pubsub.router
+
+        async def record(msg_ids, to_peer):  # type: ignore[no-untyped-def]
+            wanted.append(list(msg_ids))
+
+        router.emit_iwant = record
+        sender = ID.from_base58(a.peer_id)
+        await router.handle_ihave(
+            rpc_pb2.ControlIHave(topicID=TOPIC, messageIDs=advertised), sender
+        )
+        assert wanted == []  # b has it: nothing asked for
+        unknown = message_id(b"held by a only")
+        await router.handle_ihave(rpc_pb2.ControlIHave(topicID=TOPIC, messageIDs=[unknown]), sender)
+        assert wanted == [[unknown]]
