@@ -304,6 +304,8 @@ class Gossip:
                 "validator for %s raised %r; treating the message as rejected", state.topic, exc
             )
             result = ValidationResult.reject("validator-error")
+        if via == "sync" and result.verdict is not Verdict.IGNORE:
+            self._judged_via_sync(msg_id)
         if result.verdict is Verdict.REJECT:
             reason = f"{via}-{result.reason or 'rejected'}"
             if result.blame:
@@ -323,6 +325,13 @@ class Gossip:
         self.metrics.inc(f"admitted-{via}")
         self.metrics.inc("bytes-admitted", len(data))
         return Verdict.ACCEPT
+
+    def _judged_via_sync(self, msg_id: bytes) -> None:
+        """Tell gossipsub it has seen a message sync brought us: otherwise a peer's IHAVE for
+        it is answered with an IWANT and the message comes (and is forwarded) once more."""
+        seen = getattr(self.pubsub, "seen_messages", None)
+        if seen is not None:
+            seen.add(msg_id)
 
     def _remember_rejected(self, state: _TopicState, msg_id: bytes) -> None:
         state.rejected[msg_id] = self.clock()

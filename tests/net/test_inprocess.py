@@ -22,6 +22,7 @@ from p2pfl.net import (
     open_node_host,
     topic_name,
 )
+from p2pfl.net.gossip import message_id
 from tests.net.conftest import accept_all, collect, key, nodes, rejections_of
 
 TOPIC = topic_name("task0", "updates")
@@ -304,6 +305,8 @@ async def test_a_new_peer_gets_missed_messages_from_sync_not_a_replay(tmp_path: 
         assert await collect(c_in, 5, timeout_s=3) == []  # no replay within the window
         assert await c.gossip.sync_with(a.peer_id, TOPIC) == 5
         assert sorted(await collect(c_in, 5, timeout_s=3)) == sorted(sent)
+        # ...and gossipsub counts them seen: an IHAVE for them will not fetch them again.
+        assert all(c.pubsub.seen_messages.has(message_id(data)) for data in sent)
 
 
 async def test_gossip_advertises_the_ids_it_dedups_by(tmp_path: Path) -> None:
@@ -313,8 +316,6 @@ async def test_gossip_advertises_the_ids_it_dedups_by(tmp_path: Path) -> None:
     from libp2p.peer.id import ID
     from libp2p.pubsub.pb import rpc_pb2
 
-    from p2pfl.net.gossip import message_id
-
     async with nodes(tmp_path, 2) as (a, b):
         await a.join(TOPIC, accept_all)
         b_in = await b.join(TOPIC, accept_all)
@@ -323,6 +324,9 @@ async def test_gossip_advertises_the_ids_it_dedups_by(tmp_path: Path) -> None:
         assert await collect(b_in, 1, timeout_s=10) == [b"held by both"]
         advertised = a.pubsub.router.mcache.window(TOPIC)
         assert advertised == [message_id(b"held by both")]
+        with trio.fail_after(5):  # gossipsub marks it seen just after our gate delivered it
+            while not b.pubsub.seen_messages.has(advertised[0]):
+                await trio.sleep(0.05)
         wanted: list[list[bytes]] = []
         router = b.pubsub.router
 
