@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+import trio
 
 from p2pfl.core.cid import CHUNK_SIZE, blob_blocks, blob_cid, raw_cid
 from p2pfl.errors import ConfigError, InvalidBlock, InvalidMessage
@@ -239,6 +240,36 @@ def test_own_record_is_reused_for_a_while_then_checked_again() -> None:
 
     for module in (gossipsub, pubsub):  # the senders now reuse the record
         assert module.env_to_send_in_RPC is not peerstore.env_to_send_in_RPC
+
+
+async def test_copies_of_a_message_in_validation_are_dropped_on_arrival() -> None:
+    from p2pfl.net import pubsub_tuning
+
+    release = trio.Event()
+    processed: list[tuple[str, bytes]] = []
+
+    async def push_msg(self, forwarder, msg):  # type: ignore[no-untyped-def]
+        processed.append((forwarder, msg))
+        if msg == b"slow":
+            await release.wait()  # the signature check and validator, awaited
+
+    class Pubsub:
+        _msg_id_constructor = staticmethod(lambda msg: b"id:" + msg)
+
+    pubsub = Pubsub()
+    once = pubsub_tuning.make_single_flight(push_msg)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(once, pubsub, "A", b"slow")
+        await trio.sleep(0.01)
+        await once(pubsub, "B", b"slow")  # same message, still in validation: dropped
+        await once(pubsub, "B", b"other")  # another message goes through
+        release.set()
+    await once(pubsub, "C", b"slow")  # validated: the library's seen-cache decides now
+    assert processed == [("A", b"slow"), ("B", b"other"), ("C", b"slow")]
+    assert pubsub_tuning.apply() is True
+    from libp2p.pubsub.pubsub import Pubsub as LibPubsub
+
+    assert LibPubsub.push_msg.__name__ == "push_msg_once"  # installed on the library's class
 
 
 async def test_task_parents_are_remembered_and_match_the_library_walk(monkeypatch) -> None:
