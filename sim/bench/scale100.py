@@ -35,6 +35,25 @@ The last run: members now accept 92-98 of the 100 updates, but attempt 0's membe
 fetched ~10 deltas each in the 60 s collect window and gossip had delivered 69% of the
 updates everywhere after 5 minutes: per-message Python networking that grows with the
 square of the node count.
+
+Later still (same quiet machine; load 2.2 before, 2.1 after): 10 nodes 5/5, median round
+3.375 s (train 2.0, disseminate 1.0, agree 0.2), accuracy 0.817. 100 nodes: **round 1
+committed** in 115.6 s (train 24.6, disseminate 83.4, agree 6.5, all 100 updates in),
+rounds 2-5 not within the 1,200 s guard (round 2 reached its third attempt); ratio of the
+medians 34 (target <= 2), shards at 0.89 of a core. Per-shard counters of gossipsub RPCs
+found what had kept every 100-node round from committing, all fixed in
+p2pfl.net.pubsub_tuning / host / gossip: the message cache keyed by another id than the
+seen-cache (every IHAVE drew an IWANT for a message already held: 96-99% of the received
+update messages were duplicates), copies validated and forwarded again while the first
+was being validated (46 copies per message), the cache window replayed to each new
+connection, IDONTWANTs outnumbering the updates forwarded, our own signed record rebuilt
+per RPC (8.6% of a shard), heartbeats most of the gossip (now kept out of sync logs,
+skipped while other signed messages go out, and at scale every n^2/100 x 5 s), and 58% of
+block-stream opens timing out at py-libp2p's 10 s negotiation limit (now 30 s). What is
+left: each update and re-wrap still reaches every node (~6 copies each through the mesh),
+which keeps both cores busy for minutes per round; block-stream opens then take over 10 s,
+a member needs 60-100 s for the 100 deltas, and a round whose committee cannot finish is
+re-drawn, its new members fetch everything again and the authors' re-wraps double the gossip.
 """
 
 from __future__ import annotations
