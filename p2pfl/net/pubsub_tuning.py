@@ -208,7 +208,7 @@ def apply() -> bool:
         return True
     if not libp2p_is_tested(
         "signed peer records built and checked per RPC, IDONTWANTs for every message,"
-        " the message cache replayed to every new peer"
+        " the message cache replayed to every new peer, copies forwarded while validated"
     ):
         return False
     import importlib
