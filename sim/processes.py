@@ -33,7 +33,8 @@ Many nodes (`sim/scenarios/processes40.toml`, `python -m sim.bench processes40`)
 chain poll, the anti-entropy sync interval and the heartbeat interval (with the live
 window, four beats) of each node grow with the node count (`follow_poll_s`,
 `sync_interval_s`, `heartbeat_interval_s`: unchanged up to ten nodes) so that the
-machine-wide rate of each stays put; children are stopped together; `P2PFL_SIM_PROFILE=1`
+machine-wide work of each stays put (heartbeats: with the square of the node count, as
+every beat reaches every node); children are stopped together; `P2PFL_SIM_PROFILE=1`
 leaves a cProfile of each node (of each shard) beside its log.
 
 Shards (`--shards K`, `run_processes(..., shards=K)`; `sim/scenarios/scale100.toml`,
