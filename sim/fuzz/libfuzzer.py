@@ -96,11 +96,13 @@ def main(argv: list[str]) -> None:
     target = _load_target(name)
     corpus = [f for f in flags if not f.startswith("-")]
     flags = [f for f in flags if f.startswith("-")]
-    if not corpus:
-        folder = Path(tempfile.mkdtemp(prefix=f"p2pfl-fuzz-{name}-"))
+    if not corpus:  # run by hand: a corpus folder of its own, kept for the next run
+        corpus = [tempfile.mkdtemp(prefix=f"p2pfl-fuzz-{name}-")]
+    folder = Path(corpus[0])
+    folder.mkdir(parents=True, exist_ok=True)
+    if not any(folder.iterdir()):  # a new corpus starts from the target's seeds
         for i, seed in enumerate(target.seeds()):
             (folder / f"seed-{i:04d}").write_bytes(seed)
-        corpus = [str(folder)]
     own_mutate = getattr(target, "mutate", None)
 
     def one_input(data: bytes) -> None:
@@ -147,6 +149,7 @@ def run_target(
             "-print_final_stats=1",
             "-print_pcs=0",
             *(extra or []),
+            str(work / "corpus"),  # inside `work`: gone with the temporary folder
         ]
         env = {**os.environ, "PYTHONPATH": str(ROOT_DIR)}
         with open(work / "output.txt", "w+b") as out:

@@ -7,7 +7,9 @@ a planted hang reported with their inputs).
 
 from __future__ import annotations
 
+import tempfile
 import tracemalloc
+from pathlib import Path
 
 import pytest
 
@@ -171,8 +173,11 @@ def test_libfuzzer_target_runs_clean(name: str, tmp_path) -> None:
     from sim.fuzz.libfuzzer import run_target
 
     inputs = 300 if name == "round" else 3000
+    before = set(Path(tempfile.gettempdir()).glob(f"p2pfl-fuzz-{name}-*"))
     result = run_target(name, inputs, seed=7, workdir=tmp_path)
     assert result.returncode == 0, result.tail
+    assert any((tmp_path / "corpus").iterdir())  # the corpus grew in the work folder...
+    assert set(Path(tempfile.gettempdir()).glob(f"p2pfl-fuzz-{name}-*")) == before  # ...only
     assert (result.inputs, result.crashes, result.hangs) == (inputs, 0, 0), result.tail
     assert result.coverage > 20 and result.corpus > 1  # instrumented: it saw edges, grew
 
