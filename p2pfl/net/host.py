@@ -54,7 +54,6 @@ from p2pfl.net.gossip import Gossip, GossipMessage, Validator
 from p2pfl.net.limits import Metrics, Offence, PeerBook
 from p2pfl.net.nat import NatTraversal, is_circuit_addr
 from p2pfl.net.services import quietly, run_service
-from p2pfl.net.yamux_tuning import libp2p_is_tested
 
 log = logging.getLogger(__name__)
 
@@ -510,8 +509,6 @@ def _build(config: NetConfig, private_key: bytes) -> tuple[Any, Any, Any, Any]:
     # Content-addressed message ids: the same bytes are one message whoever (re)publishes
     # them, which is what lets sync and gossip deduplicate each other.
     pubsub = Pubsub(host, router, msg_id_constructor=_content_message_id, strict_signing=True)
-    if libp2p_is_tested("gossip would re-send every cached message: its cache keys mismatch"):
-        pubsub_tuning.key_cache_by(router.mcache, _content_message_id)
     dht = None
     if config.dht:
         from libp2p.kad_dht.kad_dht import DHTMode, KadDHT

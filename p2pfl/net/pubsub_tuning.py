@@ -55,10 +55,10 @@ IHAVEs a node sends list cache keys, and a peer asks (IWANT) for every id it has
 and seen ids are ours: no advertised id ever matches, so every message a node holds is sent
 again to each peer it gossips to, every heartbeat of the cache window. With 100 nodes on 2
 cores, 96-99% of the update-topic messages a shard received were such duplicates (9,509 of
-9,509 in one 20 s window after every update had arrived). Fix (`key_cache_by`, installed
-on each router by the host): the cache keys messages by the `Pubsub`'s own id function, so
-IHAVE ids are seen ids and IWANT asks only for what is missing. Not a tuning but a
-correction; it applies whenever the library version is one this was read against.
+9,509 in one 20 s window after every update had arrived). Fix (`key_cache_by`, run by
+`GossipSub.attach` when a `Pubsub` takes the router): the cache keys messages by that
+`Pubsub`'s own id function, so IHAVE ids are seen ids and IWANT asks only for what is
+missing. With the library's default id function nothing changes.
 
 **6. One copy of a message in validation at a time.** `Pubsub.push_msg` checks the seen-cache,
 then awaits the message's signature check and topic validator, and only then marks it seen
@@ -178,6 +178,17 @@ def key_cache_by(cache: Any, message_id: Callable[[Any], bytes]) -> None:
     cache.put = put
 
 
+def make_cache_keyed_on_attach(attach: Any) -> Any:
+    """Wrap `GossipSub.attach(self, pubsub)` so the router's message cache is keyed by the
+    attaching `Pubsub`'s message id function (fix 5 above)."""
+
+    def attach_keyed(self: Any, pubsub: Any) -> None:
+        attach(self, pubsub)
+        key_cache_by(self.mcache, pubsub._msg_id_constructor)
+
+    return attach_keyed
+
+
 def make_single_flight(push_msg: Any) -> Any:
     """Wrap `Pubsub.push_msg(self, forwarder, msg)` so that a message whose id is already
     being processed is dropped on arrival (fix 6 above)."""
@@ -201,14 +212,14 @@ async def skip_recent_messages(self: Any, peer_id: Any, topic: str) -> None:
 
 
 def apply() -> bool:
-    """Install the fixes once per process (fix 5 is per router: `key_cache_by`); False if
-    this libp2p is untested."""
+    """Install the six fixes once per process; False if this libp2p is untested."""
     global _applied
     if _applied:
         return True
     if not libp2p_is_tested(
         "signed peer records built and checked per RPC, IDONTWANTs for every message,"
-        " the message cache replayed to every new peer, copies forwarded while validated"
+        " the message cache replayed to every new peer and keyed by another id than the"
+        " seen-cache, copies forwarded while validated"
     ):
         return False
     import importlib
@@ -236,6 +247,7 @@ def apply() -> bool:
     GossipSub.publish = publish  # type: ignore[method-assign]
     GossipSub._emit_idontwant_for_message = emit  # type: ignore[method-assign]
     GossipSub.send_recent_messages = skip_recent_messages  # type: ignore[method-assign]
+    GossipSub.attach = make_cache_keyed_on_attach(GossipSub.attach)  # type: ignore[method-assign]
     from libp2p.pubsub.pubsub import Pubsub
 
     Pubsub.push_msg = make_single_flight(Pubsub.push_msg)  # type: ignore[method-assign]
