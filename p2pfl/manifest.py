@@ -21,8 +21,11 @@ from p2pfl.errors import ConfigError
 
 MANIFEST_VERSION = 1
 # The `privacy` table's keys and their defaults (spec sealing.md): updates are sealed to
-# the committee unless a task says otherwise (e.g. to measure what sealing costs).
-PRIVACY_DEFAULTS: dict[str, Any] = {"sealed": True}
+# the committee unless a task says otherwise (e.g. to measure what sealing costs), and
+# gossiped to every node ("all") unless the task sends them to the committee only
+# ("committee": RoundConfig.updates_to_committee; spec round.md).
+PRIVACY_DEFAULTS: dict[str, Any] = {"sealed": True, "updates": "all"}
+UPDATES_TO = ("all", "committee")
 
 
 def privacy_options(table: Any) -> dict[str, Any]:
@@ -32,11 +35,18 @@ def privacy_options(table: Any) -> dict[str, Any]:
         raise ConfigError("manifest privacy must be a table")
     unknown = sorted(set(table) - set(PRIVACY_DEFAULTS))
     if unknown:
-        raise ConfigError(f"manifest privacy has unknown keys {unknown} (known: sealed)")
+        raise ConfigError(
+            f"manifest privacy has unknown keys {unknown} (known: {sorted(PRIVACY_DEFAULTS)})"
+        )
     options = {**PRIVACY_DEFAULTS, **table}
     if type(options["sealed"]) is not bool:
         raise ConfigError(
             f"manifest privacy.sealed must be true or false, not {options['sealed']!r}"
+        )
+    if options["updates"] not in UPDATES_TO:
+        raise ConfigError(
+            f"manifest privacy.updates must be one of {list(UPDATES_TO)}, "
+            f"not {options['updates']!r}"
         )
     return options
 
@@ -126,6 +136,7 @@ class TaskManifest:
                 "timeout_growth": self.timeout_growth,
                 "max_timeout_factor": self.max_timeout_factor,
                 "sealed": self.sealed,
+                "updates_to_committee": self.privacy_options()["updates"] == "committee",
                 **overrides,
             },
         )

@@ -40,11 +40,11 @@ def main(argv: list[str] | None = None) -> int:
 
     setup_logging()
     overrides = {}
+    from sim.strict import override_value
+
     for item in args.set:
         key, _, raw = item.partition("=")
-        import tomllib
-
-        overrides[key] = tomllib.loads(f"v = {raw}")["v"] if raw else ""
+        overrides[key] = override_value(raw) if raw else ""
     try:
         scenario = load_scenario(args.scenario, overrides)
         if args.processes or args.shards:

@@ -684,15 +684,12 @@ def main(argv: list[str] | None = None) -> int:
         "runs/robustness/table-seeds-<seeds>.json, not into the report",
     )
     args = parser.parse_args(argv)
-    import tomllib
-
     from p2pfl.logs import setup_logging
     from sim.scenario import load_scenario
+    from sim.strict import override_value
 
     setup_logging()
-    overrides = {
-        k: tomllib.loads(f"v = {v}")["v"] for k, _, v in (s.partition("=") for s in args.set)
-    }
+    overrides = {k: override_value(v) for k, _, v in (s.partition("=") for s in args.set)}
     scenario = load_scenario(args.scenario, overrides)
     parts = args.only or ["table", "stack", "protocol"]
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)

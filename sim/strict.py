@@ -32,6 +32,15 @@ def read_scenario_toml(path: str | Path, overrides: dict[str, Any] | None = None
     return raw
 
 
+def override_value(text: str) -> Any:
+    """The value of a `--set KEY=VALUE` override: a TOML value (3, 0.5, true, "x",
+    [1, 2]), else the text itself, so `--set privacy.updates=committee` needs no quotes."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
 def build(cls: type, raw: Any, where: str, *, non_negative: tuple[type, ...] = ()) -> Any:
     """`cls(**raw)` with every key known and every value of its default's type.
 

@@ -197,6 +197,14 @@ class RoundConfig:
     # committee. The task's `[privacy] sealed` (on by default in a manifest); False here
     # so the machine's own tests and the DES model plain updates unless they ask.
     sealed: bool = False
+    # Who receives a round's Update and Rewrap messages (the task's `[privacy] updates`).
+    # False: gossip to every node (they all learn each author and delta CID). True: the
+    # author sends them to the members of each attempt's committee directly, and to a
+    # re-drawn committee's new members when it is drawn: a round then costs n x k
+    # messages instead of gossip's n x n (each with several copies), and nodes off the
+    # committee learn who contributed only from proposals (spec round.md *Updates to the
+    # committee*). Votes, proposals, certificates and heartbeats are gossiped either way.
+    updates_to_committee: bool = False
 
     def __post_init__(self) -> None:
         if len(self.task) != 32:
@@ -623,6 +631,8 @@ class RoundMachine:
         self._rewraps: dict[UpdateKey, bytes] = {}
         self._rewrapped: dict[tuple[bytes, int], tuple[bytes, frozenset[bytes]]] = {}
         self._rewraps_sent: set[int] = set()
+        # Updates to the committee: the members our update was sent to (any attempt).
+        self._update_sent_to: set[bytes] = set()
         self._certificate: Commit | None = None
         self._submit_at: float | None = None
         self._attempt = _Attempt(0, (), event.now, math.inf)
@@ -734,6 +744,7 @@ class RoundMachine:
             self.counters["redraws"] += 1
         if len(committee) >= self.config.quorum:
             self._send_rewrap()
+            self._send_update_to_committee()
         if len(committee) < self.config.quorum:
             self._goto(Trigger.DRAW_SMALL)
         elif self._presumed_dead_draw(attempt, committee):
@@ -1023,9 +1034,12 @@ class RoundMachine:
             return
         update = self._sign(update)  # type: ignore[assignment]
         self._own_update_sent = True
-        self._emit(Publish(update))
         key = (self.address, update.delta)
         self._first_update[self.address] = update
+        if self.config.updates_to_committee:
+            self._send_update_to_committee()
+        else:
+            self._emit(Publish(update))
         self._updates[key] = update
         self._statements[(self.address, update.statement_key())] = update
         self._delta_ok[key] = True  # our own blocks are local
@@ -1034,6 +1048,26 @@ class RoundMachine:
         self._hear(self.address)
         self._send_rewrap()  # published after a re-draw: wrap for the current committee too
         self._after_new_data()
+
+    def _send_update_to_committee(self) -> None:
+        """Updates to the committee: send our update to the members of this attempt it has
+        not been sent to (all of them at first, a re-draw's new members later); nothing
+        for a draw below quorum (no one to collect) nor before our update is out."""
+        own = self._first_update.get(self.address)
+        a = self._attempt
+        if (
+            not self.config.updates_to_committee
+            or not self._own_update_sent
+            or own is None
+            or len(a.committee) < self.config.quorum
+        ):
+            return
+        recipients = tuple(
+            m for m in a.committee if m != self.address and m not in self._update_sent_to
+        )
+        if recipients:
+            self._update_sent_to.update(recipients)
+            self._emit(Publish(own, to=recipients))
 
     # --- sealed updates: re-wraps for a re-drawn committee (spec sealing.md) ------------------
 
@@ -1080,7 +1114,11 @@ class RoundMachine:
         # Our own rewrap never comes back from gossip: note it as others will (`_usable`).
         self._rewrapped[(self.address, event.attempt)] = (event.delta, members_of(event.wraps))
         rewrap = self._sign(rewrap)  # type: ignore[assignment]
-        self._emit(Publish(rewrap))
+        if self.config.updates_to_committee:  # only the attempt's members use it (`_usable`)
+            to = tuple(m for m in self._attempt.committee if m != self.address)
+            self._emit(Publish(rewrap, to=to))
+        else:
+            self._emit(Publish(rewrap))
 
     def _on_rewrap(self, event: RewrapReceived) -> None:
         """An author's wraps for a re-drawn committee: note which members it covers (the
@@ -1343,6 +1381,12 @@ class RoundMachine:
         elif self._record_statement(p):
             self.counters["proposals-accepted"] += 1
             self._signers.add(p.signer)
+            if self.config.updates_to_committee:
+                # Updates went to the committee only: a proposal is how a node off it
+                # learns who is alive (and so whom to expect when it is drawn next round).
+                for author, _ in p.included:
+                    if self._stakes.get(author, 0) > 0:
+                        self._hear(author)
 
     def _proposal_of_this_view(self, event: ProposalReceived) -> Proposal | None:
         """A member's valid proposal for the current view, recorded (else None: dropped,

@@ -246,9 +246,12 @@ class StartTraining:
 
 @dataclass(frozen=True)
 class Publish:
-    """Gossip a signed message (or a commit certificate) on the task's topic."""
+    """Gossip a signed message (or a commit certificate) on the task's topic, or, when
+    `to` names nodes (a task whose updates go to the committee only: `RoundConfig.
+    updates_to_committee`), send it to those nodes directly and to no one else."""
 
     message: Update | Proposal | Vote | Commit | Rewrap
+    to: tuple[bytes, ...] | None = None  # None: gossip to every node of the task
 
 
 @dataclass(frozen=True)

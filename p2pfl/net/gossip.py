@@ -11,6 +11,9 @@ Three paths bring a message to a node, all through the same gate (`Gossip._admit
   msg/topic/s spam limit per forwarder, a 32-slot subscription channel); sync repairs every
   such loss within a few intervals, without knowing anything about rounds.
 - **local publish**: admitted directly, then handed to gossipsub at a paced rate.
+- **push** (on the sync protocol): one message sent to one chosen peer, which judges it
+  through the same gate and answers with its verdict; neither side gossips it or keeps it
+  in its sync log (a task whose updates go to the committee only sends them this way).
 
 Message id = sha256(data) (content addressed), so the same bytes arriving by gossip, by sync,
 or republished by another node are one message.
@@ -25,6 +28,9 @@ Sync wire format (big-endian; spec: protocol/spec/network.md):
 
     request  = 0x02 | u16 topic length | topic (UTF-8) | u32 n | n x 32-byte message ids
     response = u32 m | m x (u32 length | message bytes)
+
+    push     = 0x03 | u16 topic length | topic (UTF-8) | u32 length | message bytes
+    answer   = 1 byte: 0 accepted (or already held), 1 rejected, 2 ignored (try later)
 """
 
 from __future__ import annotations
@@ -44,7 +50,7 @@ import trio
 
 from p2pfl.core.validation import ACCEPT, IGNORE
 from p2pfl.core.validation import Verdict as CoreVerdict
-from p2pfl.errors import InvalidMessage
+from p2pfl.errors import InvalidMessage, P2PFLError
 from p2pfl.net.blocks import FrameReader, StreamClosed, peer_of
 from p2pfl.net.config import (
     PUBLISH_BURST,
@@ -59,6 +65,8 @@ from p2pfl.net.limits import Metrics, Offence, PeerBook, TokenBucket
 log = logging.getLogger(__name__)
 
 MSG_SYNC = 0x02
+MSG_PUSH = 0x03
+PUSH_ANSWERS = {0: "accept", 1: "reject", 2: "ignore"}
 MESSAGE_ID_SIZE = 32
 MAX_TOPIC_BYTES = 256
 # Ids of ignored messages are sent as "have" for this long, so sync does not fetch the same
@@ -139,6 +147,8 @@ class _TopicState:
         self.validate = validate
         self.log: OrderedDict[bytes, tuple[bytes, float]] = OrderedDict()
         self.ignored: OrderedDict[bytes, float] = OrderedDict()
+        # Pushed messages admitted (kept out of `log`: sync never offers them), by arrival.
+        self.pushed: OrderedDict[bytes, float] = OrderedDict()
         # Rejected ids are listed as "have" in sync requests so a peer (an attacker, or an
         # honest peer with a different view) cannot make us fetch and judge them again.
         self.rejected: OrderedDict[bytes, float] = OrderedDict()
@@ -158,13 +168,25 @@ class _TopicState:
             self.ignored.popitem(last=False)
         while self.rejected and next(iter(self.rejected.values())) < now - SYNC_LOG_TTL_S:
             self.rejected.popitem(last=False)
+        while self.pushed and next(iter(self.pushed.values())) < now - SYNC_LOG_TTL_S:
+            self.pushed.popitem(last=False)
 
     def known(self, msg_id: bytes) -> bool:
         """Admitted, recently ignored, or rejected: nothing to fetch or judge again."""
-        return msg_id in self.log or msg_id in self.ignored or msg_id in self.rejected
+        return (
+            msg_id in self.log
+            or msg_id in self.ignored
+            or msg_id in self.rejected
+            or msg_id in self.pushed
+        )
 
     def have_list(self) -> list[bytes]:
-        return [*self.log.keys(), *self.ignored.keys(), *self.rejected.keys()]
+        return [*self.log.keys(), *self.ignored.keys(), *self.rejected.keys(), *self.pushed]
+
+    def remember_pushed(self, msg_id: bytes, now: float) -> None:
+        self.pushed[msg_id] = now
+        while len(self.pushed) > SYNC_LOG_MAX_MESSAGES:
+            self.pushed.popitem(last=False)
 
 
 class Gossip:
@@ -292,7 +314,8 @@ class Gossip:
     def _admit(
         self, state: _TopicState, data: bytes, msg_id: bytes, peer: str, via: str
     ) -> Verdict:
-        """Validate and, on ACCEPT, remember and deliver one message. Never raises."""
+        """Validate and, on ACCEPT, remember and deliver one message (a pushed one is
+        remembered as held, not kept for sync). Never raises."""
         if len(data) > self.config.max_message_bytes:
             self.peers.offence(peer, Offence.OVERSIZED, f"{via}-oversized")
             self._remember_rejected(state, msg_id)
@@ -320,7 +343,9 @@ class Gossip:
             return Verdict.IGNORE
         if not self._deliver(state, GossipMessage(state.topic, data, msg_id, peer, via)):
             return Verdict.IGNORE
-        if result.synced:
+        if via == "push":
+            state.remember_pushed(msg_id, self.clock())
+        elif result.synced:
             state.remember(msg_id, data, self.clock())
         self.metrics.inc(f"admitted-{via}")
         self.metrics.inc("bytes-admitted", len(data))
@@ -399,8 +424,69 @@ class Gossip:
                 await _close(stream)
         return admitted
 
+    async def push(self, peer: str, topic: str, data: bytes) -> str:
+        """Send one message to `peer` alone (not gossiped, not kept for sync); returns its
+        verdict: "accept" (admitted, or held already), "reject" or "ignore" (e.g. a round
+        the peer has not reached: worth sending again later). Raises `P2PFLError` when the
+        exchange fails (no stream, timeout, a bad answer) and `InvalidMessage("oversized")`
+        over the size limit."""
+        if topic not in self.topics:
+            raise ValueError(f"join {topic} before pushing on it")
+        if len(data) > self.config.max_message_bytes:
+            raise InvalidMessage(
+                "oversized", f"{len(data)} bytes > {self.config.max_message_bytes} on {topic}"
+            )
+        topic_bytes = topic.encode()
+        frame = (
+            struct.pack(">BH", MSG_PUSH, len(topic_bytes))
+            + topic_bytes
+            + struct.pack(">I", len(data))
+            + data
+        )
+        stream = None
+        try:
+            with trio.fail_after(SYNC_TIMEOUT_S):
+                stream = await self.open_stream(peer, SYNC_PROTOCOL)
+                await stream.write(frame)
+                (code,) = await FrameReader(stream).read_exactly(1)
+        except trio.TooSlowError:
+            self.metrics.inc("push-timeouts")
+            raise P2PFLError(f"push to {peer} timed out") from None
+        except Exception as exc:
+            self.metrics.inc("push-errors")
+            raise P2PFLError(f"push to {peer} failed: {exc!r}") from None
+        finally:
+            if stream is not None:
+                await _close(stream)
+        answer = PUSH_ANSWERS.get(code)
+        if answer is None:
+            self.metrics.inc("push-errors")
+            raise P2PFLError(f"push to {peer}: unknown answer {code}")
+        self.metrics.inc(f"pushed-{answer}")
+        self.metrics.inc("bytes-published", len(data))
+        return answer
+
+    async def _answer_push(self, peer: str, reader: FrameReader, topic: str) -> int:
+        """The push request's message, judged at the gate: its answer code."""
+        (length,) = struct.unpack(">I", await reader.read_exactly(4))
+        if length > self.config.max_message_bytes:
+            self.peers.offence(peer, Offence.OVERSIZED, "push-oversized")
+            return 1
+        data = await reader.read_exactly(length)
+        state = self.topics.get(topic)
+        if state is None:
+            return 2  # not a topic of ours (yet): nothing against the peer
+        msg_id = message_id(data)
+        if msg_id in state.log or msg_id in state.pushed:
+            return 0
+        if msg_id in state.rejected:
+            return 1
+        verdict = self._admit(state, data, msg_id, peer, "push")
+        return {Verdict.ACCEPT: 0, Verdict.REJECT: 1, Verdict.IGNORE: 2}[verdict]
+
     async def handle_sync_stream(self, stream: Any) -> None:
-        """Stream handler for SYNC_PROTOCOL: answer one request with the messages it lacks."""
+        """Stream handler for SYNC_PROTOCOL: answer one request with the messages it lacks,
+        or judge one pushed message."""
         peer = peer_of(stream)
         try:
             if self.peers.is_banned(peer) or not self.peers.allow(peer, "requests"):
@@ -408,9 +494,13 @@ class Gossip:
             with trio.fail_after(SYNC_TIMEOUT_S):
                 reader = FrameReader(stream)
                 kind, topic_len = struct.unpack(">BH", await reader.read_exactly(3))
-                if kind != MSG_SYNC or topic_len > MAX_TOPIC_BYTES:
+                if kind not in (MSG_SYNC, MSG_PUSH) or topic_len > MAX_TOPIC_BYTES:
                     raise InvalidMessage("bad-frame", "not a sync request")
                 topic = (await reader.read_exactly(topic_len)).decode("utf-8", errors="replace")
+                if kind == MSG_PUSH:
+                    code = await self._answer_push(peer, reader, topic)
+                    await stream.write(bytes([code]))
+                    return
                 (count,) = struct.unpack(">I", await reader.read_exactly(4))
                 if count > 3 * SYNC_LOG_MAX_MESSAGES:
                     raise InvalidMessage("bad-frame", f"sync request lists {count} ids")

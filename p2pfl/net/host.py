@@ -287,6 +287,12 @@ class NodeNet:
         False: gossiped once, as for a heartbeat); returns the id."""
         return await self.gossip.publish(topic, data, synced)
 
+    async def push(self, peer: str, topic: str, data: bytes) -> str:
+        """Send one message on a joined topic to `peer` alone (not gossiped, not kept for
+        sync); returns the peer's verdict ("accept", "reject", "ignore"). `P2PFLError` when
+        the exchange fails."""
+        return await self.gossip.push(peer, topic, data)
+
     # --- blocks -------------------------------------------------------------------------
 
     def put_blob(self, data: bytes | bytearray | memoryview) -> CID:

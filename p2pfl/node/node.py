@@ -51,6 +51,12 @@ CHAIN_WAIT_POLL_S = 0.2
 # was learned is counted `rounds-started-late` (its attempt clock starts at the commit).
 LATE_START_S = 5.0
 
+# A direct send (`Publish.to`) that fails or is ignored is tried again after 1, 2, 4, ...
+# up to 16 s apart: 10 tries span ~2 minutes, a collection window at scale.
+PUSH_TRIES = 10
+PUSH_RETRY_FIRST_S = 1.0
+PUSH_RETRY_MAX_S = 16.0
+
 TOPIC_UPDATES = "updates"
 TOPIC_CONSENSUS = "consensus"
 TOPIC_COMMITS = "commits"
@@ -299,7 +305,43 @@ class Node:
                 entry.published_at = self.clock()
             elif isinstance(message, Commit) and not entry.certified_at:
                 entry.certified_at = self.clock()
-        self._node_task(self._publish, message)
+        if action.to is None:
+            self._node_task(self._publish, message)
+            return
+        if isinstance(message, Update):
+            self.intake.remember(message)  # its inline bytes serve fetches
+        data = message.encode()
+        for address in action.to:
+            self._round_task(message.round, self._push, message, data, address)
+
+    async def _push(self, message: Any, data: bytes, address: bytes) -> None:
+        """Send a message to one node directly (an update or re-wrap to a committee
+        member, `Publish.to`), again while it fails or is ignored (the member may not have
+        reached the round yet), until it is judged or the round's nursery is cancelled.
+        Only the recipient hears it, so it does not stand in for a heartbeat."""
+        if self.behaviour.silent:
+            return
+        topic = self.topic(topic_of(message))
+        delay = PUSH_RETRY_FIRST_S
+        for _ in range(PUSH_TRIES):
+            peer = self.peer_ids.get(address)
+            if peer is None:
+                self.count("push-unknown-peer")
+            else:
+                try:
+                    answer = await self.net.push(peer, topic, data)
+                except P2PFLError as exc:
+                    self.count("push-failed")
+                    log.debug("push %s to %s failed: %s", type(message).__name__, peer, exc)
+                else:
+                    if answer != "ignore":
+                        self.count(f"push-{answer}")
+                        return
+                    self.count("push-ignored")
+            await trio.sleep(delay)
+            delay = min(delay * 2, PUSH_RETRY_MAX_S)
+        self.count("push-gave-up")
+        log.warning("gave up sending %s to %s", type(message).__name__, address.hex())
 
     async def _publish(self, message: Any) -> None:
         if self.behaviour.silent:

@@ -107,6 +107,7 @@ def round_config(s: DesScenario, task: bytes, rule: str) -> RoundConfig:
         rule=rule,
         **round_timing(c),
         live_quorum=c.live_quorum,
+        updates_to_committee=c.updates == "committee",
     )
 
 
@@ -203,7 +204,9 @@ class Engine:
 
     # ------------------------------------------------------------ gossip
 
-    def publish(self, node: SimNode, message: Any) -> None:
+    def publish(self, node: SimNode, message: Any, to: tuple[bytes, ...] | None = None) -> None:
+        """Gossip `message` to every node, or send it to the nodes `to` directly (an update
+        of a task whose updates go to the committee only: `Publish.to`)."""
         if node.roles.honest and isinstance(message, Signed) and not isinstance(message, Heartbeat):
             slot = (node.address, message.statement_key())
             body = message.body()
@@ -223,9 +226,30 @@ class Engine:
         size = len(data)
         if isinstance(message, Update) and message.inline:
             size += self.s.train.model_bytes - len(message.inline)  # the wire size
+        if to is not None:
+            self._direct(node.index, event, size, to)
+            return
         if not isinstance(message, Heartbeat):
             self._recent.append((self.now, message.round, event))
         self._flood(node.index, event, size, None)
+
+    def _direct(self, src: int, event: Any, size: int, to: tuple[bytes, ...]) -> None:
+        """Deliver `event` to each node of `to` over its own transfer (both links' queues,
+        then the direct latency), not over the mesh."""
+        for address in to:
+            dst = self.index_of.get(address)
+            if dst is None or dst == src:
+                continue
+            self.messages += 1
+            sent = self.links.transfer(src, dst, size, self.now)
+            receiver = self.nodes[dst]
+
+            def deliver(receiver: SimNode = receiver) -> None:
+                self.deliveries += 1
+                if receiver.online:
+                    receiver.handle(event)
+
+            self.at(sent + self.overlay.direct_latency(src, dst), deliver)
 
     def _flood(self, src: int, event: Any, size: int, only: list[int] | None) -> None:
         """Deliver `event` to every node (or `only`) at its overlay arrival time."""

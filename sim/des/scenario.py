@@ -90,6 +90,9 @@ class CommitteeSection:
     # read liveness; the others' bytes are still counted), "bytes" (sent and counted, read
     # by no machine: as `live_quorum = false`), "none" (not sent).
     heartbeats: str = "all"
+    # Who receives the updates (the manifest's `[privacy] updates`): "all" (gossip) or
+    # "committee" (sent to each attempt's members directly: RoundConfig.updates_to_committee).
+    updates: str = "all"
 
 
 @dataclass(frozen=True)
@@ -140,6 +143,10 @@ def load_des_scenario(path: str | Path, overrides: dict[str, Any] | None = None)
         raise ConfigError("committee.quorum_fraction must be in (0, 1]")
     if s.committee.heartbeats not in HEARTBEAT_SCOPES:
         raise ConfigError(f"committee.heartbeats must be one of {HEARTBEAT_SCOPES}")
+    from p2pfl.manifest import UPDATES_TO
+
+    if s.committee.updates not in UPDATES_TO:
+        raise ConfigError(f"committee.updates must be one of {UPDATES_TO}")
     if not s.network.latency_min_s <= s.network.latency_max_s:
         raise ConfigError("network.latency_min_s must not exceed latency_max_s")
     if not 0 <= s.network.loss < 1 or not 0 <= s.faults.churn_fraction < 1:

@@ -154,17 +154,18 @@ class Sim:
         vote = vote.signed(KEY_OF[liar], DOMAIN)
         self.broadcast(liar, vote)
 
-    def broadcast(self, src: bytes, message) -> None:
+    def broadcast(self, src: bytes, message, to=None) -> None:
+        """Gossip `message` to every machine, or to the machines `to` only (`Publish.to`)."""
         self.published.append((self.now, src, message))
         event = received(message)
-        for dst in self.machines:
+        for dst in self.machines if to is None else to:
             if dst != src:
                 self.push(self.now + self.latency(), dst, event)
 
     def perform(self, src: bytes, action) -> None:
         i = list(self.machines).index(src)
         if isinstance(action, Publish):
-            self.broadcast(src, action.message)
+            self.broadcast(src, action.message, action.to)
         elif isinstance(action, Fetch):
             self.fetches.append((src, action))
             ok = action.author not in self.bad_deltas

@@ -13,7 +13,7 @@ import trio
 
 from p2pfl.core.cid import CHUNK_SIZE, blob_cid
 from p2pfl.core.identity import NodeIdentity
-from p2pfl.errors import InvalidMessage
+from p2pfl.errors import InvalidMessage, P2PFLError
 from p2pfl.net import (
     FetchError,
     NetConfig,
@@ -342,3 +342,41 @@ async def test_gossip_advertises_the_ids_it_dedups_by(tmp_path: Path) -> None:
         unknown = message_id(b"held by a only")
         await router.handle_ihave(rpc_pb2.ControlIHave(topicID=TOPIC, messageIDs=[unknown]), sender)
         assert wanted == [[unknown]]
+
+
+async def test_a_pushed_message_reaches_its_peer_alone_and_is_not_resynced(
+    tmp_path: Path,
+) -> None:
+    """`push` (a task's updates to its committee): the chosen peer judges the message at the
+    same gate and answers its verdict; nobody else gets it, by gossip or by sync, and a
+    second push of the same bytes is answered from memory."""
+    verdicts: list[bytes] = []
+
+    def judge(topic: str, data: bytes, peer: str) -> ValidationResult:
+        verdicts.append(data)
+        if data.startswith(b"forged"):
+            return ValidationResult.reject("forged")
+        if data.startswith(b"later"):
+            return ValidationResult.ignore("future-round")
+        return ValidationResult.accept()
+
+    async with nodes(tmp_path, 3, sync_interval_s=0.5) as (a, b, c):
+        await a.join(TOPIC, accept_all)
+        b_in = await b.join(TOPIC, judge)
+        c_in = await c.join(TOPIC, accept_all)
+        await trio.sleep(1.5)
+        assert await a.push(b.peer_id, TOPIC, b"for b only") == "accept"
+        assert await collect(b_in, 1, timeout_s=5) == [b"for b only"]
+        assert await a.push(b.peer_id, TOPIC, b"for b only") == "accept"  # held already
+        assert await a.push(b.peer_id, TOPIC, b"forged update") == "reject"
+        assert await a.push(b.peer_id, TOPIC, b"later update") == "ignore"
+        assert await a.push(b.peer_id, TOPIC, b"later update") == "ignore"  # judged again
+        assert verdicts == [b"for b only", b"forged update", b"later update", b"later update"]
+        assert b.metrics()["rejections_by_peer"] == {a.peer_id: 1}
+        await trio.sleep(2.0)  # several sync rounds
+        assert await collect(c_in, 1, timeout_s=1) == []  # not gossiped, not offered by sync
+        assert not b.gossip.messages(TOPIC) and not a.gossip.messages(TOPIC)
+        with pytest.raises(InvalidMessage):
+            await a.push(b.peer_id, TOPIC, b"x" * (a.config.max_message_bytes + 1))
+        with pytest.raises(P2PFLError):
+            await a.push(NodeIdentity.from_seed(b"\x07" * 32).peer_id, TOPIC, b"to nobody")

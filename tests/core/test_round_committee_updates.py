@@ -1,0 +1,129 @@
+"""Updates to the committee (RoundConfig.updates_to_committee, spec round.md): an author
+sends its Update and Rewraps to the attempt's members directly, a re-draw's new members
+get them when drawn, and nodes off the committee learn who is alive from proposals."""
+
+from __future__ import annotations
+
+from p2pfl.core.messages import Commit, Proposal, Rewrap, Update, Vote
+from p2pfl.core.round import RoundConfig
+
+from .round_sim import ADDRS, GENESIS, RULE, Sim, committee, find_task
+
+K = 7
+TASK7 = find_task(lambda t: len(committee(t, 1, GENESIS)) == 7)
+C7 = committee(TASK7, 1, GENESIS)
+# Attempt 0 full, attempt 1 full with members attempt 0 did not seat (a re-draw brings
+# newcomers that hold nothing yet).
+TASK_NEW_MEMBERS = find_task(
+    lambda t: (
+        len(committee(t, 1, GENESIS)) >= 5
+        and len(committee(t, 1, GENESIS, 1)) >= 5
+        and len(set(committee(t, 1, GENESIS, 1)) - set(committee(t, 1, GENESIS))) >= 2
+    )
+)
+
+
+def config(task: bytes = TASK7, **kw) -> RoundConfig:
+    return RoundConfig(task=task, committee_size=K, rule=RULE, updates_to_committee=True, **kw)
+
+
+def sends(sim: Sim, kind: type) -> list[tuple[bytes, object, tuple[bytes, ...] | None]]:
+    return [(src, m, to) for _, src, m, to in sim.sent if isinstance(m, kind)]
+
+
+class RecordingSim(Sim):
+    """The test Sim, keeping each published message's recipients (`Publish.to`)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.sent: list[tuple[float, bytes, object, tuple[bytes, ...] | None]] = []
+
+    def broadcast(self, src: bytes, message, to=None) -> None:
+        self.sent.append((self.now, src, message, to))
+        super().broadcast(src, message, to)
+
+
+def test_updates_go_to_the_committee_only_and_the_round_commits() -> None:
+    sim = RecordingSim(config(), rounds=2)
+    sim.start()
+    sim.run()
+    assert 1 in sim.chain and 2 in sim.chain
+    for src, update, to in sends(sim, Update):
+        assert to is not None, "an update was gossiped"
+        base = sim.chain[update.round - 1].result if update.round > 1 else GENESIS
+        members = committee(TASK7, update.round, base)
+        assert set(to) == set(members) - {src}
+    for kind in (Proposal, Vote, Commit):  # what every node needs is still gossiped
+        assert sends(sim, kind) and all(to is None for _, _, to in sends(sim, kind))
+    included = {a for a, _ in next(m for _, m, _ in sends(sim, Proposal)).included}
+    assert included == set(ADDRS)
+
+
+def test_followers_learn_the_authors_from_the_proposal() -> None:
+    sim = RecordingSim(config())
+    sim.start()
+    sim.run()
+    included = {a for a, _ in sim_proposal(sim).included}
+    for follower in (a for a in ADDRS if a not in C7):
+        assert included <= sim.machines[follower]._heard  # next round's liveness history
+
+
+def sim_proposal(sim: Sim) -> Proposal:
+    chained = sim.chain[1]
+    return next(
+        m for _, _, m in sim.published if isinstance(m, Proposal) and m.result == chained.result
+    )
+
+
+def test_a_redraw_sends_each_update_to_the_new_members_once() -> None:
+    first = committee(TASK_NEW_MEMBERS, 1, GENESIS)
+    second = committee(TASK_NEW_MEMBERS, 1, GENESIS, 1)
+    # Attempt 0 cannot certify: more than a third of its members never answer.
+    dead = set(first[: len(first) - 4])
+    sim = RecordingSim(config(TASK_NEW_MEMBERS), silent=dead)
+    sim.start()
+    sim.run()
+    assert sim.chain[1].attempt >= 1
+    by_author: dict[bytes, list[tuple[bytes, ...]]] = {}
+    for src, _, to in sends(sim, Update):
+        by_author.setdefault(src, []).append(to)
+    newcomers = set(second) - set(first)
+    for author, tos in by_author.items():
+        assert tos[0] is not None and set(tos[0]) == set(first) - {author}
+        later = [m for to in tos[1:] for m in to]
+        assert len(later) == len(set(later))  # nobody is sent the update twice
+        assert newcomers - {author} <= set(later)
+    # The new members collected the updates they never saw at attempt 0.
+    live_newcomer = next(a for a in newcomers if a not in dead)
+    assert sim.machines[live_newcomer].counters["updates-accepted"] >= len(ADDRS) - len(dead) - 1
+
+
+def test_a_sealed_redraw_sends_rewraps_to_the_attempts_members() -> None:
+    task = find_task(
+        lambda t: (
+            len(committee(t, 1, GENESIS)) < 5
+            and len(committee(t, 1, GENESIS, 1)) >= 5
+            and bool(set(committee(t, 1, GENESIS, 1)) - set(committee(t, 1, GENESIS)))
+        )
+    )
+    second = committee(task, 1, GENESIS, 1)
+    sim = RecordingSim(config(task, sealed=True))
+    sim.start()
+    sim.run()
+    assert sim.chain[1].attempt == 1
+    rewraps = sends(sim, Rewrap)
+    assert rewraps
+    for src, _, to in rewraps:
+        assert to is not None and set(to) == set(second) - {src}
+    # Attempt 0 was too small to collect: every update went to attempt 1's members only.
+    for src, _, to in sends(sim, Update):
+        assert set(to) == set(second) - {src}
+    assert len(sim_proposal(sim).included) == len(ADDRS)
+
+
+def test_gossip_remains_the_default() -> None:
+    sim = RecordingSim(RoundConfig(task=TASK7, committee_size=K, rule=RULE))
+    sim.start()
+    sim.run()
+    assert 1 in sim.chain
+    assert sends(sim, Update) and all(to is None for _, _, to in sends(sim, Update))
