@@ -576,10 +576,14 @@ class RoundMachine:
         The authors of the updates heard in the previous round, plus nodes registered
         since (a joiner gets the benefit of the doubt). No history when this machine did
         not run the previous round (first round, restart, or it followed the chain past
-        rounds it never saw): then every registered node is expected, as before.
+        rounds it never saw), or, when updates go to the committee only, this node was
+        not drawn last round (it heard no update): then every registered node is expected,
+        as in the first round; heartbeats, once judged, still tell the dead apart.
         """
         if self._heard_round is None or self._heard_round != event.round - 1:
             return None
+        if self.config.updates_to_committee and not self._drawn_member:
+            return None  # off the committee, we heard no update: no history to go by
         joined = {a for a, s in event.stakes.items() if s > 0 and a not in self._registered}
         return frozenset(self._heard | joined)
 
@@ -633,6 +637,9 @@ class RoundMachine:
         self._rewraps_sent: set[int] = set()
         # Updates to the committee: the members our update was sent to (any attempt).
         self._update_sent_to: set[bytes] = set()
+        # Whether we were drawn in an attempt of this round (read at the next round start:
+        # only a member heard the updates when they go to the committee only).
+        self._drawn_member = False
         self._certificate: Commit | None = None
         self._submit_at: float | None = None
         self._attempt = _Attempt(0, (), event.now, math.inf)
@@ -752,6 +759,7 @@ class RoundMachine:
             self._attempt.presumed_dead = True
             self._goto(Trigger.DRAW_SMALL)
         elif self.address in committee:
+            self._drawn_member = True
             self._goto(Trigger.DRAW_MEMBER)
             for key in sorted(self._updates):  # a new member needs every delta seen so far
                 self._fetch(key)
@@ -1381,12 +1389,6 @@ class RoundMachine:
         elif self._record_statement(p):
             self.counters["proposals-accepted"] += 1
             self._signers.add(p.signer)
-            if self.config.updates_to_committee:
-                # Updates went to the committee only: a proposal is how a node off it
-                # learns who is alive (and so whom to expect when it is drawn next round).
-                for author, _ in p.included:
-                    if self._stakes.get(author, 0) > 0:
-                        self._hear(author)
 
     def _proposal_of_this_view(self, event: ProposalReceived) -> Proposal | None:
         """A member's valid proposal for the current view, recorded (else None: dropped,

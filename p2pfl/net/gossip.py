@@ -30,7 +30,11 @@ Sync wire format (big-endian; spec: protocol/spec/network.md):
     response = u32 m | m x (u32 length | message bytes)
 
     push     = 0x03 | u16 topic length | topic (UTF-8) | u32 length | message bytes
+             | u32 attachment length | attachment bytes (e.g. the delta an update names)
     answer   = 1 byte: 0 accepted (or already held), 1 rejected, 2 ignored (try later)
+
+    pull     = 0x04 | u16 topic length | topic (UTF-8) | u32 n | n x 32-byte message ids
+    response = as sync's, from the messages pushed to the peer instead of its sync log
 """
 
 from __future__ import annotations
@@ -66,7 +70,14 @@ log = logging.getLogger(__name__)
 
 MSG_SYNC = 0x02
 MSG_PUSH = 0x03
+MSG_PULL = 0x04
 PUSH_ANSWERS = {0: "accept", 1: "reject", 2: "ignore"}
+# Largest attachment a push may carry (a model-sized delta; the node checks it against the
+# CID its message names before storing anything).
+PUSH_MAX_ATTACHMENT_BYTES = 64 * 1024 * 1024
+# A push exchange with an attachment this large gets this long (a loaded host moves a few
+# MB/s through py-libp2p's Noise and yamux).
+PUSH_TIMEOUT_S = 60.0
 MESSAGE_ID_SIZE = 32
 MAX_TOPIC_BYTES = 256
 # Ids of ignored messages are sent as "have" for this long, so sync does not fetch the same
@@ -133,7 +144,10 @@ class GossipMessage:
     data: bytes
     msg_id: bytes
     from_peer: str
-    via: str  # "gossip", "sync" or "local"
+    via: str  # "gossip", "sync", "local" or "push"
+    # Bytes that came with a pushed message, unjudged (the receiver checks them against
+    # what the message names); never gossiped, synced or pulled.
+    attachment: bytes = b""
 
 
 def message_id(data: bytes) -> bytes:
@@ -147,8 +161,9 @@ class _TopicState:
         self.validate = validate
         self.log: OrderedDict[bytes, tuple[bytes, float]] = OrderedDict()
         self.ignored: OrderedDict[bytes, float] = OrderedDict()
-        # Pushed messages admitted (kept out of `log`: sync never offers them), by arrival.
-        self.pushed: OrderedDict[bytes, float] = OrderedDict()
+        # Pushed messages admitted (kept out of `log`: sync never offers them; a pull asks
+        # for them), by arrival.
+        self.pushed: OrderedDict[bytes, tuple[bytes, float]] = OrderedDict()
         # Rejected ids are listed as "have" in sync requests so a peer (an attacker, or an
         # honest peer with a different view) cannot make us fetch and judge them again.
         self.rejected: OrderedDict[bytes, float] = OrderedDict()
@@ -168,7 +183,7 @@ class _TopicState:
             self.ignored.popitem(last=False)
         while self.rejected and next(iter(self.rejected.values())) < now - SYNC_LOG_TTL_S:
             self.rejected.popitem(last=False)
-        while self.pushed and next(iter(self.pushed.values())) < now - SYNC_LOG_TTL_S:
+        while self.pushed and next(iter(self.pushed.values()))[1] < now - SYNC_LOG_TTL_S:
             self.pushed.popitem(last=False)
 
     def known(self, msg_id: bytes) -> bool:
@@ -183,8 +198,8 @@ class _TopicState:
     def have_list(self) -> list[bytes]:
         return [*self.log.keys(), *self.ignored.keys(), *self.rejected.keys(), *self.pushed]
 
-    def remember_pushed(self, msg_id: bytes, now: float) -> None:
-        self.pushed[msg_id] = now
+    def remember_pushed(self, msg_id: bytes, data: bytes, now: float) -> None:
+        self.pushed[msg_id] = (data, now)
         while len(self.pushed) > SYNC_LOG_MAX_MESSAGES:
             self.pushed.popitem(last=False)
 
@@ -312,7 +327,13 @@ class Gossip:
         return self._admit(state, data, msg_id, forwarder, "gossip") is Verdict.ACCEPT
 
     def _admit(
-        self, state: _TopicState, data: bytes, msg_id: bytes, peer: str, via: str
+        self,
+        state: _TopicState,
+        data: bytes,
+        msg_id: bytes,
+        peer: str,
+        via: str,
+        attachment: bytes = b"",
     ) -> Verdict:
         """Validate and, on ACCEPT, remember and deliver one message (a pushed one is
         remembered as held, not kept for sync). Never raises."""
@@ -341,10 +362,11 @@ class Gossip:
             self.metrics.inc(f"ignored-{result.reason or 'unspecified'}")
             state.ignored[msg_id] = self.clock()
             return Verdict.IGNORE
-        if not self._deliver(state, GossipMessage(state.topic, data, msg_id, peer, via)):
+        message = GossipMessage(state.topic, data, msg_id, peer, via, attachment)
+        if not self._deliver(state, message):
             return Verdict.IGNORE
         if via == "push":
-            state.remember_pushed(msg_id, self.clock())
+            state.remember_pushed(msg_id, data, self.clock())
         elif result.synced:
             state.remember(msg_id, data, self.clock())
         self.metrics.inc(f"admitted-{via}")
@@ -424,17 +446,22 @@ class Gossip:
                 await _close(stream)
         return admitted
 
-    async def push(self, peer: str, topic: str, data: bytes) -> str:
-        """Send one message to `peer` alone (not gossiped, not kept for sync); returns its
-        verdict: "accept" (admitted, or held already), "reject" or "ignore" (e.g. a round
-        the peer has not reached: worth sending again later). Raises `P2PFLError` when the
-        exchange fails (no stream, timeout, a bad answer) and `InvalidMessage("oversized")`
-        over the size limit."""
+    async def push(self, peer: str, topic: str, data: bytes, attachment: bytes = b"") -> str:
+        """Send one message to `peer` alone (not gossiped, not kept for sync), with
+        `attachment` (delivered beside it, unjudged); returns its verdict: "accept"
+        (admitted, or held already), "reject" or "ignore" (e.g. a round the peer has not
+        reached: worth sending again later). Raises `P2PFLError` when the exchange fails
+        (no stream, timeout, a bad answer) and `InvalidMessage("oversized")` over the size
+        limits."""
         if topic not in self.topics:
             raise ValueError(f"join {topic} before pushing on it")
         if len(data) > self.config.max_message_bytes:
             raise InvalidMessage(
                 "oversized", f"{len(data)} bytes > {self.config.max_message_bytes} on {topic}"
+            )
+        if len(attachment) > PUSH_MAX_ATTACHMENT_BYTES:
+            raise InvalidMessage(
+                "oversized", f"{len(attachment)}-byte attachment > {PUSH_MAX_ATTACHMENT_BYTES}"
             )
         topic_bytes = topic.encode()
         frame = (
@@ -442,12 +469,15 @@ class Gossip:
             + topic_bytes
             + struct.pack(">I", len(data))
             + data
+            + struct.pack(">I", len(attachment))
         )
         stream = None
         try:
-            with trio.fail_after(SYNC_TIMEOUT_S):
+            with trio.fail_after(PUSH_TIMEOUT_S if attachment else SYNC_TIMEOUT_S):
                 stream = await self.open_stream(peer, SYNC_PROTOCOL)
                 await stream.write(frame)
+                if attachment:
+                    await stream.write(attachment)
                 (code,) = await FrameReader(stream).read_exactly(1)
         except trio.TooSlowError:
             self.metrics.inc("push-timeouts")
@@ -463,7 +493,7 @@ class Gossip:
             self.metrics.inc("push-errors")
             raise P2PFLError(f"push to {peer}: unknown answer {code}")
         self.metrics.inc(f"pushed-{answer}")
-        self.metrics.inc("bytes-published", len(data))
+        self.metrics.inc("bytes-published", len(data) + len(attachment))
         return answer
 
     async def _answer_push(self, peer: str, reader: FrameReader, topic: str) -> int:
@@ -473,6 +503,12 @@ class Gossip:
             self.peers.offence(peer, Offence.OVERSIZED, "push-oversized")
             return 1
         data = await reader.read_exactly(length)
+        (attached,) = struct.unpack(">I", await reader.read_exactly(4))
+        if attached > PUSH_MAX_ATTACHMENT_BYTES:
+            self.peers.offence(peer, Offence.OVERSIZED, "push-oversized")
+            return 1
+        # Read in full whatever the answer: the pusher writes it all before reading one.
+        attachment = await reader.read_exactly(attached) if attached else b""
         state = self.topics.get(topic)
         if state is None:
             return 2  # not a topic of ours (yet): nothing against the peer
@@ -481,20 +517,71 @@ class Gossip:
             return 0
         if msg_id in state.rejected:
             return 1
-        verdict = self._admit(state, data, msg_id, peer, "push")
+        verdict = self._admit(state, data, msg_id, peer, "push", attachment)
         return {Verdict.ACCEPT: 0, Verdict.REJECT: 1, Verdict.IGNORE: 2}[verdict]
 
+    async def pull(self, peer: str, topic: str) -> list[bytes]:
+        """The messages pushed to `peer` on `topic` that were not pushed to us (e.g. a
+        committee member's updates of a round, for a node off the committee to rebuild its
+        reward file). Returned unjudged: the caller validates what it asked for. Raises
+        `P2PFLError` when the exchange fails."""
+        state = self.topics.get(topic)
+        if state is None:
+            raise ValueError(f"join {topic} before pulling on it")
+        have = [*state.pushed, *state.log]
+        topic_bytes = topic.encode()
+        request = (
+            struct.pack(">BH", MSG_PULL, len(topic_bytes))
+            + topic_bytes
+            + struct.pack(">I", len(have))
+            + b"".join(have)
+        )
+        out: list[bytes] = []
+        stream = None
+        try:
+            with trio.fail_after(SYNC_TIMEOUT_S):
+                stream = await self.open_stream(peer, SYNC_PROTOCOL)
+                await stream.write(request)
+                reader = FrameReader(stream)
+                (count,) = struct.unpack(">I", await reader.read_exactly(4))
+                if count > SYNC_LOG_MAX_MESSAGES:
+                    self.peers.offence(peer, Offence.MALFORMED_FRAME, "pull-bad-count")
+                    raise P2PFLError(f"pull from {peer}: {count} messages announced")
+                for _ in range(count):
+                    (length,) = struct.unpack(">I", await reader.read_exactly(4))
+                    if length > self.config.max_message_bytes:
+                        self.peers.offence(peer, Offence.OVERSIZED, "pull-oversized")
+                        raise P2PFLError(f"pull from {peer}: a {length}-byte message")
+                    out.append(await reader.read_exactly(length))
+        except P2PFLError:
+            self.metrics.inc("pull-errors")
+            raise
+        except trio.TooSlowError:
+            self.metrics.inc("pull-timeouts")
+            raise P2PFLError(f"pull from {peer} timed out") from None
+        except Exception as exc:
+            self.metrics.inc("pull-errors")
+            raise P2PFLError(f"pull from {peer} failed: {exc!r}") from None
+        finally:
+            if stream is not None:
+                await _close(stream)
+        self.metrics.inc("pulls")
+        return out
+
     async def handle_sync_stream(self, stream: Any) -> None:
-        """Stream handler for SYNC_PROTOCOL: answer one request with the messages it lacks,
-        or judge one pushed message."""
+        """Stream handler for SYNC_PROTOCOL: answer a sync or a pull request with the
+        messages it lacks (from the sync log, or the messages pushed to us), or judge one
+        pushed message."""
         peer = peer_of(stream)
         try:
             if self.peers.is_banned(peer) or not self.peers.allow(peer, "requests"):
                 return
-            with trio.fail_after(SYNC_TIMEOUT_S):
+            with trio.fail_after(SYNC_TIMEOUT_S) as scope:
                 reader = FrameReader(stream)
                 kind, topic_len = struct.unpack(">BH", await reader.read_exactly(3))
-                if kind not in (MSG_SYNC, MSG_PUSH) or topic_len > MAX_TOPIC_BYTES:
+                if kind == MSG_PUSH:  # may carry a model-sized attachment
+                    scope.deadline = trio.current_time() + PUSH_TIMEOUT_S
+                if kind not in (MSG_SYNC, MSG_PUSH, MSG_PULL) or topic_len > MAX_TOPIC_BYTES:
                     raise InvalidMessage("bad-frame", "not a sync request")
                 topic = (await reader.read_exactly(topic_len)).decode("utf-8", errors="replace")
                 if kind == MSG_PUSH:
@@ -502,7 +589,7 @@ class Gossip:
                     await stream.write(bytes([code]))
                     return
                 (count,) = struct.unpack(">I", await reader.read_exactly(4))
-                if count > 3 * SYNC_LOG_MAX_MESSAGES:
+                if count > 4 * SYNC_LOG_MAX_MESSAGES:  # (`have_list`: four kinds of ids)
                     raise InvalidMessage("bad-frame", f"sync request lists {count} ids")
                 raw = await reader.read_exactly(count * MESSAGE_ID_SIZE)
                 have = {raw[i : i + MESSAGE_ID_SIZE] for i in range(0, len(raw), MESSAGE_ID_SIZE)}
@@ -510,7 +597,8 @@ class Gossip:
                 out: list[bytes] = []
                 size = 0
                 if state is not None:
-                    for msg_id, (data, _) in state.log.items():
+                    held = state.pushed if kind == MSG_PULL else state.log
+                    for msg_id, (data, _) in held.items():
                         if msg_id in have:
                             continue
                         if size + len(data) > SYNC_MAX_RESPONSE_BYTES and out:
@@ -518,7 +606,7 @@ class Gossip:
                         out.append(struct.pack(">I", len(data)) + data)
                         size += len(data)
                 await stream.write(struct.pack(">I", len(out)) + b"".join(out))
-                self.metrics.inc("sync-served")
+                self.metrics.inc("pull-served" if kind == MSG_PULL else "sync-served")
         except InvalidMessage as exc:
             self.peers.offence(peer, Offence.MALFORMED_FRAME, "sync-" + exc.reason)
         except (trio.TooSlowError, StreamClosed):

@@ -287,11 +287,16 @@ class NodeNet:
         False: gossiped once, as for a heartbeat); returns the id."""
         return await self.gossip.publish(topic, data, synced)
 
-    async def push(self, peer: str, topic: str, data: bytes) -> str:
+    async def push(self, peer: str, topic: str, data: bytes, attachment: bytes = b"") -> str:
         """Send one message on a joined topic to `peer` alone (not gossiped, not kept for
-        sync); returns the peer's verdict ("accept", "reject", "ignore"). `P2PFLError` when
-        the exchange fails."""
-        return await self.gossip.push(peer, topic, data)
+        sync), with `attachment` delivered beside it; returns the peer's verdict
+        ("accept", "reject", "ignore"). `P2PFLError` when the exchange fails."""
+        return await self.gossip.push(peer, topic, data, attachment)
+
+    async def pull(self, peer: str, topic: str) -> list[bytes]:
+        """The messages pushed to `peer` on a joined topic that were not pushed to us,
+        unjudged (the caller checks what it asked for). `P2PFLError` when it fails."""
+        return await self.gossip.pull(peer, topic)
 
     # --- blocks -------------------------------------------------------------------------
 

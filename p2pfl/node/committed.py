@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 from p2pfl.chain.client import RoundCommitted
 from p2pfl.chain.rewards import write_reward_file
@@ -118,10 +119,41 @@ class CommittedRounds:
 
         return write
 
-    def _settle(
-        self, event: RoundCommitted, proposal: Proposal, base: bytes, stakes: dict[bytes, int]
+    def missing_updates(self, event: RoundCommitted, result: bytes) -> Proposal | None:
+        """The committed proposal, if an update it includes never reached us (a task whose
+        updates go to the committee only: a node off it holds none), else None."""
+        proposal = self.intake.proposals.get((event.round, result, event.contributors_root))
+        if proposal is None:
+            return None
+        held = self.intake.updates
+        return None if all(key in held for key in proposal.included) else proposal
+
+    def complete(
+        self, event: RoundCommitted, base: bytes, result: bytes
     ) -> Callable[[], None] | None:
-        """`settle` once the proposal and the round's stakes are known."""
+        """After the missing updates arrived: the round record and reward file `settle` had
+        to leave out (its strikes are recorded already); None when nothing is new."""
+        proposal = self.intake.proposals.get((event.round, result, event.contributors_root))
+        stakes = self.round_stakes.get(event.round)
+        if proposal is None or stakes is None:
+            return None
+        save_record = self._round_record(proposal)
+        tree = self._reward_tree(event, proposal, base, stakes)
+        if tree is None:
+            return save_record
+        save_rewards = self._reward_file(event.round, tree)
+
+        def write() -> None:
+            save_record()
+            save_rewards()
+
+        return write
+
+    def _reward_tree(
+        self, event: RoundCommitted, proposal: Proposal, base: bytes, stakes: dict[bytes, int]
+    ) -> Any:
+        """The round's reward tree if we hold every update it weighs and its root is the
+        chain's (else None, counted)."""
         tree = committed_reward_tree(
             proposal,
             self.intake.updates,
@@ -133,21 +165,41 @@ class CommittedRounds:
             reward_per_round_wei=self.manifest.reward_per_round_wei,
         )
         if tree is None:
-            # No weights, so no tree to check; the strikes need only the proposal the
-            # chain's (result, root) names, so the history does not get a hole.
             self.count("reward-file-missing-update")
-            return self._record_strikes(event.round, proposal)
+            return None
         if tree.root != event.contributors_root:
             self.count("reward-root-mismatch")
             log.warning("round %d: rebuilt reward root differs from the chain's", event.round)
             return None
-        save_history = self._record_strikes(event.round, proposal)
+        return tree
+
+    def _reward_file(self, round_: int, tree: Any) -> Callable[[], None]:
         folder = self.data_dir / REWARDS_DIR
-        path = folder / f"round-{event.round:06d}.json"
+        path = folder / f"round-{round_:06d}.json"
 
         def write() -> None:
             folder.mkdir(exist_ok=True)
-            write_reward_file(path, self.task, event.round, tree)
+            write_reward_file(path, self.task, round_, tree)
+
+        return write
+
+    def _settle(
+        self, event: RoundCommitted, proposal: Proposal, base: bytes, stakes: dict[bytes, int]
+    ) -> Callable[[], None] | None:
+        """`settle` once the proposal and the round's stakes are known."""
+        if self.missing_updates(event, proposal.result) is not None:
+            # No weights, so no tree to check; the strikes need only the proposal the
+            # chain's (result, root) names, so the history does not get a hole.
+            self.count("reward-file-missing-update")
+            return self._record_strikes(event.round, proposal)
+        tree = self._reward_tree(event, proposal, base, stakes)
+        if tree is None:  # the root differs from the chain's (counted)
+            return None
+        save_history = self._record_strikes(event.round, proposal)
+        save_rewards = self._reward_file(event.round, tree)
+
+        def write() -> None:
+            save_rewards()
             if save_history is not None:
                 save_history()
 

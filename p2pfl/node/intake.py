@@ -47,6 +47,10 @@ class Intake:
         # equivocator's second version seen by one leader and not by another), so the
         # contributors root is part of the key.
         self.proposals: dict[ProposalKey, Proposal] = {}
+        # Delta bytes pushed beside an update (updates to the committee), unverified: the
+        # delta fetch checks them against the CID and takes them instead of fetching.
+        # Dropped when used or when the round is over (`forget_attachments`).
+        self.attachments: dict[ev.UpdateKey, tuple[int, bytes]] = {}
 
     def validate(self, data: bytes) -> Verdict:
         """The gossip validator's checks (p2pfl.core.validation): canonical decoding, our
@@ -72,9 +76,9 @@ class Intake:
     async def run(self, channel: Any) -> None:
         """Deliver every message admitted on one topic (one task per topic)."""
         async for message in channel:
-            await self.deliver(message.data, message.from_peer)
+            await self.deliver(message.data, message.from_peer, message.attachment)
 
-    async def deliver(self, data: bytes, from_peer: str = "") -> None:
+    async def deliver(self, data: bytes, from_peer: str = "", attachment: bytes = b"") -> None:
         """Queue the event for a message that passed `validate` (waits while the queue is
         full: see p2pfl.node.queue for the back-pressure rule)."""
         try:
@@ -85,9 +89,16 @@ class Intake:
         if isinstance(message, Signed) and message.signer == self.address:  # type: ignore[attr-defined]
             return  # our own message echoed back; the machine already has it
         self.remember(message)
+        if attachment and isinstance(message, Update) and not message.inline:
+            self.attachments[(message.signer, message.delta)] = (message.round, attachment)
         event = ev.event_for(message)  # `validate` checked the signature
         if event is not None:
             await self.queue.put(event)
+
+    def forget_attachments(self, before_round: int) -> None:
+        """Drop the attachments of rounds before `before_round` (never fetched: unused)."""
+        for key in [k for k, (r, _) in self.attachments.items() if r < before_round]:
+            del self.attachments[key]
 
     def remember(self, message: Any) -> None:
         """Keep an update (its inline bytes serve a Fetch) or a proposal (a committed

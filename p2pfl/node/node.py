@@ -19,10 +19,11 @@ from p2pfl.chain.trio_client import run_chain
 from p2pfl.core import round_events as ev
 from p2pfl.core.cid import CID
 from p2pfl.core.identity import NodeIdentity
-from p2pfl.core.messages import Commit, Proposal, Rewrap, Update
+from p2pfl.core.messages import Commit, Proposal, Rewrap, Update, decode_message
 from p2pfl.core.round import RoundMachine
+from p2pfl.core.sortition import committee_for, round_seed
 from p2pfl.core.validation import Verdict
-from p2pfl.errors import P2PFLError
+from p2pfl.errors import InvalidMessage, P2PFLError
 from p2pfl.manifest import TaskManifest
 from p2pfl.node.chain_tx import ChainTransactions
 from p2pfl.node.committed import CommittedRounds
@@ -56,6 +57,10 @@ LATE_START_S = 5.0
 PUSH_TRIES = 10
 PUSH_RETRY_FIRST_S = 1.0
 PUSH_RETRY_MAX_S = 16.0
+
+# A node off the committee asks up to this many of its members for a committed round's
+# updates (updates to the committee only).
+ROUND_PULL_TRIES = 3
 
 TOPIC_UPDATES = "updates"
 TOPIC_CONSENSUS = "consensus"
@@ -301,7 +306,7 @@ class Node:
             self.intake.remember(message)
         entry = self.rounds.get(message.round)
         if entry is not None:
-            if isinstance(message, Update):
+            if isinstance(message, Update) and not entry.published_at:  # (re-sent on a re-draw)
                 entry.published_at = self.clock()
             elif isinstance(message, Commit) and not entry.certified_at:
                 entry.certified_at = self.clock()
@@ -310,17 +315,32 @@ class Node:
             return
         if isinstance(message, Update):
             self.intake.remember(message)  # its inline bytes serve fetches
-        data = message.encode()
-        for address in action.to:
-            self._round_task(message.round, self._push, message, data, address)
+        self._round_task(message.round, self._send_direct, message, action.to)
 
-    async def _push(self, message: Any, data: bytes, address: bytes) -> None:
+    async def _send_direct(self, message: Any, to: tuple[bytes, ...]) -> None:
+        """`Publish.to`: push the message to each node of `to`; an update's delta (unless
+        inline) rides beside it, so a member needs no fetch (it checks the bytes against
+        the update's CID first, and fetches as usual if they do not match)."""
+        if self.behaviour.silent:
+            return
+        data = message.encode()
+        attachment = b""
+        if isinstance(message, Update) and not message.inline:
+            try:
+                cid = CID.parse(message.delta)
+                attachment = await trio.to_thread.run_sync(self.net.store.read_blob, cid)
+            except P2PFLError as exc:  # (members fetch it from us as usual)
+                self.count("push-attachment-unreadable")
+                log.warning("our delta %s is unreadable: %s", message.delta.hex(), exc)
+        async with trio.open_nursery() as nursery:
+            for address in to:
+                nursery.start_soon(self._push, message, data, attachment, address)
+
+    async def _push(self, message: Any, data: bytes, attachment: bytes, address: bytes) -> None:
         """Send a message to one node directly (an update or re-wrap to a committee
         member, `Publish.to`), again while it fails or is ignored (the member may not have
         reached the round yet), until it is judged or the round's nursery is cancelled.
         Only the recipient hears it, so it does not stand in for a heartbeat."""
-        if self.behaviour.silent:
-            return
         topic = self.topic(topic_of(message))
         delay = PUSH_RETRY_FIRST_S
         for _ in range(PUSH_TRIES):
@@ -329,7 +349,7 @@ class Node:
                 self.count("push-unknown-peer")
             else:
                 try:
-                    answer = await self.net.push(peer, topic, data)
+                    answer = await self.net.push(peer, topic, data, attachment)
                 except P2PFLError as exc:
                     self.count("push-failed")
                     log.debug("push %s to %s failed: %s", type(message).__name__, peer, exc)
@@ -414,6 +434,7 @@ class Node:
             self.count("round-starts-superseded")
             return
         now = self.clock()
+        self.intake.forget_attachments(round_)
         self.rounds[round_] = RoundLog(round=round_, started=now, base=str(CID.parse(base)))
         started = now if learned_at is None else min(now, learned_at)
         if now - started > LATE_START_S:
@@ -485,3 +506,55 @@ class Node:
         )
         if write_files is not None:
             await trio.to_thread.run_sync(write_files)
+        proposal = self.committed.missing_updates(event, result)
+        if proposal is not None and self.machine.config.updates_to_committee:
+            self._node_task(self._pull_round_updates, event, base, result, proposal)
+
+    async def _pull_round_updates(
+        self, event: RoundCommitted, base: bytes, result: bytes, proposal: Proposal
+    ) -> None:
+        """Updates to the committee: a node off the committee holds none of the updates a
+        committed round aggregated, so it asks the committing attempt's members for them
+        (each holds them all), checks each signature, then writes the round record and
+        the reward file `settle` had to leave out. Each node starts with a different
+        member, so no member serves every node."""
+        wanted = set(proposal.included)
+        stakes = self.committed.round_stakes.get(event.round, {})
+        seed = round_seed(self.task, event.round, CID.parse(base).digest, event.attempt)
+        members = committee_for(seed, stakes, self.manifest.committee_size)
+        members = [m for m in members if m != self.address] or [proposal.signer]
+        start = int.from_bytes(self.address, "big") % len(members)
+        topic = self.topic(TOPIC_UPDATES)
+        for address in (members[start:] + members[:start])[:ROUND_PULL_TRIES]:
+            peer = self.peer_ids.get(address)
+            if peer is None:
+                continue
+            try:
+                messages = await self.net.pull(peer, topic)
+            except P2PFLError as exc:
+                self.count("round-pull-failed")
+                log.debug("round %d: pull from %s failed: %s", event.round, peer, exc)
+                continue
+            for data in messages:
+                update = self._pulled_update(data, wanted)
+                if update is not None:
+                    self.intake.remember(update)
+            if all(key in self.intake.updates for key in wanted):
+                break
+        write = self.committed.complete(event, base, result)
+        if write is not None:
+            await trio.to_thread.run_sync(write)
+            self.count("round-updates-pulled")
+
+    def _pulled_update(self, data: bytes, wanted: set[ev.UpdateKey]) -> Update | None:
+        """A pulled message, if it is a validly signed update the committed round names."""
+        try:
+            message = decode_message(data)
+            if not isinstance(message, Update) or (message.signer, message.delta) not in wanted:
+                return None
+            if message.task != self.task or message.verify(self.machine.domain) != message.signer:
+                raise InvalidMessage("bad-signature", "pulled update")
+        except InvalidMessage:
+            self.count("round-pull-rejected")
+            return None
+        return message

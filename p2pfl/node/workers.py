@@ -247,13 +247,19 @@ class RoundWorkers:
             if wrap:
                 key = await trio.to_thread.run_sync(unwrap_key, wrap, n.identity.x25519_private_key)
             blob: bytes | None = None
+            _, attached = n.intake.attachments.pop((author, delta), (0, b""))
             if not await trio.to_thread.run_sync(n.net.store.has_blob, cid):
                 update = n.intake.updates.get((author, delta))
                 if update is not None and update.inline:
                     blob = await trio.to_thread.run_sync(
                         _store_inline, n.net.store, cid, update.inline, key is None
                     )
+                elif attached and await _stored_attached(n.net.store, cid, attached, key is None):
+                    blob = attached
+                    n.count("deltas-attached")
                 else:
+                    if attached:
+                        n.count("delta-attachment-mismatch")
                     await fetch_with_retries(
                         n.net,
                         cid,
@@ -397,6 +403,18 @@ def _store_sealed_delta(
     store.put_dag(cid, blocks)
     vector, _ = flatten(delta)
     return blob, sealed, cid, agg.norm(vector)
+
+
+async def _stored_attached(store: Any, cid: CID, attached: bytes, plain: bool) -> bool:
+    """Bytes pushed beside an update, stored (in a worker thread) if they are the delta its
+    CID names (and, plain, canonical tensors); False otherwise (anyone may push a signed
+    update with other bytes: then the delta is fetched as usual, and the author is not
+    blamed)."""
+    try:
+        await trio.to_thread.run_sync(_store_inline, store, cid, attached, plain)
+    except P2PFLError:
+        return False
+    return True
 
 
 def _store_inline(store: Any, cid: CID, inline: bytes, plain: bool = True) -> bytes:

@@ -216,7 +216,7 @@ class SimNode:
         message = action.message
         entry = self.log.get(message.round)
         if entry is not None:
-            if isinstance(message, Update):
+            if isinstance(message, Update) and not entry.published_at:  # (re-sent on a re-draw)
                 entry.published_at = self.world.now
             elif isinstance(message, Commit) and not entry.certified_at:
                 entry.certified_at = self.world.now

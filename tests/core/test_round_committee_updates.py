@@ -6,8 +6,9 @@ from __future__ import annotations
 
 from p2pfl.core.messages import Commit, Proposal, Rewrap, Update, Vote
 from p2pfl.core.round import RoundConfig
+from p2pfl.core.round_events import RoundStarted
 
-from .round_sim import ADDRS, GENESIS, RULE, Sim, committee, find_task
+from .round_sim import ADDRS, GENESIS, RULE, STAKES, Sim, committee, find_task
 
 K = 7
 TASK7 = find_task(lambda t: len(committee(t, 1, GENESIS)) == 7)
@@ -59,13 +60,21 @@ def test_updates_go_to_the_committee_only_and_the_round_commits() -> None:
     assert included == set(ADDRS)
 
 
-def test_followers_learn_the_authors_from_the_proposal() -> None:
-    sim = RecordingSim(config())
+def test_only_a_member_takes_its_authors_as_the_next_rounds_history() -> None:
+    """A node off the committee heard no update, so it expects every registered node next
+    round (as in round 1) instead of presuming the authors it never heard from dead; a
+    member expects the authors whose updates reached it."""
+    idle = next(a for a in ADDRS if a not in C7)
+    sim = RecordingSim(config(), idle={idle})
     sim.start()
     sim.run()
-    included = {a for a, _ in sim_proposal(sim).included}
-    for follower in (a for a in ADDRS if a not in C7):
-        assert included <= sim.machines[follower]._heard  # next round's liveness history
+    assert 1 in sim.chain and idle not in {a for a, _ in sim_proposal(sim).included}
+    follower = next(a for a in ADDRS if a not in C7 and a != idle)
+    member = C7[0]
+    for address in (follower, member):
+        sim.machines[address].handle(RoundStarted(2, sim.chain[1].result, STAKES, sim.now))
+    assert sim.machines[follower]._expected_participants() == len(ADDRS)
+    assert sim.machines[member]._expected_participants() == len(ADDRS) - 1
 
 
 def sim_proposal(sim: Sim) -> Proposal:

@@ -365,8 +365,9 @@ async def test_a_pushed_message_reaches_its_peer_alone_and_is_not_resynced(
         b_in = await b.join(TOPIC, judge)
         c_in = await c.join(TOPIC, accept_all)
         await trio.sleep(1.5)
-        assert await a.push(b.peer_id, TOPIC, b"for b only") == "accept"
-        assert await collect(b_in, 1, timeout_s=5) == [b"for b only"]
+        assert await a.push(b.peer_id, TOPIC, b"for b only", b"its delta") == "accept"
+        (pushed,) = await _take(b_in, 1, timeout_s=5)
+        assert (pushed.data, pushed.attachment, pushed.via) == (b"for b only", b"its delta", "push")
         assert await a.push(b.peer_id, TOPIC, b"for b only") == "accept"  # held already
         assert await a.push(b.peer_id, TOPIC, b"forged update") == "reject"
         assert await a.push(b.peer_id, TOPIC, b"later update") == "ignore"
@@ -376,7 +377,21 @@ async def test_a_pushed_message_reaches_its_peer_alone_and_is_not_resynced(
         await trio.sleep(2.0)  # several sync rounds
         assert await collect(c_in, 1, timeout_s=1) == []  # not gossiped, not offered by sync
         assert not b.gossip.messages(TOPIC) and not a.gossip.messages(TOPIC)
+        # A pull brings what was pushed to b and not to the puller, unjudged.
+        await c.connect(b.listen_addrs[0])
+        assert await c.pull(b.peer_id, TOPIC) == [b"for b only"]
+        await a.push(c.peer_id, TOPIC, b"for b only")
+        assert await c.pull(b.peer_id, TOPIC) == []  # c holds it now: nothing to send
         with pytest.raises(InvalidMessage):
             await a.push(b.peer_id, TOPIC, b"x" * (a.config.max_message_bytes + 1))
         with pytest.raises(P2PFLError):
             await a.push(NodeIdentity.from_seed(b"\x07" * 32).peer_id, TOPIC, b"to nobody")
+
+
+async def _take(channel, count: int, timeout_s: float) -> list:  # type: ignore[no-untyped-def]
+    """Up to `count` admitted messages (whole GossipMessages) within `timeout_s`."""
+    got = []
+    with trio.move_on_after(timeout_s):
+        while len(got) < count:
+            got.append(await channel.receive())
+    return got

@@ -53,3 +53,35 @@ def test_tiny_scenario_with_differential_privacy_reports_epsilon(tmp_path):
     epsilons = [r["epsilon"] for r in rounds]
     assert 0 < epsilons[0] < epsilons[1] <= 8.0, epsilons
     assert summary["counters"].get("dp-budget-spent", 0) == 0
+
+
+def test_updates_to_the_committee_commit_and_every_node_settles_its_rounds(tmp_path):
+    """`[privacy] updates = "committee"`: updates (with their deltas attached) go to the
+    members only, yet every round commits with every update, members fetch no delta, and
+    each node off the committee pulls the round's updates afterwards to write its reward
+    file."""
+    overrides = {
+        "nodes": 6,
+        "rounds": 2,
+        "committee.size": 3,
+        "privacy.updates": "committee",
+        "model.kwargs.hidden": [128],  # a 39 KB delta: over the inline limit, so attached
+    }
+    run_dir = run_scenario(
+        load_scenario("sim/scenarios/tiny.toml", overrides), tmp_path, quiet=True
+    )
+    summary = json.loads((run_dir / "summary.json").read_text())
+    rounds = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert summary["rounds_committed"] == 2
+    assert all(len(r["included"]) == 6 for r in rounds)
+    assert any(len(r["committee"]) < 6 for r in rounds)  # some nodes followed
+    counters = summary["counters"]
+    assert counters["push-accept"] > 0 and counters.get("push-gave-up", 0) == 0
+    assert counters["deltas-attached"] > 0 and counters.get("delta-attachment-mismatch", 0) == 0
+    assert counters.get("fetch-retries", 0) == 0
+    # Round 1's followers completed their files (the last round's may still be pulling when
+    # the run stops its nodes).
+    followers = 6 - len(rounds[0]["committee"])
+    assert followers <= counters["round-updates-pulled"] <= counters["reward-file-missing-update"]
+    assert counters.get("round-pull-failed", 0) == counters.get("round-pull-rejected", 0) == 0
+    assert abs(summary["final_accuracy"] - summary["reference_accuracy"]) < 0.03
