@@ -28,6 +28,14 @@ def test_sealed_by_default_and_switchable() -> None:
     assert plain.task_id != BASE.task_id
 
 
+def test_updates_go_to_everyone_unless_the_task_says_committee() -> None:
+    assert not BASE.round_config().updates_to_committee
+    to_committee = replace(BASE, privacy={"updates": "committee"})
+    assert to_committee.round_config().updates_to_committee and to_committee.sealed
+    assert TaskManifest.decode(to_committee.encode()) == to_committee
+    assert to_committee.task_id != BASE.task_id
+
+
 def test_an_empty_privacy_table_keeps_the_old_encoding() -> None:
     raw = json.loads(BASE.encode())
     assert "privacy" not in raw
@@ -37,7 +45,8 @@ def test_an_empty_privacy_table_keeps_the_old_encoding() -> None:
 @pytest.mark.parametrize(
     "privacy, says",
     [({"sealed": "yes"}, "true or false"), ({"sealed": 1}, "true or false"),
-     ({"seal": True}, "unknown keys"), ([], "table")],
+     ({"seal": True}, "unknown keys"), ([], "table"),
+     ({"updates": "members"}, "must be one of"), ({"updates": True}, "must be one of")],
 )  # fmt: skip
 def test_unknown_keys_and_values_are_errors(privacy: object, says: str) -> None:
     with pytest.raises(ConfigError, match=says):
@@ -61,7 +70,12 @@ def test_task_create_writes_sealed_by_default_and_plain_on_request(
     fund(devnet.w3, creator.checksum_address, 10 * ETHER)
     devnet.deployment.save(tmp_path / "deployment.json")
     (tmp_path / "pw").write_text("pw")
-    for name, extra, sealed in (("a", [], True), ("b", ["--plain-updates"], False)):
+    cases = (
+        ("a", [], True, False),
+        ("b", ["--plain-updates"], False, False),
+        ("c", ["--updates-to-committee"], True, True),
+    )
+    for name, extra, sealed, to_committee in cases:
         args = [
             "task", "create", "--deployment", str(tmp_path / "deployment.json"),
             "--keystore", str(tmp_path / "creator.json"), "--password-file", str(tmp_path / "pw"),
@@ -70,5 +84,9 @@ def test_task_create_writes_sealed_by_default_and_plain_on_request(
             *extra,
         ]  # fmt: skip
         assert main(args) == 0
-        assert ("sealed to each round committee" in capsys.readouterr().out) is sealed
-        assert TaskManifest.load(tmp_path / f"{name}.json").sealed is sealed
+        out = capsys.readouterr().out
+        assert ("sealed to each round committee" in out) is sealed
+        assert ("to the committee only" in out) is to_committee
+        manifest = TaskManifest.load(tmp_path / f"{name}.json")
+        assert manifest.sealed is sealed
+        assert manifest.round_config().updates_to_committee is to_committee

@@ -62,6 +62,7 @@ def create_task(
     view_timeout_s: float = 15.0,
     access_price_wei: int = 0,
     sealed_updates: bool = True,
+    updates_to_committee: bool = False,
 ) -> Any:
     """Write the manifest and the genesis model (into the creator's block store) and open
     the task on-chain with `reward_per_round_wei * rounds_budget` escrowed.
@@ -99,7 +100,10 @@ def create_task(
         initial_model=str(root),
         chain_id=deployment.chain_id,
         registry=deployment.registry,
-        privacy={} if sealed_updates else {"sealed": False},
+        privacy={
+            **({} if sealed_updates else {"sealed": False}),
+            **({"updates": "committee"} if updates_to_committee else {}),
+        },
         ledger=deployment.ledger,
         train=train,
         aggregation=aggregation,
@@ -319,6 +323,13 @@ def add_node_commands(sub: argparse._SubParsersAction) -> None:
         help="publish deltas in the clear (manifest privacy.sealed = false); by default each "
         "delta is sealed to the round's committee (protocol/spec/sealing.md)",
     )
+    create.add_argument(
+        "--updates-to-committee",
+        action="store_true",
+        help="send each update to the round's committee only, not gossip it to every node "
+        "(manifest privacy.updates = committee; for large tasks: n x k messages a round "
+        "instead of n x n; protocol/spec/round.md)",
+    )
     create.add_argument("--seed", type=int, default=0)
     create.add_argument(
         "--data-dir",
@@ -478,9 +489,12 @@ def _cmd_task_create(args: argparse.Namespace) -> int:
         view_timeout_s=args.view_timeout,
         access_price_wei=ether_to_wei(args.private) if args.private else 0,
         sealed_updates=not args.plain_updates,
+        updates_to_committee=args.updates_to_committee,
     )
     print(f"task id:       0x{manifest.task_id.hex()}")
-    print(f"updates:       {'sealed to each round committee' if manifest.sealed else 'plain'}")
+    sent = "to the committee only" if args.updates_to_committee else "gossiped to every node"
+    sealing = "sealed to each round committee" if manifest.sealed else "plain"
+    print(f"updates:       {sealing}, {sent}")
     if args.private:
         print(f"private:       access {args.private} ETH (`p2pfl buy-access`)")
     print(f"manifest:      {args.out} ({manifest.cid})")
