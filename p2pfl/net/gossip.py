@@ -75,8 +75,10 @@ PUSH_ANSWERS = {0: "accept", 1: "reject", 2: "ignore"}
 # Largest attachment a push may carry (a model-sized delta; the node checks it against the
 # CID its message names before storing anything).
 PUSH_MAX_ATTACHMENT_BYTES = 64 * 1024 * 1024
-# A push exchange with an attachment this large gets this long (a loaded host moves a few
-# MB/s through py-libp2p's Noise and yamux).
+# A push exchange (opening the stream included) gets this long. A loaded host moves a few
+# MB/s through py-libp2p's Noise and yamux and can take over 10 s to negotiate a stream
+# (NetConfig.stream_negotiation_timeout_s); a push cut short is sent again in full, so a
+# short timeout only multiplies the load that made it time out.
 PUSH_TIMEOUT_S = 60.0
 MESSAGE_ID_SIZE = 32
 MAX_TOPIC_BYTES = 256
@@ -473,7 +475,7 @@ class Gossip:
         )
         stream = None
         try:
-            with trio.fail_after(PUSH_TIMEOUT_S if attachment else SYNC_TIMEOUT_S):
+            with trio.fail_after(PUSH_TIMEOUT_S):
                 stream = await self.open_stream(peer, SYNC_PROTOCOL)
                 await stream.write(frame)
                 if attachment:
@@ -579,7 +581,7 @@ class Gossip:
             with trio.fail_after(SYNC_TIMEOUT_S) as scope:
                 reader = FrameReader(stream)
                 kind, topic_len = struct.unpack(">BH", await reader.read_exactly(3))
-                if kind == MSG_PUSH:  # may carry a model-sized attachment
+                if kind == MSG_PUSH:  # (may carry a model-sized attachment)
                     scope.deadline = trio.current_time() + PUSH_TIMEOUT_S
                 if kind not in (MSG_SYNC, MSG_PUSH, MSG_PULL) or topic_len > MAX_TOPIC_BYTES:
                     raise InvalidMessage("bad-frame", "not a sync request")
