@@ -207,6 +207,7 @@ class _AnswerBuffer:
     def __init__(self) -> None:
         self.buffer = bytearray(self.CAPACITY)
         self.size = 0
+        self.writing = False  # a write of a view of it is under way (or was cut short)
 
     def append_status(self, status: int) -> None:
         self.buffer[self.size] = status
@@ -235,6 +236,29 @@ class _AnswerBuffer:
         self.size = 0
 
 
+# Answer buffers are reused across streams, process-wide (a simulator's shard hosts 50
+# nodes): allocating and zeroing a fresh 3 MiB buffer for every block stream, most of which
+# serve one model or delta of a few hundred KB, was 15% of a 100-node shard's interpreter
+# time (py-spy) while every node fetched the round's model. A buffer is taken when a stream
+# asks for its first blocks and given back when the stream ends: each write is awaited
+# before the buffer changes (see `_answer`), so no view of it outlives its stream; one whose
+# write was cut short (an error, a cancellation) is dropped, not reused.
+_ANSWER_BUFFERS: list[_AnswerBuffer] = []
+_ANSWER_BUFFERS_KEPT = 8
+
+
+def _take_answer_buffer() -> _AnswerBuffer:
+    return _ANSWER_BUFFERS.pop() if _ANSWER_BUFFERS else _AnswerBuffer()
+
+
+def _give_back(buffer: _AnswerBuffer) -> None:
+    if buffer.writing:  # cancelled or failed mid-write: the muxer may still hold a view
+        return
+    buffer.clear()
+    if len(_ANSWER_BUFFERS) < _ANSWER_BUFFERS_KEPT:
+        _ANSWER_BUFFERS.append(buffer)
+
+
 class BlockExchange:
     """Serves blocks from a `BlockStore` and fetches blobs from providers.
 
@@ -261,12 +285,12 @@ class BlockExchange:
     async def handle_stream(self, stream: Any) -> None:
         """Stream handler for BLOCKS_PROTOCOL: answer WANT frames until the peer closes."""
         peer = peer_of(stream)
+        answer: _AnswerBuffer | None = None
         try:
             if self.peers.is_banned(peer):
                 self.metrics.inc("blocks-refused-banned")
                 return
             reader = FrameReader(stream)
-            answer = _AnswerBuffer()
             while True:
                 with trio.move_on_after(SERVE_IDLE_TIMEOUT_S):
                     if await reader.at_eof():
@@ -274,6 +298,8 @@ class BlockExchange:
                     cids = await read_request(reader)
                     if not self.peers.allow(peer, "requests"):
                         return
+                    if answer is None:
+                        answer = _take_answer_buffer()
                     await self._answer(stream, cids, answer)
                     continue
                 return  # idle timeout
@@ -286,6 +312,8 @@ class BlockExchange:
             log.debug("block stream from %s ended: %r", peer, exc)
         finally:
             await _close(stream)
+            if answer is not None:
+                _give_back(answer)
 
     async def _answer(self, stream: Any, cids: list[CID], out: _AnswerBuffer) -> None:
         # Answers are written in runs of whole yamux frames rather than one write per block:
@@ -303,10 +331,14 @@ class BlockExchange:
                 self.metrics.inc("blocks-served")
                 self.metrics.inc("bytes-served", len(block))
             if out.size >= _ANSWER_FLUSH_BYTES:
+                out.writing = True
                 await stream.write(out.whole_frames())
+                out.writing = False
                 out.keep_partial_frame()
         if out.size:
+            out.writing = True
             await stream.write(out.view())
+            out.writing = False
             out.clear()
 
     # --- fetching -----------------------------------------------------------------------
