@@ -59,10 +59,8 @@ PUSH_RETRY_FIRST_S = 1.0
 PUSH_RETRY_MAX_S = 16.0
 
 # A node off the committee asks up to this many of its members for a committed round's
-# updates (updates to the committee only), once its next update is out or after the wait.
+# updates (updates to the committee only).
 ROUND_PULL_TRIES = 3
-ROUND_PULL_WAIT_S = 30.0
-ROUND_PULL_POLL_S = 0.5
 
 TOPIC_UPDATES = "updates"
 TOPIC_CONSENSUS = "consensus"
@@ -519,16 +517,7 @@ class Node:
         committed round aggregated, so it asks the committing attempt's members for them
         (each holds them all), checks each signature, then writes the round record and
         the reward file `settle` had to leave out. Each node starts with a different
-        member, so no member serves every node. Nothing waits for these files, so the
-        pull waits until our next update is out (or `ROUND_PULL_WAIT_S`): the start of a
-        round, when every node fetches the new model from the same members, is the busiest
-        moment of all."""
-        with trio.move_on_after(ROUND_PULL_WAIT_S):
-            while True:
-                entry = self.rounds.get(event.round + 1)
-                if entry is not None and entry.published_at:
-                    break
-                await trio.sleep(ROUND_PULL_POLL_S)
+        member, so no member serves every node."""
         wanted = set(proposal.included)
         stakes = self.committed.round_stakes.get(event.round, {})
         seed = round_seed(self.task, event.round, CID.parse(base).digest, event.attempt)
