@@ -45,7 +45,8 @@ import random
 import struct
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
@@ -405,47 +406,22 @@ class Gossip:
     async def sync_with(self, peer: str, topic: str) -> int:
         """Ask `peer` for the messages on `topic` we lack; returns how many were admitted."""
         state = self.topics[topic]
-        have = state.have_list()
-        topic_bytes = topic.encode()
-        request = (
-            struct.pack(">BH", MSG_SYNC, len(topic_bytes))
-            + topic_bytes
-            + struct.pack(">I", len(have))
-            + b"".join(have)
-        )
-        admitted = 0
-        stream = None
+        request = _request(MSG_SYNC, topic, state.have_list())
         try:
-            with trio.fail_after(SYNC_TIMEOUT_S):
-                stream = await self.open_stream(peer, SYNC_PROTOCOL)
+            async with self._exchange(peer, "sync", SYNC_TIMEOUT_S) as stream:
                 await stream.write(request)
-                reader = FrameReader(stream)
-                (count,) = struct.unpack(">I", await reader.read_exactly(4))
-                if count > SYNC_LOG_MAX_MESSAGES:
-                    self.peers.offence(peer, Offence.MALFORMED_FRAME, "sync-bad-count")
-                    return 0
-                for _ in range(count):
-                    (length,) = struct.unpack(">I", await reader.read_exactly(4))
-                    if length > self.config.max_message_bytes:
-                        self.peers.offence(peer, Offence.OVERSIZED, "sync-oversized")
-                        return admitted
-                    data = await reader.read_exactly(length)
-                    msg_id = message_id(data)
-                    if state.known(msg_id):
-                        continue
-                    if self._admit(state, data, msg_id, peer, "sync") is Verdict.ACCEPT:
-                        admitted += 1
-            self.metrics.inc("sync-rounds")
-        except trio.TooSlowError:
-            self.metrics.inc("sync-timeouts")
-        except StreamClosed:
-            self.metrics.inc("sync-errors")
-        except Exception as exc:
-            self.metrics.inc("sync-errors")
-            log.debug("sync with %s on %s failed: %r", peer, topic, exc)
-        finally:
-            if stream is not None:
-                await _close(stream)
+                messages = await self._read_messages(FrameReader(stream), peer, "sync")
+        except P2PFLError as exc:
+            log.debug("sync with %s on %s failed: %s", peer, topic, exc)
+            return 0
+        admitted = 0
+        for data in messages:
+            msg_id = message_id(data)
+            if state.known(msg_id):
+                continue
+            if self._admit(state, data, msg_id, peer, "sync") is Verdict.ACCEPT:
+                admitted += 1
+        self.metrics.inc("sync-rounds")
         return admitted
 
     async def push(self, peer: str, topic: str, data: bytes, attachment: bytes = b"") -> str:
@@ -473,23 +449,11 @@ class Gossip:
             + data
             + struct.pack(">I", len(attachment))
         )
-        stream = None
-        try:
-            with trio.fail_after(PUSH_TIMEOUT_S):
-                stream = await self.open_stream(peer, SYNC_PROTOCOL)
-                await stream.write(frame)
-                if attachment:
-                    await stream.write(attachment)
-                (code,) = await FrameReader(stream).read_exactly(1)
-        except trio.TooSlowError:
-            self.metrics.inc("push-timeouts")
-            raise P2PFLError(f"push to {peer} timed out") from None
-        except Exception as exc:
-            self.metrics.inc("push-errors")
-            raise P2PFLError(f"push to {peer} failed: {exc!r}") from None
-        finally:
-            if stream is not None:
-                await _close(stream)
+        async with self._exchange(peer, "push", PUSH_TIMEOUT_S) as stream:
+            await stream.write(frame)
+            if attachment:
+                await stream.write(attachment)
+            (code,) = await FrameReader(stream).read_exactly(1)
         answer = PUSH_ANSWERS.get(code)
         if answer is None:
             self.metrics.inc("push-errors")
@@ -530,44 +494,53 @@ class Gossip:
         state = self.topics.get(topic)
         if state is None:
             raise ValueError(f"join {topic} before pulling on it")
-        have = [*state.pushed, *state.log]
-        topic_bytes = topic.encode()
-        request = (
-            struct.pack(">BH", MSG_PULL, len(topic_bytes))
-            + topic_bytes
-            + struct.pack(">I", len(have))
-            + b"".join(have)
-        )
-        out: list[bytes] = []
+        request = _request(MSG_PULL, topic, [*state.pushed, *state.log])
+        async with self._exchange(peer, "pull", SYNC_TIMEOUT_S) as stream:
+            await stream.write(request)
+            messages = await self._read_messages(FrameReader(stream), peer, "pull")
+        self.metrics.inc("pulls")
+        return messages
+
+    @asynccontextmanager
+    async def _exchange(self, peer: str, kind: str, timeout_s: float) -> AsyncIterator[Any]:
+        """A stream to `peer` on SYNC_PROTOCOL for one request of `kind` ("sync", "push",
+        "pull"), within `timeout_s` from its opening; closed after. Any failure is counted
+        (`<kind>-timeouts`, `<kind>-errors`) and raised as `P2PFLError`."""
         stream = None
         try:
-            with trio.fail_after(SYNC_TIMEOUT_S):
+            with trio.fail_after(timeout_s):
                 stream = await self.open_stream(peer, SYNC_PROTOCOL)
-                await stream.write(request)
-                reader = FrameReader(stream)
-                (count,) = struct.unpack(">I", await reader.read_exactly(4))
-                if count > SYNC_LOG_MAX_MESSAGES:
-                    self.peers.offence(peer, Offence.MALFORMED_FRAME, "pull-bad-count")
-                    raise P2PFLError(f"pull from {peer}: {count} messages announced")
-                for _ in range(count):
-                    (length,) = struct.unpack(">I", await reader.read_exactly(4))
-                    if length > self.config.max_message_bytes:
-                        self.peers.offence(peer, Offence.OVERSIZED, "pull-oversized")
-                        raise P2PFLError(f"pull from {peer}: a {length}-byte message")
-                    out.append(await reader.read_exactly(length))
-        except P2PFLError:
-            self.metrics.inc("pull-errors")
-            raise
+                yield stream
         except trio.TooSlowError:
-            self.metrics.inc("pull-timeouts")
-            raise P2PFLError(f"pull from {peer} timed out") from None
+            self.metrics.inc(f"{kind}-timeouts")
+            raise P2PFLError(f"{kind} with {peer} timed out") from None
+        except P2PFLError:
+            self.metrics.inc(f"{kind}-errors")
+            raise
         except Exception as exc:
-            self.metrics.inc("pull-errors")
-            raise P2PFLError(f"pull from {peer} failed: {exc!r}") from None
+            self.metrics.inc(f"{kind}-errors")
+            raise P2PFLError(f"{kind} with {peer} failed: {exc!r}") from None
         finally:
             if stream is not None:
                 await _close(stream)
-        self.metrics.inc("pulls")
+
+    async def _read_messages(self, reader: FrameReader, peer: str, kind: str) -> list[bytes]:
+        """A sync or pull response: `u32 m | m x (u32 length | message)`. A count, a
+        length or a total over the limits (the responder stops after `SYNC_MAX_RESPONSE_BYTES`,
+        so at most one message more) is the peer's offence and a `P2PFLError`."""
+        (count,) = struct.unpack(">I", await reader.read_exactly(4))
+        if count > SYNC_LOG_MAX_MESSAGES:
+            self.peers.offence(peer, Offence.MALFORMED_FRAME, f"{kind}-bad-count")
+            raise P2PFLError(f"{kind} from {peer}: {count} messages announced")
+        out: list[bytes] = []
+        budget = SYNC_MAX_RESPONSE_BYTES + self.config.max_message_bytes
+        for _ in range(count):
+            (length,) = struct.unpack(">I", await reader.read_exactly(4))
+            budget -= length
+            if length > self.config.max_message_bytes or budget < 0:
+                self.peers.offence(peer, Offence.OVERSIZED, f"{kind}-oversized")
+                raise P2PFLError(f"{kind} from {peer}: a {length}-byte message over the limits")
+            out.append(await reader.read_exactly(length))
         return out
 
     async def handle_sync_stream(self, stream: Any) -> None:
@@ -617,6 +590,17 @@ class Gossip:
             log.debug("sync stream from %s ended: %r", peer, exc)
         finally:
             await _close(stream)
+
+
+def _request(kind: int, topic: str, have: list[bytes]) -> bytes:
+    """A sync or pull request: `kind | u16 topic length | topic | u32 n | n ids held`."""
+    topic_bytes = topic.encode()
+    return (
+        struct.pack(">BH", kind, len(topic_bytes))
+        + topic_bytes
+        + struct.pack(">I", len(have))
+        + b"".join(have)
+    )
 
 
 async def _drain(subscription: Any) -> None:
