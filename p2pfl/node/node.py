@@ -541,6 +541,11 @@ class Node:
                     self.intake.remember(update)
             if all(key in self.intake.updates for key in wanted):
                 break
+        else:
+            # (settle wrote the round record with the updates we held; no reward file)
+            self.count("round-pull-incomplete")
+            log.warning("round %d: the committed updates could not be pulled", event.round)
+            return
         write = self.committed.complete(event, base, result)
         if write is not None:
             await trio.to_thread.run_sync(write)
