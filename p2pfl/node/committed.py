@@ -15,13 +15,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
 
 from p2pfl.chain.client import RoundCommitted
 from p2pfl.chain.rewards import write_reward_file
 from p2pfl.core import aggregate as agg
 from p2pfl.core.audit import encode_round_record
 from p2pfl.core.cid import CID
+from p2pfl.core.merkle import RewardTree
 from p2pfl.core.messages import Proposal
 from p2pfl.core.probation_history import (
     StrikeHistory,
@@ -151,7 +151,7 @@ class CommittedRounds:
 
     def _reward_tree(
         self, event: RoundCommitted, proposal: Proposal, base: bytes, stakes: dict[bytes, int]
-    ) -> Any:
+    ) -> RewardTree | None:
         """The round's reward tree if we hold every update it weighs and its root is the
         chain's (else None, counted)."""
         tree = committed_reward_tree(
@@ -173,7 +173,7 @@ class CommittedRounds:
             return None
         return tree
 
-    def _reward_file(self, round_: int, tree: Any) -> Callable[[], None]:
+    def _reward_file(self, round_: int, tree: RewardTree) -> Callable[[], None]:
         folder = self.data_dir / REWARDS_DIR
         path = folder / f"round-{round_:06d}.json"
 

@@ -16,6 +16,10 @@ from p2pfl.node.queue import EventQueue
 
 log = logging.getLogger("p2pfl.node")
 
+# Pushed attachments kept at once (a round's deltas for a member: 100 x a 400 KB model is
+# 40 MB; beyond this, deltas are fetched).
+ATTACHMENTS_MAX_BYTES = 256 * 1024 * 1024
+
 # (round, result CID, contributors root): names one proposal's content.
 ProposalKey = tuple[int, bytes, bytes]
 
@@ -49,8 +53,11 @@ class Intake:
         self.proposals: dict[ProposalKey, Proposal] = {}
         # Delta bytes pushed beside an update (updates to the committee), unverified: the
         # delta fetch checks them against the CID and takes them instead of fetching.
-        # Dropped when used or when the round is over (`forget_attachments`).
+        # Dropped when used or when the round is over (`forget_attachments`); the first
+        # for an update is kept, up to `ATTACHMENTS_MAX_BYTES` in all (anyone may push a
+        # signed update again with other bytes: they would only make us fetch).
         self.attachments: dict[ev.UpdateKey, tuple[int, bytes]] = {}
+        self._attached_bytes = 0
 
     def validate(self, data: bytes) -> Verdict:
         """The gossip validator's checks (p2pfl.core.validation): canonical decoding, our
@@ -90,15 +97,30 @@ class Intake:
             return  # our own message echoed back; the machine already has it
         self.remember(message)
         if attachment and isinstance(message, Update) and not message.inline:
-            self.attachments[(message.signer, message.delta)] = (message.round, attachment)
+            self._attach((message.signer, message.delta), message.round, attachment)
         event = ev.event_for(message)  # `validate` checked the signature
         if event is not None:
             await self.queue.put(event)
 
+    def _attach(self, key: ev.UpdateKey, round_: int, attachment: bytes) -> None:
+        if key in self.attachments:
+            return
+        if self._attached_bytes + len(attachment) > ATTACHMENTS_MAX_BYTES:
+            self.count("attachment-dropped")  # (the delta is fetched as usual)
+            return
+        self.attachments[key] = (round_, attachment)
+        self._attached_bytes += len(attachment)
+
+    def take_attachment(self, key: ev.UpdateKey) -> bytes:
+        """The bytes pushed beside `key`'s update (b"" if none), handed over once."""
+        _, attachment = self.attachments.pop(key, (0, b""))
+        self._attached_bytes -= len(attachment)
+        return attachment
+
     def forget_attachments(self, before_round: int) -> None:
         """Drop the attachments of rounds before `before_round` (never fetched: unused)."""
         for key in [k for k, (r, _) in self.attachments.items() if r < before_round]:
-            del self.attachments[key]
+            self.take_attachment(key)
 
     def remember(self, message: Any) -> None:
         """Keep an update (its inline bytes serve a Fetch) or a proposal (a committed

@@ -247,7 +247,7 @@ class RoundWorkers:
             if wrap:
                 key = await trio.to_thread.run_sync(unwrap_key, wrap, n.identity.x25519_private_key)
             blob: bytes | None = None
-            _, attached = n.intake.attachments.pop((author, delta), (0, b""))
+            attached = n.intake.take_attachment((author, delta))
             if not await trio.to_thread.run_sync(n.net.store.has_blob, cid):
                 update = n.intake.updates.get((author, delta))
                 if update is not None and update.inline:
