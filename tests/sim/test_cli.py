@@ -206,7 +206,6 @@ def test_cli_nodes_off_the_committee_survive_every_commit(tmp_path):
                 )  # fmt: skip
             for name in names:
                 assert procs[name].wait(timeout=420) == 0, f"{name} died:\n{logs[name].read_text()}"
-            members = []
             for name in names:
                 text = logs[name].read_text()
                 assert "no block" not in text, text
@@ -214,9 +213,11 @@ def test_cli_nodes_off_the_committee_survive_every_commit(tmp_path):
                     assert f"round {r} committed" in text, f"{name} missed round {r}:\n{text}"
                 status = json.loads((tmp_path / f"{name}-data" / "status.json").read_text())
                 assert status["last_commit"]["round"] == rounds
-                members.append(status["member"])
-            # The case the test is about happened: some nodes were not on the last committee.
-            assert not all(members), members
+                # The case the test is about happened: each committee (the one its node last
+                # drew) holds 2 of the 4 nodes, so 2 were off every committing attempt. (A
+                # node's own `member` flag is no witness: on a loaded machine a node can be on
+                # a later attempt, and a member of it, when the earlier one commits.)
+                assert len(status["committee"]) == 2, status["committee"]
         finally:
             for proc in procs.values():
                 stop(proc)
