@@ -125,11 +125,13 @@ async def run_node(
     key: bytes,
     cpu_limiter: Any = None,
     peer_reads: dict[bytes, Any] | None = None,
+    commit_reads: Any = None,
 ) -> None:
     """One node (`main`'s arguments) until cancelled. The nodes of one shard process
     (`sim.shard_proc`) share `cpu_limiter` (a trio.CapacityLimiter: their training and
-    aggregation threads take turns on the shard's core) and `peer_reads` (the registry's
-    peer IDs, read once for all); None: the node's own."""
+    aggregation threads take turns on the shard's core), `peer_reads` (the registry's
+    peer IDs, read once for all) and `commit_reads` (a SharedCommitReads: the chain polls
+    for commits); None: the node's own."""
     import trio
 
     from p2pfl.cli.launch import Launch, launch_node
@@ -185,6 +187,7 @@ async def run_node(
                 "follow_poll_s": args.follow_poll_s,
                 **({"cpu_limiter": cpu_limiter} if cpu_limiter is not None else {}),
                 **({"peer_reads": peer_reads} if peer_reads is not None else {}),
+                **({"commit_reads": commit_reads} if commit_reads is not None else {}),
                 **_heartbeat_options(args.heartbeat_interval_s),
             },
             net_options={

@@ -40,9 +40,10 @@ leaves a cProfile of each node (of each shard) beside its log.
 Shards (`--shards K`, `run_processes(..., shards=K)`; `sim/scenarios/scale100.toml`,
 `python -m sim.bench scale100`): instead of a process per node, K shard processes, each one
 trio loop hosting every K-th node with the same node code (`sim.shard_proc`): both cores
-used for 100 nodes without 100 interpreters. Everything else (anvil, the task, the
-partitions and data dirs, the watching, the report) is as above; the summary's `shards`
-holds each shard's PID, nodes and CPU time over the rounds.
+used for 100 nodes without 100 interpreters; a shard's nodes share their registry and chain
+reads, so each polls the chain every `SHARD_FOLLOW_POLL_S` at no RPC cost. Everything else
+(anvil, the task, the partitions and data dirs, the watching, the report) is as above; the
+summary's `shards` holds each shard's PID, nodes and CPU time over the rounds.
 
 Faults: `RestartFault` (a node SIGKILLed mid-round, restarted on its data dir) and the
 scenario's `faults.rpc_outage_round` (`RpcOutage`: anvil stopped for `rpc_outage_s`, then
@@ -107,6 +108,9 @@ STOP_GRACE_S = 10.0
 # that the polling (a JSON-RPC round trip and web3's Python around it, per node) does not
 # grow into the cores' main work.
 CHAIN_POLLS_PER_S = 50.0
+# In shards (chain reads shared by a process's nodes): each node's poll, a worker-thread hop
+# answered from the shard's cache (100 nodes: 200 hops a second, 2 JSON-RPC reads).
+SHARD_FOLLOW_POLL_S = 0.5
 # Anti-entropy sync streams per second all node processes together open (each opens one
 # per topic every sync interval, and answers as many): up to ten nodes keep the node's 1 s
 # default; 40 sync every 4 s. The in-process mode has the same budget for one event loop
@@ -512,7 +516,7 @@ def run_processes(
                 "--go-file",
                 str(root / "go"),
                 "--follow-poll-s",
-                str(follow_poll_s(scenario.nodes)),
+                str(follow_poll_s(scenario.nodes, shards)),
                 "--sync-interval-s",
                 str(sync_interval_s(scenario.nodes)),
                 "--heartbeat-interval-s",
@@ -653,8 +657,13 @@ def run_processes(
     return run_dir
 
 
-def follow_poll_s(nodes: int) -> float:
-    """Each node's chain poll interval: `CHAIN_POLLS_PER_S` shared, never under 0.2 s."""
+def follow_poll_s(nodes: int, shards: int = 0) -> float:
+    """Each node's chain poll interval: `CHAIN_POLLS_PER_S` shared, never under 0.2 s. In
+    shards the nodes of a process share their chain reads (one head read per
+    `SHARED_HEAD_FRESH_S` for all), so a poll is a lock and a cache hit, and each node polls
+    every `SHARD_FOLLOW_POLL_S` however many there are."""
+    if shards:
+        return SHARD_FOLLOW_POLL_S
     return max(DEFAULT_FOLLOW_POLL_S, nodes / CHAIN_POLLS_PER_S)
 
 

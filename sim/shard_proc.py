@@ -8,7 +8,8 @@ share its lock: issue #13), and 100 node processes do not fit two cores' memory 
 scheduling; K interpreters, one per core, use both cores with the per-process cost paid K
 times instead of 100. The nodes of a shard share one training slot (a trio
 CapacityLimiter of 1: their training and aggregation threads take turns on the shard's
-core), the registry's peer IDs (read once per shard, not once per node) and their
+core), the registry's peer IDs (read once per shard, not once per node), the chain polls
+for commits (`p2pfl.chain.follower.SharedCommitReads`: one head read serves them all) and their
 process's stdout/stderr (the shard's log). The keys arrive as the
 process's arguments through the fork server's pipe, never on a command line.
 """
@@ -49,12 +50,15 @@ async def run_shard(nodes: list[tuple[Any, bytes]]) -> None:
     """Every (arguments, key) node of the shard in one nursery until SIGINT/SIGTERM."""
     import trio
 
+    from p2pfl.chain.follower import SharedCommitReads
+
     cpu = trio.CapacityLimiter(SHARD_CPU_SLOTS)
     peer_reads: dict[bytes, Any] = {}  # one task, one registry: read once for the shard
+    commit_reads = SharedCommitReads()  # one chain: its head and commits read once too
     async with trio.open_nursery() as nursery:
         nursery.start_soon(cancel_on_signal, nursery.cancel_scope)
         for args, key in nodes:
-            nursery.start_soon(run_node, args, key, cpu, peer_reads)
+            nursery.start_soon(run_node, args, key, cpu, peer_reads, commit_reads)
 
 
 def forked_shard_main(shard: int, argvs: list[list[str]], keys: list[str], log_path: str) -> None:

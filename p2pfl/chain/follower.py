@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Protocol
@@ -43,6 +45,72 @@ class CommitSource(Protocol):
     def commits(
         self, from_block: int, to_block: int, task: bytes | None = None
     ) -> list[RoundCommitted]: ...
+
+
+# SharedCommitReads: how long one head read answers every follower of the process, and how
+# many getLogs answers it keeps (the followers ask the same ranges, one poll apart).
+SHARED_HEAD_FRESH_S = 0.25
+SHARED_RANGES_KEPT = 64
+
+
+class SharedCommitReads:
+    """The chain head and the commit logs read once for every follower of one process on
+    one RPC endpoint (a simulator's shard: 50 nodes polling the same chain for the same
+    task would make 100 JSON-RPC calls a second, each with web3's Python around it, for
+    one answer). A head read serves the followers for `fresh_s`; a getLogs answer for a
+    range serves every follower that asks for that range. Reads run in worker threads
+    (`run_chain`), so one lock orders them: followers that ask while a read is under way
+    wait for it and take its answer. Only for a chain without reorgs below the
+    confirmation depth (a local devnet), as every follower assumes."""
+
+    def __init__(self, fresh_s: float = SHARED_HEAD_FRESH_S) -> None:
+        self.fresh_s = fresh_s
+        self.reads = 0  # RPC calls made (head reads and getLogs), for tests and reports
+        self._lock = threading.Lock()
+        self._head: tuple[float, int] | None = None  # (monotonic time read, block)
+        self._ranges: dict[tuple[int, int, bytes | None], list[RoundCommitted]] = {}
+
+    def source(self, client: CommitSource) -> CommitSource:
+        """`client` as a follower's commit source whose reads go through this cache."""
+        return _SharedSource(self, client)
+
+    def block_number(self, client: CommitSource) -> int:
+        with self._lock:
+            now = time.monotonic()
+            if self._head is not None and now - self._head[0] < self.fresh_s:
+                return self._head[1]
+            head = client.block_number()
+            self.reads += 1
+            self._head = (time.monotonic(), head)
+            return head
+
+    def commits(
+        self, client: CommitSource, from_block: int, to_block: int, task: bytes | None
+    ) -> list[RoundCommitted]:
+        key = (from_block, to_block, task)
+        with self._lock:
+            if key not in self._ranges:
+                self._ranges[key] = client.commits(from_block, to_block, task)
+                self.reads += 1
+                while len(self._ranges) > SHARED_RANGES_KEPT:
+                    del self._ranges[next(iter(self._ranges))]
+            return list(self._ranges[key])
+
+
+class _SharedSource:
+    """One follower's view of a SharedCommitReads (a CommitSource)."""
+
+    def __init__(self, shared: SharedCommitReads, client: CommitSource) -> None:
+        self.shared = shared
+        self.client = client
+
+    def block_number(self) -> int:
+        return self.shared.block_number(self.client)
+
+    def commits(
+        self, from_block: int, to_block: int, task: bytes | None = None
+    ) -> list[RoundCommitted]:
+        return self.shared.commits(self.client, from_block, to_block, task)
 
 
 class CommitFollower:

@@ -14,7 +14,7 @@ from typing import Any
 import trio
 
 from p2pfl.chain.client import RoundCommitted
-from p2pfl.chain.follower import CommitFollower
+from p2pfl.chain.follower import CommitFollower, SharedCommitReads
 from p2pfl.chain.trio_client import run_chain
 from p2pfl.core import round_events as ev
 from p2pfl.core.cid import CID
@@ -100,6 +100,7 @@ class Node:
         progress: Callable[[str], None] | None = None,
         model_key: ModelKey | None = None,
         peer_reads: dict[bytes, Any] | None = None,  # shared registry reads (PeerDirectory)
+        commit_reads: SharedCommitReads | None = None,  # shared chain polls (the follower)
     ) -> None:
         self.identity = identity
         self.address = identity.address
@@ -125,6 +126,7 @@ class Node:
         # Progress lines for a person (training epochs, model fetches; p2pfl.cli.progress).
         self.progress = progress
         self.follow_poll_s = follow_poll_s
+        self.commit_reads = commit_reads
         self.heartbeat_interval_s = heartbeat_interval_s
         # When we last published a signed message (heartbeats skip while we are heard).
         self._last_signed_at = -math.inf
@@ -214,7 +216,7 @@ class Node:
             # task's whole history costs O(chain) per node -- quadratic on eth-tester, whose
             # getLogs looks every receipt up from the head. A saved cursor takes precedence.
             follower = self.follower = CommitFollower(
-                self.chain,
+                self.chain if self.commit_reads is None else self.commit_reads.source(self.chain),
                 task=self.task,
                 start_block=joined_block,
                 state_path=self.data_dir / "follower.json",

@@ -6,7 +6,7 @@ import trio
 
 from p2pfl.chain.client import RoundCommitted
 from p2pfl.chain.devnet import DevNet
-from p2pfl.chain.follower import CommitFollower
+from p2pfl.chain.follower import CommitFollower, SharedCommitReads
 from p2pfl.chain.trio_client import TrioChain
 from p2pfl.errors import ChainError
 
@@ -33,6 +33,28 @@ def test_poll_is_exactly_once_and_resumes_from_state(net: DevNet, tmp_path) -> N
     rewound.last_block = net.deployment.block
     assert rewound.poll() == []
     assert r3.tx.block_number <= rewound.last_block
+
+
+def test_followers_sharing_reads_each_get_every_commit_once(net: DevNet) -> None:
+    """Followers of one process sharing their reads (a simulator's shard): each delivers
+    every commit once and in order, as alone, while the chain is read once for all of
+    them; a head read older than `fresh_s` is read again, so a new commit is seen."""
+    shared = SharedCommitReads(fresh_s=3600.0)
+    followers = [
+        CommitFollower(shared.source(net.admin), TASK, start_block=net.deployment.block)
+        for _ in range(3)
+    ]
+    r1 = commit(net, 1, GENESIS)
+    r2 = commit(net, 2, r1.result)
+    for f in followers:
+        assert [(e.round, e.result) for e in f.poll()] == [(1, r1.result), (2, r2.result)]
+        assert f.poll() == []
+    assert shared.reads == 2  # one head read, one getLogs: not one of each per follower
+    commit(net, 3, r2.result)
+    assert [f.poll() for f in followers] == [[], [], []]  # the head is still the cached one
+    shared.fresh_s = 0.0
+    assert [[e.round for e in f.poll()] for f in followers] == [[3], [3], [3]]
+    assert shared.reads == 2 + 3 + 1  # a head read each (none is fresh), one getLogs
 
 
 def test_follow_under_trio_survives_transport_errors(net: DevNet) -> None:
