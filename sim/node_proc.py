@@ -183,6 +183,7 @@ async def run_node(
             rounds=args.rounds,
             dht=False,
             client_index=args.index,
+            **({"status_every_s": args.status_every_s} if args.status_every_s else {}),
             node_options={
                 "follow_poll_s": args.follow_poll_s,
                 **({"cpu_limiter": cpu_limiter} if cpu_limiter is not None else {}),
@@ -328,6 +329,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=float,
         default=DEFAULT_FOLLOW_POLL_S,
         help="how often the node reads the chain for commits (seconds)",
+    )
+    parser.add_argument(
+        "--status-every-s",
+        type=float,
+        default=None,
+        help="how often the node rewrites its status.json (seconds; default: the node's)",
     )
     parser.add_argument(
         "--sync-interval-s",

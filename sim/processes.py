@@ -111,6 +111,10 @@ CHAIN_POLLS_PER_S = 50.0
 # In shards (chain reads shared by a process's nodes): each node's poll, a worker-thread hop
 # answered from the shard's cache (100 nodes: 200 hops a second, 2 JSON-RPC reads).
 SHARD_FOLLOW_POLL_S = 0.5
+# status.json writes per second all nodes together make (ten nodes: each every second, the
+# node's default; 100: each every 5 s). The parent reads them for restart faults and the
+# summary; every node writes its last one when it stops.
+STATUS_WRITES_PER_S = 20.0
 # Anti-entropy sync streams per second all node processes together open (each opens one
 # per topic every sync interval, and answers as many): up to ten nodes keep the node's 1 s
 # default; 40 sync every 4 s. The in-process mode has the same budget for one event loop
@@ -521,6 +525,8 @@ def run_processes(
                 str(sync_interval_s(scenario.nodes)),
                 "--heartbeat-interval-s",
                 str(heartbeat_interval_s(scenario.nodes)),
+                "--status-every-s",
+                str(status_every_s(scenario.nodes)),
             ]
             for j in [0] + earlier if i else []:
                 argv += ["--bootstrap", addrs[j]]
@@ -665,6 +671,15 @@ def follow_poll_s(nodes: int, shards: int = 0) -> float:
     if shards:
         return SHARD_FOLLOW_POLL_S
     return max(DEFAULT_FOLLOW_POLL_S, nodes / CHAIN_POLLS_PER_S)
+
+
+def status_every_s(nodes: int) -> float:
+    """How often each node rewrites its status.json: `STATUS_WRITES_PER_S` shared, never
+    more often than the node's default (each write encodes the node's live map, a line per
+    node: 100 nodes writing every second took 7% of their shards at a round start)."""
+    from p2pfl.cli.launch import STATUS_EVERY_S
+
+    return max(STATUS_EVERY_S, nodes / STATUS_WRITES_PER_S)
 
 
 def sync_interval_s(nodes: int) -> float:

@@ -75,6 +75,9 @@ class Launch:
     # port, printed). See p2pfl.cli.status_page.
     status_port: int | None = None
     status_host: str = DEFAULT_STATUS_HOST
+    # How often `status.json` is rewritten (a simulation of many nodes on one machine
+    # writes each less often; the last one is written when the node stops).
+    status_every_s: float = STATUS_EVERY_S
 
 
 async def launch_node(launch: Launch) -> Any:
@@ -130,7 +133,7 @@ async def launch_node(launch: Launch) -> Any:
                 model_key=model_key,
                 **launch.node_options,
             )
-            nursery.start_soon(_keep_status, node, net, status_path, scores)
+            nursery.start_soon(_keep_status, node, net, status_path, scores, launch.status_every_s)
             if model_key is not None:
                 nursery.start_soon(grant_keys, node, chain, model_key)
             with ExitStack() as stack:
@@ -368,13 +371,17 @@ def write_status(node: Any, net: Any, path: Path, scores: dict[int, tuple[float,
 
 
 async def _keep_status(
-    node: Any, net: Any, path: Path, scores: dict[int, tuple[float, float]]
+    node: Any,
+    net: Any,
+    path: Path,
+    scores: dict[int, tuple[float, float]],
+    every_s: float = STATUS_EVERY_S,
 ) -> None:
     import trio
 
     while True:
         write_status(node, net, path, scores)
-        await trio.sleep(STATUS_EVERY_S)
+        await trio.sleep(every_s)
 
 
 def read_status(data_dir: str | Path) -> dict[str, Any]:

@@ -61,6 +61,10 @@ PUSH_RETRY_MAX_S = 16.0
 # A node off the committee asks up to this many of its members for a committed round's
 # updates (updates to the committee only).
 ROUND_PULL_TRIES = 3
+# A round's pull waits until our update of the next round is sent (the next round's own
+# work comes first: the members of the committed attempt serve the new model meanwhile),
+# but no longer than this (a node that does not train sends none).
+PULL_AFTER_OWN_UPDATE_MAX_S = 60.0
 
 TOPIC_UPDATES = "updates"
 TOPIC_CONSENSUS = "consensus"
@@ -168,6 +172,7 @@ class Node:
         self.follower: CommitFollower | None = None  # once run() joined (read by metrics)
         self._stop_round: int | None = None
         self.finished = trio.Event()
+        self._updates_sent: dict[int, trio.Event] = {}  # round -> our update pushed (_send_direct)
         # The machine's actions, each to what performs it (p2pfl.core.round_events).
         self._actions: dict[type, Callable[[Any], None]] = {
             ev.StartTraining: self._start_training,
@@ -337,6 +342,16 @@ class Node:
         async with trio.open_nursery() as nursery:
             for address in to:
                 nursery.start_soon(self._push, message, data, attachment, address)
+        if isinstance(message, Update) and message.signer == self.address:
+            self._update_sent(message.round).set()
+
+    def _update_sent(self, round_: int) -> trio.Event:
+        """Set once our update of `round_` was pushed to its attempt's members."""
+        if round_ not in self._updates_sent:
+            for old in [r for r in self._updates_sent if r < round_ - 1]:
+                del self._updates_sent[old]
+            self._updates_sent[round_] = trio.Event()
+        return self._updates_sent[round_]
 
     async def _push(self, message: Any, data: bytes, attachment: bytes, address: bytes) -> None:
         """Send a message to one node directly (an update or re-wrap to a committee
@@ -519,7 +534,13 @@ class Node:
         committed round aggregated, so it asks the committing attempt's members for them
         (each holds them all), checks each signature, then writes the round record and
         the reward file `settle` had to leave out. Each node starts with a different
-        member, so no member serves every node."""
+        member, so no member serves every node; and it starts once its own update of the
+        next round is sent (at most PULL_AFTER_OWN_UPDATE_MAX_S later), so that the round
+        start, when the members serve the new model to everyone, is not also when they
+        serve every node's pull (100 nodes: rounds of 36 s instead of 42 s)."""
+        if self._stop_round is None or event.round < self._stop_round:
+            with trio.move_on_after(PULL_AFTER_OWN_UPDATE_MAX_S):
+                await self._update_sent(event.round + 1).wait()
         wanted = set(proposal.included)
         stakes = self.committed.round_stakes.get(event.round, {})
         seed = round_seed(self.task, event.round, CID.parse(base).digest, event.attempt)
