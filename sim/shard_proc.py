@@ -23,6 +23,7 @@ import time
 import warnings
 from typing import Any
 
+from sim import GC_THRESHOLDS
 from sim.node_proc import (
     PROFILE_ENV,
     cancel_on_signal,
@@ -36,14 +37,6 @@ from sim.node_proc import (
 SHARD_PROCESS_PREFIX = "p2pfl-shard"
 # Training and aggregation threads running at once in a shard: one core's worth.
 SHARD_CPU_SLOTS = 1
-# The cyclic collector's thresholds in a shard (CPython's defaults: 700, 10, 10). Fifty
-# hosts make a heap of millions of long-lived containers (connections, streams, peer
-# stores, round state) and every stream and RPC allocates; at the defaults the collector
-# walked that heap so often that py-spy found it in about half of a 100-node shard's
-# samples (at coroutine creation in py-libp2p's per-stream notifications, mostly).
-# A young collection per 20,000 container allocations, a full one per 2,000 of those
-# (sim.des.engine.GC_THRESHOLDS, for the same reason).
-SHARD_GC_THRESHOLDS = (20_000, 20, 100)
 
 
 async def run_shard(nodes: list[tuple[Any, bytes]]) -> None:
@@ -76,7 +69,7 @@ def forked_shard_main(shard: int, argvs: list[list[str]], keys: list[str], log_p
     from p2pfl.logs import setup_logging
 
     setup_logging()
-    gc.set_threshold(*SHARD_GC_THRESHOLDS)
+    gc.set_threshold(*GC_THRESHOLDS)
     nodes = [(parse_args(argv), bytes.fromhex(key)) for argv, key in zip(argvs, keys)]
     profile_to = os.environ.get(PROFILE_ENV)
     try:

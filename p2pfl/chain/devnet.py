@@ -19,7 +19,7 @@ from p2pfl.chain.client import ChainClient, Deployment, deploy
 from p2pfl.chain.providers import fund
 from p2pfl.core.identity import NodeIdentity
 from p2pfl.core.signing import address_of, sign_digest, vote_digest
-from p2pfl.core.sortition import committee_for, round_seed
+from p2pfl.core.sortition import draw
 
 ETHER = 10**18
 # Enough for many transactions at local-chain gas prices on top of the stake.
@@ -83,7 +83,7 @@ class DevNet:
     def committee(self, task: bytes, round: int, base: bytes, attempt: int, k: int) -> list[bytes]:
         """The committee the contract will accept for this draw (stakes at the snapshot)."""
         _, stakes = self.admin.committee_stakes(task)
-        return committee_for(round_seed(task, round, base, attempt), stakes, k)
+        return draw(task, round, base, attempt, stakes, k)
 
     def votes(
         self,

@@ -40,7 +40,7 @@ from p2pfl.core.messages import Proposal, Update, decode_message
 from p2pfl.core.round import DISCRETION_REASONS
 from p2pfl.core.round_result import committed_reward_tree, compute_aggregate
 from p2pfl.core.signing import SIGNATURE_SIZE, Domain, recover_signer, vote_digest
-from p2pfl.core.sortition import committee_for, leader_of, round_seed
+from p2pfl.core.sortition import draw, leader_of
 from p2pfl.errors import InvalidMessage, InvalidSignature
 
 # A round record holds one proposal and at most one update per registered author; the
@@ -78,8 +78,7 @@ class Commit:
 def committee_of(commit: Commit, stakes: Mapping[bytes, int], committee_size: int) -> list[bytes]:
     """The committee drawn for the commit's (round, attempt), in leader order; `stakes`:
     the registry snapshot the round drew from (chain.md, snapshot rule)."""
-    seed = round_seed(commit.task, commit.round, commit.base, commit.attempt)
-    return committee_for(seed, stakes, committee_size)
+    return draw(commit.task, commit.round, commit.base, commit.attempt, stakes, committee_size)
 
 
 def check_votes(

@@ -20,7 +20,7 @@ from p2pfl.core import round_events as ev
 from p2pfl.core.cid import CID, blob_blocks
 from p2pfl.core.merkle import RewardTree, round_reward_leaves
 from p2pfl.core.messages import Proposal, Update
-from p2pfl.core.sortition import committee_for, round_seed
+from p2pfl.core.sortition import draw
 from p2pfl.core.tensors import (
     decode_tensors,
     encode_tensors,
@@ -148,7 +148,6 @@ def committed_reward_tree(
         if update is None:
             return None
         weights[key[0]] = update.n_samples
-    seed = round_seed(task, proposal.round, base_digest, attempt)
-    committee = committee_for(seed, stakes, committee_size)
+    committee = draw(task, proposal.round, base_digest, attempt, stakes, committee_size)
     struck = agg.struck_authors(proposal.rejected)
     return RewardTree.build(round_reward_leaves(reward_per_round_wei, weights, committee, struck))

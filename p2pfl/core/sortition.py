@@ -31,6 +31,13 @@ def round_seed(task: bytes, round: int, base: bytes, attempt: int = 0) -> bytes:
     return keccak(task + round.to_bytes(8, "big") + base + attempt.to_bytes(4, "big"))
 
 
+def draw(
+    task: bytes, round: int, base: bytes, attempt: int, stakes: Mapping[bytes, int], k: int
+) -> list[bytes]:
+    """The committee of one draw: `committee_for` on `round_seed`, in leader order."""
+    return committee_for(round_seed(task, round, base, attempt), stakes, k)
+
+
 def ticket(seed: bytes, address: bytes) -> int:
     """A node's lottery ticket for one draw: lower is better."""
     if len(seed) != 32 or len(address) != 20:

@@ -290,10 +290,7 @@ class Gossip:
         state = self.topics.get(topic)
         if state is None:
             raise ValueError(f"join {topic} before publishing on it")
-        if len(data) > self.config.max_message_bytes:
-            raise InvalidMessage(
-                "oversized", f"{len(data)} bytes > {self.config.max_message_bytes} on {topic}"
-            )
+        self._check_size(topic, data)
         msg_id = message_id(data)
         if msg_id not in state.log:
             if synced:
@@ -308,6 +305,13 @@ class Gossip:
         self.metrics.inc("gossip-published")
         self.metrics.inc("bytes-published", len(data))
         return msg_id
+
+    def _check_size(self, topic: str, data: bytes) -> None:
+        """`InvalidMessage("oversized")` for a message over the size limit we send."""
+        if len(data) > self.config.max_message_bytes:
+            raise InvalidMessage(
+                "oversized", f"{len(data)} bytes > {self.config.max_message_bytes} on {topic}"
+            )
 
     # --- the gate -----------------------------------------------------------------------
 
@@ -433,18 +437,13 @@ class Gossip:
         limits."""
         if topic not in self.topics:
             raise ValueError(f"join {topic} before pushing on it")
-        if len(data) > self.config.max_message_bytes:
-            raise InvalidMessage(
-                "oversized", f"{len(data)} bytes > {self.config.max_message_bytes} on {topic}"
-            )
+        self._check_size(topic, data)
         if len(attachment) > PUSH_MAX_ATTACHMENT_BYTES:
             raise InvalidMessage(
                 "oversized", f"{len(attachment)}-byte attachment > {PUSH_MAX_ATTACHMENT_BYTES}"
             )
-        topic_bytes = topic.encode()
         frame = (
-            struct.pack(">BH", MSG_PUSH, len(topic_bytes))
-            + topic_bytes
+            _head(MSG_PUSH, topic)
             + struct.pack(">I", len(data))
             + data
             + struct.pack(">I", len(attachment))
@@ -592,15 +591,15 @@ class Gossip:
             await _close(stream)
 
 
-def _request(kind: int, topic: str, have: list[bytes]) -> bytes:
-    """A sync or pull request: `kind | u16 topic length | topic | u32 n | n ids held`."""
+def _head(kind: int, topic: str) -> bytes:
+    """Every request's start: `kind | u16 topic length | topic (UTF-8)`."""
     topic_bytes = topic.encode()
-    return (
-        struct.pack(">BH", kind, len(topic_bytes))
-        + topic_bytes
-        + struct.pack(">I", len(have))
-        + b"".join(have)
-    )
+    return struct.pack(">BH", kind, len(topic_bytes)) + topic_bytes
+
+
+def _request(kind: int, topic: str, have: list[bytes]) -> bytes:
+    """A sync or pull request: `head | u32 n | n ids held`."""
+    return _head(kind, topic) + struct.pack(">I", len(have)) + b"".join(have)
 
 
 async def _drain(subscription: Any) -> None:

@@ -101,7 +101,7 @@ class CommittedRounds:
         """Rebuild and check the round's reward tree and record its strikes (in memory, at
         once: the next round's probation reads them); returns the file writes to run off
         the event loop (None: nothing to write)."""
-        proposal = self.intake.proposals.get((event.round, result, event.contributors_root))
+        proposal = self._committed_proposal(event, result)
         if proposal is None:
             self.count("reward-file-unknown-proposal")
             return None
@@ -119,21 +119,26 @@ class CommittedRounds:
 
         return write
 
+    def _committed_proposal(self, event: RoundCommitted, result: bytes) -> Proposal | None:
+        """The proposal the chain's (round, result, contributors root) names, if seen."""
+        return self.intake.proposals.get((event.round, result, event.contributors_root))
+
+    def _lacks_updates(self, proposal: Proposal) -> bool:
+        """Whether an update `proposal` includes never reached us (a task whose updates go
+        to the committee only: a node off it holds none)."""
+        return not all(key in self.intake.updates for key in proposal.included)
+
     def missing_updates(self, event: RoundCommitted, result: bytes) -> Proposal | None:
-        """The committed proposal, if an update it includes never reached us (a task whose
-        updates go to the committee only: a node off it holds none), else None."""
-        proposal = self.intake.proposals.get((event.round, result, event.contributors_root))
-        if proposal is None:
-            return None
-        held = self.intake.updates
-        return None if all(key in held for key in proposal.included) else proposal
+        """The committed proposal, if it includes an update we lack, else None."""
+        proposal = self._committed_proposal(event, result)
+        return proposal if proposal is not None and self._lacks_updates(proposal) else None
 
     def complete(
         self, event: RoundCommitted, base: bytes, result: bytes
     ) -> Callable[[], None] | None:
         """After the missing updates arrived: the round record and reward file `settle` had
         to leave out (its strikes are recorded already); None when nothing is new."""
-        proposal = self.intake.proposals.get((event.round, result, event.contributors_root))
+        proposal = self._committed_proposal(event, result)
         stakes = self.round_stakes.get(event.round)
         if proposal is None or stakes is None:
             return None
@@ -187,7 +192,7 @@ class CommittedRounds:
         self, event: RoundCommitted, proposal: Proposal, base: bytes, stakes: dict[bytes, int]
     ) -> Callable[[], None] | None:
         """`settle` once the proposal and the round's stakes are known."""
-        if self.missing_updates(event, proposal.result) is not None:
+        if self._lacks_updates(proposal):
             # No weights, so no tree to check; the strikes need only the proposal the
             # chain's (result, root) names, so the history does not get a hole.
             self.count("reward-file-missing-update")

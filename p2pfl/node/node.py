@@ -21,7 +21,7 @@ from p2pfl.core.cid import CID
 from p2pfl.core.identity import NodeIdentity
 from p2pfl.core.messages import Commit, Proposal, Rewrap, Update, decode_message
 from p2pfl.core.round import RoundMachine
-from p2pfl.core.sortition import committee_for, round_seed
+from p2pfl.core.sortition import draw
 from p2pfl.core.validation import Verdict
 from p2pfl.errors import InvalidMessage, P2PFLError
 from p2pfl.manifest import TaskManifest
@@ -543,8 +543,10 @@ class Node:
                 await self._update_sent(event.round + 1).wait()
         wanted = set(proposal.included)
         stakes = self.committed.round_stakes.get(event.round, {})
-        seed = round_seed(self.task, event.round, CID.parse(base).digest, event.attempt)
-        members = committee_for(seed, stakes, self.manifest.committee_size)
+        base_digest = CID.parse(base).digest
+        members = draw(
+            self.task, event.round, base_digest, event.attempt, stakes, self.manifest.committee_size
+        )
         members = [m for m in members if m != self.address] or [proposal.signer]
         start = int.from_bytes(self.address, "big") % len(members)
         topic = self.topic(TOPIC_UPDATES)

@@ -5,17 +5,10 @@ report.md, plots). Prints the summary's headline figures as `name: value` lines.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 from p2pfl.errors import ConfigError
-
-
-def _value(text: str) -> object:
-    try:
-        return json.loads(text)
-    except ValueError:
-        return text
+from sim.strict import override_value
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,7 +31,9 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         overrides = dict(item.split("=", 1) for item in args.set)
-        scenario = load_des_scenario(args.scenario, {k: _value(v) for k, v in overrides.items()})
+        scenario = load_des_scenario(
+            args.scenario, {k: override_value(v) for k, v in overrides.items()}
+        )
         engine = Engine(scenario, progress=None if args.quiet else print)
     except (ConfigError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -38,6 +38,7 @@ from p2pfl.core.round_result import compute_aggregate
 from p2pfl.core.signing import Domain, address_of
 from p2pfl.core.tensors import decode_tensors, encode_tensors
 from p2pfl.core.validation import ACCEPT, check_gossip
+from sim import GC_THRESHOLDS
 from sim.attacks import INLINE_MAX_BYTES, behaviour_for, make_plan
 from sim.des.chain import Chain
 from sim.des.network import Links, Overlay
@@ -59,9 +60,6 @@ REWARD_PER_ROUND_WEI = 10**16
 SYNC_LOG_TTL_S = 600.0
 # p2pfl.node.workers: a delta fetch is not retried once the round is certified or advanced.
 NO_MORE_FETCHES = ("certified", "advanced")
-# The cyclic collector's thresholds during a run (CPython's defaults: 700, 10, 10): a
-# young collection per 20,000 container allocations, a full one per 2,000 of those.
-GC_THRESHOLDS = (20_000, 20, 100)
 
 
 @dataclass
