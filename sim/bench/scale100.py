@@ -63,8 +63,24 @@ been 56% of a shard's main-thread samples) and block answer buffers reused (15%)
 nodes **5/5 committed**: 22.8, 41.9, 46.5, 39.1, 37.1 s, median 39.1 s (train 14.8,
 disseminate 17.8, aggregate 0.4, agree 4.9, commit 0.6), all 100 updates in each round,
 accuracy 0.771 (centralised reference 0.772), shards at 0.74-0.78 of a core; ratio 18.6
-(target <= 2). The rest is bytes: each member takes in every 407 KB delta (100 nodes:
-200-400 MB a round through py-libp2p against 20-30 MB at 10 nodes).
+(target <= 2).
+
+Then (load 0.1 before, 2.5 after), with a shard's chain polls shared (one head read for its
+50 nodes: polling had been 11% of a shard's samples), status.json written every 5 s at 100
+nodes (7% of a shard at a round start) and each node's pull of the last round's updates
+after its own next update is out: 10 nodes 5/5, median 2.03 s (train 1.2, disseminate 0.3,
+agree 0.2), accuracy 0.817; 100 nodes **5/5**: 19.1, 32.9, 38.5, 39.8, 34.9 s, median
+34.9 s (train 8.9, disseminate 16.3, aggregate 1.1, agree 6.2, commit 0.3), accuracy 0.771,
+shards at 0.71-0.76 of a core; ratio 17.2 (target <= 2). Where it goes: shard CPU (user +
+system) is ~3.5 core-seconds a round at 10 nodes and ~74 at 100, i.e. 0.35 and 0.74 per
+node. Even at the 10-node cost per node, 100 nodes would need ~35 core-seconds (17 s on two
+cores, ratio >= 8); the rest grows with n: every round's committee is new, so each member
+accepts ~100 new connections (Noise, yamux, identify, pubsub set-up: ~14% of a shard during
+dissemination), every push, fetch and pull negotiates a stream, each member checks 100
+updates, and training threads wait for the shard's interpreter lock (a 600-image epoch is
+12 ms alone, 43-79 ms in a shard). <= 2x needs a node's per-round cost cut ~4x and a
+member's work independent of n: a protocol change (sampled contributors, hierarchical
+aggregation), not tuning.
 """
 
 from __future__ import annotations
