@@ -180,10 +180,11 @@ def test_cli_journey(tmp_path):
                 stop(bob)
 
 
-def test_cli_nodes_off_the_committee_survive_every_commit(tmp_path):
-    """Four CLI nodes, a committee of 2: in every round two nodes are not members and learn of
-    the commit before they hold the new model. Each must fetch it before anything reads it
+def test_cli_nodes_off_the_committee_survive_every_commit(tmp_path, monkeypatch):
+    """Four CLI nodes, a committee of 2: in a round, the nodes the draw left out learn of the
+    commit before they hold the new model. Each must fetch it before anything reads it
     (it used to die with 'no block <model CID>'), report every round, and exit cleanly."""
+    monkeypatch.setenv("P2PFL_PROGRESS", "1")  # "fetched model <CID>" lines in the logs
     names = ("alice", "bob", "carol", "dave")
     rounds = 3
     with Anvil() as chain:
@@ -206,18 +207,21 @@ def test_cli_nodes_off_the_committee_survive_every_commit(tmp_path):
                 )  # fmt: skip
             for name in names:
                 assert procs[name].wait(timeout=420) == 0, f"{name} died:\n{logs[name].read_text()}"
-            for name in names:
-                text = logs[name].read_text()
+            texts = {name: logs[name].read_text() for name in names}
+            for name, text in texts.items():
                 assert "no block" not in text, text
                 for r in range(1, rounds + 1):
                     assert f"round {r} committed" in text, f"{name} missed round {r}:\n{text}"
                 status = json.loads((tmp_path / f"{name}-data" / "status.json").read_text())
                 assert status["last_commit"]["round"] == rounds
-                # The case the test is about happened: each committee (the one its node last
-                # drew) holds 2 of the 4 nodes, so 2 were off every committing attempt. (A
-                # node's own `member` flag is no witness: on a loaded machine a node can be on
-                # a later attempt, and a member of it, when the earlier one commits.)
-                assert len(status["committee"]) == 2, status["committee"]
+            # The case the test is about happened: some node fetched a committed model (it was
+            # off that round's committing attempt). Neither a node's own `member` flag nor its
+            # committee's size witnesses it: the draw's size varies (all 4 drawn: 1 in 16),
+            # and a node can be on a later attempt, a member of it, when an earlier commits.
+            every_log = "".join(texts.values())
+            committed = set(re.findall(r"round \d+ committed: model (\S+)", every_log))
+            fetched = set(re.findall(r"fetched model (\S+)", every_log))
+            assert committed & fetched, (committed, fetched)
         finally:
             for proc in procs.values():
                 stop(proc)
