@@ -537,7 +537,8 @@ class Node:
         member, so no member serves every node; and it starts once its own update of the
         next round is sent (at most PULL_AFTER_OWN_UPDATE_MAX_S later), so that the round
         start, when the members serve the new model to everyone, is not also when they
-        serve every node's pull (100 nodes: rounds of 36 s instead of 42 s)."""
+        serve every node's pull (100 nodes in 2 shards: the median node held the new model
+        3.0-6.6 s after the commit, 5.3-7.8 s with the pulls at once)."""
         if self._stop_round is None or event.round < self._stop_round:
             with trio.move_on_after(PULL_AFTER_OWN_UPDATE_MAX_S):
                 await self._update_sent(event.round + 1).wait()
