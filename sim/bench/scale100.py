@@ -72,9 +72,10 @@ after its own next update is out: 10 nodes 5/5, median 2.03 s (train 1.2, dissem
 agree 0.2), accuracy 0.817; 100 nodes **5/5**: 19.1, 32.9, 38.5, 39.8, 34.9 s, median
 34.9 s (train 8.9, disseminate 16.3, aggregate 1.1, agree 6.2, commit 0.3), accuracy 0.771,
 shards at 0.71-0.76 of a core; ratio 17.2 (target <= 2). Where it goes: shard CPU (user +
-system) is ~3.5 core-seconds a round at 10 nodes and ~74 at 100, i.e. 0.35 and 0.74 per
-node. Even at the 10-node cost per node, 100 nodes would need ~35 core-seconds (17 s on two
-cores, ratio >= 8); the rest grows with n: every round's committee is new, so each member
+system) is ~3.5 core-seconds a round at 10 nodes and 56-74 at 100 (1.71 cores over the
+217 s the figure covers, 165 s of them rounds), i.e. 0.35 and 0.56-0.74 per node. Even
+at the 10-node cost per node, 100 nodes would need ~35 core-seconds (17 s on two cores,
+ratio >= 8); the rest grows with n: every round's committee is new, so each member
 accepts ~100 new connections (Noise, yamux, identify, pubsub set-up: ~14% of a shard during
 dissemination), every push, fetch and pull negotiates a stream, each member checks 100
 updates, and training threads wait for the shard's interpreter lock (a 600-image epoch is
