@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ast
 import json
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -73,6 +74,9 @@ SNAPSHOT_CACHE_SIZE = 64
 # once handed a second simulation in one process the first one's stakes (a committee the
 # contract refused: NotEligible), and would survive a reorg.
 _SNAPSHOT_CACHE: dict[tuple[int, str, bytes], dict[bytes, int]] = {}
+# One reader fills a missing snapshot while the process's other clients wait for it: the 50
+# nodes of a simulation shard start a round together, and each had read the whole registry.
+_SNAPSHOT_FILL = threading.Lock()
 
 _ERROR_STRING = bytes.fromhex("08c379a0")  # Error(string)
 _PANIC = bytes.fromhex("4e487b71")  # Panic(uint256)
@@ -204,6 +208,8 @@ class RoundCommitted:
     block_number: int
     tx_hash: bytes
     log_index: int
+    # The hash of the block holding the commit (b"": not known, e.g. built by hand).
+    block_hash: bytes = b""
 
 
 @dataclass(frozen=True)
@@ -704,25 +710,39 @@ class ChainClient:
             stakes.update({a: s for a, s in zip(chunk, values) if s > 0})
         return total, stakes
 
-    def committee_stakes(self, task: bytes) -> tuple[int, dict[bytes, int]]:
+    def committee_stakes(
+        self, task: bytes, after: RoundCommitted | None = None
+    ) -> tuple[int, dict[bytes, int]]:
         """(snapshot block, {address: stake}) that elects the task's next round.
 
         Feed the mapping to `p2pfl.core.sortition.committee_for`: its total equals the
         registry's total at the snapshot block because every node is listed. A past
         block's stakes never change, so the answer is cached per (chain, registry, block
-        hash) and shared by every client of this process (a simulation's nodes ask together).
+        hash) and shared by every client of this process (a simulation's nodes ask together;
+        one of them reads a missing snapshot, the others wait for it).
+
+        `after`: the commit of the task's last round, as the commit follower read it. The
+        snapshot is then the block before the commit's (the ledger's `snapshotBlock`), keyed
+        by the commit block's hash (which names its parent), with no call for either.
         """
-        block = self.snapshot_block(task)
-        block_hash = bytes(
-            self._sender.call("block hash", lambda: self.w3.eth.get_block(block)["hash"])
-        )
-        key = (self.deployment.chain_id, self.deployment.registry, block_hash)
+        if after is not None and after.block_hash:
+            block = after.block_number - 1
+            key = (self.deployment.chain_id, self.deployment.registry, b"parent:" + after.block_hash)
+        else:
+            block = self.snapshot_block(task)
+            block_hash = bytes(
+                self._sender.call("block hash", lambda: self.w3.eth.get_block(block)["hash"])
+            )
+            key = (self.deployment.chain_id, self.deployment.registry, block_hash)
         cached = _SNAPSHOT_CACHE.get(key)
         if cached is None:
-            _, cached = self.stakes_at(block)
-            _SNAPSHOT_CACHE[key] = cached
-            while len(_SNAPSHOT_CACHE) > SNAPSHOT_CACHE_SIZE:
-                _SNAPSHOT_CACHE.pop(next(iter(_SNAPSHOT_CACHE)))
+            with _SNAPSHOT_FILL:
+                cached = _SNAPSHOT_CACHE.get(key)
+                if cached is None:
+                    _, cached = self.stakes_at(block)
+                    _SNAPSHOT_CACHE[key] = cached
+                    while len(_SNAPSHOT_CACHE) > SNAPSHOT_CACHE_SIZE:
+                        _SNAPSHOT_CACHE.pop(next(iter(_SNAPSHOT_CACHE)))
         return block, dict(cached)
 
     # -------------------------------------------------------- ledger: transactions
@@ -1065,6 +1085,7 @@ class ChainClient:
                     ev["blockNumber"],
                     bytes(ev["transactionHash"]),
                     ev["logIndex"],
+                    bytes(ev["blockHash"]),
                 )
             )
         return out

@@ -173,6 +173,9 @@ class Node:
         self._stop_round: int | None = None
         self.finished = trio.Event()
         self._updates_sent: dict[int, trio.Event] = {}  # round -> our update pushed (_send_direct)
+        # Round -> its commit as the chain follower read it (the last two): the next round's
+        # start takes the registry snapshot from it instead of asking the chain again.
+        self._chain_commits: dict[int, RoundCommitted] = {}
         # The machine's actions, each to what performs it (p2pfl.core.round_events).
         self._actions: dict[type, Callable[[Any], None]] = {
             ev.StartTraining: self._start_training,
@@ -441,7 +444,9 @@ class Node:
         chain (an RPC outage) or a slow fetch then runs the same attempt clock as the
         others instead of one shifted by its delay (spec round.md, "attempt").
         """
-        _, stakes = await run_chain(self.chain, self.chain.committee_stakes, self.task)
+        _, stakes = await run_chain(
+            self.chain, self.chain.committee_stakes, self.task, self._chain_commits.get(round_ - 1)
+        )
         self.committed.round_stakes[round_] = stakes
         await self.peers.refresh(stakes)
         await self.models.ensure(base)
@@ -495,7 +500,9 @@ class Node:
             assert self._nursery is not None
             self._nursery.cancel_scope.cancel()
             return
-        while (
+        # A commit learned from its certificate may not be on our chain yet; one the
+        # follower delivered is.
+        while round_ - 1 not in self._chain_commits and (
             await run_chain(self.chain, self.chain.task_info, self.task)
         ).last_round < round_ - 1:
             await trio.sleep(CHAIN_WAIT_POLL_S)
@@ -504,6 +511,9 @@ class Node:
     async def _on_chain_commit(self, event: RoundCommitted) -> None:
         if event.task != self.task:
             return
+        self._chain_commits[event.round] = event
+        for old in [r for r in self._chain_commits if r < event.round - 1]:
+            del self._chain_commits[old]
         entry = self.rounds.get(event.round)
         if entry is not None:
             entry.commit_tx = "0x" + event.tx_hash.hex()

@@ -62,6 +62,49 @@ def test_commit_two_rounds_end_to_end(net: DevNet) -> None:
     assert net.admin.task_info(TASK).last_result == r2.result
 
 
+def test_committee_stakes_after_a_followed_commit_need_no_snapshot_reads(
+    net: DevNet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The commit the follower read names the next round's snapshot (the block before
+    it): the same block and stakes as the ledger's `snapshotBlock` answer, read without it,
+    and a snapshot nobody holds yet is read once however many clients ask at once."""
+    import threading
+
+    from p2pfl.chain import client as client_module
+
+    r1 = commit(net, 1, GENESIS)
+    (event,) = net.admin.commits(0, net.admin.block_number(), TASK)
+    assert event.round == 1 and event.block_hash == bytes(net.admin.w3.eth.get_block(r1.tx.block_number)["hash"])
+    asked = net.clients[3].committee_stakes(TASK)
+    assert asked[0] == event.block_number - 1
+    calls: list[str] = []
+    sender = net.clients[2]._sender
+    real_call = sender.call
+    monkeypatch.setattr(sender, "call", lambda what, fn: calls.append(what) or real_call(what, fn))
+    assert net.clients[2].committee_stakes(TASK, event) == asked
+    assert "snapshotBlock" not in calls and "block hash" not in calls
+
+    monkeypatch.setattr(client_module, "_SNAPSHOT_CACHE", {})
+    reads: list[int] = []
+    real_stakes_at = ChainClient.stakes_at
+
+    def stakes_at(self: ChainClient, block: int, addresses: object = None) -> object:
+        reads.append(block)
+        return real_stakes_at(self, block)
+
+    monkeypatch.setattr(ChainClient, "stakes_at", stakes_at)
+    answers: list[object] = []
+    threads = [
+        threading.Thread(target=lambda c=c: answers.append(c.committee_stakes(TASK, event)))
+        for c in net.clients
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert answers == [asked] * len(net.clients) and reads == [event.block_number - 1]
+
+
 def test_commit_wrong_round(net: DevNet) -> None:
     err = _try_commit(net, rnd=2)
     assert err.revert_reason == "WrongRound(expected=1, got=2)"
