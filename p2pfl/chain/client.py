@@ -727,7 +727,11 @@ class ChainClient:
         """
         if after is not None and after.block_hash:
             block = after.block_number - 1
-            key = (self.deployment.chain_id, self.deployment.registry, b"parent:" + after.block_hash)
+            key = (
+                self.deployment.chain_id,
+                self.deployment.registry,
+                b"parent:" + after.block_hash,
+            )
         else:
             block = self.snapshot_block(task)
             block_hash = bytes(

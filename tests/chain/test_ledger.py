@@ -74,7 +74,9 @@ def test_committee_stakes_after_a_followed_commit_need_no_snapshot_reads(
 
     r1 = commit(net, 1, GENESIS)
     (event,) = net.admin.commits(0, net.admin.block_number(), TASK)
-    assert event.round == 1 and event.block_hash == bytes(net.admin.w3.eth.get_block(r1.tx.block_number)["hash"])
+    assert event.round == 1 and event.block_hash == bytes(
+        net.admin.w3.eth.get_block(r1.tx.block_number)["hash"]
+    )
     asked = net.clients[3].committee_stakes(TASK)
     assert asked[0] == event.block_number - 1
     calls: list[str] = []
