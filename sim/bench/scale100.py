@@ -73,15 +73,15 @@ agree 0.2), accuracy 0.817; 100 nodes **5/5**: 19.1, 32.9, 38.5, 39.8, 34.9 s, m
 34.9 s (train 8.9, disseminate 16.3, aggregate 1.1, agree 6.2, commit 0.3), accuracy 0.771,
 shards at 0.71-0.76 of a core; ratio 17.2 (target <= 2). Where it goes: shard CPU (user +
 system) is ~3.5 core-seconds a round at 10 nodes and 56-74 at 100 (1.71 cores over the
-217 s the figure covers, 165 s of them rounds), i.e. 0.35 and 0.56-0.74 per node. Even
-at the 10-node cost per node, 100 nodes would need ~35 core-seconds (17 s on two cores,
-ratio >= 8); the rest grows with n: every round's committee is new, so each member
-accepts ~100 new connections (Noise, yamux, identify, pubsub set-up: ~14% of a shard during
-dissemination), every push, fetch and pull negotiates a stream, each member checks 100
-updates, and training threads wait for the shard's interpreter lock (a 600-image epoch is
-12 ms alone, 43-79 ms in a shard). <= 2x needs a node's per-round cost cut ~4x and a
-member's work independent of n: a protocol change (sampled contributors, hierarchical
-aggregation), not tuning.
+217 s the figure covers, 165 s of them rounds), i.e. 0.35 and 0.56-0.74 per node.
+Not the work itself: a round's pushes to the 7 members, model fetches and 60,000 trained
+images come to ~7.3 core-seconds at 100 nodes (`python -m sim.bench netcost`, which times
+each operation on hosts configured as these nodes): 3.6 s on two cores, within 2x the
+10-node round. Connections to each round's new committee take ~15 (~550 new a round, 28 ms
+each: the run ends with ~2,760), and the rest is per-message overhead spread thin
+(py-spy: yamux frame reads ~10%, connection set-up ~10%, pubsub ~7%, chain reads ~8% --
+since then taken from the commit the follower read --, blocks, sync, status, scheduling).
+<= 2x needs that overhead cut ~8x; no single part of it is large enough.
 """
 
 from __future__ import annotations
@@ -120,6 +120,7 @@ def _run(nodes: int, shards: int) -> dict[str, Any]:
         run_dir = Path(run_processes(scenario, runs, quiet=True, shards=shards))
         summary = json.loads((run_dir / "summary.json").read_text())
         records = [json.loads(line) for line in (run_dir / "metrics.jsonl").open()]
+        peers = [_peers(path) for path in sorted(run_dir.glob("node*.status.json"))]
     name = f"scale100-n{nodes}"
     for r in records:
         phases = ", ".join(f"{p} {r['phases_s'][p]:.1f}" for p in PHASES)
@@ -129,6 +130,12 @@ def _run(nodes: int, shards: int) -> dict[str, Any]:
         f"{summary['rounds_committed']}/{summary['rounds_planned']}",
         "rounds" + (" (the run's deadline passed first)" if summary["timed_out"] else ""),
     )
+    if peers:
+        figure(
+            f"{name}-connections",
+            sum(peers) // 2,
+            f"open at the end (a node's median {statistics.median(peers):g}, most {max(peers)})",
+        )
     for p in PHASES:
         values = [r["phases_s"][p] for r in records]
         if values:
@@ -145,6 +152,12 @@ def _run(nodes: int, shards: int) -> dict[str, Any]:
         figure(f"{name}-accuracy", summary["final_accuracy"], "")
         figure(f"{name}-round-median", statistics.median(r["wall_s"] for r in records), "s")
     return {"summary": summary, "records": records}
+
+
+def _peers(status_path: Path) -> int:
+    """The peers a node was connected to at its last status write."""
+    peers = json.loads(status_path.read_text()).get("peers", [])
+    return peers if isinstance(peers, int) else len(peers)
 
 
 def run() -> None:
