@@ -82,6 +82,14 @@ each: the run ends with ~2,760), and the rest is per-message overhead spread thi
 (py-spy: yamux frame reads ~10%, connection set-up ~10%, pubsub ~7%, chain reads ~8% --
 since then taken from the commit the follower read --, blocks, sync, status, scheduling).
 <= 2x needs that overhead cut ~8x; no single part of it is large enough.
+
+2026-12-06, with each round's registry snapshot taken from the commit the follower read
+(no snapshotBlock, block or taskInfo read per node; one reader per shard fills a missing
+snapshot): 10 nodes 5/5, median 2.51 s; 100 nodes 5/5 (36.4, 48.9, 67.6, 63.3, 63.2 s),
+median 63.2 s, 2,759 connections open at the end, ratio 25.1. Not a regression of that
+change: the code before it gave a 59.9 s median in a direct run an hour later (37.3 s with
+it an hour before), per-operation costs (`netcost`) unchanged. Runs on this shared
+machine vary up to ~1.7x for the same code; compare only runs made side by side.
 """
 
 from __future__ import annotations
