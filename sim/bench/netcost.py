@@ -51,7 +51,7 @@ from typing import Any
 
 import trio
 
-from sim.bench import figure
+from sim.bench import ROOT_DIR, figure
 
 HOSTS = 24
 # Connections opened for the per-connection figures (distinct host pairs).
@@ -60,7 +60,7 @@ CONNECTIONS = 150
 OPERATIONS = 40
 IDLE_S = 10.0
 SETTLE_S = 3.0
-COMMITTEE = 7
+SCENARIO = ROOT_DIR / "sim" / "scenarios" / "scale100.toml"
 TOTAL_IMAGES = 60_000
 NODE_COUNTS = (10, 100)
 CORES = 2
@@ -68,25 +68,24 @@ CORES = 2
 MEASURED_ROUND_CPU_S = 65.0
 
 
-def _model_bytes() -> int:
-    """Bytes of a float32 delta of the scale100 model (its MLP)."""
+def _model_bytes(scenario: Any) -> int:
+    """Bytes of a float32 delta of the scenario's model."""
     from p2pfl.train.models import build_model
-    from sim.bench import ROOT_DIR
-    from sim.scenario import load_scenario
 
-    scenario = load_scenario(ROOT_DIR / "sim" / "scenarios" / "scale100.toml", {})
     model = build_model(scenario.model.name, **scenario.model.kwargs)
     return 4 * sum(p.numel() for p in model.parameters())
 
 
-def _train_s_per_image() -> float:
-    """CPU seconds per image of one local epoch of the scale100 MLP (batch 32, one thread)."""
+def _train_s_per_image(scenario: Any) -> float:
+    """CPU seconds per image of one local epoch of the scenario's model and training
+    (one thread), on random images of Fashion-MNIST's shape."""
     import numpy as np
 
     from p2pfl.train.config import TrainConfig
     from p2pfl.train.data import Dataset
     from p2pfl.train.models import build_model, model_to_numpy
     from p2pfl.train.trainer import train_local
+    from sim.data import train_dict
 
     images = 3_000
     rng = np.random.default_rng(0)
@@ -94,26 +93,26 @@ def _train_s_per_image() -> float:
         rng.random((images, 1, 28, 28), dtype=np.float32),
         rng.integers(0, 10, images, dtype=np.int64),
     )
-    kwargs = {"input_shape": [1, 28, 28], "hidden": [128]}
-    base = model_to_numpy(build_model("mlp", **kwargs))
-    cfg = TrainConfig(epochs=1, batch_size=32, lr=0.05, momentum=0.9)
-    train_local("mlp", base, data, cfg, seed=0, model_kwargs=kwargs, num_threads=1)  # warm
+    name, kwargs = scenario.model.name, scenario.model.kwargs
+    base = model_to_numpy(build_model(name, **kwargs))
+    cfg = TrainConfig(**train_dict(scenario))
+    train_local(name, base, data, cfg, seed=0, model_kwargs=kwargs, num_threads=1)  # warm
     t0 = time.process_time()
-    train_local("mlp", base, data, cfg, seed=1, model_kwargs=kwargs, num_threads=1)
+    train_local(name, base, data, cfg, seed=1, model_kwargs=kwargs, num_threads=1)
     return (time.process_time() - t0) / images
 
 
-async def _measure() -> dict[str, float]:
+async def _measure(delta: int) -> dict[str, float]:
     from p2pfl.core.identity import NodeIdentity
     from p2pfl.net import NetConfig, ValidationResult, topic_name
     from p2pfl.net.config import TOPIC_KINDS
+    from sim.faults import hold_host
 
     def accept(topic: str, data: bytes, peer: str) -> ValidationResult:
         return ValidationResult.accept()
 
     topics = [topic_name("netcost", kind) for kind in TOPIC_KINDS]
-    delta = _model_bytes()
-    out: dict[str, float] = {"model_bytes": float(delta)}
+    out: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="p2pfl-netcost-") as tmp:
         async with trio.open_nursery() as nursery:
             hosts = []
@@ -126,10 +125,9 @@ async def _measure() -> dict[str, float]:
                     dht=False,
                     sync_interval_s=3600.0,
                 )
-                host, stop = await nursery.start(
-                    _serve, config, NodeIdentity.from_seed(bytes([i + 1]) * 32).private_key
-                )
-                hosts.append(host)
+                stop = trio.Event()
+                key = NodeIdentity.from_seed(bytes([i + 1]) * 32).private_key
+                hosts.append(await nursery.start(hold_host, config, key, stop))
                 stops.append(stop)
             for h in hosts:
                 for t in topics:
@@ -186,20 +184,13 @@ async def _measure() -> dict[str, float]:
     return out
 
 
-async def _serve(config: Any, key: bytes, *, task_status: Any) -> None:
-    from p2pfl.net import open_node_host
-
-    stop = trio.Event()
-    async with open_node_host(config, key) as host:
-        task_status.started((host, stop))
-        await stop.wait()
-
-
-def essential_round_cpu_s(nodes: int, costs: dict[str, float], first_round: bool) -> float:
+def essential_round_cpu_s(
+    nodes: int, committee: int, costs: dict[str, float], first_round: bool
+) -> float:
     """Core-seconds of a scale100 round's essential work with `nodes` nodes: each node's
     update pushed to every member, the committed model fetched by every node, the 60,000
     images trained; in the first round also a new connection from each node to each member."""
-    members = min(COMMITTEE, nodes)
+    members = min(committee, nodes)
     work = nodes * members * costs["push_model"] + nodes * costs["fetch_model"]
     work += TOTAL_IMAGES * costs["train_per_image"]
     if first_round:
@@ -208,11 +199,13 @@ def essential_round_cpu_s(nodes: int, costs: dict[str, float], first_round: bool
 
 
 def run() -> None:
-    costs = trio.run(_measure)
-    costs["train_per_image"] = _train_s_per_image()
-    figure(
-        "netcost-model-bytes", int(costs["model_bytes"]), "B (float32 delta of the scale100 MLP)"
-    )
+    from sim.scenario import load_scenario
+
+    scenario = load_scenario(SCENARIO, {})
+    delta = _model_bytes(scenario)
+    costs = trio.run(_measure, delta)
+    costs["train_per_image"] = _train_s_per_image(scenario)
+    figure("netcost-model-bytes", delta, "B (float32 delta of the scale100 MLP)")
     figure("netcost-idle-per-connection", costs["idle_per_connection"] * 1e3, "ms CPU per s")
     figure("netcost-connection", costs["connection"] * 1e3, "ms CPU (both ends)")
     figure("netcost-push-small", costs["push_small"] * 1e3, "ms CPU (both ends)")
@@ -221,8 +214,10 @@ def run() -> None:
     figure("netcost-train-per-image", costs["train_per_image"] * 1e6, "us CPU (one thread)")
     later = {}
     for nodes in NODE_COUNTS:
-        first = essential_round_cpu_s(nodes, costs, first_round=True)
-        later[nodes] = essential_round_cpu_s(nodes, costs, first_round=False)
+        first = essential_round_cpu_s(nodes, scenario.committee.size, costs, first_round=True)
+        later[nodes] = essential_round_cpu_s(
+            nodes, scenario.committee.size, costs, first_round=False
+        )
         figure(
             f"netcost-essential-n{nodes}",
             later[nodes],

@@ -164,8 +164,7 @@ def _run(nodes: int, shards: int) -> dict[str, Any]:
 
 def _peers(status_path: Path) -> int:
     """The peers a node was connected to at its last status write."""
-    peers = json.loads(status_path.read_text()).get("peers", [])
-    return peers if isinstance(peers, int) else len(peers)
+    return int(json.loads(status_path.read_text())["peers"])
 
 
 def run() -> None:
