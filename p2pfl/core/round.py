@@ -203,7 +203,10 @@ class RoundConfig:
     # re-drawn committee's new members when it is drawn: a round then costs n x k
     # messages instead of gossip's n x n (each with several copies), and nodes off the
     # committee learn who contributed only from proposals (spec round.md *Updates to the
-    # committee*). Votes, proposals, certificates and heartbeats are gossiped either way.
+    # committee*). So are the attempt's proposals and votes: only its members act on them,
+    # and each gossiped to every node was validated and forwarded by all n. Certificates
+    # (and the proposal a certificate certifies, which names the round's contributors) and
+    # heartbeats are gossiped either way.
     updates_to_committee: bool = False
 
     def __post_init__(self) -> None:
@@ -1574,12 +1577,20 @@ class RoundMachine:
         proposal = self._sign(proposal)  # type: ignore[assignment]
         self._statements[(self.address, proposal.statement_key())] = proposal
         self.counters["proposals-sent"] += 1
-        self._emit(Publish(proposal))
+        self._emit(Publish(proposal, to=self._consensus_recipients()))
         a.proposal = proposal
         # Our own computation is the verification: vote at once.
         self._vote(a.view, proposal.result, proposal.contributors_root)
 
     # --- votes and certificates ----------------------------------------------------------------
+
+    def _consensus_recipients(self) -> tuple[bytes, ...] | None:
+        """Where our proposals and votes go: gossip to every node (None), or, when updates
+        go to the committee, the attempt's other members alone (only members act on them;
+        the others learn the outcome from the certificate and the chain)."""
+        if not self.config.updates_to_committee:
+            return None
+        return tuple(m for m in self._attempt.committee if m != self.address)
 
     def _vote(self, view: int, result: bytes, root: bytes) -> None:
         a = self._attempt
@@ -1599,7 +1610,7 @@ class RoundMachine:
         vote = self._sign(vote)  # type: ignore[assignment]
         self._statements[(self.address, vote.statement_key())] = vote
         self.counters["votes-sent"] += 1
-        self._emit(Publish(vote))
+        self._emit(Publish(vote, to=self._consensus_recipients()))
         self._count_vote(vote)
 
     def _on_vote(self, event: VoteReceived) -> None:
@@ -1683,7 +1694,29 @@ class RoundMachine:
         self._submit_at = None
         self.counters["commits-submitted"] += 1
         self._emit(SubmitCommit(self._certificate))
+        certified = self._certified_proposal()
+        if certified is not None:  # proposals went to the members only: tell the others
+            self._emit(Publish(certified))
         self._emit(Publish(self._certificate))
+
+    def _certified_proposal(self) -> Proposal | None:
+        """Updates to the committee: the proposal our certificate certifies, if we hold it
+        (its leader does; a member that voted for it does), to be gossiped with the
+        certificate: the nodes off the committee read the round's contributors from it
+        (the reward tree, the round record)."""
+        cert = self._certificate
+        if not self.config.updates_to_committee or cert is None:
+            return None
+        wanted = (cert.attempt, cert.view, cert.result, cert.contributors_root)
+        for statement in self._statements.values():
+            if isinstance(statement, Proposal) and wanted == (
+                statement.attempt,
+                statement.view,
+                statement.result,
+                statement.contributors_root,
+            ):
+                return statement
+        return None
 
     # --- following the chain --------------------------------------------------------------------
 

@@ -248,7 +248,8 @@ class StartTraining:
 class Publish:
     """Gossip a signed message (or a commit certificate) on the task's topic, or, when
     `to` names nodes (a task whose updates go to the committee only: `RoundConfig.
-    updates_to_committee`), send it to those nodes directly and to no one else."""
+    updates_to_committee`: its updates, re-wraps, proposals and votes), send it to those
+    nodes directly and to no one else."""
 
     message: Update | Proposal | Vote | Commit | Rewrap
     to: tuple[bytes, ...] | None = None  # None: gossip to every node of the task

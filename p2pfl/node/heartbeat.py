@@ -2,8 +2,9 @@
 so its peers' round machines count it live (spec round.md "Timers / live quorum").
 
 The consensus topic, not a topic of its own: every node reads it (followers tally votes
-there too), its messages are small and latency-sensitive, unlike the updates topic whose
-messages carry deltas, and one more topic would cost every node another mesh to keep.
+there too, unless proposals and votes go to the committee directly), its messages are
+small and latency-sensitive, unlike the updates topic whose messages carry deltas, and one
+more topic would cost every node another mesh to keep.
 """
 
 from __future__ import annotations

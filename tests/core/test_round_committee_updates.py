@@ -1,6 +1,7 @@
 """Updates to the committee (RoundConfig.updates_to_committee, spec round.md): an author
 sends its Update and Rewraps to the attempt's members directly, a re-draw's new members
-get them when drawn, and nodes off the committee learn who is alive from proposals."""
+get them when drawn, members send proposals and votes to each other alone, and nodes off
+the committee learn the round's contributors from the certified proposal."""
 
 from __future__ import annotations
 
@@ -54,10 +55,43 @@ def test_updates_go_to_the_committee_only_and_the_round_commits() -> None:
         base = sim.chain[update.round - 1].result if update.round > 1 else GENESIS
         members = committee(TASK7, update.round, base)
         assert set(to) == set(members) - {src}
-    for kind in (Proposal, Vote, Commit):  # what every node needs is still gossiped
-        assert sends(sim, kind) and all(to is None for _, _, to in sends(sim, kind))
+    # Proposals and votes go to the attempt's other members; what every node needs, the
+    # certificate and the proposal it certifies (the round's contributors), is gossiped.
+    direct = [(src, m, to) for kind in (Proposal, Vote) for src, m, to in sends(sim, kind)]
+    assert any(isinstance(m, Vote) for _, m, to in direct if to is not None)
+    for src, message, to in direct:
+        base = sim.chain[message.round - 1].result if message.round > 1 else GENESIS
+        members = committee(TASK7, message.round, base, message.attempt)
+        if to is not None:
+            assert set(to) == set(members) - {src}
+            continue
+        assert isinstance(message, Proposal), "a vote was gossiped"
+        committed = sim.chain[message.round]
+        assert (message.result, message.contributors_root) == (
+            committed.result,
+            committed.contributors_root,
+        ), "a proposal gossiped that the round did not commit"
+    for round_ in (1, 2):
+        gossiped = [m for m in sends(sim, Proposal) if m[1].round == round_ and m[2] is None]
+        assert gossiped, f"round {round_}'s certified proposal was not gossiped"
+    assert sends(sim, Commit) and all(to is None for _, _, to in sends(sim, Commit))
     included = {a for a, _ in next(m for _, m, _ in sends(sim, Proposal)).included}
     assert included == set(ADDRS)
+
+
+def test_nodes_off_the_committee_hold_the_committed_proposal_and_no_vote() -> None:
+    """A node off the committee hears no vote and no proposal of a view, only the
+    certified proposal with its certificate: enough to rebuild the round's reward tree."""
+    sim = RecordingSim(config(), rounds=1)
+    sim.start()
+    sim.run()
+    follower = sim.machines[next(a for a in ADDRS if a not in C7)]
+    member = sim.machines[C7[0]]
+    assert member.counters["votes-accepted"] > 0
+    assert follower.counters["votes-accepted"] == 0
+    assert follower.counters["certificates-seen"] == 1
+    held = [s for s in follower._statements.values() if isinstance(s, Proposal)]
+    assert [p.result for p in held] == [sim.chain[1].result]
 
 
 def test_only_a_member_takes_its_authors_as_the_next_rounds_history() -> None:
