@@ -62,9 +62,11 @@ def open_task(
     model_kwargs: dict[str, Any] | None = None,
     quorum_percent: int = 100,
     private: tuple[int, bytes] | None = None,
+    privacy: dict[str, Any] | None = None,
 ) -> tuple[DevNet, list[NodeIdentity], TaskManifest]:
     """Deploy, register `n_nodes` nodes with their real peer IDs, and open a task whose
     escrow pays `rounds` rounds; by default every update is needed for the collect quorum.
+    `privacy`: the manifest's `[privacy]` table (e.g. {"updates": "committee"}).
     `private`: (access price in wei, task model key) opens a private task (the genesis
     blob is then the sealed one)."""
     w3 = embedded_web3()
@@ -93,6 +95,7 @@ def open_task(
         redraw_timeout_s=40.0,
         reward_per_round_wei=reward,
         seed=seed,
+        privacy=privacy or {},
     )
     fund(w3, devnet.admin.address, rounds * reward + DEFAULT_GAS_FUNDS)
     if private is not None:

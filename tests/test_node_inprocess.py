@@ -67,3 +67,51 @@ async def test_nodes_off_the_committee_survive_several_commits(tmp_path: Path) -
         assert {e.round: e.result for e in reported[i]} == {
             r: results[r] for r in (e.round for e in reported[i])
         }
+
+
+async def test_members_pull_from_each_other_the_updates_pushed_to_the_others(
+    tmp_path: Path,
+) -> None:
+    """Updates to the committee (`[privacy] updates = "committee"`), each author pushing
+    its update to one member only: the members pull from each other what was pushed to the
+    others and fetch those deltas from the member they pulled them from, and every round
+    commits with every update (sealed: the pulled updates carry each member's wrap)."""
+    from p2pfl.node.roundlog import Behaviour
+
+    # 32 KB deltas: over the inline limit, so the members fetch what they pulled.
+    genesis_blob = encode_tensors({"w": np.zeros(8192, np.float32)})
+    devnet, identities, manifest = open_task(
+        genesis_blob, n_nodes=N_NODES, committee=COMMITTEE, rounds=2, seed=5,
+        name="member-pulls", privacy={"updates": "committee"},
+    )  # fmt: skip
+    async with AsyncExitStack() as stack:
+        nets = await start_hosts(stack, identities, tmp_path, genesis_blob)
+        for i, net in enumerate(nets):  # (the hosts know only the first's address)
+            for other in nets[i + 1 :]:
+                await net.connect(other.listen_addrs[0])
+        nodes = make_nodes(devnet, identities, nets, manifest, tmp_path)
+        for node in nodes:
+            node.behaviour = Behaviour(direct_members=1)
+        with trio.fail_after(150):
+            async with trio.open_nursery() as nursery:
+                for node in nodes:
+                    nursery.start_soon(node.run, 2)
+
+    chain = devnet.admin
+    commits = chain.commits(0, chain.block_number(), manifest.task_id)
+    assert sorted(c.round for c in commits) == [1, 2]
+    for commit in commits:
+        proposal = next(
+            p
+            for n in nodes
+            for (r, _, root), p in n.intake.proposals.items()
+            if r == commit.round and root == commit.contributors_root
+        )
+        assert len(proposal.included) == N_NODES, proposal.included
+    names = {k for n in nodes for k in n.counters}
+    total = {k: sum(n.counters.get(k, 0) for n in nodes) for k in names}
+    # Each author pushed to one member: the others pulled it and fetched its delta from it.
+    assert total.get("member-pulled", 0) > 0, total
+    assert total.get("delta-fetches-from-relay", 0) > 0, total
+    for bad in ("push-gave-up", "round-pull-incomplete", "round-pull-rejected"):
+        assert total.get(bad, 0) == 0, (bad, total)

@@ -147,7 +147,7 @@ class GossipMessage:
     data: bytes
     msg_id: bytes
     from_peer: str
-    via: str  # "gossip", "sync", "local" or "push"
+    via: str  # "gossip", "sync", "local", "push" or "pull" (`pull_and_admit`)
     # Bytes that came with a pushed message, unjudged (the receiver checks them against
     # what the message names); never gossiped, synced or pulled.
     attachment: bytes = b""
@@ -372,7 +372,7 @@ class Gossip:
         message = GossipMessage(state.topic, data, msg_id, peer, via, attachment)
         if not self._deliver(state, message):
             return Verdict.IGNORE
-        if via == "push":
+        if via in ("push", "pull"):
             state.remember_pushed(msg_id, data, self.clock())
         elif result.synced:
             state.remember(msg_id, data, self.clock())
@@ -499,6 +499,28 @@ class Gossip:
             messages = await self._read_messages(FrameReader(stream), peer, "pull")
         self.metrics.inc("pulls")
         return messages
+
+    async def pull_and_admit(self, peer: str, topic: str) -> int:
+        """`pull`, then each message we do not hold judged and delivered as a pushed one
+        would be (held as pushed: the next pull does not ask for it again); returns how
+        many were admitted. A member of a committee gets the updates pushed to the other
+        members this way. Raises `P2PFLError` when the exchange fails."""
+        state = self.topics.get(topic)
+        if state is None:
+            raise ValueError(f"join {topic} before pulling on it")
+        request = _request(MSG_PULL, topic, state.have_list())  # (judged ones too)
+        async with self._exchange(peer, "pull", SYNC_TIMEOUT_S) as stream:
+            await stream.write(request)
+            messages = await self._read_messages(FrameReader(stream), peer, "pull")
+        self.metrics.inc("pulls")
+        admitted = 0
+        for data in messages:
+            msg_id = message_id(data)
+            if state.known(msg_id):
+                continue
+            if self._admit(state, data, msg_id, peer, "pull") is Verdict.ACCEPT:
+                admitted += 1
+        return admitted
 
     @asynccontextmanager
     async def _exchange(self, peer: str, kind: str, timeout_s: float) -> AsyncIterator[Any]:

@@ -298,6 +298,11 @@ class NodeNet:
         unjudged (the caller checks what it asked for). `P2PFLError` when it fails."""
         return await self.gossip.pull(peer, topic)
 
+    async def pull_and_admit(self, peer: str, topic: str) -> int:
+        """Pull from `peer` what was pushed to it on a joined topic and we lack, each message
+        judged and delivered like a pushed one; returns how many were admitted."""
+        return await self.gossip.pull_and_admit(peer, topic)
+
     # --- blocks -------------------------------------------------------------------------
 
     def put_blob(self, data: bytes | bytearray | memoryview) -> CID:

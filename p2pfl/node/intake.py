@@ -58,6 +58,10 @@ class Intake:
         # signed update again with other bytes: they would only make us fetch).
         self.attachments: dict[ev.UpdateKey, tuple[int, bytes]] = {}
         self._attached_bytes = 0
+        # Updates a committee member pulled from another member (updates to the
+        # committee): the peer that relayed each, by round. It holds the delta (pushed to
+        # it by the author), so the fetch asks it first instead of dialling the author.
+        self.relayed_by: dict[ev.UpdateKey, tuple[int, str]] = {}
 
     def validate(self, data: bytes) -> Verdict:
         """The gossip validator's checks (p2pfl.core.validation): canonical decoding, our
@@ -83,9 +87,11 @@ class Intake:
     async def run(self, channel: Any) -> None:
         """Deliver every message admitted on one topic (one task per topic)."""
         async for message in channel:
-            await self.deliver(message.data, message.from_peer, message.attachment)
+            await self.deliver(message.data, message.from_peer, message.attachment, message.via)
 
-    async def deliver(self, data: bytes, from_peer: str = "", attachment: bytes = b"") -> None:
+    async def deliver(
+        self, data: bytes, from_peer: str = "", attachment: bytes = b"", via: str = ""
+    ) -> None:
         """Queue the event for a message that passed `validate` (waits while the queue is
         full: see p2pfl.node.queue for the back-pressure rule)."""
         try:
@@ -98,6 +104,8 @@ class Intake:
         self.remember(message)
         if attachment and isinstance(message, Update) and not message.inline:
             self._attach((message.signer, message.delta), message.round, attachment)
+        if via == "pull" and from_peer and isinstance(message, Update):
+            self.relayed_by.setdefault((message.signer, message.delta), (message.round, from_peer))
         event = ev.event_for(message)  # `validate` checked the signature
         if event is not None:
             await self.queue.put(event)
@@ -121,6 +129,8 @@ class Intake:
         """Drop the attachments of rounds before `before_round` (never fetched: unused)."""
         for key in [k for k, (r, _) in self.attachments.items() if r < before_round]:
             self.take_attachment(key)
+        for key in [k for k, (r, _) in self.relayed_by.items() if r < before_round]:
+            del self.relayed_by[key]
 
     def remember(self, message: Any) -> None:
         """Keep an update (its inline bytes serve a Fetch) or a proposal (a committed

@@ -66,13 +66,17 @@ class PeerDirectory:
                 self.count("unsealable-registered-key")
         self.ids.update(ids)
 
-    def providers(self, first: bytes | None = None) -> list[str]:
+    def providers(self, first: bytes | None = None, via: str | None = None) -> list[str]:
         """Peers to ask for blocks: the author (if given: the one peer sure to hold its
         delta, dialled if need be), then committee members (they fetch every delta of the
         round), then everyone else, connected peers before the rest (a peer we hold no
-        address for cannot be dialled)."""
+        address for cannot be dialled). `via`: a peer that holds the delta too (the member
+        an update was pulled from) is asked first, and the author then goes with the rest
+        (not dialled while a connected peer may hold it)."""
         connected = set(self.net.connected_peers())
         head = [self.ids[first]] if first in self.ids and first != self.address else []
+        if via is not None:
+            return [via, *(p for p in self.providers() if p != via)]
         order = list(self.committee()) + list(self.ids)
         rest = [
             self.ids[a]

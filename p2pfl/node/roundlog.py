@@ -57,3 +57,6 @@ class Behaviour:
     tamper_sealed: Callable[[bytes], bytes] | None = None
     tamper_wrap: Callable[[bytes, bytes], bytes] | None = None
     withhold_rewraps: bool = False
+    # Updates to the committee: > 0 pushes our update to at most this many members (the
+    # others must pull it from them; tests of the members' pulls).
+    direct_members: int = 0

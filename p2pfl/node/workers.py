@@ -260,10 +260,14 @@ class RoundWorkers:
                 else:
                     if attached:
                         n.count("delta-attachment-mismatch")
+                    relayed = n.intake.relayed_by.get((author, delta))
+                    via = relayed[1] if relayed else None
+                    if via is not None:
+                        n.count("delta-fetches-from-relay")
                     await fetch_with_retries(
                         n.net,
                         cid,
-                        lambda: n.peers.providers(first=author),
+                        lambda: n.peers.providers(first=author, via=via),
                         lambda: n.machine.phase.value not in _NO_MORE_FETCHES,
                         n.count,
                         self._fetches,
