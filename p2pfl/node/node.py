@@ -627,8 +627,14 @@ class Node:
         )
         members = [m for m in members if m != self.address] or [proposal.signer]
         start = int.from_bytes(self.address, "big") % len(members)
+        # Members we hold a connection to first (we pushed our update to some): a new one
+        # costs both ends ~28 ms of CPU.
+        connected = set(self.net.connected_peers())
+        order = sorted(
+            members[start:] + members[:start], key=lambda m: self.peer_ids.get(m) not in connected
+        )
         topic = self.topic(TOPIC_UPDATES)
-        for address in (members[start:] + members[:start])[:ROUND_PULL_TRIES]:
+        for address in order[:ROUND_PULL_TRIES]:
             peer = self.peer_ids.get(address)
             if peer is None:
                 continue
