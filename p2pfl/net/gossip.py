@@ -173,6 +173,7 @@ class _TopicState:
         self.send, self.receive = trio.open_memory_channel[GossipMessage](DELIVERY_BUFFER)
         self.pace = TokenBucket(rate, PUBLISH_BURST, now)
         self.publish_lock = trio.Lock()
+        self.synced = True  # take part in the sync loop (`Gossip.join`)
 
     def remember(self, msg_id: bytes, data: bytes, now: float) -> None:
         self.log[msg_id] = (data, now)
@@ -238,6 +239,8 @@ class Gossip:
                 await trio.sleep(self.config.sync_interval_s * (0.75 + 0.5 * self.rng.random()))
                 for state in list(self.topics.values()):
                     state.expire(self.clock())
+                    if not state.synced:
+                        continue
                     peer = self._sync_peer(state.topic)
                     if peer is not None:
                         nursery.start_soon(self.sync_with, peer, state.topic)
@@ -245,15 +248,17 @@ class Gossip:
     # --- topics -------------------------------------------------------------------------
 
     async def join(
-        self, topic: str, validate: Validator
+        self, topic: str, validate: Validator, sync: bool = True
     ) -> trio.MemoryReceiveChannel[GossipMessage]:
-        """Subscribe to `topic` with `validate` in front; returns the channel of admitted "
-        "messages."""
+        """Subscribe to `topic` with `validate` in front; returns the channel of admitted
+        messages. `sync=False`: no anti-entropy rounds for it (a topic whose messages are
+        pushed, never gossiped, has nothing in its sync log)."""
         if topic in self.topics:
             raise ValueError(f"already joined {topic}")
         if len(topic.encode()) > MAX_TOPIC_BYTES:
             raise ValueError(f"topic name over {MAX_TOPIC_BYTES} bytes")
         state = _TopicState(topic, validate, self.config.publish_rate_per_s, self.clock())
+        state.synced = sync
         self.topics[topic] = state
 
         async def pubsub_validator(forwarder: Any, msg: Any) -> bool:

@@ -277,10 +277,11 @@ class NodeNet:
     # --- gossip -------------------------------------------------------------------------
 
     async def join(
-        self, topic: str, validate: Validator
+        self, topic: str, validate: Validator, sync: bool = True
     ) -> trio.MemoryReceiveChannel[GossipMessage]:
-        """Subscribe to a topic; `validate(topic, data, from_peer)` gates every message."""
-        return await self.gossip.join(topic, validate)
+        """Subscribe to a topic; `validate(topic, data, from_peer)` gates every message;
+        `sync=False` leaves it out of the anti-entropy rounds (its messages are pushed)."""
+        return await self.gossip.join(topic, validate, sync)
 
     async def publish(self, topic: str, data: bytes, synced: bool = True) -> bytes:
         """Publish on a joined topic (paced; sync makes delivery reliable unless `synced` is

@@ -26,9 +26,10 @@ class NodeNet(Protocol):
     def peer_id(self) -> str: ...
 
     async def join(
-        self, topic: str, validate: Callable[[str, bytes, str], Any]
+        self, topic: str, validate: Callable[[str, bytes, str], Any], sync: bool = True
     ) -> AsyncIterable[Any]:
-        """Subscribe with a validator; yields admitted messages (`.data`, `.from_peer`)."""
+        """Subscribe with a validator; yields admitted messages (`.data`, `.from_peer`);
+        `sync=False`: no anti-entropy rounds for the topic."""
         ...
 
     async def publish(self, topic: str, data: bytes, synced: bool = True) -> bytes: ...

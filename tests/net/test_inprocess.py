@@ -388,6 +388,37 @@ async def test_a_pushed_message_reaches_its_peer_alone_and_is_not_resynced(
             await a.push(NodeIdentity.from_seed(b"\x07" * 32).peer_id, TOPIC, b"to nobody")
 
 
+async def test_pull_and_admit_judges_what_another_peer_was_pushed(tmp_path: Path) -> None:
+    """A committee member pulls from another what was pushed to it: each message passes the
+    puller's gate, is delivered as `pull` and held like a pushed one (served to the next
+    puller, never asked for again); a rejected one is not delivered nor fetched again. A
+    topic joined with `sync=False` takes no part in the sync rounds."""
+
+    def judge(topic: str, data: bytes, peer: str) -> ValidationResult:
+        return ValidationResult.reject("forged") if data.startswith(b"forged") else (
+            ValidationResult.accept()
+        )
+
+    async with nodes(tmp_path, 3, sync_interval_s=0.3) as (a, b, c):
+        await a.join(TOPIC, accept_all, sync=False)
+        await b.join(TOPIC, accept_all, sync=False)
+        c_in = await c.join(TOPIC, judge, sync=False)
+        await c.connect(b.listen_addrs[0])
+        await trio.sleep(1.0)
+        assert await a.push(b.peer_id, TOPIC, b"update one", b"its delta") == "accept"
+        assert await a.push(b.peer_id, TOPIC, b"forged update") == "accept"  # b's gate
+        assert await c.pull_and_admit(b.peer_id, TOPIC) == 1
+        (got,) = await _take(c_in, 1, timeout_s=5)
+        assert (got.data, got.via, got.attachment) == (b"update one", "pull", b"")
+        assert await c.pull_and_admit(b.peer_id, TOPIC) == 0  # held and rejected: not again
+        await a.connect(c.listen_addrs[0])
+        assert await a.pull(c.peer_id, TOPIC) == [b"update one"]  # c serves what it pulled
+        await trio.sleep(1.0)  # several sync intervals
+        for host in (a, b, c):
+            assert host.metrics().get("sync-rounds", 0) == 0
+            assert host.metrics().get("sync-served", 0) == 0
+
+
 async def _take(channel, count: int, timeout_s: float) -> list:  # type: ignore[no-untyped-def]
     """Up to `count` admitted messages (whole GossipMessages) within `timeout_s`."""
     got = []
