@@ -423,14 +423,19 @@ class Gossip:
         except P2PFLError as exc:
             log.debug("sync with %s on %s failed: %s", peer, topic, exc)
             return 0
+        admitted = self._admit_new(state, messages, peer, "sync")
+        self.metrics.inc("sync-rounds")
+        return admitted
+
+    def _admit_new(self, state: _TopicState, messages: list[bytes], peer: str, via: str) -> int:
+        """`_admit` each message not known yet (`via` "sync" or "pull"); how many passed."""
         admitted = 0
         for data in messages:
             msg_id = message_id(data)
             if state.known(msg_id):
                 continue
-            if self._admit(state, data, msg_id, peer, "sync") is Verdict.ACCEPT:
+            if self._admit(state, data, msg_id, peer, via) is Verdict.ACCEPT:
                 admitted += 1
-        self.metrics.inc("sync-rounds")
         return admitted
 
     async def push(self, peer: str, topic: str, data: bytes, attachment: bytes = b"") -> str:
@@ -498,7 +503,10 @@ class Gossip:
         state = self.topics.get(topic)
         if state is None:
             raise ValueError(f"join {topic} before pulling on it")
-        request = _request(MSG_PULL, topic, [*state.pushed, *state.log])
+        return await self._pull(peer, topic, [*state.pushed, *state.log])
+
+    async def _pull(self, peer: str, topic: str, have: list[bytes]) -> list[bytes]:
+        request = _request(MSG_PULL, topic, have)
         async with self._exchange(peer, "pull", SYNC_TIMEOUT_S) as stream:
             await stream.write(request)
             messages = await self._read_messages(FrameReader(stream), peer, "pull")
@@ -513,19 +521,8 @@ class Gossip:
         state = self.topics.get(topic)
         if state is None:
             raise ValueError(f"join {topic} before pulling on it")
-        request = _request(MSG_PULL, topic, state.have_list())  # (judged ones too)
-        async with self._exchange(peer, "pull", SYNC_TIMEOUT_S) as stream:
-            await stream.write(request)
-            messages = await self._read_messages(FrameReader(stream), peer, "pull")
-        self.metrics.inc("pulls")
-        admitted = 0
-        for data in messages:
-            msg_id = message_id(data)
-            if state.known(msg_id):
-                continue
-            if self._admit(state, data, msg_id, peer, "pull") is Verdict.ACCEPT:
-                admitted += 1
-        return admitted
+        messages = await self._pull(peer, topic, state.have_list())  # (judged ones too)
+        return self._admit_new(state, messages, peer, "pull")
 
     @asynccontextmanager
     async def _exchange(self, peer: str, kind: str, timeout_s: float) -> AsyncIterator[Any]:
