@@ -90,6 +90,25 @@ median 63.2 s, 2,759 connections open at the end, ratio 25.1. Not a regression o
 change: the code before it gave a 59.9 s median in a direct run an hour later (37.3 s with
 it an hour before), per-operation costs (`netcost`) unchanged. Runs on this shared
 machine vary up to ~1.7x for the same code; compare only runs made side by side.
+
+Later on 2026-12-06 (load 0.4 before, 2.8 after), with proposals and votes sent to the
+attempt's members only (the certificate and the proposal it certifies still gossiped), an
+author pushing its update to the members it is connected to (at least 2) while members pull
+from each other what went to the others, a node off the committee pulling the last round's
+updates from a member it is connected to, and no sync rounds on the updates topic (nothing
+is gossiped there): 10 nodes 5/5, median 2.77 s (train 1.8, disseminate 0.3, agree 0.2);
+100 nodes 5/5 (13.5, 20.7, 29.1, 22.7, 23.8 s), median **22.7 s** (train 6.4, disseminate
+14.2, aggregate 0.4, agree 0.8, commit 0.3), all 100 updates in every round, accuracy
+0.771, 1,734 connections open at the end (2,759 before), shards at 0.77-0.79 of a core:
+ratio 8.2 (target <= 2). Direct runs the same hour, one change at a time: 37.1 s median
+before (agree 6.8 s), 30.0 s with proposals and votes to the committee (agree 2.0 s), 28.9
+s with the members' relay (connections 2,765 -> 1,825); 10-node runs side by side, before
+and after: 2.6 / 2.6 s and 2.6 / 2.1 s. py-spy of both shards in rounds 2-4: yamux frame
+reads 18% (the ~285 MB of deltas a round: each member takes in all 100), block exchange
+7.5% (members fetching relayed deltas, followers the model), connection set-up ~7%,
+training 7%, stream negotiation 3%, sync 3.7%, pubsub 2.7% (5.2% before), the last
+round's pulls 2.4%. What is left is dissemination (14 s at the median): a member takes in
+100 deltas, ~70 of them fetched from another member, through Python's Noise and yamux.
 """
 
 from __future__ import annotations
