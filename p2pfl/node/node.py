@@ -462,8 +462,8 @@ class Node:
             self.count("publish-failed")
             log.warning("publish %s failed: %s", type(message).__name__, exc)
             return
-        if getattr(message, "signer", b""):  # peers hear us: no beat needed for a while
-            self._last_signed_at = self.clock()
+        if getattr(message, "signer", b"") == self.address:  # peers hear us: no beat needed
+            self._last_signed_at = self.clock()  # for a while (not so for another's message)
 
     async def _publish_heartbeat(self, data: bytes) -> None:
         # Kept out of the sync logs: the next beat supersedes this one (validation.py).

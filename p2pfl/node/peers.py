@@ -73,10 +73,10 @@ class PeerDirectory:
         address for cannot be dialled). `via`: a peer that holds the delta too (the member
         an update was pulled from) is asked first, and the author then goes with the rest
         (not dialled while a connected peer may hold it)."""
-        connected = set(self.net.connected_peers())
-        head = [self.ids[first]] if first in self.ids and first != self.address else []
         if via is not None:
             return [via, *(p for p in self.providers() if p != via)]
+        connected = set(self.net.connected_peers())
+        head = [self.ids[first]] if first in self.ids and first != self.address else []
         order = list(self.committee()) + list(self.ids)
         rest = [
             self.ids[a]
