@@ -109,8 +109,9 @@ reads 18% (the ~285 MB of deltas a round: each member takes in all 100), block e
 training 7%, stream negotiation 3%, sync 3.7%, pubsub 2.7% (5.2% before), the last
 round's pulls 2.4%. What is left is dissemination (14 s at the median): a member takes in
 100 deltas, ~60 of them fetched from another member, through Python's Noise and yamux;
-every update is out 8-13 s into a round, and the members hold them all 15-30 s later. A
-direct run of this code half an hour after the bench: median 30.1 s (runs vary ~±30%).
+in a direct run of this code half an hour after the bench (median 30.1 s: runs vary
+~±30%), every update was out 8-13 s into a round and the members held them all 5-32 s
+after the last.
 """
 
 from __future__ import annotations
