@@ -159,7 +159,9 @@ def message_id(data: bytes) -> bytes:
 
 
 class _TopicState:
-    def __init__(self, topic: str, validate: Validator, rate: float, now: float) -> None:
+    def __init__(
+        self, topic: str, validate: Validator, rate: float, now: float, synced: bool = True
+    ) -> None:
         self.topic = topic
         self.validate = validate
         self.log: OrderedDict[bytes, tuple[bytes, float]] = OrderedDict()
@@ -173,7 +175,7 @@ class _TopicState:
         self.send, self.receive = trio.open_memory_channel[GossipMessage](DELIVERY_BUFFER)
         self.pace = TokenBucket(rate, PUBLISH_BURST, now)
         self.publish_lock = trio.Lock()
-        self.synced = True  # take part in the sync loop (`Gossip.join`)
+        self.synced = synced  # take part in the sync loop (`Gossip.join`)
 
     def remember(self, msg_id: bytes, data: bytes, now: float) -> None:
         self.log[msg_id] = (data, now)
@@ -257,8 +259,7 @@ class Gossip:
             raise ValueError(f"already joined {topic}")
         if len(topic.encode()) > MAX_TOPIC_BYTES:
             raise ValueError(f"topic name over {MAX_TOPIC_BYTES} bytes")
-        state = _TopicState(topic, validate, self.config.publish_rate_per_s, self.clock())
-        state.synced = sync
+        state = _TopicState(topic, validate, self.config.publish_rate_per_s, self.clock(), sync)
         self.topics[topic] = state
 
         async def pubsub_validator(forwarder: Any, msg: Any) -> bool:

@@ -370,8 +370,7 @@ class Node:
         else goes to every node of `to`."""
         if not (isinstance(message, Update) and message.signer == self.address):
             return to
-        connected = set(self.net.connected_peers())
-        linked = [a for a in to if self.peer_ids.get(a) in connected]
+        linked = self.peers.linked(to)
         if len(linked) < DIRECT_MEMBERS_MIN:
             others = sorted(
                 (a for a in to if a not in linked),
@@ -630,12 +629,10 @@ class Node:
         )
         members = [m for m in members if m != self.address] or [proposal.signer]
         start = int.from_bytes(self.address, "big") % len(members)
-        # Members we hold a connection to first (we pushed our update to some): a new one
-        # costs both ends ~28 ms of CPU.
-        connected = set(self.net.connected_peers())
-        order = sorted(
-            members[start:] + members[:start], key=lambda m: self.peer_ids.get(m) not in connected
-        )
+        # Members we hold a connection to first (we pushed our update to some).
+        rotated = members[start:] + members[:start]
+        linked = self.peers.linked(rotated)
+        order = linked + [m for m in rotated if m not in linked]
         topic = self.topic(TOPIC_UPDATES)
         for address in order[:ROUND_PULL_TRIES]:
             peer = self.peer_ids.get(address)

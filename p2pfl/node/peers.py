@@ -66,6 +66,12 @@ class PeerDirectory:
                 self.count("unsealable-registered-key")
         self.ids.update(ids)
 
+    def linked(self, addresses: Iterable[bytes]) -> list[bytes]:
+        """The addresses of `addresses` (in their order) whose node we hold a connection to:
+        reaching them costs no new connection (~28 ms of CPU at both ends)."""
+        connected = set(self.net.connected_peers())
+        return [a for a in addresses if self.ids.get(a) in connected]
+
     def providers(self, first: bytes | None = None, via: str | None = None) -> list[str]:
         """Peers to ask for blocks: the author (if given: the one peer sure to hold its
         delta, dialled if need be), then committee members (they fetch every delta of the
