@@ -124,14 +124,14 @@ async def run_node(
     args: argparse.Namespace,
     key: bytes,
     cpu_limiter: Any = None,
-    peer_reads: dict[bytes, Any] | None = None,
+    peer_reads: Any = None,
     commit_reads: Any = None,
 ) -> None:
     """One node (`main`'s arguments) until cancelled. The nodes of one shard process
     (`sim.shard_proc`) share `cpu_limiter` (a trio.CapacityLimiter: their training and
-    aggregation threads take turns on the shard's core), `peer_reads` (the registry's
-    peer IDs, read once for all) and `commit_reads` (a SharedCommitReads: the chain polls
-    for commits); None: the node's own."""
+    aggregation threads take turns on the shard's core), `peer_reads` (a
+    SharedRegistryReads: the registry's peer IDs, read once for all) and `commit_reads` (a
+    SharedCommitReads: the chain polls for commits); None: the node's own."""
     import trio
 
     from p2pfl.cli.launch import Launch, launch_node

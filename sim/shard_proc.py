@@ -44,9 +44,10 @@ async def run_shard(nodes: list[tuple[Any, bytes]]) -> None:
     import trio
 
     from p2pfl.chain.follower import SharedCommitReads
+    from p2pfl.node.peers import SharedRegistryReads
 
     cpu = trio.CapacityLimiter(SHARD_CPU_SLOTS)
-    peer_reads: dict[bytes, Any] = {}  # one task, one registry: read once for the shard
+    peer_reads = SharedRegistryReads()  # one task, one registry: read once for the shard
     commit_reads = SharedCommitReads()  # one chain: its head and commits read once too
     async with trio.open_nursery() as nursery:
         nursery.start_soon(cancel_on_signal, nursery.cancel_scope)

@@ -31,7 +31,7 @@ from p2pfl.node.committed import CommittedRounds
 from p2pfl.node.heartbeat import HEARTBEAT_INTERVAL_S, send_heartbeats
 from p2pfl.node.intake import Intake
 from p2pfl.node.models import ModelCache
-from p2pfl.node.peers import PeerDirectory
+from p2pfl.node.peers import PeerDirectory, SharedRegistryReads
 from p2pfl.node.ports import ChainPort, NodeNet
 from p2pfl.node.queue import EventQueue
 from p2pfl.node.roundlog import Behaviour, RoundLog, Trainer
@@ -115,7 +115,7 @@ class Node:
         heartbeat_interval_s: float = HEARTBEAT_INTERVAL_S,  # 0 = send none
         progress: Callable[[str], None] | None = None,
         model_key: ModelKey | None = None,
-        peer_reads: dict[bytes, Any] | None = None,  # shared registry reads (PeerDirectory)
+        peer_reads: SharedRegistryReads | None = None,  # shared registry reads (PeerDirectory)
         commit_reads: SharedCommitReads | None = None,  # shared chain polls (the follower)
     ) -> None:
         self.identity = identity
