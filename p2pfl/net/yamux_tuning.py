@@ -29,7 +29,7 @@ Three causes, fixed here without touching anything else:
 5. **Unbuffered TCP reads.** Noise reads each transport message as a 2-byte length, then the
    body, each straight from the socket (`TrioTCPStream.read`): two or more `recv` syscalls and
    trio scheduling round trips per 64 KiB frame, and the same for every small gossip frame.
-   Fix: the TCP stream reads up to 256 KiB at once and serves later reads from that buffer
+   Fix: the TCP stream reads up to 120 KiB at once and serves later reads from that buffer
    (a read still never returns more than asked for).
 
 Only the class used for new streams is replaced (`yamux.YamuxStream`, looked up by name when
@@ -61,9 +61,13 @@ FRAME_PAYLOAD_BYTES = NOISE_MAX_PLAINTEXT - YAMUX_HEADER_SIZE
 # or writing a 16 MiB batch to disk on a loaded laptop) can legitimately pause longer.
 WINDOW_WAIT_TIMEOUT_S = 30.0
 
-# How much one socket read may take (fix 5): several full Noise messages, so a 64 KiB frame
-# costs about a quarter of a recv instead of two or three.
-TCP_READ_AHEAD_BYTES = 256 * 1024
+# How much one socket read may take (fix 5): nearly two full Noise messages, so a 64 KiB
+# frame costs about half a recv instead of two or three. Below glibc's mmap threshold (128
+# KiB unless raised; a node process pins it there, `sim.node_proc.tune_malloc`): `recv(n)`
+# allocates its n-byte result before reading, and above the threshold each read is an mmap
+# and a munmap whatever it returns. Measured on a socket pair: a 200-byte read 14 us with
+# 256 KiB asked for, 2 us with 120 KiB; a 400 KB delta 236 us against 47 us.
+TCP_READ_AHEAD_BYTES = 120 * 1024
 
 _applied = False
 
