@@ -57,6 +57,7 @@ from p2pfl.net.config import (
     BLOB_FETCH_TIMEOUT_S,
     BLOCKS_BATCH_CIDS,
     BLOCKS_MAX_CIDS_PER_REQUEST,
+    BLOCKS_PER_PROVIDER,
     BLOCKS_PIPELINE_DEPTH,
     BLOCKS_PROTOCOL,
     NetConfig,
@@ -435,12 +436,15 @@ class BlockExchange:
         *,
         descend: bool = False,
     ) -> None:
-        """Fetch `cids` (not already stored) from `providers` in parallel; `FetchError` on failure.
+        """Fetch `cids` (not already stored) from `providers`; `FetchError` on failure.
 
-        With `descend`, every block linked from a fetched dag-pb node that the store lacks is
-        fetched too, in the same session (same streams, no wait for a level to finish), down
-        to MAX_DAG_DEPTH levels below `cids`. Providers that send invalid data are added to
-        `excluded` (if given).
+        The first provider starts alone; the next ones (up to `config.blocks_max_providers`,
+        in their order) join as `_FetchJob.needs_provider` says (a provider that has not
+        answered within `config.blocks_first_answer_s` gives its blocks back, so the next
+        one joins). With `descend`, every block linked from a fetched dag-pb
+        node that the store lacks is fetched too, in the same session (same streams, no wait
+        for a level to finish), down to MAX_DAG_DEPTH levels below `cids`. Providers that
+        send invalid data are added to `excluded` (if given).
         """
         usable = [p for p in dict.fromkeys(providers) if not self.peers.is_banned(p)]
         if not usable:
@@ -452,9 +456,20 @@ class BlockExchange:
         if not job.pending:
             return
         async with trio.open_nursery() as nursery:
-            for provider in usable:
+            waiting = deque(usable)
+
+            def add_provider() -> None:
+                provider = waiting.popleft()
+                job.running.add(provider)
                 job.workers += 1
                 nursery.start_soon(self._worker, job, provider)
+
+            add_provider()
+            while waiting and not job.finished():
+                if job.needs_provider():
+                    add_provider()
+                else:
+                    await job.changed.wait()
         if excluded is not None:
             excluded.update(job.bad)
         if job.pending or job.unavailable:
@@ -473,16 +488,24 @@ class BlockExchange:
         # requests already in flight keep the provider sending while a group is stored.
         requested: deque[list[CID]] = deque()  # asked for, not all answered yet (oldest first)
         stream = None
+        first_answer_by = trio.current_time() + self.config.blocks_first_answer_s
         try:
-            with trio.fail_after(self.config.blocks_batch_timeout_s):
-                # A provider still being dialled when the others have fetched everything is
-                # dropped (a dial to a peer behind a NAT can hang until the timeout).
-                with job.dialling() as dial:
-                    stream = await self.open_stream(provider, BLOCKS_PROTOCOL)
-                if dial.cancelled_caught:
-                    return
-                await grow_receive_window(stream, self.config.blocks_receive_window_bytes)
-            await self._request_and_read(stream, requested, job, provider)
+            try:
+                with trio.fail_at(first_answer_by):
+                    # A provider still being dialled when the others have fetched everything
+                    # is dropped (a dial to a peer behind a NAT can hang until the timeout).
+                    with job.dialling() as dial:
+                        stream = await self.open_stream(provider, BLOCKS_PROTOCOL)
+                    if dial.cancelled_caught:
+                        return
+                    await grow_receive_window(stream, self.config.blocks_receive_window_bytes)
+            except trio.TooSlowError:
+                raise _SlowProvider from None
+            await self._request_and_read(stream, requested, job, provider, first_answer_by)
+        except _SlowProvider:
+            # Not an offence: a loaded peer is slow, not hostile. Its blocks go to the next.
+            self.metrics.inc("blocks-slow-providers")
+            job.errors.append(f"{provider}: no answer in {self.config.blocks_first_answer_s} s")
         except trio.TooSlowError:
             self.peers.offence(provider, Offence.TIMEOUT, "blocks-timeout")
             job.errors.append(f"{provider}: timed out")
@@ -496,14 +519,23 @@ class BlockExchange:
         finally:
             for batch in requested:  # what is left of each is unanswered or unstored
                 job.give_back(batch, provider)
-            job.worker_done()
+            job.worker_done(provider)
             if stream is not None:
                 await _close(stream)
 
     async def _request_and_read(
-        self, stream: Any, requested: deque[list[CID]], job: _FetchJob, provider: str
+        self,
+        stream: Any,
+        requested: deque[list[CID]],
+        job: _FetchJob,
+        provider: str,
+        first_answer_by: float,
     ) -> None:
+        """Keep requests in flight and read their answers until the job has no more for this
+        provider; the first answer must begin by `first_answer_by` (else `_SlowProvider`),
+        each later one within the batch timeout."""
         reader = FrameReader(stream)
+        answered = False
         while True:
             while len(requested) < BLOCKS_PIPELINE_DEPTH:
                 batch = job.take_batch(provider)
@@ -515,6 +547,13 @@ class BlockExchange:
                 if not await job.wait_for_work(provider):
                     return
                 continue
+            if not answered:
+                try:
+                    with trio.fail_at(first_answer_by):
+                        await reader.at_eof()  # (waits for the answer's first bytes)
+                except trio.TooSlowError:
+                    raise _SlowProvider from None
+                answered = True
             with trio.fail_after(self.config.blocks_batch_timeout_s):
                 await self._read_answer(reader, requested[0], job, provider)
             requested.popleft()  # answered: every CID stored or refused
@@ -595,6 +634,10 @@ def _store_blocks(
     return stored, False
 
 
+class _SlowProvider(Exception):
+    """A provider that did not begin to answer in time (BLOCKS_FIRST_ANSWER_S)."""
+
+
 class _BadProvider(Exception):
     """Internal: stop fetching from this provider (already scored)."""
 
@@ -616,6 +659,7 @@ class _FetchJob:
         self.bad: set[str] = set()
         self.in_flight = 0
         self.workers = 0
+        self.running: set[str] = set()  # providers whose worker is running
         self.changed = trio.Event()
         self._dials: set[trio.CancelScope] = set()
 
@@ -642,6 +686,14 @@ class _FetchJob:
         if self.finished():
             for scope in self._dials:
                 scope.cancel()
+
+    def needs_provider(self) -> bool:
+        """Whether another provider should join: some pending block is one no provider
+        still working can serve (each refused it, failed or gave up; or none is working),
+        or more than BLOCKS_PER_PROVIDER blocks wait per provider working (a large blob)."""
+        if any(self.running <= self.refused.get(c, set()) for c in self.pending):
+            return True
+        return len(self.pending) > BLOCKS_PER_PROVIDER * max(1, self.workers)
 
     def take_batch(self, provider: str) -> list[CID]:
         """Up to BLOCKS_BATCH_CIDS pending CIDs this provider has not refused, split fairly."""
@@ -691,8 +743,9 @@ class _FetchJob:
                     self.pending.append(child)
         self._notify()
 
-    def worker_done(self) -> None:
+    def worker_done(self, provider: str) -> None:
         self.workers -= 1
+        self.running.discard(provider)
         self._notify()
 
     async def wait_for_work(self, provider: str) -> bool:

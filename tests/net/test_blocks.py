@@ -220,3 +220,71 @@ def test_answer_buffers_are_reused_unless_a_write_was_cut_short() -> None:
         blocks._give_back(blocks._AnswerBuffer())
     assert len(blocks._ANSWER_BUFFERS) == blocks._ANSWER_BUFFERS_KEPT
     blocks._ANSWER_BUFFERS.clear()
+
+
+async def _fetch_from(
+    tmp_path: Path, data: bytes, holders: dict[str, bool], silent: set[str] = frozenset()
+) -> tuple[list[str], Metrics, BlockStore, Any]:
+    """Fetch `data`'s blob from the providers of `holders` (in order; True: holds it), the
+    ones in `silent` answering nothing; returns the providers whose stream was opened."""
+    root, _ = blob_blocks(data)
+    config = NetConfig(data_dir=tmp_path, blocks_first_answer_s=0.2)
+    servers = {}
+    for name, holds in holders.items():
+        store = BlockStore(tmp_path / name)
+        if holds:
+            store.put_blob(data)
+        servers[name] = BlockExchange(store, config, _peers(), Metrics(), _no_streams)
+    client_store = BlockStore(tmp_path / "client")
+    opened: list[str] = []
+    metrics = Metrics()
+    async with trio.open_nursery() as nursery:
+
+        async def open_stream(peer: str, protocol: str) -> _Stream:
+            opened.append(peer)
+            ours, theirs = trio.testing.memory_stream_pair()
+            if peer not in silent:
+                nursery.start_soon(servers[peer].handle_stream, _Stream(theirs, "client"))
+            return _Stream(ours, peer)
+
+        client = BlockExchange(client_store, config, _peers(), metrics, open_stream)
+        await client.fetch_blob(root, list(holders))
+        nursery.cancel_scope.cancel()
+    return opened, metrics, client_store, root
+
+
+async def test_a_small_blob_is_fetched_from_the_first_provider_alone(tmp_path: Path) -> None:
+    data = os.urandom(CHUNK_SIZE + 1000)  # a delta-sized blob: a root and two leaves
+    opened, metrics, store, root = await _fetch_from(
+        tmp_path, data, {"a": True, "b": True, "c": True, "d": True}
+    )
+    assert opened == ["a"]  # one stream, not one to each of four providers
+    assert store.read_blob(root) == data
+
+
+async def test_a_provider_that_lacks_a_block_brings_in_the_next(tmp_path: Path) -> None:
+    data = os.urandom(CHUNK_SIZE + 1000)
+    opened, _, store, root = await _fetch_from(tmp_path, data, {"a": False, "b": True, "c": True})
+    assert opened == ["a", "b"]
+    assert store.read_blob(root) == data
+
+
+async def test_a_silent_provider_gives_way_to_the_next_after_the_first_answer_time(
+    tmp_path: Path,
+) -> None:
+    data = os.urandom(CHUNK_SIZE + 1000)
+    opened, metrics, store, root = await _fetch_from(
+        tmp_path, data, {"a": True, "b": True, "c": True}, silent={"a"}
+    )
+    assert opened == ["a", "b"]
+    assert metrics.snapshot()["blocks-slow-providers"] == 1
+    assert store.read_blob(root) == data
+
+
+async def test_a_large_blob_brings_in_more_providers(tmp_path: Path) -> None:
+    data = os.urandom(CHUNK_SIZE * 100)  # 25 MiB: more than one provider's share
+    opened, _, store, root = await _fetch_from(
+        tmp_path, data, {"a": True, "b": True, "c": True, "d": True}
+    )
+    assert len(opened) > 1
+    assert store.read_blob(root) == data
