@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import random
 import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager
@@ -152,6 +153,9 @@ class NodeNet:
         self._blacklisted: set[str] = set()
         self._address_book: dict[str, list[Any]] = {}  # peer ID -> multiaddrs (remember_peers)
         self._provided: set[CID] = set()
+        # Which known peers a top-up dials (`_dial_candidates`): seeded by our peer ID, so a
+        # simulation's connections are the same run after run.
+        self._rng = random.Random(host.get_id().to_bytes())
 
     # --- identity and connections -------------------------------------------------------
 
@@ -465,7 +469,7 @@ class NodeNet:
 
     async def _maintain(self) -> None:
         """Keep the DHT routing table fed, lift expired bans, re-dial bootstrap when alone
-        (connected to no peer but our relays)."""
+        (connected to no peer but our relays), top up to `config.min_peers` connections."""
         from libp2p.peer.id import ID
 
         while True:
@@ -480,10 +484,31 @@ class NodeNet:
                     self._blacklisted.discard(peer)
             # A node behind a NAT stays connected to its relays: alone is without others.
             relays = self.nat.relay_peers
-            if not any(p.to_base58() not in relays for p in connected) and self.config.bootstrap:
-                errors: list[str] = []
+            others = [p for p in connected if p.to_base58() not in relays]
+            errors: list[str] = []
+            if not others and self.config.bootstrap:
                 for addr in self.config.bootstrap:
                     await self._dial_quietly(addr, errors)
+            elif len(others) < self.config.min_peers:
+                for addr in self._dial_candidates(self.config.min_peers - len(others)):
+                    await self._dial_quietly(addr, errors)
+
+    def _dial_candidates(self, count: int) -> list[str]:
+        """Up to `count` full multiaddrs of peers the peerstore has an address for (peers
+        we were connected to or learned of by identify; not the address book, which is
+        dialled only for a stream that needs it) and are not connected to, none banned, in
+        a random order."""
+        connected = {p.to_base58() for p in self.host.get_connected_peers()}
+        me = self.host.get_id().to_base58()
+        peerstore = self.host.get_peerstore()
+        known = {p.to_base58(): list(peerstore.addrs(p)) for p in peerstore.peers_with_addrs()}
+        candidates = [
+            str(addrs[0]) if "/p2p/" in str(addrs[0]) else f"{addrs[0]}/p2p/{peer}"
+            for peer, addrs in known.items()
+            if addrs and peer not in connected and peer != me and not self.peers.is_banned(peer)
+        ]
+        self._rng.shuffle(candidates)
+        return candidates[:count]
 
 
 def _build(config: NetConfig, private_key: bytes) -> tuple[Any, Any, Any, Any]:
@@ -668,6 +693,8 @@ async def _run_host(
 
     config = net.config
     async with host.run([multiaddr.Multiaddr(config.listen)]):
+        # Connections are topped up by `NodeNet._maintain` (config.min_peers) instead.
+        await host.get_network().auto_connector.stop()
         async with background_trio_service(pubsub), background_trio_service(router):
             _drop_tasks_once_stopping(pubsub.manager)
             await pubsub.wait_until_ready()

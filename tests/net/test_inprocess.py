@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+from contextlib import AsyncExitStack
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
@@ -426,3 +427,35 @@ async def _take(channel, count: int, timeout_s: float) -> list:  # type: ignore[
         while len(got) < count:
             got.append(await channel.receive())
     return got
+
+
+async def test_a_node_below_min_peers_dials_known_peers_up_to_min_and_no_more(
+    tmp_path: Path,
+) -> None:
+    """py-libp2p's AutoConnector (it dialled every peer in the peerstore while a node had
+    under 200 connections) is stopped; the maintenance loop dials known peers only while a
+    node has fewer than `min_peers` connections."""
+    async with AsyncExitStack() as stack:
+        hosts = []
+        for i in range(4):
+            config = NetConfig(
+                data_dir=tmp_path / f"n{i}",
+                listen="/ip4/127.0.0.1/tcp/0",
+                mdns=False,
+                min_peers=2 if i == 0 else 0,
+            )
+            hosts.append(await stack.enter_async_context(open_node_host(config, key(i))))
+        hub = hosts[0]
+        assert not hub.host.get_network().auto_connector._started
+        for other in hosts[1:]:
+            await other.connect(hub.listen_addrs[0])
+        with trio.fail_after(10):
+            while len(hub.connected_peers()) < 3:
+                await trio.sleep(0.05)
+        for other in hosts[1:]:
+            await hub.disconnect(other.peer_id)
+        with trio.fail_after(10):  # maintenance every 2 s: two of the three known peers
+            while len(hub.connected_peers()) < 2:
+                await trio.sleep(0.1)
+        await trio.sleep(5)  # two more passes: still two
+        assert len(hub.connected_peers()) == 2
