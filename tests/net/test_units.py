@@ -121,6 +121,7 @@ def test_yamux_frames_fit_one_noise_message() -> None:
     from libp2p.stream_muxer.yamux import yamux
 
     assert yamux.YamuxStream.__name__ == "TunedYamuxStream"
+    assert yamux.RTT_MEASURE_INTERVAL == yamux_tuning.RTT_MEASURE_INTERVAL_S  # (fix 6)
 
 
 class _ChunkedStream:
