@@ -112,6 +112,24 @@ round's pulls 2.4%. What is left is dissemination (14 s at the median): a member
 in a direct run of this code half an hour after the bench (median 30.1 s: runs vary
 ~±30%), every update was out 8-13 s into a round and the members held them all 5-32 s
 after the last.
+
+Later on 2026-12-06, a new session (the machine slower than that morning: the code above
+gave 33.2 s then). A trio Instrument timing every task step and counters on yamux frames, streams,
+pubsub RPCs and dials in both shards found, per round (rounds 2-5): ~1,900 block streams
+for ~470 blobs (every fetch opened a stream to 4 providers, dialling those it was not
+connected to), ~65 dials by py-libp2p's AutoConnector (it dials every peerstore peer while
+a node has < 200 connections), ~3,600 yamux RTT pings, a re-draw's re-wraps pushed to
+every new member (~450 dials in that round), 5,000 registry reads per shard before round 1
+(nodes whose rounds start together all missed the same shared reads) and 9% of a shard's
+loop in `recv` (a 256 KiB read is an mmap + munmap under the shards' malloc settings).
+All fixed (lazy block providers, our own top-up to 12 connections, pings every 600 s,
+re-wraps relayed like updates, reads one node at a time, 120 KiB reads). Direct runs side
+by side, 100 nodes: before 28.8, 33.2, 48.4, 35.4, 30.6 s (median 33.2); after 25.4, 28.0,
+23.5, 29.3, 24.1 s (median **25.4 s**; the re-draw round 48.4 -> 23.5 s). Per node: the
+median node starts a round 2.6-3.4 s after the first (3.7-5.0 before), has its update out
+5 s in (7 before); the members close collection 20-26 s in (28-45 before), 12-14 s after
+the last update went out -- the relay among members is what is left. The bench the same
+hour: 10 nodes median 3.44 s, 100 nodes 28.8 s, ratio 8.4 (target <= 2, not met).
 """
 
 from __future__ import annotations
