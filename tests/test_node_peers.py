@@ -29,18 +29,23 @@ class _SlowRegistry:
         self.reads.append(address)
         if address == NODES[-1].address:
             assert self.release.wait(10), "the test never released the last read"
-        return NodeInfo(
-            address=address,
-            peer_id=peer_id_bytes_from_public(_by_address(address).compressed_public_key),
-            enc_key=b"",
-            stake=1,
-            unbonding=0,
-            release_block=0,
-            reputation=0,
-            tier=0,
-            active=True,
-            banned=False,
-        )
+        return _info(address)
+
+
+def _info(address: bytes) -> NodeInfo:
+    """A registered node's entry, as the registry would return it."""
+    return NodeInfo(
+        address=address,
+        peer_id=peer_id_bytes_from_public(_by_address(address).compressed_public_key),
+        enc_key=b"",
+        stake=1,
+        unbonding=0,
+        release_block=0,
+        reputation=0,
+        tier=0,
+        active=True,
+        banned=False,
+    )
 
 
 async def test_registered_signers_appear_all_at_once_after_the_last_read() -> None:
@@ -69,18 +74,7 @@ class _CountingRegistry:
     def node_info(self, address: bytes) -> NodeInfo:
         self.reads.append(address)
         threading.Event().wait(0.01)
-        return NodeInfo(
-            address=address,
-            peer_id=peer_id_bytes_from_public(_by_address(address).compressed_public_key),
-            enc_key=b"",
-            stake=1,
-            unbonding=0,
-            release_block=0,
-            reputation=0,
-            tier=0,
-            active=True,
-            banned=False,
-        )
+        return _info(address)
 
 
 async def test_nodes_sharing_reads_read_each_address_once_when_rounds_start_together() -> None:
