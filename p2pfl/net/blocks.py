@@ -532,8 +532,9 @@ class BlockExchange:
         first_answer_by: float,
     ) -> None:
         """Keep requests in flight and read their answers until the job has no more for this
-        provider; the first answer must begin by `first_answer_by` (else `_SlowProvider`),
-        each later one within the batch timeout."""
+        provider; the first answer must begin by `first_answer_by` or within
+        `blocks_first_answer_s` of our first request, whichever is later (else
+        `_SlowProvider`), each later one within the batch timeout."""
         reader = FrameReader(stream)
         answered = False
         while True:
@@ -541,6 +542,10 @@ class BlockExchange:
                 batch = job.take_batch(provider)
                 if not batch:
                     break
+                if not answered and not requested:  # our first request: (waiting is not slow)
+                    first_answer_by = max(
+                        first_answer_by, trio.current_time() + self.config.blocks_first_answer_s
+                    )
                 requested.append(batch)
                 await stream.write(encode_request(batch))
             if not requested:

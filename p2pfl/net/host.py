@@ -472,6 +472,9 @@ class NodeNet:
         (connected to no peer but our relays), top up to `config.min_peers` connections."""
         from libp2p.peer.id import ID
 
+        # (Stopped as the host starts too; again here in case the swarm's start-up had not
+        # reached starting it then: `stop` only clears a flag its loop checks.)
+        await self.host.get_network().auto_connector.stop()
         while True:
             await trio.sleep(MAINTENANCE_INTERVAL_S)
             connected = self.host.get_connected_peers()
