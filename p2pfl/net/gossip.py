@@ -72,10 +72,18 @@ log = logging.getLogger(__name__)
 MSG_SYNC = 0x02
 MSG_PUSH = 0x03
 MSG_PULL = 0x04
+# A pull whose answer carries, after each message, the bytes that came with it (a relayed
+# update's delta): a member relaying updates then needs no block fetch per delta.
+MSG_PULL_ATTACHED = 0x05
+PULL_KINDS = (MSG_PULL, MSG_PULL_ATTACHED)
 PUSH_ANSWERS = {0: "accept", 1: "reject", 2: "ignore"}
 # Largest attachment a push may carry (a model-sized delta; the node checks it against the
 # CID its message names before storing anything).
 PUSH_MAX_ATTACHMENT_BYTES = 64 * 1024 * 1024
+# Attachments of pushed (and attached-pulled) messages kept per topic to serve attached
+# pulls, newest first (a round's deltas for a committee member: 100 x 400 KB); older ones
+# are dropped and their messages served bare (the puller fetches those deltas as blocks).
+PULL_ATTACHMENTS_MAX_BYTES = 48 * 1024 * 1024
 # A push exchange (opening the stream included) gets this long. A loaded host moves a few
 # MB/s through py-libp2p's Noise and yamux and can take over 10 s to negotiate a stream
 # (NetConfig.stream_negotiation_timeout_s); a push cut short is sent again in full, so a
@@ -169,6 +177,9 @@ class _TopicState:
         # Pushed messages admitted (kept out of `log`: sync never offers them; a pull asks
         # for them), by arrival.
         self.pushed: OrderedDict[bytes, tuple[bytes, float]] = OrderedDict()
+        # The bytes that came with pushed messages, by id (PULL_ATTACHMENTS_MAX_BYTES at most).
+        self.attached: OrderedDict[bytes, bytes] = OrderedDict()
+        self.attached_bytes = 0
         # Rejected ids are listed as "have" in sync requests so a peer (an attacker, or an
         # honest peer with a different view) cannot make us fetch and judge them again.
         self.rejected: OrderedDict[bytes, float] = OrderedDict()
@@ -190,7 +201,7 @@ class _TopicState:
         while self.rejected and next(iter(self.rejected.values())) < now - SYNC_LOG_TTL_S:
             self.rejected.popitem(last=False)
         while self.pushed and next(iter(self.pushed.values()))[1] < now - SYNC_LOG_TTL_S:
-            self.pushed.popitem(last=False)
+            self._drop_attached(self.pushed.popitem(last=False)[0])
 
     def known(self, msg_id: bytes) -> bool:
         """Admitted, recently ignored, or rejected: nothing to fetch or judge again."""
@@ -204,10 +215,20 @@ class _TopicState:
     def have_list(self) -> list[bytes]:
         return [*self.log.keys(), *self.ignored.keys(), *self.rejected.keys(), *self.pushed]
 
-    def remember_pushed(self, msg_id: bytes, data: bytes, now: float) -> None:
+    def remember_pushed(
+        self, msg_id: bytes, data: bytes, now: float, attachment: bytes = b""
+    ) -> None:
         self.pushed[msg_id] = (data, now)
         while len(self.pushed) > SYNC_LOG_MAX_MESSAGES:
-            self.pushed.popitem(last=False)
+            self._drop_attached(self.pushed.popitem(last=False)[0])
+        if attachment and len(attachment) <= PULL_ATTACHMENTS_MAX_BYTES:
+            self.attached[msg_id] = attachment
+            self.attached_bytes += len(attachment)
+            while self.attached_bytes > PULL_ATTACHMENTS_MAX_BYTES:
+                self._drop_attached(next(iter(self.attached)))
+
+    def _drop_attached(self, msg_id: bytes) -> None:
+        self.attached_bytes -= len(self.attached.pop(msg_id, b""))
 
 
 class Gossip:
@@ -379,7 +400,7 @@ class Gossip:
         if not self._deliver(state, message):
             return Verdict.IGNORE
         if via in ("push", "pull"):
-            state.remember_pushed(msg_id, data, self.clock())
+            state.remember_pushed(msg_id, data, self.clock(), attachment)
         elif result.synced:
             state.remember(msg_id, data, self.clock())
         self.metrics.inc(f"admitted-{via}")
@@ -428,14 +449,17 @@ class Gossip:
         self.metrics.inc("sync-rounds")
         return admitted
 
-    def _admit_new(self, state: _TopicState, messages: list[bytes], peer: str, via: str) -> int:
-        """`_admit` each message not known yet (`via` "sync" or "pull"); how many passed."""
+    def _admit_new(
+        self, state: _TopicState, messages: list[tuple[bytes, bytes]], peer: str, via: str
+    ) -> int:
+        """`_admit` each (message, attachment) whose message is not known yet (`via` "sync"
+        or "pull"); how many passed."""
         admitted = 0
-        for data in messages:
+        for data, attachment in messages:
             msg_id = message_id(data)
             if state.known(msg_id):
                 continue
-            if self._admit(state, data, msg_id, peer, via) is Verdict.ACCEPT:
+            if self._admit(state, data, msg_id, peer, via, attachment) is Verdict.ACCEPT:
                 admitted += 1
         return admitted
 
@@ -504,25 +528,31 @@ class Gossip:
         state = self.topics.get(topic)
         if state is None:
             raise ValueError(f"join {topic} before pulling on it")
-        return await self._pull(peer, topic, [*state.pushed, *state.log])
+        pulled = await self._pull(peer, topic, [*state.pushed, *state.log], attached=False)
+        return [data for data, _ in pulled]
 
-    async def _pull(self, peer: str, topic: str, have: list[bytes]) -> list[bytes]:
-        request = _request(MSG_PULL, topic, have)
-        async with self._exchange(peer, "pull", SYNC_TIMEOUT_S) as stream:
-            await stream.write(request)
-            messages = await self._read_messages(FrameReader(stream), peer, "pull")
+    async def _pull(
+        self, peer: str, topic: str, have: list[bytes], attached: bool
+    ) -> list[tuple[bytes, bytes]]:
+        kind = MSG_PULL_ATTACHED if attached else MSG_PULL
+        timeout_s = PUSH_TIMEOUT_S if attached else SYNC_TIMEOUT_S  # (model-sized answers)
+        async with self._exchange(peer, "pull", timeout_s) as stream:
+            await stream.write(_request(kind, topic, have))
+            messages = await self._read_messages(FrameReader(stream), peer, "pull", attached)
         self.metrics.inc("pulls")
         return messages
 
     async def pull_and_admit(self, peer: str, topic: str) -> int:
-        """`pull`, then each message we do not hold judged and delivered as a pushed one
-        would be (held as pushed: the next pull does not ask for it again); returns how
-        many were admitted. A member of a committee gets the updates pushed to the other
-        members this way. Raises `P2PFLError` when the exchange fails."""
+        """`pull` with attachments (the bytes each message was pushed with, e.g. an update's
+        delta, when the peer still holds them), then each message we do not hold judged and
+        delivered with its attachment as a pushed one would be (held as pushed, with its
+        attachment: the next pull does not ask for it again, and we serve it on); returns
+        how many were admitted. A member of a committee gets the updates pushed to the
+        other members this way. Raises `P2PFLError` when the exchange fails."""
         state = self.topics.get(topic)
         if state is None:
             raise ValueError(f"join {topic} before pulling on it")
-        messages = await self._pull(peer, topic, state.have_list())  # (judged ones too)
+        messages = await self._pull(peer, topic, state.have_list(), attached=True)
         return self._admit_new(state, messages, peer, "pull")
 
     @asynccontextmanager
@@ -548,23 +578,40 @@ class Gossip:
             if stream is not None:
                 await _close(stream)
 
-    async def _read_messages(self, reader: FrameReader, peer: str, kind: str) -> list[bytes]:
-        """A sync or pull response: `u32 m | m x (u32 length | message)`. A count, a
-        length or a total over the limits (the responder stops after `SYNC_MAX_RESPONSE_BYTES`,
-        so at most one message more) is the peer's offence and a `P2PFLError`."""
+    async def _read_messages(
+        self, reader: FrameReader, peer: str, kind: str, attached: bool = False
+    ) -> list[tuple[bytes, bytes]]:
+        """A sync or pull response: `u32 m | m x (u32 length | message)`, and with
+        `attached` each message followed by `u32 length | attachment` (empty: none held).
+        A count, a length or a total over the limits (the responder stops after
+        `SYNC_MAX_RESPONSE_BYTES`, so at most one message and attachment more) is the
+        peer's offence and a `P2PFLError`. Returns (message, attachment) pairs."""
         (count,) = struct.unpack(">I", await reader.read_exactly(4))
         if count > SYNC_LOG_MAX_MESSAGES:
             self.peers.offence(peer, Offence.MALFORMED_FRAME, f"{kind}-bad-count")
             raise P2PFLError(f"{kind} from {peer}: {count} messages announced")
-        out: list[bytes] = []
+        out: list[tuple[bytes, bytes]] = []
         budget = SYNC_MAX_RESPONSE_BYTES + self.config.max_message_bytes
+        if attached:
+            budget += PUSH_MAX_ATTACHMENT_BYTES
         for _ in range(count):
             (length,) = struct.unpack(">I", await reader.read_exactly(4))
             budget -= length
             if length > self.config.max_message_bytes or budget < 0:
                 self.peers.offence(peer, Offence.OVERSIZED, f"{kind}-oversized")
                 raise P2PFLError(f"{kind} from {peer}: a {length}-byte message over the limits")
-            out.append(await reader.read_exactly(length))
+            data = await reader.read_exactly(length)
+            attachment = b""
+            if attached:
+                (length,) = struct.unpack(">I", await reader.read_exactly(4))
+                budget -= length
+                if length > PUSH_MAX_ATTACHMENT_BYTES or budget < 0:
+                    self.peers.offence(peer, Offence.OVERSIZED, f"{kind}-oversized")
+                    raise P2PFLError(
+                        f"{kind} from {peer}: a {length}-byte attachment over the limits"
+                    )
+                attachment = await reader.read_exactly(length) if length else b""
+            out.append((data, attachment))
         return out
 
     async def handle_sync_stream(self, stream: Any) -> None:
@@ -578,9 +625,9 @@ class Gossip:
             with trio.fail_after(SYNC_TIMEOUT_S) as scope:
                 reader = FrameReader(stream)
                 kind, topic_len = struct.unpack(">BH", await reader.read_exactly(3))
-                if kind == MSG_PUSH:  # (may carry a model-sized attachment)
+                if kind in (MSG_PUSH, MSG_PULL_ATTACHED):  # (model-sized attachments)
                     scope.deadline = trio.current_time() + PUSH_TIMEOUT_S
-                if kind not in (MSG_SYNC, MSG_PUSH, MSG_PULL) or topic_len > MAX_TOPIC_BYTES:
+                if kind not in (MSG_SYNC, MSG_PUSH, *PULL_KINDS) or topic_len > MAX_TOPIC_BYTES:
                     raise InvalidMessage("bad-frame", "not a sync request")
                 topic = (await reader.read_exactly(topic_len)).decode("utf-8", errors="replace")
                 if kind == MSG_PUSH:
@@ -596,16 +643,24 @@ class Gossip:
                 out: list[bytes] = []
                 size = 0
                 if state is not None:
-                    held = state.pushed if kind == MSG_PULL else state.log
+                    held = state.pushed if kind in PULL_KINDS else state.log
                     for msg_id, (data, _) in held.items():
                         if msg_id in have:
                             continue
-                        if size + len(data) > SYNC_MAX_RESPONSE_BYTES and out:
+                        attachment = b""
+                        if kind == MSG_PULL_ATTACHED:
+                            attachment = state.attached.get(msg_id, b"")
+                        if size + len(data) + len(attachment) > SYNC_MAX_RESPONSE_BYTES and out:
                             break
                         out.append(struct.pack(">I", len(data)) + data)
-                        size += len(data)
-                await stream.write(struct.pack(">I", len(out)) + b"".join(out))
-                self.metrics.inc("pull-served" if kind == MSG_PULL else "sync-served")
+                        if kind == MSG_PULL_ATTACHED:
+                            out.append(struct.pack(">I", len(attachment)) + attachment)
+                            if attachment:
+                                self.metrics.inc("pull-attachments-served")
+                        size += len(data) + len(attachment)
+                count = len(out) // 2 if kind == MSG_PULL_ATTACHED else len(out)
+                await stream.write(struct.pack(">I", count) + b"".join(out))
+                self.metrics.inc("pull-served" if kind in PULL_KINDS else "sync-served")
         except InvalidMessage as exc:
             self.peers.offence(peer, Offence.MALFORMED_FRAME, "sync-" + exc.reason)
         except (trio.TooSlowError, StreamClosed):

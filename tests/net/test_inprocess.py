@@ -391,9 +391,10 @@ async def test_a_pushed_message_reaches_its_peer_alone_and_is_not_resynced(
 
 async def test_pull_and_admit_judges_what_another_peer_was_pushed(tmp_path: Path) -> None:
     """A committee member pulls from another what was pushed to it: each message passes the
-    puller's gate, is delivered as `pull` and held like a pushed one (served to the next
-    puller, never asked for again); a rejected one is not delivered nor fetched again. A
-    topic joined with `sync=False` takes no part in the sync rounds."""
+    puller's gate, is delivered as `pull` with the bytes it was pushed with and held like a
+    pushed one (served to the next puller, attachment and all, never asked for again); a
+    rejected one is not delivered nor fetched again. A plain `pull` carries no attachment.
+    A topic joined with `sync=False` takes no part in the sync rounds."""
 
     def judge(topic: str, data: bytes, peer: str) -> ValidationResult:
         return ValidationResult.reject("forged") if data.startswith(b"forged") else (
@@ -401,7 +402,7 @@ async def test_pull_and_admit_judges_what_another_peer_was_pushed(tmp_path: Path
         )
 
     async with nodes(tmp_path, 3, sync_interval_s=0.3) as (a, b, c):
-        await a.join(TOPIC, accept_all, sync=False)
+        a_in = await a.join(TOPIC, accept_all, sync=False)
         await b.join(TOPIC, accept_all, sync=False)
         c_in = await c.join(TOPIC, judge, sync=False)
         await c.connect(b.listen_addrs[0])
@@ -410,10 +411,15 @@ async def test_pull_and_admit_judges_what_another_peer_was_pushed(tmp_path: Path
         assert await a.push(b.peer_id, TOPIC, b"forged update") == "accept"  # b's gate
         assert await c.pull_and_admit(b.peer_id, TOPIC) == 1
         (got,) = await _take(c_in, 1, timeout_s=5)
-        assert (got.data, got.via, got.attachment) == (b"update one", "pull", b"")
+        assert (got.data, got.via, got.attachment) == (b"update one", "pull", b"its delta")
         assert await c.pull_and_admit(b.peer_id, TOPIC) == 0  # held and rejected: not again
         await a.connect(c.listen_addrs[0])
         assert await a.pull(c.peer_id, TOPIC) == [b"update one"]  # c serves what it pulled
+        assert await a.pull_and_admit(c.peer_id, TOPIC) == 1  # and its attachment with it
+        (relayed,) = await _take(a_in, 1, timeout_s=5)
+        assert (relayed.data, relayed.attachment) == (b"update one", b"its delta")
+        assert b.metrics().get("pull-attachments-served") == 1
+        assert c.metrics().get("pull-attachments-served") == 1
         await trio.sleep(1.0)  # several sync intervals
         for host in (a, b, c):
             assert host.metrics().get("sync-rounds", 0) == 0
