@@ -63,6 +63,9 @@ log = logging.getLogger(__name__)
 ADDRESS_BOOK_TTL_S = 60
 # How often the maintenance loop runs (DHT routing table, ban expiry, lonely re-dial).
 MAINTENANCE_INTERVAL_S = 2.0
+# A peer the top-up to `min_peers` dialled is not dialled by it again for this long (one
+# that dropped us -- it banned us, or is full -- is not hammered every pass).
+TOPUP_REDIAL_S = 60.0
 # Providers asked for in one DHT lookup.
 DHT_PROVIDER_COUNT = 20
 DHT_LOOKUP_TIMEOUT_S = 10.0
@@ -156,6 +159,7 @@ class NodeNet:
         # Which known peers a top-up dials (`_dial_candidates`): seeded by our peer ID, so a
         # simulation's connections are the same run after run.
         self._rng = random.Random(host.get_id().to_bytes())
+        self._topup_dialled: dict[str, float] = {}  # peer -> when the top-up last dialled it
 
     # --- identity and connections -------------------------------------------------------
 
@@ -493,15 +497,21 @@ class NodeNet:
                 for addr in self.config.bootstrap:
                     await self._dial_quietly(addr, errors)
             elif len(others) < self.config.min_peers:
-                for addr in self._dial_candidates(self.config.min_peers - len(others)):
+                now = trio.current_time()
+                for addr in self._dial_candidates(self.config.min_peers - len(others), now):
+                    self._topup_dialled[addr.rsplit("/p2p/", 1)[1]] = now
                     await self._dial_quietly(addr, errors)
 
-    def _dial_candidates(self, count: int) -> list[str]:
+    def _dial_candidates(self, count: int, now: float) -> list[str]:
         """Up to `count` full multiaddrs of peers the peerstore has an address for (peers
         we were connected to or learned of by identify; not the address book, which is
-        dialled only for a stream that needs it) and are not connected to, none banned, in
-        a random order."""
+        dialled only for a stream that needs it) and are not connected to, none banned nor
+        dialled by a top-up in the last TOPUP_REDIAL_S, in a random order."""
+        for peer, when in list(self._topup_dialled.items()):
+            if now - when >= TOPUP_REDIAL_S:
+                del self._topup_dialled[peer]
         connected = {p.to_base58() for p in self.host.get_connected_peers()}
+        connected |= set(self._topup_dialled)  # (recently dialled: left out too)
         me = self.host.get_id().to_base58()
         peerstore = self.host.get_peerstore()
         known = {p.to_base58(): list(peerstore.addrs(p)) for p in peerstore.peers_with_addrs()}
