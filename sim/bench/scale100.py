@@ -130,6 +130,11 @@ median node starts a round 2.6-3.4 s after the first (3.7-5.0 before), has its u
 5 s in (7 before); the members close collection 20-26 s in (28-45 before), 12-14 s after
 the last update went out -- the relay among members is what is left. The bench the same
 hour: 10 nodes median 3.44 s, 100 nodes 28.8 s, ratio 8.4 (target <= 2, not met).
+Then the members' relay pulls carried the deltas (`pull+`, network.md): block fetches of
+relayed deltas 1,866 -> 13 over the 5 rounds (3,353 deltas attached), but the rounds of a
+direct run were no faster (19.0, 23.9, 25.9, 27.2, 27.5 s, median 25.9 s; one round closed
+at the quorum with 93 of the 100 updates): the fetches' streams were not what held the
+relay up. Not found yet: what the members spend the 12-14 s after the last update on.
 """
 
 from __future__ import annotations
