@@ -461,7 +461,6 @@ class BlockExchange:
             def add_provider() -> None:
                 provider = waiting.popleft()
                 job.running.add(provider)
-                job.workers += 1
                 nursery.start_soon(self._worker, job, provider)
 
             add_provider()
@@ -663,7 +662,6 @@ class _FetchJob:
         self.errors: list[str] = []
         self.bad: set[str] = set()
         self.in_flight = 0
-        self.workers = 0
         self.running: set[str] = set()  # providers whose worker is running
         self.changed = trio.Event()
         self._dials: set[trio.CancelScope] = set()
@@ -748,8 +746,12 @@ class _FetchJob:
                     self.pending.append(child)
         self._notify()
 
+    @property
+    def workers(self) -> int:
+        """Workers running (one per provider: providers are distinct)."""
+        return len(self.running)
+
     def worker_done(self, provider: str) -> None:
-        self.workers -= 1
         self.running.discard(provider)
         self._notify()
 

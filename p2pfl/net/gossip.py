@@ -641,7 +641,7 @@ class Gossip:
                 have = {raw[i : i + MESSAGE_ID_SIZE] for i in range(0, len(raw), MESSAGE_ID_SIZE)}
                 state = self.topics.get(topic)
                 out: list[bytes] = []
-                size = 0
+                count = size = 0
                 if state is not None:
                     held = state.pushed if kind in PULL_KINDS else state.log
                     for msg_id, (data, _) in held.items():
@@ -657,8 +657,8 @@ class Gossip:
                             out.append(struct.pack(">I", len(attachment)) + attachment)
                             if attachment:
                                 self.metrics.inc("pull-attachments-served")
+                        count += 1
                         size += len(data) + len(attachment)
-                count = len(out) // 2 if kind == MSG_PULL_ATTACHED else len(out)
                 await stream.write(struct.pack(">I", count) + b"".join(out))
                 self.metrics.inc("pull-served" if kind in PULL_KINDS else "sync-served")
         except InvalidMessage as exc:

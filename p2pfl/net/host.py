@@ -498,12 +498,12 @@ class NodeNet:
                     await self._dial_quietly(addr, errors)
             elif len(others) < self.config.min_peers:
                 now = trio.current_time()
-                for addr in self._dial_candidates(self.config.min_peers - len(others), now):
-                    self._topup_dialled[addr.rsplit("/p2p/", 1)[1]] = now
+                for peer, addr in self._dial_candidates(self.config.min_peers - len(others), now):
+                    self._topup_dialled[peer] = now
                     await self._dial_quietly(addr, errors)
 
-    def _dial_candidates(self, count: int, now: float) -> list[str]:
-        """Up to `count` full multiaddrs of peers the peerstore has an address for (peers
+    def _dial_candidates(self, count: int, now: float) -> list[tuple[str, str]]:
+        """Up to `count` (peer ID, full multiaddr) of peers the peerstore has an address for (peers
         we were connected to or learned of by identify; not the address book, which is
         dialled only for a stream that needs it) and are not connected to, none banned nor
         dialled by a top-up in the last TOPUP_REDIAL_S, in a random order."""
@@ -516,7 +516,7 @@ class NodeNet:
         peerstore = self.host.get_peerstore()
         known = {p.to_base58(): list(peerstore.addrs(p)) for p in peerstore.peers_with_addrs()}
         candidates = [
-            str(addrs[0]) if "/p2p/" in str(addrs[0]) else f"{addrs[0]}/p2p/{peer}"
+            (peer, str(addrs[0]) if "/p2p/" in str(addrs[0]) else f"{addrs[0]}/p2p/{peer}")
             for peer, addrs in known.items()
             if addrs and peer not in connected and peer != me and not self.peers.is_banned(peer)
         ]
