@@ -50,6 +50,8 @@ class Verdict:
     # For ACCEPT: whether sync logs keep the message to offer it again. A Heartbeat is
     # superseded by its signer's next beat: one re-offered later only reads as stale.
     synced: bool = True
+    # For ACCEPT: the message's round (a pull selects the pushed messages it wants by it).
+    round: int = 0
 
 
 def check_gossip(
@@ -78,4 +80,4 @@ def check_gossip(
         return Verdict(REJECT, exc.reason)
     if registered is not None and any(s not in registered for s in signers):
         return Verdict(REJECT, "unregistered-signer")
-    return Verdict(ACCEPT, synced=not isinstance(message, Heartbeat))
+    return Verdict(ACCEPT, synced=not isinstance(message, Heartbeat), round=message.round)

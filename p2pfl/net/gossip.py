@@ -45,7 +45,7 @@ import random
 import struct
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from enum import Enum
@@ -121,10 +121,13 @@ class ValidationResult:
     # For ACCEPT: keep the message in the sync log, to offer it to peers that lack it
     # (False: forwarded by gossip once, never offered again, e.g. a heartbeat).
     synced: bool = True
+    # For ACCEPT: a number a pull selects pushed messages by (`pull`'s `since`: the node's
+    # messages give their round, so a member's relay pull takes only its round's updates).
+    tag: int = 0
 
     @classmethod
-    def accept(cls, synced: bool = True) -> ValidationResult:
-        return cls(Verdict.ACCEPT, synced=synced)
+    def accept(cls, synced: bool = True, tag: int = 0) -> ValidationResult:
+        return cls(Verdict.ACCEPT, synced=synced, tag=tag)
 
     @classmethod
     def reject(cls, reason: str, blame: bool = True) -> ValidationResult:
@@ -138,7 +141,7 @@ class ValidationResult:
     def of(cls, verdict: CoreVerdict) -> ValidationResult:
         """The topic verdict of the core's `check_gossip` answer (accept / ignore / reject)."""
         if verdict.action == ACCEPT:
-            return cls.accept(verdict.synced)
+            return cls.accept(verdict.synced, verdict.round)
         if verdict.action == IGNORE:
             return cls.ignore(verdict.reason)
         return cls.reject(verdict.reason, verdict.blame)
@@ -175,8 +178,8 @@ class _TopicState:
         self.log: OrderedDict[bytes, tuple[bytes, float]] = OrderedDict()
         self.ignored: OrderedDict[bytes, float] = OrderedDict()
         # Pushed messages admitted (kept out of `log`: sync never offers them; a pull asks
-        # for them), by arrival.
-        self.pushed: OrderedDict[bytes, tuple[bytes, float]] = OrderedDict()
+        # for them), by arrival: (bytes, arrival, tag (`ValidationResult.tag`)).
+        self.pushed: OrderedDict[bytes, tuple[bytes, float, int]] = OrderedDict()
         # The bytes that came with pushed messages, by id (PULL_ATTACHMENTS_MAX_BYTES at most).
         self.attached: OrderedDict[bytes, bytes] = OrderedDict()
         self.attached_bytes = 0
@@ -212,13 +215,16 @@ class _TopicState:
             or msg_id in self.pushed
         )
 
-    def have_list(self) -> list[bytes]:
-        return [*self.log.keys(), *self.ignored.keys(), *self.rejected.keys(), *self.pushed]
+    def have_list(self, since: int = 0) -> list[bytes]:
+        """The ids a sync or pull request lists as held (pushed ones tagged below `since`
+        left out: the pull does not ask for them)."""
+        pushed = [i for i, (_, _, tag) in self.pushed.items() if tag >= since]
+        return [*self.log.keys(), *self.ignored.keys(), *self.rejected.keys(), *pushed]
 
     def remember_pushed(
-        self, msg_id: bytes, data: bytes, now: float, attachment: bytes = b""
+        self, msg_id: bytes, data: bytes, now: float, attachment: bytes = b"", tag: int = 0
     ) -> None:
-        self.pushed[msg_id] = (data, now)
+        self.pushed[msg_id] = (data, now, tag)
         while len(self.pushed) > SYNC_LOG_MAX_MESSAGES:
             self._drop_attached(self.pushed.popitem(last=False)[0])
         if attachment and len(attachment) <= PULL_ATTACHMENTS_MAX_BYTES:
@@ -400,7 +406,7 @@ class Gossip:
         if not self._deliver(state, message):
             return Verdict.IGNORE
         if via in ("push", "pull"):
-            state.remember_pushed(msg_id, data, self.clock(), attachment)
+            state.remember_pushed(msg_id, data, self.clock(), attachment, result.tag)
         elif result.synced:
             state.remember(msg_id, data, self.clock())
         self.metrics.inc(f"admitted-{via}")
@@ -520,39 +526,41 @@ class Gossip:
         verdict = self._admit(state, data, msg_id, peer, "push", attachment)
         return {Verdict.ACCEPT: 0, Verdict.REJECT: 1, Verdict.IGNORE: 2}[verdict]
 
-    async def pull(self, peer: str, topic: str) -> list[bytes]:
-        """The messages pushed to `peer` on `topic` that were not pushed to us (e.g. a
-        committee member's updates of a round, for a node off the committee to rebuild its
-        reward file). Returned unjudged: the caller validates what it asked for. Raises
-        `P2PFLError` when the exchange fails."""
+    async def pull(self, peer: str, topic: str, since: int = 0) -> list[bytes]:
+        """The messages pushed to `peer` on `topic`, tagged `since` or later, that were not
+        pushed to us (e.g. a committee member's updates of a round, for a node off the
+        committee to rebuild its reward file). Returned unjudged: the caller validates what
+        it asked for. Raises `P2PFLError` when the exchange fails."""
         state = self.topics.get(topic)
         if state is None:
             raise ValueError(f"join {topic} before pulling on it")
-        pulled = await self._pull(peer, topic, [*state.pushed, *state.log], attached=False)
+        have = [*(i for i, (_, _, tag) in state.pushed.items() if tag >= since), *state.log]
+        pulled = await self._pull(peer, topic, since, have, attached=False)
         return [data for data, _ in pulled]
 
     async def _pull(
-        self, peer: str, topic: str, have: list[bytes], attached: bool
+        self, peer: str, topic: str, since: int, have: list[bytes], attached: bool
     ) -> list[tuple[bytes, bytes]]:
         kind = MSG_PULL_ATTACHED if attached else MSG_PULL
         timeout_s = PUSH_TIMEOUT_S if attached else SYNC_TIMEOUT_S  # (model-sized answers)
         async with self._exchange(peer, "pull", timeout_s) as stream:
-            await stream.write(_request(kind, topic, have))
+            await stream.write(_pull_request(kind, topic, since, have))
             messages = await self._read_messages(FrameReader(stream), peer, "pull", attached)
         self.metrics.inc("pulls")
         return messages
 
-    async def pull_and_admit(self, peer: str, topic: str) -> int:
+    async def pull_and_admit(self, peer: str, topic: str, since: int = 0) -> int:
         """`pull` with attachments (the bytes each message was pushed with, e.g. an update's
         delta, when the peer still holds them), then each message we do not hold judged and
         delivered with its attachment as a pushed one would be (held as pushed, with its
         attachment: the next pull does not ask for it again, and we serve it on); returns
         how many were admitted. A member of a committee gets the updates pushed to the
-        other members this way. Raises `P2PFLError` when the exchange fails."""
+        other members this way, `since` its round: those of earlier rounds the other member
+        still holds are not sent. Raises `P2PFLError` when the exchange fails."""
         state = self.topics.get(topic)
         if state is None:
             raise ValueError(f"join {topic} before pulling on it")
-        messages = await self._pull(peer, topic, state.have_list(), attached=True)
+        messages = await self._pull(peer, topic, since, state.have_list(since), attached=True)
         return self._admit_new(state, messages, peer, "pull")
 
     @asynccontextmanager
@@ -634,6 +642,9 @@ class Gossip:
                     code = await self._answer_push(peer, reader, topic)
                     await stream.write(bytes([code]))
                     return
+                since = 0
+                if kind in PULL_KINDS:
+                    (since,) = struct.unpack(">Q", await reader.read_exactly(8))
                 (count,) = struct.unpack(">I", await reader.read_exactly(4))
                 if count > 4 * SYNC_LOG_MAX_MESSAGES:  # (`have_list`: four kinds of ids)
                     raise InvalidMessage("bad-frame", f"sync request lists {count} ids")
@@ -643,8 +654,8 @@ class Gossip:
                 out: list[bytes] = []
                 count = size = 0
                 if state is not None:
-                    held = state.pushed if kind in PULL_KINDS else state.log
-                    for msg_id, (data, _) in held.items():
+                    held = _held(state, kind, since)
+                    for msg_id, data in held:
                         if msg_id in have:
                             continue
                         attachment = b""
@@ -678,8 +689,22 @@ def _head(kind: int, topic: str) -> bytes:
 
 
 def _request(kind: int, topic: str, have: list[bytes]) -> bytes:
-    """A sync or pull request: `head | u32 n | n ids held`."""
+    """A sync request: `head | u32 n | n ids held`."""
     return _head(kind, topic) + struct.pack(">I", len(have)) + b"".join(have)
+
+
+def _pull_request(kind: int, topic: str, since: int, have: list[bytes]) -> bytes:
+    """A pull request: `head | u64 since | u32 n | n ids held` (the messages wanted are
+    those pushed to the responder tagged `since` or later)."""
+    return _head(kind, topic) + struct.pack(">QI", since, len(have)) + b"".join(have)
+
+
+def _held(state: _TopicState, kind: int, since: int) -> Iterator[tuple[bytes, bytes]]:
+    """(id, bytes) of what a request of `kind` may be answered from: the sync log, or for
+    a pull the messages pushed to us tagged `since` or later."""
+    if kind not in PULL_KINDS:
+        return ((msg_id, data) for msg_id, (data, _) in state.log.items())
+    return ((i, data) for i, (data, _, tag) in state.pushed.items() if tag >= since)
 
 
 async def _drain(subscription: Any) -> None:

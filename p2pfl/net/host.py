@@ -302,15 +302,17 @@ class NodeNet:
         ("accept", "reject", "ignore"). `P2PFLError` when the exchange fails."""
         return await self.gossip.push(peer, topic, data, attachment)
 
-    async def pull(self, peer: str, topic: str) -> list[bytes]:
-        """The messages pushed to `peer` on a joined topic that were not pushed to us,
-        unjudged (the caller checks what it asked for). `P2PFLError` when it fails."""
-        return await self.gossip.pull(peer, topic)
+    async def pull(self, peer: str, topic: str, since: int = 0) -> list[bytes]:
+        """The messages pushed to `peer` on a joined topic, tagged `since` or later (a
+        node's messages: their round), that were not pushed to us, unjudged (the caller
+        checks what it asked for). `P2PFLError` when it fails."""
+        return await self.gossip.pull(peer, topic, since)
 
-    async def pull_and_admit(self, peer: str, topic: str) -> int:
-        """Pull from `peer` what was pushed to it on a joined topic and we lack, each message
-        judged and delivered like a pushed one; returns how many were admitted."""
-        return await self.gossip.pull_and_admit(peer, topic)
+    async def pull_and_admit(self, peer: str, topic: str, since: int = 0) -> int:
+        """Pull from `peer` what was pushed to it on a joined topic, tagged `since` or
+        later, and we lack, each message judged and delivered like a pushed one; returns
+        how many were admitted."""
+        return await self.gossip.pull_and_admit(peer, topic, since)
 
     # --- blocks -------------------------------------------------------------------------
 

@@ -384,9 +384,11 @@ class Node:
     async def _pull_from_members(self, round_: int) -> None:
         """Updates to the committee, a round task: while we are a member of the round's
         attempt, collecting or voting, pull from MEMBER_PULLS_AT_ONCE other members in turn
-        every MEMBER_PULL_S the updates (and re-wraps) pushed to them that we lack; they
-        are judged and delivered as pushed ones, and their deltas fetched from the member
-        they came from (`Intake.relayed_by`)."""
+        every MEMBER_PULL_S the updates (and re-wraps) of the round pushed to them that we
+        lack; they are judged and delivered as pushed ones, and their deltas fetched from
+        the member they came from (`Intake.relayed_by`). One pull after the other: the
+        second asks without what the first brought (an update is pushed to 2-3 members;
+        at once, both would send its delta)."""
         topic = self.topic(TOPIC_UPDATES)
         turn = 0
         while True:
@@ -397,17 +399,18 @@ class Node:
             others = [m for m in machine.committee if m != self.address]
             if not others:
                 continue
-            picks = {others[(turn + i) % len(others)] for i in range(MEMBER_PULLS_AT_ONCE)}
+            picks = dict.fromkeys(
+                others[(turn + i) % len(others)] for i in range(MEMBER_PULLS_AT_ONCE)
+            )
             turn += MEMBER_PULLS_AT_ONCE
-            async with trio.open_nursery() as nursery:
-                for member in picks:
-                    peer = self.peer_ids.get(member)
-                    if peer is not None:
-                        nursery.start_soon(self._pull_member, peer, topic)
+            for member in picks:
+                peer = self.peer_ids.get(member)
+                if peer is not None:
+                    await self._pull_member(peer, topic, round_)
 
-    async def _pull_member(self, peer: str, topic: str) -> None:
+    async def _pull_member(self, peer: str, topic: str, round_: int) -> None:
         try:
-            admitted = await self.net.pull_and_admit(peer, topic)
+            admitted = await self.net.pull_and_admit(peer, topic, since=round_)
         except P2PFLError as exc:
             self.count("member-pull-failed")
             log.debug("pull from member %s failed: %s", peer, exc)
@@ -640,7 +643,7 @@ class Node:
             if peer is None:
                 continue
             try:
-                messages = await self.net.pull(peer, topic)
+                messages = await self.net.pull(peer, topic, since=event.round)
             except P2PFLError as exc:
                 self.count("round-pull-failed")
                 log.debug("round %d: pull from %s failed: %s", event.round, peer, exc)

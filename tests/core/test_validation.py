@@ -35,6 +35,7 @@ def check(data, **kw):
 def test_round_window():
     assert check(vote(ALICE, 3).encode(), current_round=3).action == ACCEPT
     assert check(vote(ALICE, 2).encode(), current_round=3).action == ACCEPT  # last votes in flight
+    assert check(vote(ALICE, 2).encode(), current_round=3).round == 2  # (what pulls select by)
     assert check(vote(ALICE, 4).encode(), current_round=3).action == ACCEPT  # faster nodes
     old = check(vote(ALICE, 1).encode(), current_round=3)
     assert (old.action, old.reason, old.blame) == (REJECT, "replayed-round", False)

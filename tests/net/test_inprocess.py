@@ -426,6 +426,39 @@ async def test_pull_and_admit_judges_what_another_peer_was_pushed(tmp_path: Path
             assert host.metrics().get("sync-served", 0) == 0
 
 
+async def test_a_pull_takes_only_the_pushed_messages_tagged_since_its_round(
+    tmp_path: Path,
+) -> None:
+    """A pull names the lowest tag it wants (the node's messages: their round): what the
+    responder was pushed in earlier rounds is neither sent nor asked about (a member's relay
+    pull once brought every earlier round's deltas a member still held, oldest first)."""
+
+    def by_round(topic: str, data: bytes, peer: str) -> ValidationResult:
+        return ValidationResult.accept(tag=int(data.split(b":")[0]))
+
+    async with nodes(tmp_path, 3, sync_interval_s=0.3) as (a, b, c):
+        await a.join(TOPIC, by_round, sync=False)
+        await b.join(TOPIC, by_round, sync=False)
+        c_in = await c.join(TOPIC, by_round, sync=False)
+        await c.connect(b.listen_addrs[0])
+        await trio.sleep(1.0)
+        for data in (b"3:old update", b"4:an update", b"5:a next-round update"):
+            assert await a.push(b.peer_id, TOPIC, data, b"delta of " + data) == "accept"
+        assert sorted(await c.pull(b.peer_id, TOPIC, since=4)) == [
+            b"4:an update",
+            b"5:a next-round update",
+        ]
+        assert await c.pull_and_admit(b.peer_id, TOPIC, since=5) == 1
+        (got,) = await _take(c_in, 1, timeout_s=5)
+        assert (got.data, got.attachment) == (
+            b"5:a next-round update",
+            b"delta of 5:a next-round update",
+        )
+        assert b.metrics().get("pull-attachments-served") == 1  # the older ones: not sent
+        assert await c.pull_and_admit(b.peer_id, TOPIC, since=4) == 1  # round 4's alone
+        assert await c.pull_and_admit(b.peer_id, TOPIC) == 1  # everything: round 3's left
+
+
 async def _take(channel, count: int, timeout_s: float) -> list:  # type: ignore[no-untyped-def]
     """Up to `count` admitted messages (whole GossipMessages) within `timeout_s`."""
     got = []
