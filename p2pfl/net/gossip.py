@@ -66,6 +66,7 @@ from p2pfl.net.config import (
     NetConfig,
 )
 from p2pfl.net.limits import Metrics, Offence, PeerBook, TokenBucket
+from p2pfl.net.yamux_tuning import grow_receive_window
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +85,11 @@ PUSH_MAX_ATTACHMENT_BYTES = 64 * 1024 * 1024
 # pulls, newest first (a round's deltas for a committee member: 100 x 400 KB); older ones
 # are dropped and their messages served bare (the puller fetches those deltas as blocks).
 PULL_ATTACHMENTS_MAX_BYTES = 48 * 1024 * 1024
+# Receive window granted on a stream that brings attachments: a `pull+` answer (up to 8 MiB
+# and one message more) and a push (a delta). Yamux starts every stream at 256 KiB and
+# re-credits each half of it consumed: one round trip through both hosts' event loops per
+# 128 KiB, which on a loaded loop (20-50 ms) held a member's relay pulls to ~5 MB/s.
+ATTACHED_RECEIVE_WINDOW_BYTES = 16 * 1024 * 1024
 # A push exchange (opening the stream included) gets this long. A loaded host moves a few
 # MB/s through py-libp2p's Noise and yamux and can take over 10 s to negotiate a stream
 # (NetConfig.stream_negotiation_timeout_s); a push cut short is sent again in full, so a
@@ -544,6 +550,8 @@ class Gossip:
         kind = MSG_PULL_ATTACHED if attached else MSG_PULL
         timeout_s = PUSH_TIMEOUT_S if attached else SYNC_TIMEOUT_S  # (model-sized answers)
         async with self._exchange(peer, "pull", timeout_s) as stream:
+            if attached:
+                await grow_receive_window(stream, ATTACHED_RECEIVE_WINDOW_BYTES)
             await stream.write(_pull_request(kind, topic, since, have))
             messages = await self._read_messages(FrameReader(stream), peer, "pull", attached)
         self.metrics.inc("pulls")
@@ -635,6 +643,8 @@ class Gossip:
                 kind, topic_len = struct.unpack(">BH", await reader.read_exactly(3))
                 if kind in (MSG_PUSH, MSG_PULL_ATTACHED):  # (model-sized attachments)
                     scope.deadline = trio.current_time() + PUSH_TIMEOUT_S
+                if kind == MSG_PUSH:
+                    await grow_receive_window(stream, ATTACHED_RECEIVE_WINDOW_BYTES)
                 if kind not in (MSG_SYNC, MSG_PUSH, *PULL_KINDS) or topic_len > MAX_TOPIC_BYTES:
                     raise InvalidMessage("bad-frame", "not a sync request")
                 topic = (await reader.read_exactly(topic_len)).decode("utf-8", errors="replace")
