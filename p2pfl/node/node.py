@@ -575,9 +575,11 @@ class Node:
             return
         # A commit learned from its certificate may not be on our chain yet; one the
         # follower delivered is.
-        while round_ - 1 not in self._chain_commits and (
-            await run_chain(self.chain, self.chain.task_info, self.task)
-        ).last_round < round_ - 1:
+        while (
+            round_ - 1 not in self._chain_commits
+            and (await run_chain(self.chain, self.chain.task_info, self.task)).last_round
+            < round_ - 1
+        ):
             await trio.sleep(CHAIN_WAIT_POLL_S)
         await self._start_round(round_, base, learned_at)
 

@@ -397,8 +397,10 @@ async def test_pull_and_admit_judges_what_another_peer_was_pushed(tmp_path: Path
     A topic joined with `sync=False` takes no part in the sync rounds."""
 
     def judge(topic: str, data: bytes, peer: str) -> ValidationResult:
-        return ValidationResult.reject("forged") if data.startswith(b"forged") else (
-            ValidationResult.accept()
+        return (
+            ValidationResult.reject("forged")
+            if data.startswith(b"forged")
+            else (ValidationResult.accept())
         )
 
     async with nodes(tmp_path, 3, sync_interval_s=0.3) as (a, b, c):

@@ -319,3 +319,88 @@ async def test_task_parents_are_remembered_and_match_the_library_walk(monkeypatc
         # A finished task is never handed out again: the walk decides (no parent here).
         assert manager._find_parent_task(trio.lowlevel.current_task()) is None
         done.set()
+
+
+class _Pipe:
+    """One end of an in-memory byte stream pair (what multiselect reads and writes)."""
+
+    def __init__(self, send: trio.MemorySendChannel, receive: trio.MemoryReceiveChannel) -> None:
+        self.send, self.receive, self.buffer = send, receive, b""
+        self.writes: list[bytes] = []
+
+    async def write(self, data: bytes) -> None:
+        self.writes.append(data)
+        await self.send.send(data)
+
+    async def read(self, n: int | None = None) -> bytes:
+        while not self.buffer:
+            self.buffer = await self.receive.receive()
+        n = len(self.buffer) if n is None else n
+        out, self.buffer = self.buffer[:n], self.buffer[n:]
+        return out
+
+    async def close(self) -> None:
+        pass
+
+
+def _pipe_pair() -> tuple[_Pipe, _Pipe]:
+    a_send, b_receive = trio.open_memory_channel[bytes](16)
+    b_send, a_receive = trio.open_memory_channel[bytes](16)
+    return _Pipe(a_send, a_receive), _Pipe(b_send, b_receive)
+
+
+async def test_stream_negotiation_sends_header_and_protocol_at_once() -> None:
+    """`multiselect_tuning`: the dialer writes the multistream header and its one proposal
+    in one write, before reading anything; the library's listener answers both and hands
+    over the stream; `na` and a wrong header still fail the open."""
+    from libp2p.protocol_muxer.exceptions import MultiselectClientError
+    from libp2p.protocol_muxer.multiselect import Multiselect
+    from libp2p.protocol_muxer.multiselect_client import MultiselectClient
+    from libp2p.protocol_muxer.multiselect_communicator import MultiselectCommunicator
+    from libp2p.utils import encode_delim
+
+    from p2pfl.net.multiselect_tuning import make_pipelined
+
+    library = getattr(
+        MultiselectClient.select_one_of, "__wrapped__", MultiselectClient.select_one_of
+    )
+    select = make_pipelined(library)
+    client = MultiselectClient()
+
+    async def handler(stream: object) -> None:
+        pass
+
+    listener = Multiselect({"/p2pfl/sync/1.0.0": handler})  # type: ignore[dict-item]
+    dialer, answerer = _pipe_pair()
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            got: list[object] = []
+
+            async def listen() -> None:
+                got.append(await listener.negotiate(MultiselectCommunicator(answerer)))
+
+            nursery.start_soon(listen)
+            chosen = await select(client, ["/p2pfl/sync/1.0.0"], MultiselectCommunicator(dialer))
+    assert chosen == "/p2pfl/sync/1.0.0"
+    assert got == [("/p2pfl/sync/1.0.0", handler)]
+    assert len(dialer.writes) == 1  # header and proposal in one write: one round trip
+    assert (
+        b"/multistream/1.0.0\n" in dialer.writes[0] and b"/p2pfl/sync/1.0.0\n" in dialer.writes[0]
+    )
+
+    dialer, answerer = _pipe_pair()
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+
+            async def refuse() -> None:
+                with pytest.raises(Exception):
+                    await listener.negotiate(MultiselectCommunicator(answerer), 1)
+
+            nursery.start_soon(refuse)
+            with pytest.raises(MultiselectClientError, match="not supported"):
+                await select(client, ["/other/1.0.0"], MultiselectCommunicator(dialer))
+
+    dialer, answerer = _pipe_pair()
+    await answerer.write(encode_delim(b"/not-multistream") + encode_delim(b"na"))
+    with trio.fail_after(5), pytest.raises(MultiselectClientError, match="mismatch"):
+        await select(client, ["/p2pfl/sync/1.0.0"], MultiselectCommunicator(dialer))
