@@ -196,6 +196,7 @@ class _TopicState:
         self.pace = TokenBucket(rate, PUBLISH_BURST, now)
         self.publish_lock = trio.Lock()
         self.synced = synced  # take part in the sync loop (`Gossip.join`)
+        self.gossiped = True  # joined on gossipsub (`Gossip.join`)
 
     def remember(self, msg_id: bytes, data: bytes, now: float) -> None:
         self.log[msg_id] = (data, now)
@@ -283,17 +284,22 @@ class Gossip:
     # --- topics -------------------------------------------------------------------------
 
     async def join(
-        self, topic: str, validate: Validator, sync: bool = True
+        self, topic: str, validate: Validator, sync: bool = True, gossip: bool = True
     ) -> trio.MemoryReceiveChannel[GossipMessage]:
         """Subscribe to `topic` with `validate` in front; returns the channel of admitted
         messages. `sync=False`: no anti-entropy rounds for it (a topic whose messages are
-        pushed, never gossiped, has nothing in its sync log)."""
+        pushed, never gossiped, has nothing in its sync log). `gossip=False`: not joined on
+        gossipsub either (no mesh to keep for a topic only pushed and pulled; `publish`
+        refuses it)."""
         if topic in self.topics:
             raise ValueError(f"already joined {topic}")
         if len(topic.encode()) > MAX_TOPIC_BYTES:
             raise ValueError(f"topic name over {MAX_TOPIC_BYTES} bytes")
         state = _TopicState(topic, validate, self.config.publish_rate_per_s, self.clock(), sync)
+        state.gossiped = gossip
         self.topics[topic] = state
+        if not gossip:
+            return state.receive
 
         async def pubsub_validator(forwarder: Any, msg: Any) -> bool:
             return self._on_gossip(topic, str(forwarder), msg)
@@ -329,6 +335,8 @@ class Gossip:
         state = self.topics.get(topic)
         if state is None:
             raise ValueError(f"join {topic} before publishing on it")
+        if not state.gossiped:
+            raise ValueError(f"{topic} is joined for pushes and pulls only")
         self._check_size(topic, data)
         msg_id = message_id(data)
         if msg_id not in state.log:

@@ -285,11 +285,12 @@ class NodeNet:
     # --- gossip -------------------------------------------------------------------------
 
     async def join(
-        self, topic: str, validate: Validator, sync: bool = True
+        self, topic: str, validate: Validator, sync: bool = True, gossip: bool = True
     ) -> trio.MemoryReceiveChannel[GossipMessage]:
         """Subscribe to a topic; `validate(topic, data, from_peer)` gates every message;
-        `sync=False` leaves it out of the anti-entropy rounds (its messages are pushed)."""
-        return await self.gossip.join(topic, validate, sync)
+        `sync=False` leaves it out of the anti-entropy rounds, `gossip=False` out of
+        gossipsub too (its messages are pushed and pulled only)."""
+        return await self.gossip.join(topic, validate, sync, gossip)
 
     async def publish(self, topic: str, data: bytes, synced: bool = True) -> bytes:
         """Publish on a joined topic (paced; sync makes delivery reliable unless `synced` is

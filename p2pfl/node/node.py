@@ -230,9 +230,12 @@ class Node:
             base = genesis if info.last_round == 0 else self.models.cid_for_digest(info.last_result)
             for kind in (TOPIC_UPDATES, TOPIC_CONSENSUS, TOPIC_COMMITS):
                 # Updates to the committee: nothing is gossiped on the updates topic, so
-                # its sync rounds would only ever exchange empty lists.
+                # its sync rounds would only ever exchange empty lists, and its gossipsub
+                # mesh would be kept (grafts, prunes, heartbeats) for nothing.
                 pushed = kind == TOPIC_UPDATES and self.machine.config.updates_to_committee
-                channel = await self.net.join(self.topic(kind), self.intake.validator, not pushed)
+                channel = await self.net.join(
+                    self.topic(kind), self.intake.validator, not pushed, gossip=not pushed
+                )
                 nursery.start_soon(self.intake.run, channel)
             # A new follower starts at the block we joined at: `info` already reflects every
             # earlier commit (one seen twice is a replay the machine drops), and scanning the

@@ -26,10 +26,15 @@ class NodeNet(Protocol):
     def peer_id(self) -> str: ...
 
     async def join(
-        self, topic: str, validate: Callable[[str, bytes, str], Any], sync: bool = True
+        self,
+        topic: str,
+        validate: Callable[[str, bytes, str], Any],
+        sync: bool = True,
+        gossip: bool = True,
     ) -> AsyncIterable[Any]:
         """Subscribe with a validator; yields admitted messages (`.data`, `.from_peer`);
-        `sync=False`: no anti-entropy rounds for the topic."""
+        `sync=False`: no anti-entropy rounds for the topic; `gossip=False`: not on
+        gossipsub either (pushed and pulled only)."""
         ...
 
     async def publish(self, topic: str, data: bytes, synced: bool = True) -> bytes: ...

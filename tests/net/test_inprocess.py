@@ -394,7 +394,8 @@ async def test_pull_and_admit_judges_what_another_peer_was_pushed(tmp_path: Path
     puller's gate, is delivered as `pull` with the bytes it was pushed with and held like a
     pushed one (served to the next puller, attachment and all, never asked for again); a
     rejected one is not delivered nor fetched again. A plain `pull` carries no attachment.
-    A topic joined with `sync=False` takes no part in the sync rounds."""
+    A topic joined with `sync=False` takes no part in the sync rounds; with `gossip=False`
+    it is not joined on gossipsub (no mesh), and pushes and pulls work all the same."""
 
     def judge(topic: str, data: bytes, peer: str) -> ValidationResult:
         return (
@@ -405,8 +406,11 @@ async def test_pull_and_admit_judges_what_another_peer_was_pushed(tmp_path: Path
 
     async with nodes(tmp_path, 3, sync_interval_s=0.3) as (a, b, c):
         a_in = await a.join(TOPIC, accept_all, sync=False)
-        await b.join(TOPIC, accept_all, sync=False)
+        await b.join(TOPIC, accept_all, sync=False, gossip=False)  # pushed and pulled only
         c_in = await c.join(TOPIC, judge, sync=False)
+        assert TOPIC not in b.pubsub.topic_ids and TOPIC in a.pubsub.topic_ids
+        with pytest.raises(ValueError, match="pushes and pulls only"):
+            await b.publish(TOPIC, b"gossiped")
         await c.connect(b.listen_addrs[0])
         await trio.sleep(1.0)
         assert await a.push(b.peer_id, TOPIC, b"update one", b"its delta") == "accept"
