@@ -394,13 +394,9 @@ class Node:
         lack; they are judged and delivered as pushed ones, and their deltas fetched from
         the member they came from (`Intake.relayed_by`). One pull after the other: the
         second asks without what the first brought (an update is pushed to 2-3 members;
-        at once, both would send its delta). The first pull of an attempt goes to every
-        other member at once, in the background: it opens the connections the relay (and
-        the proposal and votes) will need while few updates are out, instead of on the
-        relay's path (a dial took 3.5 s at the median with 100 nodes on two cores)."""
+        at once, both would send its delta)."""
         topic = self.topic(TOPIC_UPDATES)
         turn = 0
-        warmed = -1  # the attempt whose members we last pulled from all at once
         while True:
             await trio.sleep(MEMBER_PULL_S)
             machine = self.machine
@@ -408,13 +404,6 @@ class Node:
                 continue
             others = [m for m in machine.committee if m != self.address]
             if not others:
-                continue
-            if warmed != machine.attempt:  # (not waited for: a dead member's dial hangs)
-                warmed = machine.attempt
-                for member in others:
-                    peer = self.peer_ids.get(member)
-                    if peer is not None:
-                        self._round_task(round_, self._pull_member, peer, topic, round_)
                 continue
             picks = dict.fromkeys(
                 others[(turn + i) % len(others)] for i in range(MEMBER_PULLS_AT_ONCE)
