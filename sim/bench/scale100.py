@@ -140,6 +140,38 @@ The bench at the session's head (load 0.5 before, 2.0 after): 10 nodes 5/5, medi
 20.3, 17.6 s), median **20.3 s** (train 5.4, disseminate 12.3, aggregate 0.5, agree 1.3,
 commit 0.4), accuracy 0.771, 1,348 connections at the end, shards at 0.76 of a core:
 ratio 9.3 (target <= 2, not met; the 10-node run was fast this time).
+
+Later on 2026-12-06, a third session. Counters of each admission by path, the durations of
+pulls, pushes and stream opens, and the event loop's lag (measurement only, in both shards)
+found, per round: members' relay pulls brought every earlier round's updates another
+member still held, oldest first and with their deltas (a member kept what it was pushed for
+600 s; an answer stops at 8 MiB, so the current round's waited behind ~1,000 stale ones a
+round, 2,571 rejected as stale in a run and as many accepted as late); pull answers and
+pushes crawled at yamux's 256 KiB window (one round trip through two loaded loops per 128
+KiB); an open on an existing connection took ~0.8 s at the median; the updates topic kept a
+gossipsub mesh with nothing on it; followers checked a committed round's 100 signatures in
+one loop step (~35 ms; 105-144 such steps per shard a run). Fixed: a pull names the round it
+wants (`since`, network.md §3) and a tick's two pulls run in turn; streams that bring
+attachments get a 16 MiB window; the multistream header and the proposal go out in one write
+(`multiselect_tuning`; opens measured no faster: ~0.2 s of one is in py-libp2p's
+`Swarm.new_stream`, the rest waiting on the peer's loop); the updates topic is not joined on
+gossipsub when updates go to the committee; pulled signatures checked ten per loop step. The
+relay after the last push went from 8-9 s to 4-5 s. Direct runs side by side, before
+(6bd1aab) / after the first four: 30.7, 15.8, 19.3, 18.7, 13.2 / 18.0, 16.3, 15.2, 20.4, 18.1 s
+and 28.9, 22.9, 20.0, 23.2, 24.7 / 19.7, 13.0, 15.2, 15.7, 17.1 s (medians 18.7 -> 18.0 and
+23.2 -> 15.7 s; round 1 ~30 -> ~19 s). The loops' lag (a 50 ms sleep's overshoot) was 7 ms
+at the median, ~80 ms at p90 and ~250 ms at p99 over a run, under 30 ms at the median in
+rounds 2-5: a busy loop is not all of an open's time. Two more changes looked worse and were
+taken back: a member's first pull of an attempt sent to every other member at once (to open connections
+early) together with the signature checks in a worker thread (GIL contention): 23.3 and 28.6
+s medians against 18.5 and 20.8 s for the code before them in alternating runs (and the
+machine drifts: that code gave 15.7-26.6 s medians over the hour; the final head 20.5 and
+25.6 s against 26.6 and 18.5 s for it, alternating). The bench at the head (load 0.25 before,
+2.4 after; the 10-node run 3.1 s against 2.2 s that morning): 10 nodes 5/5, median 3.13 s
+(train 1.9, disseminate 0.6, agree 0.3), accuracy 0.817; 100 nodes 5/5 (33.0, 19.5, 18.6,
+22.2, 24.2 s), median **22.2 s** (train 7.5, disseminate 10.9, aggregate 0.5, agree 1.2, commit
+0.6), accuracy 0.771, 1,347 connections at the end, shards at 0.79 of a core: **ratio 7.1**
+(target <= 2, not met; 7.1 also with the thread variant an hour earlier: 2.93 / 20.96 s).
 """
 
 from __future__ import annotations
