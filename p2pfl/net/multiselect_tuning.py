@@ -34,9 +34,7 @@ from typing import Any
 
 import trio
 
-from p2pfl.net.yamux_tuning import libp2p_is_tested
-
-_applied = False
+from p2pfl.net.yamux_tuning import install_once
 
 
 def make_pipelined(select_one_of: Any) -> Any:
@@ -106,15 +104,12 @@ def make_pipelined(select_one_of: Any) -> Any:
 
 def apply() -> bool:
     """Install the fix once per process; False if this libp2p is untested."""
-    global _applied
-    if _applied:
-        return True
-    if not libp2p_is_tested("a stream's protocol negotiation takes two round trips"):
-        return False
+    return install_once(__name__, "a stream's protocol negotiation takes two round trips", _install)
+
+
+def _install() -> None:
     from libp2p.protocol_muxer.multiselect_client import MultiselectClient
 
     MultiselectClient.select_one_of = make_pipelined(  # type: ignore[method-assign]
         MultiselectClient.select_one_of
     )
-    _applied = True
-    return True

@@ -25,9 +25,7 @@ import functools
 import weakref
 from typing import Any
 
-from p2pfl.net.yamux_tuning import libp2p_is_tested
-
-_applied = False
+from p2pfl.net.yamux_tuning import install_once
 
 
 def make_remembered(find: Any) -> Any:
@@ -51,15 +49,14 @@ def make_remembered(find: Any) -> Any:
 
 def apply() -> bool:
     """Install the fix once per process; False if this libp2p is untested."""
-    global _applied
-    if _applied:
-        return True
-    if not libp2p_is_tested("every task started walks the service's whole task tree"):
-        return False
+    return install_once(
+        __name__, "every task started walks the service's whole task tree", _install
+    )
+
+
+def _install() -> None:
     from libp2p.tools.anyio_service.trio_manager import TrioManager
 
     TrioManager._find_parent_task = make_remembered(  # type: ignore[method-assign]
         TrioManager._find_parent_task
     )
-    _applied = True
-    return True

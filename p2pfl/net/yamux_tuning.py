@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import logging
 import struct
+from collections.abc import Callable
 from importlib.metadata import version
 from typing import Any
 
@@ -212,6 +213,21 @@ def libp2p_is_tested(lost: str) -> bool:
         return True
     log.warning("libp2p %s untested: %s", version("libp2p"), lost)
     return False
+
+
+_installed: set[str] = set()
+
+
+def install_once(fix: str, lost: str, install: Callable[[], None]) -> bool:
+    """Run `install` (a fix to py-libp2p named `fix`) once per process; False, with a warning
+    of what is `lost`, if the installed libp2p is not one the fix was read against."""
+    if fix in _installed:
+        return True
+    if not libp2p_is_tested(lost):
+        return False
+    install()
+    _installed.add(fix)
+    return True
 
 
 def apply() -> bool:
