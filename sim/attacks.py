@@ -470,8 +470,8 @@ class HostileNet:
     def metrics(self) -> dict[str, object]:
         return self._inner.metrics()  # type: ignore[no-any-return]
 
-    async def join(self, topic: str, validate: Any, sync: bool = True) -> Any:
-        channel = await self._inner.join(topic, validate, sync)
+    async def join(self, topic: str, validate: Any, sync: bool = True, gossip: bool = True) -> Any:
+        channel = await self._inner.join(topic, validate, sync, gossip)
         if not self._roles & {"censors", "replayers", "spammers"}:
             return channel
         return _FilteredChannel(channel, lambda data: self._intake(topic, data))

@@ -162,16 +162,17 @@ and 28.9, 22.9, 20.0, 23.2, 24.7 / 19.7, 13.0, 15.2, 15.7, 17.1 s (medians 18.7 
 23.2 -> 15.7 s; round 1 ~30 -> ~19 s). The loops' lag (a 50 ms sleep's overshoot) was 7 ms
 at the median, ~80 ms at p90 and ~250 ms at p99 over a run, under 30 ms at the median in
 rounds 2-5: a busy loop is not all of an open's time. Two more changes looked worse and were
-taken back: a member's first pull of an attempt sent to every other member at once (to open connections
-early) together with the signature checks in a worker thread (GIL contention): 23.3 and 28.6
-s medians against 18.5 and 20.8 s for the code before them in alternating runs (and the
-machine drifts: that code gave 15.7-26.6 s medians over the hour; the final head 20.5 and
-25.6 s against 26.6 and 18.5 s for it, alternating). The bench at the head (load 0.25 before,
-2.4 after; the 10-node run 3.1 s against 2.2 s that morning): 10 nodes 5/5, median 3.13 s
-(train 1.9, disseminate 0.6, agree 0.3), accuracy 0.817; 100 nodes 5/5 (33.0, 19.5, 18.6,
-22.2, 24.2 s), median **22.2 s** (train 7.5, disseminate 10.9, aggregate 0.5, agree 1.2, commit
-0.6), accuracy 0.771, 1,347 connections at the end, shards at 0.79 of a core: **ratio 7.1**
-(target <= 2, not met; 7.1 also with the thread variant an hour earlier: 2.93 / 20.96 s).
+taken back: a member's first pull of an attempt sent to every other member at once (to open
+connections early) together with the signature checks in a worker thread (GIL contention):
+23.3 and 28.6 s medians against 18.5 and 20.8 s for the code before them in alternating runs
+(and the machine drifts: that code gave 15.7-26.6 s medians over the hour; the final head
+20.5 and 25.6 s against 26.6 and 18.5 s for it, alternating). The bench at the head (load
+0.25 before, 2.4 after; the 10-node run 3.1 s against 2.2 s that morning): 10 nodes 5/5,
+median 3.13 s (train 1.9, disseminate 0.6, agree 0.3), accuracy 0.817; 100 nodes 5/5 (33.0,
+19.5, 18.6, 22.2, 24.2 s), median **22.2 s** (train 7.5, disseminate 10.9, aggregate 0.5,
+agree 1.2, commit 0.6), accuracy 0.771, 1,347 connections at the end, shards at 0.79 of a
+core: **ratio 7.1** (target <= 2, not met; 7.1 also with the thread variant an hour earlier:
+2.93 / 20.96 s).
 """
 
 from __future__ import annotations
