@@ -222,10 +222,14 @@ class _TopicState:
             or msg_id in self.pushed
         )
 
+    def pushed_since(self, since: int) -> Iterator[tuple[bytes, bytes]]:
+        """(id, bytes) of the pushed messages tagged `since` or later, by arrival."""
+        return ((i, data) for i, (data, _, tag) in self.pushed.items() if tag >= since)
+
     def have_list(self, since: int = 0) -> list[bytes]:
         """The ids a sync or pull request lists as held (pushed ones tagged below `since`
         left out: the pull does not ask for them)."""
-        pushed = [i for i, (_, _, tag) in self.pushed.items() if tag >= since]
+        pushed = [i for i, _ in self.pushed_since(since)]
         return [*self.log.keys(), *self.ignored.keys(), *self.rejected.keys(), *pushed]
 
     def remember_pushed(
@@ -548,7 +552,7 @@ class Gossip:
         state = self.topics.get(topic)
         if state is None:
             raise ValueError(f"join {topic} before pulling on it")
-        have = [*(i for i, (_, _, tag) in state.pushed.items() if tag >= since), *state.log]
+        have = [*(i for i, _ in state.pushed_since(since)), *state.log]
         pulled = await self._pull(peer, topic, since, have, attached=False)
         return [data for data, _ in pulled]
 
@@ -722,7 +726,7 @@ def _held(state: _TopicState, kind: int, since: int) -> Iterator[tuple[bytes, by
     a pull the messages pushed to us tagged `since` or later."""
     if kind not in PULL_KINDS:
         return ((msg_id, data) for msg_id, (data, _) in state.log.items())
-    return ((i, data) for i, (data, _, tag) in state.pushed.items() if tag >= since)
+    return state.pushed_since(since)
 
 
 async def _drain(subscription: Any) -> None:
