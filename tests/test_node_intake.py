@@ -29,3 +29,43 @@ def test_pushed_attachments_first_kept_bounded_and_dropped_with_their_round(
     assert intake.take_attachment(a) == b""
     assert intake.take_attachment(c) == b"abcde" and intake.take_attachment(c) == b""
     assert intake._attached_bytes == 0 and not intake.attachments
+
+
+
+async def test_an_update_pushed_to_a_member_holds_its_relay_until_the_pushes_go_quiet() -> None:
+    """A member relays (pulls from the other members) once no update was pushed to it for
+    MEMBER_PULL_QUIET_S, and at least every MEMBER_PULL_BUSY_S while pushes keep coming:
+    an answer asked for mid-push brings what the authors push to it meanwhile. The intake
+    times the updates pushed to it, not those a pull relayed."""
+    from p2pfl.core.cid import blob_cid
+    from p2pfl.core.messages import Update
+    from p2pfl.core.signing import Domain
+    from p2pfl.node.node import MEMBER_PULL_BUSY_S, MEMBER_PULL_QUIET_S, relay_due
+
+    now = [100.0]
+    queued: list[object] = []
+
+    class Queue:
+        async def put(self, event: object) -> None:
+            queued.append(event)
+
+    intake = Intake(
+        bytes(32), bytes(20), None, {}, Queue(), lambda _: None, lambda: now[0]  # type: ignore[arg-type]
+    )
+    assert relay_due(now[0], intake.pushed_at, pulled_at=now[0])  # nothing pushed yet
+
+    def update(author: int) -> bytes:
+        cid = blob_cid(bytes([author]) * 64).to_bytes()
+        plain = Update(bytes(32), 1, cid, cid, 10, 1.0, b"", bytes([author]) * 20)
+        return plain.signed(bytes([author]) * 32, Domain(1, bytes(20))).encode()
+
+    await intake.deliver(update(1), "peer-a", b"delta", via="pull")  # relayed: not a push
+    assert intake.pushed_at == float("-inf") and len(queued) == 1
+    await intake.deliver(update(2), "peer-b", b"delta", via="push")
+    assert intake.pushed_at == 100.0 and len(queued) == 2
+    assert not relay_due(100.0 + MEMBER_PULL_QUIET_S / 2, intake.pushed_at, pulled_at=99.0)
+    assert relay_due(100.0 + MEMBER_PULL_QUIET_S, intake.pushed_at, pulled_at=99.0)
+    # Pushes every tenth of a second: the relay still runs every MEMBER_PULL_BUSY_S.
+    busy = 99.0 + MEMBER_PULL_BUSY_S
+    assert relay_due(busy, pushed_at=busy - 0.1, pulled_at=99.0)
+    assert not relay_due(busy - 0.5, pushed_at=busy - 0.6, pulled_at=99.0)

@@ -4,6 +4,7 @@ turned into round events (`p2pfl.core.round_events.event_for`)."""
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -37,6 +38,7 @@ class Intake:
         registered: Mapping[bytes, str],
         queue: EventQueue,
         count: Callable[[str], None],
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.task = task
         self.address = address
@@ -62,6 +64,10 @@ class Intake:
         # committee): the peer that relayed each, by round. It holds the delta (pushed to
         # it by the author), so the fetch asks it first instead of dialling the author.
         self.relayed_by: dict[ev.UpdateKey, tuple[int, str]] = {}
+        # When an update was last pushed to us (`clock()`; updates to the committee): a
+        # member relays from the others once the pushes go quiet (`Node._pull_from_members`).
+        self.pushed_at = float("-inf")
+        self.clock = clock
 
     def validate(self, data: bytes) -> Verdict:
         """The gossip validator's checks (p2pfl.core.validation): canonical decoding, our
@@ -104,6 +110,8 @@ class Intake:
         self.remember(message)
         if attachment and isinstance(message, Update) and not message.inline:
             self._attach((message.signer, message.delta), message.round, attachment)
+        if via == "push" and isinstance(message, Update):
+            self.pushed_at = self.clock()
         if via == "pull" and from_peer and isinstance(message, Update):
             self.relayed_by.setdefault((message.signer, message.delta), (message.round, from_peer))
         event = ev.event_for(message)  # `validate` checked the signature

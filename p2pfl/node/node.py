@@ -80,6 +80,14 @@ PULLED_CHECKS_PER_STEP = 10
 DIRECT_MEMBERS_MIN = 2
 MEMBER_PULL_S = 1.0
 MEMBER_PULLS_AT_ONCE = 2
+# A member relays once no update was pushed to it for MEMBER_PULL_QUIET_S, or every
+# MEMBER_PULL_BUSY_S while pushes keep coming: a pull answer (up to 8 MiB of deltas) asked
+# for in the middle of the pushes takes seconds on a loaded machine and brings mostly
+# updates their authors push to us meanwhile (100 nodes on 2 cores: half of the ~300 MB a
+# round's relay pulls moved were updates the member already held when they arrived, and
+# 8 MiB answers took 10-12 s during the pushes, 0.1-0.8 s after them).
+MEMBER_PULL_QUIET_S = 1.0
+MEMBER_PULL_BUSY_S = 5.0
 
 TOPIC_UPDATES = "updates"
 TOPIC_CONSENSUS = "consensus"
@@ -92,6 +100,13 @@ def topic_of(message: Any) -> str:
     if isinstance(message, Commit):
         return TOPIC_COMMITS
     return TOPIC_CONSENSUS
+
+
+def relay_due(now: float, pushed_at: float, pulled_at: float) -> bool:
+    """Whether a member pulls from the others on this tick (`Node._pull_from_members`):
+    no update pushed to it for MEMBER_PULL_QUIET_S (`pushed_at`), or its last pulls
+    (`pulled_at`, or when it started collecting) MEMBER_PULL_BUSY_S ago."""
+    return now - pushed_at >= MEMBER_PULL_QUIET_S or now - pulled_at >= MEMBER_PULL_BUSY_S
 
 
 class Node:
@@ -163,7 +178,7 @@ class Node:
         )
         self.peer_ids = self.peers.ids  # address -> libp2p peer id, from the registry
         self.intake = Intake(
-            self.task, self.address, self.machine, self.peers.ids, self.queue, self.count
+            self.task, self.address, self.machine, self.peers.ids, self.queue, self.count, clock
         )
         # A private task's model key (p2pfl.task_access): the models the chain names are
         # sealed under it; None for a public task.
@@ -394,14 +409,20 @@ class Node:
         lack; they are judged and delivered as pushed ones, and their deltas fetched from
         the member they came from (`Intake.relayed_by`). One pull after the other: the
         second asks without what the first brought (an update is pushed to 2-3 members;
-        at once, both would send its delta)."""
+        at once, both would send its delta). While updates are still being pushed to us,
+        only every MEMBER_PULL_BUSY_S (see MEMBER_PULL_QUIET_S)."""
         topic = self.topic(TOPIC_UPDATES)
         turn = 0
+        pulled_at = self.clock()
         while True:
             await trio.sleep(MEMBER_PULL_S)
             machine = self.machine
             if machine.round != round_ or machine.phase not in (Phase.COLLECTING, Phase.VOTING):
                 continue
+            now = self.clock()
+            if not relay_due(now, self.intake.pushed_at, pulled_at):
+                continue  # updates still being pushed to us: relay when they quiet down
+            pulled_at = now
             others = [m for m in machine.committee if m != self.address]
             if not others:
                 continue
