@@ -38,7 +38,13 @@ import trio
 
 from p2pfl.core.cid import CID
 from p2pfl.errors import ConfigError, P2PFLError
-from p2pfl.net import multiselect_tuning, pubsub_tuning, service_tuning, yamux_tuning
+from p2pfl.net import (
+    multiselect_tuning,
+    notify_tuning,
+    pubsub_tuning,
+    service_tuning,
+    yamux_tuning,
+)
 from p2pfl.net.blocks import STRIPE_PATIENCE_S, BlockExchange, FetchError, peer_of
 from p2pfl.net.blockstore import BlockStore
 from p2pfl.net.config import (
@@ -609,6 +615,7 @@ async def open_node_host(config: NetConfig, private_key: bytes) -> AsyncIterator
         pubsub_tuning.apply()
         service_tuning.apply()
         multiselect_tuning.apply()
+        notify_tuning.apply()
     host, pubsub, router, (dht, bitswap) = _build(config, private_key)
     quiet_libp2p_logs()  # again: building the host imported more libp2p modules
     net = NodeNet(config, host, pubsub, dht, bitswap)

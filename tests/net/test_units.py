@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import trio
@@ -404,3 +405,67 @@ async def test_stream_negotiation_sends_header_and_protocol_at_once() -> None:
     await answerer.write(encode_delim(b"/not-multistream") + encode_delim(b"na"))
     with trio.fail_after(5), pytest.raises(MultiselectClientError, match="mismatch"):
         await select(client, ["/p2pfl/sync/1.0.0"], MultiselectCommunicator(dialer))
+
+
+async def test_stream_notifications_skip_the_library_no_ops_and_call_others_inline(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """notify_tuning: a stream opened or closed is not fanned out to the library's notifees
+    whose stream handlers do nothing (a task each, per stream, on both ends); any other
+    notifee is still called, in turn, its exception logged and not raised; connection
+    events keep the library's fan-out."""
+    from libp2p.host.basic_host import _IdentifyNotifee
+    from libp2p.network.swarm import Swarm
+    from libp2p.network.tag_store import TagStoreNotifee
+    from libp2p.pubsub.pubsub_notifee import PubsubNotifee
+
+    from p2pfl.net import notify_tuning
+
+    no_ops = notify_tuning.no_op_stream_handlers()
+    for cls in (TagStoreNotifee, _IdentifyNotifee, PubsubNotifee):
+        assert {cls.opened_stream, cls.closed_stream} <= no_ops, cls  # (a library change)
+    assert notify_tuning.apply() is True
+    calls: list[tuple[str, object]] = []
+
+    class Recording:
+        async def opened_stream(self, network: object, stream: object) -> None:
+            calls.append(("opened", stream))
+
+        async def connected(self, network: object, conn: object) -> None:
+            calls.append(("connected", conn))
+
+    class Raising:
+        async def opened_stream(self, network: object, stream: object) -> None:
+            raise RuntimeError("a broken notifee")
+
+        async def connected(self, network: object, conn: object) -> None:
+            pass
+
+    class Quiet(PubsubNotifee):  # the library's no-op handlers, inherited
+        def __init__(self) -> None:
+            pass
+
+        async def connected(self, network: object, conn: object) -> None:
+            calls.append(("quiet connected", conn))
+
+    class Spawns(trio.abc.Instrument):
+        count = 0
+
+        def task_spawned(self, task: object) -> None:
+            self.count += 1
+
+    swarm = SimpleNamespace(notifees=[Quiet(), Raising(), Recording()])
+    spawns = Spawns()
+    trio.lowlevel.add_instrument(spawns)
+    try:
+        await Swarm._notify(swarm, "opened_stream", "s1")
+        assert spawns.count == 0  # (the library: a task per notifee)
+        await Swarm._notify(swarm, "connected", "c0")
+        assert spawns.count == 3
+    finally:
+        trio.lowlevel.remove_instrument(spawns)
+    assert calls[0] == ("opened", "s1")
+    del calls[1:]
+    assert "a broken notifee" in caplog.text
+    await Swarm._notify(swarm, "connected", "c1")
+    assert sorted(calls[1:]) == [("connected", "c1"), ("quiet connected", "c1")]
