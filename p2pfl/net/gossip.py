@@ -380,6 +380,8 @@ class Gossip:
             return True
         if msg_id in state.rejected:
             return False
+        if self.peers.is_banned(forwarder):  # (what it had sent before the ban was read)
+            return False
         if not self.peers.allow(forwarder, "gossip"):
             return False
         return self._admit(state, data, msg_id, forwarder, "gossip") is Verdict.ACCEPT

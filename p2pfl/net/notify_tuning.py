@@ -45,7 +45,7 @@ def no_op_stream_handlers() -> frozenset[Any]:
     """The library's no-op stream handler functions (those of NO_OP_STREAM_NOTIFEES)."""
     import importlib
 
-    found = set()
+    found: set[Any] = set()
     for module_name, class_name in NO_OP_STREAM_NOTIFEES:
         try:
             cls = getattr(importlib.import_module(module_name), class_name)

@@ -31,5 +31,8 @@ def test_spam_flood_is_rejected_and_counted(tmp_path: Path) -> None:
 def test_default_limits_ban_the_spammers(tmp_path: Path) -> None:
     result = run_flood(tmp_path, 600, defended=True, seed=4)
     assert result.peers_banned == 3
-    assert result.refused > result.sent / 2  # once banned, the victim takes nothing more from them
-    assert result.rejected < result.sent - result.refused
+    # Once banned, the victim judges nothing more from them: what they had already written
+    # is dropped unread (~77 of 600 judged). How many of their writes fail rather than land
+    # in socket buffers before the connection closes depends on their speed, not ours.
+    assert result.validated < result.sent / 4
+    assert result.rejected <= result.validated

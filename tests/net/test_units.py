@@ -5,9 +5,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 import trio
+import trio.testing
 
 from p2pfl.core.cid import CHUNK_SIZE, blob_blocks, blob_cid, raw_cid
 from p2pfl.errors import ConfigError, InvalidBlock, InvalidMessage
@@ -469,3 +471,96 @@ async def test_stream_notifications_skip_the_library_no_ops_and_call_others_inli
     assert "a broken notifee" in caplog.text
     await Swarm._notify(swarm, "connected", "c1")
     assert sorted(calls[1:]) == [("connected", "c1"), ("quiet connected", "c1")]
+
+
+class _Rescheduled(trio.abc.Instrument):
+    """Counts the schedule points one task passes (each time it is put back in the queue)."""
+
+    def __init__(self, task: object) -> None:
+        self.task, self.count = task, 0
+
+    def task_scheduled(self, task: object) -> None:
+        self.count += task is self.task
+
+
+async def test_a_free_prompt_lock_is_taken_without_a_schedule_point_and_in_turn_when_held() -> (
+    None
+):
+    """yamux_tuning fix 8: `Prompt` takes a free lock at once (trio's own passes a schedule
+    point, which on a loaded loop waits for every other runnable task); a held one is
+    waited for, the waiters served in the order they came."""
+    lock = yamux_tuning.Prompt(trio.Lock())
+    counter = _Rescheduled(trio.lowlevel.current_task())
+    trio.lowlevel.add_instrument(counter)
+    try:
+        async with lock:
+            pass
+        assert counter.count == 0
+        async with trio.Lock():
+            pass
+        assert counter.count == 1  # (the library's lock)
+    finally:
+        trio.lowlevel.remove_instrument(counter)
+    order: list[int] = []
+
+    async def take(i: int) -> None:
+        async with lock:
+            order.append(i)
+            await trio.sleep(0.01)
+
+    async with lock:
+        async with trio.open_nursery() as nursery:
+            for i in range(3):
+                nursery.start_soon(take, i)
+                await trio.testing.wait_all_tasks_blocked()
+            assert order == []  # all three wait while we hold it
+            lock.release()
+            await trio.sleep(0.1)
+            await lock.acquire()  # (for the `async with` to release)
+    assert order == [0, 1, 2]
+
+
+async def test_reading_bytes_already_buffered_on_a_stream_passes_no_schedule_point(
+    tmp_path: Path,
+) -> None:
+    """yamux_tuning fix 8, on real hosts: once a peer's bytes are in the stream's buffer,
+    reading them (here a byte at a time, as multistream and pubsub read varints) takes them
+    at once; the library's read passed ~3 schedule points each (state, stream and window
+    locks). The bytes arrive whole and in order, and the end of the stream still reads as
+    EOF."""
+    from libp2p.custom_types import TProtocol
+    from libp2p.network.stream.exceptions import StreamEOF
+    from libp2p.peer.id import ID
+
+    from tests.net.conftest import nodes
+
+    protocol = TProtocol("/p2pfl-test/bytes/1.0.0")
+    payload = bytes(range(200))
+    got = bytearray()
+    counts: list[int] = []
+    done = trio.Event()
+
+    async def handler(stream: Any) -> None:
+        first = await stream.read(1)
+        await trio.sleep(0.3)  # the rest arrives meanwhile
+        counter = _Rescheduled(trio.lowlevel.current_task())
+        trio.lowlevel.add_instrument(counter)
+        try:
+            rest = [await stream.read(1) for _ in range(len(payload) - 1)]
+        finally:
+            trio.lowlevel.remove_instrument(counter)
+        counts.append(counter.count)
+        got.extend(first + b"".join(rest))
+        with pytest.raises(StreamEOF):
+            await stream.read(1)
+        done.set()
+
+    async with nodes(tmp_path, 2) as (a, b):
+        b.host.set_stream_handler(protocol, handler)
+        stream = await a.host.new_stream(ID.from_base58(b.peer_id), [protocol])
+        await stream.write(payload)
+        await stream.close()
+        with trio.fail_after(10):
+            await done.wait()
+    assert bytes(got) == payload
+    assert counts == [0]
