@@ -31,7 +31,6 @@ def test_pushed_attachments_first_kept_bounded_and_dropped_with_their_round(
     assert intake._attached_bytes == 0 and not intake.attachments
 
 
-
 async def test_an_update_pushed_to_a_member_holds_its_relay_until_the_pushes_go_quiet() -> None:
     """A member relays (pulls from the other members) once no update was pushed to it for
     MEMBER_PULL_QUIET_S, and at least every MEMBER_PULL_BUSY_S while pushes keep coming:
@@ -50,7 +49,13 @@ async def test_an_update_pushed_to_a_member_holds_its_relay_until_the_pushes_go_
             queued.append(event)
 
     intake = Intake(
-        bytes(32), bytes(20), None, {}, Queue(), lambda _: None, lambda: now[0]  # type: ignore[arg-type]
+        bytes(32),
+        bytes(20),
+        None,
+        {},
+        Queue(),
+        lambda _: None,
+        lambda: now[0],  # type: ignore[arg-type]
     )
     assert relay_due(now[0], intake.pushed_at, pulled_at=now[0])  # nothing pushed yet
 

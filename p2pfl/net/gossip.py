@@ -559,10 +559,17 @@ class Gossip:
         return [data for data, _ in pulled]
 
     async def _pull(
-        self, peer: str, topic: str, since: int, have: list[bytes], attached: bool
+        self,
+        peer: str,
+        topic: str,
+        since: int,
+        have: list[bytes],
+        attached: bool,
+        timeout_s: float | None = None,
     ) -> list[tuple[bytes, bytes]]:
         kind = MSG_PULL_ATTACHED if attached else MSG_PULL
-        timeout_s = PUSH_TIMEOUT_S if attached else SYNC_TIMEOUT_S  # (model-sized answers)
+        if timeout_s is None:
+            timeout_s = PUSH_TIMEOUT_S if attached else SYNC_TIMEOUT_S  # (model-sized answers)
         async with self._exchange(peer, "pull", timeout_s) as stream:
             if attached:
                 await grow_receive_window(stream, ATTACHED_RECEIVE_WINDOW_BYTES)
@@ -571,18 +578,22 @@ class Gossip:
         self.metrics.inc("pulls")
         return messages
 
-    async def pull_and_admit(self, peer: str, topic: str, since: int = 0) -> int:
+    async def pull_and_admit(
+        self, peer: str, topic: str, since: int = 0, timeout_s: float | None = None
+    ) -> int:
         """`pull` with attachments (the bytes each message was pushed with, e.g. an update's
         delta, when the peer still holds them), then each message we do not hold judged and
         delivered with its attachment as a pushed one would be (held as pushed, with its
         attachment: the next pull does not ask for it again, and we serve it on); returns
         how many were admitted. A member of a committee gets the updates pushed to the
         other members this way, `since` its round: those of earlier rounds the other member
-        still holds are not sent. Raises `P2PFLError` when the exchange fails."""
+        still holds are not sent. Raises `P2PFLError` when the exchange fails or takes
+        over `timeout_s` (default PUSH_TIMEOUT_S)."""
         state = self.topics.get(topic)
         if state is None:
             raise ValueError(f"join {topic} before pulling on it")
-        messages = await self._pull(peer, topic, since, state.have_list(since), attached=True)
+        have = state.have_list(since)
+        messages = await self._pull(peer, topic, since, have, attached=True, timeout_s=timeout_s)
         return self._admit_new(state, messages, peer, "pull")
 
     @asynccontextmanager

@@ -315,11 +315,13 @@ class NodeNet:
         checks what it asked for). `P2PFLError` when it fails."""
         return await self.gossip.pull(peer, topic, since)
 
-    async def pull_and_admit(self, peer: str, topic: str, since: int = 0) -> int:
+    async def pull_and_admit(
+        self, peer: str, topic: str, since: int = 0, timeout_s: float | None = None
+    ) -> int:
         """Pull from `peer` what was pushed to it on a joined topic, tagged `since` or
         later, and we lack, each message judged and delivered like a pushed one; returns
-        how many were admitted."""
-        return await self.gossip.pull_and_admit(peer, topic, since)
+        how many were admitted. `timeout_s`: the exchange's bound (default: a push's)."""
+        return await self.gossip.pull_and_admit(peer, topic, since, timeout_s)
 
     # --- blocks -------------------------------------------------------------------------
 

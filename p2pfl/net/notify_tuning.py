@@ -76,9 +76,7 @@ def make_inline(notify: Any, no_ops: frozenset[Any]) -> Any:
 
 def apply() -> bool:
     """Install the fix once per process; False if this libp2p is untested."""
-    return install_once(
-        __name__, "every stream open and close starts a task per notifee", _install
-    )
+    return install_once(__name__, "every stream open and close starts a task per notifee", _install)
 
 
 def _install() -> None:

@@ -38,25 +38,25 @@ Three causes, fixed here without touching anything else:
    Fix: after the first measurement (0.5 s after the session starts, unchanged), one every
    RTT_MEASURE_INTERVAL_S; the tuner keeps the last measured value.
 
-7. **One frame, one yield.** A stream writes its data frame by frame, each through the
-   connection's write lock, one Noise message and one socket `send_all`, followed by an
-   explicit checkpoint: every 64 KiB costs two trips through the scheduler. On a loaded
-   loop (100 simulated nodes on 2 cores) each trip waits for every other runnable task, so
-   an 8 MiB answer took 10-12 s and a 400 KB push ~4 s at the median. Fix: a stream writes
-   up to WRITE_BATCH_BYTES of its credit at once: the frames are encrypted as consecutive
-   Noise messages under the connection's write lock (the nonce order is the wire order) and
-   handed to the socket in one `send_all`. The bytes on the wire are the same.
-
-8. **Locks that always yield.** trio's `Lock.acquire` and `Semaphore.acquire` pass a
+7. **Locks that always yield.** trio's `Lock.acquire` and `Semaphore.acquire` pass a
    schedule point even when free, and a stream read or write takes several: the stream's
    state lock (`NetStream`), the muxer's connection-wide `streams_lock` and the stream's
    window lock (reads), the stream's writer lock, the connection's write lock and the TCP
    stream's (writes). Multistream negotiation reads its messages a varint byte at a time,
-   so the listener's side of an open took ~18 schedule points: 0.4 s at the median on the
-   loaded loop above. Fix: a read of bytes already buffered for the stream takes them at
-   once (no lock guards anything across an await there: trio runs one task at a time),
-   re-crediting the window only when an update is due; a state check is a plain check; and
-   free locks are taken without a schedule point (`acquire_nowait`, else waiting as before).
+   so the listener's side of an open took ~18 schedule points: with 100 simulated nodes on
+   2 cores, where each waits for every other runnable task, 0.4 s at the median (an open
+   0.8 s, a 400 KB push 2.5 s). Fix: a read of bytes already buffered for the stream takes
+   them at once (no lock guards anything across an await there: trio runs one task at a
+   time), re-crediting the window only when an update is due, and these locks, when free,
+   are taken without a schedule point (`Prompt`: `acquire_nowait`, else waiting in line as
+   before). Measured after: opens 0.2 s, negotiation 0.06 s, pushes 0.8 s at the median.
+
+   (Tried and taken back: writing up to 16 frames in one socket write. It made no
+   measurable difference to the simulation's pushes, and it holds the connection's write
+   lock through a long `send_all` while the muxer's reader writes control frames inline
+   under that lock: two peers whose socket buffers fill could each wait for the other
+   until an exchange times out. A round of a run with it stalled 80 s; not proven the
+   cause, not worth the risk.)
 
 Only the class used for new streams is replaced (`yamux.YamuxStream`, looked up by name when
 the muxer creates a stream); the wire protocol is unchanged, so tuned and untuned peers
@@ -79,10 +79,8 @@ log = logging.getLogger(__name__)
 # Versions whose yamux.py this patch was read against. Upstream changes to YamuxStream.write
 # or to how credit is added must be re-checked before adding a version here.
 TESTED_LIBP2P_VERSIONS = ("0.8.1",)
-# Noise transport messages hold at most 65535 bytes, 16 of them the Poly1305 tag; each is
-# preceded on the wire by its length in 2 bytes, big-endian.
+# Noise transport messages hold at most 65535 bytes, 16 of them the Poly1305 tag.
 NOISE_MAX_PLAINTEXT = 65535 - 16
-NOISE_LENGTH_BYTES = 2
 YAMUX_HEADER_SIZE = 12
 # Largest data payload whose frame (header + payload) fits one Noise message.
 FRAME_PAYLOAD_BYTES = NOISE_MAX_PLAINTEXT - YAMUX_HEADER_SIZE
@@ -99,10 +97,6 @@ WINDOW_WAIT_TIMEOUT_S = 30.0
 TCP_READ_AHEAD_BYTES = 120 * 1024
 # Seconds between a yamux session's RTT pings after the first (fix 6; the library: 30).
 RTT_MEASURE_INTERVAL_S = 600
-# Most a stream writes in one go (fix 7): 16 frames; each batch is built in memory twice
-# (frames, then their Noise messages), so the bound also bounds what a write holds.
-WRITE_BATCH_FRAMES = 16
-WRITE_BATCH_BYTES = WRITE_BATCH_FRAMES * FRAME_PAYLOAD_BYTES
 
 _applied = False
 
@@ -138,7 +132,7 @@ def _make_stream_class(Y: Any) -> type:
             total = len(view)
             sent = 0
             while sent < total:
-                frames = []
+                frame = None
                 writer = self.rw_lock._writer_lock  # (the library's write_lock(): only it)
                 await acquire(writer)
                 try:
@@ -147,21 +141,17 @@ def _make_stream_class(Y: Any) -> type:
                     if self.closed:
                         raise MuxedStreamError("Stream is closed")
                     if self._credit > 0:
-                        batch = min(self._credit, WRITE_BATCH_BYTES, total - sent)
-                        self._credit -= batch
-                        for start in range(sent, sent + batch, FRAME_PAYLOAD_BYTES):
-                            size = min(FRAME_PAYLOAD_BYTES, sent + batch - start)
-                            header = struct.pack(
-                                header_format, 0, type_data, 0, self.stream_id, size
-                            )
-                            frames.append(header + view[start : start + size])
+                        size = min(self._credit, FRAME_PAYLOAD_BYTES, total - sent)
+                        self._credit -= size
+                        header = struct.pack(header_format, 0, type_data, 0, self.stream_id, size)
+                        frame = header + view[sent : sent + size]
                 finally:
                     writer.release()
-                if not frames:
+                if frame is None:
                     await self._wait_for_credit()
                     continue
-                await write_frames(self.conn, frames)
-                sent += batch
+                await self.conn._write_frame(frame)
+                sent += size
 
         async def read(self, n: int | None = -1) -> bytes:
             return await self.read_buffered(n) or await super().read(n)
@@ -174,7 +164,7 @@ def _make_stream_class(Y: Any) -> type:
             return data
 
         def take_buffered(self, n: int | None) -> bytes:
-            """Up to `n` bytes already received for this open stream, at once (fix 8);
+            """Up to `n` bytes already received for this open stream, at once (fix 7);
             b"" when there are none or the library's read must decide (EOF, reset,
             closing: it also does the bookkeeping of a drained closed stream)."""
             conn = self.conn
@@ -225,7 +215,7 @@ def _make_stream_class(Y: Any) -> type:
 
 
 async def acquire(lock: Any) -> None:
-    """Take a trio Lock or Semaphore: at once if free (no schedule point: fix 8), else
+    """Take a trio Lock or Semaphore: at once if free (no schedule point: fix 7), else
     waiting in line as `acquire` does."""
     try:
         lock.acquire_nowait()
@@ -235,7 +225,7 @@ async def acquire(lock: Any) -> None:
 
 class Prompt:
     """A trio Lock or Semaphore (`inner`) whose `acquire` and `async with` take it at once
-    when free, without a schedule point (fix 8); anything else goes to `inner`."""
+    when free, without a schedule point (fix 7); anything else goes to `inner`."""
 
     __slots__ = ("inner",)
 
@@ -259,7 +249,7 @@ class Prompt:
 
 
 def _prompt_locks(cls: Any, *names: str) -> None:
-    """Make the trio locks `cls.__init__` creates under `names` `Prompt` ones (fix 8)."""
+    """Make the trio locks `cls.__init__` creates under `names` `Prompt` ones (fix 7)."""
     init = cls.__init__
 
     def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
@@ -268,30 +258,6 @@ def _prompt_locks(cls: Any, *names: str) -> None:
             setattr(self, name, Prompt(getattr(self, name)))
 
     cls.__init__ = __init__
-
-
-async def write_frames(conn: Any, frames: list[bytes]) -> None:
-    """Write yamux `frames` (each at most one Noise message) on the muxed connection
-    `conn` in order, under its write lock as `conn._write_frame` does (fix 7): on a Noise
-    session, encrypted there and sent with one socket write."""
-    noise = getattr(conn.secured_conn, "conn", None)
-    encrypt = getattr(noise, "encrypt", None)
-    packets = getattr(noise, "read_writer", None)
-    raw = getattr(packets, "read_write_closer", None)
-    async with conn._write_lock:
-        if (
-            len(frames) == 1
-            or encrypt is None
-            or raw is None
-            or getattr(packets, "size_len_bytes", None) != NOISE_LENGTH_BYTES
-        ):
-            for frame in frames:
-                await conn.secured_conn.write(frame)
-            return
-        messages = [encrypt(frame) for frame in frames]
-        await raw.write(
-            b"".join(len(m).to_bytes(NOISE_LENGTH_BYTES, "big") + m for m in messages)
-        )
 
 
 class _ReadAhead:
@@ -344,7 +310,7 @@ def _buffer_tcp_reads(tcp_stream_class: Any) -> None:
 
 def _read_buffered_first(net_stream_class: Any) -> None:
     """`NetStream.read` of bytes already buffered in a tuned yamux stream: straight from
-    the buffer (fix 8); otherwise, or in an error or reset state, the library's read."""
+    the buffer (fix 7); otherwise, or in an error or reset state, the library's read."""
     from libp2p.network.stream.net_stream import StreamState
 
     library_read = net_stream_class.read

@@ -88,6 +88,11 @@ MEMBER_PULLS_AT_ONCE = 2
 # 8 MiB answers took 10-12 s during the pushes, 0.1-0.8 s after them).
 MEMBER_PULL_QUIET_S = 1.0
 MEMBER_PULL_BUSY_S = 5.0
+# Once the pushes are quiet, a tick pulls from every other member in turn (each pull asks
+# without what the ones before brought): a member holds ~2/7 of the updates then, and 2
+# pulls a tick took 3 ticks to bring the rest. A pull that takes longer than this (a member
+# that stopped answering) is given up for the tick: the others are not held up by it.
+MEMBER_PULL_TIMEOUT_S = 10.0
 
 TOPIC_UPDATES = "updates"
 TOPIC_CONSENSUS = "consensus"
@@ -410,7 +415,8 @@ class Node:
         the member they came from (`Intake.relayed_by`). One pull after the other: the
         second asks without what the first brought (an update is pushed to 2-3 members;
         at once, both would send its delta). While updates are still being pushed to us,
-        only every MEMBER_PULL_BUSY_S (see MEMBER_PULL_QUIET_S)."""
+        only every MEMBER_PULL_BUSY_S (see MEMBER_PULL_QUIET_S); once they are quiet, from
+        every other member in turn each tick while we collect."""
         topic = self.topic(TOPIC_UPDATES)
         turn = 0
         pulled_at = self.clock()
@@ -422,22 +428,31 @@ class Node:
             now = self.clock()
             if not relay_due(now, self.intake.pushed_at, pulled_at):
                 continue  # updates still being pushed to us: relay when they quiet down
+            quiet = now - self.intake.pushed_at >= MEMBER_PULL_QUIET_S
             pulled_at = now
             others = [m for m in machine.committee if m != self.address]
             if not others:
                 continue
-            picks = dict.fromkeys(
-                others[(turn + i) % len(others)] for i in range(MEMBER_PULLS_AT_ONCE)
-            )
-            turn += MEMBER_PULLS_AT_ONCE
+            collecting = machine.phase is Phase.COLLECTING
+            count = len(others) if quiet and collecting else MEMBER_PULLS_AT_ONCE
+            picks = dict.fromkeys(others[(turn + i) % len(others)] for i in range(count))
+            turn += count
             for member in picks:
                 peer = self.peer_ids.get(member)
-                if peer is not None:
-                    await self._pull_member(peer, topic, round_)
+                if peer is None:
+                    continue
+                if machine.round != round_ or machine.phase not in (
+                    Phase.COLLECTING,
+                    Phase.VOTING,
+                ):
+                    break
+                await self._pull_member(peer, topic, round_)
 
     async def _pull_member(self, peer: str, topic: str, round_: int) -> None:
         try:
-            admitted = await self.net.pull_and_admit(peer, topic, since=round_)
+            admitted = await self.net.pull_and_admit(
+                peer, topic, since=round_, timeout_s=MEMBER_PULL_TIMEOUT_S
+            )
         except P2PFLError as exc:
             self.count("member-pull-failed")
             log.debug("pull from member %s failed: %s", peer, exc)

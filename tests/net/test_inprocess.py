@@ -8,7 +8,6 @@ from contextlib import AsyncExitStack
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
-from typing import Any
 
 import pytest
 import trio
@@ -507,26 +506,11 @@ async def test_a_node_below_min_peers_dials_known_peers_up_to_min_and_no_more(
         assert len(hub.connected_peers()) == 2
 
 
-async def test_a_bulk_write_goes_out_in_batches_of_frames_and_arrives_intact(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A stream's write sends up to WRITE_BATCH_BYTES of frames as consecutive Noise
-    messages in one socket write (yamux_tuning fix 7): a 3 MiB delta pushed to a peer
-    arrives byte for byte, in a handful of socket writes instead of one per 64 KiB frame,
-    and the connection carries other streams' frames before and after it."""
-    from libp2p.io.trio import TrioTCPStream
-
-    from p2pfl.net import yamux_tuning
-
-    big_writes: list[int] = []
-    write = TrioTCPStream.write
-
-    async def counted(self: Any, data: bytes) -> None:
-        if len(data) > yamux_tuning.FRAME_PAYLOAD_BYTES:
-            big_writes.append(len(data))
-        await write(self, data)
-
-    monkeypatch.setattr(TrioTCPStream, "write", counted)
+async def test_a_bulk_push_between_small_ones_arrives_whole_and_in_order(tmp_path: Path) -> None:
+    """A 3 MiB delta pushed between two small messages, read through the stream fast path
+    (yamux_tuning fix 7: buffered bytes taken without locks, the window re-credited when
+    due): every byte arrives, in order, and the connection carries the streams before and
+    after it."""
     delta = os.urandom(3 * 1024 * 1024 + 5)
     async with nodes(tmp_path, 2) as (a, b):
         await a.join(TOPIC, accept_all, sync=False, gossip=False)
@@ -540,6 +524,3 @@ async def test_a_bulk_write_goes_out_in_batches_of_frames_and_arrives_intact(
         (b"the update", delta),
         (b"small after", b"y"),
     ]
-    frames = len(delta) // yamux_tuning.FRAME_PAYLOAD_BYTES + 1
-    assert sum(big_writes) >= len(delta)
-    assert len(big_writes) <= frames // 4, (len(big_writes), frames)

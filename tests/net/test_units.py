@@ -483,10 +483,8 @@ class _Rescheduled(trio.abc.Instrument):
         self.count += task is self.task
 
 
-async def test_a_free_prompt_lock_is_taken_without_a_schedule_point_and_in_turn_when_held() -> (
-    None
-):
-    """yamux_tuning fix 8: `Prompt` takes a free lock at once (trio's own passes a schedule
+async def test_a_free_prompt_lock_is_taken_without_a_schedule_point_and_in_turn_when_held() -> None:
+    """yamux_tuning fix 7: `Prompt` takes a free lock at once (trio's own passes a schedule
     point, which on a loaded loop waits for every other runnable task); a held one is
     waited for, the waiters served in the order they came."""
     lock = yamux_tuning.Prompt(trio.Lock())
@@ -523,7 +521,7 @@ async def test_a_free_prompt_lock_is_taken_without_a_schedule_point_and_in_turn_
 async def test_reading_bytes_already_buffered_on_a_stream_passes_no_schedule_point(
     tmp_path: Path,
 ) -> None:
-    """yamux_tuning fix 8, on real hosts: once a peer's bytes are in the stream's buffer,
+    """yamux_tuning fix 7, on real hosts: once a peer's bytes are in the stream's buffer,
     reading them (here a byte at a time, as multistream and pubsub read varints) takes them
     at once; the library's read passed ~3 schedule points each (state, stream and window
     locks). The bytes arrive whole and in order, and the end of the stream still reads as
