@@ -88,10 +88,9 @@ MEMBER_PULLS_AT_ONCE = 2
 # 8 MiB answers took 10-12 s during the pushes, 0.1-0.8 s after them).
 MEMBER_PULL_QUIET_S = 1.0
 MEMBER_PULL_BUSY_S = 5.0
-# Once the pushes are quiet, a tick pulls from every other member in turn (each pull asks
-# without what the ones before brought): a member holds ~2/7 of the updates then, and 2
-# pulls a tick took 3 ticks to bring the rest. A pull that takes longer than this (a member
-# that stopped answering) is given up for the tick: the others are not held up by it.
+# A relay pull that takes longer than this (a member that stopped answering) is given up
+# for the tick, so that it does not hold up the pulls from the others (it held them up to
+# a push's 60 s); an 8 MiB answer takes ~0.3 s at the median with 100 nodes on 2 cores.
 MEMBER_PULL_TIMEOUT_S = 10.0
 
 TOPIC_UPDATES = "updates"
@@ -415,8 +414,8 @@ class Node:
         the member they came from (`Intake.relayed_by`). One pull after the other: the
         second asks without what the first brought (an update is pushed to 2-3 members;
         at once, both would send its delta). While updates are still being pushed to us,
-        only every MEMBER_PULL_BUSY_S (see MEMBER_PULL_QUIET_S); once they are quiet, from
-        every other member in turn each tick while we collect."""
+        only every MEMBER_PULL_BUSY_S (see MEMBER_PULL_QUIET_S). A pull is given up after
+        MEMBER_PULL_TIMEOUT_S."""
         topic = self.topic(TOPIC_UPDATES)
         turn = 0
         pulled_at = self.clock()
@@ -428,25 +427,18 @@ class Node:
             now = self.clock()
             if not relay_due(now, self.intake.pushed_at, pulled_at):
                 continue  # updates still being pushed to us: relay when they quiet down
-            quiet = now - self.intake.pushed_at >= MEMBER_PULL_QUIET_S
             pulled_at = now
             others = [m for m in machine.committee if m != self.address]
             if not others:
                 continue
-            collecting = machine.phase is Phase.COLLECTING
-            count = len(others) if quiet and collecting else MEMBER_PULLS_AT_ONCE
-            picks = dict.fromkeys(others[(turn + i) % len(others)] for i in range(count))
-            turn += count
+            picks = dict.fromkeys(
+                others[(turn + i) % len(others)] for i in range(MEMBER_PULLS_AT_ONCE)
+            )
+            turn += MEMBER_PULLS_AT_ONCE
             for member in picks:
                 peer = self.peer_ids.get(member)
-                if peer is None:
-                    continue
-                if machine.round != round_ or machine.phase not in (
-                    Phase.COLLECTING,
-                    Phase.VOTING,
-                ):
-                    break
-                await self._pull_member(peer, topic, round_)
+                if peer is not None:
+                    await self._pull_member(peer, topic, round_)
 
     async def _pull_member(self, peer: str, topic: str, round_: int) -> None:
         try:

@@ -524,3 +524,27 @@ async def test_a_bulk_push_between_small_ones_arrives_whole_and_in_order(tmp_pat
         (b"the update", delta),
         (b"small after", b"y"),
     ]
+
+
+async def test_a_pull_from_a_peer_that_never_answers_gives_up_at_its_timeout(
+    tmp_path: Path,
+) -> None:
+    """A relay pull names its own bound (`timeout_s`: the node's MEMBER_PULL_TIMEOUT_S): a
+    member that takes the request and never answers costs that long, not a push's 60 s,
+    and the failure is counted."""
+    from libp2p.custom_types import TProtocol
+
+    from p2pfl.net.config import SYNC_PROTOCOL
+
+    async def never_answers(stream: object) -> None:
+        await trio.sleep_forever()
+
+    async with nodes(tmp_path, 2) as (a, b):
+        await a.join(TOPIC, accept_all, sync=False, gossip=False)
+        await b.join(TOPIC, accept_all, sync=False, gossip=False)
+        b.host.set_stream_handler(TProtocol(SYNC_PROTOCOL), never_answers)
+        started = trio.current_time()
+        with pytest.raises(P2PFLError, match="timed out"):
+            await a.pull_and_admit(b.peer_id, TOPIC, since=1, timeout_s=0.5)
+        assert trio.current_time() - started < 5
+        assert a.metrics().get("pull-timeouts") == 1
