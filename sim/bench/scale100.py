@@ -173,6 +173,37 @@ median 3.13 s (train 1.9, disseminate 0.6, agree 0.3), accuracy 0.817; 100 nodes
 agree 1.2, commit 0.6), accuracy 0.771, 1,347 connections at the end, shards at 0.79 of a
 core: **ratio 7.1** (target <= 2, not met; 7.1 also with the thread variant an hour earlier:
 2.93 / 20.96 s).
+
+2026-12-06, a fourth session. Measured in instrumented runs (`Gossip` pulls, pushes and
+opens timed, both ends of an open split: the responder's spawn and negotiation): (1) half of
+the deltas a member's relay pulls brought (2,481 of 4,853 in a run, ~1.5 GB) it already held
+when they arrived: a pull asked for in the middle of the pushes took 10-12 s and the authors'
+pushes overtook it; (2) an open's time was mostly schedule points: trio's `Lock.acquire`
+passes one even when the lock is free, a stream read takes three (state, connection and
+window locks) and multistream reads a varint a byte at a time, so the listener's
+negotiation alone took 0.4 s at the median on a loop where each waits for every other
+runnable task; (3) every stream open and close, on both ends, started a task per notifee
+whose handler does nothing. Fixed: a member relays once no update was pushed to it for 1 s
+(else every 5 s), each relay pull bounded to 10 s; buffered stream bytes read without locks
+and free locks taken without a schedule point (`yamux_tuning` fix 7); stream notifications
+inline, the library's no-ops skipped (`notify_tuning`); status.json written from a thread.
+Instrumented runs, in order (rounds 1-5): 41.9, 20.3, 21.3, 20.7, 20.5 s before; 23.5, 15.3,
+19.8, 17.0, 16.1 with the relay change (redundant relayed deltas 51% -> 5%, pulls 1.15 ->
+0.20 s median, p90 11.2 -> 3.4 s); 11.8, 12.4, 13.7, 13.0, 13.0 with the stream fixes
+(opens 1.40 -> 0.20 s median, p90 7.2 -> 0.9 s; negotiation 0.40 -> 0.06 s; pushes 4.3 ->
+0.8 s). Tried and taken back: writing 16 frames in one socket write (direct runs side by
+side: 13.4, 13.3, 16.9, 15.9, 14.7 s against 10.1, 13.2, 15.6, 12.9, 14.9 s without, and it
+holds the connection's write lock through long sends while the muxer's reader writes
+control frames under it), and relay pulls from every other member once the pushes are quiet
+(no faster, more empty pulls). The 10-node round got faster too (the same fixes): the bench
+at the head (load 0.18 before, 1.78 after): 10 nodes 2.09, 2.06, 2.62, 2.07, 2.24 s, median
+**2.09 s** (an hour earlier 1.63 s); 100 nodes 17.9, 16.9, 17.3, 16.6, 15.8 s, median
+**16.9 s** (train 6.5, disseminate 6.6, aggregate 0.4, agree 1.2, commit 0.6; a direct run
+of the same code 20 minutes earlier: 13.2 s), all 100 updates in every round, accuracy
+0.771, 1,347 connections, shards at 0.76 of a core: **ratio 8.1** (target <= 2, not met).
+Per round at 100 nodes (a direct run): 1.4-1.8 s from the commit to a node's round start
+(model fetch, chain), 1.5-2 s more to its update (training takes turns on a shard's core:
+~45 ms a node), then the pushes end ~2 s later and the relay ~3 s after that.
 """
 
 from __future__ import annotations
