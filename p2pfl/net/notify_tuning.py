@@ -12,8 +12,9 @@ every other runnable task.
 
 **The fix.** For stream events only, notifees are awaited in turn on the caller's task (as
 go-libp2p calls them, inline on the event path), and those whose handler for the event is
-one of the library's own no-ops (`NO_OP_STREAM_HANDLERS`) are skipped. Any other notifee
-(e.g. an application's) is still called, its exception logged and not raised, as before.
+one of the library's own no-ops (those of `NO_OP_STREAM_NOTIFEES`) are skipped. Any other
+notifee (e.g. an application's) is still called, its exception logged and not raised, as
+before.
 Connection and listen events keep the library's fan-out.
 
 Version-guarded like `yamux_tuning`: installed only on a libp2p version this was read

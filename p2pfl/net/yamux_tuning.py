@@ -1,8 +1,9 @@
-"""A minimal, version-guarded fix for py-libp2p 0.8.1's yamux sender.
+"""Minimal, version-guarded fixes for py-libp2p 0.8.1's yamux streams (and the Noise and TCP
+reads and locks under them).
 
 What was measured (docs/DESIGN.md §8, and again here with a profile of a 50 MiB transfer): both
 ends of a TCP+Noise+yamux stream sit in epoll while the sender waits for window credit.
-Three causes, fixed here without touching anything else:
+The causes, fixed here without touching anything else:
 
 1. **Polling.** `YamuxStream.write` waits for a WINDOW_UPDATE by sleeping 10 ms in a loop
    (yamux.py, "await trio.sleep(0.01)"). Every exhausted window costs up to 10 ms however
