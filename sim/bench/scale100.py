@@ -190,8 +190,8 @@ inline, the library's no-ops skipped (`notify_tuning`); status.json written from
 Instrumented runs, in order (rounds 1-5): 41.9, 20.3, 21.3, 20.7, 20.5 s before; 23.5, 15.3,
 19.8, 17.0, 16.1 with the relay change (redundant relayed deltas 51% -> 5%, pulls 1.15 ->
 0.20 s median, p90 11.2 -> 3.4 s); 11.8, 12.4, 13.7, 13.0, 13.0 with the stream fixes
-(opens 1.40 -> 0.20 s median, p90 7.2 -> 0.9 s; negotiation 0.40 -> 0.06 s; pushes 4.3 ->
-0.8 s). Tried and taken back: writing 16 frames in one socket write (direct runs side by
+(opens 1.40 -> 0.23 s median, p90 7.2 -> 2.0 s; negotiation 0.28 -> 0.07 s; pushes 4.3 ->
+0.7 s). Tried and taken back: writing 16 frames in one socket write (direct runs side by
 side: 13.4, 13.3, 16.9, 15.9, 14.7 s against 10.1, 13.2, 15.6, 12.9, 14.9 s without, and it
 holds the connection's write lock through long sends while the muxer's reader writes
 control frames under it), and relay pulls from every other member once the pushes are quiet
