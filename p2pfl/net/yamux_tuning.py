@@ -155,12 +155,10 @@ def _make_stream_class(Y: Any) -> type:
                 sent += size
 
         async def read(self, n: int | None = -1) -> bytes:
-            return await self.read_buffered(n) or await super().read(n)
-
-        async def read_buffered(self, n: int | None) -> bytes:
-            """`take_buffered`, then the window re-credited if an update is due."""
             data = self.take_buffered(n)
-            if data and self.credit_due():
+            if not data:
+                return await super().read(n)  # (waits, or raises EOF / reset)
+            if self.credit_due():
                 await self._auto_tune_and_send_window_update(bytes_read=len(data))
             return data
 
@@ -309,25 +307,6 @@ def _buffer_tcp_reads(tcp_stream_class: Any) -> None:
     tcp_stream_class.read = read
 
 
-def _read_buffered_first(net_stream_class: Any) -> None:
-    """`NetStream.read` of bytes already buffered in a tuned yamux stream: straight from
-    the buffer (fix 7); otherwise, or in an error or reset state, the library's read."""
-    from libp2p.network.stream.net_stream import StreamState
-
-    library_read = net_stream_class.read
-    failed = (StreamState.ERROR, StreamState.RESET)
-
-    async def read(self: Any, n: int | None = None) -> bytes:
-        read_buffered = getattr(self.muxed_stream, "read_buffered", None)
-        if read_buffered is not None and self._state not in failed:
-            data = await read_buffered(n)
-            if data:
-                return data
-        return await library_read(self, n)
-
-    net_stream_class.read = read
-
-
 def libp2p_is_tested(lost: str) -> bool:
     """Whether the installed libp2p is one our fixes to it were read against; if not, a
     warning says what is `lost` without the fix."""
@@ -374,7 +353,6 @@ def apply() -> bool:
     _prompt_locks(Y.Yamux, "streams_lock", "_write_lock", "stream_backlog_semaphore")
     _prompt_locks(NetStream, "_state_lock")
     _prompt_locks(TrioTCPStream, "read_lock", "write_lock")
-    _read_buffered_first(NetStream)
     _applied = True
     return True
 
