@@ -21,8 +21,7 @@ import functools
 from dataclasses import dataclass
 from enum import IntEnum
 
-from eth_keys import keys
-from eth_keys.exceptions import BadSignature, ValidationError
+import coincurve
 from eth_utils import keccak
 
 from p2pfl.errors import InvalidMessage, InvalidSignature
@@ -143,12 +142,17 @@ def sign_digest(private_key: bytes, digest: bytes) -> bytes:
     """Sign a 32-byte digest; returns r || s || v with v in {27, 28} and low s."""
     _check_bytes("private_key", private_key, 32)
     _check_bytes("digest", digest, 32)
-    sig = keys.PrivateKey(private_key).sign_msg_hash(digest)
-    r, s, v = sig.r, sig.s, sig.v
+    try:
+        rsv = coincurve.PrivateKey(bytes(private_key)).sign_recoverable(
+            bytes(digest), hasher=None
+        )
+    except ValueError as exc:  # zero or >= n
+        raise InvalidMessage("bad-field", f"private_key: {exc}") from None
+    s, v = int.from_bytes(rsv[32:64], "big"), rsv[64]
     if s > SECP256K1_HALF_N:  # normalise; libsecp256k1 already emits low s
         s = SECP256K1_N - s
         v ^= 1
-    return _word(r) + _word(s) + bytes([v + 27])
+    return rsv[:32] + _word(s) + bytes([v + 27])
 
 
 def recover_signer(digest: bytes, signature: bytes) -> bytes:
@@ -164,13 +168,23 @@ def recover_signer(digest: bytes, signature: bytes) -> bytes:
     if not (0 < r < SECP256K1_N and 0 < s <= SECP256K1_HALF_N):
         raise InvalidSignature("r/s out of range (high-s signatures are rejected)")
     try:
-        public = keys.Signature(vrs=(v - 27, r, s)).recover_public_key_from_msg_hash(digest)
-    except (BadSignature, ValidationError, ValueError) as exc:
+        public = coincurve.PublicKey.from_signature_and_message(
+            bytes(signature[:64]) + bytes([v - 27]), bytes(digest), hasher=None
+        )
+    except ValueError as exc:
         raise InvalidSignature(f"cannot recover: {exc}") from None
-    return public.to_canonical_address()
+    return _address(public)
+
+
+def _address(public: coincurve.PublicKey) -> bytes:
+    """The Ethereum address of a public key: the last 20 bytes of keccak256(x || y)."""
+    return keccak(public.format(compressed=False)[1:])[-20:]
 
 
 def address_of(private_key: bytes) -> bytes:
     """The 20-byte Ethereum address of a secp256k1 private key."""
     _check_bytes("private_key", private_key, 32)
-    return keys.PrivateKey(private_key).public_key.to_canonical_address()
+    try:
+        return _address(coincurve.PublicKey.from_secret(bytes(private_key)))
+    except ValueError as exc:  # zero or >= n
+        raise InvalidMessage("bad-field", f"private_key: {exc}") from None

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from p2pfl.core import signing
 from p2pfl.core.signing import Domain, Kind
-from p2pfl.errors import InvalidSignature
+from p2pfl.errors import InvalidMessage, InvalidSignature
 
 KEY = bytes.fromhex("4c0883a69102937d6231471b5dbb6204fe5129617082792ae468d01a3f362318")
 DOMAIN = Domain(chain_id=131277322940537, contract=bytes.fromhex("11" * 20))
@@ -129,3 +129,36 @@ def test_vote_digest_is_the_vote_statement_everywhere():
     assert digest == signing.statement_digest(DOMAIN, Kind.VOTE, task, 7, 2, 1, body)
     vote = Vote(task, 7, 2, 1, base.to_bytes(), result.to_bytes(), root, signing.address_of(KEY))
     assert vote.digest(DOMAIN) == digest
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.binary(min_size=32, max_size=32), st.binary(min_size=32, max_size=32))
+def test_signatures_and_addresses_are_eth_accounts(secret, digest):
+    """libsecp256k1 called directly gives what eth-account signs and recovers (RFC 6979
+    nonces: the very same bytes), for any key and digest."""
+    from eth_keys import keys
+
+    if not 0 < int.from_bytes(secret, "big") < signing.SECP256K1_N:
+        with pytest.raises(InvalidMessage):
+            signing.sign_digest(secret, digest)
+        return
+    reference = keys.PrivateKey(secret).sign_msg_hash(digest)
+    signature = signing.sign_digest(secret, digest)
+    assert signature == reference.to_bytes()[:64] + bytes([reference.v + 27])
+    address = keys.PrivateKey(secret).public_key.to_canonical_address()
+    assert signing.address_of(secret) == address
+    assert signing.recover_signer(digest, signature) == address
+
+
+def test_keccak_runs_on_the_c_backend():
+    """Importing p2pfl points eth-hash at pysha3 (unless the user chose a backend)."""
+    import os
+
+    from eth_hash.auto import keccak as auto_keccak
+    from eth_utils import keccak
+
+    assert keccak(b"") == bytes.fromhex(
+        "c5d2460186f7233c927e7db2dcc703c0e500b653ca82273b7bfad8045d85a470"
+    )
+    assert os.environ.get("ETH_HASH_BACKEND") == "pysha3"
+    assert type(auto_keccak.hasher.__self__).__name__ == "PySha3Backend"
