@@ -143,9 +143,7 @@ def sign_digest(private_key: bytes, digest: bytes) -> bytes:
     _check_bytes("private_key", private_key, 32)
     _check_bytes("digest", digest, 32)
     try:
-        rsv = coincurve.PrivateKey(bytes(private_key)).sign_recoverable(
-            bytes(digest), hasher=None
-        )
+        rsv = coincurve.PrivateKey(bytes(private_key)).sign_recoverable(bytes(digest), hasher=None)
     except ValueError as exc:  # zero or >= n
         raise InvalidMessage("bad-field", f"private_key: {exc}") from None
     s, v = int.from_bytes(rsv[32:64], "big"), rsv[64]
