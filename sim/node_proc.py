@@ -193,6 +193,7 @@ async def run_node(
             },
             net_options={
                 **({"sync_interval_s": args.sync_interval_s} if args.sync_interval_s else {}),
+                **({"heartbeat_s": args.gossip_heartbeat_s} if args.gossip_heartbeat_s else {}),
                 **({"known_peers": _address_book(args.address_book)} if args.address_book else {}),
             },
             check_registration=False,
@@ -341,6 +342,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=float,
         default=0.0,
         help="anti-entropy sync interval (seconds; 0: the node's default)",
+    )
+    parser.add_argument(
+        "--gossip-heartbeat-s",
+        type=int,
+        default=0,
+        help="gossipsub heartbeat (whole seconds; 0: the node's default)",
     )
     parser.add_argument(
         "--heartbeat-interval-s",

@@ -117,6 +117,8 @@ async def _run(scenario: Scenario, runs_root: Path, quiet: bool) -> Path:
 
         stack.callback(stop_hosts)
         nets: list[Any] = []
+        from sim.processes import gossip_heartbeat_s
+
         rng = np.random.default_rng(scenario.seed)
         for i, ident in enumerate(identities):
             # Each node dials node 0 and up to BOOTSTRAP_PEERS - 1 earlier nodes chosen by the
@@ -128,6 +130,7 @@ async def _run(scenario: Scenario, runs_root: Path, quiet: bool) -> Path:
                 bootstrap=bootstrap,
                 dht=False,
                 sync_interval_s=_sync_interval_s(scenario.nodes),
+                heartbeat_s=gossip_heartbeat_s(scenario.nodes),
             )
             nets.append(await hosts.start(hold_host, cfg, ident.private_key, host_stops[i]))
         nets[0].put_blob(genesis_blob)  # the task creator holds the genesis model

@@ -39,7 +39,12 @@ async def test_an_update_pushed_to_a_member_holds_its_relay_until_the_pushes_go_
     from p2pfl.core.cid import blob_cid
     from p2pfl.core.messages import Update
     from p2pfl.core.signing import Domain
-    from p2pfl.node.node import MEMBER_PULL_BUSY_S, MEMBER_PULL_QUIET_S, relay_due
+    from p2pfl.node.node import (
+        MEMBER_PULL_BUSY_S,
+        MEMBER_PULL_QUIET_S,
+        MEMBER_PULL_UNPUSHED_S,
+        relay_due,
+    )
 
     now = [100.0]
     queued: list[object] = []
@@ -57,7 +62,11 @@ async def test_an_update_pushed_to_a_member_holds_its_relay_until_the_pushes_go_
         lambda _: None,
         lambda: now[0],  # type: ignore[arg-type]
     )
-    assert relay_due(now[0], intake.pushed_at, pulled_at=now[0])  # nothing pushed yet
+    # Nothing pushed yet this round (the authors are still training): a quiet spell that is
+    # not the end of the pushes; the relay waits MEMBER_PULL_UNPUSHED_S for a first push.
+    none = float("-inf")
+    assert not relay_due(100.0 + MEMBER_PULL_BUSY_S, intake.pushed_at, none, pulled_at=100.0)
+    assert relay_due(100.0 + MEMBER_PULL_UNPUSHED_S, intake.pushed_at, none, pulled_at=100.0)
 
     def update(author: int) -> bytes:
         cid = blob_cid(bytes([author]) * 64).to_bytes()
@@ -68,9 +77,16 @@ async def test_an_update_pushed_to_a_member_holds_its_relay_until_the_pushes_go_
     assert intake.pushed_at == float("-inf") and len(queued) == 1
     await intake.deliver(update(2), "peer-b", b"delta", via="push")
     assert intake.pushed_at == 100.0 and len(queued) == 2
-    assert not relay_due(100.0 + MEMBER_PULL_QUIET_S / 2, intake.pushed_at, pulled_at=99.0)
-    assert relay_due(100.0 + MEMBER_PULL_QUIET_S, intake.pushed_at, pulled_at=99.0)
-    # Pushes every tenth of a second: the relay still runs every MEMBER_PULL_BUSY_S.
-    busy = 99.0 + MEMBER_PULL_BUSY_S
-    assert relay_due(busy, pushed_at=busy - 0.1, pulled_at=99.0)
-    assert not relay_due(busy - 0.5, pushed_at=busy - 0.6, pulled_at=99.0)
+    first = intake.pushed_at
+    assert not relay_due(100.0 + MEMBER_PULL_QUIET_S / 2, intake.pushed_at, first, pulled_at=95.0)
+    assert relay_due(100.0 + MEMBER_PULL_QUIET_S, intake.pushed_at, first, pulled_at=95.0)
+    # Pushes every tenth of a second: the relay still runs every MEMBER_PULL_BUSY_S, counted
+    # from the first push (not the round start: the relay would meet the push storm)...
+    busy = 100.0 + MEMBER_PULL_BUSY_S
+    assert not relay_due(busy - 0.5, pushed_at=busy - 0.6, first_pushed_at=first, pulled_at=95.0)
+    assert relay_due(busy, pushed_at=busy - 0.1, first_pushed_at=first, pulled_at=95.0)
+    # ... or from the last pulls.
+    assert not relay_due(busy + 3, pushed_at=busy + 2.9, first_pushed_at=first, pulled_at=busy)
+    assert relay_due(
+        busy * 2 - 100, pushed_at=busy * 2 - 100.1, first_pushed_at=first, pulled_at=busy
+    )

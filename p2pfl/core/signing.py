@@ -30,6 +30,9 @@ SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
 SECP256K1_HALF_N = SECP256K1_N // 2
 SIGNATURE_SIZE = 65
 
+# Signers recovered, kept by (digest, signature): ~150 bytes each.
+RECOVERED_CACHE_SIZE = 8192
+
 UINT64_MAX = 2**64 - 1
 UINT32_MAX = 2**32 - 1
 
@@ -165,9 +168,18 @@ def recover_signer(digest: bytes, signature: bytes) -> bytes:
         raise InvalidSignature("v must be 27 or 28")
     if not (0 < r < SECP256K1_N and 0 < s <= SECP256K1_HALF_N):
         raise InvalidSignature("r/s out of range (high-s signatures are rejected)")
+    return _recover(bytes(digest), bytes(signature))
+
+
+@functools.lru_cache(maxsize=RECOVERED_CACHE_SIZE)
+def _recover(digest: bytes, signature: bytes) -> bytes:
+    """The signer of a checked (digest, signature); a pure function of its bytes, so a
+    process that sees the same signed statement again (a node checking a pushed update
+    then the round's pulled copy, or the nodes a simulation shard hosts checking one
+    certificate) recovers it once. Failures raise and are not kept."""
     try:
         public = coincurve.PublicKey.from_signature_and_message(
-            bytes(signature[:64]) + bytes([v - 27]), bytes(digest), hasher=None
+            signature[:64] + bytes([signature[64] - 27]), digest, hasher=None
         )
     except ValueError as exc:
         raise InvalidSignature(f"cannot recover: {exc}") from None

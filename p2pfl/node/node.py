@@ -85,9 +85,13 @@ MEMBER_PULLS_AT_ONCE = 2
 # for in the middle of the pushes takes seconds on a loaded machine and brings mostly
 # updates their authors push to us meanwhile (100 nodes on 2 cores: half of the ~300 MB a
 # round's relay pulls moved were updates the member already held when they arrived, and
-# 8 MiB answers took 10-12 s during the pushes, 0.1-0.8 s after them).
+# 8 MiB answers took 10-12 s during the pushes, 0.1-0.8 s after them). Both clocks start
+# at the round's first push to us (a quiet spell before it is the training, not the end of
+# the pushes: pulls asked for then met the push storm, 6.9 s at the median, and held the
+# relay that long); with none, a member relays MEMBER_PULL_UNPUSHED_S into the round.
 MEMBER_PULL_QUIET_S = 1.0
 MEMBER_PULL_BUSY_S = 5.0
+MEMBER_PULL_UNPUSHED_S = 10.0
 # A relay pull that takes longer than this (a member that stopped answering) is given up
 # for the tick, so that it does not hold up the pulls from the others (it held them up to
 # a push's 60 s); an 8 MiB answer takes ~0.3 s at the median with 100 nodes on 2 cores.
@@ -106,11 +110,17 @@ def topic_of(message: Any) -> str:
     return TOPIC_CONSENSUS
 
 
-def relay_due(now: float, pushed_at: float, pulled_at: float) -> bool:
-    """Whether a member pulls from the others on this tick (`Node._pull_from_members`):
-    no update pushed to it for MEMBER_PULL_QUIET_S (`pushed_at`), or its last pulls
-    (`pulled_at`, or when it started collecting) MEMBER_PULL_BUSY_S ago."""
-    return now - pushed_at >= MEMBER_PULL_QUIET_S or now - pulled_at >= MEMBER_PULL_BUSY_S
+def relay_due(now: float, pushed_at: float, first_pushed_at: float, pulled_at: float) -> bool:
+    """Whether a member pulls from the others on this tick (`Node._pull_from_members`).
+    `pushed_at` is when an update was last pushed to it, `first_pushed_at` when the first
+    of the round was (-inf: none yet), `pulled_at` its last pulls (or the round start).
+    Due once no update was pushed for MEMBER_PULL_QUIET_S, or MEMBER_PULL_BUSY_S after the
+    last pulls (or the first push) while pushes keep coming; before any push,
+    MEMBER_PULL_UNPUSHED_S after the last pulls (or the round start)."""
+    if first_pushed_at == float("-inf"):
+        return now - pulled_at >= MEMBER_PULL_UNPUSHED_S
+    quiet = now - pushed_at >= MEMBER_PULL_QUIET_S
+    return quiet or now - max(pulled_at, first_pushed_at) >= MEMBER_PULL_BUSY_S
 
 
 class Node:
@@ -414,18 +424,26 @@ class Node:
         the member they came from (`Intake.relayed_by`). One pull after the other: the
         second asks without what the first brought (an update is pushed to 2-3 members;
         at once, both would send its delta). While updates are still being pushed to us,
-        only every MEMBER_PULL_BUSY_S (see MEMBER_PULL_QUIET_S). A pull is given up after
+        only every MEMBER_PULL_BUSY_S, and not before the first push of the round unless
+        none came for MEMBER_PULL_UNPUSHED_S (see `relay_due`). A tick whose pulls brought
+        something is followed by the next at once. A pull is given up after
         MEMBER_PULL_TIMEOUT_S."""
         topic = self.topic(TOPIC_UPDATES)
         turn = 0
-        pulled_at = self.clock()
+        pulled_at = started = self.clock()
+        first_pushed_at = float("-inf")
+        brought = 0
         while True:
-            await trio.sleep(MEMBER_PULL_S)
+            if not brought:  # (else the others may hold more: an answer is 8 MiB at most)
+                await trio.sleep(MEMBER_PULL_S)
+            brought = 0
+            if first_pushed_at == float("-inf") and self.intake.pushed_at >= started:
+                first_pushed_at = self.intake.pushed_at  # (to a tick: the last push by then)
             machine = self.machine
             if machine.round != round_ or machine.phase not in (Phase.COLLECTING, Phase.VOTING):
                 continue
             now = self.clock()
-            if not relay_due(now, self.intake.pushed_at, pulled_at):
+            if not relay_due(now, self.intake.pushed_at, first_pushed_at, pulled_at):
                 continue  # updates still being pushed to us: relay when they quiet down
             pulled_at = now
             others = [m for m in machine.committee if m != self.address]
@@ -438,9 +456,10 @@ class Node:
             for member in picks:
                 peer = self.peer_ids.get(member)
                 if peer is not None:
-                    await self._pull_member(peer, topic, round_)
+                    brought += await self._pull_member(peer, topic, round_)
 
-    async def _pull_member(self, peer: str, topic: str, round_: int) -> None:
+    async def _pull_member(self, peer: str, topic: str, round_: int) -> int:
+        """One relay pull: how many updates (and re-wraps) it brought."""
         try:
             admitted = await self.net.pull_and_admit(
                 peer, topic, since=round_, timeout_s=MEMBER_PULL_TIMEOUT_S
@@ -448,10 +467,11 @@ class Node:
         except P2PFLError as exc:
             self.count("member-pull-failed")
             log.debug("pull from member %s failed: %s", peer, exc)
-            return
+            return 0
         self.count("member-pulls")
         if admitted:
             self.count("member-pulled", admitted)
+        return admitted
 
     def _update_sent(self, round_: int) -> trio.Event:
         """Set once our update of `round_` was pushed to its attempt's members."""

@@ -162,3 +162,23 @@ def test_keccak_runs_on_the_c_backend():
     )
     assert os.environ.get("ETH_HASH_BACKEND") == "pysha3"
     assert type(auto_keccak.hasher.__self__).__name__ == "PySha3Backend"
+
+
+def test_a_signer_is_recovered_once_per_signed_statement():
+    """The same (digest, signature) bytes recover from a cache, the same signer; a
+    signature that does not recover raises every time and is not kept."""
+    digest = bytes(range(32))
+    signature = signing.sign_digest(KEY, digest)
+    signing._recover.cache_clear()
+    first = signing.recover_signer(digest, signature)
+    assert signing.recover_signer(bytearray(digest), bytearray(signature)) == first
+    assert signing._recover.cache_info().hits == 1
+    assert first == signing.address_of(KEY)
+    # Another digest under the same signature recovers another (wrong) address: the
+    # cache keys on both.
+    assert signing.recover_signer(bytes(32), signature) != first
+    unrecoverable = (5).to_bytes(32, "big") + (7).to_bytes(32, "big") + bytes([27])
+    for _ in range(2):
+        with pytest.raises(InvalidSignature):
+            signing.recover_signer(digest, unrecoverable)
+    assert signing._recover.cache_info().currsize == 2

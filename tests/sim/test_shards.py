@@ -30,3 +30,18 @@ def test_six_nodes_in_two_shards_commit_and_every_process_stops(tmp_path):
     ]
     for pid in [pids["anvil"], *(s["pid"] for s in shards)]:
         assert not alive(pid), f"process {pid} still running"
+
+
+def test_each_nodes_gossipsub_heartbeat_slows_with_the_node_count():
+    """The machine-wide gossipsub heartbeat work stays put: up to twenty nodes beat at the
+    node's default, 100 every 5 s (whole seconds); the node processes take the flag."""
+    from p2pfl.net.config import GOSSIP_HEARTBEAT_S
+    from sim.node_proc import parse_args
+    from sim.processes import gossip_heartbeat_s
+
+    assert [gossip_heartbeat_s(n) for n in (1, 10, 20)] == [GOSSIP_HEARTBEAT_S] * 3
+    assert [gossip_heartbeat_s(n) for n in (21, 40, 100)] == [2, 2, 5]
+    argv = ["--index", "0", "--manifest", "m", "--rpc", "r", "--data-dir", "d", "--rounds", "1"]
+    argv += ["--listen", "/ip4/127.0.0.1/tcp/0"]
+    assert parse_args([*argv, "--gossip-heartbeat-s", "5"]).gossip_heartbeat_s == 5
+    assert parse_args(argv).gossip_heartbeat_s == 0  # (the node's default)
