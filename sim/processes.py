@@ -56,7 +56,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 import signal
 import sys
@@ -113,11 +112,6 @@ CHAIN_POLLS_PER_S = 50.0
 # In shards (chain reads shared by a process's nodes): each node's poll, a worker-thread hop
 # answered from the shard's cache (100 nodes: 200 hops a second, 2 JSON-RPC reads).
 SHARD_FOLLOW_POLL_S = 0.5
-# Gossipsub heartbeats per second all nodes together run (mesh upkeep, IHAVE gossip, peer
-# scores, each beat's control RPCs): up to twenty nodes keep the node's 1 s default; 100
-# beat every 5 s (at 1 s the beats and their RPCs were ~7% of a 100-node shard's loop).
-# Published messages go out at once either way; the beat repairs meshes and gossips ids.
-GOSSIP_HEARTBEATS_PER_S = 20.0
 # status.json writes per second all nodes together make (ten nodes: each every second, the
 # node's default; 100: each every 5 s). The parent reads them for restart faults and the
 # summary; every node writes its last one when it stops.
@@ -417,7 +411,7 @@ def run_processes(
 ) -> Path:
     """Run one scenario with every node in its own process on anvil (or, `shards` > 0, the
     nodes dealt over that many shard processes); returns the run folder."""
-    from sim.run import print_summary, setup_task, summarise
+    from sim.run import gossip_heartbeat_s, print_summary, setup_task, summarise
 
     fault_spec = FaultSpec.from_dict(scenario.faults)
     if scenario.attacks or fault_spec.active:
@@ -697,14 +691,6 @@ def sync_interval_s(nodes: int) -> float:
     from p2pfl.net.config import SYNC_INTERVAL_S, TOPIC_KINDS
 
     return max(SYNC_INTERVAL_S, nodes * len(TOPIC_KINDS) / SYNC_STREAMS_PER_S)
-
-
-def gossip_heartbeat_s(nodes: int) -> int:
-    """Each node's gossipsub heartbeat: `GOSSIP_HEARTBEATS_PER_S` shared, never under the
-    node's default (whole seconds: py-libp2p's unit)."""
-    from p2pfl.net.config import GOSSIP_HEARTBEAT_S
-
-    return max(GOSSIP_HEARTBEAT_S, math.ceil(nodes / GOSSIP_HEARTBEATS_PER_S))
 
 
 def heartbeat_interval_s(nodes: int) -> float:

@@ -37,7 +37,7 @@ def test_each_nodes_gossipsub_heartbeat_slows_with_the_node_count():
     node's default, 100 every 5 s (whole seconds); the node processes take the flag."""
     from p2pfl.net.config import GOSSIP_HEARTBEAT_S
     from sim.node_proc import parse_args
-    from sim.processes import gossip_heartbeat_s
+    from sim.run import gossip_heartbeat_s
 
     assert [gossip_heartbeat_s(n) for n in (1, 10, 20)] == [GOSSIP_HEARTBEAT_S] * 3
     assert [gossip_heartbeat_s(n) for n in (21, 40, 100)] == [2, 2, 5]
