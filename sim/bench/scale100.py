@@ -204,6 +204,36 @@ of the same code 20 minutes earlier: 13.2 s), all 100 updates in every round, ac
 Per round at 100 nodes (a direct run): 1.4-1.8 s from the commit to a node's round start
 (model fetch, chain), 1.5-2 s more to its update (training takes turns on a shard's core:
 ~45 ms a node), then the pushes end ~2 s later and the relay ~3 s after that.
+
+2026-12-06, a fifth session. A py-spy profile of both shards at 100 nodes: keccak ~8% of the
+loops (eth-hash's default pycryptodome backend, ~15 us a call: every signature check hashes
+three or four times, every committee draw once per staked node), each node's check of a
+committed round's 100 pulled signatures 11-16% (a shard's 50 nodes check the same 100
+signatures), gossipsub 16% (a heartbeat a second per node: mesh upkeep, peer scores, their
+RPCs). And instrumented runs: a member's first relay pull of a round went out before any
+update was pushed to it (the 1 s quiet rule read the authors' training as the end of the
+pushes), met the push storm at the other member (6.9 s at the median) and held the relay
+that long. Fixed: keccak on eth-hash's pysha3 backend (~5 us) and signatures through
+libsecp256k1 directly (recovery 94 -> 60 us, the same bytes as eth-keys); a signer
+recovered once per (digest, signature) per process (the round pulls' share 11-16% -> 2.4-
+3.6%); the relay's clock starts at the round's first push to the member (10 s into the
+round with none), a tick that brought updates followed by the next at once; the sim's
+gossipsub heartbeat 1 s up to 20 nodes, 5 s at 100 (`sim.run.gossip_heartbeat_s`). Direct
+100-node runs alternating with the session's starting code (2838adf), same hour: medians
+18.0 and 16.3 s against 22.4 and 20.5 s (rounds 18.0, 16.6, 19.5, 20.1, 16.4 / 23.1, 13.0,
+14.1, 16.3, 16.5 against 22.0, 19.1, 23.4, 23.2, 22.4 / 16.9, 20.5, 23.2, 22.9, 17.0): ~20%
+faster. The bench at the head (the machine slower than the session before: load 0.99
+before, 2.69 after): 10 nodes 2.66, 3.11, 2.99, 2.76, 2.58 s, median **2.76 s** (2.09 s a
+session ago); 100 nodes 27.2, 22.2, 23.9, 22.2, 19.7 s, median **22.2 s** (train 9.9,
+disseminate 8.2, aggregate 0.8, agree 1.7, commit 0.8), all 100 updates in every round,
+accuracy 0.771, shards at 0.77 of a core: **ratio 8.0** (target <= 2, not met). Tried and
+not kept: a 1 ms GIL switch interval in the shard processes (training threads wait on the
+loop's GIL: 600 images take 13.5 ms alone, ~60 ms in a shard), no faster side by side
+(medians 20.1, 18.0 s with it against 18.5, 17.4 s without). What the round is made of at
+100 nodes on 2 cores: ~800 delta transfers (each member takes in all 100, each node fetches
+the model) at ~6 ms of CPU each through py-libp2p, 100 trainings that take turns with the
+loop for the GIL, seven members each running the robust filter over 100 deltas (~0.17 s
+each alone), against 70 transfers and 10 trainings for the 10-node round.
 """
 
 from __future__ import annotations
