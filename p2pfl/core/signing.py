@@ -143,12 +143,9 @@ def vote_digest(
 
 def sign_digest(private_key: bytes, digest: bytes) -> bytes:
     """Sign a 32-byte digest; returns r || s || v with v in {27, 28} and low s."""
-    _check_bytes("private_key", private_key, 32)
+    secret = _secret(private_key)
     _check_bytes("digest", digest, 32)
-    try:
-        rsv = coincurve.PrivateKey(bytes(private_key)).sign_recoverable(bytes(digest), hasher=None)
-    except ValueError as exc:  # zero or >= n
-        raise InvalidMessage("bad-field", f"private_key: {exc}") from None
+    rsv = secret.sign_recoverable(bytes(digest), hasher=None)
     s, v = int.from_bytes(rsv[32:64], "big"), rsv[64]
     if s > SECP256K1_HALF_N:  # normalise; libsecp256k1 already emits low s
         s = SECP256K1_N - s
@@ -193,8 +190,13 @@ def _address(public: coincurve.PublicKey) -> bytes:
 
 def address_of(private_key: bytes) -> bytes:
     """The 20-byte Ethereum address of a secp256k1 private key."""
+    return _address(_secret(private_key).public_key)
+
+
+def _secret(private_key: bytes) -> coincurve.PrivateKey:
+    """A 32-byte secp256k1 private key; InvalidMessage if it is not one (0, or >= n)."""
     _check_bytes("private_key", private_key, 32)
     try:
-        return _address(coincurve.PublicKey.from_secret(bytes(private_key)))
-    except ValueError as exc:  # zero or >= n
+        return coincurve.PrivateKey(bytes(private_key))
+    except ValueError as exc:
         raise InvalidMessage("bad-field", f"private_key: {exc}") from None
