@@ -126,12 +126,14 @@ async def run_node(
     cpu_limiter: Any = None,
     peer_reads: Any = None,
     commit_reads: Any = None,
+    trainer: Any = None,
 ) -> None:
     """One node (`main`'s arguments) until cancelled. The nodes of one shard process
-    (`sim.shard_proc`) share `cpu_limiter` (a trio.CapacityLimiter: their training and
-    aggregation threads take turns on the shard's core), `peer_reads` (a
-    SharedRegistryReads: the registry's peer IDs, read once for all) and `commit_reads` (a
-    SharedCommitReads: the chain polls for commits); None: the node's own."""
+    (`sim.shard_proc`) share `cpu_limiter` (a trio.CapacityLimiter: their aggregation
+    threads take turns on the shard's core), `peer_reads` (a SharedRegistryReads: the
+    registry's peer IDs, read once for all), `commit_reads` (a SharedCommitReads: the chain
+    polls for commits) and a training process (`trainer`: a Node trainer that runs this
+    node's training there); None: the node's own."""
     import trio
 
     from p2pfl.cli.launch import Launch, launch_node
@@ -189,6 +191,7 @@ async def run_node(
                 **({"cpu_limiter": cpu_limiter} if cpu_limiter is not None else {}),
                 **({"peer_reads": peer_reads} if peer_reads is not None else {}),
                 **({"commit_reads": commit_reads} if commit_reads is not None else {}),
+                **({"trainer": trainer} if trainer is not None else {}),
                 **_heartbeat_options(args.heartbeat_interval_s),
             },
             net_options={

@@ -6,9 +6,11 @@ arguments, data dir and files: partition, status.json, rounds.jsonl, final.json)
 Why: one interpreter cannot host 100 nodes fast enough (every host's crypto and streams
 share its lock: issue #13), and 100 node processes do not fit two cores' memory and
 scheduling; K interpreters, one per core, use both cores with the per-process cost paid K
-times instead of 100. The nodes of a shard share one training slot (a trio
-CapacityLimiter of 1: their training and aggregation threads take turns on the shard's
-core), the registry's peer IDs (read once per shard, not once per node), the chain polls
+times instead of 100. The nodes of a shard share one training process (forked by the shard
+before its loop starts; it maps each node's partition file as the node would and runs
+`train_local` on it, one node at a time: torch's Python work does not hold the loop's
+interpreter lock, as threads would -- 600 images took ~60 ms in a thread beside the loop,
+13.5 ms alone), one slot for aggregation (a trio CapacityLimiter of 1), the registry's peer IDs (read once per shard, not once per node), the chain polls
 for commits (`p2pfl.chain.follower.SharedCommitReads`: one head read serves them all) and their
 process's stdout/stderr (the shard's log). The keys arrive as the
 process's arguments through the fork server's pipe, never on a command line.
@@ -17,15 +19,19 @@ process's arguments through the fork server's pipe, never on a command line.
 from __future__ import annotations
 
 import gc
+import multiprocessing
 import os
+import signal
 import sys
 import time
 import warnings
+from concurrent.futures import Future, ProcessPoolExecutor
 from typing import Any
 
 from sim import GC_THRESHOLDS
 from sim.node_proc import (
     PROFILE_ENV,
+    _libc,
     cancel_on_signal,
     parse_args,
     run_node,
@@ -33,26 +39,116 @@ from sim.node_proc import (
     tune_malloc,
 )
 
-# A forked shard process's name (/proc/<pid>/comm): "p2pfl-shard<K>".
+# A forked shard process's name (/proc/<pid>/comm): "p2pfl-shard<K>"; its training
+# process's: "p2pfl-train<K>".
 SHARD_PROCESS_PREFIX = "p2pfl-shard"
-# Training and aggregation threads running at once in a shard: one core's worth.
+TRAIN_PROCESS_PREFIX = "p2pfl-train"
+# Aggregation threads running at once in a shard: one core's worth.
 SHARD_CPU_SLOTS = 1
+# linux/prctl.h: deliver a signal to this process when its parent dies.
+PR_SET_PDEATHSIG = 1
+
+# The training process's partitions (data dir -> Dataset), mapped on a node's first round.
+_PARTITIONS: dict[str, Any] = {}
 
 
-async def run_shard(nodes: list[tuple[Any, bytes]]) -> None:
-    """Every (arguments, key) node of the shard in one nursery until SIGINT/SIGTERM."""
+def _init_training_process(name: str) -> None:
+    """The training process: named, killed with its shard (a shard killed outright leaves
+    no orphan behind), deaf to the terminal's SIGINT (its shard stops it)."""
+    set_process_name(name)
+    libc = _libc()
+    if libc is not None:
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() == 1:  # the shard died before prctl took effect
+        os._exit(1)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    warnings.simplefilter("ignore")
+    import p2pfl.train.trainer  # noqa: F401 - torch's import, before round 1
+
+
+def _ready() -> int:
+    return os.getpid()
+
+
+def _train_node(
+    data_dir: str, model: str, model_kwargs: dict[str, Any], base: Any, cfg: Any, seed: int
+) -> Any:
+    """Node `data_dir`'s local training (`train_local`, one thread) in the training process."""
+    from p2pfl.train.trainer import train_local
+    from sim.data import load_partition
+
+    data = _PARTITIONS.get(data_dir)
+    if data is None:
+        data = _PARTITIONS[data_dir] = load_partition(data_dir)
+    return train_local(model, base, data, cfg, seed, model_kwargs=model_kwargs, num_threads=1)
+
+
+def start_training_process(shard: int) -> ProcessPoolExecutor:
+    """The shard's training process, forked now (call it before any thread starts: the
+    loop's worker threads would make the fork unsafe) and warmed up (torch imported)."""
+    pool = ProcessPoolExecutor(
+        max_workers=1,
+        mp_context=multiprocessing.get_context("fork"),
+        initializer=_init_training_process,
+        initargs=(f"{TRAIN_PROCESS_PREFIX}{shard}",),
+    )
+    pool.submit(_ready).result()
+    return pool
+
+
+def shard_trainer(pool: ProcessPoolExecutor, data_dir: str, model: str, kwargs: dict) -> Any:
+    """A Node trainer (`p2pfl.node.roundlog.Trainer`) running `data_dir`'s training in the
+    shard's training process: only the base weights go there and the result comes back;
+    the waiting task is woken by the future's callback (no thread waits on it)."""
+    import trio
+
+    async def train(base: Any, cfg: Any, seed: int) -> Any:
+        token = trio.lowlevel.current_trio_token()
+        done = trio.Event()
+
+        def wake(_: Future) -> None:
+            try:
+                token.run_sync_soon(done.set)
+            except trio.RunFinishedError:
+                pass  # the shard is stopping: nobody waits any more
+
+        future = pool.submit(_train_node, data_dir, model, kwargs, base, cfg, seed)
+        future.add_done_callback(wake)
+        try:
+            await done.wait()
+        except BaseException:
+            future.cancel()  # not started yet: never runs (a running one ends unread)
+            raise
+        return future.result()  # the training's own exception, if it raised
+
+    return train
+
+
+async def run_shard(nodes: list[tuple[Any, bytes]], pool: ProcessPoolExecutor | None) -> None:
+    """Every (arguments, key) node of the shard in one nursery until SIGINT/SIGTERM; their
+    training in `pool` (None: each node's own threads)."""
     import trio
 
     from p2pfl.chain.follower import SharedCommitReads
+    from p2pfl.manifest import TaskManifest
     from p2pfl.node.peers import SharedRegistryReads
 
     cpu = trio.CapacityLimiter(SHARD_CPU_SLOTS)
     peer_reads = SharedRegistryReads()  # one task, one registry: read once for the shard
     commit_reads = SharedCommitReads()  # one chain: its head and commits read once too
+    manifests: dict[str, Any] = {}
     async with trio.open_nursery() as nursery:
         nursery.start_soon(cancel_on_signal, nursery.cancel_scope)
         for args, key in nodes:
-            nursery.start_soon(run_node, args, key, cpu, peer_reads, commit_reads)
+            trainer = None
+            if pool is not None:
+                if args.manifest not in manifests:
+                    manifests[args.manifest] = TaskManifest.load(args.manifest)
+                manifest = manifests[args.manifest]
+                trainer = shard_trainer(
+                    pool, str(args.data_dir), manifest.model, dict(manifest.model_kwargs)
+                )
+            nursery.start_soon(run_node, args, key, cpu, peer_reads, commit_reads, trainer)
 
 
 def forked_shard_main(shard: int, argvs: list[list[str]], keys: list[str], log_path: str) -> None:
@@ -72,18 +168,21 @@ def forked_shard_main(shard: int, argvs: list[list[str]], keys: list[str], log_p
     setup_logging()
     gc.set_threshold(*GC_THRESHOLDS)
     nodes = [(parse_args(argv), bytes.fromhex(key)) for argv, key in zip(argvs, keys)]
+    pool = start_training_process(shard)
     profile_to = os.environ.get(PROFILE_ENV)
     try:
         if not profile_to:
-            trio.run(run_shard, nodes)
+            trio.run(run_shard, nodes, pool)
         else:
             import cProfile
 
             profiler = cProfile.Profile(time.process_time)
             try:
-                profiler.runcall(trio.run, run_shard, nodes)
+                profiler.runcall(trio.run, run_shard, nodes, pool)
             finally:
                 profiler.dump_stats(f"{log_path}.prof")
     except KeyboardInterrupt:
         pass
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
     sys.exit(0)
