@@ -252,7 +252,7 @@ M_MMAP_THRESHOLD = -3
 MMAP_THRESHOLD_BYTES = 128 * 1024
 
 
-def _libc() -> Any:
+def glibc() -> Any:
     import ctypes
 
     try:
@@ -266,7 +266,7 @@ def tune_malloc() -> None:
     threads, and each would otherwise keep an arena of its own holding the freed tensors
     of earlier rounds: 20-40 MiB of private memory per arena, measured), and keep large
     blocks in their own mappings (`MMAP_THRESHOLD_BYTES`). No-op elsewhere."""
-    libc = _libc()
+    libc = glibc()
     if libc is not None:
         libc.mallopt(M_ARENA_MAX, 1)
         libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
@@ -275,7 +275,7 @@ def tune_malloc() -> None:
 def trim_malloc() -> None:
     """Give the heap's free pages back to the system (glibc's malloc_trim): once a round,
     after its training, aggregation and model fetches freed their buffers."""
-    libc = _libc()
+    libc = glibc()
     if libc is not None:
         libc.malloc_trim(0)
 

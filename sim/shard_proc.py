@@ -10,8 +10,9 @@ times instead of 100. The nodes of a shard share one training process (forked by
 before its loop starts; it maps each node's partition file as the node would and runs
 `train_local` on it, one node at a time: torch's Python work does not hold the loop's
 interpreter lock, as threads would -- 600 images took ~60 ms in a thread beside the loop,
-13.5 ms alone), one slot for aggregation (a trio CapacityLimiter of 1), the registry's peer IDs (read once per shard, not once per node), the chain polls
-for commits (`p2pfl.chain.follower.SharedCommitReads`: one head read serves them all) and their
+13.5 ms alone), one slot for aggregation (a trio CapacityLimiter of 1), the registry's peer
+IDs (read once per shard, not once per node), the chain polls for commits
+(`p2pfl.chain.follower.SharedCommitReads`: one head read serves them all) and their
 process's stdout/stderr (the shard's log). The keys arrive as the
 process's arguments through the fork server's pipe, never on a command line.
 """
@@ -31,8 +32,8 @@ from typing import Any
 from sim import GC_THRESHOLDS
 from sim.node_proc import (
     PROFILE_ENV,
-    _libc,
     cancel_on_signal,
+    glibc,
     parse_args,
     run_node,
     set_process_name,
@@ -52,14 +53,14 @@ PR_SET_PDEATHSIG = 1
 _PARTITIONS: dict[str, Any] = {}
 
 
-def _init_training_process(name: str) -> None:
+def _init_training_process(name: str, shard_pid: int) -> None:
     """The training process: named, killed with its shard (a shard killed outright leaves
     no orphan behind), deaf to the terminal's SIGINT (its shard stops it)."""
     set_process_name(name)
-    libc = _libc()
+    libc = glibc()
     if libc is not None:
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() == 1:  # the shard died before prctl took effect
+    if os.getppid() != shard_pid:  # the shard died before prctl took effect
         os._exit(1)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     warnings.simplefilter("ignore")
@@ -90,7 +91,7 @@ def start_training_process(shard: int) -> ProcessPoolExecutor:
         max_workers=1,
         mp_context=multiprocessing.get_context("fork"),
         initializer=_init_training_process,
-        initargs=(f"{TRAIN_PROCESS_PREFIX}{shard}",),
+        initargs=(f"{TRAIN_PROCESS_PREFIX}{shard}", os.getpid()),
     )
     pool.submit(_ready).result()
     return pool

@@ -2,6 +2,10 @@
 nodes with the node processes' code, on anvil; every process stopped by PID."""
 
 import json
+import os
+from pathlib import Path
+
+import pytest
 
 from sim.__main__ import main as sim_main
 from tests.sim.conftest import alive
@@ -30,6 +34,22 @@ def test_six_nodes_in_two_shards_commit_and_every_process_stops(tmp_path):
     ]
     for pid in [pids["anvil"], *(s["pid"] for s in shards)]:
         assert not alive(pid), f"process {pid} still running"
+    assert _training_processes() == []  # each shard's went with it
+
+
+def _training_processes() -> list[int]:
+    """PIDs of live shard training processes (by their /proc name)."""
+    from sim.shard_proc import TRAIN_PROCESS_PREFIX
+
+    found = []
+    for comm in Path("/proc").glob("[0-9]*/comm"):
+        try:
+            name = comm.read_text().strip()
+        except OSError:
+            continue  # gone meanwhile
+        if name.startswith(TRAIN_PROCESS_PREFIX) and alive(int(comm.parent.name)):
+            found.append(int(comm.parent.name))
+    return found
 
 
 def test_each_nodes_gossipsub_heartbeat_slows_with_the_node_count():
@@ -45,3 +65,72 @@ def test_each_nodes_gossipsub_heartbeat_slows_with_the_node_count():
     argv += ["--listen", "/ip4/127.0.0.1/tcp/0"]
     assert parse_args([*argv, "--gossip-heartbeat-s", "5"]).gossip_heartbeat_s == 5
     assert parse_args(argv).gossip_heartbeat_s == 0  # (the node's default)
+
+
+def test_a_shards_training_process_trains_each_node_as_the_node_would(tmp_path):
+    """Node training runs in the shard's training process on the node's partition file:
+    the very delta `train_local` gives in the node itself, a training's error raised to its
+    caller, the process named and gone once the shard shuts it down."""
+    import numpy as np
+    import trio
+
+    from p2pfl.train.data import load_fashion_mnist
+    from p2pfl.train.models import init_weights
+    from p2pfl.train.trainer import TrainConfig, train_local
+    from sim.data import load_partition, save_partition
+    from sim.shard_proc import TRAIN_PROCESS_PREFIX, _ready, shard_trainer, start_training_process
+
+    images = load_fashion_mnist("test")
+    folder = tmp_path / "node3"
+    save_partition(type(images)(images.x[:300], images.y[:300]), folder)
+    kwargs = {"input_shape": [1, 28, 28], "hidden": [16]}
+    base = init_weights("mlp", kwargs, seed=5)
+    cfg = TrainConfig(epochs=1, batch_size=32, lr=0.05, momentum=0.9)
+
+    pool = start_training_process(3)
+    pid = pool.submit(_ready).result()
+    try:
+        assert pid != os.getpid()
+        assert Path(f"/proc/{pid}/comm").read_text().strip() == f"{TRAIN_PROCESS_PREFIX}3"
+        trained = trio.run(shard_trainer(pool, str(folder), "mlp", kwargs), base, cfg, 11)
+        missing = shard_trainer(pool, str(tmp_path / "nobody"), "mlp", kwargs)
+        with pytest.raises(FileNotFoundError):
+            trio.run(missing, base, cfg, 11)
+    finally:
+        pool.shutdown(wait=True)
+    data = load_partition(folder)
+    here = train_local("mlp", base, data, cfg, 11, model_kwargs=kwargs, num_threads=1)
+    assert trained.n_samples == here.n_samples == 300
+    assert sorted(trained.delta) == sorted(here.delta)
+    for name in here.delta:
+        assert trained.delta[name].tobytes() == here.delta[name].tobytes(), name
+        assert np.abs(here.delta[name]).sum() > 0  # it trained
+    assert not alive(pid)
+
+
+def test_a_shard_killed_outright_takes_its_training_process_with_it():
+    """SIGKILL gives a shard no chance to stop its training process: the kernel does
+    (PR_SET_PDEATHSIG), so no orphan keeps running."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    code = (
+        "import time\n"
+        "from sim.shard_proc import _ready, start_training_process\n"
+        "pool = start_training_process(9)\n"
+        "print(pool.submit(_ready).result(), flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    shard = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        worker = int(shard.stdout.readline())
+        assert alive(worker)
+    finally:
+        shard.send_signal(signal.SIGKILL)
+        shard.wait()
+    deadline = time.monotonic() + 10
+    while alive(worker) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not alive(worker)
