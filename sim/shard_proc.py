@@ -46,10 +46,6 @@ SHARD_PROCESS_PREFIX = "p2pfl-shard"
 TRAIN_PROCESS_PREFIX = "p2pfl-train"
 # Aggregation threads running at once in a shard: one core's worth.
 SHARD_CPU_SLOTS = 1
-# The shard's loop runs at this niceness, its training process at the one it was started
-# with: a training the loop's turn would hold up holds up the node's update, and the round
-# waits for the last of them (the loop keeps ~a tenth of a core while both want it).
-SHARD_LOOP_NICENESS = 10
 # linux/prctl.h: deliver a signal to this process when its parent dies.
 PR_SET_PDEATHSIG = 1
 
@@ -174,7 +170,6 @@ def forked_shard_main(shard: int, argvs: list[list[str]], keys: list[str], log_p
     gc.set_threshold(*GC_THRESHOLDS)
     nodes = [(parse_args(argv), bytes.fromhex(key)) for argv, key in zip(argvs, keys)]
     pool = start_training_process(shard)
-    os.nice(int(os.environ.get("P2PFL_SHARD_NICE", SHARD_LOOP_NICENESS)))
     profile_to = os.environ.get(PROFILE_ENV)
     try:
         if not profile_to:
