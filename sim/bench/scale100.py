@@ -234,6 +234,34 @@ loop's GIL: 600 images take 13.5 ms alone, ~60 ms in a shard), no faster side by
 the model) at ~6 ms of CPU each through py-libp2p, 100 trainings that take turns with the
 loop for the GIL, seven members each running the robust filter over 100 deltas (~0.17 s
 each alone), against 70 transfers and 10 trainings for the 10-node round.
+
+2026-12-06, a sixth session. Each shard now trains its nodes in a training process of its
+own (`sim.shard_proc`: forked before the loop starts, `train_local` on the node's partition
+file, the delta bitwise that of a training in the node): in threads, a node's training
+waited on the loop for the interpreter lock (~60 ms for 600 images against 13.5 ms alone)
+and its Python work held the loop up. In the runs' metrics (rounds 2-5, side by side): a
+node's round start to its update out 2.6-3.4 s -> 1.0-2.7 s at the median, the "train"
+phase ~9 -> ~6 s.
+Direct 100-node runs alternating with the session's starting code: medians 19.6, 22.8 s
+against 39.4, 22.6 s (the first base run met a slow spell of the machine). The bench at
+that code (load 0.78 before, 2.53 after): 10 nodes 2.55, 2.64, 2.63, 3.24, 2.60 s, median
+**2.63 s**, accuracy 0.817; 100 nodes 17.6, 17.8, 18.1, 20.7, 16.3 s, median **17.8 s**
+(train 5.7, disseminate 7.3, aggregate 0.7, agree 1.7, commit 0.8), all 100 updates in every
+round, accuracy 0.771, shard loops at 0.70-0.72 of a core (their training processes apart):
+**ratio 6.8** (target <= 2, not met). Where a 100-node round goes now (a trio Instrument
+summing each task step's time per task name and half-second, rounds 2-5): the commit is
+known everywhere within ~0.5 s, but the median node holds the new model 2.1-2.7 s later (93
+fetches of 400 KB from the 7 members while both loops are ~95% busy: certificate and
+proposal gossip ~25% of those seconds, yamux frame reads ~23%, model serving ~11%); authors'
+pushes arrive at a member over ~8 s (a 400 KB push takes 2.4 s at the median, 5.2 s at p90:
+every frame waits its turn on a loop with hundreds of runnable tasks); the member's relay
+then pulls the ~60 deltas pushed only to others, 3-4 answers of 8 MiB in turn, ~3 s after
+the last push; aggregation, agreement and the commit ~3 s. Over a whole run the loops'
+time splits: yamux frame reads 23.5%, answering pushes and pulls 9.3%, pubsub ~14%, the
+last round's pulled updates 5.1%, the round machine 4.7%, stream negotiation 5.1%, pushes
+4.5%, new connections ~6%. Tried and not kept: the shard loop at niceness 10 so that
+trainings go first (medians 15.0 vs 13.1 s without, then both ~2.5x slower as the host's
+steal time reached ~30%: no evidence either way, and a loop starved by any local load).
 """
 
 from __future__ import annotations
