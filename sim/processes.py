@@ -332,8 +332,11 @@ class Shard:
     members: list[Child]
     log_path: Path
     process: Any = None  # multiprocessing.Process
-    # (time.monotonic, user CPU s, system CPU s) each time `note_cpu` read them.
-    cpu_marks: list[tuple[float, float, float]] = field(default_factory=list)
+    # (time.monotonic, user CPU s, system CPU s, the training process's user CPU s) each
+    # time `note_cpu` read them.
+    cpu_marks: list[tuple[float, float, float, float]] = field(default_factory=list)
+    # PIDs of the shard's training processes seen (`sim.shard_proc.TrainingProcess`).
+    train_pids: list[int] = field(default_factory=list)
 
     def start(self) -> None:
         self.process = fork_context().Process(
@@ -353,14 +356,21 @@ class Shard:
             child.pids.append(self.process.pid)
 
     def note_cpu(self) -> None:
-        """Record the process's CPU time so far (every thread's: the training too)."""
-        try:
-            stat = Path(f"/proc/{self.process.pid}/stat").read_text()
-        except OSError:
+        """Record the CPU time so far of the shard's process (every thread's: its loop, its
+        aggregations) and of its training process (a child: counted apart)."""
+        if self.process is None or self.process.pid is None:
             return
-        fields = stat.rsplit(")", 1)[1].split()
-        tick = os.sysconf("SC_CLK_TCK")
-        self.cpu_marks.append((time.monotonic(), int(fields[11]) / tick, int(fields[12]) / tick))
+        cpu = _process_cpu(self.process.pid)
+        if cpu is None:
+            return
+        train_user = 0.0
+        for pid in _child_pids(self.process.pid):
+            if pid not in self.train_pids:
+                self.train_pids.append(pid)
+            train_cpu = _process_cpu(pid)
+            if train_cpu is not None:
+                train_user += train_cpu[0]
+        self.cpu_marks.append((time.monotonic(), cpu[0], cpu[1], train_user))
 
     def figures(self) -> dict[str, Any]:
         """PID, nodes, and user/system CPU over the first to last `note_cpu` (the rounds)."""
@@ -368,11 +378,41 @@ class Shard:
             "shard": self.index,
             "pid": self.process.pid if self.process is not None else None,
             "nodes": [child.index for child in self.members],
+            "train_pids": list(self.train_pids),
         }
         if len(self.cpu_marks) >= 2:
-            (t0, u0, s0), (t1, u1, s1) = self.cpu_marks[0], self.cpu_marks[-1]
-            out.update({"wall_s": t1 - t0, "user_cpu_s": u1 - u0, "system_cpu_s": s1 - s0})
+            (t0, u0, s0, tu0), (t1, u1, s1, tu1) = self.cpu_marks[0], self.cpu_marks[-1]
+            out.update(
+                {
+                    "wall_s": t1 - t0,
+                    "user_cpu_s": u1 - u0,
+                    "system_cpu_s": s1 - s0,
+                    "train_user_cpu_s": max(0.0, tu1 - tu0),
+                }
+            )
         return out
+
+
+def _process_cpu(pid: int) -> tuple[float, float] | None:
+    """(user, system) CPU seconds of process `pid` so far; None once it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
+
+
+def _child_pids(pid: int) -> list[int]:
+    """The live child processes of `pid` (forked by any of its threads)."""
+    found: set[int] = set()
+    for children in Path(f"/proc/{pid}/task").glob("*/children"):
+        try:
+            found.update(int(p) for p in children.read_text().split())
+        except (OSError, ValueError):
+            continue  # a thread gone meanwhile
+    return sorted(found)
 
 
 def make_shards(children: list[Child], shards: int, run_dir: Path) -> list[Shard]:

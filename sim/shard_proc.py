@@ -20,13 +20,16 @@ process's arguments through the fork server's pipe, never on a command line.
 from __future__ import annotations
 
 import gc
+import logging
 import multiprocessing
 import os
 import signal
 import sys
+import threading
 import time
 import warnings
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 from sim import GC_THRESHOLDS
@@ -39,6 +42,8 @@ from sim.node_proc import (
     set_process_name,
     tune_malloc,
 )
+
+log = logging.getLogger("sim.shard")
 
 # A forked shard process's name (/proc/<pid>/comm): "p2pfl-shard<K>"; its training
 # process's: "p2pfl-train<K>".
@@ -84,26 +89,60 @@ def _train_node(
     return train_local(model, base, data, cfg, seed, model_kwargs=model_kwargs, num_threads=1)
 
 
-def start_training_process(shard: int) -> ProcessPoolExecutor:
+class TrainingProcess:
+    """The shard's training process (`ProcessPoolExecutor` of one worker). Started by
+    fork before the shard's loop runs (no thread yet: the fork is safe, torch's import
+    shared); one that died (killed, out of memory) is replaced on the next training that
+    finds it broken, by spawn (the shard has threads by then), and that training runs
+    again there, once."""
+
+    def __init__(self, shard: int) -> None:
+        self.shard = shard
+        self.restarts = 0
+        self._restarting = threading.Lock()  # (trainings that found it dead, at once)
+        self.pool = self._start("fork")
+
+    def _start(self, method: str) -> ProcessPoolExecutor:
+        pool = ProcessPoolExecutor(
+            max_workers=1,
+            mp_context=multiprocessing.get_context(method),
+            initializer=_init_training_process,
+            initargs=(f"{TRAIN_PROCESS_PREFIX}{self.shard}", os.getpid()),
+        )
+        pool.submit(_ready).result()  # (warmed up: torch imported)
+        return pool
+
+    def pid(self) -> int:
+        """The live training process's PID."""
+        return int(self.pool.submit(_ready).result())
+
+    def restart(self, broken: ProcessPoolExecutor) -> None:
+        """Replace `broken` (unless another training did already); blocking."""
+        with self._restarting:
+            if self.pool is broken:
+                broken.shutdown(wait=False, cancel_futures=True)
+                self.restarts += 1
+                log.warning("shard %d: training process died; starting another", self.shard)
+                self.pool = self._start("spawn")
+
+    def shutdown(self, wait: bool = False) -> None:
+        self.pool.shutdown(wait=wait, cancel_futures=True)
+
+
+def start_training_process(shard: int) -> TrainingProcess:
     """The shard's training process, forked now (call it before any thread starts: the
     loop's worker threads would make the fork unsafe) and warmed up (torch imported)."""
-    pool = ProcessPoolExecutor(
-        max_workers=1,
-        mp_context=multiprocessing.get_context("fork"),
-        initializer=_init_training_process,
-        initargs=(f"{TRAIN_PROCESS_PREFIX}{shard}", os.getpid()),
-    )
-    pool.submit(_ready).result()
-    return pool
+    return TrainingProcess(shard)
 
 
-def shard_trainer(pool: ProcessPoolExecutor, data_dir: str, model: str, kwargs: dict) -> Any:
+def shard_trainer(process: TrainingProcess, data_dir: str, model: str, kwargs: dict) -> Any:
     """A Node trainer (`p2pfl.node.roundlog.Trainer`) running `data_dir`'s training in the
     shard's training process: only the base weights go there and the result comes back;
-    the waiting task is woken by the future's callback (no thread waits on it)."""
+    the waiting task is woken by the future's callback (no thread waits on it). A
+    training the process died under runs again in its replacement, once."""
     import trio
 
-    async def train(base: Any, cfg: Any, seed: int) -> Any:
+    async def run_once(pool: ProcessPoolExecutor, base: Any, cfg: Any, seed: int) -> Any:
         token = trio.lowlevel.current_trio_token()
         done = trio.Event()
 
@@ -122,10 +161,18 @@ def shard_trainer(pool: ProcessPoolExecutor, data_dir: str, model: str, kwargs: 
             raise
         return future.result()  # the training's own exception, if it raised
 
+    async def train(base: Any, cfg: Any, seed: int) -> Any:
+        pool = process.pool
+        try:
+            return await run_once(pool, base, cfg, seed)
+        except BrokenProcessPool:
+            await trio.to_thread.run_sync(process.restart, pool)
+            return await run_once(process.pool, base, cfg, seed)
+
     return train
 
 
-async def run_shard(nodes: list[tuple[Any, bytes]], pool: ProcessPoolExecutor | None) -> None:
+async def run_shard(nodes: list[tuple[Any, bytes]], pool: TrainingProcess | None) -> None:
     """Every (arguments, key) node of the shard in one nursery until SIGINT/SIGTERM; their
     training in `pool` (None: each node's own threads)."""
     import trio
@@ -185,5 +232,5 @@ def forked_shard_main(shard: int, argvs: list[list[str]], keys: list[str], log_p
     except KeyboardInterrupt:
         pass
     finally:
-        pool.shutdown(wait=False, cancel_futures=True)
+        pool.shutdown()
     sys.exit(0)

@@ -326,7 +326,9 @@ def _run(nodes: int, shards: int) -> dict[str, Any]:
                 f"{name}-shard{shard['shard']}-cpu",
                 shard["user_cpu_s"] / shard["wall_s"],
                 f"user CPU s per wall s ({len(shard['nodes'])} nodes; system "
-                f"{shard['system_cpu_s'] / shard['wall_s']:.2f}; wall {shard['wall_s']:.0f} s)",
+                f"{shard['system_cpu_s'] / shard['wall_s']:.2f}; its training process "
+                f"{shard.get('train_user_cpu_s', 0.0) / shard['wall_s']:.2f}; "
+                f"wall {shard['wall_s']:.0f} s)",
             )
     if records:
         figure(f"{name}-accuracy", summary["final_accuracy"], "")

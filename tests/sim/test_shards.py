@@ -34,22 +34,12 @@ def test_six_nodes_in_two_shards_commit_and_every_process_stops(tmp_path):
     ]
     for pid in [pids["anvil"], *(s["pid"] for s in shards)]:
         assert not alive(pid), f"process {pid} still running"
-    assert _training_processes() == []  # each shard's went with it
-
-
-def _training_processes() -> list[int]:
-    """PIDs of live shard training processes (by their /proc name)."""
-    from sim.shard_proc import TRAIN_PROCESS_PREFIX
-
-    found = []
-    for comm in Path("/proc").glob("[0-9]*/comm"):
-        try:
-            name = comm.read_text().strip()
-        except OSError:
-            continue  # gone meanwhile
-        if name.startswith(TRAIN_PROCESS_PREFIX) and alive(int(comm.parent.name)):
-            found.append(int(comm.parent.name))
-    return found
+    # Each shard trained in a training process of its own (its CPU counted apart), gone
+    # with the shard.
+    assert all(len(s["train_pids"]) == 1 for s in shards)
+    assert all(s["train_user_cpu_s"] > 0 for s in shards)
+    for pid in [p for s in shards for p in s["train_pids"]]:
+        assert not alive(pid), f"training process {pid} still running"
 
 
 def test_each_nodes_gossipsub_heartbeat_slows_with_the_node_count():
@@ -70,7 +60,10 @@ def test_each_nodes_gossipsub_heartbeat_slows_with_the_node_count():
 def test_a_shards_training_process_trains_each_node_as_the_node_would(tmp_path):
     """Node training runs in the shard's training process on the node's partition file:
     the very delta `train_local` gives in the node itself, a training's error raised to its
-    caller, the process named and gone once the shard shuts it down."""
+    caller, a training process that died replaced (the training that found it dead runs
+    in the new one), the process named and gone once the shard shuts it down."""
+    import signal
+
     import numpy as np
     import trio
 
@@ -78,7 +71,7 @@ def test_a_shards_training_process_trains_each_node_as_the_node_would(tmp_path):
     from p2pfl.train.models import init_weights
     from p2pfl.train.trainer import TrainConfig, train_local
     from sim.data import load_partition, save_partition
-    from sim.shard_proc import TRAIN_PROCESS_PREFIX, _ready, shard_trainer, start_training_process
+    from sim.shard_proc import TRAIN_PROCESS_PREFIX, shard_trainer, start_training_process
 
     images = load_fashion_mnist("test")
     folder = tmp_path / "node3"
@@ -87,25 +80,32 @@ def test_a_shards_training_process_trains_each_node_as_the_node_would(tmp_path):
     base = init_weights("mlp", kwargs, seed=5)
     cfg = TrainConfig(epochs=1, batch_size=32, lr=0.05, momentum=0.9)
 
-    pool = start_training_process(3)
-    pid = pool.submit(_ready).result()
+    process = start_training_process(3)
+    first = process.pid()
     try:
-        assert pid != os.getpid()
-        assert Path(f"/proc/{pid}/comm").read_text().strip() == f"{TRAIN_PROCESS_PREFIX}3"
-        trained = trio.run(shard_trainer(pool, str(folder), "mlp", kwargs), base, cfg, 11)
-        missing = shard_trainer(pool, str(tmp_path / "nobody"), "mlp", kwargs)
+        assert first != os.getpid()
+        assert Path(f"/proc/{first}/comm").read_text().strip() == f"{TRAIN_PROCESS_PREFIX}3"
+        train = shard_trainer(process, str(folder), "mlp", kwargs)
+        trained = trio.run(train, base, cfg, 11)
+        missing = shard_trainer(process, str(tmp_path / "nobody"), "mlp", kwargs)
         with pytest.raises(FileNotFoundError):
             trio.run(missing, base, cfg, 11)
+        os.kill(first, signal.SIGKILL)
+        again = trio.run(train, base, cfg, 11)
+        second = process.pid()
+        assert process.restarts == 1 and second != first
+        assert Path(f"/proc/{second}/comm").read_text().strip() == f"{TRAIN_PROCESS_PREFIX}3"
     finally:
-        pool.shutdown(wait=True)
+        process.shutdown(wait=True)
     data = load_partition(folder)
     here = train_local("mlp", base, data, cfg, 11, model_kwargs=kwargs, num_threads=1)
-    assert trained.n_samples == here.n_samples == 300
-    assert sorted(trained.delta) == sorted(here.delta)
+    assert trained.n_samples == again.n_samples == here.n_samples == 300
+    assert sorted(trained.delta) == sorted(again.delta) == sorted(here.delta)
     for name in here.delta:
         assert trained.delta[name].tobytes() == here.delta[name].tobytes(), name
+        assert again.delta[name].tobytes() == here.delta[name].tobytes(), name
         assert np.abs(here.delta[name]).sum() > 0  # it trained
-    assert not alive(pid)
+    assert not alive(first) and not alive(second)
 
 
 def test_a_shard_killed_outright_takes_its_training_process_with_it():
@@ -118,9 +118,9 @@ def test_a_shard_killed_outright_takes_its_training_process_with_it():
 
     code = (
         "import time\n"
-        "from sim.shard_proc import _ready, start_training_process\n"
-        "pool = start_training_process(9)\n"
-        "print(pool.submit(_ready).result(), flush=True)\n"
+        "from sim.shard_proc import start_training_process\n"
+        "process = start_training_process(9)\n"
+        "print(process.pid(), flush=True)\n"
         "time.sleep(60)\n"
     )
     shard = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
