@@ -172,9 +172,9 @@ def shard_trainer(process: TrainingProcess, data_dir: str, model: str, kwargs: d
     return train
 
 
-async def run_shard(nodes: list[tuple[Any, bytes]], pool: TrainingProcess | None) -> None:
+async def run_shard(nodes: list[tuple[Any, bytes]], training: TrainingProcess | None) -> None:
     """Every (arguments, key) node of the shard in one nursery until SIGINT/SIGTERM; their
-    training in `pool` (None: each node's own threads)."""
+    training in the shard's `training` process (None: each node's own threads)."""
     import trio
 
     from p2pfl.chain.follower import SharedCommitReads
@@ -189,12 +189,12 @@ async def run_shard(nodes: list[tuple[Any, bytes]], pool: TrainingProcess | None
         nursery.start_soon(cancel_on_signal, nursery.cancel_scope)
         for args, key in nodes:
             trainer = None
-            if pool is not None:
+            if training is not None:
                 if args.manifest not in manifests:
                     manifests[args.manifest] = TaskManifest.load(args.manifest)
                 manifest = manifests[args.manifest]
                 trainer = shard_trainer(
-                    pool, str(args.data_dir), manifest.model, dict(manifest.model_kwargs)
+                    training, str(args.data_dir), manifest.model, dict(manifest.model_kwargs)
                 )
             nursery.start_soon(run_node, args, key, cpu, peer_reads, commit_reads, trainer)
 
@@ -216,21 +216,21 @@ def forked_shard_main(shard: int, argvs: list[list[str]], keys: list[str], log_p
     setup_logging()
     gc.set_threshold(*GC_THRESHOLDS)
     nodes = [(parse_args(argv), bytes.fromhex(key)) for argv, key in zip(argvs, keys)]
-    pool = start_training_process(shard)
+    training = start_training_process(shard)
     profile_to = os.environ.get(PROFILE_ENV)
     try:
         if not profile_to:
-            trio.run(run_shard, nodes, pool)
+            trio.run(run_shard, nodes, training)
         else:
             import cProfile
 
             profiler = cProfile.Profile(time.process_time)
             try:
-                profiler.runcall(trio.run, run_shard, nodes, pool)
+                profiler.runcall(trio.run, run_shard, nodes, training)
             finally:
                 profiler.dump_stats(f"{log_path}.prof")
     except KeyboardInterrupt:
         pass
     finally:
-        pool.shutdown()
+        training.shutdown()
     sys.exit(0)
