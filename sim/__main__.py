@@ -2,7 +2,9 @@
 "last."""
 
 import argparse
+import signal
 import sys
+from typing import Any
 
 from p2pfl.errors import P2PFLError
 
@@ -59,5 +61,12 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _exit_on_sigterm(signum: int, frame: Any) -> None:
+    """SIGTERM ends the run as Ctrl-C would: its processes (nodes, shards, anvil) are
+    stopped by the run's own clean-up instead of being left behind."""
+    raise SystemExit(128 + signum)
+
+
 if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     sys.exit(main())

@@ -134,3 +134,74 @@ def test_a_shard_killed_outright_takes_its_training_process_with_it():
     while alive(worker) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not alive(worker)
+
+
+def test_a_run_stopped_with_sigterm_leaves_no_process_behind(tmp_path):
+    """`kill <pid of python -m sim>` ends a run as Ctrl-C does: anvil, the fork server, the
+    shards and their training processes all stop."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    argv = ["sim/scenarios/tiny.toml", "--shards", "2", "--set", "nodes=4", "--set", "rounds=50"]
+    run = subprocess.Popen(
+        [sys.executable, "-m", "sim", *argv, "--runs", str(tmp_path)],
+        cwd=Path(__file__).resolve().parents[2],
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        for line in run.stdout:
+            if "node processes up" in line:
+                break
+        family = _descendants(run.pid)
+        names = sorted(_name(pid) for pid in family)
+        assert "anvil" in names
+        assert [n for n in names if n.startswith("p2pfl-")] == [
+            "p2pfl-shard0",
+            "p2pfl-shard1",
+            "p2pfl-train0",
+            "p2pfl-train1",
+        ]
+        run.send_signal(signal.SIGTERM)
+        assert run.wait(timeout=120) != 0
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait()
+    deadline = time.monotonic() + 30
+    while any(alive(pid) for pid in family) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    left = [(pid, _name(pid)) for pid in family if alive(pid)]
+    for pid, _ in left:  # (stopped here by PID, so that a failure leaves none either)
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    assert left == []
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every live process below `pid`."""
+    found: list[int] = []
+    todo = [pid]
+    while todo:
+        parent = todo.pop()
+        for children in Path(f"/proc/{parent}/task").glob("*/children"):
+            try:
+                kids = [int(p) for p in children.read_text().split()]
+            except OSError:
+                continue
+            found += kids
+            todo += kids
+    return found
+
+
+def _name(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return "?"
