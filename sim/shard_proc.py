@@ -232,5 +232,7 @@ def forked_shard_main(shard: int, argvs: list[list[str]], keys: list[str], log_p
     except KeyboardInterrupt:
         pass
     finally:
-        training.shutdown()
+        # Joined, not just told to stop: once the shard is gone, so is its training process
+        # (a training under way ends first; one stuck dies with the shard: PDEATHSIG).
+        training.shutdown(wait=True)
     sys.exit(0)

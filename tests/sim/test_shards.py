@@ -3,6 +3,7 @@ nodes with the node processes' code, on anvil; every process stopped by PID."""
 
 import json
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -38,7 +39,11 @@ def test_six_nodes_in_two_shards_commit_and_every_process_stops(tmp_path):
     # with the shard.
     assert all(len(s["train_pids"]) == 1 for s in shards)
     assert all(s["train_user_cpu_s"] > 0 for s in shards)
-    for pid in [p for s in shards for p in s["train_pids"]]:
+    training = [p for s in shards for p in s["train_pids"]]
+    deadline = time.monotonic() + 10  # (a shard killed after its grace: reaped by init)
+    while any(alive(pid) for pid in training) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    for pid in training:
         assert not alive(pid), f"training process {pid} still running"
 
 
