@@ -90,11 +90,11 @@ def _train_node(
 
 
 class TrainingProcess:
-    """The shard's training process (`ProcessPoolExecutor` of one worker). Started by
-    fork before the shard's loop runs (no thread yet: the fork is safe, torch's import
-    shared); one that died (killed, out of memory) is replaced on the next training that
-    finds it broken, by spawn (the shard has threads by then), and that training runs
-    again there, once."""
+    """The shard's training process (`ProcessPoolExecutor` of one worker), forked and
+    warmed up (torch imported) when constructed: construct it before the shard's loop
+    runs (no thread yet: the fork is safe, torch's import shared). One that died (killed,
+    out of memory) is replaced on the next training that finds it broken, by spawn (the
+    shard has threads by then), and that training runs again there, once."""
 
     def __init__(self, shard: int) -> None:
         self.shard = shard
@@ -127,12 +127,6 @@ class TrainingProcess:
 
     def shutdown(self, wait: bool = False) -> None:
         self.pool.shutdown(wait=wait, cancel_futures=True)
-
-
-def start_training_process(shard: int) -> TrainingProcess:
-    """The shard's training process, forked now (call it before any thread starts: the
-    loop's worker threads would make the fork unsafe) and warmed up (torch imported)."""
-    return TrainingProcess(shard)
 
 
 def shard_trainer(process: TrainingProcess, data_dir: str, model: str, kwargs: dict) -> Any:
@@ -172,9 +166,9 @@ def shard_trainer(process: TrainingProcess, data_dir: str, model: str, kwargs: d
     return train
 
 
-async def run_shard(nodes: list[tuple[Any, bytes]], training: TrainingProcess | None) -> None:
+async def run_shard(nodes: list[tuple[Any, bytes]], training: TrainingProcess) -> None:
     """Every (arguments, key) node of the shard in one nursery until SIGINT/SIGTERM; their
-    training in the shard's `training` process (None: each node's own threads)."""
+    training in the shard's `training` process."""
     import trio
 
     from p2pfl.chain.follower import SharedCommitReads
@@ -188,14 +182,12 @@ async def run_shard(nodes: list[tuple[Any, bytes]], training: TrainingProcess | 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(cancel_on_signal, nursery.cancel_scope)
         for args, key in nodes:
-            trainer = None
-            if training is not None:
-                if args.manifest not in manifests:
-                    manifests[args.manifest] = TaskManifest.load(args.manifest)
-                manifest = manifests[args.manifest]
-                trainer = shard_trainer(
-                    training, str(args.data_dir), manifest.model, dict(manifest.model_kwargs)
-                )
+            if args.manifest not in manifests:
+                manifests[args.manifest] = TaskManifest.load(args.manifest)
+            manifest = manifests[args.manifest]
+            trainer = shard_trainer(
+                training, str(args.data_dir), manifest.model, dict(manifest.model_kwargs)
+            )
             nursery.start_soon(run_node, args, key, cpu, peer_reads, commit_reads, trainer)
 
 
@@ -216,7 +208,7 @@ def forked_shard_main(shard: int, argvs: list[list[str]], keys: list[str], log_p
     setup_logging()
     gc.set_threshold(*GC_THRESHOLDS)
     nodes = [(parse_args(argv), bytes.fromhex(key)) for argv, key in zip(argvs, keys)]
-    training = start_training_process(shard)
+    training = TrainingProcess(shard)
     profile_to = os.environ.get(PROFILE_ENV)
     try:
         if not profile_to:

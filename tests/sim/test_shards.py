@@ -76,7 +76,7 @@ def test_a_shards_training_process_trains_each_node_as_the_node_would(tmp_path):
     from p2pfl.train.models import init_weights
     from p2pfl.train.trainer import TrainConfig, train_local
     from sim.data import load_partition, save_partition
-    from sim.shard_proc import TRAIN_PROCESS_PREFIX, shard_trainer, start_training_process
+    from sim.shard_proc import TRAIN_PROCESS_PREFIX, TrainingProcess, shard_trainer
 
     images = load_fashion_mnist("test")
     folder = tmp_path / "node3"
@@ -85,7 +85,7 @@ def test_a_shards_training_process_trains_each_node_as_the_node_would(tmp_path):
     base = init_weights("mlp", kwargs, seed=5)
     cfg = TrainConfig(epochs=1, batch_size=32, lr=0.05, momentum=0.9)
 
-    process = start_training_process(3)
+    process = TrainingProcess(3)
     first = process.pid()
     try:
         assert first != os.getpid()
@@ -123,8 +123,8 @@ def test_a_shard_killed_outright_takes_its_training_process_with_it():
 
     code = (
         "import time\n"
-        "from sim.shard_proc import start_training_process\n"
-        "process = start_training_process(9)\n"
+        "from sim.shard_proc import TrainingProcess\n"
+        "process = TrainingProcess(9)\n"
         "print(process.pid(), flush=True)\n"
         "time.sleep(60)\n"
     )
