@@ -120,6 +120,12 @@ async def cancel_on_signal(scope: Any) -> None:
             return
 
 
+def gossip_degrees(degree: int) -> dict[str, int]:
+    """NetConfig's options for gossipsub mesh degree `degree`: D_low ceil(2D/3) and D_high
+    2D (go-libp2p's 6/4/12 for 6)."""
+    return {"degree": degree, "degree_low": -(-2 * degree // 3), "degree_high": 2 * degree}
+
+
 async def run_node(
     args: argparse.Namespace,
     key: bytes,
@@ -197,6 +203,7 @@ async def run_node(
             net_options={
                 **({"sync_interval_s": args.sync_interval_s} if args.sync_interval_s else {}),
                 **({"heartbeat_s": args.gossip_heartbeat_s} if args.gossip_heartbeat_s else {}),
+                **(gossip_degrees(args.gossip_degree) if args.gossip_degree else {}),
                 **({"known_peers": _address_book(args.address_book)} if args.address_book else {}),
             },
             check_registration=False,
@@ -351,6 +358,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=int,
         default=0,
         help="gossipsub heartbeat (whole seconds; 0: the node's default)",
+    )
+    parser.add_argument(
+        "--gossip-degree",
+        type=int,
+        default=0,
+        help="gossipsub mesh degree D, D_low and D_high following it (0: the node's default)",
     )
     parser.add_argument(
         "--heartbeat-interval-s",

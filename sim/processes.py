@@ -113,9 +113,10 @@ CHAIN_POLLS_PER_S = 50.0
 # answered from the shard's cache (100 nodes: 200 hops a second, 2 JSON-RPC reads).
 SHARD_FOLLOW_POLL_S = 0.5
 # status.json writes per second all nodes together make (ten nodes: each every second, the
-# node's default; 100: each every 5 s). The parent reads them for restart faults and the
-# summary; every node writes its last one when it stops.
-STATUS_WRITES_PER_S = 20.0
+# node's default; 100: each every 10 s). The parent reads them for restart faults and the
+# summary; every node writes its last one when it stops. (At 20 a second, 100 nodes' writes,
+# each encoding the node's live map of 100 lines, were 2.4% of their shards' event loops.)
+STATUS_WRITES_PER_S = 10.0
 # Anti-entropy sync streams per second all node processes together open (each opens one
 # per topic every sync interval, and answers as many): up to ten nodes keep the node's 1 s
 # default; 40 sync every 4 s. The in-process mode has the same budget for one event loop
@@ -451,7 +452,7 @@ def run_processes(
 ) -> Path:
     """Run one scenario with every node in its own process on anvil (or, `shards` > 0, the
     nodes dealt over that many shard processes); returns the run folder."""
-    from sim.run import gossip_heartbeat_s, print_summary, setup_task, summarise
+    from sim.run import gossip_degree, gossip_heartbeat_s, print_summary, setup_task, summarise
 
     fault_spec = FaultSpec.from_dict(scenario.faults)
     if scenario.attacks or fault_spec.active:
@@ -568,6 +569,8 @@ def run_processes(
                 str(heartbeat_interval_s(scenario.nodes)),
                 "--gossip-heartbeat-s",
                 str(gossip_heartbeat_s(scenario.nodes)),
+                "--gossip-degree",
+                str(gossip_degree(scenario.nodes)),
                 "--status-every-s",
                 str(status_every_s(scenario.nodes)),
             ]

@@ -74,6 +74,15 @@ class SharedCommitReads:
         """`client` as a follower's commit source whose reads go through this cache."""
         return _SharedSource(self, client)
 
+    def cached_head(self) -> int | None:
+        """The head if a read younger than `fresh_s` holds it, else None: no call, no lock
+        (the pair is replaced whole), so a follower on the event loop asks this before it
+        hops to a worker thread for a poll that would find nothing new."""
+        held = self._head
+        if held is not None and time.monotonic() - held[0] < self.fresh_s:
+            return held[1]
+        return None
+
     def block_number(self, client: CommitSource) -> int:
         with self._lock:
             now = time.monotonic()
@@ -106,6 +115,9 @@ class _SharedSource:
 
     def block_number(self) -> int:
         return self.shared.block_number(self.client)
+
+    def cached_head(self) -> int | None:
+        return self.shared.cached_head()
 
     def commits(
         self, from_block: int, to_block: int, task: bytes | None = None
@@ -194,9 +206,20 @@ class CommitFollower:
         poll_interval_s: float = DEFAULT_POLL_INTERVAL_S,
     ) -> None:
         """Poll until cancelled; each commit is acknowledged only after `on_commit`
-        returns, so a crash in between re-delivers it, and nothing is delivered twice."""
+        returns, so a crash in between re-delivers it, and nothing is delivered twice.
+
+        A source that shares its reads (`SharedCommitReads`) is asked for its cached head
+        first: a poll that would find no new block then costs no worker-thread hop (50
+        nodes of a shard polling twice a second: 100 hops a second, ~4% of the shard's
+        event loop with the thread starts, for the same cached answer)."""
         backoff = poll_interval_s
+        cached_head = getattr(self.client, "cached_head", None)
         while True:
+            if cached_head is not None:
+                head = cached_head()
+                if head is not None and head - self.confirmations <= self.last_block:
+                    await trio.sleep(poll_interval_s)
+                    continue
             try:
                 events, head = await run_chain(self.client, self.fetch)
                 backoff = poll_interval_s

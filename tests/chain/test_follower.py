@@ -57,6 +57,44 @@ def test_followers_sharing_reads_each_get_every_commit_once(net: DevNet) -> None
     assert shared.reads == 2 + 3 + 1  # a head read each (none is fresh), one getLogs
 
 
+def test_follow_asks_a_fresh_shared_head_before_it_polls(net: DevNet) -> None:
+    """A follower on a shared source polls (a worker-thread hop) only when the shared head
+    is stale or shows a block it has not scanned: polls that would find nothing new cost
+    nothing; a new commit is still delivered once the head is read again."""
+    shared = SharedCommitReads(fresh_s=3600.0)
+    f = CommitFollower(shared.source(net.admin), TASK, start_block=net.deployment.block)
+    r1 = commit(net, 1, GENESIS)
+    assert [e.round for e in f.poll()] == [1]  # reads and caches the head
+    polls = {"n": 0}
+    real_fetch = f.fetch
+
+    def counted() -> tuple[list[RoundCommitted], int]:
+        polls["n"] += 1
+        return real_fetch()
+
+    f.fetch = counted  # type: ignore[method-assign]
+    seen: list[RoundCommitted] = []
+
+    async def main() -> None:
+        async def on_commit(ev: RoundCommitted) -> None:
+            seen.append(ev)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(f.follow, on_commit, 0.01)
+            await trio.sleep(0.3)  # ~30 polls' time: the cached head is the scanned one
+            assert polls["n"] == 0
+            commit(net, 2, r1.result)
+            shared.fresh_s = 0.0  # the cached head goes stale: the next poll reads the chain
+            with trio.fail_after(10):
+                while not seen:
+                    await trio.sleep(0.01)
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+    assert polls["n"] >= 1
+    assert [e.round for e in seen] == [2]
+
+
 def test_follow_under_trio_survives_transport_errors(net: DevNet) -> None:
     r1 = commit(net, 1, GENESIS)
     r2 = commit(net, 2, r1.result)

@@ -62,6 +62,28 @@ def test_each_nodes_gossipsub_heartbeat_slows_with_the_node_count():
     assert parse_args(argv).gossip_heartbeat_s == 0  # (the node's default)
 
 
+def test_large_simulations_thin_the_gossip_mesh():
+    """Up to thirty nodes keep the node's mesh degree (go-libp2p's 6/4/12); larger
+    simulations run D = 3 (D_low 2, D_high 6), in process and in node processes alike."""
+    from p2pfl.net.config import GOSSIP_DEGREE, GOSSIP_DEGREE_HIGH, GOSSIP_DEGREE_LOW, NetConfig
+    from sim.node_proc import gossip_degrees, parse_args
+    from sim.run import gossip_degree
+
+    assert [gossip_degree(n) for n in (1, 10, 30)] == [GOSSIP_DEGREE] * 3
+    assert [gossip_degree(n) for n in (31, 40, 100)] == [3, 3, 3]
+    assert gossip_degrees(GOSSIP_DEGREE) == {
+        "degree": GOSSIP_DEGREE,
+        "degree_low": GOSSIP_DEGREE_LOW,
+        "degree_high": GOSSIP_DEGREE_HIGH,
+    }
+    thin = NetConfig(data_dir="d", **gossip_degrees(3))  # a valid config (low <= D <= high)
+    assert (thin.degree, thin.degree_low, thin.degree_high) == (3, 2, 6)
+    argv = ["--index", "0", "--manifest", "m", "--rpc", "r", "--data-dir", "d", "--rounds", "1"]
+    argv += ["--listen", "/ip4/127.0.0.1/tcp/0"]
+    assert parse_args([*argv, "--gossip-degree", "3"]).gossip_degree == 3
+    assert parse_args(argv).gossip_degree == 0  # (the node's default)
+
+
 def test_a_shards_training_process_trains_each_node_as_the_node_would(tmp_path):
     """Node training runs in the shard's training process on the node's partition file:
     the very delta `train_local` gives in the node itself, a training's error raised to its
