@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import trio
 
 from p2pfl.core import round_events as ev
@@ -74,3 +76,70 @@ def test_every_action_of_the_machine_has_a_handler(tmp_path) -> None:
     chain = SimpleNamespace(domain=lambda: Domain(1, b"\x22" * 20))
     node = Node(NodeIdentity(b"\x01" * 32), manifest, chain, SimpleNamespace(), None, tmp_path)  # type: ignore[arg-type]
     assert set(node._actions) == set(get_args(ev.Action))
+
+
+async def test_the_ticker_wakes_for_deadlines_and_collection_not_four_times_a_second(
+    tmp_path: Any, autojump_clock: Any
+) -> None:
+    """A node whose machine has nothing due ticks every IDLE_TICK_S (it ticked every
+    DEFAULT_TICK_S whatever the phase); an event that starts a collection brings the
+    ticker's wait forward, and a collecting machine ticks every DEFAULT_TICK_S; an event
+    reaching a machine whose clock is DEFAULT_TICK_S old is preceded by a Tick, so the
+    machine stamps it with the current time."""
+    from types import SimpleNamespace
+
+    from p2pfl.core.cid import blob_cid
+    from p2pfl.core.identity import NodeIdentity
+    from p2pfl.core.round import Phase
+    from p2pfl.core.signing import Domain
+    from p2pfl.manifest import TaskManifest
+    from p2pfl.node import Node
+    from p2pfl.node.node import DEFAULT_TICK_S, IDLE_TICK_S
+
+    genesis = blob_cid(b"genesis")
+    manifest = TaskManifest(
+        name="t",
+        model="mlp",
+        initial_model=str(genesis),
+        chain_id=1,
+        registry="0x" + "11" * 20,
+        ledger="0x" + "22" * 20,
+    )
+    chain = SimpleNamespace(domain=lambda: Domain(1, b"\x22" * 20))
+    node = Node(
+        NodeIdentity(b"\x01" * 32),
+        manifest,
+        chain,  # type: ignore[arg-type]
+        SimpleNamespace(),  # type: ignore[arg-type]
+        None,
+        tmp_path,
+        clock=trio.current_time,
+    )
+    ticks: list[float] = []
+
+    async def event_loop() -> None:
+        async for event in node.queue:
+            ticks.append(trio.current_time())
+            node._handle(event)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(node._ticker)
+        nursery.start_soon(event_loop)
+        await trio.sleep(10 * IDLE_TICK_S + 0.1)  # before any round: nothing is due
+        assert len(ticks) == 10
+        ticks.clear()
+        # Seven registered nodes, k = 7: this node is on the committee and collects.
+        stakes = {NodeIdentity(bytes([i]) * 32).address: 100 for i in range(1, 8)}
+        started = trio.current_time()
+        node._handle(ev.RoundStarted(1, genesis.to_bytes(), stakes, started))
+        assert node.machine.phase is Phase.COLLECTING
+        await trio.sleep(4 * DEFAULT_TICK_S - 0.05)
+        assert ticks[0] - started <= DEFAULT_TICK_S + 0.011  # not the 2 s wait it was in
+        assert len(ticks) == 3
+        nursery.cancel_scope.cancel()
+    stale = node.machine.now
+    await trio.sleep(DEFAULT_TICK_S)
+    node._handle(ev.Tick(stale))  # a Tick is not preceded by another
+    assert node.machine.now == stale
+    node._handle(ev.DeltaAvailable(b"\x09" * 20, b"no such delta", False))
+    assert node.machine.now == trio.current_time()

@@ -4,7 +4,7 @@ machine's actions into I/O and the I/O's outcomes back into events.
 
     Node.run()                    node nursery: lives as long as the node (node.py)
       ├── event loop              run()'s body: queue -> RoundMachine.handle -> action table
-      ├── ticker                  Tick(now) at the machine's next deadline (or every tick)
+      ├── ticker                  Tick(now) at the machine's deadlines (0.25 s collecting, else 2 s)
       ├── heartbeat               signed Heartbeat every 5 s on the consensus topic (heartbeat.py)
       ├── chain follower          RoundCommitted -> reward file, probation history,
       │                           round record (committed.py) -> ChainCommitted

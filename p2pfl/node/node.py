@@ -42,8 +42,17 @@ from p2pfl.train.privacy import ledger_for
 
 log = logging.getLogger("p2pfl.node")
 
-# Timer resolution when no deadline is armed: the machine's timers are seconds long.
+# The ticker (`Node._ticker`). The machine acts on time only at its deadlines
+# (`RoundMachine.next_deadline`), but stamps what it hears with its clock (when a node was
+# last heard, a grace window's end), and while it collects the live quorum moves with each
+# message: so Tick at the next deadline, every DEFAULT_TICK_S while collecting, and before
+# any other event once the machine's clock is DEFAULT_TICK_S old (as `sim.des.node` models
+# it); otherwise every IDLE_TICK_S only (what `p2pfl status` reads of liveness is then at
+# most that old). A node off the committee spends most of a round following: before, it
+# ticked 4 times a second regardless (100 nodes: 400 wake-ups, queue hops and machine
+# calls a second, ~2% of their shards' event loops).
 DEFAULT_TICK_S = 0.25
+IDLE_TICK_S = 2.0
 # How often the chain is polled for commits: a round cannot start before its
 # predecessor's commit is seen, so this latency is paid every round.
 DEFAULT_FOLLOW_POLL_S = 0.5
@@ -213,6 +222,7 @@ class Node:
         self.round_nurseries = RoundNurseries()
         self._round_record: tuple[int, dict[bytes, int]] = (0, {})  # (round, its probation record)
         self._nursery: trio.Nursery | None = None
+        self._tick_wait: trio.CancelScope | None = None  # the ticker's wait for its next Tick
         self.follower: CommitFollower | None = None  # once run() joined (read by metrics)
         self._stop_round: int | None = None
         self.finished = trio.Event()
@@ -320,6 +330,14 @@ class Node:
     # ------------------------------------------------------------------ the event loop
 
     def _handle(self, event: Any) -> None:
+        if not isinstance(event, ev.Tick) and self.clock() - self.machine.now >= DEFAULT_TICK_S:
+            self._dispatch(ev.Tick(self.clock()))  # (the machine stamps the event with it)
+        self._dispatch(event)
+        wait = self._tick_wait
+        if wait is not None:  # a deadline the event armed may be nearer than the ticker's
+            wait.deadline = min(wait.deadline, self._tick_due())
+
+    def _dispatch(self, event: Any) -> None:
         try:
             actions = self.machine.handle(event)
         except P2PFLError:
@@ -542,16 +560,22 @@ class Node:
         self._node_task(self._advance, action.round, action.base)
 
     async def _ticker(self) -> None:
+        """Tick(now) when `_tick_due` says; `_handle` brings the wait forward when an event
+        arms a nearer deadline."""
         while True:
-            now = self.clock()
-            deadline = self.machine.next_deadline()
-            delay = (
-                DEFAULT_TICK_S
-                if deadline is None
-                else min(DEFAULT_TICK_S, max(0.0, deadline - now))
-            )
-            await trio.sleep(max(delay, 0.01))
+            with trio.CancelScope(deadline=self._tick_due()) as self._tick_wait:
+                await trio.sleep_forever()
+            self._tick_wait = None
             await self.queue.put(ev.Tick(self.clock()))
+
+    def _tick_due(self) -> float:
+        """The trio time of the next Tick: the machine's next deadline, but no later than
+        DEFAULT_TICK_S from now while it collects, IDLE_TICK_S otherwise."""
+        machine = self.machine
+        cap = DEFAULT_TICK_S if machine.phase is Phase.COLLECTING else IDLE_TICK_S
+        deadline = machine.next_deadline()
+        delay = cap if deadline is None else min(cap, max(0.0, deadline - self.clock()))
+        return trio.current_time() + max(delay, 0.01)
 
     # ------------------------------------------------------------------ rounds
 
