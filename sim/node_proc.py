@@ -120,7 +120,7 @@ async def cancel_on_signal(scope: Any) -> None:
             return
 
 
-def gossip_degrees(degree: int) -> dict[str, int]:
+def gossip_degrees(degree: int) -> dict[str, Any]:
     """NetConfig's options for gossipsub mesh degree `degree`: D_low ceil(2D/3) and D_high
     2D (go-libp2p's 6/4/12 for 6)."""
     return {"degree": degree, "degree_low": -(-2 * degree // 3), "degree_high": 2 * degree}
