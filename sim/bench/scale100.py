@@ -262,6 +262,32 @@ last round's pulled updates 5.1%, the round machine 4.7%, stream negotiation 5.1
 4.5%, new connections ~6%. Tried and not kept: the shard loop at niceness 10 so that
 trainings go first (medians 15.0 vs 13.1 s without, then both ~2.5x slower as the host's
 steal time reached ~30%: no evidence either way, and a loop starved by any local load).
+
+2026-12-07, a seventh session: background work trimmed, found with py-spy on both shards
+(sampling, rounds 2-5; shares of the shards' event-loop samples). A follower sharing its
+shard's chain reads went to a worker thread for every 0.5 s poll (100 hops a second, with
+the thread starts ~4%): it now reads the cached head on the loop and hops only when the
+head is stale or shows a new block. The ticker woke every node 4 times a second in every
+phase (~2%): it now wakes at the machine's deadlines, every 0.25 s while collecting, 2 s
+otherwise, with a Tick before any event that finds the machine's clock 0.25 s old (as
+`sim.des.node` models it). Answer buffers: 32 kept instead of 8 (a round start's model
+fetches allocated a 3 MiB buffer per stream, 2.2%). Status writes at 10 a second machine-wide
+(2.4%), gossipsub mesh degree 3 above 30 nodes (`sim.run.gossip_degree`; 6 below). Direct
+runs alternating with the session's starting code (follower, degree and status changes):
+median rounds 35.0 (a test suite ran beside it), 24.4, 17.8 s against 25.9, 22.2, 18.2 s,
+the shards' CPU over a run 213, 207, 193 s against 239, 223, 198 s: ~7% less CPU, no
+wall-clock gain that the machine's noise would not hide (the degree alone, before: 28.2, 28.5
+s against 31.7, 34.4 s). The bench at the session's head (load 0.34 before, 2.13 after;
+host steal ~5%): 10 nodes 2.53, 2.68, 2.65, 2.64, 2.59 s, median **2.64 s**, accuracy
+0.817; 100 nodes 19.5, 16.1, 17.3, 17.3, 16.6 s, median **17.3 s** (train 5.8, disseminate
+8.0, aggregate 0.9, agree 1.3, commit 0.4), all 100 updates in every round, accuracy 0.771,
+shard loops at 0.66-0.67 of a core: **ratio 6.5** (target <= 2, not met). What a 100-node
+round's loop time is made of (py-spy, before these changes): yamux frame reads 20%, inbound
+streams 22% (pubsub reads 4.6, push/pull/sync answers 8.7, block answers 3.0, negotiation
+2.8), libp2p's service tasks 6.6, the last round's pulled updates 5.2, anti-entropy syncs
+4.6, socket send/recv system calls 12% of all samples: per-exchange costs (~10 frames and
+their Noise messages for a stream's open, request, answer and close) across ~300 pushes,
+~80 relay pulls, ~93 round pulls, ~200 sync exchanges and ~150 block streams a round.
 """
 
 from __future__ import annotations
