@@ -178,7 +178,11 @@ def test_libfuzzer_target_runs_clean(name: str, tmp_path) -> None:
     assert result.returncode == 0, result.tail
     assert any((tmp_path / "corpus").iterdir())  # the corpus grew in the work folder...
     assert set(Path(tempfile.gettempdir()).glob(f"p2pfl-fuzz-{name}-*")) == before  # ...only
-    assert (result.inputs, result.crashes, result.hangs) == (inputs, 0, 0), result.tail
+    assert (result.crashes, result.hangs) == (0, 0), result.tail
+    # All the inputs asked for ran. libFuzzer checks `-runs` between batches of mutations, so
+    # it may run a few more, and how many more varies from run to run even with `-seed`
+    # (clean-clone runs saw 3,005 and 3,015 for 3,000).
+    assert inputs <= result.inputs <= inputs + inputs // 20, result.tail
     assert result.coverage > 20 and result.corpus > 1  # instrumented: it saw edges, grew
 
 
