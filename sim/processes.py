@@ -109,8 +109,9 @@ STOP_GRACE_S = 10.0
 # that the polling (a JSON-RPC round trip and web3's Python around it, per node) does not
 # grow into the cores' main work.
 CHAIN_POLLS_PER_S = 50.0
-# In shards (chain reads shared by a process's nodes): each node's poll, a worker-thread hop
-# answered from the shard's cache (100 nodes: 200 hops a second, 2 JSON-RPC reads).
+# In shards (chain reads shared by a process's nodes): each node's poll reads the shard's
+# cached head on the loop, and hops to a worker thread only when that is stale (older than
+# SHARED_HEAD_FRESH_S) or new: a few hops a second per shard, not 100 (CommitFollower.follow).
 SHARD_FOLLOW_POLL_S = 0.5
 # status.json writes per second all nodes together make (ten nodes: each every second, the
 # node's default; 100: each every 10 s). The parent reads them for restart faults and the
