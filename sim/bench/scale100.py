@@ -288,6 +288,9 @@ streams 22% (pubsub reads 4.6, push/pull/sync answers 8.7, block answers 3.0, ne
 4.6, socket send/recv system calls 12% of all samples: per-exchange costs (~10 frames and
 their Noise messages for a stream's open, request, answer and close) across ~300 pushes,
 ~80 relay pulls, ~93 round pulls, ~200 sync exchanges and ~150 block streams a round.
+Tried and not kept: four shard processes on the two cores (the loops of two are ~1/3 idle):
+medians 17.5, 20.0 s and 188, 200 CPU-s a run against 16.1, 17.6 s and 168, 168 CPU-s with
+two, alternating runs (`P2PFL_SCALE100_SHARDS` sets it).
 """
 
 from __future__ import annotations
