@@ -161,6 +161,7 @@ async def _kill_hosts_with_gossip_in_flight(tmp_path):
                     sync_interval_s=0.2,
                 )
                 nets.append(await hosts.start(hold_host, cfg, key(i), stops[i]))
+            ports = {int(str(n.listen_addrs[0]).split("/tcp/")[1].split("/")[0]) for n in nets}
             channels = [
                 await n.join("t", lambda topic, data, peer: ValidationResult.accept()) for n in nets
             ]
@@ -225,7 +226,7 @@ async def _kill_hosts_with_gossip_in_flight(tmp_path):
             assert all(received[i] > before[i] for i in range(count) if i not in victims)
             for stop in stops:
                 stop.set()
-    return {int(str(n.listen_addrs[0]).split("/tcp/")[1].split("/")[0]) for n in nets}
+    return ports
 
 
 # ------------------------------------------------------------------ full simulations
