@@ -291,6 +291,29 @@ their Noise messages for a stream's open, request, answer and close) across ~300
 Tried and not kept: four shard processes on the two cores (the loops of two are ~1/3 idle):
 medians 17.5, 20.0 s and 188, 200 CPU-s a run against 16.1, 17.6 s and 168, 168 CPU-s with
 two, alternating runs (`P2PFL_SCALE100_SHARDS` sets it).
+
+2026-12-07, an eighth session: a quiet machine (load 0.4-1.1 before the runs) and each
+member's relay traced (every update it admitted, pushed or pulled, and every relay pull's
+start, end and yield, against the round log's timeline). In a 100-node round the last
+update goes out 3.5-4.6 s after the previous commit, the last push reaches the members
+~1.5 s later, their first relay pulls start 1.1-2.4 s after that (the relay waited for a
+quiet second, then for its next 1 s tick) and four or five 8 MiB answers in turn (0.3-1 s
+each, ~20 deltas) bring the ~70 updates pushed to the others. Quiet spell and tick are now
+0.4 s: alternating direct runs, median rounds 15.0 / 12.3, 11.9 / 10.5, 11.8 / 10.4,
+11.9 / 12.3 s (1 s / 0.4 s). Two costs are the protocol's, not the code's: the sortition's
+committee sizes (5, 7, 11, 9, 7 in rounds 1-5 of this scenario; every member takes in all
+100 deltas, so an 11-member round moves 57% more than a 7-member one: 10.4-12.3 s against
+8.8-9.9 s), and round 5's first draw, below quorum (4 members) in both runs, which holds
+every update until the re-draw `small_redraw_delay_s` (5 s) after the round start (the
+10-node run's round 5: 5.6 s against ~1.5 s; the 100-node run's ~13 s against ~9-11 s).
+Every node knows such a draw is small the moment it draws it; the wait exists for the
+contract's `attempt x redrawDelay` bound, which only the commit, not the round's work,
+would need to respect. The bench at the session's head (load 1.1 before, 2.6 after): 10
+nodes 1.69, 1.55, 1.54, 1.52, 5.56 s, median **1.55 s**, accuracy 0.823; 100 nodes 8.3,
+9.0, 10.7, 13.2, 15.2 s, median **10.7 s** (train 3.3, disseminate 4.4, aggregate 0.6,
+agree 1.0, commit 0.3), all 100 updates in every round, accuracy 0.771, shard loops at
+0.58-0.66 of a core: **ratio 6.9** (target <= 2, not met; the 100-node median fell 17.3 ->
+10.7 s since the last bench, the 10-node one 2.64 -> 1.55 s on the quieter machine).
 """
 
 from __future__ import annotations
