@@ -251,11 +251,6 @@ class RoundConfig:
 # At most this many attempts in a row are skipped for presumed-dead members: a wrong
 # liveness guess then costs a few small re-draws, never a round that never starts.
 MAX_PRESUMED_DEAD_REDRAWS = 3
-# How many attempts ahead an author looks for a draw that reaches quorum when the current
-# one does not (`_collecting_committee`): its update goes to that draw's members while the
-# small one waits out `small_redraw_delay_s`. P(a draw below quorum) is a few percent for
-# the committee sizes used, so a longer run of them is left to the re-draws themselves.
-SMALL_DRAW_LOOKAHEAD = 4
 
 
 def timeout_factor(config: RoundConfig, steps: int) -> float:
@@ -658,22 +653,6 @@ class RoundMachine:
             drawn = committee_for(seed, self._stakes, self.config.committee_size)
             self._committees[attempt] = tuple(drawn)
         return self._committees[attempt]
-
-    def _collecting_committee(self, attempt: int) -> tuple[bytes, ...]:
-        """The committee that will collect this round's updates from `attempt` on: the draw
-        of `attempt` itself, or, when it is below quorum, of the first attempt after it
-        (within SMALL_DRAW_LOOKAHEAD) whose draw reaches quorum; () if none does. Every
-        node draws alike, so an author knows at once that a small draw will be re-drawn
-        and who the next members are: its update (with its delta) reaches them while the
-        small draw waits out `small_redraw_delay_s` -- the wait is the contract's bound on
-        when an attempt may commit, not on when its work starts. (Sealed, the update's own
-        wraps stay those of attempt 0's draw, sealing.md §2: the new members open it with
-        the Rewrap sent when their attempt starts.)"""
-        for number in range(attempt, attempt + SMALL_DRAW_LOOKAHEAD + 1):
-            committee = self._committee_of(number)
-            if len(committee) >= self.config.quorum:
-                return committee
-        return ()
 
     def _next_attempt_at(self) -> float:
         """When this node draws the next attempt.
@@ -1083,15 +1062,19 @@ class RoundMachine:
 
     def _send_update_to_committee(self) -> None:
         """Updates to the committee: send our update to the members of this attempt it has
-        not been sent to (all of them at first, a re-draw's new members later) -- for a
-        draw below quorum, to those of the next draw that reaches it
-        (`_collecting_committee`); nothing before our update is out."""
+        not been sent to (all of them at first, a re-draw's new members later); nothing
+        for a draw below quorum (no one to collect) nor before our update is out."""
         own = self._first_update.get(self.address)
-        if not self.config.updates_to_committee or not self._own_update_sent or own is None:
+        a = self._attempt
+        if (
+            not self.config.updates_to_committee
+            or not self._own_update_sent
+            or own is None
+            or len(a.committee) < self.config.quorum
+        ):
             return
-        committee = self._collecting_committee(self._attempt.number)
         recipients = tuple(
-            m for m in committee if m != self.address and m not in self._update_sent_to
+            m for m in a.committee if m != self.address and m not in self._update_sent_to
         )
         if recipients:
             self._update_sent_to.update(recipients)

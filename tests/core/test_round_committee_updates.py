@@ -141,38 +141,14 @@ def test_a_redraw_sends_each_update_to_the_new_members_once() -> None:
     assert sim.machines[live_newcomer].counters["updates-accepted"] >= len(ADDRS) - len(dead) - 1
 
 
-def _small_then_full_task() -> bytes:
-    """A task whose round-1 draw of attempt 0 is below quorum and attempt 1's is not."""
-    return find_task(
+def test_a_sealed_redraw_sends_rewraps_to_the_attempts_members() -> None:
+    task = find_task(
         lambda t: (
             len(committee(t, 1, GENESIS)) < 5
             and len(committee(t, 1, GENESIS, 1)) >= 5
             and bool(set(committee(t, 1, GENESIS, 1)) - set(committee(t, 1, GENESIS)))
         )
     )
-
-
-def test_a_small_first_draw_sends_updates_to_the_next_draws_members_at_once() -> None:
-    """Everyone draws alike, so a draw below quorum is known to be re-drawn the moment it is
-    drawn: an update goes to the next full draw's members while the small one waits out
-    `small_redraw_delay_s`, not after it (100 simulated nodes: ~4 s of a ~10 s round)."""
-    task = _small_then_full_task()
-    second = committee(task, 1, GENESIS, 1)
-    cfg = config(task)
-    sim = RecordingSim(cfg, train_s=lambda i: 0.5 + 0.1 * i)  # all trained within 2 s
-    sim.start()
-    sim.run()
-    assert sim.chain[1].attempt == 1
-    updates = [(t, src, to) for t, src, m, to in sim.sent if isinstance(m, Update)]
-    assert len(updates) == len(ADDRS)  # each author sends once: no re-send at the re-draw
-    for t, src, to in updates:
-        assert to is not None and set(to) == set(second) - {src}
-        assert t < cfg.small_redraw_delay_s  # before attempt 1 starts (the round at t=0)
-    assert len(sim_proposal(sim).included) == len(ADDRS)
-
-
-def test_a_sealed_redraw_sends_rewraps_to_the_attempts_members() -> None:
-    task = _small_then_full_task()
     second = committee(task, 1, GENESIS, 1)
     sim = RecordingSim(config(task, sealed=True))
     sim.start()
