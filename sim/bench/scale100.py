@@ -308,12 +308,17 @@ every update until the re-draw `small_redraw_delay_s` (5 s) after the round star
 10-node run's round 5: 5.6 s against ~1.5 s; the 100-node run's ~13 s against ~9-11 s).
 Every node knows such a draw is small the moment it draws it; the wait exists for the
 contract's `attempt x redrawDelay` bound, which only the commit, not the round's work,
-would need to respect. The bench at the session's head (load 1.1 before, 2.6 after): 10
-nodes 1.69, 1.55, 1.54, 1.52, 5.56 s, median **1.55 s**, accuracy 0.823; 100 nodes 8.3,
-9.0, 10.7, 13.2, 15.2 s, median **10.7 s** (train 3.3, disseminate 4.4, aggregate 0.6,
-agree 1.0, commit 0.3), all 100 updates in every round, accuracy 0.771, shard loops at
-0.58-0.66 of a core: **ratio 6.9** (target <= 2, not met; the 100-node median fell 17.3 ->
-10.7 s since the last bench, the 10-node one 2.64 -> 1.55 s on the quieter machine).
+would need to respect. Tried and taken back (674681c, reverted): each update sent at once
+to the next draw that reaches quorum; alternating direct runs an hour later, on a slower
+machine, gave medians 14.7 and 16.6 s against 15.4 and 16.3 s (round 5: 14.4, 17.0 against
+18.5, 15.8 s): the new members still start their relay when their attempt starts, so only
+the pushes (~1.5 s) move earlier, which this machine's noise hides. The bench at the
+session's head (load 1.1 before, 2.6 after): 10 nodes 1.69, 1.55, 1.54, 1.52, 5.56 s, median
+**1.55 s**, accuracy 0.823; 100 nodes 8.3, 9.0, 10.7, 13.2, 15.2 s, median **10.7 s** (train
+3.3, disseminate 4.4, aggregate 0.6, agree 1.0, commit 0.3), all 100 updates in every round,
+accuracy 0.771, shard loops at 0.58-0.66 of a core: **ratio 6.9** (target <= 2, not met; the
+100-node median fell 17.3 -> 10.7 s since the last bench, the 10-node one 2.64 -> 1.55 s on
+the quieter machine).
 """
 
 from __future__ import annotations
