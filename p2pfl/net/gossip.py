@@ -45,7 +45,7 @@ import random
 import struct
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from enum import Enum
@@ -77,15 +77,6 @@ MSG_PULL = 0x04
 # update's delta): a member relaying updates then needs no block fetch per delta.
 MSG_PULL_ATTACHED = 0x05
 PULL_KINDS = (MSG_PULL, MSG_PULL_ATTACHED)
-# A push that names, after its attachment, the nodes (20-byte addresses) the receiver is
-# asked to push the message on to (a committee member forwarding an author's update to the
-# members the author has no connection to). The gossip layer only carries the list: the
-# node decides whether to honour it.
-MSG_PUSH_FORWARD = 0x06
-PUSH_KINDS = (MSG_PUSH, MSG_PUSH_FORWARD)
-FORWARD_ADDRESS_BYTES = 20
-# Most addresses one push may ask to be forwarded to (u8 count; a committee's size).
-FORWARD_MAX_ADDRESSES = 255
 PUSH_ANSWERS = {0: "accept", 1: "reject", 2: "ignore"}
 # Largest attachment a push may carry (a model-sized delta; the node checks it against the
 # CID its message names before storing anything).
@@ -177,9 +168,6 @@ class GossipMessage:
     # Bytes that came with a pushed message, unjudged (the receiver checks them against
     # what the message names); never gossiped, synced or pulled.
     attachment: bytes = b""
-    # The 20-byte addresses a push asked us to push the message on to (`push(forward=)`),
-    # unjudged: the node checks them against what the message is for.
-    forward: tuple[bytes, ...] = ()
 
 
 def message_id(data: bytes) -> bytes:
@@ -406,7 +394,6 @@ class Gossip:
         peer: str,
         via: str,
         attachment: bytes = b"",
-        forward: tuple[bytes, ...] = (),
     ) -> Verdict:
         """Validate and, on ACCEPT, remember and deliver one message (a pushed one is
         remembered as held, not kept for sync). Never raises."""
@@ -435,7 +422,7 @@ class Gossip:
             self.metrics.inc(f"ignored-{result.reason or 'unspecified'}")
             state.ignored[msg_id] = self.clock()
             return Verdict.IGNORE
-        message = GossipMessage(state.topic, data, msg_id, peer, via, attachment, forward)
+        message = GossipMessage(state.topic, data, msg_id, peer, via, attachment)
         if not self._deliver(state, message):
             return Verdict.IGNORE
         if via in ("push", "pull"):
@@ -502,21 +489,13 @@ class Gossip:
                 admitted += 1
         return admitted
 
-    async def push(
-        self,
-        peer: str,
-        topic: str,
-        data: bytes,
-        attachment: bytes = b"",
-        forward: Sequence[bytes] = (),
-    ) -> str:
+    async def push(self, peer: str, topic: str, data: bytes, attachment: bytes = b"") -> str:
         """Send one message to `peer` alone (not gossiped, not kept for sync), with
-        `attachment` (delivered beside it, unjudged) and `forward`, 20-byte addresses the
-        peer is asked to push it on to (delivered beside it, unjudged: `push+`); returns its
-        verdict: "accept" (admitted, or held already), "reject" or "ignore" (e.g. a round
-        the peer has not reached: worth sending again later). Raises `P2PFLError` when the
-        exchange fails (no stream, timeout, a bad answer), `InvalidMessage("oversized")`
-        over the size limits and `ValueError` for a malformed `forward`."""
+        `attachment` (delivered beside it, unjudged); returns its verdict: "accept"
+        (admitted, or held already), "reject" or "ignore" (e.g. a round the peer has not
+        reached: worth sending again later). Raises `P2PFLError` when the exchange fails
+        (no stream, timeout, a bad answer) and `InvalidMessage("oversized")` over the size
+        limits."""
         if topic not in self.topics:
             raise ValueError(f"join {topic} before pushing on it")
         self._check_size(topic, data)
@@ -524,26 +503,16 @@ class Gossip:
             raise InvalidMessage(
                 "oversized", f"{len(attachment)}-byte attachment > {PUSH_MAX_ATTACHMENT_BYTES}"
             )
-        if len(forward) > FORWARD_MAX_ADDRESSES or any(
-            len(a) != FORWARD_ADDRESS_BYTES for a in forward
-        ):
-            raise ValueError(
-                f"forward: at most {FORWARD_MAX_ADDRESSES} addresses of "
-                f"{FORWARD_ADDRESS_BYTES} bytes, got {[len(a) for a in forward]}"
-            )
         frame = (
-            _head(MSG_PUSH_FORWARD if forward else MSG_PUSH, topic)
+            _head(MSG_PUSH, topic)
             + struct.pack(">I", len(data))
             + data
             + struct.pack(">I", len(attachment))
         )
-        trailer = bytes([len(forward)]) + b"".join(forward) if forward else b""
         async with self._exchange(peer, "push", PUSH_TIMEOUT_S) as stream:
             await stream.write(frame)
             if attachment:
                 await stream.write(attachment)
-            if trailer:
-                await stream.write(trailer)
             (code,) = await FrameReader(stream).read_exactly(1)
         answer = PUSH_ANSWERS.get(code)
         if answer is None:
@@ -553,11 +522,8 @@ class Gossip:
         self.metrics.inc("bytes-published", len(data) + len(attachment))
         return answer
 
-    async def _answer_push(
-        self, peer: str, reader: FrameReader, topic: str, forwarding: bool = False
-    ) -> int:
-        """The push request's message (`forwarding`: a `push+`, its forward list after the
-        attachment), judged at the gate: its answer code."""
+    async def _answer_push(self, peer: str, reader: FrameReader, topic: str) -> int:
+        """The push request's message, judged at the gate: its answer code."""
         (length,) = struct.unpack(">I", await reader.read_exactly(4))
         if length > self.config.max_message_bytes:
             self.peers.offence(peer, Offence.OVERSIZED, "push-oversized")
@@ -569,14 +535,6 @@ class Gossip:
             return 1
         # Read in full whatever the answer: the pusher writes it all before reading one.
         attachment = await reader.read_exactly(attached) if attached else b""
-        forward: tuple[bytes, ...] = ()
-        if forwarding:
-            (count,) = await reader.read_exactly(1)
-            raw = await reader.read_exactly(count * FORWARD_ADDRESS_BYTES)
-            forward = tuple(
-                raw[i : i + FORWARD_ADDRESS_BYTES]
-                for i in range(0, len(raw), FORWARD_ADDRESS_BYTES)
-            )
         state = self.topics.get(topic)
         if state is None:
             return 2  # not a topic of ours (yet): nothing against the peer
@@ -585,7 +543,7 @@ class Gossip:
             return 0
         if msg_id in state.rejected:
             return 1
-        verdict = self._admit(state, data, msg_id, peer, "push", attachment, forward)
+        verdict = self._admit(state, data, msg_id, peer, "push", attachment)
         return {Verdict.ACCEPT: 0, Verdict.REJECT: 1, Verdict.IGNORE: 2}[verdict]
 
     async def pull(self, peer: str, topic: str, since: int = 0) -> list[bytes]:
@@ -708,17 +666,15 @@ class Gossip:
             with trio.fail_after(SYNC_TIMEOUT_S) as scope:
                 reader = FrameReader(stream)
                 kind, topic_len = struct.unpack(">BH", await reader.read_exactly(3))
-                if kind in (*PUSH_KINDS, MSG_PULL_ATTACHED):  # (model-sized attachments)
+                if kind in (MSG_PUSH, MSG_PULL_ATTACHED):  # (model-sized attachments)
                     scope.deadline = trio.current_time() + PUSH_TIMEOUT_S
-                if kind in PUSH_KINDS:
+                if kind == MSG_PUSH:
                     await grow_receive_window(stream, ATTACHED_RECEIVE_WINDOW_BYTES)
-                if kind not in (MSG_SYNC, *PUSH_KINDS, *PULL_KINDS) or topic_len > MAX_TOPIC_BYTES:
+                if kind not in (MSG_SYNC, MSG_PUSH, *PULL_KINDS) or topic_len > MAX_TOPIC_BYTES:
                     raise InvalidMessage("bad-frame", "not a sync request")
                 topic = (await reader.read_exactly(topic_len)).decode("utf-8", errors="replace")
-                if kind in PUSH_KINDS:
-                    code = await self._answer_push(
-                        peer, reader, topic, forwarding=kind == MSG_PUSH_FORWARD
-                    )
+                if kind == MSG_PUSH:
+                    code = await self._answer_push(peer, reader, topic)
                     await stream.write(bytes([code]))
                     return
                 since = 0

@@ -303,19 +303,11 @@ class NodeNet:
         False: gossiped once, as for a heartbeat); returns the id."""
         return await self.gossip.publish(topic, data, synced)
 
-    async def push(
-        self,
-        peer: str,
-        topic: str,
-        data: bytes,
-        attachment: bytes = b"",
-        forward: Sequence[bytes] = (),
-    ) -> str:
+    async def push(self, peer: str, topic: str, data: bytes, attachment: bytes = b"") -> str:
         """Send one message on a joined topic to `peer` alone (not gossiped, not kept for
-        sync), with `attachment` delivered beside it and `forward`, the addresses `peer` is
-        asked to push it on to; returns the peer's verdict ("accept", "reject", "ignore").
-        `P2PFLError` when the exchange fails."""
-        return await self.gossip.push(peer, topic, data, attachment, forward)
+        sync), with `attachment` delivered beside it; returns the peer's verdict
+        ("accept", "reject", "ignore"). `P2PFLError` when the exchange fails."""
+        return await self.gossip.push(peer, topic, data, attachment)
 
     async def pull(self, peer: str, topic: str, since: int = 0) -> list[bytes]:
         """The messages pushed to `peer` on a joined topic, tagged `since` or later (a

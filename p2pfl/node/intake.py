@@ -68,10 +68,6 @@ class Intake:
         # member relays from the others once the pushes go quiet (`Node._pull_from_members`).
         self.pushed_at = float("-inf")
         self.clock = clock
-        # (update, its bytes, the delta pushed with it, forward list): called for an update
-        # pushed to us with a forward list (`push+`), before it is queued; the node pushes
-        # it on to those of the list that are members of its round (`Node._forward_pushed`).
-        self.on_forward: Callable[[Update, bytes, bytes, tuple[bytes, ...]], None] | None = None
 
     def validate(self, data: bytes) -> Verdict:
         """The gossip validator's checks (p2pfl.core.validation): canonical decoding, our
@@ -97,17 +93,10 @@ class Intake:
     async def run(self, channel: Any) -> None:
         """Deliver every message admitted on one topic (one task per topic)."""
         async for message in channel:
-            await self.deliver(
-                message.data, message.from_peer, message.attachment, message.via, message.forward
-            )
+            await self.deliver(message.data, message.from_peer, message.attachment, message.via)
 
     async def deliver(
-        self,
-        data: bytes,
-        from_peer: str = "",
-        attachment: bytes = b"",
-        via: str = "",
-        forward: tuple[bytes, ...] = (),
+        self, data: bytes, from_peer: str = "", attachment: bytes = b"", via: str = ""
     ) -> None:
         """Queue the event for a message that passed `validate` (waits while the queue is
         full: see p2pfl.node.queue for the back-pressure rule)."""
@@ -123,8 +112,6 @@ class Intake:
             self._attach((message.signer, message.delta), message.round, attachment)
         if via == "push" and isinstance(message, Update):
             self.pushed_at = self.clock()
-            if forward and self.on_forward is not None:
-                self.on_forward(message, data, attachment, forward)
         if via == "pull" and from_peer and isinstance(message, Update):
             self.relayed_by.setdefault((message.signer, message.delta), (message.round, from_peer))
         event = ev.event_for(message)  # `validate` checked the signature

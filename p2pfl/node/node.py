@@ -207,7 +207,6 @@ class Node:
         self.intake = Intake(
             self.task, self.address, self.machine, self.peers.ids, self.queue, self.count, clock
         )
-        self.intake.on_forward = self._forward_pushed
         # A private task's model key (p2pfl.task_access): the models the chain names are
         # sealed under it; None for a public task.
         self.model_key = model_key
@@ -232,11 +231,6 @@ class Node:
         self._stop_round: int | None = None
         self.finished = trio.Event()
         self._updates_sent: dict[int, trio.Event] = {}  # round -> our update pushed (_send_direct)
-        # Forward requests (`_forward_pushed`) for a round we have not started yet, handled
-        # once it has (its committee is known then): round -> [(update, bytes, delta, list)].
-        self._forwards_waiting: dict[
-            int, list[tuple[Update, bytes, bytes, tuple[bytes, ...]]]
-        ] = {}
         # Round -> its commit as the chain follower read it (the last two): the next round's
         # start takes the registry snapshot from it instead of asking the chain again.
         self._chain_commits: dict[int, RoundCommitted] = {}
@@ -355,9 +349,6 @@ class Node:
             return
         for action in actions:
             self._actions[type(action)](action)
-        if isinstance(event, ev.RoundStarted):
-            for request in self._forwards_waiting.pop(event.round, ()):
-                self._forward_pushed(*request)
 
     def _node_task(self, fn: Callable[..., Any], *args: Any) -> None:
         """Work that outlives a round (publishing, chain transactions, round starts)."""
@@ -423,13 +414,9 @@ class Node:
             except P2PFLError as exc:  # (members fetch it from us as usual)
                 self.count("push-attachment-unreadable")
                 log.warning("our delta %s is unreadable: %s", message.delta.hex(), exc)
-        recipients = self._direct_recipients(message, to)
-        forwards = self._forward_lists(message, to, recipients)
         async with trio.open_nursery() as nursery:
-            for address in recipients:
-                nursery.start_soon(
-                    self._push, message, data, attachment, address, forwards.get(address, ())
-                )
+            for address in self._direct_recipients(message, to):
+                nursery.start_soon(self._push, message, data, attachment, address)
         if isinstance(message, Update) and message.signer == self.address:
             self._update_sent(message.round).set()
 
@@ -450,61 +437,6 @@ class Node:
             linked += others[: DIRECT_MEMBERS_MIN - len(linked)]
         cap = self.behaviour.direct_members
         return tuple(linked[:cap] if cap > 0 else linked)
-
-    def _forward_lists(
-        self, message: Any, to: tuple[bytes, ...], recipients: tuple[bytes, ...]
-    ) -> dict[bytes, tuple[bytes, ...]]:
-        """Our own update, pushed to `recipients` of the members `to`: which of the other
-        members each recipient is asked to push it on to (`push+`), the others dealt over
-        the recipients in an order of our own, so that every member holds it one push after
-        a recipient does instead of after the relay's pulls (spec round.md, *Relay among
-        members*). Empty for anything else, or with `Behaviour.forward` off."""
-        if not (
-            self.behaviour.forward
-            and isinstance(message, Update)
-            and message.signer == self.address
-            and recipients
-        ):
-            return {}
-        rest = sorted(
-            (a for a in to if a not in recipients and a != self.address),
-            key=lambda a: hashlib.sha256(self.address + a).digest(),
-        )
-        lists: dict[bytes, list[bytes]] = {}
-        for i, address in enumerate(rest):
-            lists.setdefault(recipients[i % len(recipients)], []).append(address)
-        return {r: tuple(a) for r, a in lists.items()}
-
-    def _forward_pushed(
-        self, message: Update, data: bytes, attachment: bytes, forward: tuple[bytes, ...]
-    ) -> None:
-        """An update pushed to us by its author, asking us to push it on to `forward`
-        (`Intake.on_forward`): while we are a member of its round's attempt, push it, with
-        the delta that came with it, to those of `forward` that are members too (anyone
-        else named is ignored and counted); else the members get it from the relay."""
-        machine = self.machine
-        if self.behaviour.forward and message.round > machine.round:
-            # (pushed before our round start: its committee is drawn when the round starts)
-            for old in [r for r in self._forwards_waiting if r < machine.round]:
-                del self._forwards_waiting[old]
-            waiting = self._forwards_waiting.setdefault(message.round, [])
-            if len(waiting) < len(self.peers.ids) + 1:  # (one update per registered node)
-                waiting.append((message, data, attachment, forward))
-                return
-        if not self.behaviour.forward or message.round != machine.round or not machine.is_member:
-            self.count("forward-skipped")
-            return
-        committee = machine.committee
-        targets = tuple(
-            dict.fromkeys(
-                a for a in forward if a in committee and a not in (self.address, message.signer)
-            )
-        )
-        if len(targets) < len(forward):
-            self.count("forward-refused", len(forward) - len(targets))
-        for address in targets:
-            self.count("updates-forwarded")
-            self._round_task(message.round, self._push, message, data, attachment, address)
 
     async def _pull_from_members(self, round_: int) -> None:
         """Updates to the committee, a round task: while we are a member of the round's
@@ -571,14 +503,7 @@ class Node:
             self._updates_sent[round_] = trio.Event()
         return self._updates_sent[round_]
 
-    async def _push(
-        self,
-        message: Any,
-        data: bytes,
-        attachment: bytes,
-        address: bytes,
-        forward: tuple[bytes, ...] = (),
-    ) -> None:
+    async def _push(self, message: Any, data: bytes, attachment: bytes, address: bytes) -> None:
         """Send a message to one node directly (an update or re-wrap to a committee
         member, `Publish.to`), again while it fails or is ignored (the member may not have
         reached the round yet), until it is judged or the round's nursery is cancelled.
@@ -591,7 +516,7 @@ class Node:
                 self.count("push-unknown-peer")
             else:
                 try:
-                    answer = await self.net.push(peer, topic, data, attachment, forward)
+                    answer = await self.net.push(peer, topic, data, attachment)
                 except P2PFLError as exc:
                     self.count("push-failed")
                     log.debug("push %s to %s failed: %s", type(message).__name__, peer, exc)

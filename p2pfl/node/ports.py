@@ -39,14 +39,7 @@ class NodeNet(Protocol):
 
     async def publish(self, topic: str, data: bytes, synced: bool = True) -> bytes: ...
 
-    async def push(
-        self,
-        peer: str,
-        topic: str,
-        data: bytes,
-        attachment: bytes = b"",
-        forward: Sequence[bytes] = (),
-    ) -> str: ...
+    async def push(self, peer: str, topic: str, data: bytes, attachment: bytes = b"") -> str: ...
 
     async def pull(self, peer: str, topic: str, since: int = 0) -> list[bytes]: ...
 

@@ -60,7 +60,3 @@ class Behaviour:
     # Updates to the committee: > 0 pushes our update to at most this many members (the
     # others must pull it from them; tests of the members' pulls).
     direct_members: int = 0
-    # Updates to the committee: ask the members we push our update to to push it on to the
-    # others, and do so when asked (`push+`); off, the members get it only from the relay
-    # pulls (tests of the pulls).
-    forward: bool = True

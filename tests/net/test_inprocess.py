@@ -389,33 +389,6 @@ async def test_a_pushed_message_reaches_its_peer_alone_and_is_not_resynced(
             await a.push(NodeIdentity.from_seed(b"\x07" * 32).peer_id, TOPIC, b"to nobody")
 
 
-async def test_a_push_carries_its_forward_list_to_the_receiver(tmp_path: Path) -> None:
-    """`push+`: a push naming the addresses its receiver is asked to push the message on to
-    delivers them beside the message and its attachment (unjudged: the node decides); a
-    plain push delivers none; a malformed list is refused before anything is sent."""
-    members = (b"\x01" * 20, b"\x02" * 20)
-    async with nodes(tmp_path, 2, sync_interval_s=0.5) as (a, b):
-        await a.join(TOPIC, accept_all, sync=False)
-        b_in = await b.join(TOPIC, accept_all, sync=False)
-        await trio.sleep(1.0)
-        assert await a.push(b.peer_id, TOPIC, b"update", b"its delta", members) == "accept"
-        (got,) = await _take(b_in, 1, timeout_s=5)
-        assert (got.data, got.attachment, got.forward, got.via) == (
-            b"update", b"its delta", members, "push"
-        )
-        assert await a.push(b.peer_id, TOPIC, b"bare", b"", members[:1]) == "accept"
-        (bare,) = await _take(b_in, 1, timeout_s=5)
-        assert (bare.attachment, bare.forward) == (b"", members[:1])
-        assert await a.push(b.peer_id, TOPIC, b"plain", b"delta") == "accept"
-        (plain,) = await _take(b_in, 1, timeout_s=5)
-        assert plain.forward == ()
-        with pytest.raises(ValueError, match="forward"):
-            await a.push(b.peer_id, TOPIC, b"short address", b"", (b"\x01" * 19,))
-        with pytest.raises(ValueError, match="forward"):
-            await a.push(b.peer_id, TOPIC, b"too many", b"", (b"\x01" * 20,) * 256)
-        assert b.metrics().get("admitted-push") == 3
-
-
 async def test_pull_and_admit_judges_what_another_peer_was_pushed(tmp_path: Path) -> None:
     """A committee member pulls from another what was pushed to it: each message passes the
     puller's gate, is delivered as `pull` with the bytes it was pushed with and held like a
