@@ -23,6 +23,7 @@ from nacl.exceptions import CryptoError
 from nacl.public import PrivateKey, PublicKey, SealedBox
 from nacl.utils import random as random_bytes
 
+from p2pfl.core.tensors import DEFAULT_MAX_BYTES, is_float16_packed, unpack_float16
 from p2pfl.errors import P2PFLError
 
 KEY_BYTES = bindings.crypto_aead_xchacha20poly1305_ietf_KEYBYTES  # 32
@@ -88,6 +89,18 @@ def open_sealed(key: bytes, sealed: bytes, aad: bytes = b"") -> bytes:
         raise SealError(
             "undecryptable", "wrong key or associated data, or tampered bytes"
         ) from None
+
+
+def open_delta(
+    key: bytes, sealed: bytes, aad: bytes = b"", max_bytes: int = DEFAULT_MAX_BYTES
+) -> bytes:
+    """A sealed delta's tensors bytes: `open_sealed`, then widened when the plaintext is a
+    float16 packing (a task with `delta_float16` seals its deltas packed: spec sealing.md);
+    `InvalidTensors("tensors-packing")` for a bad packing. The bytes are not decoded here."""
+    plaintext = open_sealed(key, sealed, aad)
+    if is_float16_packed(plaintext):
+        return unpack_float16(plaintext, max_bytes)
+    return plaintext
 
 
 def wrap_key(key: bytes, recipient: bytes) -> bytes:

@@ -92,6 +92,8 @@ def train_dict(scenario: Scenario) -> dict[str, Any]:
             "dp_max_epsilon",
         ):
             out[name] = getattr(t, name)
+    if t.delta_float16:
+        out["delta_float16"] = True
     if scenario.data.standardise:
         norm = DATASET_INPUT_NORMS.get(scenario.data.dataset)
         if norm is None:

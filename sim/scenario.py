@@ -50,6 +50,8 @@ class TrainSection:
     dp_rounds: int = _TRAIN_DEFAULTS.dp_rounds
     dp_delta: float = _TRAIN_DEFAULTS.dp_delta
     dp_max_epsilon: float = _TRAIN_DEFAULTS.dp_max_epsilon
+    # Deltas rounded to float16 with error feedback, sent to members in half the bytes.
+    delta_float16: bool = _TRAIN_DEFAULTS.delta_float16
 
 
 @dataclass(frozen=True)

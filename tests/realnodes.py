@@ -63,10 +63,12 @@ def open_task(
     quorum_percent: int = 100,
     private: tuple[int, bytes] | None = None,
     privacy: dict[str, Any] | None = None,
+    train: dict[str, Any] | None = None,
 ) -> tuple[DevNet, list[NodeIdentity], TaskManifest]:
     """Deploy, register `n_nodes` nodes with their real peer IDs, and open a task whose
     escrow pays `rounds` rounds; by default every update is needed for the collect quorum.
-    `privacy`: the manifest's `[privacy]` table (e.g. {"updates": "committee"}).
+    `privacy`: the manifest's `[privacy]` table (e.g. {"updates": "committee"}); `train`:
+    its `[train]` table.
     `private`: (access price in wei, task model key) opens a private task (the genesis
     blob is then the sealed one)."""
     w3 = embedded_web3()
@@ -96,6 +98,7 @@ def open_task(
         reward_per_round_wei=reward,
         seed=seed,
         privacy=privacy or {},
+        train=train or {},
     )
     fund(w3, devnet.admin.address, rounds * reward + DEFAULT_GAS_FUNDS)
     if private is not None:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 import trio
 
 from p2pfl.core.cid import CID
@@ -117,4 +118,66 @@ async def test_members_pull_from_each_other_the_updates_pushed_to_the_others(
     assert served > 0, served
     assert total.get("deltas-attached", 0) > 0, total
     for bad in ("push-gave-up", "round-pull-incomplete", "round-pull-rejected"):
+        assert total.get(bad, 0) == 0, (bad, total)
+
+
+@pytest.mark.parametrize("sealed", [False, True])
+async def test_float16_deltas_reach_the_members_in_half_the_bytes(
+    tmp_path: Path, sealed: bool
+) -> None:
+    """`[train] delta_float16`: every node rounds its delta to float16 values (error
+    feedback) and sends it to the members in half the bytes -- unsealed, pushed and relayed
+    as its float16 packing, which the members unpack and check against its CID; sealed, the
+    packing is what is sealed, so the ciphertext the CID names is half the size. The rounds
+    commit with every update."""
+    from p2pfl.node.roundlog import Behaviour
+
+    genesis_blob = encode_tensors({"w": np.zeros(8192, np.float32)})
+    devnet, identities, manifest = open_task(
+        genesis_blob, n_nodes=N_NODES, committee=COMMITTEE, rounds=2, seed=5,
+        name=f"float16-deltas-{sealed}", privacy={"updates": "committee", "sealed": sealed},
+        train={"delta_float16": True},
+    )  # fmt: skip
+    async with AsyncExitStack() as stack:
+        nets = await start_hosts(stack, identities, tmp_path, genesis_blob)
+        for i, net in enumerate(nets):
+            for other in nets[i + 1 :]:
+                await net.connect(other.listen_addrs[0])
+        nodes = make_nodes(devnet, identities, nets, manifest, tmp_path)
+        for node in nodes:
+            node.behaviour = Behaviour(direct_members=1)  # (the others relay the packing)
+        with trio.fail_after(150):
+            async with trio.open_nursery() as nursery:
+                for node in nodes:
+                    nursery.start_soon(node.run, 2)
+
+    commits = devnet.admin.commits(0, devnet.admin.block_number(), manifest.task_id)
+    assert sorted(c.round for c in commits) == [1, 2]
+    stored = []
+    for commit in commits:
+        proposal = next(
+            p
+            for n in nodes
+            for (r, _, root), p in n.intake.proposals.items()
+            if r == commit.round and root == commit.contributors_root
+        )
+        assert len(proposal.included) == N_NODES, proposal.included
+        for _, delta in proposal.included:
+            holder = next(n for n in nodes if n.net.store.has_blob(CID.parse(delta)))
+            stored.append(holder.net.store.read_blob(CID.parse(delta)))
+    names = {k for n in nodes for k in n.counters}
+    total = {k: sum(n.counters.get(k, 0) for n in nodes) for k in names}
+    if sealed:  # (the stand-in trainer's deltas are not float16 values of themselves)
+        assert all(len(blob) < 0.6 * len(genesis_blob) for blob in stored)
+    else:
+        for blob in stored:
+            w = decode_tensors(blob)["w"]
+            assert np.array_equal(w.astype(np.float16).astype(np.float32), w)
+        assert total.get("deltas-sent-packed", 0) > 0, total
+        served = sum(net.metrics().get("pull-attachments-served", 0) for net in nets)
+        assert served > 0, served  # relayed packed, unpacked by the puller
+    assert total.get("deltas-attached", 0) > 0, total
+    for bad in ("delta-packing-invalid", "delta-attachment-mismatch", "push-gave-up"):
+        assert total.get(bad, 0) == 0, (bad, total)
+    for bad in ("fetch-failed", "sealed-undecryptable"):
         assert total.get(bad, 0) == 0, (bad, total)

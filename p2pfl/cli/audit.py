@@ -241,7 +241,8 @@ def _open_sealed_delta(update: Any, sealed: bytes, keys: dict[Any, bytes]) -> by
     not (spec sealing.md, "audit": only a member of the round's committee holds keys)."""
     from p2pfl.core.cid import CID
     from p2pfl.core.sealed import delta_aad
-    from p2pfl.sealing import SealError, open_sealed
+    from p2pfl.core.tensors import InvalidTensors
+    from p2pfl.sealing import SealError, open_delta
 
     who = f"0x{update.signer.hex()}"
     key = keys.get((update.signer, update.delta))
@@ -251,9 +252,11 @@ def _open_sealed_delta(update: Any, sealed: bytes, keys: dict[Any, bytes]) -> by
             "holds no key for it (only the round's committee members do; audit from one)"
         )
     try:
-        return open_sealed(key, sealed, delta_aad(update.task, update.round, update.signer))
+        return open_delta(key, sealed, delta_aad(update.task, update.round, update.signer))
     except SealError as exc:
         return f"the sealed delta of {who} does not open with the recorded key ({exc})"
+    except InvalidTensors as exc:
+        return f"the sealed delta of {who} opens to a bad float16 packing ({exc})"
 
 
 def store_reader(store: Any) -> ReadBlob:

@@ -299,3 +299,92 @@ def unflatten(vector: np.ndarray, layout: Layout) -> dict[str, np.ndarray]:
         result[name] = vector[offset : offset + count].reshape(shape)
         offset += count
     return result
+
+
+# --- float16 packing (a transport form, never hashed) -------------------------------------
+
+# First 8 bytes of a packed blob. Read as a canonical blob's u64 header length it is ~2^62,
+# far over MAX_HEADER_BYTES, so no canonical blob starts with it.
+FLOAT16_PACK_MAGIC = b"p2pfl16\x00"
+_HALF = np.dtype("<f2")
+_WORD = np.dtype("<u4")
+
+
+def is_float16_packed(data: bytes | bytearray | memoryview) -> bool:
+    """Whether `data` is a `pack_float16` form (else: bytes to take as they are)."""
+    return bytes(data[: len(FLOAT16_PACK_MAGIC)]) == FLOAT16_PACK_MAGIC
+
+
+def pack_float16(blob: bytes | bytearray | memoryview) -> bytes | None:
+    """Canonical tensors bytes whose every value is a float16 value, in half the data bytes:
+
+        magic (8) | u64 LE p | the blob's first p bytes (length prefix and header) | float16 data
+
+    `unpack_float16` gives back the blob byte for byte (each float16 widens to the float32
+    it came from), so the receiver checks the unpacked bytes against the CID as before.
+    None when the blob's values are not all exact in float16 (-0.0 included) or the bytes
+    are not laid out as tensors bytes: send those as they are."""
+    view = memoryview(blob).cast("B")
+    if len(view) < LENGTH_PREFIX_BYTES:
+        return None
+    (header_len,) = np.frombuffer(view[:LENGTH_PREFIX_BYTES], dtype="<u8")
+    prefix = LENGTH_PREFIX_BYTES + int(header_len)
+    if header_len > MAX_HEADER_BYTES or prefix > len(view) or (len(view) - prefix) % 4:
+        return None
+    values = np.frombuffer(view[prefix:], dtype=WIRE_DTYPE)
+    with np.errstate(over="ignore"):
+        half = values.astype(_HALF)
+    if not np.array_equal(half.astype(WIRE_DTYPE).view(_WORD), values.view(_WORD)):
+        return None
+    return b"".join(
+        [FLOAT16_PACK_MAGIC, int(prefix).to_bytes(8, "little"), view[:prefix], half.tobytes()]
+    )
+
+
+def unpack_float16(
+    packed: bytes | bytearray | memoryview, max_bytes: int = DEFAULT_MAX_BYTES
+) -> bytes:
+    """The bytes `pack_float16` packed. Raises `InvalidTensors("tensors-packing")` for
+    bytes that are not a packing or would unpack to more than `max_bytes`; what it returns
+    is unchecked (compare it with the CID it should have)."""
+    view = memoryview(packed).cast("B")
+    head = len(FLOAT16_PACK_MAGIC) + 8
+    if len(view) < head or not is_float16_packed(view):
+        raise InvalidTensors("tensors-packing", "not a float16 packing")
+    prefix = int.from_bytes(view[len(FLOAT16_PACK_MAGIC) : head], "little")
+    if prefix > LENGTH_PREFIX_BYTES + MAX_HEADER_BYTES or head + prefix > len(view):
+        raise InvalidTensors("tensors-packing", f"a {prefix}-byte header in {len(view)} bytes")
+    data = view[head + prefix :]
+    if len(data) % 2 or prefix + 2 * len(data) > max_bytes:
+        raise InvalidTensors(
+            "tensors-packing", f"{len(data)} bytes of float16 data (limit {max_bytes} unpacked)"
+        )
+    widened = np.frombuffer(data, dtype=_HALF).astype(WIRE_DTYPE)
+    return b"".join([view[head : head + prefix], widened.tobytes()])
+
+
+def round_to_float16(
+    tensors: Mapping[str, np.ndarray], residual: Mapping[str, np.ndarray]
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Error feedback: each float32 tensor plus what rounding left over last time, rounded
+    to the nearest float16 value (kept as float32), and the new remainders. A tensor with a
+    value beyond float16's range, or whose residual does not match it, is rounded without
+    the residual if that fits, else left as it is (its remainder zero)."""
+    rounded: dict[str, np.ndarray] = {}
+    remainders: dict[str, np.ndarray] = {}
+    limit = float(np.finfo(_HALF).max)
+    for name, value in tensors.items():
+        carried = residual.get(name)
+        target = value
+        if carried is not None and carried.shape == value.shape and carried.dtype == WIRE_DTYPE:
+            target = value + carried
+        if not bool(np.all(np.abs(target) <= limit)):
+            target = value
+        if not bool(np.all(np.abs(target) <= limit)):
+            rounded[name] = value
+            remainders[name] = np.zeros_like(value)
+            continue
+        half = target.astype(_HALF).astype(WIRE_DTYPE)
+        rounded[name] = np.ascontiguousarray(half)
+        remainders[name] = target - half
+    return rounded, remainders

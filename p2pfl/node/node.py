@@ -23,6 +23,7 @@ from p2pfl.core.identity import NodeIdentity
 from p2pfl.core.messages import Commit, Proposal, Rewrap, Update, decode_message
 from p2pfl.core.round import Phase, RoundMachine
 from p2pfl.core.sortition import draw
+from p2pfl.core.tensors import is_float16_packed, pack_float16
 from p2pfl.core.validation import Verdict
 from p2pfl.errors import InvalidMessage, P2PFLError
 from p2pfl.manifest import TaskManifest
@@ -410,7 +411,9 @@ class Node:
         if isinstance(message, Update) and not message.inline:
             try:
                 cid = CID.parse(message.delta)
-                attachment = await trio.to_thread.run_sync(self.net.store.read_blob, cid)
+                attachment = await trio.to_thread.run_sync(self._attachment, cid)
+                if is_float16_packed(attachment):
+                    self.count("deltas-sent-packed")
             except P2PFLError as exc:  # (members fetch it from us as usual)
                 self.count("push-attachment-unreadable")
                 log.warning("our delta %s is unreadable: %s", message.delta.hex(), exc)
@@ -419,6 +422,17 @@ class Node:
                 nursery.start_soon(self._push, message, data, attachment, address)
         if isinstance(message, Update) and message.signer == self.address:
             self._update_sent(message.round).set()
+
+    def _attachment(self, cid: CID) -> bytes:
+        """(In a worker thread.) The bytes pushed beside an update naming `cid`: the delta,
+        packed in half the bytes when the task rounds deltas to float16 and all of it is
+        (`pack_float16`; the member unpacks and checks it against the CID)."""
+        blob = self.net.store.read_blob(cid)
+        if self.manifest.train.get("delta_float16"):
+            packed = pack_float16(blob)
+            if packed is not None:
+                return packed
+        return blob
 
     def _direct_recipients(self, message: Any, to: tuple[bytes, ...]) -> tuple[bytes, ...]:
         """Who our own update (or re-wrap, after a re-draw) is pushed to of the members

@@ -18,11 +18,21 @@ from p2pfl.core import round_events as ev
 from p2pfl.core.cid import CID, blob_blocks
 from p2pfl.core.round_result import compute_aggregate
 from p2pfl.core.sealed import delta_aad
-from p2pfl.core.tensors import decode_tensors, encode_tensors, flatten
+from p2pfl.core.tensors import (
+    DEFAULT_MAX_BYTES,
+    InvalidTensors,
+    decode_tensors,
+    encode_tensors,
+    flatten,
+    is_float16_packed,
+    pack_float16,
+    round_to_float16,
+    unpack_float16,
+)
 from p2pfl.errors import P2PFLError
 from p2pfl.node.models import PROGRESS_EVERY_S, fetch_with_retries
 from p2pfl.parallel import threaded
-from p2pfl.sealing import SEAL_OVERHEAD, SealError, new_key, open_sealed, seal, unwrap_key, wrap_key
+from p2pfl.sealing import SEAL_OVERHEAD, SealError, new_key, open_delta, seal, unwrap_key, wrap_key
 
 if TYPE_CHECKING:
     from p2pfl.core.identity import NodeIdentity
@@ -93,6 +103,9 @@ class RoundWorkers:
         # with (our own, for re-wraps; any, for the round record an audit opens them from).
         self.keys: dict[int, dict[ev.UpdateKey, bytes]] = {}
         self._fetches = trio.CapacityLimiter(DELTA_FETCHES_AT_ONCE)
+        # `delta_float16`: what rounding our last delta to float16 left over, per tensor,
+        # added to the next one (error feedback). In memory: a restart starts from zero.
+        self._float16_residual: dict[str, np.ndarray] = {}
 
     def forget_before(self, round_: int) -> None:
         for held in (self._deltas, self.keys):
@@ -137,6 +150,10 @@ class RoundWorkers:
         if n.privacy is not None and not self._within_budget(round_, result):
             return
         delta = result.delta
+        if cfg.delta_float16:
+            delta, self._float16_residual = await trio.to_thread.run_sync(
+                round_to_float16, delta, self._float16_residual
+            )
         if n.behaviour.poison is not None:
             delta = n.behaviour.poison(round_, delta)
         wraps: tuple[tuple[bytes, bytes], ...] = ()
@@ -144,7 +161,13 @@ class RoundWorkers:
             key = new_key()
             aad = delta_aad(n.task, round_, n.address)
             blob, ciphertext, cid, norm = await trio.to_thread.run_sync(
-                _store_sealed_delta, n.net.store, delta, key, aad, n.behaviour.tamper_sealed
+                _store_sealed_delta,
+                n.net.store,
+                delta,
+                key,
+                aad,
+                n.behaviour.tamper_sealed,
+                cfg.delta_float16,
             )
             wraps = await trio.to_thread.run_sync(self._wraps, key, recipients)
             self.keys.setdefault(round_, {})[(n.address, cid.to_bytes())] = key
@@ -248,6 +271,14 @@ class RoundWorkers:
                 key = await trio.to_thread.run_sync(unwrap_key, wrap, n.identity.x25519_private_key)
             blob: bytes | None = None
             attached = n.intake.take_attachment((author, delta))
+            if attached and is_float16_packed(attached):
+                try:
+                    attached = await trio.to_thread.run_sync(
+                        unpack_float16, attached, n.models.blob_size or DEFAULT_MAX_BYTES
+                    )
+                except InvalidTensors:
+                    n.count("delta-packing-invalid")  # (fetched as blocks instead)
+                    attached = b""
             if not await trio.to_thread.run_sync(n.net.store.has_blob, cid):
                 update = n.intake.updates.get((author, delta))
                 if update is not None and update.inline:
@@ -354,7 +385,7 @@ class RoundWorkers:
                 if key is None:
                     raise P2PFLError(f"no key for the sealed delta of {u.signer.hex()[:8]}")
                 aad = delta_aad(u.task, u.round, u.signer)
-                stored = await trio.to_thread.run_sync(open_sealed, key, stored, aad)
+                stored = await trio.to_thread.run_sync(open_delta, key, stored, aad)
             blobs.append(stored)
         return blobs
 
@@ -396,11 +427,15 @@ def _store_sealed_delta(
     key: bytes,
     aad: bytes,
     tamper: Callable[[bytes], bytes] | None = None,
+    packed: bool = False,
 ) -> tuple[bytes, bytes, CID, float]:
     """Our own delta, sealed: its canonical bytes, the sealed bytes (stored, hashed once to
-    name them), their CID and the plaintext's norm (worker thread)."""
+    name them), their CID and the plaintext's norm (worker thread). `packed`: the
+    plaintext sealed is the float16 packing of the canonical bytes when it has one (a task
+    with `delta_float16`: half the bytes to every member)."""
     blob = encode_tensors(delta)
-    sealed = seal(key, blob, aad)
+    plaintext = (pack_float16(blob) if packed else None) or blob
+    sealed = seal(key, plaintext, aad)
     if tamper is not None:
         sealed = tamper(sealed)
     cid, blocks = blob_blocks(sealed)
@@ -445,7 +480,8 @@ def _open_delta(
     if sealed is None:
         limit = None if max_size_bytes is None else max_size_bytes + SEAL_OVERHEAD
         sealed = store.read_blob(cid, limit)
-    blob = open_sealed(key, sealed, aad)
+    limit = DEFAULT_MAX_BYTES if max_size_bytes is None else max_size_bytes
+    blob = open_delta(key, sealed, aad, limit)
     decode_tensors(blob)  # canonical float32 tensors or bust
     return blob
 

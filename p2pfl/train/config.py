@@ -84,6 +84,11 @@ class TrainConfig:
     dp_rounds: int = 0
     dp_delta: float = 1e-5
     dp_max_epsilon: float = 0.0
+    # Each delta rounded to float16 values (kept as float32 tensors, so the canonical bytes,
+    # CIDs and aggregation are unchanged), what the rounding left over added to the next
+    # round's delta (error feedback); a member is then sent the delta in half the bytes
+    # (`p2pfl.core.tensors.pack_float16`). Off, manifests keep the bytes they had.
+    delta_float16: bool = False
 
     def __post_init__(self) -> None:
         def need(ok: bool, what: str) -> None:
@@ -108,6 +113,10 @@ class TrainConfig:
         need(0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}")
         need(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
         need(0 <= self.seed < 2**64, f"seed must be in [0, 2^64), got {self.seed}")
+        need(
+            isinstance(self.delta_float16, bool),
+            f"delta_float16 must be true or false, got {self.delta_float16!r}",
+        )
         for name in ("input_mean", "input_std"):
             value = getattr(self, name)
             need(isinstance(value, (list, tuple)), f"{name} must be a list, got {value!r}")
@@ -195,4 +204,6 @@ class TrainConfig:
         if not self.dp:
             for name in [k for k in out if k.startswith("dp_")]:
                 del out[name]
+        if not self.delta_float16:
+            del out["delta_float16"]
         return out
