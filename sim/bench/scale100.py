@@ -319,6 +319,30 @@ session's head (load 1.1 before, 2.6 after): 10 nodes 1.69, 1.55, 1.54, 1.52, 5.
 accuracy 0.771, shard loops at 0.58-0.66 of a core: **ratio 6.9** (target <= 2, not met; the
 100-node median fell 17.3 -> 10.7 s since the last bench, the 10-node one 2.64 -> 1.55 s on
 the quieter machine).
+
+2026-12-07, a ninth session: three changes measured in alternating direct 100-node runs, none
+faster. (1) Members forwarding by push (9f88c37, reverted): an author asked each member it
+pushed to to push the update on to a share of the others (`push+`, a forward list), so that
+every member held it two pushes after it went out instead of after the relay's quiet spell
+and pulls. Medians 18.2 and 25.1 s against 13.8 and 14.6 s for the code before, the
+dissemination phase 7.8-14.5 s against 5.0-9.1 s, and three rounds stalled 70-100 s in
+agreement (members closing collection on different sets): ~70 forward pushes per member a
+round, one stream each, cost more on the loaded loops than the relay's four or five 8 MiB
+answers. (2) The relay's cadence while pushes still arrive, 5 s -> 1.5 s: medians 11.4,
+12.4 s against 11.5, 13.0 s, within the noise; not kept. (3) Deltas rounded to float16 with
+error feedback and sent packed (`[train] delta_float16`, kept as a task option: 1.6x faster
+rounds on 20 Mbit/s links, `python -m sim.bench float16`): here ~35% fewer bytes a round
+(88 against 140 MB sent) but medians 12.8, 14.5 s against 10.9, 12.6 s. The runs also showed
+what confounds such comparisons: the draws follow the model's digest, so a change to the
+deltas changes every committee (14, 8, 11, 9, 6 members against 5, 7, 11, 9, 7), and round
+time follows the committee's size (each member takes in all 100 deltas). At 100 nodes the
+threshold sortition's committee size is Poisson-binomial around k = 7 (standard deviation
+~2.5: 5-14 members seen), at 10 nodes binomial(10, 0.7) (~1.4); 16% of draws at 100 nodes
+are below the quorum of 5 (each costing `small_redraw_delay_s`, 5 s) against ~5% at 10. An
+MLP of 32 hidden units (4x fewer bytes everywhere, model fetches and aggregation included)
+gave medians 7.4 and 11.1 s against 16.0 and 16.9 s for 128, alternating (committees 8, 7,
+10, 6, 6 against 5, 7, 11, 9, 7): the round's cost grows with the model as well as with the
+number of messages, but halving only the deltas' bytes did not show.
 """
 
 from __future__ import annotations
