@@ -64,6 +64,7 @@ def open_task(
     private: tuple[int, bytes] | None = None,
     privacy: dict[str, Any] | None = None,
     train: dict[str, Any] | None = None,
+    collect_deadline_s: float = 10.0,
 ) -> tuple[DevNet, list[NodeIdentity], TaskManifest]:
     """Deploy, register `n_nodes` nodes with their real peer IDs, and open a task whose
     escrow pays `rounds` rounds; by default every update is needed for the collect quorum.
@@ -90,7 +91,7 @@ def open_task(
         registry=dep.registry,
         ledger=dep.ledger,
         committee_size=committee,
-        collect_deadline_s=10.0,
+        collect_deadline_s=collect_deadline_s,
         collect_quorum_percent=quorum_percent,
         view_timeout_s=6.0,
         commit_fallback_delay_s=3.0,

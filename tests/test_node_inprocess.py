@@ -70,20 +70,22 @@ async def test_nodes_off_the_committee_survive_several_commits(tmp_path: Path) -
         }
 
 
-async def test_members_pull_from_each_other_the_updates_pushed_to_the_others(
-    tmp_path: Path,
-) -> None:
-    """Updates to the committee (`[privacy] updates = "committee"`), each author pushing
-    its update to one member only: the members pull from each other what was pushed to the
-    others, the deltas attached to the pulls' answers, and every round commits with every
-    update (sealed: the pulled updates carry each member's wrap)."""
+async def run_one_member_pushes(
+    tmp_path: Path, name: str, privacy: dict[str, Any], train: dict[str, Any] | None = None
+) -> tuple[list[Any], list[Any], list[Any], dict[str, int]]:
+    """N_NODES nodes, all connected, on a 2-round task whose updates go to the committee,
+    each author pushing its update to one member only (the others relay it). Returns the
+    hosts, the nodes, each committed round's proposal (asserting that every round
+    committed with every update) and the nodes' counters summed."""
     from p2pfl.node.roundlog import Behaviour
 
-    # 32 KB deltas: over the inline limit, so the members fetch what they pulled.
+    # 32 KB deltas: over the inline limit, so the members fetch what they pulled. A member
+    # pushed nothing relays only MEMBER_PULL_UNPUSHED_S (10 s) into the round while it
+    # collects: a 30 s collect deadline leaves it the time to.
     genesis_blob = encode_tensors({"w": np.zeros(8192, np.float32)})
     devnet, identities, manifest = open_task(
         genesis_blob, n_nodes=N_NODES, committee=COMMITTEE, rounds=2, seed=5,
-        name="member-pulls", privacy={"updates": "committee"},
+        name=name, privacy=privacy, train=train, collect_deadline_s=30.0,
     )  # fmt: skip
     async with AsyncExitStack() as stack:
         nets = await start_hosts(stack, identities, tmp_path, genesis_blob)
@@ -101,6 +103,7 @@ async def test_members_pull_from_each_other_the_updates_pushed_to_the_others(
     chain = devnet.admin
     commits = chain.commits(0, chain.block_number(), manifest.task_id)
     assert sorted(c.round for c in commits) == [1, 2]
+    proposals = []
     for commit in commits:
         proposal = next(
             p
@@ -109,8 +112,22 @@ async def test_members_pull_from_each_other_the_updates_pushed_to_the_others(
             if r == commit.round and root == commit.contributors_root
         )
         assert len(proposal.included) == N_NODES, proposal.included
+        proposals.append(proposal)
     names = {k for n in nodes for k in n.counters}
     total = {k: sum(n.counters.get(k, 0) for n in nodes) for k in names}
+    return nets, nodes, proposals, total
+
+
+async def test_members_pull_from_each_other_the_updates_pushed_to_the_others(
+    tmp_path: Path,
+) -> None:
+    """Updates to the committee (`[privacy] updates = "committee"`), each author pushing
+    its update to one member only: the members pull from each other what was pushed to the
+    others, the deltas attached to the pulls' answers, and every round commits with every
+    update (sealed: the pulled updates carry each member's wrap)."""
+    nets, _, _, total = await run_one_member_pushes(
+        tmp_path, "member-pulls", {"updates": "committee"}
+    )
     # Each author pushed to one member: the others pulled it from that member (or from one
     # that pulled it), its delta attached to the pull's answer instead of fetched as blocks.
     assert total.get("member-pulled", 0) > 0, total
@@ -130,45 +147,20 @@ async def test_float16_deltas_reach_the_members_in_half_the_bytes(
     as its float16 packing, which the members unpack and check against its CID; sealed, the
     packing is what is sealed, so the ciphertext the CID names is half the size. The rounds
     commit with every update."""
-    from p2pfl.node.roundlog import Behaviour
-
-    genesis_blob = encode_tensors({"w": np.zeros(8192, np.float32)})
-    devnet, identities, manifest = open_task(
-        genesis_blob, n_nodes=N_NODES, committee=COMMITTEE, rounds=2, seed=5,
-        name=f"float16-deltas-{sealed}", privacy={"updates": "committee", "sealed": sealed},
-        train={"delta_float16": True},
-    )  # fmt: skip
-    async with AsyncExitStack() as stack:
-        nets = await start_hosts(stack, identities, tmp_path, genesis_blob)
-        for i, net in enumerate(nets):
-            for other in nets[i + 1 :]:
-                await net.connect(other.listen_addrs[0])
-        nodes = make_nodes(devnet, identities, nets, manifest, tmp_path)
-        for node in nodes:
-            node.behaviour = Behaviour(direct_members=1)  # (the others relay the packing)
-        with trio.fail_after(150):
-            async with trio.open_nursery() as nursery:
-                for node in nodes:
-                    nursery.start_soon(node.run, 2)
-
-    commits = devnet.admin.commits(0, devnet.admin.block_number(), manifest.task_id)
-    assert sorted(c.round for c in commits) == [1, 2]
+    nets, nodes, proposals, total = await run_one_member_pushes(
+        tmp_path,
+        f"float16-deltas-{sealed}",
+        {"updates": "committee", "sealed": sealed},
+        {"delta_float16": True},
+    )
     stored = []
-    for commit in commits:
-        proposal = next(
-            p
-            for n in nodes
-            for (r, _, root), p in n.intake.proposals.items()
-            if r == commit.round and root == commit.contributors_root
-        )
-        assert len(proposal.included) == N_NODES, proposal.included
+    for proposal in proposals:
         for _, delta in proposal.included:
             holder = next(n for n in nodes if n.net.store.has_blob(CID.parse(delta)))
             stored.append(holder.net.store.read_blob(CID.parse(delta)))
-    names = {k for n in nodes for k in n.counters}
-    total = {k: sum(n.counters.get(k, 0) for n in nodes) for k in names}
+    model_bytes = len(encode_tensors({"w": np.zeros(8192, np.float32)}))
     if sealed:  # (the stand-in trainer's deltas are not float16 values of themselves)
-        assert all(len(blob) < 0.6 * len(genesis_blob) for blob in stored)
+        assert all(len(blob) < 0.6 * model_bytes for blob in stored)
     else:
         for blob in stored:
             w = decode_tensors(blob)["w"]

@@ -67,6 +67,9 @@ async def test_an_update_pushed_to_a_member_holds_its_relay_until_the_pushes_go_
     none = float("-inf")
     assert not relay_due(100.0 + MEMBER_PULL_BUSY_S, intake.pushed_at, none, pulled_at=100.0)
     assert relay_due(100.0 + MEMBER_PULL_UNPUSHED_S, intake.pushed_at, none, pulled_at=100.0)
+    # A proposal closed our collection: voting on it needs what it names, relay at once.
+    assert relay_due(100.5, intake.pushed_at, none, pulled_at=100.0, voting=True)
+    assert relay_due(100.5, pushed_at=100.4, first_pushed_at=100.1, pulled_at=100.0, voting=True)
 
     def update(author: int) -> bytes:
         cid = blob_cid(bytes([author]) * 64).to_bytes()

@@ -1718,6 +1718,24 @@ class RoundMachine:
                 return statement
         return None
 
+    def _hear_committed(self, event: ChainCommitted) -> None:
+        """The authors the committed proposal included, if we hold it, count as heard this
+        round: the next round's history (`_recent_authors`). With updates to the committee
+        a member may hold only some of the round's updates when it commits (they were
+        pushed to others, the relay still under way); its history would then expect only
+        those next round and close collection on them (5 nodes: a round committed with 3
+        of the 5 updates)."""
+        wanted = (event.attempt, event.view, event.result, event.contributors_root)
+        for statement in self._statements.values():
+            if isinstance(statement, Proposal) and wanted == (
+                statement.attempt,
+                statement.view,
+                statement.result,
+                statement.contributors_root,
+            ):
+                self._heard.update(a for a, _ in statement.included if a in self._registered)
+                return
+
     # --- following the chain --------------------------------------------------------------------
 
     def _on_chain_committed(self, event: ChainCommitted) -> None:
@@ -1735,6 +1753,8 @@ class RoundMachine:
         if event.round == self.round and cert is not None and cert.result != event.result:
             # Possible across views (spec: safety): the chain's first commit is final.
             self.counters["chain-differs-from-certificate"] += 1
+        if event.round == self.round:
+            self._hear_committed(event)
         self._goto(Trigger.CHAIN_COMMITTED)
         self.round = event.round
         self.base = event.result

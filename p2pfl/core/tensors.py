@@ -303,7 +303,7 @@ def unflatten(vector: np.ndarray, layout: Layout) -> dict[str, np.ndarray]:
 
 # --- float16 packing (a transport form, never hashed) -------------------------------------
 
-# First 8 bytes of a packed blob. Read as a canonical blob's u64 header length it is ~2^62,
+# First 8 bytes of a packed blob. Read as a canonical blob's u64 header length it is ~2^54,
 # far over MAX_HEADER_BYTES, so no canonical blob starts with it.
 FLOAT16_PACK_MAGIC = b"p2pfl16\x00"
 _HALF = np.dtype("<f2")

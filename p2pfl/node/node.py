@@ -124,13 +124,21 @@ def topic_of(message: Any) -> str:
     return TOPIC_CONSENSUS
 
 
-def relay_due(now: float, pushed_at: float, first_pushed_at: float, pulled_at: float) -> bool:
+def relay_due(
+    now: float, pushed_at: float, first_pushed_at: float, pulled_at: float, voting: bool = False
+) -> bool:
     """Whether a member pulls from the others on this tick (`Node._pull_from_members`).
     `pushed_at` is when an update was last pushed to it, `first_pushed_at` when the first
     of the round was (-inf: none yet), `pulled_at` its last pulls (or the round start).
     Due once no update was pushed for MEMBER_PULL_QUIET_S, or MEMBER_PULL_BUSY_S after the
     last pulls (or the first push) while pushes keep coming; before any push,
-    MEMBER_PULL_UNPUSHED_S after the last pulls (or the round start)."""
+    MEMBER_PULL_UNPUSHED_S after the last pulls (or the round start). Always while
+    `voting`: a leader's proposal closed our collection, so the pushes are over, and
+    every update it names that we lack holds up our vote (a member pushed nothing waited
+    MEMBER_PULL_UNPUSHED_S, past a 6 s view timeout, then led the next view with 2 of 5
+    updates)."""
+    if voting:
+        return True
     if first_pushed_at == float("-inf"):
         return now - pulled_at >= MEMBER_PULL_UNPUSHED_S
     quiet = now - pushed_at >= MEMBER_PULL_QUIET_S
@@ -479,7 +487,8 @@ class Node:
             if machine.round != round_ or machine.phase not in (Phase.COLLECTING, Phase.VOTING):
                 continue
             now = self.clock()
-            if not relay_due(now, self.intake.pushed_at, first_pushed_at, pulled_at):
+            voting = machine.phase is Phase.VOTING
+            if not relay_due(now, self.intake.pushed_at, first_pushed_at, pulled_at, voting):
                 continue  # updates still being pushed to us: relay when they quiet down
             pulled_at = now
             others = [m for m in machine.committee if m != self.address]

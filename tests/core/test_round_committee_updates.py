@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from p2pfl.core.messages import Commit, Proposal, Rewrap, Update, Vote
 from p2pfl.core.round import RoundConfig
-from p2pfl.core.round_events import RoundStarted
+from p2pfl.core.round_events import RoundStarted, UpdateReceived
 
 from .round_sim import ADDRS, GENESIS, RULE, STAKES, Sim, committee, find_task
 
@@ -109,6 +109,37 @@ def test_only_a_member_takes_its_authors_as_the_next_rounds_history() -> None:
         sim.machines[address].handle(RoundStarted(2, sim.chain[1].result, STAKES, sim.now))
     assert sim.machines[follower]._expected_participants() == len(ADDRS)
     assert sim.machines[member]._expected_participants() == len(ADDRS) - 1
+
+
+class PartlyDeafSim(RecordingSim):
+    """One member hears the updates of two authors only (the rest were pushed to others
+    and the round commits before its relay brings them)."""
+
+    deaf: bytes = b""
+
+    def deliver(self, dst: bytes, event) -> None:
+        if (
+            dst == self.deaf
+            and isinstance(event, UpdateReceived)
+            and event.update.signer not in ADDRS[:2]
+        ):
+            return
+        super().deliver(dst, event)
+
+
+def test_a_member_takes_the_committed_proposals_authors_as_heard() -> None:
+    """A member that held only some of the round's updates when the round committed still
+    expects every author the committed proposal included next round (else it would close
+    its next collection on those few)."""
+    sim = PartlyDeafSim(config())
+    sim.deaf = next(m for m in C7 if m not in ADDRS[:2])
+    sim.start()
+    sim.run()
+    deaf = sim.machines[sim.deaf]
+    assert 1 in sim.chain and len(sim_proposal(sim).included) == len(ADDRS)
+    assert deaf._drawn_member and deaf.counters["rounds-committed"] == 1
+    deaf.handle(RoundStarted(2, sim.chain[1].result, STAKES, sim.now))
+    assert deaf._expected_participants() == len(ADDRS)
 
 
 def sim_proposal(sim: Sim) -> Proposal:
