@@ -1707,7 +1707,13 @@ class RoundMachine:
         cert = self._certificate
         if not self.config.updates_to_committee or cert is None:
             return None
-        wanted = (cert.attempt, cert.view, cert.result, cert.contributors_root)
+        return self._held_proposal(cert.attempt, cert.view, cert.result, cert.contributors_root)
+
+    def _held_proposal(
+        self, attempt: int, view: int, result: bytes, contributors_root: bytes
+    ) -> Proposal | None:
+        """The proposal of this round we hold for (attempt, view, result, root), if any."""
+        wanted = (attempt, view, result, contributors_root)
         for statement in self._statements.values():
             if isinstance(statement, Proposal) and wanted == (
                 statement.attempt,
@@ -1725,16 +1731,11 @@ class RoundMachine:
         pushed to others, the relay still under way); its history would then expect only
         those next round and close collection on them (5 nodes: a round committed with 3
         of the 5 updates)."""
-        wanted = (event.attempt, event.view, event.result, event.contributors_root)
-        for statement in self._statements.values():
-            if isinstance(statement, Proposal) and wanted == (
-                statement.attempt,
-                statement.view,
-                statement.result,
-                statement.contributors_root,
-            ):
-                self._heard.update(a for a, _ in statement.included if a in self._registered)
-                return
+        proposal = self._held_proposal(
+            event.attempt, event.view, event.result, event.contributors_root
+        )
+        if proposal is not None:
+            self._heard.update(a for a, _ in proposal.included if a in self._registered)
 
     # --- following the chain --------------------------------------------------------------------
 
