@@ -434,9 +434,10 @@ class Node:
     def _attachment(self, cid: CID) -> bytes:
         """(In a worker thread.) The bytes pushed beside an update naming `cid`: the delta,
         packed in half the bytes when the task rounds deltas to float16 and all of it is
-        (`pack_float16`; the member unpacks and checks it against the CID)."""
+        (`pack_float16`; the member unpacks and checks it against the CID). A sealed delta
+        is packed inside its seal already: its ciphertext goes as it is."""
         blob = self.net.store.read_blob(cid)
-        if self.manifest.train.get("delta_float16"):
+        if self.manifest.train.get("delta_float16") and not self.manifest.sealed:
             packed = pack_float16(blob)
             if packed is not None:
                 return packed

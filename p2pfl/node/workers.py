@@ -271,15 +271,15 @@ class RoundWorkers:
                 key = await trio.to_thread.run_sync(unwrap_key, wrap, n.identity.x25519_private_key)
             blob: bytes | None = None
             attached = n.intake.take_attachment((author, delta))
-            if attached and is_float16_packed(attached):
-                try:
-                    attached = await trio.to_thread.run_sync(
-                        unpack_float16, attached, n.models.blob_size or DEFAULT_MAX_BYTES
-                    )
-                except InvalidTensors:
-                    n.count("delta-packing-invalid")  # (fetched as blocks instead)
-                    attached = b""
             if not await trio.to_thread.run_sync(n.net.store.has_blob, cid):
+                if attached and is_float16_packed(attached):  # (only if it is to be used)
+                    try:
+                        attached = await trio.to_thread.run_sync(
+                            unpack_float16, attached, n.models.blob_size or DEFAULT_MAX_BYTES
+                        )
+                    except InvalidTensors:
+                        n.count("delta-packing-invalid")  # (fetched as blocks instead)
+                        attached = b""
                 update = n.intake.updates.get((author, delta))
                 if update is not None and update.inline:
                     blob = await trio.to_thread.run_sync(
@@ -480,8 +480,7 @@ def _open_delta(
     if sealed is None:
         limit = None if max_size_bytes is None else max_size_bytes + SEAL_OVERHEAD
         sealed = store.read_blob(cid, limit)
-    limit = DEFAULT_MAX_BYTES if max_size_bytes is None else max_size_bytes
-    blob = open_delta(key, sealed, aad, limit)
+    blob = open_delta(key, sealed, aad, max_size_bytes or DEFAULT_MAX_BYTES)
     decode_tensors(blob)  # canonical float32 tensors or bust
     return blob
 
