@@ -51,8 +51,11 @@ _NAME = re.compile(r"[\x20-\x21\x23-\x5b\x5d-\x7e]{1,256}")
 # safetensors reserves this key for string metadata; we carry none.
 METADATA_KEY = "__metadata__"
 _JSON_STRING = re.compile(rb'"[^"]*"')
-_OPENERS = np.frombuffer(b"[{", dtype=np.uint8)
-_CLOSERS = np.frombuffer(b"]}", dtype=np.uint8)
+# Nesting step of each byte of a header without its strings: +1 opens, -1 closes, else 0
+# (a table lookup: `np.isin` cost ~60 us a header, most of a delta's decode outside its data).
+_NESTING_STEP = np.zeros(256, dtype=np.int64)
+_NESTING_STEP[list(b"[{")] = 1
+_NESTING_STEP[list(b"]}")] = -1
 
 Layout = tuple[tuple[str, tuple[int, ...]], ...]
 
@@ -154,7 +157,7 @@ def _check_nesting(raw: bytes) -> None:
         raise InvalidTensors("tensors-bad-header", "escape sequences are not allowed")
     structure = _JSON_STRING.sub(b"", raw)  # without escapes, a string is "[^"]*"
     codes = np.frombuffer(structure, dtype=np.uint8)
-    steps = np.isin(codes, _OPENERS).astype(np.int64) - np.isin(codes, _CLOSERS)
+    steps = _NESTING_STEP[codes]
     if steps.size and int(np.cumsum(steps).max()) > MAX_JSON_DEPTH:
         raise InvalidTensors("tensors-bad-header", f"JSON nested deeper than {MAX_JSON_DEPTH}")
 
