@@ -9,6 +9,7 @@ with hex strings for bytes and decimal strings for amounts.
 from __future__ import annotations
 
 import json
+from functools import lru_cache
 from pathlib import Path
 
 from eth_utils import to_checksum_address
@@ -29,6 +30,13 @@ def hex32(text: str, name: str) -> bytes:
     return raw
 
 
+@lru_cache(maxsize=1 << 16)
+def _checksummed(account: bytes) -> str:
+    """EIP-55 spelling of an address (~28 us each uncached: a round's file names every
+    contributor, and the same accounts come back round after round)."""
+    return str(to_checksum_address(account))
+
+
 def write_reward_file(path: str | Path, task: bytes, round: int, tree: RewardTree) -> Path:
     """Save a committed round's reward leaves and proofs for `p2pfl claim`."""
     doc = {
@@ -39,7 +47,7 @@ def write_reward_file(path: str | Path, task: bytes, round: int, tree: RewardTre
             {
                 "index": lf.index,
                 "role": lf.role,
-                "account": to_checksum_address(lf.account),
+                "account": _checksummed(lf.account),
                 "amount": str(lf.amount),
                 "proof": ["0x" + p.hex() for p in tree.proof(lf.index)],
             }
