@@ -686,7 +686,7 @@ class Gossip:
                 raw = await reader.read_exactly(count * MESSAGE_ID_SIZE)
                 have = {raw[i : i + MESSAGE_ID_SIZE] for i in range(0, len(raw), MESSAGE_ID_SIZE)}
                 state = self.topics.get(topic)
-                out: list[bytes] = []
+                out: list[bytes] = [b""]  # (the count goes first; each piece is copied once)
                 count = size = 0
                 if state is not None:
                     held = _held(state, kind, since)
@@ -696,16 +696,17 @@ class Gossip:
                         attachment = b""
                         if kind == MSG_PULL_ATTACHED:
                             attachment = state.attached.get(msg_id, b"")
-                        if size + len(data) + len(attachment) > SYNC_MAX_RESPONSE_BYTES and out:
+                        if size + len(data) + len(attachment) > SYNC_MAX_RESPONSE_BYTES and count:
                             break
-                        out.append(struct.pack(">I", len(data)) + data)
+                        out += (struct.pack(">I", len(data)), data)
                         if kind == MSG_PULL_ATTACHED:
-                            out.append(struct.pack(">I", len(attachment)) + attachment)
+                            out += (struct.pack(">I", len(attachment)), attachment)
                             if attachment:
                                 self.metrics.inc("pull-attachments-served")
                         count += 1
                         size += len(data) + len(attachment)
-                await stream.write(struct.pack(">I", count) + b"".join(out))
+                out[0] = struct.pack(">I", count)
+                await stream.write(b"".join(out))
                 self.metrics.inc("pull-served" if kind in PULL_KINDS else "sync-served")
         except InvalidMessage as exc:
             self.peers.offence(peer, Offence.MALFORMED_FRAME, "sync-" + exc.reason)
