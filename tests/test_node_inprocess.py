@@ -173,3 +173,62 @@ async def test_float16_deltas_reach_the_members_in_half_the_bytes(
         assert total.get(bad, 0) == 0, (bad, total)
     for bad in ("fetch-failed", "sealed-undecryptable"):
         assert total.get(bad, 0) == 0, (bad, total)
+
+
+async def test_a_node_the_committed_proposal_reached_late_still_settles_the_round(
+    tmp_path: Path,
+) -> None:
+    """Updates to the committee: the certificate and the chain can outrun the gossip of
+    the proposal they name (100 nodes on 2 cores: ~1 node in 5 a round). Here no node
+    hears round 1's proposal by gossip or sync (the members are sent it directly): a node
+    off the committee waits for it, then pulls it from a member, and still writes the
+    round's reward file and record and records its strikes. Before, it wrote neither file
+    and left a hole in its probation history."""
+    from p2pfl.core.messages import Proposal, decode_message
+    from p2pfl.net.gossip import Verdict
+    from p2pfl.node.committed import REWARDS_DIR
+
+    genesis_blob = encode_tensors({"w": np.zeros(SIZE, np.float32)})
+    devnet, identities, manifest = open_task(
+        genesis_blob, n_nodes=N_NODES, committee=COMMITTEE, rounds=2, seed=5,
+        name="late-proposal", privacy={"updates": "committee"},
+    )  # fmt: skip
+    async with AsyncExitStack() as stack:
+        nets = await start_hosts(stack, identities, tmp_path, genesis_blob)
+        for i, net in enumerate(nets):
+            for other in nets[i + 1 :]:
+                await net.connect(other.listen_addrs[0])
+        nodes = make_nodes(devnet, identities, nets, manifest, tmp_path)
+
+        def deaf_to_round_1_proposals(gossip: Any) -> Any:
+            admit = gossip._admit
+
+            def filtered(state: Any, data: bytes, msg_id: bytes, peer: str, via: str,
+                         attachment: bytes = b"") -> Any:  # fmt: skip
+                if via in ("gossip", "sync"):
+                    message = decode_message(data)
+                    if isinstance(message, Proposal) and message.round == 1:
+                        return Verdict.IGNORE  # (not held: as if it had not arrived yet)
+                return admit(state, data, msg_id, peer, via, attachment)
+
+            return filtered
+
+        for net in nets:
+            net.gossip._admit = deaf_to_round_1_proposals(net.gossip)
+        with trio.fail_after(150):
+            async with trio.open_nursery() as nursery:
+                for node in nodes:
+                    nursery.start_soon(node.run, 2)
+
+    chain = devnet.admin
+    commits = {c.round: c for c in chain.commits(0, chain.block_number(), manifest.task_id)}
+    assert sorted(commits) == [1, 2]
+    followers = [n for n in nodes if not n.rounds[1].member]
+    assert followers, "every node was on round 1's committee: the test tested nothing"
+    for i, node in enumerate(nodes):
+        assert (tmp_path / f"state{i}" / REWARDS_DIR / "round-000001.json").exists(), i
+        assert 1 in node.committed.strikes  # the probation history has no hole
+    for node in followers:
+        assert node.counters.get("settle-waited-for-proposal", 0) >= 1, node.counters
+        assert node.counters.get("proposal-pulled", 0) >= 1, node.counters
+        assert node.counters.get("reward-file-unknown-proposal", 0) == 0, node.counters

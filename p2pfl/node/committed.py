@@ -119,6 +119,10 @@ class CommittedRounds:
 
         return write
 
+    def knows_proposal(self, event: RoundCommitted, result: bytes) -> bool:
+        """Whether the proposal the chain committed has reached us."""
+        return self._committed_proposal(event, result) is not None
+
     def _committed_proposal(self, event: RoundCommitted, result: bytes) -> Proposal | None:
         """The proposal the chain's (round, result, contributors root) names, if seen."""
         return self.intake.proposals.get((event.round, result, event.contributors_root))

@@ -79,6 +79,17 @@ PULL_AFTER_OWN_UPDATE_MAX_S = 60.0
 # Pulled updates checked (decoded, signature recovered) per step of the event loop: 100 in
 # one step held a shard's loop ~35 ms, every other node's task waiting (100 nodes, 2 cores).
 PULLED_CHECKS_PER_STEP = 10
+# A committed round whose proposal has not reached us when the chain shows the commit (the
+# certificate and the chain can outrun the proposal's gossip: 100 nodes in 2 shards, ~1 node
+# in 5 each round) is settled once it arrives: we wait this long for the gossip (checking
+# every PROPOSAL_POLL_S), then pull it from the committing attempt's members. Before, such
+# a node wrote no reward file and no round record for the round, and its probation history
+# had a hole.
+PROPOSAL_WAIT_S = 2.0
+PROPOSAL_POLL_S = 0.1
+# The next round's start waits at most this long for the last one's settlement (its strikes
+# fix the round's probation record).
+SETTLE_WAIT_S = 10.0
 
 # Updates to the committee: our update goes to at least this many members directly (every
 # member we hold a connection to, else the first of an order of our own), and each member
@@ -243,6 +254,8 @@ class Node:
         # Round -> its commit as the chain follower read it (the last two): the next round's
         # start takes the registry snapshot from it instead of asking the chain again.
         self._chain_commits: dict[int, RoundCommitted] = {}
+        # Committed rounds waiting for their proposal (`_settle_late`): set once settled.
+        self._unsettled: dict[int, trio.Event] = {}
         # The machine's actions, each to what performs it (p2pfl.core.round_events).
         self._actions: dict[type, Callable[[Any], None]] = {
             ev.StartTraining: self._start_training,
@@ -639,7 +652,12 @@ class Node:
         if now - started > LATE_START_S:
             self.count("rounds-started-late")
         # The probation record is fixed for the round: the collect quorum leaves its
-        # authors out, and every aggregate of the round uses it.
+        # authors out, and every aggregate of the round uses it. It needs the last round's
+        # strikes: from its proposal, which may still be on its way (`_settle_late`).
+        unsettled = self._unsettled.get(round_ - 1)
+        if unsettled is not None:
+            with trio.move_on_after(SETTLE_WAIT_S):
+                await unsettled.wait()
         self._round_record = (round_, self.committed.record(round_))
         probation = (
             self.spec.probation.on_probation(self._round_record[1])
@@ -705,18 +723,120 @@ class Node:
             else CID.parse(self.manifest.initial_model).to_bytes()
         )
         # The round's strikes enter the probation history before the machine hears of the
-        # commit (the next round's probation reads them); the files are written after.
-        write_files = self.committed.settle(event, base, result)
-        await self.queue.put(
-            ev.ChainCommitted(
-                event.round, event.attempt, event.view, base, result, event.contributors_root
-            )
+        # commit (the next round's probation reads them); the files are written after. A
+        # proposal not seen yet is waited for (`_settle_late`), and so is the settlement by
+        # the next round's start.
+        committed = ev.ChainCommitted(
+            event.round, event.attempt, event.view, base, result, event.contributors_root
         )
+        if not self.committed.knows_proposal(event, result):
+            settled = self._unsettled[event.round] = trio.Event()
+            await self.queue.put(committed)
+            self._node_task(self._settle_late, event, base, result, settled)
+            return
+        write_files = self.committed.settle(event, base, result)
+        await self.queue.put(committed)
+        await self._after_settle(event, base, result, write_files)
+
+    async def _after_settle(
+        self, event: RoundCommitted, base: bytes, result: bytes, write_files: Any
+    ) -> None:
+        """A settled round's files written; its updates pulled if we lack some."""
         if write_files is not None:
             await trio.to_thread.run_sync(write_files)
         proposal = self.committed.missing_updates(event, result)
         if proposal is not None and self.machine.config.updates_to_committee:
             self._node_task(self._pull_round_updates, event, base, result, proposal)
+
+    async def _settle_late(
+        self, event: RoundCommitted, base: bytes, result: bytes, settled: trio.Event
+    ) -> None:
+        """Settle a committed round whose proposal had not reached us when the chain showed
+        it: wait PROPOSAL_WAIT_S for the gossip to bring it, else pull it from the members
+        of the committing attempt (each was sent it), then settle as `_on_chain_commit`
+        does. `settled` is set once the round's strikes are in (or settling gave up)."""
+        try:
+            self.count("settle-waited-for-proposal")
+            with trio.move_on_after(PROPOSAL_WAIT_S):
+                while not self.committed.knows_proposal(event, result):
+                    await trio.sleep(PROPOSAL_POLL_S)
+            if not self.committed.knows_proposal(event, result):
+                await self._pull_committed_proposal(event, base, result)
+            write_files = self.committed.settle(event, base, result)
+        finally:
+            settled.set()
+            if self._unsettled.get(event.round) is settled:
+                del self._unsettled[event.round]
+        await self._after_settle(event, base, result, write_files)
+
+    def _committing_members(self, event: RoundCommitted, base: bytes) -> list[bytes]:
+        """The members of the attempt that committed `event`'s round (we excepted), those we
+        hold a connection to first, each node starting at its own place in the draw's order
+        (so that no member serves every node)."""
+        stakes = self.committed.round_stakes.get(event.round, {})
+        base_digest = CID.parse(base).digest
+        members = draw(
+            self.task, event.round, base_digest, event.attempt, stakes, self.manifest.committee_size
+        )
+        members = [m for m in members if m != self.address]
+        if not members:
+            return []
+        start = int.from_bytes(self.address, "big") % len(members)
+        rotated = members[start:] + members[:start]
+        linked = self.peers.linked(rotated)
+        return linked + [m for m in rotated if m not in linked]
+
+    async def _pull_committed_proposal(
+        self, event: RoundCommitted, base: bytes, result: bytes
+    ) -> None:
+        """Ask up to ROUND_PULL_TRIES members of the committing attempt for the proposal the
+        chain's (round, result, contributors root) names; keep it once its signature, by a
+        member, checks out."""
+        members = self._committing_members(event, base)
+        topic = self.topic(TOPIC_CONSENSUS)
+        for address in members[:ROUND_PULL_TRIES]:
+            peer = self.peer_ids.get(address)
+            if peer is None:
+                continue
+            try:
+                messages = await self.net.pull(peer, topic, since=event.round)
+            except P2PFLError as exc:
+                self.count("proposal-pull-failed")
+                log.debug("round %d: proposal pull from %s failed: %s", event.round, peer, exc)
+                continue
+            for data in messages:
+                proposal = self._pulled_proposal(data, event, result, members)
+                if proposal is not None:
+                    self.intake.remember(proposal)
+                    self.count("proposal-pulled")
+                    return
+        self.count("proposal-pull-incomplete")
+        log.warning("round %d: the committed proposal could not be had", event.round)
+
+    def _pulled_proposal(
+        self, data: bytes, event: RoundCommitted, result: bytes, members: list[bytes]
+    ) -> Proposal | None:
+        """A pulled message, if it is the committed proposal validly signed by a member."""
+        try:
+            message = decode_message(data)
+        except InvalidMessage:
+            self.count("proposal-pull-rejected")
+            return None
+        if not isinstance(message, Proposal) or (
+            message.round,
+            message.result,
+            message.contributors_root,
+        ) != (event.round, result, event.contributors_root):
+            return None  # (a vote, or another attempt's proposal: not what we asked for)
+        try:
+            if message.task != self.task or message.signer not in members:
+                raise InvalidMessage("bad-signer", "pulled proposal")
+            if message.verify(self.machine.domain) != message.signer:
+                raise InvalidMessage("bad-signature", "pulled proposal")
+        except InvalidMessage:
+            self.count("proposal-pull-rejected")
+            return None
+        return message
 
     async def _pull_round_updates(
         self, event: RoundCommitted, base: bytes, result: bytes, proposal: Proposal
@@ -734,17 +854,8 @@ class Node:
             with trio.move_on_after(PULL_AFTER_OWN_UPDATE_MAX_S):
                 await self._update_sent(event.round + 1).wait()
         wanted = set(proposal.included)
-        stakes = self.committed.round_stakes.get(event.round, {})
-        base_digest = CID.parse(base).digest
-        members = draw(
-            self.task, event.round, base_digest, event.attempt, stakes, self.manifest.committee_size
-        )
-        members = [m for m in members if m != self.address] or [proposal.signer]
-        start = int.from_bytes(self.address, "big") % len(members)
         # Members we hold a connection to first (we pushed our update to some).
-        rotated = members[start:] + members[:start]
-        linked = self.peers.linked(rotated)
-        order = linked + [m for m in rotated if m not in linked]
+        order = self._committing_members(event, base) or [proposal.signer]
         topic = self.topic(TOPIC_UPDATES)
         for address in order[:ROUND_PULL_TRIES]:
             peer = self.peer_ids.get(address)
