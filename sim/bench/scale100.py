@@ -354,6 +354,40 @@ median **1.55 s**, accuracy 0.823; 100 nodes 9.6, 10.5, 12.5, 11.5, 11.9 s, medi
 **11.5 s** (train 3.5, disseminate 5.4, aggregate 0.4, agree 0.9, commit 0.4), all 5
 committed, accuracy 0.771, shard loops at 0.53-0.59 of a core: **ratio 7.5** (target <= 2,
 not met).
+
+2026-12-07, a tenth session: where the CPU goes, and why <= 2x is out of reach here. A trio
+Instrument in both shards (time in task steps per task name and quarter second; a
+measurement hack, not kept) showed both loops ~95% busy from each commit to ~5.5 s into the
+round and 70-90% over rounds 2-4, the busier shard (the one holding more members) saturated
+through the relay; shard user + system CPU plus the training processes came to ~21 core-s a
+round at 100 nodes against ~2.5 at 10 (8.4x the work for 10x the nodes); `sim.bench
+netcost` now gives 3.3 ms a 407 KB push and 3.0 ms a model fetch (both ends; 6.8 and 6.1
+a session ago), so a round's essential work (each update pushed to each member, the model
+fetched by each node, 60,000 images trained) is 3.9 core-s at 100 nodes against 1.57 at 10:
+its own ratio is 2.5, above the target, before any overhead. py-spy `--gil` samples (the
+interpreter lock is what a shard's threads share), rounds 2-4: yamux frame reads 11.6%,
+answering pushes and pulls 8.8% (a third of it copying each 400 KB delta three times into
+an 8 MiB pull answer: now joined once), the last round's pulls 5.5% and the files they
+complete 2.5% (the EIP-55 spelling of every contributor in each node's reward file, 1.6%:
+now cached), member-side delta opening 4.3% (`np.isin` in the tensor header's nesting
+check, 1.5%: now a table lookup), pushes 3.2%, fetch tasks 3.2%, aggregation 2.6%, new
+connections ~4.5%: per-message work spread thin, as before. Tried and not kept: 16 yamux
+frames per socket write (16% less CPU a MB between two idle hosts, 4.30 -> 3.61 ms, but the
+100-node pulls' answer times unchanged: 0.49 s for a ~5.7 MB answer at the median, 0.24 s of
+it reading at ~22 MB/s on the loaded loop). Found and fixed on the way (counters of the
+100-node run): ~1 node in 5 a round learned of a commit (certificate, chain) before the
+gossiped proposal and settled nothing -- no reward file, no round record, a hole in its
+probation history (106 and 116 such counts in a run); such a node now waits for the
+proposal, pulls it from the committing members if need be (107 waits, 4 pulls a run) and
+settles then. The bench at the session's head (load 1.9 before, 1.9 after): 10 nodes 1.66,
+1.54, 1.55, 1.78, 5.84 s, median **1.66 s**, accuracy 0.823; 100 nodes 9.3, 9.5, 13.2, 13.6,
+12.3 s, median **12.3 s** (train 4.3, disseminate 5.5, aggregate 0.4, agree 0.8, commit
+0.4), all 5 committed, accuracy 0.771: **ratio 7.4** (target <= 2, not met). With every
+member taking in every delta, the target needs the 100-node round's ~21 core-s cut to ~6
+(the essential 3.9 plus what the 10-node round spends beyond its own); what could change
+that is the protocol's shape -- members that each verify only a share of every delta (e.g.
+coordinate stripes aligned with `det_sum`'s lanes, so that partial sums stay exact, each
+stripe checked by more than one member) -- not the code's speed.
 """
 
 from __future__ import annotations
