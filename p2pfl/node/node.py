@@ -8,7 +8,7 @@ import hashlib
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -769,6 +769,24 @@ class Node:
                 del self._unsettled[event.round]
         await self._after_settle(event, base, result, write_files)
 
+    async def _member_pulls(
+        self, members: list[bytes], topic: str, round_: int, what: str
+    ) -> AsyncIterator[list[bytes]]:
+        """The answers of up to ROUND_PULL_TRIES of `members`, in order, to a pull on `topic`
+        of what was pushed to them in `round_` or later; a failed pull is counted
+        (`<what>-pull-failed`) and the next member asked."""
+        for address in members[:ROUND_PULL_TRIES]:
+            peer = self.peer_ids.get(address)
+            if peer is None:
+                continue
+            try:
+                messages = await self.net.pull(peer, topic, since=round_)
+            except P2PFLError as exc:
+                self.count(f"{what}-pull-failed")
+                log.debug("round %d: %s pull from %s failed: %s", round_, what, peer, exc)
+                continue
+            yield messages
+
     def _committing_members(self, event: RoundCommitted, base: bytes) -> list[bytes]:
         """The members of the attempt that committed `event`'s round (we excepted), those we
         hold a connection to first, each node starting at its own place in the draw's order
@@ -794,16 +812,7 @@ class Node:
         member, checks out."""
         members = self._committing_members(event, base)
         topic = self.topic(TOPIC_CONSENSUS)
-        for address in members[:ROUND_PULL_TRIES]:
-            peer = self.peer_ids.get(address)
-            if peer is None:
-                continue
-            try:
-                messages = await self.net.pull(peer, topic, since=event.round)
-            except P2PFLError as exc:
-                self.count("proposal-pull-failed")
-                log.debug("round %d: proposal pull from %s failed: %s", event.round, peer, exc)
-                continue
+        async for messages in self._member_pulls(members, topic, event.round, "proposal"):
             for data in messages:
                 proposal = self._pulled_proposal(data, event, result, members)
                 if proposal is not None:
@@ -857,16 +866,7 @@ class Node:
         # Members we hold a connection to first (we pushed our update to some).
         order = self._committing_members(event, base) or [proposal.signer]
         topic = self.topic(TOPIC_UPDATES)
-        for address in order[:ROUND_PULL_TRIES]:
-            peer = self.peer_ids.get(address)
-            if peer is None:
-                continue
-            try:
-                messages = await self.net.pull(peer, topic, since=event.round)
-            except P2PFLError as exc:
-                self.count("round-pull-failed")
-                log.debug("round %d: pull from %s failed: %s", event.round, peer, exc)
-                continue
+        async for messages in self._member_pulls(order, topic, event.round, "round"):
             for i, data in enumerate(messages):
                 if i and i % PULLED_CHECKS_PER_STEP == 0:
                     await trio.lowlevel.checkpoint()  # (100 signatures: ~35 ms of a shard's loop)
