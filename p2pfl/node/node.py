@@ -8,7 +8,7 @@ import hashlib
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -769,23 +769,20 @@ class Node:
                 del self._unsettled[event.round]
         await self._after_settle(event, base, result, write_files)
 
-    async def _member_pulls(
-        self, members: list[bytes], topic: str, round_: int, what: str
-    ) -> AsyncIterator[list[bytes]]:
-        """The answers of up to ROUND_PULL_TRIES of `members`, in order, to a pull on `topic`
-        of what was pushed to them in `round_` or later; a failed pull is counted
-        (`<what>-pull-failed`) and the next member asked."""
-        for address in members[:ROUND_PULL_TRIES]:
-            peer = self.peer_ids.get(address)
-            if peer is None:
-                continue
-            try:
-                messages = await self.net.pull(peer, topic, since=round_)
-            except P2PFLError as exc:
-                self.count(f"{what}-pull-failed")
-                log.debug("round %d: %s pull from %s failed: %s", round_, what, peer, exc)
-                continue
-            yield messages
+    async def _member_pull(
+        self, address: bytes, topic: str, round_: int, what: str
+    ) -> list[bytes] | None:
+        """A member's answer to a pull on `topic` of what was pushed to it in `round_` or
+        later; None if we cannot reach it or the pull fails (counted `<what>-pull-failed`)."""
+        peer = self.peer_ids.get(address)
+        if peer is None:
+            return None
+        try:
+            return await self.net.pull(peer, topic, since=round_)
+        except P2PFLError as exc:
+            self.count(f"{what}-pull-failed")
+            log.debug("round %d: %s pull from %s failed: %s", round_, what, peer, exc)
+            return None
 
     def _committing_members(self, event: RoundCommitted, base: bytes) -> list[bytes]:
         """The members of the attempt that committed `event`'s round (we excepted), those we
@@ -812,8 +809,9 @@ class Node:
         member, checks out."""
         members = self._committing_members(event, base)
         topic = self.topic(TOPIC_CONSENSUS)
-        async for messages in self._member_pulls(members, topic, event.round, "proposal"):
-            for data in messages:
+        for address in members[:ROUND_PULL_TRIES]:
+            messages = await self._member_pull(address, topic, event.round, "proposal")
+            for data in messages or ():
                 proposal = self._pulled_proposal(data, event, result, members)
                 if proposal is not None:
                     self.intake.remember(proposal)
@@ -866,7 +864,10 @@ class Node:
         # Members we hold a connection to first (we pushed our update to some).
         order = self._committing_members(event, base) or [proposal.signer]
         topic = self.topic(TOPIC_UPDATES)
-        async for messages in self._member_pulls(order, topic, event.round, "round"):
+        for address in order[:ROUND_PULL_TRIES]:
+            messages = await self._member_pull(address, topic, event.round, "round")
+            if messages is None:
+                continue
             for i, data in enumerate(messages):
                 if i and i % PULLED_CHECKS_PER_STEP == 0:
                     await trio.lowlevel.checkpoint()  # (100 signatures: ~35 ms of a shard's loop)
