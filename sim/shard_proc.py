@@ -41,6 +41,7 @@ from sim.node_proc import (
     run_node,
     set_process_name,
     tune_malloc,
+    tune_malloc_for_training,
 )
 
 log = logging.getLogger("sim.shard")
@@ -62,6 +63,7 @@ def _init_training_process(name: str, shard_pid: int) -> None:
     """The training process: named, killed with its shard (a shard killed outright leaves
     no orphan behind), deaf to the terminal's SIGINT (its shard stops it)."""
     set_process_name(name)
+    tune_malloc_for_training()  # (forked from the shard: its node-sized settings inherited)
     libc = glibc()
     if libc is not None:
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)

@@ -412,8 +412,8 @@ DEFAULT_SHARDS = 2
 TARGET_RATIO = 2.0
 
 
-def _run(nodes: int, shards: int) -> dict[str, Any]:
-    """One run of the scenario with `nodes` nodes; its summary and round records."""
+def _run(prefix: str, path: Path, nodes: int, shards: int) -> dict[str, Any]:
+    """One run of scenario `path` with `nodes` nodes; its summary and round records."""
     from sim.processes import run_processes
     from sim.report import PHASES
     from sim.scenario import load_scenario
@@ -421,13 +421,13 @@ def _run(nodes: int, shards: int) -> dict[str, Any]:
     overrides: dict[str, Any] = {"nodes": nodes}
     if os.environ.get(ROUNDS_ENV):
         overrides["rounds"] = int(os.environ[ROUNDS_ENV])
-    scenario = load_scenario(SCENARIO, overrides)
+    scenario = load_scenario(path, overrides)
     with tempfile.TemporaryDirectory(prefix="p2pfl-scale100-") as runs:
         run_dir = Path(run_processes(scenario, runs, quiet=True, shards=shards))
         summary = json.loads((run_dir / "summary.json").read_text())
         records = [json.loads(line) for line in (run_dir / "metrics.jsonl").open()]
         peers = [_peers(path) for path in sorted(run_dir.glob("node*.status.json"))]
-    name = f"scale100-n{nodes}"
+    name = f"{prefix}-n{nodes}"
     for r in records:
         phases = ", ".join(f"{p} {r['phases_s'][p]:.1f}" for p in PHASES)
         figure(f"{name}-round{r['round']}", r["wall_s"], f"s ({phases})")
@@ -468,17 +468,22 @@ def _peers(status_path: Path) -> int:
 
 
 def run() -> None:
+    compare("scale100", SCENARIO)
+
+
+def compare(prefix: str, path: Path) -> None:
+    """Scenario `path` with 10 and with 100 nodes; figures named `prefix-...`."""
     shards = int(os.environ.get(SHARDS_ENV) or DEFAULT_SHARDS)
-    figure("scale100-load-before", os.getloadavg()[0], "(1-minute load average, 2 cores)")
-    runs = {nodes: _run(nodes, shards) for nodes in NODE_COUNTS}
-    figure("scale100-load-after", os.getloadavg()[0], "(1-minute load average)")
+    figure(f"{prefix}-load-before", os.getloadavg()[0], "(1-minute load average, 2 cores)")
+    runs = {nodes: _run(prefix, path, nodes, shards) for nodes in NODE_COUNTS}
+    figure(f"{prefix}-load-after", os.getloadavg()[0], "(1-minute load average)")
     small, large = (runs[n] for n in NODE_COUNTS)
     if small["records"] and large["records"]:
         ratio = statistics.median(r["wall_s"] for r in large["records"]) / statistics.median(
             r["wall_s"] for r in small["records"]
         )
         figure(
-            "scale100-ratio",
+            f"{prefix}-ratio",
             ratio,
             f"(median round, 100 nodes / 10 nodes; target <= {TARGET_RATIO:g})",
         )
