@@ -105,6 +105,7 @@ def test_a_shards_training_process_trains_each_node_as_the_node_would(tmp_path):
     save_partition(type(images)(images.x[:300], images.y[:300]), folder)
     kwargs = {"input_shape": [1, 28, 28], "hidden": [16]}
     base = init_weights("mlp", kwargs, seed=5)
+    conv_base = init_weights("lenet5", {}, seed=5)
     cfg = TrainConfig(epochs=1, batch_size=32, lr=0.05, momentum=0.9)
 
     process = TrainingProcess(3)
@@ -114,6 +115,9 @@ def test_a_shards_training_process_trains_each_node_as_the_node_would(tmp_path):
         assert Path(f"/proc/{first}/comm").read_text().strip() == f"{TRAIN_PROCESS_PREFIX}3"
         train = shard_trainer(process, str(folder), "mlp", kwargs)
         trained = trio.run(train, base, cfg, 11)
+        # A convolution too: the training process's own malloc settings
+        # (`tune_malloc_for_training`) must not change a bit of what it computes.
+        conv = trio.run(shard_trainer(process, str(folder), "lenet5", {}), conv_base, cfg, 11)
         missing = shard_trainer(process, str(tmp_path / "nobody"), "mlp", kwargs)
         with pytest.raises(FileNotFoundError):
             trio.run(missing, base, cfg, 11)
@@ -132,6 +136,10 @@ def test_a_shards_training_process_trains_each_node_as_the_node_would(tmp_path):
         assert trained.delta[name].tobytes() == here.delta[name].tobytes(), name
         assert again.delta[name].tobytes() == here.delta[name].tobytes(), name
         assert np.abs(here.delta[name]).sum() > 0  # it trained
+    conv_here = train_local("lenet5", conv_base, data, cfg, 11, num_threads=1)
+    assert sorted(conv.delta) == sorted(conv_here.delta)
+    for name in conv_here.delta:
+        assert conv.delta[name].tobytes() == conv_here.delta[name].tobytes(), name
     assert not alive(first) and not alive(second)
 
 
