@@ -388,6 +388,22 @@ member taking in every delta, the target needs the 100-node round's ~21 core-s c
 that is the protocol's shape -- members that each verify only a share of every delta (e.g.
 coordinate stripes aligned with `det_sum`'s lanes, so that partial sums stay exact, each
 stripe checked by more than one member) -- not the code's speed.
+
+2026-12-07, an eleventh session: the same comparison on Flower's LeNet-5 and training
+(`sim.bench scale100_lenet`), where a node's training is a larger share of its round: direct
+runs 8.7 s (10 nodes) and 16.3 s (100) at the median, ratio 1.87; the bench 7.4 / 17.4 s,
+ratio 2.35. Those runs showed each training taking 2-2.5x its time alone in a shard's
+training process: forked from the shard, it ran under the node's malloc settings (a fixed
+128 KiB mmap threshold, for the node's footprint), so every batch's activation buffers were
+mapped and zero-filled anew and the heap's top given back at each free. With settings of its
+own (`sim.node_proc.tune_malloc_for_training`; the deltas bit for bit the same) LeNet-5 on
+6,000 images takes 0.55-0.7 s instead of 1.3-1.4 s, and the LeNet bench gave 4.62 / 13.9 s:
+ratio 3.0 -- the shorter training helped the 10-node round (-37%) more than the 100-node one
+(-20%). The bench at the session's head (load 1.0 before, 2.0 after): 10 nodes 1.60, 1.52,
+2.03, 1.42, 6.07 s, median **1.60 s**, accuracy 0.823; 100 nodes 10.2, 10.5, 16.9, 13.5,
+14.0 s, median **13.5 s** (train 4.0, disseminate 6.2, aggregate 0.5, agree 1.4, commit 0.5),
+all 5 committed, accuracy 0.771: **ratio 8.4** (target <= 2, not met; the MLP's training is
+~14 ms a node, so its round is nearly all protocol work).
 """
 
 from __future__ import annotations
