@@ -283,9 +283,9 @@ def tune_malloc() -> None:
 # A process that only trains (a shard's training process): large blocks from the heap, and
 # the heap's free top kept. Under the node's fixed 128 KiB threshold every activation
 # buffer of a convolution's batch is a fresh mapping, zero-filled page by page, and the
-# heap's top is given back at every free above 128 KiB (setting either threshold stops
-# glibc adjusting both): LeNet-5 on 6,000 images took 1.3-1.4 s a call there against
-# 0.55-0.7 s with these (one thread, this machine).
+# heap's top is given back whenever 128 KiB of it is free (glibc's trim threshold, which
+# stops adjusting too once either threshold is set): LeNet-5 on 6,000 images took
+# 1.3-1.4 s a call there against 0.55-0.7 s with these (one thread, this machine).
 TRAINING_MMAP_THRESHOLD_BYTES = 32 * 1024 * 1024  # glibc's own ceiling for its adjustment
 TRAINING_TRIM_THRESHOLD_BYTES = 256 * 1024 * 1024
 

@@ -395,7 +395,7 @@ runs 8.7 s (10 nodes) and 16.3 s (100) at the median, ratio 1.87; the bench 7.4 
 ratio 2.35. Those runs showed each training taking 2-2.5x its time alone in a shard's
 training process: forked from the shard, it ran under the node's malloc settings (a fixed
 128 KiB mmap threshold, for the node's footprint), so every batch's activation buffers were
-mapped and zero-filled anew and the heap's top given back at each free. With settings of its
+mapped and zero-filled anew and the heap's free top given back. With settings of its
 own (`sim.node_proc.tune_malloc_for_training`; the deltas bit for bit the same) LeNet-5 on
 6,000 images takes 0.55-0.7 s instead of 1.3-1.4 s, and the LeNet bench gave 4.62 / 13.9 s:
 ratio 3.0 -- the shorter training helped the 10-node round (-37%) more than the 100-node one
