@@ -21,6 +21,7 @@ to late fetchers until the parent stops it (SIGINT).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import functools
 import json
@@ -28,6 +29,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -179,10 +181,13 @@ async def run_node(
         print(f"finished round {node.machine.round}", flush=True)
         await trio.sleep_forever()  # keep serving blocks until the parent stops us
 
+    manifest = TaskManifest.load(args.manifest)
+    if trainer is None:
+        trainer = own_trainer(manifest.model, manifest.model_kwargs, data)
     await launch_node(
         Launch(
             identity=NodeIdentity(key),
-            manifest=TaskManifest.load(args.manifest),
+            manifest=manifest,
             rpc_url=args.rpc,
             data=data,
             data_dir=data_dir,
@@ -298,6 +303,48 @@ def tune_malloc_for_training() -> None:
     if libc is not None:
         libc.mallopt(M_MMAP_THRESHOLD, TRAINING_MMAP_THRESHOLD_BYTES)
         libc.mallopt(M_TRIM_THRESHOLD, TRAINING_TRIM_THRESHOLD_BYTES)
+
+
+# glibc's default trim threshold (what `tune_malloc` leaves in force).
+TRIM_THRESHOLD_BYTES = 128 * 1024
+
+
+@contextlib.contextmanager
+def malloc_for_training() -> Iterator[None]:
+    """Within: `tune_malloc_for_training`'s settings; after: the node's again
+    (`tune_malloc`), and the heap's free pages given back. For a node process that trains in
+    a worker thread beside its loop (glibc's settings are the whole process's): its batch
+    buffers are reused instead of mapped anew, its footprint between trainings unchanged."""
+    libc = glibc()
+    if libc is None:
+        yield
+        return
+    tune_malloc_for_training()
+    try:
+        yield
+    finally:
+        libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
+        libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES)
+        libc.malloc_trim(0)
+
+
+def own_trainer(model: str, model_kwargs: Any, data: Any) -> Any:
+    """A Node trainer (`p2pfl.node.roundlog.Trainer`) doing what the node's own training
+    does (`train_local` in a worker thread, one torch thread) under `malloc_for_training`."""
+    import trio
+
+    from p2pfl.train.trainer import train_local
+
+    def job(base: Any, cfg: Any, seed: int) -> Any:
+        with malloc_for_training():
+            return train_local(
+                model, base, data, cfg, seed, model_kwargs=model_kwargs, num_threads=1
+            )
+
+    async def train(base: Any, cfg: Any, seed: int) -> Any:
+        return await trio.to_thread.run_sync(job, base, cfg, seed)
+
+    return train
 
 
 def trim_malloc() -> None:

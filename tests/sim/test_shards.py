@@ -3,6 +3,7 @@ nodes with the node processes' code, on anvil; every process stopped by PID."""
 
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -10,6 +11,8 @@ import pytest
 
 from sim.__main__ import main as sim_main
 from tests.sim.conftest import alive
+
+ROOT_DIR = Path(__file__).resolve().parents[2]
 
 
 def test_six_nodes_in_two_shards_commit_and_every_process_stops(tmp_path):
@@ -240,3 +243,41 @@ def _name(pid: int) -> str:
         return Path(f"/proc/{pid}/comm").read_text().strip()
     except OSError:
         return "?"
+
+
+def test_a_node_process_trains_under_its_training_malloc_as_the_node_would(tmp_path):
+    """A `--processes` node trains through `sim.node_proc.own_trainer`: the node's own
+    training (`train_local`, a worker thread, one torch thread) with glibc's training
+    settings while it runs and the node's again after. Run in a child process (the settings
+    are the process's): the delta is `train_local`'s bit for bit, and a training after it
+    gives the same again."""
+    import subprocess
+
+    script = """
+import sys, trio, numpy as np
+from p2pfl.train.data import load_fashion_mnist
+from p2pfl.train.models import init_weights
+from p2pfl.train.trainer import TrainConfig, train_local
+from sim.node_proc import own_trainer, tune_malloc
+
+tune_malloc()
+images = load_fashion_mnist("test")
+data = type(images)(images.x[:200], images.y[:200])
+base = init_weights("lenet5", {}, seed=5)
+cfg = TrainConfig(epochs=1, batch_size=32, lr=0.01, momentum=0.9)
+train = own_trainer("lenet5", {}, data)
+first = trio.run(train, base, cfg, 11)
+second = trio.run(train, base, cfg, 11)
+here = train_local("lenet5", base, data, cfg, 11, num_threads=1)
+assert first.n_samples == here.n_samples == 200
+assert sorted(first.delta) == sorted(here.delta)
+for name in here.delta:
+    assert first.delta[name].tobytes() == here.delta[name].tobytes(), name
+    assert second.delta[name].tobytes() == here.delta[name].tobytes(), name
+assert any(np.abs(d).sum() > 0 for d in here.delta.values())
+print("SAME")
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT_DIR, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0 and out.stdout.strip() == "SAME", out.stderr[-2000:]
