@@ -21,10 +21,10 @@ parent orchestrating only (its peak PSS 107 MiB: web3, numpy; no torch), trainin
 copying one batch at a time out of the partition map and unmapping its pages after each
 batch, and glibc's mmap threshold held fixed with a malloc_trim per round (machine load
 7-12): node peak RSS 325 MiB mean / 337 max, nodes' PSS 1.12 GB, tree PSS 1.34 GB.
-2026-12-07: 320 / 323 MiB, nodes' PSS 1.15 GB, tree PSS 1.429 GB; then, with each training
+2026-12-07: 320 / 323 MiB, nodes' PSS 1,148 MiB, tree PSS 1.429 GB; then, with each training
 under malloc settings of its own (`sim.node_proc.malloc_for_training`: a fixed 128 KiB mmap
 threshold made every conv batch buffer a fresh mapping, and LeNet-5 trained ~2x slower;
-restored, the heap trimmed, after each training): 322 / 327 MiB, nodes' PSS 1.16 GB, tree PSS
+restored, the heap trimmed, after each training): 322 / 327 MiB, nodes' PSS 1,160 MiB, tree PSS
 1.443 GB, and the experiment's rounds 5.3-7.5 s against 9.0-11.8 s (two runs of 3 rounds
 each way, the same deltas).
 """
