@@ -255,7 +255,8 @@ PROFILE_ENV = "P2PFL_SIM_PROFILE"
 
 
 # glibc's mallopt parameters (malloc.h): the number of malloc arenas; the size from which
-# an allocation gets its own mapping (returned to the system when freed).
+# an allocation gets its own mapping (returned to the system when freed); the free space
+# at the heap's top above which it is given back.
 M_ARENA_MAX = -8
 M_MMAP_THRESHOLD = -3
 M_TRIM_THRESHOLD = -1
@@ -263,9 +264,14 @@ M_TRIM_THRESHOLD = -1
 # a mapped block is freed, after which the node's freed models and messages stay in its
 # heap (tens of MiB of a committee member's private memory by round 2, measured).
 MMAP_THRESHOLD_BYTES = 128 * 1024
+# glibc's default trim threshold, which it also stops adjusting once the one above is set;
+# named so that `tune_malloc` can put it back after `malloc_for_training`.
+TRIM_THRESHOLD_BYTES = 128 * 1024
 
 
+@functools.cache
 def glibc() -> Any:
+    """The C library, loaded once (each training sets and resets malloc's settings)."""
     import ctypes
 
     try:
@@ -283,6 +289,7 @@ def tune_malloc() -> None:
     if libc is not None:
         libc.mallopt(M_ARENA_MAX, 1)
         libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
+        libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES)
 
 
 # A process that only trains (a shard's training process): large blocks from the heap, and
@@ -305,27 +312,18 @@ def tune_malloc_for_training() -> None:
         libc.mallopt(M_TRIM_THRESHOLD, TRAINING_TRIM_THRESHOLD_BYTES)
 
 
-# glibc's default trim threshold (what `tune_malloc` leaves in force).
-TRIM_THRESHOLD_BYTES = 128 * 1024
-
-
 @contextlib.contextmanager
 def malloc_for_training() -> Iterator[None]:
     """Within: `tune_malloc_for_training`'s settings; after: the node's again
     (`tune_malloc`), and the heap's free pages given back. For a node process that trains in
     a worker thread beside its loop (glibc's settings are the whole process's): its batch
     buffers are reused instead of mapped anew, its footprint between trainings unchanged."""
-    libc = glibc()
-    if libc is None:
-        yield
-        return
     tune_malloc_for_training()
     try:
         yield
     finally:
-        libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
-        libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES)
-        libc.malloc_trim(0)
+        tune_malloc()
+        trim_malloc()
 
 
 def own_trainer(model: str, model_kwargs: Any, data: Any) -> Any:
