@@ -8,8 +8,11 @@ trained per round), both in `--shards 2` mode (two shard processes, one per core
 trio loop hosting half the nodes, anvil as the chain). Prints for each: rounds committed,
 each round's wall time, the median round, the median of each phase (`sim.report.PHASES`:
 the timeline of the earliest node to reach each step), each shard's CPU over the rounds
-(user and system seconds per wall second: 1.0 is a whole core); then the ratio of the
-median rounds (the target: <= 2) and the machine's load average before and after (the
+(user and system seconds per wall second: 1.0 is a whole core), the CPU a round (every
+shard's loop and training processes from the start to the last commit, over the rounds) and
+the loops' share of it a node (the protocol's cost a node-round, training apart); then the
+ratios, 100 nodes / 10, of the median rounds (the target: <= 2), of the CPU a round and of
+the protocol's CPU a node-round, and the machine's load average before and after (the
 machine is shared: the other work's load is in these figures).
 
 Measured 2026-12-05 (load 6.7 before, 5.7 after): 10 nodes 5/5 committed, median round
@@ -404,6 +407,16 @@ ratio 3.0 -- the shorter training helped the 10-node round (-37%) more than the 
 14.0 s, median **13.5 s** (train 4.0, disseminate 6.2, aggregate 0.5, agree 1.4, commit 0.5),
 all 5 committed, accuracy 0.771: **ratio 8.4** (target <= 2, not met; the MLP's training is
 ~14 ms a node, so its round is nearly all protocol work).
+
+2026-12-07, a twelfth session: the bench now prints the CPU a round and the loops' share of it
+a node-round (the protocol's cost, training apart), both over the run from the start to the
+last commit. At the head (load 0.16 before, 1.95 after): 10 nodes median **1.55 s**, 2.50
+core-s a round, 142 ms of loop CPU a node-round; 100 nodes 13.3 s at the median (train 3.6,
+disseminate 6.8, aggregate 0.4, agree 0.6, commit 0.4), **25.1 core-s a round**, 228 ms a
+node-round: the ratios 8.6 (median rounds), **10.0 (CPU a round)** and 1.6 (the protocol's CPU
+a node-round). The same data costs ten times the CPU spread over ten times the nodes, each
+node's share of the protocol growing 1.6x; on two saturated cores the rounds' ratio follows
+the CPU's. A run a few minutes earlier: 1.63 / 13.2 s, ratio 8.1.
 """
 
 from __future__ import annotations
@@ -472,10 +485,37 @@ def _run(prefix: str, path: Path, nodes: int, shards: int) -> dict[str, Any]:
                 f"{shard.get('train_user_cpu_s', 0.0) / shard['wall_s']:.2f}; "
                 f"wall {shard['wall_s']:.0f} s)",
             )
+    cpu = _round_cpu(summary)
+    if cpu is not None:
+        total, protocol = cpu
+        figure(
+            f"{name}-cpu-per-round",
+            total,
+            "core-s (the shards' loops, user + system, and their training processes, from "
+            "the start to the last commit, / rounds committed)",
+        )
+        figure(
+            f"{name}-protocol-cpu-per-node-round",
+            protocol / nodes * 1000,
+            "ms (the loops' share, training apart, / nodes)",
+        )
     if records:
         figure(f"{name}-accuracy", summary["final_accuracy"], "")
         figure(f"{name}-round-median", statistics.median(r["wall_s"] for r in records), "s")
-    return {"summary": summary, "records": records}
+    return {"summary": summary, "records": records, "cpu": cpu}
+
+
+def _round_cpu(summary: dict[str, Any]) -> tuple[float, float] | None:
+    """CPU seconds a round over the run (the start to the last commit): all of it (every
+    shard's loop process, user + system, and its training process's user time), and the
+    loops' share alone (the protocol: training apart); None without the figures."""
+    shards = [s for s in summary.get("shards", []) if "wall_s" in s]
+    rounds = summary["rounds_committed"]
+    if not shards or not rounds:
+        return None
+    loops = sum(s["user_cpu_s"] + s["system_cpu_s"] for s in shards)
+    training = sum(s.get("train_user_cpu_s", 0.0) for s in shards)
+    return (loops + training) / rounds, loops / rounds
 
 
 def _peers(status_path: Path) -> int:
@@ -502,6 +542,19 @@ def compare(prefix: str, path: Path) -> None:
             f"{prefix}-ratio",
             ratio,
             f"(median round, 100 nodes / 10 nodes; target <= {TARGET_RATIO:g})",
+        )
+    if small["cpu"] and large["cpu"]:
+        figure(
+            f"{prefix}-cpu-ratio",
+            large["cpu"][0] / small["cpu"][0],
+            "(CPU a round, 100 nodes / 10 nodes: on a saturated machine the median rounds' "
+            "ratio follows it)",
+        )
+        small_node, large_node = (got["cpu"][1] / n for got, n in zip((small, large), NODE_COUNTS))
+        figure(
+            f"{prefix}-protocol-cpu-per-node-ratio",
+            large_node / small_node,
+            "(the loops' CPU a node-round, training apart, 100 nodes / 10 nodes)",
         )
     short = [
         n

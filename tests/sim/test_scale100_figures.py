@@ -1,0 +1,25 @@
+"""`sim.bench scale100`'s CPU figures from a run's summary (no run: the summary is given)."""
+
+import pytest
+
+from sim.bench.scale100 import _round_cpu
+
+
+def test_round_cpu_counts_loops_and_training_over_committed_rounds():
+    summary = {
+        "rounds_committed": 4,
+        "shards": [
+            {"wall_s": 10.0, "user_cpu_s": 6.0, "system_cpu_s": 2.0, "train_user_cpu_s": 4.0},
+            {"wall_s": 10.0, "user_cpu_s": 5.0, "system_cpu_s": 1.0, "train_user_cpu_s": 2.0},
+            {"shard": 2},  # a shard without figures (it never noted its CPU twice) counts nothing
+        ],
+    }
+    total, loops = _round_cpu(summary)
+    assert total == pytest.approx((6 + 2 + 4 + 5 + 1 + 2) / 4)
+    assert loops == pytest.approx((6 + 2 + 5 + 1) / 4)
+
+
+def test_round_cpu_is_none_without_shards_or_commits():
+    assert _round_cpu({"rounds_committed": 3, "shards": []}) is None
+    shard = {"wall_s": 1.0, "user_cpu_s": 1.0, "system_cpu_s": 0.0}
+    assert _round_cpu({"rounds_committed": 0, "shards": [shard]}) is None
