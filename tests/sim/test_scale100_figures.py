@@ -23,3 +23,18 @@ def test_round_cpu_is_none_without_shards_or_commits():
     assert _round_cpu({"rounds_committed": 3, "shards": []}) is None
     shard = {"wall_s": 1.0, "user_cpu_s": 1.0, "system_cpu_s": 0.0}
     assert _round_cpu({"rounds_committed": 0, "shards": [shard]}) is None
+
+
+def test_the_deployed_comparison_gives_ten_nodes_the_same_total_data():
+    """`sim.bench scale100_des`: 10 nodes hold 10x the images of the scenario's 100 each and
+    train 10x as long; the scenario loads with either set of keys."""
+    from sim.bench.scale100_des import SCENARIO, overrides
+    from sim.des.scenario import load_des_scenario
+
+    large = load_des_scenario(SCENARIO, overrides(100, 20.0))
+    small = load_des_scenario(SCENARIO, overrides(10, 20.0))
+    assert (large.nodes, small.nodes) == (100, 10)
+    assert large.nodes * large.train.n_samples == small.nodes * small.train.n_samples == 60_000
+    assert small.train.median_s == pytest.approx(10 * large.train.median_s)
+    assert small.network.bandwidth_mbit == large.network.bandwidth_mbit == 20.0
+    assert small.committee.updates == "committee"
