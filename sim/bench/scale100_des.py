@@ -8,9 +8,10 @@ machine, each node with a CPU and a link of its own) with 100 nodes of 600 image
 100 and 1,000 Mbit/s a node. Prints, for each rate and size, the median round and the
 medians of its phases, then the ratio of the median rounds (issue #13 item 5's target on 2
 shared cores: <= 2). A model, not a measurement: its links, chain and training are the
-scenario's figures, and it charges no CPU for networking -- what the 2-core simulation
-spends most of (`sim.bench scale100`). What it isolates is the protocol's own shape: every
-committee member takes in every delta, so a member's link carries 10x the bytes at 100 nodes.
+scenario's figures, and networking costs link time (and a fixed check a gossip hop), not the
+Python CPU the 2-core simulation spends most of (`sim.bench scale100`). What it isolates is
+the protocol's own shape: every committee member takes in every delta, so a member's link
+carries 10x the bytes at 100 nodes.
 
 Measured 2026-12-07 (seeded: the same figures every run): 20 Mbit/s, 10 nodes 2.32 s, 100
 nodes 19.05 s (disseminate 14.8 s: 100 x 407 KB into each member), **ratio 8.2**; 100
