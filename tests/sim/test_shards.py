@@ -179,13 +179,12 @@ def test_a_run_stopped_with_sigterm_leaves_no_process_behind(tmp_path):
     shards and their training processes all stop."""
     import signal
     import subprocess
-    import sys
     import time
 
     argv = ["sim/scenarios/tiny.toml", "--shards", "2", "--set", "nodes=4", "--set", "rounds=50"]
     run = subprocess.Popen(
         [sys.executable, "-m", "sim", *argv, "--runs", str(tmp_path)],
-        cwd=Path(__file__).resolve().parents[2],
+        cwd=ROOT_DIR,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
