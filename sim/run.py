@@ -44,6 +44,7 @@ from sim.node_proc import gossip_degrees
 from sim.prologue import begin
 from sim.report import RunWriter, round_line, round_records, write_report
 from sim.scenario import Scenario, round_timing
+from sim.shard_proc import wait_for
 
 log = logging.getLogger("p2pfl.sim")
 
@@ -389,22 +390,12 @@ def _train_partition(
 
 def _pool_trainer(pool: ProcessPoolExecutor, scenario: Scenario, index: int) -> Any:
     """A Node trainer that runs node `index`'s training in the pool (only weights travel)."""
+    model, kwargs = scenario.model.name, dict(scenario.model.kwargs)
 
     async def train(base: Any, cfg: Any, seed: int) -> Any:
-        future = pool.submit(
-            _train_partition,
-            index,
-            scenario.model.name,
-            dict(scenario.model.kwargs),
-            base,
-            cfg,
-            seed,
+        return await wait_for(
+            pool.submit(_train_partition, index, model, kwargs, base, cfg, seed)
         )
-
-        def result() -> Any:
-            return future.result()
-
-        return await trio.to_thread.run_sync(result, abandon_on_cancel=True)  # type: ignore[call-arg]  # mypy 2.4 misreads Unpack[Ts]
 
     return train
 

@@ -131,39 +131,44 @@ class TrainingProcess:
         self.pool.shutdown(wait=wait, cancel_futures=True)
 
 
-def shard_trainer(process: TrainingProcess, data_dir: str, model: str, kwargs: dict) -> Any:
-    """A Node trainer (`p2pfl.node.roundlog.Trainer`) running `data_dir`'s training in the
-    shard's training process: only the base weights go there and the result comes back;
-    the waiting task is woken by the future's callback (no thread waits on it). A
-    training the process died under runs again in its replacement, once."""
+async def wait_for(future: Future) -> Any:
+    """`future`'s result, the waiting trio task woken by the future's callback (no thread
+    waits on it). Cancelled, a future not started yet never runs (a running one ends
+    unread)."""
     import trio
 
-    async def run_once(pool: ProcessPoolExecutor, base: Any, cfg: Any, seed: int) -> Any:
-        token = trio.lowlevel.current_trio_token()
-        done = trio.Event()
+    token = trio.lowlevel.current_trio_token()
+    done = trio.Event()
 
-        def wake(_: Future) -> None:
-            try:
-                token.run_sync_soon(done.set)
-            except trio.RunFinishedError:
-                pass  # the shard is stopping: nobody waits any more
-
-        future = pool.submit(_train_node, data_dir, model, kwargs, base, cfg, seed)
-        future.add_done_callback(wake)
+    def wake(_: Future) -> None:
         try:
-            await done.wait()
-        except BaseException:
-            future.cancel()  # not started yet: never runs (a running one ends unread)
-            raise
-        return future.result()  # the training's own exception, if it raised
+            token.run_sync_soon(done.set)
+        except trio.RunFinishedError:
+            pass  # the loop is stopping: nobody waits any more
+
+    future.add_done_callback(wake)
+    try:
+        await done.wait()
+    except BaseException:
+        future.cancel()
+        raise
+    return future.result()  # the job's own exception, if it raised
+
+
+def shard_trainer(process: TrainingProcess, data_dir: str, model: str, kwargs: dict) -> Any:
+    """A Node trainer (`p2pfl.node.roundlog.Trainer`) running `data_dir`'s training in the
+    shard's training process: only the base weights go there and the result comes back
+    (`wait_for`). A training the process died under runs again in its replacement, once."""
+    import trio
 
     async def train(base: Any, cfg: Any, seed: int) -> Any:
         pool = process.pool
+        args = (data_dir, model, kwargs, base, cfg, seed)
         try:
-            return await run_once(pool, base, cfg, seed)
+            return await wait_for(pool.submit(_train_node, *args))
         except BrokenProcessPool:
             await trio.to_thread.run_sync(process.restart, pool)
-            return await run_once(process.pool, base, cfg, seed)
+            return await wait_for(process.pool.submit(_train_node, *args))
 
     return train
 
