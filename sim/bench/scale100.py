@@ -421,6 +421,24 @@ deployed, each node with its own CPU and link (`sim.bench scale100_des`, the dis
 simulator): ratio 8.2 at 20 Mbit/s a node, 4.5 at 100, 1.65 at 1 Gbit/s -- every member
 takes in all 100 deltas, 40 MB a round, so <= 2 holds only where a member's link moves that
 in well under a second; on two shared cores Python's networking is that link.
+
+2026-12-07, a thirteenth session: are the bytes what scales? `sim.bench scale100_linear` runs
+this comparison with a linear model (7,850 parameters: 31 KB deltas and models against 407
+KB, 13x fewer bytes a round; everything else the same). Side by side, the same hour (load
+1.3 before the first, 3.0 after the second): the MLP here gave 10 nodes 1.55 s and 2.97
+core-s a round, 100 nodes 13.9 s and 27.4 core-s, ratio 9.0; the linear model 10 nodes 1.03
+s and 1.73 core-s, 100 nodes **7.94 s and 21.5 core-s** (204 ms of the loops a node-round),
+ratio 7.7 (a direct run of it before: 1.11 / 10.45 s, 19.3 core-s). With the deltas' bytes
+nearly gone the 100-node round keeps ~80% of its CPU: its 100-node median is still 5.1x
+the MLP's 10-node one. So no change to what a delta costs to move -- members each taking in
+a share of every delta, float16 or 8-bit deltas -- can bring the MLP's ratio to 2 on this
+machine; what a 100-node round costs here is each node's per-message work, 100 times over
+(the direct run's counters, a node-round on average: ~50 messages accepted -- heartbeats 20,
+updates 9, relayed deltas 9, pushes 4, re-wraps 4 --, each a gossip or stream exchange
+through Noise and yamux on a loop shared by 50 nodes). py-spy of both shards in a linear
+run (rounds 2-5, idle threads apart): yamux frame reads 12.7%, inbound streams (negotiation
+and handlers) 8.5%, the last round's pulled updates and the files they complete 10%,
+aggregation in threads 2.8%, the rest under 3% each.
 """
 
 from __future__ import annotations

@@ -38,3 +38,24 @@ def test_the_deployed_comparison_gives_ten_nodes_the_same_total_data():
     assert small.train.median_s == pytest.approx(10 * large.train.median_s)
     assert small.network.bandwidth_mbit == large.network.bandwidth_mbit == 20.0
     assert small.committee.updates == "committee"
+
+
+def test_the_linear_comparison_is_scale100_with_a_linear_model():
+    """`sim.bench scale100_linear` changes the model only: 7,850 parameters (31 KB deltas)."""
+    from dataclasses import replace
+
+    from p2pfl.train.models import build_model
+    from sim.bench.scale100 import SCENARIO as MLP_SCENARIO
+    from sim.bench.scale100_linear import SCENARIO
+    from sim.scenario import load_scenario
+
+    mlp, linear = load_scenario(MLP_SCENARIO), load_scenario(SCENARIO)
+    assert replace(linear, name=mlp.name, model=mlp.model) == mlp
+    assert linear.model.name == mlp.model.name == "mlp"
+
+    def parameters(section) -> int:
+        model = build_model(section.name, **section.kwargs)
+        return sum(p.numel() for p in model.parameters())
+
+    assert parameters(linear.model) == 28 * 28 * 10 + 10
+    assert parameters(mlp.model) == 28 * 28 * 128 + 128 + 128 * 10 + 10
