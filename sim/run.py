@@ -393,9 +393,7 @@ def _pool_trainer(pool: ProcessPoolExecutor, scenario: Scenario, index: int) -> 
     model, kwargs = scenario.model.name, dict(scenario.model.kwargs)
 
     async def train(base: Any, cfg: Any, seed: int) -> Any:
-        return await wait_for(
-            pool.submit(_train_partition, index, model, kwargs, base, cfg, seed)
-        )
+        return await wait_for(pool.submit(_train_partition, index, model, kwargs, base, cfg, seed))
 
     return train
 
