@@ -252,6 +252,18 @@ class RoundConfig:
 # liveness guess then costs a few small re-draws, never a round that never starts.
 MAX_PRESUMED_DEAD_REDRAWS = 3
 
+# A draw below quorum among a round's attempts 0 .. SMALL_DRAWS_SKIPPED_AT_ONCE - 1 is left
+# the moment it is drawn (every node draws alike: nothing to collect, nobody to wait for);
+# later ones wait `small_redraw_delay_s` as before, so that a registry that can never seat
+# a quorum re-draws at a bounded pace instead of spinning. A draw is below quorum with
+# probability ~17% at k = 7 on a large registry (Poisson(7) < 5): eight in a row, ~1e-6.
+SMALL_DRAWS_SKIPPED_AT_ONCE = 8
+
+# The contract takes attempt a's commit only at block.timestamp >= the last commit's
+# timestamp + a x redrawDelay; block timestamps are whole seconds, so an attempt entered
+# early (small draws skipped) submits this much after its local bound.
+CHAIN_CLOCK_MARGIN_S = 1.0
+
 
 def timeout_factor(config: RoundConfig, steps: int) -> float:
     """How much longer a timeout is after `steps` failed attempts/views of a round:
@@ -672,17 +684,38 @@ class RoundMachine:
 
     def _scheduled_start(self, attempt: int) -> float:
         """Start of `attempt` on the round's common schedule: from the round start, each
-        earlier attempt lasts `small_redraw_delay_s` if its draw is below quorum (the same
-        for everyone), else `redraw_timeout_s` (a stalled attempt)."""
+        earlier attempt lasts nothing if its draw is below quorum (the same for everyone;
+        after SMALL_DRAWS_SKIPPED_AT_ONCE attempts, `small_redraw_delay_s`), else
+        `redraw_timeout_s` (a stalled attempt, growing)."""
         start = self._round_start
         stalled = 0
         for number in range(attempt):
             if len(self._committee_of(number)) < self.config.quorum:
-                start += self.config.small_redraw_delay_s
+                if number >= SMALL_DRAWS_SKIPPED_AT_ONCE:
+                    start += self.config.small_redraw_delay_s
             else:
                 start += self.config.redraw_timeout_s * timeout_factor(self.config, stalled)
                 stalled += 1
         return start
+
+    def _opening_attempt(self) -> int:
+        """The round's first attempt not skipped at once: the first draw that reaches
+        quorum (SMALL_DRAWS_SKIPPED_AT_ONCE if none of the attempts before it does). A sealed
+        update's wraps are for its committee (sealing.md §2)."""
+        for number in range(SMALL_DRAWS_SKIPPED_AT_ONCE):
+            if len(self._committee_of(number)) >= self.config.quorum:
+                return number
+        return SMALL_DRAWS_SKIPPED_AT_ONCE
+
+    def _commit_not_before(self, attempt: int) -> float:
+        """When our certificate of `attempt` may be submitted: the contract takes attempt a
+        only `a x redrawDelay` (<= `small_redraw_delay_s`) after the last commit, which this
+        node learned of at its round start; an attempt entered early because the draws
+        before it were below quorum waits for that bound (plus CHAIN_CLOCK_MARGIN_S)."""
+        if attempt == 0:
+            return -math.inf
+        bound = self._round_start + attempt * self.config.small_redraw_delay_s
+        return bound + CHAIN_CLOCK_MARGIN_S
 
     def _stalled_before(self, attempt: int) -> int:
         """Attempts of this round before `attempt` drawn >= q (the growth step, shared)."""
@@ -735,8 +768,9 @@ class RoundMachine:
         if self.config.train and self._stakes.get(self.address, 0) > 0:
             # The author wraps to itself too: a sealed update always carries a wrap (so
             # sealed and plain updates are told apart even when the author alone is drawn).
+            opening = self._committee_of(self._opening_attempt())
             recipients = (
-                (self.address, *(m for m in self._committee_of(0) if m != self.address))
+                (self.address, *(m for m in opening if m != self.address))
                 if self.config.sealed
                 else ()
             )
@@ -745,6 +779,14 @@ class RoundMachine:
 
     def _draw(self, attempt: int, start: float) -> None:
         committee = self._committee_of(attempt)
+        if len(committee) < self.config.quorum and attempt < SMALL_DRAWS_SKIPPED_AT_ONCE:
+            # Below quorum, and everybody knows it: the next attempt starts now. Only its
+            # commit waits for the contract's bound (`_commit_not_before`).
+            if attempt:
+                self.counters["redraws"] += 1
+            self.counters["draws-skipped:small"] += 1
+            self._draw(attempt + 1, start)
+            return
         stalled = self._stalled_before(attempt)
         collect_s = self.config.collect_deadline_s * timeout_factor(self.config, stalled)
         self._attempt = _Attempt(
@@ -1084,15 +1126,15 @@ class RoundMachine:
 
     def _send_rewrap(self) -> None:
         """Ask the shell to wrap our update's key for this attempt's members that its own
-        wraps miss (once per attempt; nothing at attempt 0, whose committee the update's
-        wraps cover, nor for a plain task or before our update is out)."""
+        wraps miss (once per attempt; nothing at the round's opening attempt, whose committee
+        the update's wraps cover, nor for a plain task or before our update is out)."""
         a = self._attempt
         own = self._first_update.get(self.address)
         if (
             not self.config.sealed
             or not self._own_update_sent
             or own is None
-            or a.number == 0
+            or a.number == self._opening_attempt()
             or a.number in self._rewraps_sent
             or len(a.committee) < self.config.quorum
         ):
@@ -1105,7 +1147,11 @@ class RoundMachine:
 
     def _on_wraps_ready(self, event: WrapsReady) -> None:
         """The shell wrapped our key: sign and gossip the Rewrap (if still in its attempt)."""
-        if (event.round, event.attempt) != (self.round, self._attempt.number) or not event.wraps:
+        if (
+            (event.round, event.attempt) != (self.round, self._attempt.number)
+            or not event.wraps
+            or (self.address, event.attempt) in self._rewrapped  # (answered already)
+        ):
             self.counters["rewraps-stale"] += 1
             return
         rewrap = Rewrap(
@@ -1333,7 +1379,7 @@ class RoundMachine:
             reason = "not-sealed" if self.config.sealed else "unexpected-wraps"
             self._drop(reason, u.signer, True)
             return
-        if foreign_members(u.wraps, {*self._committee_of(0), u.signer}):
+        if foreign_members(u.wraps, {*self._committee_of(self._opening_attempt()), u.signer}):
             self._drop("bad-wraps", u.signer, True, "wraps for nodes off the round's committee")
             return
         first = self._first_update.get(u.signer)
@@ -1685,9 +1731,14 @@ class RoundMachine:
         if self.address in committee:
             # The view's leader submits at once; member at rank r after it, r delays later.
             rank = (committee.index(self.address) - cert.view) % len(committee)
-            self._submit_at = self.now + rank * self.config.commit_fallback_delay_s
-            if rank == 0:
+            # (From the contract's bound for an attempt entered early: the ranks keep their
+            # spacing, so the fallbacks still follow the leader instead of joining it.)
+            start = max(self.now, self._commit_not_before(cert.attempt))
+            self._submit_at = start + rank * self.config.commit_fallback_delay_s
+            if rank == 0 and start == self.now:
                 self._submit()
+            elif rank == 0:
+                self.counters["commits-deferred:redraw-bound"] += 1
 
     def _submit(self) -> None:
         assert self._certificate is not None

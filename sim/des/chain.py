@@ -2,8 +2,9 @@
 after they reach the RPC, and a Python mirror of the RoundLedger's rules (protocol/spec/
 chain.md; contracts/): a commit is accepted when its round is the last committed + 1, its
 base is the last result, its signers are distinct members of the attempt's committee
-(the same sortition, p2pfl.core.sortition) and at least the quorum, and it is the first
-valid commit of the round (later ones revert). Equivocation evidence slashes the signer's
+(the same sortition, p2pfl.core.sortition) and at least the quorum, attempt a comes no
+earlier than a x `redraw_delay_s` after the last commit (RedrawTooEarly), and it is the
+first valid commit of the round (later ones revert). Equivocation evidence slashes the signer's
 stake: it drops out of the stakes snapshot of the rounds that start after."""
 
 from __future__ import annotations
@@ -40,8 +41,10 @@ class Chain:
         stakes: dict[bytes, int],
         committee_size: int,
         schedule: Callable[[float, Callable[[], None]], None],
+        redraw_delay_s: float = 0.0,
     ) -> None:
         self.spec = spec
+        self.redraw_delay_s = redraw_delay_s  # the task's redrawDelay
         self.task = task
         self.domain = domain
         self.stakes = dict(stakes)
@@ -88,6 +91,8 @@ class Chain:
             return self._revert("not-next-round")
         if c.base != self.last_result:
             return self._revert("wrong-base")
+        if at < self.committed_at.get(c.round - 1, 0.0) + c.attempt * self.redraw_delay_s:
+            return self._revert("redraw-too-early")
         stakes = self.stakes_of_round[c.round]
         seed = round_seed(self.task, c.round, CID.parse(c.base).digest, c.attempt)
         members = set(committee_for(seed, stakes, self.k))

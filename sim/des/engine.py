@@ -148,7 +148,14 @@ class Engine:
         self.links = Links(s.nodes, self.overlay.bandwidth_bps)
         self.online_mask = np.ones(s.nodes, dtype=np.int64)
         self.chain = Chain(
-            s.chain, self.task, DOMAIN, self.genesis, stakes, s.committee.size, self.at
+            s.chain,
+            self.task,
+            DOMAIN,
+            self.genesis,
+            stakes,
+            s.committee.size,
+            self.at,
+            redraw_delay_s=self.config.small_redraw_delay_s,
         )
         self.chain.on_commit(self._on_chain_commit)
         self.nodes = [

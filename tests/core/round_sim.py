@@ -128,6 +128,9 @@ class Sim:
         self.published: list[tuple[float, bytes, object]] = []
         self.submissions: list[tuple[float, bytes, Commit]] = []
         self.fetches: list[tuple[bytes, Fetch]] = []
+        # When each round became committable (the last commit, or the start): the contract
+        # takes attempt a of it only a x redrawDelay later (RedrawTooEarly).
+        self.round_open: dict[int, float] = {}
 
     # --- plumbing ---
     def push(self, at: float, dst: bytes, event: object) -> None:
@@ -210,7 +213,11 @@ class Sim:
         assert len(set(signers)) == len(signers), "contract would revert"
         assert set(signers) <= set(members), "contract would revert"
         assert len(signers) >= self.config.quorum, "contract would revert"
+        delay = self.config.small_redraw_delay_s
+        not_before = self.round_open.get(c.round, 0.0) + c.attempt * delay
+        assert self.now >= not_before, "contract would revert (RedrawTooEarly)"
         self.chain_certs[c.round] = c
+        self.round_open[c.round + 1] = self.now
         self.chain[c.round] = ChainCommitted(
             c.round, c.attempt, c.view, c.base, c.result, c.contributors_root
         )
@@ -219,6 +226,7 @@ class Sim:
 
     # --- driving ---
     def start(self, round_: int = 1, base: bytes = GENESIS) -> None:
+        self.round_open.setdefault(round_, self.now)
         for dst in self.machines:
             self.push(self.now, dst, RoundStarted(round_, base, self.stakes, 0.0))
 

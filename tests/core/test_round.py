@@ -18,7 +18,9 @@ from p2pfl.core import round as round_module
 from p2pfl.core.cid import blob_cid
 from p2pfl.core.messages import Commit, Proposal, Update, Vote
 from p2pfl.core.round import (
+    CHAIN_CLOCK_MARGIN_S,
     HANDLERS,
+    SMALL_DRAWS_SKIPPED_AT_ONCE,
     TIMERS,
     TRANSITIONS,
     Phase,
@@ -202,18 +204,40 @@ def test_filter_rejections_and_unavailable_deltas_are_agreed_in_the_proposal():
     assert ADDRS[4] not in dict(p.included) and ADDRS[5] not in dict(p.included)
 
 
-def test_redraw_when_the_committee_is_too_small():
+def test_a_draw_below_quorum_is_left_at_once_and_the_commit_waits_for_the_contract():
+    """Everyone draws alike, so a draw below quorum is known to be re-drawn the moment it is
+    drawn: attempt 1 starts with the round, and only its commit waits for the contract's
+    bound (attempt x redrawDelay after the last commit; the Sim's chain asserts it)."""
     cfg = config(TASK_SMALL)
-    sim = Sim(cfg)
+    sim = Sim(cfg, train_s=lambda i: 0.5 + 0.1 * i)  # every update out within 2 s
     assert len(committee(TASK_SMALL, 1, GENESIS, 0)) < cfg.quorum
     sim.start()
-    sim.run(until=cfg.small_redraw_delay_s - 0.5)
-    assert all(m.phase == Phase.REDRAWING for m in sim.machines.values())
-    assert 1 not in sim.chain
+    sim.run(until=0.1)
+    assert all(m.attempt == 1 and m.phase != Phase.REDRAWING for m in sim.machines.values())
+    assert all(m.counters["draws-skipped:small"] == 1 for m in sim.machines.values())
     sim.run()
     chained = assert_single_commit(sim)
     assert chained.attempt == 1
     assert {s for s, _ in sim.chain_certs[1].votes} <= set(committee(TASK_SMALL, 1, GENESIS, 1))
+    # Certified before the bound, submitted at it (the round started at t = 0).
+    bound = cfg.small_redraw_delay_s + CHAIN_CLOCK_MARGIN_S
+    first_submit = min(t for t, _, _ in sim.submissions)
+    assert first_submit == pytest.approx(bound)
+    assert sum(m.counters["commits-deferred:redraw-bound"] for m in sim.machines.values()) == 1
+
+
+def test_draws_below_quorum_are_left_at_once_only_a_bounded_number_of_times():
+    """A registry that can never seat a quorum (4 nodes, quorum 5) does not spin: after
+    SMALL_DRAWS_SKIPPED_AT_ONCE draws left at once, each waits `small_redraw_delay_s`."""
+    few = dict(list(STAKES.items())[:4])
+    cfg = config()
+    m = RoundMachine(cfg, KEY_OF[next(iter(few))], DOMAIN)
+    m.handle(RoundStarted(1, GENESIS, few, 10.0))
+    assert m.attempt == SMALL_DRAWS_SKIPPED_AT_ONCE and m.phase == Phase.REDRAWING
+    assert m.counters["draws-skipped:small"] == SMALL_DRAWS_SKIPPED_AT_ONCE
+    assert m.next_deadline() == 10.0 + cfg.small_redraw_delay_s
+    m.handle(Tick(10.0 + cfg.small_redraw_delay_s))
+    assert m.attempt == SMALL_DRAWS_SKIPPED_AT_ONCE + 1 and m.phase == Phase.REDRAWING
 
 
 def test_stuck_attempt_is_redrawn():

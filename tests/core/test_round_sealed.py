@@ -39,13 +39,24 @@ from .round_sim import (
 K = 7
 TASK7 = find_task(lambda t: len(committee(t, 1, GENESIS)) == 7)
 C7 = committee(TASK7, 1, GENESIS)
-# Attempt 0 below quorum (5 of k=7), attempt 1 full and seating nodes attempt 0 did not.
+
+
+def _stalls_then_redraws(task: bytes) -> bool:
+    """Attempt 0 full but unable to certify once all but 4 of its members are silent;
+    attempt 1 with a quorum of the others, seating nodes attempt 0 did not."""
+    first, second = committee(task, 1, GENESIS), committee(task, 1, GENESIS, 1)
+    dead = set(first[: len(first) - 4])
+    return len(first) >= 5 and len(set(second) - dead) >= 5 and bool(set(second) - set(first))
+
+
+# A re-draw (attempt 0 stalls: `redraw_timeout_s`), the way a sealed update's wraps miss
+# members: attempt 0's committee is the one they are made for.
+TASK_REDRAW = find_task(_stalls_then_redraws)
+FIRST = committee(TASK_REDRAW, 1, GENESIS)
+DEAD = set(FIRST[: len(FIRST) - 4])
+# Attempt 0 below quorum, attempt 1 full: attempt 1 is where the round opens.
 TASK_SMALL = find_task(
-    lambda t: (
-        len(committee(t, 1, GENESIS)) < 5
-        and len(committee(t, 1, GENESIS, 1)) >= 5
-        and bool(set(committee(t, 1, GENESIS, 1)) - set(committee(t, 1, GENESIS)))
-    )
+    lambda t: len(committee(t, 1, GENESIS)) < 5 and len(committee(t, 1, GENESIS, 1)) >= 5
 )
 
 
@@ -91,20 +102,39 @@ def test_a_sealed_round_wraps_to_the_committee_and_fetches_with_wraps() -> None:
 
 
 def test_a_redraw_commits_through_rewraps_and_leaves_a_silent_author_out() -> None:
-    first, second = committee(TASK_SMALL, 1, GENESIS), committee(TASK_SMALL, 1, GENESIS, 1)
+    first, second = FIRST, committee(TASK_REDRAW, 1, GENESIS, 1)
     # An author off the second draw whose own wraps miss a member of it.
-    quiet = next(a for a in ADDRS if a not in second and set(second) - set(first) - {a})
-    sim = Sim(config(TASK_SMALL), no_rewrap={quiet})
+    quiet = next(
+        a for a in ADDRS if a not in second and a not in DEAD and set(second) - set(first) - {a}
+    )
+    sim = Sim(config(TASK_REDRAW), silent=DEAD, no_rewrap={quiet})
     sim.start()
     sim.run()
-    assert sim.chain[1].attempt >= 1
+    assert sim.chain[1].attempt == 1
     rewraps = [m for _, _, m in sim.published if isinstance(m, Rewrap)]
     assert rewraps and quiet not in {r.signer for r in rewraps}
     for r in rewraps:  # fresh wraps for members the update missed, never the delta again
         assert r.attempt == 1 and {m for m, _ in r.wraps} <= set(second) - set(first)
     included = {a for a, _ in committed_proposal(sim).included}
     assert quiet not in included
-    assert len(included) == len(ADDRS) - 1
+    assert included == set(ADDRS) - DEAD - {quiet}
+
+
+def test_a_small_first_draw_is_wrapped_past_at_once() -> None:
+    """Attempt 0 below quorum is left the moment it is drawn, so the round opens at attempt
+    1: every update is wrapped for attempt 1's members from the start, and no Rewrap is
+    needed (sealing.md §2)."""
+    second = committee(TASK_SMALL, 1, GENESIS, 1)
+    sim = Sim(config(TASK_SMALL), train_s=lambda i: 0.5 + 0.1 * i)
+    sim.start()
+    sim.run()
+    assert sim.chain[1].attempt == 1
+    assert not [m for _, _, m in sim.published if isinstance(m, Rewrap)]
+    updates = [m for _, _, m in sim.published if isinstance(m, Update)]
+    assert len(updates) == len(ADDRS)
+    for u in updates:
+        assert {m for m, _ in u.wraps} == {u.signer, *second}
+    assert len(committed_proposal(sim).included) == len(ADDRS)
 
 
 def test_a_wrap_that_does_not_open_is_counted_and_the_author_left_out() -> None:
@@ -166,19 +196,20 @@ def test_a_failed_open_is_a_counted_rejection_with_its_reason() -> None:
 
 def rewrap_by(author: bytes, attempt: int, members: list[bytes]) -> Rewrap:
     wraps = tuple((x, FAKE_WRAP) for x in sorted(members))
-    r = Rewrap(TASK_SMALL, 1, attempt, delta_cid(author, 1), wraps, author)
+    r = Rewrap(TASK_REDRAW, 1, attempt, delta_cid(author, 1), wraps, author)
     return r.signed(KEY_OF[author], DOMAIN)  # type: ignore[return-value]
 
 
 def test_rewrap_checks_and_a_new_member_fetches_once_its_wrap_arrives() -> None:
-    first, second = committee(TASK_SMALL, 1, GENESIS), committee(TASK_SMALL, 1, GENESIS, 1)
+    first, second = FIRST, committee(TASK_REDRAW, 1, GENESIS, 1)
     newcomer = next(a for a in second if a not in first)
     author = next(a for a in ADDRS if a not in second and a != newcomer)
-    m = RoundMachine(config(TASK_SMALL), KEY_OF[newcomer], DOMAIN)
+    cfg = config(TASK_REDRAW)
+    m = RoundMachine(cfg, KEY_OF[newcomer], DOMAIN)
     m.handle(RoundStarted(1, GENESIS, STAKES, 0.0))
-    assert m.phase is Phase.REDRAWING
+    assert m.attempt == 0 and m.phase is Phase.FOLLOWING
     wraps = tuple(sorted((x, FAKE_WRAP) for x in {author, *first}))
-    u = Update(TASK_SMALL, 1, GENESIS, delta_cid(author, 1), 10, 1.0, b"", author, wraps=wraps)
+    u = Update(TASK_REDRAW, 1, GENESIS, delta_cid(author, 1), 10, 1.0, b"", author, wraps=wraps)
     m.handle(received(u.signed(KEY_OF[author], DOMAIN)))
     actions = m.handle(event_for(rewrap_by(author, 1, list(second)), author))  # type: ignore[arg-type]
     assert m.counters["rejected:bad-wraps"] == 0 and not any(
@@ -192,22 +223,23 @@ def test_rewrap_checks_and_a_new_member_fetches_once_its_wrap_arrives() -> None:
     assert m.counters["rejected:bad-wraps"] == 1
     m.handle(event_for(rewrap_by(other, 3, list(second)), other))  # type: ignore[arg-type]
     assert m.counters["rejected:future-attempt"] == 1
-    actions = m.handle(Tick(6.0))  # the re-draw: we sit on attempt 1
+    actions = m.handle(Tick(cfg.redraw_timeout_s))  # attempt 0 stalled: we sit on attempt 1
     assert m.attempt >= 1 and m.phase is Phase.COLLECTING
     fetches = [a for a in actions if isinstance(a, Fetch)]
     assert [(f.author, f.wrap) for f in fetches] == [(author, FAKE_WRAP)]
 
 
 def test_our_own_update_is_rewrapped_on_a_redraw() -> None:
-    first, second = committee(TASK_SMALL, 1, GENESIS), committee(TASK_SMALL, 1, GENESIS, 1)
+    first, second = FIRST, committee(TASK_REDRAW, 1, GENESIS, 1)
     me = next(a for a in ADDRS if set(second) - set(first) - {a})
-    m = RoundMachine(config(TASK_SMALL), KEY_OF[me], DOMAIN)
+    cfg = config(TASK_REDRAW)
+    m = RoundMachine(cfg, KEY_OF[me], DOMAIN)
     (train,) = [
         a for a in m.handle(RoundStarted(1, GENESIS, STAKES, 0.0)) if isinstance(a, StartTraining)
     ]
     wraps = tuple((x, FAKE_WRAP) for x in sorted(train.recipients))
     m.handle(LocalUpdateReady(1, delta_cid(me, 1), 10, 1.0, b"", wraps))
-    actions = m.handle(Tick(100.0))
+    actions = m.handle(Tick(cfg.redraw_timeout_s))  # attempt 0 never certified
     (wrap_key,) = [a for a in actions if isinstance(a, WrapKey)]
     assert wrap_key.attempt == m.attempt == 1
     assert set(wrap_key.recipients) == set(second) - set(first) - {me}
@@ -220,10 +252,10 @@ def test_our_own_update_is_rewrapped_on_a_redraw() -> None:
 
 
 def test_a_rewrap_replayed_from_an_old_round_is_stale_and_changes_nothing() -> None:
-    first, second = committee(TASK_SMALL, 1, GENESIS), committee(TASK_SMALL, 1, GENESIS, 1)
+    first, second = FIRST, committee(TASK_REDRAW, 1, GENESIS, 1)
     newcomer = next(a for a in second if a not in first)
     author = next(a for a in ADDRS if a not in second and a != newcomer)
-    m = RoundMachine(config(TASK_SMALL), KEY_OF[newcomer], DOMAIN)
+    m = RoundMachine(config(TASK_REDRAW), KEY_OF[newcomer], DOMAIN)
     m.handle(RoundStarted(1, GENESIS, STAKES, 0.0))
     old = rewrap_by(author, 1, list(second))
     replayed = replace(old, round=0, signature=b"")

@@ -69,3 +69,22 @@ def test_calibration_times_the_nodes_aggregate_path() -> None:
 
     measured = calibrate.worker_seconds((1, 3), model_bytes=4096, tensors=2)
     assert set(measured) == {1, 3} and all(0 < s < 60 for s in measured.values())
+
+
+def test_a_small_first_draw_opens_the_round_at_attempt_1_and_commits_at_the_contracts_bound():
+    """Ten nodes on fast links (rounds of ~1 s); in seed 2's rounds 4-6 the first draw is below
+    quorum. Every node leaves it at once, and attempt 1's commit waits for the contract's
+    bound (the chain mirror reverts an attempt a earlier than a x redrawDelay after the last
+    commit): none reverts, and those rounds take the bound, not the bound plus the work."""
+    keys = {"nodes": 10, "network.bandwidth_mbit": 1000.0, "seed": 2, "rounds": 6}
+    engine = Engine(load_des_scenario(SCENARIOS / "scale100.toml", keys))
+    engine.run()
+    records = round_records(engine)
+    assert len(records) == 6
+    assert engine.chain.stats.reverts == {}
+    delay = engine.config.small_redraw_delay_s
+    redrawn = [r for r in records if r["attempt"] == 1]
+    assert redrawn, "premise: a draw below quorum among the rounds"
+    for r in redrawn:
+        assert delay <= r["wall_s"] <= delay + 2.0
+    assert all(r["wall_s"] < delay for r in records if r["attempt"] == 0)
