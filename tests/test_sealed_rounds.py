@@ -179,48 +179,61 @@ async def test_bad_ciphertext_and_bad_wraps_are_rejected_and_the_round_commits(
         assert not bad & {a for a, _ in proposal.included}
 
 
-def small_first_draw(devnet: Any, manifest: Any) -> tuple[Any, list[bytes], list[bytes]]:
-    """A variant of `manifest` (another name) whose round 1 draws a committee below quorum
-    at attempt 0 and a full one at attempt 1 with members off attempt 0: every update's
-    own wraps miss them, so the round commits only through Rewraps."""
+def stalled_first_draw(
+    devnet: Any, manifest: Any
+) -> tuple[Any, list[bytes], list[bytes], set[bytes], bytes]:
+    """A variant of `manifest` (another name, short timers) whose round 1 draws a full
+    committee at attempt 0 and, at attempt 1, one with a member off attempt 0: with all but
+    one of attempt 0's members silent, attempt 0 cannot certify and is re-drawn after
+    `redraw_timeout_s`; every update's own wraps (for attempt 0's committee) miss the
+    newcomer, so the round commits only through Rewraps. Also returns the silent nodes and
+    a live author off attempt 1 whose wraps miss the newcomer (the one to withhold its
+    Rewrap). (A draw below quorum is no re-draw any more: it is left at once, and the round
+    opens at the next draw, which the updates' wraps cover.)"""
     _, stakes = devnet.admin.committee_stakes(manifest.task_id)
     base = CID.parse(manifest.initial_model).digest
     quorum = commit_quorum(COMMITTEE, 0)
+    timers = {"collect_deadline_s": 4.0, "view_timeout_s": 3.0, "redraw_timeout_s": 12.0}
     for i in range(5000):
-        variant = replace(manifest, name=f"sealed-redraw-{i}")
-        draws = [
+        variant = replace(manifest, name=f"sealed-redraw-{i}", **timers)
+        first, second = (
             committee_for(round_seed(variant.task_id, 1, base, a), stakes, COMMITTEE)
             for a in (0, 1)
-        ]
-        if len(draws[0]) < quorum <= len(draws[1]) and set(draws[1]) - set(draws[0]):
-            return variant, draws[0], draws[1]
-    raise AssertionError("no task name gives a small first draw")
+        )
+        if len(first) < quorum or len(second) < quorum:
+            continue
+        silent = set(first[: len(first) - quorum + 1])  # quorum - 1 of attempt 0 answer
+        newcomers = set(second) - set(first)
+        quiet = [a for a in stakes if a not in silent and a not in second and newcomers - {a}]
+        if not set(second) & silent and newcomers and quiet:
+            return variant, first, second, silent, quiet[0]
+    raise AssertionError("no task name gives a first draw that stalls")
 
 
 async def test_a_redraw_commits_with_fresh_wraps_and_leaves_a_silent_author_out(
     tmp_path: Path,
 ) -> None:
-    """Round 1's first draw is too small, so it is re-drawn: authors send Rewraps for the
-    new committee (never the delta again) and the round commits at attempt 1. An author
-    that sends no Rewrap (node `quiet`) is left out of that attempt without stalling it."""
+    """Round 1's first draw cannot certify (its members but one are silent), so it is
+    re-drawn: authors send Rewraps for the new committee (never the delta again) and the
+    round commits at attempt 1. An author that sends no Rewrap (node `quiet`) is left out
+    of that attempt without stalling it."""
     devnet, identities, manifest = open_task(
-        GENESIS, n_nodes=N_NODES, committee=COMMITTEE, rounds=1, seed=13, name="sealed-redraw"
-    )
-    manifest, first, second = small_first_draw(devnet, manifest)
+        GENESIS, n_nodes=N_NODES, committee=COMMITTEE, rounds=1, seed=13, name="sealed-redraw",
+        quorum_percent=60,
+    )  # fmt: skip
+    manifest, first, second, silent, quiet_address = stalled_first_draw(devnet, manifest)
     reward = manifest.reward_per_round_wei
     fund(devnet.w3, devnet.admin.address, reward + DEFAULT_GAS_FUNDS)
     devnet.admin.create_task(
         manifest.task_id, CID.parse(manifest.initial_model).digest, COMMITTEE, 0, reward,
         reward, redraw_delay_s=0,
     )  # fmt: skip
-    addresses = [ident.address for ident in identities]
-    # The quiet author: not on the second draw, and its own wraps miss one of its members.
-    quiet = next(
-        i for i, a in enumerate(addresses) if a not in second and set(second) - set(first) - {a}
-    )
+    live = [ident for ident in identities if ident.address not in silent]
+    addresses = [ident.address for ident in live]
+    quiet = addresses.index(quiet_address)
     async with AsyncExitStack() as stack:
-        nets = await start_hosts(stack, identities, tmp_path, GENESIS)
-        nodes = make_nodes(devnet, identities, nets, manifest, tmp_path)
+        nets = await start_hosts(stack, live, tmp_path, GENESIS)
+        nodes = make_nodes(devnet, live, nets, manifest, tmp_path)
         nodes[quiet].behaviour = Behaviour(withhold_rewraps=True)
         await run(nodes, nets, 1)
     chain = devnet.admin
@@ -232,7 +245,7 @@ async def test_a_redraw_commits_with_fresh_wraps_and_leaves_a_silent_author_out(
         if r == 1 and root == event.contributors_root
     )
     included = {a for a, _ in proposal.included}
-    assert addresses[quiet] not in included
+    assert quiet_address not in included
     assert len(included) >= 2, included  # others' updates made it through their Rewraps
     assert sum(n.machine.counters["rewraps-sent"] for n in nodes) >= 1
     assert sum(n.machine.counters["rewraps-accepted"] for n in nodes) >= 1
