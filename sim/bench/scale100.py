@@ -439,6 +439,26 @@ through Noise and yamux on a loop shared by 50 nodes). py-spy of both shards in 
 run (rounds 2-5, idle threads apart): yamux frame reads 12.7%, inbound streams (negotiation
 and handlers) 8.5%, the last round's pulled updates and the files they complete 10%,
 aggregation in threads 2.8%, the rest under 3% each.
+The same runs showed a cost of the protocol's own: 3 of the linear run's 5 rounds began with
+a draw below quorum (threshold sortition at 100 nodes: ~16% of draws, against ~5% at 10),
+and every update then waited `small_redraw_delay_s` for the re-draw (out 3.7-4.3 s into the
+round against 0.4-0.8 s), though every node knows such a draw is small the moment it draws
+it. Now such a draw is left at once (the first 8 attempts of a round), the round opens at
+the first draw that reaches quorum and only its commit waits for the contract's attempt x
+redrawDelay bound (round.md "Timers / attempt"; sealed updates wrap for that opening
+committee). Direct runs of the linear scenario under another name (`python -m sim
+sim/scenarios/scale100_linear.toml --shards 2 --set name=scale100tiny`: the same draws in
+both, committees 10, 8, 14, 6, 5, the first draws of rounds 2, 4 and 5 small), before /
+after: rounds 8.2, 10.4, 9.6, 11.0, 10.6 s and 10.2, 9.6, 8.1, 11.9, 10.6 s (medians 10.4
+and 10.2) against 8.3, 6.5, 7.4, 7.5, 6.7 s and 6.4, 6.4, 6.6, 7.2, 6.5 s (medians **7.4 and 6.5**);
+updates out 0.2-0.5 s into every round. At 10 nodes a small draw's round still waits for
+the chain's bound (the MLP's round 5: 6.4 s against 5.7-6.1 s before, the 1 s margin for
+whole-second block timestamps). The benches at the head (load 0.3 before, 2.9 after the
+first; 2.9 before, 2.2 after the second): MLP 10 nodes 1.67 s, 100 nodes 9.1, 12.2, 18.0,
+16.7, 14.65 s, median **14.65 s** (train 4.4, disseminate 7.7, agree 1.3), 32.1 core-s a
+round, ratio 8.8 (target <= 2, not met; 13.9 s and ratio 9.0 before the change an hour
+earlier: the MLP scenario's draws are mostly full, and runs vary ~±20% here); linear 1.28 /
+**6.90 s**, 20.5 core-s a round, ratio 5.4 (1.03 / 7.94 s, ratio 7.7 before).
 """
 
 from __future__ import annotations

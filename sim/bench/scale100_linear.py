@@ -18,6 +18,11 @@ committed, **21.5 core-s a round** (204 ms of the loops a node-round), accuracy 
 7.7. `sim.bench scale100` right after: 1.55 / 13.9 s, 2.97 / 27.4 core-s, ratio 9.0. 13x
 fewer bytes took 22% off the 100-node round's CPU; its median stays 5.1x the MLP's 10-node
 one (issue #13 item 5's target: 2).
+
+After a draw below quorum is left at once (the same day; load 2.9 before, 2.2 after): 10
+nodes 1.09, 1.02, 1.28, 1.33, 1.39 s, median **1.28 s**; 100 nodes 6.9, 7.5, 6.3, 6.6, 7.4
+s, median **6.90 s** (train 2.2, disseminate 3.4, agree 0.6), 20.5 core-s a round: ratio
+5.4. (`sim/bench/scale100.py`'s docstring has the side-by-side runs of the change.)
 """
 
 from __future__ import annotations
