@@ -212,9 +212,10 @@ class Update(Signed):
     """A participant's trained delta for one round (DESIGN §4 step 1).
 
     Sealed (spec sealing.md): `delta` names the ciphertext, `inline` carries ciphertext,
-    and `wraps` holds the content key wrapped to each member of the round's attempt-0
-    committee (the author excepted). Plain (the task's `[privacy] sealed = false`): `delta`
-    names canonical safetensors and `wraps` is empty.
+    and `wraps` holds the content key wrapped to each member of the round's opening
+    committee (its first draw that reaches quorum, sealing.md §2; the author excepted).
+    Plain (the task's `[privacy] sealed = false`): `delta` names canonical safetensors and
+    `wraps` is empty.
     """
 
     KIND: ClassVar[Kind] = Kind.UPDATE

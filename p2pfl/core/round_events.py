@@ -236,7 +236,8 @@ class StartTraining:
     """Train on the local data from `base`, then send back `LocalUpdateReady(round, ...)`.
 
     Sealed tasks (`sealed`): seal the delta under a fresh key and wrap that key to each of
-    `recipients` (ourselves, then the attempt-0 committee); () in a plain task."""
+    `recipients` (ourselves, then the round's opening committee: sealing.md §2); () in a
+    plain task."""
 
     round: int
     base: bytes
