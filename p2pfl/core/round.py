@@ -690,22 +690,31 @@ class RoundMachine:
         start = self._round_start
         stalled = 0
         for number in range(attempt):
+            if self._left_at_once(number):
+                continue
             if len(self._committee_of(number)) < self.config.quorum:
-                if number >= SMALL_DRAWS_SKIPPED_AT_ONCE:
-                    start += self.config.small_redraw_delay_s
+                start += self.config.small_redraw_delay_s
             else:
                 start += self.config.redraw_timeout_s * timeout_factor(self.config, stalled)
                 stalled += 1
         return start
 
+    def _left_at_once(self, attempt: int) -> bool:
+        """`attempt`'s draw is below quorum and among the round's first
+        SMALL_DRAWS_SKIPPED_AT_ONCE: every node leaves it the moment it draws it."""
+        return (
+            attempt < SMALL_DRAWS_SKIPPED_AT_ONCE
+            and len(self._committee_of(attempt)) < self.config.quorum
+        )
+
     def _opening_attempt(self) -> int:
-        """The round's first attempt not skipped at once: the first draw that reaches
-        quorum (SMALL_DRAWS_SKIPPED_AT_ONCE if none of the attempts before it does). A sealed
+        """The round's first attempt not left at once: the first draw that reaches quorum
+        (SMALL_DRAWS_SKIPPED_AT_ONCE if none of the attempts before it does). A sealed
         update's wraps are for its committee (sealing.md §2)."""
-        for number in range(SMALL_DRAWS_SKIPPED_AT_ONCE):
-            if len(self._committee_of(number)) >= self.config.quorum:
-                return number
-        return SMALL_DRAWS_SKIPPED_AT_ONCE
+        attempt = 0
+        while self._left_at_once(attempt):
+            attempt += 1
+        return attempt
 
     def _commit_not_before(self, attempt: int) -> float:
         """When our certificate of `attempt` may be submitted: the contract takes attempt a
@@ -778,8 +787,7 @@ class RoundMachine:
         self._draw(0, event.now)
 
     def _draw(self, attempt: int, start: float) -> None:
-        committee = self._committee_of(attempt)
-        if len(committee) < self.config.quorum and attempt < SMALL_DRAWS_SKIPPED_AT_ONCE:
+        if self._left_at_once(attempt):
             # Below quorum, and everybody knows it: the next attempt starts now. Only its
             # commit waits for the contract's bound (`_commit_not_before`).
             if attempt:
@@ -787,6 +795,7 @@ class RoundMachine:
             self.counters["draws-skipped:small"] += 1
             self._draw(attempt + 1, start)
             return
+        committee = self._committee_of(attempt)
         stalled = self._stalled_before(attempt)
         collect_s = self.config.collect_deadline_s * timeout_factor(self.config, stalled)
         self._attempt = _Attempt(

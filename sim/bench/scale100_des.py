@@ -28,13 +28,11 @@ import statistics
 from typing import Any
 
 from sim.bench import ROOT_DIR, BenchError, figure
+from sim.bench.scale100 import NODE_COUNTS, TARGET_RATIO
 
 SCENARIO = ROOT_DIR / "sim" / "des" / "scenarios" / "scale100.toml"
 # A node's link, up and down: home broadband, a good office link, a data centre's.
 RATES_MBIT = (20.0, 100.0, 1000.0)
-# 60,000 images over 100 or 10 nodes, trained at the scenario's rate (its 600 images).
-NODE_COUNTS = (10, 100)
-TARGET_RATIO = 2.0
 
 
 def overrides(nodes: int, rate_mbit: float) -> dict[str, Any]:
