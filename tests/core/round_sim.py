@@ -71,6 +71,13 @@ def find_task(pred: Callable[[bytes], bool]) -> bytes:
     raise AssertionError("unreachable")
 
 
+# Round 1's attempt 0 draws below quorum (5 of k = 7) and attempt 1 reaches it: the round
+# opens at attempt 1 (a draw below quorum is left at once).
+TASK_SMALL = find_task(
+    lambda t: len(committee(t, 1, GENESIS)) < 5 and len(committee(t, 1, GENESIS, 1)) >= 5
+)
+
+
 def delta_cid(author: bytes, round_: int) -> bytes:
     return blob_cid(b"delta" + author + round_.to_bytes(8, "big")).to_bytes()
 

@@ -63,6 +63,7 @@ from .round_sim import (
     KEY_OF,
     RULE,
     STAKES,
+    TASK_SMALL,
     Sim,
     committee,
     delta_cid,
@@ -77,9 +78,6 @@ TASK7 = find_task(lambda t: len(committee(t, 1, GENESIS)) == 7)
 C7 = committee(TASK7, 1, GENESIS)
 NON_MEMBERS = [a for a in ADDRS if a not in C7]
 # A task whose attempt-0 draw is below quorum (5 of k=7) but attempt 1 is not.
-TASK_SMALL = find_task(
-    lambda t: len(committee(t, 1, GENESIS)) < 5 and len(committee(t, 1, GENESIS, 1)) >= 5
-)
 
 
 def config(task: bytes = TASK7, **kw) -> RoundConfig:

@@ -9,7 +9,7 @@ from p2pfl.core.messages import Commit, Proposal, Rewrap, Update, Vote
 from p2pfl.core.round import RoundConfig
 from p2pfl.core.round_events import RoundStarted, UpdateReceived
 
-from .round_sim import ADDRS, GENESIS, RULE, STAKES, Sim, committee, find_task
+from .round_sim import ADDRS, GENESIS, RULE, STAKES, TASK_SMALL, Sim, committee, find_task
 
 K = 7
 TASK7 = find_task(lambda t: len(committee(t, 1, GENESIS)) == 7)
@@ -190,9 +190,7 @@ def test_a_small_first_draw_sends_updates_to_the_next_draws_members_at_once() ->
     """Everyone draws alike, so a draw below quorum is left the moment it is drawn: each
     update goes to attempt 1's members from the start (100 simulated nodes: a small first
     draw had held every update ~4 s of a ~10 s round), once, and no Rewrap follows."""
-    task = find_task(
-        lambda t: len(committee(t, 1, GENESIS)) < 5 and len(committee(t, 1, GENESIS, 1)) >= 5
-    )
+    task = TASK_SMALL
     second = committee(task, 1, GENESIS, 1)
     cfg = config(task, sealed=True)
     sim = RecordingSim(cfg, train_s=lambda i: 0.5 + 0.1 * i)  # all trained within 2 s

@@ -29,6 +29,7 @@ from .round_sim import (
     KEY_OF,
     RULE,
     STAKES,
+    TASK_SMALL,
     Sim,
     committee,
     delta_cid,
@@ -54,10 +55,6 @@ def _stalls_then_redraws(task: bytes) -> bool:
 TASK_REDRAW = find_task(_stalls_then_redraws)
 FIRST = committee(TASK_REDRAW, 1, GENESIS)
 DEAD = set(FIRST[: len(FIRST) - 4])
-# Attempt 0 below quorum, attempt 1 full: attempt 1 is where the round opens.
-TASK_SMALL = find_task(
-    lambda t: len(committee(t, 1, GENESIS)) < 5 and len(committee(t, 1, GENESIS, 1)) >= 5
-)
 
 
 def config(task: bytes = TASK7, **kw) -> RoundConfig:
