@@ -62,6 +62,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -375,7 +376,9 @@ class Shard:
         self.cpu_marks.append((time.monotonic(), cpu[0], cpu[1], train_user))
 
     def figures(self) -> dict[str, Any]:
-        """PID, nodes, and user/system CPU over the first to last `note_cpu` (the rounds)."""
+        """PID, nodes, and user/system CPU over the first to last `note_cpu` (the rounds);
+        with a mark between them (the first commit: `_watch`'s `on_commit`), the same from it
+        to the last (`steady_*`: the rounds after the first, start-up and round 1 apart)."""
         out: dict[str, Any] = {
             "shard": self.index,
             "pid": self.process.pid if self.process is not None else None,
@@ -390,6 +393,16 @@ class Shard:
                     "user_cpu_s": u1 - u0,
                     "system_cpu_s": s1 - s0,
                     "train_user_cpu_s": max(0.0, tu1 - tu0),
+                }
+            )
+        if len(self.cpu_marks) >= 3:
+            (t0, u0, s0, tu0), (t1, u1, s1, tu1) = self.cpu_marks[1], self.cpu_marks[-1]
+            out.update(
+                {
+                    "steady_wall_s": t1 - t0,
+                    "steady_user_cpu_s": u1 - u0,
+                    "steady_system_cpu_s": s1 - s0,
+                    "steady_train_user_cpu_s": max(0.0, tu1 - tu0),
                 }
             )
         return out
@@ -497,6 +510,7 @@ def run_processes(
     fault_events: list[dict[str, Any]] = []
     outage_clock = _OutageClock()
     commit_seen: dict[int, float] = {}  # round -> when the parent saw it committed (0: go)
+    first_commit: list[int] = []  # the round of the first commit seen (the shards' CPU mark)
     # The outage restarts anvil from its own dump of the chain (SIGTERM), on the same port.
     state_path = root / "anvil-state.json" if outage is not None else None
     with contextlib.ExitStack() as links:
@@ -618,6 +632,7 @@ def run_processes(
                 outage=outage,
                 outage_clock=outage_clock,
                 commit_seen=commit_seen,
+                on_commit=lambda seen: _mark_first_commit(seen, first_commit, shard_procs),
             )
             for shard in shard_procs:
                 shard.note_cpu()  # the rounds' CPU: up to the last commit
@@ -687,6 +702,8 @@ def run_processes(
     if shard_procs:
         summary["mode"] = "shards"
         summary["shards"] = [shard.figures() for shard in shard_procs]
+        if first_commit:
+            summary["steady_from_round"] = first_commit[0]
     if outage is not None:
         summary["rpc_outage"] = outage_figures(
             outage,
@@ -708,6 +725,16 @@ def run_processes(
     print_summary(summary, run_dir, say)
     work.cleanup()
     return run_dir
+
+
+def _mark_first_commit(seen: int, first_commit: list[int], shard_procs: list[Shard]) -> None:
+    """At the first commit the parent sees, a CPU mark on every shard (`Shard.figures`'
+    `steady_*`: the rounds after it, without start-up and round 1), its round kept."""
+    if first_commit:
+        return
+    first_commit.append(seen)
+    for shard in shard_procs:
+        shard.note_cpu()
 
 
 def follow_poll_s(nodes: int, shards: int = 0) -> float:
@@ -785,9 +812,11 @@ def _watch(
     outage: RpcOutage | None = None,
     outage_clock: _OutageClock | None = None,
     commit_seen: dict[int, float] | None = None,
+    on_commit: Callable[[int], None] | None = None,
 ) -> bool:
     """Poll the chain until `scenario.rounds` are committed; inject the restart fault and
     the RPC outage on the way. Returns True when the whole-run deadline passed first.
+    `on_commit(round)` is called with the last round committed each time it advances.
 
     A node process that exits early is an error, except under the RPC outage, whose
     figures count it (a node that dies of an outage is what that fault measures)."""
@@ -806,6 +835,8 @@ def _watch(
                     seen_at[r] = now
                 seen = last
                 say(f"  round {seen}/{scenario.rounds} committed")
+                if on_commit is not None:
+                    on_commit(seen)
         if seen >= scenario.rounds:
             return False
         for child in children:

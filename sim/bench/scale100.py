@@ -481,6 +481,18 @@ NODE_COUNTS = (10, 100)
 DEFAULT_SHARDS = 2
 # The acceptance bound of issue #13 item 5 on the median rounds' ratio.
 TARGET_RATIO = 2.0
+# The cores the shards share (the simulation's whole budget).
+CORES = os.cpu_count() or 1
+
+
+def ratio_if_per_node_cost_held(small_cpu: tuple[float, float], small_median_s: float) -> float:
+    """The 100-node / 10-node median rounds' ratio on `CORES` saturated cores if each node
+    of the 100 cost the loops what one of the 10 does (`small_cpu`: the 10-node run's CPU a
+    round, all and the loops', `_round_cpu`) and the same images cost what they cost there:
+    the 100-node round's CPU over the cores, / the 10-node median round."""
+    total, loops = small_cpu
+    grown = NODE_COUNTS[1] / NODE_COUNTS[0]
+    return (grown * loops + (total - loops)) / CORES / small_median_s
 
 
 def _run(prefix: str, path: Path, nodes: int, shards: int) -> dict[str, Any]:
@@ -533,8 +545,8 @@ def _run(prefix: str, path: Path, nodes: int, shards: int) -> dict[str, Any]:
         figure(
             f"{name}-cpu-per-round",
             total,
-            "core-s (the shards' loops, user + system, and their training processes, from "
-            "the start to the last commit, / rounds committed)",
+            "core-s (the shards' loops, user + system, and their training processes, over "
+            "the rounds after the first)",
         )
         figure(
             f"{name}-protocol-cpu-per-node-round",
@@ -548,15 +560,22 @@ def _run(prefix: str, path: Path, nodes: int, shards: int) -> dict[str, Any]:
 
 
 def _round_cpu(summary: dict[str, Any]) -> tuple[float, float] | None:
-    """CPU seconds a round over the run (the start to the last commit): all of it (every
-    shard's loop process, user + system, and its training process's user time), and the
-    loops' share alone (the protocol: training apart); None without the figures."""
+    """CPU seconds a round: all of it (every shard's loop process, user + system, and its
+    training process's user time), and the loops' share alone (the protocol: training
+    apart); None without the figures. Over the rounds after the first commit when the run
+    marked it (`steady_*`: start-up, connections and round 1 apart), else over the run from
+    the start to the last commit."""
     shards = [s for s in summary.get("shards", []) if "wall_s" in s]
     rounds = summary["rounds_committed"]
+    first = summary.get("steady_from_round")
+    steady = first is not None and rounds > first and all("steady_wall_s" in s for s in shards)
+    key = "steady_" if steady else ""
+    if steady:
+        rounds -= first
     if not shards or not rounds:
         return None
-    loops = sum(s["user_cpu_s"] + s["system_cpu_s"] for s in shards)
-    training = sum(s.get("train_user_cpu_s", 0.0) for s in shards)
+    loops = sum(s[f"{key}user_cpu_s"] + s[f"{key}system_cpu_s"] for s in shards)
+    training = sum(s.get(f"{key}train_user_cpu_s", 0.0) for s in shards)
     return (loops + training) / rounds, loops / rounds
 
 
@@ -597,6 +616,18 @@ def compare(prefix: str, path: Path) -> None:
             f"{prefix}-protocol-cpu-per-node-ratio",
             large_node / small_node,
             "(the loops' CPU a node-round, training apart, 100 nodes / 10 nodes)",
+        )
+    if small["records"] and small["cpu"]:
+        held = ratio_if_per_node_cost_held(
+            small["cpu"], statistics.median(r["wall_s"] for r in small["records"])
+        )
+        figure(
+            f"{prefix}-ratio-if-per-node-cost-held",
+            held,
+            f"(the median rounds' ratio if each of the 100 nodes cost the loops what one of "
+            f"the 10 does and the images what they cost the 10, all of it on the machine's "
+            f"{CORES} cores: a floor for any protocol whose cost a node does not grow with the "
+            f"node count; target <= {TARGET_RATIO:g})",
         )
     short = [
         n

@@ -2,7 +2,8 @@
 
 import pytest
 
-from sim.bench.scale100 import _round_cpu
+from sim.bench.scale100 import CORES, _round_cpu, ratio_if_per_node_cost_held
+from sim.processes import Shard, _mark_first_commit
 
 
 def test_round_cpu_counts_loops_and_training_over_committed_rounds():
@@ -17,6 +18,56 @@ def test_round_cpu_counts_loops_and_training_over_committed_rounds():
     total, loops = _round_cpu(summary)
     assert total == pytest.approx((6 + 2 + 4 + 5 + 1 + 2) / 4)
     assert loops == pytest.approx((6 + 2 + 5 + 1) / 4)
+
+
+def test_round_cpu_takes_the_rounds_after_the_first_commit_when_marked():
+    """With a mark at the first commit (`steady_*`), the CPU a round leaves out start-up and
+    round 1: over the rounds after `steady_from_round`."""
+    shard = {"wall_s": 10.0, "user_cpu_s": 9.0, "system_cpu_s": 3.0, "train_user_cpu_s": 5.0}
+    steady = {
+        "steady_wall_s": 6.0,
+        "steady_user_cpu_s": 4.0,
+        "steady_system_cpu_s": 2.0,
+        "steady_train_user_cpu_s": 3.0,
+    }
+    summary = {"rounds_committed": 5, "steady_from_round": 2, "shards": [shard | steady]}
+    total, loops = _round_cpu(summary)
+    assert total == pytest.approx((4 + 2 + 3) / 3)
+    assert loops == pytest.approx((4 + 2) / 3)
+    # The first commit was the last: no rounds after it, so the whole run's figures.
+    summary["steady_from_round"] = 5
+    assert _round_cpu(summary) == pytest.approx(((9 + 3 + 5) / 5, (9 + 3) / 5))
+
+
+def test_shard_figures_split_at_the_first_commit_mark(tmp_path):
+    """Three CPU marks (go, first commit, last commit): the run's figures from the first,
+    the `steady_*` ones from the second; the mark is taken once, at the first commit seen."""
+    shard = Shard(0, [], tmp_path / "log")
+    shard.cpu_marks = [(0.0, 1.0, 0.5, 0.0), (4.0, 3.0, 1.0, 2.0), (10.0, 9.0, 2.5, 6.0)]
+    got = shard.figures()
+    assert got["wall_s"] == 10.0 and got["user_cpu_s"] == 8.0 and got["train_user_cpu_s"] == 6.0
+    assert got["steady_wall_s"] == 6.0 and got["steady_user_cpu_s"] == 6.0
+    assert got["steady_system_cpu_s"] == 1.5 and got["steady_train_user_cpu_s"] == 4.0
+    shard.cpu_marks = shard.cpu_marks[::2]
+    assert "steady_wall_s" not in shard.figures()
+
+    class Marked:
+        marks = 0
+
+        def note_cpu(self) -> None:
+            self.marks += 1
+
+    seen: list[int] = []
+    shards = [Marked(), Marked()]
+    for round_ in (2, 3, 5):
+        _mark_first_commit(round_, seen, shards)
+    assert seen == [2] and [s.marks for s in shards] == [1, 1]
+
+
+def test_ratio_if_per_node_cost_held_scales_the_loops_not_the_training():
+    """10 nodes: 3 core-s a round, 2 of them the loops, a 2 s median round. 100 nodes each
+    costing the loops what one of the 10 does: 20 + 1 core-s on the machine's cores."""
+    assert ratio_if_per_node_cost_held((3.0, 2.0), 2.0) == pytest.approx((10 * 2 + 1) / CORES / 2)
 
 
 def test_round_cpu_is_none_without_shards_or_commits():
