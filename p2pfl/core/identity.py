@@ -13,6 +13,7 @@ if the keystore is the only file a user keeps.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import base58
 from eth_keys import keys
@@ -61,7 +62,8 @@ def address_from_peer_id(peer_id: str | bytes) -> bytes:
 
 @dataclass(frozen=True)
 class NodeIdentity:
-    """A node's keys. `private_key` is 32 raw secp256k1 bytes."""
+    """A node's keys. `private_key` is 32 raw secp256k1 bytes; what derives from it is
+    derived once (a delta fetch reads the X25519 key, a signature the address)."""
 
     private_key: bytes = field(repr=False)
 
@@ -75,26 +77,26 @@ class NodeIdentity:
         """Deterministic identity for simulations and tests; never for real keys."""
         return cls(keccak(b"p2pfl/test-identity/v1" + seed))
 
-    @property
+    @cached_property
     def address(self) -> bytes:
         return keys.PrivateKey(self.private_key).public_key.to_canonical_address()
 
-    @property
+    @cached_property
     def checksum_address(self) -> str:
         return to_checksum_address(self.address)
 
-    @property
+    @cached_property
     def compressed_public_key(self) -> bytes:
         return keys.PrivateKey(self.private_key).public_key.to_compressed_bytes()
 
-    @property
+    @cached_property
     def peer_id(self) -> str:
         return peer_id_from_public(self.compressed_public_key)
 
-    @property
+    @cached_property
     def x25519_private_key(self) -> X25519PrivateKey:
         return X25519PrivateKey(keccak(X25519_DERIVATION_TAG + self.private_key))
 
-    @property
+    @cached_property
     def x25519_public_key(self) -> bytes:
         return bytes(self.x25519_private_key.public_key)
