@@ -182,8 +182,6 @@ async def run_node(
         await trio.sleep_forever()  # keep serving blocks until the parent stops us
 
     manifest = TaskManifest.load(args.manifest)
-    if trainer is None:
-        trainer = own_trainer(manifest.model, manifest.model_kwargs, data)
     await launch_node(
         Launch(
             identity=NodeIdentity(key),
@@ -202,7 +200,10 @@ async def run_node(
                 **({"cpu_limiter": cpu_limiter} if cpu_limiter is not None else {}),
                 **({"peer_reads": peer_reads} if peer_reads is not None else {}),
                 **({"commit_reads": commit_reads} if commit_reads is not None else {}),
+                # Its own training (no shard's trainer) under the training's allocator
+                # settings, not the node's.
                 **({"trainer": trainer} if trainer is not None else {}),
+                **({"train_context": malloc_for_training} if trainer is None else {}),
                 **_heartbeat_options(args.heartbeat_interval_s),
             },
             net_options={
@@ -324,25 +325,6 @@ def malloc_for_training() -> Iterator[None]:
     finally:
         tune_malloc()
         trim_malloc()
-
-
-def own_trainer(model: str, model_kwargs: Any, data: Any) -> Any:
-    """A Node trainer (`p2pfl.node.roundlog.Trainer`) doing what the node's own training
-    does (`train_local` in a worker thread, one torch thread) under `malloc_for_training`."""
-    import trio
-
-    from p2pfl.train.trainer import train_local
-
-    def job(base: Any, cfg: Any, seed: int) -> Any:
-        with malloc_for_training():
-            return train_local(
-                model, base, data, cfg, seed, model_kwargs=model_kwargs, num_threads=1
-            )
-
-    async def train(base: Any, cfg: Any, seed: int) -> Any:
-        return await trio.to_thread.run_sync(job, base, cfg, seed)
-
-    return train
 
 
 def trim_malloc() -> None:

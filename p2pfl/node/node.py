@@ -9,6 +9,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -176,6 +177,7 @@ class Node:
         on_round: Callable[[RoundLog], None] | None = None,
         round_overrides: dict[str, Any] | None = None,
         trainer: Trainer | None = None,
+        train_context: Callable[[], AbstractContextManager[Any]] | None = None,
         follow_poll_s: float = DEFAULT_FOLLOW_POLL_S,
         heartbeat_interval_s: float = HEARTBEAT_INTERVAL_S,  # 0 = send none
         progress: Callable[[str], None] | None = None,
@@ -204,6 +206,9 @@ class Node:
         # a simulation passes a trainer backed by a process pool whose workers hold the
         # partitions, keeping torch's Python work off the event loop's GIL.
         self.trainer = trainer
+        # Entered around the default training in its worker thread (a node process's
+        # allocator settings for training, `sim.node_proc.malloc_for_training`); None: none.
+        self.train_context = train_context
         # Progress lines for a person (training epochs, model fetches; p2pfl.cli.progress).
         self.progress = progress
         self.follow_poll_s = follow_poll_s

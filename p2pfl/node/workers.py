@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
@@ -144,6 +145,8 @@ class RoundWorkers:
                 num_threads=n.num_threads,
                 on_epoch=epoch_reporter(n.progress, round_, cfg.epochs, n.clock),
             )
+            if n.train_context is not None:
+                job = functools.partial(_within, n.train_context, job)
             result = await trio.to_thread.run_sync(job, limiter=n.cpu)
         else:
             result = await n.trainer(base, cfg, seed)
@@ -388,6 +391,12 @@ class RoundWorkers:
                 stored = await trio.to_thread.run_sync(open_delta, key, stored, aad)
             blobs.append(stored)
         return blobs
+
+
+def _within(context: Callable[[], AbstractContextManager[Any]], job: Callable[[], Any]) -> Any:
+    """`job()` inside a fresh `context()`."""
+    with context():
+        return job()
 
 
 def epoch_reporter(

@@ -245,35 +245,71 @@ def _name(pid: int) -> str:
 
 
 def test_a_node_process_trains_under_its_training_malloc_as_the_node_would(tmp_path):
-    """A `--processes` node trains through `sim.node_proc.own_trainer`: the node's own
-    training (`train_local`, a worker thread, one torch thread) with glibc's training
-    settings while it runs and the node's again after. Run in a child process (the settings
-    are the process's): the delta is `train_local`'s bit for bit, and a training after it
-    gives the same again."""
+    """A `--processes` node trains by the node's own path (`RoundWorkers.train`: no
+    trainer, `train_local` in a worker thread under the node's CPU limiter) inside its
+    `train_context`, `sim.node_proc.malloc_for_training`: glibc's training settings while
+    it runs and the node's again after. Run in a child process (the settings are the
+    process's): the stored delta is `train_local`'s bit for bit, twice over, the context
+    entered around each training."""
     import subprocess
 
-    script = """
-import sys, trio, numpy as np
+    script = f"""
+import contextlib, trio, numpy as np
+from types import SimpleNamespace
+from p2pfl.net.blockstore import BlockStore
+from p2pfl.node.roundlog import Behaviour
+from p2pfl.node.workers import RoundWorkers, _store_delta
 from p2pfl.train.data import load_fashion_mnist
 from p2pfl.train.models import init_weights
-from p2pfl.train.trainer import TrainConfig, train_local
-from sim.node_proc import own_trainer, tune_malloc
+from p2pfl.train.trainer import TrainConfig, client_seed, train_local
+from sim.node_proc import malloc_for_training, tune_malloc
 
 tune_malloc()
 images = load_fashion_mnist("test")
 data = type(images)(images.x[:200], images.y[:200])
-base = init_weights("lenet5", {}, seed=5)
-cfg = TrainConfig(epochs=1, batch_size=32, lr=0.01, momentum=0.9)
-train = own_trainer("lenet5", {}, data)
-first = trio.run(train, base, cfg, 11)
-second = trio.run(train, base, cfg, 11)
-here = train_local("lenet5", base, data, cfg, 11, num_threads=1)
-assert first.n_samples == here.n_samples == 200
-assert sorted(first.delta) == sorted(here.delta)
-for name in here.delta:
-    assert first.delta[name].tobytes() == here.delta[name].tobytes(), name
-    assert second.delta[name].tobytes() == here.delta[name].tobytes(), name
-assert any(np.abs(d).sum() > 0 for d in here.delta.values())
+base = init_weights("lenet5", {{}}, seed=5)
+train = dict(epochs=1, batch_size=32, lr=0.01, momentum=0.9)
+entered = []
+
+@contextlib.contextmanager
+def context():
+    entered.append(True)
+    with malloc_for_training():
+        yield
+
+async def ensure(cid):
+    return base
+
+events = []
+
+async def put(event):
+    events.append(event)
+
+node = SimpleNamespace(
+    behaviour=Behaviour(), privacy=None, models=SimpleNamespace(ensure=ensure),
+    manifest=SimpleNamespace(train=train, seed=3, model="lenet5", model_kwargs={{}}),
+    client_index=4, data=data, trainer=None, train_context=context, num_threads=1, progress=None,
+    clock=trio.current_time, cpu=None, net=SimpleNamespace(store=BlockStore({str(tmp_path)!r})),
+    address=b"\\x01" * 20, rounds={{}}, queue=SimpleNamespace(put=put),
+)
+
+async def main():
+    node.cpu = trio.CapacityLimiter(1)
+    workers = RoundWorkers(node)
+    await workers.train(1, b"")
+    await workers.train(2, b"")
+    return workers
+
+workers = trio.run(main)
+assert entered == [True, True]
+cfg = TrainConfig.from_dict({{**train, "seed": 3}})
+for r, event in enumerate(events, 1):
+    here = train_local("lenet5", base, data, cfg, client_seed(3, r, 4), num_threads=1)
+    assert any(np.abs(d).sum() > 0 for d in here.delta.values())
+    expected, cid, _ = _store_delta(BlockStore({str(tmp_path / "here")!r}), here.delta)
+    assert event.delta == cid.to_bytes()
+    assert workers._deltas[r][(node.address, event.delta)] == expected
+    assert event.n_samples == 200
 print("SAME")
 """
     out = subprocess.run(
