@@ -463,9 +463,12 @@ def run_processes(
     quiet: bool = False,
     restart: RestartFault | None = None,
     shards: int = 0,
+    on_first_commit: Callable[[list[int]], None] | None = None,
 ) -> Path:
     """Run one scenario with every node in its own process on anvil (or, `shards` > 0, the
-    nodes dealt over that many shard processes); returns the run folder."""
+    nodes dealt over that many shard processes); returns the run folder.
+    `on_first_commit(pids)`: called once, at the first commit seen, with the shards' PIDs
+    (a profiler attaching for the rounds the shards' `steady_*` CPU figures cover)."""
     from sim.run import gossip_degree, gossip_heartbeat_s, print_summary, setup_task, summarise
 
     fault_spec = FaultSpec.from_dict(scenario.faults)
@@ -632,7 +635,9 @@ def run_processes(
                 outage=outage,
                 outage_clock=outage_clock,
                 commit_seen=commit_seen,
-                on_commit=lambda seen: _mark_first_commit(seen, first_commit, shard_procs),
+                on_commit=lambda seen: _mark_first_commit(
+                    seen, first_commit, shard_procs, on_first_commit
+                ),
             )
             for shard in shard_procs:
                 shard.note_cpu()  # the rounds' CPU: up to the last commit
@@ -727,14 +732,22 @@ def run_processes(
     return run_dir
 
 
-def _mark_first_commit(seen: int, first_commit: list[int], shard_procs: list[Shard]) -> None:
+def _mark_first_commit(
+    seen: int,
+    first_commit: list[int],
+    shard_procs: list[Shard],
+    then: Callable[[list[int]], None] | None = None,
+) -> None:
     """At the first commit the parent sees, a CPU mark on every shard (`Shard.figures`'
-    `steady_*`: the rounds after it, without start-up and round 1), its round kept."""
+    `steady_*`: the rounds after it, without start-up and round 1), its round kept; then
+    `then` with the shards' PIDs."""
     if first_commit:
         return
     first_commit.append(seen)
     for shard in shard_procs:
         shard.note_cpu()
+    if then is not None:
+        then([s.process.pid for s in shard_procs if s.process is not None])
 
 
 def follow_poll_s(nodes: int, shards: int = 0) -> float:

@@ -460,33 +460,34 @@ round, ratio 8.8 (target <= 2, not met; 13.9 s and ratio 9.0 before the change a
 earlier: the MLP scenario's draws are mostly full, and runs vary ~±20% here); linear 1.28 /
 **6.90 s**, 20.5 core-s a round, ratio 5.4 (1.03 / 7.94 s, ratio 7.7 before).
 
-2026-12-07, a fourteenth session: why <= 2 is out of reach on this machine, in the bench's own
-figures. The CPU figures now leave start-up and round 1 out (a mark at the first commit:
+2026-12-07, a fourteenth session: why <= 2 is out of reach on this machine, in the bench's
+own figures. The CPU figures now leave start-up and round 1 out (a mark at the first commit:
 `steady_*` in the run's summary); the figures above included them, and round 1 (connections,
 every node's first model) was a third of the MLP's and over half of the linear run's CPU.
 Over rounds 2-5 a node costs the loops about the same at both sizes -- 125 ms a round at 10
-nodes, 196 ms at 100 (MLP; linear 66 and 84 ms) -- so a round at 100 nodes is ~10x the CPU of
-one at 10 (22.3 against 2.3 core-s, linear 9.1 against 1.15), on two cores that the 100-node
-run keeps ~88% busy while the 10-node run, at ~2 s a round, uses a third of them. The new
-figure `ratio-if-per-node-cost-held` gives the ratio the medians would have if each of the
-100 nodes cost exactly what one of the 10 does (10x the 10-node loops' CPU a round plus its
-training, over the cores, / the 10-node median): **3.35** (MLP) and **3.47** (linear). So no
-protocol whose cost a node does not grow with the node count reaches 2 here; it would need
-a node's round to cost 1.7x less than it does at 10 nodes, where py-spy of both shards over
-rounds 2-5 (leaf-first: the first frame in a known package decides) puts **61-63% of the
-loops in the network stack** -- py-libp2p, trio, Noise, PyNaCl, protobuf, our patches of
-them -- and 35-36% in our own code, at 10 and at 100 nodes alike (MLP): with all of our
-own code free, the held-cost ratio would still be 2.15 (10 x 0.76 core-s of stack a round
-plus 1.05 of training, on 2 cores, / 2.02 s), and more, as the 10-node round would shorten
-too. The bench at the session's head (load 0.65 before, 2.7
-after): 10 nodes 1.25, 2.02, 1.53, 2.03, 6.08 s (round 5 a draw below quorum, which at 10
-nodes waits for the chain's bound), median **2.02 s**, 2.30 core-s a round, accuracy 0.823;
-100 nodes 12.35, 10.84, 12.86, 15.21, 13.15 s, median **12.86 s** (train 4.2, disseminate
-5.8, aggregate 0.4, agree 0.7, commit 0.4), 22.3 core-s a round, accuracy 0.771: **ratio
-6.4** (target <= 2, not met), CPU a round 9.7x, the loops' CPU a node-round 1.57x.
-`sim.bench scale100_linear` beside it (load 1.0 before, 1.5 after): 1.02 / 5.56 s, ratio
-5.5, CPU 1.15 / 9.1 core-s a round (7.9x), a node-round 66 / 84 ms (1.28x), held-cost
-ratio 3.47.
+nodes, 196 ms at 100 (MLP; linear 66 and 84 ms) -- so a round at 100 nodes is ~10x the CPU
+of one at 10 (22.3 against 2.3 core-s, linear 9.1 against 1.15), on two cores that the
+100-node run keeps ~88% busy while the 10-node run, at ~2 s a round, uses a third of them.
+The new figure `ratio-if-per-node-cost-held` gives the ratio the medians would have if each
+of the 100 nodes cost exactly what one of the 10 does (10x the 10-node loops' CPU a round
+plus its training, over the cores, / the 10-node median): **3.35** (MLP) and **3.47**
+(linear). So no protocol whose cost a node does not grow with the node count reaches 2 here;
+it would need a node's round to cost 1.7x less than it does at 10 nodes, where py-spy of
+both shards over rounds 2-5 (`sim.bench scale100_profile`: each sample put down to its
+innermost frame in a known package) puts **59-63% of the loops in the network stack** --
+py-libp2p, trio, Noise, protobuf, our patches of them -- and 35-40% in our own code, at 10
+and at 100 nodes alike: with all of our own code free, the held-cost ratio would still be
+~2.2 (10 x 0.78 core-s of stack a round plus 1.05 of training, on 2 cores, / 2.02 s), and
+more, as the 10-node round would shorten too. In that bench's terms the target leaves the
+loops ~44 ms a node-round at 100 nodes; the stack alone takes 127 ms there, 87 ms at 10
+nodes. The bench at the session's head (load 0.65 before, 2.7 after): 10 nodes 1.25, 2.02,
+1.53, 2.03, 6.08 s (round 5 a draw below quorum, which at 10 nodes waits for the chain's
+bound), median **2.02 s**, 2.30 core-s a round, accuracy 0.823; 100 nodes 12.35, 10.84,
+12.86, 15.21, 13.15 s, median **12.86 s** (train 4.2, disseminate 5.8, aggregate 0.4, agree
+0.7, commit 0.4), 22.3 core-s a round, accuracy 0.771: **ratio 6.4** (target <= 2, not met),
+CPU a round 9.7x, the loops' CPU a node-round 1.57x. `sim.bench scale100_linear` beside it
+(load 1.0 before, 1.5 after): 1.02 / 5.56 s, ratio 5.5, CPU 1.15 / 9.1 core-s a round
+(7.9x), a node-round 66 / 84 ms (1.28x), held-cost ratio 3.47.
 """
 
 from __future__ import annotations
@@ -495,6 +496,7 @@ import json
 import os
 import statistics
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -523,8 +525,15 @@ def ratio_if_per_node_cost_held(small_cpu: tuple[float, float], small_median_s: 
     return (grown * loops + (total - loops)) / CORES / small_median_s
 
 
-def _run(prefix: str, path: Path, nodes: int, shards: int) -> dict[str, Any]:
-    """One run of scenario `path` with `nodes` nodes; its summary and round records."""
+def _run(
+    prefix: str,
+    path: Path,
+    nodes: int,
+    shards: int,
+    on_first_commit: Callable[[list[int]], None] | None = None,
+) -> dict[str, Any]:
+    """One run of scenario `path` with `nodes` nodes; its summary and round records
+    (`on_first_commit`: `run_processes`')."""
     from sim.processes import run_processes
     from sim.report import PHASES
     from sim.scenario import load_scenario
@@ -534,7 +543,11 @@ def _run(prefix: str, path: Path, nodes: int, shards: int) -> dict[str, Any]:
         overrides["rounds"] = int(os.environ[ROUNDS_ENV])
     scenario = load_scenario(path, overrides)
     with tempfile.TemporaryDirectory(prefix="p2pfl-scale100-") as runs:
-        run_dir = Path(run_processes(scenario, runs, quiet=True, shards=shards))
+        run_dir = Path(
+            run_processes(
+                scenario, runs, quiet=True, shards=shards, on_first_commit=on_first_commit
+            )
+        )
         summary = json.loads((run_dir / "summary.json").read_text())
         records = [json.loads(line) for line in (run_dir / "metrics.jsonl").open()]
         peers = [_peers(path) for path in sorted(run_dir.glob("node*.status.json"))]

@@ -110,3 +110,50 @@ def test_the_linear_comparison_is_scale100_with_a_linear_model():
 
     assert parameters(linear.model) == 28 * 28 * 10 + 10
     assert parameters(mlp.model) == 28 * 28 * 128 + 128 + 128 * 10 + 10
+
+
+def test_profile_samples_count_for_the_innermost_frame_in_a_known_package():
+    """`sim.bench scale100_profile`: a sample counts for the network stack or for our code by
+    its innermost frame in either (the standard library, numpy and the like count for their
+    caller; our patches of the stack count for the stack); idle samples are left out."""
+    from sim.bench.scale100_profile import classify, split_samples
+
+    def stack(*frames: str) -> str:
+        return ";".join(frames)
+
+    root = stack(
+        'process 7:"python"',
+        "run (trio/_core/_run.py:2532)",
+        "unrolled_run (trio/_core/_run.py:2866)",
+    )
+    ours_calls_stack = stack(
+        root,
+        "Node._push (p2pfl/node/node.py:900)",
+        "NetStream.write (libp2p/network/stream/net_stream.py:200)",
+        "send (socket.py:10)",
+    )
+    stack_calls_ours = stack(
+        root,
+        "SwarmConn._handle_muxed_stream (libp2p/network/connection/swarm_connection.py:309)",
+        "Gossip.handle_sync_stream (p2pfl/net/gossip.py:718)",
+        "loads (json/__init__.py:346)",
+    )
+    patched = stack(root, "acquire (p2pfl/net/yamux_tuning.py:220)", "acquire (threading.py:1)")
+    in_numpy = stack(
+        "Thread.run (threading.py:982)",
+        "compute_aggregate (p2pfl/core/round_result.py:50)",
+        "sort (numpy/core/fromnumeric.py:1)",
+    )
+    outside = stack("Thread.run (threading.py:982)", "select (selectors.py:415)")
+    idle = stack(root, "EpollIOManager.get_events (trio/_core/_io_epoll.py:243)")
+    idle_worker = stack(
+        "Thread.run (threading.py:982)", "WorkerThread._work (trio/_core/_thread_cache.py:211)"
+    )
+    assert classify(ours_calls_stack) == "stack"
+    assert classify(stack_calls_ours) == "ours"
+    assert classify(patched) == "stack"
+    assert classify(in_numpy) == "ours"
+    assert classify(outside) == "other"
+    assert classify(idle) is None and classify(idle_worker) is None
+    lines = [f"{ours_calls_stack} 5\n", f"{stack_calls_ours} 3\n", f"{idle} 40\n", f"{outside} 1\n"]
+    assert split_samples([*lines, "\n"]) == {"stack": 5, "ours": 3, "other": 1}
