@@ -386,26 +386,24 @@ class Shard:
             "train_pids": list(self.train_pids),
         }
         if len(self.cpu_marks) >= 2:
-            (t0, u0, s0, tu0), (t1, u1, s1, tu1) = self.cpu_marks[0], self.cpu_marks[-1]
-            out.update(
-                {
-                    "wall_s": t1 - t0,
-                    "user_cpu_s": u1 - u0,
-                    "system_cpu_s": s1 - s0,
-                    "train_user_cpu_s": max(0.0, tu1 - tu0),
-                }
-            )
+            out.update(_cpu_between(self.cpu_marks[0], self.cpu_marks[-1], ""))
         if len(self.cpu_marks) >= 3:
-            (t0, u0, s0, tu0), (t1, u1, s1, tu1) = self.cpu_marks[1], self.cpu_marks[-1]
-            out.update(
-                {
-                    "steady_wall_s": t1 - t0,
-                    "steady_user_cpu_s": u1 - u0,
-                    "steady_system_cpu_s": s1 - s0,
-                    "steady_train_user_cpu_s": max(0.0, tu1 - tu0),
-                }
-            )
+            out.update(_cpu_between(self.cpu_marks[1], self.cpu_marks[-1], "steady_"))
         return out
+
+
+def _cpu_between(
+    start: tuple[float, float, float, float], end: tuple[float, float, float, float], prefix: str
+) -> dict[str, float]:
+    """Wall, user, system and training-process CPU seconds between two `Shard.note_cpu`
+    marks, each figure's name after `prefix`."""
+    (t0, u0, s0, tu0), (t1, u1, s1, tu1) = start, end
+    return {
+        f"{prefix}wall_s": t1 - t0,
+        f"{prefix}user_cpu_s": u1 - u0,
+        f"{prefix}system_cpu_s": s1 - s0,
+        f"{prefix}train_user_cpu_s": max(0.0, tu1 - tu0),
+    }
 
 
 def _process_cpu(pid: int) -> tuple[float, float] | None:
