@@ -79,6 +79,7 @@ class NodeContext(Protocol):
     rounds: dict[int, RoundLog]
     behaviour: Behaviour
     trainer: Trainer | None
+    train_context: Callable[[], AbstractContextManager[Any]] | None
     progress: Callable[[str], None] | None
     data: Any
     privacy: PrivacyLedger | None
