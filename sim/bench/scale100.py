@@ -532,8 +532,9 @@ def _run(
     shards: int,
     on_first_commit: Callable[[list[int]], None] | None = None,
 ) -> dict[str, Any]:
-    """One run of scenario `path` with `nodes` nodes; its summary and round records
-    (`on_first_commit`: `run_processes`')."""
+    """One run of scenario `path` with `nodes` nodes; its summary, round records, CPU
+    figures (`_round_cpu`) and median round (None without rounds). `on_first_commit`:
+    `run_processes`'."""
     from sim.processes import run_processes
     from sim.report import PHASES
     from sim.scenario import load_scenario
@@ -594,10 +595,11 @@ def _run(
             protocol / nodes * 1000,
             "ms (the loops' share, training apart, / nodes)",
         )
-    if records:
+    median = statistics.median(r["wall_s"] for r in records) if records else None
+    if median is not None:
         figure(f"{name}-accuracy", summary["final_accuracy"], "")
-        figure(f"{name}-round-median", statistics.median(r["wall_s"] for r in records), "s")
-    return {"summary": summary, "records": records, "cpu": cpu}
+        figure(f"{name}-round-median", median, "s")
+    return {"summary": summary, "records": records, "cpu": cpu, "median": median}
 
 
 def _round_cpu(summary: dict[str, Any]) -> tuple[float, float] | None:
@@ -636,13 +638,10 @@ def compare(prefix: str, path: Path) -> None:
     runs = {nodes: _run(prefix, path, nodes, shards) for nodes in NODE_COUNTS}
     figure(f"{prefix}-load-after", os.getloadavg()[0], "(1-minute load average)")
     small, large = (runs[n] for n in NODE_COUNTS)
-    if small["records"] and large["records"]:
-        ratio = statistics.median(r["wall_s"] for r in large["records"]) / statistics.median(
-            r["wall_s"] for r in small["records"]
-        )
+    if small["median"] and large["median"]:
         figure(
             f"{prefix}-ratio",
-            ratio,
+            large["median"] / small["median"],
             f"(median round, 100 nodes / 10 nodes; target <= {TARGET_RATIO:g})",
         )
     if small["cpu"] and large["cpu"]:
@@ -658,10 +657,8 @@ def compare(prefix: str, path: Path) -> None:
             large_node / small_node,
             "(the loops' CPU a node-round, training apart, 100 nodes / 10 nodes)",
         )
-    if small["records"] and small["cpu"]:
-        held = ratio_if_per_node_cost_held(
-            small["cpu"], statistics.median(r["wall_s"] for r in small["records"])
-        )
+    if small["median"] and small["cpu"]:
+        held = ratio_if_per_node_cost_held(small["cpu"], small["median"])
         figure(
             f"{prefix}-ratio-if-per-node-cost-held",
             held,

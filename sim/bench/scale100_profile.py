@@ -34,7 +34,6 @@ import os
 import re
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -180,10 +179,10 @@ def run() -> None:
             profiler = Profiler(Path(folder))
             got = _run(PREFIX, SCENARIO, nodes, shards, on_first_commit=profiler.attach)
             samples = profiler.finish()
-        if got["cpu"] is None or not got["records"]:
+        if got["cpu"] is None or got["median"] is None:
             raise BenchError(f"{nodes} nodes: no CPU figures or no rounds")
         total_cpu, loops_cpu = got["cpu"]
-        medians[nodes] = statistics.median(r["wall_s"] for r in got["records"])
+        medians[nodes] = got["median"]
         training[nodes] = total_cpu - loops_cpu
         per_node_ms = loops_cpu / nodes * 1000
         counted = sum(samples.values())
